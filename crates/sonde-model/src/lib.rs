@@ -1,0 +1,71 @@
+//! Sonde's event model: what an event is once it has been accepted, before any I/O.
+//!
+//! Data flows through this crate like this: a decoder (JSON, msgpack, NDJSON, OTLP — in the
+//! server crate) produces a `serde_json::Value` per event plus its time and sample rate;
+//! [`flatten::flatten_event`] checks it against the [`Limits`] and turns nested objects into
+//! dotted field names with one [`FieldValue`] each; the storage crate then appends the
+//! resulting [`Event`] to a dataset whose columns each have one [`ColumnType`] on the widening
+//! lattice `bool < int < float < string`.
+//!
+//! Nothing here touches the disk or the network, so all of it is property-tested.
+
+pub mod dataset;
+pub mod flatten;
+pub mod time;
+pub mod value;
+
+pub use dataset::DatasetName;
+pub use flatten::{Limits, flatten_event};
+pub use value::{ColumnType, FieldValue};
+
+/// The reserved column holding each event's time, in microseconds since the Unix epoch (UTC).
+pub const TIMESTAMP_COLUMN: &str = "timestamp";
+/// The reserved column holding each event's sample rate (1 = unsampled).
+pub const SAMPLE_RATE_COLUMN: &str = "samplerate";
+
+/// One accepted event: its time, its sample rate and its flattened fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Event time in microseconds since the Unix epoch (UTC).
+    pub timestamp_us: i64,
+    /// How many events this one stands for (Honeycomb's sample rate); at least 1.
+    pub sample_rate: i64,
+    /// Flattened fields, in first-seen order, names unique.
+    pub fields: Vec<(String, FieldValue)>,
+}
+
+/// Why an event (or a whole request) was refused. Every variant names the limit or the field
+/// so that the client can act on it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EventError {
+    /// The event is not a JSON object.
+    #[error("event must be a JSON object, got {0}")]
+    NotAnObject(&'static str),
+    /// A limit from [`Limits`] was exceeded.
+    #[error("{what} exceeds the limit of {limit} ({name})")]
+    Limit {
+        /// What exceeded the limit, with its value ("event has 2001 fields").
+        what: String,
+        /// The limit's value.
+        limit: usize,
+        /// The limit's configuration name (e.g. `max_fields_per_event`).
+        name: &'static str,
+    },
+    /// A time value could not be understood.
+    #[error("invalid time {0:?}: expected RFC3339 or epoch seconds/ms/µs/ns")]
+    BadTime(String),
+    /// A sample rate could not be understood.
+    #[error("invalid samplerate {0:?}: expected a positive integer")]
+    BadSampleRate(String),
+    /// The dataset name is not acceptable.
+    #[error("invalid dataset name {name:?}: {reason}")]
+    BadDataset {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The JSON text of the event could not be parsed.
+    #[error("malformed JSON: {0}")]
+    Json(String),
+}

@@ -1,0 +1,2 @@
+//! q
+pub use datafusion;

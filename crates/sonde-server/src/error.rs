@@ -1,0 +1,97 @@
+//! The HTTP edge's errors: a small set of statuses, each with a message a user can act on.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An error answered to a client: status, message, and for overload a `Retry-After`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// What went wrong, naming the field or limit.
+    pub message: String,
+    /// Seconds after which a retry may succeed (sent as `Retry-After`).
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// A 400.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+    /// A 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+    /// A 413 naming the body limit.
+    pub fn body_too_large(size: usize, limit: usize) -> Self {
+        Self {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("request body of {size}+ bytes exceeds the limit of {limit} (max_body_bytes)"),
+            retry_after: None,
+        }
+    }
+    /// A 415.
+    pub fn unsupported_media(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+    /// A 500.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl From<sonde_storage::Error> for ApiError {
+    fn from(e: sonde_storage::Error) -> Self {
+        use sonde_storage::Error as E;
+        match e {
+            E::Backpressure { .. } => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: e.to_string(),
+                retry_after: Some(1),
+            },
+            E::WalFailed(_) | E::ShuttingDown => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: e.to_string(),
+                retry_after: Some(5),
+            },
+            other => {
+                tracing::error!(error = %other, "storage error");
+                ApiError::internal(other.to_string())
+            }
+        }
+    }
+}
+
+impl From<sonde_model::EventError> for ApiError {
+    fn from(e: sonde_model::EventError) -> Self {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, axum::Json(json!({ "error": self.message }))).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        r
+    }
+}

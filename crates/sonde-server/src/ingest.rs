@@ -1,0 +1,219 @@
+//! Ingest handlers: Honeycomb's single-event and batch endpoints, and NDJSON.
+
+use crate::decode::{self, batch_item, decompress, ndjson_event, parse_json, split_json_array};
+use crate::{AppState, error::ApiError};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use serde_json::{Value, json};
+use sonde_model::{DatasetName, Event, EventError, Limits, time};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// Bodies above this are decoded on the blocking pool, so big batches do not stall the
+/// async workers that answer other requests.
+const INLINE_DECODE_BYTES: usize = 64 * 1024;
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn is_msgpack(headers: &HeaderMap) -> bool {
+    header_str(headers, header::CONTENT_TYPE.as_str()).is_some_and(|ct| ct.contains("msgpack"))
+}
+
+fn dataset(raw: &str) -> Result<DatasetName, ApiError> {
+    Ok(DatasetName::new(raw)?)
+}
+
+/// Decoding outcome of a multi-event body: one entry per input event, in order.
+type Decoded = Vec<Result<Event, EventError>>;
+
+async fn decode_off_thread<F>(size: usize, f: F) -> Result<Decoded, ApiError>
+where
+    F: FnOnce() -> Result<Decoded, ApiError> + Send + 'static,
+{
+    if size <= INLINE_DECODE_BYTES {
+        return f();
+    }
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("decoder panicked: {e}")))?
+}
+
+/// Stores the good events of a decoded body as one WAL record, and returns the per-event
+/// statuses in input order.
+async fn store(state: &AppState, ds: &DatasetName, decoded: Decoded) -> Result<Vec<Value>, ApiError> {
+    let mut statuses = Vec::with_capacity(decoded.len());
+    let mut good = Vec::with_capacity(decoded.len());
+    for r in decoded {
+        match r {
+            Ok(e) => {
+                good.push(e);
+                statuses.push(json!({"status": 202}));
+            }
+            Err(e) => {
+                state.stats.events_rejected.fetch_add(1, Ordering::Relaxed);
+                statuses.push(json!({"status": 400, "error": e.to_string()}));
+            }
+        }
+    }
+    if let Err(e) = state.storage.ingest(ds, good).await {
+        state.stats.requests_rejected.fetch_add(1, Ordering::Relaxed);
+        return Err(e.into());
+    }
+    state.stats.ingest_requests.fetch_add(1, Ordering::Relaxed);
+    Ok(statuses)
+}
+
+/// Reads the body (refusing more than `max_body_bytes` on the wire) and undoes its encoding
+/// (refusing more than `max_body_bytes` once inflated).
+async fn body_bytes(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
+    let limit = state.config.max_body_bytes;
+    let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // axum reports the limit only through its message.
+        if format!("{e:?}").contains("LengthLimit") || e.to_string().contains("length limit") {
+            ApiError::body_too_large(limit + 1, limit)
+        } else {
+            ApiError::bad_request(format!("could not read the request body: {e}"))
+        }
+    })?;
+    let plain = decompress(header_str(headers, "content-encoding"), &raw, limit)?;
+    if plain.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(ApiError::bad_request("request body is empty"));
+    }
+    Ok(plain)
+}
+
+fn refused(state: &AppState, e: ApiError) -> ApiError {
+    state.stats.requests_rejected.fetch_add(1, Ordering::Relaxed);
+    e
+}
+
+/// `POST /1/events/{dataset}`: one event; time and sample rate from headers.
+pub(crate) async fn single_event(
+    State(state): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let ds = dataset(&raw).map_err(|e| refused(&state, e))?;
+    let plain = body_bytes(&state, &headers, body)
+        .await
+        .map_err(|e| refused(&state, e))?;
+    let limits = &state.config.limits;
+    let event = (|| {
+        let data = if is_msgpack(&headers) {
+            let v = rmpv::decode::read_value_with_max_depth(&mut plain.as_slice(), limits.max_depth + 1)
+                .map_err(|e| EventError::Json(format!("malformed msgpack: {e}")))?;
+            decode::msgpack_to_json(v)?
+        } else {
+            parse_json(&plain, limits)?
+        };
+        let time_us = match header_str(&headers, "x-honeycomb-event-time") {
+            Some(t) if !t.trim().is_empty() => time::parse_time_str(t)?,
+            _ => time::now_us(),
+        };
+        let rate = match header_str(&headers, "x-honeycomb-samplerate") {
+            Some(r) => decode::parse_sample_rate(&Value::String(r.to_string()))?,
+            None => 1,
+        };
+        decode::make_event(&data, time_us, rate, limits)
+    })()
+    .map_err(|e| refused(&state, e.into()))?;
+    store(&state, &ds, vec![Ok(event)]).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({}))))
+}
+
+/// `POST /1/batch/{dataset}`: an array of `{"data", "time", "samplerate"}`, answered with one
+/// status per item.
+pub(crate) async fn batch(
+    State(state): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let ds = dataset(&raw).map_err(|e| refused(&state, e))?;
+    let plain = body_bytes(&state, &headers, body)
+        .await
+        .map_err(|e| refused(&state, e))?;
+    let limits = state.config.limits.clone();
+    let msgpack = is_msgpack(&headers);
+    let decoded = decode_off_thread(plain.len(), move || {
+        let now = time::now_us();
+        if msgpack {
+            decode_msgpack_batch(&plain, now, &limits)
+        } else {
+            let items = split_json_array(&plain).map_err(|e| ApiError::bad_request(format!("malformed batch: {e}")))?;
+            Ok(items
+                .into_iter()
+                .map(|raw| batch_item(parse_json(raw, &limits)?, now, &limits))
+                .collect())
+        }
+    })
+    .await
+    .map_err(|e| refused(&state, e))?;
+    Ok(Json(store(&state, &ds, decoded).await?))
+}
+
+fn decode_msgpack_batch(plain: &[u8], now: i64, limits: &Limits) -> Result<Decoded, ApiError> {
+    let v = rmpv::decode::read_value_with_max_depth(&mut &plain[..], limits.max_depth + 2)
+        .map_err(|e| ApiError::bad_request(format!("malformed msgpack batch: {e}")))?;
+    let rmpv::Value::Array(items) = v else {
+        return Err(ApiError::bad_request("msgpack batch body must be an array"));
+    };
+    Ok(items
+        .into_iter()
+        .map(|item| {
+            let json = decode::msgpack_to_json(item)?;
+            // msgpack has no raw item size at hand; its JSON form is a close enough stand-in.
+            limits.check_event_bytes(json.to_string().len())?;
+            batch_item(json, now, limits)
+        })
+        .collect())
+}
+
+/// `POST /api/ingest/{dataset}`: newline-delimited JSON objects.
+pub(crate) async fn ndjson(
+    State(state): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let ds = dataset(&raw).map_err(|e| refused(&state, e))?;
+    let plain = body_bytes(&state, &headers, body)
+        .await
+        .map_err(|e| refused(&state, e))?;
+    let limits = state.config.limits.clone();
+    let decoded = decode_off_thread(plain.len(), move || {
+        let now = time::now_us();
+        Ok(plain
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.iter().all(|b| b.is_ascii_whitespace()))
+            .map(|line| match parse_json(line, &limits)? {
+                Value::Object(m) => ndjson_event(m, now, &limits),
+                other => Err(EventError::NotAnObject(sonde_model::flatten::json_kind(&other))),
+            })
+            .collect())
+    })
+    .await
+    .map_err(|e| refused(&state, e))?;
+    let statuses = store(&state, &ds, decoded).await?;
+    let errors: Vec<Value> = statuses
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s["status"] != 202)
+        .map(|(i, s)| json!({"line": i + 1, "status": s["status"], "error": s["error"]}))
+        .collect();
+    let accepted = statuses.len() - errors.len();
+    let status = if accepted == 0 {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({"accepted": accepted, "rejected": errors.len(), "errors": errors})),
+    ))
+}

@@ -1,0 +1,169 @@
+//! Sonde's HTTP API (axum): ingest, schema, health and metrics on one port.
+//!
+//! Ingest requests flow: body (size-limited) → [`decode::decompress`] → split into events →
+//! each event decoded and flattened on its own (a bad one gets its own 4xx) → the good ones go
+//! to [`sonde_storage::Storage::ingest`] as one WAL record → the answer is sent only after that
+//! returns, so a 2xx means durable.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /1/events/{dataset}` | one event (Honeycomb) |
+//! | `POST /1/batch/{dataset}` | a batch (Honeycomb), per-event statuses |
+//! | `POST /api/ingest/{dataset}` | NDJSON |
+//! | `GET /api/datasets`, `GET /api/datasets/{dataset}/columns` | schema |
+//! | `GET /health`, `GET /metrics` | liveness, Prometheus metrics |
+
+pub mod decode;
+pub mod error;
+mod ingest;
+mod schema;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use sonde_model::Limits;
+use sonde_storage::Storage;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use error::ApiError;
+
+/// Server settings beyond storage.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest request body, compressed or not (`max_body_bytes`).
+    pub max_body_bytes: usize,
+    /// Per-event limits.
+    pub limits: Limits,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_body_bytes: 32 * 1024 * 1024,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// HTTP-level counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    /// Ingest requests answered 2xx.
+    pub ingest_requests: AtomicU64,
+    /// Events refused individually (4xx in a batch).
+    pub events_rejected: AtomicU64,
+    /// Requests refused as a whole.
+    pub requests_rejected: AtomicU64,
+}
+
+/// Shared state of the handlers.
+#[derive(Debug)]
+pub struct AppState {
+    /// The storage engine.
+    pub storage: Arc<Storage>,
+    /// Settings.
+    pub config: ServerConfig,
+    /// Counters.
+    pub stats: HttpStats,
+}
+
+/// Builds the router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/1/events/{dataset}", post(ingest::single_event))
+        .route("/1/batch/{dataset}", post(ingest::batch))
+        .route("/api/ingest/{dataset}", post(ingest::ndjson))
+        .route("/api/datasets", get(schema::datasets))
+        .route("/api/datasets/{dataset}/columns", get(schema::columns))
+        // Ingest handlers enforce `max_body_bytes` themselves, with an error that names it.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn health() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> String {
+    let s = &state.storage.stats;
+    let h = &state.stats;
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, v: u64| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"));
+    };
+    counter(
+        "sonde_events_ingested_total",
+        "Events acknowledged.",
+        s.events_ingested.load(Ordering::Relaxed),
+    );
+    counter(
+        "sonde_events_rejected_total",
+        "Events refused individually.",
+        h.events_rejected.load(Ordering::Relaxed),
+    );
+    counter(
+        "sonde_ingest_requests_total",
+        "Ingest requests acknowledged.",
+        h.ingest_requests.load(Ordering::Relaxed),
+    );
+    counter(
+        "sonde_requests_rejected_total",
+        "Ingest requests refused whole.",
+        h.requests_rejected.load(Ordering::Relaxed),
+    );
+    counter(
+        "sonde_wal_syncs_total",
+        "WAL group commits (fsyncs).",
+        s.wal_syncs.load(Ordering::Relaxed),
+    );
+    counter(
+        "sonde_wal_records_total",
+        "WAL records written.",
+        s.wal_records.load(Ordering::Relaxed),
+    );
+    counter(
+        "sonde_segments_flushed_total",
+        "Parquet segments written.",
+        s.segments_flushed.load(Ordering::Relaxed),
+    );
+    counter(
+        "sonde_events_replayed_total",
+        "Events replayed from the WAL at start.",
+        s.events_replayed.load(Ordering::Relaxed),
+    );
+    counter(
+        "sonde_wal_torn_bytes_total",
+        "Bytes cut from a torn WAL tail at start.",
+        s.wal_torn_bytes.load(Ordering::Relaxed),
+    );
+    let datasets = state.storage.datasets();
+    out.push_str("# HELP sonde_dataset_rows Events stored per dataset.\n# TYPE sonde_dataset_rows gauge\n");
+    for d in &datasets {
+        out.push_str(&format!(
+            "sonde_dataset_rows{{dataset=\"{}\",where=\"segments\"}} {}\nsonde_dataset_rows{{dataset=\"{}\",where=\"buffer\"}} {}\n",
+            d.name, d.segment_rows, d.name, d.buffered_rows
+        ));
+    }
+    out.push_str("# HELP sonde_dataset_segments Segments per dataset.\n# TYPE sonde_dataset_segments gauge\n");
+    for d in &datasets {
+        out.push_str(&format!(
+            "sonde_dataset_segments{{dataset=\"{}\"}} {}\n",
+            d.name, d.segments
+        ));
+    }
+    out
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

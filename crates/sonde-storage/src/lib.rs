@@ -1,0 +1,789 @@
+//! Sonde's storage: everything between an accepted event and a Parquet segment.
+//!
+//! ```text
+//! ingest(dataset, events) ──▶ commit channel ──▶ WAL thread: frame, append, fsync (group
+//!                                                commit), apply to the write buffer in LSN
+//!                                                order, then answer ──▶ ack
+//! flusher (size / age) ──▶ freeze buffer ──▶ Parquet encode ──▶ object store put + fsync
+//!                        ──▶ read back & verify ──▶ catalog (atomic) ──▶ delete covered WAL files
+//! ```
+//!
+//! Guarantees (see `DESIGN.md`, contracts 1–3):
+//! - [`Storage::ingest`] returns only after the events are in an fsynced WAL record (with
+//!   [`Durability::Fsync`]) *and* in the write buffer, so an ack means durable and visible.
+//! - Concurrent requests share one fsync: the WAL thread takes everything queued while the
+//!   previous fsync ran and writes it as one append.
+//! - A crash at any moment loses no acknowledged event and duplicates none: recovery loads the
+//!   catalog, then replays only WAL records above each dataset's `flushed_lsn`.
+//!
+//! The crash-safety argument, worked through for one flush, is in `catalog.rs`.
+
+pub mod buffer;
+pub mod catalog;
+pub mod segment;
+pub mod wal;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use buffer::WriteBuffer;
+use catalog::{Catalog, ColumnEntry, DatasetEntry, SegmentMeta};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use segment::SegmentOptions;
+use sonde_model::{ColumnType, DatasetName, Event};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, oneshot};
+use wal::Lsn;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A filesystem operation failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// Arrow failed (a bug, or a schema mismatch).
+    #[error("arrow error: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// Parquet encoding or decoding failed.
+    #[error("parquet error: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    /// The object store failed.
+    #[error("object store error: {0}")]
+    ObjectStore(#[from] object_store::Error),
+    /// A WAL file is damaged somewhere other than its torn tail.
+    #[error("WAL file {path} is corrupt at offset {offset}: {reason}")]
+    WalCorrupt {
+        /// The file.
+        path: PathBuf,
+        /// Where the damage starts.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The catalog could not be read.
+    #[error("catalog {path} is unreadable: {reason}")]
+    CatalogCorrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The write buffers hold more than their bound; the client should retry later.
+    #[error("write buffers hold {held} bytes, above max_buffer_bytes = {limit}; retry after the flush")]
+    Backpressure {
+        /// Bytes held.
+        held: usize,
+        /// The bound.
+        limit: usize,
+    },
+    /// The WAL could not be written, so nothing can be acknowledged.
+    #[error("WAL write failed: {0}")]
+    WalFailed(String),
+    /// Storage is shutting down.
+    #[error("storage is shutting down")]
+    ShuttingDown,
+    /// A segment failed its read-back check, or data violated an invariant.
+    #[error("invalid data: {0}")]
+    Invalid(String),
+}
+
+/// Storage results.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// When an ingest is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// After an fsync of the WAL record (the default: an ack means durable).
+    #[default]
+    Fsync,
+    /// After the WAL write reaches the OS, without fsync: a machine crash can lose acked events.
+    None,
+}
+
+/// Storage configuration.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// The data directory (WAL, catalog and, for local storage, segments).
+    pub data_dir: PathBuf,
+    /// When ingest is acknowledged.
+    pub durability: Durability,
+    /// A dataset's buffer is flushed to a segment once it holds this many events.
+    pub flush_rows: usize,
+    /// ... or this many bytes.
+    pub flush_bytes: usize,
+    /// ... or its oldest event has waited this long.
+    pub flush_age: Duration,
+    /// The WAL starts a new file past this size.
+    pub wal_rotate_bytes: u64,
+    /// Above this many buffered bytes (all datasets), ingest is refused with a retryable error.
+    pub max_buffer_bytes: usize,
+    /// How segments are written.
+    pub segment: SegmentOptions,
+}
+
+impl StorageConfig {
+    /// Production defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        StorageConfig {
+            data_dir: data_dir.into(),
+            durability: Durability::Fsync,
+            flush_rows: 1_000_000,
+            flush_bytes: 256 * 1024 * 1024,
+            flush_age: Duration::from_secs(60),
+            wal_rotate_bytes: 64 * 1024 * 1024,
+            max_buffer_bytes: 1024 * 1024 * 1024,
+            segment: SegmentOptions::default(),
+        }
+    }
+}
+
+/// A frozen buffer: taken out of the active buffer for flushing, still visible to queries
+/// until its segment is in the catalog.
+#[derive(Debug)]
+struct Frozen {
+    batch: RecordBatch,
+    min_lsn: Lsn,
+    max_lsn: Lsn,
+    bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct DatasetState {
+    flushed_lsn: Lsn,
+    columns: BTreeMap<String, ColumnEntry>,
+    segments: Vec<Arc<SegmentMeta>>,
+    frozen: Vec<Arc<Frozen>>,
+    active: WriteBuffer,
+}
+
+impl DatasetState {
+    fn min_unflushed_lsn(&self) -> Option<Lsn> {
+        self.frozen.first().map(|f| f.min_lsn).or(self.active.min_lsn())
+    }
+}
+
+/// A consistent view of one dataset for a query: its segments plus the buffered events not in
+/// them, each event in exactly one of the two.
+#[derive(Debug, Clone)]
+pub struct DatasetSnapshot {
+    /// The dataset.
+    pub dataset: DatasetName,
+    /// Cataloged segments.
+    pub segments: Vec<Arc<SegmentMeta>>,
+    /// Buffered events (frozen and active), as batches with their own schemas.
+    pub buffered: Vec<RecordBatch>,
+    /// The dataset's columns, widened over segments and buffers (reserved columns excluded).
+    pub columns: BTreeMap<String, ColumnEntry>,
+}
+
+/// Facts about one dataset, for the schema API and stats.
+#[derive(Debug, Clone)]
+pub struct DatasetInfo {
+    /// The dataset.
+    pub name: DatasetName,
+    /// Events in segments.
+    pub segment_rows: u64,
+    /// Events in the write buffer.
+    pub buffered_rows: u64,
+    /// Number of segments.
+    pub segments: usize,
+    /// Bytes of segments on disk.
+    pub segment_bytes: u64,
+    /// Earliest and latest event time (µs), if any.
+    pub time_bounds: Option<(i64, i64)>,
+}
+
+/// Counters exposed as metrics.
+#[derive(Debug, Default)]
+pub struct StorageStats {
+    /// Events acknowledged since start.
+    pub events_ingested: AtomicU64,
+    /// WAL appends (each one fsync with `Durability::Fsync`).
+    pub wal_syncs: AtomicU64,
+    /// WAL records written.
+    pub wal_records: AtomicU64,
+    /// Segments written.
+    pub segments_flushed: AtomicU64,
+    /// Events replayed from the WAL at the last start.
+    pub events_replayed: AtomicU64,
+    /// Bytes cut from a torn WAL tail at the last start.
+    pub wal_torn_bytes: AtomicU64,
+}
+
+struct Commit {
+    dataset: DatasetName,
+    payload: Vec<u8>,
+    events: Vec<Event>,
+    done: oneshot::Sender<Result<Lsn>>,
+}
+
+/// The storage engine. Cheap to share behind an `Arc`.
+pub struct Storage {
+    config: StorageConfig,
+    store: Arc<dyn ObjectStore>,
+    datasets: RwLock<BTreeMap<DatasetName, Arc<Mutex<DatasetState>>>>,
+    commit_tx: Mutex<Option<mpsc::Sender<Commit>>>,
+    commit_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Highest LSN applied to the write buffers; every LSN at or below it is buffered or flushed.
+    applied_lsn: AtomicU64,
+    next_segment_id: AtomicU64,
+    buffered_bytes: AtomicUsize,
+    /// One flush at a time, so catalog writes and WAL deletions are serialised.
+    flush_lock: tokio::sync::Mutex<()>,
+    flush_wanted: Notify,
+    /// Counters.
+    pub stats: StorageStats,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage")
+            .field("data_dir", &self.config.data_dir)
+            .finish()
+    }
+}
+
+fn segment_path(dataset: &DatasetName, id: u64) -> String {
+    format!("datasets/{dataset}/seg-{id:012}.parquet")
+}
+
+impl Storage {
+    /// Opens (or creates) the data directory, recovers from the catalog and the WAL, and starts
+    /// the WAL thread and the background flusher. Must be called inside a Tokio runtime.
+    pub fn open(config: StorageConfig) -> Result<Arc<Storage>> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let data_dir = config.data_dir.canonicalize()?;
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&data_dir)?);
+        let catalog = Catalog::load(&data_dir)?;
+        remove_orphans(&data_dir, &catalog)?;
+
+        let mut datasets = BTreeMap::new();
+        for (name, entry) in &catalog.datasets {
+            let name = DatasetName::new(name).map_err(|e| Error::CatalogCorrupt {
+                path: data_dir.join(catalog::CATALOG_FILE),
+                reason: e.to_string(),
+            })?;
+            let state = DatasetState {
+                flushed_lsn: entry.flushed_lsn,
+                columns: entry.columns.clone(),
+                segments: entry.segments.iter().cloned().map(Arc::new).collect(),
+                ..Default::default()
+            };
+            datasets.insert(name, Arc::new(Mutex::new(state)));
+        }
+
+        let wal_dir = wal::wal_dir(&data_dir);
+        let replay = wal::replay(&wal_dir)?;
+        let max_flushed = catalog.datasets.values().map(|d| d.flushed_lsn).max().unwrap_or(0);
+        let last_lsn = replay.last_lsn.max(max_flushed);
+
+        let config = StorageConfig { data_dir, ..config };
+        let storage = Arc::new(Storage {
+            store,
+            datasets: RwLock::new(datasets),
+            commit_tx: Mutex::new(None),
+            commit_thread: Mutex::new(None),
+            applied_lsn: AtomicU64::new(last_lsn),
+            next_segment_id: AtomicU64::new(catalog.next_segment_id),
+            buffered_bytes: AtomicUsize::new(0),
+            flush_lock: tokio::sync::Mutex::new(()),
+            flush_wanted: Notify::new(),
+            stats: StorageStats::default(),
+            config,
+        });
+
+        let mut replayed = 0u64;
+        for rec in &replay.records {
+            if storage.apply(rec.lsn, &rec.dataset, &rec.events, true) {
+                replayed += rec.events.len() as u64;
+            }
+        }
+        storage.stats.events_replayed.store(replayed, Ordering::Relaxed);
+        storage.stats.wal_torn_bytes.store(replay.torn_bytes, Ordering::Relaxed);
+        tracing::info!(
+            data_dir = %storage.config.data_dir.display(),
+            datasets = storage.datasets.read().unwrap().len(),
+            wal_records = replay.records.len(),
+            events_replayed = replayed,
+            torn_bytes = replay.torn_bytes,
+            "storage recovered"
+        );
+
+        let wal_file = wal::WalFile::create(&wal_dir, last_lsn + 1, storage.config.wal_rotate_bytes)?;
+        let (tx, rx) = mpsc::channel(4096);
+        *storage.commit_tx.lock().unwrap() = Some(tx);
+        let thread_storage = storage.clone();
+        let handle = std::thread::Builder::new()
+            .name("sonde-wal".into())
+            .spawn(move || thread_storage.wal_loop(rx, wal_file, last_lsn + 1))?;
+        *storage.commit_thread.lock().unwrap() = Some(handle);
+
+        tokio::spawn(flush_loop(storage.clone()));
+        Ok(storage)
+    }
+
+    /// The configuration in force (with the data directory made absolute).
+    pub fn config(&self) -> &StorageConfig {
+        &self.config
+    }
+
+    /// The object store that holds the segments.
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    /// Refuses new work while the write buffers are over their bound.
+    pub fn check_capacity(&self) -> Result<()> {
+        let held = self.buffered_bytes.load(Ordering::Relaxed);
+        if held > self.config.max_buffer_bytes {
+            self.flush_wanted.notify_one();
+            return Err(Error::Backpressure {
+                held,
+                limit: self.config.max_buffer_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Stores events durably: returns after they are in the WAL (fsynced with the default
+    /// durability) and visible in the write buffer. Returns the record's LSN.
+    pub async fn ingest(&self, dataset: &DatasetName, events: Vec<Event>) -> Result<Lsn> {
+        if events.is_empty() {
+            return Ok(self.applied_lsn.load(Ordering::Acquire));
+        }
+        self.check_capacity()?;
+        let payload = wal::encode_payload(dataset, &events);
+        let (done, rx) = oneshot::channel();
+        let tx = self.commit_tx.lock().unwrap().clone().ok_or(Error::ShuttingDown)?;
+        let n = events.len() as u64;
+        tx.send(Commit {
+            dataset: dataset.clone(),
+            payload,
+            events,
+            done,
+        })
+        .await
+        .map_err(|_| Error::ShuttingDown)?;
+        let lsn = rx.await.map_err(|_| Error::ShuttingDown)??;
+        self.stats.events_ingested.fetch_add(n, Ordering::Relaxed);
+        Ok(lsn)
+    }
+
+    /// The WAL thread: group commit, then apply in LSN order, then acknowledge.
+    fn wal_loop(self: Arc<Self>, mut rx: mpsc::Receiver<Commit>, mut file: wal::WalFile, mut next_lsn: Lsn) {
+        const MAX_GROUP_BYTES: usize = 32 * 1024 * 1024;
+        let sync = self.config.durability == Durability::Fsync;
+        let mut broken: Option<String> = None;
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = vec![first];
+            let mut bytes = group[0].payload.len();
+            while bytes < MAX_GROUP_BYTES {
+                match rx.try_recv() {
+                    Ok(c) => {
+                        bytes += c.payload.len();
+                        group.push(c);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if let Some(why) = &broken {
+                for c in group {
+                    let _ = c.done.send(Err(Error::WalFailed(why.clone())));
+                }
+                continue;
+            }
+            let mut framed = Vec::with_capacity(bytes + 16 * group.len());
+            for (i, c) in group.iter().enumerate() {
+                wal::frame_record(&mut framed, next_lsn + i as u64, &c.payload);
+            }
+            if let Err(e) = file.append(&framed, sync) {
+                // Nothing of this group is acknowledged. The file may now end in a partial
+                // group, which replay would cut as a torn tail together with every later
+                // record, so stop writing: further ingest fails until restart.
+                tracing::error!(error = %e, "wal append failed; refusing further writes");
+                let why = e.to_string();
+                for c in group {
+                    let _ = c.done.send(Err(Error::WalFailed(why.clone())));
+                }
+                broken = Some(why);
+                continue;
+            }
+            self.stats.wal_syncs.fetch_add(1, Ordering::Relaxed);
+            self.stats.wal_records.fetch_add(group.len() as u64, Ordering::Relaxed);
+            for c in group {
+                let lsn = next_lsn;
+                next_lsn += 1;
+                self.apply(lsn, &c.dataset, &c.events, false);
+                self.applied_lsn.store(lsn, Ordering::Release);
+                let _ = c.done.send(Ok(lsn));
+            }
+            if let Err(e) = file.maybe_rotate(next_lsn) {
+                tracing::error!(error = %e, "wal rotation failed; refusing further writes");
+                broken = Some(e.to_string());
+            }
+        }
+    }
+
+    /// Applies one WAL record to its dataset's write buffer. During replay, records the
+    /// catalog already covers are skipped (returns false).
+    fn apply(&self, lsn: Lsn, dataset: &DatasetName, events: &[Event], replaying: bool) -> bool {
+        let state = self.dataset_state_or_create(dataset);
+        let mut st = state.lock().unwrap();
+        if replaying && lsn <= st.flushed_lsn {
+            return false;
+        }
+        let before = st.active.approx_bytes();
+        let DatasetState { columns, active, .. } = &mut *st;
+        let known = |name: &str| columns.get(name).map(|c| c.ty);
+        active.append(lsn, events, &known, sonde_model::time::now_us());
+        let grown = active.approx_bytes() - before;
+        self.buffered_bytes.fetch_add(grown, Ordering::Relaxed);
+        if active.rows() >= self.config.flush_rows || active.approx_bytes() >= self.config.flush_bytes {
+            self.flush_wanted.notify_one();
+        }
+        true
+    }
+
+    fn dataset_state_or_create(&self, dataset: &DatasetName) -> Arc<Mutex<DatasetState>> {
+        if let Some(s) = self.datasets.read().unwrap().get(dataset) {
+            return s.clone();
+        }
+        self.datasets
+            .write()
+            .unwrap()
+            .entry(dataset.clone())
+            .or_default()
+            .clone()
+    }
+
+    fn dataset_state(&self, dataset: &DatasetName) -> Option<Arc<Mutex<DatasetState>>> {
+        self.datasets.read().unwrap().get(dataset).cloned()
+    }
+
+    /// All datasets, by name.
+    pub fn datasets(&self) -> Vec<DatasetInfo> {
+        let names: Vec<_> = self.datasets.read().unwrap().keys().cloned().collect();
+        names.iter().filter_map(|n| self.dataset_info(n)).collect()
+    }
+
+    /// Facts about one dataset, `None` if it does not exist.
+    pub fn dataset_info(&self, dataset: &DatasetName) -> Option<DatasetInfo> {
+        let state = self.dataset_state(dataset)?;
+        let st = state.lock().unwrap();
+        let mut bounds: Option<(i64, i64)> = None;
+        let mut widen = |b: (i64, i64)| {
+            bounds = Some(bounds.map_or(b, |(lo, hi)| (lo.min(b.0), hi.max(b.1))));
+        };
+        for s in &st.segments {
+            widen((s.min_ts_us, s.max_ts_us));
+        }
+        for f in &st.frozen {
+            if let Ok(facts) = segment::batch_facts(&f.batch)
+                && facts.rows > 0
+            {
+                widen((facts.min_ts_us, facts.max_ts_us));
+            }
+        }
+        if let Some(b) = st.active.time_bounds() {
+            widen(b);
+        }
+        Some(DatasetInfo {
+            name: dataset.clone(),
+            segment_rows: st.segments.iter().map(|s| s.rows).sum(),
+            buffered_rows: (st.frozen.iter().map(|f| f.batch.num_rows()).sum::<usize>() + st.active.rows()) as u64,
+            segments: st.segments.len(),
+            segment_bytes: st.segments.iter().map(|s| s.bytes).sum(),
+            time_bounds: bounds,
+        })
+    }
+
+    /// A consistent snapshot of a dataset for querying, `None` if it does not exist.
+    pub fn snapshot(&self, dataset: &DatasetName) -> Option<DatasetSnapshot> {
+        let state = self.dataset_state(dataset)?;
+        let mut st = state.lock().unwrap();
+        let mut columns = st.columns.clone();
+        let mut buffered: Vec<RecordBatch> = st.frozen.iter().map(|f| f.batch.clone()).collect();
+        if st.active.rows() > 0 {
+            buffered.push(st.active.to_record_batch());
+        }
+        for b in &buffered {
+            let Ok(facts) = segment::batch_facts(b) else { continue };
+            merge_columns(&mut columns, &b.schema(), facts.min_ts_us, facts.max_ts_us);
+        }
+        Some(DatasetSnapshot {
+            dataset: dataset.clone(),
+            segments: st.segments.clone(),
+            buffered,
+            columns,
+        })
+    }
+
+    /// Flushes every dataset's buffer to segments now (used at shutdown and by tests).
+    pub async fn flush_all(&self) -> Result<()> {
+        let names: Vec<_> = self.datasets.read().unwrap().keys().cloned().collect();
+        for n in names {
+            self.flush_dataset(&n).await?;
+        }
+        Ok(())
+    }
+
+    /// Flushes the datasets whose buffers are due by size or age.
+    async fn flush_due(&self) -> Result<()> {
+        let now = sonde_model::time::now_us();
+        let age_us = self.config.flush_age.as_micros() as i64;
+        let over_bound = self.buffered_bytes.load(Ordering::Relaxed) > self.config.max_buffer_bytes / 2;
+        let due: Vec<DatasetName> = {
+            let map = self.datasets.read().unwrap();
+            map.iter()
+                .filter(|(_, s)| {
+                    let st = s.lock().unwrap();
+                    let a = &st.active;
+                    !st.frozen.is_empty()
+                        || (a.rows() > 0
+                            && (over_bound
+                                || a.rows() >= self.config.flush_rows
+                                || a.approx_bytes() >= self.config.flush_bytes
+                                || a.oldest_arrival_us().is_some_and(|t| now - t >= age_us)))
+                })
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        for n in due {
+            self.flush_dataset(&n).await?;
+        }
+        Ok(())
+    }
+
+    /// Freezes a dataset's buffer and writes it (and any earlier frozen buffers) as segments.
+    pub async fn flush_dataset(&self, dataset: &DatasetName) -> Result<()> {
+        let _one_at_a_time = self.flush_lock.lock().await;
+        let Some(state) = self.dataset_state(dataset) else {
+            return Ok(());
+        };
+        let pending: Vec<Arc<Frozen>> = {
+            let mut st = state.lock().unwrap();
+            if st.active.rows() > 0 {
+                let mut active = std::mem::take(&mut st.active);
+                let batch = segment::sort_by_time(&active.to_record_batch())?;
+                st.frozen.push(Arc::new(Frozen {
+                    batch,
+                    min_lsn: active.min_lsn().unwrap_or(0),
+                    max_lsn: active.max_lsn(),
+                    bytes: active.approx_bytes(),
+                }));
+            }
+            st.frozen.clone()
+        };
+        for frozen in pending {
+            self.write_segment(dataset, &state, &frozen).await?;
+        }
+        let watermark = self.wal_watermark();
+        let removed = wal::remove_files_below(&wal::wal_dir(&self.config.data_dir), watermark)?;
+        if removed > 0 {
+            tracing::debug!(removed, watermark, "wal files removed");
+        }
+        Ok(())
+    }
+
+    async fn write_segment(
+        &self,
+        dataset: &DatasetName,
+        state: &Mutex<DatasetState>,
+        frozen: &Arc<Frozen>,
+    ) -> Result<()> {
+        let id = self.next_segment_id.fetch_add(1, Ordering::SeqCst);
+        let path = segment_path(dataset, id);
+        let before = segment::batch_facts(&frozen.batch)?;
+        let batch = frozen.batch.clone();
+        let opts = self.config.segment.clone();
+        let bytes = tokio::task::spawn_blocking(move || segment::encode(&batch, &opts))
+            .await
+            .map_err(|e| Error::Invalid(format!("segment encoder panicked: {e}")))??;
+        let size = bytes.len() as u64;
+        let store_path = StorePath::from(path.as_str());
+        self.store.put(&store_path, bytes.into()).await?;
+        self.sync_local(&path)?;
+        // The other side of the disk: read the file back and compare.
+        let back = self.store.get(&store_path).await?.bytes().await?;
+        let after = tokio::task::spawn_blocking(move || segment::read_facts(back))
+            .await
+            .map_err(|e| Error::Invalid(format!("segment reader panicked: {e}")))??;
+        if before != after {
+            return Err(Error::Invalid(format!(
+                "segment {path} read back as {after:?}, written as {before:?}"
+            )));
+        }
+        let schema = frozen.batch.schema();
+        let meta = Arc::new(SegmentMeta {
+            id,
+            path,
+            rows: before.rows,
+            bytes: size,
+            min_ts_us: before.min_ts_us,
+            max_ts_us: before.max_ts_us,
+            min_lsn: frozen.min_lsn,
+            max_lsn: frozen.max_lsn,
+            columns: schema
+                .fields()
+                .iter()
+                .filter(|f| !is_reserved(f.name()))
+                .filter_map(|f| Some((f.name().clone(), buffer::column_type_of(f.data_type())?)))
+                .collect(),
+        });
+        {
+            // Swap frozen → segment in one step, so a query sees each event exactly once.
+            let mut st = state.lock().unwrap();
+            merge_columns(&mut st.columns, &schema, before.min_ts_us, before.max_ts_us);
+            st.segments.push(meta.clone());
+            st.frozen.retain(|f| !Arc::ptr_eq(f, frozen));
+            st.flushed_lsn = st.flushed_lsn.max(frozen.max_lsn);
+        }
+        self.buffered_bytes.fetch_sub(
+            frozen.bytes.min(self.buffered_bytes.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        self.persist_catalog()?;
+        self.stats.segments_flushed.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(dataset = %dataset, segment = id, rows = before.rows, bytes = size, "segment flushed");
+        Ok(())
+    }
+
+    /// Fsyncs a segment file and its directory (the local store does not).
+    fn sync_local(&self, path: &str) -> Result<()> {
+        let full = self.config.data_dir.join(path);
+        std::fs::File::open(&full)?.sync_all()?;
+        if let Some(dir) = full.parent() {
+            wal::sync_dir(dir)?;
+            if let Some(parent) = dir.parent() {
+                wal::sync_dir(parent)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the catalog from the in-memory state of every dataset.
+    fn persist_catalog(&self) -> Result<()> {
+        let mut catalog = Catalog {
+            version: 1,
+            next_segment_id: self.next_segment_id.load(Ordering::SeqCst),
+            datasets: BTreeMap::new(),
+        };
+        for (name, state) in self.datasets.read().unwrap().iter() {
+            let st = state.lock().unwrap();
+            if st.segments.is_empty() && st.flushed_lsn == 0 {
+                continue;
+            }
+            catalog.datasets.insert(
+                name.to_string(),
+                DatasetEntry {
+                    flushed_lsn: st.flushed_lsn,
+                    columns: st.columns.clone(),
+                    segments: st.segments.iter().map(|s| (**s).clone()).collect(),
+                },
+            );
+        }
+        catalog.store(&self.config.data_dir)
+    }
+
+    /// The lowest LSN that some write buffer still needs from the WAL.
+    fn wal_watermark(&self) -> Lsn {
+        // Read the applied LSN first: anything applied after this read has a higher LSN.
+        let applied = self.applied_lsn.load(Ordering::Acquire);
+        let map = self.datasets.read().unwrap();
+        map.values()
+            .filter_map(|s| s.lock().unwrap().min_unflushed_lsn())
+            .min()
+            .unwrap_or(applied + 1)
+            .min(applied + 1)
+    }
+
+    /// Stops taking writes, waits for the WAL thread, and flushes every buffer.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.commit_tx.lock().unwrap().take();
+        let handle = self.commit_thread.lock().unwrap().take();
+        if let Some(h) = handle {
+            tokio::task::spawn_blocking(move || h.join()).await.ok();
+        }
+        self.flush_all().await
+    }
+}
+
+/// True for the columns every dataset has (`timestamp`, `samplerate`).
+pub fn is_reserved(name: &str) -> bool {
+    name == sonde_model::TIMESTAMP_COLUMN || name == sonde_model::SAMPLE_RATE_COLUMN
+}
+
+fn merge_columns(columns: &mut BTreeMap<String, ColumnEntry>, schema: &SchemaRef, min_us: i64, max_us: i64) {
+    for f in schema.fields() {
+        if is_reserved(f.name()) {
+            continue;
+        }
+        let Some(ty) = buffer::column_type_of(f.data_type()) else {
+            continue;
+        };
+        columns
+            .entry(f.name().clone())
+            .and_modify(|c| c.merge(ty, min_us, max_us))
+            .or_insert(ColumnEntry {
+                ty,
+                first_seen_us: min_us,
+                last_seen_us: max_us,
+            });
+    }
+}
+
+/// Widest type of a column across a snapshot's segments and buffers.
+pub fn column_type(snapshot: &DatasetSnapshot, name: &str) -> Option<ColumnType> {
+    snapshot.columns.get(name).map(|c| c.ty)
+}
+
+/// Deletes segment files the catalog does not name: left by a crash between writing a segment
+/// and cataloging it. Their events are still in the WAL and are replayed.
+fn remove_orphans(data_dir: &Path, catalog: &Catalog) -> Result<()> {
+    let root = data_dir.join("datasets");
+    if !root.exists() {
+        return Ok(());
+    }
+    let known: std::collections::HashSet<String> = catalog
+        .datasets
+        .values()
+        .flat_map(|d| d.segments.iter().map(|s| s.path.clone()))
+        .collect();
+    for ds in std::fs::read_dir(&root)? {
+        let ds = ds?;
+        if !ds.file_type()?.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(ds.path())? {
+            let f = f?;
+            let rel = format!(
+                "datasets/{}/{}",
+                ds.file_name().to_string_lossy(),
+                f.file_name().to_string_lossy()
+            );
+            if !known.contains(&rel) {
+                tracing::warn!(file = %rel, "removing orphan segment file");
+                std::fs::remove_file(f.path())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn flush_loop(s: Arc<Storage>) {
+    loop {
+        let wait = s.flush_wanted.notified();
+        if let Err(e) = s.flush_due().await {
+            tracing::error!(error = %e, "flush failed; events stay in the buffer and the WAL");
+        }
+        tokio::select! {
+            _ = wait => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! The write-ahead log: numbered files of checksummed records, appended by one thread.
+//!
+//! ```text
+//! wal/00000000000000000001.wal   records with LSN 1 ..
+//! wal/00000000000000004213.wal   records with LSN 4213 .. (the active file)
+//!
+//! record = len: u32 LE | crc32c(lsn ‖ payload): u32 LE | lsn: u64 LE | payload (len bytes)
+//! payload = dataset name, then the request's events (see `encode_payload`)
+//! ```
+//!
+//! A file is named after the first LSN it may hold, so file *i* holds exactly the LSNs below
+//! the name of file *i + 1*: once every dataset has persisted everything below that name, file
+//! *i* is deleted ([`remove_files_below`]).
+//!
+//! **Torn tails.** A crash can leave the last record half-written. On open, the reader stops at
+//! the first record whose length runs past the end of the file or whose checksum fails, and the
+//! file is truncated there — such a record was never acknowledged, because acks are sent only
+//! after the fsync that follows a complete write. A bad record anywhere but in the newest file is
+//! not a torn tail but damage, and is reported as [`Error::WalCorrupt`].
+
+use crate::{Error, Result};
+use sonde_model::{DatasetName, Event, FieldValue};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// A log sequence number: the position of a record in the WAL, increasing by one per record.
+pub type Lsn = u64;
+
+const HEADER_LEN: usize = 16;
+/// Upper bound on one record's payload, far above any accepted request (the body limit), so that
+/// a corrupted length field is recognised instead of allocated.
+const MAX_RECORD_LEN: usize = 1 << 30;
+
+/// One decoded WAL record: the events of one request for one dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WalRecord {
+    /// The record's sequence number.
+    pub lsn: Lsn,
+    /// The dataset the events belong to.
+    pub dataset: DatasetName,
+    /// The events, in request order.
+    pub events: Vec<Event>,
+}
+
+/// Encodes the payload of a record (everything but the header). Done by the request handler,
+/// in parallel with other requests, so that the single WAL thread only copies bytes.
+pub fn encode_payload(dataset: &DatasetName, events: &[Event]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + events.len() * 256);
+    put_str16(&mut out, dataset.as_str());
+    out.extend_from_slice(&(events.len() as u32).to_le_bytes());
+    for e in events {
+        out.extend_from_slice(&e.timestamp_us.to_le_bytes());
+        out.extend_from_slice(&e.sample_rate.to_le_bytes());
+        out.extend_from_slice(&(e.fields.len() as u32).to_le_bytes());
+        for (name, v) in &e.fields {
+            put_str16(&mut out, name);
+            match v {
+                FieldValue::Bool(b) => {
+                    out.push(0);
+                    out.push(*b as u8);
+                }
+                FieldValue::Int(i) => {
+                    out.push(1);
+                    out.extend_from_slice(&i.to_le_bytes());
+                }
+                FieldValue::Float(f) => {
+                    out.push(2);
+                    out.extend_from_slice(&f.to_le_bytes());
+                }
+                FieldValue::Str(s) => {
+                    out.push(3);
+                    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                    out.extend_from_slice(s.as_bytes());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn put_str16(out: &mut Vec<u8>, s: &str) {
+    // Names are bounded by the model's limits (dataset 128, field name default 256) far below
+    // u16::MAX; longer ones would have been refused before reaching the WAL.
+    let len = u16::try_from(s.len()).expect("name longer than 65535 bytes reached the WAL");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Appends one framed record (header + payload) to `out`.
+pub fn frame_record(out: &mut Vec<u8>, lsn: Lsn, payload: &[u8]) {
+    let lsn_bytes = lsn.to_le_bytes();
+    let mut crc = crc32c::crc32c(&lsn_bytes);
+    crc = crc32c::crc32c_append(crc, payload);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&lsn_bytes);
+    out.extend_from_slice(payload);
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(s)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn i64(&mut self) -> Option<i64> {
+        Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn str(&mut self, n: usize) -> Option<String> {
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+}
+
+/// Decodes a payload written by [`encode_payload`]. `None` means the bytes are not a valid
+/// payload (which, behind a good checksum, means a bug or a format change).
+pub fn decode_payload(lsn: Lsn, payload: &[u8]) -> Option<WalRecord> {
+    let mut c = Cursor { buf: payload, pos: 0 };
+    let n = c.u16()? as usize;
+    let dataset = DatasetName::new(&c.str(n)?).ok()?;
+    let count = c.u32()? as usize;
+    let mut events = Vec::with_capacity(count.min(1 << 16));
+    for _ in 0..count {
+        let timestamp_us = c.i64()?;
+        let sample_rate = c.i64()?;
+        let nf = c.u32()? as usize;
+        let mut fields = Vec::with_capacity(nf.min(4096));
+        for _ in 0..nf {
+            let n = c.u16()? as usize;
+            let name = c.str(n)?;
+            let v = match c.u8()? {
+                0 => FieldValue::Bool(c.u8()? != 0),
+                1 => FieldValue::Int(c.i64()?),
+                2 => FieldValue::Float(f64::from_bits(c.i64()? as u64)),
+                3 => {
+                    let n = c.u32()? as usize;
+                    FieldValue::Str(c.str(n)?)
+                }
+                _ => return None,
+            };
+            fields.push((name, v));
+        }
+        events.push(Event {
+            timestamp_us,
+            sample_rate,
+            fields,
+        });
+    }
+    (c.pos == payload.len()).then_some(WalRecord { lsn, dataset, events })
+}
+
+/// The WAL directory inside the data directory.
+pub fn wal_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("wal")
+}
+
+fn file_name(first_lsn: Lsn) -> String {
+    format!("{first_lsn:020}.wal")
+}
+
+/// Lists the WAL files with their first LSN, oldest first.
+pub fn list_files(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>> {
+    let mut files = Vec::new();
+    if !dir.exists() {
+        return Ok(files);
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".wal"))
+        else {
+            continue;
+        };
+        if let Ok(lsn) = stem.parse::<Lsn>() {
+            files.push((lsn, path));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// What reading the WAL found.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Every valid record, in LSN order.
+    pub records: Vec<WalRecord>,
+    /// Bytes cut from the newest file's torn tail (0 when it ended cleanly).
+    pub torn_bytes: u64,
+    /// The highest LSN seen (0 when the WAL is empty).
+    pub last_lsn: Lsn,
+}
+
+/// Reads every WAL file, cutting a torn tail off the newest one (and fsyncing the cut).
+pub fn replay(dir: &Path) -> Result<Replay> {
+    let files = list_files(dir)?;
+    let mut out = Replay::default();
+    for (i, (_, path)) in files.iter().enumerate() {
+        let is_newest = i + 1 == files.len();
+        let mut bytes = Vec::new();
+        File::open(path)?.read_to_end(&mut bytes)?;
+        let mut pos = 0usize;
+        while pos < bytes.len() {
+            match read_record(&bytes[pos..]) {
+                Some((lsn, payload, len)) => {
+                    let rec = decode_payload(lsn, payload).ok_or_else(|| Error::WalCorrupt {
+                        path: path.clone(),
+                        offset: pos as u64,
+                        reason: "record passed its checksum but does not decode".into(),
+                    })?;
+                    out.last_lsn = out.last_lsn.max(lsn);
+                    out.records.push(rec);
+                    pos += len;
+                }
+                None if is_newest => {
+                    let torn = (bytes.len() - pos) as u64;
+                    tracing::warn!(path = %path.display(), offset = pos, torn_bytes = torn, "cutting torn wal tail");
+                    let f = OpenOptions::new().write(true).open(path)?;
+                    f.set_len(pos as u64)?;
+                    f.sync_all()?;
+                    out.torn_bytes += torn;
+                    break;
+                }
+                None => {
+                    return Err(Error::WalCorrupt {
+                        path: path.clone(),
+                        offset: pos as u64,
+                        reason: "bad length or checksum in a WAL file that is not the newest".into(),
+                    });
+                }
+            }
+        }
+    }
+    out.records.sort_by_key(|r| r.lsn);
+    Ok(out)
+}
+
+/// Parses one framed record at the start of `buf`: `(lsn, payload, framed length)`, or `None`
+/// when it is incomplete or its checksum fails.
+fn read_record(buf: &[u8]) -> Option<(Lsn, &[u8], usize)> {
+    if buf.len() < HEADER_LEN {
+        return None;
+    }
+    let len = u32::from_le_bytes(buf[0..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(buf[4..8].try_into().ok()?);
+    if len == 0 || len > MAX_RECORD_LEN || buf.len() < HEADER_LEN + len {
+        return None;
+    }
+    let lsn_bytes = &buf[8..16];
+    let payload = &buf[HEADER_LEN..HEADER_LEN + len];
+    let actual = crc32c::crc32c_append(crc32c::crc32c(lsn_bytes), payload);
+    (actual == crc).then(|| {
+        (
+            u64::from_le_bytes(lsn_bytes.try_into().unwrap()),
+            payload,
+            HEADER_LEN + len,
+        )
+    })
+}
+
+/// Deletes WAL files that hold only LSNs below `watermark` (never the newest file).
+/// Returns how many files were removed.
+pub fn remove_files_below(dir: &Path, watermark: Lsn) -> Result<usize> {
+    let files = list_files(dir)?;
+    let mut removed = 0;
+    for pair in files.windows(2) {
+        let ((_, path), (next_first, _)) = (&pair[0], &pair[1]);
+        if *next_first <= watermark {
+            std::fs::remove_file(path)?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
+/// Fsyncs a directory so that file creations, renames and deletions in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// The file the WAL thread appends to.
+pub struct WalFile {
+    dir: PathBuf,
+    file: File,
+    len: u64,
+    rotate_bytes: u64,
+}
+
+impl WalFile {
+    /// Starts a new WAL file whose first record will have `first_lsn`.
+    pub fn create(dir: &Path, first_lsn: Lsn, rotate_bytes: u64) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(file_name(first_lsn));
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let len = file.metadata()?.len();
+        sync_dir(dir)?;
+        Ok(WalFile {
+            dir: dir.to_path_buf(),
+            file,
+            len,
+            rotate_bytes,
+        })
+    }
+
+    /// Appends framed records; with `sync`, returns only after they are on stable storage.
+    pub fn append(&mut self, framed: &[u8], sync: bool) -> Result<()> {
+        self.file.write_all(framed)?;
+        if sync {
+            self.file.sync_data()?;
+        }
+        self.len += framed.len() as u64;
+        Ok(())
+    }
+
+    /// Starts the next file if this one has passed the rotation size. `next_lsn` is the LSN
+    /// the next appended record will carry.
+    pub fn maybe_rotate(&mut self, next_lsn: Lsn) -> Result<()> {
+        if self.len >= self.rotate_bytes {
+            // The old file must be complete on disk before records go to the next one.
+            self.file.sync_all()?;
+            *self = WalFile::create(&self.dir, next_lsn, self.rotate_bytes)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(lsn: Lsn, n: usize) -> WalRecord {
+        WalRecord {
+            lsn,
+            dataset: DatasetName::new("ds").unwrap(),
+            events: (0..n)
+                .map(|i| Event {
+                    timestamp_us: 1_700_000_000_000_000 + i as i64,
+                    sample_rate: 1 + i as i64,
+                    fields: vec![
+                        ("b".into(), FieldValue::Bool(i % 2 == 0)),
+                        ("i".into(), FieldValue::Int(-(i as i64))),
+                        ("f".into(), FieldValue::Float(i as f64 / 3.0)),
+                        ("s".into(), FieldValue::Str(format!("v{i}é"))),
+                    ],
+                })
+                .collect(),
+        }
+    }
+
+    fn write(dir: &Path, first: Lsn, recs: &[WalRecord]) -> PathBuf {
+        let mut w = WalFile::create(dir, first, 1 << 30).unwrap();
+        let mut buf = Vec::new();
+        for r in recs {
+            frame_record(&mut buf, r.lsn, &encode_payload(&r.dataset, &r.events));
+        }
+        w.append(&buf, true).unwrap();
+        dir.join(file_name(first))
+    }
+
+    #[test]
+    fn round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let recs = vec![rec(1, 3), rec(2, 0), rec(3, 5)];
+        write(d.path(), 1, &recs);
+        let r = replay(d.path()).unwrap();
+        assert_eq!(r.records, recs);
+        assert_eq!(r.last_lsn, 3);
+        assert_eq!(r.torn_bytes, 0);
+    }
+
+    #[test]
+    fn torn_tail_is_cut_at_every_length() {
+        let recs = vec![rec(1, 2), rec(2, 3)];
+        let mut full = Vec::new();
+        for r in &recs {
+            frame_record(&mut full, r.lsn, &encode_payload(&r.dataset, &r.events));
+        }
+        let first_len = {
+            let mut b = Vec::new();
+            frame_record(&mut b, 1, &encode_payload(&recs[0].dataset, &recs[0].events));
+            b.len()
+        };
+        for cut in 0..full.len() {
+            let d = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(d.path()).unwrap();
+            let path = d.path().join(file_name(1));
+            std::fs::write(&path, &full[..cut]).unwrap();
+            let r = replay(d.path()).unwrap();
+            let expect = if cut >= first_len { 1 } else { 0 };
+            assert_eq!(r.records.len(), expect, "cut at {cut}");
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().len(),
+                if expect == 1 { first_len as u64 } else { 0 }
+            );
+        }
+    }
+
+    #[test]
+    fn flipped_bit_in_an_old_file_is_corruption() {
+        let d = tempfile::tempdir().unwrap();
+        let old = write(d.path(), 1, &[rec(1, 2)]);
+        write(d.path(), 2, &[rec(2, 2)]);
+        let mut bytes = std::fs::read(&old).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&old, bytes).unwrap();
+        assert!(matches!(replay(d.path()), Err(Error::WalCorrupt { .. })));
+    }
+
+    #[test]
+    fn files_below_watermark_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), 1, &[rec(1, 1), rec(2, 1)]);
+        write(d.path(), 3, &[rec(3, 1)]);
+        write(d.path(), 4, &[rec(4, 1)]);
+        assert_eq!(remove_files_below(d.path(), 3).unwrap(), 1);
+        assert_eq!(remove_files_below(d.path(), 100).unwrap(), 1);
+        assert_eq!(list_files(d.path()).unwrap().len(), 1, "the newest file always stays");
+    }
+}

@@ -1,0 +1,368 @@
+//! The `sonde` binary: a thin command line over the library crates.
+//!
+//! - `sonde serve` — the server (ingest, query, UI) over a data directory.
+//! - `sonde gen N` — generate deterministic demo events as NDJSON, or post them to a server.
+//! - `sonde ingest FILE` — send an NDJSON file to a running server.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sonde_gen::{GenConfig, Generator};
+use sonde_model::Limits;
+use sonde_server::{AppState, HttpStats, ServerConfig};
+use sonde_storage::{Durability, Storage, StorageConfig};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sonde",
+    version,
+    about = "Event-based observability: ingest wide events, ask anything, fast"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server: Honeycomb events API, NDJSON ingest, schema, health and metrics.
+    Serve(ServeArgs),
+    /// Generate deterministic wide events (with an incident) as NDJSON, or post them.
+    Gen(GenArgs),
+    /// Send an NDJSON file (one event per line; `-` for stdin) to a running server.
+    Ingest(IngestArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    /// Acknowledge after the WAL record is fsynced (no acknowledged event is ever lost).
+    Fsync,
+    /// Acknowledge after the WAL write, without fsync (a machine crash can lose recent acks).
+    None,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Data directory: WAL, catalog and Parquet segments.
+    #[arg(long, env = "SONDE_DATA_DIR", default_value = "./sonde-data")]
+    data_dir: PathBuf,
+    /// Address to listen on. 4318 is OTLP/HTTP's port, so OpenTelemetry SDKs find Sonde by default.
+    #[arg(long, env = "SONDE_LISTEN", default_value = "127.0.0.1:4318")]
+    listen: String,
+    /// When ingest is acknowledged. `none` trades durability for speed.
+    #[arg(long, env = "SONDE_DURABILITY", value_enum, default_value = "fsync")]
+    durability: DurabilityArg,
+    /// Flush a dataset's write buffer to a segment at this many events.
+    #[arg(long, env = "SONDE_FLUSH_ROWS", default_value_t = 1_000_000)]
+    flush_rows: usize,
+    /// ... or when its oldest event has waited this long (e.g. `500ms`, `10s`, `5m`).
+    /// Longer means fewer, larger segments; queries see buffered events either way.
+    #[arg(long, env = "SONDE_FLUSH_AGE", default_value = "60s", value_parser = parse_duration)]
+    flush_age: Duration,
+    /// Refuse ingest (503 + Retry-After) while the write buffers hold more than this many bytes.
+    #[arg(long, env = "SONDE_MAX_BUFFER_BYTES", default_value_t = 1 << 30)]
+    max_buffer_bytes: usize,
+    /// Start a new WAL file past this size.
+    #[arg(long, env = "SONDE_WAL_ROTATE_BYTES", default_value_t = 64 << 20)]
+    wal_rotate_bytes: u64,
+    /// Rows per Parquet row group.
+    #[arg(long, env = "SONDE_ROW_GROUP_ROWS", default_value_t = 128 * 1024)]
+    row_group_rows: usize,
+    /// Columns that get Parquet bloom filters (comma-separated), for fast id lookups.
+    #[arg(
+        long,
+        env = "SONDE_BLOOM_COLUMNS",
+        value_delimiter = ',',
+        default_value = "trace.trace_id"
+    )]
+    bloom_columns: Vec<String>,
+    /// Largest request body in bytes, before and after decompression.
+    #[arg(long, env = "SONDE_MAX_BODY_BYTES", default_value_t = 32 << 20)]
+    max_body_bytes: usize,
+    /// Largest single event in bytes.
+    #[arg(long, env = "SONDE_MAX_EVENT_BYTES", default_value_t = 1 << 20)]
+    max_event_bytes: usize,
+    /// Most fields in one event (after flattening).
+    #[arg(long, env = "SONDE_MAX_FIELDS", default_value_t = 2000)]
+    max_fields: usize,
+    /// Longest field name in bytes (after flattening).
+    #[arg(long, env = "SONDE_MAX_FIELD_NAME_LEN", default_value_t = 256)]
+    max_field_name_len: usize,
+    /// Longest string value in bytes.
+    #[arg(long, env = "SONDE_MAX_STRING_LEN", default_value_t = 64 * 1024)]
+    max_string_len: usize,
+    /// Deepest nesting of objects and arrays accepted in an event.
+    #[arg(long, env = "SONDE_MAX_DEPTH", default_value_t = 64)]
+    max_depth: usize,
+    /// Nested objects are flattened to dotted names up to this depth; deeper ones are kept as JSON.
+    #[arg(long, env = "SONDE_FLATTEN_DEPTH", default_value_t = 5)]
+    flatten_depth: usize,
+    /// Log format.
+    #[arg(long, env = "SONDE_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Args, Debug)]
+struct GenArgs {
+    /// Number of events.
+    count: u64,
+    /// Seed: the same seed gives the same events.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Span of time the events cover, ending now (e.g. `1h`, `24h`).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    span: Duration,
+    /// Time of the first event (RFC3339); default: now minus the span.
+    #[arg(long)]
+    start: Option<String>,
+    /// Leave out the incident (slow, failing `dyn` DNS provider).
+    #[arg(long)]
+    no_incident: bool,
+    /// Post the events to this server (e.g. `http://127.0.0.1:4318`) instead of printing NDJSON.
+    #[arg(long)]
+    post: Option<String>,
+    /// Dataset to post to.
+    #[arg(long, default_value = "demo")]
+    dataset: String,
+    /// Events per posted batch.
+    #[arg(long, default_value_t = 5000)]
+    batch: usize,
+}
+
+#[derive(Args, Debug)]
+struct IngestArgs {
+    /// NDJSON file, `-` for stdin.
+    file: PathBuf,
+    /// Dataset to write to.
+    #[arg(long)]
+    dataset: String,
+    /// Server address.
+    #[arg(long, env = "SONDE_URL", default_value = "http://127.0.0.1:4318")]
+    url: String,
+    /// Lines per request.
+    #[arg(long, default_value_t = 5000)]
+    batch: usize,
+}
+
+/// Parses `500ms`, `10s`, `5m`, `2h`, `1d` (a bare number is seconds).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 10s, 5m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return Err(format!("invalid duration unit {unit:?} in {s:?}: use ms, s, m, h or d")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Serve(a) => rt.block_on(serve(a)),
+        Command::Gen(a) => rt.block_on(gen_events(a)),
+        Command::Ingest(a) => rt.block_on(ingest_file(a)),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SONDE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(a: ServeArgs) -> Result<()> {
+    init_logging(a.log_format);
+    let mut storage_config = StorageConfig::new(&a.data_dir);
+    storage_config.durability = match a.durability {
+        DurabilityArg::Fsync => Durability::Fsync,
+        DurabilityArg::None => Durability::None,
+    };
+    storage_config.flush_rows = a.flush_rows;
+    storage_config.flush_age = a.flush_age;
+    storage_config.max_buffer_bytes = a.max_buffer_bytes;
+    storage_config.wal_rotate_bytes = a.wal_rotate_bytes;
+    storage_config.segment.row_group_rows = a.row_group_rows;
+    storage_config.segment.bloom_columns = a.bloom_columns.clone();
+    let storage =
+        Storage::open(storage_config).with_context(|| format!("opening data directory {}", a.data_dir.display()))?;
+    let config = ServerConfig {
+        max_body_bytes: a.max_body_bytes,
+        limits: Limits {
+            max_event_bytes: a.max_event_bytes,
+            max_fields_per_event: a.max_fields,
+            max_field_name_len: a.max_field_name_len,
+            max_string_len: a.max_string_len,
+            max_depth: a.max_depth,
+            flatten_depth: a.flatten_depth,
+        },
+    };
+    let state = Arc::new(AppState {
+        storage: storage.clone(),
+        config,
+        stats: HttpStats::default(),
+    });
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("listening on {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %storage.config().data_dir.display(), "sonde listening");
+    // Tests and scripts read this line to find a port chosen with :0.
+    println!("sonde listening on http://{addr}");
+    sonde_server::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!("shutting down: flushing write buffers");
+    storage.shutdown().await.context("flushing at shutdown")?;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+async fn gen_events(a: GenArgs) -> Result<()> {
+    let span_us = a.span.as_micros() as i64;
+    let start_us = match &a.start {
+        Some(s) => sonde_model::time::parse_time_str(s)?,
+        None => chrono_now_us() - span_us,
+    };
+    let cfg = GenConfig {
+        seed: a.seed,
+        start_us,
+        span_us,
+        incident: !a.no_incident,
+    };
+    let events = Generator::new(cfg, a.count);
+    match &a.post {
+        None => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            for e in events {
+                writeln!(out, "{}", e.to_ndjson())?;
+            }
+            out.flush()?;
+        }
+        Some(url) => {
+            let lines = events.map(|e| e.to_ndjson());
+            let sent = post_ndjson(url, &a.dataset, lines, a.batch).await?;
+            eprintln!("posted {sent} events to {url} dataset {}", a.dataset);
+        }
+    }
+    Ok(())
+}
+
+fn chrono_now_us() -> i64 {
+    sonde_model::time::now_us()
+}
+
+async fn ingest_file(a: IngestArgs) -> Result<()> {
+    use std::io::BufRead;
+    let reader: Box<dyn BufRead> = if a.file.as_os_str() == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(&a.file).with_context(|| format!("opening {}", a.file.display()))?,
+        ))
+    };
+    let lines = reader.lines().map_while(|l| l.ok()).filter(|l| !l.trim().is_empty());
+    let sent = post_ndjson(&a.url, &a.dataset, lines, a.batch).await?;
+    eprintln!("ingested {sent} events into {}", a.dataset);
+    Ok(())
+}
+
+/// Posts NDJSON lines in gzip-compressed batches, printing progress; fails on the first
+/// refused request (after retrying 503s as the server asks).
+async fn post_ndjson(url: &str, dataset: &str, lines: impl Iterator<Item = String>, batch: usize) -> Result<u64> {
+    let client = reqwest::Client::new();
+    let endpoint = format!("{}/api/ingest/{dataset}", url.trim_end_matches('/'));
+    let mut sent = 0u64;
+    let mut buf = String::new();
+    let mut n = 0usize;
+    let started = std::time::Instant::now();
+    let mut lines = lines.peekable();
+    while lines.peek().is_some() {
+        buf.clear();
+        n = 0;
+        for line in lines.by_ref().take(batch.max(1)) {
+            buf.push_str(&line);
+            buf.push('\n');
+            n += 1;
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(buf.as_bytes())?;
+        let body = gz.finish()?;
+        loop {
+            let resp = client
+                .post(&endpoint)
+                .header("content-type", "application/x-ndjson")
+                .header("content-encoding", "gzip")
+                .body(body.clone())
+                .send()
+                .await
+                .with_context(|| format!("posting to {endpoint}"))?;
+            let status = resp.status();
+            if status.as_u16() == 503 || status.as_u16() == 429 {
+                let wait = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(1);
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+                continue;
+            }
+            let text = resp.text().await.unwrap_or_default();
+            if !status.is_success() {
+                bail!("server answered {status}: {text}");
+            }
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if v["rejected"].as_u64().unwrap_or(0) > 0 {
+                eprintln!("warning: {} events rejected: {}", v["rejected"], v["errors"]);
+            }
+            sent += v["accepted"].as_u64().unwrap_or(n as u64);
+            break;
+        }
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        eprint!("\r{sent} events sent ({:.0} events/s)", sent as f64 / secs);
+    }
+    let _ = n;
+    eprintln!();
+    Ok(sent)
+}

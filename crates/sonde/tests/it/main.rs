@@ -1,0 +1,11 @@
+//! End-to-end tests against the real `sonde` binary over HTTP on a loopback port.
+//!
+//! One test binary for the whole workspace (every test binary links DataFusion): each module
+//! is one area of behaviour.
+
+mod harness;
+
+mod bad_input;
+mod crash;
+mod ingest_e2e;
+mod type_conflict;
