@@ -1,2 +1,23 @@
-//! q
-pub use datafusion;
+//! Sonde's query engine: every question about a dataset, answered over DataFusion.
+//!
+//! ```text
+//! QuerySpec (JSON) ──▶ spec::plan (validate against the schema) ──▶ engine: a few DataFrame
+//! queries over a DatasetTable ──▶ series + results + meta (JSON)
+//! SQL ──▶ read-only SessionContext with every dataset registered ──▶ Arrow batches
+//! ```
+//!
+//! - [`table::DatasetTable`] — one dataset (segments + write buffer) as a DataFusion table,
+//!   pruning segments by time before any file is opened.
+//! - [`spec`] — Honeycomb's query specification and its validation.
+//! - [`engine::QueryEngine`] — runs specs, raw-event listings and SQL, each under a timeout and
+//!   a memory cap.
+//! - [`udaf`] — the sample-rate weighted exact percentile.
+
+pub mod engine;
+pub mod json;
+pub mod spec;
+pub mod table;
+pub mod udaf;
+
+pub use engine::{EngineConfig, EventsRequest, QueryEngine, QueryError, QueryResult};
+pub use spec::QuerySpec;

@@ -10,12 +10,17 @@
 //! | `POST /1/events/{dataset}` | one event (Honeycomb) |
 //! | `POST /1/batch/{dataset}` | a batch (Honeycomb), per-event statuses |
 //! | `POST /api/ingest/{dataset}` | NDJSON |
+//! | `POST /api/query/{dataset}` | Honeycomb query specification → series + results |
+//! | `POST /api/events/{dataset}` | raw events, newest first |
+//! | `POST /api/sql` | read-only SQL (JSON, CSV, Arrow IPC) |
+//! | `POST /1/queries/{dataset}`, `POST /1/query_results/{dataset}`, `GET /1/query_results/{dataset}/{id}` | Honeycomb's query-data API |
 //! | `GET /api/datasets`, `GET /api/datasets/{dataset}/columns` | schema |
 //! | `GET /health`, `GET /metrics` | liveness, Prometheus metrics |
 
 pub mod decode;
 pub mod error;
 mod ingest;
+mod query;
 mod schema;
 
 use axum::Router;
@@ -27,6 +32,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use error::ApiError;
+
+pub use query::SavedQueries;
 
 /// Server settings beyond storage.
 #[derive(Debug, Clone)]
@@ -62,6 +69,10 @@ pub struct HttpStats {
 pub struct AppState {
     /// The storage engine.
     pub storage: Arc<Storage>,
+    /// The query engine.
+    pub engine: Arc<sonde_query::QueryEngine>,
+    /// Honeycomb query-data API state.
+    pub saved: SavedQueries,
     /// Settings.
     pub config: ServerConfig,
     /// Counters.
@@ -76,6 +87,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/1/events/{dataset}", post(ingest::single_event))
         .route("/1/batch/{dataset}", post(ingest::batch))
         .route("/api/ingest/{dataset}", post(ingest::ndjson))
+        .route("/api/query/{dataset}", post(query::query))
+        .route("/api/events/{dataset}", post(query::events))
+        .route("/api/sql", post(query::sql))
+        .route("/1/queries/{dataset}", post(query::create_query))
+        .route("/1/query_results/{dataset}", post(query::create_result))
+        .route("/1/query_results/{dataset}/{id}", get(query::get_result))
         .route("/api/datasets", get(schema::datasets))
         .route("/api/datasets/{dataset}/columns", get(schema::columns))
         // Ingest handlers enforce `max_body_bytes` themselves, with an error that names it.

@@ -106,6 +106,12 @@ struct ServeArgs {
     /// Nested objects are flattened to dotted names up to this depth; deeper ones are kept as JSON.
     #[arg(long, env = "SONDE_FLATTEN_DEPTH", default_value_t = 5)]
     flatten_depth: usize,
+    /// Longest a query may run before it is stopped with an error.
+    #[arg(long, env = "SONDE_QUERY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    query_timeout: Duration,
+    /// Most memory one query may use, in bytes; past it the query fails with an error.
+    #[arg(long, env = "SONDE_QUERY_MEMORY_LIMIT", default_value_t = 2 << 30)]
+    query_memory_limit: usize,
     /// Log format.
     #[arg(long, env = "SONDE_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -220,8 +226,18 @@ async fn serve(a: ServeArgs) -> Result<()> {
             flatten_depth: a.flatten_depth,
         },
     };
+    let engine = sonde_query::QueryEngine::new(
+        storage.clone(),
+        sonde_query::EngineConfig {
+            timeout: a.query_timeout,
+            memory_limit: a.query_memory_limit,
+            ..Default::default()
+        },
+    )?;
     let state = Arc::new(AppState {
         storage: storage.clone(),
+        engine: Arc::new(engine),
+        saved: Default::default(),
         config,
         stats: HttpStats::default(),
     });

@@ -8,4 +8,5 @@ mod harness;
 mod bad_input;
 mod crash;
 mod ingest_e2e;
+mod query_diff;
 mod type_conflict;

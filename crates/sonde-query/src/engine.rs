@@ -1,0 +1,879 @@
+//! The query engine: Honeycomb query specs, raw events and SQL over DataFusion.
+//!
+//! A spec runs as a few DataFusion queries over the same filtered dataset table:
+//!
+//! 1. **results** — one row per group (breakdown values) with every plain aggregate, then
+//!    HAVING, ORDER BY (with the breakdowns as a tie-break, so the order is total) and LIMIT;
+//! 2. **series** — the same aggregates per `(time bucket, group)`, restricted to the groups of
+//!    step 1 when the limit cut some off;
+//! 3. only when asked: the value range and histogram of each HEATMAP column, and the span end
+//!    buckets for CONCURRENCY.
+//!
+//! Sample rates weight everything as Honeycomb's do: COUNT is the sum of sample rates, SUM and
+//! AVG weight each value by its rate, percentiles treat a value as repeated rate times
+//! ([`crate::udaf`]); MIN, MAX and COUNT_DISTINCT are not corrected. Time buckets are integer
+//! offsets from the start of the range: bucket `b` holds `[start + b·g, start + (b+1)·g)`.
+
+use crate::json;
+use crate::spec::{self, CalcOp, FilterOp, Literal, OrderKey, Plan, QuerySpec};
+use crate::table::{DatasetTable, STORE_URL, ScanStats};
+use crate::udaf::weighted_percentile;
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::ScalarValue;
+use datafusion::dataframe::DataFrame;
+use datafusion::error::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::functions_aggregate::expr_fn::{count_distinct, max, min, sum};
+use datafusion::logical_expr::{SortExpr, when};
+use datafusion::prelude::{Expr, SQLOptions, SessionConfig, SessionContext, cast, ident, lit};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sonde_model::{ColumnType, DatasetName, SAMPLE_RATE_COLUMN, TIMESTAMP_COLUMN};
+use sonde_storage::Storage;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Errors of the query layer, each mapped to one HTTP status at the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The dataset does not exist.
+    #[error("dataset {0:?} does not exist")]
+    NoSuchDataset(String),
+    /// The query specification is invalid.
+    #[error("invalid query: {0}")]
+    Invalid(#[from] spec::SpecError),
+    /// SQL that cannot run: parse or plan error, or a write.
+    #[error("{0}")]
+    Sql(String),
+    /// The query ran past the timeout.
+    #[error("query exceeded the timeout of {0:?} (query_timeout)")]
+    Timeout(Duration),
+    /// The query needed more memory than the cap.
+    #[error("query exceeded the memory cap of {limit} bytes (query_memory_limit): {detail}")]
+    Memory {
+        /// The cap.
+        limit: usize,
+        /// DataFusion's message.
+        detail: String,
+    },
+    /// Anything else (a bug, or an I/O failure).
+    #[error("query failed: {0}")]
+    Internal(String),
+}
+
+/// Query layer results.
+pub type Result<T, E = QueryError> = std::result::Result<T, E>;
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Longest a query may run.
+    pub timeout: Duration,
+    /// Most memory one query may hold (hash tables, sorts, percentile buffers).
+    pub memory_limit: usize,
+    /// Parallelism of one query.
+    pub target_partitions: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            timeout: Duration::from_secs(30),
+            memory_limit: 2 << 30,
+            target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// The answer to a query spec.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryResult {
+    /// `series` and `results`.
+    pub data: Value,
+    /// What the query touched and how long it took.
+    pub meta: Value,
+}
+
+/// A raw-events request: the spec's filters and time range, newest first, paged.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct EventsRequest {
+    /// Filters, as in a query spec.
+    #[serde(default)]
+    pub filters: Vec<spec::Filter>,
+    /// `AND` or `OR`.
+    #[serde(default)]
+    pub filter_combination: Option<String>,
+    /// Time range, as in a query spec.
+    #[serde(default)]
+    pub time_range: Option<i64>,
+    /// Start, as in a query spec.
+    #[serde(default)]
+    pub start_time: Option<Value>,
+    /// End, as in a query spec.
+    #[serde(default)]
+    pub end_time: Option<Value>,
+    /// Events per page (default 100, at most 10,000).
+    #[serde(default)]
+    pub limit: Option<i64>,
+    /// Events to skip (for paging).
+    #[serde(default)]
+    pub offset: Option<u64>,
+    /// Columns to return (default: all).
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+}
+
+/// The query engine over a storage.
+#[derive(Debug)]
+pub struct QueryEngine {
+    storage: Arc<Storage>,
+    /// Shared across queries: the object store registry and the Parquet footer cache.
+    shared: Arc<RuntimeEnv>,
+    config: EngineConfig,
+}
+
+const SR: &str = SAMPLE_RATE_COLUMN;
+
+impl QueryEngine {
+    /// Creates an engine reading from `storage`.
+    pub fn new(storage: Arc<Storage>, config: EngineConfig) -> Result<QueryEngine> {
+        let shared = RuntimeEnvBuilder::new().build_arc().map_err(internal)?;
+        let url = ObjectStoreUrl::parse(STORE_URL).map_err(internal)?;
+        shared.register_object_store(url.as_ref(), storage.object_store());
+        Ok(QueryEngine {
+            storage,
+            shared,
+            config,
+        })
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// A session for one query: its own memory pool (the per-query cap), the shared object
+    /// stores, and Sonde's functions.
+    fn session(&self) -> Result<SessionContext> {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(self.config.memory_limit)))
+            // No spilling: a query over its cap fails with a clear error instead of filling the
+            // disk the WAL and segments live on.
+            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+            .with_object_store_registry(self.shared.object_store_registry.clone())
+            .build_arc()
+            .map_err(internal)?;
+        let mut config = SessionConfig::new().with_target_partitions(self.config.target_partitions.max(1));
+        let opts = config.options_mut();
+        opts.execution.parquet.pushdown_filters = true;
+        opts.execution.parquet.reorder_filters = true;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        ctx.register_udaf(weighted_percentile());
+        Ok(ctx)
+    }
+
+    fn table(&self, dataset: &DatasetName) -> Result<Arc<DatasetTable>> {
+        let snapshot = self
+            .storage
+            .snapshot(dataset)
+            .ok_or_else(|| QueryError::NoSuchDataset(dataset.to_string()))?;
+        let cache = self.shared.cache_manager.get_file_metadata_cache();
+        Ok(Arc::new(
+            DatasetTable::new(snapshot, self.storage.object_store(), cache).map_err(internal)?,
+        ))
+    }
+
+    /// Runs `fut` under the query timeout, mapping DataFusion's errors.
+    async fn timed<T>(&self, fut: impl std::future::Future<Output = Result<T, DataFusionError>>) -> Result<T> {
+        match tokio::time::timeout(self.config.timeout, fut).await {
+            Err(_) => Err(QueryError::Timeout(self.config.timeout)),
+            Ok(r) => r.map_err(|e| self.df_error(e)),
+        }
+    }
+
+    fn df_error(&self, e: DataFusionError) -> QueryError {
+        let e = e.find_root().to_string();
+        if e.contains("Resources exhausted") || e.contains("ResourcesExhausted") {
+            QueryError::Memory {
+                limit: self.config.memory_limit,
+                detail: e,
+            }
+        } else if e.contains("not supported")
+            || e.contains("SQL error")
+            || e.contains("Error during planning")
+            || e.contains("Schema error")
+        {
+            QueryError::Sql(e)
+        } else {
+            QueryError::Internal(e)
+        }
+    }
+
+    /// Validates a spec against a dataset's schema without running it.
+    pub fn validate(&self, dataset: &DatasetName, spec: &QuerySpec) -> Result<Plan> {
+        let table = self.table(dataset)?;
+        let mut columns: BTreeMap<String, ColumnType> = table
+            .snapshot()
+            .columns
+            .iter()
+            .map(|(n, c)| (n.clone(), c.ty))
+            .collect();
+        columns.insert(SR.into(), ColumnType::Int);
+        Ok(spec::plan(spec, &columns, sonde_model::time::now_us())?)
+    }
+
+    /// Runs a Honeycomb query specification.
+    pub async fn query(&self, dataset: &DatasetName, spec: &QuerySpec) -> Result<QueryResult> {
+        let started = Instant::now();
+        let table = self.table(dataset)?;
+        let mut columns: BTreeMap<String, ColumnType> = table
+            .snapshot()
+            .columns
+            .iter()
+            .map(|(n, c)| (n.clone(), c.ty))
+            .collect();
+        columns.insert(SR.into(), ColumnType::Int);
+        let plan = spec::plan(spec, &columns, sonde_model::time::now_us())?;
+        let ctx = self.session()?;
+        let stats = table.stats();
+        let base = ctx
+            .read_table(table.clone())
+            .and_then(|df| df.filter(where_clause(&plan)))
+            .map_err(|e| self.df_error(e))?;
+        let run = Run {
+            plan: &plan,
+            engine: self,
+        };
+        let out = run.execute(base).await?;
+        let scan: ScanStats = stats.lock().unwrap().clone();
+        let meta = json!({
+            "rows_examined": scan.rows_examined,
+            "segments_total": scan.segments_total,
+            "segments_scanned": scan.segments_scanned,
+            "segments_pruned": scan.segments_total.saturating_sub(scan.segments_scanned),
+            "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+            "granularity": plan.granularity_s,
+            "start_time": sonde_model::time::format_us(plan.start_us),
+            "end_time": sonde_model::time::format_us(plan.end_us),
+            "groups": out.groups,
+            "groups_truncated": out.truncated,
+        });
+        Ok(QueryResult {
+            data: json!({"series": out.series, "results": out.results}),
+            meta,
+        })
+    }
+
+    /// Raw events matching filters and a time range, newest first.
+    pub async fn events(&self, dataset: &DatasetName, req: &EventsRequest) -> Result<Value> {
+        let started = Instant::now();
+        let table = self.table(dataset)?;
+        let mut columns: BTreeMap<String, ColumnType> = table
+            .snapshot()
+            .columns
+            .iter()
+            .map(|(n, c)| (n.clone(), c.ty))
+            .collect();
+        columns.insert(SR.into(), ColumnType::Int);
+        let spec = QuerySpec {
+            filters: req.filters.clone(),
+            filter_combination: req.filter_combination.clone(),
+            time_range: req.time_range,
+            start_time: req.start_time.clone(),
+            end_time: req.end_time.clone(),
+            limit: req.limit,
+            ..Default::default()
+        };
+        let plan = spec::plan(&spec, &columns, sonde_model::time::now_us())?;
+        if let Some(cols) = &req.columns {
+            for (i, c) in cols.iter().enumerate() {
+                if c != TIMESTAMP_COLUMN && !columns.contains_key(c) {
+                    return Err(spec::SpecError {
+                        field: format!("columns[{i}]"),
+                        message: format!("unknown column {c:?}"),
+                    }
+                    .into());
+                }
+            }
+        }
+        let ctx = self.session()?;
+        let stats = table.stats();
+        let mut df = ctx
+            .read_table(table.clone())
+            .and_then(|df| df.filter(where_clause(&plan)))
+            .and_then(|df| df.sort(vec![ident(TIMESTAMP_COLUMN).sort(false, false)]))
+            .and_then(|df| df.limit(req.offset.unwrap_or(0) as usize, Some(plan.limit)))
+            .map_err(|e| self.df_error(e))?;
+        if let Some(cols) = &req.columns {
+            let mut sel = vec![ident(TIMESTAMP_COLUMN)];
+            sel.extend(cols.iter().filter(|c| *c != TIMESTAMP_COLUMN).map(ident));
+            df = df.select(sel).map_err(|e| self.df_error(e))?;
+        }
+        let batches = self.timed(df.collect()).await?;
+        // Absent fields are left out of each event, as they were never sent.
+        let events: Vec<Value> = json::rows(&batches)
+            .into_iter()
+            .map(|mut e| {
+                if let Value::Object(m) = &mut e {
+                    m.retain(|_, v| !v.is_null());
+                }
+                e
+            })
+            .collect();
+        let scan = stats.lock().unwrap().clone();
+        Ok(json!({
+            "events": events,
+            "meta": {
+                "rows_examined": scan.rows_examined,
+                "segments_scanned": scan.segments_scanned,
+                "segments_total": scan.segments_total,
+                "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+                "start_time": sonde_model::time::format_us(plan.start_us),
+                "end_time": sonde_model::time::format_us(plan.end_us),
+            }
+        }))
+    }
+
+    /// Runs read-only SQL over every dataset (each is a table named after it).
+    pub async fn sql(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let ctx = self.session()?;
+        for info in self.storage.datasets() {
+            let table = self.table(&info.name)?;
+            ctx.register_table(datafusion::common::TableReference::bare(info.name.as_str()), table)
+                .map_err(internal)?;
+        }
+        let opts = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let df = self.timed(ctx.sql_with_options(sql, opts)).await.map_err(|e| match e {
+            QueryError::Internal(m) => QueryError::Sql(m),
+            other => other,
+        })?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = self.timed(df.collect()).await?;
+        Ok((schema, batches))
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> QueryError {
+    QueryError::Internal(e.to_string())
+}
+
+fn ts_lit(us: i64) -> Expr {
+    lit(ScalarValue::TimestampMicrosecond(Some(us), Some("UTC".into())))
+}
+
+fn lit_of(l: &Literal) -> Expr {
+    match l {
+        Literal::Bool(b) => lit(*b),
+        Literal::Int(i) => lit(*i),
+        Literal::Float(f) => lit(*f),
+        Literal::Str(s) => lit(s.clone()),
+    }
+}
+
+/// The WHERE clause: the time range and the filters.
+fn where_clause(plan: &Plan) -> Expr {
+    let time = ident(TIMESTAMP_COLUMN)
+        .gt_eq(ts_lit(plan.start_us))
+        .and(ident(TIMESTAMP_COLUMN).lt(ts_lit(plan.end_us)));
+    let filters: Vec<Expr> = plan.filters.iter().map(filter_expr).collect();
+    let combined = if plan.any {
+        filters.into_iter().reduce(Expr::or)
+    } else {
+        filters.into_iter().reduce(Expr::and)
+    };
+    match combined {
+        Some(f) => time.and(f),
+        None => time,
+    }
+}
+
+fn filter_expr(f: &spec::PlanFilter) -> Expr {
+    use datafusion::functions::string::expr_fn::{contains, ends_with, starts_with};
+    let c = ident(&f.column);
+    // A comparison of an int column with a float literal compares as floats.
+    let num = |c: Expr| match (&f.ty, f.values.first()) {
+        (ColumnType::Int, Some(Literal::Float(_))) => cast(c, DataType::Float64),
+        _ => c,
+    };
+    let v = || lit_of(&f.values[0]);
+    let positive = match f.op {
+        FilterOp::Eq | FilterOp::Ne => num(c.clone()).eq(v()),
+        FilterOp::Gt => num(c.clone()).gt(v()),
+        FilterOp::Ge => num(c.clone()).gt_eq(v()),
+        FilterOp::Lt => num(c.clone()).lt(v()),
+        FilterOp::Le => num(c.clone()).lt_eq(v()),
+        FilterOp::StartsWith | FilterOp::NotStartsWith => starts_with(c.clone(), v()),
+        FilterOp::EndsWith | FilterOp::NotEndsWith => ends_with(c.clone(), v()),
+        FilterOp::Contains | FilterOp::NotContains => contains(c.clone(), v()),
+        FilterOp::Exists | FilterOp::NotExists => c.clone().is_not_null(),
+        FilterOp::In | FilterOp::NotIn => {
+            let as_float = f.ty == ColumnType::Int && f.values.iter().any(|l| matches!(l, Literal::Float(_)));
+            let list = f
+                .values
+                .iter()
+                .map(|l| match (as_float, l) {
+                    (true, Literal::Int(i)) => lit(*i as f64),
+                    _ => lit_of(l),
+                })
+                .collect();
+            let col = if as_float {
+                cast(c.clone(), DataType::Float64)
+            } else {
+                c.clone()
+            };
+            col.in_list(list, false)
+        }
+    };
+    if f.op == FilterOp::NotExists {
+        c.is_null()
+    } else if f.op.matches_absent() {
+        // Negations also match events without the field: NOT(x) alone would be null there.
+        c.clone().is_null().or(Expr::Not(Box::new(positive)))
+    } else {
+        positive
+    }
+}
+
+/// What running a spec produced.
+struct Output {
+    series: Vec<Value>,
+    results: Vec<Value>,
+    groups: usize,
+    truncated: bool,
+}
+
+struct Run<'a> {
+    plan: &'a Plan,
+    engine: &'a QueryEngine,
+}
+
+fn b_alias(i: usize) -> String {
+    format!("b{i}")
+}
+fn c_alias(i: usize) -> String {
+    format!("c{i}")
+}
+
+/// The bucket of the event's timestamp, as an integer offset from the range start.
+fn bucket_expr(plan: &Plan, extra_us: Option<Expr>) -> Expr {
+    let ts = cast(ident(TIMESTAMP_COLUMN), DataType::Int64);
+    let ts = match extra_us {
+        Some(e) => ts + e,
+        None => ts,
+    };
+    (ts - lit(plan.start_us)) / lit(plan.granularity_s * 1_000_000)
+}
+
+fn as_f64(name: &str) -> Expr {
+    cast(ident(name), DataType::Float64)
+}
+
+/// Aggregates of the plain calculation `i`, and the expression giving its value from them.
+fn aggregate_of(op: CalcOp, column: Option<&str>, alias: &str) -> (Vec<Expr>, Expr) {
+    let out = |e: Expr| (vec![e.alias(alias)], ident(alias));
+    match op {
+        CalcOp::Count => out(sum(ident(SR))),
+        CalcOp::Sum => out(sum(ident(column.unwrap()) * ident(SR))),
+        CalcOp::Avg => {
+            let c = column.unwrap();
+            let n = format!("{alias}_n");
+            let d = format!("{alias}_d");
+            let weight = when(ident(c).is_not_null(), ident(SR)).end().expect("case builder");
+            (
+                vec![sum(as_f64(c) * as_f64(SR)).alias(&n), sum(weight).alias(&d)],
+                (ident(&n) / cast(ident(&d), DataType::Float64)).alias(alias),
+            )
+        }
+        CalcOp::Min => out(min(ident(column.unwrap()))),
+        CalcOp::Max => out(max(ident(column.unwrap()))),
+        CalcOp::CountDistinct => out(count_distinct(ident(column.unwrap()))),
+        CalcOp::Percentile(p) => out(weighted_percentile().call(vec![as_f64(column.unwrap()), ident(SR), lit(p)])),
+        // Rates are derived from the per-bucket value of their base aggregate.
+        CalcOp::RateAvg => aggregate_of(CalcOp::Avg, column, alias),
+        CalcOp::RateSum => aggregate_of(CalcOp::Sum, column, alias),
+        CalcOp::RateMax => aggregate_of(CalcOp::Max, column, alias),
+        // CONCURRENCY counts the spans starting in each bucket here (their ends separately).
+        CalcOp::Concurrency => out(sum(when(concurrency_span(), ident(SR)).end().expect("case builder"))),
+        CalcOp::Heatmap => unreachable!("heatmaps are computed by their own query"),
+    }
+}
+
+/// The spans CONCURRENCY counts: those with a non-negative duration.
+fn concurrency_span() -> Expr {
+    ident("duration_ms")
+        .is_not_null()
+        .and(ident("duration_ms").gt_eq(lit(0)))
+}
+
+/// One group's breakdown values, as JSON (the group key).
+type GroupKey = Vec<Value>;
+
+fn group_of(batch: &RecordBatch, row: usize, n: usize) -> GroupKey {
+    (0..n)
+        .map(|i| json::cell(batch.column_by_name(&b_alias(i)).unwrap().as_ref(), row))
+        .collect()
+}
+
+impl Run<'_> {
+    fn group_exprs(&self) -> Vec<Expr> {
+        self.plan
+            .breakdowns
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| ident(name).alias(b_alias(i)))
+            .collect()
+    }
+
+    async fn collect(&self, df: DataFrame) -> Result<Vec<RecordBatch>> {
+        self.engine.timed(df.collect()).await
+    }
+
+    fn df<T>(&self, r: Result<T, DataFusionError>) -> Result<T> {
+        r.map_err(|e| self.engine.df_error(e))
+    }
+
+    async fn execute(&self, base: DataFrame) -> Result<Output> {
+        let plan = self.plan;
+        let nb = plan.breakdowns.len();
+
+        // 1. Results: plain aggregates per group, HAVING, ORDER BY, LIMIT.
+        let mut aggs = vec![sum(ident(SR)).alias("hidden_count")];
+        let mut finals: Vec<Expr> = (0..nb).map(|i| ident(b_alias(i))).collect();
+        for (i, c) in plan.calcs.iter().enumerate() {
+            if c.op.is_simple() {
+                let (a, f) = aggregate_of(c.op, c.column.as_ref().map(|(n, _)| n.as_str()), &c_alias(i));
+                aggs.extend(a);
+                finals.push(f);
+            }
+        }
+        finals.push(ident("hidden_count"));
+        let mut results_df = self.df(base.clone().aggregate(self.group_exprs(), aggs))?;
+        results_df = self.df(results_df.select(finals))?;
+        // Without breakdowns SQL answers one row even when nothing matched; no events, no group.
+        results_df = self.df(results_df.filter(ident("hidden_count").is_not_null()))?;
+        for h in &plan.havings {
+            let c = ident(c_alias(h.calc));
+            let v = lit(h.value);
+            let cond = match h.op {
+                FilterOp::Eq => c.eq(v),
+                FilterOp::Ne => c.not_eq(v),
+                FilterOp::Gt => c.gt(v),
+                FilterOp::Ge => c.gt_eq(v),
+                FilterOp::Lt => c.lt(v),
+                _ => c.lt_eq(v),
+            };
+            results_df = self.df(results_df.filter(cond))?;
+        }
+        let mut sort: Vec<SortExpr> = plan
+            .orders
+            .iter()
+            .map(|(k, desc)| {
+                let e = match k {
+                    OrderKey::Calc(i) => ident(c_alias(*i)),
+                    OrderKey::Breakdown(i) => ident(b_alias(*i)),
+                };
+                e.sort(!desc, false)
+            })
+            .collect();
+        if plan.orders.is_empty() {
+            sort.push(ident("hidden_count").sort(false, false));
+        }
+        sort.extend((0..nb).map(|i| ident(b_alias(i)).sort(true, false)));
+        results_df = self.df(results_df.sort(sort))?;
+        results_df = self.df(results_df.limit(0, Some(plan.limit + 1)))?;
+        let batches = self.collect(results_df).await?;
+
+        let mut groups: Vec<GroupKey> = Vec::new();
+        let mut results: Vec<Map<String, Value>> = Vec::new();
+        'rows: for b in &batches {
+            for row in 0..b.num_rows() {
+                if groups.len() == plan.limit + 1 {
+                    break 'rows;
+                }
+                let key = group_of(b, row, nb);
+                let mut m = Map::new();
+                for (i, (name, _)) in plan.breakdowns.iter().enumerate() {
+                    m.insert(name.clone(), key[i].clone());
+                }
+                for (i, c) in plan.calcs.iter().enumerate() {
+                    if c.op.is_simple() {
+                        m.insert(
+                            c.key.clone(),
+                            json::cell(b.column_by_name(&c_alias(i)).unwrap().as_ref(), row),
+                        );
+                    }
+                }
+                groups.push(key);
+                results.push(m);
+            }
+        }
+        let truncated = groups.len() > plan.limit;
+        groups.truncate(plan.limit);
+        results.truncate(plan.limit);
+        let group_index: HashMap<String, usize> = groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (Value::Array(g.clone()).to_string(), i))
+            .collect();
+
+        // Later queries only need the groups that made the cut (past the limit and havings).
+        let restricted = if truncated || !plan.havings.is_empty() {
+            self.df(base.filter(group_filter(plan, &groups)))?
+        } else {
+            base
+        };
+
+        // 2. Series: the same aggregates (and the bases of rates) per bucket and group.
+        let mut series: BTreeMap<(i64, usize), Map<String, Value>> = BTreeMap::new();
+        let mut per_bucket: Vec<HashMap<(usize, i64), Option<f64>>> = vec![HashMap::new(); plan.calcs.len()];
+        if !groups.is_empty() {
+            let mut aggs = Vec::new();
+            let mut finals: Vec<Expr> = vec![ident("t")];
+            finals.extend((0..nb).map(|i| ident(b_alias(i))));
+            for (i, c) in plan.calcs.iter().enumerate() {
+                if c.op != CalcOp::Heatmap {
+                    let (a, f) = aggregate_of(c.op, c.column.as_ref().map(|(n, _)| n.as_str()), &c_alias(i));
+                    aggs.extend(a);
+                    finals.push(f);
+                }
+            }
+            if !aggs.is_empty() {
+                let mut gexprs = vec![bucket_expr(plan, None).alias("t")];
+                gexprs.extend(self.group_exprs());
+                let df = self.df(restricted.clone().aggregate(gexprs, aggs))?;
+                let df = self.df(df.select(finals))?;
+                for b in self.collect(df).await? {
+                    let t_col = b.column_by_name("t").unwrap().clone();
+                    for row in 0..b.num_rows() {
+                        let Some(t) = json::cell(t_col.as_ref(), row).as_i64() else {
+                            continue;
+                        };
+                        let key = Value::Array(group_of(&b, row, nb)).to_string();
+                        let Some(&g) = group_index.get(&key) else { continue };
+                        let m = series.entry((t, g)).or_default();
+                        for (i, c) in plan.calcs.iter().enumerate() {
+                            if c.op == CalcOp::Heatmap {
+                                continue;
+                            }
+                            let v = json::cell(b.column_by_name(&c_alias(i)).unwrap().as_ref(), row);
+                            if c.op.is_simple() {
+                                m.insert(c.key.clone(), v);
+                            } else {
+                                per_bucket[i].insert((g, t), v.as_f64());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        // 3a. Rates: per-second change of the base aggregate between adjacent buckets.
+        let g_s = plan.granularity_s as f64;
+        for (i, c) in plan.calcs.iter().enumerate() {
+            if !matches!(c.op, CalcOp::RateAvg | CalcOp::RateSum | CalcOp::RateMax) {
+                continue;
+            }
+            let mut rates_per_group: Vec<Vec<f64>> = vec![Vec::new(); groups.len()];
+            for (&(g, t), v) in &per_bucket[i] {
+                let prev = per_bucket[i].get(&(g, t - 1)).copied().flatten();
+                let rate = match (v, prev) {
+                    (Some(v), Some(p)) => Some((v - p) / g_s),
+                    _ => None,
+                };
+                if let Some(r) = rate {
+                    rates_per_group[g].push(r);
+                }
+                series
+                    .entry((t, g))
+                    .or_default()
+                    .insert(c.key.clone(), rate.map_or(Value::Null, float));
+            }
+            for (g, rates) in rates_per_group.iter().enumerate() {
+                let mean = (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64);
+                results[g].insert(c.key.clone(), mean.map_or(Value::Null, float));
+            }
+        }
+
+        // 3b. CONCURRENCY: spans started up to a bucket minus spans ended before it.
+        if let Some((i, c)) = plan.calcs.iter().enumerate().find(|(_, c)| c.op == CalcOp::Concurrency) {
+            let end_us = cast(ident("duration_ms") * lit(1000.0), DataType::Int64);
+            let mut gexprs = vec![bucket_expr(plan, Some(end_us)).alias("t")];
+            gexprs.extend(self.group_exprs());
+            let df = self.df(restricted
+                .clone()
+                .filter(concurrency_span())
+                .and_then(|d| d.aggregate(gexprs, vec![sum(ident(SR)).alias("ended")])))?;
+            let mut ended: HashMap<(usize, i64), i64> = HashMap::new();
+            for b in self.collect(df).await? {
+                let t_col = b.column_by_name("t").unwrap().clone();
+                let e_col = b.column_by_name("ended").unwrap().clone();
+                for row in 0..b.num_rows() {
+                    let key = Value::Array(group_of(&b, row, nb)).to_string();
+                    if let (Some(&g), Some(t), Some(e)) = (
+                        group_index.get(&key),
+                        json::cell(t_col.as_ref(), row).as_i64(),
+                        json::cell(e_col.as_ref(), row).as_i64(),
+                    ) {
+                        *ended.entry((g, t)).or_default() += e;
+                    }
+                }
+            }
+            let buckets = plan.buckets();
+            for (g, result) in results.iter_mut().enumerate() {
+                let (mut started, mut finished, mut peak) = (0i64, 0i64, None::<i64>);
+                for t in 0..buckets {
+                    started += per_bucket[i].get(&(g, t)).copied().flatten().unwrap_or(0.0) as i64;
+                    if t > 0 {
+                        finished += ended.get(&(g, t - 1)).copied().unwrap_or(0);
+                    }
+                    let now = started - finished;
+                    if now > 0 || series.contains_key(&(t, g)) {
+                        series
+                            .entry((t, g))
+                            .or_default()
+                            .insert(c.key.clone(), Value::from(now));
+                        peak = Some(peak.map_or(now, |p| p.max(now)));
+                    }
+                }
+                result.insert(c.key.clone(), peak.map_or(Value::Null, Value::from));
+            }
+        }
+
+        // 3c. HEATMAP: value range over the filtered events, then a histogram per bucket and group.
+        for c in plan.calcs.iter() {
+            if c.op != CalcOp::Heatmap || groups.is_empty() {
+                continue;
+            }
+            let col = c.column.as_ref().unwrap().0.clone();
+            let range = self.df(restricted.clone().aggregate(
+                vec![],
+                vec![min(as_f64(&col)).alias("lo"), max(as_f64(&col)).alias("hi")],
+            ))?;
+            let rb = self.collect(range).await?;
+            let (lo, hi) = match rb.first().filter(|b| b.num_rows() > 0) {
+                Some(b) => (
+                    json::cell(b.column(0).as_ref(), 0).as_f64(),
+                    json::cell(b.column(1).as_ref(), 0).as_f64(),
+                ),
+                None => (None, None),
+            };
+            let (Some(lo), Some(hi)) = (lo, hi) else {
+                for r in &mut results {
+                    r.insert(c.key.clone(), Value::Null);
+                }
+                continue;
+            };
+            let width = heatmap_width(lo, hi);
+            let vb = cast((as_f64(&col) - lit(lo)) / lit(width), DataType::Int64);
+            let mut gexprs = vec![bucket_expr(plan, None).alias("t"), vb.alias("v")];
+            gexprs.extend(self.group_exprs());
+            let df = self.df(restricted
+                .clone()
+                .filter(ident(&col).is_not_null())
+                .and_then(|d| d.aggregate(gexprs, vec![sum(ident(SR)).alias("n")])))?;
+            let nbk = spec::HEATMAP_BUCKETS;
+            let mut hist: BTreeMap<(i64, usize), Vec<i64>> = BTreeMap::new();
+            let mut totals: Vec<Vec<i64>> = vec![vec![0; nbk]; groups.len()];
+            for b in self.collect(df).await? {
+                for row in 0..b.num_rows() {
+                    let key = Value::Array(group_of(&b, row, nb)).to_string();
+                    let (Some(&g), Some(t), Some(v), Some(n)) = (
+                        group_index.get(&key),
+                        json::cell(b.column_by_name("t").unwrap().as_ref(), row).as_i64(),
+                        json::cell(b.column_by_name("v").unwrap().as_ref(), row).as_i64(),
+                        json::cell(b.column_by_name("n").unwrap().as_ref(), row).as_i64(),
+                    ) else {
+                        continue;
+                    };
+                    let v = (v.max(0) as usize).min(nbk - 1);
+                    hist.entry((t, g)).or_insert_with(|| vec![0; nbk])[v] += n;
+                    totals[g][v] += n;
+                }
+            }
+            for ((t, g), counts) in hist {
+                series
+                    .entry((t, g))
+                    .or_default()
+                    .insert(c.key.clone(), heatmap_json(lo, hi, width, &counts));
+            }
+            for (g, counts) in totals.iter().enumerate() {
+                results[g].insert(c.key.clone(), heatmap_json(lo, hi, width, counts));
+            }
+        }
+
+        let series_json: Vec<Value> = series
+            .into_iter()
+            .map(|((t, g), mut m)| {
+                for (i, (name, _)) in plan.breakdowns.iter().enumerate() {
+                    m.insert(name.clone(), groups[g][i].clone());
+                }
+                json!({"time": sonde_model::time::format_us(plan.start_us + t * plan.granularity_s * 1_000_000), "data": m})
+            })
+            .collect();
+        let groups_n = results.len();
+        Ok(Output {
+            series: series_json,
+            results: results.into_iter().map(|m| json!({ "data": m })).collect(),
+            groups: groups_n,
+            truncated,
+        })
+    }
+}
+
+fn float(f: f64) -> Value {
+    serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+}
+
+/// Width of a HEATMAP value bucket: the range split in [`spec::HEATMAP_BUCKETS`] (1 when all
+/// values are equal).
+pub fn heatmap_width(lo: f64, hi: f64) -> f64 {
+    if hi > lo {
+        (hi - lo) / spec::HEATMAP_BUCKETS as f64
+    } else {
+        1.0
+    }
+}
+
+/// A HEATMAP value: `{"min", "max", "bucket_width", "counts"}`; `counts[i]` is the sample-rate
+/// weighted number of events with `min + i·bucket_width <= value < min + (i+1)·bucket_width`
+/// (the last bucket also holds `max`).
+fn heatmap_json(lo: f64, hi: f64, width: f64, counts: &[i64]) -> Value {
+    json!({"min": lo, "max": hi, "bucket_width": width, "counts": counts})
+}
+
+/// Restricts events to the given groups (for series when the limit cut groups off).
+fn group_filter(plan: &Plan, groups: &[GroupKey]) -> Expr {
+    let value_expr = |i: usize, v: &Value| -> Expr {
+        let (name, ty) = &plan.breakdowns[i];
+        if v.is_null() {
+            return ident(name).is_null();
+        }
+        let l = match (ty, v) {
+            (ColumnType::Bool, Value::Bool(b)) => lit(*b),
+            (ColumnType::Int, v) => lit(v.as_i64().unwrap_or_default()),
+            (ColumnType::Float, v) => lit(v.as_f64().unwrap_or_default()),
+            (_, Value::String(s)) => lit(s.clone()),
+            (_, other) => lit(other.to_string()),
+        };
+        ident(name).eq(l)
+    };
+    groups
+        .iter()
+        .map(|g| {
+            g.iter()
+                .enumerate()
+                .map(|(i, v)| value_expr(i, v))
+                .reduce(Expr::and)
+                .unwrap_or(lit(true))
+        })
+        .reduce(Expr::or)
+        .unwrap_or(lit(false))
+}

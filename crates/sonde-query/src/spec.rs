@@ -1,0 +1,807 @@
+//! Honeycomb's query specification: the JSON a client sends, and its validation against a
+//! dataset's schema into a [`Plan`] the executor can run.
+//!
+//! Every validation error names the field and the problem (`filters[2]: unknown column
+//! "foo"`), and is answered with a 400.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sonde_model::ColumnType;
+use std::collections::BTreeMap;
+
+/// Default `limit` (Honeycomb's).
+pub const DEFAULT_LIMIT: usize = 100;
+/// Largest `limit`.
+pub const MAX_LIMIT: usize = 10_000;
+/// Default time range when none is given: two hours, as Honeycomb.
+pub const DEFAULT_TIME_RANGE_S: i64 = 7200;
+/// Most time buckets a query may ask for.
+pub const MAX_BUCKETS: i64 = 1000;
+/// Value buckets of a HEATMAP.
+pub const HEATMAP_BUCKETS: usize = 50;
+
+/// A query specification, as Honeycomb's API takes it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuerySpec {
+    /// What to compute (VISUALIZE); empty means `COUNT`.
+    #[serde(default)]
+    pub calculations: Vec<Calculation>,
+    /// Which events count (WHERE).
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+    /// `AND` (default) or `OR`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_combination: Option<String>,
+    /// Columns to group by (GROUP BY).
+    #[serde(default)]
+    pub breakdowns: Vec<String>,
+    /// Result order (ORDER BY).
+    #[serde(default)]
+    pub orders: Vec<Order>,
+    /// Filters on the calculated values (HAVING).
+    #[serde(default)]
+    pub havings: Vec<Having>,
+    /// Most groups returned (default 100, at most 10,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    /// Seconds before `end_time` (or now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_range: Option<i64>,
+    /// Start (inclusive): epoch seconds (or ms/µs/ns, or RFC3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Value>,
+    /// End (exclusive): epoch seconds (or ms/µs/ns, or RFC3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<Value>,
+    /// Seconds per time bucket of the series; chosen automatically when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granularity: Option<i64>,
+}
+
+/// One calculation: `{"op": "P99", "column": "duration_ms"}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Calculation {
+    /// The operator (`COUNT`, `SUM`, `P99`, `HEATMAP`, …).
+    pub op: String,
+    /// The column (absent for `COUNT` and `CONCURRENCY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+}
+
+/// One filter: `{"column": "http.status_code", "op": ">=", "value": 500}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Filter {
+    /// The column.
+    pub column: String,
+    /// The operator (`=`, `!=`, `>`, …, `contains`, `exists`, `in`, …).
+    pub op: String,
+    /// The value (absent for `exists` / `does-not-exist`; an array for `in` / `not-in`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+}
+
+/// One order: by a calculation (`op` + `column`) or by a breakdown (`column` only).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Order {
+    /// The breakdown column, or the calculation's column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// The calculation's operator, when ordering by a calculation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<String>,
+    /// `ascending` or `descending` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<String>,
+}
+
+/// One having: `{"calculate_op": "COUNT", "op": ">", "value": 10}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Having {
+    /// The calculation's operator.
+    pub calculate_op: String,
+    /// The calculation's column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// Comparison: `=`, `!=`, `>`, `>=`, `<`, `<=`.
+    pub op: String,
+    /// The number to compare with.
+    pub value: Value,
+}
+
+/// A calculation operator.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CalcOp {
+    /// Sum of sample rates.
+    Count,
+    /// Sum of value × sample rate.
+    Sum,
+    /// Sample-rate-weighted mean.
+    Avg,
+    /// Smallest value.
+    Min,
+    /// Largest value.
+    Max,
+    /// Exact number of distinct values (not sample-rate corrected).
+    CountDistinct,
+    /// Weighted percentile `p` in `[0, 1]`.
+    Percentile(f64),
+    /// Histogram of the values.
+    Heatmap,
+    /// Per-second change of the per-bucket AVG.
+    RateAvg,
+    /// Per-second change of the per-bucket SUM.
+    RateSum,
+    /// Per-second change of the per-bucket MAX.
+    RateMax,
+    /// Spans in progress per bucket (from `timestamp` and `duration_ms`).
+    Concurrency,
+}
+
+const PERCENTILES: &[(&str, f64)] = &[
+    ("P001", 0.001),
+    ("P01", 0.01),
+    ("P05", 0.05),
+    ("P10", 0.10),
+    ("P20", 0.20),
+    ("P25", 0.25),
+    ("P50", 0.50),
+    ("P75", 0.75),
+    ("P80", 0.80),
+    ("P90", 0.90),
+    ("P95", 0.95),
+    ("P99", 0.99),
+    ("P999", 0.999),
+];
+
+impl CalcOp {
+    /// Parses an operator name (case-insensitive).
+    pub fn parse(op: &str) -> Option<CalcOp> {
+        let up = op.to_ascii_uppercase();
+        Some(match up.as_str() {
+            "COUNT" => CalcOp::Count,
+            "SUM" => CalcOp::Sum,
+            "AVG" => CalcOp::Avg,
+            "MIN" => CalcOp::Min,
+            "MAX" => CalcOp::Max,
+            "COUNT_DISTINCT" => CalcOp::CountDistinct,
+            "HEATMAP" => CalcOp::Heatmap,
+            "RATE_AVG" => CalcOp::RateAvg,
+            "RATE_SUM" => CalcOp::RateSum,
+            "RATE_MAX" => CalcOp::RateMax,
+            "CONCURRENCY" => CalcOp::Concurrency,
+            p => {
+                return PERCENTILES
+                    .iter()
+                    .find(|(n, _)| *n == p)
+                    .map(|(_, v)| CalcOp::Percentile(*v));
+            }
+        })
+    }
+
+    /// The canonical name.
+    pub fn name(self) -> String {
+        match self {
+            CalcOp::Count => "COUNT".into(),
+            CalcOp::Sum => "SUM".into(),
+            CalcOp::Avg => "AVG".into(),
+            CalcOp::Min => "MIN".into(),
+            CalcOp::Max => "MAX".into(),
+            CalcOp::CountDistinct => "COUNT_DISTINCT".into(),
+            CalcOp::Heatmap => "HEATMAP".into(),
+            CalcOp::RateAvg => "RATE_AVG".into(),
+            CalcOp::RateSum => "RATE_SUM".into(),
+            CalcOp::RateMax => "RATE_MAX".into(),
+            CalcOp::Concurrency => "CONCURRENCY".into(),
+            CalcOp::Percentile(p) => PERCENTILES
+                .iter()
+                .find(|(_, v)| *v == p)
+                .map_or("P?".into(), |(n, _)| n.to_string()),
+        }
+    }
+
+    fn needs_column(self) -> bool {
+        !matches!(self, CalcOp::Count | CalcOp::Concurrency)
+    }
+
+    fn needs_numeric(self) -> bool {
+        !matches!(self, CalcOp::Count | CalcOp::CountDistinct | CalcOp::Concurrency)
+    }
+
+    /// Whether the value is a plain aggregate, computed per group in one pass (and so can be
+    /// ordered by and filtered with a having).
+    pub fn is_simple(self) -> bool {
+        !matches!(
+            self,
+            CalcOp::Heatmap | CalcOp::RateAvg | CalcOp::RateSum | CalcOp::RateMax | CalcOp::Concurrency
+        )
+    }
+}
+
+/// A validated calculation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Calc {
+    /// The operator.
+    pub op: CalcOp,
+    /// The column and its type.
+    pub column: Option<(String, ColumnType)>,
+    /// The result key: `COUNT`, `P99(duration_ms)`.
+    pub key: String,
+}
+
+/// A filter operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterOp {
+    /// `=`
+    Eq,
+    /// `!=`
+    Ne,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `starts-with`
+    StartsWith,
+    /// `does-not-start-with`
+    NotStartsWith,
+    /// `ends-with`
+    EndsWith,
+    /// `does-not-end-with`
+    NotEndsWith,
+    /// `contains`
+    Contains,
+    /// `does-not-contain`
+    NotContains,
+    /// `exists`
+    Exists,
+    /// `does-not-exist`
+    NotExists,
+    /// `in`
+    In,
+    /// `not-in`
+    NotIn,
+}
+
+impl FilterOp {
+    /// Parses a filter operator.
+    pub fn parse(op: &str) -> Option<FilterOp> {
+        Some(match op {
+            "=" => FilterOp::Eq,
+            "!=" => FilterOp::Ne,
+            ">" => FilterOp::Gt,
+            ">=" => FilterOp::Ge,
+            "<" => FilterOp::Lt,
+            "<=" => FilterOp::Le,
+            "starts-with" => FilterOp::StartsWith,
+            "does-not-start-with" => FilterOp::NotStartsWith,
+            "ends-with" => FilterOp::EndsWith,
+            "does-not-end-with" => FilterOp::NotEndsWith,
+            "contains" => FilterOp::Contains,
+            "does-not-contain" => FilterOp::NotContains,
+            "exists" => FilterOp::Exists,
+            "does-not-exist" => FilterOp::NotExists,
+            "in" => FilterOp::In,
+            "not-in" => FilterOp::NotIn,
+            _ => return None,
+        })
+    }
+
+    fn is_string_op(self) -> bool {
+        matches!(
+            self,
+            FilterOp::StartsWith
+                | FilterOp::NotStartsWith
+                | FilterOp::EndsWith
+                | FilterOp::NotEndsWith
+                | FilterOp::Contains
+                | FilterOp::NotContains
+        )
+    }
+
+    /// Negative operators also match events that lack the field: "not 500" includes events
+    /// with no status at all, which is what someone excluding a value means.
+    pub fn matches_absent(self) -> bool {
+        matches!(
+            self,
+            FilterOp::Ne
+                | FilterOp::NotStartsWith
+                | FilterOp::NotEndsWith
+                | FilterOp::NotContains
+                | FilterOp::NotExists
+                | FilterOp::NotIn
+        )
+    }
+}
+
+/// A typed literal for a filter, coerced to the column's type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Literal {
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A string.
+    Str(String),
+}
+
+/// A validated filter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanFilter {
+    /// Column name.
+    pub column: String,
+    /// Column type.
+    pub ty: ColumnType,
+    /// Operator.
+    pub op: FilterOp,
+    /// Operands (empty for exists ops, one for comparisons, many for `in`).
+    pub values: Vec<Literal>,
+}
+
+/// Sort direction and key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OrderKey {
+    /// By the calculation at this index.
+    Calc(usize),
+    /// By the breakdown at this index.
+    Breakdown(usize),
+}
+
+/// A comparison of a having.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanHaving {
+    /// The calculation compared.
+    pub calc: usize,
+    /// `=`, `!=`, `>`, `>=`, `<`, `<=` as a filter op.
+    pub op: FilterOp,
+    /// The number.
+    pub value: f64,
+}
+
+/// A validated, executable query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Calculations, in request order.
+    pub calcs: Vec<Calc>,
+    /// Filters.
+    pub filters: Vec<PlanFilter>,
+    /// True for OR, false for AND.
+    pub any: bool,
+    /// Breakdown columns with types.
+    pub breakdowns: Vec<(String, ColumnType)>,
+    /// Orders (key, descending).
+    pub orders: Vec<(OrderKey, bool)>,
+    /// Havings.
+    pub havings: Vec<PlanHaving>,
+    /// Group limit.
+    pub limit: usize,
+    /// Start (µs, inclusive).
+    pub start_us: i64,
+    /// End (µs, exclusive).
+    pub end_us: i64,
+    /// Seconds per bucket.
+    pub granularity_s: i64,
+}
+
+impl Plan {
+    /// Number of time buckets.
+    pub fn buckets(&self) -> i64 {
+        let g = self.granularity_s * 1_000_000;
+        (self.end_us - self.start_us + g - 1) / g
+    }
+}
+
+/// A validation error: the field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// The offending field, e.g. `filters[2].column`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Picks a bucket width giving 100–300 buckets where the span allows: the smallest "nice"
+/// width with at most 300 buckets.
+pub fn auto_granularity(span_us: i64) -> i64 {
+    const NICE: &[i64] = &[
+        1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800,
+    ];
+    let span_s = (span_us as f64 / 1e6).max(1.0);
+    for &g in NICE {
+        if span_s / g as f64 <= 300.0 {
+            return g;
+        }
+    }
+    (span_s / 300.0).ceil() as i64
+}
+
+/// Resolves the time range: `(start_us, end_us)`.
+pub fn resolve_time(spec: &QuerySpec, now_us: i64) -> Result<(i64, i64), SpecError> {
+    let parse = |v: &Value, field: &str| -> Result<i64, SpecError> {
+        sonde_model::time::parse_time_value(v).map_err(|e| err(field, e.to_string()))
+    };
+    let start = spec
+        .start_time
+        .as_ref()
+        .filter(|v| !v.is_null())
+        .map(|v| parse(v, "start_time"))
+        .transpose()?;
+    let end = spec
+        .end_time
+        .as_ref()
+        .filter(|v| !v.is_null())
+        .map(|v| parse(v, "end_time"))
+        .transpose()?;
+    if let Some(r) = spec.time_range
+        && r <= 0
+    {
+        return Err(err(
+            "time_range",
+            format!("must be a positive number of seconds, got {r}"),
+        ));
+    }
+    let range_us = spec.time_range.map(|r| r.saturating_mul(1_000_000));
+    let (s, e) = match (start, end, range_us) {
+        (Some(s), Some(e), _) => (s, e),
+        (Some(s), None, Some(r)) => (s, s.saturating_add(r)),
+        (Some(s), None, None) => (s, now_us),
+        (None, Some(e), r) => (e - r.unwrap_or(DEFAULT_TIME_RANGE_S * 1_000_000), e),
+        (None, None, r) => (now_us - r.unwrap_or(DEFAULT_TIME_RANGE_S * 1_000_000), now_us),
+    };
+    if s >= e {
+        return Err(err("start_time", "must be before end_time"));
+    }
+    Ok((s, e))
+}
+
+fn literal(v: &Value, ty: ColumnType, field: &str) -> Result<Literal, SpecError> {
+    let bad = || err(field, format!("value {v} does not fit a {ty} column"));
+    Ok(match ty {
+        ColumnType::String => Literal::Str(match v {
+            Value::String(s) => s.clone(),
+            Value::Number(_) | Value::Bool(_) => v.to_string(),
+            _ => return Err(bad()),
+        }),
+        ColumnType::Bool => match v {
+            Value::Bool(b) => Literal::Bool(*b),
+            Value::String(s) if s.eq_ignore_ascii_case("true") => Literal::Bool(true),
+            Value::String(s) if s.eq_ignore_ascii_case("false") => Literal::Bool(false),
+            _ => return Err(bad()),
+        },
+        ColumnType::Int | ColumnType::Float => {
+            let n = match v {
+                Value::Number(n) => n.clone(),
+                Value::String(s) => s.trim().parse::<serde_json::Number>().map_err(|_| bad())?,
+                _ => return Err(bad()),
+            };
+            match (ty, n.as_i64()) {
+                (ColumnType::Int, Some(i)) => Literal::Int(i),
+                _ => Literal::Float(n.as_f64().ok_or_else(bad)?),
+            }
+        }
+    })
+}
+
+/// Validates a spec against a dataset's columns (`timestamp` and `samplerate` included).
+pub fn plan(spec: &QuerySpec, columns: &BTreeMap<String, ColumnType>, now_us: i64) -> Result<Plan, SpecError> {
+    let col_type = |name: &str, field: &str| -> Result<ColumnType, SpecError> {
+        columns
+            .get(name)
+            .copied()
+            .ok_or_else(|| err(field, format!("unknown column {name:?}")))
+    };
+
+    let mut calcs = Vec::new();
+    let specs: Vec<Calculation> = if spec.calculations.is_empty() {
+        vec![Calculation {
+            op: "COUNT".into(),
+            column: None,
+        }]
+    } else {
+        spec.calculations.clone()
+    };
+    for (i, c) in specs.iter().enumerate() {
+        let field = format!("calculations[{i}]");
+        let op = CalcOp::parse(&c.op)
+            .ok_or_else(|| err(format!("{field}.op"), format!("unknown calculation {:?}", c.op)))?;
+        let column = match (&c.column, op.needs_column()) {
+            (Some(name), true) => {
+                let ty = col_type(name, &format!("{field}.column"))?;
+                if op.needs_numeric() && !matches!(ty, ColumnType::Int | ColumnType::Float) {
+                    return Err(err(
+                        format!("{field}.column"),
+                        format!("{} needs a numeric column; {name:?} is {ty}", op.name()),
+                    ));
+                }
+                Some((name.clone(), ty))
+            }
+            (None, true) => return Err(err(format!("{field}.column"), format!("{} needs a column", op.name()))),
+            (_, false) => None,
+        };
+        if op == CalcOp::Concurrency {
+            let ty = col_type("duration_ms", &format!("{field}.op"))
+                .map_err(|_| err(format!("{field}.op"), "CONCURRENCY needs a duration_ms column"))?;
+            if !matches!(ty, ColumnType::Int | ColumnType::Float) {
+                return Err(err(
+                    format!("{field}.op"),
+                    "CONCURRENCY needs a numeric duration_ms column",
+                ));
+            }
+        }
+        let key = match &column {
+            Some((name, _)) => format!("{}({name})", op.name()),
+            None => op.name(),
+        };
+        if calcs.iter().any(|c: &Calc| c.key == key) {
+            continue; // the same calculation twice answers once
+        }
+        calcs.push(Calc { op, column, key });
+    }
+
+    let mut filters = Vec::new();
+    for (i, f) in spec.filters.iter().enumerate() {
+        let field = format!("filters[{i}]");
+        let op = FilterOp::parse(&f.op)
+            .ok_or_else(|| err(format!("{field}.op"), format!("unknown filter op {:?}", f.op)))?;
+        let ty = col_type(&f.column, &format!("{field}.column"))?;
+        if op.is_string_op() && ty != ColumnType::String {
+            return Err(err(
+                format!("{field}.op"),
+                format!("{} needs a string column; {:?} is {ty}", f.op, f.column),
+            ));
+        }
+        let values = match op {
+            FilterOp::Exists | FilterOp::NotExists => vec![],
+            FilterOp::In | FilterOp::NotIn => match &f.value {
+                Some(Value::Array(a)) if !a.is_empty() => a
+                    .iter()
+                    .map(|v| literal(v, ty, &format!("{field}.value")))
+                    .collect::<Result<_, _>>()?,
+                _ => {
+                    return Err(err(
+                        format!("{field}.value"),
+                        format!("{} needs a non-empty array", f.op),
+                    ));
+                }
+            },
+            _ => match &f.value {
+                Some(v) if !v.is_null() => vec![literal(v, ty, &format!("{field}.value"))?],
+                _ => return Err(err(format!("{field}.value"), format!("{} needs a value", f.op))),
+            },
+        };
+        filters.push(PlanFilter {
+            column: f.column.clone(),
+            ty,
+            op,
+            values,
+        });
+    }
+    let any = match spec.filter_combination.as_deref().map(|s| s.to_ascii_uppercase()) {
+        None => false,
+        Some(s) if s == "AND" => false,
+        Some(s) if s == "OR" => true,
+        Some(s) => return Err(err("filter_combination", format!("must be AND or OR, got {s:?}"))),
+    };
+
+    let mut breakdowns = Vec::new();
+    for (i, b) in spec.breakdowns.iter().enumerate() {
+        let ty = col_type(b, &format!("breakdowns[{i}]"))?;
+        if !breakdowns.iter().any(|(n, _): &(String, ColumnType)| n == b) {
+            breakdowns.push((b.clone(), ty));
+        }
+    }
+
+    let find_calc = |op: &str, column: &Option<String>, field: &str| -> Result<usize, SpecError> {
+        let parsed = CalcOp::parse(op).ok_or_else(|| err(field, format!("unknown calculation {op:?}")))?;
+        let key = match column {
+            Some(c) if parsed.needs_column() => format!("{}({c})", parsed.name()),
+            _ => parsed.name(),
+        };
+        let i = calcs
+            .iter()
+            .position(|c| c.key == key)
+            .ok_or_else(|| err(field, format!("{key} is not one of the calculations")))?;
+        if !calcs[i].op.is_simple() {
+            return Err(err(field, format!("cannot order or filter by {key}")));
+        }
+        Ok(i)
+    };
+
+    let mut orders = Vec::new();
+    for (i, o) in spec.orders.iter().enumerate() {
+        let field = format!("orders[{i}]");
+        let desc = match o.order.as_deref() {
+            None | Some("descending") | Some("desc") => true,
+            Some("ascending") | Some("asc") => false,
+            Some(other) => {
+                return Err(err(
+                    format!("{field}.order"),
+                    format!("must be ascending or descending, got {other:?}"),
+                ));
+            }
+        };
+        let key = match (&o.op, &o.column) {
+            (Some(op), column) => OrderKey::Calc(find_calc(op, column, &field)?),
+            (None, Some(column)) => {
+                OrderKey::Breakdown(breakdowns.iter().position(|(n, _)| n == column).ok_or_else(|| {
+                    err(
+                        format!("{field}.column"),
+                        format!("{column:?} is not one of the breakdowns"),
+                    )
+                })?)
+            }
+            (None, None) => return Err(err(&field, "needs an op or a column")),
+        };
+        // Order by a breakdown defaults to ascending, as in Honeycomb's UI.
+        let desc = if o.order.is_none() && matches!(key, OrderKey::Breakdown(_)) {
+            false
+        } else {
+            desc
+        };
+        orders.push((key, desc));
+    }
+    if orders.is_empty()
+        && let Some(i) = calcs.iter().position(|c| c.op.is_simple())
+    {
+        orders.push((OrderKey::Calc(i), true));
+    }
+
+    let mut havings = Vec::new();
+    for (i, h) in spec.havings.iter().enumerate() {
+        let field = format!("havings[{i}]");
+        let calc = find_calc(&h.calculate_op, &h.column, &field)?;
+        let op = match FilterOp::parse(&h.op) {
+            Some(op @ (FilterOp::Eq | FilterOp::Ne | FilterOp::Gt | FilterOp::Ge | FilterOp::Lt | FilterOp::Le)) => op,
+            _ => {
+                return Err(err(
+                    format!("{field}.op"),
+                    format!("must be one of = != > >= < <=, got {:?}", h.op),
+                ));
+            }
+        };
+        let value = h
+            .value
+            .as_f64()
+            .ok_or_else(|| err(format!("{field}.value"), "must be a number"))?;
+        havings.push(PlanHaving { calc, op, value });
+    }
+
+    let limit = match spec.limit {
+        None => DEFAULT_LIMIT,
+        Some(l) if l >= 1 && l as usize <= MAX_LIMIT => l as usize,
+        Some(l) => return Err(err("limit", format!("must be between 1 and {MAX_LIMIT}, got {l}"))),
+    };
+
+    let (start_us, end_us) = resolve_time(spec, now_us)?;
+    let span = end_us - start_us;
+    let granularity_s = match spec.granularity {
+        None | Some(0) => auto_granularity(span),
+        Some(g) if g < 0 => return Err(err("granularity", format!("must be positive, got {g}"))),
+        Some(g) => {
+            let buckets = (span + g * 1_000_000 - 1) / (g * 1_000_000);
+            if buckets > MAX_BUCKETS {
+                return Err(err(
+                    "granularity",
+                    format!("{g}s gives {buckets} buckets over this time range; at most {MAX_BUCKETS} are allowed"),
+                ));
+            }
+            g
+        }
+    };
+
+    Ok(Plan {
+        calcs,
+        filters,
+        any,
+        breakdowns,
+        orders,
+        havings,
+        limit,
+        start_us,
+        end_us,
+        granularity_s,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cols() -> BTreeMap<String, ColumnType> {
+        [
+            ("duration_ms", ColumnType::Float),
+            ("service", ColumnType::String),
+            ("status", ColumnType::Int),
+        ]
+        .into_iter()
+        .map(|(n, t)| (n.to_string(), t))
+        .collect()
+    }
+
+    fn spec(v: Value) -> QuerySpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let now = 1_700_000_000_000_000;
+        let e = plan(
+            &spec(json!({"filters":[{"column":"nope","op":"=","value":1}]})),
+            &cols(),
+            now,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "filters[0].column");
+        let e = plan(
+            &spec(json!({"calculations":[{"op":"P99","column":"service"}]})),
+            &cols(),
+            now,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("numeric"), "{e}");
+        let e = plan(&spec(json!({"limit": 20000})), &cols(), now).unwrap_err();
+        assert_eq!(e.field, "limit");
+        let e = plan(
+            &spec(json!({"filters":[{"column":"status","op":"contains","value":"5"}]})),
+            &cols(),
+            now,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("string column"), "{e}");
+        let e = plan(
+            &spec(json!({"orders":[{"op":"AVG","column":"duration_ms"}]})),
+            &cols(),
+            now,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not one of the calculations"), "{e}");
+        let e = plan(&spec(json!({"time_range": 86400, "granularity": 1})), &cols(), now).unwrap_err();
+        assert_eq!(e.field, "granularity");
+    }
+
+    #[test]
+    fn defaults() {
+        let now = 1_700_000_000_000_000;
+        let p = plan(&spec(json!({})), &cols(), now).unwrap();
+        assert_eq!(p.calcs[0].key, "COUNT");
+        assert_eq!(p.limit, 100);
+        assert_eq!((p.start_us, p.end_us), (now - 7_200_000_000, now));
+        assert_eq!(p.granularity_s, 30);
+        assert!((100..=300).contains(&p.buckets()));
+        let p = plan(
+            &spec(json!({"start_time": 1_700_000_000, "end_time": 1_700_003_600})),
+            &cols(),
+            now,
+        )
+        .unwrap();
+        assert_eq!(p.granularity_s, 15);
+        assert_eq!(p.buckets(), 240);
+    }
+
+    #[test]
+    fn literals_take_the_column_type() {
+        let now = 1_700_000_000_000_000;
+        let p = plan(
+            &spec(json!({"filters":[{"column":"service","op":"=","value":5},{"column":"status","op":"in","value":["500", 503]}]})),
+            &cols(),
+            now,
+        )
+        .unwrap();
+        assert_eq!(p.filters[0].values, vec![Literal::Str("5".into())]);
+        assert_eq!(p.filters[1].values, vec![Literal::Int(500), Literal::Int(503)]);
+    }
+}

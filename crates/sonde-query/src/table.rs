@@ -1,0 +1,293 @@
+//! The dataset table: one DataFusion table over a dataset's Parquet segments *and* its write
+//! buffer, so that an event is queryable the moment it is acknowledged.
+//!
+//! `scan` first prunes whole segments with the catalog's time bounds (no file is opened for a
+//! segment outside the query's time range), then builds a Parquet scan over the rest with the
+//! query's filters as a pruning predicate (row-group statistics, page index, bloom filters) and
+//! filter pushdown, and unions it with the buffered batches. The table schema is the dataset's
+//! widened schema: DataFusion's default expression adapter reads older segments by name, fills
+//! columns a segment lacks with nulls and casts narrower types (an `Int64` segment column in a
+//! `Utf8` table column reads as text).
+
+use arrow::array::{ArrayRef, RecordBatch, new_null_array};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{DFSchema, ScalarValue, project_schema};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::Result;
+use datafusion::execution::cache::cache_manager::FileMetadataCache;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::union::UnionExec;
+use object_store::ObjectStore;
+use sonde_model::TIMESTAMP_COLUMN;
+use sonde_storage::DatasetSnapshot;
+use sonde_storage::buffer::{arrow_type, timestamp_type};
+use std::sync::{Arc, Mutex};
+
+/// The URL under which the segment store is registered with DataFusion.
+pub const STORE_URL: &str = "sonde://segments";
+
+/// What one scan touched, reported in a query's `meta`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    /// Segments the dataset has.
+    pub segments_total: usize,
+    /// Segments read (overlapping the time range).
+    pub segments_scanned: usize,
+    /// Rows in the segments read plus buffered rows: the rows the query had to examine.
+    pub rows_examined: u64,
+}
+
+/// A snapshot of one dataset as a DataFusion table.
+#[derive(Debug)]
+pub struct DatasetTable {
+    snapshot: DatasetSnapshot,
+    schema: SchemaRef,
+    buffered: Vec<RecordBatch>,
+    metadata_cache: Arc<FileMetadataCache>,
+    store: Arc<dyn ObjectStore>,
+    stats: Arc<Mutex<ScanStats>>,
+}
+
+impl DatasetTable {
+    /// Wraps a snapshot. `metadata_cache` keeps Parquet footers across queries.
+    pub fn new(
+        snapshot: DatasetSnapshot,
+        store: Arc<dyn ObjectStore>,
+        metadata_cache: Arc<FileMetadataCache>,
+    ) -> Result<DatasetTable> {
+        let schema = table_schema(&snapshot);
+        let buffered = snapshot
+            .buffered
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| adapt_batch(b, &schema))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DatasetTable {
+            snapshot,
+            schema,
+            buffered,
+            metadata_cache,
+            store,
+            stats: Default::default(),
+        })
+    }
+
+    /// The stats of the scans run so far (shared, so they can be read after execution).
+    pub fn stats(&self) -> Arc<Mutex<ScanStats>> {
+        self.stats.clone()
+    }
+
+    /// The snapshot behind the table.
+    pub fn snapshot(&self) -> &DatasetSnapshot {
+        &self.snapshot
+    }
+}
+
+/// The table schema of a dataset: `timestamp`, `samplerate`, then every column at its widest
+/// type, all nullable (a segment may lack any of them).
+pub fn table_schema(snapshot: &DatasetSnapshot) -> SchemaRef {
+    let mut fields = vec![
+        Field::new(TIMESTAMP_COLUMN, timestamp_type(), false),
+        Field::new(sonde_model::SAMPLE_RATE_COLUMN, DataType::Int64, false),
+    ];
+    fields.extend(
+        snapshot
+            .columns
+            .iter()
+            .map(|(name, c)| Field::new(name, arrow_type(c.ty), true)),
+    );
+    Arc::new(Schema::new(fields))
+}
+
+/// Casts a buffered batch to the table schema (missing columns null, narrower types widened).
+fn adapt_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let n = batch.num_rows();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => Ok(cast(c, f.data_type())?),
+            None => Ok(new_null_array(f.data_type(), n)),
+        })
+        .collect::<Result<Vec<ArrayRef>>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// Event-time bounds (µs, inclusive) implied by a conjunction of filters, for segment pruning.
+pub fn time_bounds(filters: &[Expr]) -> (i64, i64) {
+    let mut lo = i64::MIN;
+    let mut hi = i64::MAX;
+    for f in filters {
+        collect_bounds(f, &mut lo, &mut hi);
+    }
+    (lo, hi)
+}
+
+fn collect_bounds(e: &Expr, lo: &mut i64, hi: &mut i64) {
+    match e {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::And,
+            right,
+        }) => {
+            collect_bounds(left, lo, hi);
+            collect_bounds(right, lo, hi);
+        }
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            let (col_left, value, op) = match (left.as_ref(), right.as_ref()) {
+                (Expr::Column(c), Expr::Literal(v, _)) if c.name == TIMESTAMP_COLUMN => (true, v, *op),
+                (Expr::Literal(v, _), Expr::Column(c)) if c.name == TIMESTAMP_COLUMN => (false, v, *op),
+                _ => return,
+            };
+            let Some(us) = timestamp_literal_us(value) else { return };
+            let op = if col_left { Some(op) } else { op.swap() };
+            match op {
+                Some(Operator::Gt | Operator::GtEq) => *lo = (*lo).max(us),
+                Some(Operator::Lt | Operator::LtEq) => *hi = (*hi).min(us),
+                Some(Operator::Eq) => {
+                    *lo = (*lo).max(us);
+                    *hi = (*hi).min(us);
+                }
+                _ => {}
+            }
+        }
+        Expr::Between(b) if !b.negated => {
+            if let (Expr::Column(c), Expr::Literal(l, _), Expr::Literal(h, _)) =
+                (b.expr.as_ref(), b.low.as_ref(), b.high.as_ref())
+                && c.name == TIMESTAMP_COLUMN
+            {
+                if let Some(l) = timestamp_literal_us(l) {
+                    *lo = (*lo).max(l);
+                }
+                if let Some(h) = timestamp_literal_us(h) {
+                    *hi = (*hi).min(h);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn timestamp_literal_us(v: &ScalarValue) -> Option<i64> {
+    match v {
+        ScalarValue::TimestampSecond(Some(s), _) => s.checked_mul(1_000_000),
+        ScalarValue::TimestampMillisecond(Some(s), _) => s.checked_mul(1_000),
+        ScalarValue::TimestampMicrosecond(Some(s), _) => Some(*s),
+        // Rounded outwards by the caller's inclusive comparison; a nanosecond bound is floored.
+        ScalarValue::TimestampNanosecond(Some(s), _) => Some(s.div_euclid(1_000)),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl TableProvider for DatasetTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Inexact: filters prune segments, row groups and pages, and DataFusion still applies
+        // them to the rows that remain, so correctness never depends on pruning.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let projected = project_schema(&self.schema, projection)?;
+        let (lo, hi) = time_bounds(filters);
+        let segments: Vec<_> = self
+            .snapshot
+            .segments
+            .iter()
+            .filter(|s| s.max_ts_us >= lo && s.min_ts_us <= hi)
+            .collect();
+        let buffered: Vec<RecordBatch> = self.buffered.clone();
+        {
+            let mut st = self.stats.lock().unwrap();
+            st.segments_total = self.snapshot.segments.len();
+            // Every query of one spec scans the same time range, so the last scan speaks for all.
+            st.segments_scanned = segments.len();
+            st.rows_examined = segments.iter().map(|s| s.rows).sum::<u64>()
+                + buffered.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+        }
+
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if !segments.is_empty() {
+            let mut source = ParquetSource::new(self.schema.clone())
+                .with_table_parquet_options(state.default_table_options().parquet)
+                .with_pushdown_filters(true)
+                .with_reorder_filters(true)
+                .with_enable_page_index(true)
+                .with_bloom_filter_on_read(true)
+                .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(
+                    self.store.clone(),
+                    self.metadata_cache.clone(),
+                )));
+            if let Some(expr) = conjunction(filters.to_vec()) {
+                let df_schema = DFSchema::try_from(self.schema.clone())?;
+                source = source.with_predicate(state.create_physical_expr(expr, &df_schema)?);
+            }
+            let files: Vec<PartitionedFile> = segments
+                .iter()
+                .map(|s| PartitionedFile::new(s.path.clone(), s.bytes))
+                .collect();
+            let groups = FileGroup::new(files).split_files(state.config().target_partitions().max(1));
+            let config = FileScanConfigBuilder::new(ObjectStoreUrl::parse(STORE_URL)?, Arc::new(source))
+                .with_file_groups(groups)
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
+            inputs.push(DataSourceExec::from_data_source(config));
+        }
+        if !buffered.is_empty() {
+            let mem =
+                MemorySourceConfig::try_new(&[buffered], self.schema.clone(), projection.cloned())?.with_limit(limit);
+            inputs.push(DataSourceExec::from_data_source(mem));
+        }
+        match inputs.len() {
+            0 => Ok(Arc::new(EmptyExec::new(projected))),
+            1 => Ok(inputs.pop().unwrap()),
+            _ => UnionExec::try_new(inputs),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::{ident, lit};
+
+    #[test]
+    fn time_bounds_from_filters() {
+        let ts = |us| lit(ScalarValue::TimestampMicrosecond(Some(us), Some("UTC".into())));
+        let f = vec![
+            ident("timestamp").gt_eq(ts(100)).and(ident("timestamp").lt(ts(200))),
+            ident("x").eq(lit(1)),
+        ];
+        assert_eq!(time_bounds(&f), (100, 200));
+        let f = vec![ts(50).lt(ident("timestamp"))];
+        assert_eq!(time_bounds(&f), (50, i64::MAX));
+        assert_eq!(time_bounds(&[]), (i64::MIN, i64::MAX));
+    }
+}
