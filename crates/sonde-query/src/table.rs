@@ -153,9 +153,13 @@ fn collect_bounds(e: &Expr, lo: &mut i64, hi: &mut i64) {
             };
             let Some(us) = timestamp_literal_us(value) else { return };
             let op = if col_left { Some(op) } else { op.swap() };
+            // Strict bounds exclude the bound itself: `timestamp < end` does not need a segment
+            // that starts exactly at `end`.
             match op {
-                Some(Operator::Gt | Operator::GtEq) => *lo = (*lo).max(us),
-                Some(Operator::Lt | Operator::LtEq) => *hi = (*hi).min(us),
+                Some(Operator::Gt) => *lo = (*lo).max(us.saturating_add(1)),
+                Some(Operator::GtEq) => *lo = (*lo).max(us),
+                Some(Operator::Lt) => *hi = (*hi).min(us.saturating_sub(1)),
+                Some(Operator::LtEq) => *hi = (*hi).min(us),
                 Some(Operator::Eq) => {
                     *lo = (*lo).max(us);
                     *hi = (*hi).min(us);
@@ -285,9 +289,9 @@ mod tests {
             ident("timestamp").gt_eq(ts(100)).and(ident("timestamp").lt(ts(200))),
             ident("x").eq(lit(1)),
         ];
-        assert_eq!(time_bounds(&f), (100, 200));
+        assert_eq!(time_bounds(&f), (100, 199));
         let f = vec![ts(50).lt(ident("timestamp"))];
-        assert_eq!(time_bounds(&f), (50, i64::MAX));
+        assert_eq!(time_bounds(&f), (51, i64::MAX));
         assert_eq!(time_bounds(&[]), (i64::MIN, i64::MAX));
     }
 }

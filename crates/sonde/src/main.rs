@@ -34,6 +34,36 @@ enum Command {
     Gen(GenArgs),
     /// Send an NDJSON file (one event per line; `-` for stdin) to a running server.
     Ingest(IngestArgs),
+    /// Run a Honeycomb query specification (a JSON file, `-` for stdin) against a running server.
+    Query(QueryArgs),
+    /// Run read-only SQL against a running server.
+    Sql(SqlArgs),
+}
+
+#[derive(Args, Debug)]
+struct QueryArgs {
+    /// Dataset to query.
+    dataset: String,
+    /// Query specification file (JSON), `-` for stdin.
+    spec: PathBuf,
+    /// Server address.
+    #[arg(long, env = "SONDE_URL", default_value = "http://127.0.0.1:4318")]
+    url: String,
+    /// Print the server's JSON answer instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct SqlArgs {
+    /// The SQL statement (quote column names with dots: "service.name").
+    sql: String,
+    /// Server address.
+    #[arg(long, env = "SONDE_URL", default_value = "http://127.0.0.1:4318")]
+    url: String,
+    /// Print the server's JSON answer instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -185,6 +215,8 @@ fn main() -> Result<()> {
         Command::Serve(a) => rt.block_on(serve(a)),
         Command::Gen(a) => rt.block_on(gen_events(a)),
         Command::Ingest(a) => rt.block_on(ingest_file(a)),
+        Command::Query(a) => rt.block_on(run_query(a)),
+        Command::Sql(a) => rt.block_on(run_sql(a)),
     }
 }
 
@@ -381,4 +413,138 @@ async fn post_ndjson(url: &str, dataset: &str, lines: impl Iterator<Item = Strin
     let _ = n;
     eprintln!();
     Ok(sent)
+}
+
+async fn post_json(url: &str, body: serde_json::Value) -> Result<serde_json::Value> {
+    let resp = reqwest::Client::new()
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("posting to {url}"))?;
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().await.context("reading the answer")?;
+    if !status.is_success() {
+        bail!("{status}: {}", v["error"].as_str().unwrap_or(&v.to_string()));
+    }
+    Ok(v)
+}
+
+async fn run_query(a: QueryArgs) -> Result<()> {
+    let text = if a.spec.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(&a.spec).with_context(|| format!("reading {}", a.spec.display()))?
+    };
+    let spec: serde_json::Value = serde_json::from_str(&text).context("the spec is not JSON")?;
+    let url = format!("{}/api/query/{}", a.url.trim_end_matches('/'), a.dataset);
+    let v = post_json(&url, spec.clone()).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let rows: Vec<serde_json::Value> = v["data"]["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| r["data"].clone())
+        .collect();
+    // Breakdowns first, then the calculations, as in the UI's results table.
+    let mut columns: Vec<String> = spec["breakdowns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b.as_str().map(String::from))
+        .collect();
+    for r in &rows {
+        for k in r.as_object().into_iter().flat_map(|m| m.keys()) {
+            if !columns.contains(k) {
+                columns.push(k.clone());
+            }
+        }
+    }
+    print!("{}", table_with_columns(&columns, &rows));
+    eprintln!(
+        "{} groups · {} rows examined · {}/{} segments scanned · {:.1} ms",
+        rows.len(),
+        v["meta"]["rows_examined"],
+        v["meta"]["segments_scanned"],
+        v["meta"]["segments_total"],
+        v["meta"]["elapsed_ms"].as_f64().unwrap_or_default()
+    );
+    Ok(())
+}
+
+async fn run_sql(a: SqlArgs) -> Result<()> {
+    let url = format!("{}/api/sql", a.url.trim_end_matches('/'));
+    let v = post_json(&url, serde_json::json!({ "sql": a.sql })).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let rows = v["rows"].as_array().cloned().unwrap_or_default();
+    let columns: Vec<String> = v["columns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect();
+    print!("{}", table_with_columns(&columns, &rows));
+    eprintln!(
+        "{} rows · {:.1} ms",
+        rows.len(),
+        v["meta"]["elapsed_ms"].as_f64().unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Rows of JSON objects as an aligned text table.
+fn table_with_columns(columns: &[String], rows: &[serde_json::Value]) -> String {
+    let cell = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| columns.iter().map(|c| cell(&r[c.as_str()])).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([c.chars().count()])
+                .max()
+                .unwrap_or(0)
+                .min(60)
+        })
+        .collect();
+    let line = |vals: Vec<&str>| -> String {
+        let parts: Vec<String> = vals
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| {
+                let v: String = v.chars().take(*w).collect();
+                format!("{v:<w$}")
+            })
+            .collect();
+        format!("{}\n", parts.join("  ").trim_end())
+    };
+    let mut out = line(columns.iter().map(String::as_str).collect());
+    out.push_str(&line(
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect(),
+    ));
+    for r in &cells {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
 }

@@ -8,5 +8,6 @@ mod harness;
 mod bad_input;
 mod crash;
 mod ingest_e2e;
+mod query_api;
 mod query_diff;
 mod type_conflict;

@@ -1,0 +1,325 @@
+//! The query API's guarantees beyond arithmetic: segment pruning by time, visibility at ack,
+//! old segments with narrower types, raw events, Honeycomb's query-data flow, and SQL that
+//! cannot write and cannot take the server down.
+
+use crate::harness::{Server, send_json};
+use serde_json::{Value, json};
+
+const T0: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
+const MINUTE: i64 = 60_000_000;
+
+fn at(us: i64) -> String {
+    sonde_model::time::format_us(us)
+}
+
+async fn post(client: &reqwest::Client, server: &Server, path: &str, body: Value) -> (u16, Value) {
+    send_json(client.post(server.at(path)).json(&body)).await
+}
+
+async fn flushed(client: &reqwest::Client, server: &Server, dataset: &str) {
+    for _ in 0..400 {
+        let (_, d) = send_json(client.get(server.at("/api/datasets"))).await;
+        let ds = d["datasets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == dataset)
+            .cloned();
+        if ds.is_some_and(|x| x["buffered_rows"] == 0) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("dataset {dataset} was not flushed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrow_time_ranges_open_only_overlapping_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--flush-rows", "100"]).await;
+    let client = reqwest::Client::new();
+    // Six segments, one per ten minutes, each of 100 events.
+    for seg in 0..6 {
+        let batch: Vec<Value> = (0..100)
+            .map(|i| json!({"data": {"seg": seg, "i": i}, "time": at(T0 + seg * 10 * MINUTE + i * 1_000_000)}))
+            .collect();
+        assert_eq!(post(&client, &server, "/1/batch/pruning", json!(batch)).await.0, 200);
+        flushed(&client, &server, "pruning").await;
+    }
+    let (status, r) = post(
+        &client,
+        &server,
+        "/api/query/pruning",
+        json!({"calculations": [{"op": "COUNT"}], "breakdowns": ["seg"],
+               "start_time": at(T0 + 20 * MINUTE), "end_time": at(T0 + 30 * MINUTE)}),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["data"]["results"], json!([{"data": {"COUNT": 100, "seg": 2}}]));
+    assert_eq!(r["meta"]["segments_total"], 6);
+    assert_eq!(r["meta"]["segments_scanned"], 1, "{}", r["meta"]);
+    assert_eq!(r["meta"]["segments_pruned"], 5);
+    assert_eq!(r["meta"]["rows_examined"], 100);
+
+    // The whole range opens them all.
+    let (_, r) = post(
+        &client,
+        &server,
+        "/api/query/pruning",
+        json!({"calculations": [{"op": "COUNT"}], "start_time": at(T0), "end_time": at(T0 + 60 * MINUTE)}),
+    )
+    .await;
+    assert_eq!(r["data"]["results"][0]["data"]["COUNT"], 600);
+    assert_eq!(r["meta"]["segments_scanned"], 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_queryable_the_moment_they_are_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--flush-rows", "250"]).await;
+    let client = reqwest::Client::new();
+    let now = sonde_model::time::now_us();
+    let mut sent = 0;
+    for round in 0..20 {
+        let n = 37 + round;
+        let batch: Vec<Value> = (0..n).map(|i| json!({"data": {"round": round, "i": i}})).collect();
+        assert_eq!(post(&client, &server, "/1/batch/fresh", json!(batch)).await.0, 200);
+        sent += n;
+        // No sleep: the very next query must see every acknowledged event, whether it sits in
+        // the buffer, in a frozen buffer being flushed, or in a segment.
+        let (status, r) = post(
+            &client,
+            &server,
+            "/api/query/fresh",
+            json!({"calculations": [{"op": "COUNT"}], "start_time": at(now - MINUTE), "end_time": at(now + 10 * MINUTE)}),
+        )
+        .await;
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r["data"]["results"][0]["data"]["COUNT"], sent, "round {round}");
+        let (_, sql) = post(
+            &client,
+            &server,
+            "/api/sql",
+            json!({"sql": "SELECT count(*) AS n FROM fresh"}),
+        )
+        .await;
+        assert_eq!(sql["rows"][0]["n"], sent, "round {round} via SQL");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_segments_with_narrower_types_read_through_the_widened_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]).await;
+    let client = reqwest::Client::new();
+    for (i, v) in [json!(7), json!(2.5), json!("seven")].iter().enumerate() {
+        let body = json!([{"data": {"x": v, "n": i}, "time": at(T0 + i as i64 * MINUTE)}]);
+        assert_eq!(post(&client, &server, "/1/batch/widen", body).await.0, 200);
+        server.stop().await; // each value in its own segment
+        server.restart().await;
+    }
+    // And one more, still in the buffer.
+    let body = json!([{"data": {"x": true, "n": 3}, "time": at(T0 + 3 * MINUTE)}]);
+    assert_eq!(post(&client, &server, "/1/batch/widen", body).await.0, 200);
+
+    let (status, r) = post(
+        &client,
+        &server,
+        "/api/query/widen",
+        json!({"calculations": [{"op": "COUNT"}], "breakdowns": ["x"], "orders": [{"column": "x", "order": "ascending"}],
+               "start_time": at(T0), "end_time": at(T0 + 10 * MINUTE)}),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let xs: Vec<Value> = r["data"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["data"]["x"].clone())
+        .collect();
+    assert_eq!(xs, vec![json!("2.5"), json!("7"), json!("seven"), json!("true")]);
+    let (_, r) = post(
+        &client,
+        &server,
+        "/api/sql",
+        json!({"sql": "SELECT n, x FROM widen ORDER BY n"}),
+    )
+    .await;
+    assert_eq!(
+        r["rows"],
+        json!([{"n": 0, "x": "7"}, {"n": 1, "x": "2.5"}, {"n": 2, "x": "seven"}, {"n": 3, "x": "true"}])
+    );
+    // A filter on the widened column matches values that were ints on disk.
+    let (_, r) = post(
+        &client,
+        &server,
+        "/api/query/widen",
+        json!({"calculations": [{"op": "COUNT"}], "filters": [{"column": "x", "op": "=", "value": 7}],
+               "start_time": at(T0), "end_time": at(T0 + 10 * MINUTE)}),
+    )
+    .await;
+    assert_eq!(r["data"]["results"][0]["data"]["COUNT"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_events_newest_first_and_the_query_data_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let client = reqwest::Client::new();
+    let batch: Vec<Value> = (0..30)
+        .map(|i| json!({"data": {"i": i, "kind": if i % 3 == 0 { "a" } else { "b" }, "nested": {"v": i * 10}}, "time": at(T0 + i * MINUTE)}))
+        .collect();
+    assert_eq!(post(&client, &server, "/1/batch/raw", json!(batch)).await.0, 200);
+    let range = json!({"start_time": at(T0), "end_time": at(T0 + 60 * MINUTE)});
+
+    let mut req = range.clone();
+    req["filters"] = json!([{"column": "kind", "op": "=", "value": "a"}]);
+    req["limit"] = json!(4);
+    let (status, r) = post(&client, &server, "/api/events/raw", req.clone()).await;
+    assert_eq!(status, 200, "{r}");
+    let is: Vec<i64> = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["i"].as_i64().unwrap())
+        .collect();
+    assert_eq!(is, vec![27, 24, 21, 18], "newest first");
+    assert_eq!(r["events"][0]["nested.v"], 270);
+    assert_eq!(r["events"][0]["timestamp"], at(T0 + 27 * MINUTE));
+    req["offset"] = json!(4);
+    req["columns"] = json!(["i"]);
+    let (_, r) = post(&client, &server, "/api/events/raw", req).await;
+    assert_eq!(
+        r["events"],
+        json!([
+            {"i": 15, "timestamp": at(T0 + 15 * MINUTE)}, {"i": 12, "timestamp": at(T0 + 12 * MINUTE)},
+            {"i": 9, "timestamp": at(T0 + 9 * MINUTE)}, {"i": 6, "timestamp": at(T0 + 6 * MINUTE)}
+        ])
+    );
+
+    // Honeycomb's query-data API: save a query, ask for its results, fetch them again.
+    let mut spec = range.clone();
+    spec["calculations"] = json!([{"op": "COUNT"}, {"op": "MAX", "column": "i"}]);
+    spec["breakdowns"] = json!(["kind"]);
+    let (status, q) = post(&client, &server, "/1/queries/raw", spec).await;
+    assert_eq!(status, 200, "{q}");
+    let (status, created) = post(&client, &server, "/1/query_results/raw", json!({"query_id": q["id"]})).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["complete"], true);
+    let (status, fetched) =
+        send_json(client.get(server.at(&format!("/1/query_results/raw/{}", created["id"].as_str().unwrap())))).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        fetched["data"]["results"],
+        json!([{"data": {"COUNT": 20, "MAX(i)": 29, "kind": "b"}}, {"data": {"COUNT": 10, "MAX(i)": 27, "kind": "a"}}])
+    );
+    let (status, e) = post(&client, &server, "/1/query_results/raw", json!({"query_id": "nope"})).await;
+    assert_eq!(status, 404, "{e}");
+
+    // Validation errors name the field.
+    let (status, e) = post(&client, &server, "/api/query/raw", json!({"breakdowns": ["nope"]})).await;
+    assert_eq!(status, 400);
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("breakdowns[0]: unknown column \"nope\""),
+        "{e}"
+    );
+    let (status, e) = post(
+        &client,
+        &server,
+        "/api/query/raw",
+        json!({"calculations": [{"op": "AVG", "column": "kind"}]}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(e["error"].as_str().unwrap().contains("needs a numeric column"), "{e}");
+    let (status, _) = post(&client, &server, "/api/query/nosuch", json!({})).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_is_read_only_and_runaway_queries_are_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &["--query-timeout", "2s", "--query-memory-limit", "20000000"],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let batch: Vec<Value> = (0..2000)
+        .map(|i| json!({"data": {"i": i, "s": format!("value-{i}-{}", "x".repeat(40))}, "time": at(T0 + i * 1000)}))
+        .collect();
+    assert_eq!(post(&client, &server, "/1/batch/big", json!(batch)).await.0, 200);
+
+    for (sql, word) in [
+        ("DROP TABLE big", "DDL"),
+        ("CREATE TABLE t AS SELECT 1", "DDL"),
+        ("INSERT INTO big (i) VALUES (1)", "DML"),
+        ("COPY big TO '/tmp/x.csv'", "DML"),
+        ("SET datafusion.execution.batch_size = 1", "Statement"),
+    ] {
+        let (status, e) = post(&client, &server, "/api/sql", json!({"sql": sql})).await;
+        assert_eq!(status, 400, "{sql}: {e}");
+        assert!(e["error"].as_str().unwrap().contains(word), "{sql}: {e}");
+    }
+    let (status, e) = post(&client, &server, "/api/sql", json!({"sql": "SELEC 1"})).await;
+    assert_eq!(status, 400, "{e}");
+
+    // 2000³ rows: only the timeout ends it.
+    let (status, e) = post(
+        &client,
+        &server,
+        "/api/sql",
+        json!({"sql": "SELECT count(*) FROM big a, big b, big c WHERE a.i + b.i + c.i = -1"}),
+    )
+    .await;
+    assert_eq!(status, 408, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("query_timeout"), "{e}");
+
+    // Four million distinct groups of long strings: far past 20 MB, and spilling is off.
+    let (status, e) = post(
+        &client,
+        &server,
+        "/api/sql",
+        json!({"sql": "SELECT a.s || b.s AS k, count(*) FROM big a, big b GROUP BY 1"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("query_memory_limit"), "{e}");
+
+    // Still serving, and answering correctly, in every format.
+    let (status, r) = post(
+        &client,
+        &server,
+        "/api/sql",
+        json!({"sql": "SELECT count(*) AS n, max(i) AS m FROM big"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(r["rows"], json!([{"n": 2000, "m": 1999}]));
+    assert_eq!(r["columns"][0], json!({"name": "n", "type": "Int64"}));
+    let csv = client
+        .post(server.at("/api/sql"))
+        .json(&json!({"sql": "SELECT i FROM big WHERE i < 3 ORDER BY i", "format": "csv"}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(csv, "i\n0\n1\n2\n");
+    let arrow_bytes = client
+        .post(server.at("/api/sql"))
+        .json(&json!({"sql": "SELECT i FROM big WHERE i < 3 ORDER BY i", "format": "arrow"}))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(arrow_bytes), None).unwrap();
+    let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(rows, 3);
+}
