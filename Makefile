@@ -3,24 +3,28 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/sonde-target
 SONDE_ARGS ?=
 
-.PHONY: run dev test fmt lint unit build release
+.PHONY: run dev test fmt lint unit ui web build release
 
-## Build (release) and run the server on 127.0.0.1:4318 with ./sonde-data.
+## Build the UI and the release binary (which embeds the UI), then serve on 127.0.0.1:4318 with ./sonde-data.
 run: release
 	$(CARGO_TARGET_DIR)/release/sonde serve $(SONDE_ARGS)
 
 ## Run a debug build (faster to build, slower to run).
-dev:
+dev: web
 	cargo run -p sonde -- serve $(SONDE_ARGS)
 
-release:
+release: web
 	cargo build --release -p sonde
+
+## The web UI: TypeScript checked, bundled by Vite into web/dist (embedded by the next cargo build).
+web:
+	cd web && npm ci --no-audit --no-fund && npm run build
 
 build:
 	cargo build --workspace --all-targets
 
-## Everything CI checks: formatting, lints, unit, property and end-to-end tests.
-test: fmt lint unit
+## Everything CI checks: formatting, lints, unit, property and end-to-end tests, and the UI in headless Chromium.
+test: fmt web lint unit ui
 
 fmt:
 	cargo fmt --all -- --check
@@ -30,3 +34,7 @@ lint:
 
 unit:
 	cargo test --workspace
+
+## The UI's end-to-end tests: the debug binary built by `unit`, driven through Chromium by Playwright.
+ui:
+	cd web && SONDE_BIN=$(CARGO_TARGET_DIR)/debug/sonde node --test tests/

@@ -16,12 +16,14 @@
 //! | `POST /1/queries/{dataset}`, `POST /1/query_results/{dataset}`, `GET /1/query_results/{dataset}/{id}` | Honeycomb's query-data API |
 //! | `GET /api/datasets`, `GET /api/datasets/{dataset}/columns` | schema |
 //! | `GET /health`, `GET /metrics` | liveness, Prometheus metrics |
+//! | `GET /`, `GET /assets/…` | the web UI, embedded at build time |
 
 pub mod decode;
 pub mod error;
 mod ingest;
 mod query;
 mod schema;
+pub mod ui;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -82,6 +84,8 @@ pub struct AppState {
 /// Builds the router.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .route("/", get(ui::index))
+        .route("/assets/{*path}", get(ui::file))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/1/events/{dataset}", post(ingest::single_event))

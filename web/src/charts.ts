@@ -1,0 +1,167 @@
+// Graphs: uPlot line charts (canvas, one series per group) and a canvas heatmap.
+
+import uPlot from "uplot";
+import "uplot/dist/uPlot.min.css";
+
+export const PALETTE = [
+  "#f5a524", "#4aa3ff", "#5fd068", "#ff6b6b", "#b48cff", "#2ed3c6", "#ff9ad5", "#c7d95b", "#ff8a3d", "#8fa8c8",
+];
+
+export interface LineSeries { label: string; values: (number | null)[] }
+
+export interface ChartHandlers {
+  /** Drag across the graph: zoom to [from, to] (seconds). */
+  onZoom(from: number, to: number): void;
+  /** Click on the graph at time `t` (seconds), nearest series index or -1. */
+  onClick(t: number, series: number, ev: MouseEvent): void;
+}
+
+/** A line chart of one calculation; returns the uPlot instance (for highlighting). */
+export function lineChart(el: HTMLElement, title: string, times: number[], series: LineSeries[], h: ChartHandlers): uPlot {
+  const wrap = document.createElement("div");
+  wrap.className = "chart";
+  wrap.dataset.calc = title;
+  const h3 = document.createElement("h3");
+  h3.textContent = title;
+  wrap.append(h3);
+  el.append(wrap);
+  const width = Math.max(400, el.clientWidth - 16);
+  const opts: uPlot.Options = {
+    width,
+    height: 200,
+    cursor: { drag: { x: true, y: false, setScale: false }, focus: { prox: 24 } },
+    focus: { alpha: 0.25 },
+    legend: { live: true },
+    scales: { x: { time: true } },
+    axes: [
+      { stroke: "#8a95a3", grid: { stroke: "#2a3038" }, ticks: { stroke: "#2a3038" } },
+      { stroke: "#8a95a3", grid: { stroke: "#2a3038" }, ticks: { stroke: "#2a3038" }, size: 60 },
+    ],
+    series: [
+      {},
+      ...series.map((s, i) => ({
+        label: s.label,
+        stroke: PALETTE[i % PALETTE.length],
+        width: 1.5,
+        spanGaps: false,
+        points: { show: times.length < 60 },
+      })),
+    ],
+    hooks: {
+      setSelect: [
+        (u: uPlot) => {
+          if (u.select.width > 4) {
+            const from = u.posToVal(u.select.left, "x");
+            const to = u.posToVal(u.select.left + u.select.width, "x");
+            u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
+            h.onZoom(from, to);
+          }
+        },
+      ],
+    },
+  };
+  const data: uPlot.AlignedData = [times, ...series.map((s) => s.values)];
+  const u = new uPlot(opts, data, wrap);
+  u.over.addEventListener("click", (ev) => {
+    if (u.cursor.idx == null) return;
+    let best = -1;
+    let bestDist = Infinity;
+    const top = u.cursor.top ?? 0;
+    series.forEach((s, i) => {
+      const v = s.values[u.cursor.idx!];
+      if (v == null) return;
+      const d = Math.abs(u.valToPos(v, "y") - top);
+      if (d < bestDist) {
+        bestDist = d;
+        best = i;
+      }
+    });
+    h.onClick(times[u.cursor.idx], best, ev);
+  });
+  return u;
+}
+
+export interface Heatmap { min: number; max: number; bucket_width: number; counts: number[] }
+
+/** A heatmap: time × value buckets, colour by (log) weighted count. */
+export function heatmapChart(
+  el: HTMLElement, title: string, times: number[], cells: (Heatmap | null)[], stepSeconds: number, h: ChartHandlers,
+): HTMLCanvasElement {
+  const wrap = document.createElement("div");
+  wrap.className = "chart";
+  wrap.dataset.calc = title;
+  const h3 = document.createElement("h3");
+  h3.textContent = title;
+  wrap.append(h3);
+  const canvas = document.createElement("canvas");
+  canvas.className = "heatmap";
+  const width = Math.max(400, el.clientWidth - 16);
+  const height = 220;
+  const dpr = window.devicePixelRatio || 1;
+  canvas.width = width * dpr;
+  canvas.height = height * dpr;
+  canvas.style.width = `${width}px`;
+  canvas.style.height = `${height}px`;
+  wrap.append(canvas);
+  el.append(wrap);
+  const ctx = canvas.getContext("2d")!;
+  ctx.scale(dpr, dpr);
+  const left = 60, bottom = 22, plotW = width - left - 8, plotH = height - bottom - 6;
+  const first = cells.find((c) => c) ?? null;
+  ctx.fillStyle = "#171b21";
+  ctx.fillRect(0, 0, width, height);
+  if (!first || times.length === 0) {
+    ctx.fillStyle = "#8a95a3";
+    ctx.fillText("no values", left + 10, 30);
+    return canvas;
+  }
+  const nb = first.counts.length;
+  const t0 = times[0];
+  const t1 = times[times.length - 1] + stepSeconds;
+  const x = (t: number) => left + ((t - t0) / (t1 - t0)) * plotW;
+  const maxCount = Math.max(1, ...cells.flatMap((c) => (c ? c.counts : [0])));
+  const cellH = plotH / nb;
+  cells.forEach((c, i) => {
+    if (!c) return;
+    const x0 = x(times[i]);
+    const w = Math.max(1, x(times[i] + stepSeconds) - x0);
+    c.counts.forEach((n, b) => {
+      if (n <= 0) return;
+      const intensity = Math.log1p(n) / Math.log1p(maxCount);
+      ctx.fillStyle = `rgba(245, 165, 36, ${0.12 + 0.88 * intensity})`;
+      ctx.fillRect(x0, 6 + plotH - (b + 1) * cellH, w, Math.ceil(cellH));
+    });
+  });
+  ctx.fillStyle = "#8a95a3";
+  ctx.font = "11px system-ui";
+  for (let k = 0; k <= 4; k++) {
+    const v = first.min + ((first.max - first.min) * k) / 4;
+    ctx.fillText(formatNumber(v), 4, 6 + plotH - (plotH * k) / 4 + 4);
+  }
+  for (let k = 0; k <= 4; k++) {
+    const t = t0 + ((t1 - t0) * k) / 4;
+    ctx.fillText(new Date(t * 1000).toISOString().slice(11, 19), left + (plotW * k) / 4 - 20, height - 6);
+  }
+  // Drag to zoom in time; click for the menu.
+  let dragFrom: number | null = null;
+  const tAt = (ev: MouseEvent) => t0 + ((ev.offsetX - left) / plotW) * (t1 - t0);
+  canvas.addEventListener("mousedown", (ev) => (dragFrom = ev.offsetX));
+  canvas.addEventListener("mouseup", (ev) => {
+    if (dragFrom !== null && Math.abs(ev.offsetX - dragFrom) > 4) {
+      const a = t0 + ((Math.min(dragFrom, ev.offsetX) - left) / plotW) * (t1 - t0);
+      const b = t0 + ((Math.max(dragFrom, ev.offsetX) - left) / plotW) * (t1 - t0);
+      h.onZoom(a, b);
+    } else {
+      h.onClick(tAt(ev), -1, ev);
+    }
+    dragFrom = null;
+  });
+  return canvas;
+}
+
+export function formatNumber(v: unknown): string {
+  if (typeof v !== "number") return v == null ? "" : String(v);
+  if (Number.isInteger(v)) return v.toLocaleString("en-US");
+  const a = Math.abs(v);
+  return a >= 100 ? v.toFixed(1) : a >= 1 ? v.toFixed(3) : v.toPrecision(3);
+}

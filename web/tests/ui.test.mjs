@@ -1,0 +1,190 @@
+// End-to-end tests of the web UI: the real sonde binary on a loopback port, real generated
+// events, and headless Chromium driven by Playwright. What the page shows is checked against
+// the JSON API's answer for the same query.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+
+const TARGET = process.env.CARGO_TARGET_DIR ?? join(process.env.HOME, ".cache/sonde-target");
+const BIN = process.env.SONDE_BIN ?? join(TARGET, "debug/sonde");
+const START = "2026-11-25T10:00:00Z";
+const END = "2026-11-25T11:00:00Z";
+const RANGE = { start_time: Date.parse(START) / 1000, end_time: Date.parse(END) / 1000 };
+
+let server, url, browser, dir;
+
+async function startServer() {
+  dir = mkdtempSync(join(tmpdir(), "sonde-ui-"));
+  server = spawn(BIN, ["serve", "--data-dir", dir, "--listen", "127.0.0.1:0"], { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, SONDE_LOG: "warn" } });
+  const lines = createInterface({ input: server.stdout });
+  url = await new Promise((resolve, reject) => {
+    lines.once("line", (l) => resolve(l.replace("sonde listening on ", "").trim()));
+    server.once("exit", (code) => reject(new Error(`sonde exited with ${code}`)));
+  });
+}
+
+before(async () => {
+  await startServer();
+  execFileSync(BIN, ["gen", "20000", "--seed", "5", "--start", START, "--span", "1h", "--post", url, "--dataset", "demo"], { stdio: "ignore" });
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.kill("SIGTERM");
+  await new Promise((r) => (server ? server.once("exit", r) : r()));
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+async function apiQuery(spec) {
+  const r = await fetch(`${url}/api/query/demo`, { method: "POST", body: JSON.stringify(spec) });
+  assert.equal(r.status, 200);
+  return r.json();
+}
+
+function permalink(spec) {
+  return `${url}/?dataset=demo&q=${encodeURIComponent(JSON.stringify(spec))}`;
+}
+
+async function newPage() {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  page.errors = errors;
+  return page;
+}
+
+async function tableRows(page, selector) {
+  return page.$$eval(`${selector} tbody tr`, (trs) => trs.map((tr) => [...tr.querySelectorAll("td")].map((td) => td.textContent)));
+}
+
+const fmt = (n) => (Number.isInteger(n) ? n.toLocaleString("en-US") : null);
+
+test("a permalink shows one graph per calculation and a table equal to the API's answer", async () => {
+  const spec = { calculations: [{ op: "COUNT" }, { op: "P99", column: "duration_ms" }], breakdowns: ["service.name"], filters: [], orders: [], havings: [], granularity: 60, ...RANGE };
+  const want = await apiQuery(spec);
+  const page = await newPage();
+  await page.goto(permalink(spec));
+  await page.waitForSelector("#results-table tbody tr");
+  const rows = await tableRows(page, "#results-table");
+  assert.equal(rows.length, want.data.results.length);
+  want.data.results.forEach((r, i) => {
+    assert.equal(rows[i][1], r.data["service.name"]);
+    assert.equal(rows[i][2], fmt(r.data.COUNT));
+  });
+  assert.equal(await page.locator(".chart").count(), 2);
+  assert.equal(await page.locator(".chart canvas").count() >= 2, true);
+  assert.match(await page.textContent("#status"), /rows examined/);
+  await page.screenshot({ path: join(tmpdir(), "sonde-ui-permalink.png") });
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
+test("the builder makes a query, the URL keeps it, and back returns to the previous one", async () => {
+  const page = await newPage();
+  await page.goto(permalink({ calculations: [{ op: "COUNT" }], filters: [], breakdowns: [], orders: [], havings: [], ...RANGE }));
+  await page.waitForSelector("#results-table tbody tr");
+  assert.equal((await tableRows(page, "#results-table")).length, 1);
+  await page.fill("#group-input", "dns.provider");
+  await page.press("#group-input", "Enter");
+  await page.fill("#calc-input", "HEATMAP(duration_ms)");
+  await page.press("#calc-input", "Enter");
+  await page.click("#run");
+  await page.waitForFunction(() => document.querySelectorAll("#results-table tbody tr").length === 3);
+  const q = JSON.parse(new URL(page.url()).searchParams.get("q"));
+  assert.deepEqual(q.breakdowns, ["dns.provider"]);
+  assert.equal(await page.locator("canvas.heatmap").count(), 1);
+  const want = await apiQuery(q);
+  const rows = await tableRows(page, "#results-table");
+  assert.deepEqual(rows.map((r) => r[1]), want.data.results.map((r) => r.data["dns.provider"]));
+  await page.screenshot({ path: join(tmpdir(), "sonde-ui-builder.png"), fullPage: true });
+  await page.goBack();
+  await page.waitForFunction(() => document.querySelectorAll("#results-table tbody tr").length === 1);
+  assert.equal(await page.locator("canvas.heatmap").count(), 0);
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
+test("a filter added in the builder gives the API's count", async () => {
+  const page = await newPage();
+  await page.goto(permalink({ calculations: [{ op: "COUNT" }], filters: [], breakdowns: [], orders: [], havings: [], ...RANGE }));
+  await page.waitForSelector("#results-table tbody tr");
+  await page.fill("#filter-column", "error");
+  await page.selectOption("#filter-op", "=");
+  await page.fill("#filter-value", "true");
+  await page.click("#filter-add");
+  await page.click("#run");
+  const want = await apiQuery({ calculations: [{ op: "COUNT" }], filters: [{ column: "error", op: "=", value: true }], ...RANGE });
+  const expected = fmt(want.data.results[0].data.COUNT);
+  await page.waitForFunction((e) => document.querySelector("#results-table tbody tr td:nth-child(2)")?.textContent === e, expected);
+  await page.close();
+});
+
+test("with VISUALIZE empty the raw events show newest first and expand", async () => {
+  const page = await newPage();
+  await page.goto(permalink({ calculations: [], filters: [{ column: "service.name", op: "=", value: "payments" }], breakdowns: [], orders: [], havings: [], ...RANGE }));
+  await page.waitForSelector("#events-table tbody tr");
+  const rows = await tableRows(page, "#events-table");
+  assert.equal(rows.length, 50);
+  const times = rows.map((r) => Date.parse(r[0]));
+  assert.deepEqual([...times].sort((a, b) => b - a), times, "newest first");
+  await page.click("#events-table tbody tr");
+  const detail = await page.textContent("#events-table tr.expanded");
+  assert.match(detail, /"service.name": "payments"/);
+  await page.click("text=Older →");
+  await page.waitForFunction(() => /Events 51–100/.test(document.querySelector(".pager")?.textContent ?? ""));
+  await page.close();
+});
+
+test("dragging across a graph zooms the time range", async () => {
+  const page = await newPage();
+  await page.goto(permalink({ calculations: [{ op: "COUNT" }], filters: [], breakdowns: [], orders: [], havings: [], ...RANGE }));
+  await page.waitForSelector(".u-over");
+  const box = await page.locator(".u-over").first().boundingBox();
+  await page.mouse.move(box.x + box.width * 0.25, box.y + box.height / 2);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width * 0.5, box.y + box.height / 2, { steps: 5 });
+  await page.mouse.up();
+  await page.waitForFunction((s) => JSON.parse(new URL(location.href).searchParams.get("q")).start_time > s, RANGE.start_time);
+  const q = JSON.parse(new URL(page.url()).searchParams.get("q"));
+  assert.ok(q.end_time - q.start_time < 3600 * 0.4, `zoomed range ${q.end_time - q.start_time}s`);
+  await page.close();
+});
+
+test("the schema sidebar searches columns and groups by a click", async () => {
+  const page = await newPage();
+  await page.goto(permalink({ calculations: [{ op: "COUNT" }], filters: [], breakdowns: [], orders: [], havings: [], ...RANGE }));
+  await page.waitForSelector("#schema li");
+  await page.fill("#schema-search", "dns");
+  assert.equal(await page.locator("#schema li").count(), 1);
+  await page.click('#schema li[data-column="dns.provider"]');
+  await page.click("text=Group by dns.provider");
+  await page.waitForFunction(() => document.querySelectorAll("#results-table tbody tr").length === 3);
+  await page.close();
+});
+
+test("the SQL tab runs queries and points at errors", async () => {
+  const page = await newPage();
+  await page.goto(`${url}/?dataset=demo`);
+  await page.click("#tab-sql");
+  await page.waitForSelector("#sql-tables b");
+  await page.fill("#sql-text", 'SELECT "dns.provider" AS p, count(*) AS n FROM demo GROUP BY 1 ORDER BY 1');
+  await page.click("#sql-run");
+  await page.waitForSelector("#sql-table tbody tr");
+  const rows = await tableRows(page, "#sql-table");
+  assert.deepEqual(rows.map((r) => r[0]), ["cloudflare", "dyn", "route53"]);
+  await page.fill("#sql-text", "SELECT count(*) FROM nosuchtable");
+  await page.click("#sql-run");
+  await page.waitForSelector("#sql-error:not([hidden])");
+  assert.match(await page.textContent("#sql-error"), /nosuchtable/);
+  await page.close();
+});
