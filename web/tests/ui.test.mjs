@@ -5,7 +5,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -16,6 +16,11 @@ const BIN = process.env.SONDE_BIN ?? join(TARGET, "debug/sonde");
 const START = "2026-11-25T10:00:00Z";
 const END = "2026-11-25T11:00:00Z";
 const RANGE = { start_time: Date.parse(START) / 1000, end_time: Date.parse(END) / 1000 };
+
+// Screenshots of each view, for people to look at (not compared).
+const SHOTS = join(import.meta.dirname, "..", "test-results");
+mkdirSync(SHOTS, { recursive: true });
+const shot = (page, name) => page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
 
 let server, url, browser, dir;
 
@@ -84,7 +89,7 @@ test("a permalink shows one graph per calculation and a table equal to the API's
   assert.equal(await page.locator(".chart").count(), 2);
   assert.equal(await page.locator(".chart canvas").count() >= 2, true);
   assert.match(await page.textContent("#status"), /rows examined/);
-  await page.screenshot({ path: join(tmpdir(), "sonde-ui-permalink.png") });
+  await shot(page, "permalink");
   assert.deepEqual(page.errors, []);
   await page.close();
 });
@@ -106,7 +111,7 @@ test("the builder makes a query, the URL keeps it, and back returns to the previ
   const want = await apiQuery(q);
   const rows = await tableRows(page, "#results-table");
   assert.deepEqual(rows.map((r) => r[1]), want.data.results.map((r) => r.data["dns.provider"]));
-  await page.screenshot({ path: join(tmpdir(), "sonde-ui-builder.png"), fullPage: true });
+  await shot(page, "builder-heatmap");
   await page.goBack();
   await page.waitForFunction(() => document.querySelectorAll("#results-table tbody tr").length === 1);
   assert.equal(await page.locator("canvas.heatmap").count(), 0);
@@ -140,6 +145,7 @@ test("with VISUALIZE empty the raw events show newest first and expand", async (
   await page.click("#events-table tbody tr");
   const detail = await page.textContent("#events-table tr.expanded");
   assert.match(detail, /"service.name": "payments"/);
+  await shot(page, "raw-events");
   await page.click("text=Older →");
   await page.waitForFunction(() => /Events 51–100/.test(document.querySelector(".pager")?.textContent ?? ""));
   await page.close();
@@ -157,6 +163,10 @@ test("dragging across a graph zooms the time range", async () => {
   await page.waitForFunction((s) => JSON.parse(new URL(location.href).searchParams.get("q")).start_time > s, RANGE.start_time);
   const q = JSON.parse(new URL(page.url()).searchParams.get("q"));
   assert.ok(q.end_time - q.start_time < 3600 * 0.4, `zoomed range ${q.end_time - q.start_time}s`);
+  // The results follow the zoom: the count over the narrower range, as the API gives it.
+  const want = fmt((await apiQuery(q)).data.results[0].data.COUNT);
+  await page.waitForFunction((e) => document.querySelector("#results-table tbody tr td:nth-child(2)")?.textContent === e, want);
+  await shot(page, "zoomed");
   await page.close();
 });
 
@@ -182,9 +192,93 @@ test("the SQL tab runs queries and points at errors", async () => {
   await page.waitForSelector("#sql-table tbody tr");
   const rows = await tableRows(page, "#sql-table");
   assert.deepEqual(rows.map((r) => r[0]), ["cloudflare", "dyn", "route53"]);
+  await shot(page, "sql");
   await page.fill("#sql-text", "SELECT count(*) FROM nosuchtable");
   await page.click("#sql-run");
   await page.waitForSelector("#sql-error:not([hidden])");
   assert.match(await page.textContent("#sql-error"), /nosuchtable/);
+  await shot(page, "sql-error");
+  await page.close();
+});
+
+/** Pixels of a canvas that differ from its background: proof that something was drawn. */
+async function drawnPixels(page, selector) {
+  return page.$eval(selector, (c) => {
+    const ctx = c.getContext("2d");
+    const { data } = ctx.getImageData(0, 0, c.width, c.height);
+    const [r0, g0, b0] = [data[0], data[1], data[2]];
+    let n = 0;
+    for (let i = 0; i < data.length; i += 4) if (Math.abs(data[i] - r0) + Math.abs(data[i + 1] - g0) + Math.abs(data[i + 2] - b0) > 30) n++;
+    return n;
+  });
+}
+
+test("a query built by clicking (COUNT, P99, WHERE, GROUP BY, time range) draws and lists the API's answer, and reloads the same", async () => {
+  const page = await newPage();
+  await page.goto(`${url}/?dataset=demo`);
+  await page.waitForSelector("#calc-input");
+  await page.fill("#calc-input", "P99(duration_ms)");
+  await page.press("#calc-input", "Enter");
+  await page.fill("#filter-column", "http.method");
+  await page.selectOption("#filter-op", "!=");
+  await page.fill("#filter-value", "DELETE");
+  await page.click("#filter-add");
+  await page.fill("#group-input", "service.name");
+  await page.press("#group-input", "Enter");
+  await page.selectOption("#time-preset", "custom");
+  await page.fill("#time-from", "2026-11-25T10:30:00");
+  await page.fill("#time-to", "2026-11-25T10:50:00");
+  await page.click("#run");
+  await page.waitForFunction(() => document.querySelectorAll("#results-table tbody tr").length === 7);
+  const q = JSON.parse(new URL(page.url()).searchParams.get("q"));
+  assert.deepEqual(q.calculations, [{ op: "COUNT" }, { op: "P99", column: "duration_ms" }]);
+  assert.deepEqual(q.filters, [{ column: "http.method", op: "!=", value: "DELETE" }]);
+  assert.deepEqual(q.breakdowns, ["service.name"]);
+  assert.equal(q.start_time, Date.parse("2026-11-25T10:30:00Z") / 1000);
+  assert.equal(q.end_time, Date.parse("2026-11-25T10:50:00Z") / 1000);
+  const want = await apiQuery(q);
+  const check = async () => {
+    const rows = await tableRows(page, "#results-table");
+    assert.deepEqual(
+      rows.map((r) => [r[1], r[2], r[3]]),
+      want.data.results.map((r) => [r.data["service.name"], fmt(r.data.COUNT), r.data["P99(duration_ms)"].toFixed(1)]),
+    );
+  };
+  await check();
+  assert.equal(await page.locator(".chart").count(), 2);
+  assert.ok((await drawnPixels(page, '.chart[data-calc="P99(duration_ms)"] canvas')) > 500, "the P99 graph is drawn");
+  await shot(page, "built-by-clicking");
+  await page.reload();
+  await page.waitForFunction(() => document.querySelectorAll("#results-table tbody tr").length === 7);
+  await check();
+  await page.close();
+});
+
+test("the heatmap renders the incident's slow band, and the P99 by DNS provider names the culprit", async () => {
+  const page = await newPage();
+  const spec = {
+    calculations: [{ op: "HEATMAP", column: "duration_ms" }, { op: "P99", column: "duration_ms" }, { op: "COUNT" }],
+    filters: [], breakdowns: ["dns.provider"], orders: [{ op: "P99", column: "duration_ms", order: "descending" }], havings: [], ...RANGE,
+  };
+  await page.goto(permalink(spec));
+  await page.waitForSelector("canvas.heatmap");
+  await page.waitForSelector("#results-table tbody tr");
+  assert.ok((await drawnPixels(page, "canvas.heatmap")) > 2000, "cells are drawn");
+  const rows = await tableRows(page, "#results-table");
+  assert.equal(rows[0][1], "dyn", "the slowest provider is listed first");
+  await shot(page, "incident");
+  await page.close();
+});
+
+test("an invalid query shows the API's error message", async () => {
+  const page = await newPage();
+  const spec = { calculations: [{ op: "AVG", column: "service.name" }], filters: [], breakdowns: [], orders: [], havings: [], ...RANGE };
+  const r = await fetch(`${url}/api/query/demo`, { method: "POST", body: JSON.stringify(spec) });
+  assert.equal(r.status, 400);
+  const { error } = await r.json();
+  await page.goto(permalink(spec));
+  await page.waitForSelector("#error:not([hidden])");
+  assert.equal(await page.textContent("#error"), error);
+  await shot(page, "error");
   await page.close();
 });
