@@ -8,9 +8,10 @@
 //! (`tags`, kept as JSON text), and a sample rate (health checks are sampled 1 in 10).
 //!
 //! **The incident.** Between 60% and 75% of the generated time span, the `dyn` DNS provider
-//! fails slowly: 90% of the requests that resolve through it take 2–6 s more, return 503 and
-//! carry `error = true` and `error.message = "dns lookup timeout"`. BubbleUp over the slow,
-//! failing band should therefore single out `dns.provider = dyn`.
+//! fails slowly: 90% of the requests that resolve through it take 2–6 s more; a third of those
+//! give up with a 503, `error = true` and `error.message = "dns lookup timeout"`, the rest
+//! succeed after retrying. Work after the lookup (`db.duration_ms`) is not slowed. BubbleUp over
+//! the slow band should therefore single out `dns.provider = dyn`, ahead of the symptoms.
 
 use serde_json::{Map, Value, json};
 
@@ -233,7 +234,8 @@ impl Generator {
         let health = route == "/healthz";
         let region = *r.pick(REGIONS);
         let dns = *r.pick(DNS);
-        let mut duration = r.latency(svc.median_ms);
+        let base_duration = r.latency(svc.median_ms);
+        let mut duration = base_duration;
         let mut status = if r.chance(0.015) {
             500
         } else if r.chance(0.03) {
@@ -251,8 +253,10 @@ impl Generator {
             && r.chance(0.9);
         if slow_dns {
             duration += 2000.0 + r.f64() * 4000.0;
-            status = 503;
-            error_message = Some("dns lookup timeout");
+            if r.chance(0.35) {
+                status = 503;
+                error_message = Some("dns lookup timeout");
+            }
         }
         // Keep durations non-integral so they stay floats in every encoding.
         let duration_ms = (duration * 1000.0).round() / 1000.0 + 0.0005;
@@ -296,7 +300,7 @@ impl Generator {
             obj.insert("db.rows".into(), json!(r.below(500) as i64));
             obj.insert(
                 "db.duration_ms".into(),
-                json!((duration_ms * 0.4 * 1000.0).round() / 1000.0 + 0.0005),
+                json!((base_duration * 0.4 * 1000.0).round() / 1000.0 + 0.0005),
             );
         }
         if svc.cache {

@@ -14,11 +14,12 @@
 //! ([`crate::udaf`]); MIN, MAX and COUNT_DISTINCT are not corrected. Time buckets are integer
 //! offsets from the start of the range: bucket `b` holds `[start + b·g, start + (b+1)·g)`.
 
+use crate::bubbleup::{self, BubbleUpRequest};
 use crate::json;
 use crate::spec::{self, CalcOp, FilterOp, Literal, OrderKey, Plan, QuerySpec};
 use crate::table::{DatasetTable, STORE_URL, ScanStats};
 use crate::udaf::weighted_percentile;
-use arrow::array::RecordBatch;
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrame;
@@ -359,6 +360,337 @@ impl QueryEngine {
         let batches = self.timed(df.collect()).await?;
         Ok((schema, batches))
     }
+}
+
+impl QueryEngine {
+    fn population(&self, table: &DatasetTable, spec: QuerySpec) -> Result<(Plan, BTreeMap<String, ColumnType>)> {
+        let mut columns: BTreeMap<String, ColumnType> = table
+            .snapshot()
+            .columns
+            .iter()
+            .map(|(n, c)| (n.clone(), c.ty))
+            .collect();
+        columns.insert(SR.into(), ColumnType::Int);
+        let plan = spec::plan(&spec, &columns, sonde_model::time::now_us())?;
+        columns.remove(SR);
+        Ok((plan, columns))
+    }
+
+    /// BubbleUp: compares a selection with the rest of the population across every column
+    /// (see [`crate::bubbleup`]).
+    pub async fn bubbleup(&self, dataset: &DatasetName, req: &BubbleUpRequest) -> Result<Value> {
+        use futures::StreamExt;
+        let started = Instant::now();
+        let table = self.table(dataset)?;
+        let spec = QuerySpec {
+            filters: req.filters.clone(),
+            filter_combination: req.filter_combination.clone(),
+            time_range: req.time_range,
+            start_time: req.start_time.clone(),
+            end_time: req.end_time.clone(),
+            ..Default::default()
+        };
+        let (plan, columns) = self.population(&table, spec)?;
+        let bad = |field: &str, message: String| {
+            QueryError::Invalid(spec::SpecError {
+                field: field.into(),
+                message,
+            })
+        };
+        // The selection as a boolean expression, and the columns it is made of (not compared:
+        // a box on duration_ms differs in duration_ms by construction).
+        let (selected, excluded): (Expr, Vec<String>) = match &req.selection {
+            bubbleup::Selection::Heatmap {
+                column,
+                start_time,
+                end_time,
+                min: lo,
+                max: hi,
+            } => {
+                match columns.get(column) {
+                    Some(ColumnType::Int | ColumnType::Float) => {}
+                    Some(t) => {
+                        return Err(bad(
+                            "selection.heatmap.column",
+                            format!("{column:?} is {t}, not numeric"),
+                        ));
+                    }
+                    None => return Err(bad("selection.heatmap.column", format!("unknown column {column:?}"))),
+                }
+                let t0 = sonde_model::time::parse_time_value(start_time)
+                    .map_err(|e| bad("selection.heatmap.start_time", e.to_string()))?;
+                let t1 = sonde_model::time::parse_time_value(end_time)
+                    .map_err(|e| bad("selection.heatmap.end_time", e.to_string()))?;
+                let e = ident(TIMESTAMP_COLUMN)
+                    .gt_eq(ts_lit(t0))
+                    .and(ident(TIMESTAMP_COLUMN).lt(ts_lit(t1)))
+                    .and(as_f64(column).gt_eq(lit(*lo)))
+                    .and(as_f64(column).lt_eq(lit(*hi)));
+                (e, vec![column.clone()])
+            }
+            bubbleup::Selection::Group(values) => {
+                if values.is_empty() {
+                    return Err(bad("selection.group", "needs at least one column".into()));
+                }
+                let mut parts = Vec::new();
+                for (col, v) in values {
+                    let Some(ty) = columns.get(col) else {
+                        return Err(bad("selection.group", format!("unknown column {col:?}")));
+                    };
+                    parts.push(if v.is_null() {
+                        ident(col).is_null()
+                    } else {
+                        let f = spec::plan(
+                            &QuerySpec {
+                                filters: vec![spec::Filter {
+                                    column: col.clone(),
+                                    op: "=".into(),
+                                    value: Some(v.clone()),
+                                }],
+                                time_range: Some(1),
+                                ..Default::default()
+                            },
+                            &BTreeMap::from([(col.clone(), *ty)]),
+                            0,
+                        )?;
+                        filter_expr(&f.filters[0])
+                    });
+                }
+                (
+                    parts.into_iter().reduce(Expr::and).unwrap(),
+                    values.keys().cloned().collect(),
+                )
+            }
+        };
+        let compared: Vec<(String, ColumnType)> = columns
+            .iter()
+            .filter(|(n, _)| !excluded.contains(n))
+            .map(|(n, t)| (n.clone(), *t))
+            .collect();
+        let ctx = self.session()?;
+        let base = ctx
+            .read_table(table.clone())
+            .and_then(|df| df.filter(where_clause(&plan)))
+            .map_err(|e| self.df_error(e))?;
+
+        // Pass 1: the range of every numeric column over the population, in one query.
+        let numeric: Vec<&(String, ColumnType)> = compared.iter().filter(|(_, t)| bubbleup::is_numeric(*t)).collect();
+        let mut ranges: HashMap<String, (f64, f64)> = HashMap::new();
+        if !numeric.is_empty() {
+            let aggs: Vec<Expr> = numeric
+                .iter()
+                .enumerate()
+                .flat_map(|(i, (n, _))| {
+                    [
+                        min(as_f64(n)).alias(format!("lo{i}")),
+                        max(as_f64(n)).alias(format!("hi{i}")),
+                    ]
+                })
+                .collect();
+            let df = base.clone().aggregate(vec![], aggs).map_err(|e| self.df_error(e))?;
+            let batches = self.timed(df.collect()).await?;
+            if let Some(b) = batches.iter().find(|b| b.num_rows() > 0) {
+                for (i, (n, _)) in numeric.iter().enumerate() {
+                    let lo = json::cell(b.column_by_name(&format!("lo{i}")).unwrap().as_ref(), 0).as_f64();
+                    let hi = json::cell(b.column_by_name(&format!("hi{i}")).unwrap().as_ref(), 0).as_f64();
+                    ranges.insert(n.clone(), (lo.unwrap_or(0.0), hi.unwrap_or(0.0)));
+                }
+            }
+        }
+
+        // Pass 2: one stream over the population, every column's counters updated per batch.
+        let mut counters: Vec<bubbleup::Counter> = compared
+            .iter()
+            .map(|(n, t)| match (bubbleup::is_numeric(*t), ranges.get(n)) {
+                (true, Some((lo, hi))) => bubbleup::Counter::numeric(*lo, *hi),
+                (true, None) => bubbleup::Counter::numeric(0.0, 0.0),
+                _ => bubbleup::Counter::categorical(),
+            })
+            .collect();
+        let mut select: Vec<Expr> = compared.iter().map(|(n, _)| ident(n)).collect();
+        select.push(ident(SR));
+        select.push(selected.alias("__selected"));
+        let df = base.select(select).map_err(|e| self.df_error(e))?;
+        let mut totals = [0i64; 2];
+        let mut events = 0u64;
+        let stream_all = async {
+            let mut stream = df.execute_stream().await?;
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                let sel = batch.column_by_name("__selected").unwrap().as_boolean().clone();
+                let w = bubbleup::weights(batch.column_by_name(SR).unwrap())?;
+                for i in 0..batch.num_rows() {
+                    totals[if sel.is_valid(i) && sel.value(i) { 0 } else { 1 }] += w[i];
+                }
+                events += batch.num_rows() as u64;
+                for (c, (name, _)) in counters.iter_mut().zip(&compared) {
+                    c.add(batch.column_by_name(name).unwrap(), &sel, &w)?;
+                }
+            }
+            Ok::<(), DataFusionError>(())
+        };
+        self.timed(stream_all).await?;
+
+        let top = req.top_values.unwrap_or(bubbleup::DEFAULT_TOP_VALUES).clamp(1, 100);
+        let mut reports: Vec<(f64, String, Value)> = counters
+            .iter()
+            .zip(&compared)
+            .map(|(c, (name, ty))| {
+                let (score, mut v) = c.report(totals, top);
+                v["column"] = json!(name);
+                v["type"] = json!(ty.name());
+                v["score"] = json!(score);
+                (score, name.clone(), v)
+            })
+            .collect();
+        reports.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        Ok(json!({
+            "selection": {"count": totals[0]},
+            "baseline": {"count": totals[1]},
+            "columns": reports.into_iter().map(|r| r.2).collect::<Vec<_>>(),
+            "meta": {
+                "events_examined": events,
+                "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+                "start_time": sonde_model::time::format_us(plan.start_us),
+                "end_time": sonde_model::time::format_us(plan.end_us),
+                "measure": "total variation distance between the selection's and the baseline's distributions",
+            }
+        }))
+    }
+
+    /// Every span of a trace, across every dataset with a `trace.trace_id` column, with the
+    /// parent/child tree. Segments whose bloom filter rules the id out are not read.
+    pub async fn trace(&self, trace_id: &str) -> Result<Value> {
+        const TRACE_ID: &str = "trace.trace_id";
+        let started = Instant::now();
+        let mut spans: Vec<Value> = Vec::new();
+        let mut meta = TraceMeta::default();
+        for info in self.storage.datasets() {
+            let table = self.table(&info.name)?;
+            if table.snapshot().columns.get(TRACE_ID).map(|c| c.ty) != Some(ColumnType::String) {
+                continue;
+            }
+            let ctx = self.session()?;
+            let df = ctx
+                .read_table(table.clone())
+                .and_then(|df| df.filter(ident(TRACE_ID).eq(lit(trace_id))))
+                .map_err(|e| self.df_error(e))?;
+            let plan = self.timed(df.create_physical_plan()).await?;
+            let batches = self
+                .timed(datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx()))
+                .await?;
+            meta.add(plan.as_ref());
+            let stats = table.stats().lock().unwrap().clone();
+            meta.segments_total += stats.segments_total;
+            meta.datasets_searched += 1;
+            for mut row in json::rows(&batches) {
+                if let Value::Object(m) = &mut row {
+                    m.retain(|_, v| !v.is_null());
+                    m.insert("dataset".into(), json!(info.name.as_str()));
+                }
+                spans.push(row);
+            }
+        }
+        spans.sort_by(|a, b| a["timestamp"].as_str().cmp(&b["timestamp"].as_str()));
+        let tree = span_tree(&spans);
+        Ok(json!({
+            "trace_id": trace_id,
+            "spans": spans,
+            "tree": tree,
+            "meta": {
+                "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+                "datasets_searched": meta.datasets_searched,
+                "segments_total": meta.segments_total,
+                "row_groups_pruned_by_bloom_filter": meta.bloom_pruned,
+                "row_groups_matched_by_bloom_filter": meta.bloom_matched,
+                "row_groups_pruned_by_statistics": meta.stats_pruned,
+                "bytes_scanned": meta.bytes_scanned,
+            }
+        }))
+    }
+}
+
+/// Scan metrics of a trace lookup, read from DataFusion's Parquet scan after execution.
+#[derive(Debug, Default)]
+struct TraceMeta {
+    datasets_searched: usize,
+    segments_total: usize,
+    bloom_pruned: usize,
+    bloom_matched: usize,
+    stats_pruned: usize,
+    bytes_scanned: usize,
+}
+
+impl TraceMeta {
+    fn add(&mut self, plan: &dyn datafusion::physical_plan::ExecutionPlan) {
+        use datafusion::physical_plan::metrics::MetricValue;
+        if let Some(metrics) = plan.metrics() {
+            for m in metrics.iter() {
+                match m.value() {
+                    MetricValue::PruningMetrics { name, pruning_metrics }
+                        if name == "row_groups_pruned_bloom_filter" =>
+                    {
+                        self.bloom_pruned += pruning_metrics.pruned();
+                        self.bloom_matched += pruning_metrics.matched();
+                    }
+                    MetricValue::PruningMetrics { name, pruning_metrics } if name == "row_groups_pruned_statistics" => {
+                        self.stats_pruned += pruning_metrics.pruned();
+                    }
+                    MetricValue::Count { name, count } if name == "bytes_scanned" => {
+                        self.bytes_scanned += count.value()
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for child in plan.children() {
+            self.add(child.as_ref());
+        }
+    }
+}
+
+/// The parent/child tree of spans: `[{"span_id", "children": [...]}]`, roots first in time.
+/// A span whose parent is not in the trace (lost, or not sent yet) is a root, marked
+/// `"missing_parent": true`.
+fn span_tree(spans: &[Value]) -> Vec<Value> {
+    let id = |s: &Value| s.get("trace.span_id").and_then(|v| v.as_str()).map(String::from);
+    let parent = |s: &Value| s.get("trace.parent_id").and_then(|v| v.as_str()).map(String::from);
+    let ids: std::collections::HashSet<String> = spans.iter().filter_map(id).collect();
+    let mut children: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut roots = Vec::new();
+    for (i, s) in spans.iter().enumerate() {
+        match parent(s) {
+            Some(p) if ids.contains(&p) && Some(&p) != id(s).as_ref() => children.entry(p).or_default().push(i),
+            _ => roots.push(i),
+        }
+    }
+    fn node(i: usize, spans: &[Value], children: &HashMap<String, Vec<usize>>, depth: usize) -> Value {
+        let sid = spans[i]
+            .get("trace.span_id")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        let kids: Vec<Value> = if depth < 256 {
+            children
+                .get(sid)
+                .into_iter()
+                .flatten()
+                .map(|&c| node(c, spans, children, depth + 1))
+                .collect()
+        } else {
+            vec![]
+        };
+        json!({"span_id": sid, "index": i, "children": kids})
+    }
+    roots
+        .into_iter()
+        .map(|i| {
+            let mut n = node(i, spans, &children, 0);
+            if parent(&spans[i]).is_some() {
+                n["missing_parent"] = json!(true);
+            }
+            n
+        })
+        .collect()
 }
 
 fn internal(e: impl std::fmt::Display) -> QueryError {

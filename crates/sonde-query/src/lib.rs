@@ -12,12 +12,15 @@
 //! - [`engine::QueryEngine`] — runs specs, raw-event listings and SQL, each under a timeout and
 //!   a memory cap.
 //! - [`udaf`] — the sample-rate weighted exact percentile.
+//! - [`bubbleup`] — selection vs baseline across every column, in one pass.
 
+pub mod bubbleup;
 pub mod engine;
 pub mod json;
 pub mod spec;
 pub mod table;
 pub mod udaf;
 
+pub use bubbleup::BubbleUpRequest;
 pub use engine::{EngineConfig, EventsRequest, QueryEngine, QueryError, QueryResult};
 pub use spec::QuerySpec;

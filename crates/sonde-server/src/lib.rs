@@ -13,6 +13,8 @@
 //! | `POST /api/query/{dataset}` | Honeycomb query specification → series + results |
 //! | `POST /api/events/{dataset}` | raw events, newest first |
 //! | `POST /api/sql` | read-only SQL (JSON, CSV, Arrow IPC) |
+//! | `POST /api/bubbleup/{dataset}` | selection vs baseline across every column |
+//! | `GET /api/traces/{dataset}/{trace_id}` | a trace's spans and tree, across datasets |
 //! | `POST /1/queries/{dataset}`, `POST /1/query_results/{dataset}`, `GET /1/query_results/{dataset}/{id}` | Honeycomb's query-data API |
 //! | `GET /api/datasets`, `GET /api/datasets/{dataset}/columns` | schema |
 //! | `GET /health`, `GET /metrics` | liveness, Prometheus metrics |
@@ -94,6 +96,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/query/{dataset}", post(query::query))
         .route("/api/events/{dataset}", post(query::events))
         .route("/api/sql", post(query::sql))
+        .route("/api/bubbleup/{dataset}", post(query::bubbleup))
+        .route("/api/traces/{dataset}/{trace_id}", get(query::trace))
         .route("/1/queries/{dataset}", post(query::create_query))
         .route("/1/query_results/{dataset}", post(query::create_result))
         .route("/1/query_results/{dataset}/{id}", get(query::get_result))

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sonde_model::DatasetName;
-use sonde_query::{EventsRequest, QueryError, QuerySpec};
+use sonde_query::{BubbleUpRequest, EventsRequest, QueryError, QuerySpec};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -225,4 +225,36 @@ pub(crate) async fn get_result(
     let r = state.saved.inner.lock().unwrap().results.get(&id).cloned();
     r.map(Json)
         .ok_or_else(|| ApiError::not_found(format!("query result {id:?} does not exist")))
+}
+
+/// `POST /api/bubbleup/{dataset}`: selection vs baseline across every column.
+pub(crate) async fn bubbleup(
+    State(state): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let ds = DatasetName::new(&raw)?;
+    let req: BubbleUpRequest = parse_body(&body, "BubbleUp request")?;
+    Ok(Json(state.engine.bubbleup(&ds, &req).await?))
+}
+
+/// `GET /api/traces/{dataset}/{trace_id}`: every span of the trace, in every dataset.
+pub(crate) async fn trace(
+    State(state): State<Arc<AppState>>,
+    Path((raw, trace_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let ds = DatasetName::new(&raw)?;
+    if state.storage.dataset_info(&ds).is_none() {
+        return Err(ApiError::not_found(format!("dataset {ds:?} does not exist")));
+    }
+    if trace_id.is_empty() || trace_id.len() > 256 {
+        return Err(ApiError::bad_request("trace id must be 1 to 256 characters"));
+    }
+    let v = state.engine.trace(&trace_id).await?;
+    if v["spans"].as_array().is_none_or(|s| s.is_empty()) {
+        return Err(ApiError::not_found(format!(
+            "no spans with trace.trace_id = {trace_id:?}"
+        )));
+    }
+    Ok(Json(v))
 }

@@ -6,6 +6,7 @@
 mod harness;
 
 mod bad_input;
+mod bubbleup_traces;
 mod crash;
 mod ingest_e2e;
 mod query_api;

@@ -1,0 +1,310 @@
+//! BubbleUp: what is different about a selection of events, across every column at once.
+//!
+//! The query's filters and time range define the *population*; the *selection* is a box on a
+//! heatmap (a time range × a value range of one numeric column) or one group of a breakdown;
+//! the *baseline* is the rest of the population. For every column the selection's distribution
+//! is compared with the baseline's:
+//!
+//! - string and bool columns: the shares of each value (the top values by weight; the rest as
+//!   "other"; events without the field as "missing");
+//! - numeric columns: the shares in 20 equal buckets over the column's range in the population
+//!   (and "missing").
+//!
+//! Columns are ranked by the **total variation distance** between the two distributions,
+//! `½ Σ |selection share − baseline share|`: 0 when the selection looks like the rest, 1 when
+//! they share no value. Shares are weighted by sample rate, like every count in Sonde.
+//!
+//! Cost: one aggregate query for the numeric ranges, then one streaming pass over the
+//! population that updates every column's counters per batch — never one query per column. A
+//! column's distinct values are counted up to [`MAX_DISTINCT`]; values seen after that count as
+//! "other", so id columns cannot exhaust memory (and, spread thin, they rank low, as they should).
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Float64Type, Int64Type};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sonde_model::ColumnType;
+use std::collections::HashMap;
+
+/// Distinct values tracked per column before the rest count as "other".
+pub const MAX_DISTINCT: usize = 10_000;
+/// Buckets of a numeric column's distribution.
+pub const NUMERIC_BUCKETS: usize = 20;
+/// Values reported per string/bool column, by default.
+pub const DEFAULT_TOP_VALUES: usize = 10;
+
+/// A BubbleUp request: population (filters, time) and selection.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct BubbleUpRequest {
+    /// Population filters, as in a query spec.
+    #[serde(default)]
+    pub filters: Vec<crate::spec::Filter>,
+    /// `AND` or `OR`.
+    #[serde(default)]
+    pub filter_combination: Option<String>,
+    /// Population time range, as in a query spec.
+    #[serde(default)]
+    pub time_range: Option<i64>,
+    /// Population start, as in a query spec.
+    #[serde(default)]
+    pub start_time: Option<Value>,
+    /// Population end, as in a query spec.
+    #[serde(default)]
+    pub end_time: Option<Value>,
+    /// The selection.
+    pub selection: Selection,
+    /// Values reported per string/bool column (default 10).
+    #[serde(default)]
+    pub top_values: Option<usize>,
+}
+
+/// What is selected.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// A box on a heatmap: `start_time <= timestamp < end_time` and `min <= column <= max`.
+    Heatmap {
+        /// The heatmap's numeric column.
+        column: String,
+        /// Box start (inclusive).
+        start_time: Value,
+        /// Box end (exclusive).
+        end_time: Value,
+        /// Lowest value in the box.
+        min: f64,
+        /// Highest value in the box.
+        max: f64,
+    },
+    /// One group of a breakdown: column → value (`null` for events without the field).
+    Group(serde_json::Map<String, Value>),
+}
+
+/// Per-column counters, `[selection, baseline]` weights.
+#[derive(Debug)]
+pub(crate) enum Counter {
+    Categorical {
+        values: HashMap<String, (Value, [i64; 2])>,
+        other: [i64; 2],
+        missing: [i64; 2],
+    },
+    Numeric {
+        lo: f64,
+        width: f64,
+        buckets: Vec<[i64; 2]>,
+        missing: [i64; 2],
+    },
+}
+
+impl Counter {
+    pub(crate) fn categorical() -> Counter {
+        Counter::Categorical {
+            values: HashMap::new(),
+            other: [0; 2],
+            missing: [0; 2],
+        }
+    }
+
+    pub(crate) fn numeric(lo: f64, hi: f64) -> Counter {
+        let width = if hi > lo {
+            (hi - lo) / NUMERIC_BUCKETS as f64
+        } else {
+            1.0
+        };
+        Counter::Numeric {
+            lo,
+            width,
+            buckets: vec![[0; 2]; NUMERIC_BUCKETS],
+            missing: [0; 2],
+        }
+    }
+
+    /// Adds a batch's column: `sel[i]` says which side row `i` is on, `w[i]` its weight.
+    pub(crate) fn add(&mut self, col: &ArrayRef, sel: &BooleanArray, w: &[i64]) -> datafusion::error::Result<()> {
+        match self {
+            Counter::Categorical { values, other, missing } => {
+                let strings = match col.data_type() {
+                    DataType::Boolean => None,
+                    _ => Some(cast(col, &DataType::Utf8)?),
+                };
+                for (i, &wi) in w.iter().enumerate().take(col.len()) {
+                    let side = if sel.is_valid(i) && sel.value(i) { 0 } else { 1 };
+                    if col.is_null(i) {
+                        missing[side] += wi;
+                        continue;
+                    }
+                    let (key, value) = match &strings {
+                        Some(s) => {
+                            let s = s.as_string::<i32>().value(i);
+                            (s.to_string(), Value::String(s.to_string()))
+                        }
+                        None => {
+                            let b = col.as_boolean().value(i);
+                            (b.to_string(), Value::Bool(b))
+                        }
+                    };
+                    if let Some(e) = values.get_mut(&key) {
+                        e.1[side] += wi;
+                    } else if values.len() < MAX_DISTINCT {
+                        let mut c = [0; 2];
+                        c[side] = wi;
+                        values.insert(key, (value, c));
+                    } else {
+                        other[side] += wi;
+                    }
+                }
+            }
+            Counter::Numeric {
+                lo,
+                width,
+                buckets,
+                missing,
+            } => {
+                let f = cast(col, &DataType::Float64)?;
+                let f = f.as_primitive::<Float64Type>();
+                for (i, &wi) in w.iter().enumerate().take(f.len()) {
+                    let side = if sel.is_valid(i) && sel.value(i) { 0 } else { 1 };
+                    if f.is_null(i) {
+                        missing[side] += wi;
+                        continue;
+                    }
+                    let b = (((f.value(i) - *lo) / *width) as i64).clamp(0, NUMERIC_BUCKETS as i64 - 1) as usize;
+                    buckets[b][side] += wi;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The column's comparison and its score.
+    pub(crate) fn report(&self, totals: [i64; 2], top: usize) -> (f64, Value) {
+        let share = |c: [i64; 2]| -> [f64; 2] {
+            [
+                if totals[0] > 0 {
+                    c[0] as f64 / totals[0] as f64
+                } else {
+                    0.0
+                },
+                if totals[1] > 0 {
+                    c[1] as f64 / totals[1] as f64
+                } else {
+                    0.0
+                },
+            ]
+        };
+        match self {
+            Counter::Categorical { values, other, missing } => {
+                let mut all: Vec<&(Value, [i64; 2])> = values.values().collect();
+                // Top values by weight in the population; ties by value, so the answer is stable.
+                all.sort_by(|a, b| {
+                    (b.1[0] + b.1[1])
+                        .cmp(&(a.1[0] + a.1[1]))
+                        .then_with(|| a.0.to_string().cmp(&b.0.to_string()))
+                });
+                let kept = &all[..all.len().min(top)];
+                let mut rest = *other;
+                for (_, c) in &all[kept.len()..] {
+                    rest[0] += c[0];
+                    rest[1] += c[1];
+                }
+                let mut entries: Vec<(Value, [f64; 2])> = kept.iter().map(|(v, c)| (v.clone(), share(*c))).collect();
+                let mut score: f64 = entries.iter().map(|(_, s)| (s[0] - s[1]).abs()).sum();
+                let rest_s = share(rest);
+                let missing_s = share(*missing);
+                score += (rest_s[0] - rest_s[1]).abs() + (missing_s[0] - missing_s[1]).abs();
+                // The most over-represented value in the selection first.
+                entries.sort_by(|a, b| {
+                    (b.1[0] - b.1[1])
+                        .total_cmp(&(a.1[0] - a.1[1]))
+                        .then_with(|| a.0.to_string().cmp(&b.0.to_string()))
+                });
+                let values: Vec<Value> = entries
+                    .into_iter()
+                    .map(|(v, s)| json!({"value": v, "selection": s[0], "baseline": s[1]}))
+                    .collect();
+                (
+                    score / 2.0,
+                    json!({
+                        "values": values,
+                        "other": {"selection": rest_s[0], "baseline": rest_s[1]},
+                        "missing": {"selection": missing_s[0], "baseline": missing_s[1]},
+                    }),
+                )
+            }
+            Counter::Numeric {
+                lo,
+                width,
+                buckets,
+                missing,
+            } => {
+                let mut score = 0.0;
+                let out: Vec<Value> = buckets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let s = share(*c);
+                        score += (s[0] - s[1]).abs();
+                        json!({"lower": lo + i as f64 * width, "upper": lo + (i + 1) as f64 * width, "selection": s[0], "baseline": s[1]})
+                    })
+                    .collect();
+                let m = share(*missing);
+                score += (m[0] - m[1]).abs();
+                (
+                    score / 2.0,
+                    json!({"buckets": out, "missing": {"selection": m[0], "baseline": m[1]}}),
+                )
+            }
+        }
+    }
+}
+
+/// Whether a column type is compared as a distribution over buckets.
+pub(crate) fn is_numeric(t: ColumnType) -> bool {
+    matches!(t, ColumnType::Int | ColumnType::Float)
+}
+
+/// Weights of a batch's sample-rate column (missing or non-positive count as 1).
+pub(crate) fn weights(col: &ArrayRef) -> datafusion::error::Result<Vec<i64>> {
+    let c = cast(col, &DataType::Int64)?;
+    let c = c.as_primitive::<Int64Type>();
+    Ok((0..c.len())
+        .map(|i| if c.is_valid(i) { c.value(i).max(1) } else { 1 })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::StringArray;
+    use std::sync::Arc;
+
+    #[test]
+    fn identical_sides_score_zero_disjoint_sides_score_one() {
+        let col: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), Some("b"), Some("a"), Some("b")]));
+        let mut c = Counter::categorical();
+        c.add(&col, &BooleanArray::from(vec![true, true, false, false]), &[1, 1, 1, 1])
+            .unwrap();
+        assert_eq!(c.report([2, 2], 10).0, 0.0);
+        let mut c = Counter::categorical();
+        c.add(&col, &BooleanArray::from(vec![true, false, true, false]), &[1, 1, 1, 1])
+            .unwrap();
+        let (score, v) = c.report([2, 2], 10);
+        assert_eq!(score, 1.0);
+        assert_eq!(v["values"][0], json!({"value": "a", "selection": 1.0, "baseline": 0.0}));
+    }
+
+    #[test]
+    fn values_past_the_cap_count_as_other() {
+        let n = MAX_DISTINCT + 5;
+        let col: ArrayRef = Arc::new(StringArray::from(
+            (0..n).map(|i| Some(format!("id{i}"))).collect::<Vec<_>>(),
+        ));
+        let mut c = Counter::categorical();
+        c.add(&col, &BooleanArray::from(vec![false; n]), &vec![1; n]).unwrap();
+        let Counter::Categorical { values, other, .. } = &c else {
+            unreachable!()
+        };
+        assert_eq!(values.len(), MAX_DISTINCT);
+        assert_eq!(other[1], 5);
+    }
+}

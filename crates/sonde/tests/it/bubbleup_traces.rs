@@ -1,0 +1,267 @@
+//! BubbleUp finds the incident's cause, checked against a brute-force count over the
+//! generated events; trace lookups return exactly a trace's spans and skip the segments whose
+//! bloom filters rule the trace out.
+
+use crate::harness::{Server, send_json};
+use serde_json::{Value, json};
+use sonde_gen::{GenConfig, GenEvent, Generator, format_time};
+use std::collections::HashMap;
+
+const T0: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
+const HOUR: i64 = 3_600_000_000;
+
+async fn ingest(client: &reqwest::Client, server: &Server, dataset: &str, events: &[GenEvent]) {
+    for chunk in events.chunks(2000) {
+        let body: String = chunk.iter().map(|e| e.to_ndjson() + "\n").collect();
+        let (status, r) = send_json(client.post(server.at(&format!("/api/ingest/{dataset}"))).body(body)).await;
+        assert_eq!(status, 200, "{r}");
+    }
+}
+
+/// Weighted shares of each value of `column` among `events` (missing as null).
+fn shares(events: &[&GenEvent], column: &str) -> HashMap<String, f64> {
+    let total: i64 = events.iter().map(|e| e.sample_rate).sum();
+    let mut out: HashMap<String, f64> = HashMap::new();
+    for e in events {
+        let v = e.data.get(column).map_or("null".to_string(), |v| v.to_string());
+        *out.entry(v).or_default() += e.sample_rate as f64 / total as f64;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bubbleup_ranks_the_failing_dependency_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--flush-rows", "6000"]).await;
+    let client = reqwest::Client::new();
+    let cfg = GenConfig {
+        seed: 11,
+        start_us: T0,
+        span_us: HOUR,
+        incident: true,
+    };
+    let events: Vec<GenEvent> = Generator::new(cfg, 20_000).collect();
+    ingest(&client, &server, "incident", &events).await;
+
+    // The box a person draws around the slow band: the incident's window, above 1.8 s.
+    let (t0, t1) = (T0 + HOUR * 60 / 100, T0 + HOUR * 75 / 100);
+    let (lo, hi) = (1800.0, 1e9);
+    let req = json!({
+        "start_time": format_time(T0), "end_time": format_time(T0 + HOUR),
+        "selection": {"heatmap": {"column": "duration_ms", "start_time": format_time(t0), "end_time": format_time(t1), "min": lo, "max": hi}},
+    });
+    let (status, r) = send_json(client.post(server.at("/api/bubbleup/incident")).json(&req)).await;
+    assert_eq!(status, 200, "{r}");
+
+    // Brute force over the generated events.
+    let in_box = |e: &GenEvent| {
+        let d = e.data["duration_ms"].as_f64().unwrap();
+        e.time_us >= t0 && e.time_us < t1 && d >= lo && d <= hi
+    };
+    let selection: Vec<&GenEvent> = events.iter().filter(|e| in_box(e)).collect();
+    let baseline: Vec<&GenEvent> = events.iter().filter(|e| !in_box(e)).collect();
+    assert!(selection.len() > 200, "the box holds the slow band");
+    assert_eq!(
+        r["selection"]["count"],
+        selection.iter().map(|e| e.sample_rate).sum::<i64>()
+    );
+    assert_eq!(
+        r["baseline"]["count"],
+        baseline.iter().map(|e| e.sample_rate).sum::<i64>()
+    );
+
+    let top = &r["columns"][0];
+    assert_eq!(
+        top["column"],
+        "dns.provider",
+        "ranking: {:?}",
+        r["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .take(5)
+            .map(|c| (c["column"].clone(), c["score"].clone()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(top["values"][0]["value"], "dyn");
+    let (s_sel, s_base) = (shares(&selection, "dns.provider"), shares(&baseline, "dns.provider"));
+    let mut tvd = 0.0;
+    for v in top["values"].as_array().unwrap() {
+        let key = v["value"].to_string();
+        let want_sel = s_sel.get(&key).copied().unwrap_or(0.0);
+        let want_base = s_base.get(&key).copied().unwrap_or(0.0);
+        assert!(
+            (v["selection"].as_f64().unwrap() - want_sel).abs() < 1e-9,
+            "{key}: {v} vs {want_sel}"
+        );
+        assert!(
+            (v["baseline"].as_f64().unwrap() - want_base).abs() < 1e-9,
+            "{key}: {v} vs {want_base}"
+        );
+        tvd += (want_sel - want_base).abs();
+    }
+    assert!((top["score"].as_f64().unwrap() - tvd / 2.0).abs() < 1e-9);
+    assert!(s_sel[&json!("dyn").to_string()] > 0.99, "the slow band is all dyn");
+    // The box's own column is not compared (it differs by construction).
+    assert!(
+        r["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["column"] != "duration_ms")
+    );
+
+    // A group selection: the payments service is what sends payment.* fields.
+    let req = json!({"start_time": format_time(T0), "end_time": format_time(T0 + HOUR), "selection": {"group": {"service.name": "payments"}}});
+    let (status, r) = send_json(client.post(server.at("/api/bubbleup/incident")).json(&req)).await;
+    assert_eq!(status, 200, "{r}");
+    // Fields only payments sends, and its own routes, differ completely.
+    let perfect: Vec<&str> = r["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| (c["score"].as_f64().unwrap() - 1.0).abs() < 1e-9)
+        .map(|c| c["column"].as_str().unwrap())
+        .collect();
+    assert_eq!(perfect, vec!["http.route", "payment.amount_cents", "payment.currency"]);
+
+    let (status, e) = send_json(
+        client.post(server.at("/api/bubbleup/incident")).json(&json!({"selection": {"heatmap": {"column": "service.name", "start_time": 0, "end_time": 1, "min": 0, "max": 1}}})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(e["error"].as_str().unwrap().contains("not numeric"), "{e}");
+}
+
+fn span(trace: &str, id: &str, parent: Option<&str>, service: &str, t: i64, dur: f64) -> Value {
+    let mut data = json!({"trace.trace_id": trace, "trace.span_id": id, "name": format!("op-{id}"), "service.name": service, "duration_ms": dur});
+    if let Some(p) = parent {
+        data["trace.parent_id"] = json!(p);
+    }
+    json!({"data": data, "time": format_time(t)})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_lookup_returns_exactly_the_trace_and_skips_other_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--flush-rows", "200"]).await;
+    let client = reqwest::Client::new();
+    let mut rng = sonde_gen::Rng::new(5);
+    let needle = "4bf92f3577b34da6a3ce929d0e0e4736";
+    // Twelve segments of other traces in "frontend"; the needle's spans in two of them, in the
+    // write buffer, and in another dataset.
+    for seg in 0..12 {
+        let mut batch: Vec<Value> = (0..200)
+            .map(|i| {
+                // Random 128-bit ids, as real tracers make them: min/max statistics cannot
+                // rule a trace out, only the bloom filters can.
+                let t = format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64() ^ i);
+                span(
+                    &t,
+                    &format!("{:016x}", rng.next_u64()),
+                    None,
+                    "frontend",
+                    T0 + seg * 60_000_000 + i as i64 * 1000,
+                    5.5,
+                )
+            })
+            .collect();
+        if seg == 3 {
+            batch[10] = span(needle, "root", None, "frontend", T0 + seg * 60_000_000, 120.5);
+        }
+        if seg == 7 {
+            batch[20] = span(
+                needle,
+                "child-a",
+                Some("root"),
+                "frontend",
+                T0 + 3 * 60_000_000 + 1000,
+                40.25,
+            );
+        }
+        let (status, r) = send_json(client.post(server.at("/1/batch/frontend")).json(&batch)).await;
+        assert_eq!(status, 200, "{r}");
+        for _ in 0..400 {
+            let (_, d) = send_json(client.get(server.at("/api/datasets"))).await;
+            if d["datasets"][0]["buffered_rows"] == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    let buffered = json!([
+        span(
+            needle,
+            "child-b",
+            Some("root"),
+            "frontend",
+            T0 + 3 * 60_000_000 + 5000,
+            60.0
+        ),
+        span(
+            needle,
+            "orphan",
+            Some("lost-parent"),
+            "frontend",
+            T0 + 3 * 60_000_000 + 9000,
+            1.5
+        ),
+    ]);
+    send_json(client.post(server.at("/1/batch/frontend")).json(&buffered)).await;
+    let backend = json!([
+        span(
+            needle,
+            "db-call",
+            Some("child-a"),
+            "backend",
+            T0 + 3 * 60_000_000 + 2000,
+            30.0
+        ),
+        span("another-trace", "x", None, "backend", T0, 1.0),
+    ]);
+    send_json(client.post(server.at("/1/batch/backend")).json(&backend)).await;
+
+    let (status, r) = send_json(client.get(server.at(&format!("/api/traces/frontend/{needle}")))).await;
+    assert_eq!(status, 200, "{r}");
+    let mut ids: Vec<&str> = r["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["trace.span_id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec!["child-a", "child-b", "db-call", "orphan", "root"]);
+    let db = r["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["trace.span_id"] == "db-call")
+        .unwrap();
+    assert_eq!(db["dataset"], "backend");
+    assert_eq!(db["duration_ms"], 30.0);
+    // The tree: root → child-a → db-call, root → child-b; the orphan is a root with a missing parent.
+    let tree = r["tree"].as_array().unwrap();
+    assert_eq!(tree.len(), 2, "{tree:?}");
+    let root = tree.iter().find(|n| n["span_id"] == "root").unwrap();
+    let kids: Vec<&str> = root["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["span_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids, vec!["child-a", "child-b"]);
+    assert_eq!(root["children"][0]["children"][0]["span_id"], "db-call");
+    assert_eq!(
+        tree.iter().find(|n| n["span_id"] == "orphan").unwrap()["missing_parent"],
+        true
+    );
+
+    // Bloom filters kept the scan off the ten frontend segments without the trace (each a row group).
+    let m = &r["meta"];
+    assert_eq!(m["segments_total"], 12, "{m}");
+    assert_eq!(m["row_groups_matched_by_bloom_filter"], 2, "{m}");
+    assert_eq!(m["row_groups_pruned_by_bloom_filter"], 10, "{m}");
+
+    let (status, _) = send_json(client.get(server.at("/api/traces/frontend/nosuchtrace"))).await;
+    assert_eq!(status, 404);
+}
