@@ -72,6 +72,8 @@ export const api = {
   query: (ds: string, spec: QuerySpec) => call<QueryAnswer>("POST", `/api/query/${encodeURIComponent(ds)}`, spec),
   events: (ds: string, req: unknown) => call<EventsAnswer>("POST", `/api/events/${encodeURIComponent(ds)}`, req),
   sql: (sql: string) => call<SqlAnswer>("POST", "/api/sql", { sql }),
+  bubbleup: (ds: string, req: unknown) => call<import("./bubbleup").BubbleAnswer>("POST", `/api/bubbleup/${encodeURIComponent(ds)}`, req),
+  trace: (ds: string, id: string) => call<import("./trace").TraceAnswer>("GET", `/api/traces/${encodeURIComponent(ds)}/${encodeURIComponent(id)}`),
 };
 
 /** The result key of a calculation, as the server names it. */

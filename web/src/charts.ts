@@ -12,6 +12,8 @@ export interface LineSeries { label: string; values: (number | null)[] }
 export interface ChartHandlers {
   /** Drag across the graph: zoom to [from, to] (seconds). */
   onZoom(from: number, to: number): void;
+  /** Drag a box on a heatmap: time [from, to] (seconds) × values [lo, hi]. */
+  onBox?(from: number, to: number, lo: number, hi: number): void;
   /** Click on the graph at time `t` (seconds), nearest series index or -1. */
   onClick(t: number, series: number, ev: MouseEvent): void;
 }
@@ -142,19 +144,46 @@ export function heatmapChart(
     const t = t0 + ((t1 - t0) * k) / 4;
     ctx.fillText(new Date(t * 1000).toISOString().slice(11, 19), left + (plotW * k) / 4 - 20, height - 6);
   }
-  // Drag to zoom in time; click for the menu.
-  let dragFrom: number | null = null;
-  const tAt = (ev: MouseEvent) => t0 + ((ev.offsetX - left) / plotW) * (t1 - t0);
-  canvas.addEventListener("mousedown", (ev) => (dragFrom = ev.offsetX));
+  // Drag a box to select (BubbleUp), or to zoom in time when no box handler is given; click
+  // for the menu.
+  wrap.style.position = "relative";
+  const box = document.createElement("div");
+  box.className = "hm-box";
+  box.hidden = true;
+  wrap.append(box);
+  const valueAt = (y: number) => first.min + ((plotH - (y - 6)) / plotH) * (first.max - first.min);
+  const tAt = (x: number) => t0 + ((x - left) / plotW) * (t1 - t0);
+  let from: [number, number] | null = null;
+  const place = (a: [number, number], b: [number, number]) => {
+    box.hidden = false;
+    box.style.left = `${canvas.offsetLeft + Math.min(a[0], b[0])}px`;
+    box.style.top = `${canvas.offsetTop + Math.min(a[1], b[1])}px`;
+    box.style.width = `${Math.abs(a[0] - b[0])}px`;
+    box.style.height = `${Math.abs(a[1] - b[1])}px`;
+  };
+  canvas.addEventListener("mousedown", (ev) => {
+    from = [ev.offsetX, ev.offsetY];
+    box.hidden = true;
+  });
+  canvas.addEventListener("mousemove", (ev) => {
+    if (from && h.onBox) place(from, [ev.offsetX, ev.offsetY]);
+  });
   canvas.addEventListener("mouseup", (ev) => {
-    if (dragFrom !== null && Math.abs(ev.offsetX - dragFrom) > 4) {
-      const a = t0 + ((Math.min(dragFrom, ev.offsetX) - left) / plotW) * (t1 - t0);
-      const b = t0 + ((Math.max(dragFrom, ev.offsetX) - left) / plotW) * (t1 - t0);
-      h.onZoom(a, b);
+    const to: [number, number] = [ev.offsetX, ev.offsetY];
+    if (from && Math.abs(to[0] - from[0]) > 4) {
+      const [ta, tb] = [tAt(Math.min(from[0], to[0])), tAt(Math.max(from[0], to[0]))];
+      if (h.onBox && Math.abs(to[1] - from[1]) > 4) {
+        place(from, to);
+        h.onBox(ta, tb, valueAt(Math.max(from[1], to[1])), valueAt(Math.min(from[1], to[1])));
+      } else {
+        box.hidden = true;
+        h.onZoom(ta, tb);
+      }
     } else {
-      h.onClick(tAt(ev), -1, ev);
+      box.hidden = true;
+      h.onClick(tAt(ev.offsetX), -1, ev);
     }
-    dragFrom = null;
+    from = null;
   });
   return canvas;
 }

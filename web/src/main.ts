@@ -9,6 +9,8 @@ import {
   type Column, type QueryAnswer, type QuerySpec, type Row, type Filter,
 } from "./api";
 import { PALETTE, formatNumber, heatmapChart, lineChart, type Heatmap } from "./charts";
+import { renderBubbleUp, type BubbleColumn } from "./bubbleup";
+import { renderTrace } from "./trace";
 import type uPlot from "uplot";
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
@@ -324,6 +326,8 @@ async function run(push: boolean) {
     remember();
   }
   $("status").textContent = "Running…";
+  $("bubbleup").hidden = true;
+  $("trace").hidden = true;
   const started = performance.now();
   try {
     if (state.spec.calculations.length === 0) {
@@ -399,7 +403,15 @@ function renderAnswer(a: QueryAnswer, totals: QueryAnswer | null) {
         const cur = cells[i];
         cells[i] = cur ? { ...cur, counts: cur.counts.map((n, k) => n + h.counts[k]) } : { ...h, counts: [...h.counts] };
       }
-      heatmapChart(charts, key, times, cells, step, handlers);
+      const column = c.column!;
+      heatmapChart(charts, key, times, cells, step, {
+        ...handlers,
+        onBox: (from, to, lo, hi) =>
+          runBubbleUp(
+            { heatmap: { column, start_time: from, end_time: to, min: lo, max: hi } },
+            `${column} ${formatNumber(lo)}–${formatNumber(hi)}, ${new Date(from * 1000).toISOString().slice(11, 19)}–${new Date(to * 1000).toISOString().slice(11, 19)}`,
+          ),
+      });
       continue;
     }
     const lines = results.map((r) => ({ label: groupLabel(r), values: times.map(() => null as number | null) }));
@@ -466,6 +478,11 @@ function pointActions(group: Row | null, from: number | null, to: number | null)
   }]);
   if (group && groupFilters.length) {
     acts.push(["Filter by this group", () => { state.spec.filters.push(...groupFilters); rerun(); }]);
+    acts.push(["BubbleUp: what is different about this group?", () => {
+      const sel: Record<string, unknown> = {};
+      for (const b of state.spec.breakdowns) sel[b] = group[b] ?? null;
+      runBubbleUp({ group: sel }, groupLabel(group));
+    }]);
   }
   if (from !== null && to !== null) {
     acts.push(["Zoom to this bucket", () => { state.spec.start_time = from; state.spec.end_time = to; delete state.spec.time_range; renderTimePicker(); run(true); }]);
@@ -489,7 +506,13 @@ async function runEvents(seq: number, started: number) {
   const s = state.spec;
   const a = await api.events(state.dataset, { filters: s.filters, filter_combination: s.filter_combination, ...timeOf(s), limit: PAGE, offset: state.eventPage * PAGE });
   if (seq !== runSeq) return;
-  if (state.eventColumns.length === 0) state.eventColumns = columns.filter((c) => !c.reserved).slice(0, 6).map((c) => c.name);
+  if (state.eventColumns.length === 0) {
+    // The fields an on-call engineer reads first, when the dataset has them; else the first few.
+    const preferred = ["service.name", "name", "duration_ms", "http.status_code", "error", "trace.trace_id"];
+    const have = new Set(columns.map((c) => c.name));
+    const picked = preferred.filter((c) => have.has(c));
+    state.eventColumns = picked.length >= 3 ? picked : columns.filter((c) => !c.reserved).slice(0, 6).map((c) => c.name);
+  }
   const cols = ["timestamp", ...state.eventColumns];
   const head = el("tr", {}, ...cols.map((c) => el("th", { textContent: c })));
   const rows: HTMLElement[] = [];
@@ -498,7 +521,13 @@ async function runEvents(seq: number, started: number) {
     tr.addEventListener("click", () => {
       const next = tr.nextElementSibling as HTMLElement | null;
       if (next?.classList.contains("expanded")) return next.remove();
-      const detail = el("tr", { className: "expanded" }, el("td", { colSpan: cols.length, textContent: JSON.stringify(ev, null, 2) }));
+      const td = el("td", { colSpan: cols.length });
+      const traceId = ev["trace.trace_id"];
+      if (typeof traceId === "string") {
+        td.append(el("button", { textContent: "View trace", className: "view-trace", onclick: (e: MouseEvent) => { e.stopPropagation(); openTrace(traceId); } }), "\n");
+      }
+      td.append(JSON.stringify(ev, null, 2));
+      const detail = el("tr", { className: "expanded" }, td);
       tr.after(detail);
     });
     rows.push(tr);
@@ -522,6 +551,53 @@ async function runEvents(seq: number, started: number) {
   );
   $("events").replaceChildren(pager, el("table", { className: "grid", id: "events-table" }, el("thead", {}, head), el("tbody", {}, ...rows)));
   $("status").textContent = `${a.events.length} events · ${a.meta.rows_examined.toLocaleString("en-US")} rows examined · ${a.meta.segments_scanned} segments scanned · ${a.meta.elapsed_ms.toFixed(1)} ms in the server, ${(performance.now() - started).toFixed(0)} ms in all`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// BubbleUp and traces
+
+async function runBubbleUp(selection: unknown, title: string) {
+  const panel = $("bubbleup");
+  panel.hidden = false;
+  panel.replaceChildren(el("div", { className: "status", textContent: "BubbleUp: comparing the selection with the rest…" }));
+  try {
+    const s = state.spec;
+    const a = await api.bubbleup(state.dataset, { filters: s.filters, filter_combination: s.filter_combination, ...timeOf(s), selection });
+    renderBubbleUp(panel, a, title, (col, value, range, ev) => openMenu(ev, bubbleActions(col, value, range)));
+    panel.scrollIntoView({ block: "nearest" });
+  } catch (e) {
+    panel.replaceChildren(el("div", { className: "error", textContent: e instanceof ApiError ? e.message : String(e) }));
+  }
+}
+
+function bubbleActions(col: BubbleColumn, value: unknown, range: [number, number] | null): [string, () => void][] {
+  const acts: [string, () => void][] = [];
+  if (range) {
+    acts.push([`Filter: ${formatNumber(range[0])} <= ${col.column} < ${formatNumber(range[1])}`, () => {
+      state.spec.filters.push({ column: col.column, op: ">=", value: range[0] }, { column: col.column, op: "<", value: range[1] });
+      rerun();
+    }]);
+  } else if (value === null) {
+    acts.push([`Filter: ${col.column} does not exist`, () => { state.spec.filters.push({ column: col.column, op: "does-not-exist" }); rerun(); }]);
+  } else {
+    acts.push([`Filter: ${col.column} = ${String(value)}`, () => { state.spec.filters.push({ column: col.column, op: "=", value }); rerun(); }]);
+    acts.push([`Filter: ${col.column} != ${String(value)}`, () => { state.spec.filters.push({ column: col.column, op: "!=", value }); rerun(); }]);
+  }
+  acts.push([`Group by ${col.column}`, () => { addUnique(state.spec.breakdowns, col.column); rerun(); }]);
+  return acts;
+}
+
+async function openTrace(traceId: string) {
+  const panel = $("trace");
+  panel.hidden = false;
+  panel.replaceChildren(el("div", { className: "status", textContent: `Loading trace ${traceId}…` }));
+  panel.scrollIntoView({ block: "start" });
+  try {
+    const t = await api.trace(state.dataset, traceId);
+    renderTrace(panel, t, () => (panel.hidden = true));
+  } catch (e) {
+    panel.replaceChildren(el("div", { className: "error", textContent: e instanceof ApiError ? e.message : String(e) }));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ const BIN = process.env.SONDE_BIN ?? join(TARGET, "debug/sonde");
 const START = "2026-11-25T10:00:00Z";
 const END = "2026-11-25T11:00:00Z";
 const RANGE = { start_time: Date.parse(START) / 1000, end_time: Date.parse(END) / 1000 };
+const TRACE = "5b8efff798038103d269b633813fc60c";
 
 // Screenshots of each view, for people to look at (not compared).
 const SHOTS = join(import.meta.dirname, "..", "test-results");
@@ -37,6 +38,21 @@ async function startServer() {
 before(async () => {
   await startServer();
   execFileSync(BIN, ["gen", "20000", "--seed", "5", "--start", START, "--span", "1h", "--post", url, "--dataset", "demo"], { stdio: "ignore" });
+  // One multi-span trace, for the waterfall.
+  const span = (id, parent, service, offsetMs, dur, extra = {}) => ({
+    time: new Date(Date.parse("2026-11-25T10:20:00Z") + offsetMs).toISOString(),
+    data: { "trace.trace_id": TRACE, "trace.span_id": id, ...(parent ? { "trace.parent_id": parent } : {}), "service.name": service, "dns.provider": "route53", name: `${service} ${id}`, duration_ms: dur, ...extra },
+  });
+  const r = await fetch(`${url}/1/batch/demo`, {
+    method: "POST",
+    body: JSON.stringify([
+      span("s-root", null, "frontend", 0, 250.5),
+      span("s-api", "s-root", "api-gateway", 3, 200.25),
+      span("s-pay", "s-api", "payments", 10, 150.125, { error: true, "error.message": "card declined" }),
+      span("s-lost", "s-gone", "search", 40, 20.5),
+    ]),
+  });
+  assert.equal(r.status, 200);
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
     args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
@@ -280,5 +296,50 @@ test("an invalid query shows the API's error message", async () => {
   await page.waitForSelector("#error:not([hidden])");
   assert.equal(await page.textContent("#error"), error);
   await shot(page, "error");
+  await page.close();
+});
+
+test("a box drawn on the heatmap opens BubbleUp, which ranks dns.provider first; a click makes it a filter", async () => {
+  const page = await newPage();
+  await page.goto(permalink({ calculations: [{ op: "HEATMAP", column: "duration_ms" }], filters: [], breakdowns: [], orders: [], havings: [], ...RANGE }));
+  await page.waitForSelector("canvas.heatmap");
+  const box = await page.locator("canvas.heatmap").boundingBox();
+  // The plot area of the heatmap: 60 px of axis on the left, 22 px below, 6 px above.
+  const left = box.x + 60, plotW = box.width - 68, top = box.y + 6, plotH = box.height - 28;
+  // The incident runs from 60% to 75% of the hour; its band sits above ~1.8 s of ~6.3 s.
+  await page.mouse.move(left + plotW * 0.61, top + 2);
+  await page.mouse.down();
+  await page.mouse.move(left + plotW * 0.68, top + plotH * 0.4, { steps: 4 });
+  await page.mouse.move(left + plotW * 0.74, top + plotH * 0.66, { steps: 4 });
+  await page.mouse.up();
+  await page.waitForSelector("#bubbleup .bu-card");
+  const first = await page.$eval("#bubbleup .bu-card", (c) => c.dataset.column);
+  assert.equal(first, "dns.provider");
+  const firstValue = await page.$eval('#bubbleup .bu-card[data-column="dns.provider"] .bu-row', (r) => r.dataset.value);
+  assert.equal(firstValue, "dyn");
+  await shot(page, "bubbleup");
+  await page.click('#bubbleup .bu-card[data-column="dns.provider"] .bu-row[data-value="dyn"]');
+  await page.click("text=Filter: dns.provider = dyn");
+  await page.waitForFunction(() => JSON.parse(new URL(location.href).searchParams.get("q")).filters.some((f) => f.column === "dns.provider" && f.value === "dyn"));
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
+test("a raw event opens its trace waterfall, nested by parent, with the error marked", async () => {
+  const page = await newPage();
+  await page.goto(permalink({ calculations: [], filters: [{ column: "trace.trace_id", op: "=", value: TRACE }], breakdowns: [], orders: [], havings: [], ...RANGE }));
+  await page.waitForSelector("#events-table tbody tr");
+  assert.equal((await tableRows(page, "#events-table")).length, 4);
+  await page.click("#events-table tbody tr");
+  await page.click("#events-table .view-trace");
+  await page.waitForSelector("#trace .wf-row");
+  const rows = await page.$$eval("#trace .wf-row", (rs) => rs.map((r) => [r.dataset.span, r.querySelector(".wf-label").style.paddingLeft]));
+  assert.deepEqual(rows, [["s-root", "0px"], ["s-api", "14px"], ["s-pay", "28px"], ["s-lost", "0px"]]);
+  assert.equal(await page.locator("#trace .wf-bar.error").count(), 1);
+  assert.match(await page.textContent('#trace .wf-row[data-span="s-lost"]'), /parent missing/);
+  await page.click('#trace .wf-row[data-span="s-pay"]');
+  assert.match(await page.textContent("#trace .wf-panel"), /card declined/);
+  await shot(page, "trace");
+  assert.deepEqual(page.errors, []);
   await page.close();
 });

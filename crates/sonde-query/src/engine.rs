@@ -591,7 +591,13 @@ impl QueryEngine {
                 spans.push(row);
             }
         }
-        spans.sort_by(|a, b| a["timestamp"].as_str().cmp(&b["timestamp"].as_str()));
+        // By time (parsed: RFC3339 text with and without fractions does not sort as text).
+        spans.sort_by_key(|s| {
+            s["timestamp"]
+                .as_str()
+                .and_then(|t| sonde_model::time::parse_time_str(t).ok())
+                .unwrap_or(0)
+        });
         let tree = span_tree(&spans);
         Ok(json!({
             "trace_id": trace_id,

@@ -1,0 +1,88 @@
+// BubbleUp's answer as a ranked grid of small charts: for every column, the selection's
+// distribution (orange) against the baseline's (blue).
+
+import { formatNumber } from "./charts";
+
+export interface BubbleValue { value: unknown; selection: number; baseline: number }
+export interface BubbleColumn {
+  column: string;
+  type: string;
+  score: number;
+  values?: BubbleValue[];
+  buckets?: { lower: number; upper: number; selection: number; baseline: number }[];
+  missing: { selection: number; baseline: number };
+  other?: { selection: number; baseline: number };
+}
+export interface BubbleAnswer {
+  selection: { count: number };
+  baseline: { count: number };
+  columns: BubbleColumn[];
+  meta: { elapsed_ms: number; events_examined: number };
+}
+
+const SEL = "#f5a524";
+const BASE = "#4aa3ff";
+
+/** Called when a bar is clicked: the column and the value (or a numeric bucket's range). */
+export type BarClick = (column: BubbleColumn, value: unknown, range: [number, number] | null, ev: MouseEvent) => void;
+
+function bar(share: number, color: string): HTMLElement {
+  const b = document.createElement("div");
+  b.className = "bu-bar";
+  b.style.width = `${Math.max(share * 100, share > 0 ? 1 : 0)}%`;
+  b.style.background = color;
+  return b;
+}
+
+/** Renders the grid into `el`, most different column first. */
+export function renderBubbleUp(el: HTMLElement, a: BubbleAnswer, title: string, onBar: BarClick) {
+  const head = document.createElement("div");
+  head.className = "bu-head";
+  head.innerHTML = `<h3>BubbleUp: ${title}</h3>`;
+  const legend = document.createElement("span");
+  legend.className = "status";
+  legend.innerHTML = `<span class="swatch" style="background:${SEL}"></span>selection (${formatNumber(a.selection.count)} events) <span class="swatch" style="background:${BASE}; margin-left:12px"></span>baseline (${formatNumber(a.baseline.count)}) · ranked by how different the two distributions are · ${a.meta.elapsed_ms.toFixed(0)} ms`;
+  head.append(legend);
+  const grid = document.createElement("div");
+  grid.className = "bu-grid";
+  for (const c of a.columns.slice(0, 48)) {
+    const card = document.createElement("div");
+    card.className = "bu-card";
+    card.dataset.column = c.column;
+    const h = document.createElement("div");
+    h.className = "bu-title";
+    h.textContent = c.column;
+    const score = document.createElement("span");
+    score.className = "bu-score";
+    score.textContent = `${(c.score * 100).toFixed(0)}% different`;
+    h.append(score);
+    card.append(h);
+    const rows: [string, number, number, unknown, [number, number] | null][] = [];
+    if (c.values) {
+      for (const v of c.values.slice(0, 6)) rows.push([String(v.value), v.selection, v.baseline, v.value, null]);
+      if (c.other && (c.other.selection > 0 || c.other.baseline > 0)) rows.push(["(other)", c.other.selection, c.other.baseline, undefined, null]);
+    } else if (c.buckets) {
+      for (const b of c.buckets) {
+        if (b.selection > 0 || b.baseline > 0) rows.push([`${formatNumber(b.lower)}–${formatNumber(b.upper)}`, b.selection, b.baseline, undefined, [b.lower, b.upper]]);
+      }
+    }
+    if (c.missing.selection > 0 || c.missing.baseline > 0) rows.push(["(missing)", c.missing.selection, c.missing.baseline, null, null]);
+    for (const [label, s, b, value, range] of rows) {
+      const row = document.createElement("div");
+      row.className = "bu-row";
+      row.title = `${label}: ${(s * 100).toFixed(1)}% of the selection, ${(b * 100).toFixed(1)}% of the baseline`;
+      row.dataset.value = label;
+      const name = document.createElement("span");
+      name.className = "bu-label";
+      name.textContent = label;
+      const bars = document.createElement("span");
+      bars.className = "bu-bars";
+      bars.append(bar(s, SEL), bar(b, BASE));
+      row.append(name, bars);
+      if (label !== "(other)") row.addEventListener("click", (ev) => onBar(c, value, range, ev));
+      card.append(row);
+    }
+    grid.append(card);
+  }
+  el.replaceChildren(head, grid);
+}
