@@ -1,9 +1,10 @@
 # One entry point for humans and CI: `.ci/run` calls `make test`, exactly as the README says.
 # Build output lives outside the clone so that repeated builds (and CI runs) are incremental.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/sonde-target
+CLIENTS_VENV ?= $(HOME)/.cache/sonde-clients-venv
 SONDE_ARGS ?=
 
-.PHONY: run dev test fmt lint unit ui web build release
+.PHONY: run dev test fmt lint unit ui clients web build release
 
 ## Build the UI and the release binary (which embeds the UI), then serve on 127.0.0.1:4318 with ./sonde-data.
 run: release
@@ -24,7 +25,7 @@ build:
 	cargo build --workspace --all-targets
 
 ## Everything CI checks: formatting, lints, unit, property and end-to-end tests, and the UI in headless Chromium.
-test: fmt web lint unit ui
+test: fmt web lint unit ui clients
 
 fmt:
 	cargo fmt --all -- --check
@@ -38,3 +39,10 @@ unit:
 ## The UI's end-to-end tests: the debug binary built by `unit`, driven through Chromium by Playwright.
 ui:
 	cd web && SONDE_BIN=$(CARGO_TARGET_DIR)/debug/sonde node --test tests/
+
+## Real clients, unmodified: the OpenTelemetry Python SDK (OTLP/HTTP and gRPC) and libhoney, from
+## PyPI into a virtualenv kept outside the clone, against the debug binary built by `unit`.
+clients:
+	test -x $(CLIENTS_VENV)/bin/python || python3 -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/pip install -q --disable-pip-version-check -r tests/clients/requirements.txt
+	cd tests/clients && SONDE_BIN=$(CARGO_TARGET_DIR)/debug/sonde $(CLIENTS_VENV)/bin/pytest -q -p no:cacheprovider .

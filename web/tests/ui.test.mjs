@@ -27,7 +27,7 @@ let server, url, browser, dir;
 
 async function startServer() {
   dir = mkdtempSync(join(tmpdir(), "sonde-ui-"));
-  server = spawn(BIN, ["serve", "--data-dir", dir, "--listen", "127.0.0.1:0"], { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, SONDE_LOG: "warn" } });
+  server = spawn(BIN, ["serve", "--data-dir", dir, "--listen", "127.0.0.1:0", "--grpc-listen", "off"], { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, SONDE_LOG: "warn" } });
   const lines = createInterface({ input: server.stdout });
   url = await new Promise((resolve, reject) => {
     lines.once("line", (l) => resolve(l.replace("sonde listening on ", "").trim()));

@@ -69,7 +69,7 @@ async fn store(state: &AppState, ds: &DatasetName, decoded: Decoded) -> Result<V
 
 /// Reads the body (refusing more than `max_body_bytes` on the wire) and undoes its encoding
 /// (refusing more than `max_body_bytes` once inflated).
-async fn body_bytes(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
+pub(crate) async fn body_bytes(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
     let limit = state.config.max_body_bytes;
     let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
         // axum reports the limit only through its message.

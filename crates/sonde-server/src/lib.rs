@@ -10,6 +10,7 @@
 //! | `POST /1/events/{dataset}` | one event (Honeycomb) |
 //! | `POST /1/batch/{dataset}` | a batch (Honeycomb), per-event statuses |
 //! | `POST /api/ingest/{dataset}` | NDJSON |
+//! | `POST /v1/traces`, `POST /v1/logs` | OTLP/HTTP, protobuf or JSON (and OTLP/gRPC on its own port) |
 //! | `POST /api/query/{dataset}` | Honeycomb query specification → series + results |
 //! | `POST /api/events/{dataset}` | raw events, newest first |
 //! | `POST /api/sql` | read-only SQL (JSON, CSV, Arrow IPC) |
@@ -23,6 +24,7 @@
 pub mod decode;
 pub mod error;
 mod ingest;
+pub mod otlp;
 mod query;
 mod schema;
 pub mod ui;
@@ -93,6 +95,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/1/events/{dataset}", post(ingest::single_event))
         .route("/1/batch/{dataset}", post(ingest::batch))
         .route("/api/ingest/{dataset}", post(ingest::ndjson))
+        .route("/v1/traces", post(otlp::http_traces))
+        .route("/v1/logs", post(otlp::http_logs))
+        .route("/v1/metrics", post(otlp::http_metrics))
         .route("/api/query/{dataset}", post(query::query))
         .route("/api/events/{dataset}", post(query::events))
         .route("/api/sql", post(query::sql))

@@ -88,6 +88,9 @@ struct ServeArgs {
     /// Address to listen on. 4318 is OTLP/HTTP's port, so OpenTelemetry SDKs find Sonde by default.
     #[arg(long, env = "SONDE_LISTEN", default_value = "127.0.0.1:4318")]
     listen: String,
+    /// Address for OTLP/gRPC (4317 is its standard port); `off` disables it.
+    #[arg(long, env = "SONDE_GRPC_LISTEN", default_value = "127.0.0.1:4317")]
+    grpc_listen: String,
     /// When ingest is acknowledged. `none` trades durability for speed.
     #[arg(long, env = "SONDE_DURABILITY", value_enum, default_value = "fsync")]
     durability: DurabilityArg,
@@ -278,9 +281,38 @@ async fn serve(a: ServeArgs) -> Result<()> {
         .with_context(|| format!("listening on {}", a.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %storage.config().data_dir.display(), "sonde listening");
-    // Tests and scripts read this line to find a port chosen with :0.
+    // Tests and scripts read these lines to find ports chosen with :0.
     println!("sonde listening on http://{addr}");
-    sonde_server::serve(listener, state, shutdown_signal()).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let grpc = if a.grpc_listen.eq_ignore_ascii_case("off") || a.grpc_listen.is_empty() {
+        None
+    } else {
+        let l = tokio::net::TcpListener::bind(&a.grpc_listen)
+            .await
+            .with_context(|| format!("listening for OTLP/gRPC on {}", a.grpc_listen))?;
+        let grpc_addr = l.local_addr()?;
+        tracing::info!(addr = %grpc_addr, "otlp/grpc listening");
+        println!("sonde otlp/grpc listening on http://{grpc_addr}");
+        Some(tokio::spawn(sonde_server::otlp::serve_grpc(
+            l,
+            state.clone(),
+            stopped(),
+        )))
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    sonde_server::serve(listener, state, stopped()).await?;
+    if let Some(g) = grpc {
+        g.await?.context("otlp/grpc server")?;
+    }
     tracing::info!("shutting down: flushing write buffers");
     storage.shutdown().await.context("flushing at shutdown")?;
     tracing::info!("shutdown complete");

@@ -96,6 +96,8 @@ fn spawn(data_dir: &Path, extra: &[String]) -> (Child, String) {
         .arg(data_dir)
         .arg("--listen")
         .arg("127.0.0.1:0")
+        .arg("--grpc-listen")
+        .arg("127.0.0.1:0")
         .args(extra)
         .env(
             "SONDE_LOG",
