@@ -564,10 +564,30 @@ async function runBubbleUp(selection: unknown, title: string) {
     const s = state.spec;
     const a = await api.bubbleup(state.dataset, { filters: s.filters, filter_combination: s.filter_combination, ...timeOf(s), selection });
     renderBubbleUp(panel, a, title, (col, value, range, ev) => openMenu(ev, bubbleActions(col, value, range)));
+    panel.querySelector(".bu-head")?.append(el("button", { textContent: "Show events in the selection", id: "bubbleup-events", onclick: () => showSelectionEvents(selection) }));
     panel.scrollIntoView({ block: "nearest" });
   } catch (e) {
     panel.replaceChildren(el("div", { className: "error", textContent: e instanceof ApiError ? e.message : String(e) }));
   }
+}
+
+/** Raw events of a BubbleUp selection (from which a trace is one click away). */
+function showSelectionEvents(selection: unknown) {
+  const sel = selection as { heatmap?: { column: string; start_time: number; end_time: number; min: number; max: number }; group?: Record<string, unknown> };
+  if (sel.heatmap) {
+    const h = sel.heatmap;
+    state.spec.filters.push({ column: h.column, op: ">=", value: h.min }, { column: h.column, op: "<=", value: h.max });
+    state.spec.start_time = Math.floor(h.start_time);
+    state.spec.end_time = Math.ceil(h.end_time);
+    delete state.spec.time_range;
+    renderTimePicker();
+  } else if (sel.group) {
+    for (const [column, value] of Object.entries(sel.group)) {
+      state.spec.filters.push(value === null ? { column, op: "does-not-exist" } : { column, op: "=", value });
+    }
+  }
+  state.spec.calculations = [];
+  rerun();
 }
 
 function bubbleActions(col: BubbleColumn, value: unknown, range: [number, number] | null): [string, () => void][] {

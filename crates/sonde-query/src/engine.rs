@@ -218,13 +218,7 @@ impl QueryEngine {
     /// Validates a spec against a dataset's schema without running it.
     pub fn validate(&self, dataset: &DatasetName, spec: &QuerySpec) -> Result<Plan> {
         let table = self.table(dataset)?;
-        let mut columns: BTreeMap<String, ColumnType> = table
-            .snapshot()
-            .columns
-            .iter()
-            .map(|(n, c)| (n.clone(), c.ty))
-            .collect();
-        columns.insert(SR.into(), ColumnType::Int);
+        let columns = queryable_columns(&table);
         Ok(spec::plan(spec, &columns, sonde_model::time::now_us())?)
     }
 
@@ -232,13 +226,7 @@ impl QueryEngine {
     pub async fn query(&self, dataset: &DatasetName, spec: &QuerySpec) -> Result<QueryResult> {
         let started = Instant::now();
         let table = self.table(dataset)?;
-        let mut columns: BTreeMap<String, ColumnType> = table
-            .snapshot()
-            .columns
-            .iter()
-            .map(|(n, c)| (n.clone(), c.ty))
-            .collect();
-        columns.insert(SR.into(), ColumnType::Int);
+        let columns = queryable_columns(&table);
         let plan = spec::plan(spec, &columns, sonde_model::time::now_us())?;
         let ctx = self.session()?;
         let stats = table.stats();
@@ -274,13 +262,7 @@ impl QueryEngine {
     pub async fn events(&self, dataset: &DatasetName, req: &EventsRequest) -> Result<Value> {
         let started = Instant::now();
         let table = self.table(dataset)?;
-        let mut columns: BTreeMap<String, ColumnType> = table
-            .snapshot()
-            .columns
-            .iter()
-            .map(|(n, c)| (n.clone(), c.ty))
-            .collect();
-        columns.insert(SR.into(), ColumnType::Int);
+        let columns = queryable_columns(&table);
         let spec = QuerySpec {
             filters: req.filters.clone(),
             filter_combination: req.filter_combination.clone(),
@@ -364,13 +346,7 @@ impl QueryEngine {
 
 impl QueryEngine {
     fn population(&self, table: &DatasetTable, spec: QuerySpec) -> Result<(Plan, BTreeMap<String, ColumnType>)> {
-        let mut columns: BTreeMap<String, ColumnType> = table
-            .snapshot()
-            .columns
-            .iter()
-            .map(|(n, c)| (n.clone(), c.ty))
-            .collect();
-        columns.insert(SR.into(), ColumnType::Int);
+        let mut columns = queryable_columns(table);
         let plan = spec::plan(&spec, &columns, sonde_model::time::now_us())?;
         columns.remove(SR);
         Ok((plan, columns))
@@ -697,6 +673,18 @@ fn span_tree(spans: &[Value]) -> Vec<Value> {
             n
         })
         .collect()
+}
+
+/// The columns a query may name: the dataset's, plus `samplerate`.
+fn queryable_columns(table: &DatasetTable) -> BTreeMap<String, ColumnType> {
+    let mut columns: BTreeMap<String, ColumnType> = table
+        .snapshot()
+        .columns
+        .iter()
+        .map(|(n, c)| (n.clone(), c.ty))
+        .collect();
+    columns.insert(SR.into(), ColumnType::Int);
+    columns
 }
 
 fn internal(e: impl std::fmt::Display) -> QueryError {

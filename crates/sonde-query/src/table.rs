@@ -9,8 +9,7 @@
 //! columns a segment lacks with nulls and casts narrower types (an `Int64` segment column in a
 //! `Utf8` table column reads as text).
 
-use arrow::array::{ArrayRef, RecordBatch, new_null_array};
-use arrow::compute::cast;
+use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
@@ -112,17 +111,8 @@ pub fn table_schema(snapshot: &DatasetSnapshot) -> SchemaRef {
 
 /// Casts a buffered batch to the table schema (missing columns null, narrower types widened).
 fn adapt_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    let n = batch.num_rows();
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|f| match batch.column_by_name(f.name()) {
-            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
-            Some(c) => Ok(cast(c, f.data_type())?),
-            None => Ok(new_null_array(f.data_type(), n)),
-        })
-        .collect::<Result<Vec<ArrayRef>>>()?;
-    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+    sonde_storage::segment::adapt_to_schema(batch, schema)
+        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
 }
 
 /// Event-time bounds (µs, inclusive) implied by a conjunction of filters, for segment pruning.

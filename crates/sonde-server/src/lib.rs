@@ -17,7 +17,8 @@
 //! | `POST /api/bubbleup/{dataset}` | selection vs baseline across every column |
 //! | `GET /api/traces/{dataset}/{trace_id}` | a trace's spans and tree, across datasets |
 //! | `POST /1/queries/{dataset}`, `POST /1/query_results/{dataset}`, `GET /1/query_results/{dataset}/{id}` | Honeycomb's query-data API |
-//! | `GET /api/datasets`, `GET /api/datasets/{dataset}/columns` | schema |
+//! | `GET /api/datasets`, `GET /api/datasets/{dataset}/columns`, `…/stats` | schema and storage facts |
+//! | `DELETE /api/datasets/{dataset}` | delete a dataset |
 //! | `GET /health`, `GET /metrics` | liveness, Prometheus metrics |
 //! | `GET /`, `GET /assets/…` | the web UI, embedded at build time |
 
@@ -108,6 +109,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/1/query_results/{dataset}/{id}", get(query::get_result))
         .route("/api/datasets", get(schema::datasets))
         .route("/api/datasets/{dataset}/columns", get(schema::columns))
+        .route("/api/datasets/{dataset}/stats", get(schema::stats))
+        .route("/api/datasets/{dataset}", axum::routing::delete(schema::delete))
         // Ingest handlers enforce `max_body_bytes` themselves, with an error that names it.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
@@ -120,69 +123,102 @@ async fn health() -> axum::Json<serde_json::Value> {
 async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> String {
     let s = &state.storage.stats;
     let h = &state.stats;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let counters: [(&str, &str, u64); 12] = [
+        (
+            "sonde_events_ingested_total",
+            "Events acknowledged.",
+            load(&s.events_ingested),
+        ),
+        (
+            "sonde_events_rejected_total",
+            "Events refused individually.",
+            load(&h.events_rejected),
+        ),
+        (
+            "sonde_ingest_requests_total",
+            "Ingest requests acknowledged.",
+            load(&h.ingest_requests),
+        ),
+        (
+            "sonde_requests_rejected_total",
+            "Ingest requests refused whole.",
+            load(&h.requests_rejected),
+        ),
+        (
+            "sonde_wal_syncs_total",
+            "WAL group commits (fsyncs).",
+            load(&s.wal_syncs),
+        ),
+        ("sonde_wal_records_total", "WAL records written.", load(&s.wal_records)),
+        (
+            "sonde_segments_flushed_total",
+            "Parquet segments written.",
+            load(&s.segments_flushed),
+        ),
+        (
+            "sonde_events_replayed_total",
+            "Events replayed from the WAL at start.",
+            load(&s.events_replayed),
+        ),
+        (
+            "sonde_wal_torn_bytes_total",
+            "Bytes cut from a torn WAL tail at start.",
+            load(&s.wal_torn_bytes),
+        ),
+        (
+            "sonde_compactions_total",
+            "Merges of small segments into one.",
+            load(&s.compactions),
+        ),
+        (
+            "sonde_segments_expired_total",
+            "Segments dropped by retention.",
+            load(&s.segments_expired),
+        ),
+        (
+            "sonde_segment_files_deleted_total",
+            "Segment files deleted once unreferenced.",
+            load(&s.segment_files_deleted),
+        ),
+    ];
     let mut out = String::new();
-    let mut counter = |name: &str, help: &str, v: u64| {
+    for (name, help, v) in counters {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"));
-    };
-    counter(
-        "sonde_events_ingested_total",
-        "Events acknowledged.",
-        s.events_ingested.load(Ordering::Relaxed),
-    );
-    counter(
-        "sonde_events_rejected_total",
-        "Events refused individually.",
-        h.events_rejected.load(Ordering::Relaxed),
-    );
-    counter(
-        "sonde_ingest_requests_total",
-        "Ingest requests acknowledged.",
-        h.ingest_requests.load(Ordering::Relaxed),
-    );
-    counter(
-        "sonde_requests_rejected_total",
-        "Ingest requests refused whole.",
-        h.requests_rejected.load(Ordering::Relaxed),
-    );
-    counter(
-        "sonde_wal_syncs_total",
-        "WAL group commits (fsyncs).",
-        s.wal_syncs.load(Ordering::Relaxed),
-    );
-    counter(
-        "sonde_wal_records_total",
-        "WAL records written.",
-        s.wal_records.load(Ordering::Relaxed),
-    );
-    counter(
-        "sonde_segments_flushed_total",
-        "Parquet segments written.",
-        s.segments_flushed.load(Ordering::Relaxed),
-    );
-    counter(
-        "sonde_events_replayed_total",
-        "Events replayed from the WAL at start.",
-        s.events_replayed.load(Ordering::Relaxed),
-    );
-    counter(
-        "sonde_wal_torn_bytes_total",
-        "Bytes cut from a torn WAL tail at start.",
-        s.wal_torn_bytes.load(Ordering::Relaxed),
-    );
-    let datasets = state.storage.datasets();
-    out.push_str("# HELP sonde_dataset_rows Events stored per dataset.\n# TYPE sonde_dataset_rows gauge\n");
-    for d in &datasets {
-        out.push_str(&format!(
-            "sonde_dataset_rows{{dataset=\"{}\",where=\"segments\"}} {}\nsonde_dataset_rows{{dataset=\"{}\",where=\"buffer\"}} {}\n",
-            d.name, d.segment_rows, d.name, d.buffered_rows
-        ));
     }
-    out.push_str("# HELP sonde_dataset_segments Segments per dataset.\n# TYPE sonde_dataset_segments gauge\n");
-    for d in &datasets {
-        out.push_str(&format!(
-            "sonde_dataset_segments{{dataset=\"{}\"}} {}\n",
-            d.name, d.segments
-        ));
+    let stats: Vec<_> = state
+        .storage
+        .datasets()
+        .iter()
+        .filter_map(|d| state.storage.dataset_stats(&d.name))
+        .collect();
+    type Gauge = fn(&sonde_storage::DatasetStats) -> u64;
+    let gauges: [(&str, &str, Gauge); 5] = [
+        ("sonde_dataset_rows", "Events stored per dataset.", |d| {
+            d.info.segment_rows + d.info.buffered_rows
+        }),
+        (
+            "sonde_dataset_buffered_rows",
+            "Events in the write buffer per dataset.",
+            |d| d.info.buffered_rows,
+        ),
+        ("sonde_dataset_segments", "Segments per dataset.", |d| {
+            d.info.segments as u64
+        }),
+        ("sonde_dataset_bytes", "Bytes of segments on disk per dataset.", |d| {
+            d.info.segment_bytes
+        }),
+        (
+            "sonde_dataset_pending_compaction",
+            "Segments compaction would merge now.",
+            |d| d.segments_pending_compaction as u64,
+        ),
+    ];
+    for (name, help, f) in gauges {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for d in &stats {
+            out.push_str(&format!("{name}{{dataset=\"{}\"}} {}\n", d.info.name, f(d)));
+        }
     }
     out
 }

@@ -51,3 +51,44 @@ pub(crate) async fn columns(
     }));
     Ok(Json(json!({ "dataset": ds.as_str(), "columns": cols })))
 }
+
+/// `GET /api/datasets/{dataset}/stats`: segments, rows, bytes, compression, time span, pending compaction.
+pub(crate) async fn stats(
+    State(state): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let ds = DatasetName::new(&raw)?;
+    let s = state
+        .storage
+        .dataset_stats(&ds)
+        .ok_or_else(|| ApiError::not_found(format!("dataset {ds:?} does not exist")))?;
+    let i = &s.info;
+    Ok(Json(json!({
+        "dataset": ds.as_str(),
+        "segments": i.segments,
+        "rows": i.segment_rows + i.buffered_rows,
+        "segment_rows": i.segment_rows,
+        "buffered_rows": i.buffered_rows,
+        "bytes_on_disk": i.segment_bytes,
+        "bytes_in_memory_form": s.raw_bytes,
+        "compression_ratio": if i.segment_bytes > 0 { s.raw_bytes as f64 / i.segment_bytes as f64 } else { 0.0 },
+        "bytes_per_event": if i.segment_rows > 0 { i.segment_bytes as f64 / i.segment_rows as f64 } else { 0.0 },
+        "largest_segment_rows": s.largest_segment_rows,
+        "segments_pending_compaction": s.segments_pending_compaction,
+        "first_event": i.time_bounds.map(|b| format_us(b.0)),
+        "last_event": i.time_bounds.map(|b| format_us(b.1)),
+    })))
+}
+
+/// `DELETE /api/datasets/{dataset}`: drops the dataset's segments and buffered events.
+pub(crate) async fn delete(
+    State(state): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let ds = DatasetName::new(&raw)?;
+    if state.storage.delete_dataset(&ds).await? {
+        Ok(Json(json!({"deleted": ds.as_str()})))
+    } else {
+        Err(ApiError::not_found(format!("dataset {ds:?} does not exist")))
+    }
+}

@@ -39,6 +39,10 @@ pub struct DatasetEntry {
     pub columns: BTreeMap<String, ColumnEntry>,
     /// The dataset's segments, oldest first.
     pub segments: Vec<SegmentMeta>,
+    /// Deleted: its segments are gone and WAL records up to `flushed_lsn` are not replayed. New
+    /// events create it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 /// One column's type and when it was seen (event time, µs).
@@ -73,6 +77,9 @@ pub struct SegmentMeta {
     pub rows: u64,
     /// Size of the file in bytes.
     pub bytes: u64,
+    /// Size of the same rows in memory (Arrow), for the compression ratio.
+    #[serde(default)]
+    pub raw_bytes: u64,
     /// Earliest event time (µs).
     pub min_ts_us: i64,
     /// Latest event time (µs).

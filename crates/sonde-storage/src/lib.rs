@@ -20,6 +20,7 @@
 
 pub mod buffer;
 pub mod catalog;
+pub mod compaction;
 pub mod segment;
 pub mod wal;
 
@@ -124,6 +125,14 @@ pub struct StorageConfig {
     pub max_buffer_bytes: usize,
     /// How segments are written.
     pub segment: SegmentOptions,
+    /// Compaction merges small segments into ones of about this many rows (0 disables it).
+    pub compaction_target_rows: u64,
+    /// How often compaction and retention look for work.
+    pub maintenance_interval: Duration,
+    /// Segments wholly older than this are dropped (None keeps everything).
+    pub retention: Option<Duration>,
+    /// Per-dataset retention, overriding `retention`.
+    pub retention_by_dataset: BTreeMap<String, Duration>,
 }
 
 impl StorageConfig {
@@ -138,6 +147,10 @@ impl StorageConfig {
             wal_rotate_bytes: 64 * 1024 * 1024,
             max_buffer_bytes: 1024 * 1024 * 1024,
             segment: SegmentOptions::default(),
+            compaction_target_rows: 1_000_000,
+            maintenance_interval: Duration::from_secs(30),
+            retention: None,
+            retention_by_dataset: BTreeMap::new(),
         }
     }
 }
@@ -154,6 +167,8 @@ struct Frozen {
 
 #[derive(Debug, Default)]
 struct DatasetState {
+    /// Deleted and not written to since (see `DatasetEntry::deleted`).
+    deleted: bool,
     flushed_lsn: Lsn,
     columns: BTreeMap<String, ColumnEntry>,
     segments: Vec<Arc<SegmentMeta>>,
@@ -198,6 +213,20 @@ pub struct DatasetInfo {
     pub time_bounds: Option<(i64, i64)>,
 }
 
+/// Storage facts about one dataset, for the stats API and metrics.
+#[derive(Debug, Clone)]
+pub struct DatasetStats {
+    /// Rows, segments, bytes on disk, time span.
+    pub info: DatasetInfo,
+    /// In-memory (Arrow) size of the segments' rows: `raw_bytes / segment_bytes` is the
+    /// compression ratio.
+    pub raw_bytes: u64,
+    /// Rows of the largest segment.
+    pub largest_segment_rows: u64,
+    /// Segments compaction would merge now.
+    pub segments_pending_compaction: usize,
+}
+
 /// Counters exposed as metrics.
 #[derive(Debug, Default)]
 pub struct StorageStats {
@@ -211,6 +240,12 @@ pub struct StorageStats {
     pub segments_flushed: AtomicU64,
     /// Events replayed from the WAL at the last start.
     pub events_replayed: AtomicU64,
+    /// Compactions done (each merged several segments into one).
+    pub compactions: AtomicU64,
+    /// Segments dropped by retention.
+    pub segments_expired: AtomicU64,
+    /// Segment files deleted (after compaction, retention or deletion, once unreferenced).
+    pub segment_files_deleted: AtomicU64,
     /// Bytes cut from a torn WAL tail at the last start.
     pub wal_torn_bytes: AtomicU64,
 }
@@ -236,6 +271,9 @@ pub struct Storage {
     /// One flush at a time, so catalog writes and WAL deletions are serialised.
     flush_lock: tokio::sync::Mutex<()>,
     flush_wanted: Notify,
+    /// Segments taken out of the catalog, waiting until no query holds them and a catalog
+    /// without them is durable (the flag) before their files are deleted.
+    graveyard: Mutex<Vec<(Arc<SegmentMeta>, bool)>>,
     /// Counters.
     pub stats: StorageStats,
 }
@@ -269,6 +307,7 @@ impl Storage {
                 reason: e.to_string(),
             })?;
             let state = DatasetState {
+                deleted: entry.deleted,
                 flushed_lsn: entry.flushed_lsn,
                 columns: entry.columns.clone(),
                 segments: entry.segments.iter().cloned().map(Arc::new).collect(),
@@ -293,6 +332,7 @@ impl Storage {
             buffered_bytes: AtomicUsize::new(0),
             flush_lock: tokio::sync::Mutex::new(()),
             flush_wanted: Notify::new(),
+            graveyard: Mutex::new(Vec::new()),
             stats: StorageStats::default(),
             config,
         });
@@ -324,6 +364,7 @@ impl Storage {
         *storage.commit_thread.lock().unwrap() = Some(handle);
 
         tokio::spawn(flush_loop(storage.clone()));
+        tokio::spawn(maintenance_loop(storage.clone()));
         Ok(storage)
     }
 
@@ -437,6 +478,7 @@ impl Storage {
         if replaying && lsn <= st.flushed_lsn {
             return false;
         }
+        st.deleted = false;
         let before = st.active.approx_bytes();
         let DatasetState { columns, active, .. } = &mut *st;
         let known = |name: &str| columns.get(name).map(|c| c.ty);
@@ -475,6 +517,9 @@ impl Storage {
     pub fn dataset_info(&self, dataset: &DatasetName) -> Option<DatasetInfo> {
         let state = self.dataset_state(dataset)?;
         let st = state.lock().unwrap();
+        if st.deleted {
+            return None;
+        }
         let mut bounds: Option<(i64, i64)> = None;
         let mut widen = |b: (i64, i64)| {
             bounds = Some(bounds.map_or(b, |(lo, hi)| (lo.min(b.0), hi.max(b.1))));
@@ -506,6 +551,9 @@ impl Storage {
     pub fn snapshot(&self, dataset: &DatasetName) -> Option<DatasetSnapshot> {
         let state = self.dataset_state(dataset)?;
         let mut st = state.lock().unwrap();
+        if st.deleted {
+            return None;
+        }
         let mut columns = st.columns.clone();
         let mut buffered: Vec<RecordBatch> = st.frozen.iter().map(|f| f.batch.clone()).collect();
         if st.active.rows() > 0 {
@@ -590,17 +638,21 @@ impl Storage {
         Ok(())
     }
 
-    async fn write_segment(
+    /// Writes a time-sorted batch as a new segment file: encode, put, fsync, read back and
+    /// compare row count and time bounds. The catalog does not name it yet.
+    async fn persist_segment(
         &self,
         dataset: &DatasetName,
-        state: &Mutex<DatasetState>,
-        frozen: &Arc<Frozen>,
-    ) -> Result<()> {
+        batch: RecordBatch,
+        min_lsn: Lsn,
+        max_lsn: Lsn,
+    ) -> Result<Arc<SegmentMeta>> {
         let id = self.next_segment_id.fetch_add(1, Ordering::SeqCst);
         let path = segment_path(dataset, id);
-        let before = segment::batch_facts(&frozen.batch)?;
-        let batch = frozen.batch.clone();
+        let before = segment::batch_facts(&batch)?;
         let opts = self.config.segment.clone();
+        let raw_bytes = batch.get_array_memory_size() as u64;
+        let schema = batch.schema();
         let bytes = tokio::task::spawn_blocking(move || segment::encode(&batch, &opts))
             .await
             .map_err(|e| Error::Invalid(format!("segment encoder panicked: {e}")))??;
@@ -618,23 +670,36 @@ impl Storage {
                 "segment {path} read back as {after:?}, written as {before:?}"
             )));
         }
-        let schema = frozen.batch.schema();
-        let meta = Arc::new(SegmentMeta {
+        Ok(Arc::new(SegmentMeta {
             id,
             path,
             rows: before.rows,
             bytes: size,
+            raw_bytes,
             min_ts_us: before.min_ts_us,
             max_ts_us: before.max_ts_us,
-            min_lsn: frozen.min_lsn,
-            max_lsn: frozen.max_lsn,
+            min_lsn,
+            max_lsn,
             columns: schema
                 .fields()
                 .iter()
                 .filter(|f| !is_reserved(f.name()))
                 .filter_map(|f| Some((f.name().clone(), buffer::column_type_of(f.data_type())?)))
                 .collect(),
-        });
+        }))
+    }
+
+    async fn write_segment(
+        &self,
+        dataset: &DatasetName,
+        state: &Mutex<DatasetState>,
+        frozen: &Arc<Frozen>,
+    ) -> Result<()> {
+        let meta = self
+            .persist_segment(dataset, frozen.batch.clone(), frozen.min_lsn, frozen.max_lsn)
+            .await?;
+        let (id, size, before) = (meta.id, meta.bytes, segment::batch_facts(&frozen.batch)?);
+        let schema = frozen.batch.schema();
         {
             // Swap frozen → segment in one step, so a query sees each event exactly once.
             let mut st = state.lock().unwrap();
@@ -684,10 +749,203 @@ impl Storage {
                     flushed_lsn: st.flushed_lsn,
                     columns: st.columns.clone(),
                     segments: st.segments.iter().map(|s| (**s).clone()).collect(),
+                    deleted: st.deleted,
                 },
             );
         }
-        catalog.store(&self.config.data_dir)
+        // Whatever is in the graveyard now is absent from this catalog.
+        let buried = self.graveyard.lock().unwrap().len();
+        catalog.store(&self.config.data_dir)?;
+        for entry in self.graveyard.lock().unwrap().iter_mut().take(buried) {
+            entry.1 = true;
+        }
+        Ok(())
+    }
+
+    /// Deletes the files of buried segments that no query holds any more.
+    fn reap_graveyard(&self) {
+        let mut dead = Vec::new();
+        self.graveyard.lock().unwrap().retain(|(seg, persisted)| {
+            if *persisted && Arc::strong_count(seg) == 1 {
+                dead.push(seg.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for seg in dead {
+            let path = self.config.data_dir.join(&seg.path);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    self.stats.segment_files_deleted.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(file = %path.display(), error = %e, "could not delete segment file"),
+            }
+        }
+    }
+
+    fn bury(&self, segments: impl IntoIterator<Item = Arc<SegmentMeta>>) {
+        self.graveyard
+            .lock()
+            .unwrap()
+            .extend(segments.into_iter().map(|s| (s, false)));
+    }
+
+    /// Runs one round of compaction over every dataset; returns the number of merges.
+    pub async fn compact(&self) -> Result<usize> {
+        let target = self.config.compaction_target_rows;
+        if target == 0 {
+            return Ok(0);
+        }
+        let names: Vec<_> = self.datasets.read().unwrap().keys().cloned().collect();
+        let mut merges = 0;
+        for ds in names {
+            let Some(state) = self.dataset_state(&ds) else { continue };
+            let (segments, types) = {
+                let st = state.lock().unwrap();
+                (
+                    st.segments.clone(),
+                    st.columns
+                        .iter()
+                        .map(|(n, c)| (n.clone(), c.ty))
+                        .collect::<BTreeMap<_, _>>(),
+                )
+            };
+            for group in compaction::plan(&segments, target) {
+                self.merge_group(&ds, &state, group, &types).await?;
+                merges += 1;
+            }
+        }
+        Ok(merges)
+    }
+
+    async fn merge_group(
+        &self,
+        ds: &DatasetName,
+        state: &Mutex<DatasetState>,
+        group: Vec<Arc<SegmentMeta>>,
+        types: &BTreeMap<String, ColumnType>,
+    ) -> Result<()> {
+        let mut files = Vec::with_capacity(group.len());
+        for s in &group {
+            files.push(self.store.get(&StorePath::from(s.path.as_str())).await?.bytes().await?);
+        }
+        let schema = compaction::merged_schema(&group, types);
+        let batch = tokio::task::spawn_blocking(move || compaction::merge(files, &schema))
+            .await
+            .map_err(|e| Error::Invalid(format!("compaction panicked: {e}")))??;
+        compaction::check_merged(&group, &segment::batch_facts(&batch)?)?;
+        let min_lsn = group.iter().map(|s| s.min_lsn).min().unwrap_or(0);
+        let max_lsn = group.iter().map(|s| s.max_lsn).max().unwrap_or(0);
+        let meta = self.persist_segment(ds, batch, min_lsn, max_lsn).await?;
+        let (id, path, rows, size) = (meta.id, meta.path.clone(), meta.rows, meta.bytes);
+        let _one_at_a_time = self.flush_lock.lock().await;
+        {
+            let mut st = state.lock().unwrap();
+            let ids: std::collections::HashSet<u64> = group.iter().map(|s| s.id).collect();
+            if st.segments.iter().filter(|s| ids.contains(&s.id)).count() != group.len() {
+                // Retention or deletion took some inputs meanwhile: drop this merge.
+                drop(st);
+                let _ = std::fs::remove_file(self.config.data_dir.join(&path));
+                return Ok(());
+            }
+            st.segments.retain(|s| !ids.contains(&s.id));
+            st.segments.push(meta);
+            st.segments.sort_by_key(|s| (s.min_ts_us, s.id));
+        }
+        self.bury(group.iter().cloned());
+        self.persist_catalog()?;
+        self.stats.compactions.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(dataset = %ds, segment = id, inputs = group.len(), rows, bytes = size, "segments compacted");
+        Ok(())
+    }
+
+    /// Drops segments wholly older than their dataset's retention; returns how many.
+    pub async fn apply_retention(&self) -> Result<usize> {
+        if self.config.retention.is_none() && self.config.retention_by_dataset.is_empty() {
+            return Ok(0);
+        }
+        let now = sonde_model::time::now_us();
+        let _one_at_a_time = self.flush_lock.lock().await;
+        let mut dropped = Vec::new();
+        for (name, state) in self.datasets.read().unwrap().iter() {
+            let keep = self
+                .config
+                .retention_by_dataset
+                .get(name.as_str())
+                .copied()
+                .or(self.config.retention);
+            let Some(keep) = keep else { continue };
+            let cutoff = now - keep.as_micros() as i64;
+            let mut st = state.lock().unwrap();
+            let (old, young): (Vec<_>, Vec<_>) = st.segments.drain(..).partition(|s| s.max_ts_us < cutoff);
+            st.segments = young;
+            dropped.extend(old);
+        }
+        let n = dropped.len();
+        if n > 0 {
+            self.bury(dropped);
+            self.persist_catalog()?;
+            self.stats.segments_expired.fetch_add(n as u64, Ordering::Relaxed);
+            tracing::info!(segments = n, "segments dropped by retention");
+        }
+        Ok(n)
+    }
+
+    /// Deletes a dataset: its segments (files removed once no query reads them) and its
+    /// buffered events. Returns false if there was no such dataset.
+    pub async fn delete_dataset(&self, dataset: &DatasetName) -> Result<bool> {
+        let Some(state) = self.dataset_state(dataset) else {
+            return Ok(false);
+        };
+        let _one_at_a_time = self.flush_lock.lock().await;
+        let segments = {
+            let mut st = state.lock().unwrap();
+            if st.deleted {
+                return Ok(false);
+            }
+            // Every record applied so far is now "covered": replay must not bring it back.
+            let buffered_max = st
+                .frozen
+                .iter()
+                .map(|f| f.max_lsn)
+                .chain([st.active.max_lsn()])
+                .max()
+                .unwrap_or(0);
+            let freed: usize = st.frozen.iter().map(|f| f.bytes).sum::<usize>() + st.active.approx_bytes();
+            st.flushed_lsn = st.flushed_lsn.max(buffered_max);
+            st.frozen.clear();
+            st.active = WriteBuffer::default();
+            st.columns.clear();
+            st.deleted = true;
+            self.buffered_bytes.fetch_sub(
+                freed.min(self.buffered_bytes.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
+            std::mem::take(&mut st.segments)
+        };
+        self.bury(segments);
+        self.persist_catalog()?;
+        tracing::info!(dataset = %dataset, "dataset deleted");
+        Ok(true)
+    }
+
+    /// Storage facts about one dataset for the stats API.
+    pub fn dataset_stats(&self, dataset: &DatasetName) -> Option<DatasetStats> {
+        let info = self.dataset_info(dataset)?;
+        let state = self.dataset_state(dataset)?;
+        let st = state.lock().unwrap();
+        let pending: usize = compaction::plan(&st.segments, self.config.compaction_target_rows.max(1))
+            .iter()
+            .map(|g| g.len())
+            .sum();
+        Some(DatasetStats {
+            raw_bytes: st.segments.iter().map(|s| s.raw_bytes).sum(),
+            largest_segment_rows: st.segments.iter().map(|s| s.rows).max().unwrap_or(0),
+            segments_pending_compaction: pending,
+            info,
+        })
     }
 
     /// The lowest LSN that some write buffer still needs from the WAL.
@@ -775,12 +1033,27 @@ fn remove_orphans(data_dir: &Path, catalog: &Catalog) -> Result<()> {
     Ok(())
 }
 
+/// Compaction, retention and deletion of unreferenced files, every `maintenance_interval`.
+async fn maintenance_loop(s: Arc<Storage>) {
+    loop {
+        tokio::time::sleep(s.config.maintenance_interval).await;
+        if let Err(e) = s.apply_retention().await {
+            tracing::error!(error = %e, "retention failed");
+        }
+        if let Err(e) = s.compact().await {
+            tracing::error!(error = %e, "compaction failed; the input segments stay");
+        }
+        s.reap_graveyard();
+    }
+}
+
 async fn flush_loop(s: Arc<Storage>) {
     loop {
         let wait = s.flush_wanted.notified();
         if let Err(e) = s.flush_due().await {
             tracing::error!(error = %e, "flush failed; events stay in the buffer and the WAL");
         }
+        s.reap_graveyard();
         tokio::select! {
             _ = wait => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}

@@ -52,6 +52,22 @@ pub struct SegmentFacts {
     pub max_ts_us: i64,
 }
 
+/// Casts a batch to `schema` by column name: a column it lacks is all nulls, a narrower type is
+/// widened (int → string reads "7"). Used wherever batches of older schemas meet a newer one.
+pub fn adapt_to_schema(batch: &RecordBatch, schema: &arrow::datatypes::SchemaRef) -> Result<RecordBatch> {
+    let n = batch.num_rows();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => Ok(arrow::compute::cast(c, f.data_type())?),
+            None => Ok(arrow::array::new_null_array(f.data_type(), n)),
+        })
+        .collect::<Result<Vec<arrow::array::ArrayRef>>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
 /// Sorts a batch by its timestamp column (stable, so equal times keep arrival order).
 pub fn sort_by_time(batch: &RecordBatch) -> Result<RecordBatch> {
     let ts = batch

@@ -101,6 +101,19 @@ struct ServeArgs {
     /// Longer means fewer, larger segments; queries see buffered events either way.
     #[arg(long, env = "SONDE_FLUSH_AGE", default_value = "60s", value_parser = parse_duration)]
     flush_age: Duration,
+    /// Compaction merges small segments into ones of about this many rows (0 disables it).
+    /// Larger segments make queries cheaper; merging costs CPU and I/O in the background.
+    #[arg(long, env = "SONDE_COMPACTION_TARGET_ROWS", default_value_t = 1_000_000)]
+    compaction_target_rows: u64,
+    /// How often compaction and retention run.
+    #[arg(long, env = "SONDE_MAINTENANCE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    maintenance_interval: Duration,
+    /// Drop segments wholly older than this (e.g. `30d`); default: keep everything.
+    #[arg(long, env = "SONDE_RETENTION", value_parser = parse_duration)]
+    retention: Option<Duration>,
+    /// Retention for one dataset, `NAME=DURATION` (repeatable; comma-separated in the variable).
+    #[arg(long, env = "SONDE_RETENTION_DATASET", value_delimiter = ',', value_parser = parse_dataset_retention)]
+    retention_dataset: Vec<(String, Duration)>,
     /// Refuse ingest (503 + Retry-After) while the write buffers hold more than this many bytes.
     #[arg(long, env = "SONDE_MAX_BUFFER_BYTES", default_value_t = 1 << 30)]
     max_buffer_bytes: usize,
@@ -192,6 +205,15 @@ struct IngestArgs {
     batch: usize,
 }
 
+/// Parses `NAME=DURATION` for per-dataset retention.
+fn parse_dataset_retention(s: &str) -> Result<(String, Duration), String> {
+    let (name, d) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=DURATION, got {s:?}"))?;
+    let name = sonde_model::DatasetName::new(name).map_err(|e| e.to_string())?;
+    Ok((name.to_string(), parse_duration(d)?))
+}
+
 /// Parses `500ms`, `10s`, `5m`, `2h`, `1d` (a bare number is seconds).
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -248,6 +270,10 @@ async fn serve(a: ServeArgs) -> Result<()> {
     storage_config.wal_rotate_bytes = a.wal_rotate_bytes;
     storage_config.segment.row_group_rows = a.row_group_rows;
     storage_config.segment.bloom_columns = a.bloom_columns.clone();
+    storage_config.compaction_target_rows = a.compaction_target_rows;
+    storage_config.maintenance_interval = a.maintenance_interval;
+    storage_config.retention = a.retention;
+    storage_config.retention_by_dataset = a.retention_dataset.iter().cloned().collect();
     let storage =
         Storage::open(storage_config).with_context(|| format!("opening data directory {}", a.data_dir.display()))?;
     let config = ServerConfig {

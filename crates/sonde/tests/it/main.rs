@@ -9,6 +9,7 @@ mod bad_input;
 mod bubbleup_traces;
 mod crash;
 mod ingest_e2e;
+mod lifecycle;
 mod otlp_http;
 mod query_api;
 mod query_diff;

@@ -1,0 +1,198 @@
+//! Storage lifecycle: compaction merges small segments while queries stay exact, a kill at any
+//! moment of it loses and doubles nothing, retention drops old segments, deletion is final.
+
+use crate::harness::{Server, column_json, read_segments, send_json};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::time::Duration;
+
+const T0: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
+
+fn batch(prefix: &str, from: usize, n: usize) -> Value {
+    json!((from..from + n)
+        .map(|i| json!({"data": {"id": format!("{prefix}-{i}"), "n": i}, "time": sonde_gen::format_time(T0 + i as i64 * 1000)}))
+        .collect::<Vec<_>>())
+}
+
+async fn count(client: &reqwest::Client, server: &Server, ds: &str) -> i64 {
+    let (status, r) = send_json(
+        client
+            .post(server.at(&format!("/api/query/{ds}")))
+            .json(&json!({"calculations": [{"op": "COUNT"}], "start_time": sonde_gen::format_time(T0), "end_time": sonde_gen::format_time(T0 + 86_400_000_000)})),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    r["data"]["results"][0]["data"]["COUNT"].as_i64().unwrap_or(0)
+}
+
+async fn stats(client: &reqwest::Client, server: &Server, ds: &str) -> Value {
+    send_json(client.get(server.at(&format!("/api/datasets/{ds}/stats"))))
+        .await
+        .1
+}
+
+fn ids_exactly_once(dir: &std::path::Path, ds: &str, expected: usize, prefix: &str) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for b in read_segments(dir, ds) {
+        for id in column_json(&b, "id").unwrap() {
+            *seen.entry(id.as_str().unwrap().to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(seen.len(), expected, "distinct events");
+    assert!(seen.values().all(|n| *n == 1), "an event was doubled");
+    assert!(
+        (0..expected).all(|i| seen.contains_key(&format!("{prefix}-{i}"))),
+        "an event was lost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_merges_small_segments_while_queries_stay_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "--flush-rows",
+        "500",
+        "--compaction-target-rows",
+        "4000",
+        "--maintenance-interval",
+        "200ms",
+    ];
+    let mut server = Server::start(dir.path(), &flags).await;
+    let client = reqwest::Client::new();
+    let mut sent = 0usize;
+    for _ in 0..20 {
+        let (status, _) = send_json(client.post(server.at("/1/batch/compact")).json(&batch("e", sent, 500))).await;
+        assert_eq!(status, 200);
+        sent += 500;
+        // Every answer while flushes and merges run is exact.
+        assert_eq!(count(&client, &server, "compact").await, sent as i64);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let mut last = Value::Null;
+    for _ in 0..300 {
+        assert_eq!(count(&client, &server, "compact").await, sent as i64);
+        last = stats(&client, &server, "compact").await;
+        if last["buffered_rows"] == 0
+            && last["segments_pending_compaction"] == 0
+            && last["segments"].as_u64().unwrap() <= 4
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(last["segments"].as_u64().unwrap() <= 4, "{last}");
+    assert!(last["largest_segment_rows"].as_u64().unwrap() >= 2000, "{last}");
+    assert_eq!(last["rows"], sent);
+    assert!(last["compression_ratio"].as_f64().unwrap() > 1.0, "{last}");
+    let metrics = client
+        .get(server.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("sonde_compactions_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    server.stop().await;
+    ids_exactly_once(dir.path(), "compact", sent, "e");
+    // The merged-away files are gone from the disk, not just from the catalog.
+    let files = std::fs::read_dir(dir.path().join("datasets/compact")).unwrap().count();
+    assert_eq!(files as u64, last["segments"].as_u64().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kills_during_compaction_lose_and_double_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "--flush-rows",
+        "300",
+        "--compaction-target-rows",
+        "3000",
+        "--maintenance-interval",
+        "40ms",
+    ];
+    let mut server = Server::start(dir.path(), &flags).await;
+    let client = reqwest::Client::new();
+    let mut rng = sonde_gen::Rng::new(77);
+    let mut sent = 0usize;
+    for round in 0..4 {
+        for _ in 0..10 {
+            let (status, _) = send_json(client.post(server.at("/1/batch/k")).json(&batch("k", sent, 300))).await;
+            assert_eq!(status, 200);
+            sent += 300;
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        // Kill while merges are likely under way.
+        tokio::time::sleep(Duration::from_millis(rng.below(300))).await;
+        server.kill();
+        server.restart().await;
+        assert_eq!(count(&client, &server, "k").await, sent as i64, "round {round}");
+    }
+    server.stop().await;
+    ids_exactly_once(dir.path(), "k", sent, "k");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_drops_old_segments_and_deletion_is_final() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "--flush-rows",
+        "100",
+        "--retention-dataset",
+        "old=1h",
+        "--maintenance-interval",
+        "100ms",
+    ];
+    let mut server = Server::start(dir.path(), &flags).await;
+    let client = reqwest::Client::new();
+    // Events from 2026-01-01: far older than an hour.
+    for ds in ["old", "kept", "doomed"] {
+        let (status, _) = send_json(
+            client
+                .post(server.at(&format!("/1/batch/{ds}")))
+                .json(&batch(ds, 0, 200)),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let mut old_rows = -1;
+    for _ in 0..200 {
+        old_rows = stats(&client, &server, "old").await["rows"].as_i64().unwrap_or(-1);
+        if old_rows == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(old_rows, 0, "segments past retention are dropped");
+    assert_eq!(count(&client, &server, "kept").await, 200, "no retention, no drop");
+
+    let r = client.delete(server.at("/api/datasets/doomed")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, _) = send_json(client.get(server.at("/api/datasets/doomed/columns"))).await;
+    assert_eq!(status, 404);
+    let r = client.delete(server.at("/api/datasets/doomed")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    // A crash right after: the WAL still holds its events, and must not bring them back.
+    server.kill();
+    server.restart().await;
+    let (status, _) = send_json(client.get(server.at("/api/datasets/doomed/columns"))).await;
+    assert_eq!(status, 404, "a deleted dataset stays deleted across a restart");
+    let (_, d) = send_json(client.get(server.at("/api/datasets"))).await;
+    assert!(
+        d["datasets"].as_array().unwrap().iter().all(|x| x["name"] != "doomed"),
+        "{d}"
+    );
+    // New events create it again, with only themselves.
+    send_json(client.post(server.at("/1/batch/doomed")).json(&batch("again", 0, 3))).await;
+    assert_eq!(count(&client, &server, "doomed").await, 3);
+    server.stop().await;
+    let files = std::fs::read_dir(dir.path().join("datasets/old"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(files, 0, "expired segment files are deleted");
+}
