@@ -184,8 +184,9 @@ impl QueryEngine {
             .snapshot(dataset)
             .ok_or_else(|| QueryError::NoSuchDataset(dataset.to_string()))?;
         let cache = self.shared.cache_manager.get_file_metadata_cache();
+        let index = self.storage.index_cache();
         Ok(Arc::new(
-            DatasetTable::new(snapshot, self.storage.object_store(), cache).map_err(internal)?,
+            DatasetTable::new(snapshot, self.storage.object_store(), cache, index).map_err(internal)?,
         ))
     }
 
@@ -245,6 +246,7 @@ impl QueryEngine {
             "segments_total": scan.segments_total,
             "segments_scanned": scan.segments_scanned,
             "segments_pruned": scan.segments_total.saturating_sub(scan.segments_scanned),
+            "segments_pruned_by_index": scan.segments_pruned_by_index,
             "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
             "granularity": plan.granularity_s,
             "start_time": sonde_model::time::format_us(plan.start_us),
@@ -558,6 +560,8 @@ impl QueryEngine {
             meta.add(plan.as_ref());
             let stats = table.stats().lock().unwrap().clone();
             meta.segments_total += stats.segments_total;
+            meta.segments_scanned += stats.segments_scanned;
+            meta.segments_pruned_by_index += stats.segments_pruned_by_index;
             meta.datasets_searched += 1;
             for mut row in json::rows(&batches) {
                 if let Value::Object(m) = &mut row {
@@ -583,6 +587,8 @@ impl QueryEngine {
                 "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
                 "datasets_searched": meta.datasets_searched,
                 "segments_total": meta.segments_total,
+                "segments_scanned": meta.segments_scanned,
+                "segments_pruned_by_index": meta.segments_pruned_by_index,
                 "row_groups_pruned_by_bloom_filter": meta.bloom_pruned,
                 "row_groups_matched_by_bloom_filter": meta.bloom_matched,
                 "row_groups_pruned_by_statistics": meta.stats_pruned,
@@ -597,6 +603,8 @@ impl QueryEngine {
 struct TraceMeta {
     datasets_searched: usize,
     segments_total: usize,
+    segments_scanned: usize,
+    segments_pruned_by_index: usize,
     bloom_pruned: usize,
     bloom_matched: usize,
     stats_pruned: usize,

@@ -31,6 +31,7 @@ use object_store::ObjectStore;
 use sonde_model::TIMESTAMP_COLUMN;
 use sonde_storage::DatasetSnapshot;
 use sonde_storage::buffer::{arrow_type, timestamp_type};
+use sonde_storage::index::{IndexCache, hash_value};
 use std::sync::{Arc, Mutex};
 
 /// The URL under which the segment store is registered with DataFusion.
@@ -45,6 +46,8 @@ pub struct ScanStats {
     pub segments_scanned: usize,
     /// Rows in the segments read plus buffered rows: the rows the query had to examine.
     pub rows_examined: u64,
+    /// Segments skipped because their id index lacks every value an equality filter asks for.
+    pub segments_pruned_by_index: usize,
 }
 
 /// A snapshot of one dataset as a DataFusion table.
@@ -55,6 +58,7 @@ pub struct DatasetTable {
     buffered: Vec<RecordBatch>,
     metadata_cache: Arc<FileMetadataCache>,
     store: Arc<dyn ObjectStore>,
+    index: Arc<IndexCache>,
     stats: Arc<Mutex<ScanStats>>,
 }
 
@@ -64,6 +68,7 @@ impl DatasetTable {
         snapshot: DatasetSnapshot,
         store: Arc<dyn ObjectStore>,
         metadata_cache: Arc<FileMetadataCache>,
+        index: Arc<IndexCache>,
     ) -> Result<DatasetTable> {
         let schema = table_schema(&snapshot);
         let buffered = snapshot
@@ -78,6 +83,7 @@ impl DatasetTable {
             buffered,
             metadata_cache,
             store,
+            index,
             stats: Default::default(),
         })
     }
@@ -174,6 +180,82 @@ fn collect_bounds(e: &Expr, lo: &mut i64, hi: &mut i64) {
     }
 }
 
+/// Values that equality filters require of indexed columns: `(column, hashes)`, where an event
+/// must have one of the hashed values in that column to match. Understands `=`, `IN` and the
+/// `OR` chains DataFusion rewrites short `IN` lists into, under `AND`s.
+fn index_needles(filters: &[Expr], index: &IndexCache) -> Vec<(String, Vec<u32>)> {
+    fn text(v: &ScalarValue) -> Option<String> {
+        match v {
+            ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
+                Some(s.clone())
+            }
+            _ => None,
+        }
+    }
+    /// `(column, hashes)` if `e` holds only when the column has one of the values.
+    fn any_of(e: &Expr, index: &IndexCache) -> Option<(String, Vec<u32>)> {
+        match e {
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::Eq,
+                right,
+            }) => match (left.as_ref(), right.as_ref()) {
+                (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c))
+                    if index.is_indexed(&c.name) =>
+                {
+                    Some((c.name.clone(), vec![hash_value(&text(v)?)]))
+                }
+                _ => None,
+            },
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::Or,
+                right,
+            }) => {
+                let (a, mut ha) = any_of(left, index)?;
+                let (b, hb) = any_of(right, index)?;
+                (a == b).then(|| {
+                    ha.extend(hb);
+                    (a, ha)
+                })
+            }
+            Expr::InList(l) if !l.negated => match l.expr.as_ref() {
+                Expr::Column(c) if index.is_indexed(&c.name) => {
+                    let hashes = l
+                        .list
+                        .iter()
+                        .map(|x| match x {
+                            Expr::Literal(v, _) => text(v).map(|s| hash_value(&s)),
+                            _ => None,
+                        })
+                        .collect::<Option<Vec<u32>>>()?;
+                    Some((c.name.clone(), hashes))
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+    fn walk(e: &Expr, index: &IndexCache, out: &mut Vec<(String, Vec<u32>)>) {
+        if let Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::And,
+            right,
+        }) = e
+        {
+            walk(left, index, out);
+            walk(right, index, out);
+        } else if let Some(n) = any_of(e, index) {
+            out.push(n);
+        }
+    }
+    let mut out = Vec::new();
+    for f in filters {
+        walk(f, index, &mut out);
+    }
+    out
+}
+
 fn timestamp_literal_us(v: &ScalarValue) -> Option<i64> {
     match v {
         ScalarValue::TimestampSecond(Some(s), _) => s.checked_mul(1_000_000),
@@ -210,16 +292,35 @@ impl TableProvider for DatasetTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let projected = project_schema(&self.schema, projection)?;
         let (lo, hi) = time_bounds(filters);
-        let segments: Vec<_> = self
+        let in_time: Vec<_> = self
             .snapshot
             .segments
             .iter()
             .filter(|s| s.max_ts_us >= lo && s.min_ts_us <= hi)
             .collect();
+        // Needle filters on indexed id columns skip segments whose index lacks every value.
+        let needles = index_needles(filters, &self.index);
+        let in_time_count = in_time.len();
+        let mut segments = Vec::with_capacity(in_time.len());
+        'segments: for s in in_time {
+            for (column, hashes) in &needles {
+                let idx = self
+                    .index
+                    .get(&self.store, s, column)
+                    .await
+                    .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+                if !idx.is_some_and(|bm| hashes.iter().any(|h| bm.contains(*h))) {
+                    continue 'segments;
+                }
+            }
+            segments.push(s);
+        }
+        let pruned_by_index = in_time_count - segments.len();
         let buffered: Vec<RecordBatch> = self.buffered.clone();
         {
             let mut st = self.stats.lock().unwrap();
             st.segments_total = self.snapshot.segments.len();
+            st.segments_pruned_by_index = pruned_by_index;
             // Every query of one spec scans the same time range, so the last scan speaks for all.
             st.segments_scanned = segments.len();
             st.rows_examined = segments.iter().map(|s| s.rows).sum::<u64>()

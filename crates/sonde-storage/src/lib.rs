@@ -21,6 +21,7 @@
 pub mod buffer;
 pub mod catalog;
 pub mod compaction;
+pub mod index;
 pub mod segment;
 pub mod wal;
 
@@ -133,6 +134,8 @@ pub struct StorageConfig {
     pub retention: Option<Duration>,
     /// Per-dataset retention, overriding `retention`.
     pub retention_by_dataset: BTreeMap<String, Duration>,
+    /// Memory for the segment indexes of the id columns (see [`index`]).
+    pub index_cache_bytes: usize,
 }
 
 impl StorageConfig {
@@ -151,6 +154,7 @@ impl StorageConfig {
             maintenance_interval: Duration::from_secs(30),
             retention: None,
             retention_by_dataset: BTreeMap::new(),
+            index_cache_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -274,6 +278,7 @@ pub struct Storage {
     /// Segments taken out of the catalog, waiting until no query holds them and a catalog
     /// without them is durable (the flag) before their files are deleted.
     graveyard: Mutex<Vec<(Arc<SegmentMeta>, bool)>>,
+    index: Arc<index::IndexCache>,
     /// Counters.
     pub stats: StorageStats,
 }
@@ -333,6 +338,10 @@ impl Storage {
             flush_lock: tokio::sync::Mutex::new(()),
             flush_wanted: Notify::new(),
             graveyard: Mutex::new(Vec::new()),
+            index: Arc::new(index::IndexCache::new(
+                config.segment.bloom_columns.clone(),
+                config.index_cache_bytes,
+            )),
             stats: StorageStats::default(),
             config,
         });
@@ -371,6 +380,11 @@ impl Storage {
     /// The configuration in force (with the data directory made absolute).
     pub fn config(&self) -> &StorageConfig {
         &self.config
+    }
+
+    /// The segment indexes of the id columns.
+    pub fn index_cache(&self) -> Arc<index::IndexCache> {
+        self.index.clone()
     }
 
     /// The object store that holds the segments.
@@ -650,6 +664,8 @@ impl Storage {
         let id = self.next_segment_id.fetch_add(1, Ordering::SeqCst);
         let path = segment_path(dataset, id);
         let before = segment::batch_facts(&batch)?;
+        // Index now, while the rows are in memory (an unused id's entry is harmless).
+        self.index.insert_from_batch(id, &batch)?;
         let opts = self.config.segment.clone();
         let raw_bytes = batch.get_array_memory_size() as u64;
         let schema = batch.schema();

@@ -196,3 +196,76 @@ async fn retention_drops_old_segments_and_deletion_is_final() {
         .unwrap_or(0);
     assert_eq!(files, 0, "expired segment files are deleted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_indexes_skip_segments_without_the_needle() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "--flush-rows",
+        "20",
+        "--compaction-target-rows",
+        "0",
+        "--bloom-columns",
+        "trace.trace_id,request.id",
+    ];
+    let mut server = Server::start(dir.path(), &flags).await;
+    let client = reqwest::Client::new();
+    const SEGMENTS: usize = 200;
+    for seg in 0..SEGMENTS {
+        let body: Vec<Value> = (0..20)
+            .map(|i| {
+                let n = seg * 20 + i;
+                json!({"data": {"request.id": format!("r{n}"), "n": n}, "time": sonde_gen::format_time(T0 + n as i64 * 1000)})
+            })
+            .collect();
+        let (status, _) = send_json(client.post(server.at("/1/batch/needles")).json(&body)).await;
+        assert_eq!(status, 200);
+        for _ in 0..200 {
+            if stats(&client, &server, "needles").await["buffered_rows"] == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let range =
+        json!({"start_time": sonde_gen::format_time(T0), "end_time": sonde_gen::format_time(T0 + 86_400_000_000)});
+    let needle = |filters: Value| {
+        let mut spec = range.clone();
+        spec["calculations"] = json!([{"op": "COUNT"}]);
+        spec["filters"] = filters;
+        spec
+    };
+    for restart in [false, true] {
+        if restart {
+            // After a restart the indexes are rebuilt from the segment files on first use.
+            server.stop().await;
+            server.restart().await;
+        }
+        let (_, r) = send_json(
+            client
+                .post(server.at("/api/query/needles"))
+                .json(&needle(json!([{"column": "request.id", "op": "=", "value": "r1234"}]))),
+        )
+        .await;
+        assert_eq!(r["data"]["results"][0]["data"]["COUNT"], 1, "{r}");
+        assert_eq!(r["meta"]["segments_total"], SEGMENTS, "{}", r["meta"]);
+        assert_eq!(r["meta"]["segments_scanned"], 1, "{}", r["meta"]);
+        assert_eq!(r["meta"]["segments_pruned_by_index"], SEGMENTS - 1);
+        assert_eq!(r["meta"]["rows_examined"], 20);
+        let (_, r) = send_json(client.post(server.at("/api/query/needles")).json(&needle(
+            json!([{"column": "request.id", "op": "in", "value": ["r5", "r3999", "nope"]}]),
+        )))
+        .await;
+        assert_eq!(r["data"]["results"][0]["data"]["COUNT"], 2, "{r}");
+        assert_eq!(r["meta"]["segments_scanned"], 2, "{}", r["meta"]);
+        // A value no segment holds opens no segment at all.
+        let (_, r) = send_json(
+            client
+                .post(server.at("/api/query/needles"))
+                .json(&needle(json!([{"column": "request.id", "op": "=", "value": "absent"}]))),
+        )
+        .await;
+        assert_eq!(r["meta"]["segments_scanned"], 0, "{}", r["meta"]);
+        assert_eq!(r["data"]["results"], json!([]));
+    }
+}

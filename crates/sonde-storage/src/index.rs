@@ -1,0 +1,205 @@
+//! Segment indexes: for each configured id-like column (`--bloom-columns`, by default
+//! `trace.trace_id`), a roaring bitmap of the 32-bit hashes of the values a segment holds.
+//!
+//! A query with `column = 'x'` or `column IN (…)` on an indexed column skips every segment whose
+//! bitmap lacks all the values' hashes — without opening its file — and the Parquet bloom
+//! filters then skip row groups inside the segments that remain. A hash collision only costs a
+//! needless read (the filter still runs on the rows), never a wrong answer.
+//!
+//! Indexes live in memory, bounded (least recently used dropped first): built from the batch at
+//! flush and compaction, and rebuilt from the segment's column on first use after a restart.
+
+use crate::catalog::SegmentMeta;
+use crate::{Error, Result};
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::DataType;
+use object_store::ObjectStore;
+use object_store::ObjectStoreExt;
+use object_store::path::Path as StorePath;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use roaring::RoaringBitmap;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// The 32-bit hash of an indexed value (FNV-1a, folded): stable across runs and machines.
+pub fn hash_value(v: &str) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in v.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h ^ (h >> 32)) as u32
+}
+
+/// The index of one column of a batch (`None` if the batch has no such column).
+pub fn build(batch: &RecordBatch, column: &str) -> Result<Option<RoaringBitmap>> {
+    let Some(col) = batch.column_by_name(column) else {
+        return Ok(None);
+    };
+    let strings = cast(col, &DataType::Utf8)?;
+    let strings = strings.as_string::<i32>();
+    let mut bm = RoaringBitmap::new();
+    for i in 0..strings.len() {
+        if strings.is_valid(i) {
+            bm.insert(hash_value(strings.value(i)));
+        }
+    }
+    Ok(Some(bm))
+}
+
+/// The cache's state: entries, their total bytes, and a use counter for recency.
+#[derive(Debug, Default)]
+struct Lru {
+    map: HashMap<(u64, String), Entry>,
+    total: usize,
+    clock: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    bitmap: Option<Arc<RoaringBitmap>>,
+    bytes: usize,
+    used: u64,
+}
+
+/// The bounded in-memory cache of segment indexes.
+#[derive(Debug)]
+pub struct IndexCache {
+    columns: Vec<String>,
+    limit_bytes: usize,
+    inner: Mutex<Lru>,
+}
+
+impl IndexCache {
+    /// A cache for `columns`, holding at most `limit_bytes` of bitmaps.
+    pub fn new(columns: Vec<String>, limit_bytes: usize) -> IndexCache {
+        IndexCache {
+            columns,
+            limit_bytes,
+            inner: Mutex::new(Lru::default()),
+        }
+    }
+
+    /// Whether a column is indexed.
+    pub fn is_indexed(&self, column: &str) -> bool {
+        self.columns.iter().any(|c| c == column)
+    }
+
+    /// Indexes every indexed column of a freshly written segment.
+    pub fn insert_from_batch(&self, segment: u64, batch: &RecordBatch) -> Result<()> {
+        for c in &self.columns {
+            if let Some(bm) = build(batch, c)? {
+                self.put(segment, c, Some(bm));
+            }
+        }
+        Ok(())
+    }
+
+    fn put(&self, segment: u64, column: &str, bitmap: Option<RoaringBitmap>) -> Option<Arc<RoaringBitmap>> {
+        let bytes = bitmap.as_ref().map_or(16, |b| b.serialized_size()) + 64;
+        let bitmap = bitmap.map(Arc::new);
+        let mut g = self.inner.lock().unwrap();
+        let Lru { map, total, clock } = &mut *g;
+        *clock += 1;
+        if let Some(old) = map.insert(
+            (segment, column.to_string()),
+            Entry {
+                bitmap: bitmap.clone(),
+                bytes,
+                used: *clock,
+            },
+        ) {
+            *total -= old.bytes;
+        }
+        *total += bytes;
+        while *total > self.limit_bytes && map.len() > 1 {
+            let Some(oldest) = map.iter().min_by_key(|(_, e)| e.used).map(|(k, _)| k.clone()) else {
+                break;
+            };
+            if let Some(e) = map.remove(&oldest) {
+                *total -= e.bytes;
+            }
+        }
+        bitmap
+    }
+
+    /// The index of `column` in `segment`, building it from the file when not cached. `Ok(None)`
+    /// when the segment has no such column.
+    pub async fn get(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        segment: &SegmentMeta,
+        column: &str,
+    ) -> Result<Option<Arc<RoaringBitmap>>> {
+        {
+            let mut g = self.inner.lock().unwrap();
+            let Lru { map, clock, .. } = &mut *g;
+            *clock += 1;
+            let now = *clock;
+            if let Some(e) = map.get_mut(&(segment.id, column.to_string())) {
+                e.used = now;
+                return Ok(e.bitmap.clone());
+            }
+        }
+        if !segment.columns.iter().any(|(c, _)| c == column) {
+            return Ok(self.put(segment.id, column, None));
+        }
+        let bytes = store
+            .get(&StorePath::from(segment.path.as_str()))
+            .await?
+            .bytes()
+            .await?;
+        let column_name = column.to_string();
+        let bm = tokio::task::spawn_blocking(move || -> Result<Option<RoaringBitmap>> {
+            let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+            let Ok(idx) = builder.schema().index_of(&column_name) else {
+                return Ok(None);
+            };
+            let mask = ProjectionMask::roots(builder.parquet_schema(), [idx]);
+            let mut bm = RoaringBitmap::new();
+            for b in builder.with_projection(mask).build()? {
+                if let Some(part) = build(&b?, &column_name)? {
+                    bm |= part;
+                }
+            }
+            Ok(Some(bm))
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("index builder panicked: {e}")))??;
+        Ok(self.put(segment.id, column, bm))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::StringArray;
+    use arrow::datatypes::{Field, Schema};
+
+    #[test]
+    fn index_holds_the_values_and_the_cache_is_bounded() {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, true)]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(StringArray::from(vec![Some("a"), None, Some("b")]))],
+        )
+        .unwrap();
+        let bm = build(&batch, "id").unwrap().unwrap();
+        assert!(bm.contains(hash_value("a")) && bm.contains(hash_value("b")));
+        assert!(!bm.contains(hash_value("c")));
+        assert!(build(&batch, "nope").unwrap().is_none());
+        let cache = IndexCache::new(vec!["id".into()], 500);
+        for seg in 0..20 {
+            cache.insert_from_batch(seg, &batch).unwrap();
+        }
+        let g = cache.inner.lock().unwrap();
+        assert!(
+            g.total <= 500 && g.map.len() < 20,
+            "{} bytes in {} entries",
+            g.total,
+            g.map.len()
+        );
+    }
+}
