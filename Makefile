@@ -4,7 +4,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/sonde-target
 CLIENTS_VENV ?= $(HOME)/.cache/sonde-clients-venv
 SONDE_ARGS ?=
 
-.PHONY: run dev test fmt lint unit ui clients web build release
+.PHONY: run dev test fmt lint unit ui clients clients-venv web build release
 
 ## Build the UI and the release binary (which embeds the UI), then serve on 127.0.0.1:4318 with ./sonde-data.
 run: release
@@ -33,8 +33,9 @@ fmt:
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 
-unit:
-	cargo test --workspace
+## Unit, property and end-to-end tests; the S3 test runs moto (from the clients' virtualenv) on loopback.
+unit: clients-venv
+	SONDE_MOTO=$(CLIENTS_VENV)/bin/moto_server cargo test --workspace
 
 ## The UI's end-to-end tests: the debug binary built by `unit`, driven through Chromium by Playwright.
 ui:
@@ -42,7 +43,10 @@ ui:
 
 ## Real clients, unmodified: the OpenTelemetry Python SDK (OTLP/HTTP and gRPC) and libhoney, from
 ## PyPI into a virtualenv kept outside the clone, against the debug binary built by `unit`.
-clients:
+clients: clients-venv
+	cd tests/clients && SONDE_BIN=$(CARGO_TARGET_DIR)/debug/sonde $(CLIENTS_VENV)/bin/pytest -q -p no:cacheprovider .
+
+## The Python virtualenv (outside the clone) with the real clients and moto, from PyPI.
+clients-venv:
 	test -x $(CLIENTS_VENV)/bin/python || python3 -m venv $(CLIENTS_VENV)
 	$(CLIENTS_VENV)/bin/pip install -q --disable-pip-version-check -r tests/clients/requirements.txt
-	cd tests/clients && SONDE_BIN=$(CARGO_TARGET_DIR)/debug/sonde $(CLIENTS_VENV)/bin/pytest -q -p no:cacheprovider .

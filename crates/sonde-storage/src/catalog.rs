@@ -119,6 +119,39 @@ impl Catalog {
         }
     }
 
+    /// Loads the catalog from an object store (remote storage), or an empty one.
+    pub async fn load_from(store: &std::sync::Arc<dyn object_store::ObjectStore>) -> Result<Catalog> {
+        use object_store::ObjectStoreExt;
+        let path = object_store::path::Path::from(CATALOG_FILE);
+        match store.get(&path).await {
+            Ok(r) => {
+                let bytes = r.bytes().await?;
+                let c: Catalog = serde_json::from_slice(&bytes).map_err(|e| Error::CatalogCorrupt {
+                    path: CATALOG_FILE.into(),
+                    reason: e.to_string(),
+                })?;
+                Ok(c)
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(Catalog {
+                version: CATALOG_VERSION,
+                next_segment_id: 1,
+                datasets: BTreeMap::new(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Replaces the catalog in an object store. An object PUT is atomic (readers see the old or
+    /// the new catalog) and durable when answered; this server is the single writer.
+    pub async fn store_to(&self, store: &std::sync::Arc<dyn object_store::ObjectStore>) -> Result<()> {
+        use object_store::ObjectStoreExt;
+        let bytes = serde_json::to_vec(self).expect("catalog serialises");
+        store
+            .put(&object_store::path::Path::from(CATALOG_FILE), bytes.into())
+            .await?;
+        Ok(())
+    }
+
     /// Replaces the catalog on disk atomically and durably.
     pub fn store(&self, data_dir: &Path) -> Result<()> {
         let tmp = data_dir.join(format!("{CATALOG_FILE}.tmp"));

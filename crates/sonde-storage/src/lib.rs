@@ -35,7 +35,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use segment::SegmentOptions;
 use sonde_model::{ColumnType, DatasetName, Event};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -136,6 +136,10 @@ pub struct StorageConfig {
     pub retention_by_dataset: BTreeMap<String, Duration>,
     /// Memory for the segment indexes of the id columns (see [`index`]).
     pub index_cache_bytes: usize,
+    /// Where segments and the catalog live: `None` for the data directory, or an
+    /// `s3://bucket/prefix` URL (credentials and endpoint from the usual `AWS_*` variables).
+    /// The WAL always stays in the local data directory.
+    pub storage_url: Option<String>,
 }
 
 impl StorageConfig {
@@ -155,6 +159,7 @@ impl StorageConfig {
             retention: None,
             retention_by_dataset: BTreeMap::new(),
             index_cache_bytes: 256 * 1024 * 1024,
+            storage_url: None,
         }
     }
 }
@@ -279,6 +284,9 @@ pub struct Storage {
     /// without them is durable (the flag) before their files are deleted.
     graveyard: Mutex<Vec<(Arc<SegmentMeta>, bool)>>,
     index: Arc<index::IndexCache>,
+    /// True when segments and the catalog are in the local data directory (which then needs
+    /// explicit fsyncs); false for a remote object store, whose puts are durable when answered.
+    local: bool,
     /// Counters.
     pub stats: StorageStats,
 }
@@ -298,12 +306,19 @@ fn segment_path(dataset: &DatasetName, id: u64) -> String {
 impl Storage {
     /// Opens (or creates) the data directory, recovers from the catalog and the WAL, and starts
     /// the WAL thread and the background flusher. Must be called inside a Tokio runtime.
-    pub fn open(config: StorageConfig) -> Result<Arc<Storage>> {
+    pub async fn open(config: StorageConfig) -> Result<Arc<Storage>> {
         std::fs::create_dir_all(&config.data_dir)?;
         let data_dir = config.data_dir.canonicalize()?;
-        let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&data_dir)?);
-        let catalog = Catalog::load(&data_dir)?;
-        remove_orphans(&data_dir, &catalog)?;
+        let (store, local): (Arc<dyn ObjectStore>, bool) = match &config.storage_url {
+            None => (Arc::new(LocalFileSystem::new_with_prefix(&data_dir)?), true),
+            Some(url) => (remote_store(url)?, false),
+        };
+        let catalog = if local {
+            Catalog::load(&data_dir)?
+        } else {
+            Catalog::load_from(&store).await?
+        };
+        remove_orphans(&store, &catalog).await?;
 
         let mut datasets = BTreeMap::new();
         for (name, entry) in &catalog.datasets {
@@ -342,6 +357,7 @@ impl Storage {
                 config.segment.bloom_columns.clone(),
                 config.index_cache_bytes,
             )),
+            local,
             stats: StorageStats::default(),
             config,
         });
@@ -728,7 +744,7 @@ impl Storage {
             frozen.bytes.min(self.buffered_bytes.load(Ordering::Relaxed)),
             Ordering::Relaxed,
         );
-        self.persist_catalog()?;
+        self.persist_catalog().await?;
         self.stats.segments_flushed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(dataset = %dataset, segment = id, rows = before.rows, bytes = size, "segment flushed");
         Ok(())
@@ -736,6 +752,9 @@ impl Storage {
 
     /// Fsyncs a segment file and its directory (the local store does not).
     fn sync_local(&self, path: &str) -> Result<()> {
+        if !self.local {
+            return Ok(());
+        }
         let full = self.config.data_dir.join(path);
         std::fs::File::open(&full)?.sync_all()?;
         if let Some(dir) = full.parent() {
@@ -748,7 +767,7 @@ impl Storage {
     }
 
     /// Writes the catalog from the in-memory state of every dataset.
-    fn persist_catalog(&self) -> Result<()> {
+    async fn persist_catalog(&self) -> Result<()> {
         let mut catalog = Catalog {
             version: 1,
             next_segment_id: self.next_segment_id.load(Ordering::SeqCst),
@@ -771,7 +790,11 @@ impl Storage {
         }
         // Whatever is in the graveyard now is absent from this catalog.
         let buried = self.graveyard.lock().unwrap().len();
-        catalog.store(&self.config.data_dir)?;
+        if self.local {
+            catalog.store(&self.config.data_dir)?;
+        } else {
+            catalog.store_to(&self.store).await?;
+        }
         for entry in self.graveyard.lock().unwrap().iter_mut().take(buried) {
             entry.1 = true;
         }
@@ -779,7 +802,7 @@ impl Storage {
     }
 
     /// Deletes the files of buried segments that no query holds any more.
-    fn reap_graveyard(&self) {
+    async fn reap_graveyard(&self) {
         let mut dead = Vec::new();
         self.graveyard.lock().unwrap().retain(|(seg, persisted)| {
             if *persisted && Arc::strong_count(seg) == 1 {
@@ -790,13 +813,11 @@ impl Storage {
             }
         });
         for seg in dead {
-            let path = self.config.data_dir.join(&seg.path);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {
+            match self.store.delete(&StorePath::from(seg.path.as_str())).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
                     self.stats.segment_files_deleted.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(file = %path.display(), error = %e, "could not delete segment file"),
+                Err(e) => tracing::warn!(file = %seg.path, error = %e, "could not delete segment file"),
             }
         }
     }
@@ -857,21 +878,24 @@ impl Storage {
         let meta = self.persist_segment(ds, batch, min_lsn, max_lsn).await?;
         let (id, path, rows, size) = (meta.id, meta.path.clone(), meta.rows, meta.bytes);
         let _one_at_a_time = self.flush_lock.lock().await;
-        {
+        let swapped = {
             let mut st = state.lock().unwrap();
             let ids: std::collections::HashSet<u64> = group.iter().map(|s| s.id).collect();
-            if st.segments.iter().filter(|s| ids.contains(&s.id)).count() != group.len() {
-                // Retention or deletion took some inputs meanwhile: drop this merge.
-                drop(st);
-                let _ = std::fs::remove_file(self.config.data_dir.join(&path));
-                return Ok(());
+            let intact = st.segments.iter().filter(|s| ids.contains(&s.id)).count() == group.len();
+            if intact {
+                st.segments.retain(|s| !ids.contains(&s.id));
+                st.segments.push(meta);
+                st.segments.sort_by_key(|s| (s.min_ts_us, s.id));
             }
-            st.segments.retain(|s| !ids.contains(&s.id));
-            st.segments.push(meta);
-            st.segments.sort_by_key(|s| (s.min_ts_us, s.id));
+            intact
+        };
+        if !swapped {
+            // Retention or deletion took some inputs meanwhile: drop this merge.
+            let _ = self.store.delete(&StorePath::from(path.as_str())).await;
+            return Ok(());
         }
         self.bury(group.iter().cloned());
-        self.persist_catalog()?;
+        self.persist_catalog().await?;
         self.stats.compactions.fetch_add(1, Ordering::Relaxed);
         tracing::info!(dataset = %ds, segment = id, inputs = group.len(), rows, bytes = size, "segments compacted");
         Ok(())
@@ -902,7 +926,7 @@ impl Storage {
         let n = dropped.len();
         if n > 0 {
             self.bury(dropped);
-            self.persist_catalog()?;
+            self.persist_catalog().await?;
             self.stats.segments_expired.fetch_add(n as u64, Ordering::Relaxed);
             tracing::info!(segments = n, "segments dropped by retention");
         }
@@ -942,7 +966,7 @@ impl Storage {
             std::mem::take(&mut st.segments)
         };
         self.bury(segments);
-        self.persist_catalog()?;
+        self.persist_catalog().await?;
         tracing::info!(dataset = %dataset, "dataset deleted");
         Ok(true)
     }
@@ -1017,36 +1041,51 @@ pub fn column_type(snapshot: &DatasetSnapshot, name: &str) -> Option<ColumnType>
 }
 
 /// Deletes segment files the catalog does not name: left by a crash between writing a segment
-/// and cataloging it. Their events are still in the WAL and are replayed.
-fn remove_orphans(data_dir: &Path, catalog: &Catalog) -> Result<()> {
-    let root = data_dir.join("datasets");
-    if !root.exists() {
-        return Ok(());
-    }
+/// and cataloging it (their events are still in the WAL and are replayed), or between
+/// cataloging a compaction and deleting its inputs.
+async fn remove_orphans(store: &Arc<dyn ObjectStore>, catalog: &Catalog) -> Result<()> {
+    use futures::TryStreamExt;
     let known: std::collections::HashSet<String> = catalog
         .datasets
         .values()
         .flat_map(|d| d.segments.iter().map(|s| s.path.clone()))
         .collect();
-    for ds in std::fs::read_dir(&root)? {
-        let ds = ds?;
-        if !ds.file_type()?.is_dir() {
-            continue;
-        }
-        for f in std::fs::read_dir(ds.path())? {
-            let f = f?;
-            let rel = format!(
-                "datasets/{}/{}",
-                ds.file_name().to_string_lossy(),
-                f.file_name().to_string_lossy()
-            );
-            if !known.contains(&rel) {
-                tracing::warn!(file = %rel, "removing orphan segment file");
-                std::fs::remove_file(f.path())?;
-            }
+    let prefix = StorePath::from("datasets");
+    let files: Vec<object_store::ObjectMeta> = store.list(Some(&prefix)).try_collect().await?;
+    for f in files {
+        if !known.contains(f.location.as_ref()) {
+            tracing::warn!(file = %f.location, "removing orphan segment file");
+            store.delete(&f.location).await?;
         }
     }
     Ok(())
+}
+
+/// An S3-compatible store from `s3://bucket/prefix`, configured by the usual `AWS_*` variables
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, and `AWS_ENDPOINT_URL` or
+/// `AWS_ENDPOINT` for S3-compatible servers; plain `http://` endpoints are allowed).
+fn remote_store(url: &str) -> Result<Arc<dyn ObjectStore>> {
+    use object_store::aws::AmazonS3Builder;
+    let rest = url
+        .strip_prefix("s3://")
+        .ok_or_else(|| Error::Invalid(format!("storage URL {url:?}: only s3://bucket/prefix is supported")))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(Error::Invalid(format!("storage URL {url:?} names no bucket")));
+    }
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")) {
+        builder = builder
+            .with_allow_http(endpoint.starts_with("http://"))
+            .with_endpoint(endpoint);
+    }
+    let s3: Arc<dyn ObjectStore> = Arc::new(builder.build()?);
+    let prefix = prefix.trim_matches('/');
+    Ok(if prefix.is_empty() {
+        s3
+    } else {
+        Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
+    })
 }
 
 /// Compaction, retention and deletion of unreferenced files, every `maintenance_interval`.
@@ -1059,7 +1098,7 @@ async fn maintenance_loop(s: Arc<Storage>) {
         if let Err(e) = s.compact().await {
             tracing::error!(error = %e, "compaction failed; the input segments stay");
         }
-        s.reap_graveyard();
+        s.reap_graveyard().await;
     }
 }
 
@@ -1069,7 +1108,7 @@ async fn flush_loop(s: Arc<Storage>) {
         if let Err(e) = s.flush_due().await {
             tracing::error!(error = %e, "flush failed; events stay in the buffer and the WAL");
         }
-        s.reap_graveyard();
+        s.reap_graveyard().await;
         tokio::select! {
             _ = wait => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}

@@ -88,6 +88,11 @@ struct ServeArgs {
     /// Address to listen on. 4318 is OTLP/HTTP's port, so OpenTelemetry SDKs find Sonde by default.
     #[arg(long, env = "SONDE_LISTEN", default_value = "127.0.0.1:4318")]
     listen: String,
+    /// Where segments and the catalog live: empty for the data directory, or `s3://bucket/prefix`
+    /// (credentials, region and `AWS_ENDPOINT_URL` for S3-compatible stores from the usual
+    /// `AWS_*` variables). The WAL always stays in the data directory.
+    #[arg(long, env = "SONDE_STORAGE", default_value = "")]
+    storage: String,
     /// Address for OTLP/gRPC (4317 is its standard port); `off` disables it.
     #[arg(long, env = "SONDE_GRPC_LISTEN", default_value = "127.0.0.1:4317")]
     grpc_listen: String,
@@ -271,11 +276,13 @@ async fn serve(a: ServeArgs) -> Result<()> {
     storage_config.segment.row_group_rows = a.row_group_rows;
     storage_config.segment.bloom_columns = a.bloom_columns.clone();
     storage_config.compaction_target_rows = a.compaction_target_rows;
+    storage_config.storage_url = (!a.storage.is_empty()).then(|| a.storage.clone());
     storage_config.maintenance_interval = a.maintenance_interval;
     storage_config.retention = a.retention;
     storage_config.retention_by_dataset = a.retention_dataset.iter().cloned().collect();
-    let storage =
-        Storage::open(storage_config).with_context(|| format!("opening data directory {}", a.data_dir.display()))?;
+    let storage = Storage::open(storage_config)
+        .await
+        .with_context(|| format!("opening data directory {}", a.data_dir.display()))?;
     let config = ServerConfig {
         max_body_bytes: a.max_body_bytes,
         limits: Limits {

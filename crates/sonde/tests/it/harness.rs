@@ -16,18 +16,26 @@ pub(crate) struct Server {
     pub(crate) url: String,
     pub(crate) data_dir: PathBuf,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
     /// Starts a server over `data_dir` with extra flags, and waits for `/health`.
     pub(crate) async fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(data_dir, extra, &[]).await
+    }
+
+    /// Like [`Server::start`], with extra environment variables.
+    pub(crate) async fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, url) = spawn(data_dir, &extra);
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let (child, url) = spawn(data_dir, &extra, &env);
         let s = Server {
             child: Some(child),
             url,
             data_dir: data_dir.to_path_buf(),
             extra,
+            env,
         };
         s.wait_healthy().await;
         s
@@ -76,7 +84,7 @@ impl Server {
     /// Starts the server again over the same data directory (a new port).
     pub(crate) async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill first");
-        let (child, url) = spawn(&self.data_dir, &self.extra);
+        let (child, url) = spawn(&self.data_dir, &self.extra, &self.env);
         self.child = Some(child);
         self.url = url;
         self.wait_healthy().await;
@@ -89,7 +97,7 @@ impl Drop for Server {
     }
 }
 
-fn spawn(data_dir: &Path, extra: &[String]) -> (Child, String) {
+fn spawn(data_dir: &Path, extra: &[String], env: &[(String, String)]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sonde"))
         .arg("serve")
         .arg("--data-dir")
@@ -99,6 +107,7 @@ fn spawn(data_dir: &Path, extra: &[String]) -> (Child, String) {
         .arg("--grpc-listen")
         .arg("127.0.0.1:0")
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env(
             "SONDE_LOG",
             std::env::var("SONDE_TEST_LOG").unwrap_or_else(|_| "warn".into()),

@@ -10,6 +10,7 @@ mod bubbleup_traces;
 mod crash;
 mod ingest_e2e;
 mod lifecycle;
+mod object_store;
 mod otlp_http;
 mod query_api;
 mod query_diff;
