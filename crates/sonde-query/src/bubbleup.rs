@@ -37,21 +37,9 @@ pub const DEFAULT_TOP_VALUES: usize = 10;
 /// A BubbleUp request: population (filters, time) and selection.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct BubbleUpRequest {
-    /// Population filters, as in a query spec.
-    #[serde(default)]
-    pub filters: Vec<crate::spec::Filter>,
-    /// `AND` or `OR`.
-    #[serde(default)]
-    pub filter_combination: Option<String>,
-    /// Population time range, as in a query spec.
-    #[serde(default)]
-    pub time_range: Option<i64>,
-    /// Population start, as in a query spec.
-    #[serde(default)]
-    pub start_time: Option<Value>,
-    /// Population end, as in a query spec.
-    #[serde(default)]
-    pub end_time: Option<Value>,
+    /// Population: filters and time range.
+    #[serde(flatten)]
+    pub population: crate::spec::Population,
     /// The selection.
     pub selection: Selection,
     /// Values reported per string/bool column (default 10).

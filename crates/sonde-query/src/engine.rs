@@ -103,21 +103,9 @@ pub struct QueryResult {
 /// A raw-events request: the spec's filters and time range, newest first, paged.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct EventsRequest {
-    /// Filters, as in a query spec.
-    #[serde(default)]
-    pub filters: Vec<spec::Filter>,
-    /// `AND` or `OR`.
-    #[serde(default)]
-    pub filter_combination: Option<String>,
-    /// Time range, as in a query spec.
-    #[serde(default)]
-    pub time_range: Option<i64>,
-    /// Start, as in a query spec.
-    #[serde(default)]
-    pub start_time: Option<Value>,
-    /// End, as in a query spec.
-    #[serde(default)]
-    pub end_time: Option<Value>,
+    /// Filters and time range.
+    #[serde(flatten)]
+    pub population: spec::Population,
     /// Events per page (default 100, at most 10,000).
     #[serde(default)]
     pub limit: Option<i64>,
@@ -265,15 +253,7 @@ impl QueryEngine {
         let started = Instant::now();
         let table = self.table(dataset)?;
         let columns = queryable_columns(&table);
-        let spec = QuerySpec {
-            filters: req.filters.clone(),
-            filter_combination: req.filter_combination.clone(),
-            time_range: req.time_range,
-            start_time: req.start_time.clone(),
-            end_time: req.end_time.clone(),
-            limit: req.limit,
-            ..Default::default()
-        };
+        let spec = req.population.spec(req.limit);
         let plan = spec::plan(&spec, &columns, sonde_model::time::now_us())?;
         if let Some(cols) = &req.columns {
             for (i, c) in cols.iter().enumerate() {
@@ -360,14 +340,7 @@ impl QueryEngine {
         use futures::StreamExt;
         let started = Instant::now();
         let table = self.table(dataset)?;
-        let spec = QuerySpec {
-            filters: req.filters.clone(),
-            filter_combination: req.filter_combination.clone(),
-            time_range: req.time_range,
-            start_time: req.start_time.clone(),
-            end_time: req.end_time.clone(),
-            ..Default::default()
-        };
+        let spec = req.population.spec(None);
         let (plan, columns) = self.population(&table, spec)?;
         let bad = |field: &str, message: String| {
             QueryError::Invalid(spec::SpecError {

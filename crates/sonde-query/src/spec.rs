@@ -59,6 +59,42 @@ pub struct QuerySpec {
     pub granularity: Option<i64>,
 }
 
+/// The events a raw-events listing or a BubbleUp looks at: a query spec's filters and time
+/// range, without calculations (flattened into those requests' JSON).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Population {
+    /// Filters, as in a query spec.
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+    /// `AND` or `OR`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_combination: Option<String>,
+    /// Time range, as in a query spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_range: Option<i64>,
+    /// Start, as in a query spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Value>,
+    /// End, as in a query spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<Value>,
+}
+
+impl Population {
+    /// The population as a query spec (with the given group limit).
+    pub fn spec(&self, limit: Option<i64>) -> QuerySpec {
+        QuerySpec {
+            filters: self.filters.clone(),
+            filter_combination: self.filter_combination.clone(),
+            time_range: self.time_range,
+            start_time: self.start_time.clone(),
+            end_time: self.end_time.clone(),
+            limit,
+            ..Default::default()
+        }
+    }
+}
+
 /// One calculation: `{"op": "P99", "column": "duration_ms"}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Calculation {
