@@ -25,9 +25,10 @@ use sonde_model::{ColumnType, SAMPLE_RATE_COLUMN, TIMESTAMP_COLUMN};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Groups of segments to merge, each into one. A segment is small below half the target; a
-/// run of adjacent small segments is merged once it reaches half the target or holds at least
-/// four segments, so recent segments are not rewritten at every flush.
+/// Groups of segments to merge, each into one: runs of time-adjacent segments packed greedily
+/// up to the target. A group is merged when it holds a small segment (under half the target)
+/// and either reaches half the target or holds at least four segments, so a large segment
+/// absorbs its small neighbours, but the newest small segments are not rewritten at every flush.
 pub fn plan(segments: &[Arc<SegmentMeta>], target_rows: u64) -> Vec<Vec<Arc<SegmentMeta>>> {
     let mut sorted: Vec<&Arc<SegmentMeta>> = segments.iter().collect();
     sorted.sort_by_key(|s| (s.min_ts_us, s.id));
@@ -36,19 +37,19 @@ pub fn plan(segments: &[Arc<SegmentMeta>], target_rows: u64) -> Vec<Vec<Arc<Segm
     let mut cur: Vec<Arc<SegmentMeta>> = Vec::new();
     let mut rows = 0u64;
     let close = |cur: &mut Vec<Arc<SegmentMeta>>, rows: &mut u64, groups: &mut Vec<Vec<Arc<SegmentMeta>>>| {
-        if cur.len() >= 2 && (*rows >= target_rows / 2 || cur.len() >= 4) {
+        let worth = cur.iter().any(|s| small(s)) && (*rows >= target_rows / 2 || cur.len() >= 4);
+        if cur.len() >= 2 && worth {
             groups.push(std::mem::take(cur));
         }
         cur.clear();
         *rows = 0;
     };
     for s in sorted {
-        if !small(s) {
-            close(&mut cur, &mut rows, &mut groups);
-            continue;
-        }
         if rows + s.rows > target_rows {
             close(&mut cur, &mut rows, &mut groups);
+        }
+        if s.rows > target_rows {
+            continue; // already past the target: never rewritten
         }
         rows += s.rows;
         cur.push(s.clone());
@@ -134,6 +135,24 @@ mod tests {
                 .iter()
                 .all(|g| g.windows(2).all(|w| w[0].min_ts_us <= w[1].min_ts_us))
         );
+    }
+
+    #[test]
+    fn a_large_segment_absorbs_small_neighbours() {
+        let segs = vec![
+            seg(1, 3000, 0),
+            seg(2, 500, 10),
+            seg(3, 3000, 20),
+            seg(4, 500, 30),
+            seg(5, 500, 40),
+        ];
+        let groups: Vec<Vec<u64>> = plan(&segs, 4000)
+            .iter()
+            .map(|g| g.iter().map(|s| s.id).collect())
+            .collect();
+        assert_eq!(groups, vec![vec![1, 2], vec![3, 4, 5]]);
+        let big = vec![seg(1, 3000, 0), seg(2, 3000, 10)];
+        assert!(plan(&big, 4000).is_empty(), "large segments alone are never rewritten");
     }
 
     #[test]

@@ -1000,14 +1000,18 @@ impl Storage {
             .min(applied + 1)
     }
 
-    /// Stops taking writes, waits for the WAL thread, and flushes every buffer.
+    /// Stops taking writes, waits for the WAL thread, flushes every buffer, and deletes the files
+    /// of segments no longer in the catalog.
     pub async fn shutdown(&self) -> Result<()> {
         self.commit_tx.lock().unwrap().take();
         let handle = self.commit_thread.lock().unwrap().take();
         if let Some(h) = handle {
             tokio::task::spawn_blocking(move || h.join()).await.ok();
         }
-        self.flush_all().await
+        self.flush_all().await?;
+        // No query runs any more: delete what compaction, retention and deletion left behind.
+        self.reap_graveyard().await;
+        Ok(())
     }
 }
 

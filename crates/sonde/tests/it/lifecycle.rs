@@ -74,13 +74,15 @@ async fn compaction_merges_small_segments_while_queries_stay_exact() {
         last = stats(&client, &server, "compact").await;
         if last["buffered_rows"] == 0
             && last["segments_pending_compaction"] == 0
-            && last["segments"].as_u64().unwrap() <= 4
+            && last["segments"].as_u64().unwrap() <= 6
         {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(last["segments"].as_u64().unwrap() <= 4, "{last}");
+    // Twenty flushes end as a handful of segments (how many depends on how flushes and merges
+    // interleaved: at most 6 with a 4,000-row target over 10,000 rows).
+    assert!(last["segments"].as_u64().unwrap() <= 6, "{last}");
     assert!(last["largest_segment_rows"].as_u64().unwrap() >= 2000, "{last}");
     assert_eq!(last["rows"], sent);
     assert!(last["compression_ratio"].as_f64().unwrap() > 1.0, "{last}");
@@ -96,6 +98,12 @@ async fn compaction_merges_small_segments_while_queries_stay_exact() {
         metrics
             .lines()
             .any(|l| l.starts_with("sonde_compactions_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l
+            .strip_prefix("sonde_segments_flushed_total ")
+            .is_some_and(|n| n.parse::<u64>().unwrap() >= 20)),
         "{metrics}"
     );
     server.stop().await;
