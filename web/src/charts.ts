@@ -18,8 +18,8 @@ export interface ChartHandlers {
   onClick(t: number, series: number, ev: MouseEvent): void;
 }
 
-/** A line chart of one calculation; returns the uPlot instance (for highlighting). */
-export function lineChart(el: HTMLElement, title: string, times: number[], series: LineSeries[], h: ChartHandlers): uPlot {
+/** The titled box every chart is drawn in, appended to `el`. */
+function chartFrame(el: HTMLElement, title: string): HTMLDivElement {
   const wrap = document.createElement("div");
   wrap.className = "chart";
   wrap.dataset.calc = title;
@@ -27,6 +27,12 @@ export function lineChart(el: HTMLElement, title: string, times: number[], serie
   h3.textContent = title;
   wrap.append(h3);
   el.append(wrap);
+  return wrap;
+}
+
+/** A line chart of one calculation; returns the uPlot instance (for highlighting). */
+export function lineChart(el: HTMLElement, title: string, times: number[], series: LineSeries[], h: ChartHandlers): uPlot {
+  const wrap = chartFrame(el, title);
   const width = Math.max(400, el.clientWidth - 16);
   const opts: uPlot.Options = {
     width,
@@ -89,12 +95,7 @@ export interface Heatmap { min: number; max: number; bucket_width: number; count
 export function heatmapChart(
   el: HTMLElement, title: string, times: number[], cells: (Heatmap | null)[], stepSeconds: number, h: ChartHandlers,
 ): HTMLCanvasElement {
-  const wrap = document.createElement("div");
-  wrap.className = "chart";
-  wrap.dataset.calc = title;
-  const h3 = document.createElement("h3");
-  h3.textContent = title;
-  wrap.append(h3);
+  const wrap = chartFrame(el, title);
   const canvas = document.createElement("canvas");
   canvas.className = "heatmap";
   const width = Math.max(400, el.clientWidth - 16);
@@ -105,7 +106,6 @@ export function heatmapChart(
   canvas.style.width = `${width}px`;
   canvas.style.height = `${height}px`;
   wrap.append(canvas);
-  el.append(wrap);
   const ctx = canvas.getContext("2d")!;
   ctx.scale(dpr, dpr);
   const left = 60, bottom = 22, plotW = width - left - 8, plotH = height - bottom - 6;

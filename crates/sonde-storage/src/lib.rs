@@ -730,12 +730,11 @@ impl Storage {
         let meta = self
             .persist_segment(dataset, frozen.batch.clone(), frozen.min_lsn, frozen.max_lsn)
             .await?;
-        let (id, size, before) = (meta.id, meta.bytes, segment::batch_facts(&frozen.batch)?);
         let schema = frozen.batch.schema();
         {
             // Swap frozen → segment in one step, so a query sees each event exactly once.
             let mut st = state.lock().unwrap();
-            merge_columns(&mut st.columns, &schema, before.min_ts_us, before.max_ts_us);
+            merge_columns(&mut st.columns, &schema, meta.min_ts_us, meta.max_ts_us);
             st.segments.push(meta.clone());
             st.frozen.retain(|f| !Arc::ptr_eq(f, frozen));
             st.flushed_lsn = st.flushed_lsn.max(frozen.max_lsn);
@@ -746,7 +745,7 @@ impl Storage {
         );
         self.persist_catalog().await?;
         self.stats.segments_flushed.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(dataset = %dataset, segment = id, rows = before.rows, bytes = size, "segment flushed");
+        tracing::info!(dataset = %dataset, segment = meta.id, rows = meta.rows, bytes = meta.bytes, "segment flushed");
         Ok(())
     }
 
