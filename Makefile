@@ -3,8 +3,9 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/sonde-target
 CLIENTS_VENV ?= $(HOME)/.cache/sonde-clients-venv
 SONDE_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: run dev test fmt lint unit ui clients clients-venv web build release
+.PHONY: run dev test fmt lint unit ui clients clients-venv web build release bench bench-full
 
 ## Build the UI and the release binary (which embeds the UI), then serve on 127.0.0.1:4318 with ./sonde-data.
 run: release
@@ -50,3 +51,12 @@ clients: clients-venv
 clients-venv:
 	test -x $(CLIENTS_VENV)/bin/python || python3 -m venv $(CLIENTS_VENV)
 	$(CLIENTS_VENV)/bin/pip install -q --disable-pip-version-check -r tests/clients/requirements.txt
+
+## Benchmarks against DuckDB (benches/README.md): ingest, freshness, storage, query suite, on 1M
+## generated events; results in benches/results/quick.json. Its own virtualenv (DuckDB from PyPI).
+bench: release
+	python3 benches/run.py --size quick --bin $(CARGO_TARGET_DIR)/release/sonde $(BENCH_ARGS)
+
+## The same on 10M events (benches/results/full.json); needs ~30 GB free under ~/.cache/sonde-bench.
+bench-full: release
+	python3 benches/run.py --size full --bin $(CARGO_TARGET_DIR)/release/sonde $(BENCH_ARGS)

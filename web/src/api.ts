@@ -49,12 +49,51 @@ export class ApiError extends Error {
   }
 }
 
-async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
-  const r = await fetch(path, {
-    method,
-    headers: body === undefined ? {} : { "content-type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
+// API keys: when the server has keys configured, every API call needs one. The UI asks for a
+// query key the first time the server answers 401, keeps it in this browser's localStorage, and
+// asks again if the server stops accepting it.
+const KEY_STORE = "sonde.apiKey";
+let keyPrompt: Promise<string> | null = null;
+
+/** Asks for an API key (once, however many calls are waiting for it). */
+function askForKey(message: string): Promise<string> {
+  keyPrompt ??= new Promise<string>((resolve) => {
+    const dialog = document.createElement("dialog");
+    dialog.className = "key-dialog";
+    dialog.innerHTML = `<form method="dialog">
+      <h2>API key required</h2>
+      <p class="key-reason"></p>
+      <label>Query key <input name="key" type="password" autocomplete="off" required placeholder="sonde_…"></label>
+      <p class="hint">Make one with <code>sonde keys new NAME --scopes query</code>. It is kept in this browser only.</p>
+      <button type="submit">Use key</button>
+    </form>`;
+    dialog.querySelector(".key-reason")!.textContent = message;
+    dialog.addEventListener("cancel", (e) => e.preventDefault());
+    dialog.querySelector("form")!.addEventListener("submit", () => {
+      const key = (dialog.querySelector("input") as HTMLInputElement).value.trim();
+      localStorage.setItem(KEY_STORE, key);
+      dialog.remove();
+      keyPrompt = null;
+      resolve(key);
+    });
+    document.body.append(dialog);
+    dialog.showModal();
   });
+  return keyPrompt;
+}
+
+async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
+  let r: Response;
+  for (;;) {
+    const headers: Record<string, string> = body === undefined ? {} : { "content-type": "application/json" };
+    const key = localStorage.getItem(KEY_STORE);
+    if (key) headers.authorization = `Bearer ${key}`;
+    r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    // 401: no key or an unknown one; 403: a key without the scope or dataset asked for.
+    if (r.status !== 401 && r.status !== 403) break;
+    const why = ((await r.json().catch(() => ({}))) as { error?: string }).error ?? "this server needs an API key";
+    await askForKey(key ? `The key was refused: ${why}` : why);
+  }
   const text = await r.text();
   let json: unknown;
   try {

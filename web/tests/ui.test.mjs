@@ -5,7 +5,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -355,4 +355,51 @@ test("a raw event opens its trace waterfall, nested by parent, with the error ma
   await shot(page, "trace");
   assert.deepEqual(page.errors, []);
   await page.close();
+});
+
+test("with API keys on, the UI asks for a query key, keeps it, and asks again when it is refused", async () => {
+  // A server of its own, with one ingest key and one query key (hashes in a keys file).
+  const keyDir = mkdtempSync(join(tmpdir(), "sonde-ui-keys-"));
+  const newKey = (name, scopes) => execFileSync(BIN, ["keys", "new", name, "--scopes", scopes], { encoding: "utf8" }).trim().split("\n");
+  const [ingestKey, ingestLine] = newKey("loader", "ingest");
+  const [queryKey, queryLine] = newKey("viewer", "query");
+  writeFileSync(join(keyDir, "keys"), `${ingestLine}\n${queryLine}\n`);
+  const locked = spawn(BIN, ["serve", "--data-dir", join(keyDir, "data"), "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--keys-file", join(keyDir, "keys")], { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, SONDE_LOG: "warn" } });
+  try {
+    const lockedUrl = await new Promise((resolve, reject) => {
+      createInterface({ input: locked.stdout }).once("line", (l) => resolve(l.replace("sonde listening on ", "").trim()));
+      locked.once("exit", (code) => reject(new Error(`sonde exited with ${code}`)));
+    });
+    const batch = Array.from({ length: 30 }, (_, i) => ({ time: new Date(Date.parse(START) + i * 60_000).toISOString(), data: { "service.name": i % 3 ? "api" : "web", duration_ms: i } }));
+    const post = await fetch(`${lockedUrl}/1/batch/locked`, { method: "POST", headers: { "x-honeycomb-team": ingestKey }, body: JSON.stringify(batch) });
+    assert.equal(post.status, 200);
+    assert.equal((await fetch(`${lockedUrl}/api/datasets`)).status, 401);
+
+    const page = await newPage();
+    const spec = { calculations: [{ op: "COUNT" }], filters: [], breakdowns: ["service.name"], orders: [], havings: [], ...RANGE };
+    await page.goto(`${lockedUrl}/?dataset=locked&q=${encodeURIComponent(JSON.stringify(spec))}`);
+    // First a wrong key (an ingest key cannot read): refused, and the prompt comes back saying so.
+    await page.waitForSelector("dialog.key-dialog[open]");
+    assert.match(await page.textContent("dialog.key-dialog"), /API key is required/);
+    await page.fill("dialog.key-dialog input", ingestKey);
+    await page.click("dialog.key-dialog button");
+    await page.waitForFunction(() => /refused/.test(document.querySelector("dialog.key-dialog[open]")?.textContent ?? ""));
+    assert.match(await page.textContent("dialog.key-dialog"), /query scope/);
+    await shot(page, "api-key-prompt");
+    await page.fill("dialog.key-dialog input", queryKey);
+    await page.click("dialog.key-dialog button");
+    await page.waitForSelector("#results-table tbody tr");
+    const rows = await tableRows(page, "#results-table");
+    assert.deepEqual(rows.map((r) => [r[1], r[2]]), [["api", "20"], ["web", "10"]]);
+    // The key is kept: a reload needs no prompt.
+    await page.reload();
+    await page.waitForSelector("#results-table tbody tr");
+    assert.equal(await page.locator("dialog.key-dialog").count(), 0);
+    assert.deepEqual(page.errors, []);
+    await page.close();
+  } finally {
+    locked.kill("SIGTERM");
+    await new Promise((r) => locked.once("exit", r));
+    rmSync(keyDir, { recursive: true, force: true });
+  }
 });

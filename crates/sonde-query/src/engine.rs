@@ -15,6 +15,7 @@
 //! offsets from the start of the range: bucket `b` holds `[start + b·g, start + (b+1)·g)`.
 
 use crate::bubbleup::{self, BubbleUpRequest};
+use crate::chunk_cache::ChunkCache;
 use crate::json;
 use crate::spec::{self, CalcOp, FilterOp, Literal, OrderKey, Plan, QuerySpec};
 use crate::table::{DatasetTable, STORE_URL, ScanStats};
@@ -31,6 +32,7 @@ use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::functions_aggregate::expr_fn::{count_distinct, max, min, sum};
 use datafusion::logical_expr::{SortExpr, when};
 use datafusion::prelude::{Expr, SQLOptions, SessionConfig, SessionContext, cast, ident, lit};
+use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sonde_model::{ColumnType, DatasetName, SAMPLE_RATE_COLUMN, TIMESTAMP_COLUMN};
@@ -79,6 +81,11 @@ pub struct EngineConfig {
     pub memory_limit: usize,
     /// Parallelism of one query.
     pub target_partitions: usize,
+    /// Most memory for Parquet footers and page indexes kept across queries (0: none, so every
+    /// query re-reads the footers of the files it opens).
+    pub metadata_cache_bytes: usize,
+    /// Most memory for column-chunk byte ranges kept across queries (0: no cache).
+    pub chunk_cache_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -87,6 +94,8 @@ impl Default for EngineConfig {
             timeout: Duration::from_secs(30),
             memory_limit: 2 << 30,
             target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            metadata_cache_bytes: 256 << 20,
+            chunk_cache_bytes: 256 << 20,
         }
     }
 }
@@ -123,6 +132,10 @@ pub struct QueryEngine {
     storage: Arc<Storage>,
     /// Shared across queries: the object store registry and the Parquet footer cache.
     shared: Arc<RuntimeEnv>,
+    /// The column-chunk cache queries read through, if enabled.
+    chunks: Option<Arc<ChunkCache>>,
+    /// The store queries read segments through: the storage's, behind the chunk cache if any.
+    store: Arc<dyn ObjectStore>,
     config: EngineConfig,
 }
 
@@ -131,13 +144,35 @@ const SR: &str = SAMPLE_RATE_COLUMN;
 impl QueryEngine {
     /// Creates an engine reading from `storage`.
     pub fn new(storage: Arc<Storage>, config: EngineConfig) -> Result<QueryEngine> {
-        let shared = RuntimeEnvBuilder::new().build_arc().map_err(internal)?;
+        let shared = RuntimeEnvBuilder::new()
+            .with_metadata_cache_limit(config.metadata_cache_bytes)
+            .build_arc()
+            .map_err(internal)?;
         let url = ObjectStoreUrl::parse(STORE_URL).map_err(internal)?;
-        shared.register_object_store(url.as_ref(), storage.object_store());
+        let chunks = (config.chunk_cache_bytes > 0)
+            .then(|| Arc::new(ChunkCache::new(storage.object_store(), config.chunk_cache_bytes)));
+        let store: Arc<dyn ObjectStore> = match &chunks {
+            Some(c) => c.clone(),
+            None => storage.object_store(),
+        };
+        shared.register_object_store(url.as_ref(), store.clone());
         Ok(QueryEngine {
             storage,
             shared,
+            chunks,
+            store,
             config,
+        })
+    }
+
+    /// The column-chunk cache's hits, misses and bytes held, when it is enabled.
+    pub fn chunk_cache_stats(&self) -> Option<(u64, u64, usize)> {
+        self.chunks.as_ref().map(|c| {
+            (
+                c.stats.hits.load(std::sync::atomic::Ordering::Relaxed),
+                c.stats.misses.load(std::sync::atomic::Ordering::Relaxed),
+                c.bytes(),
+            )
         })
     }
 
@@ -174,7 +209,7 @@ impl QueryEngine {
         let cache = self.shared.cache_manager.get_file_metadata_cache();
         let index = self.storage.index_cache();
         Ok(Arc::new(
-            DatasetTable::new(snapshot, self.storage.object_store(), cache, index).map_err(internal)?,
+            DatasetTable::new(snapshot, self.store.clone(), cache, index).map_err(internal)?,
         ))
     }
 
@@ -304,10 +339,15 @@ impl QueryEngine {
         }))
     }
 
-    /// Runs read-only SQL over every dataset (each is a table named after it).
-    pub async fn sql(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    /// Runs read-only SQL over the datasets `visible` admits (each is a table named after it;
+    /// the others do not exist for this query).
+    pub async fn sql(
+        &self,
+        sql: &str,
+        visible: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let ctx = self.session()?;
-        for info in self.storage.datasets() {
+        for info in self.storage.datasets().into_iter().filter(|i| visible(i.name.as_str())) {
             let table = self.table(&info.name)?;
             ctx.register_table(datafusion::common::TableReference::bare(info.name.as_str()), table)
                 .map_err(internal)?;
@@ -511,12 +551,12 @@ impl QueryEngine {
 
     /// Every span of a trace, across every dataset with a `trace.trace_id` column, with the
     /// parent/child tree. Segments whose bloom filter rules the id out are not read.
-    pub async fn trace(&self, trace_id: &str) -> Result<Value> {
+    pub async fn trace(&self, trace_id: &str, visible: &(dyn Fn(&str) -> bool + Sync)) -> Result<Value> {
         const TRACE_ID: &str = "trace.trace_id";
         let started = Instant::now();
         let mut spans: Vec<Value> = Vec::new();
         let mut meta = TraceMeta::default();
-        for info in self.storage.datasets() {
+        for info in self.storage.datasets().into_iter().filter(|i| visible(i.name.as_str())) {
             let table = self.table(&info.name)?;
             if table.snapshot().columns.get(TRACE_ID).map(|c| c.ty) != Some(ColumnType::String) {
                 continue;

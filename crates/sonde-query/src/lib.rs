@@ -15,6 +15,7 @@
 //! - [`bubbleup`] — selection vs baseline across every column, in one pass.
 
 pub mod bubbleup;
+pub mod chunk_cache;
 pub mod engine;
 pub mod json;
 pub mod spec;

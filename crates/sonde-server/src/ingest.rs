@@ -1,5 +1,6 @@
 //! Ingest handlers: Honeycomb's single-event and batch endpoints, and NDJSON.
 
+use crate::auth::{Caller, Scope};
 use crate::decode::{self, batch_item, decompress, ndjson_event, parse_json, split_json_array};
 use crate::{AppState, error::ApiError};
 use axum::Json;
@@ -94,11 +95,16 @@ fn refused(state: &AppState, e: ApiError) -> ApiError {
 /// `POST /1/events/{dataset}`: one event; time and sample rate from headers.
 pub(crate) async fn single_event(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(raw): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let ds = dataset(&raw).map_err(|e| refused(&state, e))?;
+    state
+        .access
+        .require(&caller, Scope::Ingest, Some(ds.as_str()))
+        .map_err(|e| refused(&state, e))?;
     let plain = body_bytes(&state, &headers, body)
         .await
         .map_err(|e| refused(&state, e))?;
@@ -130,11 +136,16 @@ pub(crate) async fn single_event(
 /// status per item.
 pub(crate) async fn batch(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(raw): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let ds = dataset(&raw).map_err(|e| refused(&state, e))?;
+    state
+        .access
+        .require(&caller, Scope::Ingest, Some(ds.as_str()))
+        .map_err(|e| refused(&state, e))?;
     let plain = body_bytes(&state, &headers, body)
         .await
         .map_err(|e| refused(&state, e))?;
@@ -177,11 +188,16 @@ fn decode_msgpack_batch(plain: &[u8], now: i64, limits: &Limits) -> Result<Decod
 /// `POST /api/ingest/{dataset}`: newline-delimited JSON objects.
 pub(crate) async fn ndjson(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(raw): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let ds = dataset(&raw).map_err(|e| refused(&state, e))?;
+    state
+        .access
+        .require(&caller, Scope::Ingest, Some(ds.as_str()))
+        .map_err(|e| refused(&state, e))?;
     let plain = body_bytes(&state, &headers, body)
         .await
         .map_err(|e| refused(&state, e))?;

@@ -21,7 +21,14 @@
 //! | `DELETE /api/datasets/{dataset}` | delete a dataset |
 //! | `GET /health`, `GET /metrics` | liveness, Prometheus metrics |
 //! | `GET /`, `GET /assets/…` | the web UI, embedded at build time |
+//!
+//! Every route but `/health` and the UI's files checks the caller's API key when keys are
+//! configured ([`auth`]): `ingest` routes need the ingest scope, reads the query scope, deletion
+//! the admin scope, each for the dataset named. Queries also take one of
+//! `max_concurrent_queries` slots; every request is bounded by `request_timeout` (slow bodies
+//! included).
 
+pub mod auth;
 pub mod decode;
 pub mod error;
 mod ingest;
@@ -31,12 +38,15 @@ mod schema;
 pub mod ui;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::routing::{get, post};
 use sonde_model::Limits;
 use sonde_storage::Storage;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 pub use error::ApiError;
 
@@ -49,13 +59,25 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Per-event limits.
     pub limits: Limits,
+    /// Longest any request may take, reading its body included (408 after it).
+    pub request_timeout: Duration,
+    /// Queries running at once; more wait up to `QUERY_SLOT_WAIT`, then get a 429.
+    pub max_concurrent_queries: usize,
+    /// Origins allowed to call the API from a browser (CORS); empty: none (same origin only).
+    pub cors_origins: Vec<String>,
 }
+
+/// How long a query waits for a free slot before it is refused.
+const QUERY_SLOT_WAIT: Duration = Duration::from_secs(2);
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             max_body_bytes: 32 * 1024 * 1024,
             limits: Limits::default(),
+            request_timeout: Duration::from_secs(60),
+            max_concurrent_queries: 16,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -84,11 +106,52 @@ pub struct AppState {
     pub config: ServerConfig,
     /// Counters.
     pub stats: HttpStats,
+    /// API keys and per-key rate limits.
+    pub access: auth::Access,
+    /// One permit per query allowed to run at once.
+    pub query_slots: tokio::sync::Semaphore,
+}
+
+impl AppState {
+    /// Checks that the caller may query `dataset` (any dataset when `None`), then waits briefly
+    /// for a query slot; the slot is held until the returned permit drops.
+    pub(crate) async fn begin_query(
+        &self,
+        caller: &auth::Caller,
+        dataset: Option<&sonde_model::DatasetName>,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        self.access
+            .require(caller, auth::Scope::Query, dataset.map(|d| d.as_str()))?;
+        match tokio::time::timeout(QUERY_SLOT_WAIT, self.query_slots.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: format!(
+                    "too many queries running (max_concurrent_queries = {})",
+                    self.config.max_concurrent_queries
+                ),
+                retry_after: Some(1),
+            }),
+        }
+    }
+}
+
+/// The caller of a request, from its API key (401 when auth is on and the key is missing or
+/// unknown).
+impl FromRequestParts<Arc<AppState>> for auth::Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        state.access.caller(&parts.headers)
+    }
 }
 
 /// Builds the router.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let timeout =
+        tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, state.config.request_timeout);
+    let cors = cors_layer(&state.config.cors_origins);
+    let app = Router::new()
         .route("/", get(ui::index))
         .route("/assets/{*path}", get(ui::file))
         .route("/health", get(health))
@@ -113,14 +176,53 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/datasets/{dataset}", axum::routing::delete(schema::delete))
         // Ingest handlers enforce `max_body_bytes` themselves, with an error that names it.
         .layer(DefaultBodyLimit::disable())
-        .with_state(state)
+        .layer(timeout)
+        .with_state(state);
+    match cors {
+        Some(c) => app.layer(c),
+        None => app,
+    }
+}
+
+/// CORS for the configured origins only; with none, no CORS headers at all, so browsers keep
+/// other sites' pages from reading the API.
+fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue, Method};
+    if origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    Some(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                axum::http::header::CONTENT_TYPE,
+                axum::http::header::AUTHORIZATION,
+                axum::http::header::CONTENT_ENCODING,
+                HeaderName::from_static("x-honeycomb-team"),
+                HeaderName::from_static("x-honeycomb-dataset"),
+            ]),
+    )
 }
 
 async fn health() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
 }
 
-async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> String {
+/// `/metrics` names every dataset, so it needs a query key that covers them all.
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    caller: auth::Caller,
+) -> Result<String, ApiError> {
+    state.access.require(&caller, auth::Scope::Query, None)?;
+    if !caller.covers_all() {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: "/metrics needs an API key that covers every dataset".into(),
+            retry_after: None,
+        });
+    }
     let s = &state.storage.stats;
     let h = &state.stats;
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
@@ -186,6 +288,30 @@ async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>
     for (name, help, v) in counters {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"));
     }
+    if let Some((hits, misses, bytes)) = state.engine.chunk_cache_stats() {
+        for (name, help, kind, v) in [
+            (
+                "sonde_chunk_cache_hits_total",
+                "Column-chunk reads answered from memory.",
+                "counter",
+                hits,
+            ),
+            (
+                "sonde_chunk_cache_misses_total",
+                "Column-chunk reads from the store.",
+                "counter",
+                misses,
+            ),
+            (
+                "sonde_chunk_cache_bytes",
+                "Bytes held by the column-chunk cache.",
+                "gauge",
+                bytes as u64,
+            ),
+        ] {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
+        }
+    }
     let stats: Vec<_> = state
         .storage
         .datasets()
@@ -220,7 +346,7 @@ async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>
             out.push_str(&format!("{name}{{dataset=\"{}\"}} {}\n", d.info.name, f(d)));
         }
     }
-    out
+    Ok(out)
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.

@@ -13,6 +13,7 @@
 //! durability contract as the events API (the answer is sent after the WAL fsync).
 
 use crate::AppState;
+use crate::auth::{Caller, Scope};
 use crate::error::ApiError;
 use crate::ingest::body_bytes;
 use axum::body::Body;
@@ -311,8 +312,12 @@ pub fn map_logs(
     out
 }
 
-/// Stores mapped events: one WAL record per dataset, answered after the fsync.
-pub(crate) async fn store(state: &AppState, mapped: &mut Mapped) -> Result<usize, sonde_storage::Error> {
+/// Stores mapped events: one WAL record per dataset, answered after the fsync. A caller whose
+/// key does not cover every dataset the events map to is refused before anything is written.
+pub(crate) async fn store(state: &AppState, caller: &Caller, mapped: &mut Mapped) -> Result<usize, ApiError> {
+    if let Some(ds) = mapped.datasets.keys().find(|ds| !caller.covers(ds.as_str())) {
+        state.access.require(caller, Scope::Ingest, Some(ds.as_str()))?;
+    }
     let mut stored = 0;
     for (ds, events) in std::mem::take(&mut mapped.datasets) {
         stored += events.len();
@@ -373,15 +378,17 @@ fn decode<M: Message + Default + for<'de> serde::Deserialize<'de>>(enc: Encoding
 /// `POST /v1/traces`.
 pub(crate) async fn http_traces(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    state.access.require(&caller, Scope::Ingest, None)?;
     let enc = encoding(&headers)?;
     let ds = dataset_header(&headers)?;
     let plain = body_bytes(&state, &headers, body).await?;
     let req: ExportTraceServiceRequest = decode(enc, &plain)?;
     let mut mapped = map_traces(&req, ds.as_ref(), &state.config.limits);
-    store(&state, &mut mapped).await?;
+    store(&state, &caller, &mut mapped).await?;
     let partial = (mapped.rejected > 0).then(|| ExportTracePartialSuccess {
         rejected_spans: mapped.rejected,
         error_message: mapped.errors.join("; "),
@@ -404,15 +411,17 @@ pub(crate) async fn http_traces(
 /// `POST /v1/logs`.
 pub(crate) async fn http_logs(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    state.access.require(&caller, Scope::Ingest, None)?;
     let enc = encoding(&headers)?;
     let ds = dataset_header(&headers)?;
     let plain = body_bytes(&state, &headers, body).await?;
     let req: ExportLogsServiceRequest = decode(enc, &plain)?;
     let mut mapped = map_logs(&req, ds.as_ref(), &state.config.limits, sonde_model::time::now_us());
-    store(&state, &mut mapped).await?;
+    store(&state, &caller, &mut mapped).await?;
     let partial = (mapped.rejected > 0).then(|| ExportLogsPartialSuccess {
         rejected_log_records: mapped.rejected,
         error_message: mapped.errors.join("; "),
@@ -452,6 +461,17 @@ impl Grpc {
         Grpc { state }
     }
 
+    /// The caller, from the same headers as over HTTP (gRPC metadata are HTTP/2 headers).
+    fn caller(&self, md: &tonic::metadata::MetadataMap) -> Result<Caller, tonic::Status> {
+        let headers = md.clone().into_headers();
+        let caller = self.state.access.caller(&headers).map_err(api_status)?;
+        self.state
+            .access
+            .require(&caller, Scope::Ingest, None)
+            .map_err(api_status)?;
+        Ok(caller)
+    }
+
     fn dataset(&self, md: &tonic::metadata::MetadataMap) -> Result<Option<DatasetName>, tonic::Status> {
         match md.get("x-honeycomb-dataset").and_then(|v| v.to_str().ok()) {
             Some(d) if !d.is_empty() => DatasetName::new(d)
@@ -462,12 +482,15 @@ impl Grpc {
     }
 }
 
-fn grpc_status(e: sonde_storage::Error) -> tonic::Status {
-    match e {
-        sonde_storage::Error::Backpressure { .. }
-        | sonde_storage::Error::ShuttingDown
-        | sonde_storage::Error::WalFailed(_) => tonic::Status::unavailable(e.to_string()),
-        other => tonic::Status::internal(other.to_string()),
+/// The gRPC status for an HTTP-edge error, by its HTTP status.
+fn api_status(e: ApiError) -> tonic::Status {
+    match e.status {
+        StatusCode::UNAUTHORIZED => tonic::Status::unauthenticated(e.message),
+        StatusCode::FORBIDDEN => tonic::Status::permission_denied(e.message),
+        StatusCode::TOO_MANY_REQUESTS => tonic::Status::resource_exhausted(e.message),
+        StatusCode::SERVICE_UNAVAILABLE => tonic::Status::unavailable(e.message),
+        s if s.is_client_error() => tonic::Status::invalid_argument(e.message),
+        _ => tonic::Status::internal(e.message),
     }
 }
 
@@ -477,9 +500,10 @@ impl trace_service_server::TraceService for Grpc {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let caller = self.caller(request.metadata())?;
         let ds = self.dataset(request.metadata())?;
         let mut mapped = map_traces(request.get_ref(), ds.as_ref(), &self.state.config.limits);
-        store(&self.state, &mut mapped).await.map_err(grpc_status)?;
+        store(&self.state, &caller, &mut mapped).await.map_err(api_status)?;
         let partial_success = (mapped.rejected > 0).then(|| ExportTracePartialSuccess {
             rejected_spans: mapped.rejected,
             error_message: mapped.errors.join("; "),
@@ -494,6 +518,7 @@ impl logs_service_server::LogsService for Grpc {
         &self,
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        let caller = self.caller(request.metadata())?;
         let ds = self.dataset(request.metadata())?;
         let mut mapped = map_logs(
             request.get_ref(),
@@ -501,7 +526,7 @@ impl logs_service_server::LogsService for Grpc {
             &self.state.config.limits,
             sonde_model::time::now_us(),
         );
-        store(&self.state, &mut mapped).await.map_err(grpc_status)?;
+        store(&self.state, &caller, &mut mapped).await.map_err(api_status)?;
         let partial_success = (mapped.rejected > 0).then(|| ExportLogsPartialSuccess {
             rejected_log_records: mapped.rejected,
             error_message: mapped.errors.join("; "),

@@ -1,6 +1,7 @@
 //! Query handlers: Honeycomb query specs, raw events, SQL, and Honeycomb's query-data flow
 //! (`/1/queries` → `/1/query_results`).
 
+use crate::auth::{Caller, Scope};
 use crate::{AppState, error::ApiError};
 use axum::Json;
 use axum::body::Body;
@@ -42,10 +43,12 @@ fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> Result<T
 /// `POST /api/query/{dataset}`: a Honeycomb query specification.
 pub(crate) async fn query(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(raw): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let ds = DatasetName::new(&raw)?;
+    let _slot = state.begin_query(&caller, Some(&ds)).await?;
     let spec: QuerySpec = parse_body(&body, "query specification")?;
     let r = state.engine.query(&ds, &spec).await?;
     Ok(Json(json!({ "data": r.data, "meta": r.meta })))
@@ -54,10 +57,12 @@ pub(crate) async fn query(
 /// `POST /api/events/{dataset}`: raw events, newest first.
 pub(crate) async fn events(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(raw): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let ds = DatasetName::new(&raw)?;
+    let _slot = state.begin_query(&caller, Some(&ds)).await?;
     let req: EventsRequest = if body.is_empty() {
         EventsRequest::default()
     } else {
@@ -74,10 +79,16 @@ struct SqlRequest {
 }
 
 /// `POST /api/sql`: `{"sql": "…", "format": "json" | "csv" | "arrow"}`, read-only.
-pub(crate) async fn sql(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+pub(crate) async fn sql(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let _slot = state.begin_query(&caller, None).await?;
     let req: SqlRequest = parse_body(&body, "SQL request")?;
     let started = std::time::Instant::now();
-    let (schema, batches) = state.engine.sql(&req.sql).await?;
+    // A key limited to some datasets sees only their tables: the others do not exist for it.
+    let (schema, batches) = state.engine.sql(&req.sql, &|ds| caller.covers(ds)).await?;
     match req.format.as_deref().unwrap_or("json") {
         "json" => {
             let columns: Vec<Value> = schema
@@ -136,7 +147,7 @@ pub struct SavedQueries {
 #[derive(Debug, Default)]
 struct Saved {
     specs: HashMap<String, (DatasetName, QuerySpec)>,
-    results: HashMap<String, Value>,
+    results: HashMap<String, (DatasetName, Value)>,
     order: VecDeque<String>,
 }
 
@@ -164,10 +175,12 @@ impl SavedQueries {
 /// `POST /1/queries/{dataset}`: saves a query spec, answers its id.
 pub(crate) async fn create_query(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(raw): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let ds = DatasetName::new(&raw)?;
+    let _slot = state.begin_query(&caller, Some(&ds)).await?;
     let spec: QuerySpec = parse_body(&body, "query specification")?;
     // Validate now, so a bad spec fails here rather than when its results are asked for.
     let mut out = serde_json::to_value(&spec).unwrap_or_default();
@@ -188,10 +201,12 @@ struct ResultRequest {
 /// `POST /1/query_results/{dataset}`: runs a saved query; the result is complete at once.
 pub(crate) async fn create_result(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(raw): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let ds = DatasetName::new(&raw)?;
+    let _slot = state.begin_query(&caller, Some(&ds)).await?;
     let req: ResultRequest = parse_body(&body, "query result request")?;
     let saved = state.saved.inner.lock().unwrap().specs.get(&req.query_id).cloned();
     let (qds, spec) = saved.ok_or_else(|| ApiError::not_found(format!("query {:?} does not exist", req.query_id)))?;
@@ -212,7 +227,7 @@ pub(crate) async fn create_result(
         "links": {"query_url": format!("/?dataset={ds}&query={}", req.query_id)},
     });
     state.saved.remember(&id, |s| {
-        s.results.insert(id.clone(), answer.clone());
+        s.results.insert(id.clone(), (ds.clone(), answer.clone()));
     });
     Ok((StatusCode::CREATED, Json(answer)))
 }
@@ -220,20 +235,27 @@ pub(crate) async fn create_result(
 /// `GET /1/query_results/{dataset}/{id}`.
 pub(crate) async fn get_result(
     State(state): State<Arc<AppState>>,
-    Path((_raw, id)): Path<(String, String)>,
+    caller: Caller,
+    Path((raw, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
+    let ds = DatasetName::new(&raw)?;
+    state.access.require(&caller, Scope::Query, Some(ds.as_str()))?;
     let r = state.saved.inner.lock().unwrap().results.get(&id).cloned();
-    r.map(Json)
+    // A result is found only under the dataset it was made for.
+    r.filter(|(rds, _)| *rds == ds)
+        .map(|(_, v)| Json(v))
         .ok_or_else(|| ApiError::not_found(format!("query result {id:?} does not exist")))
 }
 
 /// `POST /api/bubbleup/{dataset}`: selection vs baseline across every column.
 pub(crate) async fn bubbleup(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(raw): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let ds = DatasetName::new(&raw)?;
+    let _slot = state.begin_query(&caller, Some(&ds)).await?;
     let req: BubbleUpRequest = parse_body(&body, "BubbleUp request")?;
     Ok(Json(state.engine.bubbleup(&ds, &req).await?))
 }
@@ -241,16 +263,19 @@ pub(crate) async fn bubbleup(
 /// `GET /api/traces/{dataset}/{trace_id}`: every span of the trace, in every dataset.
 pub(crate) async fn trace(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path((raw, trace_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let ds = DatasetName::new(&raw)?;
+    let _slot = state.begin_query(&caller, Some(&ds)).await?;
     if state.storage.dataset_info(&ds).is_none() {
         return Err(ApiError::not_found(format!("dataset {ds:?} does not exist")));
     }
     if trace_id.is_empty() || trace_id.len() > 256 {
         return Err(ApiError::bad_request("trace id must be 1 to 256 characters"));
     }
-    let v = state.engine.trace(&trace_id).await?;
+    // Spans are searched in every dataset the caller may read.
+    let v = state.engine.trace(&trace_id, &|d| caller.covers(d)).await?;
     if v["spans"].as_array().is_none_or(|s| s.is_empty()) {
         return Err(ApiError::not_found(format!(
             "no spans with trace.trace_id = {trace_id:?}"

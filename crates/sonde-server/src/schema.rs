@@ -1,5 +1,6 @@
 //! Schema API: datasets and their columns, from the catalog and the write buffers.
 
+use crate::auth::{Caller, Scope};
 use crate::{AppState, error::ApiError};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -8,11 +9,13 @@ use sonde_model::{DatasetName, SAMPLE_RATE_COLUMN, TIMESTAMP_COLUMN, time::forma
 use std::sync::Arc;
 
 /// `GET /api/datasets`.
-pub(crate) async fn datasets(State(state): State<Arc<AppState>>) -> Json<Value> {
+pub(crate) async fn datasets(State(state): State<Arc<AppState>>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    state.access.require(&caller, Scope::Query, None)?;
     let list: Vec<Value> = state
         .storage
         .datasets()
         .into_iter()
+        .filter(|d| caller.covers(d.name.as_str()))
         .map(|d| {
             json!({
                 "name": d.name.as_str(),
@@ -26,15 +29,17 @@ pub(crate) async fn datasets(State(state): State<Arc<AppState>>) -> Json<Value> 
             })
         })
         .collect();
-    Json(json!({ "datasets": list }))
+    Ok(Json(json!({ "datasets": list })))
 }
 
 /// `GET /api/datasets/{dataset}/columns`: name, type, first and last seen (event time).
 pub(crate) async fn columns(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let ds = DatasetName::new(&raw)?;
+    state.access.require(&caller, Scope::Query, Some(ds.as_str()))?;
     let snap = state
         .storage
         .snapshot(&ds)
@@ -55,9 +60,11 @@ pub(crate) async fn columns(
 /// `GET /api/datasets/{dataset}/stats`: segments, rows, bytes, compression, time span, pending compaction.
 pub(crate) async fn stats(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let ds = DatasetName::new(&raw)?;
+    state.access.require(&caller, Scope::Query, Some(ds.as_str()))?;
     let s = state
         .storage
         .dataset_stats(&ds)
@@ -83,9 +90,11 @@ pub(crate) async fn stats(
 /// `DELETE /api/datasets/{dataset}`: drops the dataset's segments and buffered events.
 pub(crate) async fn delete(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let ds = DatasetName::new(&raw)?;
+    state.access.require(&caller, Scope::Admin, Some(ds.as_str()))?;
     if state.storage.delete_dataset(&ds).await? {
         Ok(Json(json!({"deleted": ds.as_str()})))
     } else {

@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server: Honeycomb events API, NDJSON ingest, schema, health and metrics.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Generate deterministic wide events (with an incident) as NDJSON, or post them.
     Gen(GenArgs),
     /// Send an NDJSON file (one event per line; `-` for stdin) to a running server.
@@ -38,6 +38,25 @@ enum Command {
     Query(QueryArgs),
     /// Run read-only SQL against a running server.
     Sql(SqlArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Make a new API key: prints the key (shown only this once) and the line to add to the
+    /// keys file, which holds only the key's SHA-256.
+    New {
+        /// A name for the key, used in errors and rate limits (never the key itself).
+        name: String,
+        /// Comma-separated scopes: ingest, query, admin.
+        #[arg(long, default_value = "ingest")]
+        scopes: String,
+        /// Comma-separated datasets the key reaches, or `*` for all.
+        #[arg(long, default_value = "*")]
+        datasets: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -163,9 +182,40 @@ struct ServeArgs {
     /// Most memory one query may use, in bytes; past it the query fails with an error.
     #[arg(long, env = "SONDE_QUERY_MEMORY_LIMIT", default_value_t = 2 << 30)]
     query_memory_limit: usize,
+    /// Memory for Parquet footers and page indexes kept across queries, in bytes (0: re-read
+    /// them on every query).
+    #[arg(long, env = "SONDE_METADATA_CACHE_BYTES", default_value_t = 256 << 20)]
+    metadata_cache_bytes: usize,
+    /// Memory for column chunks kept across queries, in bytes (0: no cache). Most useful with
+    /// `--storage s3://…`, where every chunk read is a request.
+    #[arg(long, env = "SONDE_CHUNK_CACHE_BYTES", default_value_t = 256 << 20)]
+    chunk_cache_bytes: usize,
     /// Log format.
     #[arg(long, env = "SONDE_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// API keys file (`sonde keys new` prints its lines). With keys, every request must carry
+    /// one; `SONDE_KEYS` may hold the same lines, separated by newlines or `;`.
+    #[arg(long, env = "SONDE_KEYS_FILE")]
+    keys_file: Option<PathBuf>,
+    /// Serve without API keys on a non-loopback address. Anyone who can reach the port can then
+    /// read and write every dataset.
+    #[arg(long, env = "SONDE_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
+    /// Ingest requests per second allowed per API key (0: unlimited).
+    #[arg(long, env = "SONDE_INGEST_RATE_LIMIT", default_value_t = 0.0)]
+    ingest_rate_limit: f64,
+    /// Query requests per second allowed per API key (0: unlimited).
+    #[arg(long, env = "SONDE_QUERY_RATE_LIMIT", default_value_t = 0.0)]
+    query_rate_limit: f64,
+    /// Longest any request may take, reading its body included; slower ones get a 408.
+    #[arg(long, env = "SONDE_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// Queries running at once; others wait up to 2 s for a slot, then get a 429.
+    #[arg(long, env = "SONDE_MAX_CONCURRENT_QUERIES", default_value_t = 16)]
+    max_concurrent_queries: usize,
+    /// Origins allowed to call the API from a browser (CORS), comma-separated; none by default.
+    #[arg(long, env = "SONDE_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origin: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -242,12 +292,41 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        Command::Serve(a) => rt.block_on(serve(a)),
+        Command::Serve(a) => rt.block_on(serve(*a)),
         Command::Gen(a) => rt.block_on(gen_events(a)),
         Command::Ingest(a) => rt.block_on(ingest_file(a)),
         Command::Query(a) => rt.block_on(run_query(a)),
         Command::Sql(a) => rt.block_on(run_sql(a)),
+        Command::Keys(KeysCommand::New { name, scopes, datasets }) => {
+            let (key, line) = sonde_server::auth::new_key(&name, &scopes, &datasets).map_err(anyhow::Error::msg)?;
+            eprintln!("API key {name:?} (shown only now; the server keeps only its hash):");
+            println!("{key}");
+            eprintln!("Add this line to the keys file (--keys-file) or SONDE_KEYS:");
+            println!("{line}");
+            Ok(())
+        }
     }
+}
+
+/// The configured API keys, from `--keys-file` and `SONDE_KEYS`.
+fn load_keys(a: &ServeArgs) -> Result<sonde_server::auth::KeyStore> {
+    let mut text = String::new();
+    if let Some(path) = &a.keys_file {
+        text = std::fs::read_to_string(path).with_context(|| format!("reading keys file {}", path.display()))?;
+        text.push('\n');
+    }
+    if let Ok(env) = std::env::var("SONDE_KEYS") {
+        text.push_str(&env);
+    }
+    sonde_server::auth::KeyStore::parse(&text).map_err(|e| anyhow::anyhow!("API keys: {e}"))
+}
+
+/// Whether every address `addr` names is a loopback address.
+fn is_loopback(addr: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .map(|mut it| it.all(|a| a.ip().is_loopback()))
+        .unwrap_or(false)
 }
 
 fn init_logging(format: LogFormat) {
@@ -264,6 +343,29 @@ fn init_logging(format: LogFormat) {
 
 async fn serve(a: ServeArgs) -> Result<()> {
     init_logging(a.log_format);
+    let keys = load_keys(&a)?;
+    let grpc_on = !(a.grpc_listen.eq_ignore_ascii_case("off") || a.grpc_listen.is_empty());
+    let exposed: Vec<&str> = [Some(a.listen.as_str()), grpc_on.then_some(a.grpc_listen.as_str())]
+        .into_iter()
+        .flatten()
+        .filter(|addr| !is_loopback(addr))
+        .collect();
+    if keys.is_empty() && !exposed.is_empty() {
+        if !a.insecure_no_auth {
+            anyhow::bail!(
+                "refusing to listen on {} without API keys: anyone who reaches it could read and write \
+                 every dataset. Configure keys (`sonde keys new`, then --keys-file or SONDE_KEYS), listen \
+                 on a loopback address, or pass --insecure-no-auth to accept the risk",
+                exposed.join(" and ")
+            );
+        }
+        tracing::warn!(addresses = ?exposed, "auth is OFF on a non-loopback address (--insecure-no-auth)");
+    }
+    if keys.is_empty() {
+        tracing::info!("auth off: no API keys configured");
+    } else {
+        tracing::info!(keys = keys.len(), "auth on: requests need an API key");
+    }
     let mut storage_config = StorageConfig::new(&a.data_dir);
     storage_config.durability = match a.durability {
         DurabilityArg::Fsync => Durability::Fsync,
@@ -293,12 +395,17 @@ async fn serve(a: ServeArgs) -> Result<()> {
             max_depth: a.max_depth,
             flatten_depth: a.flatten_depth,
         },
+        request_timeout: a.request_timeout,
+        max_concurrent_queries: a.max_concurrent_queries.max(1),
+        cors_origins: a.cors_origin.clone(),
     };
     let engine = sonde_query::QueryEngine::new(
         storage.clone(),
         sonde_query::EngineConfig {
             timeout: a.query_timeout,
             memory_limit: a.query_memory_limit,
+            metadata_cache_bytes: a.metadata_cache_bytes,
+            chunk_cache_bytes: a.chunk_cache_bytes,
             ..Default::default()
         },
     )?;
@@ -308,6 +415,14 @@ async fn serve(a: ServeArgs) -> Result<()> {
         saved: Default::default(),
         config,
         stats: HttpStats::default(),
+        access: sonde_server::auth::Access::new(
+            keys,
+            sonde_server::auth::RateLimits {
+                ingest_per_s: a.ingest_rate_limit,
+                query_per_s: a.query_rate_limit,
+            },
+        ),
+        query_slots: tokio::sync::Semaphore::new(a.max_concurrent_queries.max(1)),
     });
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await

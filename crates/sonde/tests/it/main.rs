@@ -5,6 +5,7 @@
 
 mod harness;
 
+mod auth;
 mod bad_input;
 mod bubbleup_traces;
 mod crash;
