@@ -5,7 +5,7 @@ CLIENTS_VENV ?= $(HOME)/.cache/sonde-clients-venv
 SONDE_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: run dev test fmt lint unit ui clients clients-venv web build release bench bench-full
+.PHONY: run dev test fmt lint unit ui clients clients-venv web build release bench bench-full load fuzz
 
 ## Build the UI and the release binary (which embeds the UI), then serve on 127.0.0.1:4318 with ./sonde-data.
 run: release
@@ -51,6 +51,24 @@ clients: clients-venv
 clients-venv:
 	test -x $(CLIENTS_VENV)/bin/python || python3 -m venv $(CLIENTS_VENV)
 	$(CLIENTS_VENV)/bin/pip install -q --disable-pip-version-check -r tests/clients/requirements.txt
+
+## Fuzzing (fuzz/, nightly + cargo-fuzz, its own target dir): each target for FUZZ_SECONDS, from the
+## seeds in testdata/fuzz/<target>/ (new finds go to a scratch corpus, not into the repository).
+FUZZ_SECONDS ?= 15
+FUZZ_TARGETS = events_json events_msgpack ndjson otlp flatten query_spec
+fuzz:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd fuzz && CARGO_TARGET_DIR=$(HOME)/.cache/sonde-fuzz-target cargo +nightly fuzz build
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(HOME)/.cache/sonde-fuzz-corpus/$$t && \
+	  (cd fuzz && CARGO_TARGET_DIR=$(HOME)/.cache/sonde-fuzz-target cargo +nightly fuzz run $$t \
+	    $(HOME)/.cache/sonde-fuzz-corpus/$$t ../testdata/fuzz/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -print_final_stats=1) || exit 1; \
+	done
+
+## The load test against the release binary, for 30 s; prints its report (README, Reliability).
+load: release
+	SONDE_TEST_BIN=$(CARGO_TARGET_DIR)/release/sonde SONDE_LOAD_SECONDS=30 cargo test -p sonde --test it load -- --nocapture
 
 ## Benchmarks against DuckDB (benches/README.md): ingest, freshness, storage, query suite, on 1M
 ## generated events; results in benches/results/quick.json. Its own virtualenv (DuckDB from PyPI).

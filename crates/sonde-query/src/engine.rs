@@ -256,7 +256,7 @@ impl QueryEngine {
         let stats = table.stats();
         let base = ctx
             .read_table(table.clone())
-            .and_then(|df| df.filter(where_clause(&plan)))
+            .and_then(|df| df.filter(where_clause(&plan, &table)))
             .map_err(|e| self.df_error(e))?;
         let run = Run {
             plan: &plan,
@@ -305,7 +305,7 @@ impl QueryEngine {
         let stats = table.stats();
         let mut df = ctx
             .read_table(table.clone())
-            .and_then(|df| df.filter(where_clause(&plan)))
+            .and_then(|df| df.filter(where_clause(&plan, &table)))
             .and_then(|df| df.sort(vec![ident(TIMESTAMP_COLUMN).sort(false, false)]))
             .and_then(|df| df.limit(req.offset.unwrap_or(0) as usize, Some(plan.limit)))
             .map_err(|e| self.df_error(e))?;
@@ -461,7 +461,7 @@ impl QueryEngine {
         let ctx = self.session()?;
         let base = ctx
             .read_table(table.clone())
-            .and_then(|df| df.filter(where_clause(&plan)))
+            .and_then(|df| df.filter(where_clause(&plan, &table)))
             .map_err(|e| self.df_error(e))?;
 
         // Pass 1: the range of every numeric column over the population, in one query.
@@ -726,19 +726,29 @@ fn lit_of(l: &Literal) -> Expr {
 }
 
 /// The WHERE clause: the time range and the filters.
-fn where_clause(plan: &Plan) -> Expr {
-    let time = ident(TIMESTAMP_COLUMN)
-        .gt_eq(ts_lit(plan.start_us))
-        .and(ident(TIMESTAMP_COLUMN).lt(ts_lit(plan.end_us)));
+/// The spec's filters and time range as one predicate. When every event of the table lies
+/// inside the time range, the range is left out: it would hold for every row, yet the scan would
+/// still decode and compare the timestamp column of every row to find that out.
+fn where_clause(plan: &Plan, table: &DatasetTable) -> Expr {
+    let covered = table
+        .data_time_bounds()
+        .is_none_or(|(lo, hi)| lo >= plan.start_us && hi < plan.end_us);
+    let time = (!covered).then(|| {
+        ident(TIMESTAMP_COLUMN)
+            .gt_eq(ts_lit(plan.start_us))
+            .and(ident(TIMESTAMP_COLUMN).lt(ts_lit(plan.end_us)))
+    });
     let filters: Vec<Expr> = plan.filters.iter().map(filter_expr).collect();
     let combined = if plan.any {
         filters.into_iter().reduce(Expr::or)
     } else {
         filters.into_iter().reduce(Expr::and)
     };
-    match combined {
-        Some(f) => time.and(f),
-        None => time,
+    match (time, combined) {
+        (Some(t), Some(f)) => t.and(f),
+        (Some(t), None) => t,
+        (None, Some(f)) => f,
+        (None, None) => lit(true),
     }
 }
 

@@ -97,6 +97,20 @@ impl DatasetTable {
     pub fn snapshot(&self) -> &DatasetSnapshot {
         &self.snapshot
     }
+
+    /// Earliest and latest event time (µs, inclusive) of every event the table holds, from the
+    /// catalog for segments and from the buffered batches themselves; `None` when empty.
+    pub fn data_time_bounds(&self) -> Option<(i64, i64)> {
+        use arrow::array::AsArray;
+        use arrow::datatypes::TimestampMicrosecondType;
+        let segments = self.snapshot.segments.iter().map(|s| (s.min_ts_us, s.max_ts_us));
+        let buffered = self.buffered.iter().filter_map(|b| {
+            let ts = b.column_by_name(TIMESTAMP_COLUMN)?;
+            let ts = ts.as_primitive_opt::<TimestampMicrosecondType>()?;
+            Some((arrow::compute::min(ts)?, arrow::compute::max(ts)?))
+        });
+        segments.chain(buffered).reduce(|(a, b), (c, d)| (a.min(c), b.max(d)))
+    }
 }
 
 /// The table schema of a dataset: `timestamp`, `samplerate`, then every column at its widest

@@ -67,6 +67,11 @@ impl From<sonde_storage::Error> for ApiError {
                 message: e.to_string(),
                 retry_after: Some(1),
             },
+            E::DiskFull(_) => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: e.to_string(),
+                retry_after: Some(5),
+            },
             E::WalFailed(_) | E::ShuttingDown => ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 message: e.to_string(),

@@ -226,7 +226,7 @@ async fn metrics(
     let s = &state.storage.stats;
     let h = &state.stats;
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let counters: [(&str, &str, u64); 12] = [
+    let counters: [(&str, &str, u64); 14] = [
         (
             "sonde_events_ingested_total",
             "Events acknowledged.",
@@ -277,6 +277,16 @@ async fn metrics(
             "sonde_segments_expired_total",
             "Segments dropped by retention.",
             load(&s.segments_expired),
+        ),
+        (
+            "sonde_wal_corrupt_bytes_total",
+            "Bytes of damaged WAL records skipped at start (files copied to quarantine/wal).",
+            load(&s.wal_corrupt_bytes),
+        ),
+        (
+            "sonde_segments_quarantined_total",
+            "Damaged segments moved to quarantine/ at start.",
+            state.storage.quarantined().len() as u64,
         ),
         (
             "sonde_segment_files_deleted_total",

@@ -82,6 +82,8 @@ pub(crate) async fn stats(
         "bytes_per_event": if i.segment_rows > 0 { i.segment_bytes as f64 / i.segment_rows as f64 } else { 0.0 },
         "largest_segment_rows": s.largest_segment_rows,
         "segments_pending_compaction": s.segments_pending_compaction,
+        // Damaged segments found at start, moved to quarantine/ (their events are not queried).
+        "quarantined": state.storage.quarantined().into_iter().filter(|q| q.dataset == ds.as_str()).collect::<Vec<_>>(),
         "first_event": i.time_bounds.map(|b| format_us(b.0)),
         "last_event": i.time_bounds.map(|b| format_us(b.1)),
     })))

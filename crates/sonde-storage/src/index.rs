@@ -40,12 +40,15 @@ pub fn build(batch: &RecordBatch, column: &str) -> Result<Option<RoaringBitmap>>
     };
     let strings = cast(col, &DataType::Utf8)?;
     let strings = strings.as_string::<i32>();
-    let mut bm = RoaringBitmap::new();
-    for i in 0..strings.len() {
-        if strings.is_valid(i) {
-            bm.insert(hash_value(strings.value(i)));
-        }
-    }
+    // Hashes are random, so inserting them one by one would insert containers into the middle
+    // of the bitmap's vector again and again; sorted, they append.
+    let mut hashes: Vec<u32> = (0..strings.len())
+        .filter(|&i| strings.is_valid(i))
+        .map(|i| hash_value(strings.value(i)))
+        .collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    let bm = RoaringBitmap::from_sorted_iter(hashes).map_err(|e| crate::Error::Invalid(e.to_string()))?;
     Ok(Some(bm))
 }
 

@@ -22,6 +22,7 @@ pub mod buffer;
 pub mod catalog;
 pub mod compaction;
 pub mod index;
+pub mod quarantine;
 pub mod segment;
 pub mod wal;
 
@@ -86,6 +87,9 @@ pub enum Error {
     /// The WAL could not be written, so nothing can be acknowledged.
     #[error("WAL write failed: {0}")]
     WalFailed(String),
+    /// The data directory's disk is (nearly) full: ingest is refused until there is room again.
+    #[error("disk full: {0}; retry once space is freed")]
+    DiskFull(String),
     /// Storage is shutting down.
     #[error("storage is shutting down")]
     ShuttingDown,
@@ -124,6 +128,9 @@ pub struct StorageConfig {
     pub wal_rotate_bytes: u64,
     /// Above this many buffered bytes (all datasets), ingest is refused with a retryable error.
     pub max_buffer_bytes: usize,
+    /// Below this much free space on the data directory's disk, ingest is refused with a
+    /// retryable error (0: no check; the WAL still survives a full disk, see `wal::append`).
+    pub min_free_disk_bytes: u64,
     /// How segments are written.
     pub segment: SegmentOptions,
     /// Compaction merges small segments into ones of about this many rows (0 disables it).
@@ -153,6 +160,7 @@ impl StorageConfig {
             flush_age: Duration::from_secs(60),
             wal_rotate_bytes: 64 * 1024 * 1024,
             max_buffer_bytes: 1024 * 1024 * 1024,
+            min_free_disk_bytes: 256 * 1024 * 1024,
             segment: SegmentOptions::default(),
             compaction_target_rows: 1_000_000,
             maintenance_interval: Duration::from_secs(30),
@@ -257,6 +265,8 @@ pub struct StorageStats {
     pub segment_files_deleted: AtomicU64,
     /// Bytes cut from a torn WAL tail at the last start.
     pub wal_torn_bytes: AtomicU64,
+    /// Bytes of damaged WAL records skipped at the last start (their files copied to quarantine).
+    pub wal_corrupt_bytes: AtomicU64,
 }
 
 struct Commit {
@@ -289,6 +299,8 @@ pub struct Storage {
     local: bool,
     /// Counters.
     pub stats: StorageStats,
+    /// Segments found damaged at start and moved aside.
+    quarantined: Mutex<Vec<quarantine::Quarantined>>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -313,12 +325,20 @@ impl Storage {
             None => (Arc::new(LocalFileSystem::new_with_prefix(&data_dir)?), true),
             Some(url) => (remote_store(url)?, false),
         };
-        let catalog = if local {
+        let mut catalog = if local {
             Catalog::load(&data_dir)?
         } else {
             Catalog::load_from(&store).await?
         };
         remove_orphans(&store, &catalog).await?;
+        let quarantined = quarantine::verify_segments(&store, &mut catalog).await?;
+        if !quarantined.is_empty() {
+            if local {
+                catalog.store(&data_dir)?;
+            } else {
+                catalog.store_to(&store).await?;
+            }
+        }
 
         let mut datasets = BTreeMap::new();
         for (name, entry) in &catalog.datasets {
@@ -359,6 +379,7 @@ impl Storage {
             )),
             local,
             stats: StorageStats::default(),
+            quarantined: Mutex::new(quarantined),
             config,
         });
 
@@ -370,6 +391,10 @@ impl Storage {
         }
         storage.stats.events_replayed.store(replayed, Ordering::Relaxed);
         storage.stats.wal_torn_bytes.store(replay.torn_bytes, Ordering::Relaxed);
+        storage
+            .stats
+            .wal_corrupt_bytes
+            .store(replay.corrupt_bytes, Ordering::Relaxed);
         tracing::info!(
             data_dir = %storage.config.data_dir.display(),
             datasets = storage.datasets.read().unwrap().len(),
@@ -393,6 +418,11 @@ impl Storage {
         Ok(storage)
     }
 
+    /// Segments found damaged at start, moved to `quarantine/` and out of the catalog.
+    pub fn quarantined(&self) -> Vec<quarantine::Quarantined> {
+        self.quarantined.lock().unwrap().clone()
+    }
+
     /// The configuration in force (with the data directory made absolute).
     pub fn config(&self) -> &StorageConfig {
         &self.config
@@ -408,8 +438,19 @@ impl Storage {
         self.store.clone()
     }
 
-    /// Refuses new work while the write buffers are over their bound.
+    /// Refuses new work while the write buffers are over their bound, or while the data
+    /// directory's disk has less than `min_free_disk_bytes` free.
     pub fn check_capacity(&self) -> Result<()> {
+        if self.config.min_free_disk_bytes > 0
+            && let Some(free) = free_disk_bytes(&self.config.data_dir)
+            && free < self.config.min_free_disk_bytes
+        {
+            return Err(Error::DiskFull(format!(
+                "{free} bytes free in {}, below min_free_disk_bytes = {}",
+                self.config.data_dir.display(),
+                self.config.min_free_disk_bytes
+            )));
+        }
         let held = self.buffered_bytes.load(Ordering::Relaxed);
         if held > self.config.max_buffer_bytes {
             self.flush_wanted.notify_one();
@@ -473,6 +514,16 @@ impl Storage {
                 wal::frame_record(&mut framed, next_lsn + i as u64, &c.payload);
             }
             if let Err(e) = file.append(&framed, sync) {
+                if let Error::DiskFull(_) = e {
+                    // The append was cut back off the file: nothing of this group is
+                    // acknowledged, and the WAL goes on once there is room.
+                    tracing::warn!(error = %e, "wal append refused: disk full");
+                    let why = e.to_string();
+                    for c in group {
+                        let _ = c.done.send(Err(Error::DiskFull(why.clone())));
+                    }
+                    continue;
+                }
                 // Nothing of this group is acknowledged. The file may now end in a partial
                 // group, which replay would cut as a torn tail together with every later
                 // record, so stop writing: further ingest fails until restart.
@@ -493,9 +544,14 @@ impl Storage {
                 self.applied_lsn.store(lsn, Ordering::Release);
                 let _ = c.done.send(Ok(lsn));
             }
-            if let Err(e) = file.maybe_rotate(next_lsn) {
-                tracing::error!(error = %e, "wal rotation failed; refusing further writes");
-                broken = Some(e.to_string());
+            match file.maybe_rotate(next_lsn) {
+                Ok(()) => {}
+                // The current file stays valid and takes the next records; rotation is retried.
+                Err(e @ Error::DiskFull(_)) => tracing::warn!(error = %e, "wal rotation postponed"),
+                Err(e) => {
+                    tracing::error!(error = %e, "wal rotation failed; refusing further writes");
+                    broken = Some(e.to_string());
+                }
             }
         }
     }
@@ -643,8 +699,9 @@ impl Storage {
         let Some(state) = self.dataset_state(dataset) else {
             return Ok(());
         };
-        let pending: Vec<Arc<Frozen>> = {
+        let (pending, retired) = {
             let mut st = state.lock().unwrap();
+            let mut retired = None;
             if st.active.rows() > 0 {
                 let mut active = std::mem::take(&mut st.active);
                 let batch = segment::sort_by_time(&active.to_record_batch())?;
@@ -654,9 +711,15 @@ impl Storage {
                     max_lsn: active.max_lsn(),
                     bytes: active.approx_bytes(),
                 }));
+                retired = Some(active);
             }
-            st.frozen.clone()
+            (st.frozen.clone(), retired)
         };
+        // Freeing a buffer of a million values takes a good fraction of a second: not under the
+        // dataset's lock, which the WAL thread needs to apply (and acknowledge) new records.
+        if let Some(old) = retired {
+            tokio::task::spawn_blocking(move || drop(old));
+        }
         for frozen in pending {
             self.write_segment(dataset, &state, &frozen).await?;
         }
@@ -1041,6 +1104,16 @@ fn merge_columns(columns: &mut BTreeMap<String, ColumnEntry>, schema: &SchemaRef
 /// Widest type of a column across a snapshot's segments and buffers.
 pub fn column_type(snapshot: &DatasetSnapshot, name: &str) -> Option<ColumnType> {
     snapshot.columns.get(name).map(|c| c.ty)
+}
+
+/// Free bytes (for unprivileged users) on the filesystem holding `dir`, if it can be read.
+fn free_disk_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid NUL-terminated string and `st` a writable statvfs.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// Deletes segment files the catalog does not name: left by a crash between writing a segment

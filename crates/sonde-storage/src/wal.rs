@@ -204,9 +204,17 @@ pub struct Replay {
     pub torn_bytes: u64,
     /// The highest LSN seen (0 when the WAL is empty).
     pub last_lsn: Lsn,
+    /// Bytes of damaged records skipped (their files were copied to `quarantine/wal/`).
+    pub corrupt_bytes: u64,
 }
 
 /// Reads every WAL file, cutting a torn tail off the newest one (and fsyncing the cut).
+///
+/// Damage anywhere else — a record whose checksum fails with intact records after it, or the
+/// end of an older file — is not a torn write: those records were acknowledged. The file is
+/// copied to `quarantine/wal/` (beside the WAL directory) for inspection, the damaged bytes are
+/// reported, and reading resumes at the next intact record, so one bad sector costs the records
+/// it hit and nothing after them.
 pub fn replay(dir: &Path) -> Result<Replay> {
     let files = list_files(dir)?;
     let mut out = Replay::default();
@@ -227,27 +235,52 @@ pub fn replay(dir: &Path) -> Result<Replay> {
                     out.records.push(rec);
                     pos += len;
                 }
-                None if is_newest => {
-                    let torn = (bytes.len() - pos) as u64;
-                    tracing::warn!(path = %path.display(), offset = pos, torn_bytes = torn, "cutting torn wal tail");
-                    let f = OpenOptions::new().write(true).open(path)?;
-                    f.set_len(pos as u64)?;
-                    f.sync_all()?;
-                    out.torn_bytes += torn;
-                    break;
-                }
                 None => {
-                    return Err(Error::WalCorrupt {
-                        path: path.clone(),
-                        offset: pos as u64,
-                        reason: "bad length or checksum in a WAL file that is not the newest".into(),
-                    });
+                    // The next position where an intact record (past what was read) starts.
+                    let resume = (pos + 1..bytes.len())
+                        .find(|&p| read_record(&bytes[p..]).is_some_and(|(lsn, _, _)| lsn > out.last_lsn));
+                    if resume.is_none() && is_newest {
+                        cut_torn_tail(path, &bytes, pos, &mut out)?;
+                        break;
+                    }
+                    let end = resume.unwrap_or(bytes.len());
+                    let moved_to = quarantine_copy(dir, path)?;
+                    tracing::error!(
+                        path = %path.display(), offset = pos, damaged_bytes = end - pos, moved_to = %moved_to.display(),
+                        "damaged WAL records skipped; the file was copied to quarantine"
+                    );
+                    out.corrupt_bytes += (end - pos) as u64;
+                    pos = end;
                 }
             }
         }
     }
     out.records.sort_by_key(|r| r.lsn);
     Ok(out)
+}
+
+/// Copies a damaged WAL file to `quarantine/wal/` beside the WAL directory (once per file name).
+fn quarantine_copy(dir: &Path, path: &Path) -> Result<PathBuf> {
+    let qdir = dir
+        .parent()
+        .unwrap_or(dir)
+        .join(crate::quarantine::QUARANTINE_DIR)
+        .join("wal");
+    std::fs::create_dir_all(&qdir)?;
+    let to = qdir.join(path.file_name().unwrap_or_default());
+    std::fs::copy(path, &to)?;
+    Ok(to)
+}
+
+/// Cuts the newest file's torn tail at `pos` (a write that never completed, so never acked).
+fn cut_torn_tail(path: &Path, bytes: &[u8], pos: usize, out: &mut Replay) -> Result<()> {
+    let torn = (bytes.len() - pos) as u64;
+    tracing::warn!(path = %path.display(), offset = pos, torn_bytes = torn, "cutting torn wal tail");
+    let f = OpenOptions::new().write(true).open(path)?;
+    f.set_len(pos as u64)?;
+    f.sync_all()?;
+    out.torn_bytes += torn;
+    Ok(())
 }
 
 /// Parses one framed record at the start of `buf`: `(lsn, payload, framed length)`, or `None`
@@ -322,13 +355,27 @@ impl WalFile {
     }
 
     /// Appends framed records; with `sync`, returns only after they are on stable storage.
+    ///
+    /// When the disk is full, whatever part of `framed` reached the file is cut off again, so
+    /// that the file ends at its last complete record and appending can go on once there is
+    /// room: the error is then [`Error::DiskFull`]. Any other failure leaves the file as it is.
     pub fn append(&mut self, framed: &[u8], sync: bool) -> Result<()> {
-        self.file.write_all(framed)?;
-        if sync {
-            self.file.sync_data()?;
+        let written = self.file.write_all(framed).and_then(|()| match sync {
+            true => self.file.sync_data(),
+            false => Ok(()),
+        });
+        match written {
+            Ok(()) => {
+                self.len += framed.len() as u64;
+                Ok(())
+            }
+            Err(e) if is_disk_full(&e) => {
+                self.file.set_len(self.len)?;
+                self.file.sync_data()?;
+                Err(Error::DiskFull(format!("appending to the WAL: {e}")))
+            }
+            Err(e) => Err(e.into()),
         }
-        self.len += framed.len() as u64;
-        Ok(())
     }
 
     /// Starts the next file if this one has passed the rotation size. `next_lsn` is the LSN
@@ -337,10 +384,34 @@ impl WalFile {
         if self.len >= self.rotate_bytes {
             // The old file must be complete on disk before records go to the next one.
             self.file.sync_all()?;
-            *self = WalFile::create(&self.dir, next_lsn, self.rotate_bytes)?;
+            match WalFile::create(&self.dir, next_lsn, self.rotate_bytes) {
+                Ok(next) => *self = next,
+                Err(e) => {
+                    // No half-made file may stay behind: its name would claim records that go
+                    // on being appended to this one. Rotation is tried again after the next
+                    // append.
+                    match std::fs::remove_file(self.dir.join(file_name(next_lsn))) {
+                        Ok(()) => {}
+                        Err(r) if r.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(r) => return Err(r.into()),
+                    }
+                    return Err(match e {
+                        Error::Io(io) if is_disk_full(&io) => Error::DiskFull(format!("starting a WAL file: {io}")),
+                        other => other,
+                    });
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// Whether an I/O error means the disk (or the user's quota) is full.
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 #[cfg(test)]
@@ -415,15 +486,40 @@ mod tests {
     }
 
     #[test]
-    fn flipped_bit_in_an_old_file_is_corruption() {
+    fn damage_is_quarantined_and_replay_resumes_at_the_next_intact_record() {
         let d = tempfile::tempdir().unwrap();
-        let old = write(d.path(), 1, &[rec(1, 2)]);
-        write(d.path(), 2, &[rec(2, 2)]);
+        let wal = d.path().join("wal");
+        // An old file of three records with its middle one damaged, and a newer file.
+        let old = write(&wal, 1, &[rec(1, 2), rec(2, 3), rec(3, 4)]);
+        write(&wal, 4, &[rec(4, 2)]);
+        let mut bytes = std::fs::read(&old).unwrap();
+        let first_len = {
+            let mut b = Vec::new();
+            frame_record(&mut b, 1, &encode_payload(&rec(1, 2).dataset, &rec(1, 2).events));
+            b.len()
+        };
+        bytes[first_len + 20] ^= 1;
+        std::fs::write(&old, &bytes).unwrap();
+        let r = replay(&wal).unwrap();
+        assert_eq!(r.records.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![1, 3, 4]);
+        assert!(r.corrupt_bytes > 0);
+        assert_eq!(r.torn_bytes, 0);
+        // The damaged file is kept, byte for byte, in quarantine beside the WAL directory.
+        let copy = d.path().join("quarantine/wal").join(old.file_name().unwrap());
+        assert_eq!(std::fs::read(copy).unwrap(), bytes);
+
+        // Damage at the very end of an old file (nothing intact after it in that file).
+        let d = tempfile::tempdir().unwrap();
+        let wal = d.path().join("wal");
+        let old = write(&wal, 1, &[rec(1, 2)]);
+        write(&wal, 2, &[rec(2, 2)]);
         let mut bytes = std::fs::read(&old).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&old, bytes).unwrap();
-        assert!(matches!(replay(d.path()), Err(Error::WalCorrupt { .. })));
+        let r = replay(&wal).unwrap();
+        assert_eq!(r.records.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![2]);
+        assert!(r.corrupt_bytes > 0);
     }
 
     #[test]

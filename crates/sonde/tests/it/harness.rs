@@ -73,6 +73,11 @@ impl Server {
         }
     }
 
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// SIGKILL, no goodbye.
     pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -98,7 +103,9 @@ impl Drop for Server {
 }
 
 fn spawn(data_dir: &Path, extra: &[String], env: &[(String, String)]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sonde"))
+    // SONDE_TEST_BIN runs the tests against another build (the load test against a release one).
+    let bin = std::env::var("SONDE_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sonde").to_string());
+    let mut child = Command::new(bin)
         .arg("serve")
         .arg("--data-dir")
         .arg(data_dir)
