@@ -70,8 +70,9 @@ fuzz:
 load: release
 	SONDE_TEST_BIN=$(CARGO_TARGET_DIR)/release/sonde SONDE_LOAD_SECONDS=30 cargo test -p sonde --test it load -- --nocapture
 
-## Benchmarks against DuckDB (benches/README.md): ingest, freshness, storage, query suite, on 1M
-## generated events; results in benches/results/quick.json. Its own virtualenv (DuckDB from PyPI).
+## Benchmarks against DuckDB (benches/README.md): ingest, freshness, storage, query suite, and the
+## footer/chunk caches on and off, on 1M generated events; results in benches/results/quick.json.
+## Its own virtualenv (DuckDB from PyPI).
 bench: release
 	python3 benches/run.py --size quick --bin $(CARGO_TARGET_DIR)/release/sonde $(BENCH_ARGS)
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Sonde's benchmark harness: ingest, freshness, storage and a query suite, side by side with
-DuckDB on the same machine, in the same run, over the same events. See benches/README.md.
+DuckDB on the same machine, in the same run, over the same events; then Sonde alone with and
+without its footer and chunk caches. See benches/README.md.
 
     python3 benches/run.py --size quick      # 1M events (make bench)
     python3 benches/run.py --size full       # 10M events (make bench-full)
+    python3 benches/run.py --sections caches # one section alone
 
 It makes its own virtualenv (~/.cache/sonde-bench-venv, DuckDB from PyPI, pinned in
 requirements.txt) and re-executes itself inside it, so the only prerequisites are Python 3 and
@@ -43,6 +45,7 @@ GEN_START = "2026-01-01T00:00:00Z"
 GEN_T0 = 1767225600
 GEN_SPAN_S = 3600
 DATASET = "bench"
+SECTIONS = ("ingest", "freshness", "storage", "queries", "caches")
 
 
 def ensure_venv() -> None:
@@ -522,6 +525,149 @@ def run_queries(binary: Path, data_dir: Path, work: Path, logs: Path, qs: list, 
     return out, True
 
 
+# --- 5. caches -----------------------------------------------------------------------------
+
+# The three server configurations: every footer re-read on every query; footers and page
+# indexes kept in memory; footers and column chunks kept in memory (the defaults).
+CACHE_CONFIGS = [
+    ("off", "both caches off", ["--metadata-cache-bytes", "0", "--chunk-cache-bytes", "0"]),
+    ("footers", "footer cache only", ["--chunk-cache-bytes", "0"]),
+    ("on", "both caches on (defaults)", []),
+]
+
+
+def cache_questions(qs: list[dict], t0: int, span_s: int) -> list[dict]:
+    """Small, selective questions, whose time goes mostly to planning (opening the segments'
+    footers) rather than to scanning: three of the suite's and a bare COUNT over the hour."""
+    pick = {q["name"]: q for q in qs}
+    out = [pick[n] for n in ("errors_by_dns_in_incident", "trace_lookup", "last_15m_service_region") if n in pick]
+    out.append(dict(name="count_full_hour", kind="query",
+                    spec={"calculations": [{"op": "COUNT"}], "start_time": t0, "end_time": t0 + span_s}))
+    return out
+
+
+def segmented_data(binary: Path, work: Path, logs: Path, bodies: Path, idx: list, segments: int) -> tuple[Path, dict]:
+    """A data directory holding the bench events in `segments` segments: the batches ingested
+    in order by one client into a server that flushes every events/segments rows and never
+    compacts, then SIGTERM (which flushes the rest). One client keeps the segments the same size
+    and disjoint in time (with several, ingest runs ahead of the flush and segments grow
+    uneven). Reused by later runs with the same parameters."""
+    events = sum(n for _, _, n in idx)
+    flush_rows = max(1000, events // max(1, segments))
+    ddir = work / f"sonde-segments-{flush_rows}"
+    done = ddir / ".bench-built"
+    if not done.exists():
+        shutil.rmtree(ddir, ignore_errors=True)
+        log(f"caches: ingesting into {ddir} (flush every {flush_rows:,} rows, no compaction)")
+        srv = Server(binary, ddir, logs / "caches-build.log", "--flush-rows", str(flush_rows), "--flush-age", "1h",
+                     "--compaction-target-rows", "0")
+        try:
+            r = ingest(srv, bodies, idx, 1)
+        finally:
+            srv.stop()
+        if r["error_count"]:
+            raise RuntimeError(f"caches: ingest errors: {r['errors']}")
+        done.write_text("ok")
+    segs = live_segments(ddir)
+    cat = json.loads((ddir / "catalog.json").read_text())["datasets"][DATASET]["segments"]
+    rows = sum(s.get("rows", 0) for s in cat)
+    return ddir, {"data_dir": str(ddir), "flush_rows": flush_rows, "segments": len(segs), "segment_rows": rows,
+                  "segment_bytes": sum(p.stat().st_size for p in segs)}
+
+
+def chunk_metrics(srv: Server) -> dict:
+    """The chunk cache's counters from /metrics (absent when the cache is off)."""
+    _, data, _ = srv.request("GET", "/metrics")
+    out = {}
+    for line in data.decode().splitlines():
+        if line.startswith("sonde_chunk_cache_"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
+
+
+def run_caches(binary: Path, work: Path, logs: Path, bodies: Path, idx: list, qs: list[dict],
+               segments: int, repeats: int) -> dict:
+    """Per-question time over many small segments with and without the in-memory caches. Each
+    configuration gets a fresh server over the same data directory, one warm-up run of every
+    question, then rounds of all of them (interleaved). The configurations run in two passes,
+    in order and then in reverse (off, footers, on, on, footers, off), half the rounds each, so
+    a drift in the machine's load hits them alike. Medians of client wall time and of the
+    server's own `meta.elapsed_ms`."""
+    ddir, layout = segmented_data(binary, work, logs, bodies, idx, segments)
+    log(f"caches: {layout['segments']} segments, {layout['segment_rows']:,} rows")
+    events = sum(n for _, _, n in idx)
+    if layout["segment_rows"] != events:
+        log(f"WARNING: caches: segments hold {layout['segment_rows']:,} rows, expected {events:,}")
+    res = {"layout": layout, "repeats": repeats, "configs": {}, "queries": []}
+    recs = {q["name"]: {"name": q["name"], "kind": q["kind"], "wall_ms": {}, "server_ms": {}, "first_ms": {},
+                        "wall_all_ms": {}, "server_all_ms": {}, "meta": {}, "answers_equal": True} for q in qs}
+    wall = {k: {q["name"]: [] for q in qs} for k, _, _ in CACHE_CONFIGS}
+    server = {k: {q["name"]: [] for q in qs} for k, _, _ in CACHE_CONFIGS}
+    reference = {}
+    order = CACHE_CONFIGS + CACHE_CONFIGS[::-1]
+    rounds = [(repeats + 1) // 2, repeats // 2]
+    for i, (key, label, flags) in enumerate(order):
+        n = rounds[i // len(CACHE_CONFIGS)]
+        # Compaction stays off, or the maintenance loop would merge the segments under us.
+        srv = Server(binary, ddir, logs / "caches.log", "--compaction-target-rows", "0", *flags)
+        try:
+            for q in qs:  # warm-up: the first run after the start, and the answers to compare
+                data, dt = sonde_ask(srv, q)
+                r = recs[q["name"]]
+                r["first_ms"].setdefault(key, dt * 1e3)
+                r["meta"].setdefault(key, json.loads(data).get("meta"))
+                shape = sonde_shape(q, data)
+                if q["name"] not in reference:
+                    reference[q["name"]] = shape
+                elif suite_compare(reference[q["name"]], shape):
+                    r["answers_equal"] = False
+                    log(f"caches: {q['name']}: the answer with '{label}' differs from the first configuration's")
+            m0 = chunk_metrics(srv)
+            for _ in range(n):
+                for q in qs:
+                    data, dt = sonde_ask(srv, q)
+                    wall[key][q["name"]].append(dt * 1e3)
+                    server[key][q["name"]].append(json.loads(data).get("meta", {}).get("elapsed_ms"))
+            m1 = chunk_metrics(srv)
+            rss = srv.peak_rss()
+        finally:
+            srv.stop()
+        c = res["configs"].setdefault(key, {"label": label, "flags": flags, "server_peak_rss_bytes": 0,
+                                            "chunk_cache": None})
+        c["server_peak_rss_bytes"] = max(c["server_peak_rss_bytes"], rss)
+        if m1:  # hits and misses over the timed rounds of both passes; bytes held at the end
+            cc = c["chunk_cache"] or {"hits": 0, "misses": 0}
+            for name, k in (("hits", "sonde_chunk_cache_hits_total"), ("misses", "sonde_chunk_cache_misses_total")):
+                cc[name] += m1.get(k, 0) - m0.get(k, 0)
+            cc["bytes"] = max(cc.get("bytes") or 0, m1.get("sonde_chunk_cache_bytes", 0))
+            cc["hit_ratio"] = cc["hits"] / (cc["hits"] + cc["misses"]) if cc["hits"] + cc["misses"] else None
+            c["chunk_cache"] = cc
+        log(f"caches: {label} (pass {i // len(CACHE_CONFIGS) + 1}, {n} rounds): "
+            + ", ".join(f"{q['name']} {statistics.median(wall[key][q['name']]):.1f} ms" for q in qs if wall[key][q["name"]]))
+    for r in recs.values():
+        for key, _, _ in CACHE_CONFIGS:
+            r["wall_all_ms"][key] = wall[key][r["name"]]
+            r["server_all_ms"][key] = server[key][r["name"]]
+            r["wall_ms"][key] = statistics.median(wall[key][r["name"]]) if wall[key][r["name"]] else None
+            ms = [x for x in server[key][r["name"]] if x is not None]
+            r["server_ms"][key] = statistics.median(ms) if ms else None
+        for field, out in (("wall_ms", "ratios"), ("server_ms", "server_ratios")):
+            t = r[field]
+            if all(t.get(k) for k in ("off", "footers", "on")):
+                r[out] = {"off_over_on": t["off"] / t["on"], "off_over_footers": t["off"] / t["footers"],
+                          "footers_over_on": t["footers"] / t["on"]}
+        res["queries"].append(r)
+    for field in ("wall_ms", "server_ms"):
+        res[f"geomean_{field}"] = {k: geomean([r[field][k] or 0 for r in res["queries"]]) for k, _, _ in CACHE_CONFIGS}
+    return res
+
+
+def suite_compare(a: dict, b: dict) -> list[str]:
+    import suite
+    return suite.compare(a, b)
+
+
 # --- output --------------------------------------------------------------------------------
 
 def geomean(xs: list[float]) -> float | None:
@@ -609,6 +755,30 @@ def summary(res: dict) -> str:
             title = ("Queries, hot: median of repeats, ms" if mode == "hot"
                      else "Queries, cold: OS cache dropped, server restarted / new DuckDB connection, ms")
             out.append(table(title, ["query", "Sonde", "DuckDB parquet", "ratio", "DuckDB native", "ratio"], rows))
+    ca = res.get("caches")
+    if ca:
+        lay = ca["layout"]
+        keys = [k for k, _, _ in CACHE_CONFIGS]
+        head = ["query", "both off", "footers only", "both on", "off / on", "off / footers", "footers / on"]
+        for field, gfield, what in (("wall_ms", "geomean_wall_ms", "client wall time"),
+                                    ("server_ms", "geomean_server_ms", "server meta.elapsed_ms")):
+            rows = []
+            for q in ca["queries"]:
+                t = q[field]
+                rows.append([q["name"] + ("" if q["answers_equal"] else " (ANSWERS DIFFER)")]
+                            + [fmt(t.get(k)) for k in keys]
+                            + [ratio(t.get("off"), t.get("on")), ratio(t.get("off"), t.get("footers")),
+                               ratio(t.get("footers"), t.get("on"))])
+            g = ca[gfield]
+            rows.append(["geometric mean"] + [fmt(g.get(k)) for k in keys]
+                        + [ratio(g.get("off"), g.get("on")), ratio(g.get("off"), g.get("footers")),
+                           ratio(g.get("footers"), g.get("on"))])
+            out.append(table(f"Caches: {lay['segments']} segments of ~{lay['flush_rows']:,} rows, median of "
+                             f"{ca['repeats']}, {what}, ms", head, rows))
+        cc = ca["configs"].get("on", {}).get("chunk_cache")
+        if cc:
+            out.append(f"chunk cache (both on, timed runs): {cc['hits']:,.0f} hits, {cc['misses']:,.0f} misses, "
+                       f"{(cc['bytes'] or 0) / 2**20:.1f} MiB held")
     if res.get("targets"):
         out.append(table("Issue 9 targets", ["target", "measured", "met"],
                          [[t["target"], t["measured"], "yes" if t["met"] else "NO"] for t in res["targets"]]))
@@ -673,7 +843,12 @@ def main() -> None:
     ap.add_argument("--freshness-samples", type=int, default=100)
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="DuckDB threads (default: the cores Sonde has)")
     ap.add_argument("--only", help="comma-separated query names to run (development)")
-    ap.add_argument("--skip", default="", help="comma-separated sections to skip: ingest,freshness,storage,queries")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: " + ",".join(SECTIONS))
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help="comma-separated sections to run (default all; e.g. --sections caches runs that one alone)")
+    ap.add_argument("--cache-segments", type=int, default=50,
+                    help="caches section: how many segments the events are split into")
+    ap.add_argument("--cache-repeats", type=int, default=20, help="caches section: timed rounds per configuration (median)")
     ap.add_argument("--bin", type=Path, default=TARGET / "release" / "sonde")
     ap.add_argument("--out", type=Path, help="results JSON (default benches/results/<size>.json)")
     a = ap.parse_args()
@@ -684,6 +859,13 @@ def main() -> None:
     events = a.events or SIZES[a.size]
     cold_repeats = a.cold_repeats if a.cold_repeats is not None else (3 if a.size == "full" else 1)
     skip = set(filter(None, a.skip.split(",")))
+    unknown = (skip | set(filter(None, a.sections.split(",")))) - set(SECTIONS)
+    if unknown:
+        sys.exit(f"unknown sections {sorted(unknown)}; the sections are {','.join(SECTIONS)}")
+    skip |= set(SECTIONS) - set(filter(None, a.sections.split(",")))
+    # The storage and query sections need the ingested, compacted data (and DuckDB's load);
+    # the caches section makes its own data directory from the encoded batches.
+    need_data = bool({"storage", "queries"} - skip)
     binary = a.bin
     if not binary.exists():
         sys.exit(f"no sonde binary at {binary}: run `make release` (or pass --bin)")
@@ -705,7 +887,8 @@ def main() -> None:
                         "binary_built": datetime.fromtimestamp(binary.stat().st_mtime, timezone.utc).isoformat(),
                         "duckdb": duckdb.__version__},
            "config": {"seed": a.seed, "batch_events": a.batch, "repeats": a.repeats, "cold_repeats": cold_repeats,
-                      "duckdb_threads": a.threads, "ndjson_bytes": ndjson.stat().st_size, "server_flags": "defaults"},
+                      "duckdb_threads": a.threads, "ndjson_bytes": ndjson.stat().st_size, "server_flags": "defaults",
+                      "cache_segments": a.cache_segments, "cache_repeats": a.cache_repeats},
            "geomean": {}, "loadavg_start": os.getloadavg()}
     if res["loadavg_start"][0] > 0.5:
         log(f"WARNING: the machine is busy (load average {res['loadavg_start'][0]:.2f}): figures will be noisy")
@@ -713,7 +896,7 @@ def main() -> None:
     # 1. Ingest, one fresh server and data directory per concurrency level; the last one's data
     #    is flushed (SIGTERM), compacted and queried.
     clients = [int(c) for c in a.clients.split(",")]
-    if "ingest" not in skip or not (data_dir / "catalog.json").exists():
+    if "ingest" not in skip or (need_data and not (data_dir / "catalog.json").exists()):
         res["ingest"] = []
         for c in clients:
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -727,24 +910,27 @@ def main() -> None:
                 f"server CPU {r['server_cpu_s_per_m_events']:.2f} s/M events, peak RSS {r['server_peak_rss_bytes'] / 2**20:.0f} MiB, "
                 f"client CPU {r['client_cpu_share_of_wall']:.0%} of wall, errors {r['error_count']}")
             res["ingest"].append(r)
-    log("DuckDB NDJSON load ...")
-    res["duckdb_load"] = duck_load(ndjson, work, a.threads)
-    log(f"duckdb load: {res['duckdb_load']['events_per_s']:,.0f} events/s")
+    if need_data and ("storage" not in skip or not (work / "native.duckdb").exists()):
+        log("DuckDB NDJSON load ...")
+        res["duckdb_load"] = duck_load(ndjson, work, a.threads)
+        log(f"duckdb load: {res['duckdb_load']['events_per_s']:,.0f} events/s")
 
     # 3. Storage, after compaction.
-    st = compact(binary, data_dir, logs)
-    segs = live_segments(data_dir)
-    seg_bytes = sum(p.stat().st_size for p in segs)
-    n_ndjson = res["config"]["ndjson_bytes"]
-    dk = res["duckdb_load"]
-    res["storage"] = {"segments": len(segs), "segment_rows": st["segment_rows"], "segment_bytes": seg_bytes,
-                      "stats": st, "sonde_bytes_per_event": seg_bytes / st["segment_rows"],
-                      "ndjson_bytes_per_event": n_ndjson / events, "ndjson_ratio": n_ndjson / seg_bytes,
-                      "duckdb_parquet_bytes_per_event": dk["parquet_bytes_per_event"],
-                      "duckdb_ndjson_ratio": n_ndjson / dk["parquet_bytes"],
-                      "duckdb_db_bytes_per_event": dk["db_file_bytes"] / dk["events"]}
-    if st["segment_rows"] != events:
-        log(f"WARNING: segments hold {st['segment_rows']:,} rows, expected {events:,}")
+    if need_data:
+        st = compact(binary, data_dir, logs)
+    if "storage" not in skip:
+        segs = live_segments(data_dir)
+        seg_bytes = sum(p.stat().st_size for p in segs)
+        n_ndjson = res["config"]["ndjson_bytes"]
+        dk = res["duckdb_load"]
+        res["storage"] = {"segments": len(segs), "segment_rows": st["segment_rows"], "segment_bytes": seg_bytes,
+                          "stats": st, "sonde_bytes_per_event": seg_bytes / st["segment_rows"],
+                          "ndjson_bytes_per_event": n_ndjson / events, "ndjson_ratio": n_ndjson / seg_bytes,
+                          "duckdb_parquet_bytes_per_event": dk["parquet_bytes_per_event"],
+                          "duckdb_ndjson_ratio": n_ndjson / dk["parquet_bytes"],
+                          "duckdb_db_bytes_per_event": dk["db_file_bytes"] / dk["events"]}
+        if st["segment_rows"] != events:
+            log(f"WARNING: segments hold {st['segment_rows']:,} rows, expected {events:,}")
 
     # 2. Freshness, on its own server and data directory (idle, then with one client ingesting).
     if "freshness" not in skip:
@@ -760,13 +946,15 @@ def main() -> None:
             log(f"freshness: {res['freshness'][-1]}")
         shutil.rmtree(fdir, ignore_errors=True)
 
+    with open(ndjson, "rb") as f:  # a trace id from two thirds into the data
+        f.seek(ndjson.stat().st_size * 2 // 3)
+        f.readline()
+        trace_id = json.loads(f.readline())["trace"]["trace_id"]
+    all_qs = suite.questions(GEN_T0, GEN_SPAN_S, trace_id)
+
     # 4. Queries.
     if "queries" not in skip:
-        with open(ndjson, "rb") as f:  # a trace id from two thirds into the data
-            f.seek(ndjson.stat().st_size * 2 // 3)
-            f.readline()
-            trace_id = json.loads(f.readline())["trace"]["trace_id"]
-        qs = suite.questions(GEN_T0, GEN_SPAN_S, trace_id)
+        qs = all_qs
         if a.only:
             qs = [q for q in qs if q["name"] in a.only.split(",")]
         res["queries"], res["config"]["cold_done"] = run_queries(
@@ -776,6 +964,11 @@ def main() -> None:
             if ok:
                 res["geomean"][mode] = {k: geomean([q[f"{mode}_ms"][k] for q in ok]) for k in ("sonde", "parquet", "native")}
                 res["geomean"][mode]["queries"] = len(ok)
+
+    # 5. Caches: small questions over many segments, with and without the in-memory caches.
+    if "caches" not in skip:
+        res["caches"] = run_caches(binary, work, logs, bodies, idx, cache_questions(all_qs, GEN_T0, GEN_SPAN_S),
+                                   a.cache_segments, a.cache_repeats)
 
     res["loadavg_end"] = os.getloadavg()
     res["targets"] = targets(res)
