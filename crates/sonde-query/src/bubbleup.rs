@@ -72,7 +72,9 @@ pub enum Selection {
 #[derive(Debug)]
 pub(crate) enum Counter {
     Categorical {
-        values: HashMap<String, (Value, [i64; 2])>,
+        /// Weighted counts per value, keyed by its text (ahash: this map is hit once per row
+        /// and column, and SipHash was a tenth of BubbleUp's time).
+        values: HashMap<String, (Value, [i64; 2]), ahash::RandomState>,
         other: [i64; 2],
         missing: [i64; 2],
     },
@@ -87,7 +89,7 @@ pub(crate) enum Counter {
 impl Counter {
     pub(crate) fn categorical() -> Counter {
         Counter::Categorical {
-            values: HashMap::new(),
+            values: HashMap::default(),
             other: [0; 2],
             missing: [0; 2],
         }
@@ -121,22 +123,22 @@ impl Counter {
                         missing[side] += wi;
                         continue;
                     }
-                    let (key, value) = match &strings {
-                        Some(s) => {
-                            let s = s.as_string::<i32>().value(i);
-                            (s.to_string(), Value::String(s.to_string()))
-                        }
-                        None => {
-                            let b = col.as_boolean().value(i);
-                            (b.to_string(), Value::Bool(b))
-                        }
+                    // Look up by the borrowed text; own it only when a new value is kept.
+                    let key: &str = match &strings {
+                        Some(s) => s.as_string::<i32>().value(i),
+                        None if col.as_boolean().value(i) => "true",
+                        None => "false",
                     };
-                    if let Some(e) = values.get_mut(&key) {
+                    if let Some(e) = values.get_mut(key) {
                         e.1[side] += wi;
                     } else if values.len() < MAX_DISTINCT {
+                        let value = match &strings {
+                            Some(_) => Value::String(key.to_string()),
+                            None => Value::Bool(key == "true"),
+                        };
                         let mut c = [0; 2];
                         c[side] = wi;
-                        values.insert(key, (value, c));
+                        values.insert(key.to_string(), (value, c));
                     } else {
                         other[side] += wi;
                     }
@@ -184,11 +186,8 @@ impl Counter {
             Counter::Categorical { values, other, missing } => {
                 let mut all: Vec<&(Value, [i64; 2])> = values.values().collect();
                 // Top values by weight in the population; ties by value, so the answer is stable.
-                all.sort_by(|a, b| {
-                    (b.1[0] + b.1[1])
-                        .cmp(&(a.1[0] + a.1[1]))
-                        .then_with(|| a.0.to_string().cmp(&b.0.to_string()))
-                });
+                // (Keys computed once each: up to 10,000 values per column.)
+                all.sort_by_cached_key(|(v, c)| (std::cmp::Reverse(c[0] + c[1]), v.to_string()));
                 let kept = &all[..all.len().min(top)];
                 let mut rest = *other;
                 for (_, c) in &all[kept.len()..] {

@@ -7,7 +7,9 @@
 //! needless read (the filter still runs on the rows), never a wrong answer.
 //!
 //! Indexes live in memory, bounded (least recently used dropped first): built from the batch at
-//! flush and compaction, and rebuilt from the segment's column on first use after a restart.
+//! flush and compaction and also written beside the segment (`seg-….parquet.idx`, a few bytes
+//! per distinct value), so that after a restart the first lookup reads that small file rather
+//! than the segment; a segment without one (or with a damaged one) is indexed from its column.
 
 use crate::catalog::SegmentMeta;
 use crate::{Error, Result};
@@ -90,14 +92,16 @@ impl IndexCache {
         self.columns.iter().any(|c| c == column)
     }
 
-    /// Indexes every indexed column of a freshly written segment.
-    pub fn insert_from_batch(&self, segment: u64, batch: &RecordBatch) -> Result<()> {
+    /// Indexes every indexed column of a freshly written segment; returns the index file's
+    /// bytes, to be stored beside the segment.
+    pub fn insert_from_batch(&self, segment: u64, batch: &RecordBatch) -> Result<Vec<u8>> {
+        let mut built = Vec::new();
         for c in &self.columns {
             if let Some(bm) = build(batch, c)? {
-                self.put(segment, c, Some(bm));
+                built.push((c.clone(), self.put(segment, c, Some(bm))));
             }
         }
-        Ok(())
+        Ok(encode_file(&built))
     }
 
     fn put(&self, segment: u64, column: &str, bitmap: Option<RoaringBitmap>) -> Option<Arc<RoaringBitmap>> {
@@ -149,30 +153,127 @@ impl IndexCache {
         if !segment.columns.iter().any(|(c, _)| c == column) {
             return Ok(self.put(segment.id, column, None));
         }
+        // The index file written beside the segment, if it holds this column.
+        let idx_path = StorePath::from(index_path(&segment.path));
+        if let Ok(got) = store.get(&idx_path).await
+            && let Ok(bytes) = got.bytes().await
+        {
+            match decode_file(&bytes) {
+                Ok(columns) => {
+                    let mut found = None;
+                    for (name, bm) in columns {
+                        let bm = self.put(segment.id, &name, Some(bm));
+                        if name == column {
+                            found = Some(bm);
+                        }
+                    }
+                    if let Some(bm) = found {
+                        return Ok(bm);
+                    }
+                }
+                Err(e) => tracing::warn!(file = %idx_path, error = %e, "damaged index file; indexing the segment"),
+            }
+        }
+        // No usable index file: index the segment's columns, and write the file for next time.
         let bytes = store
             .get(&StorePath::from(segment.path.as_str()))
             .await?
             .bytes()
             .await?;
-        let column_name = column.to_string();
-        let bm = tokio::task::spawn_blocking(move || -> Result<Option<RoaringBitmap>> {
+        let wanted: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| segment.columns.iter().any(|(s, _)| s == *c))
+            .cloned()
+            .collect();
+        let built = tokio::task::spawn_blocking(move || -> Result<Vec<(String, RoaringBitmap)>> {
             let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
-            let Ok(idx) = builder.schema().index_of(&column_name) else {
-                return Ok(None);
-            };
-            let mask = ProjectionMask::roots(builder.parquet_schema(), [idx]);
-            let mut bm = RoaringBitmap::new();
+            let indices: Vec<usize> = wanted
+                .iter()
+                .filter_map(|c| builder.schema().index_of(c).ok())
+                .collect();
+            let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+            let mut out: Vec<(String, RoaringBitmap)> =
+                wanted.iter().map(|c| (c.clone(), RoaringBitmap::new())).collect();
             for b in builder.with_projection(mask).build()? {
-                if let Some(part) = build(&b?, &column_name)? {
-                    bm |= part;
+                let b = b?;
+                for (name, bm) in &mut out {
+                    if let Some(part) = build(&b, name)? {
+                        *bm |= part;
+                    }
                 }
             }
-            Ok(Some(bm))
+            Ok(out)
         })
         .await
         .map_err(|e| Error::Invalid(format!("index builder panicked: {e}")))??;
-        Ok(self.put(segment.id, column, bm))
+        let mut found = None;
+        let mut kept = Vec::new();
+        for (name, bm) in built {
+            let bm = self.put(segment.id, &name, Some(bm));
+            if name == column {
+                found = bm.clone();
+            }
+            kept.push((name, bm));
+        }
+        if let Err(e) = store.put(&idx_path, encode_file(&kept).into()).await {
+            tracing::warn!(file = %idx_path, error = %e, "could not write index file");
+        }
+        Ok(found)
     }
+}
+
+/// Where a segment's index file lives: beside it.
+pub fn index_path(segment_path: &str) -> String {
+    format!("{segment_path}.idx")
+}
+
+const FILE_MAGIC: &[u8; 8] = b"SONDIDX1";
+
+/// An index file: magic, then per column its name and serialized bitmap, each length-prefixed,
+/// then a CRC32C of everything before it.
+fn encode_file(columns: &[(String, Option<Arc<RoaringBitmap>>)]) -> Vec<u8> {
+    let mut out = FILE_MAGIC.to_vec();
+    for (name, bm) in columns {
+        let Some(bm) = bm else { continue };
+        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&(bm.serialized_size() as u32).to_le_bytes());
+        bm.serialize_into(&mut out).expect("writing to a Vec cannot fail");
+    }
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn decode_file(bytes: &[u8]) -> Result<Vec<(String, RoaringBitmap)>> {
+    let bad = |why: &str| Error::Invalid(format!("index file: {why}"));
+    if bytes.len() < FILE_MAGIC.len() + 4 || &bytes[..8] != FILE_MAGIC {
+        return Err(bad("no magic"));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+        return Err(bad("checksum mismatch"));
+    }
+    let mut rest = &body[8..];
+    let mut take = |n: usize| -> Result<&[u8]> {
+        if rest.len() < n {
+            return Err(bad("truncated"));
+        }
+        let (a, b) = rest.split_at(n);
+        rest = b;
+        Ok(a)
+    };
+    let mut out = Vec::new();
+    loop {
+        let Ok(len) = take(4) else { break };
+        let name_len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        let name = String::from_utf8(take(name_len)?.to_vec()).map_err(|_| bad("column name"))?;
+        let bm_len = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
+        let bm = RoaringBitmap::deserialize_from(take(bm_len)?).map_err(|e| bad(&e.to_string()))?;
+        out.push((name, bm));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -743,18 +743,27 @@ impl Storage {
         let id = self.next_segment_id.fetch_add(1, Ordering::SeqCst);
         let path = segment_path(dataset, id);
         let before = segment::batch_facts(&batch)?;
-        // Index now, while the rows are in memory (an unused id's entry is harmless).
-        self.index.insert_from_batch(id, &batch)?;
         let opts = self.config.segment.clone();
         let raw_bytes = batch.get_array_memory_size() as u64;
         let schema = batch.schema();
-        let bytes = tokio::task::spawn_blocking(move || segment::encode(&batch, &opts))
-            .await
-            .map_err(|e| Error::Invalid(format!("segment encoder panicked: {e}")))??;
+        let index = self.index.clone();
+        // Off the async workers: encoding, and indexing now while the rows are in memory (an
+        // unused id's cache entry is harmless).
+        let (bytes, idx) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let idx = index.insert_from_batch(id, &batch)?;
+            Ok((segment::encode(&batch, &opts)?, idx))
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("segment encoder panicked: {e}")))??;
         let size = bytes.len() as u64;
         let store_path = StorePath::from(path.as_str());
         self.store.put(&store_path, bytes.into()).await?;
         self.sync_local(&path)?;
+        // The index file is a cache: a failure to write it only costs a rebuild later.
+        let idx_path = index::index_path(&path);
+        if let Err(e) = self.store.put(&StorePath::from(idx_path.as_str()), idx.into()).await {
+            tracing::warn!(file = %idx_path, error = %e, "could not write index file");
+        }
         // The other side of the disk: read the file back and compare.
         let back = self.store.get(&store_path).await?.bytes().await?;
         let after = tokio::task::spawn_blocking(move || segment::read_facts(back))
@@ -875,6 +884,12 @@ impl Storage {
             }
         });
         for seg in dead {
+            let idx = StorePath::from(index::index_path(&seg.path));
+            if let Err(e) = self.store.delete(&idx).await
+                && !matches!(e, object_store::Error::NotFound { .. })
+            {
+                tracing::warn!(file = %idx, error = %e, "could not delete index file");
+            }
             match self.store.delete(&StorePath::from(seg.path.as_str())).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {
                     self.stats.segment_files_deleted.fetch_add(1, Ordering::Relaxed);
@@ -1124,7 +1139,11 @@ async fn remove_orphans(store: &Arc<dyn ObjectStore>, catalog: &Catalog) -> Resu
     let known: std::collections::HashSet<String> = catalog
         .datasets
         .values()
-        .flat_map(|d| d.segments.iter().map(|s| s.path.clone()))
+        .flat_map(|d| {
+            d.segments
+                .iter()
+                .flat_map(|s| [s.path.clone(), index::index_path(&s.path)])
+        })
         .collect();
     let prefix = StorePath::from("datasets");
     let files: Vec<object_store::ObjectMeta> = store.list(Some(&prefix)).try_collect().await?;

@@ -108,9 +108,23 @@ async fn compaction_merges_small_segments_while_queries_stay_exact() {
     );
     server.stop().await;
     ids_exactly_once(dir.path(), "compact", sent, "e");
-    // The merged-away files are gone from the disk, not just from the catalog.
-    let files = std::fs::read_dir(dir.path().join("datasets/compact")).unwrap().count();
-    assert_eq!(files as u64, last["segments"].as_u64().unwrap());
+    // The merged-away files (and their index files) are gone from the disk, not just from the
+    // catalog: one segment and one index file per cataloged segment remain.
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("datasets/compact"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    let segments = last["segments"].as_u64().unwrap() as usize;
+    assert_eq!(
+        names.iter().filter(|n| n.ends_with(".parquet")).count(),
+        segments,
+        "{names:?}"
+    );
+    assert_eq!(
+        names.iter().filter(|n| n.ends_with(".parquet.idx")).count(),
+        segments,
+        "{names:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,10 +257,19 @@ async fn id_indexes_skip_segments_without_the_needle() {
         spec["filters"] = filters;
         spec
     };
-    for restart in [false, true] {
-        if restart {
-            // After a restart the indexes are rebuilt from the segment files on first use.
+    for phase in 0..3 {
+        if phase >= 1 {
+            // After a restart the indexes come from the index files beside the segments…
             server.stop().await;
+            if phase == 2 {
+                // …or, when those are damaged, from the segments themselves.
+                for e in std::fs::read_dir(dir.path().join("datasets/needles")).unwrap() {
+                    let p = e.unwrap().path();
+                    if p.to_string_lossy().ends_with(".idx") {
+                        std::fs::write(&p, b"SONDIDX1 garbage").unwrap();
+                    }
+                }
+            }
             server.restart().await;
         }
         let (_, r) = send_json(
