@@ -26,7 +26,7 @@ build:
 	cargo build --workspace --all-targets
 
 ## Everything CI checks: formatting, lints, unit, property and end-to-end tests, and the UI in headless Chromium.
-test: fmt web lint unit ui clients
+test: fmt web lint unit ui clients fuzz
 
 fmt:
 	cargo fmt --all -- --check
@@ -52,18 +52,26 @@ clients-venv:
 	test -x $(CLIENTS_VENV)/bin/python || python3 -m venv $(CLIENTS_VENV)
 	$(CLIENTS_VENV)/bin/pip install -q --disable-pip-version-check -r tests/clients/requirements.txt
 
-## Fuzzing (fuzz/, nightly + cargo-fuzz, its own target dir): each target for FUZZ_SECONDS, from the
-## seeds in testdata/fuzz/<target>/ (new finds go to a scratch corpus, not into the repository).
-FUZZ_SECONDS ?= 15
+## Fuzzing (fuzz/, cargo-fuzz, its own target dir): each target from the seeds in
+## testdata/fuzz/<target>/ with a fixed seed into a scratch corpus, so a run is repeatable, bounded
+## by FUZZ_RUNS inputs and FUZZ_SECONDS. A crash fails the run and leaves its input in
+## fuzz/artifacts/ (copy it into testdata/fuzz/<target>/ as a regression seed).
+## cargo fuzz needs nightly's -Z flags: the nightly toolchain if rustup has one, else the stable
+## compiler told to accept them (RUSTC_BOOTSTRAP).
+FUZZ_SECONDS ?= 20
+FUZZ_RUNS ?= 100000
+FUZZ_SEED ?= 1
 FUZZ_TARGETS = events_json events_msgpack ndjson otlp flatten query_spec
+FUZZ_CARGO = $(shell rustup toolchain list 2>/dev/null | grep -q '^nightly' && echo 'cargo +nightly' || echo 'env RUSTC_BOOTSTRAP=1 cargo')
 fuzz:
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-	cd fuzz && CARGO_TARGET_DIR=$(HOME)/.cache/sonde-fuzz-target cargo +nightly fuzz build
+	cd fuzz && CARGO_TARGET_DIR=$(HOME)/.cache/sonde-fuzz-target $(FUZZ_CARGO) fuzz build
 	for t in $(FUZZ_TARGETS); do \
-	  mkdir -p $(HOME)/.cache/sonde-fuzz-corpus/$$t && \
-	  (cd fuzz && CARGO_TARGET_DIR=$(HOME)/.cache/sonde-fuzz-target cargo +nightly fuzz run $$t \
-	    $(HOME)/.cache/sonde-fuzz-corpus/$$t ../testdata/fuzz/$$t -- \
+	  scratch=$$(mktemp -d) && \
+	  (cd fuzz && CARGO_TARGET_DIR=$(HOME)/.cache/sonde-fuzz-target $(FUZZ_CARGO) fuzz run $$t \
+	    $$scratch ../testdata/fuzz/$$t -- -seed=$(FUZZ_SEED) -runs=$(FUZZ_RUNS) \
 	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -print_final_stats=1) || exit 1; \
+	  rm -rf $$scratch; \
 	done
 
 ## The load test against the release binary, for 30 s; prints its report (README, Reliability).

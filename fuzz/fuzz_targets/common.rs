@@ -1,3 +1,6 @@
+// Shared by the targets; not every target uses every helper.
+#![allow(dead_code)]
+
 //! Shared checks: what every decoded event must satisfy, whatever the input.
 
 use sonde_model::{Event, Limits};

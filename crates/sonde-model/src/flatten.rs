@@ -97,6 +97,17 @@ struct Flattened<'a> {
 impl Flattened<'_> {
     fn object(&mut self, prefix: &str, map: &Map<String, Value>, level: usize) -> Result<(), EventError> {
         for (key, value) in map {
+            if key.is_empty() {
+                // A column without a name cannot be asked for (found by fuzzing: `{"": 1}`).
+                return Err(EventError::BadField {
+                    name: if prefix.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{prefix}.")
+                    },
+                    reason: "field names must not be empty",
+                });
+            }
             let name = if prefix.is_empty() {
                 if key == TIMESTAMP_COLUMN || key == SAMPLE_RATE_COLUMN {
                     // The reserved columns come from the event's envelope; a data field of the
@@ -203,6 +214,21 @@ mod tests {
 
     fn flat(v: Value) -> Vec<(String, FieldValue)> {
         flatten_event(&v, &Limits::default()).unwrap()
+    }
+
+    /// Regression from `make fuzz` (events_json): an empty key became a column named "".
+    #[test]
+    fn empty_field_names_are_refused_at_any_depth() {
+        for (v, name) in [
+            (json!({"": 1}), ""),
+            (json!({"a": {"": 1}}), "a."),
+            (json!({"a": 1, "": {"b": 2}}), ""),
+        ] {
+            match flatten_event(&v, &Limits::default()) {
+                Err(EventError::BadField { name: n, .. }) => assert_eq!(n, name, "{v}"),
+                other => panic!("{v}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -68,4 +68,12 @@ pub enum EventError {
     /// The JSON text of the event could not be parsed.
     #[error("malformed JSON: {0}")]
     Json(String),
+    /// A field name is not acceptable.
+    #[error("invalid field name {name:?}: {reason}")]
+    BadField {
+        /// The name (with its parent's path).
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }

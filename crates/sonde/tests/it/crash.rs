@@ -1,9 +1,9 @@
 //! SIGKILL at random moments — while batches stream in and flushes run — loses no
 //! acknowledged event and duplicates none, and leaves no garbage in the WAL.
 
-use crate::harness::{Server, column_json, read_segments};
+use crate::harness::{Server, id_counts};
 use serde_json::{Value, json};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -113,12 +113,7 @@ async fn sigkill_loses_no_acknowledged_event_and_duplicates_none() {
     let replay = sonde_storage::wal::replay(&dir.path().join("wal")).unwrap();
     assert_eq!(replay.torn_bytes, 0, "WAL holds garbage after recovery");
 
-    let mut count: HashMap<String, usize> = HashMap::new();
-    for b in read_segments(dir.path(), "crash") {
-        for id in column_json(&b, "id").unwrap() {
-            *count.entry(id.as_str().unwrap().to_string()).or_default() += 1;
-        }
-    }
+    let count = id_counts(dir.path(), "crash");
     let dups: Vec<_> = count.iter().filter(|(_, n)| **n > 1).take(5).collect();
     assert!(dups.is_empty(), "duplicated events: {dups:?}");
     let acked = acked.lock().unwrap();

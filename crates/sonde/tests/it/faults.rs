@@ -3,10 +3,9 @@
 //! every case nothing acknowledged is lost or doubled beyond the records the damage itself hit,
 //! the damage is reported, and the server serves the rest.
 
-use crate::harness::{Server, column_json, read_segments, send_json};
+use crate::harness::{Server, id_counts, send_json};
 use serde_json::{Value, json};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,17 +15,6 @@ fn batch(prefix: &str, from: usize, n: usize) -> Value {
     json!((from..from + n)
         .map(|i| json!({"data": {"id": format!("{prefix}-{i}"), "pad": "x".repeat(200)}, "time": sonde_gen::format_time(T0 + i as i64 * 1000)}))
         .collect::<Vec<_>>())
-}
-
-/// Every id in the dataset's segments, with how often it occurs.
-fn ids(dir: &Path, ds: &str) -> HashMap<String, usize> {
-    let mut seen = HashMap::new();
-    for b in read_segments(dir, ds) {
-        for id in column_json(&b, "id").unwrap() {
-            *seen.entry(id.as_str().unwrap().to_string()).or_default() += 1;
-        }
-    }
-    seen
 }
 
 async fn metric(server: &Server, name: &str) -> u64 {
@@ -140,7 +128,7 @@ async fn a_full_disk_refuses_ingest_then_serves_again_without_restart() {
     server.stop().await;
 
     // Every acknowledged event is stored exactly once; nothing refused was stored.
-    let seen = ids(&data, "full");
+    let seen = id_counts(&data, "full");
     assert!(seen.values().all(|n| *n == 1), "an event was doubled");
     let mut stored: Vec<&String> = seen.keys().collect();
     stored.sort();
@@ -189,7 +177,7 @@ async fn damaged_wal_records_are_skipped_reported_and_quarantined() {
     let quarantined: Vec<_> = std::fs::read_dir(dir.path().join("quarantine/wal")).unwrap().collect();
     assert_eq!(quarantined.len(), 2, "both damaged files are copied to quarantine");
     server.stop().await;
-    let seen = ids(dir.path(), "w");
+    let seen = id_counts(dir.path(), "w");
     assert!(seen.values().all(|n| *n == 1), "an event was doubled");
     // Each damage hit one record (two if it straddled a boundary): at most 4 batches are lost,
     // everything else was replayed.
@@ -257,7 +245,7 @@ async fn damaged_segments_are_quarantined_and_the_rest_is_served() {
     let (status, _) = send_json(c.post(server.at("/1/batch/s")).json(&batch("t", 0, 10))).await;
     assert_eq!(status, 200);
     server.stop().await;
-    let seen = ids(dir.path(), "s");
+    let seen = id_counts(dir.path(), "s");
     assert_eq!(seen.len(), 310);
     assert!(seen.values().all(|n| *n == 1));
 }

@@ -189,6 +189,17 @@ pub(crate) fn read_segments(data_dir: &Path, dataset: &str) -> Vec<RecordBatch> 
     out
 }
 
+/// How often each value of the `id` column occurs in a dataset's cataloged segments.
+pub(crate) fn id_counts(data_dir: &Path, dataset: &str) -> std::collections::HashMap<String, usize> {
+    let mut seen = std::collections::HashMap::new();
+    for b in read_segments(data_dir, dataset) {
+        for id in column_json(&b, "id").expect("an id column") {
+            *seen.entry(id.as_str().expect("string ids").to_string()).or_default() += 1;
+        }
+    }
+    seen
+}
+
 /// A column's values as JSON (null for nulls), for comparisons.
 pub(crate) fn column_json(batch: &RecordBatch, name: &str) -> Option<Vec<Value>> {
     use arrow::array::*;

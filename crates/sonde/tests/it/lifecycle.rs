@@ -1,9 +1,8 @@
 //! Storage lifecycle: compaction merges small segments while queries stay exact, a kill at any
 //! moment of it loses and doubles nothing, retention drops old segments, deletion is final.
 
-use crate::harness::{Server, column_json, read_segments, send_json};
+use crate::harness::{Server, id_counts, send_json};
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::time::Duration;
 
 const T0: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
@@ -32,12 +31,7 @@ async fn stats(client: &reqwest::Client, server: &Server, ds: &str) -> Value {
 }
 
 fn ids_exactly_once(dir: &std::path::Path, ds: &str, expected: usize, prefix: &str) {
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for b in read_segments(dir, ds) {
-        for id in column_json(&b, "id").unwrap() {
-            *seen.entry(id.as_str().unwrap().to_string()).or_default() += 1;
-        }
-    }
+    let seen = id_counts(dir, ds);
     assert_eq!(seen.len(), expected, "distinct events");
     assert!(seen.values().all(|n| *n == 1), "an event was doubled");
     assert!(
@@ -393,12 +387,7 @@ async fn kills_during_retention_lose_and_double_nothing() {
     assert_eq!(expired_left, 0, "segments past the retention are dropped");
     assert_eq!(recent_count(&server).await, new_sent as i64);
     server.stop().await;
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for b in read_segments(dir.path(), "aging") {
-        for id in column_json(&b, "id").unwrap() {
-            *seen.entry(id.as_str().unwrap().to_string()).or_default() += 1;
-        }
-    }
+    let seen = id_counts(dir.path(), "aging");
     assert!(seen.values().all(|n| *n == 1), "an event was doubled");
     assert!(
         (0..new_sent).all(|i| seen.contains_key(&format!("new-{i}"))),

@@ -4,9 +4,8 @@
 //! missing or doubled. `make load` runs it against the release binary for longer
 //! (`SONDE_LOAD_SECONDS`, default 8 here).
 
-use crate::harness::{Server, column_json, read_segments, send_json};
+use crate::harness::{Server, id_counts, send_json};
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -138,12 +137,7 @@ async fn sustained_ingest_with_queries_keeps_every_acknowledged_event() {
     let counted = r["data"]["results"][0]["data"]["COUNT"].as_u64().unwrap();
     server.stop().await;
 
-    let mut seen: HashMap<String, u32> = HashMap::new();
-    for b in read_segments(dir.path(), "load") {
-        for id in column_json(&b, "id").unwrap() {
-            *seen.entry(id.as_str().unwrap().to_string()).or_default() += 1;
-        }
-    }
+    let seen = id_counts(dir.path(), "load");
     let mut lat = latencies.lock().unwrap().clone();
     lat.sort_by(f64::total_cmp);
     let acked_n = acked.load(Ordering::Relaxed);
