@@ -68,18 +68,33 @@ async fn store(state: &AppState, ds: &DatasetName, decoded: Decoded) -> Result<V
     Ok(statuses)
 }
 
+/// How much of an oversized body is read and dropped before the 413 is sent.
+const DRAIN_BYTES: usize = 64 << 20;
+
 /// Reads the body (refusing more than `max_body_bytes` on the wire) and undoes its encoding
 /// (refusing more than `max_body_bytes` once inflated).
 pub(crate) async fn body_bytes(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
+    use futures::StreamExt;
     let limit = state.config.max_body_bytes;
-    let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        // axum reports the limit only through its message.
-        if format!("{e:?}").contains("LengthLimit") || e.to_string().contains("length limit") {
-            ApiError::body_too_large(limit + 1, limit)
+    let mut raw: Vec<u8> = Vec::new();
+    let mut seen = 0usize;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
+        seen += chunk.len();
+        if seen <= limit {
+            raw.extend_from_slice(&chunk);
+        } else if seen > limit.saturating_add(DRAIN_BYTES) {
+            break;
         } else {
-            ApiError::bad_request(format!("could not read the request body: {e}"))
+            // Past the limit: keep reading (and dropping) a bounded amount, so that a client
+            // still sending its body gets to read the 413 rather than a broken connection.
+            raw = Vec::new();
         }
-    })?;
+    }
+    if seen > limit {
+        return Err(ApiError::body_too_large(seen, limit));
+    }
     let plain = decompress(header_str(headers, "content-encoding"), &raw, limit)?;
     if plain.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ApiError::bad_request("request body is empty"));
