@@ -20,7 +20,7 @@
 //! unless told `--insecure-no-auth`.
 
 use crate::error::ApiError;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fmt;
@@ -276,48 +276,56 @@ impl Access {
             return Ok(Caller::Anyone);
         }
         let Some(secret) = presented_key(headers).filter(|s| !s.is_empty()) else {
-            return Err(unauthorized(
+            return Err(ApiError::unauthorized(
                 "an API key is required: send it as `X-Honeycomb-Team: KEY` or `Authorization: Bearer KEY`",
             ));
         };
         match self.keys.lookup(secret) {
             Some(k) => Ok(Caller::Key(k)),
-            None => Err(unauthorized("unknown API key")),
+            None => Err(ApiError::unauthorized("unknown API key")),
         }
     }
 
     /// Checks that the caller may do `scope` work on `dataset` (or on any dataset when `None`),
     /// and takes one token from its rate limit for that work.
     pub fn require(&self, caller: &Caller, scope: Scope, dataset: Option<&str>) -> Result<(), ApiError> {
-        if let Caller::Key(k) = caller {
-            if !k.has(scope) {
-                return Err(forbidden(format!(
-                    "API key {:?} lacks the {} scope",
-                    k.name,
-                    scope.name()
-                )));
-            }
-            if let Some(ds) = dataset.filter(|ds| !k.covers(ds)) {
-                return Err(forbidden(format!("API key {:?} does not cover dataset {ds:?}", k.name)));
-            }
+        if let Caller::Key(k) = caller
+            && !k.has(scope)
+        {
+            return Err(ApiError::forbidden(format!(
+                "API key {:?} lacks the {} scope",
+                k.name,
+                scope.name()
+            )));
+        }
+        if let Some(ds) = dataset {
+            Self::require_dataset(caller, ds)?;
         }
         self.take(caller, scope)
     }
 
+    /// Checks that the caller reaches `dataset` (403 otherwise), for work already admitted by
+    /// [`Access::require`] whose datasets are known only later (OTLP maps spans to datasets).
+    pub fn require_dataset(caller: &Caller, dataset: &str) -> Result<(), ApiError> {
+        match caller {
+            Caller::Key(k) if !k.covers(dataset) => Err(ApiError::forbidden(format!(
+                "API key {:?} does not cover dataset {dataset:?}",
+                k.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Rate limits apply per key; with auth off there are no keys to limit.
     fn take(&self, caller: &Caller, scope: Scope) -> Result<(), ApiError> {
-        let rate = match scope {
-            Scope::Ingest => self.limits.ingest_per_s,
-            Scope::Query | Scope::Admin => self.limits.query_per_s,
+        // Two buckets per key: ingest, and everything else (reads and admin work).
+        let (class, rate) = match scope {
+            Scope::Ingest => (Scope::Ingest, self.limits.ingest_per_s),
+            Scope::Query | Scope::Admin => (Scope::Query, self.limits.query_per_s),
         };
         if rate <= 0.0 || matches!(caller, Caller::Anyone) {
             return Ok(());
         }
-        let class = if scope == Scope::Ingest {
-            Scope::Ingest
-        } else {
-            Scope::Query
-        };
         let burst = rate.max(1.0);
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap();
@@ -331,38 +339,21 @@ impl Access {
             return Ok(());
         }
         let wait = Duration::from_secs_f64((1.0 - b.tokens) / rate);
-        Err(ApiError {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            message: format!(
+        Err(ApiError::too_many(
+            format!(
                 "rate limit of {rate} {} requests/s for API key {:?} exceeded",
                 class.name(),
                 caller.name()
             ),
-            retry_after: Some(wait.as_secs().max(1)),
-        })
-    }
-}
-
-fn unauthorized(message: &str) -> ApiError {
-    ApiError {
-        status: StatusCode::UNAUTHORIZED,
-        message: message.to_string(),
-        retry_after: None,
-    }
-}
-
-fn forbidden(message: String) -> ApiError {
-    ApiError {
-        status: StatusCode::FORBIDDEN,
-        message,
-        retry_after: None,
+            wait.as_secs().max(1),
+        ))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
+    use axum::http::{HeaderValue, StatusCode};
 
     fn headers(name: &str, value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -32,6 +32,30 @@ impl ApiError {
             retry_after: None,
         }
     }
+    /// A 401: no API key, or an unknown one.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+    /// A 403: a key without the scope or dataset asked for.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+    /// A 429 naming the limit, with when to retry.
+    pub fn too_many(message: impl Into<String>, retry_after_s: u64) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: message.into(),
+            retry_after: Some(retry_after_s),
+        }
+    }
     /// A 413 naming the body limit.
     pub fn body_too_large(size: usize, limit: usize) -> Self {
         Self {

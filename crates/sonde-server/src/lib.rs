@@ -124,14 +124,13 @@ impl AppState {
             .require(caller, auth::Scope::Query, dataset.map(|d| d.as_str()))?;
         match tokio::time::timeout(QUERY_SLOT_WAIT, self.query_slots.acquire()).await {
             Ok(Ok(permit)) => Ok(permit),
-            _ => Err(ApiError {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                message: format!(
+            _ => Err(ApiError::too_many(
+                format!(
                     "too many queries running (max_concurrent_queries = {})",
                     self.config.max_concurrent_queries
                 ),
-                retry_after: Some(1),
-            }),
+                1,
+            )),
         }
     }
 }
@@ -217,11 +216,9 @@ async fn metrics(
 ) -> Result<String, ApiError> {
     state.access.require(&caller, auth::Scope::Query, None)?;
     if !caller.covers_all() {
-        return Err(ApiError {
-            status: StatusCode::FORBIDDEN,
-            message: "/metrics needs an API key that covers every dataset".into(),
-            retry_after: None,
-        });
+        return Err(ApiError::forbidden(
+            "/metrics needs an API key that covers every dataset",
+        ));
     }
     let s = &state.storage.stats;
     let h = &state.stats;
@@ -294,33 +291,33 @@ async fn metrics(
             load(&s.segment_files_deleted),
         ),
     ];
+    // Counters and single gauges: HELP, TYPE and the value.
     let mut out = String::new();
+    let mut single = |name: &str, help: &str, kind: &str, v: u64| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
+    };
     for (name, help, v) in counters {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"));
+        single(name, help, "counter", v);
     }
     if let Some((hits, misses, bytes)) = state.engine.chunk_cache_stats() {
-        for (name, help, kind, v) in [
-            (
-                "sonde_chunk_cache_hits_total",
-                "Column-chunk reads answered from memory.",
-                "counter",
-                hits,
-            ),
-            (
-                "sonde_chunk_cache_misses_total",
-                "Column-chunk reads from the store.",
-                "counter",
-                misses,
-            ),
-            (
-                "sonde_chunk_cache_bytes",
-                "Bytes held by the column-chunk cache.",
-                "gauge",
-                bytes as u64,
-            ),
-        ] {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
-        }
+        single(
+            "sonde_chunk_cache_hits_total",
+            "Column-chunk reads answered from memory.",
+            "counter",
+            hits,
+        );
+        single(
+            "sonde_chunk_cache_misses_total",
+            "Column-chunk reads from the store.",
+            "counter",
+            misses,
+        );
+        single(
+            "sonde_chunk_cache_bytes",
+            "Bytes held by the column-chunk cache.",
+            "gauge",
+            bytes as u64,
+        );
     }
     let stats: Vec<_> = state
         .storage

@@ -13,7 +13,7 @@
 //! durability contract as the events API (the answer is sent after the WAL fsync).
 
 use crate::AppState;
-use crate::auth::{Caller, Scope};
+use crate::auth::{Access, Caller, Scope};
 use crate::error::ApiError;
 use crate::ingest::body_bytes;
 use axum::body::Body;
@@ -315,8 +315,8 @@ pub fn map_logs(
 /// Stores mapped events: one WAL record per dataset, answered after the fsync. A caller whose
 /// key does not cover every dataset the events map to is refused before anything is written.
 pub(crate) async fn store(state: &AppState, caller: &Caller, mapped: &mut Mapped) -> Result<usize, ApiError> {
-    if let Some(ds) = mapped.datasets.keys().find(|ds| !caller.covers(ds.as_str())) {
-        state.access.require(caller, Scope::Ingest, Some(ds.as_str()))?;
+    for ds in mapped.datasets.keys() {
+        Access::require_dataset(caller, ds.as_str())?;
     }
     let mut stored = 0;
     for (ds, events) in std::mem::take(&mut mapped.datasets) {

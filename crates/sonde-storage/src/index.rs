@@ -160,14 +160,8 @@ impl IndexCache {
         {
             match decode_file(&bytes) {
                 Ok(columns) => {
-                    let mut found = None;
-                    for (name, bm) in columns {
-                        let bm = self.put(segment.id, &name, Some(bm));
-                        if name == column {
-                            found = Some(bm);
-                        }
-                    }
-                    if let Some(bm) = found {
+                    let kept = self.put_all(segment.id, columns);
+                    if let Some((_, bm)) = kept.into_iter().find(|(name, _)| name == column) {
                         return Ok(bm);
                     }
                 }
@@ -207,19 +201,26 @@ impl IndexCache {
         })
         .await
         .map_err(|e| Error::Invalid(format!("index builder panicked: {e}")))??;
-        let mut found = None;
-        let mut kept = Vec::new();
-        for (name, bm) in built {
-            let bm = self.put(segment.id, &name, Some(bm));
-            if name == column {
-                found = bm.clone();
-            }
-            kept.push((name, bm));
-        }
+        let kept = self.put_all(segment.id, built);
         if let Err(e) = store.put(&idx_path, encode_file(&kept).into()).await {
             tracing::warn!(file = %idx_path, error = %e, "could not write index file");
         }
-        Ok(found)
+        Ok(kept.into_iter().find(|(name, _)| name == column).and_then(|(_, bm)| bm))
+    }
+
+    /// Caches a segment's indexes, one per column; returns them as cached.
+    fn put_all(
+        &self,
+        segment: u64,
+        columns: Vec<(String, RoaringBitmap)>,
+    ) -> Vec<(String, Option<Arc<RoaringBitmap>>)> {
+        columns
+            .into_iter()
+            .map(|(name, bm)| {
+                let cached = self.put(segment, &name, Some(bm));
+                (name, cached)
+            })
+            .collect()
     }
 }
 
