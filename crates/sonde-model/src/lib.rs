@@ -11,12 +11,13 @@
 
 pub mod dataset;
 pub mod flatten;
+pub mod parse;
 pub mod time;
 pub mod value;
 
 pub use dataset::DatasetName;
 pub use flatten::{Limits, flatten_event};
-pub use value::{ColumnType, FieldValue};
+pub use value::{ColumnType, FieldValue, ValueRef};
 
 /// The reserved column holding each event's time, in microseconds since the Unix epoch (UTC).
 pub const TIMESTAMP_COLUMN: &str = "timestamp";

@@ -93,6 +93,54 @@ impl FieldValue {
     }
 }
 
+/// A field value borrowed from where it was decoded (a WAL payload, a parsed event), so the
+/// write buffer can copy strings straight into its columns without an owned [`FieldValue`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValueRef<'a> {
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A string.
+    Str(&'a str),
+}
+
+impl ValueRef<'_> {
+    /// This value's own type.
+    pub fn column_type(&self) -> ColumnType {
+        match self {
+            ValueRef::Bool(_) => ColumnType::Bool,
+            ValueRef::Int(_) => ColumnType::Int,
+            ValueRef::Float(_) => ColumnType::Float,
+            ValueRef::Str(_) => ColumnType::String,
+        }
+    }
+
+    /// The owned value.
+    pub fn to_owned_value(&self) -> FieldValue {
+        match *self {
+            ValueRef::Bool(b) => FieldValue::Bool(b),
+            ValueRef::Int(i) => FieldValue::Int(i),
+            ValueRef::Float(f) => FieldValue::Float(f),
+            ValueRef::Str(s) => FieldValue::Str(s.to_string()),
+        }
+    }
+}
+
+impl FieldValue {
+    /// The value borrowed.
+    pub fn as_value_ref(&self) -> ValueRef<'_> {
+        match self {
+            FieldValue::Bool(b) => ValueRef::Bool(*b),
+            FieldValue::Int(i) => ValueRef::Int(*i),
+            FieldValue::Float(f) => ValueRef::Float(*f),
+            FieldValue::Str(s) => ValueRef::Str(s),
+        }
+    }
+}
+
 /// Formats a float the way JSON would (`1.0` stays `1.0`, so it is distinguishable from an int).
 pub fn float_text(f: f64) -> String {
     if f.is_finite() && f == f.trunc() && f.abs() < 1e16 {

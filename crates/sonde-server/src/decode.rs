@@ -7,6 +7,7 @@
 
 use crate::error::ApiError;
 use serde_json::{Map, Value};
+use sonde_model::parse::{Parsed, Shape, parse_flat};
 use sonde_model::{Event, EventError, Limits, flatten_event, time};
 use std::io::Read;
 
@@ -179,6 +180,56 @@ pub fn batch_item(item: Value, now_us: i64, limits: &Limits) -> Result<Event, Ev
     };
     let rate = parse_sample_rate(m.get("samplerate").unwrap_or(&Value::Null))?;
     make_event(&data, time_us, rate, limits)
+}
+
+/// One Honeycomb batch item from its text, parsed and flattened in one pass where it can be
+/// (see [`sonde_model::parse`]); the same event as [`batch_item`] over the parsed item.
+pub fn batch_item_text(raw: &[u8], now_us: i64, limits: &Limits) -> Result<Event, EventError> {
+    match parse_flat(raw, Shape::BatchItem, limits)? {
+        Parsed::Flat {
+            fields,
+            time,
+            samplerate,
+        } => {
+            let time_us = match &time {
+                None | Some(Value::Null) => now_us,
+                Some(Value::String(s)) if s.is_empty() => now_us,
+                Some(t) => time::parse_time_value(t)?,
+            };
+            Ok(Event {
+                timestamp_us: time_us,
+                sample_rate: parse_sample_rate(samplerate.as_ref().unwrap_or(&Value::Null))?,
+                fields,
+            })
+        }
+        Parsed::Tree => batch_item(parse_json(raw, limits)?, now_us, limits),
+    }
+}
+
+/// One NDJSON line from its text, parsed and flattened in one pass where it can be; the same
+/// event as [`ndjson_event`] over the parsed object.
+pub fn ndjson_line(raw: &[u8], now_us: i64, limits: &Limits) -> Result<Event, EventError> {
+    match parse_flat(raw, Shape::Line, limits)? {
+        Parsed::Flat {
+            fields,
+            time,
+            samplerate,
+        } => {
+            let time_us = match &time {
+                None | Some(Value::Null) => now_us,
+                Some(t) => time::parse_time_value(t)?,
+            };
+            Ok(Event {
+                timestamp_us: time_us,
+                sample_rate: parse_sample_rate(samplerate.as_ref().unwrap_or(&Value::Null))?,
+                fields,
+            })
+        }
+        Parsed::Tree => match parse_json(raw, limits)? {
+            Value::Object(m) => ndjson_event(m, now_us, limits),
+            other => Err(EventError::NotAnObject(sonde_model::flatten::json_kind(&other))),
+        },
+    }
 }
 
 /// One NDJSON event: a flat or nested object whose `timestamp` (or `time`) key is its time and

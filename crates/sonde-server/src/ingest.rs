@@ -1,7 +1,7 @@
 //! Ingest handlers: Honeycomb's single-event and batch endpoints, and NDJSON.
 
 use crate::auth::{Caller, Scope};
-use crate::decode::{self, batch_item, decompress, ndjson_event, parse_json, split_json_array};
+use crate::decode::{self, batch_item, decompress, parse_json, split_json_array};
 use crate::{AppState, error::ApiError};
 use axum::Json;
 use axum::body::Body;
@@ -174,7 +174,7 @@ pub(crate) async fn batch(
             let items = split_json_array(&plain).map_err(|e| ApiError::bad_request(format!("malformed batch: {e}")))?;
             Ok(items
                 .into_iter()
-                .map(|raw| batch_item(parse_json(raw, &limits)?, now, &limits))
+                .map(|raw| decode::batch_item_text(raw, now, &limits))
                 .collect())
         }
     })
@@ -222,10 +222,7 @@ pub(crate) async fn ndjson(
         Ok(plain
             .split(|b| *b == b'\n')
             .filter(|line| !line.iter().all(|b| b.is_ascii_whitespace()))
-            .map(|line| match parse_json(line, &limits)? {
-                Value::Object(m) => ndjson_event(m, now, &limits),
-                other => Err(EventError::NotAnObject(sonde_model::flatten::json_kind(&other))),
-            })
+            .map(|line| decode::ndjson_line(line, now, &limits))
             .collect())
     })
     .await

@@ -1,18 +1,22 @@
 //! The write buffer: one dataset's recent events as typed columns with an evolving schema.
 //!
-//! Events are appended in LSN order by the WAL thread right after their fsync, so the buffer
-//! always holds a contiguous run of the dataset's records. A field seen for the first time
-//! gets a new column backfilled with nulls; a value wider than its column's type widens the
-//! column (earlier values are converted, see [`sonde_model::FieldValue::cast`]). Queries and
-//! flushes see the buffer as an Arrow [`RecordBatch`] ([`WriteBuffer::to_record_batch`]), which
-//! is cached until the next append so that repeated queries do not rebuild it.
+//! Events are appended in LSN order by the WAL thread right after their fsync, straight from
+//! the record's encoded bytes ([`WriteBuffer::append_payload`]), so the buffer always holds a
+//! contiguous run of the dataset's records. Values go into Arrow builders (no allocation per
+//! value). A field seen for the first time gets a new column backfilled with nulls; a value
+//! wider than its column's type widens the column (earlier values are converted, see
+//! [`sonde_model::FieldValue::cast`]). Queries see the buffer as an Arrow [`RecordBatch`]
+//! ([`WriteBuffer::to_record_batch`]), cached until the next append so that repeated queries do
+//! not rebuild it; a flush takes the values out of the builders without copying them
+//! ([`WriteBuffer::into_record_batch`]).
 
-use crate::wal::Lsn;
+use crate::wal::{Lsn, PayloadReader};
 use arrow::array::{
-    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    Array, ArrayBuilder, ArrayRef, BooleanArray, BooleanBuilder, Float64Array, Float64Builder, Int64Array,
+    Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use sonde_model::{ColumnType, Event, FieldValue, SAMPLE_RATE_COLUMN, TIMESTAMP_COLUMN};
+use sonde_model::{ColumnType, Event, FieldValue, SAMPLE_RATE_COLUMN, TIMESTAMP_COLUMN, ValueRef};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -71,14 +75,155 @@ fn to_array(ty: ColumnType, values: &[Option<FieldValue>]) -> ArrayRef {
     }
 }
 
-#[derive(Debug, Clone)]
+/// Value `i` of an array Sonde wrote (one of the four column types), `None` when null.
+fn value_at(array: &ArrayRef, i: usize) -> Option<FieldValue> {
+    if array.is_null(i) {
+        return None;
+    }
+    let any = array.as_any();
+    if let Some(a) = any.downcast_ref::<BooleanArray>() {
+        Some(FieldValue::Bool(a.value(i)))
+    } else if let Some(a) = any.downcast_ref::<Int64Array>() {
+        Some(FieldValue::Int(a.value(i)))
+    } else if let Some(a) = any.downcast_ref::<Float64Array>() {
+        Some(FieldValue::Float(a.value(i)))
+    } else {
+        any.downcast_ref::<StringArray>()
+            .map(|a| FieldValue::Str(a.value(i).to_string()))
+    }
+}
+
+/// One column's values. While every value has the column's type (the usual case) they go
+/// straight into an Arrow builder: no allocation per value, strings copied once into one
+/// buffer. The first value of another type turns the column into `Mixed`, which keeps values
+/// as they arrived so that each is cast once, from its own type, when the batch is built.
+#[derive(Debug)]
+enum Values {
+    Bool(BooleanBuilder),
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Str(StringBuilder),
+    Mixed(Vec<Option<FieldValue>>),
+}
+
+impl Values {
+    /// An empty column of type `ty` with `nulls` leading nulls.
+    fn new(ty: ColumnType, nulls: usize) -> Values {
+        let mut v = match ty {
+            ColumnType::Bool => Values::Bool(BooleanBuilder::new()),
+            ColumnType::Int => Values::Int(Int64Builder::new()),
+            ColumnType::Float => Values::Float(Float64Builder::new()),
+            ColumnType::String => Values::Str(StringBuilder::new()),
+        };
+        v.push_nulls(nulls);
+        v
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Values::Bool(b) => b.len(),
+            Values::Int(b) => b.len(),
+            Values::Float(b) => b.len(),
+            Values::Str(b) => b.len(),
+            Values::Mixed(m) => m.len(),
+        }
+    }
+
+    fn push_nulls(&mut self, n: usize) {
+        match self {
+            Values::Bool(b) => b.append_nulls(n),
+            Values::Int(b) => b.append_nulls(n),
+            Values::Float(b) => b.append_nulls(n),
+            Values::Str(b) => (0..n).for_each(|_| b.append_null()),
+            Values::Mixed(m) => m.resize(m.len() + n, None),
+        }
+    }
+
+    /// Appends `v` if the column holds values of its type; returns the bytes it took, or
+    /// `None` (nothing appended) when it does not fit.
+    fn try_push(&mut self, v: ValueRef<'_>) -> Option<usize> {
+        match (self, v) {
+            (Values::Bool(b), ValueRef::Bool(x)) => b.append_value(x),
+            (Values::Int(b), ValueRef::Int(x)) => b.append_value(x),
+            (Values::Float(b), ValueRef::Float(x)) => b.append_value(x),
+            (Values::Str(b), ValueRef::Str(x)) => {
+                b.append_value(x);
+                return Some(4 + x.len());
+            }
+            (Values::Mixed(m), v) => {
+                let bytes = match v {
+                    ValueRef::Str(x) => 32 + x.len(),
+                    _ => 32,
+                };
+                m.push(Some(v.to_owned_value()));
+                return Some(bytes);
+            }
+            _ => return None,
+        }
+        Some(8)
+    }
+
+    /// The values as an array of type `ty`, taking them out of the builder (no copy).
+    fn finish(&mut self, ty: ColumnType) -> ArrayRef {
+        match self {
+            Values::Bool(b) => Arc::new(b.finish()),
+            Values::Int(b) => Arc::new(b.finish()),
+            Values::Float(b) => Arc::new(b.finish()),
+            Values::Str(b) => Arc::new(b.finish()),
+            Values::Mixed(m) => to_array(ty, &std::mem::take(m)),
+        }
+    }
+
+    /// The values as an array of type `ty`, leaving the builder as it is.
+    fn to_array(&self, ty: ColumnType) -> ArrayRef {
+        match self {
+            Values::Bool(b) => Arc::new(b.finish_cloned()),
+            Values::Int(b) => Arc::new(b.finish_cloned()),
+            Values::Float(b) => Arc::new(b.finish_cloned()),
+            Values::Str(b) => Arc::new(b.finish_cloned()),
+            Values::Mixed(m) => to_array(ty, m),
+        }
+    }
+
+    /// The values as they arrived, for a column turning `Mixed`.
+    fn to_mixed(&self, ty: ColumnType) -> Vec<Option<FieldValue>> {
+        let array = self.to_array(ty);
+        (0..array.len()).map(|i| value_at(&array, i)).collect()
+    }
+}
+
+#[derive(Debug)]
 struct Column {
     name: String,
     /// The widest type of any value so far: the column's type in the Arrow batch.
     ty: ColumnType,
-    /// Values as they arrived; cast to `ty` only when the batch is built.
-    values: Vec<Option<FieldValue>>,
+    values: Values,
 }
+
+impl Column {
+    /// Appends `v` as the value of row `row` (padding the rows this column was absent from
+    /// with nulls); returns the bytes it took.
+    fn push(&mut self, row: usize, v: ValueRef<'_>) -> usize {
+        let len = self.values.len();
+        if len > row {
+            // A second value for the same name in one event: flattening and the OTLP mapping
+            // keep one entry per name, so only a bug gets here; the first value stays.
+            debug_assert!(false, "field {:?} twice in one event", self.name);
+            return 0;
+        }
+        self.values.push_nulls(row - len);
+        self.ty = self.ty.widen(v.column_type());
+        if let Some(bytes) = self.values.try_push(v) {
+            return bytes;
+        }
+        self.values = Values::Mixed(self.values.to_mixed(self.ty));
+        self.values.try_push(v).expect("a mixed column takes every value")
+    }
+}
+
+/// Past this many bytes a buffer is frozen at once, whatever the flush settings: Arrow's
+/// string columns hold at most 2 GiB.
+pub const MAX_BUFFER_BYTES: usize = 1 << 30;
 
 /// One dataset's buffered events.
 #[derive(Debug, Default)]
@@ -86,7 +231,7 @@ pub struct WriteBuffer {
     timestamps: Vec<i64>,
     sample_rates: Vec<i64>,
     columns: Vec<Column>,
-    index: HashMap<String, usize>,
+    index: HashMap<String, usize, ahash::RandomState>,
     approx_bytes: usize,
     min_lsn: Option<Lsn>,
     max_lsn: Lsn,
@@ -97,57 +242,95 @@ pub struct WriteBuffer {
     cached: Option<RecordBatch>,
 }
 
+/// How the buffer learns a new column's type from the dataset's segments.
+pub type KnownTypes<'a> = &'a dyn Fn(&str) -> Option<ColumnType>;
+
 impl WriteBuffer {
     /// Appends the events of one WAL record. `known` gives the dataset's current column types
     /// (from its segments), so that a new column starts at least as wide as the dataset's.
-    pub fn append(&mut self, lsn: Lsn, events: &[Event], known: &dyn Fn(&str) -> Option<ColumnType>, now_us: i64) {
+    pub fn append(&mut self, lsn: Lsn, events: &[Event], known: KnownTypes<'_>, now_us: i64) {
         if events.is_empty() {
             return;
         }
+        self.start_record(lsn, now_us);
+        for e in events {
+            let fields = e.fields.iter().map(|(n, v)| (n.as_str(), v.as_value_ref()));
+            self.push_event(e.timestamp_us, e.sample_rate, fields, known);
+        }
+    }
+
+    /// Appends the events of one WAL record straight from its encoded payload (see
+    /// [`crate::wal::encode_payload`]), without making an [`Event`] of each. Returns false
+    /// (with the events read so far appended) if the payload is damaged.
+    pub fn append_payload(&mut self, lsn: Lsn, payload: &[u8], known: KnownTypes<'_>, now_us: i64) -> bool {
+        let Some((_, mut reader)) = PayloadReader::new(payload) else {
+            return false;
+        };
+        if reader.events_left() == 0 {
+            return reader.at_end();
+        }
+        self.start_record(lsn, now_us);
+        while let Some((ts, rate, nf)) = reader.next_event() {
+            let mut damaged = false;
+            let fields = (0..nf).map_while(|_| {
+                let f = reader.next_field();
+                damaged |= f.is_none();
+                f
+            });
+            self.push_event(ts, rate, fields, known);
+            if damaged {
+                return false;
+            }
+        }
+        reader.at_end()
+    }
+
+    fn start_record(&mut self, lsn: Lsn, now_us: i64) {
         self.cached = None;
         self.min_lsn.get_or_insert(lsn);
         self.max_lsn = self.max_lsn.max(lsn);
         self.oldest_arrival_us.get_or_insert(now_us);
-        for e in events {
-            let row = self.timestamps.len();
-            if row == 0 {
-                self.min_ts = e.timestamp_us;
-                self.max_ts = e.timestamp_us;
-            }
-            self.min_ts = self.min_ts.min(e.timestamp_us);
-            self.max_ts = self.max_ts.max(e.timestamp_us);
-            self.timestamps.push(e.timestamp_us);
-            self.sample_rates.push(e.sample_rate);
-            self.approx_bytes += 16;
-            for (name, v) in &e.fields {
-                let ci = match self.index.get(name) {
-                    Some(&ci) => ci,
-                    None => {
-                        let ty = known(name).map_or(v.column_type(), |k| k.widen(v.column_type()));
-                        self.columns.push(Column {
-                            name: name.clone(),
-                            ty,
-                            values: vec![None; row],
-                        });
-                        self.index.insert(name.clone(), self.columns.len() - 1);
-                        self.approx_bytes += 64 + name.len();
-                        self.columns.len() - 1
-                    }
-                };
-                let col = &mut self.columns[ci];
-                col.ty = col.ty.widen(v.column_type());
-                self.approx_bytes += match v {
-                    FieldValue::Str(s) => 32 + s.len(),
-                    _ => 32,
-                };
-                col.values.push(Some(v.clone()));
-            }
-            // Columns this event did not mention are null for it.
-            for col in &mut self.columns {
-                if col.values.len() == row {
-                    col.values.push(None);
+    }
+
+    fn push_event<'v>(
+        &mut self,
+        ts: i64,
+        rate: i64,
+        fields: impl Iterator<Item = (&'v str, ValueRef<'v>)>,
+        known: KnownTypes<'_>,
+    ) {
+        let row = self.timestamps.len();
+        if row == 0 {
+            self.min_ts = ts;
+            self.max_ts = ts;
+        }
+        self.min_ts = self.min_ts.min(ts);
+        self.max_ts = self.max_ts.max(ts);
+        self.timestamps.push(ts);
+        self.sample_rates.push(rate);
+        self.approx_bytes += 16;
+        for (name, v) in fields {
+            let ci = match self.index.get(name) {
+                Some(&ci) => ci,
+                None => {
+                    let own = v.column_type();
+                    let ty = known(name).map_or(own, |k| k.widen(own));
+                    let values = if ty == own {
+                        Values::new(ty, row)
+                    } else {
+                        Values::Mixed(vec![None; row])
+                    };
+                    self.columns.push(Column {
+                        name: name.to_string(),
+                        ty,
+                        values,
+                    });
+                    self.index.insert(name.to_string(), self.columns.len() - 1);
+                    self.approx_bytes += 64 + name.len() + row;
+                    self.columns.len() - 1
                 }
-            }
+            };
+            self.approx_bytes += self.columns[ci].push(row, v);
         }
     }
 
@@ -156,7 +339,8 @@ impl WriteBuffer {
         self.timestamps.len()
     }
 
-    /// Rough bytes of memory held, for flushing by size and for backpressure.
+    /// Bytes of memory held by the values (not counting spare capacity), for flushing by size
+    /// and for backpressure.
     pub fn approx_bytes(&self) -> usize {
         self.approx_bytes
     }
@@ -206,14 +390,33 @@ impl WriteBuffer {
         if let Some(b) = &self.cached {
             return b.clone();
         }
+        let batch = self.build(|c| c.values.to_array(c.ty));
+        self.cached = Some(batch.clone());
+        batch
+    }
+
+    /// The buffer as one Arrow batch, taking the values out of their builders rather than
+    /// copying them: for a buffer being frozen.
+    pub fn into_record_batch(mut self) -> RecordBatch {
+        match self.cached.take() {
+            Some(b) => b,
+            None => self.build(|c| c.values.finish(c.ty)),
+        }
+    }
+
+    fn build(&mut self, mut array: impl FnMut(&mut Column) -> ArrayRef) -> RecordBatch {
+        let rows = self.rows();
+        let schema = self.schema();
         let mut arrays: Vec<ArrayRef> = vec![
             Arc::new(TimestampMicrosecondArray::from(self.timestamps.clone()).with_timezone("UTC")),
             Arc::new(Int64Array::from(self.sample_rates.clone())),
         ];
-        arrays.extend(self.columns.iter().map(|c| to_array(c.ty, &c.values)));
-        let batch = RecordBatch::try_new(self.schema(), arrays).expect("buffer columns have equal lengths");
-        self.cached = Some(batch.clone());
-        batch
+        for c in &mut self.columns {
+            // Columns the latest events did not mention are null for them.
+            c.values.push_nulls(rows - c.values.len());
+            arrays.push(array(c));
+        }
+        RecordBatch::try_new(schema, arrays).expect("buffer columns have equal lengths")
     }
 
     /// Reconstructs event `i` (fields in column order), for tests and debugging.
@@ -224,7 +427,8 @@ impl WriteBuffer {
             fields: self
                 .columns
                 .iter()
-                .filter_map(|c| c.values[i].as_ref().map(|v| (c.name.clone(), v.cast(c.ty))))
+                .filter(|c| i < c.values.len())
+                .filter_map(|c| value_at(&c.values.to_array(c.ty), i).map(|v| (c.name.clone(), v)))
                 .collect(),
         }
     }
@@ -280,5 +484,36 @@ mod tests {
         b.append(1, &[ev(1, vec![("a", FieldValue::Int(3))])], &known, 0);
         assert_eq!(b.column_type("a"), Some(ColumnType::Float));
         assert_eq!(b.event(0).fields[0].1, FieldValue::Float(3.0));
+    }
+
+    #[test]
+    fn payload_and_events_fill_the_same_batch() {
+        let events = vec![
+            ev(3, vec![("s", FieldValue::Str("a".into())), ("n", FieldValue::Int(1))]),
+            ev(1, vec![("n", FieldValue::Bool(true)), ("f", FieldValue::Float(0.5))]),
+            ev(2, vec![]),
+            ev(4, vec![("s", FieldValue::Int(7)), ("n", FieldValue::Float(2.5))]),
+        ];
+        let none = |_: &str| None;
+        let mut from_events = WriteBuffer::default();
+        from_events.append(9, &events, &none, 0);
+        let ds = sonde_model::DatasetName::new("d").unwrap();
+        let payload = crate::wal::encode_payload(&ds, &events);
+        let mut from_payload = WriteBuffer::default();
+        assert!(from_payload.append_payload(9, &payload, &none, 0));
+        assert_eq!(from_events.to_record_batch(), from_payload.to_record_batch());
+        assert!(!WriteBuffer::default().append_payload(1, &payload[..payload.len() - 1], &none, 0));
+        // Widened in place: `n` went int → bool-in-int → float, `s` string with an int in it.
+        assert_eq!(from_payload.column_type("n"), Some(ColumnType::Float));
+        assert_eq!(
+            from_payload.event(1).fields[0],
+            ("n".to_string(), FieldValue::Float(1.0))
+        );
+        assert_eq!(
+            from_payload.event(3).fields[0],
+            ("s".to_string(), FieldValue::Str("7".into()))
+        );
+        let frozen = from_payload.into_record_batch();
+        assert_eq!(frozen, from_events.to_record_batch());
     }
 }

@@ -271,8 +271,8 @@ pub struct StorageStats {
 
 struct Commit {
     dataset: DatasetName,
+    /// The events as encoded for the WAL; the write buffer is filled from these same bytes.
     payload: Vec<u8>,
-    events: Vec<Event>,
     done: oneshot::Sender<Result<Lsn>>,
 }
 
@@ -309,6 +309,22 @@ impl std::fmt::Debug for Storage {
             .field("data_dir", &self.config.data_dir)
             .finish()
     }
+}
+
+/// Moves a dataset's active buffer (if it holds events) to its frozen list, as one batch in
+/// arrival order; the flusher sorts and writes it.
+fn freeze_active(st: &mut DatasetState) {
+    if st.active.rows() == 0 {
+        return;
+    }
+    let active = std::mem::take(&mut st.active);
+    let (min_lsn, max_lsn, bytes) = (active.min_lsn().unwrap_or(0), active.max_lsn(), active.approx_bytes());
+    st.frozen.push(Arc::new(Frozen {
+        batch: active.into_record_batch(),
+        min_lsn,
+        max_lsn,
+        bytes,
+    }));
 }
 
 fn segment_path(dataset: &DatasetName, id: u64) -> String {
@@ -385,7 +401,9 @@ impl Storage {
 
         let mut replayed = 0u64;
         for rec in &replay.records {
-            if storage.apply(rec.lsn, &rec.dataset, &rec.events, true) {
+            if storage.apply(rec.lsn, &rec.dataset, true, |buffer, known, now| {
+                buffer.append(rec.lsn, &rec.events, known, now)
+            }) {
                 replayed += rec.events.len() as u64;
             }
         }
@@ -470,13 +488,14 @@ impl Storage {
         }
         self.check_capacity()?;
         let payload = wal::encode_payload(dataset, &events);
+        let n = events.len() as u64;
+        // Freed here, on the thread that made them, rather than by the WAL thread.
+        drop(events);
         let (done, rx) = oneshot::channel();
         let tx = self.commit_tx.lock().unwrap().clone().ok_or(Error::ShuttingDown)?;
-        let n = events.len() as u64;
         tx.send(Commit {
             dataset: dataset.clone(),
             payload,
-            events,
             done,
         })
         .await
@@ -540,7 +559,10 @@ impl Storage {
             for c in group {
                 let lsn = next_lsn;
                 next_lsn += 1;
-                self.apply(lsn, &c.dataset, &c.events, false);
+                self.apply(lsn, &c.dataset, false, |buffer, known, now| {
+                    let whole = buffer.append_payload(lsn, &c.payload, known, now);
+                    debug_assert!(whole, "a payload this process encoded reads back whole");
+                });
                 self.applied_lsn.store(lsn, Ordering::Release);
                 let _ = c.done.send(Ok(lsn));
             }
@@ -558,7 +580,13 @@ impl Storage {
 
     /// Applies one WAL record to its dataset's write buffer. During replay, records the
     /// catalog already covers are skipped (returns false).
-    fn apply(&self, lsn: Lsn, dataset: &DatasetName, events: &[Event], replaying: bool) -> bool {
+    fn apply(
+        &self,
+        lsn: Lsn,
+        dataset: &DatasetName,
+        replaying: bool,
+        fill: impl FnOnce(&mut WriteBuffer, buffer::KnownTypes<'_>, i64),
+    ) -> bool {
         let state = self.dataset_state_or_create(dataset);
         let mut st = state.lock().unwrap();
         if replaying && lsn <= st.flushed_lsn {
@@ -568,10 +596,19 @@ impl Storage {
         let before = st.active.approx_bytes();
         let DatasetState { columns, active, .. } = &mut *st;
         let known = |name: &str| columns.get(name).map(|c| c.ty);
-        active.append(lsn, events, &known, sonde_model::time::now_us());
+        fill(active, &known, sonde_model::time::now_us());
         let grown = active.approx_bytes() - before;
         self.buffered_bytes.fetch_add(grown, Ordering::Relaxed);
-        if active.rows() >= self.config.flush_rows || active.approx_bytes() >= self.config.flush_bytes {
+        if active.approx_bytes() >= buffer::MAX_BUFFER_BYTES {
+            // The flusher is behind (a slow store, or limits set very high): freeze the buffer
+            // here, because one buffer's string column cannot pass 2 GiB.
+            freeze_active(&mut st);
+        }
+        let active = &st.active;
+        if !st.frozen.is_empty()
+            || active.rows() >= self.config.flush_rows
+            || active.approx_bytes() >= self.config.flush_bytes
+        {
             self.flush_wanted.notify_one();
         }
         true
@@ -699,27 +736,11 @@ impl Storage {
         let Some(state) = self.dataset_state(dataset) else {
             return Ok(());
         };
-        let (pending, retired) = {
+        let pending = {
             let mut st = state.lock().unwrap();
-            let mut retired = None;
-            if st.active.rows() > 0 {
-                let mut active = std::mem::take(&mut st.active);
-                let batch = segment::sort_by_time(&active.to_record_batch())?;
-                st.frozen.push(Arc::new(Frozen {
-                    batch,
-                    min_lsn: active.min_lsn().unwrap_or(0),
-                    max_lsn: active.max_lsn(),
-                    bytes: active.approx_bytes(),
-                }));
-                retired = Some(active);
-            }
-            (st.frozen.clone(), retired)
+            freeze_active(&mut st);
+            st.frozen.clone()
         };
-        // Freeing a buffer of a million values takes a good fraction of a second: not under the
-        // dataset's lock, which the WAL thread needs to apply (and acknowledge) new records.
-        if let Some(old) = retired {
-            tokio::task::spawn_blocking(move || drop(old));
-        }
         for frozen in pending {
             self.write_segment(dataset, &state, &frozen).await?;
         }
@@ -747,9 +768,11 @@ impl Storage {
         let raw_bytes = batch.get_array_memory_size() as u64;
         let schema = batch.schema();
         let index = self.index.clone();
-        // Off the async workers: encoding, and indexing now while the rows are in memory (an
+        // Off the async workers: sorting, encoding, and indexing now while the rows are in memory (an
         // unused id's cache entry is harmless).
         let (bytes, idx) = tokio::task::spawn_blocking(move || -> Result<_> {
+            // Frozen buffers are in arrival order; segments are sorted by time.
+            let batch = segment::sort_by_time(&batch)?;
             let idx = index.insert_from_batch(id, &batch)?;
             Ok((segment::encode(&batch, &opts)?, idx))
         })

@@ -19,7 +19,7 @@
 //! not a torn tail but damage, and is reported as [`Error::WalCorrupt`].
 
 use crate::{Error, Result};
-use sonde_model::{DatasetName, Event, FieldValue};
+use sonde_model::{DatasetName, Event, FieldValue, ValueRef};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -121,38 +121,93 @@ impl<'a> Cursor<'a> {
     fn i64(&mut self) -> Option<i64> {
         Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
-    fn str(&mut self, n: usize) -> Option<String> {
-        String::from_utf8(self.take(n)?.to_vec()).ok()
+    fn str_ref(&mut self, n: usize) -> Option<&'a str> {
+        std::str::from_utf8(self.take(n)?).ok()
+    }
+}
+
+/// Reads a payload written by [`encode_payload`] in place, without copying: the live ingest
+/// path fills the write buffer straight from the bytes it has just made durable.
+pub struct PayloadReader<'a> {
+    c: Cursor<'a>,
+    events_left: usize,
+    fields_left: usize,
+}
+
+impl<'a> PayloadReader<'a> {
+    /// Reads the header: the dataset name (as written) and a reader positioned at the first event.
+    pub fn new(payload: &'a [u8]) -> Option<(&'a str, Self)> {
+        let mut c = Cursor { buf: payload, pos: 0 };
+        let n = c.u16()? as usize;
+        let dataset = c.str_ref(n)?;
+        let events_left = c.u32()? as usize;
+        Some((
+            dataset,
+            PayloadReader {
+                c,
+                events_left,
+                fields_left: 0,
+            },
+        ))
+    }
+
+    /// Events not yet started.
+    pub fn events_left(&self) -> usize {
+        self.events_left
+    }
+
+    /// Starts the next event: its timestamp (µs), sample rate and number of fields. `None`
+    /// after the last event, or if the previous event's fields were not all read, or on damage.
+    pub fn next_event(&mut self) -> Option<(i64, i64, usize)> {
+        if self.events_left == 0 || self.fields_left != 0 {
+            return None;
+        }
+        let ts = self.c.i64()?;
+        let rate = self.c.i64()?;
+        let nf = self.c.u32()? as usize;
+        self.events_left -= 1;
+        self.fields_left = nf;
+        Some((ts, rate, nf))
+    }
+
+    /// The current event's next field; `None` after its last field or on damage.
+    pub fn next_field(&mut self) -> Option<(&'a str, ValueRef<'a>)> {
+        if self.fields_left == 0 {
+            return None;
+        }
+        let n = self.c.u16()? as usize;
+        let name = self.c.str_ref(n)?;
+        let v = match self.c.u8()? {
+            0 => ValueRef::Bool(self.c.u8()? != 0),
+            1 => ValueRef::Int(self.c.i64()?),
+            2 => ValueRef::Float(f64::from_bits(self.c.i64()? as u64)),
+            3 => {
+                let n = self.c.u32()? as usize;
+                ValueRef::Str(self.c.str_ref(n)?)
+            }
+            _ => return None,
+        };
+        self.fields_left -= 1;
+        Some((name, v))
+    }
+
+    /// True once every event and field has been read and no bytes are left over.
+    pub fn at_end(&self) -> bool {
+        self.events_left == 0 && self.fields_left == 0 && self.c.pos == self.c.buf.len()
     }
 }
 
 /// Decodes a payload written by [`encode_payload`]. `None` means the bytes are not a valid
 /// payload (which, behind a good checksum, means a bug or a format change).
 pub fn decode_payload(lsn: Lsn, payload: &[u8]) -> Option<WalRecord> {
-    let mut c = Cursor { buf: payload, pos: 0 };
-    let n = c.u16()? as usize;
-    let dataset = DatasetName::new(&c.str(n)?).ok()?;
-    let count = c.u32()? as usize;
-    let mut events = Vec::with_capacity(count.min(1 << 16));
-    for _ in 0..count {
-        let timestamp_us = c.i64()?;
-        let sample_rate = c.i64()?;
-        let nf = c.u32()? as usize;
+    let (name, mut r) = PayloadReader::new(payload)?;
+    let dataset = DatasetName::new(name).ok()?;
+    let mut events = Vec::with_capacity(r.events_left().min(1 << 16));
+    while let Some((timestamp_us, sample_rate, nf)) = r.next_event() {
         let mut fields = Vec::with_capacity(nf.min(4096));
         for _ in 0..nf {
-            let n = c.u16()? as usize;
-            let name = c.str(n)?;
-            let v = match c.u8()? {
-                0 => FieldValue::Bool(c.u8()? != 0),
-                1 => FieldValue::Int(c.i64()?),
-                2 => FieldValue::Float(f64::from_bits(c.i64()? as u64)),
-                3 => {
-                    let n = c.u32()? as usize;
-                    FieldValue::Str(c.str(n)?)
-                }
-                _ => return None,
-            };
-            fields.push((name, v));
+            let (name, v) = r.next_field()?;
+            fields.push((name.to_string(), v.to_owned_value()));
         }
         events.push(Event {
             timestamp_us,
@@ -160,7 +215,7 @@ pub fn decode_payload(lsn: Lsn, payload: &[u8]) -> Option<WalRecord> {
             fields,
         });
     }
-    (c.pos == payload.len()).then_some(WalRecord { lsn, dataset, events })
+    r.at_end().then_some(WalRecord { lsn, dataset, events })
 }
 
 /// The WAL directory inside the data directory.

@@ -1,0 +1,612 @@
+//! Parsing and flattening in one pass: JSON text straight to dotted fields, with no
+//! `serde_json::Value` tree in between (the tree, its maps and their keys were a third of
+//! ingest's CPU time).
+//!
+//! The result is the one [`crate::flatten_event`] gives for the parsed object, except for the
+//! order of the fields: here they keep the order they were sent in (the tree sorts each
+//! object's keys), and when two spellings reach the same name (`"a.b"` and `{"a":{"b":…}}`)
+//! the later one in the text wins. Inputs this pass does not take (a top level that is not an
+//! object, a batch item with two `data` keys) are handed back as [`Parsed::Tree`] so the
+//! caller can use the tree path and its error messages.
+
+use crate::flatten::{Limits, truncate};
+use crate::{EventError, FieldValue, SAMPLE_RATE_COLUMN, TIMESTAMP_COLUMN};
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::fmt;
+
+/// Which object is the event's data, and where its envelope (time, sample rate) comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// A Honeycomb batch item: `{"data": {…}, "time": …, "samplerate": N}`.
+    BatchItem,
+    /// An NDJSON line: the object is the data; its top-level `timestamp` (or `time`) and
+    /// `samplerate` keys are the envelope and are taken out of it.
+    Line,
+}
+
+/// What one pass over an event's text found.
+#[derive(Debug)]
+pub enum Parsed {
+    /// The flattened fields and the envelope's raw values (absent keys are `None`).
+    Flat {
+        /// The data's fields, in the order they were sent.
+        fields: Vec<(String, FieldValue)>,
+        /// The envelope's time value (`time`, or for lines `timestamp` before `time`).
+        time: Option<Value>,
+        /// The envelope's sample rate value.
+        samplerate: Option<Value>,
+    },
+    /// Not an input this pass takes: parse it as a tree instead.
+    Tree,
+}
+
+/// Parses and flattens one event (see the module docs). Errors name the limit or the problem.
+pub fn parse_flat(bytes: &[u8], shape: Shape, limits: &Limits) -> Result<Parsed, EventError> {
+    limits.check_event_bytes(bytes.len())?;
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Ok(Parsed::Tree);
+    }
+    let mut f = Flattener {
+        fields: Vec::with_capacity(32),
+        hashes: Vec::with_capacity(32),
+        by_hash: HashMap::default(),
+        hasher: ahash::RandomState::with_seeds(1, 2, 3, 4),
+        name: String::with_capacity(128),
+        limits,
+        error: None,
+        envelope: Envelope::default(),
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let outcome = Top { f: &mut f, shape }.deserialize(&mut de).and_then(|()| de.end());
+    if let Some(e) = f.error {
+        return Err(e);
+    }
+    if let Err(e) = outcome {
+        return Err(if e.to_string().contains("recursion limit") {
+            limits.depth_error()
+        } else if std::str::from_utf8(bytes).is_err() {
+            EventError::Json(format!("invalid UTF-8 ({e})"))
+        } else {
+            EventError::Json(e.to_string())
+        });
+    }
+    let env = f.envelope;
+    if env.tree {
+        return Ok(Parsed::Tree);
+    }
+    if shape == Shape::BatchItem && !env.data_seen {
+        return Err(EventError::Json("batch item needs a \"data\" object, got null".into()));
+    }
+    let mut fields = f.fields;
+    let time = match (env.timestamp, env.time) {
+        (Some(ts), time) => {
+            // A line with both keys: `timestamp` is the time and `time` stays a field, as the
+            // tree path does. Rare enough to flatten through a tree.
+            if let Some(t) = time {
+                let obj = Value::Object([("time".to_string(), t)].into_iter().collect());
+                for (n, v) in crate::flatten_event(&obj, limits)? {
+                    match fields.iter_mut().find(|(m, _)| *m == n) {
+                        Some(slot) => slot.1 = v,
+                        None => fields.push((n, v)),
+                    }
+                }
+            }
+            Some(ts)
+        }
+        (None, time) => time,
+    };
+    Ok(Parsed::Flat {
+        fields,
+        time,
+        samplerate: env.samplerate,
+    })
+}
+
+#[derive(Default)]
+struct Envelope {
+    time: Option<Value>,
+    timestamp: Option<Value>,
+    samplerate: Option<Value>,
+    data_seen: bool,
+    /// Seen something only the tree path handles.
+    tree: bool,
+}
+
+struct Flattener<'l> {
+    fields: Vec<(String, FieldValue)>,
+    /// Hash of each field's name, to find a name reached twice without a map per event.
+    hashes: Vec<u64>,
+    /// Hash → first field with it, used once an event has many fields.
+    by_hash: HashMap<u64, usize>,
+    hasher: ahash::RandomState,
+    /// The dotted name being built: the prefix of the object being read, then the key.
+    name: String,
+    limits: &'l Limits,
+    /// A limit or rule broken (serde's error then only stops the parse).
+    error: Option<EventError>,
+    envelope: Envelope,
+}
+
+/// Past this many fields, names reached twice are found by a map rather than a scan.
+const SCAN_FIELDS: usize = 48;
+
+impl Flattener<'_> {
+    fn fail<E: de::Error>(&mut self, e: EventError) -> E {
+        let msg = e.to_string();
+        self.error.get_or_insert(e);
+        E::custom(msg)
+    }
+
+    fn too_deep<E: de::Error>(&mut self, depth: usize) -> Result<(), E> {
+        if depth > self.limits.max_depth {
+            let limit = self.limits.max_depth;
+            return Err(self.fail(EventError::Limit {
+                what: format!("event nesting depth of {depth}"),
+                limit,
+                name: "max_depth",
+            }));
+        }
+        Ok(())
+    }
+
+    /// Adds the value of the field named `self.name`; a name seen before gets the new value.
+    fn push<E: de::Error>(&mut self, v: FieldValue) -> Result<(), E> {
+        if let FieldValue::Str(s) = &v
+            && s.len() > self.limits.max_string_len
+        {
+            let what = format!(
+                "field {:?} has a string of {} bytes, which",
+                truncate(&self.name),
+                s.len()
+            );
+            let limit = self.limits.max_string_len;
+            return Err(self.fail(EventError::Limit {
+                what,
+                limit,
+                name: "max_string_len",
+            }));
+        }
+        if self.name.len() > self.limits.max_field_name_len {
+            let what = format!("field name {:?} of {} bytes", truncate(&self.name), self.name.len());
+            let limit = self.limits.max_field_name_len;
+            return Err(self.fail(EventError::Limit {
+                what,
+                limit,
+                name: "max_field_name_len",
+            }));
+        }
+        let h = self.hasher.hash_one(self.name.as_str());
+        let earlier = if self.fields.len() <= SCAN_FIELDS {
+            self.hashes
+                .iter()
+                .zip(&self.fields)
+                .position(|(&eh, (n, _))| eh == h && *n == self.name)
+        } else {
+            if self.by_hash.is_empty() {
+                for (i, &eh) in self.hashes.iter().enumerate() {
+                    self.by_hash.entry(eh).or_insert(i);
+                }
+            }
+            match self.by_hash.get(&h) {
+                Some(&i) if self.fields[i].0 == self.name => Some(i),
+                // Two names with one hash: look at every field.
+                Some(_) => self.fields.iter().position(|(n, _)| *n == self.name),
+                None => None,
+            }
+        };
+        if let Some(i) = earlier {
+            self.fields[i].1 = v;
+            return Ok(());
+        }
+        if self.fields.len() >= self.limits.max_fields_per_event {
+            let n = self.limits.max_fields_per_event;
+            return Err(self.fail(EventError::Limit {
+                what: format!("event has more than {n} fields; it"),
+                limit: n,
+                name: "max_fields_per_event",
+            }));
+        }
+        if self.fields.len() >= SCAN_FIELDS {
+            self.by_hash.entry(h).or_insert(self.fields.len());
+        }
+        self.hashes.push(h);
+        self.fields.push((self.name.clone(), v));
+        Ok(())
+    }
+}
+
+/// The whole text: an envelope around the data (batch item) or the data itself (line).
+struct Top<'f, 'l> {
+    f: &'f mut Flattener<'l>,
+    shape: Shape,
+}
+
+impl<'de> DeserializeSeed<'de> for Top<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Top<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        match self.shape {
+            Shape::Line => Object { f: self.f, level: 1 }.entries(&mut map, true).map(|_| ()),
+            Shape::BatchItem => {
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    match key.as_str() {
+                        "data" if self.f.envelope.data_seen => {
+                            // The tree keeps the last of two `data` objects; so does the tree path.
+                            self.f.envelope.tree = true;
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                        "data" => {
+                            self.f.envelope.data_seen = true;
+                            map.next_value_seed(Data { f: self.f })?;
+                        }
+                        "time" => self.f.envelope.time = Some(map.next_value()?),
+                        "samplerate" => self.f.envelope.samplerate = Some(map.next_value()?),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A map key, borrowed from the text when it has no escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl Key<'_> {
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(s.into()))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(s.to_string().into()))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A batch item's `data`: must be an object.
+struct Data<'f, 'l> {
+    f: &'f mut Flattener<'l>,
+}
+
+impl<'de> DeserializeSeed<'de> for Data<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl Data<'_, '_> {
+    fn not_an_object<E: de::Error>(self, kind: &str) -> Result<(), E> {
+        Err(self.f.fail(EventError::Json(format!(
+            "batch item needs a \"data\" object, got {kind}"
+        ))))
+    }
+}
+
+impl<'de> Visitor<'de> for Data<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        Object { f: self.f, level: 1 }.entries(&mut map, false).map(|_| ())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.not_an_object("null")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        self.not_an_object("a boolean")
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        self.not_an_object("a number")
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        self.not_an_object("a number")
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        self.not_an_object("a number")
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        self.not_an_object("a string")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        self.not_an_object("an array")
+    }
+}
+
+/// An object of the data at nesting `level` (the data itself is level 1); its prefix is in
+/// `f.name`.
+struct Object<'f, 'l> {
+    f: &'f mut Flattener<'l>,
+    level: usize,
+}
+
+impl Object<'_, '_> {
+    /// Reads the entries; returns how many there were. `line_top`: the top of an NDJSON line,
+    /// whose envelope keys are taken out.
+    fn entries<'de, A: MapAccess<'de>>(self, map: &mut A, line_top: bool) -> Result<usize, A::Error> {
+        let f = self.f;
+        f.too_deep(self.level)?;
+        let prefix = f.name.len();
+        let mut n = 0;
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            n += 1;
+            let key = key.as_str();
+            if key.is_empty() {
+                // A column without a name cannot be asked for (found by fuzzing: `{"": 1}`).
+                let name = if prefix == 0 {
+                    String::new()
+                } else {
+                    format!("{}.", &f.name[..prefix])
+                };
+                return Err(f.fail(EventError::BadField {
+                    name,
+                    reason: "field names must not be empty",
+                }));
+            }
+            if line_top {
+                let slot = match key {
+                    "timestamp" => Some(&mut f.envelope.timestamp),
+                    "time" => Some(&mut f.envelope.time),
+                    "samplerate" => Some(&mut f.envelope.samplerate),
+                    _ => None,
+                };
+                if let Some(slot) = slot {
+                    *slot = Some(map.next_value()?);
+                    continue;
+                }
+            }
+            if prefix == 0 {
+                if key == TIMESTAMP_COLUMN || key == SAMPLE_RATE_COLUMN {
+                    // The reserved columns come from the event's envelope; a data field of the
+                    // same name is kept beside them rather than overwriting them.
+                    f.name.push_str("data.");
+                }
+            } else {
+                f.name.push('.');
+            }
+            f.name.push_str(key);
+            let r = map.next_value_seed(Field { f, level: self.level });
+            f.name.truncate(prefix);
+            r?;
+        }
+        Ok(n)
+    }
+}
+
+/// The value of the field named `f.name`, inside an object at `level`.
+struct Field<'f, 'l> {
+    f: &'f mut Flattener<'l>,
+    level: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Field<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Field<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        // Absence is null: a null field is dropped.
+        Ok(())
+    }
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<(), E> {
+        self.f.push(FieldValue::Bool(b))
+    }
+    fn visit_i64<E: de::Error>(self, i: i64) -> Result<(), E> {
+        self.f.push(FieldValue::Int(i))
+    }
+    fn visit_u64<E: de::Error>(self, u: u64) -> Result<(), E> {
+        self.f.push(match i64::try_from(u) {
+            Ok(i) => FieldValue::Int(i),
+            Err(_) => FieldValue::Float(u as f64),
+        })
+    }
+    fn visit_f64<E: de::Error>(self, x: f64) -> Result<(), E> {
+        self.f.push(FieldValue::Float(x))
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<(), E> {
+        self.f.push(FieldValue::Str(s.to_string()))
+    }
+    fn visit_string<E: de::Error>(self, s: String) -> Result<(), E> {
+        self.f.push(FieldValue::Str(s))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        // Arrays are kept whole, as JSON text.
+        let v = Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+        self.text(v)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let child = self.level + 1;
+        if child > self.f.limits.flatten_depth {
+            // Below the flattening depth objects are kept whole, as JSON text.
+            let v = Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
+            return self.text(v);
+        }
+        let f = self.f;
+        let entries = Object { f, level: child }.entries(&mut map, false)?;
+        if entries == 0 {
+            // An empty object has no fields to become: it is kept as its text, `{}`.
+            f.push(FieldValue::Str("{}".to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Field<'_, '_> {
+    fn text<E: de::Error>(self, v: Value) -> Result<(), E> {
+        self.f.too_deep(self.level + crate::flatten::value_depth(&v))?;
+        self.f.push(FieldValue::Str(v.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flatten_event;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn sorted(mut f: Vec<(String, FieldValue)>) -> Vec<(String, FieldValue)> {
+        f.sort_by(|a, b| a.0.cmp(&b.0));
+        f
+    }
+
+    fn flat(
+        text: &str,
+        shape: Shape,
+        limits: &Limits,
+    ) -> Result<(Vec<(String, FieldValue)>, Option<Value>, Option<Value>), EventError> {
+        match parse_flat(text.as_bytes(), shape, limits)? {
+            Parsed::Flat {
+                fields,
+                time,
+                samplerate,
+            } => Ok((fields, time, samplerate)),
+            Parsed::Tree => panic!("{text}: handed to the tree path"),
+        }
+    }
+
+    /// JSON values whose keys have no dots (with dots, the two paths legitimately differ on
+    /// which of two spellings of one name wins: text order here, sorted order in the tree).
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1e9f64..1e9).prop_map(Value::from),
+            "[a-z é\"\\\\]{0,6}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(6, 64, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-d]{1,2}|timestamp|samplerate", inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// The one-pass parse finds the fields the tree path finds, for any object (the order
+        /// aside), with the same outcome under tight limits.
+        #[test]
+        fn same_fields_as_the_tree(data in prop::collection::btree_map("[a-d]{1,2}|timestamp|samplerate", any_json(), 0..6),
+                                   flatten_depth in 1usize..4, max_depth in 1usize..6, max_fields in 1usize..12) {
+            let data = Value::Object(data.into_iter().collect());
+            let limits = Limits { flatten_depth, max_depth, max_fields_per_event: max_fields, ..Limits::default() };
+            let item = json!({"time": 5, "data": data.clone(), "samplerate": 3}).to_string();
+            let tree = flatten_event(&data, &limits);
+            match (flat(&item, Shape::BatchItem, &limits), tree) {
+                (Ok((fields, time, rate)), Ok(expected)) => {
+                    prop_assert_eq!(sorted(fields), sorted(expected));
+                    prop_assert_eq!(time, Some(json!(5)));
+                    prop_assert_eq!(rate, Some(json!(3)));
+                }
+                (Err(a), Err(b)) => prop_assert_eq!(
+                    std::mem::discriminant(&a), std::mem::discriminant(&b), "{} vs {}", a, b),
+                (a, b) => prop_assert!(false, "one pass {:?}, tree {:?}", a, b),
+            }
+        }
+    }
+
+    #[test]
+    fn lines_take_their_envelope_out() {
+        let limits = Limits::default();
+        let (fields, time, rate) = flat(
+            r#"{"a":{"b":1,"c":{}},"timestamp":"2026-01-01T00:00:00Z","time":7,"samplerate":4,"s":"x"}"#,
+            Shape::Line,
+            &limits,
+        )
+        .unwrap();
+        assert_eq!(time, Some(json!("2026-01-01T00:00:00Z")), "timestamp before time");
+        assert_eq!(rate, Some(json!(4)));
+        assert_eq!(
+            fields,
+            vec![
+                ("a.b".into(), FieldValue::Int(1)),
+                ("a.c".into(), FieldValue::Str("{}".into())),
+                ("s".into(), FieldValue::Str("x".into())),
+                ("time".into(), FieldValue::Int(7)),
+            ],
+            "in the order sent; `time` stays a field beside `timestamp`"
+        );
+    }
+
+    #[test]
+    fn later_spelling_of_a_name_wins_and_reserved_names_move() {
+        let limits = Limits::default();
+        let (fields, ..) = flat(
+            r#"{"data":{"a.b":1,"a":{"b":2},"timestamp":3,"x":1,"x":2}}"#,
+            Shape::BatchItem,
+            &limits,
+        )
+        .unwrap();
+        assert_eq!(
+            fields,
+            vec![
+                ("a.b".into(), FieldValue::Int(2)),
+                ("data.timestamp".into(), FieldValue::Int(3)),
+                ("x".into(), FieldValue::Int(2)),
+            ]
+        );
+    }
+
+    #[test]
+    fn what_it_does_not_take_goes_to_the_tree() {
+        let limits = Limits::default();
+        for text in ["[1]", "3", r#"{"data":{"a":1},"data":{"b":2}}"#] {
+            assert!(
+                matches!(parse_flat(text.as_bytes(), Shape::BatchItem, &limits), Ok(Parsed::Tree)),
+                "{text}"
+            );
+        }
+        for (text, msg) in [
+            (r#"{"data":[1]}"#, "got an array"),
+            (r#"{"time":1}"#, "got null"),
+            (r#"{"data":{"":1}}"#, "must not be empty"),
+            (r#"{"data":{"a":1}"#, "EOF"),
+            (r#"{"data":{"a":1}} x"#, "trailing"),
+        ] {
+            let e = parse_flat(text.as_bytes(), Shape::BatchItem, &limits)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(msg), "{text}: {e}");
+        }
+    }
+}
