@@ -184,6 +184,13 @@ impl QueryEngine {
     /// A session for one query: its own memory pool (the per-query cap), the shared object
     /// stores, and Sonde's functions.
     fn session(&self) -> Result<SessionContext> {
+        self.session_with_pushdown(true)
+    }
+
+    /// A session whose Parquet scans evaluate filters while decoding (`pushdown`) or after.
+    /// Decoding with a row filter pays when it keeps few rows (the other columns are then
+    /// decoded only where it held) and costs when it keeps most, as `!=` usually does.
+    fn session_with_pushdown(&self, pushdown: bool) -> Result<SessionContext> {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(FairSpillPool::new(self.config.memory_limit)))
             // No spilling: a query over its cap fails with a clear error instead of filling the
@@ -194,7 +201,7 @@ impl QueryEngine {
             .map_err(internal)?;
         let mut config = SessionConfig::new().with_target_partitions(self.config.target_partitions.max(1));
         let opts = config.options_mut();
-        opts.execution.parquet.pushdown_filters = true;
+        opts.execution.parquet.pushdown_filters = pushdown;
         opts.execution.parquet.reorder_filters = true;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         ctx.register_udaf(weighted_percentile());
@@ -252,7 +259,7 @@ impl QueryEngine {
         let table = self.table(dataset)?;
         let columns = queryable_columns(&table);
         let plan = spec::plan(spec, &columns, sonde_model::time::now_us())?;
-        let ctx = self.session()?;
+        let ctx = self.session_with_pushdown(selective(&plan))?;
         let stats = table.stats();
         let base = ctx
             .read_table(table.clone())
@@ -889,6 +896,39 @@ impl Run<'_> {
             .collect()
     }
 
+    /// The partial aggregates of every calculation per time bucket and group, when every
+    /// calculation rolls up from them (COUNT, SUM, AVG, MIN, MAX, and HEATMAP's value range);
+    /// `None` otherwise, and for breakdowns by an indexed id column, whose groups are so many
+    /// that the table would be nearly as big as the events.
+    async fn fine_aggregates(&self, base: &DataFrame) -> Result<Option<DataFrame>> {
+        let plan = self.plan;
+        let rolls_up = plan.calcs.iter().all(|c| {
+            matches!(
+                c.op,
+                CalcOp::Count | CalcOp::Sum | CalcOp::Avg | CalcOp::Min | CalcOp::Max | CalcOp::Heatmap
+            )
+        });
+        let ids = &self.engine.storage.config().segment.bloom_columns;
+        if !rolls_up || plan.breakdowns.iter().any(|(b, _)| ids.contains(b)) {
+            return Ok(None);
+        }
+        let mut aggs = vec![sum(ident(SR)).alias("hidden_count")];
+        for (i, c) in plan.calcs.iter().enumerate() {
+            let column = c.column.as_ref().map(|(n, _)| n.as_str());
+            match c.op {
+                CalcOp::Heatmap => {
+                    let col = column.expect("HEATMAP has a column");
+                    aggs.push(min(as_f64(col)).alias(heat_lo(i)));
+                    aggs.push(max(as_f64(col)).alias(heat_hi(i)));
+                }
+                op => aggs.extend(aggregate_of(op, column, &c_alias(i)).0),
+            }
+        }
+        let mut gexprs = vec![bucket_expr(plan, None).alias("t")];
+        gexprs.extend(self.group_exprs());
+        Ok(Some(self.df(base.clone().aggregate(gexprs, aggs))?))
+    }
+
     async fn collect(&self, df: DataFrame) -> Result<Vec<RecordBatch>> {
         self.engine.timed(df.collect()).await
     }
@@ -901,7 +941,16 @@ impl Run<'_> {
         let plan = self.plan;
         let nb = plan.breakdowns.len();
 
-        // 1. Results: plain aggregates per group, HAVING, ORDER BY, LIMIT.
+        // 0. When every calculation can be rolled up from partial aggregates per time bucket
+        //    and group, one scan computes those ("fine"), and the results and series below are
+        //    both answered from that small table instead of scanning the events twice.
+        let fine = match self.fine_aggregates(&base).await? {
+            Some(f) => Some(self.df(f.cache().await)?),
+            None => None,
+        };
+
+        // 1. Results: plain aggregates per group, HAVING, ORDER BY, LIMIT. Each HEATMAP's value
+        //    range comes along (per group; combined over the groups that made the cut).
         let mut aggs = vec![sum(ident(SR)).alias("hidden_count")];
         let mut finals: Vec<Expr> = (0..nb).map(|i| ident(b_alias(i))).collect();
         for (i, c) in plan.calcs.iter().enumerate() {
@@ -909,10 +958,21 @@ impl Run<'_> {
                 let (a, f) = aggregate_of(c.op, c.column.as_ref().map(|(n, _)| n.as_str()), &c_alias(i));
                 aggs.extend(a);
                 finals.push(f);
+            } else if c.op == CalcOp::Heatmap {
+                let col = &c.column.as_ref().expect("HEATMAP has a column").0;
+                aggs.push(min(as_f64(col)).alias(heat_lo(i)));
+                aggs.push(max(as_f64(col)).alias(heat_hi(i)));
+                finals.extend([ident(heat_lo(i)), ident(heat_hi(i))]);
             }
         }
         finals.push(ident("hidden_count"));
-        let mut results_df = self.df(base.clone().aggregate(self.group_exprs(), aggs))?;
+        let mut results_df = match &fine {
+            Some(f) => {
+                let groups: Vec<Expr> = (0..nb).map(|i| ident(b_alias(i))).collect();
+                self.df(f.clone().aggregate(groups, aggs.iter().map(rollup).collect()))?
+            }
+            None => self.df(base.clone().aggregate(self.group_exprs(), aggs))?,
+        };
         results_df = self.df(results_df.select(finals))?;
         // Without breakdowns SQL answers one row even when nothing matched; no events, no group.
         results_df = self.df(results_df.filter(ident("hidden_count").is_not_null()))?;
@@ -950,10 +1010,24 @@ impl Run<'_> {
 
         let mut groups: Vec<GroupKey> = Vec::new();
         let mut results: Vec<Map<String, Value>> = Vec::new();
+        // Per HEATMAP calculation: the value range over the groups kept.
+        let mut heat_range: Vec<(Option<f64>, Option<f64>)> = vec![(None, None); plan.calcs.len()];
         'rows: for b in &batches {
             for row in 0..b.num_rows() {
                 if groups.len() == plan.limit + 1 {
                     break 'rows;
+                }
+                for (i, c) in plan.calcs.iter().enumerate() {
+                    if c.op == CalcOp::Heatmap && groups.len() < plan.limit {
+                        let cell = |name: String| json::cell(b.column_by_name(&name).unwrap().as_ref(), row).as_f64();
+                        let (lo, hi) = &mut heat_range[i];
+                        if let Some(v) = cell(heat_lo(i)) {
+                            *lo = Some(lo.map_or(v, |l: f64| l.min(v)));
+                        }
+                        if let Some(v) = cell(heat_hi(i)) {
+                            *hi = Some(hi.map_or(v, |h: f64| h.max(v)));
+                        }
+                    }
                 }
                 let key = group_of(b, row, nb);
                 let mut m = Map::new();
@@ -1003,9 +1077,15 @@ impl Run<'_> {
                 }
             }
             if !aggs.is_empty() {
-                let mut gexprs = vec![bucket_expr(plan, None).alias("t")];
-                gexprs.extend(self.group_exprs());
-                let df = self.df(restricted.clone().aggregate(gexprs, aggs))?;
+                let df = match &fine {
+                    // Rows of groups that did not make the cut are skipped below.
+                    Some(f) => f.clone(),
+                    None => {
+                        let mut gexprs = vec![bucket_expr(plan, None).alias("t")];
+                        gexprs.extend(self.group_exprs());
+                        self.df(restricted.clone().aggregate(gexprs, aggs))?
+                    }
+                };
                 let df = self.df(df.select(finals))?;
                 for b in self.collect(df).await? {
                     let t_col = b.column_by_name("t").unwrap().clone();
@@ -1105,24 +1185,12 @@ impl Run<'_> {
         }
 
         // 3c. HEATMAP: value range over the filtered events, then a histogram per bucket and group.
-        for c in plan.calcs.iter() {
+        for (i, c) in plan.calcs.iter().enumerate() {
             if c.op != CalcOp::Heatmap || groups.is_empty() {
                 continue;
             }
             let col = c.column.as_ref().unwrap().0.clone();
-            let range = self.df(restricted.clone().aggregate(
-                vec![],
-                vec![min(as_f64(&col)).alias("lo"), max(as_f64(&col)).alias("hi")],
-            ))?;
-            let rb = self.collect(range).await?;
-            let (lo, hi) = match rb.first().filter(|b| b.num_rows() > 0) {
-                Some(b) => (
-                    json::cell(b.column(0).as_ref(), 0).as_f64(),
-                    json::cell(b.column(1).as_ref(), 0).as_f64(),
-                ),
-                None => (None, None),
-            };
-            let (Some(lo), Some(hi)) = (lo, hi) else {
+            let (Some(lo), Some(hi)) = heat_range[i] else {
                 for r in &mut results {
                     r.insert(c.key.clone(), Value::Null);
                 }
@@ -1183,6 +1251,44 @@ impl Run<'_> {
             truncated,
         })
     }
+}
+
+/// The partial aggregate rolling `agg` (an aggregate aliased `name`) up over rows of partial
+/// results that carry it as column `name`: sums of sums, minimum of minimums, and so on.
+fn rollup(agg: &Expr) -> Expr {
+    let Expr::Alias(alias) = agg else {
+        unreachable!("aggregates here are aliased")
+    };
+    let Expr::AggregateFunction(f) = alias.expr.as_ref() else {
+        unreachable!("aggregates here are aggregate functions")
+    };
+    let col = ident(&alias.name);
+    match f.func.name() {
+        "sum" => sum(col),
+        "min" => min(col),
+        "max" => max(col),
+        other => unreachable!("{other} does not roll up"),
+    }
+    .alias(&alias.name)
+}
+
+/// Whether the filters are likely to keep few rows: some filter every event must pass is an
+/// equality or a list of values. (`!=`, ranges, `exists` and the negations usually keep most.)
+fn selective(plan: &Plan) -> bool {
+    let narrow = |f: &spec::PlanFilter| matches!(f.op, FilterOp::Eq | FilterOp::In | FilterOp::StartsWith);
+    if plan.any {
+        !plan.filters.is_empty() && plan.filters.iter().all(narrow)
+    } else {
+        plan.filters.iter().any(narrow)
+    }
+}
+
+fn heat_lo(i: usize) -> String {
+    format!("h{i}_lo")
+}
+
+fn heat_hi(i: usize) -> String {
+    format!("h{i}_hi")
 }
 
 fn float(f: f64) -> Value {

@@ -76,7 +76,9 @@ const DRAIN_BYTES: usize = 64 << 20;
 pub(crate) async fn body_bytes(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
     use futures::StreamExt;
     let limit = state.config.max_body_bytes;
-    let mut raw: Vec<u8> = Vec::new();
+    // Sized once from Content-Length (within the limit) rather than grown and copied as it comes.
+    let declared = header_str(headers, header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<usize>().ok());
+    let mut raw: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0).min(limit));
     let mut seen = 0usize;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {

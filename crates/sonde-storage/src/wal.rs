@@ -46,7 +46,28 @@ pub struct WalRecord {
 /// Encodes the payload of a record (everything but the header). Done by the request handler,
 /// in parallel with other requests, so that the single WAL thread only copies bytes.
 pub fn encode_payload(dataset: &DatasetName, events: &[Event]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + events.len() * 256);
+    // The exact size, so the buffer is allocated once (batches are up to megabytes).
+    let size = 2
+        + dataset.as_str().len()
+        + 4
+        + events
+            .iter()
+            .map(|e| {
+                20 + e
+                    .fields
+                    .iter()
+                    .map(|(n, v)| {
+                        3 + n.len()
+                            + match v {
+                                FieldValue::Bool(_) => 1,
+                                FieldValue::Int(_) | FieldValue::Float(_) => 8,
+                                FieldValue::Str(s) => 4 + s.len(),
+                            }
+                    })
+                    .sum::<usize>()
+            })
+            .sum::<usize>();
+    let mut out = Vec::with_capacity(size);
     put_str16(&mut out, dataset.as_str());
     out.extend_from_slice(&(events.len() as u32).to_le_bytes());
     for e in events {
@@ -76,6 +97,7 @@ pub fn encode_payload(dataset: &DatasetName, events: &[Event]) -> Vec<u8> {
             }
         }
     }
+    debug_assert_eq!(out.len(), size);
     out
 }
 
