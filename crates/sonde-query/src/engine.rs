@@ -268,6 +268,7 @@ impl QueryEngine {
         let run = Run {
             plan: &plan,
             engine: self,
+            table: &table,
         };
         let out = run.execute(base).await?;
         let scan: ScanStats = stats.lock().unwrap().clone();
@@ -817,6 +818,7 @@ struct Output {
 struct Run<'a> {
     plan: &'a Plan,
     engine: &'a QueryEngine,
+    table: &'a DatasetTable,
 }
 
 fn b_alias(i: usize) -> String {
@@ -898,8 +900,9 @@ impl Run<'_> {
 
     /// The partial aggregates of every calculation per time bucket and group, when every
     /// calculation rolls up from them (COUNT, SUM, AVG, MIN, MAX, and HEATMAP's value range);
-    /// `None` otherwise, and for breakdowns by an indexed id column, whose groups are so many
-    /// that the table would be nearly as big as the events.
+    /// `None` otherwise, and for breakdowns by a column of mostly distinct values (recorded
+    /// when its segments were written), whose groups times buckets would be nearly as many
+    /// rows as the events.
     async fn fine_aggregates(&self, base: &DataFrame) -> Result<Option<DataFrame>> {
         let plan = self.plan;
         let rolls_up = plan.calcs.iter().all(|c| {
@@ -908,8 +911,7 @@ impl Run<'_> {
                 CalcOp::Count | CalcOp::Sum | CalcOp::Avg | CalcOp::Min | CalcOp::Max | CalcOp::Heatmap
             )
         });
-        let ids = &self.engine.storage.config().segment.bloom_columns;
-        if !rolls_up || plan.breakdowns.iter().any(|(b, _)| ids.contains(b)) {
+        if !rolls_up || plan.breakdowns.iter().any(|(b, _)| self.table.mostly_distinct(b)) {
             return Ok(None);
         }
         let mut aggs = vec![sum(ident(SR)).alias("hidden_count")];

@@ -93,6 +93,19 @@ impl DatasetTable {
         self.stats.clone()
     }
 
+    /// Whether a column's values are mostly distinct (ids, addresses, measurements): as
+    /// recorded when its segments were written, or sampled from the buffered events.
+    pub fn mostly_distinct(&self, column: &str) -> bool {
+        let s = &self.snapshot;
+        s.segments
+            .iter()
+            .any(|m| m.distinct_columns.iter().any(|c| c == column))
+            || s.buffered.iter().any(|b| {
+                b.column_by_name(column)
+                    .is_some_and(sonde_storage::segment::mostly_distinct)
+            })
+    }
+
     /// The snapshot behind the table.
     pub fn snapshot(&self) -> &DatasetSnapshot {
         &self.snapshot

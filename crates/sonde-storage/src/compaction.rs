@@ -121,6 +121,7 @@ mod tests {
             min_lsn: id,
             max_lsn: id,
             columns: vec![],
+            distinct_columns: vec![],
         })
     }
 

@@ -770,7 +770,7 @@ impl Storage {
         let index = self.index.clone();
         // Off the async workers: sorting, encoding, and indexing now while the rows are in memory (an
         // unused id's cache entry is harmless).
-        let (bytes, idx) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let (encoded, idx) = tokio::task::spawn_blocking(move || -> Result<_> {
             // Frozen buffers are in arrival order; segments are sorted by time.
             let batch = segment::sort_by_time(&batch)?;
             let idx = index.insert_from_batch(id, &batch)?;
@@ -778,9 +778,9 @@ impl Storage {
         })
         .await
         .map_err(|e| Error::Invalid(format!("segment encoder panicked: {e}")))??;
-        let size = bytes.len() as u64;
+        let size = encoded.bytes.len() as u64;
         let store_path = StorePath::from(path.as_str());
-        self.store.put(&store_path, bytes.into()).await?;
+        self.store.put(&store_path, encoded.bytes.into()).await?;
         self.sync_local(&path)?;
         // The index file is a cache: a failure to write it only costs a rebuild later.
         let idx_path = index::index_path(&path);
@@ -813,6 +813,7 @@ impl Storage {
                 .filter(|f| !is_reserved(f.name()))
                 .filter_map(|f| Some((f.name().clone(), buffer::column_type_of(f.data_type())?)))
                 .collect(),
+            distinct_columns: encoded.distinct_columns,
         }))
     }
 

@@ -9,7 +9,7 @@
 
 use crate::buffer::timestamp_type;
 use crate::{Error, Result};
-use arrow::array::{Array, RecordBatch, TimestampMicrosecondArray};
+use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::compute::{SortOptions, sort_to_indices, take_record_batch};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
@@ -121,8 +121,18 @@ fn facts_of<'a>(arrays: impl Iterator<Item = &'a TimestampMicrosecondArray>) -> 
     Ok(f)
 }
 
+/// A segment file encoded in memory.
+#[derive(Debug)]
+pub struct Encoded {
+    /// The Parquet file.
+    pub bytes: Bytes,
+    /// Columns whose values were mostly distinct (see [`mostly_distinct`]): written without a
+    /// dictionary, and known to the query engine as having many groups.
+    pub distinct_columns: Vec<String>,
+}
+
 /// Encodes a time-sorted batch as a Parquet file in memory.
-pub fn encode(batch: &RecordBatch, opts: &SegmentOptions) -> Result<Bytes> {
+pub fn encode(batch: &RecordBatch, opts: &SegmentOptions) -> Result<Encoded> {
     let schema = batch.schema();
     let ts_index = schema.index_of(TIMESTAMP_COLUMN)?;
     let mut props = WriterProperties::builder()
@@ -150,11 +160,60 @@ pub fn encode(batch: &RecordBatch, opts: &SegmentOptions) -> Result<Bytes> {
                 .set_column_bloom_filter_fpp(name.as_str().into(), 0.01);
         }
     }
+    let mut distinct_columns = Vec::new();
+    for (field, array) in schema.fields().iter().zip(batch.columns()) {
+        let name = field.name();
+        if name == TIMESTAMP_COLUMN || !mostly_distinct(array) {
+            continue;
+        }
+        distinct_columns.push(name.clone());
+        // A dictionary of mostly distinct values outgrows its page, and the writer falls back
+        // to PLAIN after writing the dictionary and the pages that used it: bytes for nothing.
+        props = props.set_column_dictionary_enabled(name.as_str().into(), false);
+        if field.data_type() == &arrow::datatypes::DataType::Float64 {
+            // Floats' bytes split into streams (all first bytes, all second bytes, …) compress
+            // far better than whole floats: exponents and high bytes repeat.
+            props = props.set_column_encoding(name.as_str().into(), Encoding::BYTE_STREAM_SPLIT);
+        }
+    }
     let mut out = Vec::with_capacity(batch.get_array_memory_size() / 4);
     let mut w = ArrowWriter::try_new(&mut out, schema, Some(props.build()))?;
     w.write(batch)?;
     w.close()?;
-    Ok(Bytes::from(out))
+    Ok(Encoded {
+        bytes: Bytes::from(out),
+        distinct_columns,
+    })
+}
+
+/// Whether most values of a column differ, judged on up to 16,384 values spread over it (ids,
+/// addresses, measurements): more than 30% distinct in the sample.
+pub fn mostly_distinct(array: &ArrayRef) -> bool {
+    const SAMPLE: usize = 16 * 1024;
+    let n = array.len();
+    let step = n.div_ceil(SAMPLE).max(1);
+    let hasher = ahash::RandomState::with_seeds(7, 11, 13, 17);
+    let mut seen = std::collections::HashSet::with_capacity(SAMPLE.min(n));
+    let mut sampled = 0usize;
+    let any = array.as_any();
+    for i in (0..n).step_by(step) {
+        if array.is_null(i) {
+            continue;
+        }
+        let h = if let Some(a) = any.downcast_ref::<StringArray>() {
+            hasher.hash_one(a.value(i))
+        } else if let Some(a) = any.downcast_ref::<Int64Array>() {
+            hasher.hash_one(a.value(i))
+        } else if let Some(a) = any.downcast_ref::<Float64Array>() {
+            hasher.hash_one(a.value(i).to_bits())
+        } else {
+            // Booleans and anything else: a dictionary (or RLE) is never worse.
+            return false;
+        };
+        seen.insert(h);
+        sampled += 1;
+    }
+    sampled >= 1024 && seen.len() * 10 > sampled * 3
 }
 
 /// Reads back the timestamp column of an encoded segment and returns its facts.
@@ -212,7 +271,49 @@ mod tests {
                 max_ts_us: 30
             }
         );
-        let bytes = encode(&sorted, &SegmentOptions::default()).unwrap();
-        assert_eq!(read_facts(bytes).unwrap(), facts);
+        let encoded = encode(&sorted, &SegmentOptions::default()).unwrap();
+        assert_eq!(read_facts(encoded.bytes).unwrap(), facts);
+    }
+
+    #[test]
+    fn mostly_distinct_columns_are_written_without_a_dictionary() {
+        let n = 5000;
+        let events: Vec<Event> = (0..n)
+            .map(|i| Event {
+                timestamp_us: i,
+                sample_rate: 1,
+                fields: vec![
+                    ("id".into(), FieldValue::Str(format!("id-{i}"))),
+                    ("ms".into(), FieldValue::Float(i as f64 * 1.37)),
+                    ("plan".into(), FieldValue::Str(["free", "pro"][i as usize % 2].into())),
+                ],
+            })
+            .collect();
+        let mut b = WriteBuffer::default();
+        b.append(1, &events, &|_| None, 0);
+        let encoded = encode(&b.to_record_batch(), &SegmentOptions::default()).unwrap();
+        assert_eq!(encoded.distinct_columns, vec!["id".to_string(), "ms".to_string()]);
+        let reader = parquet::file::serialized_reader::SerializedFileReader::new(encoded.bytes).unwrap();
+        use parquet::file::reader::FileReader;
+        let rg = reader.metadata().row_group(0);
+        let encodings = |name: &str| {
+            let c = rg.columns().iter().find(|c| c.column_path().string() == name).unwrap();
+            c.encodings().collect::<Vec<_>>()
+        };
+        assert!(
+            !encodings("id").contains(&Encoding::RLE_DICTIONARY),
+            "{:?}",
+            encodings("id")
+        );
+        assert!(
+            encodings("ms").contains(&Encoding::BYTE_STREAM_SPLIT),
+            "{:?}",
+            encodings("ms")
+        );
+        assert!(
+            encodings("plan").contains(&Encoding::RLE_DICTIONARY),
+            "{:?}",
+            encodings("plan")
+        );
     }
 }
