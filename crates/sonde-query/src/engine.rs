@@ -900,9 +900,8 @@ impl Run<'_> {
 
     /// The partial aggregates of every calculation per time bucket and group, when every
     /// calculation rolls up from them (COUNT, SUM, AVG, MIN, MAX, and HEATMAP's value range);
-    /// `None` otherwise, and for breakdowns by a column of mostly distinct values (recorded
-    /// when its segments were written), whose groups times buckets would be nearly as many
-    /// rows as the events.
+    /// `None` otherwise, and for breakdowns with many groups (see `DatasetTable::many_groups`),
+    /// whose groups times buckets would be nearly as many rows as the events.
     async fn fine_aggregates(&self, base: &DataFrame) -> Result<Option<DataFrame>> {
         let plan = self.plan;
         let rolls_up = plan.calcs.iter().all(|c| {
@@ -911,7 +910,7 @@ impl Run<'_> {
                 CalcOp::Count | CalcOp::Sum | CalcOp::Avg | CalcOp::Min | CalcOp::Max | CalcOp::Heatmap
             )
         });
-        if !rolls_up || plan.breakdowns.iter().any(|(b, _)| self.table.mostly_distinct(b)) {
+        if !rolls_up || plan.breakdowns.iter().any(|(b, _)| self.table.many_groups(b)) {
             return Ok(None);
         }
         let mut aggs = vec![sum(ident(SR)).alias("hidden_count")];

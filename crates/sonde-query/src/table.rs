@@ -93,16 +93,18 @@ impl DatasetTable {
         self.stats.clone()
     }
 
-    /// Whether a column's values are mostly distinct (ids, addresses, measurements): as
-    /// recorded when its segments were written, or sampled from the buffered events.
-    pub fn mostly_distinct(&self, column: &str) -> bool {
+    /// Whether a breakdown by `column` has many groups (ids, addresses, users, measurements):
+    /// as recorded when its segments were written, or sampled from the buffered events.
+    pub fn many_groups(&self, column: &str) -> bool {
+        use sonde_storage::segment::{MANY_GROUPS, distinct_fraction};
         let s = &self.snapshot;
         s.segments
             .iter()
             .any(|m| m.distinct_columns.iter().any(|c| c == column))
             || s.buffered.iter().any(|b| {
                 b.column_by_name(column)
-                    .is_some_and(sonde_storage::segment::mostly_distinct)
+                    .and_then(distinct_fraction)
+                    .is_some_and(|f| f > MANY_GROUPS)
             })
     }
 

@@ -90,8 +90,8 @@ pub struct SegmentMeta {
     pub max_lsn: Lsn,
     /// The segment's own columns and types (older segments may have narrower types).
     pub columns: Vec<(String, ColumnType)>,
-    /// Its columns whose values were mostly distinct when written (ids, addresses,
-    /// measurements): a breakdown by one of them has about as many groups as events.
+    /// Its columns with many distinct values when written (ids, addresses, users,
+    /// measurements; see `segment::MANY_GROUPS`): a breakdown by one of them has many groups.
     #[serde(default)]
     pub distinct_columns: Vec<String>,
 }

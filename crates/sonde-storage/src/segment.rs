@@ -126,8 +126,8 @@ fn facts_of<'a>(arrays: impl Iterator<Item = &'a TimestampMicrosecondArray>) -> 
 pub struct Encoded {
     /// The Parquet file.
     pub bytes: Bytes,
-    /// Columns whose values were mostly distinct (see [`mostly_distinct`]): written without a
-    /// dictionary, and known to the query engine as having many groups.
+    /// Columns with more than [`MANY_GROUPS`] distinct values in [`distinct_fraction`]'s
+    /// sample: the query engine knows a breakdown by one of them has many groups.
     pub distinct_columns: Vec<String>,
 }
 
@@ -157,23 +157,29 @@ pub fn encode(batch: &RecordBatch, opts: &SegmentOptions) -> Result<Encoded> {
             props = props
                 .set_column_dictionary_enabled(name.as_str().into(), false)
                 .set_column_bloom_filter_enabled(name.as_str().into(), true)
-                .set_column_bloom_filter_fpp(name.as_str().into(), 0.01);
+                // 5%: each of a segment's row groups is a false positive for one lookup in 20;
+                // 1% would double the filter's bytes (2 bytes an event) for little.
+                .set_column_bloom_filter_fpp(name.as_str().into(), 0.05);
         }
     }
     let mut distinct_columns = Vec::new();
     for (field, array) in schema.fields().iter().zip(batch.columns()) {
         let name = field.name();
-        if name == TIMESTAMP_COLUMN || !mostly_distinct(array) {
+        let Some(fraction) = distinct_fraction(array).filter(|_| name != TIMESTAMP_COLUMN) else {
             continue;
+        };
+        if fraction > MANY_GROUPS {
+            distinct_columns.push(name.clone());
         }
-        distinct_columns.push(name.clone());
-        // A dictionary of mostly distinct values outgrows its page, and the writer falls back
-        // to PLAIN after writing the dictionary and the pages that used it: bytes for nothing.
-        props = props.set_column_dictionary_enabled(name.as_str().into(), false);
-        if field.data_type() == &arrow::datatypes::DataType::Float64 {
-            // Floats' bytes split into streams (all first bytes, all second bytes, …) compress
-            // far better than whole floats: exponents and high bytes repeat.
-            props = props.set_column_encoding(name.as_str().into(), Encoding::BYTE_STREAM_SPLIT);
+        // A dictionary of nearly unique values outgrows its page, and the writer falls back to
+        // PLAIN after writing the dictionary and the pages that used it: bytes for nothing.
+        // Floats with many values compress better plain even when the dictionary would fit.
+        let limit = match field.data_type() {
+            arrow::datatypes::DataType::Float64 => 0.5,
+            _ => 0.9,
+        };
+        if fraction > limit {
+            props = props.set_column_dictionary_enabled(name.as_str().into(), false);
         }
     }
     let mut out = Vec::with_capacity(batch.get_array_memory_size() / 4);
@@ -186,34 +192,36 @@ pub fn encode(batch: &RecordBatch, opts: &SegmentOptions) -> Result<Encoded> {
     })
 }
 
-/// Whether most values of a column differ, judged on up to 16,384 values spread over it (ids,
-/// addresses, measurements): more than 30% distinct in the sample.
-pub fn mostly_distinct(array: &ArrayRef) -> bool {
+/// Above this fraction of distinct values in [`distinct_fraction`]'s sample, a breakdown by the
+/// column has too many groups to be worth a per-time-bucket table (see [`Encoded`]).
+pub const MANY_GROUPS: f64 = 0.3;
+
+/// The fraction of distinct values among up to 16,384 non-null values spread over a column
+/// (ids and addresses ~1, measurements ~0.9, users ~0.85 at 50k of them, names ~0). `None` for
+/// booleans and other types (a dictionary or RLE is never worse there) and for columns with
+/// fewer than 1,024 values (too few to judge).
+pub fn distinct_fraction(array: &ArrayRef) -> Option<f64> {
     const SAMPLE: usize = 16 * 1024;
     let n = array.len();
     let step = n.div_ceil(SAMPLE).max(1);
     let hasher = ahash::RandomState::with_seeds(7, 11, 13, 17);
+    let any = array.as_any();
+    let hash: Box<dyn Fn(usize) -> u64> = if let Some(a) = any.downcast_ref::<StringArray>() {
+        Box::new(move |i| hasher.hash_one(a.value(i)))
+    } else if let Some(a) = any.downcast_ref::<Int64Array>() {
+        Box::new(move |i| hasher.hash_one(a.value(i)))
+    } else if let Some(a) = any.downcast_ref::<Float64Array>() {
+        Box::new(move |i| hasher.hash_one(a.value(i).to_bits()))
+    } else {
+        return None;
+    };
     let mut seen = std::collections::HashSet::with_capacity(SAMPLE.min(n));
     let mut sampled = 0usize;
-    let any = array.as_any();
-    for i in (0..n).step_by(step) {
-        if array.is_null(i) {
-            continue;
-        }
-        let h = if let Some(a) = any.downcast_ref::<StringArray>() {
-            hasher.hash_one(a.value(i))
-        } else if let Some(a) = any.downcast_ref::<Int64Array>() {
-            hasher.hash_one(a.value(i))
-        } else if let Some(a) = any.downcast_ref::<Float64Array>() {
-            hasher.hash_one(a.value(i).to_bits())
-        } else {
-            // Booleans and anything else: a dictionary (or RLE) is never worse.
-            return false;
-        };
-        seen.insert(h);
+    for i in (0..n).step_by(step).filter(|&i| array.is_valid(i)) {
+        seen.insert(hash(i));
         sampled += 1;
     }
-    sampled >= 1024 && seen.len() * 10 > sampled * 3
+    (sampled >= 1024).then(|| seen.len() as f64 / sampled as f64)
 }
 
 /// Reads back the timestamp column of an encoded segment and returns its facts.
@@ -276,7 +284,7 @@ mod tests {
     }
 
     #[test]
-    fn mostly_distinct_columns_are_written_without_a_dictionary() {
+    fn nearly_unique_columns_are_written_without_a_dictionary() {
         let n = 5000;
         let events: Vec<Event> = (0..n)
             .map(|i| Event {
@@ -306,7 +314,7 @@ mod tests {
             encodings("id")
         );
         assert!(
-            encodings("ms").contains(&Encoding::BYTE_STREAM_SPLIT),
+            !encodings("ms").contains(&Encoding::RLE_DICTIONARY),
             "{:?}",
             encodings("ms")
         );
