@@ -20,7 +20,7 @@ use crate::json;
 use crate::spec::{self, CalcOp, FilterOp, Literal, OrderKey, Plan, QuerySpec};
 use crate::table::{DatasetTable, STORE_URL, ScanStats};
 use crate::udaf::weighted_percentile;
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrame;
@@ -311,11 +311,38 @@ impl QueryEngine {
         }
         let ctx = self.session()?;
         let stats = table.stats();
-        let mut df = ctx
+        let offset = req.offset.unwrap_or(0) as usize;
+        let newest_first = || vec![ident(TIMESTAMP_COLUMN).sort(false, false)];
+        // First the times of the newest matches alone (the filter's columns and the timestamp),
+        // then whole events only from the oldest of those times on: time-sorted segments let
+        // the second scan skip every page before it, so the other columns are decoded for a
+        // sliver of the rows instead of every match.
+        let wanted = offset + plan.limit;
+        let times = ctx
             .read_table(table.clone())
             .and_then(|df| df.filter(where_clause(&plan, &table)))
-            .and_then(|df| df.sort(vec![ident(TIMESTAMP_COLUMN).sort(false, false)]))
-            .and_then(|df| df.limit(req.offset.unwrap_or(0) as usize, Some(plan.limit)))
+            .and_then(|df| df.select(vec![ident(TIMESTAMP_COLUMN)]))
+            .and_then(|df| df.sort(newest_first()))
+            .and_then(|df| df.limit(0, Some(wanted)))
+            .map_err(|e| self.df_error(e))?;
+        let times = self.timed(times.collect()).await?;
+        let found: usize = times.iter().map(|b| b.num_rows()).sum();
+        let cutoff = (found == wanted && wanted > 0)
+            .then(|| times.iter().rev().find(|b| b.num_rows() > 0))
+            .flatten()
+            .and_then(|b| {
+                let ts = b.column(0).as_any().downcast_ref::<TimestampMicrosecondArray>()?;
+                ts.is_valid(b.num_rows() - 1).then(|| ts.value(b.num_rows() - 1))
+            });
+        let mut filter = where_clause(&plan, &table);
+        if let Some(t) = cutoff {
+            filter = filter.and(ident(TIMESTAMP_COLUMN).gt_eq(ts_lit(t)));
+        }
+        let mut df = ctx
+            .read_table(table.clone())
+            .and_then(|df| df.filter(filter))
+            .and_then(|df| df.sort(newest_first()))
+            .and_then(|df| df.limit(offset, Some(plan.limit)))
             .map_err(|e| self.df_error(e))?;
         if let Some(cols) = &req.columns {
             let mut sel = vec![ident(TIMESTAMP_COLUMN)];
