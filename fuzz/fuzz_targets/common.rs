@@ -28,3 +28,28 @@ pub fn check_event(e: &Event, limits: &Limits) {
         }
     }
 }
+
+/// The one-pass decoder (`parse_flat`) and the tree path (parse, then flatten) agree: both
+/// accept or both refuse, and an accepted event has the same time, sample rate and field
+/// names; values too unless a key has a dot (then two spellings of one name may meet, and
+/// the paths legitimately keep different ones: text order against sorted order).
+pub fn check_same(raw: &[u8], one_pass: &Result<Event, sonde_model::EventError>, tree: &Result<Event, sonde_model::EventError>) {
+    match (one_pass, tree) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!((a.timestamp_us, a.sample_rate), (b.timestamp_us, b.sample_rate));
+            let sorted = |e: &Event| {
+                let mut f = e.fields.clone();
+                f.sort_by(|x, y| x.0.cmp(&y.0));
+                f
+            };
+            let (fa, fb) = (sorted(a), sorted(b));
+            let names = |f: &[(String, sonde_model::FieldValue)]| f.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+            assert_eq!(names(&fa), names(&fb));
+            if !raw.contains(&b'.') {
+                assert_eq!(fa, fb);
+            }
+        }
+        (Err(_), Err(_)) => {}
+        (a, b) => panic!("one pass {a:?}, tree {b:?}"),
+    }
+}

@@ -1,9 +1,10 @@
-//! Honeycomb batches: the byte-level array splitter, the JSON parser, the batch item decoder,
-//! and the decompressors with their inflated-size limit (zip bombs).
+//! Honeycomb batches: the byte-level array splitter, the one-pass batch item decoder checked
+//! against the tree path (parse, then flatten), and the decompressors with their inflated-size
+//! limit (zip bombs).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sonde_server::decode::{batch_item, decompress, parse_json, split_json_array};
+use sonde_server::decode::{batch_item, batch_item_text, decompress, parse_json, split_json_array};
 
 #[path = "common.rs"]
 mod common;
@@ -16,11 +17,13 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let Ok(items) = split_json_array(data) else { return };
+    let now = 1_767_225_600_000_000;
     for raw in items {
-        if let Ok(v) = parse_json(raw, &limits)
-            && let Ok(e) = batch_item(v, 1_767_225_600_000_000, &limits)
-        {
-            common::check_event(&e, &limits);
+        let one_pass = batch_item_text(raw, now, &limits);
+        let tree = parse_json(raw, &limits).and_then(|v| batch_item(v, now, &limits));
+        common::check_same(raw, &one_pass, &tree);
+        if let Ok(e) = &one_pass {
+            common::check_event(e, &limits);
         }
     }
 });

@@ -6,8 +6,9 @@
 //! order of the fields: here they keep the order they were sent in (the tree sorts each
 //! object's keys), and when two spellings reach the same name (`"a.b"` and `{"a":{"b":…}}`)
 //! the later one in the text wins. Inputs this pass does not take (a top level that is not an
-//! object, a batch item with two `data` keys) are handed back as [`Parsed::Tree`] so the
-//! caller can use the tree path and its error messages.
+//! object, a key given twice in one object) are handed back as [`Parsed::Tree`]. An error is
+//! the first problem met; the tree path is the reference for refusals (a later duplicate key
+//! could have replaced the part that had the problem), so callers ask it for the verdict.
 
 use crate::flatten::{Limits, truncate};
 use crate::{EventError, FieldValue, SAMPLE_RATE_COLUMN, TIMESTAMP_COLUMN};
@@ -53,6 +54,7 @@ pub fn parse_flat(bytes: &[u8], shape: Shape, limits: &Limits) -> Result<Parsed,
         fields: Vec::with_capacity(32),
         hashes: Vec::with_capacity(32),
         by_hash: HashMap::default(),
+        keys: Vec::with_capacity(64),
         hasher: ahash::RandomState::with_seeds(1, 2, 3, 4),
         name: String::with_capacity(128),
         limits,
@@ -61,6 +63,9 @@ pub fn parse_flat(bytes: &[u8], shape: Shape, limits: &Limits) -> Result<Parsed,
     };
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let outcome = Top { f: &mut f, shape }.deserialize(&mut de).and_then(|()| de.end());
+    if f.envelope.tree {
+        return Ok(Parsed::Tree);
+    }
     if let Some(e) = f.error {
         return Err(e);
     }
@@ -74,9 +79,6 @@ pub fn parse_flat(bytes: &[u8], shape: Shape, limits: &Limits) -> Result<Parsed,
         });
     }
     let env = f.envelope;
-    if env.tree {
-        return Ok(Parsed::Tree);
-    }
     if shape == Shape::BatchItem && !env.data_seen {
         return Err(EventError::Json("batch item needs a \"data\" object, got null".into()));
     }
@@ -121,6 +123,9 @@ struct Flattener<'l> {
     hashes: Vec<u64>,
     /// Hash → first field with it, used once an event has many fields.
     by_hash: HashMap<u64, usize>,
+    /// Hashes of the keys of the objects being read, innermost last, to notice a key given
+    /// twice in one object.
+    keys: Vec<u64>,
     hasher: ahash::RandomState,
     /// The dotted name being built: the prefix of the object being read, then the key.
     name: String,
@@ -254,7 +259,9 @@ impl<'de> Visitor<'de> for Top<'_, '_> {
                         "time" => self.f.envelope.time = Some(map.next_value()?),
                         "samplerate" => self.f.envelope.samplerate = Some(map.next_value()?),
                         _ => {
-                            map.next_value::<IgnoredAny>()?;
+                            // Parsed, not skipped: the tree path refuses an item whose unused
+                            // keys hold invalid UTF-8, and so must this (found by fuzzing).
+                            map.next_value::<Value>()?;
                         }
                     }
                 }
@@ -357,10 +364,20 @@ impl Object<'_, '_> {
         let f = self.f;
         f.too_deep(self.level)?;
         let prefix = f.name.len();
+        let first_key = f.keys.len();
         let mut n = 0;
         while let Some(key) = map.next_key::<Key<'de>>()? {
             n += 1;
             let key = key.as_str();
+            let h = f.hasher.hash_one(key);
+            if f.keys[first_key..].contains(&h) {
+                // A key given twice in one object: the later value replaces the whole earlier
+                // one, fields and all, which this pass cannot take back (found by fuzzing).
+                // (Equal hashes of different keys land here too, harmlessly.)
+                f.envelope.tree = true;
+                return Err(de::Error::custom("a key given twice"));
+            }
+            f.keys.push(h);
             if key.is_empty() {
                 // A column without a name cannot be asked for (found by fuzzing: `{"": 1}`).
                 let name = if prefix == 0 {
@@ -399,6 +416,7 @@ impl Object<'_, '_> {
             f.name.truncate(prefix);
             r?;
         }
+        f.keys.truncate(first_key);
         Ok(n)
     }
 }
@@ -487,11 +505,10 @@ mod tests {
         f
     }
 
-    fn flat(
-        text: &str,
-        shape: Shape,
-        limits: &Limits,
-    ) -> Result<(Vec<(String, FieldValue)>, Option<Value>, Option<Value>), EventError> {
+    /// Fields, time and sample rate of a one-pass parse.
+    type Flat = (Vec<(String, FieldValue)>, Option<Value>, Option<Value>);
+
+    fn flat(text: &str, shape: Shape, limits: &Limits) -> Result<Flat, EventError> {
         match parse_flat(text.as_bytes(), shape, limits)? {
             Parsed::Flat {
                 fields,
@@ -572,7 +589,7 @@ mod tests {
     fn later_spelling_of_a_name_wins_and_reserved_names_move() {
         let limits = Limits::default();
         let (fields, ..) = flat(
-            r#"{"data":{"a.b":1,"a":{"b":2},"timestamp":3,"x":1,"x":2}}"#,
+            r#"{"data":{"a.b":1,"a":{"b":2},"timestamp":3,"x":2}}"#,
             Shape::BatchItem,
             &limits,
         )
@@ -590,7 +607,13 @@ mod tests {
     #[test]
     fn what_it_does_not_take_goes_to_the_tree() {
         let limits = Limits::default();
-        for text in ["[1]", "3", r#"{"data":{"a":1},"data":{"b":2}}"#] {
+        for text in [
+            "[1]",
+            "3",
+            r#"{"data":{"a":1},"data":{"b":2}}"#,
+            r#"{"data":{"z":{"a":1},"z":{"b":2}}}"#,
+            r#"{"data":{"a":1,"a":2}}"#,
+        ] {
             assert!(
                 matches!(parse_flat(text.as_bytes(), Shape::BatchItem, &limits), Ok(Parsed::Tree)),
                 "{text}"
@@ -608,5 +631,9 @@ mod tests {
                 .to_string();
             assert!(e.contains(msg), "{text}: {e}");
         }
+        // Regression from `make fuzz` (events_json): invalid UTF-8 under a key the item does not
+        // use was skipped unchecked, while the tree path refused the item.
+        let e = parse_flat(b"{\"data\":{\"a\":1},\"x\":{\"\xe5\":1}}", Shape::BatchItem, &limits).unwrap_err();
+        assert!(e.to_string().contains("invalid UTF-8"), "{e}");
     }
 }

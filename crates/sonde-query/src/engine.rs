@@ -925,11 +925,34 @@ impl Run<'_> {
             .collect()
     }
 
-    /// The partial aggregates of every calculation per time bucket and group, when every
-    /// calculation rolls up from them (COUNT, SUM, AVG, MIN, MAX, and HEATMAP's value range);
-    /// `None` otherwise, and for breakdowns with many groups (see `DatasetTable::many_groups`),
-    /// whose groups times buckets would be nearly as many rows as the events.
-    async fn fine_aggregates(&self, base: &DataFrame) -> Result<Option<DataFrame>> {
+    /// The results' aggregates (the hidden count, each plain calculation's, each HEATMAP's
+    /// value range) and the expressions finishing them per group (breakdowns first).
+    fn result_aggregates(&self) -> (Vec<Expr>, Vec<Expr>) {
+        let plan = self.plan;
+        let mut aggs = vec![sum(ident(SR)).alias("hidden_count")];
+        let mut finals: Vec<Expr> = (0..plan.breakdowns.len()).map(|i| ident(b_alias(i))).collect();
+        for (i, c) in plan.calcs.iter().enumerate() {
+            let column = c.column.as_ref().map(|(n, _)| n.as_str());
+            if c.op.is_simple() {
+                let (a, f) = aggregate_of(c.op, column, &c_alias(i));
+                aggs.extend(a);
+                finals.push(f);
+            } else if c.op == CalcOp::Heatmap {
+                let col = column.expect("HEATMAP has a column");
+                aggs.push(min(as_f64(col)).alias(heat_lo(i)));
+                aggs.push(max(as_f64(col)).alias(heat_hi(i)));
+                finals.extend([ident(heat_lo(i)), ident(heat_hi(i))]);
+            }
+        }
+        finals.push(ident("hidden_count"));
+        (aggs, finals)
+    }
+
+    /// The results' aggregates per time bucket and group, when every calculation rolls up from
+    /// them (COUNT, SUM, AVG, MIN, MAX, and HEATMAP's value range); `None` otherwise, and for
+    /// breakdowns with many groups (see `DatasetTable::many_groups`), whose groups times
+    /// buckets would be nearly as many rows as the events.
+    fn fine_aggregates(&self, base: &DataFrame, aggs: &[Expr]) -> Result<Option<DataFrame>> {
         let plan = self.plan;
         let rolls_up = plan.calcs.iter().all(|c| {
             matches!(
@@ -940,21 +963,9 @@ impl Run<'_> {
         if !rolls_up || plan.breakdowns.iter().any(|(b, _)| self.table.many_groups(b)) {
             return Ok(None);
         }
-        let mut aggs = vec![sum(ident(SR)).alias("hidden_count")];
-        for (i, c) in plan.calcs.iter().enumerate() {
-            let column = c.column.as_ref().map(|(n, _)| n.as_str());
-            match c.op {
-                CalcOp::Heatmap => {
-                    let col = column.expect("HEATMAP has a column");
-                    aggs.push(min(as_f64(col)).alias(heat_lo(i)));
-                    aggs.push(max(as_f64(col)).alias(heat_hi(i)));
-                }
-                op => aggs.extend(aggregate_of(op, column, &c_alias(i)).0),
-            }
-        }
         let mut gexprs = vec![bucket_expr(plan, None).alias("t")];
         gexprs.extend(self.group_exprs());
-        Ok(Some(self.df(base.clone().aggregate(gexprs, aggs))?))
+        Ok(Some(self.df(base.clone().aggregate(gexprs, aggs.to_vec()))?))
     }
 
     async fn collect(&self, df: DataFrame) -> Result<Vec<RecordBatch>> {
@@ -969,31 +980,16 @@ impl Run<'_> {
         let plan = self.plan;
         let nb = plan.breakdowns.len();
 
-        // 0. When every calculation can be rolled up from partial aggregates per time bucket
-        //    and group, one scan computes those ("fine"), and the results and series below are
-        //    both answered from that small table instead of scanning the events twice.
-        let fine = match self.fine_aggregates(&base).await? {
+        // 1. Results: plain aggregates per group, HAVING, ORDER BY, LIMIT. Each HEATMAP's value
+        //    range comes along (per group; combined below over the groups that made the cut).
+        let (aggs, finals) = self.result_aggregates();
+        // When every calculation rolls up from partial aggregates per time bucket and group,
+        // one scan computes those ("fine"), and the results and the series are both answered
+        // from that small table instead of scanning the events twice.
+        let fine = match self.fine_aggregates(&base, &aggs)? {
             Some(f) => Some(self.df(f.cache().await)?),
             None => None,
         };
-
-        // 1. Results: plain aggregates per group, HAVING, ORDER BY, LIMIT. Each HEATMAP's value
-        //    range comes along (per group; combined over the groups that made the cut).
-        let mut aggs = vec![sum(ident(SR)).alias("hidden_count")];
-        let mut finals: Vec<Expr> = (0..nb).map(|i| ident(b_alias(i))).collect();
-        for (i, c) in plan.calcs.iter().enumerate() {
-            if c.op.is_simple() {
-                let (a, f) = aggregate_of(c.op, c.column.as_ref().map(|(n, _)| n.as_str()), &c_alias(i));
-                aggs.extend(a);
-                finals.push(f);
-            } else if c.op == CalcOp::Heatmap {
-                let col = &c.column.as_ref().expect("HEATMAP has a column").0;
-                aggs.push(min(as_f64(col)).alias(heat_lo(i)));
-                aggs.push(max(as_f64(col)).alias(heat_hi(i)));
-                finals.extend([ident(heat_lo(i)), ident(heat_hi(i))]);
-            }
-        }
-        finals.push(ident("hidden_count"));
         let mut results_df = match &fine {
             Some(f) => {
                 let groups: Vec<Expr> = (0..nb).map(|i| ident(b_alias(i))).collect();

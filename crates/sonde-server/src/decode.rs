@@ -185,12 +185,12 @@ pub fn batch_item(item: Value, now_us: i64, limits: &Limits) -> Result<Event, Ev
 /// One Honeycomb batch item from its text, parsed and flattened in one pass where it can be
 /// (see [`sonde_model::parse`]); the same event as [`batch_item`] over the parsed item.
 pub fn batch_item_text(raw: &[u8], now_us: i64, limits: &Limits) -> Result<Event, EventError> {
-    match parse_flat(raw, Shape::BatchItem, limits)? {
-        Parsed::Flat {
+    match parse_flat(raw, Shape::BatchItem, limits) {
+        Ok(Parsed::Flat {
             fields,
             time,
             samplerate,
-        } => {
+        }) => {
             let time_us = match &time {
                 None | Some(Value::Null) => now_us,
                 Some(Value::String(s)) if s.is_empty() => now_us,
@@ -202,19 +202,22 @@ pub fn batch_item_text(raw: &[u8], now_us: i64, limits: &Limits) -> Result<Event
                 fields,
             })
         }
-        Parsed::Tree => batch_item(parse_json(raw, limits)?, now_us, limits),
+        // A refusal gets the tree path's verdict and message, which is the reference: the one
+        // pass stops at the first problem, and a later duplicate `data` key, say, would have
+        // replaced the object it was in (found by fuzzing).
+        Ok(Parsed::Tree) | Err(_) => batch_item(parse_json(raw, limits)?, now_us, limits),
     }
 }
 
 /// One NDJSON line from its text, parsed and flattened in one pass where it can be; the same
 /// event as [`ndjson_event`] over the parsed object.
 pub fn ndjson_line(raw: &[u8], now_us: i64, limits: &Limits) -> Result<Event, EventError> {
-    match parse_flat(raw, Shape::Line, limits)? {
-        Parsed::Flat {
+    match parse_flat(raw, Shape::Line, limits) {
+        Ok(Parsed::Flat {
             fields,
             time,
             samplerate,
-        } => {
+        }) => {
             let time_us = match &time {
                 None | Some(Value::Null) => now_us,
                 Some(t) => time::parse_time_value(t)?,
@@ -225,7 +228,8 @@ pub fn ndjson_line(raw: &[u8], now_us: i64, limits: &Limits) -> Result<Event, Ev
                 fields,
             })
         }
-        Parsed::Tree => match parse_json(raw, limits)? {
+        // As for batch items: a refusal gets the tree path's verdict and message.
+        Ok(Parsed::Tree) | Err(_) => match parse_json(raw, limits)? {
             Value::Object(m) => ndjson_event(m, now_us, limits),
             other => Err(EventError::NotAnObject(sonde_model::flatten::json_kind(&other))),
         },
