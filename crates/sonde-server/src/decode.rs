@@ -190,23 +190,33 @@ pub fn batch_item_text(raw: &[u8], now_us: i64, limits: &Limits) -> Result<Event
             fields,
             time,
             samplerate,
-        }) => {
-            let time_us = match &time {
-                None | Some(Value::Null) => now_us,
-                Some(Value::String(s)) if s.is_empty() => now_us,
-                Some(t) => time::parse_time_value(t)?,
-            };
-            Ok(Event {
-                timestamp_us: time_us,
-                sample_rate: parse_sample_rate(samplerate.as_ref().unwrap_or(&Value::Null))?,
-                fields,
-            })
-        }
+        }) => flat_event(fields, time, samplerate, now_us, true),
         // A refusal gets the tree path's verdict and message, which is the reference: the one
         // pass stops at the first problem, and a later duplicate `data` key, say, would have
         // replaced the object it was in (found by fuzzing).
         Ok(Parsed::Tree) | Err(_) => batch_item(parse_json(raw, limits)?, now_us, limits),
     }
+}
+
+/// The event of a one-pass parse: an absent or null time is `now_us`, and so is an empty one
+/// when `blank_time_is_now` (batch items, as Honeycomb's API has it); the sample rate defaults to 1.
+fn flat_event(
+    fields: Vec<(String, sonde_model::FieldValue)>,
+    time: Option<Value>,
+    samplerate: Option<Value>,
+    now_us: i64,
+    blank_time_is_now: bool,
+) -> Result<Event, EventError> {
+    let timestamp_us = match &time {
+        None | Some(Value::Null) => now_us,
+        Some(Value::String(s)) if s.is_empty() && blank_time_is_now => now_us,
+        Some(t) => time::parse_time_value(t)?,
+    };
+    Ok(Event {
+        timestamp_us,
+        sample_rate: parse_sample_rate(samplerate.as_ref().unwrap_or(&Value::Null))?,
+        fields,
+    })
 }
 
 /// One NDJSON line from its text, parsed and flattened in one pass where it can be; the same
@@ -217,17 +227,7 @@ pub fn ndjson_line(raw: &[u8], now_us: i64, limits: &Limits) -> Result<Event, Ev
             fields,
             time,
             samplerate,
-        }) => {
-            let time_us = match &time {
-                None | Some(Value::Null) => now_us,
-                Some(t) => time::parse_time_value(t)?,
-            };
-            Ok(Event {
-                timestamp_us: time_us,
-                sample_rate: parse_sample_rate(samplerate.as_ref().unwrap_or(&Value::Null))?,
-                fields,
-            })
-        }
+        }) => flat_event(fields, time, samplerate, now_us, false),
         // As for batch items: a refusal gets the tree path's verdict and message.
         Ok(Parsed::Tree) | Err(_) => match parse_json(raw, limits)? {
             Value::Object(m) => ndjson_event(m, now_us, limits),
