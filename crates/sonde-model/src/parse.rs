@@ -214,7 +214,8 @@ impl Flattener<'_> {
                 name: "max_fields_per_event",
             }));
         }
-        if self.fields.len() >= SCAN_FIELDS {
+        // Once the map exists (built from every hash when first needed), it keeps up.
+        if !self.by_hash.is_empty() {
             self.by_hash.entry(h).or_insert(self.fields.len());
         }
         self.hashes.push(h);
@@ -560,6 +561,25 @@ mod tests {
                 (a, b) => prop_assert!(false, "one pass {:?}, tree {:?}", a, b),
             }
         }
+    }
+
+    #[test]
+    fn a_name_reached_twice_is_one_field_in_wide_events_too() {
+        // Past SCAN_FIELDS fields names are found through a map; the repeat comes after.
+        let limits = Limits::default();
+        let mut text = String::from(r#"{"data":{"a.b":1,"g.x":1"#);
+        for i in 0..2 * SCAN_FIELDS {
+            text.push_str(&format!(r#","f{i}":{i}"#));
+        }
+        text.push_str(r#","a":{"b":2},"g":{"x":2}}}"#);
+        let (fields, ..) = flat(&text, Shape::BatchItem, &limits).unwrap();
+        assert_eq!(fields.len(), 2 + 2 * SCAN_FIELDS);
+        assert_eq!(fields[0], ("a.b".into(), FieldValue::Int(2)));
+        assert_eq!(fields[1], ("g.x".into(), FieldValue::Int(2)));
+        // The tree finds the same names (its spelling rule differs: sorted order, not text order).
+        let tree: Value = serde_json::from_str(&text).unwrap();
+        let names = |f: Vec<(String, FieldValue)>| sorted(f).into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        assert_eq!(names(fields), names(flatten_event(&tree["data"], &limits).unwrap()));
     }
 
     #[test]
