@@ -51,6 +51,54 @@ impl Limits {
         }
     }
 
+    /// Checks an event's nesting depth (a flat object is 1).
+    pub fn check_depth(&self, depth: usize) -> Result<(), EventError> {
+        if depth > self.max_depth {
+            return Err(EventError::Limit {
+                what: format!("event nesting depth of {depth}"),
+                limit: self.max_depth,
+                name: "max_depth",
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the length of field `name`'s string value.
+    pub fn check_string(&self, name: &str, len: usize) -> Result<(), EventError> {
+        if len > self.max_string_len {
+            return Err(EventError::Limit {
+                what: format!("field {:?} has a string of {len} bytes, which", truncate(name)),
+                limit: self.max_string_len,
+                name: "max_string_len",
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a flattened field name's length.
+    pub fn check_field_name(&self, name: &str) -> Result<(), EventError> {
+        if name.len() > self.max_field_name_len {
+            return Err(EventError::Limit {
+                what: format!("field name {:?} of {} bytes", truncate(name), name.len()),
+                limit: self.max_field_name_len,
+                name: "max_field_name_len",
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks that an event holding `fields` fields may take one more.
+    pub fn check_room_for_field(&self, fields: usize) -> Result<(), EventError> {
+        if fields >= self.max_fields_per_event {
+            return Err(EventError::Limit {
+                what: format!("event has more than {} fields; it", self.max_fields_per_event),
+                limit: self.max_fields_per_event,
+                name: "max_fields_per_event",
+            });
+        }
+        Ok(())
+    }
+
     /// Checks an event's encoded size.
     pub fn check_event_bytes(&self, bytes: usize) -> Result<(), EventError> {
         if bytes > self.max_event_bytes {
@@ -69,14 +117,7 @@ pub fn flatten_event(data: &Value, limits: &Limits) -> Result<Vec<(String, Field
     let Value::Object(map) = data else {
         return Err(EventError::NotAnObject(json_kind(data)));
     };
-    let depth = value_depth(data);
-    if depth > limits.max_depth {
-        return Err(EventError::Limit {
-            what: format!("event nesting depth of {depth}"),
-            limit: limits.max_depth,
-            name: "max_depth",
-        });
-    }
+    limits.check_depth(value_depth(data))?;
     let mut out = Flattened {
         fields: Vec::with_capacity(map.len()),
         index: HashMap::new(),
@@ -144,44 +185,26 @@ impl Flattened<'_> {
             // Arrays and objects below the flattening depth are kept whole, as JSON text.
             other => FieldValue::Str(other.to_string()),
         };
-        if let FieldValue::Str(s) = &fv
-            && s.len() > self.limits.max_string_len
-        {
-            return Err(EventError::Limit {
-                what: format!("field {:?} has a string of {} bytes, which", truncate(name), s.len()),
-                limit: self.limits.max_string_len,
-                name: "max_string_len",
-            });
+        if let FieldValue::Str(s) = &fv {
+            self.limits.check_string(name, s.len())?;
         }
         Ok(fv)
     }
 
     fn push(&mut self, name: String, v: FieldValue) -> Result<(), EventError> {
-        if name.len() > self.limits.max_field_name_len {
-            return Err(EventError::Limit {
-                what: format!("field name {:?} of {} bytes", truncate(&name), name.len()),
-                limit: self.limits.max_field_name_len,
-                name: "max_field_name_len",
-            });
-        }
+        self.limits.check_field_name(&name)?;
         if let Some(&i) = self.index.get(&name) {
             self.fields[i].1 = v;
             return Ok(());
         }
-        if self.fields.len() >= self.limits.max_fields_per_event {
-            return Err(EventError::Limit {
-                what: format!("event has more than {} fields; it", self.limits.max_fields_per_event),
-                limit: self.limits.max_fields_per_event,
-                name: "max_fields_per_event",
-            });
-        }
+        self.limits.check_room_for_field(self.fields.len())?;
         self.index.insert(name.clone(), self.fields.len());
         self.fields.push((name, v));
         Ok(())
     }
 }
 
-pub(crate) fn truncate(s: &str) -> String {
+fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 

@@ -10,7 +10,7 @@
 //! the first problem met; the tree path is the reference for refusals (a later duplicate key
 //! could have replaced the part that had the problem), so callers ask it for the verdict.
 
-use crate::flatten::{Limits, truncate};
+use crate::flatten::Limits;
 use crate::{EventError, FieldValue, SAMPLE_RATE_COLUMN, TIMESTAMP_COLUMN};
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -145,44 +145,24 @@ impl Flattener<'_> {
         E::custom(msg)
     }
 
+    /// Turns a broken limit (or rule) into the error that stops the parse.
+    fn check<E: de::Error>(&mut self, r: Result<(), EventError>) -> Result<(), E> {
+        r.map_err(|e| self.fail(e))
+    }
+
     fn too_deep<E: de::Error>(&mut self, depth: usize) -> Result<(), E> {
-        if depth > self.limits.max_depth {
-            let limit = self.limits.max_depth;
-            return Err(self.fail(EventError::Limit {
-                what: format!("event nesting depth of {depth}"),
-                limit,
-                name: "max_depth",
-            }));
-        }
-        Ok(())
+        let r = self.limits.check_depth(depth);
+        self.check(r)
     }
 
     /// Adds the value of the field named `self.name`; a name seen before gets the new value.
     fn push<E: de::Error>(&mut self, v: FieldValue) -> Result<(), E> {
-        if let FieldValue::Str(s) = &v
-            && s.len() > self.limits.max_string_len
-        {
-            let what = format!(
-                "field {:?} has a string of {} bytes, which",
-                truncate(&self.name),
-                s.len()
-            );
-            let limit = self.limits.max_string_len;
-            return Err(self.fail(EventError::Limit {
-                what,
-                limit,
-                name: "max_string_len",
-            }));
+        if let FieldValue::Str(s) = &v {
+            let r = self.limits.check_string(&self.name, s.len());
+            self.check(r)?;
         }
-        if self.name.len() > self.limits.max_field_name_len {
-            let what = format!("field name {:?} of {} bytes", truncate(&self.name), self.name.len());
-            let limit = self.limits.max_field_name_len;
-            return Err(self.fail(EventError::Limit {
-                what,
-                limit,
-                name: "max_field_name_len",
-            }));
-        }
+        let r = self.limits.check_field_name(&self.name);
+        self.check(r)?;
         let h = self.hasher.hash_one(self.name.as_str());
         let earlier = if self.fields.len() <= SCAN_FIELDS {
             self.hashes
@@ -206,14 +186,8 @@ impl Flattener<'_> {
             self.fields[i].1 = v;
             return Ok(());
         }
-        if self.fields.len() >= self.limits.max_fields_per_event {
-            let n = self.limits.max_fields_per_event;
-            return Err(self.fail(EventError::Limit {
-                what: format!("event has more than {n} fields; it"),
-                limit: n,
-                name: "max_fields_per_event",
-            }));
-        }
+        let r = self.limits.check_room_for_field(self.fields.len());
+        self.check(r)?;
         // Once the map exists (built from every hash when first needed), it keeps up.
         if !self.by_hash.is_empty() {
             self.by_hash.entry(h).or_insert(self.fields.len());

@@ -173,11 +173,7 @@ pub fn batch_item(item: Value, now_us: i64, limits: &Limits) -> Result<Event, Ev
             sonde_model::flatten::json_kind(&data)
         )));
     }
-    let time_us = match m.get("time") {
-        None | Some(Value::Null) => now_us,
-        Some(Value::String(s)) if s.is_empty() => now_us,
-        Some(t) => time::parse_time_value(t)?,
-    };
+    let time_us = envelope_time(m.get("time"), now_us, true)?;
     let rate = parse_sample_rate(m.get("samplerate").unwrap_or(&Value::Null))?;
     make_event(&data, time_us, rate, limits)
 }
@@ -198,8 +194,18 @@ pub fn batch_item_text(raw: &[u8], now_us: i64, limits: &Limits) -> Result<Event
     }
 }
 
-/// The event of a one-pass parse: an absent or null time is `now_us`, and so is an empty one
-/// when `blank_time_is_now` (batch items, as Honeycomb's API has it); the sample rate defaults to 1.
+/// An event's time from its envelope value: absent or null is `now_us`, and so is an empty
+/// string when `blank_is_now` (batch items, as Honeycomb's API has it).
+fn envelope_time(t: Option<&Value>, now_us: i64, blank_is_now: bool) -> Result<i64, EventError> {
+    match t {
+        None | Some(Value::Null) => Ok(now_us),
+        Some(Value::String(s)) if s.is_empty() && blank_is_now => Ok(now_us),
+        Some(t) => time::parse_time_value(t),
+    }
+}
+
+/// The event of a one-pass parse (time as [`envelope_time`] reads it; the sample rate
+/// defaults to 1).
 fn flat_event(
     fields: Vec<(String, sonde_model::FieldValue)>,
     time: Option<Value>,
@@ -207,13 +213,8 @@ fn flat_event(
     now_us: i64,
     blank_time_is_now: bool,
 ) -> Result<Event, EventError> {
-    let timestamp_us = match &time {
-        None | Some(Value::Null) => now_us,
-        Some(Value::String(s)) if s.is_empty() && blank_time_is_now => now_us,
-        Some(t) => time::parse_time_value(t)?,
-    };
     Ok(Event {
-        timestamp_us,
+        timestamp_us: envelope_time(time.as_ref(), now_us, blank_time_is_now)?,
         sample_rate: parse_sample_rate(samplerate.as_ref().unwrap_or(&Value::Null))?,
         fields,
     })
@@ -240,10 +241,7 @@ pub fn ndjson_line(raw: &[u8], now_us: i64, limits: &Limits) -> Result<Event, Ev
 /// whose `samplerate` key is its sample rate; both are taken out of the data.
 pub fn ndjson_event(mut obj: Map<String, Value>, now_us: i64, limits: &Limits) -> Result<Event, EventError> {
     let t = obj.remove("timestamp").or_else(|| obj.remove("time"));
-    let time_us = match t {
-        None | Some(Value::Null) => now_us,
-        Some(t) => time::parse_time_value(&t)?,
-    };
+    let time_us = envelope_time(t.as_ref(), now_us, false)?;
     let rate = match obj.remove("samplerate") {
         Some(v) => parse_sample_rate(&v)?,
         None => 1,
