@@ -3,7 +3,19 @@
 
 import { PALETTE, formatNumber } from "./charts";
 
-export interface TraceNode { span_id: string; index: number; children: TraceNode[]; missing_parent?: boolean }
+// The server sends the tree flat, in depth-first order (parent before child), each span once:
+// identical copies are folded into `duplicates`, halves of a shared span id are marked, and a
+// broken cycle is marked where it was cut.
+export interface TraceNode {
+  span_id: string | null;
+  index: number;
+  parent: number | null;
+  depth: number;
+  missing_parent?: boolean;
+  cycle?: boolean;
+  shared_id?: boolean;
+  duplicates?: number[];
+}
 export interface TraceAnswer {
   trace_id: string;
   spans: Record<string, unknown>[];
@@ -14,14 +26,21 @@ export interface TraceAnswer {
 const ms = (iso: unknown) => Date.parse(String(iso));
 
 export function renderTrace(el: HTMLElement, t: TraceAnswer, onClose: () => void) {
-  const rows: { node: TraceNode; depth: number }[] = [];
-  const walk = (n: TraceNode, depth: number) => {
-    rows.push({ node: n, depth });
-    n.children.forEach((c) => walk(c, depth + 1));
-  };
-  t.tree.forEach((n) => walk(n, 0));
-  const start = Math.min(...t.spans.map((s) => ms(s.timestamp)));
-  const end = Math.max(...t.spans.map((s) => ms(s.timestamp) + Number(s.duration_ms ?? 0)));
+  const rows = t.tree.map((node) => ({ node, depth: node.depth }));
+  const marks = (n: TraceNode) =>
+    [
+      n.missing_parent ? " (parent missing)" : "",
+      n.cycle ? " (cycle cut here)" : "",
+      n.shared_id ? " (shared span id)" : "",
+      n.duplicates?.length ? ` (×${n.duplicates.length + 1} copies)` : "",
+    ].join("");
+  // A loop, not Math.min(...spans): spreading a very large trace overflows the call stack.
+  let start = Infinity;
+  let end = -Infinity;
+  for (const s of t.spans) {
+    start = Math.min(start, ms(s.timestamp));
+    end = Math.max(end, ms(s.timestamp) + Number(s.duration_ms ?? 0));
+  }
   const total = Math.max(end - start, 1);
   const services = [...new Set(t.spans.map((s) => String(s["service.name"] ?? s.dataset)))];
   const colour = (s: Record<string, unknown>) => PALETTE[services.indexOf(String(s["service.name"] ?? s.dataset)) % PALETTE.length];
@@ -49,11 +68,13 @@ export function renderTrace(el: HTMLElement, t: TraceAnswer, onClose: () => void
     const s = t.spans[node.index];
     const row = document.createElement("div");
     row.className = "wf-row";
-    row.dataset.span = node.span_id;
+    row.dataset.span = node.span_id ?? "";
     const label = document.createElement("span");
     label.className = "wf-label";
-    label.style.paddingLeft = `${depth * 14}px`;
-    label.textContent = `${s["service.name"] ?? s.dataset} ${s.name ?? node.span_id}${node.missing_parent ? " (parent missing)" : ""}`;
+    // Deep traces: indentation stops growing past 40 levels (the depth is in the tooltip).
+    label.style.paddingLeft = `${Math.min(depth, 40) * 14}px`;
+    label.title = `depth ${depth}`;
+    label.textContent = `${s["service.name"] ?? s.dataset} ${s.name ?? node.span_id}${marks(node)}`;
     const lane = document.createElement("span");
     lane.className = "wf-lane";
     const b = document.createElement("span");

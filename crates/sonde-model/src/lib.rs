@@ -13,6 +13,7 @@ pub mod dataset;
 pub mod flatten;
 pub mod parse;
 pub mod time;
+pub mod trace;
 pub mod value;
 
 pub use dataset::DatasetName;

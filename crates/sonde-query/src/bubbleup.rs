@@ -29,6 +29,12 @@ use std::collections::HashMap;
 
 /// Distinct values tracked per column before the rest count as "other".
 pub const MAX_DISTINCT: usize = 10_000;
+/// Bytes of distinct values kept per column before the rest count as "other": long unique
+/// strings (URLs, stack traces) would otherwise hold up to `MAX_DISTINCT` × the longest string
+/// allowed, per column.
+pub const MAX_DISTINCT_BYTES: usize = 1 << 20;
+/// Bytes a kept value costs beyond its text (twice: key and value), for the memory budget.
+const VALUE_OVERHEAD: usize = 96;
 /// Buckets of a numeric column's distribution.
 pub const NUMERIC_BUCKETS: usize = 20;
 /// Values reported per string/bool column, by default.
@@ -75,6 +81,8 @@ pub(crate) enum Counter {
         /// Weighted counts per value, keyed by its text (ahash: this map is hit once per row
         /// and column, and SipHash was a tenth of BubbleUp's time).
         values: HashMap<String, (Value, [i64; 2]), ahash::RandomState>,
+        /// Bytes `values` holds (approximately: text twice plus per-entry overhead).
+        bytes: usize,
         other: [i64; 2],
         missing: [i64; 2],
     },
@@ -90,6 +98,7 @@ impl Counter {
     pub(crate) fn categorical() -> Counter {
         Counter::Categorical {
             values: HashMap::default(),
+            bytes: 0,
             other: [0; 2],
             missing: [0; 2],
         }
@@ -112,7 +121,12 @@ impl Counter {
     /// Adds a batch's column: `sel[i]` says which side row `i` is on, `w[i]` its weight.
     pub(crate) fn add(&mut self, col: &ArrayRef, sel: &BooleanArray, w: &[i64]) -> datafusion::error::Result<()> {
         match self {
-            Counter::Categorical { values, other, missing } => {
+            Counter::Categorical {
+                values,
+                bytes,
+                other,
+                missing,
+            } => {
                 let strings = match col.data_type() {
                     DataType::Boolean => None,
                     _ => Some(cast(col, &DataType::Utf8)?),
@@ -131,7 +145,8 @@ impl Counter {
                     };
                     if let Some(e) = values.get_mut(key) {
                         e.1[side] += wi;
-                    } else if values.len() < MAX_DISTINCT {
+                    } else if values.len() < MAX_DISTINCT && *bytes + key.len() * 2 <= MAX_DISTINCT_BYTES {
+                        *bytes += key.len() * 2 + VALUE_OVERHEAD;
                         let value = match &strings {
                             Some(_) => Value::String(key.to_string()),
                             None => Value::Bool(key == "true"),
@@ -166,6 +181,14 @@ impl Counter {
         Ok(())
     }
 
+    /// Bytes the counter holds, for the request's memory budget.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Counter::Categorical { bytes, .. } => *bytes + 64,
+            Counter::Numeric { buckets, .. } => buckets.len() * 16 + 64,
+        }
+    }
+
     /// The column's comparison and its score.
     pub(crate) fn report(&self, totals: [i64; 2], top: usize) -> (f64, Value) {
         let share = |c: [i64; 2]| -> [f64; 2] {
@@ -183,7 +206,9 @@ impl Counter {
             ]
         };
         match self {
-            Counter::Categorical { values, other, missing } => {
+            Counter::Categorical {
+                values, other, missing, ..
+            } => {
                 let mut all: Vec<&(Value, [i64; 2])> = values.values().collect();
                 // Top values by weight in the population; ties by value, so the answer is stable.
                 // (Keys computed once each: up to 10,000 values per column.)

@@ -18,6 +18,7 @@ use crate::bubbleup::{self, BubbleUpRequest};
 use crate::chunk_cache::ChunkCache;
 use crate::json;
 use crate::spec::{self, CalcOp, FilterOp, Literal, OrderKey, Plan, QuerySpec};
+use crate::memory::{self, BudgetExceeded, BudgetedPool, MemoryBudget, RequestBudget};
 use crate::table::{DatasetTable, STORE_URL, ScanStats};
 use crate::udaf::weighted_percentile;
 use arrow::array::{Array, AsArray, RecordBatch, TimestampMicrosecondArray};
@@ -26,7 +27,6 @@ use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::functions_aggregate::expr_fn::{count_distinct, max, min, sum};
@@ -35,6 +35,7 @@ use datafusion::prelude::{Expr, SQLOptions, SessionConfig, SessionContext, cast,
 use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use sonde_model::trace::SpanRef;
 use sonde_model::{ColumnType, DatasetName, SAMPLE_RATE_COLUMN, TIMESTAMP_COLUMN};
 use sonde_storage::Storage;
 use std::collections::{BTreeMap, HashMap};
@@ -45,7 +46,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     /// The dataset does not exist.
-    #[error("dataset {0:?} does not exist")]
+    #[error("dataset \"{0}\" does not exist")]
     NoSuchDataset(String),
     /// The query specification is invalid.
     #[error("invalid query: {0}")]
@@ -54,16 +55,33 @@ pub enum QueryError {
     #[error("{0}")]
     Sql(String),
     /// The query ran past the timeout.
-    #[error("query exceeded the timeout of {0:?} (query_timeout)")]
+    #[error("query exceeded the timeout of {0:?} (--query-timeout / SONDE_QUERY_TIMEOUT)")]
     Timeout(Duration),
     /// The query needed more memory than the cap.
-    #[error("query exceeded the memory cap of {limit} bytes (query_memory_limit): {detail}")]
+    #[error("query exceeded the memory cap of {limit} bytes (--query-memory-limit / SONDE_QUERY_MEMORY_LIMIT): {detail}")]
     Memory {
         /// The cap.
         limit: usize,
         /// DataFusion's message.
         detail: String,
     },
+    /// The answer would exceed the request's own cap.
+    #[error(
+        "the answer exceeds the limit of {limit} bytes (--max-answer-bytes / SONDE_MAX_ANSWER_BYTES) while \
+         building {what}: ask for less (a LIMIT, a narrower time range or fewer groups) or raise the limit"
+    )]
+    AnswerTooLarge {
+        /// The cap.
+        limit: usize,
+        /// What was being built.
+        what: String,
+    },
+    /// The server's memory bound for requests is in use by other requests.
+    #[error("{0}")]
+    Overloaded(#[from] BudgetExceeded),
+    /// Nothing matched what was looked up (a trace id, say).
+    #[error("{0}")]
+    NotFound(String),
     /// Anything else (a bug, or an I/O failure).
     #[error("query failed: {0}")]
     Internal(String),
@@ -86,6 +104,12 @@ pub struct EngineConfig {
     pub metadata_cache_bytes: usize,
     /// Most memory for column-chunk byte ranges kept across queries (0: no cache).
     pub chunk_cache_bytes: usize,
+    /// Most memory all requests together may hold: queries' operators, answers being built,
+    /// BubbleUp's counters, trace trees, decompressed bodies (`--memory-limit`).
+    pub memory_budget: usize,
+    /// Largest answer one request may build, in bytes of Arrow data collected and of JSON
+    /// text (`--max-answer-bytes`).
+    pub max_answer_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -96,6 +120,8 @@ impl Default for EngineConfig {
             target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
             metadata_cache_bytes: 256 << 20,
             chunk_cache_bytes: 256 << 20,
+            memory_budget: 4 << 30,
+            max_answer_bytes: 128 << 20,
         }
     }
 }
@@ -126,6 +152,30 @@ pub struct EventsRequest {
     pub columns: Option<Vec<String>>,
 }
 
+/// How `/api/sql` encodes its answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqlFormat {
+    /// `{"columns": [...], "rows": [{...}], "meta": {...}}`.
+    #[default]
+    Json,
+    /// CSV with a header line.
+    Csv,
+    /// An Arrow IPC stream.
+    Arrow,
+}
+
+impl SqlFormat {
+    /// The answer's `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            SqlFormat::Json => "application/json",
+            SqlFormat::Csv => "text/csv; charset=utf-8",
+            SqlFormat::Arrow => "application/vnd.apache.arrow.stream",
+        }
+    }
+}
+
 /// The query engine over a storage.
 #[derive(Debug)]
 pub struct QueryEngine {
@@ -136,6 +186,8 @@ pub struct QueryEngine {
     chunks: Option<Arc<ChunkCache>>,
     /// The store queries read segments through: the storage's, behind the chunk cache if any.
     store: Arc<dyn ObjectStore>,
+    /// The process-wide memory bound every request draws from.
+    budget: Arc<MemoryBudget>,
     config: EngineConfig,
 }
 
@@ -161,6 +213,7 @@ impl QueryEngine {
             shared,
             chunks,
             store,
+            budget: MemoryBudget::new(config.memory_budget),
             config,
         })
     }
@@ -181,6 +234,16 @@ impl QueryEngine {
         &self.config
     }
 
+    /// The process-wide memory bound (for other request paths, e.g. decompression, and metrics).
+    pub fn memory_budget(&self) -> &Arc<MemoryBudget> {
+        &self.budget
+    }
+
+    /// A new request's budget: its answer cap, its share of the process bound, its deadline.
+    pub fn request(&self) -> RequestBudget {
+        RequestBudget::new(&self.budget, self.config.max_answer_bytes, self.config.timeout)
+    }
+
     /// A session for one query: its own memory pool (the per-query cap), the shared object
     /// stores, and Sonde's functions.
     fn session(&self) -> Result<SessionContext> {
@@ -192,7 +255,7 @@ impl QueryEngine {
     /// decoded only where it held) and costs when it keeps most, as `!=` usually does.
     fn session_with_pushdown(&self, pushdown: bool) -> Result<SessionContext> {
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(FairSpillPool::new(self.config.memory_limit)))
+            .with_memory_pool(Arc::new(BudgetedPool::new(self.config.memory_limit, self.budget.clone())))
             // No spilling: a query over its cap fails with a clear error instead of filling the
             // disk the WAL and segments live on.
             .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
@@ -220,29 +283,79 @@ impl QueryEngine {
         ))
     }
 
-    /// Runs `fut` under the query timeout, mapping DataFusion's errors.
-    async fn timed<T>(&self, fut: impl std::future::Future<Output = Result<T, DataFusionError>>) -> Result<T> {
-        match tokio::time::timeout(self.config.timeout, fut).await {
-            Err(_) => Err(QueryError::Timeout(self.config.timeout)),
+    /// Runs `fut` in the time the request has left, mapping DataFusion's errors.
+    async fn timed<T>(
+        &self,
+        req: &RequestBudget,
+        fut: impl std::future::Future<Output = Result<T, DataFusionError>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(req.remaining(), fut).await {
+            Err(_) => Err(QueryError::Timeout(req.timeout())),
             Ok(r) => r.map_err(|e| self.df_error(e)),
         }
     }
 
-    fn df_error(&self, e: DataFusionError) -> QueryError {
-        let e = e.find_root().to_string();
-        if e.contains("Resources exhausted") || e.contains("ResourcesExhausted") {
-            QueryError::Memory {
-                limit: self.config.memory_limit,
-                detail: e,
+    /// Runs a physical plan to completion in the time the request has left, every batch
+    /// counted against its budget as it arrives (an answer never grows past its cap unseen).
+    async fn collect_plan(
+        &self,
+        req: &RequestBudget,
+        plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        task: Arc<datafusion::execution::TaskContext>,
+        what: &str,
+    ) -> Result<Vec<RecordBatch>> {
+        use futures::StreamExt;
+        let run = async {
+            let mut stream = datafusion::physical_plan::execute_stream(plan, task)?;
+            let mut out = Vec::new();
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                req.account(memory::batch_bytes(&batch), what)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                out.push(batch);
             }
-        } else if e.contains("not supported")
-            || e.contains("SQL error")
-            || e.contains("Error during planning")
-            || e.contains("Schema error")
-        {
-            QueryError::Sql(e)
-        } else {
-            QueryError::Internal(e)
+            Ok::<_, DataFusionError>(out)
+        };
+        self.timed(req, run).await
+    }
+
+    /// [`Self::collect_plan`] for a DataFrame.
+    async fn collect(&self, req: &RequestBudget, df: DataFrame, what: &str) -> Result<Vec<RecordBatch>> {
+        let task = Arc::new(df.task_ctx());
+        let plan = self.timed(req, df.create_physical_plan()).await?;
+        self.collect_plan(req, plan, task, what).await
+    }
+
+    /// Sorts a DataFusion error into what it means for the user: the memory cap, the process
+    /// bound, an answer too large, a mistake in the query, or a failure of ours.
+    fn df_error(&self, e: DataFusionError) -> QueryError {
+        match e.find_root() {
+            DataFusionError::ResourcesExhausted(detail) => QueryError::Memory {
+                limit: self.config.memory_limit,
+                detail: detail.clone(),
+            },
+            DataFusionError::External(inner) => {
+                if let Some(b) = inner.downcast_ref::<BudgetExceeded>() {
+                    QueryError::Overloaded(b.clone())
+                } else if let Some(q) = inner.downcast_ref::<QueryError>() {
+                    match q {
+                        QueryError::AnswerTooLarge { limit, what } => QueryError::AnswerTooLarge {
+                            limit: *limit,
+                            what: what.clone(),
+                        },
+                        QueryError::Overloaded(b) => QueryError::Overloaded(b.clone()),
+                        QueryError::Timeout(d) => QueryError::Timeout(*d),
+                        other => QueryError::Internal(other.to_string()),
+                    }
+                } else {
+                    QueryError::Internal(inner.to_string())
+                }
+            }
+            root @ (DataFusionError::SQL(..)
+            | DataFusionError::Plan(_)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::NotImplemented(_)) => QueryError::Sql(root.to_string()),
+            root => QueryError::Internal(root.to_string()),
         }
     }
 
@@ -253,8 +366,8 @@ impl QueryEngine {
         Ok(spec::plan(spec, &columns, sonde_model::time::now_us())?)
     }
 
-    /// Runs a Honeycomb query specification.
-    pub async fn query(&self, dataset: &DatasetName, spec: &QuerySpec) -> Result<QueryResult> {
+    /// Runs a Honeycomb query specification within the request's budget.
+    pub async fn query(&self, dataset: &DatasetName, spec: &QuerySpec, req: &RequestBudget) -> Result<QueryResult> {
         let started = Instant::now();
         let table = self.table(dataset)?;
         let columns = queryable_columns(&table);
@@ -269,6 +382,7 @@ impl QueryEngine {
             plan: &plan,
             engine: self,
             table: &table,
+            req,
         };
         let out = run.execute(base).await?;
         let scan: ScanStats = stats.lock().unwrap().clone();
@@ -291,8 +405,9 @@ impl QueryEngine {
         })
     }
 
-    /// Raw events matching filters and a time range, newest first.
-    pub async fn events(&self, dataset: &DatasetName, req: &EventsRequest) -> Result<Value> {
+    /// Raw events matching filters and a time range, newest first, as the answer's JSON text
+    /// (`{"events": [...], "meta": {...}}`), built within the request's budget.
+    pub async fn events(&self, dataset: &DatasetName, req: &EventsRequest, budget: &RequestBudget) -> Result<Vec<u8>> {
         let started = Instant::now();
         let table = self.table(dataset)?;
         let columns = queryable_columns(&table);
@@ -325,7 +440,7 @@ impl QueryEngine {
             .and_then(|df| df.sort(newest_first()))
             .and_then(|df| df.limit(0, Some(wanted)))
             .map_err(|e| self.df_error(e))?;
-        let times = self.timed(times.collect()).await?;
+        let times = self.collect(budget, times, "the newest matches' times").await?;
         let found: usize = times.iter().map(|b| b.num_rows()).sum();
         let cutoff = (found == wanted && wanted > 0)
             .then(|| times.iter().rev().find(|b| b.num_rows() > 0))
@@ -349,37 +464,107 @@ impl QueryEngine {
             sel.extend(cols.iter().filter(|c| *c != TIMESTAMP_COLUMN).map(ident));
             df = df.select(sel).map_err(|e| self.df_error(e))?;
         }
-        let batches = self.timed(df.collect()).await?;
-        // Absent fields are left out of each event, as they were never sent.
-        let events: Vec<Value> = json::rows(&batches)
-            .into_iter()
-            .map(|mut e| {
-                if let Value::Object(m) = &mut e {
-                    m.retain(|_, v| !v.is_null());
-                }
-                e
-            })
-            .collect();
+        let batches = self.collect(budget, df, "raw events").await?;
         let scan = stats.lock().unwrap().clone();
-        Ok(json!({
-            "events": events,
-            "meta": {
+        #[derive(Serialize)]
+        struct Answer<'a> {
+            events: json::Rows<'a>,
+            meta: Value,
+        }
+        let answer = Answer {
+            // Absent fields are left out of each event, as they were never sent.
+            events: json::Rows {
+                batches: &batches,
+                skip_nulls: true,
+            },
+            meta: json!({
                 "rows_examined": scan.rows_examined,
                 "segments_scanned": scan.segments_scanned,
                 "segments_total": scan.segments_total,
                 "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
                 "start_time": sonde_model::time::format_us(plan.start_us),
                 "end_time": sonde_model::time::format_us(plan.end_us),
-            }
-        }))
+            }),
+        };
+        json::to_bytes(&answer, budget)
     }
 
     /// Runs read-only SQL over the datasets `visible` admits (each is a table named after it;
-    /// the others do not exist for this query).
+    /// the others do not exist for this query) and encodes the answer in `format`, all within
+    /// the request's budget: the rows collected and the text written both count against it.
     pub async fn sql(
         &self,
         sql: &str,
+        format: SqlFormat,
         visible: &(dyn Fn(&str) -> bool + Sync),
+        budget: &RequestBudget,
+    ) -> Result<Vec<u8>> {
+        let started = Instant::now();
+        let (schema, batches) = self.sql_batches(sql, visible, budget).await?;
+        match format {
+            SqlFormat::Json => {
+                #[derive(Serialize)]
+                struct Column {
+                    name: String,
+                    r#type: String,
+                }
+                #[derive(Serialize)]
+                struct Answer<'a> {
+                    columns: Vec<Column>,
+                    rows: json::Rows<'a>,
+                    meta: Value,
+                }
+                let answer = Answer {
+                    columns: schema
+                        .fields()
+                        .iter()
+                        .map(|f| Column {
+                            name: f.name().clone(),
+                            r#type: f.data_type().to_string(),
+                        })
+                        .collect(),
+                    rows: json::Rows {
+                        batches: &batches,
+                        skip_nulls: false,
+                    },
+                    meta: json!({
+                        "rows": batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+                        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+                    }),
+                };
+                json::to_bytes(&answer, budget)
+            }
+            SqlFormat::Csv => {
+                let mut out = json::BudgetWriter::new(budget);
+                let written = (|| {
+                    let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+                    batches.iter().try_for_each(|b| w.write(b))
+                })();
+                match written {
+                    Ok(()) => out.finish(),
+                    Err(e) => Err(out.fail(e)),
+                }
+            }
+            SqlFormat::Arrow => {
+                let mut out = json::BudgetWriter::new(budget);
+                let written = (|| {
+                    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema)?;
+                    batches.iter().try_for_each(|b| w.write(b))?;
+                    w.finish()
+                })();
+                match written {
+                    Ok(()) => out.finish(),
+                    Err(e) => Err(out.fail(e)),
+                }
+            }
+        }
+    }
+
+    async fn sql_batches(
+        &self,
+        sql: &str,
+        visible: &(dyn Fn(&str) -> bool + Sync),
+        budget: &RequestBudget,
     ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let ctx = self.session()?;
         for info in self.storage.datasets().into_iter().filter(|i| visible(i.name.as_str())) {
@@ -391,12 +576,15 @@ impl QueryEngine {
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        let df = self.timed(ctx.sql_with_options(sql, opts)).await.map_err(|e| match e {
-            QueryError::Internal(m) => QueryError::Sql(m),
-            other => other,
-        })?;
+        let df = self
+            .timed(budget, ctx.sql_with_options(sql, opts))
+            .await
+            .map_err(|e| match e {
+                QueryError::Internal(m) => QueryError::Sql(m),
+                other => other,
+            })?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let batches = self.timed(df.collect()).await?;
+        let batches = self.collect(budget, df, "the SQL result's rows").await?;
         Ok((schema, batches))
     }
 }
@@ -411,7 +599,12 @@ impl QueryEngine {
 
     /// BubbleUp: compares a selection with the rest of the population across every column
     /// (see [`crate::bubbleup`]).
-    pub async fn bubbleup(&self, dataset: &DatasetName, req: &BubbleUpRequest) -> Result<Value> {
+    pub async fn bubbleup(
+        &self,
+        dataset: &DatasetName,
+        req: &BubbleUpRequest,
+        budget: &RequestBudget,
+    ) -> Result<Value> {
         use futures::StreamExt;
         let started = Instant::now();
         let table = self.table(dataset)?;
@@ -514,7 +707,7 @@ impl QueryEngine {
                 })
                 .collect();
             let df = base.clone().aggregate(vec![], aggs).map_err(|e| self.df_error(e))?;
-            let batches = self.timed(df.collect()).await?;
+            let batches = self.collect(budget, df, "BubbleUp's value ranges").await?;
             if let Some(b) = batches.iter().find(|b| b.num_rows() > 0) {
                 for (i, (n, _)) in numeric.iter().enumerate() {
                     let lo = json::cell(b.column_by_name(&format!("lo{i}")).unwrap().as_ref(), 0).as_f64();
@@ -539,6 +732,8 @@ impl QueryEngine {
         let df = base.select(select).map_err(|e| self.df_error(e))?;
         let mut totals = [0i64; 2];
         let mut events = 0u64;
+        // The counters' bytes, held in the request's budget as they grow.
+        let mut held = 0usize;
         let stream_all = async {
             let mut stream = df.execute_stream().await?;
             while let Some(batch) = stream.next().await {
@@ -552,10 +747,17 @@ impl QueryEngine {
                 for (c, (name, _)) in counters.iter_mut().zip(&compared) {
                     c.add(batch.column_by_name(name).unwrap(), &sel, &w)?;
                 }
+                let now: usize = counters.iter().map(|c| c.bytes()).sum();
+                if now > held {
+                    budget
+                        .account(now - held, "BubbleUp's value counters")
+                        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                    held = now;
+                }
             }
             Ok::<(), DataFusionError>(())
         };
-        self.timed(stream_all).await?;
+        self.timed(budget, stream_all).await?;
 
         let top = req.top_values.unwrap_or(bubbleup::DEFAULT_TOP_VALUES).clamp(1, 100);
         let mut reports: Vec<(f64, String, Value)> = counters
@@ -584,11 +786,22 @@ impl QueryEngine {
         }))
     }
 
-    /// Every span of a trace, across every dataset with a `trace.trace_id` column, with the
-    /// parent/child tree. Segments whose bloom filter rules the id out are not read.
-    pub async fn trace(&self, trace_id: &str, visible: &(dyn Fn(&str) -> bool + Sync)) -> Result<Value> {
+    /// Every span of a trace, across every dataset with a `trace.trace_id` column, with its
+    /// tree ([`sonde_model::trace`]: each span once, whatever duplicates, shared ids or cycles
+    /// the data holds), as the answer's JSON text. The id is looked up in every form it may have
+    /// been stored in (16 or 32 hex digits, either case). Segments whose id index or bloom
+    /// filter rules it out are not read, and buffered events are filtered by it before anything
+    /// else touches them.
+    pub async fn trace(
+        &self,
+        trace_id: &str,
+        visible: &(dyn Fn(&str) -> bool + Sync),
+        budget: &RequestBudget,
+    ) -> Result<Vec<u8>> {
         const TRACE_ID: &str = "trace.trace_id";
         let started = Instant::now();
+        let forms = sonde_model::trace::trace_id_forms(trace_id);
+        let id_filter = ident(TRACE_ID).in_list(forms.iter().map(|f| lit(f.clone())).collect(), false);
         let mut spans: Vec<Value> = Vec::new();
         let mut meta = TraceMeta::default();
         for info in self.storage.datasets().into_iter().filter(|i| visible(i.name.as_str())) {
@@ -599,11 +812,12 @@ impl QueryEngine {
             let ctx = self.session()?;
             let df = ctx
                 .read_table(table.clone())
-                .and_then(|df| df.filter(ident(TRACE_ID).eq(lit(trace_id))))
+                .and_then(|df| df.filter(id_filter.clone()))
                 .map_err(|e| self.df_error(e))?;
-            let plan = self.timed(df.create_physical_plan()).await?;
+            let task = Arc::new(df.task_ctx());
+            let plan = self.timed(budget, df.create_physical_plan()).await?;
             let batches = self
-                .timed(datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx()))
+                .collect_plan(budget, plan.clone(), task, "the trace's spans")
                 .await?;
             meta.add(plan.as_ref());
             let stats = table.stats().lock().unwrap().clone();
@@ -611,6 +825,8 @@ impl QueryEngine {
             meta.segments_scanned += stats.segments_scanned;
             meta.segments_pruned_by_index += stats.segments_pruned_by_index;
             meta.datasets_searched += 1;
+            let cells: usize = batches.iter().map(|b| b.num_rows() * b.num_columns()).sum();
+            budget.account(cells.saturating_mul(128), "the trace's spans")?;
             for mut row in json::rows(&batches) {
                 if let Value::Object(m) = &mut row {
                     m.retain(|_, v| !v.is_null());
@@ -618,21 +834,67 @@ impl QueryEngine {
                 }
                 spans.push(row);
             }
+            budget.check_time()?;
+        }
+        if spans.is_empty() {
+            return Err(QueryError::NotFound(format!("no spans with trace.trace_id = {trace_id:?}")));
         }
         // By time (parsed: RFC3339 text with and without fractions does not sort as text).
-        spans.sort_by_key(|s| {
+        spans.sort_by_cached_key(|s| {
             s["timestamp"]
                 .as_str()
                 .and_then(|t| sonde_model::time::parse_time_str(t).ok())
                 .unwrap_or(0)
         });
-        let tree = span_tree(&spans);
-        Ok(json!({
-            "trace_id": trace_id,
-            "spans": spans,
-            "tree": tree,
-            "meta": {
+        let refs: Vec<SpanRef<'_>> = spans.iter().map(span_ref).collect();
+        let (nodes, tree) = sonde_model::trace::build(&refs);
+        #[derive(Serialize)]
+        struct Node<'a> {
+            index: usize,
+            span_id: Option<&'a str>,
+            parent: Option<usize>,
+            depth: usize,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            missing_parent: bool,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            cycle: bool,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            shared_id: bool,
+            #[serde(skip_serializing_if = "<[usize]>::is_empty")]
+            duplicates: &'a [usize],
+        }
+        #[derive(Serialize)]
+        struct Answer<'a> {
+            trace_id: &'a str,
+            spans: &'a [Value],
+            tree: Vec<Node<'a>>,
+            meta: Value,
+        }
+        let answer = Answer {
+            trace_id,
+            spans: &spans,
+            tree: nodes
+                .iter()
+                .map(|n| Node {
+                    index: n.index,
+                    span_id: refs[n.index].span_id,
+                    parent: n.parent,
+                    depth: n.depth,
+                    missing_parent: n.missing_parent,
+                    cycle: n.cycle,
+                    shared_id: n.shared_id,
+                    duplicates: &n.duplicates,
+                })
+                .collect(),
+            meta: json!({
                 "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+                "spans": spans.len(),
+                "roots": tree.roots,
+                "duplicates": tree.duplicates,
+                "cycles_broken": tree.cycles,
+                "shared_ids": tree.shared,
+                "max_depth": tree.max_depth,
+                "trace_id_forms": forms,
                 "datasets_searched": meta.datasets_searched,
                 "segments_total": meta.segments_total,
                 "segments_scanned": meta.segments_scanned,
@@ -641,8 +903,30 @@ impl QueryEngine {
                 "row_groups_matched_by_bloom_filter": meta.bloom_matched,
                 "row_groups_pruned_by_statistics": meta.stats_pruned,
                 "bytes_scanned": meta.bytes_scanned,
-            }
-        }))
+            }),
+        };
+        json::to_bytes(&answer, budget)
+    }
+}
+
+/// What the tree builder needs of a span: its ids, its kind and a fingerprint of its content
+/// (every field but the dataset it was found in, so a copy loaded into another dataset is a
+/// copy).
+fn span_ref(s: &Value) -> SpanRef<'_> {
+    use std::hash::{Hash, Hasher};
+    let text = |k: &str| s.get(k).and_then(|v| v.as_str());
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    if let Value::Object(m) = s {
+        for (k, v) in m.iter().filter(|(k, _)| k.as_str() != "dataset") {
+            k.hash(&mut h);
+            v.to_string().hash(&mut h);
+        }
+    }
+    SpanRef {
+        span_id: text("trace.span_id"),
+        parent_id: text("trace.parent_id"),
+        kind: text("span.kind"),
+        fingerprint: h.finish(),
     }
 }
 
@@ -685,50 +969,6 @@ impl TraceMeta {
             self.add(child.as_ref());
         }
     }
-}
-
-/// The parent/child tree of spans: `[{"span_id", "children": [...]}]`, roots first in time.
-/// A span whose parent is not in the trace (lost, or not sent yet) is a root, marked
-/// `"missing_parent": true`.
-fn span_tree(spans: &[Value]) -> Vec<Value> {
-    let id = |s: &Value| s.get("trace.span_id").and_then(|v| v.as_str()).map(String::from);
-    let parent = |s: &Value| s.get("trace.parent_id").and_then(|v| v.as_str()).map(String::from);
-    let ids: std::collections::HashSet<String> = spans.iter().filter_map(id).collect();
-    let mut children: HashMap<String, Vec<usize>> = HashMap::new();
-    let mut roots = Vec::new();
-    for (i, s) in spans.iter().enumerate() {
-        match parent(s) {
-            Some(p) if ids.contains(&p) && Some(&p) != id(s).as_ref() => children.entry(p).or_default().push(i),
-            _ => roots.push(i),
-        }
-    }
-    fn node(i: usize, spans: &[Value], children: &HashMap<String, Vec<usize>>, depth: usize) -> Value {
-        let sid = spans[i]
-            .get("trace.span_id")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default();
-        let kids: Vec<Value> = if depth < 256 {
-            children
-                .get(sid)
-                .into_iter()
-                .flatten()
-                .map(|&c| node(c, spans, children, depth + 1))
-                .collect()
-        } else {
-            vec![]
-        };
-        json!({"span_id": sid, "index": i, "children": kids})
-    }
-    roots
-        .into_iter()
-        .map(|i| {
-            let mut n = node(i, spans, &children, 0);
-            if parent(&spans[i]).is_some() {
-                n["missing_parent"] = json!(true);
-            }
-            n
-        })
-        .collect()
 }
 
 /// The columns a query may name: the dataset's, plus `samplerate`.
@@ -846,6 +1086,7 @@ struct Run<'a> {
     plan: &'a Plan,
     engine: &'a QueryEngine,
     table: &'a DatasetTable,
+    req: &'a RequestBudget,
 }
 
 fn b_alias(i: usize) -> String {
@@ -969,7 +1210,13 @@ impl Run<'_> {
     }
 
     async fn collect(&self, df: DataFrame) -> Result<Vec<RecordBatch>> {
-        self.engine.timed(df.collect()).await
+        self.engine.collect(self.req, df, "the query's aggregates").await
+    }
+
+    /// Holds what `rows` rows of `cells` JSON values each will cost once built (a `Value` in a
+    /// map is about 128 bytes with its key), before building them.
+    fn account_json(&self, rows: usize, cells: usize, what: &str) -> Result<()> {
+        self.req.account(rows.saturating_mul(cells.max(1)).saturating_mul(128), what)
     }
 
     fn df<T>(&self, r: Result<T, DataFusionError>) -> Result<T> {
@@ -987,7 +1234,13 @@ impl Run<'_> {
         // one scan computes those ("fine"), and the results and the series are both answered
         // from that small table instead of scanning the events twice.
         let fine = match self.fine_aggregates(&base, &aggs)? {
-            Some(f) => Some(self.df(f.cache().await)?),
+            // Collected (and counted against the request) rather than `cache()`d, which would
+            // hold the partials outside every budget.
+            Some(f) => {
+                let state = f.clone().into_parts().0;
+                let batches = self.collect(f).await?;
+                Some(self.df(SessionContext::new_with_state(state).read_batches(batches))?)
+            }
             None => None,
         };
         let mut results_df = match &fine {
@@ -1111,7 +1364,10 @@ impl Run<'_> {
                     }
                 };
                 let df = self.df(df.select(finals))?;
-                for b in self.collect(df).await? {
+                let batches = self.collect(df).await?;
+                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                self.account_json(rows, nb + plan.calcs.len() + 2, "the time series (groups × time buckets)")?;
+                for b in batches {
                     let t_col = b.column_by_name("t").unwrap().clone();
                     for row in 0..b.num_rows() {
                         let Some(t) = json::cell(t_col.as_ref(), row).as_i64() else {
@@ -1247,6 +1503,7 @@ impl Run<'_> {
                     totals[g][v] += n;
                 }
             }
+            self.account_json(hist.len() + totals.len(), nbk, "heatmap histograms")?;
             for ((t, g), counts) in hist {
                 series
                     .entry((t, g))

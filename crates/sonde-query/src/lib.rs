@@ -13,15 +13,19 @@
 //!   a memory cap.
 //! - [`udaf`] — the sample-rate weighted exact percentile.
 //! - [`bubbleup`] — selection vs baseline across every column, in one pass.
+//! - [`memory`] — the process-wide memory bound every request draws from, and each request's
+//!   answer cap and deadline.
 
 pub mod bubbleup;
 pub mod chunk_cache;
 pub mod engine;
 pub mod json;
+pub mod memory;
 pub mod spec;
 pub mod table;
 pub mod udaf;
 
 pub use bubbleup::BubbleUpRequest;
-pub use engine::{EngineConfig, EventsRequest, QueryEngine, QueryError, QueryResult};
+pub use engine::{EngineConfig, EventsRequest, QueryEngine, QueryError, QueryResult, SqlFormat};
+pub use memory::{MemoryBudget, RequestBudget};
 pub use spec::QuerySpec;

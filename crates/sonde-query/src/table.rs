@@ -55,7 +55,10 @@ pub struct ScanStats {
 pub struct DatasetTable {
     snapshot: DatasetSnapshot,
     schema: SchemaRef,
+    /// The buffered batches as the buffer holds them (each with its own schema).
     buffered: Vec<RecordBatch>,
+    /// The same cast to the table schema, made on the first scan that needs all of them.
+    adapted: std::sync::OnceLock<Vec<RecordBatch>>,
     metadata_cache: Arc<FileMetadataCache>,
     store: Arc<dyn ObjectStore>,
     index: Arc<IndexCache>,
@@ -71,16 +74,12 @@ impl DatasetTable {
         index: Arc<IndexCache>,
     ) -> Result<DatasetTable> {
         let schema = table_schema(&snapshot);
-        let buffered = snapshot
-            .buffered
-            .iter()
-            .filter(|b| b.num_rows() > 0)
-            .map(|b| adapt_batch(b, &schema))
-            .collect::<Result<Vec<_>>>()?;
+        let buffered = snapshot.buffered.iter().filter(|b| b.num_rows() > 0).cloned().collect();
         Ok(DatasetTable {
             snapshot,
             schema,
             buffered,
+            adapted: Default::default(),
             metadata_cache,
             store,
             index,
@@ -209,10 +208,10 @@ fn collect_bounds(e: &Expr, lo: &mut i64, hi: &mut i64) {
     }
 }
 
-/// Values that equality filters require of indexed columns: `(column, hashes)`, where an event
-/// must have one of the hashed values in that column to match. Understands `=`, `IN` and the
-/// `OR` chains DataFusion rewrites short `IN` lists into, under `AND`s.
-fn index_needles(filters: &[Expr], index: &IndexCache) -> Vec<(String, Vec<u32>)> {
+/// Values that equality filters require of indexed columns: `(column, values)`, where an event
+/// must have one of the values in that column to match. Understands `=`, `IN` and the `OR`
+/// chains DataFusion rewrites short `IN` lists into, under `AND`s.
+fn index_needles(filters: &[Expr], index: &IndexCache) -> Vec<(String, Vec<String>)> {
     fn text(v: &ScalarValue) -> Option<String> {
         match v {
             ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
@@ -221,8 +220,8 @@ fn index_needles(filters: &[Expr], index: &IndexCache) -> Vec<(String, Vec<u32>)
             _ => None,
         }
     }
-    /// `(column, hashes)` if `e` holds only when the column has one of the values.
-    fn any_of(e: &Expr, index: &IndexCache) -> Option<(String, Vec<u32>)> {
+    /// `(column, values)` if `e` holds only when the column has one of the values.
+    fn any_of(e: &Expr, index: &IndexCache) -> Option<(String, Vec<String>)> {
         match e {
             Expr::BinaryExpr(BinaryExpr {
                 left,
@@ -232,7 +231,7 @@ fn index_needles(filters: &[Expr], index: &IndexCache) -> Vec<(String, Vec<u32>)
                 (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c))
                     if index.is_indexed(&c.name) =>
                 {
-                    Some((c.name.clone(), vec![hash_value(&text(v)?)]))
+                    Some((c.name.clone(), vec![text(v)?]))
                 }
                 _ => None,
             },
@@ -250,22 +249,22 @@ fn index_needles(filters: &[Expr], index: &IndexCache) -> Vec<(String, Vec<u32>)
             }
             Expr::InList(l) if !l.negated => match l.expr.as_ref() {
                 Expr::Column(c) if index.is_indexed(&c.name) => {
-                    let hashes = l
+                    let values = l
                         .list
                         .iter()
                         .map(|x| match x {
-                            Expr::Literal(v, _) => text(v).map(|s| hash_value(&s)),
+                            Expr::Literal(v, _) => text(v),
                             _ => None,
                         })
-                        .collect::<Option<Vec<u32>>>()?;
-                    Some((c.name.clone(), hashes))
+                        .collect::<Option<Vec<String>>>()?;
+                    Some((c.name.clone(), values))
                 }
                 _ => None,
             },
             _ => None,
         }
     }
-    fn walk(e: &Expr, index: &IndexCache, out: &mut Vec<(String, Vec<u32>)>) {
+    fn walk(e: &Expr, index: &IndexCache, out: &mut Vec<(String, Vec<String>)>) {
         if let Expr::BinaryExpr(BinaryExpr {
             left,
             op: Operator::And,
@@ -283,6 +282,42 @@ fn index_needles(filters: &[Expr], index: &IndexCache) -> Vec<(String, Vec<u32>)
         walk(f, index, &mut out);
     }
     out
+}
+
+/// The rows of a buffered batch whose needle columns each hold one of their values; `None`
+/// when no row does.
+fn rows_with_needles(batch: &RecordBatch, needles: &[(String, Vec<String>)]) -> Result<Option<RecordBatch>> {
+    use arrow::array::{BooleanArray, StringArray};
+    use arrow::compute::kernels::{boolean, cmp};
+    let mut keep: Option<BooleanArray> = None;
+    for (column, values) in needles {
+        let Some(col) = batch.column_by_name(column) else {
+            return Ok(None);
+        };
+        // A column widened from another type in this buffer is compared as text, as the table
+        // schema reads it.
+        let col = arrow::compute::cast(col, &DataType::Utf8)?;
+        let mut any: Option<BooleanArray> = None;
+        for v in values {
+            let m = cmp::eq(&col, &StringArray::new_scalar(v.as_str()))?;
+            any = Some(match any {
+                Some(a) => boolean::or(&a, &m)?,
+                None => m,
+            });
+        }
+        let Some(any) = any else { return Ok(None) };
+        keep = Some(match keep {
+            Some(k) => boolean::and(&k, &any)?,
+            None => any,
+        });
+    }
+    let Some(keep) = keep else {
+        return Ok(Some(batch.clone()));
+    };
+    if keep.true_count() == 0 {
+        return Ok(None);
+    }
+    Ok(Some(arrow::compute::filter_record_batch(batch, &keep)?))
 }
 
 fn timestamp_literal_us(v: &ScalarValue) -> Option<i64> {
@@ -331,8 +366,12 @@ impl TableProvider for DatasetTable {
         let needles = index_needles(filters, &self.index);
         let in_time_count = in_time.len();
         let mut segments = Vec::with_capacity(in_time.len());
+        let hashed: Vec<(&String, Vec<u32>)> = needles
+            .iter()
+            .map(|(c, values)| (c, values.iter().map(|v| hash_value(v)).collect()))
+            .collect();
         'segments: for s in in_time {
-            for (column, hashes) in &needles {
+            for (column, hashes) in &hashed {
                 let idx = self
                     .index
                     .get(&self.store, s, column)
@@ -345,7 +384,30 @@ impl TableProvider for DatasetTable {
             segments.push(s);
         }
         let pruned_by_index = in_time_count - segments.len();
-        let buffered: Vec<RecordBatch> = self.buffered.clone();
+        // Buffered events: with id needles, only the rows holding one of the ids (a trace
+        // lookup over a full buffer then copies and casts a few rows, not the buffer);
+        // otherwise all of them, cast to the table schema once per table.
+        let buffered: Vec<RecordBatch> = if needles.is_empty() {
+            match self.adapted.get() {
+                Some(b) => b.clone(),
+                None => {
+                    let all = self
+                        .buffered
+                        .iter()
+                        .map(|b| adapt_batch(b, &self.schema))
+                        .collect::<Result<Vec<_>>>()?;
+                    self.adapted.get_or_init(|| all).clone()
+                }
+            }
+        } else {
+            let mut out = Vec::new();
+            for b in &self.buffered {
+                if let Some(kept) = rows_with_needles(b, &needles)? {
+                    out.push(adapt_batch(&kept, &self.schema)?);
+                }
+            }
+            out
+        };
         {
             let mut st = self.stats.lock().unwrap();
             st.segments_total = self.snapshot.segments.len();

@@ -32,6 +32,10 @@ impl ApiError {
             retry_after: None,
         }
     }
+    /// The 404 for a dataset that does not exist.
+    pub fn no_such_dataset(ds: &sonde_model::DatasetName) -> Self {
+        Self::not_found(format!("dataset \"{ds}\" does not exist"))
+    }
     /// A 401: no API key, or an unknown one.
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self {

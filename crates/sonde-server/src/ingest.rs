@@ -94,8 +94,14 @@ fn batch_statuses(refusals: &[Option<String>]) -> Vec<u8> {
 const DRAIN_BYTES: usize = 64 << 20;
 
 /// Reads the body (refusing more than `max_body_bytes` on the wire) and undoes its encoding
-/// (refusing more than `max_body_bytes` once inflated).
-pub(crate) async fn body_bytes(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
+/// (refusing more than `max_body_bytes` once inflated). Both copies are held in the process
+/// memory bound (`--memory-limit`) until the returned reservation drops, at the end of the
+/// request: many large bodies at once get 503s, not the kernel's OOM killer.
+pub(crate) async fn body_bytes(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Vec<u8>, sonde_query::memory::Reservation), ApiError> {
     use futures::StreamExt;
     let limit = state.config.max_body_bytes;
     // Sized once from Content-Length (within the limit) rather than grown and copied as it comes.
@@ -119,11 +125,21 @@ pub(crate) async fn body_bytes(state: &AppState, headers: &HeaderMap, body: Body
     if seen > limit {
         return Err(ApiError::body_too_large(seen, limit));
     }
+    let budget = state.engine.memory_budget();
+    let overloaded = |e: sonde_query::memory::BudgetExceeded| ApiError {
+        status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        message: e.to_string(),
+        retry_after: Some(1),
+    };
+    let mut held = budget.reserve(raw.capacity(), "a request body").map_err(overloaded)?;
     let plain = decompress(header_str(headers, "content-encoding"), &raw, limit)?;
+    held.try_grow(plain.capacity()).map_err(overloaded)?;
+    drop(raw);
+    held.shrink(held.size() - plain.capacity());
     if plain.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ApiError::bad_request("request body is empty"));
     }
-    Ok(plain)
+    Ok((plain, held))
 }
 
 fn refused(state: &AppState, e: ApiError) -> ApiError {
@@ -144,7 +160,7 @@ pub(crate) async fn single_event(
         .access
         .require(&caller, Scope::Ingest, Some(ds.as_str()))
         .map_err(|e| refused(&state, e))?;
-    let plain = body_bytes(&state, &headers, body)
+    let (plain, _held) = body_bytes(&state, &headers, body)
         .await
         .map_err(|e| refused(&state, e))?;
     let limits = &state.config.limits;
@@ -185,7 +201,7 @@ pub(crate) async fn batch(
         .access
         .require(&caller, Scope::Ingest, Some(ds.as_str()))
         .map_err(|e| refused(&state, e))?;
-    let plain = body_bytes(&state, &headers, body)
+    let (plain, _held) = body_bytes(&state, &headers, body)
         .await
         .map_err(|e| refused(&state, e))?;
     let limits = state.config.limits.clone();
@@ -238,7 +254,7 @@ pub(crate) async fn ndjson(
         .access
         .require(&caller, Scope::Ingest, Some(ds.as_str()))
         .map_err(|e| refused(&state, e))?;
-    let plain = body_bytes(&state, &headers, body)
+    let (plain, _held) = body_bytes(&state, &headers, body)
         .await
         .map_err(|e| refused(&state, e))?;
     let limits = state.config.limits.clone();

@@ -299,6 +299,31 @@ async fn metrics(
     for (name, help, v) in counters {
         single(name, help, "counter", v);
     }
+    let budget = state.engine.memory_budget();
+    single(
+        "sonde_request_memory_bytes",
+        "Bytes held by requests now (queries' operators, answers, bodies), within --memory-limit.",
+        "gauge",
+        budget.used() as u64,
+    );
+    single(
+        "sonde_request_memory_peak_bytes",
+        "Most bytes requests held at once since start.",
+        "gauge",
+        budget.peak() as u64,
+    );
+    single(
+        "sonde_request_memory_limit_bytes",
+        "The bound on bytes requests may hold (--memory-limit).",
+        "gauge",
+        budget.limit() as u64,
+    );
+    single(
+        "sonde_request_memory_refused_total",
+        "Reservations refused because requests together held --memory-limit.",
+        "counter",
+        budget.refused(),
+    );
     if let Some((hits, misses, bytes)) = state.engine.chunk_cache_stats() {
         single(
             "sonde_chunk_cache_hits_total",

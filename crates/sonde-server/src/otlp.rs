@@ -385,7 +385,7 @@ pub(crate) async fn http_traces(
     state.access.require(&caller, Scope::Ingest, None)?;
     let enc = encoding(&headers)?;
     let ds = dataset_header(&headers)?;
-    let plain = body_bytes(&state, &headers, body).await?;
+    let (plain, _held) = body_bytes(&state, &headers, body).await?;
     let req: ExportTraceServiceRequest = decode(enc, &plain)?;
     let mut mapped = map_traces(&req, ds.as_ref(), &state.config.limits);
     store(&state, &caller, &mut mapped).await?;
@@ -418,7 +418,7 @@ pub(crate) async fn http_logs(
     state.access.require(&caller, Scope::Ingest, None)?;
     let enc = encoding(&headers)?;
     let ds = dataset_header(&headers)?;
-    let plain = body_bytes(&state, &headers, body).await?;
+    let (plain, _held) = body_bytes(&state, &headers, body).await?;
     let req: ExportLogsServiceRequest = decode(enc, &plain)?;
     let mut mapped = map_logs(&req, ds.as_ref(), &state.config.limits, sonde_model::time::now_us());
     store(&state, &caller, &mut mapped).await?;

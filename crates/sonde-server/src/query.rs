@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sonde_model::DatasetName;
-use sonde_query::{BubbleUpRequest, EventsRequest, QueryError, QuerySpec};
+use sonde_query::{BubbleUpRequest, EventsRequest, QueryError, QuerySpec, RequestBudget, SqlFormat};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -20,8 +20,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 impl From<QueryError> for ApiError {
     fn from(e: QueryError) -> Self {
         let status = match &e {
-            QueryError::NoSuchDataset(_) => StatusCode::NOT_FOUND,
-            QueryError::Invalid(_) | QueryError::Sql(_) | QueryError::Memory { .. } => StatusCode::BAD_REQUEST,
+            QueryError::NoSuchDataset(_) | QueryError::NotFound(_) => StatusCode::NOT_FOUND,
+            QueryError::Invalid(_)
+            | QueryError::Sql(_)
+            | QueryError::Memory { .. }
+            | QueryError::AnswerTooLarge { .. } => StatusCode::BAD_REQUEST,
+            // Other requests hold the memory: the same request succeeds once they are done.
+            QueryError::Overloaded(_) => {
+                return ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: e.to_string(),
+                    retry_after: Some(1),
+                };
+            }
             QueryError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             QueryError::Internal(_) => {
                 tracing::error!(error = %e, "query failed");
@@ -36,6 +47,22 @@ impl From<QueryError> for ApiError {
     }
 }
 
+/// An answer already encoded within its request's budget; the budget is held until the body
+/// has been handed to the connection, so the bytes stay counted while they wait to be sent.
+fn answer(body: Vec<u8>, content_type: &'static str, budget: RequestBudget) -> Response {
+    let chunk = futures::stream::once(async move {
+        let _held = budget;
+        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(body))
+    });
+    ([(header::CONTENT_TYPE, content_type)], Body::from_stream(chunk)).into_response()
+}
+
+/// A JSON answer built as `Value`s, encoded within the request's budget.
+fn json_answer(value: &Value, budget: RequestBudget) -> Result<Response, ApiError> {
+    let body = sonde_query::json::to_bytes(value, &budget)?;
+    Ok(answer(body, "application/json", budget))
+}
+
 fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid {what}: {e}")))
 }
@@ -46,12 +73,13 @@ pub(crate) async fn query(
     caller: Caller,
     Path(raw): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let ds = DatasetName::new(&raw)?;
     let _slot = state.begin_query(&caller, Some(&ds)).await?;
     let spec: QuerySpec = parse_body(&body, "query specification")?;
-    let r = state.engine.query(&ds, &spec).await?;
-    Ok(Json(json!({ "data": r.data, "meta": r.meta })))
+    let budget = state.engine.request();
+    let r = state.engine.query(&ds, &spec, &budget).await?;
+    json_answer(&json!({ "data": r.data, "meta": r.meta }), budget)
 }
 
 /// `POST /api/events/{dataset}`: raw events, newest first.
@@ -60,7 +88,7 @@ pub(crate) async fn events(
     caller: Caller,
     Path(raw): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let ds = DatasetName::new(&raw)?;
     let _slot = state.begin_query(&caller, Some(&ds)).await?;
     let req: EventsRequest = if body.is_empty() {
@@ -68,7 +96,9 @@ pub(crate) async fn events(
     } else {
         parse_body(&body, "events request")?
     };
-    Ok(Json(state.engine.events(&ds, &req).await?))
+    let budget = state.engine.request();
+    let body = state.engine.events(&ds, &req, &budget).await?;
+    Ok(answer(body, "application/json", budget))
 }
 
 #[derive(Deserialize)]
@@ -86,55 +116,23 @@ pub(crate) async fn sql(
 ) -> Result<Response, ApiError> {
     let _slot = state.begin_query(&caller, None).await?;
     let req: SqlRequest = parse_body(&body, "SQL request")?;
-    let started = std::time::Instant::now();
+    let format = match req.format.as_deref().unwrap_or("json") {
+        "json" => SqlFormat::Json,
+        "csv" => SqlFormat::Csv,
+        "arrow" => SqlFormat::Arrow,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown format {other:?}: use json, csv or arrow"
+            )));
+        }
+    };
+    let budget = state.engine.request();
     // A key limited to some datasets sees only their tables: the others do not exist for it.
-    let (schema, batches) = state.engine.sql(&req.sql, &|ds| caller.covers(ds)).await?;
-    match req.format.as_deref().unwrap_or("json") {
-        "json" => {
-            let columns: Vec<Value> = schema
-                .fields()
-                .iter()
-                .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
-                .collect();
-            let rows = sonde_query::json::rows(&batches);
-            let n = rows.len();
-            Ok(Json(json!({
-                "columns": columns,
-                "rows": rows,
-                "meta": {"rows": n, "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0}
-            }))
-            .into_response())
-        }
-        "csv" => {
-            let mut out = Vec::new();
-            {
-                let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
-                for b in &batches {
-                    w.write(b).map_err(|e| ApiError::internal(e.to_string()))?;
-                }
-            }
-            Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], Body::from(out)).into_response())
-        }
-        "arrow" => {
-            let mut out = Vec::new();
-            {
-                let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema)
-                    .map_err(|e| ApiError::internal(e.to_string()))?;
-                for b in &batches {
-                    w.write(b).map_err(|e| ApiError::internal(e.to_string()))?;
-                }
-                w.finish().map_err(|e| ApiError::internal(e.to_string()))?;
-            }
-            Ok((
-                [(header::CONTENT_TYPE, "application/vnd.apache.arrow.stream")],
-                Body::from(out),
-            )
-                .into_response())
-        }
-        other => Err(ApiError::bad_request(format!(
-            "unknown format {other:?}: use json, csv or arrow"
-        ))),
-    }
+    let body = state
+        .engine
+        .sql(&req.sql, format, &|ds| caller.covers(ds), &budget)
+        .await?;
+    Ok(answer(body, format.content_type(), budget))
 }
 
 /// Saved queries and query results of Honeycomb's query-data API, bounded (oldest dropped).
@@ -216,7 +214,8 @@ pub(crate) async fn create_result(
             req.query_id
         )));
     }
-    let r = state.engine.query(&ds, &spec).await?;
+    let budget = state.engine.request();
+    let r = state.engine.query(&ds, &spec, &budget).await?;
     let id = state.saved.id();
     let answer = json!({
         "id": id,
@@ -253,11 +252,13 @@ pub(crate) async fn bubbleup(
     caller: Caller,
     Path(raw): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let ds = DatasetName::new(&raw)?;
     let _slot = state.begin_query(&caller, Some(&ds)).await?;
     let req: BubbleUpRequest = parse_body(&body, "BubbleUp request")?;
-    Ok(Json(state.engine.bubbleup(&ds, &req).await?))
+    let budget = state.engine.request();
+    let v = state.engine.bubbleup(&ds, &req, &budget).await?;
+    json_answer(&v, budget)
 }
 
 /// `GET /api/traces/{dataset}/{trace_id}`: every span of the trace, in every dataset.
@@ -265,21 +266,17 @@ pub(crate) async fn trace(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((raw, trace_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let ds = DatasetName::new(&raw)?;
     let _slot = state.begin_query(&caller, Some(&ds)).await?;
     if state.storage.dataset_info(&ds).is_none() {
-        return Err(ApiError::not_found(format!("dataset {ds:?} does not exist")));
+        return Err(ApiError::no_such_dataset(&ds));
     }
     if trace_id.is_empty() || trace_id.len() > 256 {
         return Err(ApiError::bad_request("trace id must be 1 to 256 characters"));
     }
     // Spans are searched in every dataset the caller may read.
-    let v = state.engine.trace(&trace_id, &|d| caller.covers(d)).await?;
-    if v["spans"].as_array().is_none_or(|s| s.is_empty()) {
-        return Err(ApiError::not_found(format!(
-            "no spans with trace.trace_id = {trace_id:?}"
-        )));
-    }
-    Ok(Json(v))
+    let budget = state.engine.request();
+    let body = state.engine.trace(&trace_id, &|d| caller.covers(d), &budget).await?;
+    Ok(answer(body, "application/json", budget))
 }

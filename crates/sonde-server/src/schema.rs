@@ -43,7 +43,7 @@ pub(crate) async fn columns(
     let snap = state
         .storage
         .snapshot(&ds)
-        .ok_or_else(|| ApiError::not_found(format!("dataset {ds:?} does not exist")))?;
+        .ok_or_else(|| ApiError::no_such_dataset(&ds))?;
     let bounds = state.storage.dataset_info(&ds).and_then(|i| i.time_bounds);
     let mut cols = vec![
         json!({"name": TIMESTAMP_COLUMN, "type": "timestamp", "reserved": true,
@@ -68,7 +68,7 @@ pub(crate) async fn stats(
     let s = state
         .storage
         .dataset_stats(&ds)
-        .ok_or_else(|| ApiError::not_found(format!("dataset {ds:?} does not exist")))?;
+        .ok_or_else(|| ApiError::no_such_dataset(&ds))?;
     let i = &s.info;
     Ok(Json(json!({
         "dataset": ds.as_str(),
@@ -100,6 +100,6 @@ pub(crate) async fn delete(
     if state.storage.delete_dataset(&ds).await? {
         Ok(Json(json!({"deleted": ds.as_str()})))
     } else {
-        Err(ApiError::not_found(format!("dataset {ds:?} does not exist")))
+        Err(ApiError::no_such_dataset(&ds))
     }
 }

@@ -186,6 +186,16 @@ struct ServeArgs {
     /// Most memory one query may use, in bytes; past it the query fails with an error.
     #[arg(long, env = "SONDE_QUERY_MEMORY_LIMIT", default_value_t = 2 << 30)]
     query_memory_limit: usize,
+    /// Most memory all requests together may hold, in bytes: queries' operators, answers being
+    /// built and sent, BubbleUp's counters, trace trees, decompressed bodies. A request that
+    /// would pass it is refused with 503 and `Retry-After` and the server stays up. The write
+    /// buffers (`--max-buffer-bytes`) and caches come on top.
+    #[arg(long, env = "SONDE_MEMORY_LIMIT", default_value_t = 4 << 30)]
+    memory_limit: usize,
+    /// Largest answer one request may build, in bytes (the rows collected, and again the text
+    /// sent); past it the request is refused with 400 naming this flag.
+    #[arg(long, env = "SONDE_MAX_ANSWER_BYTES", default_value_t = 128 << 20)]
+    max_answer_bytes: usize,
     /// Memory for Parquet footers and page indexes kept across queries, in bytes (0: re-read
     /// them on every query).
     #[arg(long, env = "SONDE_METADATA_CACHE_BYTES", default_value_t = 256 << 20)]
@@ -430,6 +440,8 @@ async fn serve(a: ServeArgs) -> Result<()> {
             memory_limit: a.query_memory_limit,
             metadata_cache_bytes: a.metadata_cache_bytes,
             chunk_cache_bytes: a.chunk_cache_bytes,
+            memory_budget: a.memory_limit,
+            max_answer_bytes: a.max_answer_bytes,
             ..Default::default()
         },
     )?;

@@ -239,22 +239,27 @@ async fn trace_lookup_returns_exactly_the_trace_and_skips_other_segments() {
         .unwrap();
     assert_eq!(db["dataset"], "backend");
     assert_eq!(db["duration_ms"], 30.0);
-    // The tree: root → child-a → db-call, root → child-b; the orphan is a root with a missing parent.
+    // The tree: root → child-a → db-call, root → child-b; the orphan is a root with a missing
+    // parent. It comes flat, in depth-first order, parents named by their index in `spans`.
     let tree = r["tree"].as_array().unwrap();
-    assert_eq!(tree.len(), 2, "{tree:?}");
-    let root = tree.iter().find(|n| n["span_id"] == "root").unwrap();
-    let kids: Vec<&str> = root["children"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["span_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(kids, vec!["child-a", "child-b"]);
-    assert_eq!(root["children"][0]["children"][0]["span_id"], "db-call");
+    assert_eq!(tree.len(), 5, "{tree:?}");
+    let id_of = |i: &Value| r["spans"][i.as_u64().unwrap() as usize]["trace.span_id"].as_str().unwrap();
+    let parent_of = |id: &str| {
+        let n = tree.iter().find(|n| n["span_id"] == id).unwrap();
+        (!n["parent"].is_null()).then(|| id_of(&n["parent"]))
+    };
+    assert_eq!(parent_of("root"), None);
+    assert_eq!(parent_of("child-a"), Some("root"));
+    assert_eq!(parent_of("child-b"), Some("root"));
+    assert_eq!(parent_of("db-call"), Some("child-a"));
+    assert_eq!(parent_of("orphan"), None);
+    let order: Vec<&str> = tree.iter().map(|n| n["span_id"].as_str().unwrap()).collect();
+    assert_eq!(order, vec!["root", "child-a", "db-call", "child-b", "orphan"]);
     assert_eq!(
         tree.iter().find(|n| n["span_id"] == "orphan").unwrap()["missing_parent"],
         true
     );
+    assert_eq!(r["meta"]["roots"], 2);
 
     // The trace-id index kept the scan off the ten frontend segments without the trace (their
     // files were not opened); in the two it opened, the bloom filters matched.
