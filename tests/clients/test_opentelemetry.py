@@ -75,11 +75,15 @@ def check_trace(sonde, dataset, spans):
     assert link["trace.link.span_id"] == format(warmup.context.span_id, "016x")
     assert link["why"] == "warmup" and link["trace.parent_id"] == c["trace.span_id"]
 
-    # The waterfall API returns the tree: root → child.
+    # The waterfall API returns the tree (flat, depth-first, parents by index): root → child, and
+    # the child's span event and link under it.
     t = sonde.get(f"/api/traces/{dataset}/{trace_id}")
-    roots = [n for n in t["tree"] if t["spans"][n["index"]].get("meta.annotation_type") is None]
+    spans_only = [n for n in t["tree"] if t["spans"][n["index"]].get("meta.annotation_type") is None]
+    roots = [n for n in spans_only if n["parent"] is None]
     assert len(roots) == 1 and roots[0]["span_id"] == r["trace.span_id"]
-    assert [k["span_id"] for k in roots[0]["children"]] == [c["trace.span_id"]]
+    assert [k["span_id"] for k in spans_only if k["parent"] == roots[0]["index"]] == [c["trace.span_id"]]
+    child = next(n for n in t["tree"] if n["span_id"] == c["trace.span_id"])
+    assert sorted(t["spans"][n["index"]]["meta.annotation_type"] for n in t["tree"] if n["parent"] == child["index"]) == ["link", "span_event"]
 
     # Counts are weighted by the SampleRate attribute.
     q = sonde.post(

@@ -29,10 +29,13 @@ use std::collections::HashMap;
 
 /// Distinct values tracked per column before the rest count as "other".
 pub const MAX_DISTINCT: usize = 10_000;
-/// Bytes of distinct values kept per column before the rest count as "other": long unique
+/// Most bytes of distinct values kept per column before the rest count as "other": long unique
 /// strings (URLs, stack traces) would otherwise hold up to `MAX_DISTINCT` × the longest string
-/// allowed, per column.
-pub const MAX_DISTINCT_BYTES: usize = 1 << 20;
+/// allowed, per column. With many columns each gets less (half the answer cap over the columns,
+/// at least [`MIN_DISTINCT_BYTES`]), so a 400-column BubbleUp stays within one answer's budget.
+pub const MAX_DISTINCT_BYTES: usize = 2 << 20;
+/// Least bytes of distinct values kept per column.
+pub const MIN_DISTINCT_BYTES: usize = 16 << 10;
 /// Bytes a kept value costs beyond its text (twice: key and value), for the memory budget.
 const VALUE_OVERHEAD: usize = 96;
 /// Buckets of a numeric column's distribution.
@@ -83,6 +86,8 @@ pub(crate) enum Counter {
         values: HashMap<String, (Value, [i64; 2]), ahash::RandomState>,
         /// Bytes `values` holds (approximately: text twice plus per-entry overhead).
         bytes: usize,
+        /// Most bytes `values` may hold.
+        max_bytes: usize,
         other: [i64; 2],
         missing: [i64; 2],
     },
@@ -95,10 +100,12 @@ pub(crate) enum Counter {
 }
 
 impl Counter {
-    pub(crate) fn categorical() -> Counter {
+    /// A counter of distinct values holding at most `max_bytes` of them.
+    pub(crate) fn categorical(max_bytes: usize) -> Counter {
         Counter::Categorical {
             values: HashMap::default(),
             bytes: 0,
+            max_bytes,
             other: [0; 2],
             missing: [0; 2],
         }
@@ -124,6 +131,7 @@ impl Counter {
             Counter::Categorical {
                 values,
                 bytes,
+                max_bytes,
                 other,
                 missing,
             } => {
@@ -145,7 +153,7 @@ impl Counter {
                     };
                     if let Some(e) = values.get_mut(key) {
                         e.1[side] += wi;
-                    } else if values.len() < MAX_DISTINCT && *bytes + key.len() * 2 <= MAX_DISTINCT_BYTES {
+                    } else if values.len() < MAX_DISTINCT && *bytes + key.len() * 2 + VALUE_OVERHEAD <= *max_bytes {
                         *bytes += key.len() * 2 + VALUE_OVERHEAD;
                         let value = match &strings {
                             Some(_) => Value::String(key.to_string()),
@@ -293,11 +301,11 @@ mod tests {
     #[test]
     fn identical_sides_score_zero_disjoint_sides_score_one() {
         let col: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), Some("b"), Some("a"), Some("b")]));
-        let mut c = Counter::categorical();
+        let mut c = Counter::categorical(MAX_DISTINCT_BYTES);
         c.add(&col, &BooleanArray::from(vec![true, true, false, false]), &[1, 1, 1, 1])
             .unwrap();
         assert_eq!(c.report([2, 2], 10).0, 0.0);
-        let mut c = Counter::categorical();
+        let mut c = Counter::categorical(MAX_DISTINCT_BYTES);
         c.add(&col, &BooleanArray::from(vec![true, false, true, false]), &[1, 1, 1, 1])
             .unwrap();
         let (score, v) = c.report([2, 2], 10);
@@ -311,12 +319,29 @@ mod tests {
         let col: ArrayRef = Arc::new(StringArray::from(
             (0..n).map(|i| Some(format!("id{i}"))).collect::<Vec<_>>(),
         ));
-        let mut c = Counter::categorical();
+        let mut c = Counter::categorical(MAX_DISTINCT_BYTES);
         c.add(&col, &BooleanArray::from(vec![false; n]), &vec![1; n]).unwrap();
         let Counter::Categorical { values, other, .. } = &c else {
             unreachable!()
         };
         assert_eq!(values.len(), MAX_DISTINCT);
         assert_eq!(other[1], 5);
+    }
+
+    #[test]
+    fn long_unique_values_stop_at_the_byte_cap() {
+        // 1,000 distinct values of 4 KiB: 8 MiB of text kept twice, were they all kept.
+        let n = 1000;
+        let col: ArrayRef = Arc::new(StringArray::from(
+            (0..n).map(|i| Some(format!("{i:04}").repeat(1024))).collect::<Vec<_>>(),
+        ));
+        let mut c = Counter::categorical(MIN_DISTINCT_BYTES * 8);
+        c.add(&col, &BooleanArray::from(vec![false; n]), &vec![1; n]).unwrap();
+        assert!(c.bytes() <= MIN_DISTINCT_BYTES * 8 + 64, "{}", c.bytes());
+        let Counter::Categorical { values, other, .. } = &c else {
+            unreachable!()
+        };
+        assert_eq!(values.len(), 15);
+        assert_eq!(other[1], (n - 15) as i64);
     }
 }

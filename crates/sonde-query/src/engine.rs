@@ -718,12 +718,16 @@ impl QueryEngine {
         }
 
         // Pass 2: one stream over the population, every column's counters updated per batch.
+        // Their distinct values share half the answer's cap (the report built from them is
+        // far smaller than they are).
+        let per_column = (budget.cap() / 2 / compared.len().max(1))
+            .clamp(bubbleup::MIN_DISTINCT_BYTES, bubbleup::MAX_DISTINCT_BYTES);
         let mut counters: Vec<bubbleup::Counter> = compared
             .iter()
             .map(|(n, t)| match (bubbleup::is_numeric(*t), ranges.get(n)) {
                 (true, Some((lo, hi))) => bubbleup::Counter::numeric(*lo, *hi),
                 (true, None) => bubbleup::Counter::numeric(0.0, 0.0),
-                _ => bubbleup::Counter::categorical(),
+                _ => bubbleup::Counter::categorical(per_column),
             })
             .collect();
         let mut select: Vec<Expr> = compared.iter().map(|(n, _)| ident(n)).collect();
@@ -1237,9 +1241,11 @@ impl Run<'_> {
             // Collected (and counted against the request) rather than `cache()`d, which would
             // hold the partials outside every budget.
             Some(f) => {
+                let schema: SchemaRef = Arc::new(f.schema().as_arrow().clone());
                 let state = f.clone().into_parts().0;
                 let batches = self.collect(f).await?;
-                Some(self.df(SessionContext::new_with_state(state).read_batches(batches))?)
+                let table = datafusion::datasource::MemTable::try_new(schema, vec![batches]);
+                Some(self.df(table.and_then(|t| SessionContext::new_with_state(state).read_table(Arc::new(t))))?)
             }
             None => None,
         };
@@ -1595,29 +1601,38 @@ fn heatmap_json(lo: f64, hi: f64, width: f64, counts: &[i64]) -> Value {
 
 /// Restricts events to the given groups (for series when the limit cut groups off).
 fn group_filter(plan: &Plan, groups: &[GroupKey]) -> Expr {
-    let value_expr = |i: usize, v: &Value| -> Expr {
-        let (name, ty) = &plan.breakdowns[i];
-        if v.is_null() {
-            return ident(name).is_null();
+    // Per breakdown, the values the kept groups have: a superset of the groups (rows of other
+    // combinations are dropped when they are matched to groups), and a flat expression — one
+    // `OR` per group would nest 10,000 deep and overflow the stack of whoever walks it.
+    let mut parts = Vec::new();
+    for (i, (name, ty)) in plan.breakdowns.iter().enumerate() {
+        let mut seen = std::collections::HashSet::new();
+        let mut values = Vec::new();
+        let mut nulls = false;
+        for g in groups {
+            let v = &g[i];
+            if v.is_null() {
+                nulls = true;
+                continue;
+            }
+            if !seen.insert(v.to_string()) {
+                continue;
+            }
+            values.push(match (ty, v) {
+                (ColumnType::Bool, Value::Bool(b)) => lit(*b),
+                (ColumnType::Int, v) => lit(v.as_i64().unwrap_or_default()),
+                (ColumnType::Float, v) => lit(v.as_f64().unwrap_or_default()),
+                (_, Value::String(s)) => lit(s.clone()),
+                (_, other) => lit(other.to_string()),
+            });
         }
-        let l = match (ty, v) {
-            (ColumnType::Bool, Value::Bool(b)) => lit(*b),
-            (ColumnType::Int, v) => lit(v.as_i64().unwrap_or_default()),
-            (ColumnType::Float, v) => lit(v.as_f64().unwrap_or_default()),
-            (_, Value::String(s)) => lit(s.clone()),
-            (_, other) => lit(other.to_string()),
-        };
-        ident(name).eq(l)
-    };
-    groups
-        .iter()
-        .map(|g| {
-            g.iter()
-                .enumerate()
-                .map(|(i, v)| value_expr(i, v))
-                .reduce(Expr::and)
-                .unwrap_or(lit(true))
-        })
-        .reduce(Expr::or)
-        .unwrap_or(lit(false))
+        let present = (!values.is_empty()).then(|| ident(name).in_list(values, false));
+        parts.push(match (present, nulls) {
+            (Some(p), true) => p.or(ident(name).is_null()),
+            (Some(p), false) => p,
+            (None, true) => ident(name).is_null(),
+            (None, false) => lit(false),
+        });
+    }
+    parts.into_iter().reduce(Expr::and).unwrap_or(lit(true))
 }

@@ -264,6 +264,11 @@ impl RequestBudget {
         self.timeout
     }
 
+    /// The request's answer cap (`--max-answer-bytes`).
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
     /// Time left before the deadline.
     pub fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())

@@ -19,6 +19,8 @@ pub const DEFAULT_TIME_RANGE_S: i64 = 7200;
 pub const MAX_BUCKETS: i64 = 1000;
 /// Value buckets of a HEATMAP.
 pub const HEATMAP_BUCKETS: usize = 50;
+/// Most calculations, filters, breakdowns, orders or havings one spec may have (each).
+pub const MAX_CLAUSES: usize = 100;
 
 /// A query specification, as Honeycomb's API takes it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -533,6 +535,19 @@ fn literal(v: &Value, ty: ColumnType, field: &str) -> Result<Literal, SpecError>
 
 /// Validates a spec against a dataset's columns (`timestamp` and `samplerate` included).
 pub fn plan(spec: &QuerySpec, columns: &BTreeMap<String, ColumnType>, now_us: i64) -> Result<Plan, SpecError> {
+    // Each clause becomes a node of one expression tree; tens of thousands of them (a 2 MB body
+    // holds 60,000 filters) would recurse deeper than a thread's stack can go.
+    for (field, n) in [
+        ("calculations", spec.calculations.len()),
+        ("filters", spec.filters.len()),
+        ("breakdowns", spec.breakdowns.len()),
+        ("orders", spec.orders.len()),
+        ("havings", spec.havings.len()),
+    ] {
+        if n > MAX_CLAUSES {
+            return Err(err(field, format!("at most {MAX_CLAUSES} are allowed, got {n}")));
+        }
+    }
     let col_type = |name: &str, field: &str| -> Result<ColumnType, SpecError> {
         columns
             .get(name)

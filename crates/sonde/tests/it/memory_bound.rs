@@ -166,7 +166,7 @@ async fn nasty_requests_are_answered_within_a_memory_cgroup() {
         let batch: Vec<Value> = (0..2000)
             .map(|i| {
                 let id = format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64());
-                json!({"data": {"id": id, "blob": id.repeat(32), "n": (b * 2000 + i) % 977,
+                json!({"data": {"id": id, "blob": id.repeat(32), "n": (b * 2000 + i) % 977, "duration_ms": i % 50,
                                 "service.name": format!("svc-{}", i % 5)},
                        "time": format_time(T0 + (b * 2000 + i) * 100_000)})
             })

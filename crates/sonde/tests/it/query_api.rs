@@ -276,7 +276,7 @@ async fn sql_is_read_only_and_runaway_queries_are_stopped() {
     )
     .await;
     assert_eq!(status, 408, "{e}");
-    assert!(e["error"].as_str().unwrap().contains("query_timeout"), "{e}");
+    assert!(e["error"].as_str().unwrap().contains("--query-timeout"), "{e}");
 
     // Four million distinct groups of long strings: far past 20 MB, and spilling is off.
     let (status, e) = post(
@@ -287,7 +287,7 @@ async fn sql_is_read_only_and_runaway_queries_are_stopped() {
     )
     .await;
     assert_eq!(status, 400, "{e}");
-    assert!(e["error"].as_str().unwrap().contains("query_memory_limit"), "{e}");
+    assert!(e["error"].as_str().unwrap().contains("--query-memory-limit"), "{e}");
 
     // Still serving, and answering correctly, in every format.
     let (status, r) = post(
