@@ -325,7 +325,11 @@ mod tests {
         assert_eq!(order, [0, 2, 1, 3]);
         assert_eq!(nodes[2].parent, Some(2));
         assert!(nodes[2].shared_id && !nodes[1].shared_id);
-        assert_eq!(nodes[3].parent, Some(1), "children of the id hang under the server half");
+        assert_eq!(
+            nodes[3].parent,
+            Some(1),
+            "children of the id hang under the server half"
+        );
         assert_eq!(stats.shared, 1);
     }
 

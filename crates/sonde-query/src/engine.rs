@@ -17,8 +17,8 @@
 use crate::bubbleup::{self, BubbleUpRequest};
 use crate::chunk_cache::ChunkCache;
 use crate::json;
-use crate::spec::{self, CalcOp, FilterOp, Literal, OrderKey, Plan, QuerySpec};
 use crate::memory::{self, BudgetExceeded, BudgetedPool, MemoryBudget, RequestBudget};
+use crate::spec::{self, CalcOp, FilterOp, Literal, OrderKey, Plan, QuerySpec};
 use crate::table::{DatasetTable, STORE_URL, ScanStats};
 use crate::udaf::weighted_percentile;
 use arrow::array::{Array, AsArray, RecordBatch, TimestampMicrosecondArray};
@@ -58,7 +58,9 @@ pub enum QueryError {
     #[error("query exceeded the timeout of {0:?} (--query-timeout / SONDE_QUERY_TIMEOUT)")]
     Timeout(Duration),
     /// The query needed more memory than the cap.
-    #[error("query exceeded the memory cap of {limit} bytes (--query-memory-limit / SONDE_QUERY_MEMORY_LIMIT): {detail}")]
+    #[error(
+        "query exceeded the memory cap of {limit} bytes (--query-memory-limit / SONDE_QUERY_MEMORY_LIMIT): {detail}"
+    )]
     Memory {
         /// The cap.
         limit: usize,
@@ -255,7 +257,10 @@ impl QueryEngine {
     /// decoded only where it held) and costs when it keeps most, as `!=` usually does.
     fn session_with_pushdown(&self, pushdown: bool) -> Result<SessionContext> {
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(BudgetedPool::new(self.config.memory_limit, self.budget.clone())))
+            .with_memory_pool(Arc::new(BudgetedPool::new(
+                self.config.memory_limit,
+                self.budget.clone(),
+            )))
             // No spilling: a query over its cap fails with a clear error instead of filling the
             // disk the WAL and segments live on.
             .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
@@ -536,10 +541,10 @@ impl QueryEngine {
             }
             SqlFormat::Csv => {
                 let mut out = json::BudgetWriter::new(budget);
-                let written = (|| {
+                let written = {
                     let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
                     batches.iter().try_for_each(|b| w.write(b))
-                })();
+                };
                 match written {
                     Ok(()) => out.finish(),
                     Err(e) => Err(out.fail(e)),
@@ -547,11 +552,10 @@ impl QueryEngine {
             }
             SqlFormat::Arrow => {
                 let mut out = json::BudgetWriter::new(budget);
-                let written = (|| {
-                    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema)?;
+                let written = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema).and_then(|mut w| {
                     batches.iter().try_for_each(|b| w.write(b))?;
                     w.finish()
-                })();
+                });
                 match written {
                     Ok(()) => out.finish(),
                     Err(e) => Err(out.fail(e)),
@@ -841,7 +845,9 @@ impl QueryEngine {
             budget.check_time()?;
         }
         if spans.is_empty() {
-            return Err(QueryError::NotFound(format!("no spans with trace.trace_id = {trace_id:?}")));
+            return Err(QueryError::NotFound(format!(
+                "no spans with trace.trace_id = {trace_id:?}"
+            )));
         }
         // By time (parsed: RFC3339 text with and without fractions does not sort as text).
         spans.sort_by_cached_key(|s| {
@@ -1220,7 +1226,8 @@ impl Run<'_> {
     /// Holds what `rows` rows of `cells` JSON values each will cost once built (a `Value` in a
     /// map is about 128 bytes with its key), before building them.
     fn account_json(&self, rows: usize, cells: usize, what: &str) -> Result<()> {
-        self.req.account(rows.saturating_mul(cells.max(1)).saturating_mul(128), what)
+        self.req
+            .account(rows.saturating_mul(cells.max(1)).saturating_mul(128), what)
     }
 
     fn df<T>(&self, r: Result<T, DataFusionError>) -> Result<T> {
@@ -1372,7 +1379,11 @@ impl Run<'_> {
                 let df = self.df(df.select(finals))?;
                 let batches = self.collect(df).await?;
                 let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-                self.account_json(rows, nb + plan.calcs.len() + 2, "the time series (groups × time buckets)")?;
+                self.account_json(
+                    rows,
+                    nb + plan.calcs.len() + 2,
+                    "the time series (groups × time buckets)",
+                )?;
                 for b in batches {
                     let t_col = b.column_by_name("t").unwrap().clone();
                     for row in 0..b.num_rows() {

@@ -1,9 +1,9 @@
 //! Arrow values → JSON, for API answers.
 
-use arrow::array::{Array, RecordBatch};
-use datafusion::common::ScalarValue;
 use crate::engine::QueryError;
 use crate::memory::RequestBudget;
+use arrow::array::{Array, RecordBatch};
+use datafusion::common::ScalarValue;
 use serde_json::{Map, Value};
 
 /// One cell as JSON: numbers stay numbers (NaN and infinities become null), timestamps become

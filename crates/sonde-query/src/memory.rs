@@ -14,11 +14,9 @@
 //! DataFusion's per-query pool ([`BudgetedPool`]) draws from the same budget, so the sum of all
 //! queries' operators and all answers stays under one figure.
 
-use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::execution::memory_pool::{
-    FairSpillPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
-};
 use crate::engine::QueryError;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -312,7 +310,11 @@ pub fn batch_bytes(batch: &arrow::array::RecordBatch) -> usize {
     batch
         .columns()
         .iter()
-        .map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()))
+        .map(|c| {
+            c.to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size())
+        })
         .sum()
 }
 

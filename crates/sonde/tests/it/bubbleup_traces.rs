@@ -243,7 +243,11 @@ async fn trace_lookup_returns_exactly_the_trace_and_skips_other_segments() {
     // parent. It comes flat, in depth-first order, parents named by their index in `spans`.
     let tree = r["tree"].as_array().unwrap();
     assert_eq!(tree.len(), 5, "{tree:?}");
-    let id_of = |i: &Value| r["spans"][i.as_u64().unwrap() as usize]["trace.span_id"].as_str().unwrap();
+    let id_of = |i: &Value| {
+        r["spans"][i.as_u64().unwrap() as usize]["trace.span_id"]
+            .as_str()
+            .unwrap()
+    };
     let parent_of = |id: &str| {
         let n = tree.iter().find(|n| n["span_id"] == id).unwrap();
         (!n["parent"].is_null()).then(|| id_of(&n["parent"]))

@@ -54,7 +54,11 @@ impl Cgroup {
 
     /// Most memory the cgroup has held, when the kernel reports it.
     fn peak(&self) -> Option<u64> {
-        let file = if self.v2 { "memory.peak" } else { "memory.max_usage_in_bytes" };
+        let file = if self.v2 {
+            "memory.peak"
+        } else {
+            "memory.max_usage_in_bytes"
+        };
         std::fs::read_to_string(self.dir.join(file)).ok()?.trim().parse().ok()
     }
 }
@@ -77,7 +81,12 @@ async fn post(client: &reqwest::Client, server: &Server, dataset: &str, batch: &
 }
 
 /// The status of a request and its error message if refused; panics if the server died.
-async fn answered(client: &reqwest::Client, server: &Server, what: &str, req: reqwest::RequestBuilder) -> (u16, String) {
+async fn answered(
+    client: &reqwest::Client,
+    server: &Server,
+    what: &str,
+    req: reqwest::RequestBuilder,
+) -> (u16, String) {
     let r = req.send().await;
     let (status, body) = match r {
         Ok(r) => {
@@ -102,7 +111,12 @@ async fn answered(client: &reqwest::Client, server: &Server, what: &str, req: re
         serde_json::from_str::<Value>(&body)
             .ok()
             .and_then(|v| v["error"].as_str().map(String::from))
-            .unwrap_or_else(|| panic!("{what}: {status} without a JSON error: {}", &body[..body.len().min(300)]))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{what}: {status} without a JSON error: {}",
+                    &body[..body.len().min(300)]
+                )
+            })
     };
     eprintln!(
         "{what}: {status} {} bytes {}",
@@ -151,7 +165,10 @@ async fn nasty_requests_are_answered_within_a_memory_cgroup() {
             .map(|i| {
                 let mut data = serde_json::Map::new();
                 for f in 0..400 {
-                    data.insert(format!("field_{f:03}"), json!(format!("value {f} of event {b}-{i} ......................")));
+                    data.insert(
+                        format!("field_{f:03}"),
+                        json!(format!("value {f} of event {b}-{i} ......................")),
+                    );
                 }
                 json!({"data": data, "time": format_time(T0 + (b * 200 + i) * 1000)})
             })
@@ -238,7 +255,10 @@ async fn nasty_requests_are_answered_within_a_memory_cgroup() {
     assert!(status == 408 || status == 400, "{status} {e}");
     for (what, q) in [
         ("SQL all wide events", "SELECT * FROM wide LIMIT 100000000"),
-        ("SQL group by a unique blob", "SELECT blob, count(*) AS c FROM uniq GROUP BY blob ORDER BY c DESC"),
+        (
+            "SQL group by a unique blob",
+            "SELECT blob, count(*) AS c FROM uniq GROUP BY blob ORDER BY c DESC",
+        ),
         ("SQL string_agg of every blob", "SELECT string_agg(blob, ',') FROM uniq"),
         (
             "SQL self join on id",
@@ -266,9 +286,9 @@ async fn nasty_requests_are_answered_within_a_memory_cgroup() {
         &client,
         &server,
         "BubbleUp over 400 wide columns",
-        client
-            .post(server.at("/api/bubbleup/wide"))
-            .json(&with_range(json!({"selection": {"group": {"field_000": "value 0 of event 0-0 ......................"}}}))),
+        client.post(server.at("/api/bubbleup/wide")).json(&with_range(
+            json!({"selection": {"group": {"field_000": "value 0 of event 0-0 ......................"}}}),
+        )),
     )
     .await;
 
@@ -291,7 +311,13 @@ async fn nasty_requests_are_answered_within_a_memory_cgroup() {
                    "breakdowns": ["id", "blob"], "limit": 10000, "granularity": 4}),
         ),
     ] {
-        answered(&client, &server, what, client.post(server.at("/api/query/uniq")).json(&with_range(spec))).await;
+        answered(
+            &client,
+            &server,
+            what,
+            client.post(server.at("/api/query/uniq")).json(&with_range(spec)),
+        )
+        .await;
     }
 
     // Raw events: the widest and the longest.
@@ -351,7 +377,15 @@ async fn nasty_requests_are_answered_within_a_memory_cgroup() {
         let status = t.await.unwrap();
         assert!(matches!(status, 200 | 400 | 429 | 503), "{status}");
     }
-    assert!(client.get(server.at("/health")).send().await.unwrap().status().is_success());
+    assert!(
+        client
+            .get(server.at("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
 
     // Nothing acknowledged was lost.
     for (ds, n) in acked {

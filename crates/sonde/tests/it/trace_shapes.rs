@@ -211,7 +211,12 @@ async fn unknown_datasets_are_named_plainly() {
     let answers = [
         send_json(client.get(server.at("/api/traces/nope/abc"))).await,
         send_json(client.get(server.at("/api/datasets/nope/columns"))).await,
-        send_json(client.post(server.at("/api/query/nope")).json(&json!({"calculations": [{"op": "COUNT"}]}))).await,
+        send_json(
+            client
+                .post(server.at("/api/query/nope"))
+                .json(&json!({"calculations": [{"op": "COUNT"}]})),
+        )
+        .await,
         send_json(client.post(server.at("/api/events/nope")).json(&json!({}))).await,
     ];
     for (status, e) in answers {
