@@ -5,10 +5,12 @@
 //! contiguous run of the dataset's records. Values go into Arrow builders (no allocation per
 //! value). A field seen for the first time gets a new column backfilled with nulls; a value
 //! wider than its column's type widens the column (earlier values are converted, see
-//! [`sonde_model::FieldValue::cast`]). Queries see the buffer as an Arrow [`RecordBatch`]
-//! ([`WriteBuffer::to_record_batch`]), cached until the next append so that repeated queries do
-//! not rebuild it; a flush takes the values out of the builders without copying them
-//! ([`WriteBuffer::into_record_batch`]).
+//! [`sonde_model::FieldValue::cast`]). Queries see the buffer as Arrow chunks of up to
+//! [`CHUNK_ROWS`] rows ([`WriteBuffer::to_record_batches`]): a chunk once built is kept, so a
+//! query copies only the rows appended since the previous one (at most the last, unfinished
+//! chunk), not the whole buffer — a full buffer answers a trace lookup as fast as an empty one.
+//! A widened column drops the chunks (their values would be of the old type). A flush takes the
+//! values out of the builders without copying them ([`WriteBuffer::into_record_batch`]).
 
 use crate::wal::{Lsn, PayloadReader};
 use arrow::array::{
@@ -185,6 +187,41 @@ impl Values {
         }
     }
 
+    /// Values `from..to` as an array of type `ty` of their own, copying only them.
+    fn range_array(&self, ty: ColumnType, from: usize, to: usize) -> ArrayRef {
+        use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
+        let len = to - from;
+        // The validity bits of the range, from the byte holding its first bit.
+        let nulls = |bits: Option<&[u8]>| {
+            bits.map(|b| {
+                let bytes = Buffer::from_slice_ref(&b[from / 8..to.div_ceil(8)]);
+                NullBuffer::new(BooleanBuffer::new(bytes, from % 8, len))
+            })
+        };
+        match self {
+            Values::Bool(b) => arrow::compute::concat(&[&b.finish_cloned().slice(from, len)]).expect("one array"),
+            Values::Int(b) => Arc::new(Int64Array::new(
+                ScalarBuffer::from(b.values_slice()[from..to].to_vec()),
+                nulls(b.validity_slice()),
+            )),
+            Values::Float(b) => Arc::new(Float64Array::new(
+                ScalarBuffer::from(b.values_slice()[from..to].to_vec()),
+                nulls(b.validity_slice()),
+            )),
+            Values::Str(b) => {
+                let offsets = &b.offsets_slice()[from..=to];
+                let (start, end) = (offsets[0] as usize, offsets[len] as usize);
+                let rebased: Vec<i32> = offsets.iter().map(|o| o - offsets[0]).collect();
+                Arc::new(StringArray::new(
+                    OffsetBuffer::new(ScalarBuffer::from(rebased)),
+                    Buffer::from_slice_ref(&b.values_slice()[start..end]),
+                    nulls(b.validity_slice()),
+                ))
+            }
+            Values::Mixed(m) => to_array(ty, &m[from..to]),
+        }
+    }
+
     /// The values as they arrived, for a column turning `Mixed`.
     fn to_mixed(&self, ty: ColumnType) -> Vec<Option<FieldValue>> {
         let array = self.to_array(ty);
@@ -240,7 +277,14 @@ pub struct WriteBuffer {
     /// Arrival time (µs) of the oldest buffered event, for flushing by age.
     oldest_arrival_us: Option<i64>,
     cached: Option<RecordBatch>,
+    /// The query view: chunks of the first `chunked_rows` rows, in order.
+    chunks: Vec<RecordBatch>,
+    chunked_rows: usize,
 }
+
+/// Rows per chunk of the query view of a buffer: small enough that re-copying the unfinished
+/// last chunk on every query is cheap, large enough that a full buffer is a few dozen chunks.
+pub const CHUNK_ROWS: usize = 64 * 1024;
 
 /// How the buffer learns a new column's type from the dataset's segments.
 pub type KnownTypes<'a> = &'a dyn Fn(&str) -> Option<ColumnType>;
@@ -330,7 +374,13 @@ impl WriteBuffer {
                     self.columns.len() - 1
                 }
             };
+            let before = self.columns[ci].ty;
             self.approx_bytes += self.columns[ci].push(row, v);
+            if self.columns[ci].ty != before {
+                // Built chunks hold this column's earlier values at the old type.
+                self.chunks.clear();
+                self.chunked_rows = 0;
+            }
         }
     }
 
@@ -395,6 +445,44 @@ impl WriteBuffer {
         batch
     }
 
+    /// The buffer as chunks of up to [`CHUNK_ROWS`] rows (in arrival order, each with the schema
+    /// of the buffer when it was built: later columns are absent from earlier chunks). Chunks
+    /// are kept across calls; only the rows since the last full chunk are built anew.
+    pub fn to_record_batches(&mut self) -> Vec<RecordBatch> {
+        let rows = self.rows();
+        if rows > self.chunked_rows {
+            // Rebuild an unfinished last chunk together with the new rows.
+            if self.chunks.last().is_some_and(|c| c.num_rows() < CHUNK_ROWS) {
+                let last = self.chunks.pop().expect("a last chunk");
+                self.chunked_rows -= last.num_rows();
+            }
+            let mut from = self.chunked_rows;
+            while from < rows {
+                let to = rows.min(from + CHUNK_ROWS);
+                let chunk = self.build_range(from, to);
+                self.chunks.push(chunk);
+                from = to;
+            }
+            self.chunked_rows = rows;
+        }
+        self.chunks.clone()
+    }
+
+    /// Rows `from..to` as a batch of their own (values copied out of the builders).
+    fn build_range(&mut self, from: usize, to: usize) -> RecordBatch {
+        let rows = self.rows();
+        let schema = self.schema();
+        let mut arrays: Vec<ArrayRef> = vec![
+            Arc::new(TimestampMicrosecondArray::from(self.timestamps[from..to].to_vec()).with_timezone("UTC")),
+            Arc::new(Int64Array::from(self.sample_rates[from..to].to_vec())),
+        ];
+        for c in &mut self.columns {
+            c.values.push_nulls(rows - c.values.len());
+            arrays.push(c.values.range_array(c.ty, from, to));
+        }
+        RecordBatch::try_new(schema, arrays).expect("buffer columns have equal lengths")
+    }
+
     /// The buffer as one Arrow batch, taking the values out of their builders rather than
     /// copying them: for a buffer being frozen.
     pub fn into_record_batch(mut self) -> RecordBatch {
@@ -443,6 +531,50 @@ mod tests {
             timestamp_us: ts,
             sample_rate: 1,
             fields: fields.into_iter().map(|(n, v)| (n.to_string(), v)).collect(),
+        }
+    }
+
+    #[test]
+    fn chunks_equal_the_whole_buffer_whatever_the_appends_between_queries() {
+        let mut b = WriteBuffer::default();
+        let none = |_: &str| None;
+        let mut lsn = 0;
+        let mut row = 0i64;
+        // Appends of varying sizes with queries between them; a new column, nulls, a string
+        // column, and late in the run a widening (int → float) that drops the chunks.
+        for (round, n) in [1usize, 5, 70_000, 3, 64 * 1024 - 9, 200, 1, 90_000, 2]
+            .into_iter()
+            .enumerate()
+        {
+            let events: Vec<Event> = (0..n)
+                .map(|i| {
+                    row += 1;
+                    let mut f = vec![("k", FieldValue::Int(row))];
+                    if i % 3 != 0 {
+                        f.push(("s", FieldValue::Str(format!("v{}", row % 17))));
+                    }
+                    if round >= 2 && i % 2 == 0 {
+                        f.push(("late", FieldValue::Bool(i % 4 == 0)));
+                    }
+                    if round == 7 && i == 5 {
+                        f.push(("k", FieldValue::Float(0.5)));
+                        f.remove(0);
+                    }
+                    ev(row, f)
+                })
+                .collect();
+            lsn += 1;
+            b.append(lsn, &events, &none, 0);
+            let chunks = b.to_record_batches();
+            assert!(chunks.iter().all(|c| c.num_rows() <= CHUNK_ROWS));
+            let whole = b.to_record_batch();
+            let schema = whole.schema();
+            let adapted: Vec<RecordBatch> = chunks
+                .iter()
+                .map(|c| crate::segment::adapt_to_schema(c, &schema).unwrap())
+                .collect();
+            let joined = arrow::compute::concat_batches(&schema, &adapted).unwrap();
+            assert_eq!(joined, whole, "round {round}");
         }
     }
 

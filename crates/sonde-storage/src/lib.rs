@@ -680,7 +680,7 @@ impl Storage {
         let mut columns = st.columns.clone();
         let mut buffered: Vec<RecordBatch> = st.frozen.iter().map(|f| f.batch.clone()).collect();
         if st.active.rows() > 0 {
-            buffered.push(st.active.to_record_batch());
+            buffered.extend(st.active.to_record_batches());
         }
         for b in &buffered {
             let Ok(facts) = segment::batch_facts(b) else { continue };
