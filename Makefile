@@ -5,7 +5,7 @@ CLIENTS_VENV ?= $(HOME)/.cache/sonde-clients-venv
 SONDE_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: run dev test fmt lint unit ui clients clients-venv web build release bench bench-full load fuzz
+.PHONY: run dev test fmt layers lint unit ui clients clients-venv web build release bench bench-full load fuzz
 
 ## Build the UI and the release binary (which embeds the UI), then serve on 127.0.0.1:4318 with ./sonde-data.
 run: release
@@ -26,10 +26,15 @@ build:
 	cargo build --workspace --all-targets
 
 ## Everything CI checks: formatting, lints, unit, property and end-to-end tests, and the UI in headless Chromium.
-test: fmt web lint unit ui clients fuzz
+test: fmt layers web lint unit ui clients fuzz
 
 fmt:
 	cargo fmt --all -- --check
+
+## The crate boundaries: fuzz and sonde-ingest never pull in DataFusion or the server; the query
+## crate reaches storage only through `sonde_storage::{source, schema}` (.ci/layers.sh).
+layers:
+	bash .ci/layers.sh
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings
@@ -38,9 +43,11 @@ lint:
 unit: clients-venv
 	SONDE_MOTO=$(CLIENTS_VENV)/bin/moto_server cargo test --workspace
 
-## The UI's end-to-end tests: the debug binary built by `unit`, driven through Chromium by Playwright.
+## The UI's tests: unit tests of its pure modules (web/src as it is, in Node), then end to end: the
+## debug binary built by `unit`, driven through Chromium by Playwright. To try a UI rebuilt since
+## that binary (`cd web && npm run build`), serve it from disk: `make ui SONDE_UI_DIR=$PWD/web/dist`.
 ui:
-	cd web && SONDE_BIN=$(CARGO_TARGET_DIR)/debug/sonde node --test tests/
+	cd web && node --test tests/unit/ && SONDE_BIN=$(CARGO_TARGET_DIR)/debug/sonde node --test tests/ui.test.mjs
 
 ## Real clients, unmodified: the OpenTelemetry Python SDK (OTLP/HTTP and gRPC) and libhoney, from
 ## PyPI into a virtualenv kept outside the clone, against the debug binary built by `unit`.

@@ -4,7 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sonde_server::decode::{batch_item, batch_item_text, decompress, parse_json, split_json_array};
+use sonde_ingest::decompress;
+use sonde_ingest::envelope::batch_item;
+use sonde_ingest::json::{batch_item_text, parse_json, split_json_array};
 
 #[path = "common.rs"]
 mod common;

@@ -2,7 +2,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sonde_server::decode::{batch_item, msgpack_to_json};
+use sonde_ingest::envelope::batch_item;
+use sonde_ingest::msgpack::msgpack_to_json;
 
 #[path = "common.rs"]
 mod common;

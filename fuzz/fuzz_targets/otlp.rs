@@ -5,14 +5,14 @@ use libfuzzer_sys::fuzz_target;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-use sonde_server::otlp::{map_logs, map_traces};
+use sonde_ingest::otlp::{Mapped, map_logs, map_traces};
 
 #[path = "common.rs"]
 mod common;
 
 fuzz_target!(|data: &[u8]| {
     let limits = common::limits();
-    let check = |m: sonde_server::otlp::Mapped| {
+    let check = |m: Mapped| {
         for events in m.datasets.values() {
             for e in events {
                 common::check_event(e, &limits);

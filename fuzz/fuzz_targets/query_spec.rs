@@ -3,7 +3,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use sonde_model::ColumnType;
-use sonde_query::QuerySpec;
+use sonde_model::spec::QuerySpec;
 use std::collections::BTreeMap;
 
 fuzz_target!(|data: &[u8]| {
@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     .into_iter()
     .map(|(n, t)| (n.to_string(), t))
     .collect();
-    if let Ok(plan) = sonde_query::spec::plan(&spec, &columns, 1_767_225_600_000_000) {
+    if let Ok(plan) = sonde_model::spec::plan(&spec, &columns, 1_767_225_600_000_000) {
         // A plan's range is never inverted and its buckets are positive.
         assert!(plan.start_us <= plan.end_us, "{} > {}", plan.start_us, plan.end_us);
         assert!(plan.granularity_s > 0);

@@ -22,7 +22,7 @@ impl DatasetName {
             return Err(bad("must not be empty"));
         }
         if raw.len() > MAX_DATASET_NAME_LEN {
-            return Err(bad("longer than 128 bytes (max_dataset_name_len)"));
+            return Err(bad("longer than 128 bytes (dataset names are 1 to 128 characters)"));
         }
         if raw.starts_with('.') {
             return Err(bad("must not start with '.'"));

@@ -45,9 +45,9 @@ impl Limits {
     /// before our own `max_depth` could be checked).
     pub fn depth_error(&self) -> EventError {
         EventError::Limit {
-            what: "event nesting depth".to_string(),
+            what: "event is nested deeper than the parser follows".to_string(),
             limit: self.max_depth,
-            name: "max_depth",
+            name: "--max-depth / SONDE_MAX_DEPTH",
         }
     }
 
@@ -55,9 +55,9 @@ impl Limits {
     pub fn check_depth(&self, depth: usize) -> Result<(), EventError> {
         if depth > self.max_depth {
             return Err(EventError::Limit {
-                what: format!("event nesting depth of {depth}"),
+                what: format!("event is nested {depth} levels deep"),
                 limit: self.max_depth,
-                name: "max_depth",
+                name: "--max-depth / SONDE_MAX_DEPTH",
             });
         }
         Ok(())
@@ -67,9 +67,9 @@ impl Limits {
     pub fn check_string(&self, name: &str, len: usize) -> Result<(), EventError> {
         if len > self.max_string_len {
             return Err(EventError::Limit {
-                what: format!("field {:?} has a string of {len} bytes, which", truncate(name)),
+                what: format!("field {:?} has a string of {len} bytes", truncate(name)),
                 limit: self.max_string_len,
-                name: "max_string_len",
+                name: "--max-string-len / SONDE_MAX_STRING_LEN",
             });
         }
         Ok(())
@@ -79,9 +79,9 @@ impl Limits {
     pub fn check_field_name(&self, name: &str) -> Result<(), EventError> {
         if name.len() > self.max_field_name_len {
             return Err(EventError::Limit {
-                what: format!("field name {:?} of {} bytes", truncate(name), name.len()),
+                what: format!("field name {:?} is {} bytes long", truncate(name), name.len()),
                 limit: self.max_field_name_len,
-                name: "max_field_name_len",
+                name: "--max-field-name-len / SONDE_MAX_FIELD_NAME_LEN",
             });
         }
         Ok(())
@@ -91,9 +91,9 @@ impl Limits {
     pub fn check_room_for_field(&self, fields: usize) -> Result<(), EventError> {
         if fields >= self.max_fields_per_event {
             return Err(EventError::Limit {
-                what: format!("event has more than {} fields; it", self.max_fields_per_event),
+                what: format!("event has more than {} fields", self.max_fields_per_event),
                 limit: self.max_fields_per_event,
-                name: "max_fields_per_event",
+                name: "--max-fields / SONDE_MAX_FIELDS",
             });
         }
         Ok(())
@@ -103,9 +103,9 @@ impl Limits {
     pub fn check_event_bytes(&self, bytes: usize) -> Result<(), EventError> {
         if bytes > self.max_event_bytes {
             return Err(EventError::Limit {
-                what: format!("event size of {bytes} bytes"),
+                what: format!("event is {bytes} bytes"),
                 limit: self.max_event_bytes,
-                name: "max_event_bytes",
+                name: "--max-event-bytes / SONDE_MAX_EVENT_BYTES",
             });
         }
         Ok(())
@@ -285,17 +285,17 @@ mod tests {
             ..Limits::default()
         };
         let e = flatten_event(&json!({"a":1,"b":2,"c":3}), &limits).unwrap_err();
-        assert!(e.to_string().contains("max_fields_per_event"), "{e}");
+        assert!(e.to_string().contains("--max-fields / SONDE_MAX_FIELDS"), "{e}");
         let e = flatten_event(&json!({"s": "x".repeat(70_000)}), &Limits::default()).unwrap_err();
-        assert!(e.to_string().contains("max_string_len"), "{e}");
+        assert!(e.to_string().contains("--max-string-len"), "{e}");
         let e = flatten_event(&json!({"x".repeat(300): 1}), &Limits::default()).unwrap_err();
-        assert!(e.to_string().contains("max_field_name_len"), "{e}");
+        assert!(e.to_string().contains("--max-field-name-len"), "{e}");
         let mut deep = json!(1);
         for _ in 0..70 {
             deep = json!({ "d": deep });
         }
         let e = flatten_event(&deep, &Limits::default()).unwrap_err();
-        assert!(e.to_string().contains("max_depth"), "{e}");
+        assert!(e.to_string().contains("--max-depth"), "{e}");
         assert!(flatten_event(&json!([1]), &Limits::default()).is_err());
     }
 

@@ -1,17 +1,20 @@
 //! Sonde's event model: what an event is once it has been accepted, before any I/O.
 //!
 //! Data flows through this crate like this: a decoder (JSON, msgpack, NDJSON, OTLP — in the
-//! server crate) produces a `serde_json::Value` per event plus its time and sample rate;
+//! `sonde-ingest` crate) produces a `serde_json::Value` per event plus its time and sample rate;
 //! [`flatten::flatten_event`] checks it against the [`Limits`] and turns nested objects into
 //! dotted field names with one [`FieldValue`] each; the storage crate then appends the
 //! resulting [`Event`] to a dataset whose columns each have one [`ColumnType`] on the widening
 //! lattice `bool < int < float < string`.
 //!
+//! [`spec`] is Honeycomb's query specification and its validation into a plan: the contract
+//! the UI, the API, the engine (and later triggers and SLOs) share, with no engine in it.
+//!
 //! Nothing here touches the disk or the network, so all of it is property-tested.
 
 pub mod dataset;
 pub mod flatten;
-pub mod parse;
+pub mod spec;
 pub mod time;
 pub mod trace;
 pub mod value;
@@ -44,13 +47,14 @@ pub enum EventError {
     #[error("event must be a JSON object, got {0}")]
     NotAnObject(&'static str),
     /// A limit from [`Limits`] was exceeded.
-    #[error("{what} exceeds the limit of {limit} ({name})")]
+    #[error("{what}: over the limit of {limit} (set with {name})")]
     Limit {
-        /// What exceeded the limit, with its value ("event has 2001 fields").
+        /// What exceeded the limit, with its value ("event has more than 2000 fields").
         what: String,
         /// The limit's value.
         limit: usize,
-        /// The limit's configuration name (e.g. `max_fields_per_event`).
+        /// The flag and environment variable that set the limit (`--max-fields /
+        /// SONDE_MAX_FIELDS`), so the message says what to change.
         name: &'static str,
     },
     /// A time value could not be understood.

@@ -21,9 +21,13 @@ pub mod chunk_cache;
 pub mod engine;
 pub mod json;
 pub mod memory;
-pub mod spec;
+/// Honeycomb's query specification; it lives in `sonde-model` so that it needs no engine.
+pub use sonde_model::spec;
 pub mod table;
 pub mod udaf;
+
+#[cfg(test)]
+mod source_tests;
 
 pub use bubbleup::BubbleUpRequest;
 pub use engine::{EngineConfig, EventsRequest, QueryEngine, QueryError, QueryResult, SqlFormat};

@@ -29,9 +29,8 @@ use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 use object_store::ObjectStore;
 use sonde_model::TIMESTAMP_COLUMN;
-use sonde_storage::DatasetSnapshot;
-use sonde_storage::buffer::{arrow_type, timestamp_type};
-use sonde_storage::index::{IndexCache, hash_value};
+use sonde_storage::schema::{arrow_type, timestamp_type};
+use sonde_storage::source::{DatasetSnapshot, IndexCache, hash_value};
 use std::sync::{Arc, Mutex};
 
 /// The URL under which the segment store is registered with DataFusion.
@@ -95,7 +94,7 @@ impl DatasetTable {
     /// Whether a breakdown by `column` has many groups (ids, addresses, users, measurements):
     /// as recorded when its segments were written, or sampled from the buffered events.
     pub fn many_groups(&self, column: &str) -> bool {
-        use sonde_storage::segment::{MANY_GROUPS, distinct_fraction};
+        use sonde_storage::schema::{MANY_GROUPS, distinct_fraction};
         let s = &self.snapshot;
         s.segments
             .iter()
@@ -145,7 +144,7 @@ pub fn table_schema(snapshot: &DatasetSnapshot) -> SchemaRef {
 
 /// Casts a buffered batch to the table schema (missing columns null, narrower types widened).
 fn adapt_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    sonde_storage::segment::adapt_to_schema(batch, schema)
+    sonde_storage::schema::adapt_to_schema(batch, schema)
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
 }
 

@@ -341,9 +341,13 @@ impl Access {
         let wait = Duration::from_secs_f64((1.0 - b.tokens) / rate);
         Err(ApiError::too_many(
             format!(
-                "rate limit of {rate} {} requests/s for API key {:?} exceeded",
+                "rate limit of {rate} {} requests/s for API key {:?} exceeded (set with {})",
                 class.name(),
-                caller.name()
+                caller.name(),
+                match class {
+                    Scope::Ingest => "--ingest-rate-limit / SONDE_INGEST_RATE_LIMIT",
+                    _ => "--query-rate-limit / SONDE_QUERY_RATE_LIMIT",
+                }
             ),
             wait.as_secs().max(1),
         ))

@@ -60,14 +60,6 @@ impl ApiError {
             retry_after: Some(retry_after_s),
         }
     }
-    /// A 413 naming the body limit.
-    pub fn body_too_large(size: usize, limit: usize) -> Self {
-        Self {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            message: format!("request body of {size}+ bytes exceeds the limit of {limit} (max_body_bytes)"),
-            retry_after: None,
-        }
-    }
     /// A 415.
     pub fn unsupported_media(message: impl Into<String>) -> Self {
         Self {
@@ -109,6 +101,22 @@ impl From<sonde_storage::Error> for ApiError {
                 tracing::error!(error = %other, "storage error");
                 ApiError::internal(other.to_string())
             }
+        }
+    }
+}
+
+impl From<sonde_ingest::BodyError> for ApiError {
+    fn from(e: sonde_ingest::BodyError) -> Self {
+        use sonde_ingest::BodyError as E;
+        let status = match e {
+            E::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            E::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            E::Malformed(_) => StatusCode::BAD_REQUEST,
+        };
+        ApiError {
+            status,
+            message: e.to_string(),
+            retry_after: None,
         }
     }
 }

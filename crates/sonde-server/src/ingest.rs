@@ -1,14 +1,14 @@
 //! Ingest handlers: Honeycomb's single-event and batch endpoints, and NDJSON.
 
-use crate::auth::{Caller, Scope};
-use crate::decode::{self, batch_item, decompress, parse_json, split_json_array};
+use crate::extract::{Authorized, Ingest};
 use crate::{AppState, error::ApiError};
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde_json::{Value, json};
-use sonde_model::{DatasetName, Event, EventError, Limits, time};
+use sonde_ingest::{BodyError, Decoded, decompress, envelope, json as batch_json, msgpack, ndjson as lines};
+use sonde_model::{DatasetName, time};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -24,16 +24,10 @@ fn is_msgpack(headers: &HeaderMap) -> bool {
     header_str(headers, header::CONTENT_TYPE.as_str()).is_some_and(|ct| ct.contains("msgpack"))
 }
 
-fn dataset(raw: &str) -> Result<DatasetName, ApiError> {
-    Ok(DatasetName::new(raw)?)
-}
-
-/// Decoding outcome of a multi-event body: one entry per input event, in order.
-type Decoded = Vec<Result<Event, EventError>>;
-
-async fn decode_off_thread<F>(size: usize, f: F) -> Result<Decoded, ApiError>
+async fn decode_off_thread<T, F>(size: usize, f: F) -> Result<T, ApiError>
 where
-    F: FnOnce() -> Result<Decoded, ApiError> + Send + 'static,
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
 {
     if size <= INLINE_DECODE_BYTES {
         return f();
@@ -60,10 +54,7 @@ async fn store(state: &AppState, ds: &DatasetName, decoded: Decoded) -> Result<V
             }
         }
     }
-    if let Err(e) = state.storage.ingest(ds, good).await {
-        state.stats.requests_rejected.fetch_add(1, Ordering::Relaxed);
-        return Err(e.into());
-    }
+    state.storage.ingest(ds, good).await?;
     state.stats.ingest_requests.fetch_add(1, Ordering::Relaxed);
     Ok(refusals)
 }
@@ -123,7 +114,7 @@ pub(crate) async fn body_bytes(
         }
     }
     if seen > limit {
-        return Err(ApiError::body_too_large(seen, limit));
+        return Err(BodyError::TooLarge { size: seen, limit }.into());
     }
     let budget = state.engine.memory_budget();
     let overloaded = |e: sonde_query::memory::BudgetExceeded| ApiError {
@@ -142,48 +133,32 @@ pub(crate) async fn body_bytes(
     Ok((plain, held))
 }
 
-fn refused(state: &AppState, e: ApiError) -> ApiError {
-    state.stats.requests_rejected.fetch_add(1, Ordering::Relaxed);
-    e
-}
-
 /// `POST /1/events/{dataset}`: one event; time and sample rate from headers.
 pub(crate) async fn single_event(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(raw): Path<String>,
+    access: Authorized<Ingest>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let ds = dataset(&raw).map_err(|e| refused(&state, e))?;
-    state
-        .access
-        .require(&caller, Scope::Ingest, Some(ds.as_str()))
-        .map_err(|e| refused(&state, e))?;
-    let (plain, _held) = body_bytes(&state, &headers, body)
-        .await
-        .map_err(|e| refused(&state, e))?;
+    let ds = access.dataset()?;
+    let (plain, _held) = body_bytes(&state, &headers, body).await?;
     let limits = &state.config.limits;
     let event = (|| {
         let data = if is_msgpack(&headers) {
-            let v = rmpv::decode::read_value_with_max_depth(&mut plain.as_slice(), limits.max_depth + 1)
-                .map_err(|e| EventError::Json(format!("malformed msgpack: {e}")))?;
-            decode::msgpack_to_json(v)?
+            msgpack::decode_value(&plain, limits)?
         } else {
-            parse_json(&plain, limits)?
+            batch_json::parse_json(&plain, limits)?
         };
-        let time_us = match header_str(&headers, "x-honeycomb-event-time") {
-            Some(t) if !t.trim().is_empty() => time::parse_time_str(t)?,
-            _ => time::now_us(),
-        };
-        let rate = match header_str(&headers, "x-honeycomb-samplerate") {
-            Some(r) => decode::parse_sample_rate(&Value::String(r.to_string()))?,
-            None => 1,
-        };
-        decode::make_event(&data, time_us, rate, limits)
+        envelope::single_event(
+            &data,
+            header_str(&headers, "x-honeycomb-event-time"),
+            header_str(&headers, "x-honeycomb-samplerate"),
+            time::now_us(),
+            limits,
+        )
     })()
-    .map_err(|e| refused(&state, e.into()))?;
-    store(&state, &ds, vec![Ok(event)]).await?;
+    .map_err(ApiError::from)?;
+    store(&state, ds, vec![Ok(event)]).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({}))))
 }
 
@@ -191,88 +166,43 @@ pub(crate) async fn single_event(
 /// status per item.
 pub(crate) async fn batch(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(raw): Path<String>,
+    access: Authorized<Ingest>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<impl axum::response::IntoResponse, ApiError> {
-    let ds = dataset(&raw).map_err(|e| refused(&state, e))?;
-    state
-        .access
-        .require(&caller, Scope::Ingest, Some(ds.as_str()))
-        .map_err(|e| refused(&state, e))?;
-    let (plain, _held) = body_bytes(&state, &headers, body)
-        .await
-        .map_err(|e| refused(&state, e))?;
+    let ds = access.dataset()?;
+    let (plain, _held) = body_bytes(&state, &headers, body).await?;
     let limits = state.config.limits.clone();
-    let msgpack = is_msgpack(&headers);
+    let is_msgpack = is_msgpack(&headers);
     let decoded = decode_off_thread(plain.len(), move || {
         let now = time::now_us();
-        if msgpack {
-            decode_msgpack_batch(&plain, now, &limits)
+        Ok(if is_msgpack {
+            msgpack::decode_batch(&plain, now, &limits)?
         } else {
-            let items = split_json_array(&plain).map_err(|e| ApiError::bad_request(format!("malformed batch: {e}")))?;
-            Ok(items
-                .into_iter()
-                .map(|raw| decode::batch_item_text(raw, now, &limits))
-                .collect())
-        }
-    })
-    .await
-    .map_err(|e| refused(&state, e))?;
-    let refusals = store(&state, &ds, decoded).await?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], batch_statuses(&refusals)))
-}
-
-fn decode_msgpack_batch(plain: &[u8], now: i64, limits: &Limits) -> Result<Decoded, ApiError> {
-    let v = rmpv::decode::read_value_with_max_depth(&mut &plain[..], limits.max_depth + 2)
-        .map_err(|e| ApiError::bad_request(format!("malformed msgpack batch: {e}")))?;
-    let rmpv::Value::Array(items) = v else {
-        return Err(ApiError::bad_request("msgpack batch body must be an array"));
-    };
-    Ok(items
-        .into_iter()
-        .map(|item| {
-            let json = decode::msgpack_to_json(item)?;
-            // msgpack has no raw item size at hand; its JSON form is a close enough stand-in.
-            limits.check_event_bytes(json.to_string().len())?;
-            batch_item(json, now, limits)
+            batch_json::decode_batch(&plain, now, &limits)?
         })
-        .collect())
+    })
+    .await?;
+    let refusals = store(&state, ds, decoded).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], batch_statuses(&refusals)))
 }
 
 /// `POST /api/ingest/{dataset}`: newline-delimited JSON objects.
 pub(crate) async fn ndjson(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(raw): Path<String>,
+    access: Authorized<Ingest>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let ds = dataset(&raw).map_err(|e| refused(&state, e))?;
-    state
-        .access
-        .require(&caller, Scope::Ingest, Some(ds.as_str()))
-        .map_err(|e| refused(&state, e))?;
-    let (plain, _held) = body_bytes(&state, &headers, body)
-        .await
-        .map_err(|e| refused(&state, e))?;
+    let ds = access.dataset()?;
+    let (plain, _held) = body_bytes(&state, &headers, body).await?;
     let limits = state.config.limits.clone();
-    let decoded = decode_off_thread(plain.len(), move || {
-        let now = time::now_us();
-        Ok(plain
-            .split(|b| *b == b'\n')
-            .filter(|line| !line.iter().all(|b| b.is_ascii_whitespace()))
-            .map(|line| decode::ndjson_line(line, now, &limits))
-            .collect())
-    })
-    .await
-    .map_err(|e| refused(&state, e))?;
-    let refusals = store(&state, &ds, decoded).await?;
+    let decoded = decode_off_thread(plain.len(), move || Ok(lines::decode(&plain, time::now_us(), &limits))).await?;
+    let refusals = store(&state, ds, decoded.decoded).await?;
     let errors: Vec<Value> = refusals
         .iter()
-        .enumerate()
-        .filter_map(|(i, r)| r.as_ref().map(|e| json!({"line": i + 1, "status": 400, "error": e})))
+        .zip(&decoded.line_numbers)
+        .filter_map(|(r, line)| r.as_ref().map(|e| json!({"line": line, "status": 400, "error": e})))
         .collect();
     let accepted = refusals.len() - errors.len();
     let status = if accepted == 0 {

@@ -1,6 +1,6 @@
 //! Sonde's HTTP API (axum): ingest, schema, health and metrics on one port.
 //!
-//! Ingest requests flow: body (size-limited) → [`decode::decompress`] → split into events →
+//! Ingest requests flow: body (size-limited) → [`sonde_ingest::decompress`] → split into events →
 //! each event decoded and flattened on its own (a bad one gets its own 4xx) → the good ones go
 //! to [`sonde_storage::Storage::ingest`] as one WAL record → the answer is sent only after that
 //! returns, so a 2xx means durable.
@@ -19,18 +19,18 @@
 //! | `POST /1/queries/{dataset}`, `POST /1/query_results/{dataset}`, `GET /1/query_results/{dataset}/{id}` | Honeycomb's query-data API |
 //! | `GET /api/datasets`, `GET /api/datasets/{dataset}/columns`, `…/stats` | schema and storage facts |
 //! | `DELETE /api/datasets/{dataset}` | delete a dataset |
-//! | `GET /health`, `GET /metrics` | liveness, Prometheus metrics |
+//! | `GET /health`, `GET /metrics`, `GET /api/meta` | liveness, Prometheus metrics, the query operators the server takes |
 //! | `GET /`, `GET /assets/…` | the web UI, embedded at build time |
 //!
-//! Every route but `/health` and the UI's files checks the caller's API key when keys are
+//! Every route but `/health`, `/api/meta` and the UI's files checks the caller's API key when keys are
 //! configured ([`auth`]): `ingest` routes need the ingest scope, reads the query scope, deletion
 //! the admin scope, each for the dataset named. Queries also take one of
 //! `max_concurrent_queries` slots; every request is bounded by `request_timeout` (slow bodies
 //! included).
 
 pub mod auth;
-pub mod decode;
 pub mod error;
+mod extract;
 mod ingest;
 pub mod otlp;
 mod query;
@@ -38,7 +38,7 @@ mod schema;
 pub mod ui;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
@@ -65,6 +65,8 @@ pub struct ServerConfig {
     pub max_concurrent_queries: usize,
     /// Origins allowed to call the API from a browser (CORS); empty: none (same origin only).
     pub cors_origins: Vec<String>,
+    /// Serve the UI from this directory instead of the embedded build (for UI work).
+    pub ui_dir: Option<std::path::PathBuf>,
 }
 
 /// How long a query waits for a free slot before it is refused.
@@ -78,6 +80,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(60),
             max_concurrent_queries: 16,
             cors_origins: Vec::new(),
+            ui_dir: None,
         }
     }
 }
@@ -108,25 +111,37 @@ pub struct AppState {
     pub stats: HttpStats,
     /// API keys and per-key rate limits.
     pub access: auth::Access,
-    /// One permit per query allowed to run at once.
-    pub query_slots: tokio::sync::Semaphore,
+    /// One permit per query allowed to run at once (`config.max_concurrent_queries`).
+    query_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
-    /// Checks that the caller may query `dataset` (any dataset when `None`), then waits briefly
-    /// for a query slot; the slot is held until the returned permit drops.
-    pub(crate) async fn begin_query(
-        &self,
-        caller: &auth::Caller,
-        dataset: Option<&sonde_model::DatasetName>,
-    ) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
-        self.access
-            .require(caller, auth::Scope::Query, dataset.map(|d| d.as_str()))?;
-        match tokio::time::timeout(QUERY_SLOT_WAIT, self.query_slots.acquire()).await {
+    /// The handlers' state over a storage and its query engine.
+    pub fn new(
+        storage: Arc<Storage>,
+        engine: Arc<sonde_query::QueryEngine>,
+        config: ServerConfig,
+        access: auth::Access,
+    ) -> AppState {
+        let slots = config.max_concurrent_queries.max(1);
+        AppState {
+            storage,
+            engine,
+            saved: SavedQueries::default(),
+            config,
+            stats: HttpStats::default(),
+            access,
+            query_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+        }
+    }
+
+    /// Waits briefly for a query slot; the slot is held until the returned permit drops.
+    pub(crate) async fn query_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        match tokio::time::timeout(QUERY_SLOT_WAIT, self.query_slots.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(ApiError::too_many(
                 format!(
-                    "too many queries running (max_concurrent_queries = {})",
+                    "too many queries running (the limit is {}, set with --max-concurrent-queries / SONDE_MAX_CONCURRENT_QUERIES)",
                     self.config.max_concurrent_queries
                 ),
                 1,
@@ -154,13 +169,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(ui::index))
         .route("/assets/{*path}", get(ui::file))
         .route("/health", get(health))
+        .route("/api/meta", get(meta))
         .route("/metrics", get(metrics))
-        .route("/1/events/{dataset}", post(ingest::single_event))
-        .route("/1/batch/{dataset}", post(ingest::batch))
-        .route("/api/ingest/{dataset}", post(ingest::ndjson))
-        .route("/v1/traces", post(otlp::http_traces))
-        .route("/v1/logs", post(otlp::http_logs))
-        .route("/v1/metrics", post(otlp::http_metrics))
+        .merge(ingest_routes(state.clone()))
         .route("/api/query/{dataset}", post(query::query))
         .route("/api/events/{dataset}", post(query::events))
         .route("/api/sql", post(query::sql))
@@ -181,6 +192,34 @@ pub fn router(state: Arc<AppState>) -> Router {
         Some(c) => app.layer(c),
         None => app,
     }
+}
+
+/// The ingest routes, under one layer that counts every refused request
+/// (`sonde_requests_rejected_total`), whatever refused it: auth, limits, decoding, storage.
+fn ingest_routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    async fn count_refusals(
+        State(state): State<Arc<AppState>>,
+        response: axum::response::Response,
+    ) -> axum::response::Response {
+        if response.status().is_client_error() || response.status().is_server_error() {
+            state.stats.requests_rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        response
+    }
+    Router::new()
+        .route("/1/events/{dataset}", post(ingest::single_event))
+        .route("/1/batch/{dataset}", post(ingest::batch))
+        .route("/api/ingest/{dataset}", post(ingest::ndjson))
+        .route("/v1/traces", post(otlp::http_traces))
+        .route("/v1/logs", post(otlp::http_logs))
+        .route("/v1/metrics", post(otlp::http_metrics))
+        .layer(axum::middleware::map_response_with_state(state, count_refusals))
+}
+
+/// `GET /api/meta`: the query operators this server takes and what each needs, so clients (the
+/// UI) list them rather than keep a copy. Public, like `/health`: it says nothing about data.
+async fn meta() -> axum::Json<sonde_query::spec::Operators> {
+    axum::Json(sonde_query::spec::operators())
 }
 
 /// CORS for the configured origins only; with none, no CORS headers at all, so browsers keep

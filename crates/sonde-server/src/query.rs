@@ -1,7 +1,7 @@
 //! Query handlers: Honeycomb query specs, raw events, SQL, and Honeycomb's query-data flow
 //! (`/1/queries` → `/1/query_results`).
 
-use crate::auth::{Caller, Scope};
+use crate::extract::{Authorized, Describe, JsonBody, Query, Querying};
 use crate::{AppState, error::ApiError};
 use axum::Json;
 use axum::body::Body;
@@ -63,59 +63,46 @@ fn json_answer(value: &Value, budget: RequestBudget) -> Result<Response, ApiErro
     Ok(answer(body, "application/json", budget))
 }
 
-fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid {what}: {e}")))
-}
-
 /// `POST /api/query/{dataset}`: a Honeycomb query specification.
 pub(crate) async fn query(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(raw): Path<String>,
-    body: axum::body::Bytes,
+    q: Querying,
+    JsonBody(spec): JsonBody<QuerySpec>,
 ) -> Result<Response, ApiError> {
-    let ds = DatasetName::new(&raw)?;
-    let _slot = state.begin_query(&caller, Some(&ds)).await?;
-    let spec: QuerySpec = parse_body(&body, "query specification")?;
     let budget = state.engine.request();
-    let r = state.engine.query(&ds, &spec, &budget).await?;
+    let r = state.engine.query(q.dataset()?, &spec, &budget).await?;
     json_answer(&json!({ "data": r.data, "meta": r.meta }), budget)
 }
 
 /// `POST /api/events/{dataset}`: raw events, newest first.
 pub(crate) async fn events(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(raw): Path<String>,
-    body: axum::body::Bytes,
+    q: Querying,
+    JsonBody(req): JsonBody<EventsRequest>,
 ) -> Result<Response, ApiError> {
-    let ds = DatasetName::new(&raw)?;
-    let _slot = state.begin_query(&caller, Some(&ds)).await?;
-    let req: EventsRequest = if body.is_empty() {
-        EventsRequest::default()
-    } else {
-        parse_body(&body, "events request")?
-    };
     let budget = state.engine.request();
-    let body = state.engine.events(&ds, &req, &budget).await?;
+    let body = state.engine.events(q.dataset()?, &req, &budget).await?;
     Ok(answer(body, "application/json", budget))
 }
 
 #[derive(Deserialize)]
-struct SqlRequest {
+pub(crate) struct SqlRequest {
     sql: String,
     #[serde(default)]
     format: Option<String>,
 }
 
+impl Describe for SqlRequest {
+    const WHAT: &'static str = "SQL request";
+}
+
 /// `POST /api/sql`: `{"sql": "…", "format": "json" | "csv" | "arrow"}`, read-only.
 pub(crate) async fn sql(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    body: axum::body::Bytes,
+    q: Querying,
+    JsonBody(req): JsonBody<SqlRequest>,
 ) -> Result<Response, ApiError> {
-    let _slot = state.begin_query(&caller, None).await?;
-    let req: SqlRequest = parse_body(&body, "SQL request")?;
+    let caller = q.caller();
     let format = match req.format.as_deref().unwrap_or("json") {
         "json" => SqlFormat::Json,
         "csv" => SqlFormat::Csv,
@@ -173,13 +160,10 @@ impl SavedQueries {
 /// `POST /1/queries/{dataset}`: saves a query spec, answers its id.
 pub(crate) async fn create_query(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(raw): Path<String>,
-    body: axum::body::Bytes,
+    q: Querying,
+    JsonBody(spec): JsonBody<QuerySpec>,
 ) -> Result<Json<Value>, ApiError> {
-    let ds = DatasetName::new(&raw)?;
-    let _slot = state.begin_query(&caller, Some(&ds)).await?;
-    let spec: QuerySpec = parse_body(&body, "query specification")?;
+    let ds = q.dataset()?.clone();
     // Validate now, so a bad spec fails here rather than when its results are asked for.
     let mut out = serde_json::to_value(&spec).unwrap_or_default();
     state.engine.validate(&ds, &spec)?;
@@ -192,20 +176,21 @@ pub(crate) async fn create_query(
 }
 
 #[derive(Deserialize)]
-struct ResultRequest {
+pub(crate) struct ResultRequest {
     query_id: String,
+}
+
+impl Describe for ResultRequest {
+    const WHAT: &'static str = "query result request";
 }
 
 /// `POST /1/query_results/{dataset}`: runs a saved query; the result is complete at once.
 pub(crate) async fn create_result(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(raw): Path<String>,
-    body: axum::body::Bytes,
+    q: Querying,
+    JsonBody(req): JsonBody<ResultRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let ds = DatasetName::new(&raw)?;
-    let _slot = state.begin_query(&caller, Some(&ds)).await?;
-    let req: ResultRequest = parse_body(&body, "query result request")?;
+    let ds = q.dataset()?.clone();
     let saved = state.saved.inner.lock().unwrap().specs.get(&req.query_id).cloned();
     let (qds, spec) = saved.ok_or_else(|| ApiError::not_found(format!("query {:?} does not exist", req.query_id)))?;
     if qds != ds {
@@ -223,7 +208,9 @@ pub(crate) async fn create_result(
         "complete": true,
         "data": {"series": r.data["series"], "results": r.data["results"]},
         "meta": r.meta,
-        "links": {"query_url": format!("/?dataset={ds}&query={}", req.query_id)},
+        // The UI's own permalink form (`q` = the spec as JSON), so the link opens this query
+        // even after the saved query has been forgotten.
+        "links": {"query_url": ui_link(&ds, &spec)},
     });
     state.saved.remember(&id, |s| {
         s.results.insert(id.clone(), (ds.clone(), answer.clone()));
@@ -231,17 +218,35 @@ pub(crate) async fn create_result(
     Ok((StatusCode::CREATED, Json(answer)))
 }
 
+/// The UI's permalink for a query: `/?dataset=…&q=<the spec as JSON>`, percent-encoded.
+fn ui_link(ds: &DatasetName, spec: &QuerySpec) -> String {
+    let q = serde_json::to_string(spec).unwrap_or_default();
+    format!("/?dataset={}&q={}", percent_encode(ds.as_str()), percent_encode(&q))
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// `GET /1/query_results/{dataset}/{id}`.
 pub(crate) async fn get_result(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path((raw, id)): Path<(String, String)>,
+    access: Authorized<Query>,
+    Path((_, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let ds = DatasetName::new(&raw)?;
-    state.access.require(&caller, Scope::Query, Some(ds.as_str()))?;
+    let ds = access.dataset()?;
     let r = state.saved.inner.lock().unwrap().results.get(&id).cloned();
     // A result is found only under the dataset it was made for.
-    r.filter(|(rds, _)| *rds == ds)
+    r.filter(|(rds, _)| rds == ds)
         .map(|(_, v)| Json(v))
         .ok_or_else(|| ApiError::not_found(format!("query result {id:?} does not exist")))
 }
@@ -249,29 +254,25 @@ pub(crate) async fn get_result(
 /// `POST /api/bubbleup/{dataset}`: selection vs baseline across every column.
 pub(crate) async fn bubbleup(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(raw): Path<String>,
-    body: axum::body::Bytes,
+    q: Querying,
+    JsonBody(req): JsonBody<BubbleUpRequest>,
 ) -> Result<Response, ApiError> {
-    let ds = DatasetName::new(&raw)?;
-    let _slot = state.begin_query(&caller, Some(&ds)).await?;
-    let req: BubbleUpRequest = parse_body(&body, "BubbleUp request")?;
     let budget = state.engine.request();
-    let v = state.engine.bubbleup(&ds, &req, &budget).await?;
+    let v = state.engine.bubbleup(q.dataset()?, &req, &budget).await?;
     json_answer(&v, budget)
 }
 
 /// `GET /api/traces/{dataset}/{trace_id}`: every span of the trace, in every dataset.
 pub(crate) async fn trace(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path((raw, trace_id)): Path<(String, String)>,
+    q: Querying,
+    Path((_, trace_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let ds = DatasetName::new(&raw)?;
-    let _slot = state.begin_query(&caller, Some(&ds)).await?;
-    if state.storage.dataset_info(&ds).is_none() {
-        return Err(ApiError::no_such_dataset(&ds));
+    let ds = q.dataset()?;
+    if state.storage.dataset_info(ds).is_none() {
+        return Err(ApiError::no_such_dataset(ds));
     }
+    let caller = q.caller();
     if trace_id.is_empty() || trace_id.len() > 256 {
         return Err(ApiError::bad_request("trace id must be 1 to 256 characters"));
     }

@@ -1,16 +1,19 @@
 //! Schema API: datasets and their columns, from the catalog and the write buffers.
 
-use crate::auth::{Caller, Scope};
+use crate::extract::{Admin, Authorized, Query};
 use crate::{AppState, error::ApiError};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde_json::{Value, json};
-use sonde_model::{DatasetName, SAMPLE_RATE_COLUMN, TIMESTAMP_COLUMN, time::format_us};
+use sonde_model::{SAMPLE_RATE_COLUMN, TIMESTAMP_COLUMN, time::format_us};
 use std::sync::Arc;
 
 /// `GET /api/datasets`.
-pub(crate) async fn datasets(State(state): State<Arc<AppState>>, caller: Caller) -> Result<Json<Value>, ApiError> {
-    state.access.require(&caller, Scope::Query, None)?;
+pub(crate) async fn datasets(
+    State(state): State<Arc<AppState>>,
+    access: Authorized<Query>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = &access.caller;
     let list: Vec<Value> = state
         .storage
         .datasets()
@@ -35,16 +38,14 @@ pub(crate) async fn datasets(State(state): State<Arc<AppState>>, caller: Caller)
 /// `GET /api/datasets/{dataset}/columns`: name, type, first and last seen (event time).
 pub(crate) async fn columns(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(raw): Path<String>,
+    access: Authorized<Query>,
 ) -> Result<Json<Value>, ApiError> {
-    let ds = DatasetName::new(&raw)?;
-    state.access.require(&caller, Scope::Query, Some(ds.as_str()))?;
+    let ds = access.dataset()?;
     let snap = state
         .storage
-        .snapshot(&ds)
-        .ok_or_else(|| ApiError::no_such_dataset(&ds))?;
-    let bounds = state.storage.dataset_info(&ds).and_then(|i| i.time_bounds);
+        .snapshot(ds)
+        .ok_or_else(|| ApiError::no_such_dataset(ds))?;
+    let bounds = state.storage.dataset_info(ds).and_then(|i| i.time_bounds);
     let mut cols = vec![
         json!({"name": TIMESTAMP_COLUMN, "type": "timestamp", "reserved": true,
                "first_seen": bounds.map(|b| format_us(b.0)), "last_seen": bounds.map(|b| format_us(b.1))}),
@@ -60,15 +61,13 @@ pub(crate) async fn columns(
 /// `GET /api/datasets/{dataset}/stats`: segments, rows, bytes, compression, time span, pending compaction.
 pub(crate) async fn stats(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(raw): Path<String>,
+    access: Authorized<Query>,
 ) -> Result<Json<Value>, ApiError> {
-    let ds = DatasetName::new(&raw)?;
-    state.access.require(&caller, Scope::Query, Some(ds.as_str()))?;
+    let ds = access.dataset()?;
     let s = state
         .storage
-        .dataset_stats(&ds)
-        .ok_or_else(|| ApiError::no_such_dataset(&ds))?;
+        .dataset_stats(ds)
+        .ok_or_else(|| ApiError::no_such_dataset(ds))?;
     let i = &s.info;
     Ok(Json(json!({
         "dataset": ds.as_str(),
@@ -92,14 +91,12 @@ pub(crate) async fn stats(
 /// `DELETE /api/datasets/{dataset}`: drops the dataset's segments and buffered events.
 pub(crate) async fn delete(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(raw): Path<String>,
+    access: Authorized<Admin>,
 ) -> Result<Json<Value>, ApiError> {
-    let ds = DatasetName::new(&raw)?;
-    state.access.require(&caller, Scope::Admin, Some(ds.as_str()))?;
-    if state.storage.delete_dataset(&ds).await? {
+    let ds = access.dataset()?;
+    if state.storage.delete_dataset(ds).await? {
         Ok(Json(json!({"deleted": ds.as_str()})))
     } else {
-        Err(ApiError::no_such_dataset(&ds))
+        Err(ApiError::no_such_dataset(ds))
     }
 }

@@ -1,9 +1,14 @@
-//! The web UI, served from assets embedded at build time (see `build.rs`).
+//! The web UI, served from assets embedded at build time (see `build.rs`), or — for work on
+//! the UI — from a directory read at each request (`--ui-dir`, e.g. `web/dist` after
+//! `npm run build`), so a UI change needs no rebuild of the binary.
 
+use crate::AppState;
 use axum::body::Body;
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use std::borrow::Cow;
+use std::sync::Arc;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/assets.rs"));
@@ -26,8 +31,27 @@ fn asset(path: &str) -> Option<&'static [u8]> {
     embedded::ASSETS.iter().find(|(p, _)| *p == path).map(|(_, b)| *b)
 }
 
-fn respond(path: &str, bytes: &'static [u8]) -> Response {
-    let mut r = Response::new(Body::from(bytes));
+/// A UI file: from `--ui-dir` when set (only plain relative names: no `..`, no absolute
+/// paths), else embedded.
+fn load(state: &AppState, path: &str) -> Option<Cow<'static, [u8]>> {
+    match &state.config.ui_dir {
+        Some(dir) => {
+            let rel = std::path::Path::new(path);
+            let plain = rel.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+            plain
+                .then(|| std::fs::read(dir.join(rel)).ok())
+                .flatten()
+                .map(Cow::Owned)
+        }
+        None => asset(path).map(Cow::Borrowed),
+    }
+}
+
+fn respond(path: &str, bytes: Cow<'static, [u8]>) -> Response {
+    let mut r = Response::new(match bytes {
+        Cow::Borrowed(b) => Body::from(b),
+        Cow::Owned(v) => Body::from(v),
+    });
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(path)));
     // Hashed asset names never change content; the page itself must always be fresh.
@@ -50,8 +74,8 @@ fn respond(path: &str, bytes: &'static [u8]) -> Response {
 }
 
 /// `GET /`: the UI's page.
-pub(crate) async fn index() -> Response {
-    match asset("index.html") {
+pub(crate) async fn index(State(state): State<Arc<AppState>>) -> Response {
+    match load(&state, "index.html") {
         Some(b) => respond("index.html", b),
         None => (
             StatusCode::NOT_FOUND,
@@ -62,9 +86,9 @@ pub(crate) async fn index() -> Response {
 }
 
 /// `GET /assets/{file}` and other UI files.
-pub(crate) async fn file(Path(path): Path<String>) -> Response {
+pub(crate) async fn file(State(state): State<Arc<AppState>>, Path(path): Path<String>) -> Response {
     let path = format!("assets/{path}");
-    match asset(&path) {
+    match load(&state, &path) {
         Some(b) => respond(&path, b),
         None => (StatusCode::NOT_FOUND, "no such UI asset\n").into_response(),
     }

@@ -6,7 +6,7 @@
 //! value). A field seen for the first time gets a new column backfilled with nulls; a value
 //! wider than its column's type widens the column (earlier values are converted, see
 //! [`sonde_model::FieldValue::cast`]). Queries see the buffer as Arrow chunks of up to
-//! [`CHUNK_ROWS`] rows ([`WriteBuffer::to_record_batches`]): a chunk once built is kept, so a
+//! [`CHUNK_ROWS`] rows ([`WriteBuffer::query_batches`]): a chunk once built is kept, so a
 //! query copies only the rows appended since the previous one (at most the last, unfinished
 //! chunk), not the whole buffer — a full buffer answers a trace lookup as fast as an empty one.
 //! A widened column drops the chunks (their values would be of the old type). A flush takes the
@@ -260,11 +260,11 @@ impl Column {
 
 /// Past this many bytes a buffer is frozen at once, whatever the flush settings: Arrow's
 /// string columns hold at most 2 GiB.
-pub const MAX_BUFFER_BYTES: usize = 1 << 30;
+pub(crate) const MAX_BUFFER_BYTES: usize = 1 << 30;
 
 /// One dataset's buffered events.
 #[derive(Debug, Default)]
-pub struct WriteBuffer {
+pub(crate) struct WriteBuffer {
     timestamps: Vec<i64>,
     sample_rates: Vec<i64>,
     columns: Vec<Column>,
@@ -276,7 +276,6 @@ pub struct WriteBuffer {
     max_ts: i64,
     /// Arrival time (µs) of the oldest buffered event, for flushing by age.
     oldest_arrival_us: Option<i64>,
-    cached: Option<RecordBatch>,
     /// The query view: chunks of the first `chunked_rows` rows, in order.
     chunks: Vec<RecordBatch>,
     chunked_rows: usize,
@@ -284,15 +283,15 @@ pub struct WriteBuffer {
 
 /// Rows per chunk of the query view of a buffer: small enough that re-copying the unfinished
 /// last chunk on every query is cheap, large enough that a full buffer is a few dozen chunks.
-pub const CHUNK_ROWS: usize = 64 * 1024;
+pub(crate) const CHUNK_ROWS: usize = 64 * 1024;
 
 /// How the buffer learns a new column's type from the dataset's segments.
-pub type KnownTypes<'a> = &'a dyn Fn(&str) -> Option<ColumnType>;
+pub(crate) type KnownTypes<'a> = &'a dyn Fn(&str) -> Option<ColumnType>;
 
 impl WriteBuffer {
     /// Appends the events of one WAL record. `known` gives the dataset's current column types
     /// (from its segments), so that a new column starts at least as wide as the dataset's.
-    pub fn append(&mut self, lsn: Lsn, events: &[Event], known: KnownTypes<'_>, now_us: i64) {
+    pub(crate) fn append(&mut self, lsn: Lsn, events: &[Event], known: KnownTypes<'_>, now_us: i64) {
         if events.is_empty() {
             return;
         }
@@ -306,7 +305,7 @@ impl WriteBuffer {
     /// Appends the events of one WAL record straight from its encoded payload (see
     /// [`crate::wal::encode_payload`]), without making an [`Event`] of each. Returns false
     /// (with the events read so far appended) if the payload is damaged.
-    pub fn append_payload(&mut self, lsn: Lsn, payload: &[u8], known: KnownTypes<'_>, now_us: i64) -> bool {
+    pub(crate) fn append_payload(&mut self, lsn: Lsn, payload: &[u8], known: KnownTypes<'_>, now_us: i64) -> bool {
         let Some((_, mut reader)) = PayloadReader::new(payload) else {
             return false;
         };
@@ -330,7 +329,6 @@ impl WriteBuffer {
     }
 
     fn start_record(&mut self, lsn: Lsn, now_us: i64) {
-        self.cached = None;
         self.min_lsn.get_or_insert(lsn);
         self.max_lsn = self.max_lsn.max(lsn);
         self.oldest_arrival_us.get_or_insert(now_us);
@@ -385,48 +383,38 @@ impl WriteBuffer {
     }
 
     /// Number of buffered events.
-    pub fn rows(&self) -> usize {
+    pub(crate) fn rows(&self) -> usize {
         self.timestamps.len()
     }
 
     /// Bytes of memory held by the values (not counting spare capacity), for flushing by size
     /// and for backpressure.
-    pub fn approx_bytes(&self) -> usize {
+    pub(crate) fn approx_bytes(&self) -> usize {
         self.approx_bytes
     }
 
     /// Lowest LSN buffered (`None` when empty).
-    pub fn min_lsn(&self) -> Option<Lsn> {
+    pub(crate) fn min_lsn(&self) -> Option<Lsn> {
         self.min_lsn
     }
 
     /// Highest LSN buffered.
-    pub fn max_lsn(&self) -> Lsn {
+    pub(crate) fn max_lsn(&self) -> Lsn {
         self.max_lsn
     }
 
     /// Event-time bounds `(min, max)` in µs, `None` when empty.
-    pub fn time_bounds(&self) -> Option<(i64, i64)> {
+    pub(crate) fn time_bounds(&self) -> Option<(i64, i64)> {
         (self.rows() > 0).then_some((self.min_ts, self.max_ts))
     }
 
     /// Arrival time of the oldest buffered event.
-    pub fn oldest_arrival_us(&self) -> Option<i64> {
+    pub(crate) fn oldest_arrival_us(&self) -> Option<i64> {
         self.oldest_arrival_us
     }
 
-    /// The buffered columns and their types (reserved columns first).
-    pub fn column_types(&self) -> Vec<(String, ColumnType)> {
-        self.columns.iter().map(|c| (c.name.clone(), c.ty)).collect()
-    }
-
-    /// The type of one buffered column.
-    pub fn column_type(&self, name: &str) -> Option<ColumnType> {
-        self.index.get(name).map(|&i| self.columns[i].ty)
-    }
-
-    /// The Arrow schema of [`Self::to_record_batch`].
-    pub fn schema(&self) -> SchemaRef {
+    /// The Arrow schema of the whole buffer.
+    pub(crate) fn schema(&self) -> SchemaRef {
         let mut fields = vec![
             Field::new(TIMESTAMP_COLUMN, timestamp_type(), false),
             Field::new(SAMPLE_RATE_COLUMN, DataType::Int64, false),
@@ -435,20 +423,16 @@ impl WriteBuffer {
         Arc::new(Schema::new(fields))
     }
 
-    /// The buffer as one Arrow batch (in arrival order), cached until the next append.
-    pub fn to_record_batch(&mut self) -> RecordBatch {
-        if let Some(b) = &self.cached {
-            return b.clone();
-        }
-        let batch = self.build(|c| c.values.to_array(c.ty));
-        self.cached = Some(batch.clone());
-        batch
+    /// The buffer as one Arrow batch (in arrival order), for tests.
+    #[cfg(test)]
+    pub(crate) fn whole_batch(&mut self) -> RecordBatch {
+        self.build(|c| c.values.to_array(c.ty))
     }
 
     /// The buffer as chunks of up to [`CHUNK_ROWS`] rows (in arrival order, each with the schema
     /// of the buffer when it was built: later columns are absent from earlier chunks). Chunks
     /// are kept across calls; only the rows since the last full chunk are built anew.
-    pub fn to_record_batches(&mut self) -> Vec<RecordBatch> {
+    pub(crate) fn query_batches(&mut self) -> Vec<RecordBatch> {
         let rows = self.rows();
         if rows > self.chunked_rows {
             // Rebuild an unfinished last chunk together with the new rows.
@@ -485,11 +469,8 @@ impl WriteBuffer {
 
     /// The buffer as one Arrow batch, taking the values out of their builders rather than
     /// copying them: for a buffer being frozen.
-    pub fn into_record_batch(mut self) -> RecordBatch {
-        match self.cached.take() {
-            Some(b) => b,
-            None => self.build(|c| c.values.finish(c.ty)),
-        }
+    pub(crate) fn into_record_batch(mut self) -> RecordBatch {
+        self.build(|c| c.values.finish(c.ty))
     }
 
     fn build(&mut self, mut array: impl FnMut(&mut Column) -> ArrayRef) -> RecordBatch {
@@ -507,8 +488,15 @@ impl WriteBuffer {
         RecordBatch::try_new(schema, arrays).expect("buffer columns have equal lengths")
     }
 
-    /// Reconstructs event `i` (fields in column order), for tests and debugging.
-    pub fn event(&self, i: usize) -> Event {
+    /// The type of one buffered column, for tests.
+    #[cfg(test)]
+    pub(crate) fn column_type(&self, name: &str) -> Option<ColumnType> {
+        self.index.get(name).map(|&i| self.columns[i].ty)
+    }
+
+    /// Reconstructs event `i` (fields in column order), for tests.
+    #[cfg(test)]
+    pub(crate) fn event(&self, i: usize) -> Event {
         Event {
             timestamp_us: self.timestamps[i],
             sample_rate: self.sample_rates[i],
@@ -565,9 +553,9 @@ mod tests {
                 .collect();
             lsn += 1;
             b.append(lsn, &events, &none, 0);
-            let chunks = b.to_record_batches();
+            let chunks = b.query_batches();
             assert!(chunks.iter().all(|c| c.num_rows() <= CHUNK_ROWS));
-            let whole = b.to_record_batch();
+            let whole = b.whole_batch();
             let schema = whole.schema();
             let adapted: Vec<RecordBatch> = chunks
                 .iter()
@@ -604,7 +592,7 @@ mod tests {
         assert_eq!(b.event(2).fields.len(), 1, "b is null in the third event");
         assert_eq!(b.time_bounds(), Some((5, 20)));
         assert_eq!((b.min_lsn(), b.max_lsn()), (Some(1), 3));
-        let batch = b.to_record_batch();
+        let batch = b.whole_batch();
         assert_eq!(batch.num_rows(), 3);
         assert_eq!(batch.num_columns(), 4);
     }
@@ -633,7 +621,7 @@ mod tests {
         let payload = crate::wal::encode_payload(&ds, &events);
         let mut from_payload = WriteBuffer::default();
         assert!(from_payload.append_payload(9, &payload, &none, 0));
-        assert_eq!(from_events.to_record_batch(), from_payload.to_record_batch());
+        assert_eq!(from_events.whole_batch(), from_payload.whole_batch());
         assert!(!WriteBuffer::default().append_payload(1, &payload[..payload.len() - 1], &none, 0));
         // Widened in place: `n` went int → bool-in-int → float, `s` string with an int in it.
         assert_eq!(from_payload.column_type("n"), Some(ColumnType::Float));
@@ -646,6 +634,6 @@ mod tests {
             ("s".to_string(), FieldValue::Str("7".into()))
         );
         let frozen = from_payload.into_record_batch();
-        assert_eq!(frozen, from_events.to_record_batch());
+        assert_eq!(frozen, from_events.whole_batch());
     }
 }

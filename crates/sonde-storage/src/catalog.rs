@@ -9,19 +9,21 @@
 
 use crate::wal::{Lsn, sync_dir};
 use crate::{Error, Result};
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use sonde_model::ColumnType;
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The file name of the catalog inside the data directory.
-pub const CATALOG_FILE: &str = "catalog.json";
-const CATALOG_VERSION: u32 = 1;
+pub(crate) const CATALOG_FILE: &str = "catalog.json";
+pub(crate) const CATALOG_VERSION: u32 = 1;
 
 /// The whole catalog as persisted.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Catalog {
+pub(crate) struct Catalog {
     /// Format version, so that a future format change is detected rather than misread.
     pub version: u32,
     /// The id the next segment will get.
@@ -32,7 +34,7 @@ pub struct Catalog {
 
 /// One dataset's persisted state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct DatasetEntry {
+pub(crate) struct DatasetEntry {
     /// Every WAL record of this dataset with an LSN at or below this is in `segments`.
     pub flushed_lsn: Lsn,
     /// The dataset's columns as of its segments (the write buffer may add more).
@@ -67,7 +69,7 @@ impl ColumnEntry {
 }
 
 /// One Parquet segment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SegmentMeta {
     /// Unique id within the data directory.
     pub id: u64,
@@ -97,99 +99,139 @@ pub struct SegmentMeta {
 }
 
 impl Catalog {
-    /// Loads the catalog from the data directory, or an empty one if there is none yet.
-    pub fn load(data_dir: &Path) -> Result<Catalog> {
-        let path = data_dir.join(CATALOG_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let c: Catalog = serde_json::from_slice(&bytes).map_err(|e| Error::CatalogCorrupt {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-                if c.version != CATALOG_VERSION {
-                    return Err(Error::CatalogCorrupt {
-                        path,
-                        reason: format!("version {} is not the supported {}", c.version, CATALOG_VERSION),
-                    });
+    /// A catalog with no datasets, for a new data directory or bucket.
+    fn empty() -> Catalog {
+        Catalog {
+            version: CATALOG_VERSION,
+            next_segment_id: 1,
+            datasets: BTreeMap::new(),
+        }
+    }
+
+    /// Reads a stored catalog, refusing one of another version (whichever store it came from).
+    fn decode(bytes: &[u8], path: &Path) -> Result<Catalog> {
+        let corrupt = |reason: String| Error::CatalogCorrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let c: Catalog = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        if c.version != CATALOG_VERSION {
+            return Err(corrupt(format!(
+                "version {} is not the supported {}",
+                c.version, CATALOG_VERSION
+            )));
+        }
+        Ok(c)
+    }
+}
+
+/// Where the catalog lives: a file in the data directory beside the segments, or an object in
+/// the bucket that holds them. One `load` and one `store` for both, so both check the version
+/// and both are atomic and durable when they return.
+#[derive(Debug, Clone)]
+pub(crate) enum CatalogStore {
+    /// `catalog.json` in this directory: written to a temporary file, fsynced, renamed, and
+    /// the directory fsynced (on the blocking pool).
+    Local(PathBuf),
+    /// `catalog.json` in this object store: a PUT is atomic (readers see the old or the new
+    /// catalog) and durable when answered; this server is the single writer.
+    Remote(Arc<dyn ObjectStore>),
+}
+
+impl CatalogStore {
+    /// The catalog, or an empty one if none was stored yet.
+    pub(crate) async fn load(&self) -> Result<Catalog> {
+        match self {
+            CatalogStore::Local(dir) => {
+                let path = dir.join(CATALOG_FILE);
+                match std::fs::read(&path) {
+                    Ok(bytes) => Catalog::decode(&bytes, &path),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Catalog::empty()),
+                    Err(e) => Err(e.into()),
                 }
-                Ok(c)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Catalog {
-                version: CATALOG_VERSION,
-                next_segment_id: 1,
-                datasets: BTreeMap::new(),
-            }),
-            Err(e) => Err(e.into()),
+            CatalogStore::Remote(store) => match store.get(&object_store::path::Path::from(CATALOG_FILE)).await {
+                Ok(r) => Catalog::decode(&r.bytes().await?, Path::new(CATALOG_FILE)),
+                Err(object_store::Error::NotFound { .. }) => Ok(Catalog::empty()),
+                Err(e) => Err(e.into()),
+            },
         }
     }
 
-    /// Loads the catalog from an object store (remote storage), or an empty one.
-    pub async fn load_from(store: &std::sync::Arc<dyn object_store::ObjectStore>) -> Result<Catalog> {
-        use object_store::ObjectStoreExt;
-        let path = object_store::path::Path::from(CATALOG_FILE);
-        match store.get(&path).await {
-            Ok(r) => {
-                let bytes = r.bytes().await?;
-                let c: Catalog = serde_json::from_slice(&bytes).map_err(|e| Error::CatalogCorrupt {
-                    path: CATALOG_FILE.into(),
-                    reason: e.to_string(),
-                })?;
-                Ok(c)
+    /// Replaces the stored catalog atomically and durably.
+    pub(crate) async fn store(&self, catalog: &Catalog) -> Result<()> {
+        let bytes = serde_json::to_vec(catalog).expect("catalog serialises");
+        match self {
+            CatalogStore::Local(dir) => {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || write_local(&dir, &bytes))
+                    .await
+                    .map_err(|e| Error::Invalid(format!("catalog write panicked: {e}")))?
             }
-            Err(object_store::Error::NotFound { .. }) => Ok(Catalog {
-                version: CATALOG_VERSION,
-                next_segment_id: 1,
-                datasets: BTreeMap::new(),
-            }),
-            Err(e) => Err(e.into()),
+            CatalogStore::Remote(store) => {
+                store
+                    .put(&object_store::path::Path::from(CATALOG_FILE), bytes.into())
+                    .await?;
+                Ok(())
+            }
         }
     }
 
-    /// Replaces the catalog in an object store. An object PUT is atomic (readers see the old or
-    /// the new catalog) and durable when answered; this server is the single writer.
-    pub async fn store_to(&self, store: &std::sync::Arc<dyn object_store::ObjectStore>) -> Result<()> {
-        use object_store::ObjectStoreExt;
-        let bytes = serde_json::to_vec(self).expect("catalog serialises");
-        store
-            .put(&object_store::path::Path::from(CATALOG_FILE), bytes.into())
-            .await?;
-        Ok(())
-    }
-
-    /// Replaces the catalog on disk atomically and durably.
-    pub fn store(&self, data_dir: &Path) -> Result<()> {
-        let tmp = data_dir.join(format!("{CATALOG_FILE}.tmp"));
-        let bytes = serde_json::to_vec(self).expect("catalog serialises");
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
+    /// Where the catalog is, for messages.
+    pub(crate) fn describe(&self) -> PathBuf {
+        match self {
+            CatalogStore::Local(dir) => dir.join(CATALOG_FILE),
+            CatalogStore::Remote(_) => PathBuf::from(CATALOG_FILE),
         }
-        std::fs::rename(&tmp, data_dir.join(CATALOG_FILE))?;
-        sync_dir(data_dir)
     }
+}
+
+/// Replaces `catalog.json` in `dir`: temporary file, fsync, rename, directory fsync.
+fn write_local(dir: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!("{CATALOG_FILE}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(CATALOG_FILE))?;
+    sync_dir(dir)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn store_and_load() {
+    #[tokio::test]
+    async fn store_and_load_locally_and_in_an_object_store_with_the_version_checked() {
         let d = tempfile::tempdir().unwrap();
-        let mut c = Catalog::load(d.path()).unwrap();
-        assert_eq!(c.next_segment_id, 1);
-        c.datasets.insert(
-            "x".into(),
-            DatasetEntry {
-                flushed_lsn: 7,
-                ..Default::default()
-            },
-        );
-        c.store(d.path()).unwrap();
-        let back = Catalog::load(d.path()).unwrap();
-        assert_eq!(back.datasets["x"].flushed_lsn, 7);
+        let memory: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        for store in [
+            CatalogStore::Local(d.path().to_path_buf()),
+            CatalogStore::Remote(memory.clone()),
+        ] {
+            let mut c = store.load().await.unwrap();
+            assert_eq!(c.next_segment_id, 1);
+            c.datasets.insert(
+                "x".into(),
+                DatasetEntry {
+                    flushed_lsn: 7,
+                    ..Default::default()
+                },
+            );
+            store.store(&c).await.unwrap();
+            assert_eq!(store.load().await.unwrap().datasets["x"].flushed_lsn, 7);
+            // A catalog of another version is refused on both paths (the object store's path
+            // used to take it as it was).
+            c.version = CATALOG_VERSION + 1;
+            store.store(&c).await.unwrap();
+            let e = store.load().await.unwrap_err();
+            assert!(e.to_string().contains("not the supported"), "{e}");
+        }
         std::fs::write(d.path().join(CATALOG_FILE), b"{\"vers").unwrap();
-        assert!(matches!(Catalog::load(d.path()), Err(Error::CatalogCorrupt { .. })));
+        assert!(matches!(
+            CatalogStore::Local(d.path().to_path_buf()).load().await,
+            Err(Error::CatalogCorrupt { .. })
+        ));
     }
 }

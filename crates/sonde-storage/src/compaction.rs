@@ -29,7 +29,7 @@ use std::sync::Arc;
 /// up to the target. A group is merged when it holds a small segment (under half the target)
 /// and either reaches half the target or holds at least four segments, so a large segment
 /// absorbs its small neighbours, but the newest small segments are not rewritten at every flush.
-pub fn plan(segments: &[Arc<SegmentMeta>], target_rows: u64) -> Vec<Vec<Arc<SegmentMeta>>> {
+pub(crate) fn plan(segments: &[Arc<SegmentMeta>], target_rows: u64) -> Vec<Vec<Arc<SegmentMeta>>> {
     let mut sorted: Vec<&Arc<SegmentMeta>> = segments.iter().collect();
     sorted.sort_by_key(|s| (s.min_ts_us, s.id));
     let small = |s: &SegmentMeta| s.rows < target_rows / 2;

@@ -36,7 +36,7 @@ pub fn hash_value(v: &str) -> u32 {
 }
 
 /// The index of one column of a batch (`None` if the batch has no such column).
-pub fn build(batch: &RecordBatch, column: &str) -> Result<Option<RoaringBitmap>> {
+pub(crate) fn build(batch: &RecordBatch, column: &str) -> Result<Option<RoaringBitmap>> {
     let Some(col) = batch.column_by_name(column) else {
         return Ok(None);
     };
@@ -225,7 +225,7 @@ impl IndexCache {
 }
 
 /// Where a segment's index file lives: beside it.
-pub fn index_path(segment_path: &str) -> String {
+pub(crate) fn index_path(segment_path: &str) -> String {
     format!("{segment_path}.idx")
 }
 

@@ -17,7 +17,7 @@ use serde::Serialize;
 use std::sync::Arc;
 
 /// Where quarantined files go, under the store's root (and the data directory for the WAL).
-pub const QUARANTINE_DIR: &str = "quarantine";
+pub(crate) const QUARANTINE_DIR: &str = "quarantine";
 
 /// A segment taken out of service.
 #[derive(Debug, Clone, Serialize)]
@@ -71,7 +71,7 @@ async fn check(store: &Arc<dyn ObjectStore>, seg: &SegmentMeta) -> std::result::
 
 /// Checks every segment the catalog names; moves the damaged ones aside and drops them from
 /// `catalog` (the caller persists it). Returns what was quarantined.
-pub async fn verify_segments(store: &Arc<dyn ObjectStore>, catalog: &mut Catalog) -> Result<Vec<Quarantined>> {
+pub(crate) async fn verify_segments(store: &Arc<dyn ObjectStore>, catalog: &mut Catalog) -> Result<Vec<Quarantined>> {
     let all: Vec<(String, SegmentMeta)> = catalog
         .datasets
         .iter()

@@ -43,7 +43,7 @@ impl Default for SegmentOptions {
 
 /// Row count and event-time bounds of a batch or a file, compared across the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SegmentFacts {
+pub(crate) struct SegmentFacts {
     /// Number of rows.
     pub rows: u64,
     /// Earliest timestamp (µs).
@@ -69,7 +69,7 @@ pub fn adapt_to_schema(batch: &RecordBatch, schema: &arrow::datatypes::SchemaRef
 }
 
 /// Sorts a batch by its timestamp column (stable, so equal times keep arrival order).
-pub fn sort_by_time(batch: &RecordBatch) -> Result<RecordBatch> {
+pub(crate) fn sort_by_time(batch: &RecordBatch) -> Result<RecordBatch> {
     let ts = batch
         .column_by_name(TIMESTAMP_COLUMN)
         .ok_or_else(|| Error::Invalid("batch has no timestamp column".into()))?;
@@ -92,7 +92,7 @@ pub fn sort_by_time(batch: &RecordBatch) -> Result<RecordBatch> {
 }
 
 /// The facts of a batch (its timestamp column must be non-null).
-pub fn batch_facts(batch: &RecordBatch) -> Result<SegmentFacts> {
+pub(crate) fn batch_facts(batch: &RecordBatch) -> Result<SegmentFacts> {
     let ts = batch
         .column_by_name(TIMESTAMP_COLUMN)
         .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
@@ -123,7 +123,7 @@ fn facts_of<'a>(arrays: impl Iterator<Item = &'a TimestampMicrosecondArray>) -> 
 
 /// A segment file encoded in memory.
 #[derive(Debug)]
-pub struct Encoded {
+pub(crate) struct Encoded {
     /// The Parquet file.
     pub bytes: Bytes,
     /// Columns with more than [`MANY_GROUPS`] distinct values in [`distinct_fraction`]'s
@@ -132,7 +132,7 @@ pub struct Encoded {
 }
 
 /// Encodes a time-sorted batch as a Parquet file in memory.
-pub fn encode(batch: &RecordBatch, opts: &SegmentOptions) -> Result<Encoded> {
+pub(crate) fn encode(batch: &RecordBatch, opts: &SegmentOptions) -> Result<Encoded> {
     let schema = batch.schema();
     let ts_index = schema.index_of(TIMESTAMP_COLUMN)?;
     let mut props = WriterProperties::builder()
@@ -225,7 +225,7 @@ pub fn distinct_fraction(array: &ArrayRef) -> Option<f64> {
 }
 
 /// Reads back the timestamp column of an encoded segment and returns its facts.
-pub fn read_facts(file: Bytes) -> Result<SegmentFacts> {
+pub(crate) fn read_facts(file: Bytes) -> Result<SegmentFacts> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
     let schema = builder.schema().clone();
     let idx = schema.index_of(TIMESTAMP_COLUMN)?;
@@ -269,7 +269,7 @@ mod tests {
             })
             .collect();
         b.append(1, &events, &|_| None, 0);
-        let sorted = sort_by_time(&b.to_record_batch()).unwrap();
+        let sorted = sort_by_time(&b.whole_batch()).unwrap();
         let facts = batch_facts(&sorted).unwrap();
         assert_eq!(
             facts,
@@ -299,7 +299,7 @@ mod tests {
             .collect();
         let mut b = WriteBuffer::default();
         b.append(1, &events, &|_| None, 0);
-        let encoded = encode(&b.to_record_batch(), &SegmentOptions::default()).unwrap();
+        let encoded = encode(&b.whole_batch(), &SegmentOptions::default()).unwrap();
         assert_eq!(encoded.distinct_columns, vec!["id".to_string(), "ms".to_string()]);
         let reader = parquet::file::serialized_reader::SerializedFileReader::new(encoded.bytes).unwrap();
         use parquet::file::reader::FileReader;

@@ -45,7 +45,7 @@ pub struct WalRecord {
 
 /// Encodes the payload of a record (everything but the header). Done by the request handler,
 /// in parallel with other requests, so that the single WAL thread only copies bytes.
-pub fn encode_payload(dataset: &DatasetName, events: &[Event]) -> Vec<u8> {
+pub(crate) fn encode_payload(dataset: &DatasetName, events: &[Event]) -> Vec<u8> {
     // The exact size, so the buffer is allocated once (batches are up to megabytes).
     let size = 2
         + dataset.as_str().len()
@@ -110,7 +110,7 @@ fn put_str16(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Appends one framed record (header + payload) to `out`.
-pub fn frame_record(out: &mut Vec<u8>, lsn: Lsn, payload: &[u8]) {
+pub(crate) fn frame_record(out: &mut Vec<u8>, lsn: Lsn, payload: &[u8]) {
     let lsn_bytes = lsn.to_le_bytes();
     let mut crc = crc32c::crc32c(&lsn_bytes);
     crc = crc32c::crc32c_append(crc, payload);
@@ -150,7 +150,7 @@ impl<'a> Cursor<'a> {
 
 /// Reads a payload written by [`encode_payload`] in place, without copying: the live ingest
 /// path fills the write buffer straight from the bytes it has just made durable.
-pub struct PayloadReader<'a> {
+pub(crate) struct PayloadReader<'a> {
     c: Cursor<'a>,
     events_left: usize,
     fields_left: usize,
@@ -158,7 +158,7 @@ pub struct PayloadReader<'a> {
 
 impl<'a> PayloadReader<'a> {
     /// Reads the header: the dataset name (as written) and a reader positioned at the first event.
-    pub fn new(payload: &'a [u8]) -> Option<(&'a str, Self)> {
+    pub(crate) fn new(payload: &'a [u8]) -> Option<(&'a str, Self)> {
         let mut c = Cursor { buf: payload, pos: 0 };
         let n = c.u16()? as usize;
         let dataset = c.str_ref(n)?;
@@ -174,13 +174,13 @@ impl<'a> PayloadReader<'a> {
     }
 
     /// Events not yet started.
-    pub fn events_left(&self) -> usize {
+    pub(crate) fn events_left(&self) -> usize {
         self.events_left
     }
 
     /// Starts the next event: its timestamp (µs), sample rate and number of fields. `None`
     /// after the last event, or if the previous event's fields were not all read, or on damage.
-    pub fn next_event(&mut self) -> Option<(i64, i64, usize)> {
+    pub(crate) fn next_event(&mut self) -> Option<(i64, i64, usize)> {
         if self.events_left == 0 || self.fields_left != 0 {
             return None;
         }
@@ -193,7 +193,7 @@ impl<'a> PayloadReader<'a> {
     }
 
     /// The current event's next field; `None` after its last field or on damage.
-    pub fn next_field(&mut self) -> Option<(&'a str, ValueRef<'a>)> {
+    pub(crate) fn next_field(&mut self) -> Option<(&'a str, ValueRef<'a>)> {
         if self.fields_left == 0 {
             return None;
         }
@@ -214,14 +214,14 @@ impl<'a> PayloadReader<'a> {
     }
 
     /// True once every event and field has been read and no bytes are left over.
-    pub fn at_end(&self) -> bool {
+    pub(crate) fn at_end(&self) -> bool {
         self.events_left == 0 && self.fields_left == 0 && self.c.pos == self.c.buf.len()
     }
 }
 
 /// Decodes a payload written by [`encode_payload`]. `None` means the bytes are not a valid
 /// payload (which, behind a good checksum, means a bug or a format change).
-pub fn decode_payload(lsn: Lsn, payload: &[u8]) -> Option<WalRecord> {
+pub(crate) fn decode_payload(lsn: Lsn, payload: &[u8]) -> Option<WalRecord> {
     let (name, mut r) = PayloadReader::new(payload)?;
     let dataset = DatasetName::new(name).ok()?;
     let mut events = Vec::with_capacity(r.events_left().min(1 << 16));
@@ -241,7 +241,7 @@ pub fn decode_payload(lsn: Lsn, payload: &[u8]) -> Option<WalRecord> {
 }
 
 /// The WAL directory inside the data directory.
-pub fn wal_dir(data_dir: &Path) -> PathBuf {
+pub(crate) fn wal_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("wal")
 }
 
@@ -250,7 +250,7 @@ fn file_name(first_lsn: Lsn) -> String {
 }
 
 /// Lists the WAL files with their first LSN, oldest first.
-pub fn list_files(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>> {
+pub(crate) fn list_files(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>> {
     let mut files = Vec::new();
     if !dir.exists() {
         return Ok(files);
@@ -292,7 +292,7 @@ pub struct Replay {
 /// copied to `quarantine/wal/` (beside the WAL directory) for inspection, the damaged bytes are
 /// reported, and reading resumes at the next intact record, so one bad sector costs the records
 /// it hit and nothing after them.
-pub fn replay(dir: &Path) -> Result<Replay> {
+pub(crate) fn replay(dir: &Path) -> Result<Replay> {
     let files = list_files(dir)?;
     let mut out = Replay::default();
     for (i, (_, path)) in files.iter().enumerate() {
@@ -385,7 +385,7 @@ fn read_record(buf: &[u8]) -> Option<(Lsn, &[u8], usize)> {
 
 /// Deletes WAL files that hold only LSNs below `watermark` (never the newest file).
 /// Returns how many files were removed.
-pub fn remove_files_below(dir: &Path, watermark: Lsn) -> Result<usize> {
+pub(crate) fn remove_files_below(dir: &Path, watermark: Lsn) -> Result<usize> {
     let files = list_files(dir)?;
     let mut removed = 0;
     for pair in files.windows(2) {
@@ -402,13 +402,13 @@ pub fn remove_files_below(dir: &Path, watermark: Lsn) -> Result<usize> {
 }
 
 /// Fsyncs a directory so that file creations, renames and deletions in it are durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)?.sync_all()?;
     Ok(())
 }
 
 /// The file the WAL thread appends to.
-pub struct WalFile {
+pub(crate) struct WalFile {
     dir: PathBuf,
     file: File,
     len: u64,
@@ -417,7 +417,7 @@ pub struct WalFile {
 
 impl WalFile {
     /// Starts a new WAL file whose first record will have `first_lsn`.
-    pub fn create(dir: &Path, first_lsn: Lsn, rotate_bytes: u64) -> Result<Self> {
+    pub(crate) fn create(dir: &Path, first_lsn: Lsn, rotate_bytes: u64) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(file_name(first_lsn));
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
@@ -436,7 +436,7 @@ impl WalFile {
     /// When the disk is full, whatever part of `framed` reached the file is cut off again, so
     /// that the file ends at its last complete record and appending can go on once there is
     /// room: the error is then [`Error::DiskFull`]. Any other failure leaves the file as it is.
-    pub fn append(&mut self, framed: &[u8], sync: bool) -> Result<()> {
+    pub(crate) fn append(&mut self, framed: &[u8], sync: bool) -> Result<()> {
         let written = self.file.write_all(framed).and_then(|()| match sync {
             true => self.file.sync_data(),
             false => Ok(()),
@@ -457,7 +457,7 @@ impl WalFile {
 
     /// Starts the next file if this one has passed the rotation size. `next_lsn` is the LSN
     /// the next appended record will carry.
-    pub fn maybe_rotate(&mut self, next_lsn: Lsn) -> Result<()> {
+    pub(crate) fn maybe_rotate(&mut self, next_lsn: Lsn) -> Result<()> {
         if self.len >= self.rotate_bytes {
             // The old file must be complete on disk before records go to the next one.
             self.file.sync_all()?;
@@ -484,7 +484,7 @@ impl WalFile {
 }
 
 /// Whether an I/O error means the disk (or the user's quota) is full.
-pub fn is_disk_full(e: &std::io::Error) -> bool {
+pub(crate) fn is_disk_full(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
         std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded

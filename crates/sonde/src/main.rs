@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sonde_gen::{GenConfig, Generator};
 use sonde_model::Limits;
-use sonde_server::{AppState, HttpStats, ServerConfig};
+use sonde_server::{AppState, ServerConfig};
 use sonde_storage::{Durability, Storage, StorageConfig};
 use std::io::Write;
 use std::path::PathBuf;
@@ -230,6 +230,10 @@ struct ServeArgs {
     /// Origins allowed to call the API from a browser (CORS), comma-separated; none by default.
     #[arg(long, env = "SONDE_CORS_ORIGINS", value_delimiter = ',')]
     cors_origin: Vec<String>,
+    /// Serve the web UI from this directory (e.g. `web/dist` after `npm run build`), read at each
+    /// request, instead of the build embedded in the binary: for work on the UI.
+    #[arg(long, env = "SONDE_UI_DIR")]
+    ui_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -432,6 +436,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         request_timeout: a.request_timeout,
         max_concurrent_queries: a.max_concurrent_queries.max(1),
         cors_origins: a.cors_origin.clone(),
+        ui_dir: a.ui_dir.clone(),
     };
     let engine = sonde_query::QueryEngine::new(
         storage.clone(),
@@ -445,21 +450,14 @@ async fn serve(a: ServeArgs) -> Result<()> {
             ..Default::default()
         },
     )?;
-    let state = Arc::new(AppState {
-        storage: storage.clone(),
-        engine: Arc::new(engine),
-        saved: Default::default(),
-        config,
-        stats: HttpStats::default(),
-        access: sonde_server::auth::Access::new(
-            keys,
-            sonde_server::auth::RateLimits {
-                ingest_per_s: a.ingest_rate_limit,
-                query_per_s: a.query_rate_limit,
-            },
-        ),
-        query_slots: tokio::sync::Semaphore::new(a.max_concurrent_queries.max(1)),
-    });
+    let access = sonde_server::auth::Access::new(
+        keys,
+        sonde_server::auth::RateLimits {
+            ingest_per_s: a.ingest_rate_limit,
+            query_per_s: a.query_rate_limit,
+        },
+    );
+    let state = Arc::new(AppState::new(storage.clone(), Arc::new(engine), config, access));
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("listening on {}", a.listen))?;

@@ -28,13 +28,16 @@ async fn bad_events_get_their_own_errors_and_good_ones_are_stored() {
         (b"{\"data\":{\"s\":\"\xff\xfe\"}}".to_vec(), Some("invalid UTF-8")),
         (
             format!(r#"{{"data":{{"big":"{}"}}}}"#, "x".repeat(20_000)).into_bytes(),
-            Some("max_event_bytes"),
+            Some("--max-event-bytes / SONDE_MAX_EVENT_BYTES"),
         ),
         (
             format!(r#"{{"data":{{{too_many}}}}}"#).into_bytes(),
-            Some("max_fields_per_event"),
+            Some("--max-fields / SONDE_MAX_FIELDS"),
         ),
-        (format!(r#"{{"data":{}}}"#, deep(200)).into_bytes(), Some("max_depth")),
+        (
+            format!(r#"{{"data":{}}}"#, deep(200)).into_bytes(),
+            Some("--max-depth / SONDE_MAX_DEPTH"),
+        ),
         (br#"{"data":{"x":1},"time":"yesterday"}"#.to_vec(), Some("invalid time")),
         (br#"{"data":"not an object"}"#.to_vec(), Some("\"data\" object")),
         (good(2).into_bytes(), None),
@@ -105,7 +108,7 @@ async fn bad_events_get_their_own_errors_and_good_ones_are_stored() {
         (
             client.post(server.at("/1/events/bad")).body(deep(200)),
             400,
-            "max_depth",
+            "--max-depth / SONDE_MAX_DEPTH",
         ),
         (
             client
@@ -118,7 +121,7 @@ async fn bad_events_get_their_own_errors_and_good_ones_are_stored() {
         (
             client.post(server.at("/1/batch/bad")).body(vec![b' '; 40 << 20]),
             413,
-            "max_body_bytes",
+            "--max-body-bytes / SONDE_MAX_BODY_BYTES",
         ),
     ];
     for (req, want_status, want_text) in cases {
@@ -128,7 +131,8 @@ async fn bad_events_get_their_own_errors_and_good_ones_are_stored() {
         assert!(msg.contains(want_text), "error {msg:?} should mention {want_text:?}");
     }
 
-    // NDJSON: bad lines are reported by line number, the good ones stored.
+    // NDJSON: bad lines are reported by their line number in the body (blank lines count,
+    // as in an editor), the good ones stored.
     let (status, resp) = send_json(
         client
             .post(server.at("/api/ingest/bad"))
@@ -144,7 +148,7 @@ async fn bad_events_get_their_own_errors_and_good_ones_are_stored() {
             .iter()
             .map(|e| e["line"].clone())
             .collect::<Vec<_>>(),
-        vec![json!(2), json!(3)]
+        vec![json!(2), json!(4)]
     );
 
     // Still serving, and exactly the good events are stored.

@@ -2,12 +2,12 @@
 //! generated events; trace lookups return exactly a trace's spans and skip the segments whose
 //! bloom filters rule the trace out.
 
+use crate::fixtures::T0;
 use crate::harness::{Server, send_json};
 use serde_json::{Value, json};
 use sonde_gen::{GenConfig, GenEvent, Generator, format_time};
 use std::collections::HashMap;
 
-const T0: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
 const HOUR: i64 = 3_600_000_000;
 
 async fn ingest(client: &reqwest::Client, server: &Server, dataset: &str, events: &[GenEvent]) {

@@ -110,7 +110,7 @@ async fn sigkill_loses_no_acknowledged_event_and_duplicates_none() {
     server.stop().await;
 
     // The WAL that remains reads cleanly to its end: no garbage was kept after a torn tail.
-    let replay = sonde_storage::wal::replay(&dir.path().join("wal")).unwrap();
+    let replay = sonde_storage::read_wal(&dir.path().join("wal")).unwrap();
     assert_eq!(replay.torn_bytes, 0, "WAL holds garbage after recovery");
 
     let count = id_counts(dir.path(), "crash");

@@ -3,27 +3,17 @@
 //! every case nothing acknowledged is lost or doubled beyond the records the damage itself hit,
 //! the damage is reported, and the server serves the rest.
 
+use crate::fixtures::{T0, metric};
 use crate::harness::{Server, id_counts, send_json};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-const T0: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
-
 fn batch(prefix: &str, from: usize, n: usize) -> Value {
     json!((from..from + n)
         .map(|i| json!({"data": {"id": format!("{prefix}-{i}"), "pad": "x".repeat(200)}, "time": sonde_gen::format_time(T0 + i as i64 * 1000)}))
         .collect::<Vec<_>>())
-}
-
-async fn metric(server: &Server, name: &str) -> u64 {
-    let text = reqwest::get(server.at("/metrics")).await.unwrap().text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
-        .parse()
-        .unwrap()
 }
 
 /// A small tmpfs, unmounted on drop.
@@ -122,7 +112,13 @@ async fn a_full_disk_refuses_ingest_then_serves_again_without_restart() {
     let ballast = disk.fill(4 * 1024 * 1024);
     let (status, r) = post(&server, &mut acked).await;
     assert_eq!(status, 503, "{r}");
-    assert!(r["error"].as_str().unwrap().contains("min_free_disk_bytes"), "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("--min-free-disk-bytes / SONDE_MIN_FREE_DISK_BYTES"),
+        "{r}"
+    );
     std::fs::remove_file(&ballast).unwrap();
     assert_eq!(post(&server, &mut acked).await.0, 200);
     server.stop().await;

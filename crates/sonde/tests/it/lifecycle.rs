@@ -1,27 +1,15 @@
 //! Storage lifecycle: compaction merges small segments while queries stay exact, a kill at any
 //! moment of it loses and doubles nothing, retention drops old segments, deletion is final.
 
+use crate::fixtures::{T0, count};
 use crate::harness::{Server, id_counts, send_json};
 use serde_json::{Value, json};
 use std::time::Duration;
-
-const T0: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
 
 fn batch(prefix: &str, from: usize, n: usize) -> Value {
     json!((from..from + n)
         .map(|i| json!({"data": {"id": format!("{prefix}-{i}"), "n": i}, "time": sonde_gen::format_time(T0 + i as i64 * 1000)}))
         .collect::<Vec<_>>())
-}
-
-async fn count(client: &reqwest::Client, server: &Server, ds: &str) -> i64 {
-    let (status, r) = send_json(
-        client
-            .post(server.at(&format!("/api/query/{ds}")))
-            .json(&json!({"calculations": [{"op": "COUNT"}], "start_time": sonde_gen::format_time(T0), "end_time": sonde_gen::format_time(T0 + 86_400_000_000)})),
-    )
-    .await;
-    assert_eq!(status, 200, "{r}");
-    r["data"]["results"][0]["data"]["COUNT"].as_i64().unwrap_or(0)
 }
 
 async fn stats(client: &reqwest::Client, server: &Server, ds: &str) -> Value {

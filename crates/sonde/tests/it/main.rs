@@ -3,6 +3,7 @@
 //! One test binary for the whole workspace (every test binary links DataFusion): each module
 //! is one area of behaviour.
 
+mod fixtures;
 mod harness;
 
 mod auth;

@@ -8,13 +8,13 @@
 //! this machine kind; without one the test says so and passes, since what it proves cannot be
 //! proven without a bound the kernel enforces.
 
+use crate::fixtures::{T0, post_batch as post};
 use crate::harness::{Server, send_json};
 use serde_json::{Value, json};
 use sonde_gen::format_time;
 use std::path::PathBuf;
 use std::time::Duration;
 
-const T0: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
 const LIMIT: u64 = 1536 << 20;
 
 /// A memory cgroup holding the server; removed on drop.
@@ -72,12 +72,6 @@ impl Drop for Cgroup {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-}
-
-async fn post(client: &reqwest::Client, server: &Server, dataset: &str, batch: &[Value]) -> u64 {
-    let (status, r) = send_json(client.post(server.at(&format!("/1/batch/{dataset}"))).json(&batch)).await;
-    assert_eq!(status, 200, "{r}");
-    r.as_array().unwrap().iter().filter(|s| s["status"] == 202).count() as u64
 }
 
 /// The status of a request and its error message if refused; panics if the server died.
@@ -375,7 +369,9 @@ async fn nasty_requests_are_answered_within_a_memory_cgroup() {
     }
     for t in tasks {
         let status = t.await.unwrap();
-        assert!(matches!(status, 200 | 400 | 429 | 503), "{status}");
+        // Six heavy requests on two cores may also run out of time (408 at --query-timeout):
+        // an answer, not a crash.
+        assert!(matches!(status, 200 | 400 | 408 | 429 | 503), "{status}");
     }
     assert!(
         client

@@ -2,6 +2,7 @@
 //! (moto, from PyPI, started on loopback by the test): segments and catalog in the bucket,
 //! recovery from it after a restart, answers equal to a brute-force count.
 
+use crate::fixtures::T0;
 use crate::harness::{Server, send_json};
 use serde_json::json;
 use sonde_gen::{GenConfig, GenEvent, Generator, format_time};
@@ -9,7 +10,6 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-const T0: i64 = 1_767_225_600_000_000;
 const HOUR: i64 = 3_600_000_000;
 const BUCKET: &str = "sonde-test";
 

@@ -2,36 +2,9 @@
 //! old segments with narrower types, raw events, Honeycomb's query-data flow, and SQL that
 //! cannot write and cannot take the server down.
 
+use crate::fixtures::{MINUTE, T0, at, post_json as post, wait_flushed as flushed};
 use crate::harness::{Server, send_json};
 use serde_json::{Value, json};
-
-const T0: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
-const MINUTE: i64 = 60_000_000;
-
-fn at(us: i64) -> String {
-    sonde_model::time::format_us(us)
-}
-
-async fn post(client: &reqwest::Client, server: &Server, path: &str, body: Value) -> (u16, Value) {
-    send_json(client.post(server.at(path)).json(&body)).await
-}
-
-async fn flushed(client: &reqwest::Client, server: &Server, dataset: &str) {
-    for _ in 0..400 {
-        let (_, d) = send_json(client.get(server.at("/api/datasets"))).await;
-        let ds = d["datasets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["name"] == dataset)
-            .cloned();
-        if ds.is_some_and(|x| x["buffered_rows"] == 0) {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    panic!("dataset {dataset} was not flushed");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn narrow_time_ranges_open_only_overlapping_segments() {
@@ -201,7 +174,7 @@ async fn raw_events_newest_first_and_the_query_data_flow() {
     let mut spec = range.clone();
     spec["calculations"] = json!([{"op": "COUNT"}, {"op": "MAX", "column": "i"}]);
     spec["breakdowns"] = json!(["kind"]);
-    let (status, q) = post(&client, &server, "/1/queries/raw", spec).await;
+    let (status, q) = post(&client, &server, "/1/queries/raw", spec.clone()).await;
     assert_eq!(status, 200, "{q}");
     let (status, created) = post(&client, &server, "/1/query_results/raw", json!({"query_id": q["id"]})).await;
     assert_eq!(status, 201, "{created}");
@@ -213,6 +186,17 @@ async fn raw_events_newest_first_and_the_query_data_flow() {
         fetched["data"]["results"],
         json!([{"data": {"COUNT": 20, "MAX(i)": 29, "kind": "b"}}, {"data": {"COUNT": 10, "MAX(i)": 27, "kind": "a"}}])
     );
+    // Its link opens the same query in the UI, which reads `dataset` and `q` (the spec as JSON).
+    let link = created["links"]["query_url"].as_str().unwrap();
+    let params: std::collections::HashMap<String, String> = reqwest::Url::parse(&server.at(link))
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect();
+    assert_eq!(params.get("dataset").map(String::as_str), Some("raw"), "{link}");
+    let linked: Value = serde_json::from_str(params.get("q").expect("a q parameter")).unwrap();
+    assert_eq!(linked["breakdowns"], json!(["kind"]), "{link}");
+    assert_eq!(linked["calculations"], spec["calculations"], "{link}");
     let (status, e) = post(&client, &server, "/1/query_results/raw", json!({"query_id": "nope"})).await;
     assert_eq!(status, 404, "{e}");
 

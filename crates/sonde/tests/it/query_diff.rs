@@ -5,13 +5,13 @@
 //! Float values are multiples of 1/8 so that every sum is exact whatever the order of addition:
 //! orders and ties then compare exactly, and only rate means need a tolerance.
 
+use crate::fixtures::T0;
 use crate::harness::{Server, send_json};
 use serde_json::{Map, Value, json};
 use sonde_gen::Rng;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-const T0: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
 const SPAN: i64 = 3_600_000_000;
 const EVENTS: usize = 6000;
 const SPECS: usize = 1500;

@@ -2,7 +2,7 @@
 //! `serde_json::Value` tree in between (the tree, its maps and their keys were a third of
 //! ingest's CPU time).
 //!
-//! The result is the one [`crate::flatten_event`] gives for the parsed object, except for the
+//! The result is the one [`sonde_model::flatten_event`] gives for the parsed object, except for the
 //! order of the fields: here they keep the order they were sent in (the tree sorts each
 //! object's keys), and when two spellings reach the same name (`"a.b"` and `{"a":{"b":…}}`)
 //! the later one in the text wins. Inputs this pass does not take (a top level that is not an
@@ -10,11 +10,11 @@
 //! the first problem met; the tree path is the reference for refusals (a later duplicate key
 //! could have replaced the part that had the problem), so callers ask it for the verdict.
 
-use crate::flatten::Limits;
-use crate::{EventError, FieldValue, SAMPLE_RATE_COLUMN, TIMESTAMP_COLUMN};
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+use sonde_model::flatten::Limits;
+use sonde_model::{EventError, FieldValue, SAMPLE_RATE_COLUMN, TIMESTAMP_COLUMN};
 use std::collections::HashMap;
 use std::fmt;
 
@@ -89,7 +89,7 @@ pub fn parse_flat(bytes: &[u8], shape: Shape, limits: &Limits) -> Result<Parsed,
             // tree path does. Rare enough to flatten through a tree.
             if let Some(t) = time {
                 let obj = Value::Object([("time".to_string(), t)].into_iter().collect());
-                for (n, v) in crate::flatten_event(&obj, limits)? {
+                for (n, v) in sonde_model::flatten_event(&obj, limits)? {
                     match fields.iter_mut().find(|(m, _)| *m == n) {
                         Some(slot) => slot.1 = v,
                         None => fields.push((n, v)),
@@ -463,7 +463,7 @@ impl<'de> Visitor<'de> for Field<'_, '_> {
 
 impl Field<'_, '_> {
     fn text<E: de::Error>(self, v: Value) -> Result<(), E> {
-        self.f.too_deep(self.level + crate::flatten::value_depth(&v))?;
+        self.f.too_deep(self.level + sonde_model::flatten::value_depth(&v))?;
         self.f.push(FieldValue::Str(v.to_string()))
     }
 }
@@ -471,9 +471,9 @@ impl Field<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flatten_event;
     use proptest::prelude::*;
     use serde_json::json;
+    use sonde_model::flatten_event;
 
     fn sorted(mut f: Vec<(String, FieldValue)>) -> Vec<(String, FieldValue)> {
         f.sort_by(|a, b| a.0.cmp(&b.0));

@@ -4,9 +4,9 @@
 //! Every validation error names the field and the problem (`filters[2]: unknown column
 //! "foo"`), and is answered with a 400.
 
+use crate::ColumnType;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sonde_model::ColumnType;
 use std::collections::BTreeMap;
 
 /// Default `limit` (Honeycomb's).
@@ -238,11 +238,34 @@ impl CalcOp {
         }
     }
 
-    fn needs_column(self) -> bool {
+    /// Every operator, in the order a menu lists them.
+    pub fn all() -> Vec<CalcOp> {
+        let mut out = vec![
+            CalcOp::Count,
+            CalcOp::Sum,
+            CalcOp::Avg,
+            CalcOp::Min,
+            CalcOp::Max,
+            CalcOp::CountDistinct,
+        ];
+        out.extend(PERCENTILES.iter().map(|(_, p)| CalcOp::Percentile(*p)));
+        out.extend([
+            CalcOp::Heatmap,
+            CalcOp::RateAvg,
+            CalcOp::RateSum,
+            CalcOp::RateMax,
+            CalcOp::Concurrency,
+        ]);
+        out
+    }
+
+    /// Whether the operator takes a column (`COUNT` and `CONCURRENCY` do not).
+    pub fn needs_column(self) -> bool {
         !matches!(self, CalcOp::Count | CalcOp::Concurrency)
     }
 
-    fn needs_numeric(self) -> bool {
+    /// Whether its column must be numeric.
+    pub fn needs_numeric(self) -> bool {
         !matches!(self, CalcOp::Count | CalcOp::CountDistinct | CalcOp::Concurrency)
     }
 
@@ -305,6 +328,54 @@ pub enum FilterOp {
 }
 
 impl FilterOp {
+    /// Every operator, in the order a menu lists them.
+    pub const ALL: [FilterOp; 16] = [
+        FilterOp::Eq,
+        FilterOp::Ne,
+        FilterOp::Gt,
+        FilterOp::Ge,
+        FilterOp::Lt,
+        FilterOp::Le,
+        FilterOp::StartsWith,
+        FilterOp::NotStartsWith,
+        FilterOp::EndsWith,
+        FilterOp::NotEndsWith,
+        FilterOp::Contains,
+        FilterOp::NotContains,
+        FilterOp::Exists,
+        FilterOp::NotExists,
+        FilterOp::In,
+        FilterOp::NotIn,
+    ];
+
+    /// The operator as the query spec writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            FilterOp::Eq => "=",
+            FilterOp::Ne => "!=",
+            FilterOp::Gt => ">",
+            FilterOp::Ge => ">=",
+            FilterOp::Lt => "<",
+            FilterOp::Le => "<=",
+            FilterOp::StartsWith => "starts-with",
+            FilterOp::NotStartsWith => "does-not-start-with",
+            FilterOp::EndsWith => "ends-with",
+            FilterOp::NotEndsWith => "does-not-end-with",
+            FilterOp::Contains => "contains",
+            FilterOp::NotContains => "does-not-contain",
+            FilterOp::Exists => "exists",
+            FilterOp::NotExists => "does-not-exist",
+            FilterOp::In => "in",
+            FilterOp::NotIn => "not-in",
+        }
+    }
+
+    /// Whether the operator takes a value (`exists` and `does-not-exist` do not); `in` and
+    /// `not-in` take a list.
+    pub fn takes_value(self) -> bool {
+        !matches!(self, FilterOp::Exists | FilterOp::NotExists)
+    }
+
     /// Parses a filter operator.
     pub fn parse(op: &str) -> Option<FilterOp> {
         Some(match op {
@@ -328,7 +399,8 @@ impl FilterOp {
         })
     }
 
-    fn is_string_op(self) -> bool {
+    /// Whether the operator compares strings (prefix, suffix, substring).
+    pub fn is_string_op(self) -> bool {
         matches!(
             self,
             FilterOp::StartsWith
@@ -469,7 +541,7 @@ pub fn auto_granularity(span_us: i64) -> i64 {
 /// Resolves the time range: `(start_us, end_us)`.
 pub fn resolve_time(spec: &QuerySpec, now_us: i64) -> Result<(i64, i64), SpecError> {
     let parse = |v: &Value, field: &str| -> Result<i64, SpecError> {
-        sonde_model::time::parse_time_value(v).map_err(|e| err(field, e.to_string()))
+        crate::time::parse_time_value(v).map_err(|e| err(field, e.to_string()))
     };
     let start = spec
         .start_time
@@ -767,8 +839,81 @@ pub fn plan(spec: &QuerySpec, columns: &BTreeMap<String, ColumnType>, now_us: i6
     })
 }
 
+/// The operators a client may use, with what each needs: what `GET /api/meta` answers, so the
+/// UI lists exactly what the server takes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Operators {
+    /// Calculation operators.
+    pub calculations: Vec<CalcOpInfo>,
+    /// Filter operators.
+    pub filters: Vec<FilterOpInfo>,
+    /// Most clauses of each kind a spec may have.
+    pub max_clauses: usize,
+}
+
+/// One calculation operator.
+#[derive(Debug, Clone, Serialize)]
+pub struct CalcOpInfo {
+    /// Its name (`P99`).
+    pub op: String,
+    /// Whether it takes a column.
+    pub needs_column: bool,
+    /// Whether that column must be numeric.
+    pub numeric: bool,
+    /// Whether it is one value per group (can be ordered by, filtered with a having, drawn as
+    /// a line); `HEATMAP`, the `RATE_*` and `CONCURRENCY` are not.
+    pub per_group: bool,
+}
+
+/// One filter operator.
+#[derive(Debug, Clone, Serialize)]
+pub struct FilterOpInfo {
+    /// Its spelling (`does-not-contain`).
+    pub op: &'static str,
+    /// Whether it takes a value (a list for `in` / `not-in`).
+    pub takes_value: bool,
+    /// Whether it compares strings only.
+    pub string_only: bool,
+}
+
+/// The operator catalogue (see [`Operators`]).
+pub fn operators() -> Operators {
+    Operators {
+        calculations: CalcOp::all()
+            .into_iter()
+            .map(|op| CalcOpInfo {
+                op: op.name(),
+                needs_column: op.needs_column(),
+                numeric: op.needs_numeric(),
+                per_group: op.is_simple(),
+            })
+            .collect(),
+        filters: FilterOp::ALL
+            .iter()
+            .map(|&op| FilterOpInfo {
+                op: op.name(),
+                takes_value: op.takes_value(),
+                string_only: op.is_string_op(),
+            })
+            .collect(),
+        max_clauses: MAX_CLAUSES,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_operator_catalogue_parses_back() {
+        let ops = super::operators();
+        assert_eq!(ops.calculations.len(), 24);
+        for c in &ops.calculations {
+            assert_eq!(super::CalcOp::parse(&c.op).map(|o| o.name()), Some(c.op.clone()));
+        }
+        for f in &ops.filters {
+            assert_eq!(super::FilterOp::parse(f.op).map(|o| o.name()), Some(f.op));
+        }
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -1,0 +1,158 @@
+//! The spec's parts as DataFusion expressions: the WHERE clause, filters, time buckets,
+//! aggregates.
+
+use super::*;
+
+/// The columns a query may name: the dataset's, plus `samplerate`.
+pub(super) fn queryable_columns(table: &DatasetTable) -> BTreeMap<String, ColumnType> {
+    let mut columns: BTreeMap<String, ColumnType> = table
+        .snapshot()
+        .columns
+        .iter()
+        .map(|(n, c)| (n.clone(), c.ty))
+        .collect();
+    columns.insert(SR.into(), ColumnType::Int);
+    columns
+}
+
+pub(super) fn internal(e: impl std::fmt::Display) -> QueryError {
+    QueryError::Internal(e.to_string())
+}
+
+pub(super) fn ts_lit(us: i64) -> Expr {
+    lit(ScalarValue::TimestampMicrosecond(Some(us), Some("UTC".into())))
+}
+
+pub(super) fn lit_of(l: &Literal) -> Expr {
+    match l {
+        Literal::Bool(b) => lit(*b),
+        Literal::Int(i) => lit(*i),
+        Literal::Float(f) => lit(*f),
+        Literal::Str(s) => lit(s.clone()),
+    }
+}
+
+/// The WHERE clause: the time range and the filters.
+/// The spec's filters and time range as one predicate. When every event of the table lies
+/// inside the time range, the range is left out: it would hold for every row, yet the scan would
+/// still decode and compare the timestamp column of every row to find that out.
+pub(super) fn where_clause(plan: &Plan, table: &DatasetTable) -> Expr {
+    let covered = table
+        .data_time_bounds()
+        .is_none_or(|(lo, hi)| lo >= plan.start_us && hi < plan.end_us);
+    let time = (!covered).then(|| {
+        ident(TIMESTAMP_COLUMN)
+            .gt_eq(ts_lit(plan.start_us))
+            .and(ident(TIMESTAMP_COLUMN).lt(ts_lit(plan.end_us)))
+    });
+    let filters: Vec<Expr> = plan.filters.iter().map(filter_expr).collect();
+    let combined = if plan.any {
+        filters.into_iter().reduce(Expr::or)
+    } else {
+        filters.into_iter().reduce(Expr::and)
+    };
+    match (time, combined) {
+        (Some(t), Some(f)) => t.and(f),
+        (Some(t), None) => t,
+        (None, Some(f)) => f,
+        (None, None) => lit(true),
+    }
+}
+
+pub(super) fn filter_expr(f: &spec::PlanFilter) -> Expr {
+    use datafusion::functions::string::expr_fn::{contains, ends_with, starts_with};
+    let c = ident(&f.column);
+    // A comparison of an int column with a float literal compares as floats.
+    let num = |c: Expr| match (&f.ty, f.values.first()) {
+        (ColumnType::Int, Some(Literal::Float(_))) => cast(c, DataType::Float64),
+        _ => c,
+    };
+    let v = || lit_of(&f.values[0]);
+    let positive = match f.op {
+        FilterOp::Eq | FilterOp::Ne => num(c.clone()).eq(v()),
+        FilterOp::Gt => num(c.clone()).gt(v()),
+        FilterOp::Ge => num(c.clone()).gt_eq(v()),
+        FilterOp::Lt => num(c.clone()).lt(v()),
+        FilterOp::Le => num(c.clone()).lt_eq(v()),
+        FilterOp::StartsWith | FilterOp::NotStartsWith => starts_with(c.clone(), v()),
+        FilterOp::EndsWith | FilterOp::NotEndsWith => ends_with(c.clone(), v()),
+        FilterOp::Contains | FilterOp::NotContains => contains(c.clone(), v()),
+        FilterOp::Exists | FilterOp::NotExists => c.clone().is_not_null(),
+        FilterOp::In | FilterOp::NotIn => {
+            let as_float = f.ty == ColumnType::Int && f.values.iter().any(|l| matches!(l, Literal::Float(_)));
+            let list = f
+                .values
+                .iter()
+                .map(|l| match (as_float, l) {
+                    (true, Literal::Int(i)) => lit(*i as f64),
+                    _ => lit_of(l),
+                })
+                .collect();
+            let col = if as_float {
+                cast(c.clone(), DataType::Float64)
+            } else {
+                c.clone()
+            };
+            col.in_list(list, false)
+        }
+    };
+    if f.op == FilterOp::NotExists {
+        c.is_null()
+    } else if f.op.matches_absent() {
+        // Negations also match events without the field: NOT(x) alone would be null there.
+        c.clone().is_null().or(Expr::Not(Box::new(positive)))
+    } else {
+        positive
+    }
+}
+
+/// The bucket of the event's timestamp, as an integer offset from the range start.
+pub(super) fn bucket_expr(plan: &Plan, extra_us: Option<Expr>) -> Expr {
+    let ts = cast(ident(TIMESTAMP_COLUMN), DataType::Int64);
+    let ts = match extra_us {
+        Some(e) => ts + e,
+        None => ts,
+    };
+    (ts - lit(plan.start_us)) / lit(plan.granularity_s * 1_000_000)
+}
+
+pub(super) fn as_f64(name: &str) -> Expr {
+    cast(ident(name), DataType::Float64)
+}
+
+/// Aggregates of the plain calculation `i`, and the expression giving its value from them.
+pub(super) fn aggregate_of(op: CalcOp, column: Option<&str>, alias: &str) -> (Vec<Expr>, Expr) {
+    let out = |e: Expr| (vec![e.alias(alias)], ident(alias));
+    match op {
+        CalcOp::Count => out(sum(ident(SR))),
+        CalcOp::Sum => out(sum(ident(column.unwrap()) * ident(SR))),
+        CalcOp::Avg => {
+            let c = column.unwrap();
+            let n = format!("{alias}_n");
+            let d = format!("{alias}_d");
+            let weight = when(ident(c).is_not_null(), ident(SR)).end().expect("case builder");
+            (
+                vec![sum(as_f64(c) * as_f64(SR)).alias(&n), sum(weight).alias(&d)],
+                (ident(&n) / cast(ident(&d), DataType::Float64)).alias(alias),
+            )
+        }
+        CalcOp::Min => out(min(ident(column.unwrap()))),
+        CalcOp::Max => out(max(ident(column.unwrap()))),
+        CalcOp::CountDistinct => out(count_distinct(ident(column.unwrap()))),
+        CalcOp::Percentile(p) => out(weighted_percentile().call(vec![as_f64(column.unwrap()), ident(SR), lit(p)])),
+        // Rates are derived from the per-bucket value of their base aggregate.
+        CalcOp::RateAvg => aggregate_of(CalcOp::Avg, column, alias),
+        CalcOp::RateSum => aggregate_of(CalcOp::Sum, column, alias),
+        CalcOp::RateMax => aggregate_of(CalcOp::Max, column, alias),
+        // CONCURRENCY counts the spans starting in each bucket here (their ends separately).
+        CalcOp::Concurrency => out(sum(when(concurrency_span(), ident(SR)).end().expect("case builder"))),
+        CalcOp::Heatmap => unreachable!("heatmaps are computed by their own query"),
+    }
+}
+
+/// The spans CONCURRENCY counts: those with a non-negative duration.
+pub(super) fn concurrency_span() -> Expr {
+    ident("duration_ms")
+        .is_not_null()
+        .and(ident("duration_ms").gt_eq(lit(0)))
+}

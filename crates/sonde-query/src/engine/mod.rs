@@ -1,0 +1,429 @@
+//! The query engine: Honeycomb query specs, raw events and SQL over DataFusion.
+//!
+//! This file holds the engine itself (sessions, tables from a [`DatasetSource`] snapshot, the
+//! deadline and memory bound around every DataFusion step, error classification) and the spec
+//! entry point; each kind of question has its own file: `breakdown` (results, series, rates,
+//! concurrency, heatmaps), `events` (raw events), `sql`, `bubbleup_driver` (the two populations
+//! of a BubbleUp), `trace` (trace trees), with the spec-to-expression helpers in `exprs`.
+//!
+//! A spec runs as a few DataFusion queries over the same filtered dataset table:
+//!
+//! 1. **results** — one row per group (breakdown values) with every plain aggregate, then
+//!    HAVING, ORDER BY (with the breakdowns as a tie-break, so the order is total) and LIMIT;
+//! 2. **series** — the same aggregates per `(time bucket, group)`, restricted to the groups of
+//!    step 1 when the limit cut some off;
+//! 3. only when asked: the value range and histogram of each HEATMAP column, and the span end
+//!    buckets for CONCURRENCY.
+//!
+//! Sample rates weight everything as Honeycomb's do: COUNT is the sum of sample rates, SUM and
+//! AVG weight each value by its rate, percentiles treat a value as repeated rate times
+//! ([`crate::udaf`]); MIN, MAX and COUNT_DISTINCT are not corrected. Time buckets are integer
+//! offsets from the start of the range: bucket `b` holds `[start + b·g, start + (b+1)·g)`.
+
+use crate::bubbleup::{self, BubbleUpRequest};
+use crate::chunk_cache::ChunkCache;
+use crate::json;
+use crate::memory::{self, BudgetExceeded, BudgetedPool, MemoryBudget, RequestBudget};
+use crate::spec::{self, CalcOp, FilterOp, Literal, OrderKey, Plan, QuerySpec};
+use crate::table::{DatasetTable, STORE_URL, ScanStats};
+use crate::udaf::weighted_percentile;
+use arrow::array::{Array, AsArray, RecordBatch, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::ScalarValue;
+use datafusion::dataframe::DataFrame;
+use datafusion::error::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::functions_aggregate::expr_fn::{count_distinct, max, min, sum};
+use datafusion::logical_expr::{SortExpr, when};
+use datafusion::prelude::{Expr, SQLOptions, SessionConfig, SessionContext, cast, ident, lit};
+use object_store::ObjectStore;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sonde_model::trace::SpanRef;
+use sonde_model::{ColumnType, DatasetName, SAMPLE_RATE_COLUMN, TIMESTAMP_COLUMN};
+use sonde_storage::DatasetSource;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod breakdown;
+mod bubbleup_driver;
+mod events;
+mod exprs;
+mod sql;
+mod trace;
+
+use breakdown::*;
+use exprs::*;
+
+/// Errors of the query layer, each mapped to one HTTP status at the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The dataset does not exist.
+    #[error("dataset \"{0}\" does not exist")]
+    NoSuchDataset(String),
+    /// The query specification is invalid.
+    #[error("invalid query: {0}")]
+    Invalid(#[from] spec::SpecError),
+    /// SQL that cannot run: parse or plan error, or a write.
+    #[error("{0}")]
+    Sql(String),
+    /// The query ran past the timeout.
+    #[error("query exceeded the timeout of {0:?} (--query-timeout / SONDE_QUERY_TIMEOUT)")]
+    Timeout(Duration),
+    /// The query needed more memory than the cap.
+    #[error(
+        "query exceeded the memory cap of {limit} bytes (--query-memory-limit / SONDE_QUERY_MEMORY_LIMIT): {detail}"
+    )]
+    Memory {
+        /// The cap.
+        limit: usize,
+        /// DataFusion's message.
+        detail: String,
+    },
+    /// The answer would exceed the request's own cap.
+    #[error(
+        "the answer exceeds the limit of {limit} bytes (--max-answer-bytes / SONDE_MAX_ANSWER_BYTES) while \
+         building {what}: ask for less (a LIMIT, a narrower time range or fewer groups) or raise the limit"
+    )]
+    AnswerTooLarge {
+        /// The cap.
+        limit: usize,
+        /// What was being built.
+        what: String,
+    },
+    /// The server's memory bound for requests is in use by other requests.
+    #[error("{0}")]
+    Overloaded(#[from] BudgetExceeded),
+    /// Nothing matched what was looked up (a trace id, say).
+    #[error("{0}")]
+    NotFound(String),
+    /// Anything else (a bug, or an I/O failure).
+    #[error("query failed: {0}")]
+    Internal(String),
+}
+
+/// Query layer results.
+pub type Result<T, E = QueryError> = std::result::Result<T, E>;
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Longest a query may run.
+    pub timeout: Duration,
+    /// Most memory one query may hold (hash tables, sorts, percentile buffers).
+    pub memory_limit: usize,
+    /// Parallelism of one query.
+    pub target_partitions: usize,
+    /// Most memory for Parquet footers and page indexes kept across queries (0: none, so every
+    /// query re-reads the footers of the files it opens).
+    pub metadata_cache_bytes: usize,
+    /// Most memory for column-chunk byte ranges kept across queries (0: no cache).
+    pub chunk_cache_bytes: usize,
+    /// Most memory all requests together may hold: queries' operators, answers being built,
+    /// BubbleUp's counters, trace trees, decompressed bodies (`--memory-limit`).
+    pub memory_budget: usize,
+    /// Largest answer one request may build, in bytes of Arrow data collected and of JSON
+    /// text (`--max-answer-bytes`).
+    pub max_answer_bytes: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            timeout: Duration::from_secs(30),
+            memory_limit: 2 << 30,
+            target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            metadata_cache_bytes: 256 << 20,
+            chunk_cache_bytes: 256 << 20,
+            memory_budget: 4 << 30,
+            max_answer_bytes: 128 << 20,
+        }
+    }
+}
+
+/// The answer to a query spec.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryResult {
+    /// `series` and `results`.
+    pub data: Value,
+    /// What the query touched and how long it took.
+    pub meta: Value,
+}
+
+/// A raw-events request: the spec's filters and time range, newest first, paged.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct EventsRequest {
+    /// Filters and time range.
+    #[serde(flatten)]
+    pub population: spec::Population,
+    /// Events per page (default 100, at most 10,000).
+    #[serde(default)]
+    pub limit: Option<i64>,
+    /// Events to skip (for paging).
+    #[serde(default)]
+    pub offset: Option<u64>,
+    /// Columns to return (default: all).
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+}
+
+/// How `/api/sql` encodes its answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqlFormat {
+    /// `{"columns": [...], "rows": [{...}], "meta": {...}}`.
+    #[default]
+    Json,
+    /// CSV with a header line.
+    Csv,
+    /// An Arrow IPC stream.
+    Arrow,
+}
+
+impl SqlFormat {
+    /// The answer's `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            SqlFormat::Json => "application/json",
+            SqlFormat::Csv => "text/csv; charset=utf-8",
+            SqlFormat::Arrow => "application/vnd.apache.arrow.stream",
+        }
+    }
+}
+
+/// The query engine over a source of datasets (the local storage, or later a catalog in object
+/// storage plus ingest nodes' fresh batches).
+#[derive(Debug)]
+pub struct QueryEngine {
+    source: Arc<dyn DatasetSource>,
+    /// Shared across queries: the object store registry and the Parquet footer cache.
+    shared: Arc<RuntimeEnv>,
+    /// The column-chunk cache queries read through, if enabled.
+    chunks: Option<Arc<ChunkCache>>,
+    /// The store queries read segments through: the storage's, behind the chunk cache if any.
+    store: Arc<dyn ObjectStore>,
+    /// The process-wide memory bound every request draws from.
+    budget: Arc<MemoryBudget>,
+    config: EngineConfig,
+}
+
+const SR: &str = SAMPLE_RATE_COLUMN;
+
+impl QueryEngine {
+    /// Creates an engine reading from `source`.
+    pub fn new(source: Arc<dyn DatasetSource>, config: EngineConfig) -> Result<QueryEngine> {
+        let shared = RuntimeEnvBuilder::new()
+            .with_metadata_cache_limit(config.metadata_cache_bytes)
+            .build_arc()
+            .map_err(internal)?;
+        let url = ObjectStoreUrl::parse(STORE_URL).map_err(internal)?;
+        let chunks = (config.chunk_cache_bytes > 0)
+            .then(|| Arc::new(ChunkCache::new(source.segment_store(), config.chunk_cache_bytes)));
+        let store: Arc<dyn ObjectStore> = match &chunks {
+            Some(c) => c.clone(),
+            None => source.segment_store(),
+        };
+        shared.register_object_store(url.as_ref(), store.clone());
+        Ok(QueryEngine {
+            source,
+            shared,
+            chunks,
+            store,
+            budget: MemoryBudget::new(config.memory_budget),
+            config,
+        })
+    }
+
+    /// The column-chunk cache's hits, misses and bytes held, when it is enabled.
+    pub fn chunk_cache_stats(&self) -> Option<(u64, u64, usize)> {
+        self.chunks.as_ref().map(|c| {
+            (
+                c.stats.hits.load(std::sync::atomic::Ordering::Relaxed),
+                c.stats.misses.load(std::sync::atomic::Ordering::Relaxed),
+                c.bytes(),
+            )
+        })
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The process-wide memory bound (for other request paths, e.g. decompression, and metrics).
+    pub fn memory_budget(&self) -> &Arc<MemoryBudget> {
+        &self.budget
+    }
+
+    /// A new request's budget: its answer cap, its share of the process bound, its deadline.
+    pub fn request(&self) -> RequestBudget {
+        RequestBudget::new(&self.budget, self.config.max_answer_bytes, self.config.timeout)
+    }
+
+    /// A session for one query: its own memory pool (the per-query cap), the shared object
+    /// stores, and Sonde's functions.
+    fn session(&self) -> Result<SessionContext> {
+        self.session_with_pushdown(true)
+    }
+
+    /// A session whose Parquet scans evaluate filters while decoding (`pushdown`) or after.
+    /// Decoding with a row filter pays when it keeps few rows (the other columns are then
+    /// decoded only where it held) and costs when it keeps most, as `!=` usually does.
+    fn session_with_pushdown(&self, pushdown: bool) -> Result<SessionContext> {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(BudgetedPool::new(
+                self.config.memory_limit,
+                self.budget.clone(),
+            )))
+            // No spilling: a query over its cap fails with a clear error instead of filling the
+            // disk the WAL and segments live on.
+            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+            .with_object_store_registry(self.shared.object_store_registry.clone())
+            .build_arc()
+            .map_err(internal)?;
+        let mut config = SessionConfig::new().with_target_partitions(self.config.target_partitions.max(1));
+        let opts = config.options_mut();
+        opts.execution.parquet.pushdown_filters = pushdown;
+        opts.execution.parquet.reorder_filters = true;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        ctx.register_udaf(weighted_percentile());
+        Ok(ctx)
+    }
+
+    fn table(&self, dataset: &DatasetName) -> Result<Arc<DatasetTable>> {
+        let snapshot = self
+            .source
+            .snapshot(dataset)
+            .ok_or_else(|| QueryError::NoSuchDataset(dataset.to_string()))?;
+        let cache = self.shared.cache_manager.get_file_metadata_cache();
+        let index = self.source.segment_index();
+        Ok(Arc::new(
+            DatasetTable::new(snapshot, self.store.clone(), cache, index).map_err(internal)?,
+        ))
+    }
+
+    /// Runs `fut` in the time the request has left, mapping DataFusion's errors.
+    async fn timed<T>(
+        &self,
+        req: &RequestBudget,
+        fut: impl std::future::Future<Output = Result<T, DataFusionError>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(req.remaining(), fut).await {
+            Err(_) => Err(QueryError::Timeout(req.timeout())),
+            Ok(r) => r.map_err(|e| self.df_error(e)),
+        }
+    }
+
+    /// Runs a physical plan to completion in the time the request has left, every batch
+    /// counted against its budget as it arrives (an answer never grows past its cap unseen).
+    async fn collect_plan(
+        &self,
+        req: &RequestBudget,
+        plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        task: Arc<datafusion::execution::TaskContext>,
+        what: &str,
+    ) -> Result<Vec<RecordBatch>> {
+        use futures::StreamExt;
+        let run = async {
+            let mut stream = datafusion::physical_plan::execute_stream(plan, task)?;
+            let mut out = Vec::new();
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                req.account(memory::batch_bytes(&batch), what)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                out.push(batch);
+            }
+            Ok::<_, DataFusionError>(out)
+        };
+        self.timed(req, run).await
+    }
+
+    /// [`Self::collect_plan`] for a DataFrame.
+    async fn collect(&self, req: &RequestBudget, df: DataFrame, what: &str) -> Result<Vec<RecordBatch>> {
+        let task = Arc::new(df.task_ctx());
+        let plan = self.timed(req, df.create_physical_plan()).await?;
+        self.collect_plan(req, plan, task, what).await
+    }
+
+    /// Sorts a DataFusion error into what it means for the user: the memory cap, the process
+    /// bound, an answer too large, a mistake in the query, or a failure of ours.
+    fn df_error(&self, e: DataFusionError) -> QueryError {
+        match e.find_root() {
+            DataFusionError::ResourcesExhausted(detail) => QueryError::Memory {
+                limit: self.config.memory_limit,
+                detail: detail.clone(),
+            },
+            DataFusionError::External(inner) => {
+                if let Some(b) = inner.downcast_ref::<BudgetExceeded>() {
+                    QueryError::Overloaded(b.clone())
+                } else if let Some(q) = inner.downcast_ref::<QueryError>() {
+                    match q {
+                        QueryError::AnswerTooLarge { limit, what } => QueryError::AnswerTooLarge {
+                            limit: *limit,
+                            what: what.clone(),
+                        },
+                        QueryError::Overloaded(b) => QueryError::Overloaded(b.clone()),
+                        QueryError::Timeout(d) => QueryError::Timeout(*d),
+                        other => QueryError::Internal(other.to_string()),
+                    }
+                } else {
+                    QueryError::Internal(inner.to_string())
+                }
+            }
+            root @ (DataFusionError::SQL(..)
+            | DataFusionError::Plan(_)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::NotImplemented(_)) => QueryError::Sql(root.to_string()),
+            root => QueryError::Internal(root.to_string()),
+        }
+    }
+
+    /// Validates a spec against a dataset's schema without running it.
+    pub fn validate(&self, dataset: &DatasetName, spec: &QuerySpec) -> Result<Plan> {
+        let table = self.table(dataset)?;
+        let columns = queryable_columns(&table);
+        Ok(spec::plan(spec, &columns, sonde_model::time::now_us())?)
+    }
+
+    /// Runs a Honeycomb query specification within the request's budget.
+    pub async fn query(&self, dataset: &DatasetName, spec: &QuerySpec, req: &RequestBudget) -> Result<QueryResult> {
+        let started = Instant::now();
+        let table = self.table(dataset)?;
+        let columns = queryable_columns(&table);
+        let plan = spec::plan(spec, &columns, sonde_model::time::now_us())?;
+        let ctx = self.session_with_pushdown(selective(&plan))?;
+        let stats = table.stats();
+        let base = ctx
+            .read_table(table.clone())
+            .and_then(|df| df.filter(where_clause(&plan, &table)))
+            .map_err(|e| self.df_error(e))?;
+        let run = Run {
+            plan: &plan,
+            engine: self,
+            table: &table,
+            req,
+        };
+        let out = run.execute(base).await?;
+        let scan: ScanStats = stats.lock().unwrap().clone();
+        let meta = json!({
+            "rows_examined": scan.rows_examined,
+            "segments_total": scan.segments_total,
+            "segments_scanned": scan.segments_scanned,
+            "segments_pruned": scan.segments_total.saturating_sub(scan.segments_scanned),
+            "segments_pruned_by_index": scan.segments_pruned_by_index,
+            "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+            "granularity": plan.granularity_s,
+            "start_time": sonde_model::time::format_us(plan.start_us),
+            "end_time": sonde_model::time::format_us(plan.end_us),
+            "groups": out.groups,
+            "groups_truncated": out.truncated,
+        });
+        Ok(QueryResult {
+            data: json!({"series": out.series, "results": out.results}),
+            meta,
+        })
+    }
+}

@@ -1,0 +1,170 @@
+//! What every handler opens with, written once: the caller's right to act on the dataset named
+//! in the path ([`Authorized`]), a query slot for the routes that run queries ([`Querying`]),
+//! and a JSON body read within `--max-body-bytes` and parsed with an error naming what it is
+//! ([`JsonBody`]).
+
+use crate::AppState;
+use crate::auth::{Caller, Scope};
+use crate::error::ApiError;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use sonde_ingest::BodyError;
+use sonde_model::DatasetName;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// A scope as a type, so a handler states the scope it needs in its signature.
+pub(crate) trait ScopeMarker: Send + Sync {
+    /// The scope.
+    const SCOPE: Scope;
+}
+
+/// The `ingest` scope.
+pub(crate) struct Ingest;
+/// The `query` scope.
+pub(crate) struct Query;
+/// The `admin` scope.
+pub(crate) struct Admin;
+
+impl ScopeMarker for Ingest {
+    const SCOPE: Scope = Scope::Ingest;
+}
+impl ScopeMarker for Query {
+    const SCOPE: Scope = Scope::Query;
+}
+impl ScopeMarker for Admin {
+    const SCOPE: Scope = Scope::Admin;
+}
+
+/// A caller allowed the scope `S` on the dataset in the path (`{dataset}`, validated: a 400
+/// names the naming rule), or on every dataset for routes without one: 401 without a valid
+/// key, 403 without the scope or the dataset.
+pub(crate) struct Authorized<S> {
+    /// Who is calling.
+    pub(crate) caller: Caller,
+    dataset: Option<DatasetName>,
+    _scope: PhantomData<S>,
+}
+
+impl<S> Authorized<S> {
+    /// The path's dataset. Only for routes with `{dataset}` (a 500 otherwise: a routing bug).
+    pub(crate) fn dataset(&self) -> Result<&DatasetName, ApiError> {
+        self.dataset
+            .as_ref()
+            .ok_or_else(|| ApiError::internal("this route names no dataset"))
+    }
+}
+
+impl<S: ScopeMarker> FromRequestParts<Arc<AppState>> for Authorized<S> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let caller = state.access.caller(&parts.headers)?;
+        // Routes without path parameters have none to give: no dataset.
+        let dataset = match Path::<HashMap<String, String>>::from_request_parts(parts, state).await {
+            Ok(Path(params)) => params.get("dataset").map(|d| DatasetName::new(d)).transpose()?,
+            Err(_) => None,
+        };
+        state
+            .access
+            .require(&caller, S::SCOPE, dataset.as_ref().map(|d| d.as_str()))?;
+        Ok(Authorized {
+            caller,
+            dataset,
+            _scope: PhantomData,
+        })
+    }
+}
+
+/// A caller allowed to query (as [`Authorized<Query>`]) holding one of the
+/// `--max-concurrent-queries` slots until the handler returns; 429 when none frees up soon.
+pub(crate) struct Querying {
+    /// The caller and the path's dataset.
+    pub(crate) access: Authorized<Query>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Querying {
+    /// Who is calling.
+    pub(crate) fn caller(&self) -> &Caller {
+        &self.access.caller
+    }
+    /// The path's dataset.
+    pub(crate) fn dataset(&self) -> Result<&DatasetName, ApiError> {
+        self.access.dataset()
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Querying {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let access = Authorized::<Query>::from_request_parts(parts, state).await?;
+        let slot = state.query_slot().await?;
+        Ok(Querying { access, _slot: slot })
+    }
+}
+
+/// A request body type, named for error messages (`invalid query specification: …`).
+pub(crate) trait Describe: Sized {
+    /// What the body is.
+    const WHAT: &'static str;
+    /// The value of an empty body, if one is allowed.
+    fn when_empty() -> Option<Self> {
+        None
+    }
+}
+
+/// A JSON body of type `T`, read within `--max-body-bytes` (413 past it) and parsed (400
+/// naming `T::WHAT` and the problem).
+pub(crate) struct JsonBody<T>(pub(crate) T);
+
+impl<T: DeserializeOwned + Describe> FromRequest<Arc<AppState>> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let bytes = read_limited(req.into_body(), state.config.max_body_bytes).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace)
+            && let Some(v) = T::when_empty()
+        {
+            return Ok(JsonBody(v));
+        }
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request(format!("invalid {}: {e}", T::WHAT)))
+    }
+}
+
+/// Reads a body, refusing it once it passes `limit` bytes.
+pub(crate) async fn read_limited(body: axum::body::Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    use futures::StreamExt;
+    let mut out = Vec::new();
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
+        if out.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge {
+                size: out.len() + chunk.len(),
+                limit,
+            }
+            .into());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+impl Describe for sonde_query::QuerySpec {
+    const WHAT: &'static str = "query specification";
+}
+impl Describe for sonde_query::EventsRequest {
+    const WHAT: &'static str = "events request";
+    fn when_empty() -> Option<Self> {
+        Some(Self::default())
+    }
+}
+impl Describe for sonde_query::BubbleUpRequest {
+    const WHAT: &'static str = "BubbleUp request";
+}

@@ -1,0 +1,203 @@
+//! The write path: capacity checks, encoding a request once, the WAL thread's group commit
+//! (one append and one fsync for everything queued), and applying records to the write
+//! buffers in LSN order before the ack.
+
+use super::*;
+
+/// One request's records on their way to the WAL thread: written in one append with
+/// consecutive LSNs and acknowledged (or refused) together, so that a request spanning several
+/// datasets is never half stored.
+pub(crate) struct Commit {
+    /// Per dataset, its events as encoded for the WAL; the write buffer is filled from these
+    /// same bytes.
+    pub(crate) records: Vec<(DatasetName, Vec<u8>)>,
+    /// Answered with the last record's LSN.
+    pub(crate) done: oneshot::Sender<Result<Lsn>>,
+}
+
+impl Commit {
+    pub(crate) fn bytes(&self) -> usize {
+        self.records.iter().map(|(_, p)| p.len()).sum()
+    }
+}
+
+impl Storage {
+    /// Refuses new work while the write buffers are over their bound, or while the data
+    /// directory's disk has less than `min_free_disk_bytes` free.
+    pub fn check_capacity(&self) -> Result<()> {
+        if self.config.min_free_disk_bytes > 0
+            && let Some(free) = free_disk_bytes(&self.config.data_dir)
+            && free < self.config.min_free_disk_bytes
+        {
+            return Err(Error::DiskFull(format!(
+                "{free} bytes free in {}, below the limit of {} (set with --min-free-disk-bytes / SONDE_MIN_FREE_DISK_BYTES)",
+                self.config.data_dir.display(),
+                self.config.min_free_disk_bytes
+            )));
+        }
+        let held = self.buffered_bytes.load(Ordering::Relaxed);
+        if held > self.config.max_buffer_bytes {
+            self.flush_wanted.notify_one();
+            return Err(Error::Backpressure {
+                held,
+                limit: self.config.max_buffer_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Stores events durably: returns after they are in the WAL (fsynced with the default
+    /// durability) and visible in the write buffer. Returns the record's LSN.
+    pub async fn ingest(&self, dataset: &DatasetName, events: Vec<Event>) -> Result<Lsn> {
+        self.ingest_all(vec![(dataset.clone(), events)]).await
+    }
+
+    /// Stores one request's events for several datasets, all or nothing: one record per
+    /// dataset, written in one append and acknowledged together, so an error leaves none of
+    /// them stored and the client's retry doubles nothing. Returns the last record's LSN.
+    pub async fn ingest_all(&self, batches: Vec<(DatasetName, Vec<Event>)>) -> Result<Lsn> {
+        let batches: Vec<_> = batches.into_iter().filter(|(_, events)| !events.is_empty()).collect();
+        if batches.is_empty() {
+            return Ok(self.applied_lsn.load(Ordering::Acquire));
+        }
+        self.check_capacity()?;
+        let mut n = 0u64;
+        let mut records = Vec::with_capacity(batches.len());
+        for (dataset, events) in batches {
+            n += events.len() as u64;
+            records.push((dataset.clone(), wal::encode_payload(&dataset, &events)));
+            // Freed here, on the thread that made them, rather than by the WAL thread.
+            drop(events);
+        }
+        let (done, rx) = oneshot::channel();
+        let tx = self.commit_tx.lock().unwrap().clone().ok_or(Error::ShuttingDown)?;
+        tx.send(Commit { records, done })
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        let lsn = rx.await.map_err(|_| Error::ShuttingDown)??;
+        self.stats.events_ingested.fetch_add(n, Ordering::Relaxed);
+        Ok(lsn)
+    }
+
+    /// The WAL thread: group commit, then apply in LSN order, then acknowledge.
+    pub(crate) fn wal_loop(self: Arc<Self>, mut rx: mpsc::Receiver<Commit>, mut file: wal::WalFile, mut next_lsn: Lsn) {
+        const MAX_GROUP_BYTES: usize = 32 * 1024 * 1024;
+        let sync = self.config.durability == Durability::Fsync;
+        let mut broken: Option<String> = None;
+        while let Some(first) = rx.blocking_recv() {
+            let mut bytes = first.bytes();
+            let mut group = vec![first];
+            while bytes < MAX_GROUP_BYTES {
+                match rx.try_recv() {
+                    Ok(c) => {
+                        bytes += c.bytes();
+                        group.push(c);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if let Some(why) = &broken {
+                for c in group {
+                    let _ = c.done.send(Err(Error::WalFailed(why.clone())));
+                }
+                continue;
+            }
+            let records: usize = group.iter().map(|c| c.records.len()).sum();
+            let mut framed = Vec::with_capacity(bytes + 16 * records);
+            for (lsn, (_, payload)) in (next_lsn..).zip(group.iter().flat_map(|c| &c.records)) {
+                wal::frame_record(&mut framed, lsn, payload);
+            }
+            if let Err(e) = file.append(&framed, sync) {
+                if let Error::DiskFull(_) = e {
+                    // The append was cut back off the file: nothing of this group is
+                    // acknowledged, and the WAL goes on once there is room.
+                    tracing::warn!(error = %e, "wal append refused: disk full");
+                    let why = e.to_string();
+                    for c in group {
+                        let _ = c.done.send(Err(Error::DiskFull(why.clone())));
+                    }
+                    continue;
+                }
+                // Nothing of this group is acknowledged. The file may now end in a partial
+                // group, which replay would cut as a torn tail together with every later
+                // record, so stop writing: further ingest fails until restart.
+                tracing::error!(error = %e, "wal append failed; refusing further writes");
+                let why = e.to_string();
+                for c in group {
+                    let _ = c.done.send(Err(Error::WalFailed(why.clone())));
+                }
+                broken = Some(why);
+                continue;
+            }
+            self.stats.wal_syncs.fetch_add(1, Ordering::Relaxed);
+            self.stats.wal_records.fetch_add(records as u64, Ordering::Relaxed);
+            for c in group {
+                for (dataset, payload) in &c.records {
+                    let lsn = next_lsn;
+                    next_lsn += 1;
+                    self.apply(lsn, dataset, false, |buffer, known, now| {
+                        let whole = buffer.append_payload(lsn, payload, known, now);
+                        debug_assert!(whole, "a payload this process encoded reads back whole");
+                    });
+                    self.applied_lsn.store(lsn, Ordering::Release);
+                }
+                let _ = c.done.send(Ok(next_lsn - 1));
+            }
+            match file.maybe_rotate(next_lsn) {
+                Ok(()) => {}
+                // The current file stays valid and takes the next records; rotation is retried.
+                Err(e @ Error::DiskFull(_)) => tracing::warn!(error = %e, "wal rotation postponed"),
+                Err(e) => {
+                    tracing::error!(error = %e, "wal rotation failed; refusing further writes");
+                    broken = Some(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Applies one WAL record to its dataset's write buffer. During replay, records the
+    /// catalog already covers are skipped (returns false).
+    pub(crate) fn apply(
+        &self,
+        lsn: Lsn,
+        dataset: &DatasetName,
+        replaying: bool,
+        fill: impl FnOnce(&mut WriteBuffer, buffer::KnownTypes<'_>, i64),
+    ) -> bool {
+        let state = self.dataset_state_or_create(dataset);
+        let mut st = state.lock().unwrap();
+        if replaying && lsn <= st.flushed_lsn {
+            return false;
+        }
+        st.deleted = false;
+        let before = st.active.approx_bytes();
+        let DatasetState { columns, active, .. } = &mut *st;
+        let known = |name: &str| columns.get(name).map(|c| c.ty);
+        fill(active, &known, sonde_model::time::now_us());
+        let grown = active.approx_bytes() - before;
+        self.buffered_bytes.fetch_add(grown, Ordering::Relaxed);
+        if active.approx_bytes() >= buffer::MAX_BUFFER_BYTES {
+            // The flusher is behind (a slow store, or limits set very high): freeze the buffer
+            // here, because one buffer's string column cannot pass 2 GiB.
+            freeze_active(&mut st);
+        }
+        let active = &st.active;
+        if !st.frozen.is_empty()
+            || active.rows() >= self.config.flush_rows
+            || active.approx_bytes() >= self.config.flush_bytes
+        {
+            self.flush_wanted.notify_one();
+        }
+        true
+    }
+}
+
+/// Free bytes (for unprivileged users) on the filesystem holding `dir`, if it can be read.
+pub(crate) fn free_disk_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid NUL-terminated string and `st` a writable statvfs.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}

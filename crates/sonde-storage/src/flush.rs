@@ -1,0 +1,225 @@
+//! Flushing: freezing buffers by size or age, writing each as a time-sorted Parquet segment,
+//! verifying it, cataloging it, and dropping the WAL files every dataset has moved past; the
+//! catalog snapshot that follows every change of the segment lists.
+
+use super::*;
+
+impl Storage {
+    /// Flushes every dataset's buffer to segments now (used at shutdown and by tests).
+    pub async fn flush_all(&self) -> Result<()> {
+        let names: Vec<_> = self.datasets.read().unwrap().keys().cloned().collect();
+        for n in names {
+            self.flush_dataset(&n).await?;
+        }
+        Ok(())
+    }
+
+    /// Flushes the datasets whose buffers are due by size or age.
+    pub(crate) async fn flush_due(&self) -> Result<()> {
+        let now = sonde_model::time::now_us();
+        let age_us = self.config.flush_age.as_micros() as i64;
+        let over_bound = self.buffered_bytes.load(Ordering::Relaxed) > self.config.max_buffer_bytes / 2;
+        let due: Vec<DatasetName> = {
+            let map = self.datasets.read().unwrap();
+            map.iter()
+                .filter(|(_, s)| {
+                    let st = s.lock().unwrap();
+                    let a = &st.active;
+                    !st.frozen.is_empty()
+                        || (a.rows() > 0
+                            && (over_bound
+                                || a.rows() >= self.config.flush_rows
+                                || a.approx_bytes() >= self.config.flush_bytes
+                                || a.oldest_arrival_us().is_some_and(|t| now - t >= age_us)))
+                })
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        for n in due {
+            self.flush_dataset(&n).await?;
+        }
+        Ok(())
+    }
+
+    /// Freezes a dataset's buffer and writes it (and any earlier frozen buffers) as segments.
+    pub async fn flush_dataset(&self, dataset: &DatasetName) -> Result<()> {
+        let _one_at_a_time = self.flush_lock.lock().await;
+        let Some(state) = self.dataset_state(dataset) else {
+            return Ok(());
+        };
+        let pending = {
+            let mut st = state.lock().unwrap();
+            freeze_active(&mut st);
+            st.frozen.clone()
+        };
+        for frozen in pending {
+            self.write_segment(dataset, &state, &frozen).await?;
+        }
+        let watermark = self.wal_watermark();
+        let removed = wal::remove_files_below(&wal::wal_dir(&self.config.data_dir), watermark)?;
+        if removed > 0 {
+            tracing::debug!(removed, watermark, "wal files removed");
+        }
+        Ok(())
+    }
+
+    /// Writes a time-sorted batch as a new segment file: encode, put, fsync, read back and
+    /// compare row count and time bounds. The catalog does not name it yet.
+    pub(crate) async fn persist_segment(
+        &self,
+        dataset: &DatasetName,
+        batch: RecordBatch,
+        min_lsn: Lsn,
+        max_lsn: Lsn,
+    ) -> Result<Arc<SegmentMeta>> {
+        let id = self.next_segment_id.fetch_add(1, Ordering::SeqCst);
+        let path = segment_path(dataset, id);
+        let before = segment::batch_facts(&batch)?;
+        let opts = self.config.segment.clone();
+        let raw_bytes = batch.get_array_memory_size() as u64;
+        let schema = batch.schema();
+        let index = self.index.clone();
+        // Off the async workers: sorting, encoding, and indexing now while the rows are in memory (an
+        // unused id's cache entry is harmless).
+        let (encoded, idx) = tokio::task::spawn_blocking(move || -> Result<_> {
+            // Frozen buffers are in arrival order; segments are sorted by time.
+            let batch = segment::sort_by_time(&batch)?;
+            let idx = index.insert_from_batch(id, &batch)?;
+            Ok((segment::encode(&batch, &opts)?, idx))
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("segment encoder panicked: {e}")))??;
+        let size = encoded.bytes.len() as u64;
+        let store_path = StorePath::from(path.as_str());
+        self.store.put(&store_path, encoded.bytes.into()).await?;
+        self.sync_local(&path)?;
+        // The index file is a cache: a failure to write it only costs a rebuild later.
+        let idx_path = index::index_path(&path);
+        if let Err(e) = self.store.put(&StorePath::from(idx_path.as_str()), idx.into()).await {
+            tracing::warn!(file = %idx_path, error = %e, "could not write index file");
+        }
+        // The other side of the disk: read the file back and compare.
+        let back = self.store.get(&store_path).await?.bytes().await?;
+        let after = tokio::task::spawn_blocking(move || segment::read_facts(back))
+            .await
+            .map_err(|e| Error::Invalid(format!("segment reader panicked: {e}")))??;
+        if before != after {
+            return Err(Error::Invalid(format!(
+                "segment {path} read back as {after:?}, written as {before:?}"
+            )));
+        }
+        Ok(Arc::new(SegmentMeta {
+            id,
+            path,
+            rows: before.rows,
+            bytes: size,
+            raw_bytes,
+            min_ts_us: before.min_ts_us,
+            max_ts_us: before.max_ts_us,
+            min_lsn,
+            max_lsn,
+            columns: schema
+                .fields()
+                .iter()
+                .filter(|f| !is_reserved(f.name()))
+                .filter_map(|f| Some((f.name().clone(), buffer::column_type_of(f.data_type())?)))
+                .collect(),
+            distinct_columns: encoded.distinct_columns,
+        }))
+    }
+
+    pub(crate) async fn write_segment(
+        &self,
+        dataset: &DatasetName,
+        state: &Mutex<DatasetState>,
+        frozen: &Arc<Frozen>,
+    ) -> Result<()> {
+        let meta = self
+            .persist_segment(dataset, frozen.batch.clone(), frozen.min_lsn, frozen.max_lsn)
+            .await?;
+        let schema = frozen.batch.schema();
+        {
+            // Swap frozen → segment in one step, so a query sees each event exactly once.
+            let mut st = state.lock().unwrap();
+            merge_columns(&mut st.columns, &schema, meta.min_ts_us, meta.max_ts_us);
+            st.segments.push(meta.clone());
+            st.frozen.retain(|f| !Arc::ptr_eq(f, frozen));
+            st.flushed_lsn = st.flushed_lsn.max(frozen.max_lsn);
+        }
+        self.buffered_bytes.fetch_sub(
+            frozen.bytes.min(self.buffered_bytes.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        self.persist_catalog().await?;
+        self.stats.segments_flushed.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(dataset = %dataset, segment = meta.id, rows = meta.rows, bytes = meta.bytes, "segment flushed");
+        Ok(())
+    }
+
+    /// Fsyncs a segment file and its directory (the local store does not).
+    pub(crate) fn sync_local(&self, path: &str) -> Result<()> {
+        if !self.local {
+            return Ok(());
+        }
+        let full = self.config.data_dir.join(path);
+        std::fs::File::open(&full)?.sync_all()?;
+        if let Some(dir) = full.parent() {
+            wal::sync_dir(dir)?;
+            if let Some(parent) = dir.parent() {
+                wal::sync_dir(parent)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the catalog from the in-memory state of every dataset.
+    pub(crate) async fn persist_catalog(&self) -> Result<()> {
+        // Before the segment lists are read (see `graveyard`).
+        let generation = self.graveyard.begin_catalog();
+        let mut catalog = Catalog {
+            version: catalog::CATALOG_VERSION,
+            next_segment_id: self.next_segment_id.load(Ordering::SeqCst),
+            datasets: BTreeMap::new(),
+        };
+        for (name, state) in self.datasets.read().unwrap().iter() {
+            let st = state.lock().unwrap();
+            if st.segments.is_empty() && st.flushed_lsn == 0 {
+                continue;
+            }
+            catalog.datasets.insert(
+                name.to_string(),
+                DatasetEntry {
+                    flushed_lsn: st.flushed_lsn,
+                    columns: st.columns.clone(),
+                    segments: st.segments.iter().map(|s| (**s).clone()).collect(),
+                    deleted: st.deleted,
+                },
+            );
+        }
+        self.catalog_store.store(&catalog).await?;
+        self.graveyard.catalog_durable(generation);
+        Ok(())
+    }
+}
+
+pub(crate) fn segment_path(dataset: &DatasetName, id: u64) -> String {
+    format!("datasets/{dataset}/seg-{id:012}.parquet")
+}
+
+pub(crate) async fn flush_loop(s: Arc<Storage>, mut stop: watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let wait = s.flush_wanted.notified();
+        if let Err(e) = s.flush_due().await {
+            tracing::error!(error = %e, "flush failed; events stay in the buffer and the WAL");
+        }
+        s.reap_graveyard().await;
+        tokio::select! {
+            _ = wait => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Background upkeep: compaction, retention, deletion of datasets, and deleting the files of
+//! segments no longer cataloged (see `graveyard`); orphan files found at start.
+
+use super::*;
+
+impl Storage {
+    /// Deletes the files of buried segments that no query holds any more.
+    pub(crate) async fn reap_graveyard(&self) {
+        for seg in self.graveyard.take_dead() {
+            let idx = StorePath::from(index::index_path(&seg.path));
+            if let Err(e) = self.store.delete(&idx).await
+                && !matches!(e, object_store::Error::NotFound { .. })
+            {
+                tracing::warn!(file = %idx, error = %e, "could not delete index file");
+            }
+            match self.store.delete(&StorePath::from(seg.path.as_str())).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                    self.stats.segment_files_deleted.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => tracing::warn!(file = %seg.path, error = %e, "could not delete segment file"),
+            }
+        }
+    }
+
+    pub(crate) fn bury(&self, segments: impl IntoIterator<Item = Arc<SegmentMeta>>) {
+        self.graveyard.bury(segments);
+    }
+
+    /// Runs one round of compaction over every dataset; returns the number of merges.
+    pub async fn compact(&self) -> Result<usize> {
+        let target = self.config.compaction_target_rows;
+        if target == 0 {
+            return Ok(0);
+        }
+        let names: Vec<_> = self.datasets.read().unwrap().keys().cloned().collect();
+        let mut merges = 0;
+        for ds in names {
+            let Some(state) = self.dataset_state(&ds) else { continue };
+            let (segments, types) = {
+                let st = state.lock().unwrap();
+                (
+                    st.segments.clone(),
+                    st.columns
+                        .iter()
+                        .map(|(n, c)| (n.clone(), c.ty))
+                        .collect::<BTreeMap<_, _>>(),
+                )
+            };
+            for group in compaction::plan(&segments, target) {
+                self.merge_group(&ds, &state, group, &types).await?;
+                merges += 1;
+            }
+        }
+        Ok(merges)
+    }
+
+    pub(crate) async fn merge_group(
+        &self,
+        ds: &DatasetName,
+        state: &Mutex<DatasetState>,
+        group: Vec<Arc<SegmentMeta>>,
+        types: &BTreeMap<String, ColumnType>,
+    ) -> Result<()> {
+        let mut files = Vec::with_capacity(group.len());
+        for s in &group {
+            files.push(self.store.get(&StorePath::from(s.path.as_str())).await?.bytes().await?);
+        }
+        let schema = compaction::merged_schema(&group, types);
+        let batch = tokio::task::spawn_blocking(move || compaction::merge(files, &schema))
+            .await
+            .map_err(|e| Error::Invalid(format!("compaction panicked: {e}")))??;
+        compaction::check_merged(&group, &segment::batch_facts(&batch)?)?;
+        let min_lsn = group.iter().map(|s| s.min_lsn).min().unwrap_or(0);
+        let max_lsn = group.iter().map(|s| s.max_lsn).max().unwrap_or(0);
+        let meta = self.persist_segment(ds, batch, min_lsn, max_lsn).await?;
+        let (id, path, rows, size) = (meta.id, meta.path.clone(), meta.rows, meta.bytes);
+        let _one_at_a_time = self.flush_lock.lock().await;
+        let swapped = {
+            let mut st = state.lock().unwrap();
+            let ids: std::collections::HashSet<u64> = group.iter().map(|s| s.id).collect();
+            let intact = st.segments.iter().filter(|s| ids.contains(&s.id)).count() == group.len();
+            if intact {
+                st.segments.retain(|s| !ids.contains(&s.id));
+                st.segments.push(meta);
+                st.segments.sort_by_key(|s| (s.min_ts_us, s.id));
+            }
+            intact
+        };
+        if !swapped {
+            // Retention or deletion took some inputs meanwhile: drop this merge.
+            let _ = self.store.delete(&StorePath::from(path.as_str())).await;
+            return Ok(());
+        }
+        self.bury(group.iter().cloned());
+        self.persist_catalog().await?;
+        self.stats.compactions.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(dataset = %ds, segment = id, inputs = group.len(), rows, bytes = size, "segments compacted");
+        Ok(())
+    }
+
+    /// Drops segments wholly older than their dataset's retention; returns how many.
+    pub async fn apply_retention(&self) -> Result<usize> {
+        if self.config.retention.is_none() && self.config.retention_by_dataset.is_empty() {
+            return Ok(0);
+        }
+        let now = sonde_model::time::now_us();
+        let _one_at_a_time = self.flush_lock.lock().await;
+        let mut dropped = Vec::new();
+        for (name, state) in self.datasets.read().unwrap().iter() {
+            let keep = self
+                .config
+                .retention_by_dataset
+                .get(name.as_str())
+                .copied()
+                .or(self.config.retention);
+            let Some(keep) = keep else { continue };
+            let cutoff = now - keep.as_micros() as i64;
+            let mut st = state.lock().unwrap();
+            let (old, young): (Vec<_>, Vec<_>) = st.segments.drain(..).partition(|s| s.max_ts_us < cutoff);
+            st.segments = young;
+            dropped.extend(old);
+        }
+        let n = dropped.len();
+        if n > 0 {
+            self.bury(dropped);
+            self.persist_catalog().await?;
+            self.stats.segments_expired.fetch_add(n as u64, Ordering::Relaxed);
+            tracing::info!(segments = n, "segments dropped by retention");
+        }
+        Ok(n)
+    }
+
+    /// Deletes a dataset: its segments (files removed once no query reads them) and its
+    /// buffered events. Returns false if there was no such dataset.
+    pub async fn delete_dataset(&self, dataset: &DatasetName) -> Result<bool> {
+        let Some(state) = self.dataset_state(dataset) else {
+            return Ok(false);
+        };
+        let _one_at_a_time = self.flush_lock.lock().await;
+        let segments = {
+            let mut st = state.lock().unwrap();
+            if st.deleted {
+                return Ok(false);
+            }
+            // Every record applied so far is now "covered": replay must not bring it back.
+            let buffered_max = st
+                .frozen
+                .iter()
+                .map(|f| f.max_lsn)
+                .chain([st.active.max_lsn()])
+                .max()
+                .unwrap_or(0);
+            let freed: usize = st.frozen.iter().map(|f| f.bytes).sum::<usize>() + st.active.approx_bytes();
+            st.flushed_lsn = st.flushed_lsn.max(buffered_max);
+            st.frozen.clear();
+            st.active = WriteBuffer::default();
+            st.columns.clear();
+            st.deleted = true;
+            self.buffered_bytes.fetch_sub(
+                freed.min(self.buffered_bytes.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
+            std::mem::take(&mut st.segments)
+        };
+        self.bury(segments);
+        self.persist_catalog().await?;
+        tracing::info!(dataset = %dataset, "dataset deleted");
+        Ok(true)
+    }
+}
+
+/// Compaction, retention and deletion of unreferenced files, every `maintenance_interval`.
+pub(crate) async fn maintenance_loop(s: Arc<Storage>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(s.config.maintenance_interval) => {}
+            // Told to stop, or the storage is gone.
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = s.apply_retention().await {
+            tracing::error!(error = %e, "retention failed");
+        }
+        if let Err(e) = s.compact().await {
+            tracing::error!(error = %e, "compaction failed; the input segments stay");
+        }
+        s.reap_graveyard().await;
+    }
+}
+
+/// Deletes segment files the catalog does not name: left by a crash between writing a segment
+/// and cataloging it (their events are still in the WAL and are replayed), or between
+/// cataloging a compaction and deleting its inputs.
+pub(crate) async fn remove_orphans(store: &Arc<dyn ObjectStore>, catalog: &Catalog) -> Result<()> {
+    use futures::TryStreamExt;
+    let known: std::collections::HashSet<String> = catalog
+        .datasets
+        .values()
+        .flat_map(|d| {
+            d.segments
+                .iter()
+                .flat_map(|s| [s.path.clone(), index::index_path(&s.path)])
+        })
+        .collect();
+    let prefix = StorePath::from("datasets");
+    let files: Vec<object_store::ObjectMeta> = store.list(Some(&prefix)).try_collect().await?;
+    for f in files {
+        if !known.contains(f.location.as_ref()) {
+            tracing::warn!(file = %f.location, "removing orphan segment file");
+            store.delete(&f.location).await?;
+        }
+    }
+    Ok(())
+}

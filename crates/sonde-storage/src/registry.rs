@@ -1,0 +1,192 @@
+//! The datasets this node holds: per dataset its catalog state, frozen and active write
+//! buffers; consistent snapshots for queries (each event in exactly one of segments and
+//! buffers), facts for the schema API, and the WAL watermark.
+
+use super::*;
+
+/// A frozen buffer: taken out of the active buffer for flushing, still visible to queries
+/// until its segment is in the catalog.
+#[derive(Debug)]
+pub(crate) struct Frozen {
+    pub(crate) batch: RecordBatch,
+    pub(crate) min_lsn: Lsn,
+    pub(crate) max_lsn: Lsn,
+    pub(crate) bytes: usize,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct DatasetState {
+    /// Deleted and not written to since (see `DatasetEntry::deleted`).
+    pub(crate) deleted: bool,
+    pub(crate) flushed_lsn: Lsn,
+    pub(crate) columns: BTreeMap<String, ColumnEntry>,
+    pub(crate) segments: Vec<Arc<SegmentMeta>>,
+    pub(crate) frozen: Vec<Arc<Frozen>>,
+    pub(crate) active: WriteBuffer,
+}
+
+impl DatasetState {
+    pub(crate) fn min_unflushed_lsn(&self) -> Option<Lsn> {
+        self.frozen.first().map(|f| f.min_lsn).or(self.active.min_lsn())
+    }
+}
+
+/// A consistent view of one dataset for a query: its segments plus the buffered events not in
+/// them, each event in exactly one of the two.
+#[derive(Debug, Clone)]
+pub struct DatasetSnapshot {
+    /// The dataset.
+    pub dataset: DatasetName,
+    /// Cataloged segments.
+    pub segments: Vec<Arc<SegmentMeta>>,
+    /// Buffered events (frozen and active), as batches with their own schemas.
+    pub buffered: Vec<RecordBatch>,
+    /// The dataset's columns, widened over segments and buffers (reserved columns excluded).
+    pub columns: BTreeMap<String, ColumnEntry>,
+}
+
+/// Facts about one dataset, for the schema API and stats.
+#[derive(Debug, Clone)]
+pub struct DatasetInfo {
+    /// The dataset.
+    pub name: DatasetName,
+    /// Events in segments.
+    pub segment_rows: u64,
+    /// Events in the write buffer.
+    pub buffered_rows: u64,
+    /// Number of segments.
+    pub segments: usize,
+    /// Bytes of segments on disk.
+    pub segment_bytes: u64,
+    /// Earliest and latest event time (µs), if any.
+    pub time_bounds: Option<(i64, i64)>,
+}
+
+/// Moves a dataset's active buffer (if it holds events) to its frozen list, as one batch in
+/// arrival order; the flusher sorts and writes it.
+pub(crate) fn freeze_active(st: &mut DatasetState) {
+    if st.active.rows() == 0 {
+        return;
+    }
+    let active = std::mem::take(&mut st.active);
+    let (min_lsn, max_lsn, bytes) = (active.min_lsn().unwrap_or(0), active.max_lsn(), active.approx_bytes());
+    st.frozen.push(Arc::new(Frozen {
+        batch: active.into_record_batch(),
+        min_lsn,
+        max_lsn,
+        bytes,
+    }));
+}
+
+pub(crate) fn merge_columns(columns: &mut BTreeMap<String, ColumnEntry>, schema: &SchemaRef, min_us: i64, max_us: i64) {
+    for f in schema.fields() {
+        if is_reserved(f.name()) {
+            continue;
+        }
+        let Some(ty) = buffer::column_type_of(f.data_type()) else {
+            continue;
+        };
+        columns
+            .entry(f.name().clone())
+            .and_modify(|c| c.merge(ty, min_us, max_us))
+            .or_insert(ColumnEntry {
+                ty,
+                first_seen_us: min_us,
+                last_seen_us: max_us,
+            });
+    }
+}
+
+impl Storage {
+    pub(crate) fn dataset_state_or_create(&self, dataset: &DatasetName) -> Arc<Mutex<DatasetState>> {
+        if let Some(s) = self.datasets.read().unwrap().get(dataset) {
+            return s.clone();
+        }
+        self.datasets
+            .write()
+            .unwrap()
+            .entry(dataset.clone())
+            .or_default()
+            .clone()
+    }
+
+    pub(crate) fn dataset_state(&self, dataset: &DatasetName) -> Option<Arc<Mutex<DatasetState>>> {
+        self.datasets.read().unwrap().get(dataset).cloned()
+    }
+
+    /// All datasets, by name.
+    pub fn datasets(&self) -> Vec<DatasetInfo> {
+        let names: Vec<_> = self.datasets.read().unwrap().keys().cloned().collect();
+        names.iter().filter_map(|n| self.dataset_info(n)).collect()
+    }
+
+    /// Facts about one dataset, `None` if it does not exist.
+    pub fn dataset_info(&self, dataset: &DatasetName) -> Option<DatasetInfo> {
+        let state = self.dataset_state(dataset)?;
+        let st = state.lock().unwrap();
+        if st.deleted {
+            return None;
+        }
+        let mut bounds: Option<(i64, i64)> = None;
+        let mut widen = |b: (i64, i64)| {
+            bounds = Some(bounds.map_or(b, |(lo, hi)| (lo.min(b.0), hi.max(b.1))));
+        };
+        for s in &st.segments {
+            widen((s.min_ts_us, s.max_ts_us));
+        }
+        for f in &st.frozen {
+            if let Ok(facts) = segment::batch_facts(&f.batch)
+                && facts.rows > 0
+            {
+                widen((facts.min_ts_us, facts.max_ts_us));
+            }
+        }
+        if let Some(b) = st.active.time_bounds() {
+            widen(b);
+        }
+        Some(DatasetInfo {
+            name: dataset.clone(),
+            segment_rows: st.segments.iter().map(|s| s.rows).sum(),
+            buffered_rows: (st.frozen.iter().map(|f| f.batch.num_rows()).sum::<usize>() + st.active.rows()) as u64,
+            segments: st.segments.len(),
+            segment_bytes: st.segments.iter().map(|s| s.bytes).sum(),
+            time_bounds: bounds,
+        })
+    }
+
+    /// A consistent snapshot of a dataset for querying, `None` if it does not exist.
+    pub fn snapshot(&self, dataset: &DatasetName) -> Option<DatasetSnapshot> {
+        let state = self.dataset_state(dataset)?;
+        let mut st = state.lock().unwrap();
+        if st.deleted {
+            return None;
+        }
+        let mut columns = st.columns.clone();
+        let mut buffered: Vec<RecordBatch> = st.frozen.iter().map(|f| f.batch.clone()).collect();
+        if st.active.rows() > 0 {
+            buffered.extend(st.active.query_batches());
+        }
+        for b in &buffered {
+            let Ok(facts) = segment::batch_facts(b) else { continue };
+            merge_columns(&mut columns, &b.schema(), facts.min_ts_us, facts.max_ts_us);
+        }
+        Some(DatasetSnapshot {
+            dataset: dataset.clone(),
+            segments: st.segments.clone(),
+            buffered,
+            columns,
+        })
+    }
+
+    /// The lowest LSN that some write buffer still needs from the WAL.
+    pub(crate) fn wal_watermark(&self) -> Lsn {
+        // Read the applied LSN first: anything applied after this read has a higher LSN.
+        let applied = self.applied_lsn.load(Ordering::Acquire);
+        let map = self.datasets.read().unwrap();
+        map.values()
+            .filter_map(|s| s.lock().unwrap().min_unflushed_lsn())
+            .min()
+            .unwrap_or(applied + 1)
+            .min(applied + 1)
+    }
+}
