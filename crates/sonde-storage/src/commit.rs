@@ -21,6 +21,15 @@ impl Commit {
     }
 }
 
+/// Where a record being applied to the write buffers comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Just written by the WAL thread.
+    Live,
+    /// Read back from the WAL at start: skipped when the catalog already covers its LSN.
+    Replay,
+}
+
 impl Storage {
     /// Refuses new work while the write buffers are over their bound, or while the data
     /// directory's disk has less than `min_free_disk_bytes` free.
@@ -135,7 +144,7 @@ impl Storage {
                 for (dataset, payload) in &c.records {
                     let lsn = next_lsn;
                     next_lsn += 1;
-                    self.apply(lsn, dataset, false, |buffer, known, now| {
+                    self.apply(lsn, dataset, Origin::Live, |buffer, known, now| {
                         let whole = buffer.append_payload(lsn, payload, known, now);
                         debug_assert!(whole, "a payload this process encoded reads back whole");
                     });
@@ -161,12 +170,12 @@ impl Storage {
         &self,
         lsn: Lsn,
         dataset: &DatasetName,
-        replaying: bool,
+        origin: Origin,
         fill: impl FnOnce(&mut WriteBuffer, buffer::KnownTypes<'_>, i64),
     ) -> bool {
         let state = self.dataset_state_or_create(dataset);
         let mut st = state.lock().unwrap();
-        if replaying && lsn <= st.flushed_lsn {
+        if origin == Origin::Replay && lsn <= st.flushed_lsn {
             return false;
         }
         st.deleted = false;

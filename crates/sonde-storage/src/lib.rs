@@ -44,7 +44,7 @@ pub mod source;
 mod stats;
 mod wal;
 
-use commit::Commit;
+use commit::{Commit, Origin};
 pub use config::{Durability, StorageConfig};
 use flush::flush_loop;
 use maintenance::{maintenance_loop, remove_orphans};
@@ -250,7 +250,7 @@ impl Storage {
 
         let mut replayed = 0u64;
         for rec in &replay.records {
-            if storage.apply(rec.lsn, &rec.dataset, true, |buffer, known, now| {
+            if storage.apply(rec.lsn, &rec.dataset, Origin::Replay, |buffer, known, now| {
                 buffer.append(rec.lsn, &rec.events, known, now)
             }) {
                 replayed += rec.events.len() as u64;

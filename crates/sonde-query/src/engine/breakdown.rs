@@ -25,13 +25,45 @@ pub(super) fn c_alias(i: usize) -> String {
     format!("c{i}")
 }
 
-/// One group's breakdown values, as JSON (the group key).
-pub(super) type GroupKey = Vec<Value>;
+/// One group's breakdown values (as they are answered), compared and hashed by value, so the
+/// series and heatmap rows find their group directly (they used to go through JSON text).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct GroupKey(Vec<Value>);
+
+impl Eq for GroupKey {}
+
+impl std::hash::Hash for GroupKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Equal values hash equally: a cell's number is an integer or a float, never both.
+        for v in &self.0 {
+            match v {
+                Value::Null => 0u8.hash(state),
+                Value::Bool(b) => (1u8, b).hash(state),
+                Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+                    (Some(i), _) => (2u8, i).hash(state),
+                    (None, Some(u)) => (3u8, u).hash(state),
+                    _ => (4u8, n.as_f64().unwrap_or_default().to_bits()).hash(state),
+                },
+                Value::String(s) => (5u8, s).hash(state),
+                other => (6u8, other.to_string()).hash(state),
+            }
+        }
+    }
+}
+
+impl std::ops::Index<usize> for GroupKey {
+    type Output = Value;
+    fn index(&self, i: usize) -> &Value {
+        &self.0[i]
+    }
+}
 
 pub(super) fn group_of(batch: &RecordBatch, row: usize, n: usize) -> GroupKey {
-    (0..n)
-        .map(|i| json::cell(batch.column_by_name(&b_alias(i)).unwrap().as_ref(), row))
-        .collect()
+    GroupKey(
+        (0..n)
+            .map(|i| json::cell(batch.column_by_name(&b_alias(i)).unwrap().as_ref(), row))
+            .collect(),
+    )
 }
 
 impl Run<'_> {
@@ -207,11 +239,7 @@ impl Run<'_> {
         let truncated = groups.len() > plan.limit;
         groups.truncate(plan.limit);
         results.truncate(plan.limit);
-        let group_index: HashMap<String, usize> = groups
-            .iter()
-            .enumerate()
-            .map(|(i, g)| (Value::Array(g.clone()).to_string(), i))
-            .collect();
+        let group_index: HashMap<GroupKey, usize> = groups.iter().enumerate().map(|(i, g)| (g.clone(), i)).collect();
 
         // Later queries only need the groups that made the cut (past the limit and havings).
         let restricted = if truncated || !plan.havings.is_empty() {
@@ -258,7 +286,7 @@ impl Run<'_> {
                         let Some(t) = json::cell(t_col.as_ref(), row).as_i64() else {
                             continue;
                         };
-                        let key = Value::Array(group_of(&b, row, nb)).to_string();
+                        let key = group_of(&b, row, nb);
                         let Some(&g) = group_index.get(&key) else { continue };
                         let m = series.entry((t, g)).or_default();
                         for (i, c) in plan.calcs.iter().enumerate() {
@@ -318,7 +346,7 @@ impl Run<'_> {
                 let t_col = b.column_by_name("t").unwrap().clone();
                 let e_col = b.column_by_name("ended").unwrap().clone();
                 for row in 0..b.num_rows() {
-                    let key = Value::Array(group_of(&b, row, nb)).to_string();
+                    let key = group_of(&b, row, nb);
                     if let (Some(&g), Some(t), Some(e)) = (
                         group_index.get(&key),
                         json::cell(t_col.as_ref(), row).as_i64(),
@@ -374,7 +402,7 @@ impl Run<'_> {
             let mut totals: Vec<Vec<i64>> = vec![vec![0; nbk]; groups.len()];
             for b in self.collect(df).await? {
                 for row in 0..b.num_rows() {
-                    let key = Value::Array(group_of(&b, row, nb)).to_string();
+                    let key = group_of(&b, row, nb);
                     let (Some(&g), Some(t), Some(v), Some(n)) = (
                         group_index.get(&key),
                         json::cell(b.column_by_name("t").unwrap().as_ref(), row).as_i64(),
