@@ -10,8 +10,12 @@
 //! event's sample rate. Each event is flattened and checked against the limits on its own; the
 //! rejected ones are counted in OTLP's `partial_success`, the others kept.
 
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind, status::StatusCode as SpanStatus};
 use serde_json::{Map, Value, json};
@@ -293,6 +297,73 @@ pub fn map_logs(
         }
     }
     out
+}
+
+/// An OTLP signal Sonde stores (traces, logs): its export request and response messages and
+/// its mapping, so the transports (OTLP/HTTP in protobuf or JSON, OTLP/gRPC) are written once.
+pub trait Signal: Send + Sync + 'static {
+    /// The export request (`ExportTraceServiceRequest`, …).
+    type Request: prost::Message + Default + serde::de::DeserializeOwned + Send + 'static;
+    /// The export response.
+    type Response: prost::Message + Default + Send + 'static;
+    /// Maps a request to events (`now_us` stands in for records without a time).
+    fn map(req: &Self::Request, dataset_override: Option<&DatasetName>, limits: &Limits, now_us: i64) -> Mapped;
+    /// The response to a request some of whose records were refused (`None`: none were), and
+    /// the same in OTLP/JSON (whose 64-bit counts are strings).
+    fn respond(refused: Option<(i64, String)>) -> (Self::Response, Value);
+}
+
+/// OTLP traces: one event per span, span event and link.
+#[derive(Debug)]
+pub struct Traces;
+
+/// OTLP logs: one event per log record.
+#[derive(Debug)]
+pub struct Logs;
+
+impl Signal for Traces {
+    type Request = ExportTraceServiceRequest;
+    type Response = ExportTraceServiceResponse;
+    fn map(req: &Self::Request, dataset_override: Option<&DatasetName>, limits: &Limits, _now_us: i64) -> Mapped {
+        map_traces(req, dataset_override, limits)
+    }
+    fn respond(refused: Option<(i64, String)>) -> (Self::Response, Value) {
+        let json = refused.as_ref().map_or(
+            json!({}),
+            |(n, msg)| json!({"partialSuccess": {"rejectedSpans": n.to_string(), "errorMessage": msg}}),
+        );
+        let partial_success = refused.map(|(rejected_spans, error_message)| ExportTracePartialSuccess {
+            rejected_spans,
+            error_message,
+        });
+        (ExportTraceServiceResponse { partial_success }, json)
+    }
+}
+
+impl Signal for Logs {
+    type Request = ExportLogsServiceRequest;
+    type Response = ExportLogsServiceResponse;
+    fn map(req: &Self::Request, dataset_override: Option<&DatasetName>, limits: &Limits, now_us: i64) -> Mapped {
+        map_logs(req, dataset_override, limits, now_us)
+    }
+    fn respond(refused: Option<(i64, String)>) -> (Self::Response, Value) {
+        let json = refused.as_ref().map_or(
+            json!({}),
+            |(n, msg)| json!({"partialSuccess": {"rejectedLogRecords": n.to_string(), "errorMessage": msg}}),
+        );
+        let partial_success = refused.map(|(rejected_log_records, error_message)| ExportLogsPartialSuccess {
+            rejected_log_records,
+            error_message,
+        });
+        (ExportLogsServiceResponse { partial_success }, json)
+    }
+}
+
+impl Mapped {
+    /// The refused records' count and first reasons, if any were refused.
+    pub fn refused(&self) -> Option<(i64, String)> {
+        (self.rejected > 0).then(|| (self.rejected, self.errors.join("; ")))
+    }
 }
 
 #[cfg(test)]

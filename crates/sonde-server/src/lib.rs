@@ -210,8 +210,8 @@ fn ingest_routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/1/events/{dataset}", post(ingest::single_event))
         .route("/1/batch/{dataset}", post(ingest::batch))
         .route("/api/ingest/{dataset}", post(ingest::ndjson))
-        .route("/v1/traces", post(otlp::http_traces))
-        .route("/v1/logs", post(otlp::http_logs))
+        .route("/v1/traces", post(otlp::http_export::<sonde_ingest::otlp::Traces>))
+        .route("/v1/logs", post(otlp::http_export::<sonde_ingest::otlp::Logs>))
         .route("/v1/metrics", post(otlp::http_metrics))
         .layer(axum::middleware::map_response_with_state(state, count_refusals))
 }

@@ -14,14 +14,14 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse, logs_service_server,
+    ExportLogsServiceRequest, ExportLogsServiceResponse, logs_service_server,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_server,
+    ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_server,
 };
 use prost::Message;
 use serde_json::{Value, json};
-use sonde_ingest::otlp::{Mapped, map_logs, map_traces};
+use sonde_ingest::otlp::{Logs, Mapped, Signal, Traces};
 use sonde_model::DatasetName;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -88,8 +88,8 @@ fn decode<M: Message + Default + for<'de> serde::Deserialize<'de>>(enc: Encoding
     }
 }
 
-/// `POST /v1/traces`.
-pub(crate) async fn http_traces(
+/// `POST /v1/traces` and `POST /v1/logs`: one handler, generic over the signal.
+pub(crate) async fn http_export<S: Signal>(
     State(state): State<Arc<AppState>>,
     access: Authorized<Ingest>,
     headers: HeaderMap,
@@ -98,58 +98,11 @@ pub(crate) async fn http_traces(
     let enc = encoding(&headers)?;
     let ds = dataset_header(&headers)?;
     let (plain, _held) = body_bytes(&state, &headers, body).await?;
-    let req: ExportTraceServiceRequest = decode(enc, &plain)?;
-    let mut mapped = map_traces(&req, ds.as_ref(), &state.config.limits);
+    let req: S::Request = decode(enc, &plain)?;
+    let mut mapped = S::map(&req, ds.as_ref(), &state.config.limits, sonde_model::time::now_us());
     store(&state, &access.caller, &mut mapped).await?;
-    let partial = (mapped.rejected > 0).then(|| ExportTracePartialSuccess {
-        rejected_spans: mapped.rejected,
-        error_message: mapped.errors.join("; "),
-    });
-    let json = match &partial {
-        Some(p) => {
-            json!({"partialSuccess": {"rejectedSpans": p.rejected_spans.to_string(), "errorMessage": p.error_message}})
-        }
-        None => json!({}),
-    };
-    Ok(respond(
-        enc,
-        ExportTraceServiceResponse {
-            partial_success: partial,
-        },
-        json,
-    ))
-}
-
-/// `POST /v1/logs`.
-pub(crate) async fn http_logs(
-    State(state): State<Arc<AppState>>,
-    access: Authorized<Ingest>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let enc = encoding(&headers)?;
-    let ds = dataset_header(&headers)?;
-    let (plain, _held) = body_bytes(&state, &headers, body).await?;
-    let req: ExportLogsServiceRequest = decode(enc, &plain)?;
-    let mut mapped = map_logs(&req, ds.as_ref(), &state.config.limits, sonde_model::time::now_us());
-    store(&state, &access.caller, &mut mapped).await?;
-    let partial = (mapped.rejected > 0).then(|| ExportLogsPartialSuccess {
-        rejected_log_records: mapped.rejected,
-        error_message: mapped.errors.join("; "),
-    });
-    let json = match &partial {
-        Some(p) => {
-            json!({"partialSuccess": {"rejectedLogRecords": p.rejected_log_records.to_string(), "errorMessage": p.error_message}})
-        }
-        None => json!({}),
-    };
-    Ok(respond(
-        enc,
-        ExportLogsServiceResponse {
-            partial_success: partial,
-        },
-        json,
-    ))
+    let (msg, json) = S::respond(mapped.refused());
+    Ok(respond(enc, msg, json))
 }
 
 /// `POST /v1/metrics` is not supported: say so clearly rather than 404.
@@ -223,22 +176,33 @@ fn api_status(e: ApiError) -> tonic::Status {
     }
 }
 
+impl Grpc {
+    /// One export over gRPC, for either signal.
+    async fn export<S: Signal>(
+        &self,
+        request: tonic::Request<S::Request>,
+    ) -> Result<tonic::Response<S::Response>, tonic::Status> {
+        let (caller, ds) = self.begin(request.metadata())?;
+        let mut mapped = S::map(
+            request.get_ref(),
+            ds.as_ref(),
+            &self.state.config.limits,
+            sonde_model::time::now_us(),
+        );
+        store(&self.state, &caller, &mut mapped)
+            .await
+            .map_err(|e| self.refused(e))?;
+        Ok(tonic::Response::new(S::respond(mapped.refused()).0))
+    }
+}
+
 #[tonic::async_trait]
 impl trace_service_server::TraceService for Grpc {
     async fn export(
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let (caller, ds) = self.begin(request.metadata())?;
-        let mut mapped = map_traces(request.get_ref(), ds.as_ref(), &self.state.config.limits);
-        store(&self.state, &caller, &mut mapped)
-            .await
-            .map_err(|e| self.refused(e))?;
-        let partial_success = (mapped.rejected > 0).then(|| ExportTracePartialSuccess {
-            rejected_spans: mapped.rejected,
-            error_message: mapped.errors.join("; "),
-        });
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success }))
+        Grpc::export::<Traces>(self, request).await
     }
 }
 
@@ -248,21 +212,7 @@ impl logs_service_server::LogsService for Grpc {
         &self,
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        let (caller, ds) = self.begin(request.metadata())?;
-        let mut mapped = map_logs(
-            request.get_ref(),
-            ds.as_ref(),
-            &self.state.config.limits,
-            sonde_model::time::now_us(),
-        );
-        store(&self.state, &caller, &mut mapped)
-            .await
-            .map_err(|e| self.refused(e))?;
-        let partial_success = (mapped.rejected > 0).then(|| ExportLogsPartialSuccess {
-            rejected_log_records: mapped.rejected,
-            error_message: mapped.errors.join("; "),
-        });
-        Ok(tonic::Response::new(ExportLogsServiceResponse { partial_success }))
+        Grpc::export::<Logs>(self, request).await
     }
 }
 
