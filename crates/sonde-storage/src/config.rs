@@ -41,7 +41,7 @@ pub struct StorageConfig {
     /// Segments wholly older than this are dropped (None keeps everything).
     pub retention: Option<Duration>,
     /// Per-dataset retention, overriding `retention`.
-    pub retention_by_dataset: BTreeMap<String, Duration>,
+    pub retention_by_dataset: BTreeMap<DatasetName, Duration>,
     /// Memory for the segment indexes of the id columns (see [`index`]).
     pub index_cache_bytes: usize,
     /// Where segments and the catalog live: `None` for the data directory, or an

@@ -110,7 +110,7 @@ impl Storage {
             let keep = self
                 .config
                 .retention_by_dataset
-                .get(name.as_str())
+                .get(name)
                 .copied()
                 .or(self.config.retention);
             let Some(keep) = keep else { continue };

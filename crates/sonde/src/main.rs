@@ -137,7 +137,7 @@ struct ServeArgs {
     retention: Option<Duration>,
     /// Retention for one dataset, `NAME=DURATION` (repeatable; comma-separated in the variable).
     #[arg(long, env = "SONDE_RETENTION_DATASET", value_delimiter = ',', value_parser = parse_dataset_retention)]
-    retention_dataset: Vec<(String, Duration)>,
+    retention_dataset: Vec<(sonde_model::DatasetName, Duration)>,
     /// Refuse ingest (503 + Retry-After) while the write buffers hold more than this many bytes.
     #[arg(long, env = "SONDE_MAX_BUFFER_BYTES", default_value_t = 1 << 30)]
     max_buffer_bytes: usize,
@@ -279,12 +279,12 @@ struct IngestArgs {
 }
 
 /// Parses `NAME=DURATION` for per-dataset retention.
-fn parse_dataset_retention(s: &str) -> Result<(String, Duration), String> {
+fn parse_dataset_retention(s: &str) -> Result<(sonde_model::DatasetName, Duration), String> {
     let (name, d) = s
         .split_once('=')
         .ok_or_else(|| format!("expected NAME=DURATION, got {s:?}"))?;
     let name = sonde_model::DatasetName::new(name).map_err(|e| e.to_string())?;
-    Ok((name.to_string(), parse_duration(d)?))
+    Ok((name, parse_duration(d)?))
 }
 
 /// Parses `500ms`, `10s`, `5m`, `2h`, `1d` (a bare number is seconds).
