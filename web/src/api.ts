@@ -39,6 +39,26 @@ export interface QueryAnswer {
   };
 }
 
+/** A calculation operator the server takes (`GET /api/meta`). */
+export interface CalcOpInfo {
+  op: string;
+  needs_column: boolean;
+  numeric: boolean;
+  /** One value per group: can be ordered by and filtered with a having. */
+  per_group: boolean;
+}
+/** A filter operator the server takes (`GET /api/meta`). */
+export interface FilterOpInfo { op: string; takes_value: boolean; string_only: boolean }
+/** `GET /api/meta`: the operators the server takes, so the UI keeps no copy of them. */
+export interface Meta { calculations: CalcOpInfo[]; filters: FilterOpInfo[]; max_clauses: number }
+
+/** What BubbleUp compares with the rest: a box drawn on a heatmap, or a group of the results. */
+export type Selection =
+  | { heatmap: { column: string; start_time: number; end_time: number; min: number; max: number } }
+  | { group: Record<string, unknown> };
+
+export interface Dataset { name: string; rows: number; last_event: string | null }
+
 export interface EventsAnswer { events: Row[]; meta: { rows_examined: number; segments_scanned: number; elapsed_ms: number } }
 export interface SqlAnswer { columns: { name: string; type: string }[]; rows: Row[]; meta: { rows: number; elapsed_ms: number } }
 
@@ -105,8 +125,15 @@ async function call<T>(method: string, path: string, body?: unknown): Promise<T>
   return json as T;
 }
 
+/** The message to show for a failed call. */
+export function errorText(e: unknown): string {
+  return e instanceof ApiError ? e.message : String(e);
+}
+
 export const api = {
-  datasets: () => call<{ datasets: { name: string; rows: number; last_event: string | null }[] }>("GET", "/api/datasets"),
+  /** Public: no API key needed. */
+  meta: () => call<Meta>("GET", "/api/meta"),
+  datasets: () => call<{ datasets: Dataset[] }>("GET", "/api/datasets"),
   columns: (ds: string) => call<{ columns: Column[] }>("GET", `/api/datasets/${encodeURIComponent(ds)}/columns`),
   query: (ds: string, spec: QuerySpec) => call<QueryAnswer>("POST", `/api/query/${encodeURIComponent(ds)}`, spec),
   events: (ds: string, req: unknown) => call<EventsAnswer>("POST", `/api/events/${encodeURIComponent(ds)}`, req),
@@ -114,32 +141,3 @@ export const api = {
   bubbleup: (ds: string, req: unknown) => call<import("./bubbleup").BubbleAnswer>("POST", `/api/bubbleup/${encodeURIComponent(ds)}`, req),
   trace: (ds: string, id: string) => call<import("./trace").TraceAnswer>("GET", `/api/traces/${encodeURIComponent(ds)}/${encodeURIComponent(id)}`),
 };
-
-/** The result key of a calculation, as the server names it. */
-export function calcKey(c: Calculation): string {
-  return c.column && !["COUNT", "CONCURRENCY"].includes(c.op) ? `${c.op}(${c.column})` : c.op;
-}
-
-/** Parses `P99(duration_ms)` or `COUNT` into a calculation. */
-export function parseCalc(text: string): Calculation | null {
-  const t = text.trim();
-  const m = /^([A-Za-z0-9_]+)\s*(?:\(\s*(.+?)\s*\))?$/.exec(t);
-  if (!m) return null;
-  const op = m[1].toUpperCase();
-  return m[2] ? { op, column: m[2] } : { op };
-}
-
-export const CALC_OPS = [
-  "COUNT", "SUM", "AVG", "MIN", "MAX", "COUNT_DISTINCT", "P001", "P01", "P05", "P10", "P20", "P25", "P50", "P75",
-  "P80", "P90", "P95", "P99", "P999", "HEATMAP", "RATE_AVG", "RATE_SUM", "RATE_MAX", "CONCURRENCY",
-];
-
-export const FILTER_OPS = [
-  "=", "!=", ">", ">=", "<", "<=", "starts-with", "does-not-start-with", "ends-with", "does-not-end-with",
-  "contains", "does-not-contain", "exists", "does-not-exist", "in", "not-in",
-];
-
-/** Calculations that are one value per group, so they can be ordered by and graphed as lines. */
-export function isLineCalc(op: string): boolean {
-  return !["HEATMAP"].includes(op);
-}

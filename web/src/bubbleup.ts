@@ -41,7 +41,10 @@ export function renderBubbleUp(el: HTMLElement, a: BubbleAnswer, title: string, 
   head.innerHTML = `<h3>BubbleUp: ${title}</h3>`;
   const legend = document.createElement("span");
   legend.className = "status";
-  legend.innerHTML = `<span class="swatch" style="background:${SEL}"></span>selection (${formatNumber(a.selection.count)} events) <span class="swatch" style="background:${BASE}; margin-left:12px"></span>baseline (${formatNumber(a.baseline.count)}) · ranked by how different the two distributions are · ${a.meta.elapsed_ms.toFixed(0)} ms`;
+  legend.innerHTML =
+    `<span class="swatch" style="background:${SEL}"></span>selection (${formatNumber(a.selection.count)} events) `
+    + `<span class="swatch" style="background:${BASE}; margin-left:12px"></span>baseline (${formatNumber(a.baseline.count)}) · `
+    + `ranked by how different the two distributions are · ${a.meta.elapsed_ms.toFixed(0)} ms`;
   head.append(legend);
   const grid = document.createElement("div");
   grid.className = "bu-grid";
@@ -63,7 +66,9 @@ export function renderBubbleUp(el: HTMLElement, a: BubbleAnswer, title: string, 
       if (c.other && (c.other.selection > 0 || c.other.baseline > 0)) rows.push(["(other)", c.other.selection, c.other.baseline, undefined, null]);
     } else if (c.buckets) {
       for (const b of c.buckets) {
-        if (b.selection > 0 || b.baseline > 0) rows.push([`${formatNumber(b.lower)}–${formatNumber(b.upper)}`, b.selection, b.baseline, undefined, [b.lower, b.upper]]);
+        if (b.selection > 0 || b.baseline > 0) {
+          rows.push([`${formatNumber(b.lower)}–${formatNumber(b.upper)}`, b.selection, b.baseline, undefined, [b.lower, b.upper]]);
+        }
       }
     }
     if (c.missing.selection > 0 || c.missing.baseline > 0) rows.push(["(missing)", c.missing.selection, c.missing.baseline, null, null]);

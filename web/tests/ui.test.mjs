@@ -110,6 +110,25 @@ test("a permalink shows one graph per calculation and a table equal to the API's
   await page.close();
 });
 
+test("a /1/query_results link opens its query", async () => {
+  const spec = { calculations: [{ op: "COUNT" }], breakdowns: ["service.name"], filters: [], orders: [], havings: [], ...RANGE };
+  const saved = await (await fetch(`${url}/1/queries/demo`, { method: "POST", body: JSON.stringify(spec) })).json();
+  const r = await fetch(`${url}/1/query_results/demo`, { method: "POST", body: JSON.stringify({ query_id: saved.id }) });
+  assert.equal(r.status, 201);
+  const result = await r.json();
+  const page = await newPage();
+  await page.goto(url + result.links.query_url);
+  await page.waitForSelector("#results-table tbody tr");
+  const rows = await tableRows(page, "#results-table");
+  assert.equal(rows.length, result.data.results.length);
+  result.data.results.forEach((row, i) => {
+    assert.equal(rows[i][1], row.data["service.name"]);
+    assert.equal(rows[i][2], fmt(row.data.COUNT));
+  });
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
 test("the builder makes a query, the URL keeps it, and back returns to the previous one", async () => {
   const page = await newPage();
   await page.goto(permalink({ calculations: [{ op: "COUNT" }], filters: [], breakdowns: [], orders: [], havings: [], ...RANGE }));
