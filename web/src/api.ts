@@ -46,9 +46,11 @@ export interface CalcOpInfo {
   numeric: boolean;
   /** One value per group: can be ordered by and filtered with a having. */
   per_group: boolean;
+  /** Groups' values add up to the total (COUNT, SUM), so "other" is total − shown. */
+  additive: boolean;
 }
 /** A filter operator the server takes (`GET /api/meta`). */
-export interface FilterOpInfo { op: string; takes_value: boolean; string_only: boolean }
+export interface FilterOpInfo { op: string; takes_value: boolean; string_only: boolean; takes_list: boolean; having: boolean }
 /** `GET /api/meta`: the operators the server takes, so the UI keeps no copy of them. */
 export interface Meta { calculations: CalcOpInfo[]; filters: FilterOpInfo[]; max_clauses: number }
 

@@ -4,12 +4,6 @@
 
 import type { CalcOpInfo, Calculation, Column, FilterOpInfo, Meta } from "./api";
 
-/** Filter operators whose value is a list, typed comma-separated (`in`, `not-in`). */
-const LIST_OPS = ["in", "not-in"];
-
-/** Comparisons a having may use (the server takes these six; `/api/meta` does not list them). */
-export const HAVING_OPS = ["=", "!=", ">", ">=", "<", "<="];
-
 export const isNumeric = (c: Column) => c.type === "int" || c.type === "float";
 
 export class Catalog {
@@ -24,6 +18,16 @@ export class Catalog {
   /** Filter operators, in the server's order. */
   filterOps(): string[] {
     return this.meta.filters.map((f) => f.op);
+  }
+
+  /** The comparisons a having may use, in the server's order. */
+  havingOps(): string[] {
+    return this.meta.filters.filter((f) => f.having).map((f) => f.op);
+  }
+
+  /** Whether a calculation's group values add up to its total (so "other" = total − shown). */
+  additive(op: string): boolean {
+    return this.calcs.get(op)?.additive ?? false;
   }
 
   /** Whether the server takes this calculation operator. */
@@ -60,13 +64,14 @@ export class Catalog {
 
   /**
    * A filter's value as typed for `column` and `op`: numbers for numeric columns, booleans for
-   * bool ones, a list for `in`/`not-in`; `undefined` when the operator takes none.
+   * bool ones, a list for the operators that take one (`in`, `not-in`); `undefined` when the
+   * operator takes none.
    */
   filterValue(column: Column, op: string, raw: string): unknown {
     if (!this.takesValue(op)) return undefined;
     const conv = (v: string) =>
       isNumeric(column) && v.trim() !== "" && !isNaN(Number(v)) ? Number(v) : column.type === "bool" ? v === "true" : v;
-    return LIST_OPS.includes(op) ? raw.split(",").map((v) => conv(v.trim())) : conv(raw);
+    return this.filters.get(op)?.takes_list ? raw.split(",").map((v) => conv(v.trim())) : conv(raw);
   }
 }
 

@@ -117,7 +117,7 @@ async function run(): Promise<void> {
     } else {
       const answer = await api.query(s.dataset, spec);
       if (seq !== runSeq) return;
-      const t = totalsSpec(spec, answer);
+      const t = totalsSpec(spec, answer, answers.catalog);
       const totals = t ? await api.query(s.dataset, t) : null;
       if (seq !== runSeq) return;
       receive({ shown: { kind: "query", spec, answer, totals }, status: results.queryStatus(answer.meta, performance.now() - started) });

@@ -5,10 +5,6 @@ import type { QueryAnswer, QuerySpec, Row } from "./api";
 import type { Catalog } from "./catalog";
 import type { Heatmap, LineSeries } from "./charts";
 
-/** Calculations whose values add up over groups, so the groups not shown are total − shown. */
-const ADDITIVE = ["COUNT", "SUM"];
-export const isAdditive = (op: string) => ADDITIVE.includes(op);
-
 /** The answer's time buckets (seconds): their starts, and which bucket a time falls in. */
 export interface TimeAxis {
   start: number;
@@ -69,17 +65,20 @@ export function tableKeys(spec: QuerySpec, cat: Catalog): string[] {
  * The totals query, for a line "other" (the groups past the limit) under each additive
  * calculation: when the answer left groups out and no having hides some on purpose.
  */
-export function totalsSpec(spec: QuerySpec, answer: QueryAnswer): QuerySpec | null {
-  const additive = spec.calculations.filter((c) => isAdditive(c.op));
+export function totalsSpec(spec: QuerySpec, answer: QueryAnswer, cat: Catalog): QuerySpec | null {
+  const additive = spec.calculations.filter((c) => cat.additive(c.op));
   if (!answer.meta.groups_truncated || !spec.breakdowns.length || !additive.length || spec.havings.length) return null;
   return { ...spec, calculations: additive, breakdowns: [], orders: [], havings: [] };
 }
 
 /**
  * One line per result group of calculation `key` over the time axis (null where a bucket has
- * no value) and, given the totals of an additive calculation, "other": total minus the groups.
+ * no value) and, given the totals of an additive calculation (`additive`, from the catalogue),
+ * "other": total minus the groups.
  */
-export function toLines(answer: QueryAnswer, totals: QueryAnswer | null, breakdowns: string[], key: string, op: string): LineSeries[] {
+export function toLines(
+  answer: QueryAnswer, totals: QueryAnswer | null, breakdowns: string[], key: string, additive: boolean,
+): LineSeries[] {
   const axis = timeAxis(answer.meta);
   const results = answer.data.results.map((r) => r.data);
   const gIndex = new Map(results.map((r, i) => [groupKey(breakdowns, r), i]));
@@ -89,7 +88,7 @@ export function toLines(answer: QueryAnswer, totals: QueryAnswer | null, breakdo
     const v = s.data[key];
     if (g !== undefined && typeof v === "number") lines[g].values[axis.index(s.time)] = v;
   }
-  if (totals && isAdditive(op)) {
+  if (totals && additive) {
     const other = axis.times.map(() => null as number | null);
     for (const s of totals.data.series) {
       const v = s.data[key];

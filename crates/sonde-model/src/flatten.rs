@@ -27,16 +27,21 @@ pub struct Limits {
     pub flatten_depth: usize,
 }
 
+impl Limits {
+    /// The defaults, each defined here once (the command line shows and uses these).
+    pub const DEFAULT: Limits = Limits {
+        max_event_bytes: 1024 * 1024,
+        max_fields_per_event: 2000,
+        max_field_name_len: 256,
+        max_string_len: 64 * 1024,
+        max_depth: 64,
+        flatten_depth: 5,
+    };
+}
+
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_event_bytes: 1024 * 1024,
-            max_fields_per_event: 2000,
-            max_field_name_len: 256,
-            max_string_len: 64 * 1024,
-            max_depth: 64,
-            flatten_depth: 5,
-        }
+        Limits::DEFAULT
     }
 }
 

@@ -370,6 +370,19 @@ impl FilterOp {
         }
     }
 
+    /// Whether the operator compares a value (`=` … `<=`): the ones a having may use.
+    pub fn is_comparison(self) -> bool {
+        matches!(
+            self,
+            FilterOp::Eq | FilterOp::Ne | FilterOp::Gt | FilterOp::Ge | FilterOp::Lt | FilterOp::Le
+        )
+    }
+
+    /// Whether the operator's value is a list (`in`, `not-in`).
+    pub fn takes_list(self) -> bool {
+        matches!(self, FilterOp::In | FilterOp::NotIn)
+    }
+
     /// Whether the operator takes a value (`exists` and `does-not-exist` do not); `in` and
     /// `not-in` take a list.
     pub fn takes_value(self) -> bool {
@@ -787,7 +800,7 @@ pub fn plan(spec: &QuerySpec, columns: &BTreeMap<String, ColumnType>, now_us: i6
         let field = format!("havings[{i}]");
         let calc = find_calc(&h.calculate_op, &h.column, &field)?;
         let op = match FilterOp::parse(&h.op) {
-            Some(op @ (FilterOp::Eq | FilterOp::Ne | FilterOp::Gt | FilterOp::Ge | FilterOp::Lt | FilterOp::Le)) => op,
+            Some(op) if op.is_comparison() => op,
             _ => {
                 return Err(err(
                     format!("{field}.op"),
@@ -863,6 +876,9 @@ pub struct CalcOpInfo {
     /// Whether it is one value per group (can be ordered by, filtered with a having, drawn as
     /// a line); `HEATMAP`, the `RATE_*` and `CONCURRENCY` are not.
     pub per_group: bool,
+    /// Whether groups' values add up to the total (`COUNT`, `SUM`), so "the other groups" is
+    /// the total minus the groups shown.
+    pub additive: bool,
 }
 
 /// One filter operator.
@@ -874,6 +890,10 @@ pub struct FilterOpInfo {
     pub takes_value: bool,
     /// Whether it compares strings only.
     pub string_only: bool,
+    /// Whether its value is a list.
+    pub takes_list: bool,
+    /// Whether a having may use it.
+    pub having: bool,
 }
 
 /// The operator catalogue (see [`Operators`]).
@@ -886,6 +906,7 @@ pub fn operators() -> Operators {
                 needs_column: op.needs_column(),
                 numeric: op.needs_numeric(),
                 per_group: op.is_simple(),
+                additive: matches!(op, CalcOp::Count | CalcOp::Sum),
             })
             .collect(),
         filters: FilterOp::ALL
@@ -894,6 +915,8 @@ pub fn operators() -> Operators {
                 op: op.name(),
                 takes_value: op.takes_value(),
                 string_only: op.is_string_op(),
+                takes_list: op.takes_list(),
+                having: op.is_comparison(),
             })
             .collect(),
         max_clauses: MAX_CLAUSES,

@@ -72,13 +72,22 @@ pub struct ServerConfig {
 /// How long a query waits for a free slot before it is refused.
 const QUERY_SLOT_WAIT: Duration = Duration::from_secs(2);
 
+impl ServerConfig {
+    /// Default of `max_body_bytes` (the command line's default too: each default is defined once).
+    pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+    /// Default of `request_timeout`.
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Default of `max_concurrent_queries`.
+    pub const DEFAULT_MAX_CONCURRENT_QUERIES: usize = 16;
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            max_body_bytes: 32 * 1024 * 1024,
+            max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
             limits: Limits::default(),
-            request_timeout: Duration::from_secs(60),
-            max_concurrent_queries: 16,
+            request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
+            max_concurrent_queries: Self::DEFAULT_MAX_CONCURRENT_QUERIES,
             cors_origins: Vec::new(),
             ui_dir: None,
         }

@@ -51,23 +51,46 @@ pub struct StorageConfig {
 }
 
 impl StorageConfig {
+    /// Default of `flush_rows` (the command line's default too: each default is defined once).
+    pub const DEFAULT_FLUSH_ROWS: usize = 1_000_000;
+    /// Default of `flush_bytes`.
+    pub const DEFAULT_FLUSH_BYTES: usize = 256 * 1024 * 1024;
+    /// Default of `flush_age`.
+    pub const DEFAULT_FLUSH_AGE: Duration = Duration::from_secs(60);
+    /// Default of `wal_rotate_bytes`.
+    pub const DEFAULT_WAL_ROTATE_BYTES: u64 = 64 * 1024 * 1024;
+    /// Default of `max_buffer_bytes`.
+    pub const DEFAULT_MAX_BUFFER_BYTES: usize = 1024 * 1024 * 1024;
+    /// Default of `min_free_disk_bytes`.
+    pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 256 * 1024 * 1024;
+    /// Default of `compaction_target_rows`.
+    pub const DEFAULT_COMPACTION_TARGET_ROWS: u64 = 1_000_000;
+    /// Default of `maintenance_interval`.
+    pub const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
+    /// Default of `index_cache_bytes`.
+    pub const DEFAULT_INDEX_CACHE_BYTES: usize = 256 * 1024 * 1024;
+    /// Default rows per Parquet row group.
+    pub const DEFAULT_ROW_GROUP_ROWS: usize = 128 * 1024;
+    /// Default columns with Parquet bloom filters.
+    pub const DEFAULT_BLOOM_COLUMNS: &str = "trace.trace_id";
+
     /// Production defaults for a data directory.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         StorageConfig {
             data_dir: data_dir.into(),
             durability: Durability::Fsync,
-            flush_rows: 1_000_000,
-            flush_bytes: 256 * 1024 * 1024,
-            flush_age: Duration::from_secs(60),
-            wal_rotate_bytes: 64 * 1024 * 1024,
-            max_buffer_bytes: 1024 * 1024 * 1024,
-            min_free_disk_bytes: 256 * 1024 * 1024,
+            flush_rows: Self::DEFAULT_FLUSH_ROWS,
+            flush_bytes: Self::DEFAULT_FLUSH_BYTES,
+            flush_age: Self::DEFAULT_FLUSH_AGE,
+            wal_rotate_bytes: Self::DEFAULT_WAL_ROTATE_BYTES,
+            max_buffer_bytes: Self::DEFAULT_MAX_BUFFER_BYTES,
+            min_free_disk_bytes: Self::DEFAULT_MIN_FREE_DISK_BYTES,
             segment: SegmentOptions::default(),
-            compaction_target_rows: 1_000_000,
-            maintenance_interval: Duration::from_secs(30),
+            compaction_target_rows: Self::DEFAULT_COMPACTION_TARGET_ROWS,
+            maintenance_interval: Self::DEFAULT_MAINTENANCE_INTERVAL,
             retention: None,
             retention_by_dataset: BTreeMap::new(),
-            index_cache_bytes: 256 * 1024 * 1024,
+            index_cache_bytes: Self::DEFAULT_INDEX_CACHE_BYTES,
             storage_url: None,
         }
     }

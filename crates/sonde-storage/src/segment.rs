@@ -34,8 +34,11 @@ pub struct SegmentOptions {
 impl Default for SegmentOptions {
     fn default() -> Self {
         SegmentOptions {
-            row_group_rows: 128 * 1024,
-            bloom_columns: vec!["trace.trace_id".into()],
+            row_group_rows: crate::StorageConfig::DEFAULT_ROW_GROUP_ROWS,
+            bloom_columns: crate::StorageConfig::DEFAULT_BLOOM_COLUMNS
+                .split(',')
+                .map(String::from)
+                .collect(),
             zstd_level: 3,
         }
     }

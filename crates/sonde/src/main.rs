@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sonde_gen::{GenConfig, Generator};
 use sonde_model::Limits;
+use sonde_query::EngineConfig;
 use sonde_server::{AppState, ServerConfig};
 use sonde_storage::{Durability, Storage, StorageConfig};
 use std::io::Write;
@@ -110,99 +111,99 @@ struct ServeArgs {
     /// Where segments and the catalog live: empty for the data directory, or `s3://bucket/prefix`
     /// (credentials, region and `AWS_ENDPOINT_URL` for S3-compatible stores from the usual
     /// `AWS_*` variables). The WAL always stays in the data directory.
-    #[arg(long, env = "SONDE_STORAGE", default_value = "")]
-    storage: String,
+    #[arg(long, env = "SONDE_STORAGE")]
+    storage: Option<String>,
     /// Address for OTLP/gRPC (4317 is its standard port); `off` disables it.
     #[arg(long, env = "SONDE_GRPC_LISTEN", default_value = "127.0.0.1:4317")]
-    grpc_listen: String,
+    grpc_listen: GrpcListen,
     /// When ingest is acknowledged. `none` trades durability for speed.
     #[arg(long, env = "SONDE_DURABILITY", value_enum, default_value = "fsync")]
     durability: DurabilityArg,
     /// Flush a dataset's write buffer to a segment at this many events.
-    #[arg(long, env = "SONDE_FLUSH_ROWS", default_value_t = 1_000_000)]
+    #[arg(long, env = "SONDE_FLUSH_ROWS", default_value_t = StorageConfig::DEFAULT_FLUSH_ROWS)]
     flush_rows: usize,
     /// ... or when its oldest event has waited this long (e.g. `500ms`, `10s`, `5m`).
     /// Longer means fewer, larger segments; queries see buffered events either way.
-    #[arg(long, env = "SONDE_FLUSH_AGE", default_value = "60s", value_parser = parse_duration)]
-    flush_age: Duration,
+    #[arg(long, env = "SONDE_FLUSH_AGE", default_value_t = Dur(StorageConfig::DEFAULT_FLUSH_AGE))]
+    flush_age: Dur,
     /// Compaction merges small segments into ones of about this many rows (0 disables it).
     /// Larger segments make queries cheaper; merging costs CPU and I/O in the background.
-    #[arg(long, env = "SONDE_COMPACTION_TARGET_ROWS", default_value_t = 1_000_000)]
+    #[arg(long, env = "SONDE_COMPACTION_TARGET_ROWS", default_value_t = StorageConfig::DEFAULT_COMPACTION_TARGET_ROWS)]
     compaction_target_rows: u64,
     /// How often compaction and retention run.
-    #[arg(long, env = "SONDE_MAINTENANCE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
-    maintenance_interval: Duration,
+    #[arg(long, env = "SONDE_MAINTENANCE_INTERVAL", default_value_t = Dur(StorageConfig::DEFAULT_MAINTENANCE_INTERVAL))]
+    maintenance_interval: Dur,
     /// Drop segments wholly older than this (e.g. `30d`); default: keep everything.
-    #[arg(long, env = "SONDE_RETENTION", value_parser = parse_duration)]
-    retention: Option<Duration>,
+    #[arg(long, env = "SONDE_RETENTION")]
+    retention: Option<Dur>,
     /// Retention for one dataset, `NAME=DURATION` (repeatable; comma-separated in the variable).
     #[arg(long, env = "SONDE_RETENTION_DATASET", value_delimiter = ',', value_parser = parse_dataset_retention)]
     retention_dataset: Vec<(sonde_model::DatasetName, Duration)>,
     /// Refuse ingest (503 + Retry-After) while the write buffers hold more than this many bytes.
-    #[arg(long, env = "SONDE_MAX_BUFFER_BYTES", default_value_t = 1 << 30)]
+    #[arg(long, env = "SONDE_MAX_BUFFER_BYTES", default_value_t = StorageConfig::DEFAULT_MAX_BUFFER_BYTES)]
     max_buffer_bytes: usize,
     /// Below this much free space on the data directory's disk, ingest answers 503 with
     /// `Retry-After` until space is freed (0: no check).
-    #[arg(long, env = "SONDE_MIN_FREE_DISK_BYTES", default_value_t = 256 << 20)]
+    #[arg(long, env = "SONDE_MIN_FREE_DISK_BYTES", default_value_t = StorageConfig::DEFAULT_MIN_FREE_DISK_BYTES)]
     min_free_disk_bytes: u64,
     /// Start a new WAL file past this size.
-    #[arg(long, env = "SONDE_WAL_ROTATE_BYTES", default_value_t = 64 << 20)]
+    #[arg(long, env = "SONDE_WAL_ROTATE_BYTES", default_value_t = StorageConfig::DEFAULT_WAL_ROTATE_BYTES)]
     wal_rotate_bytes: u64,
     /// Rows per Parquet row group.
-    #[arg(long, env = "SONDE_ROW_GROUP_ROWS", default_value_t = 128 * 1024)]
+    #[arg(long, env = "SONDE_ROW_GROUP_ROWS", default_value_t = StorageConfig::DEFAULT_ROW_GROUP_ROWS)]
     row_group_rows: usize,
     /// Columns that get Parquet bloom filters (comma-separated), for fast id lookups.
     #[arg(
         long,
         env = "SONDE_BLOOM_COLUMNS",
         value_delimiter = ',',
-        default_value = "trace.trace_id"
+        default_value = StorageConfig::DEFAULT_BLOOM_COLUMNS
     )]
     bloom_columns: Vec<String>,
     /// Largest request body in bytes, before and after decompression.
-    #[arg(long, env = "SONDE_MAX_BODY_BYTES", default_value_t = 32 << 20)]
+    #[arg(long, env = "SONDE_MAX_BODY_BYTES", default_value_t = ServerConfig::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
     /// Largest single event in bytes.
-    #[arg(long, env = "SONDE_MAX_EVENT_BYTES", default_value_t = 1 << 20)]
+    #[arg(long, env = "SONDE_MAX_EVENT_BYTES", default_value_t = Limits::DEFAULT.max_event_bytes)]
     max_event_bytes: usize,
     /// Most fields in one event (after flattening).
-    #[arg(long, env = "SONDE_MAX_FIELDS", default_value_t = 2000)]
+    #[arg(long, env = "SONDE_MAX_FIELDS", default_value_t = Limits::DEFAULT.max_fields_per_event)]
     max_fields: usize,
     /// Longest field name in bytes (after flattening).
-    #[arg(long, env = "SONDE_MAX_FIELD_NAME_LEN", default_value_t = 256)]
+    #[arg(long, env = "SONDE_MAX_FIELD_NAME_LEN", default_value_t = Limits::DEFAULT.max_field_name_len)]
     max_field_name_len: usize,
     /// Longest string value in bytes.
-    #[arg(long, env = "SONDE_MAX_STRING_LEN", default_value_t = 64 * 1024)]
+    #[arg(long, env = "SONDE_MAX_STRING_LEN", default_value_t = Limits::DEFAULT.max_string_len)]
     max_string_len: usize,
     /// Deepest nesting of objects and arrays accepted in an event.
-    #[arg(long, env = "SONDE_MAX_DEPTH", default_value_t = 64)]
+    #[arg(long, env = "SONDE_MAX_DEPTH", default_value_t = Limits::DEFAULT.max_depth)]
     max_depth: usize,
     /// Nested objects are flattened to dotted names up to this depth; deeper ones are kept as JSON.
-    #[arg(long, env = "SONDE_FLATTEN_DEPTH", default_value_t = 5)]
+    #[arg(long, env = "SONDE_FLATTEN_DEPTH", default_value_t = Limits::DEFAULT.flatten_depth)]
     flatten_depth: usize,
     /// Longest a query may run before it is stopped with an error.
-    #[arg(long, env = "SONDE_QUERY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
-    query_timeout: Duration,
+    #[arg(long, env = "SONDE_QUERY_TIMEOUT", default_value_t = Dur(EngineConfig::DEFAULT_TIMEOUT))]
+    query_timeout: Dur,
     /// Most memory one query may use, in bytes; past it the query fails with an error.
-    #[arg(long, env = "SONDE_QUERY_MEMORY_LIMIT", default_value_t = 2 << 30)]
+    #[arg(long, env = "SONDE_QUERY_MEMORY_LIMIT", default_value_t = EngineConfig::DEFAULT_MEMORY_LIMIT)]
     query_memory_limit: usize,
     /// Most memory all requests together may hold, in bytes: queries' operators, answers being
     /// built and sent, BubbleUp's counters, trace trees, decompressed bodies. A request that
     /// would pass it is refused with 503 and `Retry-After` and the server stays up. The write
     /// buffers (`--max-buffer-bytes`) and caches come on top.
-    #[arg(long, env = "SONDE_MEMORY_LIMIT", default_value_t = 4 << 30)]
+    #[arg(long, env = "SONDE_MEMORY_LIMIT", default_value_t = EngineConfig::DEFAULT_MEMORY_BUDGET)]
     memory_limit: usize,
     /// Largest answer one request may build, in bytes (the rows collected, and again the text
     /// sent); past it the request is refused with 400 naming this flag.
-    #[arg(long, env = "SONDE_MAX_ANSWER_BYTES", default_value_t = 128 << 20)]
+    #[arg(long, env = "SONDE_MAX_ANSWER_BYTES", default_value_t = EngineConfig::DEFAULT_MAX_ANSWER_BYTES)]
     max_answer_bytes: usize,
     /// Memory for Parquet footers and page indexes kept across queries, in bytes (0: re-read
     /// them on every query).
-    #[arg(long, env = "SONDE_METADATA_CACHE_BYTES", default_value_t = 256 << 20)]
+    #[arg(long, env = "SONDE_METADATA_CACHE_BYTES", default_value_t = EngineConfig::DEFAULT_METADATA_CACHE_BYTES)]
     metadata_cache_bytes: usize,
     /// Memory for column chunks kept across queries, in bytes (0: no cache). Most useful with
     /// `--storage s3://…`, where every chunk read is a request.
-    #[arg(long, env = "SONDE_CHUNK_CACHE_BYTES", default_value_t = 256 << 20)]
+    #[arg(long, env = "SONDE_CHUNK_CACHE_BYTES", default_value_t = EngineConfig::DEFAULT_CHUNK_CACHE_BYTES)]
     chunk_cache_bytes: usize,
     /// Log format.
     #[arg(long, env = "SONDE_LOG_FORMAT", value_enum, default_value = "text")]
@@ -222,10 +223,10 @@ struct ServeArgs {
     #[arg(long, env = "SONDE_QUERY_RATE_LIMIT", default_value_t = 0.0)]
     query_rate_limit: f64,
     /// Longest any request may take, reading its body included; slower ones get a 408.
-    #[arg(long, env = "SONDE_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    request_timeout: Duration,
+    #[arg(long, env = "SONDE_REQUEST_TIMEOUT", default_value_t = Dur(ServerConfig::DEFAULT_REQUEST_TIMEOUT))]
+    request_timeout: Dur,
     /// Queries running at once; others wait up to 2 s for a slot, then get a 429.
-    #[arg(long, env = "SONDE_MAX_CONCURRENT_QUERIES", default_value_t = 16)]
+    #[arg(long, env = "SONDE_MAX_CONCURRENT_QUERIES", default_value_t = ServerConfig::DEFAULT_MAX_CONCURRENT_QUERIES)]
     max_concurrent_queries: usize,
     /// Origins allowed to call the API from a browser (CORS), comma-separated; none by default.
     #[arg(long, env = "SONDE_CORS_ORIGINS", value_delimiter = ',')]
@@ -285,6 +286,65 @@ fn parse_dataset_retention(s: &str) -> Result<(sonde_model::DatasetName, Duratio
         .ok_or_else(|| format!("expected NAME=DURATION, got {s:?}"))?;
     let name = sonde_model::DatasetName::new(name).map_err(|e| e.to_string())?;
     Ok((name, parse_duration(d)?))
+}
+
+/// A duration on the command line: `500ms`, `10s`, `5m`, `2h`, `1d` (shown the same way in
+/// `--help`'s defaults, which come from the library crates' constants).
+#[derive(Debug, Clone, Copy)]
+struct Dur(Duration);
+
+impl std::str::FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Dur, String> {
+        parse_duration(s).map(Dur)
+    }
+}
+
+impl std::fmt::Display for Dur {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        // The largest unit that divides it: 60s shows as 1m, 90s as 90s.
+        let unit = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1000, "s")]
+            .into_iter()
+            .find(|(n, _)| ms > 0 && ms.is_multiple_of(*n));
+        match unit {
+            Some((n, u)) => write!(f, "{}{u}", ms / n),
+            None => write!(f, "{ms}ms"),
+        }
+    }
+}
+
+/// Where OTLP/gRPC listens: an address, or `off`.
+#[derive(Debug, Clone)]
+enum GrpcListen {
+    Off,
+    At(String),
+}
+
+impl GrpcListen {
+    fn address(&self) -> Option<&str> {
+        match self {
+            GrpcListen::Off => None,
+            GrpcListen::At(a) => Some(a),
+        }
+    }
+}
+
+impl std::str::FromStr for GrpcListen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<GrpcListen, String> {
+        Ok(match s.trim() {
+            "" => GrpcListen::Off,
+            off if off.eq_ignore_ascii_case("off") => GrpcListen::Off,
+            addr => GrpcListen::At(addr.to_string()),
+        })
+    }
+}
+
+impl std::fmt::Display for GrpcListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.address().unwrap_or("off"))
+    }
 }
 
 /// Parses `500ms`, `10s`, `5m`, `2h`, `1d` (a bare number is seconds).
@@ -381,8 +441,7 @@ fn init_logging(format: LogFormat) {
 async fn serve(a: ServeArgs) -> Result<()> {
     init_logging(a.log_format);
     let keys = load_keys(&a)?;
-    let grpc_on = !(a.grpc_listen.eq_ignore_ascii_case("off") || a.grpc_listen.is_empty());
-    let exposed: Vec<&str> = [Some(a.listen.as_str()), grpc_on.then_some(a.grpc_listen.as_str())]
+    let exposed: Vec<&str> = [Some(a.listen.as_str()), a.grpc_listen.address()]
         .into_iter()
         .flatten()
         .filter(|addr| !is_loopback(addr))
@@ -409,16 +468,16 @@ async fn serve(a: ServeArgs) -> Result<()> {
         DurabilityArg::None => Durability::None,
     };
     storage_config.flush_rows = a.flush_rows;
-    storage_config.flush_age = a.flush_age;
+    storage_config.flush_age = a.flush_age.0;
     storage_config.max_buffer_bytes = a.max_buffer_bytes;
     storage_config.min_free_disk_bytes = a.min_free_disk_bytes;
     storage_config.wal_rotate_bytes = a.wal_rotate_bytes;
     storage_config.segment.row_group_rows = a.row_group_rows;
     storage_config.segment.bloom_columns = a.bloom_columns.clone();
     storage_config.compaction_target_rows = a.compaction_target_rows;
-    storage_config.storage_url = (!a.storage.is_empty()).then(|| a.storage.clone());
-    storage_config.maintenance_interval = a.maintenance_interval;
-    storage_config.retention = a.retention;
+    storage_config.storage_url = a.storage.clone().filter(|s| !s.is_empty());
+    storage_config.maintenance_interval = a.maintenance_interval.0;
+    storage_config.retention = a.retention.map(|d| d.0);
     storage_config.retention_by_dataset = a.retention_dataset.iter().cloned().collect();
     let storage = Storage::open(storage_config)
         .await
@@ -433,7 +492,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             max_depth: a.max_depth,
             flatten_depth: a.flatten_depth,
         },
-        request_timeout: a.request_timeout,
+        request_timeout: a.request_timeout.0,
         max_concurrent_queries: a.max_concurrent_queries.max(1),
         cors_origins: a.cors_origin.clone(),
         ui_dir: a.ui_dir.clone(),
@@ -441,7 +500,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     let engine = sonde_query::QueryEngine::new(
         storage.clone(),
         sonde_query::EngineConfig {
-            timeout: a.query_timeout,
+            timeout: a.query_timeout.0,
             memory_limit: a.query_memory_limit,
             metadata_cache_bytes: a.metadata_cache_bytes,
             chunk_cache_bytes: a.chunk_cache_bytes,
@@ -472,12 +531,10 @@ async fn serve(a: ServeArgs) -> Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let grpc = if a.grpc_listen.eq_ignore_ascii_case("off") || a.grpc_listen.is_empty() {
-        None
-    } else {
-        let l = tokio::net::TcpListener::bind(&a.grpc_listen)
+    let grpc = if let Some(grpc_listen) = a.grpc_listen.address() {
+        let l = tokio::net::TcpListener::bind(grpc_listen)
             .await
-            .with_context(|| format!("listening for OTLP/gRPC on {}", a.grpc_listen))?;
+            .with_context(|| format!("listening for OTLP/gRPC on {grpc_listen}"))?;
         let grpc_addr = l.local_addr()?;
         tracing::info!(addr = %grpc_addr, "otlp/grpc listening");
         println!("sonde otlp/grpc listening on http://{grpc_addr}");
@@ -486,6 +543,8 @@ async fn serve(a: ServeArgs) -> Result<()> {
             state.clone(),
             stopped(),
         )))
+    } else {
+        None
     };
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -761,4 +820,68 @@ fn table_with_columns(columns: &[String], rows: &[serde_json::Value]) -> String 
         out.push_str(&line(r.iter().map(String::as_str).collect()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_show_in_the_largest_unit_and_read_back() {
+        for (text, shown) in [
+            ("60s", "1m"),
+            ("90s", "90s"),
+            ("1500ms", "1500ms"),
+            ("2h", "2h"),
+            ("1d", "1d"),
+        ] {
+            let d: Dur = text.parse().unwrap();
+            assert_eq!(d.to_string(), shown);
+            assert_eq!(shown.parse::<Dur>().unwrap().0, d.0);
+        }
+        assert!("5 parsecs".parse::<Dur>().is_err());
+    }
+
+    /// The flags' defaults are the libraries' (each default is defined once, in its crate).
+    #[test]
+    fn serve_defaults_are_the_libraries_defaults() {
+        let Command::Serve(a) = Cli::try_parse_from(["sonde", "serve"]).unwrap().command else {
+            panic!("not serve")
+        };
+        let storage = StorageConfig::new("x");
+        assert_eq!(a.flush_rows, storage.flush_rows);
+        assert_eq!(a.flush_age.0, storage.flush_age);
+        assert_eq!(a.maintenance_interval.0, storage.maintenance_interval);
+        assert_eq!(a.max_buffer_bytes, storage.max_buffer_bytes);
+        assert_eq!(a.row_group_rows, storage.segment.row_group_rows);
+        assert_eq!(a.bloom_columns, storage.segment.bloom_columns);
+        let engine = EngineConfig::default();
+        assert_eq!(
+            (a.query_timeout.0, a.query_memory_limit),
+            (engine.timeout, engine.memory_limit)
+        );
+        assert_eq!(
+            (a.memory_limit, a.max_answer_bytes),
+            (engine.memory_budget, engine.max_answer_bytes)
+        );
+        let server = ServerConfig::default();
+        assert_eq!(a.request_timeout.0, server.request_timeout);
+        assert_eq!(a.max_body_bytes, server.max_body_bytes);
+        assert_eq!(a.max_fields, Limits::default().max_fields_per_event);
+        assert!(a.storage.is_none());
+        assert_eq!(a.grpc_listen.address(), Some("127.0.0.1:4317"));
+        let Command::Serve(off) = Cli::try_parse_from(["sonde", "serve", "--grpc-listen", "off"])
+            .unwrap()
+            .command
+        else {
+            panic!("not serve")
+        };
+        assert_eq!(off.grpc_listen.address(), None);
+    }
 }

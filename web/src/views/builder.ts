@@ -3,7 +3,7 @@
 // only; the query runs from the Run button.
 
 import type { Column, QuerySpec } from "../api";
-import { HAVING_OPS, parseCalc, type Catalog } from "../catalog";
+import { parseCalc, type Catalog } from "../catalog";
 import { chip, clause, datalist, el, input, setChips, setOptions, setValue, changed } from "../dom";
 import * as edit from "../spec-edit";
 import { onSpec, type Dispatch } from "../state";
@@ -97,7 +97,7 @@ function build(container: HTMLElement, props: BuilderProps, dispatch: Dispatch):
   // HAVING
   p.hsel = el("select", { id: "having-calc" });
   const hop = el("select", { id: "having-op" });
-  setOptions(hop, HAVING_OPS.map((o) => [o, o]));
+  setOptions(hop, props.catalog.havingOps().map((o) => [o, o]));
   const hval = input({ type: "number", className: "short", id: "having-value" });
   const addHaving = () => {
     if (!p.hsel.value || hval.value === "") return;

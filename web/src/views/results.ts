@@ -42,7 +42,8 @@ export function render(at: { charts: HTMLElement; table: HTMLElement }, props: R
   };
   for (const g of graphs(spec, props.catalog)) {
     if (!g.heatmap) {
-      plots.push(lineChart(at.charts, g.key, axis.times, toLines(answer, totals, spec.breakdowns, g.key, g.op), handlers));
+      const lines = toLines(answer, totals, spec.breakdowns, g.key, props.catalog.additive(g.op));
+      plots.push(lineChart(at.charts, g.key, axis.times, lines, handlers));
       continue;
     }
     const column = g.column!;

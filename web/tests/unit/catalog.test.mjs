@@ -65,3 +65,14 @@ test("parseCalc reads OP and OP(column), upper-casing the operator", () => {
   assert.equal(parseCalc("P99 duration_ms"), null);
   assert.equal(parseCalc(""), null);
 });
+
+test("having comparisons, list-valued filters and additive calculations come from the catalogue", () => {
+  assert.deepEqual(cat.havingOps(), ["=", "!=", ">", ">=", "<", "<="]);
+  assert.deepEqual(META.calculations.map((c) => c.op).filter((op) => cat.additive(op)), ["COUNT", "SUM"]);
+  const col = COLUMNS.find((c) => c.type === "float");
+  assert.deepEqual(cat.filterValue(col, "in", "1, 2"), [1, 2]);
+  assert.equal(cat.filterValue(col, "=", "1, 2"), "1, 2");
+  // An operator the server marks as list-valued is read as a list, whatever its name.
+  const renamed = new Catalog({ ...META, filters: META.filters.map((f) => (f.op === "=" ? { ...f, takes_list: true } : f)) });
+  assert.deepEqual(renamed.filterValue(col, "=", "3,4"), [3, 4]);
+});

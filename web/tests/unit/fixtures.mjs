@@ -1,7 +1,9 @@
 // What `GET /api/meta` answers (the server's catalogue, abridged to what the rules below need
 // plus the order of the real one), and a spec to edit.
 
-const calc = (op, needs_column, numeric, per_group) => ({ op, needs_column, numeric, per_group });
+const calc = (op, needs_column, numeric, per_group) => ({ op, needs_column, numeric, per_group, additive: op === "COUNT" || op === "SUM" });
+const filter = (op, takes_value, string_only) =>
+  ({ op, takes_value, string_only, takes_list: op === "in" || op === "not-in", having: ["=", "!=", ">", ">=", "<", "<="].includes(op) });
 const P = ["P001", "P01", "P05", "P10", "P20", "P25", "P50", "P75", "P80", "P90", "P95", "P99", "P999"];
 
 export const META = {
@@ -15,13 +17,13 @@ export const META = {
     calc("CONCURRENCY", false, false, false),
   ],
   filters: [
-    ...["=", "!=", ">", ">=", "<", "<="].map((op) => ({ op, takes_value: true, string_only: false })),
+    ...["=", "!=", ">", ">=", "<", "<="].map((op) => filter(op, true, false)),
     ...["starts-with", "does-not-start-with", "ends-with", "does-not-end-with", "contains", "does-not-contain"]
-      .map((op) => ({ op, takes_value: true, string_only: true })),
-    { op: "exists", takes_value: false, string_only: false },
-    { op: "does-not-exist", takes_value: false, string_only: false },
-    { op: "in", takes_value: true, string_only: false },
-    { op: "not-in", takes_value: true, string_only: false },
+      .map((op) => filter(op, true, true)),
+    filter("exists", false, false),
+    filter("does-not-exist", false, false),
+    filter("in", true, false),
+    filter("not-in", true, false),
   ],
   max_clauses: 100,
 };

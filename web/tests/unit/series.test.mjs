@@ -36,7 +36,7 @@ test("toLines: one line per result group, in the results' order, with its values
     [{ [S]: "b", COUNT: 5 }, { [S]: "a", COUNT: 3 }],
     [[0, { [S]: "a", COUNT: 1 }], [2, { [S]: "a", COUNT: 2 }], [1, { [S]: "b", COUNT: 5 }], [3, { [S]: "zz", COUNT: 9 }]],
   );
-  assert.deepEqual(series.toLines(a, null, [S], "COUNT", "COUNT"), [
+  assert.deepEqual(series.toLines(a, null, [S], "COUNT", true), [
     { label: "b", values: [null, 5, null, null] },
     { label: "a", values: [1, null, 2, null] },
   ]);
@@ -44,9 +44,9 @@ test("toLines: one line per result group, in the results' order, with its values
 
 test("toLines labels a group by its values ((null) when missing) and one without breakdowns 'all events'", () => {
   const a = answer([{ [S]: null, m: "GET", COUNT: 1 }], [[0, { [S]: null, m: "GET", COUNT: 1 }]]);
-  assert.deepEqual(series.toLines(a, null, [S, "m"], "COUNT", "COUNT").map((l) => [l.label, l.values[0]]), [["(null), GET", 1]]);
+  assert.deepEqual(series.toLines(a, null, [S, "m"], "COUNT", true).map((l) => [l.label, l.values[0]]), [["(null), GET", 1]]);
   const all = answer([{ COUNT: 4 }], [[1, { COUNT: 4 }]]);
-  assert.deepEqual(series.toLines(all, null, [], "COUNT", "COUNT"), [{ label: "all events", values: [null, 4, null, null] }]);
+  assert.deepEqual(series.toLines(all, null, [], "COUNT", true), [{ label: "all events", values: [null, 4, null, null] }]);
 });
 
 test("toLines adds 'other' = total − the groups shown, per bucket, for an additive calculation given totals", () => {
@@ -56,23 +56,23 @@ test("toLines adds 'other' = total − the groups shown, per bucket, for an addi
     { groups_truncated: true },
   );
   const totals = answer([{ COUNT: 20 }], [[0, { COUNT: 10 }], [1, { COUNT: 7 }], [3, { COUNT: 1 }]]);
-  const lines = series.toLines(a, totals, [S], "COUNT", "COUNT");
+  const lines = series.toLines(a, totals, [S], "COUNT", true);
   assert.deepEqual(lines.at(-1), { label: "other", values: [6, 3, null, 1] });
   assert.equal(lines.length, 3);
-  assert.equal(series.toLines(a, totals, [S], "COUNT", "P99").length, 2, "no 'other' for a calculation that does not add up");
-  assert.equal(series.toLines(a, null, [S], "COUNT", "COUNT").length, 2, "no totals, no 'other'");
+  assert.equal(series.toLines(a, totals, [S], "COUNT", false).length, 2, "no 'other' for a calculation that does not add up");
+  assert.equal(series.toLines(a, null, [S], "COUNT", true).length, 2, "no totals, no 'other'");
 });
 
 test("totalsSpec: asked only when groups were left out, with breakdowns, an additive calculation and no having", () => {
   const spec = { ...SPEC, calculations: [{ op: "COUNT" }, { op: "SUM", column: "d" }, { op: "P99", column: "d" }], orders: [{ column: S }] };
   const cut = answer([], [], { groups_truncated: true });
-  assert.deepEqual(series.totalsSpec(frozen(spec), cut), {
+  assert.deepEqual(series.totalsSpec(frozen(spec), cut, cat), {
     ...spec, calculations: [{ op: "COUNT" }, { op: "SUM", column: "d" }], breakdowns: [], orders: [], havings: [],
   });
-  assert.equal(series.totalsSpec(spec, answer([], [])), null, "all groups shown");
-  assert.equal(series.totalsSpec({ ...spec, breakdowns: [] }, cut), null);
-  assert.equal(series.totalsSpec({ ...spec, calculations: [{ op: "AVG", column: "d" }] }, cut), null);
-  assert.equal(series.totalsSpec({ ...spec, havings: [{ calculate_op: "COUNT", op: ">", value: 1 }] }, cut), null);
+  assert.equal(series.totalsSpec(spec, answer([], []), cat), null, "all groups shown");
+  assert.equal(series.totalsSpec({ ...spec, breakdowns: [] }, cut, cat), null);
+  assert.equal(series.totalsSpec({ ...spec, calculations: [{ op: "AVG", column: "d" }] }, cut, cat), null);
+  assert.equal(series.totalsSpec({ ...spec, havings: [{ calculate_op: "COUNT", op: ">", value: 1 }] }, cut, cat), null);
 });
 
 test("heatmapCells sums the groups' histograms per bucket, leaving its input and buckets without data alone", () => {

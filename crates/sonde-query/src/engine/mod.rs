@@ -130,16 +130,31 @@ pub struct EngineConfig {
     pub max_answer_bytes: usize,
 }
 
+impl EngineConfig {
+    /// Default of `timeout` (the command line's default too: each default is defined once).
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Default of `memory_limit`.
+    pub const DEFAULT_MEMORY_LIMIT: usize = 2 << 30;
+    /// Default of `metadata_cache_bytes`.
+    pub const DEFAULT_METADATA_CACHE_BYTES: usize = 256 << 20;
+    /// Default of `chunk_cache_bytes`.
+    pub const DEFAULT_CHUNK_CACHE_BYTES: usize = 256 << 20;
+    /// Default of `memory_budget`.
+    pub const DEFAULT_MEMORY_BUDGET: usize = 4 << 30;
+    /// Default of `max_answer_bytes`.
+    pub const DEFAULT_MAX_ANSWER_BYTES: usize = 128 << 20;
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            timeout: Duration::from_secs(30),
-            memory_limit: 2 << 30,
+            timeout: Self::DEFAULT_TIMEOUT,
+            memory_limit: Self::DEFAULT_MEMORY_LIMIT,
             target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            metadata_cache_bytes: 256 << 20,
-            chunk_cache_bytes: 256 << 20,
-            memory_budget: 4 << 30,
-            max_answer_bytes: 128 << 20,
+            metadata_cache_bytes: Self::DEFAULT_METADATA_CACHE_BYTES,
+            chunk_cache_bytes: Self::DEFAULT_CHUNK_CACHE_BYTES,
+            memory_budget: Self::DEFAULT_MEMORY_BUDGET,
+            max_answer_bytes: Self::DEFAULT_MAX_ANSWER_BYTES,
         }
     }
 }
