@@ -11,6 +11,52 @@ pub(super) struct Output {
     pub(super) truncated: bool,
 }
 
+/// What the steps of a breakdown build up, group by group.
+pub(super) struct Partial {
+    /// The groups that made the cut, in result order.
+    pub(super) groups: Vec<GroupKey>,
+    /// Each group's position in `groups`.
+    pub(super) index: HashMap<GroupKey, usize>,
+    /// Per group, its values (breakdowns and calculations).
+    pub(super) results: Vec<Map<String, Value>>,
+    /// Per (time bucket, group), its values.
+    pub(super) series: BTreeMap<(i64, usize), Map<String, Value>>,
+    /// Per calculation, the base values per (group, bucket) of rates and CONCURRENCY.
+    pub(super) per_bucket: Vec<HashMap<(usize, i64), Option<f64>>>,
+    /// Per HEATMAP calculation, its value range over the groups kept.
+    pub(super) heat_range: Vec<(Option<f64>, Option<f64>)>,
+    /// Whether the limit cut groups off.
+    pub(super) truncated: bool,
+}
+
+impl Partial {
+    fn into_output(self, plan: &Plan) -> Output {
+        let Partial {
+            groups,
+            results,
+            series,
+            truncated,
+            ..
+        } = self;
+        let series_json: Vec<Value> = series
+            .into_iter()
+            .map(|((t, g), mut m)| {
+                for (i, (name, _)) in plan.breakdowns.iter().enumerate() {
+                    m.insert(name.clone(), groups[g][i].clone());
+                }
+                json!({"time": sonde_model::time::format_us(plan.start_us + t * plan.granularity_s * 1_000_000), "data": m})
+            })
+            .collect();
+        let groups_n = results.len();
+        Output {
+            series: series_json,
+            results: results.into_iter().map(|m| json!({ "data": m })).collect(),
+            groups: groups_n,
+            truncated,
+        }
+    }
+}
+
 pub(super) struct Run<'a> {
     pub(super) plan: &'a Plan,
     pub(super) engine: &'a QueryEngine,
@@ -135,16 +181,27 @@ impl Run<'_> {
     }
 
     pub(super) async fn execute(&self, base: DataFrame) -> Result<Output> {
-        let plan = self.plan;
-        let nb = plan.breakdowns.len();
+        let fine = self.fine_table(&base).await?;
+        let mut p = self.results(&base, fine.as_ref()).await?;
+        // Later queries only need the groups that made the cut (past the limit and havings).
+        let restricted = if p.truncated || !self.plan.havings.is_empty() {
+            self.df(base.filter(group_filter(self.plan, &p.groups)))?
+        } else {
+            base
+        };
+        self.series(&mut p, fine.as_ref(), &restricted).await?;
+        self.rates(&mut p);
+        self.concurrency(&mut p, &restricted).await?;
+        self.heatmaps(&mut p, &restricted).await?;
+        Ok(p.into_output(self.plan))
+    }
 
-        // 1. Results: plain aggregates per group, HAVING, ORDER BY, LIMIT. Each HEATMAP's value
-        //    range comes along (per group; combined below over the groups that made the cut).
-        let (aggs, finals) = self.result_aggregates();
-        // When every calculation rolls up from partial aggregates per time bucket and group,
-        // one scan computes those ("fine"), and the results and the series are both answered
-        // from that small table instead of scanning the events twice.
-        let fine = match self.fine_aggregates(&base, &aggs)? {
+    /// When every calculation rolls up from partial aggregates per time bucket and group,
+    /// one scan computes those ("fine"), and the results and the series are both answered
+    /// from that small table instead of scanning the events twice.
+    async fn fine_table(&self, base: &DataFrame) -> Result<Option<DataFrame>> {
+        let (aggs, _) = self.result_aggregates();
+        Ok(match self.fine_aggregates(base, &aggs)? {
             // Collected (and counted against the request) rather than `cache()`d, which would
             // hold the partials outside every budget.
             Some(f) => {
@@ -155,8 +212,16 @@ impl Run<'_> {
                 Some(self.df(table.and_then(|t| SessionContext::new_with_state(state).read_table(Arc::new(t))))?)
             }
             None => None,
-        };
-        let mut results_df = match &fine {
+        })
+    }
+
+    /// 1. Results: plain aggregates per group, HAVING, ORDER BY, LIMIT. Each HEATMAP's value
+    ///    range comes along (per group; combined here over the groups that made the cut).
+    async fn results(&self, base: &DataFrame, fine: Option<&DataFrame>) -> Result<Partial> {
+        let plan = self.plan;
+        let nb = plan.breakdowns.len();
+        let (aggs, finals) = self.result_aggregates();
+        let mut results_df = match fine {
             Some(f) => {
                 let groups: Vec<Expr> = (0..nb).map(|i| ident(b_alias(i))).collect();
                 self.df(f.clone().aggregate(groups, aggs.iter().map(rollup).collect()))?
@@ -239,18 +304,29 @@ impl Run<'_> {
         let truncated = groups.len() > plan.limit;
         groups.truncate(plan.limit);
         results.truncate(plan.limit);
-        let group_index: HashMap<GroupKey, usize> = groups.iter().enumerate().map(|(i, g)| (g.clone(), i)).collect();
+        let index = groups.iter().enumerate().map(|(i, g)| (g.clone(), i)).collect();
+        Ok(Partial {
+            groups,
+            index,
+            results,
+            series: BTreeMap::new(),
+            per_bucket: vec![HashMap::new(); plan.calcs.len()],
+            heat_range,
+            truncated,
+        })
+    }
 
-        // Later queries only need the groups that made the cut (past the limit and havings).
-        let restricted = if truncated || !plan.havings.is_empty() {
-            self.df(base.filter(group_filter(plan, &groups)))?
-        } else {
-            base
-        };
-
-        // 2. Series: the same aggregates (and the bases of rates) per bucket and group.
-        let mut series: BTreeMap<(i64, usize), Map<String, Value>> = BTreeMap::new();
-        let mut per_bucket: Vec<HashMap<(usize, i64), Option<f64>>> = vec![HashMap::new(); plan.calcs.len()];
+    /// 2. Series: the same aggregates (and the bases of rates) per bucket and group.
+    async fn series(&self, p: &mut Partial, fine: Option<&DataFrame>, restricted: &DataFrame) -> Result<()> {
+        let plan = self.plan;
+        let nb = plan.breakdowns.len();
+        let Partial {
+            groups,
+            index: group_index,
+            series,
+            per_bucket,
+            ..
+        } = p;
         if !groups.is_empty() {
             let mut aggs = Vec::new();
             let mut finals: Vec<Expr> = vec![ident("t")];
@@ -263,7 +339,7 @@ impl Run<'_> {
                 }
             }
             if !aggs.is_empty() {
-                let df = match &fine {
+                let df = match fine {
                     // Rows of groups that did not make the cut are skipped below.
                     Some(f) => f.clone(),
                     None => {
@@ -304,8 +380,19 @@ impl Run<'_> {
                 }
             }
         }
+        Ok(())
+    }
 
-        // 3a. Rates: per-second change of the base aggregate between adjacent buckets.
+    /// 3a. Rates: per-second change of the base aggregate between adjacent buckets.
+    fn rates(&self, p: &mut Partial) {
+        let plan = self.plan;
+        let Partial {
+            groups,
+            results,
+            series,
+            per_bucket,
+            ..
+        } = p;
         let g_s = plan.granularity_s as f64;
         for (i, c) in plan.calcs.iter().enumerate() {
             if !matches!(c.op, CalcOp::RateAvg | CalcOp::RateSum | CalcOp::RateMax) {
@@ -331,8 +418,19 @@ impl Run<'_> {
                 results[g].insert(c.key.clone(), mean.map_or(Value::Null, float));
             }
         }
+    }
 
-        // 3b. CONCURRENCY: spans started up to a bucket minus spans ended before it.
+    /// 3b. CONCURRENCY: spans started up to a bucket minus spans ended before it.
+    async fn concurrency(&self, p: &mut Partial, restricted: &DataFrame) -> Result<()> {
+        let plan = self.plan;
+        let nb = plan.breakdowns.len();
+        let Partial {
+            index: group_index,
+            results,
+            series,
+            per_bucket,
+            ..
+        } = p;
         if let Some((i, c)) = plan.calcs.iter().enumerate().find(|(_, c)| c.op == CalcOp::Concurrency) {
             let end_us = cast(ident("duration_ms") * lit(1000.0), DataType::Int64);
             let mut gexprs = vec![bucket_expr(plan, Some(end_us)).alias("t")];
@@ -376,15 +474,28 @@ impl Run<'_> {
                 result.insert(c.key.clone(), peak.map_or(Value::Null, Value::from));
             }
         }
+        Ok(())
+    }
 
-        // 3c. HEATMAP: value range over the filtered events, then a histogram per bucket and group.
+    /// 3c. HEATMAP: value range over the filtered events, then a histogram per bucket and group.
+    async fn heatmaps(&self, p: &mut Partial, restricted: &DataFrame) -> Result<()> {
+        let plan = self.plan;
+        let nb = plan.breakdowns.len();
+        let Partial {
+            groups,
+            index: group_index,
+            results,
+            series,
+            heat_range,
+            ..
+        } = p;
         for (i, c) in plan.calcs.iter().enumerate() {
             if c.op != CalcOp::Heatmap || groups.is_empty() {
                 continue;
             }
             let col = c.column.as_ref().unwrap().0.clone();
             let (Some(lo), Some(hi)) = heat_range[i] else {
-                for r in &mut results {
+                for r in results.iter_mut() {
                     r.insert(c.key.clone(), Value::Null);
                 }
                 continue;
@@ -427,23 +538,7 @@ impl Run<'_> {
                 results[g].insert(c.key.clone(), heatmap_json(lo, hi, width, counts));
             }
         }
-
-        let series_json: Vec<Value> = series
-            .into_iter()
-            .map(|((t, g), mut m)| {
-                for (i, (name, _)) in plan.breakdowns.iter().enumerate() {
-                    m.insert(name.clone(), groups[g][i].clone());
-                }
-                json!({"time": sonde_model::time::format_us(plan.start_us + t * plan.granularity_s * 1_000_000), "data": m})
-            })
-            .collect();
-        let groups_n = results.len();
-        Ok(Output {
-            series: series_json,
-            results: results.into_iter().map(|m| json!({ "data": m })).collect(),
-            groups: groups_n,
-            truncated,
-        })
+        Ok(())
     }
 }
 
