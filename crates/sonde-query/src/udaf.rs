@@ -4,7 +4,7 @@
 //! Definition (also used by the tests' brute-force model): sort the values; with `W` the total
 //! weight, the answer is the first value whose cumulative weight reaches `p × W`. For weight 1
 //! everywhere this is the nearest-rank percentile. Exact selection is affordable per group up to
-//! millions of values (see PERF_NOTES), and unlike t-digest it needs no error bound.
+//! millions of values, and unlike t-digest it needs no error bound.
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, ListArray, RecordBatch};
 use arrow::buffer::OffsetBuffer;

@@ -166,7 +166,7 @@ impl CatalogStore {
                 let dir = dir.clone();
                 tokio::task::spawn_blocking(move || write_local(&dir, &bytes))
                     .await
-                    .map_err(|e| Error::Invalid(format!("catalog write panicked: {e}")))?
+                    .map_err(|e| Error::TaskFailed(format!("catalog write panicked: {e}")))?
             }
             CatalogStore::Remote(store) => {
                 store

@@ -88,7 +88,7 @@ impl Storage {
             Ok((segment::encode(&batch, &opts)?, idx))
         })
         .await
-        .map_err(|e| Error::Invalid(format!("segment encoder panicked: {e}")))??;
+        .map_err(|e| Error::TaskFailed(format!("segment encoder panicked: {e}")))??;
         let size = encoded.bytes.len() as u64;
         let store_path = StorePath::from(path.as_str());
         self.store.put(&store_path, encoded.bytes.into()).await?;
@@ -102,7 +102,7 @@ impl Storage {
         let back = self.store.get(&store_path).await?.bytes().await?;
         let after = tokio::task::spawn_blocking(move || segment::read_facts(back))
             .await
-            .map_err(|e| Error::Invalid(format!("segment reader panicked: {e}")))??;
+            .map_err(|e| Error::TaskFailed(format!("segment reader panicked: {e}")))??;
         if before != after {
             return Err(Error::Invalid(format!(
                 "segment {path} read back as {after:?}, written as {before:?}"

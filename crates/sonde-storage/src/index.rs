@@ -200,7 +200,7 @@ impl IndexCache {
             Ok(out)
         })
         .await
-        .map_err(|e| Error::Invalid(format!("index builder panicked: {e}")))??;
+        .map_err(|e| Error::TaskFailed(format!("index builder panicked: {e}")))??;
         let kept = self.put_all(segment.id, built);
         if let Err(e) = store.put(&idx_path, encode_file(&kept).into()).await {
             tracing::warn!(file = %idx_path, error = %e, "could not write index file");

@@ -133,6 +133,12 @@ pub enum Error {
     /// A segment failed its read-back check, or data violated an invariant.
     #[error("invalid data: {0}")]
     Invalid(String),
+    /// The storage settings cannot be used (a storage URL of an unknown kind, say).
+    #[error("invalid storage configuration: {0}")]
+    Config(String),
+    /// A background task (encoding, verifying, indexing) panicked: a bug.
+    #[error("a storage task failed: {0}")]
+    TaskFailed(String),
 }
 
 /// Storage results.
@@ -346,7 +352,7 @@ fn remote_store(url: &str) -> Result<Arc<dyn ObjectStore>> {
     use object_store::aws::AmazonS3Builder;
     let rest = url
         .strip_prefix("s3://")
-        .ok_or_else(|| Error::Invalid(format!("storage URL {url:?}: only s3://bucket/prefix is supported")))?;
+        .ok_or_else(|| Error::Config(format!("storage URL {url:?}: only s3://bucket/prefix is supported")))?;
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
         return Err(Error::Invalid(format!("storage URL {url:?} names no bucket")));

@@ -68,7 +68,7 @@ impl Storage {
         let schema = compaction::merged_schema(&group, types);
         let batch = tokio::task::spawn_blocking(move || compaction::merge(files, &schema))
             .await
-            .map_err(|e| Error::Invalid(format!("compaction panicked: {e}")))??;
+            .map_err(|e| Error::TaskFailed(format!("compaction panicked: {e}")))??;
         compaction::check_merged(&group, &segment::batch_facts(&batch)?)?;
         let min_lsn = group.iter().map(|s| s.min_lsn).min().unwrap_or(0);
         let max_lsn = group.iter().map(|s| s.max_lsn).max().unwrap_or(0);

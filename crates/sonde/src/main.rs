@@ -582,7 +582,7 @@ async fn gen_events(a: GenArgs) -> Result<()> {
     let span_us = a.span.as_micros() as i64;
     let start_us = match &a.start {
         Some(s) => sonde_model::time::parse_time_str(s)?,
-        None => chrono_now_us() - span_us,
+        None => sonde_model::time::now_us() - span_us,
     };
     let cfg = GenConfig {
         seed: a.seed,
@@ -609,10 +609,6 @@ async fn gen_events(a: GenArgs) -> Result<()> {
     Ok(())
 }
 
-fn chrono_now_us() -> i64 {
-    sonde_model::time::now_us()
-}
-
 async fn ingest_file(a: IngestArgs) -> Result<()> {
     use std::io::BufRead;
     let reader: Box<dyn BufRead> = if a.file.as_os_str() == "-" {
@@ -635,12 +631,11 @@ async fn post_ndjson(url: &str, dataset: &str, lines: impl Iterator<Item = Strin
     let endpoint = format!("{}/api/ingest/{dataset}", url.trim_end_matches('/'));
     let mut sent = 0u64;
     let mut buf = String::new();
-    let mut n = 0usize;
     let started = std::time::Instant::now();
     let mut lines = lines.peekable();
     while lines.peek().is_some() {
         buf.clear();
-        n = 0;
+        let mut n = 0usize;
         for line in lines.by_ref().take(batch.max(1)) {
             buf.push_str(&line);
             buf.push('\n');
@@ -683,7 +678,6 @@ async fn post_ndjson(url: &str, dataset: &str, lines: impl Iterator<Item = Strin
         let secs = started.elapsed().as_secs_f64().max(1e-3);
         eprint!("\r{sent} events sent ({:.0} events/s)", sent as f64 / secs);
     }
-    let _ = n;
     eprintln!();
     Ok(sent)
 }

@@ -32,8 +32,7 @@ pub(super) fn lit_of(l: &Literal) -> Expr {
     }
 }
 
-/// The WHERE clause: the time range and the filters.
-/// The spec's filters and time range as one predicate. When every event of the table lies
+/// The WHERE clause: the spec's filters and time range as one predicate. When every event of the table lies
 /// inside the time range, the range is left out: it would hold for every row, yet the scan would
 /// still decode and compare the timestamp column of every row to find that out.
 pub(super) fn where_clause(plan: &Plan, table: &DatasetTable) -> Expr {
