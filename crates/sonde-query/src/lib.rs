@@ -30,6 +30,6 @@ pub mod udaf;
 mod source_tests;
 
 pub use bubbleup::BubbleUpRequest;
-pub use engine::{EngineConfig, EventsRequest, QueryEngine, QueryError, QueryResult, SqlFormat};
+pub use engine::{EngineConfig, EventsRequest, QueryData, QueryEngine, QueryError, QueryMeta, QueryResult, SqlFormat};
 pub use memory::{MemoryBudget, RequestBudget};
 pub use spec::QuerySpec;

@@ -114,9 +114,9 @@ async fn breakdowns_and_sql_over_an_in_memory_source() {
     }))
     .unwrap();
     let r = engine.query(&ds, &spec, &engine.request()).await.unwrap();
-    let rows: Vec<(Value, Value, Value)> = r.data["results"]
-        .as_array()
-        .unwrap()
+    let rows: Vec<(Value, Value, Value)> = r
+        .data
+        .results
         .iter()
         .map(|g| {
             (

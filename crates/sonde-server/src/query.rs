@@ -58,7 +58,7 @@ fn answer(body: Vec<u8>, content_type: &'static str, budget: RequestBudget) -> R
 }
 
 /// A JSON answer built as `Value`s, encoded within the request's budget.
-fn json_answer(value: &Value, budget: RequestBudget) -> Result<Response, ApiError> {
+fn json_answer(value: &impl serde::Serialize, budget: RequestBudget) -> Result<Response, ApiError> {
     let body = sonde_query::json::to_bytes(value, &budget)?;
     Ok(answer(body, "application/json", budget))
 }
@@ -71,7 +71,7 @@ pub(crate) async fn query(
 ) -> Result<Response, ApiError> {
     let budget = state.engine.request();
     let r = state.engine.query(q.dataset()?, &spec, &budget).await?;
-    json_answer(&json!({ "data": r.data, "meta": r.meta }), budget)
+    json_answer(&r, budget)
 }
 
 /// `POST /api/events/{dataset}`: raw events, newest first.
@@ -206,7 +206,7 @@ pub(crate) async fn create_result(
         "id": id,
         "query_id": req.query_id,
         "complete": true,
-        "data": {"series": r.data["series"], "results": r.data["results"]},
+        "data": r.data,
         "meta": r.meta,
         // The UI's own permalink form (`q` = the spec as JSON), so the link opens this query
         // even after the saved query has been forgotten.

@@ -159,13 +159,49 @@ impl Default for EngineConfig {
     }
 }
 
-/// The answer to a query spec.
+/// The answer to a query spec: `{"data": {"series", "results"}, "meta": {…}}`.
 #[derive(Debug, Clone, Serialize)]
 pub struct QueryResult {
-    /// `series` and `results`.
-    pub data: Value,
+    /// The answer's rows.
+    pub data: QueryData,
     /// What the query touched and how long it took.
-    pub meta: Value,
+    pub meta: QueryMeta,
+}
+
+/// A query's rows: one per group, and one per (time bucket, group).
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryData {
+    /// Per time bucket and group: `{"time", "data": {breakdowns…, calculations…}}`, by time.
+    pub series: Vec<Value>,
+    /// Per group, in the spec's order: `{"data": {breakdowns…, calculations…}}`.
+    pub results: Vec<Value>,
+}
+
+/// What a query touched and how long it took.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryMeta {
+    /// Events read (after segment pruning).
+    pub rows_examined: u64,
+    /// Segments of the dataset.
+    pub segments_total: usize,
+    /// Segments opened.
+    pub segments_scanned: usize,
+    /// Segments skipped by their time bounds, statistics or indexes.
+    pub segments_pruned: usize,
+    /// Of those, skipped by an id index.
+    pub segments_pruned_by_index: usize,
+    /// Time taken.
+    pub elapsed_ms: f64,
+    /// Seconds per time bucket.
+    pub granularity: i64,
+    /// The range queried (RFC 3339).
+    pub start_time: String,
+    /// Its end (exclusive).
+    pub end_time: String,
+    /// Groups answered.
+    pub groups: usize,
+    /// Whether the limit cut groups off.
+    pub groups_truncated: bool,
 }
 
 /// A raw-events request: the spec's filters and time range, newest first, paged.
@@ -423,21 +459,24 @@ impl QueryEngine {
         };
         let out = run.execute(base).await?;
         let scan: ScanStats = stats.lock().unwrap().clone();
-        let meta = json!({
-            "rows_examined": scan.rows_examined,
-            "segments_total": scan.segments_total,
-            "segments_scanned": scan.segments_scanned,
-            "segments_pruned": scan.segments_total.saturating_sub(scan.segments_scanned),
-            "segments_pruned_by_index": scan.segments_pruned_by_index,
-            "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
-            "granularity": plan.granularity_s,
-            "start_time": sonde_model::time::format_us(plan.start_us),
-            "end_time": sonde_model::time::format_us(plan.end_us),
-            "groups": out.groups,
-            "groups_truncated": out.truncated,
-        });
+        let meta = QueryMeta {
+            rows_examined: scan.rows_examined,
+            segments_total: scan.segments_total,
+            segments_scanned: scan.segments_scanned,
+            segments_pruned: scan.segments_total.saturating_sub(scan.segments_scanned),
+            segments_pruned_by_index: scan.segments_pruned_by_index,
+            elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+            granularity: plan.granularity_s,
+            start_time: sonde_model::time::format_us(plan.start_us),
+            end_time: sonde_model::time::format_us(plan.end_us),
+            groups: out.groups,
+            groups_truncated: out.truncated,
+        };
         Ok(QueryResult {
-            data: json!({"series": out.series, "results": out.results}),
+            data: QueryData {
+                series: out.series,
+                results: out.results,
+            },
             meta,
         })
     }
