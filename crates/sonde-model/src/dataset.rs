@@ -8,8 +8,23 @@ pub const MAX_DATASET_NAME_LEN: usize = 128;
 
 /// A validated, lowercased dataset name: 1–128 characters of `a-z 0-9 - _ .`, not starting
 /// with `.` (so never `.` or `..`). Honeycomb treats dataset names case-insensitively; so do we.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Stored (in the catalog) as its text, and validated again when read back.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct DatasetName(String);
+
+impl TryFrom<String> for DatasetName {
+    type Error = EventError;
+    fn try_from(raw: String) -> Result<Self, EventError> {
+        DatasetName::new(&raw)
+    }
+}
+
+impl From<DatasetName> for String {
+    fn from(name: DatasetName) -> String {
+        name.0
+    }
+}
 
 impl DatasetName {
     /// Validates and lowercases `raw`.

@@ -11,7 +11,7 @@ use crate::wal::{Lsn, sync_dir};
 use crate::{Error, Result};
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
-use sonde_model::ColumnType;
+use sonde_model::{ColumnType, DatasetName};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ pub(crate) struct Catalog {
     /// The id the next segment will get.
     pub next_segment_id: u64,
     /// Every dataset with at least one flushed segment, by name.
-    pub datasets: BTreeMap<String, DatasetEntry>,
+    pub datasets: BTreeMap<DatasetName, DatasetEntry>,
 }
 
 /// One dataset's persisted state.
@@ -176,14 +176,6 @@ impl CatalogStore {
             }
         }
     }
-
-    /// Where the catalog is, for messages.
-    pub(crate) fn describe(&self) -> PathBuf {
-        match self {
-            CatalogStore::Local(dir) => dir.join(CATALOG_FILE),
-            CatalogStore::Remote(_) => PathBuf::from(CATALOG_FILE),
-        }
-    }
 }
 
 /// Replaces `catalog.json` in `dir`: temporary file, fsync, rename, directory fsync.
@@ -213,14 +205,17 @@ mod tests {
             let mut c = store.load().await.unwrap();
             assert_eq!(c.next_segment_id, 1);
             c.datasets.insert(
-                "x".into(),
+                DatasetName::new("x").unwrap(),
                 DatasetEntry {
                     flushed_lsn: 7,
                     ..Default::default()
                 },
             );
             store.store(&c).await.unwrap();
-            assert_eq!(store.load().await.unwrap().datasets["x"].flushed_lsn, 7);
+            assert_eq!(
+                store.load().await.unwrap().datasets[&DatasetName::new("x").unwrap()].flushed_lsn,
+                7
+            );
             // A catalog of another version is refused on both paths (the object store's path
             // used to take it as it was).
             c.version = CATALOG_VERSION + 1;

@@ -187,7 +187,7 @@ impl Storage {
                 continue;
             }
             catalog.datasets.insert(
-                name.to_string(),
+                name.clone(),
                 DatasetEntry {
                     flushed_lsn: st.flushed_lsn,
                     columns: st.columns.clone(),

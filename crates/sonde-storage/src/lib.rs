@@ -210,11 +210,9 @@ impl Storage {
         }
 
         let mut datasets = BTreeMap::new();
+        // Names were validated as the catalog was read.
         for (name, entry) in &catalog.datasets {
-            let name = DatasetName::new(name).map_err(|e| Error::CatalogCorrupt {
-                path: catalog_store.describe(),
-                reason: e.to_string(),
-            })?;
+            let name = name.clone();
             let state = DatasetState {
                 deleted: entry.deleted,
                 flushed_lsn: entry.flushed_lsn,

@@ -14,6 +14,7 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::file::metadata::ParquetMetaDataReader;
 use serde::Serialize;
+use sonde_model::DatasetName;
 use std::sync::Arc;
 
 /// Where quarantined files go, under the store's root (and the data directory for the WAL).
@@ -72,12 +73,12 @@ async fn check(store: &Arc<dyn ObjectStore>, seg: &SegmentMeta) -> std::result::
 /// Checks every segment the catalog names; moves the damaged ones aside and drops them from
 /// `catalog` (the caller persists it). Returns what was quarantined.
 pub(crate) async fn verify_segments(store: &Arc<dyn ObjectStore>, catalog: &mut Catalog) -> Result<Vec<Quarantined>> {
-    let all: Vec<(String, SegmentMeta)> = catalog
+    let all: Vec<(DatasetName, SegmentMeta)> = catalog
         .datasets
         .iter()
         .flat_map(|(d, e)| e.segments.iter().map(move |s| (d.clone(), s.clone())))
         .collect();
-    let failed: Vec<(String, SegmentMeta, String)> = futures::stream::iter(all)
+    let failed: Vec<(DatasetName, SegmentMeta, String)> = futures::stream::iter(all)
         .map(|(d, s)| async move {
             let r = check(store, &s).await;
             r.err().map(|why| (d, s, why))
@@ -96,12 +97,12 @@ pub(crate) async fn verify_segments(store: &Arc<dyn ObjectStore>, catalog: &mut 
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(Error::ObjectStore(e)),
         }
-        tracing::error!(dataset, path = %seg.path, moved_to = %to, rows = seg.rows, reason, "segment quarantined");
+        tracing::error!(dataset = %dataset, path = %seg.path, moved_to = %to, rows = seg.rows, reason, "segment quarantined");
         if let Some(entry) = catalog.datasets.get_mut(&dataset) {
             entry.segments.retain(|s| s.id != seg.id);
         }
         out.push(Quarantined {
-            dataset,
+            dataset: dataset.to_string(),
             path: seg.path.clone(),
             moved_to: to.to_string(),
             rows: seg.rows,
