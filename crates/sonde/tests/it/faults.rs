@@ -3,7 +3,7 @@
 //! every case nothing acknowledged is lost or doubled beyond the records the damage itself hit,
 //! the damage is reported, and the server serves the rest.
 
-use crate::fixtures::{T0, metric};
+use crate::fixtures::T0;
 use crate::harness::{Server, id_counts, send_json};
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -169,7 +169,13 @@ async fn damaged_wal_records_are_skipped_reported_and_quarantined() {
         std::fs::write(f, bytes).unwrap();
     }
     server.restart().await;
-    assert!(metric(&server, "sonde_wal_corrupt_bytes_total").await > 0);
+    assert!(
+        server
+            .api(&reqwest::Client::new())
+            .metric("sonde_wal_corrupt_bytes_total")
+            .await
+            > 0
+    );
     let quarantined: Vec<_> = std::fs::read_dir(dir.path().join("quarantine/wal")).unwrap().collect();
     assert_eq!(quarantined.len(), 2, "both damaged files are copied to quarantine");
     server.stop().await;
@@ -232,7 +238,13 @@ async fn damaged_segments_are_quarantined_and_the_rest_is_served() {
             .all(|x| x["rows"] == 100 && !x["reason"].as_str().unwrap().is_empty()),
         "{st}"
     );
-    assert_eq!(metric(&server, "sonde_segments_quarantined_total").await, 2);
+    assert_eq!(
+        server
+            .api(&reqwest::Client::new())
+            .metric("sonde_segments_quarantined_total")
+            .await,
+        2
+    );
     // The damaged files are kept, moved aside, not deleted.
     for x in q {
         assert!(dir.path().join(x["moved_to"].as_str().unwrap()).exists(), "{x}");

@@ -1,7 +1,7 @@
 //! Storage lifecycle: compaction merges small segments while queries stay exact, a kill at any
 //! moment of it loses and doubles nothing, retention drops old segments, deletion is final.
 
-use crate::fixtures::{T0, count};
+use crate::fixtures::T0;
 use crate::harness::{Server, id_counts, send_json};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -47,12 +47,12 @@ async fn compaction_merges_small_segments_while_queries_stay_exact() {
         assert_eq!(status, 200);
         sent += 500;
         // Every answer while flushes and merges run is exact.
-        assert_eq!(count(&client, &server, "compact").await, sent as i64);
+        assert_eq!(server.api(&client).count("compact").await, sent as i64);
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
     let mut last = Value::Null;
     for _ in 0..300 {
-        assert_eq!(count(&client, &server, "compact").await, sent as i64);
+        assert_eq!(server.api(&client).count("compact").await, sent as i64);
         last = stats(&client, &server, "compact").await;
         if last["buffered_rows"] == 0
             && last["segments_pending_compaction"] == 0
@@ -135,7 +135,7 @@ async fn kills_during_compaction_lose_and_double_nothing() {
         tokio::time::sleep(Duration::from_millis(rng.below(300))).await;
         server.kill();
         server.restart().await;
-        assert_eq!(count(&client, &server, "k").await, sent as i64, "round {round}");
+        assert_eq!(server.api(&client).count("k").await, sent as i64, "round {round}");
     }
     server.stop().await;
     ids_exactly_once(dir.path(), "k", sent, "k");
@@ -173,7 +173,7 @@ async fn retention_drops_old_segments_and_deletion_is_final() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(old_rows, 0, "segments past retention are dropped");
-    assert_eq!(count(&client, &server, "kept").await, 200, "no retention, no drop");
+    assert_eq!(server.api(&client).count("kept").await, 200, "no retention, no drop");
 
     let r = client.delete(server.at("/api/datasets/doomed")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -193,7 +193,7 @@ async fn retention_drops_old_segments_and_deletion_is_final() {
     );
     // New events create it again, with only themselves.
     send_json(client.post(server.at("/1/batch/doomed")).json(&batch("again", 0, 3))).await;
-    assert_eq!(count(&client, &server, "doomed").await, 3);
+    assert_eq!(server.api(&client).count("doomed").await, 3);
     server.stop().await;
     let files = std::fs::read_dir(dir.path().join("datasets/old"))
         .map(|d| d.count())

@@ -8,7 +8,7 @@
 //! this machine kind; without one the test says so and passes, since what it proves cannot be
 //! proven without a bound the kernel enforces.
 
-use crate::fixtures::{T0, post_batch as post};
+use crate::fixtures::T0;
 use crate::harness::{Server, send_json};
 use serde_json::{Value, json};
 use sonde_gen::format_time;
@@ -167,7 +167,7 @@ async fn nasty_requests_are_answered_within_a_memory_cgroup() {
                 json!({"data": data, "time": format_time(T0 + (b * 200 + i) * 1000)})
             })
             .collect();
-        n += post(&client, &server, "wide", &batch).await;
+        n += server.api(&client).post_batch("wide", &batch).await;
     }
     acked.push(("wide", n));
     // Unique columns: 30,000 events, each with its own 32-digit id and a 1 KiB blob.
@@ -182,7 +182,7 @@ async fn nasty_requests_are_answered_within_a_memory_cgroup() {
                        "time": format_time(T0 + (b * 2000 + i) * 100_000)})
             })
             .collect();
-        n += post(&client, &server, "uniq", &batch).await;
+        n += server.api(&client).post_batch("uniq", &batch).await;
     }
     acked.push(("uniq", n));
     // One trace: a chain 3,000 spans deep, every span sent twice, and again to a copy dataset.
@@ -199,10 +199,10 @@ async fn nasty_requests_are_answered_within_a_memory_cgroup() {
         .collect();
     let mut n = 0;
     for _ in 0..2 {
-        n += post(&client, &server, "deep", &chain).await;
+        n += server.api(&client).post_batch("deep", &chain).await;
     }
     acked.push(("deep", n));
-    acked.push(("deep-copy", post(&client, &server, "deep-copy", &chain).await));
+    acked.push(("deep-copy", server.api(&client).post_batch("deep-copy", &chain).await));
 
     let range = json!({"start_time": format_time(T0), "end_time": format_time(T0 + 3_600_000_000)});
     let with_range = |mut v: Value| {

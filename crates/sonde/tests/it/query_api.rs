@@ -2,7 +2,7 @@
 //! old segments with narrower types, raw events, Honeycomb's query-data flow, and SQL that
 //! cannot write and cannot take the server down.
 
-use crate::fixtures::{MINUTE, T0, at, post_json as post, wait_flushed as flushed};
+use crate::fixtures::{MINUTE, T0, at};
 use crate::harness::{Server, send_json};
 use serde_json::{Value, json};
 
@@ -16,17 +16,20 @@ async fn narrow_time_ranges_open_only_overlapping_segments() {
         let batch: Vec<Value> = (0..100)
             .map(|i| json!({"data": {"seg": seg, "i": i}, "time": at(T0 + seg * 10 * MINUTE + i * 1_000_000)}))
             .collect();
-        assert_eq!(post(&client, &server, "/1/batch/pruning", json!(batch)).await.0, 200);
-        flushed(&client, &server, "pruning").await;
+        assert_eq!(
+            server.api(&client).post_json("/1/batch/pruning", json!(batch)).await.0,
+            200
+        );
+        server.api(&client).wait_flushed("pruning").await;
     }
-    let (status, r) = post(
-        &client,
-        &server,
-        "/api/query/pruning",
-        json!({"calculations": [{"op": "COUNT"}], "breakdowns": ["seg"],
+    let (status, r) = server
+        .api(&client)
+        .post_json(
+            "/api/query/pruning",
+            json!({"calculations": [{"op": "COUNT"}], "breakdowns": ["seg"],
                "start_time": at(T0 + 20 * MINUTE), "end_time": at(T0 + 30 * MINUTE)}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["data"]["results"], json!([{"data": {"COUNT": 100, "seg": 2}}]));
     assert_eq!(r["meta"]["segments_total"], 6);
@@ -35,13 +38,13 @@ async fn narrow_time_ranges_open_only_overlapping_segments() {
     assert_eq!(r["meta"]["rows_examined"], 100);
 
     // The whole range opens them all.
-    let (_, r) = post(
-        &client,
-        &server,
-        "/api/query/pruning",
-        json!({"calculations": [{"op": "COUNT"}], "start_time": at(T0), "end_time": at(T0 + 60 * MINUTE)}),
-    )
-    .await;
+    let (_, r) = server
+        .api(&client)
+        .post_json(
+            "/api/query/pruning",
+            json!({"calculations": [{"op": "COUNT"}], "start_time": at(T0), "end_time": at(T0 + 60 * MINUTE)}),
+        )
+        .await;
     assert_eq!(r["data"]["results"][0]["data"]["COUNT"], 600);
     assert_eq!(r["meta"]["segments_scanned"], 6);
 }
@@ -56,26 +59,23 @@ async fn events_are_queryable_the_moment_they_are_acknowledged() {
     for round in 0..20 {
         let n = 37 + round;
         let batch: Vec<Value> = (0..n).map(|i| json!({"data": {"round": round, "i": i}})).collect();
-        assert_eq!(post(&client, &server, "/1/batch/fresh", json!(batch)).await.0, 200);
+        assert_eq!(
+            server.api(&client).post_json("/1/batch/fresh", json!(batch)).await.0,
+            200
+        );
         sent += n;
         // No sleep: the very next query must see every acknowledged event, whether it sits in
         // the buffer, in a frozen buffer being flushed, or in a segment.
-        let (status, r) = post(
-            &client,
-            &server,
-            "/api/query/fresh",
+        let (status, r) = server.api(&client).post_json("/api/query/fresh",
             json!({"calculations": [{"op": "COUNT"}], "start_time": at(now - MINUTE), "end_time": at(now + 10 * MINUTE)}),
         )
         .await;
         assert_eq!(status, 200, "{r}");
         assert_eq!(r["data"]["results"][0]["data"]["COUNT"], sent, "round {round}");
-        let (_, sql) = post(
-            &client,
-            &server,
-            "/api/sql",
-            json!({"sql": "SELECT count(*) AS n FROM fresh"}),
-        )
-        .await;
+        let (_, sql) = server
+            .api(&client)
+            .post_json("/api/sql", json!({"sql": "SELECT count(*) AS n FROM fresh"}))
+            .await;
         assert_eq!(sql["rows"][0]["n"], sent, "round {round} via SQL");
     }
 }
@@ -87,18 +87,15 @@ async fn old_segments_with_narrower_types_read_through_the_widened_column() {
     let client = reqwest::Client::new();
     for (i, v) in [json!(7), json!(2.5), json!("seven")].iter().enumerate() {
         let body = json!([{"data": {"x": v, "n": i}, "time": at(T0 + i as i64 * MINUTE)}]);
-        assert_eq!(post(&client, &server, "/1/batch/widen", body).await.0, 200);
+        assert_eq!(server.api(&client).post_json("/1/batch/widen", body).await.0, 200);
         server.stop().await; // each value in its own segment
         server.restart().await;
     }
     // And one more, still in the buffer.
     let body = json!([{"data": {"x": true, "n": 3}, "time": at(T0 + 3 * MINUTE)}]);
-    assert_eq!(post(&client, &server, "/1/batch/widen", body).await.0, 200);
+    assert_eq!(server.api(&client).post_json("/1/batch/widen", body).await.0, 200);
 
-    let (status, r) = post(
-        &client,
-        &server,
-        "/api/query/widen",
+    let (status, r) = server.api(&client).post_json("/api/query/widen",
         json!({"calculations": [{"op": "COUNT"}], "breakdowns": ["x"], "orders": [{"column": "x", "order": "ascending"}],
                "start_time": at(T0), "end_time": at(T0 + 10 * MINUTE)}),
     )
@@ -111,26 +108,23 @@ async fn old_segments_with_narrower_types_read_through_the_widened_column() {
         .map(|g| g["data"]["x"].clone())
         .collect();
     assert_eq!(xs, vec![json!("2.5"), json!("7"), json!("seven"), json!("true")]);
-    let (_, r) = post(
-        &client,
-        &server,
-        "/api/sql",
-        json!({"sql": "SELECT n, x FROM widen ORDER BY n"}),
-    )
-    .await;
+    let (_, r) = server
+        .api(&client)
+        .post_json("/api/sql", json!({"sql": "SELECT n, x FROM widen ORDER BY n"}))
+        .await;
     assert_eq!(
         r["rows"],
         json!([{"n": 0, "x": "7"}, {"n": 1, "x": "2.5"}, {"n": 2, "x": "seven"}, {"n": 3, "x": "true"}])
     );
     // A filter on the widened column matches values that were ints on disk.
-    let (_, r) = post(
-        &client,
-        &server,
-        "/api/query/widen",
-        json!({"calculations": [{"op": "COUNT"}], "filters": [{"column": "x", "op": "=", "value": 7}],
+    let (_, r) = server
+        .api(&client)
+        .post_json(
+            "/api/query/widen",
+            json!({"calculations": [{"op": "COUNT"}], "filters": [{"column": "x", "op": "=", "value": 7}],
                "start_time": at(T0), "end_time": at(T0 + 10 * MINUTE)}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(r["data"]["results"][0]["data"]["COUNT"], 1);
 }
 
@@ -142,13 +136,13 @@ async fn raw_events_newest_first_and_the_query_data_flow() {
     let batch: Vec<Value> = (0..30)
         .map(|i| json!({"data": {"i": i, "kind": if i % 3 == 0 { "a" } else { "b" }, "nested": {"v": i * 10}}, "time": at(T0 + i * MINUTE)}))
         .collect();
-    assert_eq!(post(&client, &server, "/1/batch/raw", json!(batch)).await.0, 200);
+    assert_eq!(server.api(&client).post_json("/1/batch/raw", json!(batch)).await.0, 200);
     let range = json!({"start_time": at(T0), "end_time": at(T0 + 60 * MINUTE)});
 
     let mut req = range.clone();
     req["filters"] = json!([{"column": "kind", "op": "=", "value": "a"}]);
     req["limit"] = json!(4);
-    let (status, r) = post(&client, &server, "/api/events/raw", req.clone()).await;
+    let (status, r) = server.api(&client).post_json("/api/events/raw", req.clone()).await;
     assert_eq!(status, 200, "{r}");
     let is: Vec<i64> = r["events"]
         .as_array()
@@ -161,7 +155,7 @@ async fn raw_events_newest_first_and_the_query_data_flow() {
     assert_eq!(r["events"][0]["timestamp"], at(T0 + 27 * MINUTE));
     req["offset"] = json!(4);
     req["columns"] = json!(["i"]);
-    let (_, r) = post(&client, &server, "/api/events/raw", req).await;
+    let (_, r) = server.api(&client).post_json("/api/events/raw", req).await;
     assert_eq!(
         r["events"],
         json!([
@@ -174,9 +168,12 @@ async fn raw_events_newest_first_and_the_query_data_flow() {
     let mut spec = range.clone();
     spec["calculations"] = json!([{"op": "COUNT"}, {"op": "MAX", "column": "i"}]);
     spec["breakdowns"] = json!(["kind"]);
-    let (status, q) = post(&client, &server, "/1/queries/raw", spec.clone()).await;
+    let (status, q) = server.api(&client).post_json("/1/queries/raw", spec.clone()).await;
     assert_eq!(status, 200, "{q}");
-    let (status, created) = post(&client, &server, "/1/query_results/raw", json!({"query_id": q["id"]})).await;
+    let (status, created) = server
+        .api(&client)
+        .post_json("/1/query_results/raw", json!({"query_id": q["id"]}))
+        .await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["complete"], true);
     let (status, fetched) =
@@ -197,11 +194,17 @@ async fn raw_events_newest_first_and_the_query_data_flow() {
     let linked: Value = serde_json::from_str(params.get("q").expect("a q parameter")).unwrap();
     assert_eq!(linked["breakdowns"], json!(["kind"]), "{link}");
     assert_eq!(linked["calculations"], spec["calculations"], "{link}");
-    let (status, e) = post(&client, &server, "/1/query_results/raw", json!({"query_id": "nope"})).await;
+    let (status, e) = server
+        .api(&client)
+        .post_json("/1/query_results/raw", json!({"query_id": "nope"}))
+        .await;
     assert_eq!(status, 404, "{e}");
 
     // Validation errors name the field.
-    let (status, e) = post(&client, &server, "/api/query/raw", json!({"breakdowns": ["nope"]})).await;
+    let (status, e) = server
+        .api(&client)
+        .post_json("/api/query/raw", json!({"breakdowns": ["nope"]}))
+        .await;
     assert_eq!(status, 400);
     assert!(
         e["error"]
@@ -210,16 +213,16 @@ async fn raw_events_newest_first_and_the_query_data_flow() {
             .contains("breakdowns[0]: unknown column \"nope\""),
         "{e}"
     );
-    let (status, e) = post(
-        &client,
-        &server,
-        "/api/query/raw",
-        json!({"calculations": [{"op": "AVG", "column": "kind"}]}),
-    )
-    .await;
+    let (status, e) = server
+        .api(&client)
+        .post_json(
+            "/api/query/raw",
+            json!({"calculations": [{"op": "AVG", "column": "kind"}]}),
+        )
+        .await;
     assert_eq!(status, 400);
     assert!(e["error"].as_str().unwrap().contains("needs a numeric column"), "{e}");
-    let (status, _) = post(&client, &server, "/api/query/nosuch", json!({})).await;
+    let (status, _) = server.api(&client).post_json("/api/query/nosuch", json!({})).await;
     assert_eq!(status, 404);
 }
 
@@ -235,7 +238,7 @@ async fn sql_is_read_only_and_runaway_queries_are_stopped() {
     let batch: Vec<Value> = (0..2000)
         .map(|i| json!({"data": {"i": i, "s": format!("value-{i}-{}", "x".repeat(40))}, "time": at(T0 + i * 1000)}))
         .collect();
-    assert_eq!(post(&client, &server, "/1/batch/big", json!(batch)).await.0, 200);
+    assert_eq!(server.api(&client).post_json("/1/batch/big", json!(batch)).await.0, 200);
 
     for (sql, word) in [
         ("DROP TABLE big", "DDL"),
@@ -244,43 +247,43 @@ async fn sql_is_read_only_and_runaway_queries_are_stopped() {
         ("COPY big TO '/tmp/x.csv'", "DML"),
         ("SET datafusion.execution.batch_size = 1", "Statement"),
     ] {
-        let (status, e) = post(&client, &server, "/api/sql", json!({"sql": sql})).await;
+        let (status, e) = server.api(&client).post_json("/api/sql", json!({"sql": sql})).await;
         assert_eq!(status, 400, "{sql}: {e}");
         assert!(e["error"].as_str().unwrap().contains(word), "{sql}: {e}");
     }
-    let (status, e) = post(&client, &server, "/api/sql", json!({"sql": "SELEC 1"})).await;
+    let (status, e) = server
+        .api(&client)
+        .post_json("/api/sql", json!({"sql": "SELEC 1"}))
+        .await;
     assert_eq!(status, 400, "{e}");
 
     // 2000³ rows: only the timeout ends it.
-    let (status, e) = post(
-        &client,
-        &server,
-        "/api/sql",
-        json!({"sql": "SELECT count(*) FROM big a, big b, big c WHERE a.i + b.i + c.i = -1"}),
-    )
-    .await;
+    let (status, e) = server
+        .api(&client)
+        .post_json(
+            "/api/sql",
+            json!({"sql": "SELECT count(*) FROM big a, big b, big c WHERE a.i + b.i + c.i = -1"}),
+        )
+        .await;
     assert_eq!(status, 408, "{e}");
     assert!(e["error"].as_str().unwrap().contains("--query-timeout"), "{e}");
 
     // Four million distinct groups of long strings: far past 20 MB, and spilling is off.
-    let (status, e) = post(
-        &client,
-        &server,
-        "/api/sql",
-        json!({"sql": "SELECT a.s || b.s AS k, count(*) FROM big a, big b GROUP BY 1"}),
-    )
-    .await;
+    let (status, e) = server
+        .api(&client)
+        .post_json(
+            "/api/sql",
+            json!({"sql": "SELECT a.s || b.s AS k, count(*) FROM big a, big b GROUP BY 1"}),
+        )
+        .await;
     assert_eq!(status, 400, "{e}");
     assert!(e["error"].as_str().unwrap().contains("--query-memory-limit"), "{e}");
 
     // Still serving, and answering correctly, in every format.
-    let (status, r) = post(
-        &client,
-        &server,
-        "/api/sql",
-        json!({"sql": "SELECT count(*) AS n, max(i) AS m FROM big"}),
-    )
-    .await;
+    let (status, r) = server
+        .api(&client)
+        .post_json("/api/sql", json!({"sql": "SELECT count(*) AS n, max(i) AS m FROM big"}))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(r["rows"], json!([{"n": 2000, "m": 1999}]));
     assert_eq!(r["columns"][0], json!({"name": "n", "type": "Int64"}));

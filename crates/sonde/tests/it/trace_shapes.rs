@@ -9,7 +9,7 @@ use sonde_gen::format_time;
 
 /// Posts a batch whose events must all be accepted.
 async fn post(client: &reqwest::Client, server: &Server, dataset: &str, batch: &[Value]) {
-    let accepted = crate::fixtures::post_batch(client, server, dataset, batch).await;
+    let accepted = server.api(client).post_batch(dataset, batch).await;
     assert_eq!(accepted, batch.len() as u64);
 }
 
