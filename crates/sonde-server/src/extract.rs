@@ -6,7 +6,7 @@
 use crate::AppState;
 use crate::auth::{Caller, Scope};
 use crate::error::ApiError;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Path, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use sonde_ingest::BodyError;
@@ -62,9 +62,20 @@ impl<S: ScopeMarker> FromRequestParts<Arc<AppState>> for Authorized<S> {
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
         let caller = state.access.caller(&parts.headers)?;
-        // Routes without path parameters have none to give: no dataset.
+        let names_dataset = parts
+            .extensions
+            .get::<MatchedPath>()
+            .is_some_and(|m| m.as_str().contains("{dataset}"));
         let dataset = match Path::<HashMap<String, String>>::from_request_parts(parts, state).await {
             Ok(Path(params)) => params.get("dataset").map(|d| DatasetName::new(d)).transpose()?,
+            // A dataset that is not even text (`%FF`) is the client's mistake, as before.
+            Err(rejection) if names_dataset => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid dataset in the path: {}",
+                    rejection.body_text()
+                )));
+            }
+            // Routes without path parameters have none to give: no dataset.
             Err(_) => None,
         };
         state
@@ -80,6 +91,7 @@ impl<S: ScopeMarker> FromRequestParts<Arc<AppState>> for Authorized<S> {
 
 /// A caller allowed to query (as [`Authorized<Query>`]) holding one of the
 /// `--max-concurrent-queries` slots until the handler returns; 429 when none frees up soon.
+/// For queries without a body; those with one use [`QueryCall`], which reads the body first.
 pub(crate) struct Querying {
     /// The caller and the path's dataset.
     pub(crate) access: Authorized<Query>,
@@ -104,6 +116,44 @@ impl FromRequestParts<Arc<AppState>> for Querying {
         let access = Authorized::<Query>::from_request_parts(parts, state).await?;
         let slot = state.query_slot().await?;
         Ok(Querying { access, _slot: slot })
+    }
+}
+
+/// A query with a JSON body: the caller authorised (as [`Authorized<Query>`]), then the body
+/// read and parsed (as [`JsonBody`]), and only then a query slot taken, so a client sending its
+/// body slowly holds no slot while it does.
+pub(crate) struct QueryCall<T> {
+    /// The caller and the path's dataset.
+    pub(crate) access: Authorized<Query>,
+    /// The parsed body.
+    pub(crate) body: T,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<T> QueryCall<T> {
+    /// Who is calling.
+    pub(crate) fn caller(&self) -> &Caller {
+        &self.access.caller
+    }
+    /// The path's dataset.
+    pub(crate) fn dataset(&self) -> Result<&DatasetName, ApiError> {
+        self.access.dataset()
+    }
+}
+
+impl<T: DeserializeOwned + Describe + Send> FromRequest<Arc<AppState>> for QueryCall<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let (mut parts, body) = req.into_parts();
+        let access = Authorized::<Query>::from_request_parts(&mut parts, state).await?;
+        let JsonBody(body) = JsonBody::<T>::from_request(Request::from_parts(parts, body), state).await?;
+        let slot = state.query_slot().await?;
+        Ok(QueryCall {
+            access,
+            body,
+            _slot: slot,
+        })
     }
 }
 

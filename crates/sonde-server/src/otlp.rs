@@ -1,8 +1,9 @@
 //! OpenTelemetry ingest over OTLP/HTTP (protobuf and JSON) and OTLP/gRPC. The mapping of spans
 //! and log records to events is [`sonde_ingest::otlp`]; here are the transports, the caller's
 //! rights over every dataset a request maps to, and the store: all of a request's events, over
-//! all its datasets, go into one WAL record group that is acknowledged (after the fsync) or
-//! refused as a whole, so a client's retry never doubles part of a request.
+//! all its datasets, go into one WAL append that is acknowledged (after the fsync) or refused
+//! as a whole, so a retry after a refusal never doubles part of a request (see
+//! `Storage::ingest_all` for the crash case, which is any request's).
 
 use crate::AppState;
 use crate::auth::{Access, Caller, Scope};

@@ -1,7 +1,7 @@
 //! Query handlers: Honeycomb query specs, raw events, SQL, and Honeycomb's query-data flow
 //! (`/1/queries` → `/1/query_results`).
 
-use crate::extract::{Authorized, Describe, JsonBody, Query, Querying};
+use crate::extract::{Authorized, Describe, Query, QueryCall, Querying};
 use crate::{AppState, error::ApiError};
 use axum::Json;
 use axum::body::Body;
@@ -64,24 +64,19 @@ fn json_answer(value: &impl serde::Serialize, budget: RequestBudget) -> Result<R
 }
 
 /// `POST /api/query/{dataset}`: a Honeycomb query specification.
-pub(crate) async fn query(
-    State(state): State<Arc<AppState>>,
-    q: Querying,
-    JsonBody(spec): JsonBody<QuerySpec>,
-) -> Result<Response, ApiError> {
+pub(crate) async fn query(State(state): State<Arc<AppState>>, q: QueryCall<QuerySpec>) -> Result<Response, ApiError> {
     let budget = state.engine.request();
-    let r = state.engine.query(q.dataset()?, &spec, &budget).await?;
+    let r = state.engine.query(q.dataset()?, &q.body, &budget).await?;
     json_answer(&r, budget)
 }
 
 /// `POST /api/events/{dataset}`: raw events, newest first.
 pub(crate) async fn events(
     State(state): State<Arc<AppState>>,
-    q: Querying,
-    JsonBody(req): JsonBody<EventsRequest>,
+    q: QueryCall<EventsRequest>,
 ) -> Result<Response, ApiError> {
     let budget = state.engine.request();
-    let body = state.engine.events(q.dataset()?, &req, &budget).await?;
+    let body = state.engine.events(q.dataset()?, &q.body, &budget).await?;
     Ok(answer(body, "application/json", budget))
 }
 
@@ -97,12 +92,9 @@ impl Describe for SqlRequest {
 }
 
 /// `POST /api/sql`: `{"sql": "…", "format": "json" | "csv" | "arrow"}`, read-only.
-pub(crate) async fn sql(
-    State(state): State<Arc<AppState>>,
-    q: Querying,
-    JsonBody(req): JsonBody<SqlRequest>,
-) -> Result<Response, ApiError> {
+pub(crate) async fn sql(State(state): State<Arc<AppState>>, q: QueryCall<SqlRequest>) -> Result<Response, ApiError> {
     let caller = q.caller();
+    let req = &q.body;
     let format = match req.format.as_deref().unwrap_or("json") {
         "json" => SqlFormat::Json,
         "csv" => SqlFormat::Csv,
@@ -160,10 +152,10 @@ impl SavedQueries {
 /// `POST /1/queries/{dataset}`: saves a query spec, answers its id.
 pub(crate) async fn create_query(
     State(state): State<Arc<AppState>>,
-    q: Querying,
-    JsonBody(spec): JsonBody<QuerySpec>,
+    q: QueryCall<QuerySpec>,
 ) -> Result<Json<Value>, ApiError> {
     let ds = q.dataset()?.clone();
+    let spec = q.body.clone();
     // Validate now, so a bad spec fails here rather than when its results are asked for.
     let mut out = serde_json::to_value(&spec).unwrap_or_default();
     state.engine.validate(&ds, &spec)?;
@@ -187,10 +179,10 @@ impl Describe for ResultRequest {
 /// `POST /1/query_results/{dataset}`: runs a saved query; the result is complete at once.
 pub(crate) async fn create_result(
     State(state): State<Arc<AppState>>,
-    q: Querying,
-    JsonBody(req): JsonBody<ResultRequest>,
+    q: QueryCall<ResultRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let ds = q.dataset()?.clone();
+    let req = &q.body;
     let saved = state.saved.inner.lock().unwrap().specs.get(&req.query_id).cloned();
     let (qds, spec) = saved.ok_or_else(|| ApiError::not_found(format!("query {:?} does not exist", req.query_id)))?;
     if qds != ds {
@@ -254,11 +246,10 @@ pub(crate) async fn get_result(
 /// `POST /api/bubbleup/{dataset}`: selection vs baseline across every column.
 pub(crate) async fn bubbleup(
     State(state): State<Arc<AppState>>,
-    q: Querying,
-    JsonBody(req): JsonBody<BubbleUpRequest>,
+    q: QueryCall<BubbleUpRequest>,
 ) -> Result<Response, ApiError> {
     let budget = state.engine.request();
-    let v = state.engine.bubbleup(q.dataset()?, &req, &budget).await?;
+    let v = state.engine.bubbleup(q.dataset()?, &q.body, &budget).await?;
     json_answer(&v, budget)
 }
 

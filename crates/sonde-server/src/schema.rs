@@ -180,12 +180,19 @@ pub(crate) async fn delete(
     State(state): State<Arc<AppState>>,
     access: Authorized<Admin>,
 ) -> Result<Json<Deleted>, ApiError> {
-    let ds = access.dataset()?;
-    if state.storage.delete_dataset(ds).await? {
+    let ds = access.dataset()?.clone();
+    // On its own task: a client that gives up (or the request timeout) must not cancel the
+    // deletion between its catalog write and the release of the storage's flush lock.
+    let storage = state.storage.clone();
+    let name = ds.clone();
+    let deleted = tokio::spawn(async move { storage.delete_dataset(&name).await })
+        .await
+        .map_err(|e| ApiError::internal(format!("deleting the dataset failed: {e}")))??;
+    if deleted {
         Ok(Json(Deleted {
             deleted: ds.to_string(),
         }))
     } else {
-        Err(ApiError::no_such_dataset(ds))
+        Err(ApiError::no_such_dataset(&ds))
     }
 }

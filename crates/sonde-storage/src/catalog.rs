@@ -158,7 +158,9 @@ impl CatalogStore {
         }
     }
 
-    /// Replaces the stored catalog atomically and durably.
+    /// Replaces the stored catalog atomically and durably. Not to be cancelled: the local write
+    /// runs on the blocking pool and would go on without the caller's flush lock (every caller
+    /// runs on a task of its own: the flusher, maintenance, a deletion's spawned task).
     pub(crate) async fn store(&self, catalog: &Catalog) -> Result<()> {
         let bytes = serde_json::to_vec(catalog).expect("catalog serialises");
         match self {

@@ -61,9 +61,12 @@ impl Storage {
         self.ingest_all(vec![(dataset.clone(), events)]).await
     }
 
-    /// Stores one request's events for several datasets, all or nothing: one record per
-    /// dataset, written in one append and acknowledged together, so an error leaves none of
-    /// them stored and the client's retry doubles nothing. Returns the last record's LSN.
+    /// Stores one request's events for several datasets together: one record per dataset,
+    /// written in one append and acknowledged or refused together, so a refusal (backpressure,
+    /// a full disk) leaves none of them stored and the client's retry doubles nothing. As for
+    /// any request, a crash or an I/O error during the append itself leaves the answer unknown
+    /// and the records that reached the disk are replayed: a retry then may store those twice
+    /// (records carry no group marker). Returns the last record's LSN.
     pub async fn ingest_all(&self, batches: Vec<(DatasetName, Vec<Event>)>) -> Result<Lsn> {
         let batches: Vec<_> = batches.into_iter().filter(|(_, events)| !events.is_empty()).collect();
         if batches.is_empty() {

@@ -353,7 +353,7 @@ fn remote_store(url: &str) -> Result<Arc<dyn ObjectStore>> {
         .ok_or_else(|| Error::Config(format!("storage URL {url:?}: only s3://bucket/prefix is supported")))?;
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
-        return Err(Error::Invalid(format!("storage URL {url:?} names no bucket")));
+        return Err(Error::Config(format!("storage URL {url:?} names no bucket")));
     }
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
     if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")) {

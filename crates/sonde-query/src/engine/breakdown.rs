@@ -88,7 +88,8 @@ impl std::hash::Hash for GroupKey {
                 Value::Number(n) => match (n.as_i64(), n.as_u64()) {
                     (Some(i), _) => (2u8, i).hash(state),
                     (None, Some(u)) => (3u8, u).hash(state),
-                    _ => (4u8, n.as_f64().unwrap_or_default().to_bits()).hash(state),
+                    // -0.0 == 0.0, so both hash as 0.0 (JSON has no NaN).
+                    _ => (4u8, (n.as_f64().unwrap_or_default() + 0.0).to_bits()).hash(state),
                 },
                 Value::String(s) => (5u8, s).hash(state),
                 other => (6u8, other.to_string()).hash(state),

@@ -310,3 +310,52 @@ async fn sql_is_read_only_and_runaway_queries_are_stopped() {
     let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
     assert_eq!(rows, 3);
 }
+
+/// A client sending its query body slowly holds no query slot while it does (with one slot,
+/// other queries still run: before, the slot was taken before the body was read and they got
+/// 429s), and a dataset in the path that is not even text is the client's 400, not a 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_hold_no_query_slot_and_bad_dataset_paths_are_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-concurrent-queries", "1"]).await;
+    let client = reqwest::Client::new();
+    let api = server.api(&client);
+    assert_eq!(
+        api.post_batch("slow", &[json!({"data": {"a": 1}, "time": at(T0)})])
+            .await,
+        1
+    );
+    let spec = json!({"calculations": [{"op": "COUNT"}], "start_time": at(T0), "end_time": at(T0 + MINUTE)});
+
+    // Headers and the first bytes of the body, then nothing for a while.
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let body = spec.to_string();
+    let head = format!(
+        "POST /api/query/slow HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&body.as_bytes()[..10]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let (status, r) = api.post_json("/api/query/slow", spec.clone()).await;
+        assert_eq!(status, 200, "{r}");
+    }
+    // The slow one is answered too once its body is complete.
+    slow.write_all(&body.as_bytes()[10..]).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(30), slow.read_to_end(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    for (path, body) in [("/api/query/%FF", json!({})), ("/1/events/%FF", json!({"a": 1}))] {
+        let (status, e) = send_json(client.post(server.at(path)).json(&body)).await;
+        assert_eq!(status, 400, "{path}: {e}");
+        assert!(e["error"].as_str().unwrap().contains("invalid dataset"), "{path}: {e}");
+    }
+}
