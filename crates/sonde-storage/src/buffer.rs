@@ -552,7 +552,7 @@ mod tests {
                 })
                 .collect();
             lsn += 1;
-            b.append(lsn, &events, &none, 0);
+            b.append(Lsn(lsn), &events, &none, 0);
             let chunks = b.query_batches();
             assert!(chunks.iter().all(|c| c.num_rows() <= CHUNK_ROWS));
             let whole = b.whole_batch();
@@ -570,9 +570,9 @@ mod tests {
     fn new_fields_backfill_and_types_widen() {
         let mut b = WriteBuffer::default();
         let none = |_: &str| None;
-        b.append(1, &[ev(10, vec![("a", FieldValue::Int(1))])], &none, 0);
+        b.append(Lsn(1), &[ev(10, vec![("a", FieldValue::Int(1))])], &none, 0);
         b.append(
-            2,
+            Lsn(2),
             &[ev(
                 20,
                 vec![("a", FieldValue::Float(2.5)), ("b", FieldValue::Bool(true))],
@@ -580,7 +580,7 @@ mod tests {
             &none,
             0,
         );
-        b.append(3, &[ev(5, vec![("a", FieldValue::Str("x".into()))])], &none, 0);
+        b.append(Lsn(3), &[ev(5, vec![("a", FieldValue::Str("x".into()))])], &none, 0);
         assert_eq!(b.rows(), 3);
         assert_eq!(b.column_type("a"), Some(ColumnType::String));
         assert_eq!(
@@ -591,7 +591,7 @@ mod tests {
         assert_eq!(b.event(1).fields[0].1, FieldValue::Str("2.5".into()));
         assert_eq!(b.event(2).fields.len(), 1, "b is null in the third event");
         assert_eq!(b.time_bounds(), Some((5, 20)));
-        assert_eq!((b.min_lsn(), b.max_lsn()), (Some(1), 3));
+        assert_eq!((b.min_lsn(), b.max_lsn()), (Some(Lsn(1)), Lsn(3)));
         let batch = b.whole_batch();
         assert_eq!(batch.num_rows(), 3);
         assert_eq!(batch.num_columns(), 4);
@@ -601,7 +601,7 @@ mod tests {
     fn new_columns_start_at_the_dataset_type() {
         let mut b = WriteBuffer::default();
         let known = |n: &str| (n == "a").then_some(ColumnType::Float);
-        b.append(1, &[ev(1, vec![("a", FieldValue::Int(3))])], &known, 0);
+        b.append(Lsn(1), &[ev(1, vec![("a", FieldValue::Int(3))])], &known, 0);
         assert_eq!(b.column_type("a"), Some(ColumnType::Float));
         assert_eq!(b.event(0).fields[0].1, FieldValue::Float(3.0));
     }
@@ -616,13 +616,13 @@ mod tests {
         ];
         let none = |_: &str| None;
         let mut from_events = WriteBuffer::default();
-        from_events.append(9, &events, &none, 0);
+        from_events.append(Lsn(9), &events, &none, 0);
         let ds = sonde_model::DatasetName::new("d").unwrap();
         let payload = crate::wal::encode_payload(&ds, &events);
         let mut from_payload = WriteBuffer::default();
-        assert!(from_payload.append_payload(9, &payload, &none, 0));
+        assert!(from_payload.append_payload(Lsn(9), &payload, &none, 0));
         assert_eq!(from_events.whole_batch(), from_payload.whole_batch());
-        assert!(!WriteBuffer::default().append_payload(1, &payload[..payload.len() - 1], &none, 0));
+        assert!(!WriteBuffer::default().append_payload(Lsn(1), &payload[..payload.len() - 1], &none, 0));
         // Widened in place: `n` went int → bool-in-int → float, `s` string with an int in it.
         assert_eq!(from_payload.column_type("n"), Some(ColumnType::Float));
         assert_eq!(

@@ -209,14 +209,14 @@ mod tests {
             c.datasets.insert(
                 DatasetName::new("x").unwrap(),
                 DatasetEntry {
-                    flushed_lsn: 7,
+                    flushed_lsn: Lsn(7),
                     ..Default::default()
                 },
             );
             store.store(&c).await.unwrap();
             assert_eq!(
                 store.load().await.unwrap().datasets[&DatasetName::new("x").unwrap()].flushed_lsn,
-                7
+                Lsn(7)
             );
             // A catalog of another version is refused on both paths (the object store's path
             // used to take it as it was).

@@ -70,7 +70,7 @@ impl Storage {
     pub async fn ingest_all(&self, batches: Vec<(DatasetName, Vec<Event>)>) -> Result<Lsn> {
         let batches: Vec<_> = batches.into_iter().filter(|(_, events)| !events.is_empty()).collect();
         if batches.is_empty() {
-            return Ok(self.applied_lsn.load(Ordering::Acquire));
+            return Ok(Lsn(self.applied_lsn.load(Ordering::Acquire)));
         }
         self.check_capacity()?;
         let mut n = 0u64;
@@ -116,8 +116,8 @@ impl Storage {
             }
             let records: usize = group.iter().map(|c| c.records.len()).sum();
             let mut framed = Vec::with_capacity(bytes + 16 * records);
-            for (lsn, (_, payload)) in (next_lsn..).zip(group.iter().flat_map(|c| &c.records)) {
-                wal::frame_record(&mut framed, lsn, payload);
+            for (i, (_, payload)) in group.iter().flat_map(|c| &c.records).enumerate() {
+                wal::frame_record(&mut framed, next_lsn.plus(i as u64), payload);
             }
             if let Err(e) = file.append(&framed, sync) {
                 if let Error::DiskFull(_) = e {
@@ -146,14 +146,14 @@ impl Storage {
             for c in group {
                 for (dataset, payload) in &c.records {
                     let lsn = next_lsn;
-                    next_lsn += 1;
+                    next_lsn = next_lsn.next();
                     self.apply(lsn, dataset, Origin::Live, |buffer, known, now| {
                         let whole = buffer.append_payload(lsn, payload, known, now);
                         debug_assert!(whole, "a payload this process encoded reads back whole");
                     });
-                    self.applied_lsn.store(lsn, Ordering::Release);
+                    self.applied_lsn.store(lsn.0, Ordering::Release);
                 }
-                let _ = c.done.send(Ok(next_lsn - 1));
+                let _ = c.done.send(Ok(Lsn(next_lsn.0 - 1)));
             }
             match file.maybe_rotate(next_lsn) {
                 Ok(()) => {}

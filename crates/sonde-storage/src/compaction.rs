@@ -118,8 +118,8 @@ mod tests {
             raw_bytes: rows * 100,
             min_ts_us: ts,
             max_ts_us: ts + 10,
-            min_lsn: id,
-            max_lsn: id,
+            min_lsn: crate::wal::Lsn(id),
+            max_lsn: crate::wal::Lsn(id),
             columns: vec![],
             distinct_columns: vec![],
         })

@@ -58,7 +58,7 @@ impl Storage {
         let watermark = self.wal_watermark();
         let removed = wal::remove_files_below(&wal::wal_dir(&self.config.data_dir), watermark)?;
         if removed > 0 {
-            tracing::debug!(removed, watermark, "wal files removed");
+            tracing::debug!(removed, watermark = watermark.0, "wal files removed");
         }
         Ok(())
     }
@@ -183,7 +183,7 @@ impl Storage {
         };
         for (name, state) in self.datasets.read().unwrap().iter() {
             let st = state.lock().unwrap();
-            if st.segments.is_empty() && st.flushed_lsn == 0 {
+            if st.segments.is_empty() && st.flushed_lsn == Lsn::default() {
                 continue;
             }
             catalog.datasets.insert(

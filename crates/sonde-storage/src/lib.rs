@@ -225,7 +225,12 @@ impl Storage {
 
         let wal_dir = wal::wal_dir(&data_dir);
         let replay = wal::replay(&wal_dir)?;
-        let max_flushed = catalog.datasets.values().map(|d| d.flushed_lsn).max().unwrap_or(0);
+        let max_flushed = catalog
+            .datasets
+            .values()
+            .map(|d| d.flushed_lsn)
+            .max()
+            .unwrap_or_default();
         let last_lsn = replay.last_lsn.max(max_flushed);
 
         let config = StorageConfig { data_dir, ..config };
@@ -235,7 +240,7 @@ impl Storage {
             commit_tx: Mutex::new(None),
             commit_thread: Mutex::new(None),
             background: Mutex::new(None),
-            applied_lsn: AtomicU64::new(last_lsn),
+            applied_lsn: AtomicU64::new(last_lsn.0),
             next_segment_id: AtomicU64::new(catalog.next_segment_id),
             buffered_bytes: AtomicUsize::new(0),
             flush_lock: tokio::sync::Mutex::new(()),
@@ -275,13 +280,13 @@ impl Storage {
             "storage recovered"
         );
 
-        let wal_file = wal::WalFile::create(&wal_dir, last_lsn + 1, storage.config.wal_rotate_bytes)?;
+        let wal_file = wal::WalFile::create(&wal_dir, last_lsn.next(), storage.config.wal_rotate_bytes)?;
         let (tx, rx) = mpsc::channel(4096);
         *storage.commit_tx.lock().unwrap() = Some(tx);
         let thread_storage = storage.clone();
         let handle = std::thread::Builder::new()
             .name("sonde-wal".into())
-            .spawn(move || thread_storage.wal_loop(rx, wal_file, last_lsn + 1))?;
+            .spawn(move || thread_storage.wal_loop(rx, wal_file, last_lsn.next()))?;
         *storage.commit_thread.lock().unwrap() = Some(handle);
 
         let (stop, stopped) = watch::channel(false);
@@ -411,7 +416,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(storage.stats.wal_records.load(Ordering::Relaxed) - before, 2);
-        assert_eq!(lsn, storage.applied_lsn.load(Ordering::Acquire));
+        assert_eq!(lsn, Lsn(storage.applied_lsn.load(Ordering::Acquire)));
         let rows = |ds: &DatasetName| storage.datasets.read().unwrap()[ds].lock().unwrap().active.rows();
         assert_eq!((rows(&a), rows(&b)), (2, 1));
         storage.shutdown().await.unwrap();

@@ -70,8 +70,8 @@ impl Storage {
             .await
             .map_err(|e| Error::TaskFailed(format!("compaction panicked: {e}")))??;
         compaction::check_merged(&group, &segment::batch_facts(&batch)?)?;
-        let min_lsn = group.iter().map(|s| s.min_lsn).min().unwrap_or(0);
-        let max_lsn = group.iter().map(|s| s.max_lsn).max().unwrap_or(0);
+        let min_lsn = group.iter().map(|s| s.min_lsn).min().unwrap_or_default();
+        let max_lsn = group.iter().map(|s| s.max_lsn).max().unwrap_or_default();
         let meta = self.persist_segment(ds, batch, min_lsn, max_lsn).await?;
         let (id, path, rows, size) = (meta.id, meta.path.clone(), meta.rows, meta.bytes);
         let _one_at_a_time = self.flush_lock.lock().await;
@@ -149,7 +149,7 @@ impl Storage {
                 .map(|f| f.max_lsn)
                 .chain([st.active.max_lsn()])
                 .max()
-                .unwrap_or(0);
+                .unwrap_or_default();
             let freed: usize = st.frozen.iter().map(|f| f.bytes).sum::<usize>() + st.active.approx_bytes();
             st.flushed_lsn = st.flushed_lsn.max(buffered_max);
             st.frozen.clear();

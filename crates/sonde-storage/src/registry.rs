@@ -69,7 +69,11 @@ pub(crate) fn freeze_active(st: &mut DatasetState) {
         return;
     }
     let active = std::mem::take(&mut st.active);
-    let (min_lsn, max_lsn, bytes) = (active.min_lsn().unwrap_or(0), active.max_lsn(), active.approx_bytes());
+    let (min_lsn, max_lsn, bytes) = (
+        active.min_lsn().unwrap_or_default(),
+        active.max_lsn(),
+        active.approx_bytes(),
+    );
     st.frozen.push(Arc::new(Frozen {
         batch: active.into_record_batch(),
         min_lsn,
@@ -181,12 +185,12 @@ impl Storage {
     /// The lowest LSN that some write buffer still needs from the WAL.
     pub(crate) fn wal_watermark(&self) -> Lsn {
         // Read the applied LSN first: anything applied after this read has a higher LSN.
-        let applied = self.applied_lsn.load(Ordering::Acquire);
+        let applied = Lsn(self.applied_lsn.load(Ordering::Acquire));
         let map = self.datasets.read().unwrap();
         map.values()
             .filter_map(|s| s.lock().unwrap().min_unflushed_lsn())
             .min()
-            .unwrap_or(applied + 1)
-            .min(applied + 1)
+            .unwrap_or(applied.next())
+            .min(applied.next())
     }
 }

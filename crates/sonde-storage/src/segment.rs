@@ -271,7 +271,7 @@ mod tests {
                 fields: vec![("trace.trace_id".into(), FieldValue::Str(format!("t{t}")))],
             })
             .collect();
-        b.append(1, &events, &|_| None, 0);
+        b.append(crate::wal::Lsn(1), &events, &|_| None, 0);
         let sorted = sort_by_time(&b.whole_batch()).unwrap();
         let facts = batch_facts(&sorted).unwrap();
         assert_eq!(
@@ -301,7 +301,7 @@ mod tests {
             })
             .collect();
         let mut b = WriteBuffer::default();
-        b.append(1, &events, &|_| None, 0);
+        b.append(crate::wal::Lsn(1), &events, &|_| None, 0);
         let encoded = encode(&b.whole_batch(), &SegmentOptions::default()).unwrap();
         assert_eq!(encoded.distinct_columns, vec!["id".to_string(), "ms".to_string()]);
         let reader = parquet::file::serialized_reader::SerializedFileReader::new(encoded.bytes).unwrap();

@@ -24,8 +24,31 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-/// A log sequence number: the position of a record in the WAL, increasing by one per record.
-pub type Lsn = u64;
+/// A log sequence number: the position of a record in the WAL, increasing by one per record
+/// (0: before the first record). Its own type, so it is never mixed up with a row count, a
+/// segment id or a time; stored as a plain number (in the catalog, in record headers, in WAL
+/// file names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// The LSN after this one.
+    pub fn next(self) -> Lsn {
+        Lsn(self.0 + 1)
+    }
+
+    /// The LSN `n` records after this one.
+    pub fn plus(self, n: u64) -> Lsn {
+        Lsn(self.0 + n)
+    }
+}
+
+impl std::fmt::Display for Lsn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 const HEADER_LEN: usize = 16;
 /// Upper bound on one record's payload, far above any accepted request (the body limit), so that
@@ -111,7 +134,7 @@ fn put_str16(out: &mut Vec<u8>, s: &str) {
 
 /// Appends one framed record (header + payload) to `out`.
 pub(crate) fn frame_record(out: &mut Vec<u8>, lsn: Lsn, payload: &[u8]) {
-    let lsn_bytes = lsn.to_le_bytes();
+    let lsn_bytes = lsn.0.to_le_bytes();
     let mut crc = crc32c::crc32c(&lsn_bytes);
     crc = crc32c::crc32c_append(crc, payload);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -246,7 +269,7 @@ pub(crate) fn wal_dir(data_dir: &Path) -> PathBuf {
 }
 
 fn file_name(first_lsn: Lsn) -> String {
-    format!("{first_lsn:020}.wal")
+    format!("{:020}.wal", first_lsn.0)
 }
 
 /// Lists the WAL files with their first LSN, oldest first.
@@ -264,8 +287,8 @@ pub(crate) fn list_files(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>> {
         else {
             continue;
         };
-        if let Ok(lsn) = stem.parse::<Lsn>() {
-            files.push((lsn, path));
+        if let Ok(lsn) = stem.parse::<u64>() {
+            files.push((Lsn(lsn), path));
         }
     }
     files.sort();
@@ -376,7 +399,7 @@ fn read_record(buf: &[u8]) -> Option<(Lsn, &[u8], usize)> {
     let actual = crc32c::crc32c_append(crc32c::crc32c(lsn_bytes), payload);
     (actual == crc).then(|| {
         (
-            u64::from_le_bytes(lsn_bytes.try_into().unwrap()),
+            Lsn(u64::from_le_bytes(lsn_bytes.try_into().unwrap())),
             payload,
             HEADER_LEN + len,
         )
@@ -495,9 +518,9 @@ pub(crate) fn is_disk_full(e: &std::io::Error) -> bool {
 mod tests {
     use super::*;
 
-    fn rec(lsn: Lsn, n: usize) -> WalRecord {
+    fn rec(lsn: u64, n: usize) -> WalRecord {
         WalRecord {
-            lsn,
+            lsn: Lsn(lsn),
             dataset: DatasetName::new("ds").unwrap(),
             events: (0..n)
                 .map(|i| Event {
@@ -514,14 +537,14 @@ mod tests {
         }
     }
 
-    fn write(dir: &Path, first: Lsn, recs: &[WalRecord]) -> PathBuf {
-        let mut w = WalFile::create(dir, first, 1 << 30).unwrap();
+    fn write(dir: &Path, first: u64, recs: &[WalRecord]) -> PathBuf {
+        let mut w = WalFile::create(dir, Lsn(first), 1 << 30).unwrap();
         let mut buf = Vec::new();
         for r in recs {
             frame_record(&mut buf, r.lsn, &encode_payload(&r.dataset, &r.events));
         }
         w.append(&buf, true).unwrap();
-        dir.join(file_name(first))
+        dir.join(file_name(Lsn(first)))
     }
 
     #[test]
@@ -531,7 +554,7 @@ mod tests {
         write(d.path(), 1, &recs);
         let r = replay(d.path()).unwrap();
         assert_eq!(r.records, recs);
-        assert_eq!(r.last_lsn, 3);
+        assert_eq!(r.last_lsn, Lsn(3));
         assert_eq!(r.torn_bytes, 0);
     }
 
@@ -544,13 +567,13 @@ mod tests {
         }
         let first_len = {
             let mut b = Vec::new();
-            frame_record(&mut b, 1, &encode_payload(&recs[0].dataset, &recs[0].events));
+            frame_record(&mut b, Lsn(1), &encode_payload(&recs[0].dataset, &recs[0].events));
             b.len()
         };
         for cut in 0..full.len() {
             let d = tempfile::tempdir().unwrap();
             std::fs::create_dir_all(d.path()).unwrap();
-            let path = d.path().join(file_name(1));
+            let path = d.path().join(file_name(Lsn(1)));
             std::fs::write(&path, &full[..cut]).unwrap();
             let r = replay(d.path()).unwrap();
             let expect = if cut >= first_len { 1 } else { 0 };
@@ -572,13 +595,13 @@ mod tests {
         let mut bytes = std::fs::read(&old).unwrap();
         let first_len = {
             let mut b = Vec::new();
-            frame_record(&mut b, 1, &encode_payload(&rec(1, 2).dataset, &rec(1, 2).events));
+            frame_record(&mut b, Lsn(1), &encode_payload(&rec(1, 2).dataset, &rec(1, 2).events));
             b.len()
         };
         bytes[first_len + 20] ^= 1;
         std::fs::write(&old, &bytes).unwrap();
         let r = replay(&wal).unwrap();
-        assert_eq!(r.records.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![1, 3, 4]);
+        assert_eq!(r.records.iter().map(|r| r.lsn.0).collect::<Vec<_>>(), vec![1, 3, 4]);
         assert!(r.corrupt_bytes > 0);
         assert_eq!(r.torn_bytes, 0);
         // The damaged file is kept, byte for byte, in quarantine beside the WAL directory.
@@ -595,7 +618,7 @@ mod tests {
         bytes[last] ^= 1;
         std::fs::write(&old, bytes).unwrap();
         let r = replay(&wal).unwrap();
-        assert_eq!(r.records.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(r.records.iter().map(|r| r.lsn.0).collect::<Vec<_>>(), vec![2]);
         assert!(r.corrupt_bytes > 0);
     }
 
@@ -605,8 +628,8 @@ mod tests {
         write(d.path(), 1, &[rec(1, 1), rec(2, 1)]);
         write(d.path(), 3, &[rec(3, 1)]);
         write(d.path(), 4, &[rec(4, 1)]);
-        assert_eq!(remove_files_below(d.path(), 3).unwrap(), 1);
-        assert_eq!(remove_files_below(d.path(), 100).unwrap(), 1);
+        assert_eq!(remove_files_below(d.path(), Lsn(3)).unwrap(), 1);
+        assert_eq!(remove_files_below(d.path(), Lsn(100)).unwrap(), 1);
         assert_eq!(list_files(d.path()).unwrap().len(), 1, "the newest file always stays");
     }
 }
