@@ -68,11 +68,23 @@ impl ColumnEntry {
     }
 }
 
+/// A segment's number, unique in the data directory (or bucket) and never reused; its own type
+/// so it is never mixed up with a row count or an LSN. Stored as a plain number.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SegmentId(pub u64);
+
+impl std::fmt::Display for SegmentId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// One Parquet segment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SegmentMeta {
     /// Unique id within the data directory.
-    pub id: u64,
+    pub id: SegmentId,
     /// Object-store path of the Parquet file, relative to the store's root.
     pub path: String,
     /// Number of events.

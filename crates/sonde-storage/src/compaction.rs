@@ -108,10 +108,11 @@ pub(crate) fn check_merged(inputs: &[Arc<SegmentMeta>], facts: &segment::Segment
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::SegmentId;
 
     fn seg(id: u64, rows: u64, ts: i64) -> Arc<SegmentMeta> {
         Arc::new(SegmentMeta {
-            id,
+            id: SegmentId(id),
             path: format!("s{id}"),
             rows,
             bytes: rows * 10,
@@ -149,7 +150,7 @@ mod tests {
         ];
         let groups: Vec<Vec<u64>> = plan(&segs, 4000)
             .iter()
-            .map(|g| g.iter().map(|s| s.id).collect())
+            .map(|g| g.iter().map(|s| s.id.0).collect())
             .collect();
         assert_eq!(groups, vec![vec![1, 2], vec![3, 4, 5]]);
         let big = vec![seg(1, 3000, 0), seg(2, 3000, 10)];

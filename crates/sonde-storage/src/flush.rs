@@ -72,7 +72,7 @@ impl Storage {
         min_lsn: Lsn,
         max_lsn: Lsn,
     ) -> Result<Arc<SegmentMeta>> {
-        let id = self.next_segment_id.fetch_add(1, Ordering::SeqCst);
+        let id = SegmentId(self.next_segment_id.fetch_add(1, Ordering::SeqCst));
         let path = segment_path(dataset, id);
         let before = segment::batch_facts(&batch)?;
         let opts = self.config.segment.clone();
@@ -152,7 +152,7 @@ impl Storage {
         );
         self.persist_catalog().await?;
         self.stats.segments_flushed.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(dataset = %dataset, segment = meta.id, rows = meta.rows, bytes = meta.bytes, "segment flushed");
+        tracing::info!(dataset = %dataset, segment = meta.id.0, rows = meta.rows, bytes = meta.bytes, "segment flushed");
         Ok(())
     }
 
@@ -202,8 +202,8 @@ impl Storage {
     }
 }
 
-pub(crate) fn segment_path(dataset: &DatasetName, id: u64) -> String {
-    format!("datasets/{dataset}/seg-{id:012}.parquet")
+pub(crate) fn segment_path(dataset: &DatasetName, id: SegmentId) -> String {
+    format!("datasets/{dataset}/seg-{:012}.parquet", id.0)
 }
 
 pub(crate) async fn flush_loop(s: Arc<Storage>, mut stop: watch::Receiver<bool>) {

@@ -74,7 +74,7 @@ mod tests {
 
     fn segment(id: u64) -> Arc<SegmentMeta> {
         Arc::new(SegmentMeta {
-            id,
+            id: crate::catalog::SegmentId(id),
             path: format!("seg-{id}.parquet"),
             ..Default::default()
         })
@@ -89,7 +89,7 @@ mod tests {
         assert!(g.take_dead().is_empty());
         let gen2 = g.begin_catalog();
         g.catalog_durable(gen2);
-        assert_eq!(g.take_dead().iter().map(|s| s.id).collect::<Vec<_>>(), [1]);
+        assert_eq!(g.take_dead().iter().map(|s| s.id.0).collect::<Vec<_>>(), [1]);
         assert!(g.take_dead().is_empty(), "taken once");
     }
 

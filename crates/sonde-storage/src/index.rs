@@ -11,7 +11,7 @@
 //! per distinct value), so that after a restart the first lookup reads that small file rather
 //! than the segment; a segment without one (or with a damaged one) is indexed from its column.
 
-use crate::catalog::SegmentMeta;
+use crate::catalog::{SegmentId, SegmentMeta};
 use crate::{Error, Result};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::cast;
@@ -57,7 +57,7 @@ pub(crate) fn build(batch: &RecordBatch, column: &str) -> Result<Option<RoaringB
 /// The cache's state: entries, their total bytes, and a use counter for recency.
 #[derive(Debug, Default)]
 struct Lru {
-    map: HashMap<(u64, String), Entry>,
+    map: HashMap<(SegmentId, String), Entry>,
     total: usize,
     clock: u64,
 }
@@ -94,7 +94,7 @@ impl IndexCache {
 
     /// Indexes every indexed column of a freshly written segment; returns the index file's
     /// bytes, to be stored beside the segment.
-    pub fn insert_from_batch(&self, segment: u64, batch: &RecordBatch) -> Result<Vec<u8>> {
+    pub fn insert_from_batch(&self, segment: SegmentId, batch: &RecordBatch) -> Result<Vec<u8>> {
         let mut built = Vec::new();
         for c in &self.columns {
             if let Some(bm) = build(batch, c)? {
@@ -104,7 +104,7 @@ impl IndexCache {
         Ok(encode_file(&built))
     }
 
-    fn put(&self, segment: u64, column: &str, bitmap: Option<RoaringBitmap>) -> Option<Arc<RoaringBitmap>> {
+    fn put(&self, segment: SegmentId, column: &str, bitmap: Option<RoaringBitmap>) -> Option<Arc<RoaringBitmap>> {
         let bytes = bitmap.as_ref().map_or(16, |b| b.serialized_size()) + 64;
         let bitmap = bitmap.map(Arc::new);
         let mut g = self.inner.lock().unwrap();
@@ -211,7 +211,7 @@ impl IndexCache {
     /// Caches a segment's indexes, one per column; returns them as cached.
     fn put_all(
         &self,
-        segment: u64,
+        segment: SegmentId,
         columns: Vec<(String, RoaringBitmap)>,
     ) -> Vec<(String, Option<Arc<RoaringBitmap>>)> {
         columns
@@ -297,7 +297,7 @@ mod tests {
         assert!(build(&batch, "nope").unwrap().is_none());
         let cache = IndexCache::new(vec!["id".into()], 500);
         for seg in 0..20 {
-            cache.insert_from_batch(seg, &batch).unwrap();
+            cache.insert_from_batch(SegmentId(seg), &batch).unwrap();
         }
         let g = cache.inner.lock().unwrap();
         assert!(

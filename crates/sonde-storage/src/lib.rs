@@ -65,7 +65,7 @@ pub fn read_wal(dir: &std::path::Path) -> Result<Replay> {
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use buffer::WriteBuffer;
-use catalog::{Catalog, CatalogStore, ColumnEntry, DatasetEntry, SegmentMeta};
+use catalog::{Catalog, CatalogStore, ColumnEntry, DatasetEntry, SegmentId, SegmentMeta};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt};

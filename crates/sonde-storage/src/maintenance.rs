@@ -77,7 +77,7 @@ impl Storage {
         let _one_at_a_time = self.flush_lock.lock().await;
         let swapped = {
             let mut st = state.lock().unwrap();
-            let ids: std::collections::HashSet<u64> = group.iter().map(|s| s.id).collect();
+            let ids: std::collections::HashSet<SegmentId> = group.iter().map(|s| s.id).collect();
             let intact = st.segments.iter().filter(|s| ids.contains(&s.id)).count() == group.len();
             if intact {
                 st.segments.retain(|s| !ids.contains(&s.id));
@@ -94,7 +94,7 @@ impl Storage {
         self.bury(group.iter().cloned());
         self.persist_catalog().await?;
         self.stats.compactions.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(dataset = %ds, segment = id, inputs = group.len(), rows, bytes = size, "segments compacted");
+        tracing::info!(dataset = %ds, segment = id.0, inputs = group.len(), rows, bytes = size, "segments compacted");
         Ok(())
     }
 

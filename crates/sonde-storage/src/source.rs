@@ -15,7 +15,7 @@ use object_store::ObjectStore;
 use sonde_model::DatasetName;
 use std::sync::Arc;
 
-pub use crate::catalog::{ColumnEntry, SegmentMeta};
+pub use crate::catalog::{ColumnEntry, SegmentId, SegmentMeta};
 pub use crate::index::{IndexCache, hash_value};
 pub use crate::{DatasetInfo, DatasetSnapshot};
 
