@@ -23,7 +23,7 @@ use arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sonde_model::ColumnType;
 use std::collections::HashMap;
 
@@ -198,7 +198,7 @@ impl Counter {
     }
 
     /// The column's comparison and its score.
-    pub(crate) fn report(&self, totals: [i64; 2], top: usize) -> (f64, Value) {
+    pub(crate) fn report(&self, totals: [i64; 2], top: usize) -> (f64, Comparison) {
         let share = |c: [i64; 2]| -> [f64; 2] {
             [
                 if totals[0] > 0 {
@@ -238,17 +238,20 @@ impl Counter {
                         .total_cmp(&(a.1[0] - a.1[1]))
                         .then_with(|| a.0.to_string().cmp(&b.0.to_string()))
                 });
-                let values: Vec<Value> = entries
+                let values = entries
                     .into_iter()
-                    .map(|(v, s)| json!({"value": v, "selection": s[0], "baseline": s[1]}))
+                    .map(|(value, s)| ValueShare {
+                        value,
+                        share: Share::of(s),
+                    })
                     .collect();
                 (
                     score / 2.0,
-                    json!({
-                        "values": values,
-                        "other": {"selection": rest_s[0], "baseline": rest_s[1]},
-                        "missing": {"selection": missing_s[0], "baseline": missing_s[1]},
-                    }),
+                    Comparison::Values {
+                        values,
+                        other: Share::of(rest_s),
+                        missing: Share::of(missing_s),
+                    },
                 )
             }
             Counter::Numeric {
@@ -258,24 +261,143 @@ impl Counter {
                 missing,
             } => {
                 let mut score = 0.0;
-                let out: Vec<Value> = buckets
+                let out = buckets
                     .iter()
                     .enumerate()
                     .map(|(i, c)| {
                         let s = share(*c);
                         score += (s[0] - s[1]).abs();
-                        json!({"lower": lo + i as f64 * width, "upper": lo + (i + 1) as f64 * width, "selection": s[0], "baseline": s[1]})
+                        BucketShare {
+                            lower: lo + i as f64 * width,
+                            upper: lo + (i + 1) as f64 * width,
+                            share: Share::of(s),
+                        }
                     })
                     .collect();
                 let m = share(*missing);
                 score += (m[0] - m[1]).abs();
                 (
                     score / 2.0,
-                    json!({"buckets": out, "missing": {"selection": m[0], "baseline": m[1]}}),
+                    Comparison::Buckets {
+                        buckets: out,
+                        missing: Share::of(m),
+                    },
                 )
             }
         }
     }
+}
+
+/// A share of the selection's and of the baseline's events (each side's fraction, 0–1).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Share {
+    /// Fraction of the selection.
+    pub selection: f64,
+    /// Fraction of the baseline.
+    pub baseline: f64,
+}
+
+impl Share {
+    fn of(s: [f64; 2]) -> Share {
+        Share {
+            selection: s[0],
+            baseline: s[1],
+        }
+    }
+}
+
+/// One value of a categorical column and its shares.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ValueShare {
+    /// The value.
+    pub value: Value,
+    /// Its shares.
+    #[serde(flatten)]
+    pub share: Share,
+}
+
+/// One value range of a numeric column and its shares.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BucketShare {
+    /// Lower bound (inclusive).
+    pub lower: f64,
+    /// Upper bound.
+    pub upper: f64,
+    /// Its shares.
+    #[serde(flatten)]
+    pub share: Share,
+}
+
+/// How one column's values spread over the selection and the baseline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Comparison {
+    /// Strings and booleans: the top values, the rest, and events without the column.
+    Values {
+        /// The top values, the most over-represented in the selection first.
+        values: Vec<ValueShare>,
+        /// All other values together.
+        other: Share,
+        /// Events without the column.
+        missing: Share,
+    },
+    /// Numbers: equal-width buckets over the column's range, and events without it.
+    Buckets {
+        /// The buckets, low to high.
+        buckets: Vec<BucketShare>,
+        /// Events without the column.
+        missing: Share,
+    },
+}
+
+/// One column in a BubbleUp answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColumnReport {
+    /// The column.
+    pub column: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+    /// Total variation distance between the two distributions (0: alike, 1: disjoint).
+    pub score: f64,
+    /// The distributions.
+    #[serde(flatten)]
+    pub comparison: Comparison,
+}
+
+/// An event count.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Count {
+    /// Events (sample-rate weighted).
+    pub count: i64,
+}
+
+/// What a BubbleUp looked at.
+#[derive(Debug, Clone, Serialize)]
+pub struct BubbleUpMeta {
+    /// Events read.
+    pub events_examined: u64,
+    /// Time taken.
+    pub elapsed_ms: f64,
+    /// The range compared (RFC 3339).
+    pub start_time: String,
+    /// Its end (exclusive).
+    pub end_time: String,
+    /// How columns are scored.
+    pub measure: &'static str,
+}
+
+/// A BubbleUp answer: the two populations' sizes and every column compared, highest score first.
+#[derive(Debug, Clone, Serialize)]
+pub struct BubbleUpAnswer {
+    /// The selection's size.
+    pub selection: Count,
+    /// The baseline's size.
+    pub baseline: Count,
+    /// Every compared column, highest score first (ties by name).
+    pub columns: Vec<ColumnReport>,
+    /// What was looked at.
+    pub meta: BubbleUpMeta,
 }
 
 /// Whether a column type is compared as a distribution over buckets.
@@ -296,6 +418,7 @@ pub(crate) fn weights(col: &ArrayRef) -> datafusion::error::Result<Vec<i64>> {
 mod tests {
     use super::*;
     use arrow::array::StringArray;
+    use serde_json::json;
     use std::sync::Arc;
 
     #[test]
@@ -310,6 +433,7 @@ mod tests {
             .unwrap();
         let (score, v) = c.report([2, 2], 10);
         assert_eq!(score, 1.0);
+        let v = serde_json::to_value(v).unwrap();
         assert_eq!(v["values"][0], json!({"value": "a", "selection": 1.0, "baseline": 0.0}));
     }
 

@@ -18,7 +18,7 @@ impl QueryEngine {
         dataset: &DatasetName,
         req: &BubbleUpRequest,
         budget: &RequestBudget,
-    ) -> Result<Value> {
+    ) -> Result<bubbleup::BubbleUpAnswer> {
         use futures::StreamExt;
         let started = Instant::now();
         let table = self.table(dataset)?;
@@ -178,29 +178,31 @@ impl QueryEngine {
         self.timed(budget, stream_all).await?;
 
         let top = req.top_values.unwrap_or(bubbleup::DEFAULT_TOP_VALUES).clamp(1, 100);
-        let mut reports: Vec<(f64, String, Value)> = counters
+        let mut columns: Vec<bubbleup::ColumnReport> = counters
             .iter()
             .zip(&compared)
             .map(|(c, (name, ty))| {
-                let (score, mut v) = c.report(totals, top);
-                v["column"] = json!(name);
-                v["type"] = json!(ty.name());
-                v["score"] = json!(score);
-                (score, name.clone(), v)
+                let (score, comparison) = c.report(totals, top);
+                bubbleup::ColumnReport {
+                    column: name.clone(),
+                    ty: ty.name(),
+                    score,
+                    comparison,
+                }
             })
             .collect();
-        reports.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-        Ok(json!({
-            "selection": {"count": totals[0]},
-            "baseline": {"count": totals[1]},
-            "columns": reports.into_iter().map(|r| r.2).collect::<Vec<_>>(),
-            "meta": {
-                "events_examined": events,
-                "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
-                "start_time": sonde_model::time::format_us(plan.start_us),
-                "end_time": sonde_model::time::format_us(plan.end_us),
-                "measure": "total variation distance between the selection's and the baseline's distributions",
-            }
-        }))
+        columns.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.column.cmp(&b.column)));
+        Ok(bubbleup::BubbleUpAnswer {
+            selection: bubbleup::Count { count: totals[0] },
+            baseline: bubbleup::Count { count: totals[1] },
+            columns,
+            meta: bubbleup::BubbleUpMeta {
+                events_examined: events,
+                elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+                start_time: sonde_model::time::format_us(plan.start_us),
+                end_time: sonde_model::time::format_us(plan.end_us),
+                measure: "total variation distance between the selection's and the baseline's distributions",
+            },
+        })
     }
 }
