@@ -8,8 +8,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use sonde_model::DatasetName;
 use sonde_query::{BubbleUpRequest, EventsRequest, QueryError, QuerySpec, RequestBudget, SqlFormat};
 use std::collections::{HashMap, VecDeque};
@@ -124,7 +123,7 @@ pub struct SavedQueries {
 #[derive(Debug, Default)]
 struct Saved {
     specs: HashMap<String, (DatasetName, QuerySpec)>,
-    results: HashMap<String, (DatasetName, Value)>,
+    results: HashMap<String, (DatasetName, QueryResultAnswer)>,
     order: VecDeque<String>,
 }
 
@@ -153,18 +152,44 @@ impl SavedQueries {
 pub(crate) async fn create_query(
     State(state): State<Arc<AppState>>,
     q: QueryCall<QuerySpec>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SavedQuery>, ApiError> {
     let ds = q.dataset()?.clone();
     let spec = q.body.clone();
     // Validate now, so a bad spec fails here rather than when its results are asked for.
-    let mut out = serde_json::to_value(&spec).unwrap_or_default();
     state.engine.validate(&ds, &spec)?;
     let id = state.saved.id();
     state.saved.remember(&id, |s| {
-        s.specs.insert(id.clone(), (ds, spec));
+        s.specs.insert(id.clone(), (ds, spec.clone()));
     });
-    out["id"] = json!(id);
-    Ok(Json(out))
+    Ok(Json(SavedQuery { spec, id }))
+}
+
+/// `POST /1/queries/{dataset}`'s answer: the spec as saved, with its id (Honeycomb's shape).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct SavedQuery {
+    #[serde(flatten)]
+    spec: QuerySpec,
+    id: String,
+}
+
+/// A query result of Honeycomb's query-data API.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct QueryResultAnswer {
+    id: String,
+    query_id: String,
+    /// Always true: results are computed before they are answered.
+    complete: bool,
+    data: sonde_query::QueryData,
+    meta: sonde_query::QueryMeta,
+    links: Links,
+}
+
+/// Where a query result can be looked at.
+#[derive(Debug, Clone, Serialize)]
+struct Links {
+    /// The UI's own permalink form (`q` = the spec as JSON), so the link opens this query even
+    /// after the saved query has been forgotten.
+    query_url: String,
 }
 
 #[derive(Deserialize)]
@@ -180,7 +205,7 @@ impl Describe for ResultRequest {
 pub(crate) async fn create_result(
     State(state): State<Arc<AppState>>,
     q: QueryCall<ResultRequest>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<QueryResultAnswer>), ApiError> {
     let ds = q.dataset()?.clone();
     let req = &q.body;
     let saved = state.saved.inner.lock().unwrap().specs.get(&req.query_id).cloned();
@@ -194,16 +219,16 @@ pub(crate) async fn create_result(
     let budget = state.engine.request();
     let r = state.engine.query(&ds, &spec, &budget).await?;
     let id = state.saved.id();
-    let answer = json!({
-        "id": id,
-        "query_id": req.query_id,
-        "complete": true,
-        "data": r.data,
-        "meta": r.meta,
-        // The UI's own permalink form (`q` = the spec as JSON), so the link opens this query
-        // even after the saved query has been forgotten.
-        "links": {"query_url": ui_link(&ds, &spec)},
-    });
+    let answer = QueryResultAnswer {
+        id: id.clone(),
+        query_id: req.query_id.clone(),
+        complete: true,
+        data: r.data,
+        meta: r.meta,
+        links: Links {
+            query_url: ui_link(&ds, &spec),
+        },
+    };
     state.saved.remember(&id, |s| {
         s.results.insert(id.clone(), (ds.clone(), answer.clone()));
     });
@@ -234,7 +259,7 @@ pub(crate) async fn get_result(
     State(state): State<Arc<AppState>>,
     access: Authorized<Query>,
     Path((_, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<QueryResultAnswer>, ApiError> {
     let ds = access.dataset()?;
     let r = state.saved.inner.lock().unwrap().results.get(&id).cloned();
     // A result is found only under the dataset it was made for.
