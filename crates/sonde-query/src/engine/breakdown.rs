@@ -182,8 +182,10 @@ impl Run<'_> {
     }
 
     pub(super) async fn execute(&self, base: DataFrame) -> Result<Output> {
-        let fine = self.fine_table(&base).await?;
-        let mut p = self.results(&base, fine.as_ref()).await?;
+        // The result aggregates, built once: the fine table and the results both use them.
+        let (aggs, finals) = self.result_aggregates();
+        let fine = self.fine_table(&base, &aggs).await?;
+        let mut p = self.results(&base, fine.as_ref(), aggs, finals).await?;
         // Later queries only need the groups that made the cut (past the limit and havings).
         let restricted = if p.truncated || !self.plan.havings.is_empty() {
             self.df(base.filter(group_filter(self.plan, &p.groups)))?
@@ -200,9 +202,8 @@ impl Run<'_> {
     /// When every calculation rolls up from partial aggregates per time bucket and group,
     /// one scan computes those ("fine"), and the results and the series are both answered
     /// from that small table instead of scanning the events twice.
-    async fn fine_table(&self, base: &DataFrame) -> Result<Option<DataFrame>> {
-        let (aggs, _) = self.result_aggregates();
-        Ok(match self.fine_aggregates(base, &aggs)? {
+    async fn fine_table(&self, base: &DataFrame, aggs: &[Expr]) -> Result<Option<DataFrame>> {
+        Ok(match self.fine_aggregates(base, aggs)? {
             // Collected (and counted against the request) rather than `cache()`d, which would
             // hold the partials outside every budget.
             Some(f) => {
@@ -218,10 +219,15 @@ impl Run<'_> {
 
     /// 1. Results: plain aggregates per group, HAVING, ORDER BY, LIMIT. Each HEATMAP's value
     ///    range comes along (per group; combined here over the groups that made the cut).
-    async fn results(&self, base: &DataFrame, fine: Option<&DataFrame>) -> Result<Partial> {
+    async fn results(
+        &self,
+        base: &DataFrame,
+        fine: Option<&DataFrame>,
+        aggs: Vec<Expr>,
+        finals: Vec<Expr>,
+    ) -> Result<Partial> {
         let plan = self.plan;
         let nb = plan.breakdowns.len();
-        let (aggs, finals) = self.result_aggregates();
         let mut results_df = match fine {
             Some(f) => {
                 let groups: Vec<Expr> = (0..nb).map(|i| ident(b_alias(i))).collect();
