@@ -175,7 +175,8 @@ impl<T: DeserializeOwned + Describe> FromRequest<Arc<AppState>> for JsonBody<T> 
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
-        let bytes = read_limited(req.into_body(), state.config.max_body_bytes).await?;
+        let declared = declared_length(req.headers());
+        let bytes = read_limited(req.into_body(), state.config.max_body_bytes, declared).await?;
         if bytes.iter().all(u8::is_ascii_whitespace)
             && let Some(v) = T::when_empty()
         {
@@ -187,23 +188,46 @@ impl<T: DeserializeOwned + Describe> FromRequest<Arc<AppState>> for JsonBody<T> 
     }
 }
 
-/// Reads a body, refusing it once it passes `limit` bytes.
-pub(crate) async fn read_limited(body: axum::body::Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// Reads a body, refusing it (413) once it passes `limit` bytes.
+/// `declared` (the request's `Content-Length`, if any) sizes the buffer once, within the limit,
+/// rather than growing and copying it as the body comes. Every body of every route is read here.
+pub(crate) async fn read_limited(
+    body: axum::body::Body,
+    limit: usize,
+    declared: Option<usize>,
+) -> Result<Vec<u8>, ApiError> {
     use futures::StreamExt;
-    let mut out = Vec::new();
+    let mut out: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut seen = 0usize;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
-        if out.len() + chunk.len() > limit {
-            return Err(BodyError::TooLarge {
-                size: out.len() + chunk.len(),
-                limit,
-            }
-            .into());
+        seen += chunk.len();
+        if seen <= limit {
+            out.extend_from_slice(&chunk);
+        } else if seen > limit.saturating_add(DRAIN_BYTES) {
+            break;
+        } else {
+            // Past the limit: keep reading (and dropping) a bounded amount, so that a client
+            // still sending its body gets to read the 413 rather than a broken connection.
+            out = Vec::new();
         }
-        out.extend_from_slice(&chunk);
+    }
+    if seen > limit {
+        return Err(BodyError::TooLarge { size: seen, limit }.into());
     }
     Ok(out)
+}
+
+/// How much of an oversized body is read and dropped before the 413 is sent.
+const DRAIN_BYTES: usize = 64 << 20;
+
+/// A request's `Content-Length`, if it gives one.
+pub(crate) fn declared_length(headers: &axum::http::HeaderMap) -> Option<usize> {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 impl Describe for sonde_query::QuerySpec {

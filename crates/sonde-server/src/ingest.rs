@@ -1,13 +1,13 @@
 //! Ingest handlers: Honeycomb's single-event and batch endpoints, and NDJSON.
 
-use crate::extract::{Authorized, Ingest};
+use crate::extract::{Authorized, Ingest, declared_length, read_limited};
 use crate::{AppState, error::ApiError};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde_json::{Value, json};
-use sonde_ingest::{BodyError, Decoded, decompress, envelope, json as batch_json, msgpack, ndjson as lines};
+use sonde_ingest::{Decoded, decompress, envelope, json as batch_json, msgpack, ndjson as lines};
 use sonde_model::{DatasetName, time};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -81,9 +81,6 @@ fn batch_statuses(refusals: &[Option<String>]) -> Vec<u8> {
     out
 }
 
-/// How much of an oversized body is read and dropped before the 413 is sent.
-const DRAIN_BYTES: usize = 64 << 20;
-
 /// Reads the body (refusing more than `max_body_bytes` on the wire) and undoes its encoding
 /// (refusing more than `max_body_bytes` once inflated). Both copies are held in the process
 /// memory bound (`--memory-limit`) until the returned reservation drops, at the end of the
@@ -93,29 +90,8 @@ pub(crate) async fn body_bytes(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(Vec<u8>, sonde_query::memory::Reservation), ApiError> {
-    use futures::StreamExt;
     let limit = state.config.max_body_bytes;
-    // Sized once from Content-Length (within the limit) rather than grown and copied as it comes.
-    let declared = header_str(headers, header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<usize>().ok());
-    let mut raw: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0).min(limit));
-    let mut seen = 0usize;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
-        seen += chunk.len();
-        if seen <= limit {
-            raw.extend_from_slice(&chunk);
-        } else if seen > limit.saturating_add(DRAIN_BYTES) {
-            break;
-        } else {
-            // Past the limit: keep reading (and dropping) a bounded amount, so that a client
-            // still sending its body gets to read the 413 rather than a broken connection.
-            raw = Vec::new();
-        }
-    }
-    if seen > limit {
-        return Err(BodyError::TooLarge { size: seen, limit }.into());
-    }
+    let raw = read_limited(body, limit, declared_length(headers)).await?;
     let budget = state.engine.memory_budget();
     let overloaded = |e: sonde_query::memory::BudgetExceeded| ApiError {
         status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
