@@ -126,22 +126,17 @@ impl Grpc {
         Grpc { state }
     }
 
-    /// The caller, from the same headers as over HTTP (gRPC metadata are HTTP/2 headers).
-    fn caller(&self, md: &tonic::metadata::MetadataMap) -> Result<Caller, tonic::Status> {
-        let headers = md.clone().into_headers();
-        let caller = self.state.access.caller(&headers).map_err(api_status)?;
-        self.state
-            .access
-            .require(&caller, Scope::Ingest, None)
-            .map_err(api_status)?;
-        Ok(caller)
-    }
-
-    /// The caller and the dataset header of a request, counted as refused when either is bad.
+    /// The caller and the dataset header of a request, read from the same headers and by the
+    /// same rules as over HTTP (gRPC metadata are HTTP/2 headers); counted as refused when
+    /// either is bad.
     fn begin(&self, md: &tonic::metadata::MetadataMap) -> Result<(Caller, Option<DatasetName>), tonic::Status> {
-        let caller = self.caller(md).map_err(|s| self.count(s))?;
-        let ds = self.dataset(md).map_err(|s| self.count(s))?;
-        Ok((caller, ds))
+        let headers = md.clone().into_headers();
+        let begin = || {
+            let caller = self.state.access.caller(&headers)?;
+            self.state.access.require(&caller, Scope::Ingest, None)?;
+            Ok((caller, dataset_header(&headers)?))
+        };
+        begin().map_err(|e| self.refused(e))
     }
 
     /// Counts a refused request in `sonde_requests_rejected_total`, as the HTTP ingest routes'
@@ -153,15 +148,6 @@ impl Grpc {
 
     fn refused(&self, e: ApiError) -> tonic::Status {
         self.count(api_status(e))
-    }
-
-    fn dataset(&self, md: &tonic::metadata::MetadataMap) -> Result<Option<DatasetName>, tonic::Status> {
-        match md.get("x-honeycomb-dataset").and_then(|v| v.to_str().ok()) {
-            Some(d) if !d.is_empty() => DatasetName::new(d)
-                .map(Some)
-                .map_err(|e| tonic::Status::invalid_argument(e.to_string())),
-            _ => Ok(None),
-        }
     }
 }
 
