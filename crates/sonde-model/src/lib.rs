@@ -13,6 +13,7 @@
 //! Nothing here touches the disk or the network, so all of it is property-tested.
 
 pub mod dataset;
+pub mod derived;
 pub mod flatten;
 pub mod spec;
 pub mod time;
@@ -27,6 +28,11 @@ pub use value::{ColumnType, FieldValue, ValueRef};
 pub const TIMESTAMP_COLUMN: &str = "timestamp";
 /// The reserved column holding each event's sample rate (1 = unsampled).
 pub const SAMPLE_RATE_COLUMN: &str = "samplerate";
+
+/// Whether `name` is one of the reserved columns (`timestamp`, `samplerate`).
+pub fn is_reserved_name(name: &str) -> bool {
+    name == TIMESTAMP_COLUMN || name == SAMPLE_RATE_COLUMN
+}
 
 /// One accepted event: its time, its sample rate and its flattened fields.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,8 +5,10 @@
 //! "foo"`), and is answered with a 400.
 
 use crate::ColumnType;
+use crate::derived::{self, CalculatedField, DerivedColumn, ExprError, Resolve, Resolved, Typed};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 /// Default `limit` (Honeycomb's).
@@ -59,6 +61,33 @@ pub struct QuerySpec {
     /// Seconds per time bucket of the series; chosen automatically when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub granularity: Option<i64>,
+    /// Derived columns for this query only: `[{"name", "expression"}]`, usable as columns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calculated_fields: Vec<CalculatedField>,
+    /// Also answer the same query over the range this many seconds earlier (at least the
+    /// range's length), beside the main answer as `compare`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare_time_offset_seconds: Option<i64>,
+    /// Count events as stored, without weighting them by their sample rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_mode: Option<bool>,
+}
+
+impl QuerySpec {
+    /// Whether any clause names the column `name` (a breakdown, filter, calculation, order or
+    /// having, or an expression of its own calculated fields).
+    pub fn names_column(&self, name: &str) -> bool {
+        let named = |c: &Option<String>| c.as_deref() == Some(name);
+        self.breakdowns.iter().any(|b| b == name)
+            || self.filters.iter().any(|f| f.column == name)
+            || self.calculations.iter().any(|c| named(&c.column))
+            || self.orders.iter().any(|o| named(&o.column))
+            || self.havings.iter().any(|h| named(&h.column))
+            || self
+                .calculated_fields
+                .iter()
+                .any(|f| derived::parse(&f.expression).is_ok_and(|a| a.names_column(name)))
+    }
 }
 
 /// The events a raw-events listing or a BubbleUp looks at: a query spec's filters and time
@@ -80,6 +109,9 @@ pub struct Population {
     /// End, as in a query spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_time: Option<Value>,
+    /// Query-scoped derived columns, as in a query spec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calculated_fields: Vec<CalculatedField>,
 }
 
 impl Population {
@@ -91,6 +123,7 @@ impl Population {
             time_range: self.time_range,
             start_time: self.start_time.clone(),
             end_time: self.end_time.clone(),
+            calculated_fields: self.calculated_fields.clone(),
             limit,
             ..Default::default()
         }
@@ -509,6 +542,13 @@ pub struct Plan {
     pub end_us: i64,
     /// Seconds per bucket.
     pub granularity_s: i64,
+    /// The derived columns the query uses (by name, references to others inlined), which the
+    /// engine adds to the dataset's columns before anything else.
+    pub derived: Vec<(String, Typed)>,
+    /// Also answer over the range this many seconds earlier.
+    pub compare_offset_s: Option<i64>,
+    /// Events unweighted by their sample rate.
+    pub usage_mode: bool,
 }
 
 impl Plan {
@@ -527,12 +567,191 @@ pub struct SpecError {
     pub field: String,
     /// What is wrong.
     pub message: String,
+    /// For a mistake in an expression: its character offset there.
+    pub position: Option<usize>,
 }
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> SpecError {
     SpecError {
         field: field.into(),
         message: message.into(),
+        position: None,
+    }
+}
+
+impl SpecError {
+    /// A mistake in the expression at `field`.
+    pub fn in_expression(field: impl Into<String>, e: ExprError) -> SpecError {
+        SpecError {
+            field: field.into(),
+            message: e.message,
+            position: Some(e.position),
+        }
+    }
+}
+
+/// The names a spec may use: the dataset's columns, its stored derived columns and the
+/// spec's own calculated fields. Derived columns are checked when first named (so one with a
+/// mistake only fails the queries that use it), each once, and may name each other (cycles
+/// are refused).
+struct Names<'a> {
+    columns: &'a BTreeMap<String, ColumnType>,
+    /// Derived columns by name: their expression, and the field a mistake in it is reported at.
+    defs: BTreeMap<String, (String, Option<String>)>,
+    checked: RefCell<BTreeMap<String, Result<Typed, ExprError>>>,
+    visiting: RefCell<Vec<String>>,
+    /// The derived columns the spec uses, in the order first named.
+    used: RefCell<Vec<(String, Typed)>>,
+}
+
+impl<'a> Names<'a> {
+    fn new(
+        columns: &'a BTreeMap<String, ColumnType>,
+        stored: &[DerivedColumn],
+        scoped: &[CalculatedField],
+    ) -> Result<Names<'a>, SpecError> {
+        if scoped.len() > derived::MAX_CALCULATED_FIELDS {
+            return Err(err(
+                "calculated_fields",
+                format!("at most {} are allowed, got {}", derived::MAX_CALCULATED_FIELDS, scoped.len()),
+            ));
+        }
+        // A stored derived column wins over a column of the same name (it was defined on
+        // purpose; the column may have appeared since).
+        let mut defs: BTreeMap<String, (String, Option<String>)> = stored
+            .iter()
+            .map(|d| (d.alias.clone(), (d.expression.clone(), None)))
+            .collect();
+        for (i, f) in scoped.iter().enumerate() {
+            let field = format!("calculated_fields[{i}].name");
+            if f.name.is_empty() || f.name.chars().count() > 255 {
+                return Err(err(field, "must be 1 to 255 characters"));
+            }
+            if columns.contains_key(&f.name) || crate::is_reserved_name(&f.name) {
+                return Err(err(field, format!("{:?} is already a column of the dataset", f.name)));
+            }
+            if scoped[..i].iter().any(|g| g.name == f.name) {
+                return Err(err(field, format!("{:?} is defined twice", f.name)));
+            }
+            defs.insert(
+                f.name.clone(),
+                (f.expression.clone(), Some(format!("calculated_fields[{i}].expression"))),
+            );
+        }
+        let names = Names {
+            columns,
+            defs,
+            checked: RefCell::new(BTreeMap::new()),
+            visiting: RefCell::new(Vec::new()),
+            used: RefCell::new(Vec::new()),
+        };
+        // The spec's own fields are checked whether used or not: a mistake is reported now.
+        for (i, f) in scoped.iter().enumerate() {
+            if let Some(Err(e)) = names.derived(&f.name) {
+                return Err(SpecError::in_expression(format!("calculated_fields[{i}].expression"), e));
+            }
+        }
+        Ok(names)
+    }
+
+    /// A derived column's checked tree (`None` if `name` is not one).
+    fn derived(&self, name: &str) -> Option<Result<Typed, ExprError>> {
+        let (text, _) = self.defs.get(name)?;
+        if let Some(r) = self.checked.borrow().get(name) {
+            return Some(r.clone());
+        }
+        if self.visiting.borrow().iter().any(|n| n == name) {
+            let mut path = self.visiting.borrow().clone();
+            path.push(name.to_string());
+            return Some(Err(ExprError {
+                message: format!("derived columns name each other in a cycle: {}", path.join(" → ")),
+                position: 0,
+            }));
+        }
+        self.visiting.borrow_mut().push(name.to_string());
+        let r = derived::parse(text).and_then(|ast| derived::check(&ast, self));
+        self.visiting.borrow_mut().pop();
+        self.checked.borrow_mut().insert(name.to_string(), r.clone());
+        Some(r)
+    }
+
+    /// Every derived column in scope, checked; those with a mistake are left out.
+    fn all(&self) -> Vec<(String, Typed)> {
+        let names: Vec<String> = self.defs.keys().cloned().collect();
+        names
+            .into_iter()
+            .filter_map(|n| match self.derived(&n) {
+                Some(Ok(t)) => Some((n, t)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The type of the column (stored or derived) named at `field`.
+    fn column_type(&self, name: &str, field: &str) -> Result<ColumnType, SpecError> {
+        match self.derived(name) {
+            Some(Ok(t)) => {
+                let ty = t.ty.unwrap_or(ColumnType::String);
+                let mut used = self.used.borrow_mut();
+                if !used.iter().any(|(n, _)| n == name) {
+                    used.push((name.to_string(), t));
+                }
+                Ok(ty)
+            }
+            Some(Err(e)) => Err(match &self.defs[name].1 {
+                Some(at) => SpecError::in_expression(at.clone(), e),
+                None => err(
+                    field,
+                    format!("derived column {name:?} is invalid: {} (at character {} of its expression)", e.message, e.position),
+                ),
+            }),
+            None => self
+                .columns
+                .get(name)
+                .copied()
+                .ok_or_else(|| err(field, format!("unknown column {name:?}"))),
+        }
+    }
+}
+
+/// Checks the stored derived column `alias` (one of `stored`) against a dataset's columns and
+/// the other derived columns it names: its type, or the mistake and where it is.
+pub fn check_derived(
+    columns: &BTreeMap<String, ColumnType>,
+    stored: &[DerivedColumn],
+    alias: &str,
+) -> Result<Typed, ExprError> {
+    let names = Names::new(columns, stored, &[]).map_err(|e| ExprError {
+        message: e.message,
+        position: 0,
+    })?;
+    names
+        .derived(alias)
+        .unwrap_or_else(|| Err(ExprError { message: format!("no derived column {alias:?}"), position: 0 }))
+}
+
+/// Every derived column a view that shows all columns (raw events, BubbleUp) adds to the
+/// dataset's: the stored ones that check against its columns (one with a mistake is left
+/// out rather than failing the view), and the request's own `calculated_fields` (a mistake
+/// in one is an error).
+pub fn derived_columns(
+    columns: &BTreeMap<String, ColumnType>,
+    stored: &[DerivedColumn],
+    scoped: &[CalculatedField],
+) -> Result<Vec<(String, Typed)>, SpecError> {
+    Ok(Names::new(columns, stored, scoped)?.all())
+}
+
+impl Resolve for Names<'_> {
+    fn resolve(&self, name: &str) -> Result<Option<Resolved>, String> {
+        match self.derived(name) {
+            Some(Ok(t)) => Ok(Some(Resolved::Derived(t))),
+            Some(Err(e)) => Err(format!(
+                "derived column {name:?} is invalid: {} (at character {} of its expression)",
+                e.message, e.position
+            )),
+            None => Ok(self.columns.get(name).map(|t| Resolved::Column(*t))),
+        }
     }
 }
 
@@ -620,6 +839,16 @@ fn literal(v: &Value, ty: ColumnType, field: &str) -> Result<Literal, SpecError>
 
 /// Validates a spec against a dataset's columns (`timestamp` and `samplerate` included).
 pub fn plan(spec: &QuerySpec, columns: &BTreeMap<String, ColumnType>, now_us: i64) -> Result<Plan, SpecError> {
+    plan_with_derived(spec, columns, &[], now_us)
+}
+
+/// Validates a spec against a dataset's columns and its stored derived columns.
+pub fn plan_with_derived(
+    spec: &QuerySpec,
+    columns: &BTreeMap<String, ColumnType>,
+    stored: &[DerivedColumn],
+    now_us: i64,
+) -> Result<Plan, SpecError> {
     // Each clause becomes a node of one expression tree; tens of thousands of them (a 2 MB body
     // holds 60,000 filters) would recurse deeper than a thread's stack can go.
     for (field, n) in [
@@ -633,12 +862,8 @@ pub fn plan(spec: &QuerySpec, columns: &BTreeMap<String, ColumnType>, now_us: i6
             return Err(err(field, format!("at most {MAX_CLAUSES} are allowed, got {n}")));
         }
     }
-    let col_type = |name: &str, field: &str| -> Result<ColumnType, SpecError> {
-        columns
-            .get(name)
-            .copied()
-            .ok_or_else(|| err(field, format!("unknown column {name:?}")))
-    };
+    let names = Names::new(columns, stored, &spec.calculated_fields)?;
+    let col_type = |name: &str, field: &str| names.column_type(name, field);
 
     let mut calcs = Vec::new();
     let specs: Vec<Calculation> = if spec.calculations.is_empty() {
@@ -838,6 +1063,17 @@ pub fn plan(spec: &QuerySpec, columns: &BTreeMap<String, ColumnType>, now_us: i6
         }
     };
 
+    let compare_offset_s = match spec.compare_time_offset_seconds {
+        None | Some(0) => None,
+        Some(o) if o.saturating_mul(1_000_000) < span => {
+            return Err(err(
+                "compare_time_offset_seconds",
+                format!("must be at least the time range ({}s), got {o}", span / 1_000_000),
+            ));
+        }
+        Some(o) => Some(o),
+    };
+
     Ok(Plan {
         calcs,
         filters,
@@ -849,6 +1085,9 @@ pub fn plan(spec: &QuerySpec, columns: &BTreeMap<String, ColumnType>, now_us: i6
         start_us,
         end_us,
         granularity_s,
+        derived: names.used.into_inner(),
+        compare_offset_s,
+        usage_mode: spec.usage_mode.unwrap_or(false),
     })
 }
 

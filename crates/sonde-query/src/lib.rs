@@ -18,6 +18,7 @@
 
 pub mod bubbleup;
 pub mod chunk_cache;
+pub mod derived;
 pub mod engine;
 pub mod json;
 pub mod memory;

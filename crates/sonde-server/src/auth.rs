@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Scopes: `ingest` writes events, `query` reads (query API, SQL, schema, traces, the UI's
-//! calls), `admin` may do everything, including deleting datasets. `datasets` is `*` or a comma
+//! calls), `manage` changes the objects users define (derived columns), `admin` may do
+//! everything, including deleting datasets. `datasets` is `*` or a comma
 //! list; a key limited to some datasets neither writes nor sees the others (SQL sees only their
 //! tables). Clients send the key as `X-Honeycomb-Team: KEY` (libhoney, Honeycomb's OTLP headers)
 //! or `Authorization: Bearer KEY`.
@@ -34,6 +35,9 @@ pub enum Scope {
     Ingest,
     /// Read: queries, SQL, schema, traces.
     Query,
+    /// Change the objects users define: derived columns (Honeycomb's "Manage Queries and
+    /// Columns").
+    Manage,
     /// Everything, including deletion.
     Admin,
 }
@@ -43,6 +47,7 @@ impl Scope {
         match s {
             "ingest" => Some(Scope::Ingest),
             "query" => Some(Scope::Query),
+            "manage" => Some(Scope::Manage),
             "admin" => Some(Scope::Admin),
             _ => None,
         }
@@ -52,6 +57,7 @@ impl Scope {
         match self {
             Scope::Ingest => "ingest",
             Scope::Query => "query",
+            Scope::Manage => "manage",
             Scope::Admin => "admin",
         }
     }
@@ -321,7 +327,7 @@ impl Access {
         // Two buckets per key: ingest, and everything else (reads and admin work).
         let (class, rate) = match scope {
             Scope::Ingest => (Scope::Ingest, self.limits.ingest_per_s),
-            Scope::Query | Scope::Admin => (Scope::Query, self.limits.query_per_s),
+            Scope::Query | Scope::Manage | Scope::Admin => (Scope::Query, self.limits.query_per_s),
         };
         if rate <= 0.0 || matches!(caller, Caller::Anyone) {
             return Ok(());

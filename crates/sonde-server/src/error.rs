@@ -13,6 +13,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds after which a retry may succeed (sent as `Retry-After`).
     pub retry_after: Option<u64>,
+    /// For a mistake in an expression: its character offset, answered as `"position"`.
+    pub position: Option<usize>,
 }
 
 impl ApiError {
@@ -22,6 +24,16 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
             retry_after: None,
+            position: None,
+        }
+    }
+    /// A 409.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::CONFLICT,
+            message: message.into(),
+            retry_after: None,
+            position: None,
         }
     }
     /// A 404.
@@ -30,6 +42,7 @@ impl ApiError {
             status: StatusCode::NOT_FOUND,
             message: message.into(),
             retry_after: None,
+            position: None,
         }
     }
     /// The 404 for a dataset that does not exist.
@@ -42,6 +55,7 @@ impl ApiError {
             status: StatusCode::UNAUTHORIZED,
             message: message.into(),
             retry_after: None,
+            position: None,
         }
     }
     /// A 403: a key without the scope or dataset asked for.
@@ -50,6 +64,7 @@ impl ApiError {
             status: StatusCode::FORBIDDEN,
             message: message.into(),
             retry_after: None,
+            position: None,
         }
     }
     /// A 429 naming the limit, with when to retry.
@@ -58,6 +73,7 @@ impl ApiError {
             status: StatusCode::TOO_MANY_REQUESTS,
             message: message.into(),
             retry_after: Some(retry_after_s),
+            position: None,
         }
     }
     /// A 415.
@@ -66,6 +82,7 @@ impl ApiError {
             status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
             message: message.into(),
             retry_after: None,
+            position: None,
         }
     }
     /// A 500.
@@ -74,6 +91,7 @@ impl ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: message.into(),
             retry_after: None,
+            position: None,
         }
     }
 }
@@ -86,16 +104,19 @@ impl From<sonde_storage::Error> for ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 message: e.to_string(),
                 retry_after: Some(1),
+                position: None,
             },
             E::DiskFull(_) => ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 message: e.to_string(),
                 retry_after: Some(5),
+                position: None,
             },
             E::WalFailed(_) | E::ShuttingDown => ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 message: e.to_string(),
                 retry_after: Some(5),
+                position: None,
             },
             other => {
                 tracing::error!(error = %other, "storage error");
@@ -117,6 +138,7 @@ impl From<sonde_ingest::BodyError> for ApiError {
             status,
             message: e.to_string(),
             retry_after: None,
+            position: None,
         }
     }
 }
@@ -129,7 +151,11 @@ impl From<sonde_model::EventError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut r = (self.status, axum::Json(json!({ "error": self.message }))).into_response();
+        let body = match self.position {
+            Some(p) => json!({ "error": self.message, "position": p }),
+            None => json!({ "error": self.message }),
+        };
+        let mut r = (self.status, axum::Json(body)).into_response();
         if let Some(s) = self.retry_after {
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
         }

@@ -25,6 +25,8 @@ pub(crate) trait ScopeMarker: Send + Sync {
 pub(crate) struct Ingest;
 /// The `query` scope.
 pub(crate) struct Query;
+/// The `manage` scope.
+pub(crate) struct Manage;
 /// The `admin` scope.
 pub(crate) struct Admin;
 
@@ -33,6 +35,9 @@ impl ScopeMarker for Ingest {
 }
 impl ScopeMarker for Query {
     const SCOPE: Scope = Scope::Query;
+}
+impl ScopeMarker for Manage {
+    const SCOPE: Scope = Scope::Manage;
 }
 impl ScopeMarker for Admin {
     const SCOPE: Scope = Scope::Admin;

@@ -97,6 +97,7 @@ pub(crate) async fn body_bytes(
         status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
         message: e.to_string(),
         retry_after: Some(1),
+        position: None,
     };
     let mut held = budget.reserve(raw.capacity(), "a request body").map_err(overloaded)?;
     let plain = decompress(header_str(headers, "content-encoding"), &raw, limit)?;

@@ -30,6 +30,7 @@
 
 pub mod auth;
 pub mod error;
+mod derived;
 mod extract;
 mod ingest;
 pub mod otlp;
@@ -189,6 +190,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/1/queries/{dataset}", post(query::create_query))
         .route("/1/query_results/{dataset}", post(query::create_result))
         .route("/1/query_results/{dataset}/{id}", get(query::get_result))
+        .route("/1/derived_columns/{dataset}", get(derived::list).post(derived::create))
+        .route(
+            "/1/derived_columns/{dataset}/{id}",
+            get(derived::get_one).put(derived::update).delete(derived::delete),
+        )
         .route("/api/datasets", get(schema::datasets))
         .route("/api/datasets/{dataset}/columns", get(schema::columns))
         .route("/api/datasets/{dataset}/stats", get(schema::stats))

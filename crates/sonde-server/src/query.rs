@@ -30,6 +30,7 @@ impl From<QueryError> for ApiError {
                     status: StatusCode::SERVICE_UNAVAILABLE,
                     message: e.to_string(),
                     retry_after: Some(1),
+                    position: None,
                 };
             }
             QueryError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -38,10 +39,15 @@ impl From<QueryError> for ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
+        let position = match &e {
+            QueryError::Invalid(s) => s.position,
+            _ => None,
+        };
         ApiError {
             status,
             message: e.to_string(),
             retry_after: None,
+            position,
         }
     }
 }
@@ -64,8 +70,9 @@ fn json_answer(value: &impl serde::Serialize, budget: RequestBudget) -> Result<R
 
 /// `POST /api/query/{dataset}`: a Honeycomb query specification.
 pub(crate) async fn query(State(state): State<Arc<AppState>>, q: QueryCall<QuerySpec>) -> Result<Response, ApiError> {
+    let derived = crate::derived::load(&state).await?;
     let budget = state.engine.request();
-    let r = state.engine.query(q.dataset()?, &q.body, &budget).await?;
+    let r = state.engine.query(q.dataset()?, &q.body, &derived, &budget).await?;
     json_answer(&r, budget)
 }
 
@@ -74,8 +81,9 @@ pub(crate) async fn events(
     State(state): State<Arc<AppState>>,
     q: QueryCall<EventsRequest>,
 ) -> Result<Response, ApiError> {
+    let derived = crate::derived::load(&state).await?;
     let budget = state.engine.request();
-    let body = state.engine.events(q.dataset()?, &q.body, &budget).await?;
+    let body = state.engine.events(q.dataset()?, &q.body, &derived, &budget).await?;
     Ok(answer(body, "application/json", budget))
 }
 
@@ -104,11 +112,12 @@ pub(crate) async fn sql(State(state): State<Arc<AppState>>, q: QueryCall<SqlRequ
             )));
         }
     };
+    let derived = crate::derived::load(&state).await?;
     let budget = state.engine.request();
     // A key limited to some datasets sees only their tables: the others do not exist for it.
     let body = state
         .engine
-        .sql(&req.sql, format, &|ds| caller.covers(ds), &budget)
+        .sql(&req.sql, format, &|ds| caller.covers(ds), &derived, &budget)
         .await?;
     Ok(answer(body, format.content_type(), budget))
 }
@@ -148,6 +157,21 @@ impl SavedQueries {
     }
 }
 
+impl SavedQueries {
+    /// The saved queries of `dataset` (any, for `__all__`) that name the column `name`.
+    pub(crate) fn naming(&self, dataset: &str, name: &str) -> Vec<String> {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .specs
+            .iter()
+            .filter(|(_, (ds, spec))| {
+                (dataset == sonde_model::derived::ALL_DATASETS || ds.as_str() == dataset) && spec.names_column(name)
+            })
+            .map(|(id, _)| format!("saved query {id:?}"))
+            .collect()
+    }
+}
+
 /// `POST /1/queries/{dataset}`: saves a query spec, answers its id.
 pub(crate) async fn create_query(
     State(state): State<Arc<AppState>>,
@@ -156,7 +180,7 @@ pub(crate) async fn create_query(
     let ds = q.dataset()?.clone();
     let spec = q.body.clone();
     // Validate now, so a bad spec fails here rather than when its results are asked for.
-    state.engine.validate(&ds, &spec)?;
+    state.engine.validate(&ds, &spec, &crate::derived::load(&state).await?)?;
     let id = state.saved.id();
     state.saved.remember(&id, |s| {
         s.specs.insert(id.clone(), (ds, spec.clone()));
@@ -216,8 +240,9 @@ pub(crate) async fn create_result(
             req.query_id
         )));
     }
+    let derived = crate::derived::load(&state).await?;
     let budget = state.engine.request();
-    let r = state.engine.query(&ds, &spec, &budget).await?;
+    let r = state.engine.query(&ds, &spec, &derived, &budget).await?;
     let id = state.saved.id();
     let answer = QueryResultAnswer {
         id: id.clone(),
@@ -273,8 +298,9 @@ pub(crate) async fn bubbleup(
     State(state): State<Arc<AppState>>,
     q: QueryCall<BubbleUpRequest>,
 ) -> Result<Response, ApiError> {
+    let derived = crate::derived::load(&state).await?;
     let budget = state.engine.request();
-    let v = state.engine.bubbleup(q.dataset()?, &q.body, &budget).await?;
+    let v = state.engine.bubbleup(q.dataset()?, &q.body, &derived, &budget).await?;
     json_answer(&v, budget)
 }
 

@@ -77,6 +77,18 @@ struct ColumnInfo {
     reserved: bool,
     first_seen: Option<String>,
     last_seen: Option<String>,
+    /// Set for derived columns, computed from the others at read time.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    derived: bool,
+    /// A derived column's expression.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expression: Option<String>,
+    /// A derived column's description.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    /// Why a derived column cannot be used with this dataset's columns, if it cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 /// `GET /api/datasets/{dataset}/columns`: name, type, first and last seen (event time).
@@ -96,6 +108,10 @@ pub(crate) async fn columns(
         reserved: true,
         first_seen: bounds.map(|b| format_us(b.0)),
         last_seen: bounds.map(|b| format_us(b.1)),
+        derived: false,
+        expression: None,
+        description: None,
+        error: None,
     };
     let mut columns = vec![
         reserved(TIMESTAMP_COLUMN, "timestamp"),
@@ -107,7 +123,34 @@ pub(crate) async fn columns(
         reserved: false,
         first_seen: Some(format_us(c.first_seen_us)),
         last_seen: Some(format_us(c.last_seen_us)),
+        derived: false,
+        expression: None,
+        description: None,
+        error: None,
     }));
+    // Derived columns, typed from their expressions over these columns.
+    let mut types: std::collections::BTreeMap<String, sonde_model::ColumnType> =
+        snap.columns.iter().map(|(n, c)| (n.clone(), c.ty)).collect();
+    types.insert(SAMPLE_RATE_COLUMN.into(), sonde_model::ColumnType::Int);
+    let stored = crate::derived::load(&state).await?.for_dataset(ds.as_str());
+    for d in &stored {
+        let checked = sonde_model::spec::check_derived(&types, &stored, &d.alias);
+        columns.retain(|c| c.name != d.alias); // a derived column wins over a column of its name
+        columns.push(ColumnInfo {
+            name: d.alias.clone(),
+            ty: match &checked {
+                Ok(t) => t.ty.unwrap_or(sonde_model::ColumnType::String).name(),
+                Err(_) => "string",
+            },
+            reserved: false,
+            first_seen: None,
+            last_seen: None,
+            derived: true,
+            expression: Some(d.expression.clone()),
+            description: Some(d.description.clone()).filter(|s| !s.is_empty()),
+            error: checked.err().map(|e| format!("{} (at character {})", e.message, e.position)),
+        });
+    }
     Ok(Json(ColumnList {
         dataset: ds.to_string(),
         columns,

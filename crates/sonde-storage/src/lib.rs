@@ -32,6 +32,7 @@ mod catalog;
 mod commit;
 mod compaction;
 mod config;
+pub mod documents;
 mod flush;
 mod graveyard;
 mod index;
@@ -170,6 +171,8 @@ pub struct Storage {
     index: Arc<index::IndexCache>,
     /// Where the catalog is kept (the data directory or the object store).
     catalog_store: CatalogStore,
+    /// Users' objects (derived columns, …), beside the catalog.
+    documents: documents::Documents,
     /// True when segments and the catalog are in the local data directory (which then needs
     /// explicit fsyncs); false for a remote object store, whose puts are durable when answered.
     local: bool,
@@ -201,6 +204,11 @@ impl Storage {
             CatalogStore::Local(data_dir.clone())
         } else {
             CatalogStore::Remote(store.clone())
+        };
+        let documents = if local {
+            documents::Documents::local(data_dir.clone())
+        } else {
+            documents::Documents::remote(store.clone())
         };
         let mut catalog = catalog_store.load().await?;
         remove_orphans(&store, &catalog).await?;
@@ -252,6 +260,7 @@ impl Storage {
             )),
             local,
             catalog_store,
+            documents,
             stats: StorageStats::default(),
             quarantined: Mutex::new(quarantined),
             config,
@@ -311,6 +320,11 @@ impl Storage {
     /// The segment indexes of the id columns.
     pub fn index_cache(&self) -> Arc<index::IndexCache> {
         self.index.clone()
+    }
+
+    /// Users' objects (derived columns, …), stored beside the catalog.
+    pub fn documents(&self) -> &documents::Documents {
+        &self.documents
     }
 
     /// The object store that holds the segments.

@@ -4,11 +4,24 @@
 use super::*;
 
 impl QueryEngine {
-    fn population(&self, table: &DatasetTable, spec: QuerySpec) -> Result<(Plan, BTreeMap<String, ColumnType>)> {
+    /// The population's plan, the derived columns compared (stored and the request's own),
+    /// and every column compared with its type.
+    fn population(
+        &self,
+        table: &DatasetTable,
+        dataset: &DatasetName,
+        spec: QuerySpec,
+        derived: &DerivedSet,
+    ) -> Result<(Plan, Vec<(String, Typed)>, BTreeMap<String, ColumnType>)> {
         let mut columns = queryable_columns(table);
-        let plan = spec::plan(&spec, &columns, sonde_model::time::now_us())?;
+        let stored = derived.for_dataset(dataset.as_str());
+        let plan = spec::plan_with_derived(&spec, &columns, &stored, sonde_model::time::now_us())?;
+        let all = spec::derived_columns(&columns, &stored, &spec.calculated_fields)?;
         columns.remove(SR);
-        Ok((plan, columns))
+        for (name, t) in &all {
+            columns.insert(name.clone(), t.ty.unwrap_or(ColumnType::String));
+        }
+        Ok((plan, all, columns))
     }
 
     /// BubbleUp: compares a selection with the rest of the population across every column
@@ -17,17 +30,19 @@ impl QueryEngine {
         &self,
         dataset: &DatasetName,
         req: &BubbleUpRequest,
+        derived: &DerivedSet,
         budget: &RequestBudget,
     ) -> Result<bubbleup::BubbleUpAnswer> {
         use futures::StreamExt;
         let started = Instant::now();
         let table = self.table(dataset)?;
         let spec = req.population.spec(None);
-        let (plan, columns) = self.population(&table, spec)?;
+        let (plan, all_derived, columns) = self.population(&table, dataset, spec, derived)?;
         let bad = |field: &str, message: String| {
             QueryError::Invalid(spec::SpecError {
                 field: field.into(),
                 message,
+                position: None,
             })
         };
         // The selection as a boolean expression, and the columns it is made of (not compared:
@@ -101,9 +116,9 @@ impl QueryEngine {
             .map(|(n, t)| (n.clone(), *t))
             .collect();
         let ctx = self.session()?;
-        let base = ctx
-            .read_table(table.clone())
-            .and_then(|df| df.filter(where_clause(&plan, &table)))
+        let base = self
+            .frame(&ctx, &table, &all_derived, plan.usage_mode)?
+            .filter(where_clause(&plan, &table))
             .map_err(|e| self.df_error(e))?;
 
         // Pass 1: the range of every numeric column over the population, in one query.

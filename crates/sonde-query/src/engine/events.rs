@@ -5,18 +5,28 @@ use super::*;
 impl QueryEngine {
     /// Raw events matching filters and a time range, newest first, as the answer's JSON text
     /// (`{"events": [...], "meta": {...}}`), built within the request's budget.
-    pub async fn events(&self, dataset: &DatasetName, req: &EventsRequest, budget: &RequestBudget) -> Result<Vec<u8>> {
+    /// Derived columns (stored and the request's own) are shown as columns of each event.
+    pub async fn events(
+        &self,
+        dataset: &DatasetName,
+        req: &EventsRequest,
+        derived: &DerivedSet,
+        budget: &RequestBudget,
+    ) -> Result<Vec<u8>> {
         let started = Instant::now();
         let table = self.table(dataset)?;
         let columns = queryable_columns(&table);
         let spec = req.population.spec(req.limit);
-        let plan = spec::plan(&spec, &columns, sonde_model::time::now_us())?;
+        let stored = derived.for_dataset(dataset.as_str());
+        let plan = spec::plan_with_derived(&spec, &columns, &stored, sonde_model::time::now_us())?;
+        let shown = spec::derived_columns(&columns, &stored, &spec.calculated_fields)?;
         if let Some(cols) = &req.columns {
             for (i, c) in cols.iter().enumerate() {
-                if c != TIMESTAMP_COLUMN && !columns.contains_key(c) {
+                if c != TIMESTAMP_COLUMN && !columns.contains_key(c) && !shown.iter().any(|(n, _)| n == c) {
                     return Err(spec::SpecError {
                         field: format!("columns[{i}]"),
                         message: format!("unknown column {c:?}"),
+                        position: None,
                     }
                     .into());
                 }
@@ -31,9 +41,9 @@ impl QueryEngine {
         // the second scan skip every page before it, so the other columns are decoded for a
         // sliver of the rows instead of every match.
         let wanted = offset + plan.limit;
-        let times = ctx
-            .read_table(table.clone())
-            .and_then(|df| df.filter(where_clause(&plan, &table)))
+        let times = self
+            .frame(&ctx, &table, &plan.derived, false)?
+            .filter(where_clause(&plan, &table))
             .and_then(|df| df.select(vec![ident(TIMESTAMP_COLUMN)]))
             .and_then(|df| df.sort(newest_first()))
             .and_then(|df| df.limit(0, Some(wanted)))
@@ -51,9 +61,9 @@ impl QueryEngine {
         if let Some(t) = cutoff {
             filter = filter.and(ident(TIMESTAMP_COLUMN).gt_eq(ts_lit(t)));
         }
-        let mut df = ctx
-            .read_table(table.clone())
-            .and_then(|df| df.filter(filter))
+        let mut df = self
+            .frame(&ctx, &table, &shown, false)?
+            .filter(filter)
             .and_then(|df| df.sort(newest_first()))
             .and_then(|df| df.limit(offset, Some(plan.limit)))
             .map_err(|e| self.df_error(e))?;

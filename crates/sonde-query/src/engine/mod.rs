@@ -41,6 +41,7 @@ use datafusion::prelude::{Expr, SQLOptions, SessionConfig, SessionContext, cast,
 use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use sonde_model::derived::{DerivedSet, Typed};
 use sonde_model::trace::SpanRef;
 use sonde_model::{ColumnType, DatasetName, SAMPLE_RATE_COLUMN, TIMESTAMP_COLUMN};
 use sonde_storage::DatasetSource;
@@ -174,6 +175,21 @@ pub struct QueryData {
     /// Per time bucket and group: `{"time", "data": {breakdowns…, calculations…}}`, by time.
     pub series: Vec<Value>,
     /// Per group, in the spec's order: `{"data": {breakdowns…, calculations…}}`.
+    pub results: Vec<Value>,
+    /// With `compare_time_offset_seconds`: the same query over the earlier range (its series
+    /// at that range's own times; the groups are that range's own top groups).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compare: Option<Compared>,
+}
+
+/// The answer of the same query over an earlier range.
+#[derive(Debug, Clone, Serialize)]
+pub struct Compared {
+    /// How much earlier, in seconds.
+    pub offset_seconds: i64,
+    /// Its series, at the earlier range's times (add the offset to draw them over the main).
+    pub series: Vec<Value>,
+    /// Its results per group.
     pub results: Vec<Value>,
 }
 
@@ -432,32 +448,72 @@ impl QueryEngine {
         }
     }
 
-    /// Validates a spec against a dataset's schema without running it.
-    pub fn validate(&self, dataset: &DatasetName, spec: &QuerySpec) -> Result<Plan> {
+    /// Validates a spec against a dataset's schema (and its derived columns) without running it.
+    pub fn validate(&self, dataset: &DatasetName, spec: &QuerySpec, derived: &DerivedSet) -> Result<Plan> {
         let table = self.table(dataset)?;
-        let columns = queryable_columns(&table);
-        Ok(spec::plan(spec, &columns, sonde_model::time::now_us())?)
+        self.plan(&table, dataset, spec, derived)
     }
 
-    /// Runs a Honeycomb query specification within the request's budget.
-    pub async fn query(&self, dataset: &DatasetName, spec: &QuerySpec, req: &RequestBudget) -> Result<QueryResult> {
+    fn plan(&self, table: &DatasetTable, dataset: &DatasetName, spec: &QuerySpec, derived: &DerivedSet) -> Result<Plan> {
+        let columns = queryable_columns(table);
+        let stored = derived.for_dataset(dataset.as_str());
+        Ok(spec::plan_with_derived(spec, &columns, &stored, sonde_model::time::now_us())?)
+    }
+
+    /// The dataset as a DataFrame for one question: its table, with `derived` columns added
+    /// (computed inside the scan, so filters on them still push down to the columns they
+    /// read) and, in usage mode, every sample rate read as 1.
+    fn frame(
+        &self,
+        ctx: &SessionContext,
+        table: &Arc<DatasetTable>,
+        derived: &[(String, Typed)],
+        usage_mode: bool,
+    ) -> Result<DataFrame> {
+        let mut df = ctx.read_table(table.clone()).map_err(|e| self.df_error(e))?;
+        for (name, t) in derived {
+            df = df
+                .with_column(name, crate::derived::compile(t))
+                .map_err(|e| self.df_error(e))?;
+        }
+        if usage_mode {
+            df = df.with_column(SR, lit(1i64)).map_err(|e| self.df_error(e))?;
+        }
+        Ok(df)
+    }
+
+    /// Runs a Honeycomb query specification within the request's budget; `derived` holds the
+    /// stored derived columns its names may refer to.
+    pub async fn query(
+        &self,
+        dataset: &DatasetName,
+        spec: &QuerySpec,
+        derived: &DerivedSet,
+        req: &RequestBudget,
+    ) -> Result<QueryResult> {
         let started = Instant::now();
         let table = self.table(dataset)?;
-        let columns = queryable_columns(&table);
-        let plan = spec::plan(spec, &columns, sonde_model::time::now_us())?;
-        let ctx = self.session_with_pushdown(selective(&plan))?;
+        let plan = self.plan(&table, dataset, spec, derived)?;
         let stats = table.stats();
-        let base = ctx
-            .read_table(table.clone())
-            .and_then(|df| df.filter(where_clause(&plan, &table)))
-            .map_err(|e| self.df_error(e))?;
-        let run = Run {
-            plan: &plan,
-            engine: self,
-            table: &table,
-            req,
+        let out = self.run_plan(&table, &plan, req).await?;
+        let compare = match plan.compare_offset_s {
+            Some(offset) => {
+                let shift = offset * 1_000_000;
+                let earlier = Plan {
+                    start_us: plan.start_us - shift,
+                    end_us: plan.end_us - shift,
+                    compare_offset_s: None,
+                    ..plan.clone()
+                };
+                let c = self.run_plan(&table, &earlier, req).await?;
+                Some(Compared {
+                    offset_seconds: offset,
+                    series: c.series,
+                    results: c.results,
+                })
+            }
+            None => None,
         };
-        let out = run.execute(base).await?;
         let scan: ScanStats = stats.lock().unwrap().clone();
         let meta = QueryMeta {
             rows_examined: scan.rows_examined,
@@ -476,8 +532,25 @@ impl QueryEngine {
             data: QueryData {
                 series: out.series,
                 results: out.results,
+                compare,
             },
             meta,
         })
+    }
+
+    /// One run of a validated plan over the table.
+    async fn run_plan(&self, table: &Arc<DatasetTable>, plan: &Plan, req: &RequestBudget) -> Result<Output> {
+        let ctx = self.session_with_pushdown(selective(plan))?;
+        let base = self
+            .frame(&ctx, table, &plan.derived, plan.usage_mode)?
+            .filter(where_clause(plan, table))
+            .map_err(|e| self.df_error(e))?;
+        let run = Run {
+            plan,
+            engine: self,
+            table,
+            req,
+        };
+        run.execute(base).await
     }
 }

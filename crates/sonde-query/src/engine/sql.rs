@@ -3,18 +3,20 @@
 use super::*;
 
 impl QueryEngine {
-    /// Runs read-only SQL over the datasets `visible` admits (each is a table named after it;
-    /// the others do not exist for this query) and encodes the answer in `format`, all within
-    /// the request's budget: the rows collected and the text written both count against it.
+    /// Runs read-only SQL over the datasets `visible` admits (each is a table named after it,
+    /// with its derived columns as columns; the others do not exist for this query) and
+    /// encodes the answer in `format`, all within the request's budget: the rows collected
+    /// and the text written both count against it.
     pub async fn sql(
         &self,
         sql: &str,
         format: SqlFormat,
         visible: &(dyn Fn(&str) -> bool + Sync),
+        derived: &DerivedSet,
         budget: &RequestBudget,
     ) -> Result<Vec<u8>> {
         let started = Instant::now();
-        let (schema, batches) = self.sql_batches(sql, visible, budget).await?;
+        let (schema, batches) = self.sql_batches(sql, visible, derived, budget).await?;
         match format {
             SqlFormat::Json => {
                 #[derive(Serialize)]
@@ -77,13 +79,22 @@ impl QueryEngine {
         &self,
         sql: &str,
         visible: &(dyn Fn(&str) -> bool + Sync),
+        derived: &DerivedSet,
         budget: &RequestBudget,
     ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let ctx = self.session()?;
         for info in self.source.datasets().into_iter().filter(|i| visible(i.name.as_str())) {
             let table = self.table(&info.name)?;
-            ctx.register_table(datafusion::common::TableReference::bare(info.name.as_str()), table)
-                .map_err(internal)?;
+            let name = datafusion::common::TableReference::bare(info.name.as_str());
+            let stored = derived.for_dataset(info.name.as_str());
+            let columns = spec::derived_columns(&queryable_columns(&table), &stored, &[])?;
+            if columns.is_empty() {
+                ctx.register_table(name, table).map_err(internal)?;
+            } else {
+                // A view: the table's columns, then each derived column computed in the scan.
+                let view = self.frame(&ctx, &table, &columns, false)?.into_view();
+                ctx.register_table(name, view).map_err(internal)?;
+            }
         }
         let opts = SQLOptions::new()
             .with_allow_ddl(false)
