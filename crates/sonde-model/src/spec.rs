@@ -613,7 +613,11 @@ impl<'a> Names<'a> {
         if scoped.len() > derived::MAX_CALCULATED_FIELDS {
             return Err(err(
                 "calculated_fields",
-                format!("at most {} are allowed, got {}", derived::MAX_CALCULATED_FIELDS, scoped.len()),
+                format!(
+                    "at most {} are allowed, got {}",
+                    derived::MAX_CALCULATED_FIELDS,
+                    scoped.len()
+                ),
             ));
         }
         // A stored derived column wins over a column of the same name (it was defined on
@@ -648,7 +652,10 @@ impl<'a> Names<'a> {
         // The spec's own fields are checked whether used or not: a mistake is reported now.
         for (i, f) in scoped.iter().enumerate() {
             if let Some(Err(e)) = names.derived(&f.name) {
-                return Err(SpecError::in_expression(format!("calculated_fields[{i}].expression"), e));
+                return Err(SpecError::in_expression(
+                    format!("calculated_fields[{i}].expression"),
+                    e,
+                ));
             }
         }
         Ok(names)
@@ -702,7 +709,10 @@ impl<'a> Names<'a> {
                 Some(at) => SpecError::in_expression(at.clone(), e),
                 None => err(
                     field,
-                    format!("derived column {name:?} is invalid: {} (at character {} of its expression)", e.message, e.position),
+                    format!(
+                        "derived column {name:?} is invalid: {} (at character {} of its expression)",
+                        e.message, e.position
+                    ),
                 ),
             }),
             None => self
@@ -725,9 +735,12 @@ pub fn check_derived(
         message: e.message,
         position: 0,
     })?;
-    names
-        .derived(alias)
-        .unwrap_or_else(|| Err(ExprError { message: format!("no derived column {alias:?}"), position: 0 }))
+    names.derived(alias).unwrap_or_else(|| {
+        Err(ExprError {
+            message: format!("no derived column {alias:?}"),
+            position: 0,
+        })
+    })
 }
 
 /// Every derived column a view that shows all columns (raw events, BubbleUp) adds to the

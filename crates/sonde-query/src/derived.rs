@@ -15,11 +15,13 @@ use datafusion::common::{Result, ScalarValue};
 use datafusion::functions::core::expr_fn::{coalesce, greatest, least, nullif};
 use datafusion::functions::string::expr_fn::{concat, contains, ends_with, lower, octet_length, starts_with};
 use datafusion::functions::unicode::expr_fn::character_length;
-use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, when};
-use datafusion::prelude::{Expr, cast, ident, lit};
-use std::ops::Not;
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, when,
+};
+use datafusion::prelude::{Expr, cast, ident, lit, try_cast};
 use sonde_model::derived::{Func, Lit, Typed, TypedNode};
 use sonde_model::{ColumnType, TIMESTAMP_COLUMN};
+use std::ops::Not;
 use std::sync::Arc;
 
 /// The Arrow type of a derived column of type `ty` (`None`, always null, reads as text).
@@ -89,10 +91,16 @@ fn truthy(e: Expr, from: Option<ColumnType>) -> Expr {
         None => return lit(false),
         Some(ColumnType::Bool) => e,
         Some(ColumnType::Int) => e.not_eq(lit(0i64)),
-        Some(ColumnType::Float) => e.not_eq(lit(0.0f64)),
+        Some(ColumnType::Float) => ieee(e).not_eq(lit(0.0f64)),
         Some(ColumnType::String) => e.eq(lit("true")),
     };
     coalesce(vec![test, lit(false)])
+}
+
+/// A float as IEEE compares it: Arrow orders floats totally (-0 < 0), so `-0` is made `0`
+/// first (`x + 0.0` is exactly that, and leaves every other value alone).
+fn ieee(e: Expr) -> Expr {
+    e + lit(0.0f64)
 }
 
 /// A comparison under Honeycomb's rule: numbers numerically, strings by bytes, booleans only
@@ -101,8 +109,8 @@ fn comparison(op: Func, l: &Typed, r: &Typed) -> Expr {
     use ColumnType::*;
     let (a, b) = (expr(l), expr(r));
     let (a, b) = match (l.ty, r.ty) {
-        (Some(Int), Some(Int)) | (Some(Float), Some(Float)) | (Some(String), Some(String)) => (a, b),
-        (x, y) if is_num(x) && is_num(y) => (float(a, x), float(b, y)),
+        (Some(Int), Some(Int)) | (Some(String), Some(String)) => (a, b),
+        (x, y) if is_num(x) && is_num(y) => (ieee(float(a, x)), ieee(float(b, y))),
         (Some(Bool), Some(Bool)) if matches!(op, Func::Equals) => (a, b),
         _ => return lit(false),
     };
@@ -150,7 +158,9 @@ fn expr(t: &Typed) -> Expr {
         }
         TypedNode::Call(_, args) => args,
     };
-    let TypedNode::Call(func, _) = &t.node else { unreachable!() };
+    let TypedNode::Call(func, _) = &t.node else {
+        unreachable!()
+    };
     let to = |a: &Typed| convert(expr(a), a.ty, t.ty);
     let f = |a: &Typed| float(expr(a), a.ty);
     let tr = |a: &Typed| truthy(expr(a), a.ty);
@@ -201,8 +211,8 @@ fn expr(t: &Typed) -> Expr {
         Func::Sum => args.iter().map(f).reduce(|a, b| a + b).expect("SUM has arguments"),
         Func::Mul => args.iter().map(f).reduce(|a, b| a * b).expect("MUL has arguments"),
         Func::Sub => f(&args[0]) - f(&args[1]),
-        Func::Div => f(&args[0]) / nullif(f(&args[1]), lit(0.0f64)),
-        Func::Mod => f(&args[0]) % nullif(f(&args[1]), lit(0.0f64)),
+        Func::Div => f(&args[0]) / nullif(ieee(f(&args[1])), lit(0.0f64)),
+        Func::Mod => f(&args[0]) % nullif(ieee(f(&args[1])), lit(0.0f64)),
         Func::Min | Func::Max => {
             let typed: Vec<Expr> = args.iter().filter(|a| a.ty.is_some()).map(to).collect();
             match (typed.len(), func) {
@@ -221,14 +231,17 @@ fn expr(t: &Typed) -> Expr {
                     args[3].as_f64().expect("checked: a literal max"),
                 )
             });
-            SondeFn::call(Kind::Bucket(Bits(size), range.map(|(a, b)| (Bits(a), Bits(b)))), vec![f(&args[0])])
+            SondeFn::call(
+                Kind::Bucket(Bits(size), range.map(|(a, b)| (Bits(a), Bits(b)))),
+                vec![f(&args[0])],
+            )
         }
         Func::Int => match args[0].ty {
             Some(ColumnType::Int) => expr(&args[0]),
             Some(ColumnType::Bool) => cast(expr(&args[0]), DataType::Int64),
             None => typed_null(Some(ColumnType::Int)),
             // Truncates toward zero; beyond the range of an i64 it is null.
-            _ => cast(f(&args[0]), DataType::Int64),
+            _ => try_cast(f(&args[0]), DataType::Int64),
         },
         Func::Float => f(&args[0]),
         Func::String => coalesce(vec![text(expr(&args[0]), args[0].ty), lit("")]),
@@ -488,9 +501,11 @@ impl SondeFn {
     }
 }
 
-/// Text → float as Honeycomb's math reads it: a number, else 0.
+/// Text → float as Honeycomb's math reads it: a finite number, else 0.
 pub fn parse_float(s: &str) -> f64 {
-    s.parse().unwrap_or(0.0)
+    // Text that is not a finite number ("NaN", "inf") reads as 0 too: NaN would compare
+    // unlike IEEE under Arrow's total order, and neither has a JSON form.
+    s.parse::<f64>().ok().filter(|f| f.is_finite()).unwrap_or(0.0)
 }
 
 /// A float's text: the shortest that reads back the same (`2` for 2.0).

@@ -113,7 +113,10 @@ async fn breakdowns_and_sql_over_an_in_memory_source() {
         "start_time": T0 / 1_000_000, "end_time": T0 / 1_000_000 + 60,
     }))
     .unwrap();
-    let r = engine.query(&ds, &spec, &Default::default(), &engine.request()).await.unwrap();
+    let r = engine
+        .query(&ds, &spec, &Default::default(), &engine.request())
+        .await
+        .unwrap();
     let rows: Vec<(Value, Value, Value)> = r
         .data
         .results
@@ -152,7 +155,12 @@ async fn breakdowns_and_sql_over_an_in_memory_source() {
     assert_eq!(v["rows"], json!([{"n": 2}]), "{v}");
 
     let e = engine
-        .query(&DatasetName::new("other").unwrap(), &spec, &Default::default(), &engine.request())
+        .query(
+            &DatasetName::new("other").unwrap(),
+            &spec,
+            &Default::default(),
+            &engine.request(),
+        )
         .await
         .unwrap_err();
     assert!(e.to_string().contains("other"), "{e}");

@@ -75,10 +75,15 @@ fn columns_of(state: &AppState, scope: &str) -> Option<BTreeMap<String, ColumnTy
 fn validate(state: &AppState, scope: &str, set: &DerivedSet, d: &DerivedColumn) -> Result<(), ApiError> {
     let chars = d.alias.chars().count();
     if chars == 0 || chars > MAX_ALIAS_CHARS {
-        return Err(ApiError::bad_request(format!("alias: must be 1 to {MAX_ALIAS_CHARS} characters")));
+        return Err(ApiError::bad_request(format!(
+            "alias: must be 1 to {MAX_ALIAS_CHARS} characters"
+        )));
     }
     if sonde_model::is_reserved_name(&d.alias) {
-        return Err(ApiError::bad_request(format!("alias: {:?} is a reserved column", d.alias)));
+        return Err(ApiError::bad_request(format!(
+            "alias: {:?} is a reserved column",
+            d.alias
+        )));
     }
     if d.expression.trim().is_empty() {
         return Err(ApiError::bad_request("expression: must not be empty"));
@@ -105,7 +110,10 @@ fn new_id() -> String {
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut bytes = [0u8; 11];
     getrandom::fill(&mut bytes).expect("the system's random source");
-    bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+    bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
 }
 
 fn now() -> String {

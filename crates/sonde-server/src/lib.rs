@@ -29,8 +29,8 @@
 //! included).
 
 pub mod auth;
-pub mod error;
 mod derived;
+pub mod error;
 mod extract;
 mod ingest;
 pub mod otlp;

@@ -180,7 +180,9 @@ pub(crate) async fn create_query(
     let ds = q.dataset()?.clone();
     let spec = q.body.clone();
     // Validate now, so a bad spec fails here rather than when its results are asked for.
-    state.engine.validate(&ds, &spec, &crate::derived::load(&state).await?)?;
+    state
+        .engine
+        .validate(&ds, &spec, &crate::derived::load(&state).await?)?;
     let id = state.saved.id();
     state.saved.remember(&id, |s| {
         s.specs.insert(id.clone(), (ds, spec.clone()));

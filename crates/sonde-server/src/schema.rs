@@ -148,7 +148,9 @@ pub(crate) async fn columns(
             derived: true,
             expression: Some(d.expression.clone()),
             description: Some(d.description.clone()).filter(|s| !s.is_empty()),
-            error: checked.err().map(|e| format!("{} (at character {})", e.message, e.position)),
+            error: checked
+                .err()
+                .map(|e| format!("{} (at character {})", e.message, e.position)),
         });
     }
     Ok(Json(ColumnList {

@@ -124,7 +124,10 @@ mod tests {
     async fn written_whole_and_read_back_locally_and_remotely() {
         let d = tempfile::tempdir().unwrap();
         let memory: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-        for docs in [Documents::local(d.path().to_path_buf()), Documents::remote(memory.clone())] {
+        for docs in [
+            Documents::local(d.path().to_path_buf()),
+            Documents::remote(memory.clone()),
+        ] {
             let empty: BTreeMap<String, u32> = docs.load("things").await.unwrap();
             assert!(empty.is_empty());
             let r: Result<usize, String> = docs

@@ -173,7 +173,12 @@ fn call(func: Func, pos: usize, args: &[Ast], scope: &dyn Resolve) -> Result<Typ
         };
         return Err(ExprError::at(
             pos,
-            format!("{} takes {want} argument{}, got {n}: {}", info.name, if want == "1" { "" } else { "s" }, info.signature),
+            format!(
+                "{} takes {want} argument{}, got {n}: {}",
+                info.name,
+                if want == "1" { "" } else { "s" },
+                info.signature
+            ),
         ));
     }
     let typed: Vec<Typed> = args.iter().map(|a| node(a, scope)).collect::<Result<_, _>>()?;
@@ -189,14 +194,20 @@ fn call(func: Func, pos: usize, args: &[Ast], scope: &dyn Resolve) -> Result<Typ
         }
     };
     let need_literal = |i: usize, what: &str| -> Result<&str, ExprError> {
-        typed[i]
-            .as_str()
-            .ok_or_else(|| ExprError::at(args[i].pos, format!("{} needs {what} as a string literal here", info.name)))
+        typed[i].as_str().ok_or_else(|| {
+            ExprError::at(
+                args[i].pos,
+                format!("{} needs {what} as a string literal here", info.name),
+            )
+        })
     };
     let need_number = |i: usize, what: &str| -> Result<f64, ExprError> {
-        typed[i]
-            .as_f64()
-            .ok_or_else(|| ExprError::at(args[i].pos, format!("{} needs {what} as a number literal here", info.name)))
+        typed[i].as_f64().ok_or_else(|| {
+            ExprError::at(
+                args[i].pos,
+                format!("{} needs {what} as a number literal here", info.name),
+            )
+        })
     };
     let ty = match func {
         Func::If => {
@@ -306,8 +317,12 @@ fn call(func: Func, pos: usize, args: &[Ast], scope: &dyn Resolve) -> Result<Typ
             check_time_format(format).map_err(|m| ExprError::at(args[0].pos, m))?;
             if n == 3 {
                 let tz = need_literal(2, "the time zone")?;
-                tz.parse::<chrono_tz::Tz>()
-                    .map_err(|_| ExprError::at(args[2].pos, format!("unknown time zone {tz:?} (an IANA name, e.g. \"Europe/Paris\")")))?;
+                tz.parse::<chrono_tz::Tz>().map_err(|_| {
+                    ExprError::at(
+                        args[2].pos,
+                        format!("unknown time zone {tz:?} (an IANA name, e.g. \"Europe/Paris\")"),
+                    )
+                })?;
             }
             Some(String)
         }
@@ -322,7 +337,9 @@ fn call(func: Func, pos: usize, args: &[Ast], scope: &dyn Resolve) -> Result<Typ
 fn check_time_format(format: &str) -> Result<(), String> {
     use chrono::format::{Item, StrftimeItems};
     if StrftimeItems::new(format).any(|i| matches!(i, Item::Error)) {
-        return Err(format!("invalid time format {format:?} (strftime, e.g. \"%Y-%m-%d %H:%M\")"));
+        return Err(format!(
+            "invalid time format {format:?} (strftime, e.g. \"%Y-%m-%d %H:%M\")"
+        ));
     }
     Ok(())
 }
@@ -362,7 +379,10 @@ mod tests {
         assert_eq!(ty("MAX($status, 3)"), Ok(Some(Int)));
         assert_eq!(ty("MIN($name, \"m\")"), Ok(Some(String)));
         assert_eq!(ty("REG_COUNT($name, `a+`)"), Ok(Some(Int)));
-        assert_eq!(ty("FORMAT_TIME(\"%H\", EVENT_TIMESTAMP(), \"Australia/Sydney\")"), Ok(Some(String)));
+        assert_eq!(
+            ty("FORMAT_TIME(\"%H\", EVENT_TIMESTAMP(), \"Australia/Sydney\")"),
+            Ok(Some(String))
+        );
         assert_eq!(ty("$name"), Ok(Some(String)));
     }
 
@@ -374,11 +394,19 @@ mod tests {
         assert!(e("SUB(1)").message.starts_with("SUB takes 2 arguments, got 1"));
         assert!(e("EXISTS()").message.starts_with("EXISTS takes 1 argument, got 0"));
         assert_eq!(e("REG_MATCH($name, $name)").position, 17);
-        assert!(e("REG_MATCH($name, `(`)").message.contains("invalid regular expression"));
+        assert!(
+            e("REG_MATCH($name, `(`)")
+                .message
+                .contains("invalid regular expression")
+        );
         assert!(e("TO_LOWER($status)").message.contains("needs a string"));
         assert!(e("MIN($status, \"a\")").message.contains("numbers or strings"));
         assert!(e("FORMAT_TIME(\"%Q\", 1)").message.contains("invalid time format"));
-        assert!(e("FORMAT_TIME(\"%H\", 1, \"Mars/Base\")").message.contains("unknown time zone"));
+        assert!(
+            e("FORMAT_TIME(\"%H\", 1, \"Mars/Base\")")
+                .message
+                .contains("unknown time zone")
+        );
         assert!(e("BUCKET($status, 0)").message.contains("positive"));
         assert!(e("LENGTH($name, \"words\")").message.contains("chars"));
     }

@@ -175,7 +175,22 @@ impl Func {
 
     /// Its catalogue entry.
     pub fn info(self) -> &'static FuncInfo {
-        FUNCTIONS.iter().find(|f| f.func == self).expect("every function is catalogued")
+        // `!=` has no function form of its own (Honeycomb's internal D_NOT_IN).
+        const NOT_EQUALS: FuncInfo = FuncInfo {
+            name: "!=",
+            category: "comparison",
+            signature: "a != b",
+            min_args: 2,
+            max_args: Some(2),
+            func: Func::NotEquals,
+        };
+        if self == Func::NotEquals {
+            return &NOT_EQUALS;
+        }
+        FUNCTIONS
+            .iter()
+            .find(|f| f.func == self)
+            .expect("every function is catalogued")
     }
 
     /// Its name.
@@ -229,7 +244,10 @@ impl DerivedSet {
     pub fn for_dataset(&self, dataset: &str) -> Vec<DerivedColumn> {
         let own = self.0.get(dataset).cloned().unwrap_or_default();
         let all = self.0.get(ALL_DATASETS).into_iter().flatten();
-        let shared: Vec<DerivedColumn> = all.filter(|d| !own.iter().any(|o| o.alias == d.alias)).cloned().collect();
+        let shared: Vec<DerivedColumn> = all
+            .filter(|d| !own.iter().any(|o| o.alias == d.alias))
+            .cloned()
+            .collect();
         own.into_iter().chain(shared).collect()
     }
 }

@@ -81,7 +81,10 @@ pub fn parse(text: &str) -> Result<Ast, ExprError> {
     };
     let ast = p.or()?;
     if let Some((pos, t)) = p.toks.get(p.at) {
-        return Err(ExprError::at(*pos, format!("unexpected {} after the expression", describe(t))));
+        return Err(ExprError::at(
+            *pos,
+            format!("unexpected {} after the expression", describe(t)),
+        ));
     }
     Ok(ast)
 }
@@ -151,9 +154,7 @@ fn lex(s: &[char]) -> Result<Vec<(usize, Tok)>, ExprError> {
             }
             c if c.is_ascii_digit()
                 || (c == '.' && s.get(i + 1).is_some_and(|d| d.is_ascii_digit()))
-                || (c == '-'
-                    && operand_expected
-                    && s.get(i + 1).is_some_and(|d| d.is_ascii_digit() || *d == '.')) =>
+                || (c == '-' && operand_expected && s.get(i + 1).is_some_and(|d| d.is_ascii_digit() || *d == '.')) =>
             {
                 let (t, next) = number(s, i)?;
                 i = next;
@@ -167,10 +168,11 @@ fn lex(s: &[char]) -> Result<Vec<(usize, Tok)>, ExprError> {
             }
             _ => {
                 let two: String = s[i..(i + 2).min(s.len())].iter().collect();
-                let op = ["<=", ">=", "!="]
-                    .into_iter()
-                    .find(|o| *o == two)
-                    .or_else(|| ["!", "*", "/", "%", "+", "-", "<", ">", "="].into_iter().find(|o| o.starts_with(c)));
+                let op = ["<=", ">=", "!="].into_iter().find(|o| *o == two).or_else(|| {
+                    ["!", "*", "/", "%", "+", "-", "<", ">", "="]
+                        .into_iter()
+                        .find(|o| o.starts_with(c))
+                });
                 match op {
                     Some(op) => {
                         i += op.len();
@@ -225,9 +227,10 @@ fn number(s: &[char], mut i: usize) -> Result<(Tok, usize), ExprError> {
                 .map_err(|_| ExprError::at(start, format!("invalid number {text}")))?,
         )
     } else {
-        Tok::Int(text.parse().map_err(|_| {
-            ExprError::at(start, format!("integer {text} is out of range (write it as a float)"))
-        })?)
+        Tok::Int(
+            text.parse()
+                .map_err(|_| ExprError::at(start, format!("integer {text} is out of range (write it as a float)")))?,
+        )
     };
     Ok((tok, i))
 }
@@ -290,7 +293,10 @@ fn string(s: &[char], i: usize) -> Result<(String, usize), ExprError> {
                 j += digits;
                 // \x and octal escapes are bytes in Go; above 0x7f a lone byte is not text.
                 if matches!(e, 'x' | '0'..='7') && n > 0x7f {
-                    return Err(ExprError::at(at, "byte escapes above \\x7f are not valid UTF-8; use \\u"));
+                    return Err(ExprError::at(
+                        at,
+                        "byte escapes above \\x7f are not valid UTF-8; use \\u",
+                    ));
                 }
                 out.push(char::from_u32(n).ok_or_else(|| ExprError::at(at, "escape is not a Unicode character"))?);
             }
@@ -356,7 +362,10 @@ impl Parser {
         loop {
             let func = match self.peek() {
                 Some(Tok::Op(o)) => LEVELS[n].iter().find(|(s, _)| s == o).map(|(_, f)| *f),
-                Some(Tok::Ident(w)) => LEVELS[n].iter().find(|(s, _)| s.eq_ignore_ascii_case(w)).map(|(_, f)| *f),
+                Some(Tok::Ident(w)) => LEVELS[n]
+                    .iter()
+                    .find(|(s, _)| s.eq_ignore_ascii_case(w))
+                    .map(|(_, f)| *f),
                 _ => None,
             };
             let Some(func) = func else { return Ok(left) };
@@ -386,7 +395,10 @@ impl Parser {
     fn nested<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, ExprError>) -> Result<T, ExprError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(ExprError::at(self.pos(), format!("nested deeper than {MAX_DEPTH} levels")));
+            return Err(ExprError::at(
+                self.pos(),
+                format!("nested deeper than {MAX_DEPTH} levels"),
+            ));
         }
         let r = f(self);
         self.depth -= 1;
@@ -512,7 +524,13 @@ mod tests {
         // * binds tighter than -, which binds tighter than +.
         assert_eq!(
             p("1 + 2 - 3 * 4"),
-            call(Func::Sum, vec![Int(1), call(Func::Sub, vec![Int(2), call(Func::Mul, vec![Int(3), Int(4)])])])
+            call(
+                Func::Sum,
+                vec![
+                    Int(1),
+                    call(Func::Sub, vec![Int(2), call(Func::Mul, vec![Int(3), Int(4)])])
+                ]
+            )
         );
         assert_eq!(p("$a -2"), call(Func::Sub, vec![Column("a".into()), Int(2)]));
         assert_eq!(p("$a - -2"), call(Func::Sub, vec![Column("a".into()), Int(-2)]));
@@ -535,7 +553,10 @@ mod tests {
         assert_eq!(p("if(1, 2,)"), call(Func::If, vec![Int(1), Int(2)]));
         assert_eq!(
             p("($a = 1) != true"),
-            call(Func::NotEquals, vec![call(Func::Equals, vec![Column("a".into()), Int(1)]), Bool(true)])
+            call(
+                Func::NotEquals,
+                vec![call(Func::Equals, vec![Column("a".into()), Int(1)]), Bool(true)]
+            )
         );
     }
 

@@ -207,9 +207,13 @@ impl Run<'_> {
             // Collected (and counted against the request) rather than `cache()`d, which would
             // hold the partials outside every budget.
             Some(f) => {
-                let schema: SchemaRef = Arc::new(f.schema().as_arrow().clone());
                 let state = f.clone().into_parts().0;
+                let logical: SchemaRef = Arc::new(f.schema().as_arrow().clone());
                 let batches = self.collect(f).await?;
+                // The batches' own schema: the logical one may differ in nullability (a
+                // derived column's `COALESCE(…, false)` is never null as planned, yet its
+                // physical field says nullable), which the table would refuse.
+                let schema = batches.first().map_or(logical, |b| b.schema());
                 let table = datafusion::datasource::MemTable::try_new(schema, vec![batches]);
                 Some(self.df(table.and_then(|t| SessionContext::new_with_state(state).read_table(Arc::new(t))))?)
             }

@@ -454,10 +454,21 @@ impl QueryEngine {
         self.plan(&table, dataset, spec, derived)
     }
 
-    fn plan(&self, table: &DatasetTable, dataset: &DatasetName, spec: &QuerySpec, derived: &DerivedSet) -> Result<Plan> {
+    fn plan(
+        &self,
+        table: &DatasetTable,
+        dataset: &DatasetName,
+        spec: &QuerySpec,
+        derived: &DerivedSet,
+    ) -> Result<Plan> {
         let columns = queryable_columns(table);
         let stored = derived.for_dataset(dataset.as_str());
-        Ok(spec::plan_with_derived(spec, &columns, &stored, sonde_model::time::now_us())?)
+        Ok(spec::plan_with_derived(
+            spec,
+            &columns,
+            &stored,
+            sonde_model::time::now_us(),
+        )?)
     }
 
     /// The dataset as a DataFrame for one question: its table, with `derived` columns added
