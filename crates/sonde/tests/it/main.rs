@@ -10,6 +10,7 @@ mod auth;
 mod bad_input;
 mod bubbleup_traces;
 mod crash;
+mod derived_api;
 mod derived_diff;
 mod faults;
 mod ingest_e2e;
