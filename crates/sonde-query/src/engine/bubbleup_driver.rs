@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// A population: its plan, the derived columns added to it, every column compared and its type.
+type Population = (Plan, Vec<(String, Typed)>, BTreeMap<String, ColumnType>);
+
 impl QueryEngine {
     /// The population's plan, the derived columns compared (stored and the request's own),
     /// and every column compared with its type.
@@ -12,7 +15,7 @@ impl QueryEngine {
         dataset: &DatasetName,
         spec: QuerySpec,
         derived: &DerivedSet,
-    ) -> Result<(Plan, Vec<(String, Typed)>, BTreeMap<String, ColumnType>)> {
+    ) -> Result<Population> {
         let mut columns = queryable_columns(table);
         let stored = derived.for_dataset(dataset.as_str());
         let plan = spec::plan_with_derived(&spec, &columns, &stored, sonde_model::time::now_us())?;

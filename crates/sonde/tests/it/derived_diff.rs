@@ -530,7 +530,7 @@ fn eval(t: &Typed, e: &Ev) -> V {
             V::B(b) => V::I(b as i64),
             v => {
                 let x = num(&v).unwrap().trunc();
-                if x >= -9.223_372_036_854_776e18 && x < 9.223_372_036_854_776e18 {
+                if (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&x) {
                     V::I(x as i64)
                 } else {
                     V::Null
