@@ -51,7 +51,7 @@ enum KeysCommand {
     New {
         /// A name for the key, used in errors and rate limits (never the key itself).
         name: String,
-        /// Comma-separated scopes: ingest, query, admin.
+        /// Comma-separated scopes: ingest, query, manage, admin.
         #[arg(long, default_value = "ingest")]
         scopes: String,
         /// Comma-separated datasets the key reaches, or `*` for all.
