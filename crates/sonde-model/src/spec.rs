@@ -499,6 +499,74 @@ pub struct PlanFilter {
     pub values: Vec<Literal>,
 }
 
+/// Which span of the target span's trace a relational field (`root.name`) is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Relation {
+    /// `root.`: the trace's root span (no parent id).
+    Root,
+    /// `parent.`: the span's direct parent.
+    Parent,
+    /// `child.`: a direct child of the span.
+    Child,
+    /// `any.`, `any2.`, `any3.`: some span of the same trace (1, 2, 3: independent matches).
+    Any(u8),
+    /// `none.`: no span of the trace matches (filters only).
+    None,
+}
+
+impl Relation {
+    /// Every relation, in the order the README lists them.
+    pub const ALL: [Relation; 7] = [
+        Relation::Root,
+        Relation::Parent,
+        Relation::Child,
+        Relation::Any(1),
+        Relation::Any(2),
+        Relation::Any(3),
+        Relation::None,
+    ];
+
+    /// Its prefix without the dot: `root`, `any2`.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Relation::Root => "root",
+            Relation::Parent => "parent",
+            Relation::Child => "child",
+            Relation::Any(1) => "any",
+            Relation::Any(2) => "any2",
+            Relation::Any(_) => "any3",
+            Relation::None => "none",
+        }
+    }
+
+    /// `root.name` → `(Root, "name")`; `None` for a name without a relational prefix.
+    pub fn split(name: &str) -> Option<(Relation, &str)> {
+        let (prefix, rest) = name.split_once('.')?;
+        let r = Relation::ALL.into_iter().find(|r| r.prefix() == prefix)?;
+        (!rest.is_empty()).then_some((r, rest))
+    }
+}
+
+/// The trace columns relational fields join on (OpenTelemetry's names, as Sonde's OTLP ingest
+/// writes them and Honeycomb's defaults).
+pub const TRACE_ID_COLUMN: &str = "trace.trace_id";
+/// A span's id.
+pub const SPAN_ID_COLUMN: &str = "trace.span_id";
+/// A span's parent's id (absent or empty on a root span).
+pub const PARENT_ID_COLUMN: &str = "trace.parent_id";
+
+/// The fields a query reads from one relation: its filters (all on the same related span) and
+/// its breakdown columns, both by the related span's own column names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelationUse {
+    /// Which span.
+    pub relation: Relation,
+    /// Filters the related span must pass, all of them.
+    pub filters: Vec<PlanFilter>,
+    /// Columns of the related span grouped by (answered as `prefix.column`).
+    pub breakdowns: Vec<String>,
+}
+
 /// Sort direction and key.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OrderKey {
@@ -547,6 +615,8 @@ pub struct Plan {
     pub derived: Vec<(String, Typed)>,
     /// Also answer over the range this many seconds earlier.
     pub compare_offset_s: Option<i64>,
+    /// Relational fields, per relation used (filters on them are not in `filters`).
+    pub relations: Vec<RelationUse>,
     /// Events unweighted by their sample rate.
     pub usage_mode: bool,
 }
@@ -850,6 +920,22 @@ fn literal(v: &Value, ty: ColumnType, field: &str) -> Result<Literal, SpecError>
     })
 }
 
+/// The use of relation `r`, added when first needed.
+fn relation_use(uses: &mut Vec<RelationUse>, r: Relation) -> &mut RelationUse {
+    let i = match uses.iter().position(|u| u.relation == r) {
+        Some(i) => i,
+        None => {
+            uses.push(RelationUse {
+                relation: r,
+                filters: Vec::new(),
+                breakdowns: Vec::new(),
+            });
+            uses.len() - 1
+        }
+    };
+    &mut uses[i]
+}
+
 /// Validates a spec against a dataset's columns (`timestamp` and `samplerate` included).
 pub fn plan(spec: &QuerySpec, columns: &BTreeMap<String, ColumnType>, now_us: i64) -> Result<Plan, SpecError> {
     plan_with_derived(spec, columns, &[], now_us)
@@ -926,11 +1012,21 @@ pub fn plan_with_derived(
     }
 
     let mut filters = Vec::new();
+    let mut relations: Vec<RelationUse> = Vec::new();
     for (i, f) in spec.filters.iter().enumerate() {
         let field = format!("filters[{i}]");
         let op = FilterOp::parse(&f.op)
             .ok_or_else(|| err(format!("{field}.op"), format!("unknown filter op {:?}", f.op)))?;
-        let ty = col_type(&f.column, &format!("{field}.column"))?;
+        // A relational field (`root.name`) unless the dataset has a column of that very name.
+        let relation = match names.column_type(&f.column, &format!("{field}.column")) {
+            Ok(_) => None,
+            Err(e) => match Relation::split(&f.column) {
+                Some((r, base)) if names.column_type(base, "").is_ok() => Some((r, base.to_string())),
+                _ => return Err(e),
+            },
+        };
+        let column = relation.as_ref().map_or(f.column.clone(), |(_, b)| b.clone());
+        let ty = col_type(&column, &format!("{field}.column"))?;
         if op.is_string_op() && ty != ColumnType::String {
             return Err(err(
                 format!("{field}.op"),
@@ -956,12 +1052,11 @@ pub fn plan_with_derived(
                 _ => return Err(err(format!("{field}.value"), format!("{} needs a value", f.op))),
             },
         };
-        filters.push(PlanFilter {
-            column: f.column.clone(),
-            ty,
-            op,
-            values,
-        });
+        let pf = PlanFilter { column, ty, op, values };
+        match relation {
+            Some((r, _)) => relation_use(&mut relations, r).filters.push(pf),
+            None => filters.push(pf),
+        }
     }
     let any = match spec.filter_combination.as_deref().map(|s| s.to_ascii_uppercase()) {
         None => false,
@@ -972,7 +1067,27 @@ pub fn plan_with_derived(
 
     let mut breakdowns = Vec::new();
     for (i, b) in spec.breakdowns.iter().enumerate() {
-        let ty = col_type(b, &format!("breakdowns[{i}]"))?;
+        let field = format!("breakdowns[{i}]");
+        let ty = match col_type(b, &field) {
+            Ok(ty) => ty,
+            Err(e) => match Relation::split(b) {
+                Some((Relation::None, _)) => {
+                    return Err(err(
+                        field,
+                        "none. fields cannot be grouped by: they name spans that do not exist",
+                    ));
+                }
+                Some((r, base)) => {
+                    let ty = col_type(base, &field).map_err(|_| e)?;
+                    let u = relation_use(&mut relations, r);
+                    if !u.breakdowns.iter().any(|x| x == base) {
+                        u.breakdowns.push(base.to_string());
+                    }
+                    ty
+                }
+                None => return Err(e),
+            },
+        };
         if !breakdowns.iter().any(|(n, _): &(String, ColumnType)| n == b) {
             breakdowns.push((b.clone(), ty));
         }
@@ -1076,6 +1191,27 @@ pub fn plan_with_derived(
         }
     };
 
+    if !relations.is_empty() {
+        let needs: &[&str] = if relations
+            .iter()
+            .any(|r| matches!(r.relation, Relation::Parent | Relation::Child))
+        {
+            &[TRACE_ID_COLUMN, SPAN_ID_COLUMN, PARENT_ID_COLUMN]
+        } else if relations.iter().any(|r| r.relation == Relation::Root) {
+            &[TRACE_ID_COLUMN, PARENT_ID_COLUMN]
+        } else {
+            &[TRACE_ID_COLUMN]
+        };
+        for c in needs {
+            if names.column_type(c, "").is_err() {
+                return Err(err(
+                    "filters",
+                    format!("relational fields need the dataset's {c:?} column, which it does not have"),
+                ));
+            }
+        }
+    }
+
     let compare_offset_s = match spec.compare_time_offset_seconds {
         None | Some(0) => None,
         Some(o) if o.saturating_mul(1_000_000) < span => {
@@ -1101,6 +1237,7 @@ pub fn plan_with_derived(
         derived: names.used.into_inner(),
         compare_offset_s,
         usage_mode: spec.usage_mode.unwrap_or(false),
+        relations,
     })
 }
 

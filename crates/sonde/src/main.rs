@@ -546,8 +546,12 @@ async fn serve(a: ServeArgs) -> Result<()> {
     } else {
         None
     };
+    // The handlers are installed here, before the first request is served: installed inside the
+    // spawned task, a SIGTERM arriving before that task first ran (a quick restart-then-stop,
+    // under load) met the default action and killed the server without its graceful flush.
+    let signals = shutdown_signal()?;
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signals.await;
         let _ = stop_tx.send(true);
     });
     sonde_server::serve(listener, state, stopped()).await?;
@@ -560,22 +564,17 @@ async fn serve(a: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGINT or SIGTERM: the handlers installed now, the future resolving at the first signal.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
+    })
 }
 
 async fn gen_events(a: GenArgs) -> Result<()> {

@@ -120,7 +120,7 @@ impl QueryEngine {
             .collect();
         let ctx = self.session()?;
         let base = self
-            .frame(&ctx, &table, &all_derived, plan.usage_mode)?
+            .plan_frame(&ctx, &table, &plan, &all_derived)?
             .filter(where_clause(&plan, &table))
             .map_err(|e| self.df_error(e))?;
 

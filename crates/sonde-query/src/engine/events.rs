@@ -42,7 +42,7 @@ impl QueryEngine {
         // sliver of the rows instead of every match.
         let wanted = offset + plan.limit;
         let times = self
-            .frame(&ctx, &table, &plan.derived, false)?
+            .plan_frame(&ctx, &table, &plan, &plan.derived)?
             .filter(where_clause(&plan, &table))
             .and_then(|df| df.select(vec![ident(TIMESTAMP_COLUMN)]))
             .and_then(|df| df.sort(newest_first()))
@@ -62,7 +62,7 @@ impl QueryEngine {
             filter = filter.and(ident(TIMESTAMP_COLUMN).gt_eq(ts_lit(t)));
         }
         let mut df = self
-            .frame(&ctx, &table, &shown, false)?
+            .plan_frame(&ctx, &table, &plan, &shown)?
             .filter(filter)
             .and_then(|df| df.sort(newest_first()))
             .and_then(|df| df.limit(offset, Some(plan.limit)))
@@ -71,6 +71,16 @@ impl QueryEngine {
             let mut sel = vec![ident(TIMESTAMP_COLUMN)];
             sel.extend(cols.iter().filter(|c| *c != TIMESTAMP_COLUMN).map(ident));
             df = df.select(sel).map_err(|e| self.df_error(e))?;
+        } else if !plan.relations.is_empty() {
+            // The events' own columns, not what the relations joined on to them.
+            let own: Vec<Expr> = df
+                .schema()
+                .fields()
+                .iter()
+                .filter(|f| !f.name().starts_with("__rel"))
+                .map(|f| ident(f.name()))
+                .collect();
+            df = df.select(own).map_err(|e| self.df_error(e))?;
         }
         let batches = self.collect(budget, df, "raw events").await?;
         let scan = stats.lock().unwrap().clone();

@@ -32,19 +32,39 @@ pub(super) fn lit_of(l: &Literal) -> Expr {
     }
 }
 
-/// The WHERE clause: the spec's filters and time range as one predicate. When every event of the table lies
-/// inside the time range, the range is left out: it would hold for every row, yet the scan would
-/// still decode and compare the timestamp column of every row to find that out.
-pub(super) fn where_clause(plan: &Plan, table: &DatasetTable) -> Expr {
+/// The time range as a predicate; none when every event of the table lies inside it: it would
+/// hold for every row, yet the scan would still decode and compare the timestamp column of
+/// every row to find that out.
+pub(super) fn time_clause(plan: &Plan, table: &DatasetTable) -> Option<Expr> {
     let covered = table
         .data_time_bounds()
         .is_none_or(|(lo, hi)| lo >= plan.start_us && hi < plan.end_us);
-    let time = (!covered).then(|| {
+    (!covered).then(|| {
         ident(TIMESTAMP_COLUMN)
             .gt_eq(ts_lit(plan.start_us))
             .and(ident(TIMESTAMP_COLUMN).lt(ts_lit(plan.end_us)))
-    });
-    let filters: Vec<Expr> = plan.filters.iter().map(filter_expr).collect();
+    })
+}
+
+/// The column that marks, on a target span, that relation `k` of the plan found its related
+/// span (null when it did not).
+pub(super) fn relation_marker(k: usize) -> String {
+    format!("__rel{k}_found")
+}
+
+/// The WHERE clause: the spec's filters and time range as one predicate. A relation with
+/// filters counts as one filter (its related span passed all of its filters: `none.` that no
+/// span did), combined with the others by AND or OR.
+pub(super) fn where_clause(plan: &Plan, table: &DatasetTable) -> Expr {
+    let time = time_clause(plan, table);
+    let mut filters: Vec<Expr> = plan.filters.iter().map(filter_expr).collect();
+    for (k, r) in plan.relations.iter().enumerate().filter(|(_, r)| !r.filters.is_empty()) {
+        let found = ident(relation_marker(k));
+        filters.push(match r.relation {
+            spec::Relation::None => found.is_null(),
+            _ => found.is_not_null(),
+        });
+    }
     let combined = if plan.any {
         filters.into_iter().reduce(Expr::or)
     } else {

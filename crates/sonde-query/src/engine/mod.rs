@@ -493,6 +493,67 @@ impl QueryEngine {
         Ok(df)
     }
 
+    /// The dataset as a DataFrame for a plan: [`Self::frame`] with the plan's derived columns,
+    /// then, for each relation its relational fields use (`root.`, `parent.`, …), the related
+    /// spans joined on: per target span, whether one was found (a marker the WHERE clause
+    /// tests) and its breakdown values (`root.name`).
+    ///
+    /// Each relation is one aggregate over the same dataset (the time range and that
+    /// relation's filters, all on the same span) keyed by what links it to a target span — the
+    /// trace id (`root.`, `any.`, `none.`), the trace and the parent's span id (`parent.`), the
+    /// trace and the span's own id as a parent (`child.`) — so duplicated ids never multiply
+    /// target spans, then left-joined: with OR, a relation is one more alternative. Where
+    /// several related spans match, the breakdown value is the smallest of theirs (Honeycomb
+    /// takes "the first found"; this is the same answer every time).
+    fn plan_frame(
+        &self,
+        ctx: &SessionContext,
+        table: &Arc<DatasetTable>,
+        plan: &Plan,
+        derived: &[(String, Typed)],
+    ) -> Result<DataFrame> {
+        use datafusion::functions_aggregate::expr_fn::count;
+        use datafusion::logical_expr::JoinType;
+        use spec::{PARENT_ID_COLUMN as PARENT, Relation, SPAN_ID_COLUMN as SPAN, TRACE_ID_COLUMN as TRACE};
+        let mut df = self.frame(ctx, table, derived, plan.usage_mode)?;
+        for (k, r) in plan.relations.iter().enumerate() {
+            let mut related = time_clause(plan, table).into_iter().collect::<Vec<_>>();
+            if r.relation == Relation::Root {
+                related.push(ident(PARENT).is_null().or(ident(PARENT).eq(lit(""))));
+            }
+            related.extend(r.filters.iter().map(filter_expr));
+            let (theirs, ours): (Vec<&str>, Vec<&str>) = match r.relation {
+                Relation::Parent => (vec![TRACE, SPAN], vec![TRACE, PARENT]),
+                Relation::Child => (vec![TRACE, PARENT], vec![TRACE, SPAN]),
+                _ => (vec![TRACE], vec![TRACE]),
+            };
+            let key = |i: usize| format!("__rel{k}_key{i}");
+            let group: Vec<Expr> = theirs
+                .iter()
+                .enumerate()
+                .map(|(i, c)| ident(*c).alias(key(i)))
+                .collect();
+            let mut aggs: Vec<Expr> = r
+                .breakdowns
+                .iter()
+                .map(|b| min(ident(b)).alias(format!("{}.{b}", r.relation.prefix())))
+                .collect();
+            aggs.push(count(lit(1i64)).alias(relation_marker(k)));
+            let mut right = self.frame(ctx, table, derived, false)?;
+            if let Some(p) = related.into_iter().reduce(Expr::and) {
+                right = right.filter(p).map_err(|e| self.df_error(e))?;
+            }
+            let right = right.aggregate(group, aggs).map_err(|e| self.df_error(e))?;
+            let on: Vec<Expr> = ours
+                .iter()
+                .enumerate()
+                .map(|(i, c)| ident(*c).eq(ident(key(i))))
+                .collect();
+            df = df.join_on(right, JoinType::Left, on).map_err(|e| self.df_error(e))?;
+        }
+        Ok(df)
+    }
+
     /// Runs a Honeycomb query specification within the request's budget; `derived` holds the
     /// stored derived columns its names may refer to.
     pub async fn query(
@@ -553,7 +614,7 @@ impl QueryEngine {
     async fn run_plan(&self, table: &Arc<DatasetTable>, plan: &Plan, req: &RequestBudget) -> Result<Output> {
         let ctx = self.session_with_pushdown(selective(plan))?;
         let base = self
-            .frame(&ctx, table, &plan.derived, plan.usage_mode)?
+            .plan_frame(&ctx, table, plan, &plan.derived)?
             .filter(where_clause(plan, table))
             .map_err(|e| self.df_error(e))?;
         let run = Run {

@@ -21,5 +21,6 @@ mod object_store;
 mod otlp_http;
 mod query_api;
 mod query_diff;
+mod relational;
 mod trace_shapes;
 mod type_conflict;
