@@ -68,7 +68,7 @@ clients-venv:
 FUZZ_SECONDS ?= 20
 FUZZ_RUNS ?= 100000
 FUZZ_SEED ?= 1
-FUZZ_TARGETS = events_json events_msgpack ndjson otlp flatten query_spec trace_tree
+FUZZ_TARGETS = events_json events_msgpack ndjson otlp flatten query_spec trace_tree derived_expr
 FUZZ_CARGO = $(shell rustup toolchain list 2>/dev/null | grep -q '^nightly' && echo 'cargo +nightly' || echo 'env RUSTC_BOOTSTRAP=1 cargo')
 fuzz:
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked

@@ -8,7 +8,19 @@ export interface Column {
   reserved?: boolean;
   first_seen?: string;
   last_seen?: string;
+  /** A derived column: computed from the others by `expression`. */
+  derived?: boolean;
+  expression?: string;
+  description?: string;
+  /** Why a derived column no longer checks against the dataset's columns. */
+  error?: string;
 }
+
+/** A query-scoped derived column. */
+export interface CalculatedField { name: string; expression: string }
+
+/** A stored derived column (`/1/derived_columns/{dataset}`). */
+export interface DerivedColumn { id: string; alias: string; expression: string; description?: string; created_at?: string; updated_at?: string }
 
 export interface Calculation { op: string; column?: string }
 export interface Filter { column: string; op: string; value?: unknown }
@@ -27,12 +39,19 @@ export interface QuerySpec {
   start_time?: number;
   end_time?: number;
   granularity?: number;
+  calculated_fields?: CalculatedField[];
+  compare_time_offset_seconds?: number;
 }
 
 export type Row = Record<string, unknown>;
 
 export interface QueryAnswer {
-  data: { series: { time: string; data: Row }[]; results: { data: Row }[] };
+  data: {
+    series: { time: string; data: Row }[];
+    results: { data: Row }[];
+    /** With `compare_time_offset_seconds`: the same query over the earlier range. */
+    compare?: { offset_seconds: number; series: { time: string; data: Row }[]; results: { data: Row }[] };
+  };
   meta: {
     rows_examined: number; segments_total: number; segments_scanned: number; segments_pruned: number;
     elapsed_ms: number; granularity: number; start_time: string; end_time: string; groups: number; groups_truncated: boolean;
@@ -52,7 +71,11 @@ export interface CalcOpInfo {
 /** A filter operator the server takes (`GET /api/meta`). */
 export interface FilterOpInfo { op: string; takes_value: boolean; string_only: boolean; takes_list: boolean; having: boolean }
 /** `GET /api/meta`: the operators the server takes, so the UI keeps no copy of them. */
-export interface Meta { calculations: CalcOpInfo[]; filters: FilterOpInfo[]; max_clauses: number }
+export interface Meta {
+  calculations: CalcOpInfo[]; filters: FilterOpInfo[]; max_clauses: number;
+  /** The functions of derived-column expressions. */
+  functions?: import("./expr").FuncInfo[];
+}
 
 /** What BubbleUp compares with the rest: a box drawn on a heatmap, or a group of the results. */
 export type Selection =
@@ -66,8 +89,11 @@ export interface SqlAnswer { columns: { name: string; type: string }[]; rows: Ro
 
 /** An error answered by the server, with its message. */
 export class ApiError extends Error {
-  constructor(public status: number, message: string) {
+  /** For a mistake in an expression: its character offset there. */
+  position?: number;
+  constructor(public status: number, message: string, position?: number) {
     super(message);
+    this.position = position;
   }
 }
 
@@ -123,7 +149,10 @@ async function call<T>(method: string, path: string, body?: unknown): Promise<T>
   } catch {
     throw new ApiError(r.status, text || r.statusText);
   }
-  if (!r.ok) throw new ApiError(r.status, (json as { error?: string }).error ?? r.statusText);
+  if (!r.ok) {
+    const e = json as { error?: string; position?: number };
+    throw new ApiError(r.status, e.error ?? r.statusText, e.position);
+  }
   return json as T;
 }
 
@@ -141,5 +170,10 @@ export const api = {
   events: (ds: string, req: unknown) => call<EventsAnswer>("POST", `/api/events/${encodeURIComponent(ds)}`, req),
   sql: (sql: string) => call<SqlAnswer>("POST", "/api/sql", { sql }),
   bubbleup: (ds: string, req: unknown) => call<import("./bubbleup").BubbleAnswer>("POST", `/api/bubbleup/${encodeURIComponent(ds)}`, req),
+  derivedColumns: (ds: string) => call<DerivedColumn[]>("GET", `/1/derived_columns/${encodeURIComponent(ds)}`),
+  createDerived: (ds: string, d: Omit<DerivedColumn, "id">) => call<DerivedColumn>("POST", `/1/derived_columns/${encodeURIComponent(ds)}`, d),
+  updateDerived: (ds: string, d: DerivedColumn) =>
+    call<DerivedColumn>("PUT", `/1/derived_columns/${encodeURIComponent(ds)}/${encodeURIComponent(d.id)}`, d),
+  deleteDerived: (ds: string, id: string) => call<unknown>("DELETE", `/1/derived_columns/${encodeURIComponent(ds)}/${encodeURIComponent(id)}`),
   trace: (ds: string, id: string) => call<import("./trace").TraceAnswer>("GET", `/api/traces/${encodeURIComponent(ds)}/${encodeURIComponent(id)}`),
 };

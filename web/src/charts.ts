@@ -3,11 +3,17 @@
 import uPlot from "uplot";
 import "uplot/dist/uPlot.min.css";
 
-export const PALETTE = [
-  "#f5a524", "#4aa3ff", "#5fd068", "#ff6b6b", "#b48cff", "#2ed3c6", "#ff9ad5", "#c7d95b", "#ff8a3d", "#8fa8c8",
-];
+import { PALETTE } from "./palette";
+export { PALETTE };
 
-export interface LineSeries { label: string; values: (number | null)[] }
+export interface LineSeries {
+  label: string;
+  values: (number | null)[];
+  /** Its colour (by default the palette's, in order). */
+  color?: string;
+  /** Drawn dashed: the earlier period of a comparison. */
+  dashed?: boolean;
+}
 
 export interface ChartHandlers {
   /** Drag across the graph: zoom to [from, to] (seconds). */
@@ -39,7 +45,8 @@ export function lineChart(el: HTMLElement, title: string, times: number[], serie
     height: 200,
     cursor: { drag: { x: true, y: false, setScale: false }, focus: { prox: 24 } },
     focus: { alpha: 0.25 },
-    legend: { live: true },
+    // The legend's marker is dashed for a dashed line (the earlier period of a comparison).
+    legend: { live: true, markers: { dash: (u: uPlot, i: number) => (u.series[i].dash ? "dashed" : "solid") } },
     scales: { x: { time: true } },
     axes: [
       { stroke: "#8a95a3", grid: { stroke: "#2a3038" }, ticks: { stroke: "#2a3038" } },
@@ -49,8 +56,9 @@ export function lineChart(el: HTMLElement, title: string, times: number[], serie
       {},
       ...series.map((s, i) => ({
         label: s.label,
-        stroke: PALETTE[i % PALETTE.length],
+        stroke: s.color ?? PALETTE[i % PALETTE.length],
         width: 1.5,
+        ...(s.dashed ? { dash: [6, 4] } : {}),
         spanGaps: false,
         points: { show: times.length < 60 },
       })),

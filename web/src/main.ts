@@ -11,7 +11,8 @@ import { api, errorText, type Column, type Dataset } from "./api";
 import { Catalog } from "./catalog";
 import { $, closeMenuOnClick } from "./dom";
 import { totalsSpec } from "./series";
-import { timeOf } from "./spec-edit";
+import { fieldsOf, timeOf } from "./spec-edit";
+import * as derivedEditor from "./views/derived";
 import {
   decodeUrl, emptySpec, initialState, openQuery, pinEventColumns, pushUrl, readRecent, remember, replaceUrl, writeRecent,
   type How, type Panel, type Recent, type State, type Update,
@@ -108,7 +109,8 @@ async function run(): Promise<void> {
     if (spec.calculations.length === 0) {
       const page = s.eventPage;
       const req = {
-        filters: spec.filters, filter_combination: spec.filter_combination, ...timeOf(spec), limit: events.PAGE, offset: page * events.PAGE,
+        filters: spec.filters, filter_combination: spec.filter_combination, ...timeOf(spec), ...fieldsOf(spec),
+        limit: events.PAGE, offset: page * events.PAGE,
       };
       const answer = await api.events(s.dataset, req);
       if (seq !== runSeq) return;
@@ -138,7 +140,9 @@ async function openPanel(p: Panel) {
   let answer: panels.PanelAnswer;
   try {
     if (p.kind === "bubbleup") {
-      const req = { filters: s.spec.filters, filter_combination: s.spec.filter_combination, ...timeOf(s.spec), selection: p.selection };
+      const req = {
+        filters: s.spec.filters, filter_combination: s.spec.filter_combination, ...timeOf(s.spec), ...fieldsOf(s.spec), selection: p.selection,
+      };
       answer = { for: p, bubbleup: await api.bubbleup(s.dataset, req) };
     } else {
       answer = { for: p, trace: await api.trace(s.dataset, p.traceId) };
@@ -199,6 +203,13 @@ async function boot() {
   };
   state = { ...initialState(), dataset: url.dataset ?? ds.datasets[0]?.name ?? "", spec: url.spec ?? emptySpec() };
   closeMenuOnClick();
+  $("derived-open").addEventListener("click", () => derivedEditor.open({
+    dataset: state.dataset,
+    columns: answers.columns.filter((c) => c.name !== "timestamp"),
+    functions: answers.catalog.meta.functions ?? [],
+    range: timeOf(state.spec) as Record<string, number>,
+    onChanged: () => { columnsReady = loadColumns(state.dataset); },
+  }));
   document.addEventListener("keydown", (ev) => {
     if (ev.key !== "Enter" || !(ev.ctrlKey || ev.metaKey)) return;
     if (state.tab === "sql") void runSql($<HTMLTextAreaElement>("sql-text").value);

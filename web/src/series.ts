@@ -4,6 +4,7 @@
 import type { QueryAnswer, QuerySpec, Row } from "./api";
 import type { Catalog } from "./catalog";
 import type { Heatmap, LineSeries } from "./charts";
+import { PALETTE } from "./palette";
 
 /** The answer's time buckets (seconds): their starts, and which bucket a time falls in. */
 export interface TimeAxis {
@@ -98,6 +99,59 @@ export function toLines(
     lines.push({ label: "other", values: other });
   }
   return lines;
+}
+
+/** An offset as people say it: "1 hour", "1 day", "7 days", or seconds. */
+export function offsetLabel(seconds: number): string {
+  const units: [number, string][] = [[604800, "week"], [86400, "day"], [3600, "hour"], [60, "minute"]];
+  for (const [n, unit] of units) {
+    if (seconds % n === 0) return `${seconds / n} ${unit}${seconds / n === 1 ? "" : "s"}`;
+  }
+  return `${seconds} s`;
+}
+
+/**
+ * The earlier period of a comparison as dashed lines over the main time axis (shifted by the
+ * offset), one per group of the earlier answer, each in its group's colour in the main answer.
+ */
+export function compareLines(answer: QueryAnswer, breakdowns: string[], key: string): LineSeries[] {
+  const c = answer.data.compare;
+  if (!c) return [];
+  const axis = timeAxis(answer.meta);
+  const main = new Map(answer.data.results.map((r, i) => [groupKey(breakdowns, r.data), i]));
+  const lines = c.results.map((r) => {
+    const i = main.get(groupKey(breakdowns, r.data));
+    return {
+      label: `${groupLabel(breakdowns, r.data)} (${offsetLabel(c.offset_seconds)} earlier)`,
+      values: axis.times.map(() => null as number | null),
+      color: i === undefined ? "#8a95a3" : PALETTE[i % PALETTE.length],
+      dashed: true,
+    };
+  });
+  const index = new Map(c.results.map((r, i) => [groupKey(breakdowns, r.data), i]));
+  for (const s of c.series) {
+    const g = index.get(groupKey(breakdowns, s.data));
+    const v = s.data[key];
+    const t = axis.index(new Date(Date.parse(s.time) + c.offset_seconds * 1000).toISOString());
+    if (g !== undefined && typeof v === "number" && t >= 0 && t < axis.times.length) lines[g].values[t] = v;
+  }
+  return lines;
+}
+
+/** Per main group, the change of `key` from the earlier period: "+12.5%", "new", or "". */
+export function changes(answer: QueryAnswer, breakdowns: string[], key: string): string[] {
+  const c = answer.data.compare;
+  if (!c) return [];
+  const before = new Map(c.results.map((r) => [groupKey(breakdowns, r.data), r.data[key]]));
+  return answer.data.results.map((r) => {
+    const now = r.data[key];
+    const was = before.get(groupKey(breakdowns, r.data));
+    if (typeof now !== "number") return "";
+    if (typeof was !== "number") return "new";
+    if (was === 0) return now === 0 ? "0%" : "new";
+    const pct = ((now - was) / Math.abs(was)) * 100;
+    return `${pct >= 0 ? "+" : ""}${pct.toFixed(1)}%`;
+  });
 }
 
 /** One heatmap over all groups: per time bucket, the groups' histograms (same value buckets) summed. */

@@ -125,3 +125,22 @@ export function groupEvents(s: QuerySpec, filters: Filter[], bucket: [number, nu
 export function rangeFilters(column: string, lo: number, hi: number): Filter[] {
   return [{ column, op: ">=", value: lo }, { column, op: "<", value: hi }];
 }
+
+/**
+ * An expression typed where a column is expected becomes a query-scoped calculated field named
+ * by its own text (once), so `IF($status >= 500, "err", "ok")` can be grouped by directly.
+ */
+export function withField(s: QuerySpec, expression: string): QuerySpec {
+  const fields = s.calculated_fields ?? [];
+  if (fields.some((f) => f.name === expression)) return s;
+  return { ...s, calculated_fields: [...fields, { name: expression, expression }] };
+}
+
+/** Compare with the same range this many seconds earlier (0: no comparison). */
+export function setCompare(s: QuerySpec, seconds: number): QuerySpec {
+  const { compare_time_offset_seconds: _, ...rest } = s;
+  return seconds > 0 ? { ...rest, compare_time_offset_seconds: seconds } : rest;
+}
+
+/** The query-scoped fields a request for raw events or BubbleUp carries along with the filters. */
+export const fieldsOf = (s: QuerySpec) => (s.calculated_fields?.length ? { calculated_fields: s.calculated_fields } : {});

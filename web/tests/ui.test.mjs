@@ -422,3 +422,62 @@ test("with API keys on, the UI asks for a query key, keeps it, and asks again wh
     rmSync(keyDir, { recursive: true, force: true });
   }
 });
+
+test("a derived column made in the editor: a typo's error at its position, a preview, then grouped by and compared with an earlier period, dashed", async () => {
+  const HALF = { start_time: Date.parse("2026-11-25T10:30:00Z") / 1000, end_time: Date.parse(END) / 1000 };
+  const page = await newPage();
+  await page.goto(permalink({ calculations: [{ op: "COUNT" }], filters: [], breakdowns: [], orders: [], havings: [], ...HALF }));
+  await page.waitForSelector("#results-table tbody tr");
+  await page.click("#derived-open");
+  await page.waitForSelector("#derived-dialog[open]");
+  await page.fill("#derived-alias", "tier");
+  // Autocomplete: "$dur" offers duration_ms, Tab takes it.
+  await page.click("#derived-expression");
+  await page.keyboard.type("$dur");
+  await page.waitForSelector("#derived-complete li");
+  assert.equal(await page.textContent("#derived-complete li"), "duration_ms");
+  await page.keyboard.press("Tab");
+  assert.equal(await page.inputValue("#derived-expression"), "$duration_ms");
+  const typo = 'IF(GTE($duration_ms, 1000), "slow", FOOO("fast"))';
+  await page.fill("#derived-expression", typo);
+  await page.click("#derived-preview-button");
+  await page.waitForSelector("#derived-error:not([hidden])");
+  assert.match(await page.textContent("#derived-error"), /unknown function FOOO — at character 36/);
+  assert.equal(await page.textContent(".tk-error"), typo[36]);
+  assert.equal(await page.textContent(".tk-func"), "IF", "functions are coloured");
+  await shot(page, "derived-error");
+  await page.fill("#derived-expression", 'IF(GTE($duration_ms, 1000), "slow", "fast")');
+  await page.click("#derived-preview-button");
+  await page.waitForFunction(() => document.querySelectorAll("#derived-preview-table tbody tr").length === 10);
+  assert.equal(await page.isHidden("#derived-error"), true);
+  await page.click("#derived-save");
+  await page.waitForSelector('#derived-list li[data-alias="tier"]');
+  await shot(page, "derived-editor");
+  await page.keyboard.press("Escape");
+  await page.waitForSelector('#schema li[data-column="tier"]');
+
+  await page.fill("#group-input", "tier");
+  await page.press("#group-input", "Enter");
+  await page.click("#run");
+  await page.waitForFunction(() => document.querySelectorAll("#results-table tbody tr").length === 2);
+  const spec = JSON.parse(new URL(page.url()).searchParams.get("q"));
+  const want = await apiQuery(spec);
+  assert.deepEqual(
+    (await tableRows(page, "#results-table")).map((r) => [r[1], r[2]]),
+    want.data.results.map((r) => [r.data.tier, fmt(r.data.COUNT)]),
+  );
+
+  await page.selectOption("#compare", "1800");
+  await page.click("#run");
+  await page.waitForFunction(() => /30 minutes earlier/.test(document.querySelector("#results-table thead")?.textContent ?? ""));
+  const compared = await apiQuery(JSON.parse(new URL(page.url()).searchParams.get("q")));
+  assert.equal(compared.data.compare.offset_seconds, 1800);
+  assert.ok(compared.data.compare.results.length > 0, "the earlier half hour has events");
+  const legend = await page.$$eval('.chart[data-calc="COUNT"] .u-legend .u-series', (rows) =>
+    rows.map((r) => [r.textContent, getComputedStyle(r.querySelector(".u-marker") ?? r).borderStyle]));
+  const dashed = legend.filter(([label, style]) => /earlier/.test(label) && /dashed/.test(style));
+  assert.equal(dashed.length, compared.data.compare.results.length, JSON.stringify(legend));
+  await shot(page, "compare");
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});

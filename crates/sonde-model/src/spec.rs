@@ -1251,6 +1251,8 @@ pub struct Operators {
     pub filters: Vec<FilterOpInfo>,
     /// Most clauses of each kind a spec may have.
     pub max_clauses: usize,
+    /// The functions of derived-column expressions (for the editor's autocomplete).
+    pub functions: &'static [derived::FuncInfo],
 }
 
 /// One calculation operator.
@@ -1309,6 +1311,7 @@ pub fn operators() -> Operators {
             })
             .collect(),
         max_clauses: MAX_CLAUSES,
+        functions: derived::FUNCTIONS,
     }
 }
 

@@ -5,6 +5,7 @@
 import type { Column, QuerySpec } from "../api";
 import { parseCalc, type Catalog } from "../catalog";
 import { chip, clause, datalist, el, input, setChips, setOptions, setValue, changed } from "../dom";
+import { isExpression } from "../expr";
 import * as edit from "../spec-edit";
 import { onSpec, type Dispatch } from "../state";
 
@@ -45,7 +46,9 @@ function build(container: HTMLElement, props: BuilderProps, dispatch: Dispatch):
       return p.props.complain(`Unknown calculation ${JSON.stringify(calcInput.value)}: use e.g. COUNT, P99(duration_ms)`);
     }
     calcInput.value = "";
-    specEdit((s) => edit.addCalculation(s, c));
+    // P99(DIV($duration_ms, 1000)): the expression becomes a calculated field of the query.
+    const expr = c.column && !p.props.columns.some((col) => col.name === c.column) && isExpression(c.column);
+    specEdit((s) => edit.addCalculation(expr ? edit.withField(s, c.column!) : s, c));
   });
   p.calcList = datalist("calc-list");
 
@@ -59,12 +62,16 @@ function build(container: HTMLElement, props: BuilderProps, dispatch: Dispatch):
     setOptions(values, suggested.map((v) => [v, ""]));
   });
   const addFilter = () => {
-    const col = p.props.columns.find((c) => c.name === fcol.value);
+    const typed = fcol.value.trim();
+    // An expression (`$a * 2`) filters through a calculated field; its value goes as typed
+    // and the server converts it to the expression's type.
+    const col = p.props.columns.find((c) => c.name === typed) ?? (isExpression(typed) ? { name: typed, type: "string" as const } : undefined);
     if (!col) return p.props.complain(`Unknown column ${JSON.stringify(fcol.value)}`);
     const value = p.props.catalog.filterValue(col, p.fop.value, fval.value);
     const f = value === undefined ? { column: col.name, op: p.fop.value } : { column: col.name, op: p.fop.value, value };
     fcol.value = fval.value = "";
-    specEdit((s) => edit.addFilters(s, f));
+    const derived = !p.props.columns.some((c) => c.name === typed);
+    specEdit((s) => edit.addFilters(derived ? edit.withField(s, typed) : s, f));
   };
   fval.addEventListener("keydown", (ev) => ev.key === "Enter" && addFilter());
   p.combo = el("select", { id: "filter-combination" });
@@ -72,12 +79,14 @@ function build(container: HTMLElement, props: BuilderProps, dispatch: Dispatch):
   p.combo.onchange = () => specEdit((s) => edit.setFilterCombination(s, p.combo.value as "AND" | "OR"));
 
   // GROUP BY
-  const gin = input({ placeholder: "column", id: "group-input" }, "col-list");
+  const gin = input({ placeholder: "column or $expression", id: "group-input" }, "col-list");
   gin.addEventListener("keydown", (ev) => {
-    if (ev.key !== "Enter" || !p.props.columns.some((c) => c.name === gin.value)) return;
-    const column = gin.value;
+    if (ev.key !== "Enter") return;
+    const column = gin.value.trim();
+    const known = p.props.columns.some((c) => c.name === column);
+    if (!known && !isExpression(column)) return p.props.complain(`Unknown column ${JSON.stringify(column)}`);
     gin.value = "";
-    specEdit((s) => edit.addBreakdown(s, column));
+    specEdit((s) => edit.addBreakdown(known ? s : edit.withField(s, column), column));
   });
 
   // ORDER BY

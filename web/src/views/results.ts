@@ -6,7 +6,7 @@ import type { Column, QueryAnswer, QuerySpec, Row } from "../api";
 import type { Catalog } from "../catalog";
 import { PALETTE, formatNumber, heatmapChart, lineChart, type ChartHandlers } from "../charts";
 import { changed, el, openMenu, swatch, type MenuItem } from "../dom";
-import { graphs, groupLabel, heatmapCells, tableKeys, timeAxis, toLines } from "../series";
+import { changes, compareLines, graphs, groupLabel, heatmapCells, offsetLabel, tableKeys, timeAxis, toLines } from "../series";
 import * as edit from "../spec-edit";
 import { onSpec, type Dispatch } from "../state";
 
@@ -42,7 +42,10 @@ export function render(at: { charts: HTMLElement; table: HTMLElement }, props: R
   };
   for (const g of graphs(spec, props.catalog)) {
     if (!g.heatmap) {
-      const lines = toLines(answer, totals, spec.breakdowns, g.key, props.catalog.additive(g.op));
+      const lines = [
+        ...toLines(answer, totals, spec.breakdowns, g.key, props.catalog.additive(g.op)),
+        ...compareLines(answer, spec.breakdowns, g.key),
+      ];
       plots.push(lineChart(at.charts, g.key, axis.times, lines, handlers));
       continue;
     }
@@ -62,7 +65,10 @@ export function render(at: { charts: HTMLElement; table: HTMLElement }, props: R
   }
 
   const keys = tableKeys(spec, props.catalog);
-  const head = el("tr", {}, el("th"), ...spec.breakdowns.map((b) => el("th", { textContent: b })), ...keys.map((k) => el("th", { textContent: k })));
+  // With a comparison: the change of the first value per group since the earlier period.
+  const compare = answer.data.compare && keys.length ? changes(answer, spec.breakdowns, keys[0]) : null;
+  const head = el("tr", {}, el("th"), ...spec.breakdowns.map((b) => el("th", { textContent: b })), ...keys.map((k) => el("th", { textContent: k })),
+    ...(compare ? [el("th", { textContent: `${keys[0]} vs ${offsetLabel(answer.data.compare!.offset_seconds)} earlier` })] : []));
   const rows = results.map((r, i) => {
     const tr = el(
       "tr",
@@ -70,6 +76,7 @@ export function render(at: { charts: HTMLElement; table: HTMLElement }, props: R
       el("td", {}, swatch(PALETTE[i % PALETTE.length])),
       ...spec.breakdowns.map((b) => el("td", { textContent: r[b] === null ? "(null)" : String(r[b]) })),
       ...keys.map((k) => el("td", { className: "num", textContent: formatNumber(r[k]) })),
+      ...(compare ? [el("td", { className: "num change", textContent: compare[i] })] : []),
     );
     tr.addEventListener("mouseenter", () => plots.forEach((p) => p.setSeries(i + 1, { focus: true })));
     tr.addEventListener("mouseleave", () => plots.forEach((p) => p.setSeries(null, { focus: false })));

@@ -18,8 +18,11 @@ export function render(container: HTMLElement, props: SchemaProps, dispatch: Dis
     ...props.columns
       .filter((c) => c.name.toLowerCase().includes(q))
       .map((c) => {
-        const title = `${c.name} (${c.type})${c.last_seen ? `, last seen ${c.last_seen}` : ""}`;
-        const li = el("li", { title }, el("span", { textContent: c.name }), el("span", { className: "ty", textContent: c.type }));
+        const title = c.derived
+          ? `${c.name} = ${c.expression}${c.error ? ` (${c.error})` : ""}`
+          : `${c.name} (${c.type})${c.last_seen ? `, last seen ${c.last_seen}` : ""}`;
+        const li = el("li", { title, className: c.derived ? "derived" : "" },
+          el("span", { textContent: c.derived ? `ƒ ${c.name}` : c.name }), el("span", { className: "ty", textContent: c.type }));
         li.dataset.column = c.name;
         li.addEventListener("click", (ev) => openMenu(ev, columnActions(c, dispatch)));
         return li;

@@ -12,7 +12,11 @@ const PRESETS: [string, number][] = [
 
 export interface TimePickerProps { spec: QuerySpec }
 
-interface Parts { preset: HTMLSelectElement; from: HTMLInputElement; to: HTMLInputElement; utc: HTMLElement }
+interface Parts { preset: HTMLSelectElement; from: HTMLInputElement; to: HTMLInputElement; utc: HTMLElement; compare: HTMLSelectElement }
+
+const COMPARE: [string, string][] = [
+  ["0", "No comparison"], ["1800", "vs 30 minutes before"], ["3600", "vs 1 hour before"], ["86400", "vs 1 day before"], ["604800", "vs 1 week before"],
+];
 const built = new WeakMap<HTMLElement, Parts>();
 
 const toLocal = (secs: number) => new Date(secs * 1000).toISOString().slice(0, 19);
@@ -31,8 +35,11 @@ function build(container: HTMLElement, dispatch: Dispatch): Parts {
   from.onchange = () => dispatch(onSpec((s) => edit.setStartTime(s, fromLocal(from.value))));
   to.onchange = () => dispatch(onSpec((s) => edit.setEndTime(s, fromLocal(to.value))));
   const utc = el("span", { className: "status" });
-  container.replaceChildren(preset, from, to, utc);
-  return { preset, from, to, utc };
+  const compare = el("select", { id: "compare", title: "Draw the same query over an earlier period, dashed" });
+  setOptions(compare, COMPARE);
+  compare.onchange = () => dispatch(onSpec((s) => edit.setCompare(s, Number(compare.value))));
+  container.replaceChildren(preset, from, to, utc, compare);
+  return { preset, from, to, utc, compare };
 }
 
 export function render(container: HTMLElement, props: TimePickerProps, dispatch: Dispatch) {
@@ -46,4 +53,7 @@ export function render(container: HTMLElement, props: TimePickerProps, dispatch:
   setValue(p.to, custom ? toLocal(s.end_time!) : "");
   p.from.hidden = p.to.hidden = !custom;
   p.utc.textContent = custom ? "UTC" : "";
+  const offset = String(s.compare_time_offset_seconds ?? 0);
+  if (!COMPARE.some(([v]) => v === offset)) setOptions(p.compare, [...COMPARE, [offset, `vs ${offset} s before`]]);
+  setValue(p.compare, offset);
 }

@@ -97,3 +97,28 @@ test("groupKey tells groups apart by their breakdown values, a missing value as 
   assert.notEqual(series.groupKey([S], { [S]: "a" }), series.groupKey([S], { [S]: "b" }));
   assert.equal(series.groupKey([S], {}), series.groupKey([S], { [S]: null }));
 });
+
+test("compareLines: the earlier period dashed over the main axis, shifted by the offset, in its group's colour", () => {
+  const earlier = (k) => new Date((t0 - 3600 + 60 * k) * 1000).toISOString();
+  const a = frozen({
+    data: {
+      results: [{ data: { [S]: "b", COUNT: 5 } }, { data: { [S]: "a", COUNT: 3 } }],
+      series: [],
+      compare: {
+        offset_seconds: 3600,
+        results: [{ data: { [S]: "a", COUNT: 4 } }, { data: { [S]: "gone", COUNT: 1 } }],
+        series: [{ time: earlier(1), data: { [S]: "a", COUNT: 4 } }, { time: earlier(3), data: { [S]: "gone", COUNT: 1 } }],
+      },
+    },
+    meta: meta(),
+  });
+  const lines = series.compareLines(a, [S], "COUNT");
+  assert.deepEqual(lines.map((l) => l.values), [[null, 4, null, null], [null, null, null, 1]]);
+  assert.deepEqual(lines.map((l) => l.dashed), [true, true]);
+  assert.equal(lines[0].label, "a (1 hour earlier)");
+  assert.equal(lines[0].color, "#4aa3ff", "the colour of group a, second in the main results");
+  assert.deepEqual(series.changes(a, [S], "COUNT"), ["new", "-25.0%"]);
+  assert.deepEqual(series.compareLines(answer([], []), [S], "COUNT"), []);
+  assert.equal(series.offsetLabel(86400), "1 day");
+  assert.equal(series.offsetLabel(1800), "30 minutes");
+});

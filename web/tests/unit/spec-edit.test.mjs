@@ -135,3 +135,14 @@ test("groupEvents shows a group's events, in a bucket's time range when given", 
 test("rangeFilters select a numeric bucket [lo, hi)", () => {
   assert.deepEqual(edit.rangeFilters("d", 1, 2), [{ column: "d", op: ">=", value: 1 }, { column: "d", op: "<", value: 2 }]);
 });
+
+test("withField adds an expression as a calculated field once; setCompare sets or drops the offset", async () => {
+  const edit = await load("spec-edit");
+  const s = frozen({ calculations: [], filters: [], breakdowns: [], orders: [], havings: [] });
+  const once = edit.withField(s, "IF($a, 1)");
+  assert.deepEqual(once.calculated_fields, [{ name: "IF($a, 1)", expression: "IF($a, 1)" }]);
+  assert.equal(edit.withField(once, "IF($a, 1)"), once);
+  assert.equal(edit.setCompare(s, 3600).compare_time_offset_seconds, 3600);
+  assert.equal("compare_time_offset_seconds" in edit.setCompare(edit.setCompare(s, 3600), 0), false);
+  assert.deepEqual(edit.fieldsOf(s), {});
+});
