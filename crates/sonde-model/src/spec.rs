@@ -64,6 +64,9 @@ pub struct QuerySpec {
     /// Derived columns for this query only: `[{"name", "expression"}]`, usable as columns.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub calculated_fields: Vec<CalculatedField>,
+    /// Values computed from the calculations', per group and per time bucket.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub formulas: Vec<Formula>,
     /// Also answer the same query over the range this many seconds earlier (at least the
     /// range's length), beside the main answer as `compare`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,14 +133,35 @@ impl Population {
     }
 }
 
-/// One calculation: `{"op": "P99", "column": "duration_ms"}`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// One calculation: `{"op": "P99", "column": "duration_ms"}`, optionally named and with its
+/// own filters (`{"op": "COUNT", "name": "errors", "filters": [{"column": "error", "op": "exists"}]}`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Calculation {
     /// The operator (`COUNT`, `SUM`, `P99`, `HEATMAP`, …).
     pub op: String,
     /// The column (absent for `COUNT` and `CONCURRENCY`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub column: Option<String>,
+    /// Its name: the result key, and what formulas, orders and havings call it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Filters only this calculation applies (on top of the query's); it then needs a name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
+    /// `AND` (default) or `OR`, for `filters`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_combination: Option<String>,
+}
+
+/// A formula over the calculations' values: `{"name": "error_rate", "expression": "DIV($errors, $COUNT)"}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Formula {
+    /// Its name (the result key).
+    pub name: String,
+    /// A derived-column expression whose `$names` are calculations (their names, or keys
+    /// such as `$COUNT` and `$"P99(duration_ms)"`).
+    pub expression: String,
 }
 
 /// One filter: `{"column": "http.status_code", "op": ">=", "value": 500}`.
@@ -319,8 +343,34 @@ pub struct Calc {
     pub op: CalcOp,
     /// The column and its type.
     pub column: Option<(String, ColumnType)>,
-    /// The result key: `COUNT`, `P99(duration_ms)`.
+    /// The result key: `COUNT`, `P99(duration_ms)`, or its name.
     pub key: String,
+    /// Its own filters (empty: every event of the query).
+    pub filters: Vec<PlanFilter>,
+    /// True when its filters combine by OR.
+    pub any: bool,
+}
+
+impl Calc {
+    /// The type of its value per group (what a formula sees).
+    pub fn value_type(&self) -> ColumnType {
+        let col = self.column.as_ref().map(|(_, t)| *t);
+        match self.op {
+            CalcOp::Count | CalcOp::CountDistinct | CalcOp::Concurrency => ColumnType::Int,
+            CalcOp::Sum if col == Some(ColumnType::Int) => ColumnType::Int,
+            CalcOp::Min | CalcOp::Max => col.unwrap_or(ColumnType::Float),
+            _ => ColumnType::Float,
+        }
+    }
+}
+
+/// A validated formula.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanFormula {
+    /// Its name (result key).
+    pub name: String,
+    /// The checked expression; its columns are calculation keys.
+    pub expr: Typed,
 }
 
 /// A filter operator.
@@ -574,13 +624,15 @@ pub enum OrderKey {
     Calc(usize),
     /// By the breakdown at this index.
     Breakdown(usize),
+    /// By the formula at this index.
+    Formula(usize),
 }
 
 /// A comparison of a having.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanHaving {
-    /// The calculation compared.
-    pub calc: usize,
+    /// The value compared: a calculation's or a formula's.
+    pub on: OrderKey,
     /// `=`, `!=`, `>`, `>=`, `<`, `<=` as a filter op.
     pub op: FilterOp,
     /// The number.
@@ -617,6 +669,8 @@ pub struct Plan {
     pub compare_offset_s: Option<i64>,
     /// Relational fields, per relation used (filters on them are not in `filters`).
     pub relations: Vec<RelationUse>,
+    /// Formulas over the calculations.
+    pub formulas: Vec<PlanFormula>,
     /// Events unweighted by their sample rate.
     pub usage_mode: bool,
 }
@@ -920,6 +974,58 @@ fn literal(v: &Value, ty: ColumnType, field: &str) -> Result<Literal, SpecError>
     })
 }
 
+/// `AND` (false, the default) or `OR` (true).
+fn combination(c: &Option<String>, field: &str) -> Result<bool, SpecError> {
+    match c.as_deref().map(|s| s.to_ascii_uppercase()) {
+        None => Ok(false),
+        Some(s) if s == "AND" => Ok(false),
+        Some(s) if s == "OR" => Ok(true),
+        Some(s) => Err(err(field, format!("must be AND or OR, got {s:?}"))),
+    }
+}
+
+/// One filter validated: its relation, if it names a relational field (`root.name`: unless
+/// the dataset has a column of that very name), and the filter on the column it reads.
+fn plan_filter(f: &Filter, field: &str, names: &Names<'_>) -> Result<(Option<Relation>, PlanFilter), SpecError> {
+    let op =
+        FilterOp::parse(&f.op).ok_or_else(|| err(format!("{field}.op"), format!("unknown filter op {:?}", f.op)))?;
+    let relation = match names.column_type(&f.column, &format!("{field}.column")) {
+        Ok(_) => None,
+        Err(e) => match Relation::split(&f.column) {
+            Some((r, base)) if names.column_type(base, "").is_ok() => Some((r, base.to_string())),
+            _ => return Err(e),
+        },
+    };
+    let column = relation.as_ref().map_or(f.column.clone(), |(_, b)| b.clone());
+    let ty = names.column_type(&column, &format!("{field}.column"))?;
+    if op.is_string_op() && ty != ColumnType::String {
+        return Err(err(
+            format!("{field}.op"),
+            format!("{} needs a string column; {:?} is {ty}", f.op, f.column),
+        ));
+    }
+    let values = match op {
+        FilterOp::Exists | FilterOp::NotExists => vec![],
+        FilterOp::In | FilterOp::NotIn => match &f.value {
+            Some(Value::Array(a)) if !a.is_empty() => a
+                .iter()
+                .map(|v| literal(v, ty, &format!("{field}.value")))
+                .collect::<Result<_, _>>()?,
+            _ => {
+                return Err(err(
+                    format!("{field}.value"),
+                    format!("{} needs a non-empty array", f.op),
+                ));
+            }
+        },
+        _ => match &f.value {
+            Some(v) if !v.is_null() => vec![literal(v, ty, &format!("{field}.value"))?],
+            _ => return Err(err(format!("{field}.value"), format!("{} needs a value", f.op))),
+        },
+    };
+    Ok((relation.map(|(r, _)| r), PlanFilter { column, ty, op, values }))
+}
+
 /// The use of relation `r`, added when first needed.
 fn relation_use(uses: &mut Vec<RelationUse>, r: Relation) -> &mut RelationUse {
     let i = match uses.iter().position(|u| u.relation == r) {
@@ -968,7 +1074,7 @@ pub fn plan_with_derived(
     let specs: Vec<Calculation> = if spec.calculations.is_empty() {
         vec![Calculation {
             op: "COUNT".into(),
-            column: None,
+            ..Default::default()
         }]
     } else {
         spec.calculations.clone()
@@ -1001,69 +1107,65 @@ pub fn plan_with_derived(
                 ));
             }
         }
-        let key = match &column {
-            Some((name, _)) => format!("{}({name})", op.name()),
-            None => op.name(),
+        let mut calc_filters = Vec::new();
+        for (j, f) in c.filters.iter().enumerate() {
+            let at = format!("{field}.filters[{j}]");
+            match plan_filter(f, &at, &names)? {
+                (None, pf) => calc_filters.push(pf),
+                (Some(_), _) => {
+                    return Err(err(
+                        format!("{at}.column"),
+                        "a calculation's own filters cannot use relational fields (they are per event)",
+                    ));
+                }
+            }
+        }
+        let any = combination(&c.filter_combination, &format!("{field}.filter_combination"))?;
+        let name = c.name.as_ref().filter(|n| !n.is_empty());
+        if !calc_filters.is_empty() {
+            if name.is_none() {
+                return Err(err(
+                    format!("{field}.name"),
+                    "a calculation with its own filters needs a name",
+                ));
+            }
+            if matches!(op, CalcOp::Heatmap | CalcOp::Concurrency) {
+                return Err(err(
+                    format!("{field}.filters"),
+                    format!("{} cannot have its own filters", op.name()),
+                ));
+            }
+        }
+        let key = match (name, &column) {
+            (Some(n), _) => n.clone(),
+            (None, Some((col, _))) => format!("{}({col})", op.name()),
+            (None, None) => op.name(),
         };
         if calcs.iter().any(|c: &Calc| c.key == key) {
+            if name.is_some() {
+                return Err(err(format!("{field}.name"), format!("{key:?} names two calculations")));
+            }
             continue; // the same calculation twice answers once
         }
-        calcs.push(Calc { op, column, key });
+        calcs.push(Calc {
+            op,
+            column,
+            key,
+            filters: calc_filters,
+            any,
+        });
     }
 
     let mut filters = Vec::new();
     let mut relations: Vec<RelationUse> = Vec::new();
     for (i, f) in spec.filters.iter().enumerate() {
-        let field = format!("filters[{i}]");
-        let op = FilterOp::parse(&f.op)
-            .ok_or_else(|| err(format!("{field}.op"), format!("unknown filter op {:?}", f.op)))?;
-        // A relational field (`root.name`) unless the dataset has a column of that very name.
-        let relation = match names.column_type(&f.column, &format!("{field}.column")) {
-            Ok(_) => None,
-            Err(e) => match Relation::split(&f.column) {
-                Some((r, base)) if names.column_type(base, "").is_ok() => Some((r, base.to_string())),
-                _ => return Err(e),
-            },
-        };
-        let column = relation.as_ref().map_or(f.column.clone(), |(_, b)| b.clone());
-        let ty = col_type(&column, &format!("{field}.column"))?;
-        if op.is_string_op() && ty != ColumnType::String {
-            return Err(err(
-                format!("{field}.op"),
-                format!("{} needs a string column; {:?} is {ty}", f.op, f.column),
-            ));
-        }
-        let values = match op {
-            FilterOp::Exists | FilterOp::NotExists => vec![],
-            FilterOp::In | FilterOp::NotIn => match &f.value {
-                Some(Value::Array(a)) if !a.is_empty() => a
-                    .iter()
-                    .map(|v| literal(v, ty, &format!("{field}.value")))
-                    .collect::<Result<_, _>>()?,
-                _ => {
-                    return Err(err(
-                        format!("{field}.value"),
-                        format!("{} needs a non-empty array", f.op),
-                    ));
-                }
-            },
-            _ => match &f.value {
-                Some(v) if !v.is_null() => vec![literal(v, ty, &format!("{field}.value"))?],
-                _ => return Err(err(format!("{field}.value"), format!("{} needs a value", f.op))),
-            },
-        };
-        let pf = PlanFilter { column, ty, op, values };
+        let (relation, pf) = plan_filter(f, &format!("filters[{i}]"), &names)?;
         match relation {
-            Some((r, _)) => relation_use(&mut relations, r).filters.push(pf),
+            Some(r) => relation_use(&mut relations, r).filters.push(pf),
             None => filters.push(pf),
         }
     }
-    let any = match spec.filter_combination.as_deref().map(|s| s.to_ascii_uppercase()) {
-        None => false,
-        Some(s) if s == "AND" => false,
-        Some(s) if s == "OR" => true,
-        Some(s) => return Err(err("filter_combination", format!("must be AND or OR, got {s:?}"))),
-    };
+    let any = combination(&spec.filter_combination, "filter_combination")?;
 
     let mut breakdowns = Vec::new();
     for (i, b) in spec.breakdowns.iter().enumerate() {
@@ -1093,6 +1195,38 @@ pub fn plan_with_derived(
         }
     }
 
+    let mut formulas: Vec<PlanFormula> = Vec::new();
+    if spec.formulas.len() > MAX_CLAUSES {
+        return Err(err(
+            "formulas",
+            format!("at most {MAX_CLAUSES} are allowed, got {}", spec.formulas.len()),
+        ));
+    }
+    // A formula's `$names` are the calculations with one value per group.
+    let values: BTreeMap<String, ColumnType> = calcs
+        .iter()
+        .filter(|c| c.op.is_simple())
+        .map(|c| (c.key.clone(), c.value_type()))
+        .collect();
+    for (i, f) in spec.formulas.iter().enumerate() {
+        if f.name.is_empty() || values.contains_key(&f.name) || formulas.iter().any(|g| g.name == f.name) {
+            return Err(err(
+                format!("formulas[{i}].name"),
+                format!(
+                    "{:?} must be a name of its own (not empty, not a calculation's, not another formula's)",
+                    f.name
+                ),
+            ));
+        }
+        let expr = derived::parse(&f.expression)
+            .and_then(|a| derived::check(&a, &values))
+            .map_err(|e| SpecError::in_expression(format!("formulas[{i}].expression"), e))?;
+        formulas.push(PlanFormula {
+            name: f.name.clone(),
+            expr,
+        });
+    }
+
     let find_calc = |op: &str, column: &Option<String>, field: &str| -> Result<usize, SpecError> {
         let parsed = CalcOp::parse(op).ok_or_else(|| err(field, format!("unknown calculation {op:?}")))?;
         let key = match column {
@@ -1109,6 +1243,23 @@ pub fn plan_with_derived(
         Ok(i)
     };
 
+    // A calculation by its operator and column, or by its name; or a formula by its name.
+    let find_value = |op: Option<&str>, column: &Option<String>, field: &str| -> Result<OrderKey, SpecError> {
+        if let Some(c) = column {
+            if let Some(i) = formulas.iter().position(|f| &f.name == c) {
+                return Ok(OrderKey::Formula(i));
+            }
+            if let Some(i) = calcs.iter().position(|k| &k.key == c && c.chars().all(|ch| ch != '(')) {
+                if !calcs[i].op.is_simple() {
+                    return Err(err(field, format!("cannot order or filter by {c}")));
+                }
+                return Ok(OrderKey::Calc(i));
+            }
+        }
+        let op = op.ok_or_else(|| err(field, "needs an op (or a calculation's or formula's name as column)"))?;
+        find_calc(op, column, field).map(OrderKey::Calc)
+    };
+
     let mut orders = Vec::new();
     for (i, o) in spec.orders.iter().enumerate() {
         let field = format!("orders[{i}]");
@@ -1122,8 +1273,13 @@ pub fn plan_with_derived(
                 ));
             }
         };
+        let names_value = o.column.as_ref().is_some_and(|c| {
+            !breakdowns.iter().any(|(b, _)| b == c)
+                && (formulas.iter().any(|f| &f.name == c) || calcs.iter().any(|k| &k.key == c))
+        });
         let key = match (&o.op, &o.column) {
-            (Some(op), column) => OrderKey::Calc(find_calc(op, column, &field)?),
+            (Some(op), column) => find_value(Some(op), column, &field)?,
+            (None, column @ Some(_)) if names_value => find_value(None, column, &field)?,
             (None, Some(column)) => {
                 OrderKey::Breakdown(breakdowns.iter().position(|(n, _)| n == column).ok_or_else(|| {
                     err(
@@ -1151,7 +1307,7 @@ pub fn plan_with_derived(
     let mut havings = Vec::new();
     for (i, h) in spec.havings.iter().enumerate() {
         let field = format!("havings[{i}]");
-        let calc = find_calc(&h.calculate_op, &h.column, &field)?;
+        let on = find_value(Some(&h.calculate_op), &h.column, &field)?;
         let op = match FilterOp::parse(&h.op) {
             Some(op) if op.is_comparison() => op,
             _ => {
@@ -1165,7 +1321,7 @@ pub fn plan_with_derived(
             .value
             .as_f64()
             .ok_or_else(|| err(format!("{field}.value"), "must be a number"))?;
-        havings.push(PlanHaving { calc, op, value });
+        havings.push(PlanHaving { on, op, value });
     }
 
     let limit = match spec.limit {
@@ -1238,6 +1394,7 @@ pub fn plan_with_derived(
         compare_offset_s,
         usage_mode: spec.usage_mode.unwrap_or(false),
         relations,
+        formulas,
     })
 }
 

@@ -132,7 +132,7 @@ impl Run<'_> {
         for (i, c) in plan.calcs.iter().enumerate() {
             let column = c.column.as_ref().map(|(n, _)| n.as_str());
             if c.op.is_simple() {
-                let (a, f) = aggregate_of(c.op, column, &c_alias(i));
+                let (a, f) = aggregate_of(c.op, column, &c_alias(i), calc_filter(c).as_ref());
                 aggs.extend(a);
                 finals.push(f);
             } else if c.op == CalcOp::Heatmap {
@@ -240,10 +240,16 @@ impl Run<'_> {
             None => self.df(base.clone().aggregate(self.group_exprs(), aggs))?,
         };
         results_df = self.df(results_df.select(finals))?;
+        for i in 0..plan.formulas.len() {
+            results_df = self.df(results_df.with_column(&f_alias(i), formula_expr(plan, i)))?;
+        }
         // Without breakdowns SQL answers one row even when nothing matched; no events, no group.
         results_df = self.df(results_df.filter(ident("hidden_count").is_not_null()))?;
         for h in &plan.havings {
-            let c = ident(c_alias(h.calc));
+            let c = match h.on {
+                OrderKey::Formula(i) => ident(f_alias(i)),
+                OrderKey::Calc(i) | OrderKey::Breakdown(i) => ident(c_alias(i)),
+            };
             let v = lit(h.value);
             let cond = match h.op {
                 FilterOp::Eq => c.eq(v),
@@ -262,6 +268,7 @@ impl Run<'_> {
                 let e = match k {
                     OrderKey::Calc(i) => ident(c_alias(*i)),
                     OrderKey::Breakdown(i) => ident(b_alias(*i)),
+                    OrderKey::Formula(i) => ident(f_alias(*i)),
                 };
                 e.sort(!desc, false)
             })
@@ -308,6 +315,12 @@ impl Run<'_> {
                         );
                     }
                 }
+                for (i, f) in plan.formulas.iter().enumerate() {
+                    m.insert(
+                        f.name.clone(),
+                        json::cell(b.column_by_name(&f_alias(i)).unwrap().as_ref(), row),
+                    );
+                }
                 groups.push(key);
                 results.push(m);
             }
@@ -344,7 +357,8 @@ impl Run<'_> {
             finals.extend((0..nb).map(|i| ident(b_alias(i))));
             for (i, c) in plan.calcs.iter().enumerate() {
                 if c.op != CalcOp::Heatmap {
-                    let (a, f) = aggregate_of(c.op, c.column.as_ref().map(|(n, _)| n.as_str()), &c_alias(i));
+                    let column = c.column.as_ref().map(|(n, _)| n.as_str());
+                    let (a, f) = aggregate_of(c.op, column, &c_alias(i), calc_filter(c).as_ref());
                     aggs.extend(a);
                     finals.push(f);
                 }
@@ -359,7 +373,10 @@ impl Run<'_> {
                         self.df(restricted.clone().aggregate(gexprs, aggs))?
                     }
                 };
-                let df = self.df(df.select(finals))?;
+                let mut df = self.df(df.select(finals))?;
+                for i in 0..plan.formulas.len() {
+                    df = self.df(df.with_column(&f_alias(i), formula_expr(plan, i)))?;
+                }
                 let batches = self.collect(df).await?;
                 let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
                 self.account_json(
@@ -386,6 +403,12 @@ impl Run<'_> {
                             } else {
                                 per_bucket[i].insert((g, t), v.as_f64());
                             }
+                        }
+                        for (i, f) in plan.formulas.iter().enumerate() {
+                            m.insert(
+                                f.name.clone(),
+                                json::cell(b.column_by_name(&f_alias(i)).unwrap().as_ref(), row),
+                            );
                         }
                     }
                 }

@@ -139,34 +139,78 @@ pub(super) fn as_f64(name: &str) -> Expr {
     cast(ident(name), DataType::Float64)
 }
 
-/// Aggregates of the plain calculation `i`, and the expression giving its value from them.
-pub(super) fn aggregate_of(op: CalcOp, column: Option<&str>, alias: &str) -> (Vec<Expr>, Expr) {
+/// A calculation's own filters as one predicate (`None` when it has none).
+pub(super) fn calc_filter(c: &spec::Calc) -> Option<Expr> {
+    let parts = c.filters.iter().map(filter_expr);
+    if c.any {
+        parts.reduce(Expr::or)
+    } else {
+        parts.reduce(Expr::and)
+    }
+}
+
+/// Aggregates of a plain calculation, and the expression giving its value from them. With
+/// `only` (the calculation's own filters), every input of the aggregates is null where it
+/// does not hold, so the aggregates skip those events and still roll up from partials.
+pub(super) fn aggregate_of(op: CalcOp, column: Option<&str>, alias: &str, only: Option<&Expr>) -> (Vec<Expr>, Expr) {
     let out = |e: Expr| (vec![e.alias(alias)], ident(alias));
+    let keep = |e: Expr| match only {
+        Some(p) => when(p.clone(), e).end().expect("case builder"),
+        None => e,
+    };
     match op {
-        CalcOp::Count => out(sum(ident(SR))),
-        CalcOp::Sum => out(sum(ident(column.unwrap()) * ident(SR))),
+        CalcOp::Count => out(sum(keep(ident(SR)))),
+        CalcOp::Sum => out(sum(keep(ident(column.unwrap()) * ident(SR)))),
         CalcOp::Avg => {
             let c = column.unwrap();
             let n = format!("{alias}_n");
             let d = format!("{alias}_d");
             let weight = when(ident(c).is_not_null(), ident(SR)).end().expect("case builder");
             (
-                vec![sum(as_f64(c) * as_f64(SR)).alias(&n), sum(weight).alias(&d)],
+                vec![sum(keep(as_f64(c) * as_f64(SR))).alias(&n), sum(keep(weight)).alias(&d)],
                 (ident(&n) / cast(ident(&d), DataType::Float64)).alias(alias),
             )
         }
-        CalcOp::Min => out(min(ident(column.unwrap()))),
-        CalcOp::Max => out(max(ident(column.unwrap()))),
-        CalcOp::CountDistinct => out(count_distinct(ident(column.unwrap()))),
-        CalcOp::Percentile(p) => out(weighted_percentile().call(vec![as_f64(column.unwrap()), ident(SR), lit(p)])),
+        CalcOp::Min => out(min(keep(ident(column.unwrap())))),
+        CalcOp::Max => out(max(keep(ident(column.unwrap())))),
+        CalcOp::CountDistinct => out(count_distinct(keep(ident(column.unwrap())))),
+        CalcOp::Percentile(p) => {
+            out(weighted_percentile().call(vec![keep(as_f64(column.unwrap())), ident(SR), lit(p)]))
+        }
         // Rates are derived from the per-bucket value of their base aggregate.
-        CalcOp::RateAvg => aggregate_of(CalcOp::Avg, column, alias),
-        CalcOp::RateSum => aggregate_of(CalcOp::Sum, column, alias),
-        CalcOp::RateMax => aggregate_of(CalcOp::Max, column, alias),
+        CalcOp::RateAvg => aggregate_of(CalcOp::Avg, column, alias, only),
+        CalcOp::RateSum => aggregate_of(CalcOp::Sum, column, alias, only),
+        CalcOp::RateMax => aggregate_of(CalcOp::Max, column, alias, only),
         // CONCURRENCY counts the spans starting in each bucket here (their ends separately).
         CalcOp::Concurrency => out(sum(when(concurrency_span(), ident(SR)).end().expect("case builder"))),
         CalcOp::Heatmap => unreachable!("heatmaps are computed by their own query"),
     }
+}
+
+/// The column holding formula `i`'s value.
+pub(super) fn f_alias(i: usize) -> String {
+    format!("f{i}")
+}
+
+/// Formula `i` of the plan as an expression over the calculations' columns (`c{k}`).
+pub(super) fn formula_expr(plan: &Plan, i: usize) -> Expr {
+    use sonde_model::derived::{Typed, TypedNode};
+    fn rename(t: &Typed, plan: &Plan) -> Typed {
+        let node = match &t.node {
+            TypedNode::Column(key) => {
+                let k = plan
+                    .calcs
+                    .iter()
+                    .position(|c| &c.key == key)
+                    .expect("checked: a calculation");
+                TypedNode::Column(super::breakdown::c_alias(k))
+            }
+            TypedNode::Call(f, args) => TypedNode::Call(*f, args.iter().map(|a| rename(a, plan)).collect()),
+            lit => lit.clone(),
+        };
+        Typed { ty: t.ty, node }
+    }
+    crate::derived::compile(&rename(&plan.formulas[i].expr, plan))
 }
 
 /// The spans CONCURRENCY counts: those with a non-negative duration.

@@ -269,3 +269,83 @@ async fn compare_answers_the_same_query_shifted_back_and_usage_mode_ignores_samp
     let weighted: i64 = evs.iter().map(|e| e["samplerate"].as_i64().unwrap()).sum();
     assert_eq!(r["data"]["results"][0]["data"]["COUNT"], weighted, "{r}");
 }
+
+#[tokio::test]
+async fn named_calculations_their_own_filters_and_formulas_in_results_and_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--flush-rows", "50"]).await;
+    let http = reqwest::Client::new();
+    let api = server.api(&http);
+    let evs = events();
+    assert_eq!(api.post_batch("web", &evs).await, 120);
+    let spec = json!({
+        "start_time": at(T0), "end_time": at(T0 + 180 * MINUTE), "granularity": 3600,
+        "calculations": [
+            {"op": "COUNT"},
+            {"op": "COUNT", "name": "errors", "filters": [{"column": "http.status_code", "op": ">=", "value": 500}]},
+            {"op": "MAX", "column": "duration_ms", "name": "max_ok", "filter_combination": "OR",
+             "filters": [{"column": "http.status_code", "op": "<", "value": 300}, {"column": "http.status_code", "op": "=", "value": 404}]},
+        ],
+        "formulas": [{"name": "error_rate", "expression": "DIV($errors, $COUNT)"}],
+        "breakdowns": ["name"],
+        "orders": [{"column": "error_rate", "order": "descending"}],
+        "havings": [{"calculate_op": "COUNT", "column": "errors", "op": ">", "value": 0}],
+    });
+    let (status, r) = api.post_json("/api/query/web", spec).await;
+    assert_eq!(status, 200, "{r}");
+    // By hand, per name: weighted count, weighted errors, the largest duration of a non-error.
+    let mut want: std::collections::BTreeMap<String, (i64, i64, f64)> = Default::default();
+    for e in &evs {
+        let d = &e["data"];
+        let w = e["samplerate"].as_i64().unwrap();
+        let code = d["http.status_code"].as_i64().unwrap();
+        let g = want
+            .entry(d["name"].as_str().unwrap().to_string())
+            .or_insert((0, 0, f64::MIN));
+        g.0 += w;
+        if code >= 500 {
+            g.1 += w;
+        }
+        if code < 300 || code == 404 {
+            g.2 = g.2.max(d["duration_ms"].as_f64().unwrap());
+        }
+    }
+    let results = r["data"]["results"].as_array().unwrap();
+    assert_eq!(results.len(), want.len(), "{r}");
+    let mut last = f64::INFINITY;
+    for row in results {
+        let d = &row["data"];
+        let (count, errors, max_ok) = want[d["name"].as_str().unwrap()];
+        assert_eq!(d["COUNT"], count, "{d}");
+        assert_eq!(d["errors"], errors, "{d}");
+        assert_eq!(d["max_ok"].as_f64().unwrap(), max_ok, "{d}");
+        let rate = d["error_rate"].as_f64().unwrap();
+        assert!((rate - errors as f64 / count as f64).abs() < 1e-12, "{d}");
+        assert!(rate <= last, "ordered by error_rate, descending");
+        last = rate;
+    }
+    // Per time bucket too.
+    for row in r["data"]["series"].as_array().unwrap() {
+        let d = &row["data"];
+        let (c, e) = (d["COUNT"].as_f64().unwrap(), d["errors"].as_f64().unwrap_or(0.0));
+        assert!((d["error_rate"].as_f64().unwrap_or(0.0) - e / c).abs() < 1e-12, "{row}");
+    }
+
+    // What is refused: filters without a name, a formula naming what is not a calculation.
+    let (status, e) = api
+        .post_json(
+            "/api/query/web",
+            json!({"calculations": [{"op": "COUNT", "filters": [{"column": "name", "op": "exists"}]}]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("calculations[0].name"), "{e}");
+    let (status, e) = api
+        .post_json(
+            "/api/query/web",
+            json!({"formulas": [{"name": "x", "expression": "DIV($nope, $COUNT)"}]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{e}");
+    assert_eq!(e["position"], 4, "{e}");
+}
