@@ -7,7 +7,10 @@ computed again here, in Python, from the same events (independently of the engin
 
 Writes benches/results/realdata_derived.json and exits non-zero on any mismatch.
 """
-import argparse, collections, json, math, os, re, socket, subprocess, sys, tempfile, time, urllib.request
+import argparse, collections, json, math, os, re, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sonde_client import call, start, stop  # noqa: E402
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
@@ -44,14 +47,6 @@ def py_value(name, e):
     raise KeyError(name)
 
 
-def call(url, body=None, method=None):
-    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    req = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"))
-    req.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.loads(r.read() or b"null")
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sonde", default=os.environ.get("SONDE_BIN", "target/debug/sonde"))
@@ -65,17 +60,9 @@ def main():
     for e in events:  # nulls are dropped at ingest, as absent
         for k in [k for k, v in e.items() if v is None]:
             del e[k]
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
     data = tempfile.mkdtemp(prefix="sonde-realdata-derived-")
-    proc = subprocess.Popen([args.sonde, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start(args.sonde, data)
     try:
-        for _ in range(300):
-            try:
-                call(base + "/health"); break
-            except Exception:
-                time.sleep(0.05)
         body = "\n".join(json.dumps(e) for e in events).encode()
         call(base + "/api/ingest/access", body)
         for alias, expr in DERIVED.items():
@@ -111,7 +98,7 @@ def main():
         print(json.dumps(out, indent=2))
         sys.exit(1 if mismatches else 0)
     finally:
-        proc.terminate(); proc.wait()
+        stop(proc)
 
 
 if __name__ == "__main__":

@@ -8,16 +8,11 @@ from the same spans (independently of the engine).
 
 Writes benches/results/realdata_relational.json and exits non-zero on any mismatch.
 """
-import argparse, collections, json, os, socket, subprocess, sys, tempfile, time, urllib.request
+import argparse, collections, json, os, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sonde_client import call, start, stop  # noqa: E402
 from datetime import datetime, timedelta, timezone
-
-
-def call(url, body=None):
-    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
-    req.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(req, timeout=300) as r:
-        return json.loads(r.read() or b"null")
 
 
 def main():
@@ -37,9 +32,9 @@ def main():
     for s in spans:
         for k in [k for k, v in s.items() if v is None]:
             del s[k]
-    start = datetime.strptime(hour, "%Y-%m-%dT%H").replace(tzinfo=timezone.utc)
-    end_excl = (start + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    start = start.strftime("%Y-%m-%dT%H:%M:%SZ")
+    hour_start = datetime.strptime(hour, "%Y-%m-%dT%H").replace(tzinfo=timezone.utc)
+    end_excl = (hour_start + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    hour_start = hour_start.strftime("%Y-%m-%dT%H:%M:%SZ")
 
     # The model: each trace in memory.
     by_trace = collections.defaultdict(list)
@@ -63,21 +58,13 @@ def main():
         rn = [r["name"] for r in roots(s) if "name" in r]
         want[min(rn) if rn else None] += 1
 
-    sock = socket.socket(); sock.bind(("127.0.0.1", 0)); port = sock.getsockname()[1]; sock.close()
     data = tempfile.mkdtemp(prefix="sonde-realdata-relational-")
-    proc = subprocess.Popen([args.sonde, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start(args.sonde, data)
     try:
-        for _ in range(300):
-            try:
-                call(base + "/health"); break
-            except Exception:
-                time.sleep(0.05)
         lines = [json.dumps(s) for s in spans]
         for i in range(0, len(lines), 20000):
             call(base + "/api/ingest/spans", "\n".join(lines[i:i + 20000]).encode())
-        rng = {"start_time": start, "end_time": end_excl, "limit": 1000}
+        rng = {"start_time": hour_start, "end_time": end_excl, "limit": 1000}
 
         def run(spec):
             t = time.perf_counter()
@@ -138,7 +125,7 @@ def main():
         print(json.dumps(result, indent=2))
         sys.exit(1 if result["mismatches"] else 0)
     finally:
-        proc.terminate(); proc.wait()
+        stop(proc)
 
 
 if __name__ == "__main__":

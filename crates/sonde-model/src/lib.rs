@@ -13,6 +13,7 @@
 //! Nothing here touches the disk or the network, so all of it is property-tested.
 
 pub mod dataset;
+pub mod definitions;
 pub mod derived;
 pub mod flatten;
 pub mod spec;

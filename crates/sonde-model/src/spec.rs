@@ -5,6 +5,7 @@
 //! "foo"`), and is answered with a 400.
 
 use crate::ColumnType;
+use crate::definitions::{DatasetDefs, TraceColumns};
 use crate::derived::{self, CalculatedField, DerivedColumn, ExprError, Resolve, Resolved, Typed};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -597,14 +598,6 @@ impl Relation {
     }
 }
 
-/// The trace columns relational fields join on (OpenTelemetry's names, as Sonde's OTLP ingest
-/// writes them and Honeycomb's defaults).
-pub const TRACE_ID_COLUMN: &str = "trace.trace_id";
-/// A span's id.
-pub const SPAN_ID_COLUMN: &str = "trace.span_id";
-/// A span's parent's id (absent or empty on a root span).
-pub const PARENT_ID_COLUMN: &str = "trace.parent_id";
-
 /// The fields a query reads from one relation: its filters (all on the same related span) and
 /// its breakdown columns, both by the related span's own column names.
 #[derive(Debug, Clone, PartialEq)]
@@ -671,6 +664,8 @@ pub struct Plan {
     pub relations: Vec<RelationUse>,
     /// Formulas over the calculations.
     pub formulas: Vec<PlanFormula>,
+    /// The columns relational fields join on (the dataset's definition, or the defaults).
+    pub trace: TraceColumns,
     /// Events unweighted by their sample rate.
     pub usage_mode: bool,
 }
@@ -1044,16 +1039,18 @@ fn relation_use(uses: &mut Vec<RelationUse>, r: Relation) -> &mut RelationUse {
 
 /// Validates a spec against a dataset's columns (`timestamp` and `samplerate` included).
 pub fn plan(spec: &QuerySpec, columns: &BTreeMap<String, ColumnType>, now_us: i64) -> Result<Plan, SpecError> {
-    plan_with_derived(spec, columns, &[], now_us)
+    plan_with(spec, columns, &DatasetDefs::default(), now_us)
 }
 
-/// Validates a spec against a dataset's columns and its stored derived columns.
-pub fn plan_with_derived(
+/// Validates a spec against a dataset's columns and what its users defined: stored derived
+/// columns, and the trace columns relational fields join on.
+pub fn plan_with(
     spec: &QuerySpec,
     columns: &BTreeMap<String, ColumnType>,
-    stored: &[DerivedColumn],
+    defs: &DatasetDefs,
     now_us: i64,
 ) -> Result<Plan, SpecError> {
+    let stored = &defs.derived;
     // Each clause becomes a node of one expression tree; tens of thousands of them (a 2 MB body
     // holds 60,000 filters) would recurse deeper than a thread's stack can go.
     for (field, n) in [
@@ -1348,21 +1345,25 @@ pub fn plan_with_derived(
     };
 
     if !relations.is_empty() {
-        let needs: &[&str] = if relations
+        let t = &defs.trace;
+        let needs: Vec<&str> = if relations
             .iter()
             .any(|r| matches!(r.relation, Relation::Parent | Relation::Child))
         {
-            &[TRACE_ID_COLUMN, SPAN_ID_COLUMN, PARENT_ID_COLUMN]
+            vec![&t.trace_id, &t.span_id, &t.parent_id]
         } else if relations.iter().any(|r| r.relation == Relation::Root) {
-            &[TRACE_ID_COLUMN, PARENT_ID_COLUMN]
+            vec![&t.trace_id, &t.parent_id]
         } else {
-            &[TRACE_ID_COLUMN]
+            vec![&t.trace_id]
         };
         for c in needs {
             if names.column_type(c, "").is_err() {
                 return Err(err(
                     "filters",
-                    format!("relational fields need the dataset's {c:?} column, which it does not have"),
+                    format!(
+                        "relational fields need the dataset's {c:?} column, which it does not have \
+                         (set the trace columns with PATCH /1/dataset_definitions/{{dataset}})"
+                    ),
                 ));
             }
         }
@@ -1395,6 +1396,7 @@ pub fn plan_with_derived(
         usage_mode: spec.usage_mode.unwrap_or(false),
         relations,
         formulas,
+        trace: defs.trace.clone(),
     })
 }
 

@@ -29,6 +29,7 @@
 //! included).
 
 pub mod auth;
+mod definitions;
 mod derived;
 pub mod error;
 mod extract;
@@ -194,6 +195,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/1/derived_columns/{dataset}/{id}",
             get(derived::get_one).put(derived::update).delete(derived::delete),
+        )
+        .route(
+            "/1/dataset_definitions/{dataset}",
+            get(definitions::get).patch(definitions::patch),
         )
         .route("/api/datasets", get(schema::datasets))
         .route("/api/datasets/{dataset}/columns", get(schema::columns))

@@ -70,9 +70,9 @@ fn json_answer(value: &impl serde::Serialize, budget: RequestBudget) -> Result<R
 
 /// `POST /api/query/{dataset}`: a Honeycomb query specification.
 pub(crate) async fn query(State(state): State<Arc<AppState>>, q: QueryCall<QuerySpec>) -> Result<Response, ApiError> {
-    let derived = crate::derived::load(&state).await?;
+    let defs = crate::definitions::load(&state).await?;
     let budget = state.engine.request();
-    let r = state.engine.query(q.dataset()?, &q.body, &derived, &budget).await?;
+    let r = state.engine.query(q.dataset()?, &q.body, &defs, &budget).await?;
     json_answer(&r, budget)
 }
 
@@ -81,9 +81,9 @@ pub(crate) async fn events(
     State(state): State<Arc<AppState>>,
     q: QueryCall<EventsRequest>,
 ) -> Result<Response, ApiError> {
-    let derived = crate::derived::load(&state).await?;
+    let defs = crate::definitions::load(&state).await?;
     let budget = state.engine.request();
-    let body = state.engine.events(q.dataset()?, &q.body, &derived, &budget).await?;
+    let body = state.engine.events(q.dataset()?, &q.body, &defs, &budget).await?;
     Ok(answer(body, "application/json", budget))
 }
 
@@ -112,12 +112,12 @@ pub(crate) async fn sql(State(state): State<Arc<AppState>>, q: QueryCall<SqlRequ
             )));
         }
     };
-    let derived = crate::derived::load(&state).await?;
+    let defs = crate::definitions::load(&state).await?;
     let budget = state.engine.request();
     // A key limited to some datasets sees only their tables: the others do not exist for it.
     let body = state
         .engine
-        .sql(&req.sql, format, &|ds| caller.covers(ds), &derived, &budget)
+        .sql(&req.sql, format, &|ds| caller.covers(ds), &defs, &budget)
         .await?;
     Ok(answer(body, format.content_type(), budget))
 }
@@ -182,7 +182,7 @@ pub(crate) async fn create_query(
     // Validate now, so a bad spec fails here rather than when its results are asked for.
     state
         .engine
-        .validate(&ds, &spec, &crate::derived::load(&state).await?)?;
+        .validate(&ds, &spec, &crate::definitions::load(&state).await?)?;
     let id = state.saved.id();
     state.saved.remember(&id, |s| {
         s.specs.insert(id.clone(), (ds, spec.clone()));
@@ -242,9 +242,9 @@ pub(crate) async fn create_result(
             req.query_id
         )));
     }
-    let derived = crate::derived::load(&state).await?;
+    let defs = crate::definitions::load(&state).await?;
     let budget = state.engine.request();
-    let r = state.engine.query(&ds, &spec, &derived, &budget).await?;
+    let r = state.engine.query(&ds, &spec, &defs, &budget).await?;
     let id = state.saved.id();
     let answer = QueryResultAnswer {
         id: id.clone(),
@@ -300,9 +300,9 @@ pub(crate) async fn bubbleup(
     State(state): State<Arc<AppState>>,
     q: QueryCall<BubbleUpRequest>,
 ) -> Result<Response, ApiError> {
-    let derived = crate::derived::load(&state).await?;
+    let defs = crate::definitions::load(&state).await?;
     let budget = state.engine.request();
-    let v = state.engine.bubbleup(q.dataset()?, &q.body, &derived, &budget).await?;
+    let v = state.engine.bubbleup(q.dataset()?, &q.body, &defs, &budget).await?;
     json_answer(&v, budget)
 }
 

@@ -7,13 +7,12 @@
 //! moment each acknowledged event is in the WAL, in a cataloged segment, or both — and replay
 //! skips WAL records at or below a dataset's `flushed_lsn`, so it is never counted twice.
 
-use crate::wal::{Lsn, sync_dir};
+use crate::wal::Lsn;
 use crate::{Error, Result};
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use sonde_model::{ColumnType, DatasetName};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -178,7 +177,7 @@ impl CatalogStore {
         match self {
             CatalogStore::Local(dir) => {
                 let dir = dir.clone();
-                tokio::task::spawn_blocking(move || write_local(&dir, &bytes))
+                tokio::task::spawn_blocking(move || crate::documents::replace_file(&dir, CATALOG_FILE, &bytes))
                     .await
                     .map_err(|e| Error::TaskFailed(format!("catalog write panicked: {e}")))?
             }
@@ -190,18 +189,6 @@ impl CatalogStore {
             }
         }
     }
-}
-
-/// Replaces `catalog.json` in `dir`: temporary file, fsync, rename, directory fsync.
-fn write_local(dir: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = dir.join(format!("{CATALOG_FILE}.tmp"));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, dir.join(CATALOG_FILE))?;
-    sync_dir(dir)
 }
 
 #[cfg(test)]

@@ -86,8 +86,8 @@ impl Documents {
         let bytes = serde_json::to_vec_pretty(&doc).expect("documents serialise");
         match &self.place {
             Place::Local(dir) => {
-                let (dir, name) = (dir.clone(), name.to_string());
-                tokio::task::spawn_blocking(move || write_local(&dir, &name, &bytes))
+                let (dir, file) = (dir.clone(), format!("{name}.json"));
+                tokio::task::spawn_blocking(move || replace_file(&dir, &file, &bytes))
                     .await
                     .map_err(|e| Error::TaskFailed(format!("document write panicked: {e}")))??;
             }
@@ -103,15 +103,17 @@ impl Documents {
     }
 }
 
-fn write_local(dir: &std::path::Path, name: &str, bytes: &[u8]) -> Result<()> {
+/// Replaces `dir/file` whole and durably: a temporary file beside it, fsync, rename, directory
+/// fsync — a crash leaves the old file or the new one. (The catalog is written the same way.)
+pub(crate) fn replace_file(dir: &std::path::Path, file: &str, bytes: &[u8]) -> Result<()> {
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!("{name}.json.tmp"));
+    let tmp = dir.join(format!("{file}.tmp"));
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, dir.join(format!("{name}.json")))?;
+    std::fs::rename(&tmp, dir.join(file))?;
     sync_dir(dir)
 }
 

@@ -14,12 +14,12 @@ impl QueryEngine {
         table: &DatasetTable,
         dataset: &DatasetName,
         spec: QuerySpec,
-        derived: &DerivedSet,
+        defs: &Definitions,
     ) -> Result<Population> {
         let mut columns = queryable_columns(table);
-        let stored = derived.for_dataset(dataset.as_str());
-        let plan = spec::plan_with_derived(&spec, &columns, &stored, sonde_model::time::now_us())?;
-        let all = spec::derived_columns(&columns, &stored, &spec.calculated_fields)?;
+        let stored = defs.for_dataset(dataset.as_str());
+        let plan = spec::plan_with(&spec, &columns, &stored, sonde_model::time::now_us())?;
+        let all = spec::derived_columns(&columns, &stored.derived, &spec.calculated_fields)?;
         columns.remove(SR);
         for (name, t) in &all {
             columns.insert(name.clone(), t.ty.unwrap_or(ColumnType::String));
@@ -33,14 +33,14 @@ impl QueryEngine {
         &self,
         dataset: &DatasetName,
         req: &BubbleUpRequest,
-        derived: &DerivedSet,
+        defs: &Definitions,
         budget: &RequestBudget,
     ) -> Result<bubbleup::BubbleUpAnswer> {
         use futures::StreamExt;
         let started = Instant::now();
         let table = self.table(dataset)?;
         let spec = req.population.spec(None);
-        let (plan, all_derived, columns) = self.population(&table, dataset, spec, derived)?;
+        let (plan, all_derived, columns) = self.population(&table, dataset, spec, defs)?;
         let bad = |field: &str, message: String| {
             QueryError::Invalid(spec::SpecError {
                 field: field.into(),
@@ -120,7 +120,8 @@ impl QueryEngine {
             .collect();
         let ctx = self.session()?;
         let base = self
-            .plan_frame(&ctx, &table, &plan, &all_derived)?
+            .plan_frame(&ctx, &table, &plan, &all_derived, budget)
+            .await?
             .filter(where_clause(&plan, &table))
             .map_err(|e| self.df_error(e))?;
 

@@ -10,16 +10,16 @@ impl QueryEngine {
         &self,
         dataset: &DatasetName,
         req: &EventsRequest,
-        derived: &DerivedSet,
+        defs: &Definitions,
         budget: &RequestBudget,
     ) -> Result<Vec<u8>> {
         let started = Instant::now();
         let table = self.table(dataset)?;
         let columns = queryable_columns(&table);
         let spec = req.population.spec(req.limit);
-        let stored = derived.for_dataset(dataset.as_str());
-        let plan = spec::plan_with_derived(&spec, &columns, &stored, sonde_model::time::now_us())?;
-        let shown = spec::derived_columns(&columns, &stored, &spec.calculated_fields)?;
+        let stored = defs.for_dataset(dataset.as_str());
+        let plan = spec::plan_with(&spec, &columns, &stored, sonde_model::time::now_us())?;
+        let shown = spec::derived_columns(&columns, &stored.derived, &spec.calculated_fields)?;
         if let Some(cols) = &req.columns {
             for (i, c) in cols.iter().enumerate() {
                 if c != TIMESTAMP_COLUMN && !columns.contains_key(c) && !shown.iter().any(|(n, _)| n == c) {
@@ -42,7 +42,8 @@ impl QueryEngine {
         // sliver of the rows instead of every match.
         let wanted = offset + plan.limit;
         let times = self
-            .plan_frame(&ctx, &table, &plan, &plan.derived)?
+            .plan_frame(&ctx, &table, &plan, &plan.derived, budget)
+            .await?
             .filter(where_clause(&plan, &table))
             .and_then(|df| df.select(vec![ident(TIMESTAMP_COLUMN)]))
             .and_then(|df| df.sort(newest_first()))
@@ -62,7 +63,8 @@ impl QueryEngine {
             filter = filter.and(ident(TIMESTAMP_COLUMN).gt_eq(ts_lit(t)));
         }
         let mut df = self
-            .plan_frame(&ctx, &table, &plan, &shown)?
+            .plan_frame(&ctx, &table, &plan, &shown, budget)
+            .await?
             .filter(filter)
             .and_then(|df| df.sort(newest_first()))
             .and_then(|df| df.limit(offset, Some(plan.limit)))

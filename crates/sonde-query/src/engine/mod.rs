@@ -41,7 +41,8 @@ use datafusion::prelude::{Expr, SQLOptions, SessionConfig, SessionContext, cast,
 use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use sonde_model::derived::{DerivedSet, Typed};
+use sonde_model::definitions::Definitions;
+use sonde_model::derived::Typed;
 use sonde_model::trace::SpanRef;
 use sonde_model::{ColumnType, DatasetName, SAMPLE_RATE_COLUMN, TIMESTAMP_COLUMN};
 use sonde_storage::DatasetSource;
@@ -449,26 +450,15 @@ impl QueryEngine {
     }
 
     /// Validates a spec against a dataset's schema (and its derived columns) without running it.
-    pub fn validate(&self, dataset: &DatasetName, spec: &QuerySpec, derived: &DerivedSet) -> Result<Plan> {
+    pub fn validate(&self, dataset: &DatasetName, spec: &QuerySpec, defs: &Definitions) -> Result<Plan> {
         let table = self.table(dataset)?;
-        self.plan(&table, dataset, spec, derived)
+        self.plan(&table, dataset, spec, defs)
     }
 
-    fn plan(
-        &self,
-        table: &DatasetTable,
-        dataset: &DatasetName,
-        spec: &QuerySpec,
-        derived: &DerivedSet,
-    ) -> Result<Plan> {
+    fn plan(&self, table: &DatasetTable, dataset: &DatasetName, spec: &QuerySpec, defs: &Definitions) -> Result<Plan> {
         let columns = queryable_columns(table);
-        let stored = derived.for_dataset(dataset.as_str());
-        Ok(spec::plan_with_derived(
-            spec,
-            &columns,
-            &stored,
-            sonde_model::time::now_us(),
-        )?)
+        let stored = defs.for_dataset(dataset.as_str());
+        Ok(spec::plan_with(spec, &columns, &stored, sonde_model::time::now_us())?)
     }
 
     /// The dataset as a DataFrame for one question: its table, with `derived` columns added
@@ -505,27 +495,30 @@ impl QueryEngine {
     /// target spans, then left-joined: with OR, a relation is one more alternative. Where
     /// several related spans match, the breakdown value is the smallest of theirs (Honeycomb
     /// takes "the first found"; this is the same answer every time).
-    fn plan_frame(
+    async fn plan_frame(
         &self,
         ctx: &SessionContext,
         table: &Arc<DatasetTable>,
         plan: &Plan,
         derived: &[(String, Typed)],
+        req: &RequestBudget,
     ) -> Result<DataFrame> {
         use datafusion::functions_aggregate::expr_fn::count;
         use datafusion::logical_expr::JoinType;
-        use spec::{PARENT_ID_COLUMN as PARENT, Relation, SPAN_ID_COLUMN as SPAN, TRACE_ID_COLUMN as TRACE};
+        use spec::Relation;
+        // The trace columns, by the names the dataset's definition gives them.
+        let (trace, span, parent) = (&*plan.trace.trace_id, &*plan.trace.span_id, &*plan.trace.parent_id);
         let mut df = self.frame(ctx, table, derived, plan.usage_mode)?;
         for (k, r) in plan.relations.iter().enumerate() {
             let mut related = time_clause(plan, table).into_iter().collect::<Vec<_>>();
             if r.relation == Relation::Root {
-                related.push(ident(PARENT).is_null().or(ident(PARENT).eq(lit(""))));
+                related.push(ident(parent).is_null().or(ident(parent).eq(lit(""))));
             }
             related.extend(r.filters.iter().map(filter_expr));
             let (theirs, ours): (Vec<&str>, Vec<&str>) = match r.relation {
-                Relation::Parent => (vec![TRACE, SPAN], vec![TRACE, PARENT]),
-                Relation::Child => (vec![TRACE, PARENT], vec![TRACE, SPAN]),
-                _ => (vec![TRACE], vec![TRACE]),
+                Relation::Parent => (vec![trace, span], vec![trace, parent]),
+                Relation::Child => (vec![trace, parent], vec![trace, span]),
+                _ => (vec![trace], vec![trace]),
             };
             let key = |i: usize| format!("__rel{k}_key{i}");
             let group: Vec<Expr> = theirs
@@ -543,6 +536,40 @@ impl QueryEngine {
             if let Some(p) = related.into_iter().reduce(Expr::and) {
                 right = right.filter(p).map_err(|e| self.df_error(e))?;
             }
+            // A filter-only `root.` or `any.` relation under AND means "the trace id is one of
+            // those of the matching related spans": asked first, those ids become an IN list
+            // on the target spans, which the segments' id indexes use to open only the
+            // segments holding them. With more ids than that, the join below runs instead.
+            if !plan.any
+                && r.breakdowns.is_empty()
+                && !r.filters.is_empty()
+                && matches!(r.relation, Relation::Root | Relation::Any(_))
+            {
+                let ids = right
+                    .clone()
+                    .aggregate(vec![ident(trace).alias("id")], vec![])
+                    .and_then(|d| d.limit(0, Some(Self::RELATED_ID_LIST + 1)))
+                    .map_err(|e| self.df_error(e))?;
+                let batches = self.collect(req, ids, "the related spans' trace ids").await?;
+                if batches.iter().map(|b| b.num_rows()).sum::<usize>() <= Self::RELATED_ID_LIST {
+                    let mut list: Vec<Expr> = Vec::new();
+                    for b in &batches {
+                        let col = arrow::compute::cast(b.column(0), &DataType::Utf8).map_err(internal)?;
+                        let ids = col.as_string::<i32>();
+                        list.extend(ids.iter().flatten().map(|id| lit(id.to_string())));
+                    }
+                    let keep = if list.is_empty() {
+                        lit(false)
+                    } else {
+                        ident(trace).in_list(list, false)
+                    };
+                    df = df
+                        .filter(keep)
+                        .and_then(|d| d.with_column(&relation_marker(k), lit(1i64)))
+                        .map_err(|e| self.df_error(e))?;
+                    continue;
+                }
+            }
             let right = right.aggregate(group, aggs).map_err(|e| self.df_error(e))?;
             let on: Vec<Expr> = ours
                 .iter()
@@ -554,18 +581,22 @@ impl QueryEngine {
         Ok(df)
     }
 
+    /// Most trace ids a filter-only `root.`/`any.` relation is turned into a list of, to prune
+    /// segments by their id indexes (see [`Self::plan_frame`]).
+    const RELATED_ID_LIST: usize = 10_000;
+
     /// Runs a Honeycomb query specification within the request's budget; `derived` holds the
     /// stored derived columns its names may refer to.
     pub async fn query(
         &self,
         dataset: &DatasetName,
         spec: &QuerySpec,
-        derived: &DerivedSet,
+        defs: &Definitions,
         req: &RequestBudget,
     ) -> Result<QueryResult> {
         let started = Instant::now();
         let table = self.table(dataset)?;
-        let plan = self.plan(&table, dataset, spec, derived)?;
+        let plan = self.plan(&table, dataset, spec, defs)?;
         let stats = table.stats();
         let out = self.run_plan(&table, &plan, req).await?;
         let compare = match plan.compare_offset_s {
@@ -614,7 +645,8 @@ impl QueryEngine {
     async fn run_plan(&self, table: &Arc<DatasetTable>, plan: &Plan, req: &RequestBudget) -> Result<Output> {
         let ctx = self.session_with_pushdown(selective(plan))?;
         let base = self
-            .plan_frame(&ctx, table, plan, &plan.derived)?
+            .plan_frame(&ctx, table, plan, &plan.derived, req)
+            .await?
             .filter(where_clause(plan, table))
             .map_err(|e| self.df_error(e))?;
         let run = Run {

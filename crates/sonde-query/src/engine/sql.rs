@@ -12,11 +12,11 @@ impl QueryEngine {
         sql: &str,
         format: SqlFormat,
         visible: &(dyn Fn(&str) -> bool + Sync),
-        derived: &DerivedSet,
+        defs: &Definitions,
         budget: &RequestBudget,
     ) -> Result<Vec<u8>> {
         let started = Instant::now();
-        let (schema, batches) = self.sql_batches(sql, visible, derived, budget).await?;
+        let (schema, batches) = self.sql_batches(sql, visible, defs, budget).await?;
         match format {
             SqlFormat::Json => {
                 #[derive(Serialize)]
@@ -79,14 +79,14 @@ impl QueryEngine {
         &self,
         sql: &str,
         visible: &(dyn Fn(&str) -> bool + Sync),
-        derived: &DerivedSet,
+        defs: &Definitions,
         budget: &RequestBudget,
     ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let ctx = self.session()?;
         for info in self.source.datasets().into_iter().filter(|i| visible(i.name.as_str())) {
             let table = self.table(&info.name)?;
             let name = datafusion::common::TableReference::bare(info.name.as_str());
-            let stored = derived.for_dataset(info.name.as_str());
+            let stored = defs.derived.for_dataset(info.name.as_str());
             let columns = spec::derived_columns(&queryable_columns(&table), &stored, &[])?;
             if columns.is_empty() {
                 ctx.register_table(name, table).map_err(internal)?;

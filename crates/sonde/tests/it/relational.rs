@@ -346,3 +346,74 @@ async fn relational_fields_match_a_brute_force_model_of_each_trace() {
     assert_eq!(status, 400, "{e}");
     assert!(e["error"].as_str().unwrap().contains("none."), "{e}");
 }
+
+#[tokio::test]
+async fn trace_columns_come_from_the_dataset_definition() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let http = reqwest::Client::new();
+    let api = server.api(&http);
+    // Spans whose ids are in other columns than OpenTelemetry's names.
+    let span = |t: &str, id: &str, parent: Option<&str>, name: &str, k: i64| {
+        let mut d = json!({"traceId": t, "spanId": id, "name": name});
+        if let Some(p) = parent {
+            d["parentSpanId"] = json!(p);
+        }
+        json!({"time": at(T0 + k * MINUTE), "data": d})
+    };
+    let batch = vec![
+        span("t1", "a", None, "GET /", 0),
+        span("t1", "b", Some("a"), "db", 1),
+        span("t2", "c", None, "POST /cart", 2),
+        span("t2", "d", Some("c"), "db", 3),
+        span("t2", "e", Some("d"), "cache", 4),
+    ];
+    assert_eq!(api.post_batch("custom", &batch).await, 5);
+    let spec = json!({"start_time": at(T0), "end_time": at(T0 + 60 * MINUTE),
+                      "filters": [{"column": "root.name", "op": "=", "value": "POST /cart"}], "breakdowns": ["parent.name"]});
+    let (status, e) = api.post_json("/api/query/custom", spec.clone()).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("dataset_definitions"), "{e}");
+
+    let (status, def) =
+        crate::harness::send_json(http.patch(server.at("/1/dataset_definitions/custom")).json(&json!({
+            "trace_id": {"name": "traceId", "column_type": "column"},
+            "span_id": {"name": "spanId"},
+            "parent_id": {"name": "parentSpanId"},
+            "service_name": {"name": "svc"},
+        })))
+        .await;
+    assert_eq!(status, 200, "{def}");
+    assert_eq!(def["trace_id"]["name"], "traceId");
+    let (status, def) = crate::harness::send_json(http.get(server.at("/1/dataset_definitions/custom"))).await;
+    assert_eq!((status, def["parent_id"]["name"].clone()), (200, json!("parentSpanId")));
+    let (status, bad) = crate::harness::send_json(
+        http.patch(server.at("/1/dataset_definitions/custom"))
+            .json(&json!({"nope": {"name": "x"}})),
+    )
+    .await;
+    assert_eq!(status, 400, "{bad}");
+
+    let (status, r) = api.post_json("/api/query/custom", spec).await;
+    assert_eq!(status, 200, "{r}");
+    // Trace t2's spans: c (root, no parent), d (parent c), e (parent d).
+    let got: BTreeMap<String, i64> = r["data"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row["data"]["parent.name"].to_string(),
+                row["data"]["COUNT"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let want: BTreeMap<String, i64> = [
+        ("null".to_string(), 1),
+        ("\"POST /cart\"".to_string(), 1),
+        ("\"db\"".to_string(), 1),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(got, want, "{r}");
+}
