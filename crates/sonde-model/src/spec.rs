@@ -608,6 +608,9 @@ pub struct RelationUse {
     pub filters: Vec<PlanFilter>,
     /// Columns of the related span grouped by (answered as `prefix.column`).
     pub breakdowns: Vec<String>,
+    /// The calculation whose own filters these are (only its events are narrowed), or `None`
+    /// for the query's filters and breakdowns.
+    pub calc: Option<usize>,
 }
 
 /// Sort direction and key.
@@ -1022,14 +1025,15 @@ fn plan_filter(f: &Filter, field: &str, names: &Names<'_>) -> Result<(Option<Rel
 }
 
 /// The use of relation `r`, added when first needed.
-fn relation_use(uses: &mut Vec<RelationUse>, r: Relation) -> &mut RelationUse {
-    let i = match uses.iter().position(|u| u.relation == r) {
+fn relation_use(uses: &mut Vec<RelationUse>, r: Relation, calc: Option<usize>) -> &mut RelationUse {
+    let i = match uses.iter().position(|u| u.relation == r && u.calc == calc) {
         Some(i) => i,
         None => {
             uses.push(RelationUse {
                 relation: r,
                 filters: Vec::new(),
                 breakdowns: Vec::new(),
+                calc,
             });
             uses.len() - 1
         }
@@ -1068,6 +1072,7 @@ pub fn plan_with(
     let col_type = |name: &str, field: &str| names.column_type(name, field);
 
     let mut calcs = Vec::new();
+    let mut relations: Vec<RelationUse> = Vec::new();
     let specs: Vec<Calculation> = if spec.calculations.is_empty() {
         vec![Calculation {
             op: "COUNT".into(),
@@ -1109,17 +1114,14 @@ pub fn plan_with(
             let at = format!("{field}.filters[{j}]");
             match plan_filter(f, &at, &names)? {
                 (None, pf) => calc_filters.push(pf),
-                (Some(_), _) => {
-                    return Err(err(
-                        format!("{at}.column"),
-                        "a calculation's own filters cannot use relational fields (they are per event)",
-                    ));
-                }
+                // A relational filter of this calculation alone: its events are those whose
+                // related span passes it (the query's other events still count elsewhere).
+                (Some(r), pf) => relation_use(&mut relations, r, Some(calcs.len())).filters.push(pf),
             }
         }
         let any = combination(&c.filter_combination, &format!("{field}.filter_combination"))?;
         let name = c.name.as_ref().filter(|n| !n.is_empty());
-        if !calc_filters.is_empty() {
+        if !c.filters.is_empty() {
             if name.is_none() {
                 return Err(err(
                     format!("{field}.name"),
@@ -1154,11 +1156,10 @@ pub fn plan_with(
     }
 
     let mut filters = Vec::new();
-    let mut relations: Vec<RelationUse> = Vec::new();
     for (i, f) in spec.filters.iter().enumerate() {
         let (relation, pf) = plan_filter(f, &format!("filters[{i}]"), &names)?;
         match relation {
-            Some(r) => relation_use(&mut relations, r).filters.push(pf),
+            Some(r) => relation_use(&mut relations, r, None).filters.push(pf),
             None => filters.push(pf),
         }
     }
@@ -1178,7 +1179,7 @@ pub fn plan_with(
                 }
                 Some((r, base)) => {
                     let ty = col_type(base, &field).map_err(|_| e)?;
-                    let u = relation_use(&mut relations, r);
+                    let u = relation_use(&mut relations, r, None);
                     if !u.breakdowns.iter().any(|x| x == base) {
                         u.breakdowns.push(base.to_string());
                     }

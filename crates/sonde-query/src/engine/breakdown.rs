@@ -132,7 +132,7 @@ impl Run<'_> {
         for (i, c) in plan.calcs.iter().enumerate() {
             let column = c.column.as_ref().map(|(n, _)| n.as_str());
             if c.op.is_simple() {
-                let (a, f) = aggregate_of(c.op, column, &c_alias(i), calc_filter(c).as_ref());
+                let (a, f) = aggregate_of(c.op, column, &c_alias(i), calc_filter(plan, i).as_ref());
                 aggs.extend(a);
                 finals.push(f);
             } else if c.op == CalcOp::Heatmap {
@@ -358,7 +358,7 @@ impl Run<'_> {
             for (i, c) in plan.calcs.iter().enumerate() {
                 if c.op != CalcOp::Heatmap {
                     let column = c.column.as_ref().map(|(n, _)| n.as_str());
-                    let (a, f) = aggregate_of(c.op, column, &c_alias(i), calc_filter(c).as_ref());
+                    let (a, f) = aggregate_of(c.op, column, &c_alias(i), calc_filter(plan, i).as_ref());
                     aggs.extend(a);
                     finals.push(f);
                 }

@@ -58,7 +58,12 @@ pub(super) fn relation_marker(k: usize) -> String {
 pub(super) fn where_clause(plan: &Plan, table: &DatasetTable) -> Expr {
     let time = time_clause(plan, table);
     let mut filters: Vec<Expr> = plan.filters.iter().map(filter_expr).collect();
-    for (k, r) in plan.relations.iter().enumerate().filter(|(_, r)| !r.filters.is_empty()) {
+    for (k, r) in plan
+        .relations
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.filters.is_empty() && r.calc.is_none())
+    {
         let found = ident(relation_marker(k));
         filters.push(match r.relation {
             spec::Relation::None => found.is_null(),
@@ -139,9 +144,19 @@ pub(super) fn as_f64(name: &str) -> Expr {
     cast(ident(name), DataType::Float64)
 }
 
-/// A calculation's own filters as one predicate (`None` when it has none).
-pub(super) fn calc_filter(c: &spec::Calc) -> Option<Expr> {
-    let parts = c.filters.iter().map(filter_expr);
+/// Calculation `i`'s own filters as one predicate (`None` when it has none): its plain filters,
+/// and its relational ones as their relations' found-markers.
+pub(super) fn calc_filter(plan: &Plan, i: usize) -> Option<Expr> {
+    let c = &plan.calcs[i];
+    let mut parts: Vec<Expr> = c.filters.iter().map(filter_expr).collect();
+    for (k, r) in plan.relations.iter().enumerate().filter(|(_, r)| r.calc == Some(i)) {
+        let found = ident(relation_marker(k));
+        parts.push(match r.relation {
+            spec::Relation::None => found.is_null(),
+            _ => found.is_not_null(),
+        });
+    }
+    let parts = parts.into_iter();
     if c.any {
         parts.reduce(Expr::or)
     } else {

@@ -541,6 +541,7 @@ impl QueryEngine {
             // on the target spans, which the segments' id indexes use to open only the
             // segments holding them. With more ids than that, the join below runs instead.
             if !plan.any
+                && r.calc.is_none()
                 && r.breakdowns.is_empty()
                 && !r.filters.is_empty()
                 && matches!(r.relation, Relation::Root | Relation::Any(_))

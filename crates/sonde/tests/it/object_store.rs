@@ -177,4 +177,52 @@ async fn ingest_and_query_on_an_s3_compatible_server() {
     assert!(listing.contains("<Key>sonde/prod/catalog.json</Key>"), "{listing}");
     let segments = listing.matches("<Key>sonde/prod/datasets/objs/seg-").count();
     assert!(segments >= 5, "{segments} segments in {listing}");
+
+    // A derived column made through one server is in the bucket, and a second server over the
+    // same bucket (another data directory) answers with it.
+    let client = reqwest::Client::new();
+    let mut first = Server::start_with_env(dir.path(), &["--storage", &storage], &env).await;
+    let (status, d) = send_json(
+        client
+            .post(first.at("/1/derived_columns/objs"))
+            .json(&serde_json::json!({
+                "alias": "slow", "expression": "GTE($duration_ms, 1000)"
+            })),
+    )
+    .await;
+    assert_eq!(status, 201, "{d}");
+    first.stop().await;
+    let other = tempfile::tempdir().unwrap();
+    let mut second = Server::start_with_env(other.path(), &["--storage", &storage], &env).await;
+    let (status, list) = send_json(client.get(second.at("/1/derived_columns/objs"))).await;
+    assert_eq!(
+        (status, list[0]["alias"].clone()),
+        (200, serde_json::json!("slow")),
+        "{list}"
+    );
+    let spec =
+        serde_json::json!({"breakdowns": ["slow"], "start_time": T0 / 1_000_000, "end_time": (T0 + HOUR) / 1_000_000});
+    let (status, r) = send_json(client.post(second.at("/api/query/objs")).json(&spec)).await;
+    assert_eq!(status, 200, "{r}");
+    let total: i64 = r["data"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["data"]["COUNT"].as_i64().unwrap())
+        .sum();
+    assert!(total > 0 && r["data"]["results"].as_array().unwrap().len() == 2, "{r}");
+    second.stop().await;
+    let listing = reqwest::get(format!(
+        "{}/{BUCKET}?list-type=2&prefix=sonde/prod/documents/",
+        moto.url
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(
+        listing.contains("<Key>sonde/prod/documents/derived_columns.json</Key>"),
+        "{listing}"
+    );
 }

@@ -312,6 +312,33 @@ async fn relational_fields_match_a_brute_force_model_of_each_trace() {
         assert!(!want.is_empty(), "{what}: the case selects something");
     }
 
+    // A relational filter of one calculation alone: COUNT counts every span, `in_cart` only
+    // those whose root is "POST /cart", in the same groups.
+    let mut spec = range.clone();
+    spec["breakdowns"] = json!(["service.name"]);
+    spec["calculations"] = json!([{"op": "COUNT"}, {"op": "COUNT", "name": "in_cart",
+        "filters": [{"column": "root.name", "op": "=", "value": "POST /cart"}]}]);
+    let (status, answer) = api.post_json("/api/query/spans", spec).await;
+    assert_eq!(status, 200, "{answer}");
+    let all = model(&spans, &[], &[], false, &["service.name"]);
+    let cart = model(
+        &spans,
+        &[],
+        &[("root", vec![("name", "=", json!("POST /cart"))])],
+        false,
+        &["service.name"],
+    );
+    for row in answer["data"]["results"].as_array().unwrap() {
+        let key = Value::Array(vec![row["data"]["service.name"].clone()]).to_string();
+        assert_eq!(row["data"]["COUNT"].as_i64(), all.get(&key).copied(), "{row}");
+        assert_eq!(
+            row["data"]["in_cart"].as_i64().unwrap_or(0),
+            cart.get(&key).copied().unwrap_or(0),
+            "{row}"
+        );
+    }
+    assert_eq!(answer["data"]["results"].as_array().unwrap().len(), all.len());
+
     // Raw events under a relational filter are the target spans, with their own columns only.
     let mut req = range.clone();
     req["filters"] = json!([{"column": "root.name", "op": "=", "value": "GET /"}]);
