@@ -7,10 +7,10 @@ computed again here, in Python, from the same events (independently of the engin
 
 Writes benches/results/realdata_derived.json and exits non-zero on any mismatch.
 """
-import argparse, collections, json, math, os, re, subprocess, sys, tempfile, time
+import argparse, collections, json, math, os, re, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sonde_client import call, start, stop  # noqa: E402
+from sonde_client import call, realdata_events, start, stop  # noqa: E402
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
@@ -52,14 +52,7 @@ def main():
     ap.add_argument("--sonde", default=os.environ.get("SONDE_BIN", "target/debug/sonde"))
     ap.add_argument("--realdata", default="../shared/realdata")
     args = ap.parse_args()
-    conv = subprocess.run(
-        [sys.executable, f"{args.realdata}/tools/convert.py", "apache", f"{args.realdata}/apache-access-2015/apache_logs"],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    events = [json.loads(l) for l in conv.splitlines() if l.strip()]
-    for e in events:  # nulls are dropped at ingest, as absent
-        for k in [k for k, v in e.items() if v is None]:
-            del e[k]
+    events = realdata_events(args.realdata, "apache", "apache-access-2015/apache_logs")
     data = tempfile.mkdtemp(prefix="sonde-realdata-derived-")
     proc, base = start(args.sonde, data)
     try:

@@ -8,10 +8,10 @@ from the same spans (independently of the engine).
 
 Writes benches/results/realdata_relational.json and exits non-zero on any mismatch.
 """
-import argparse, collections, json, os, subprocess, sys, tempfile, time
+import argparse, collections, json, os, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sonde_client import call, start, stop  # noqa: E402
+from sonde_client import call, realdata_events, start, stop  # noqa: E402
 from datetime import datetime, timedelta, timezone
 
 
@@ -20,18 +20,10 @@ def main():
     ap.add_argument("--sonde", default=os.environ.get("SONDE_BIN", "target/release/sonde"))
     ap.add_argument("--realdata", default="../shared/realdata")
     args = ap.parse_args()
-    out = subprocess.run(
-        [sys.executable, f"{args.realdata}/tools/convert.py", "nezha-spans",
-         f"{args.realdata}/nezha-onlineboutique/traces_2022-08-22.csv.gz"],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    spans = [json.loads(l) for l in out.splitlines() if l.strip()]
+    spans = realdata_events(args.realdata, "nezha-spans", "nezha-onlineboutique/traces_2022-08-22.csv.gz")
     hours = collections.Counter(s["time"][:13] for s in spans)
     hour = hours.most_common(1)[0][0]
     spans = [s for s in spans if s["time"].startswith(hour)]
-    for s in spans:
-        for k in [k for k, v in s.items() if v is None]:
-            del s[k]
     hour_start = datetime.strptime(hour, "%Y-%m-%dT%H").replace(tzinfo=timezone.utc)
     end_excl = (hour_start + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     hour_start = hour_start.strftime("%Y-%m-%dT%H:%M:%SZ")

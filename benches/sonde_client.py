@@ -1,6 +1,18 @@
 """What the benchmark scripts share to drive a Sonde server: start one on a free loopback port
 over a data directory, call its JSON API, stop it (SIGTERM, which flushes every buffer)."""
-import json, signal, socket, subprocess, time, urllib.request
+import json, signal, socket, subprocess, sys, time, urllib.request
+
+
+def realdata_events(realdata, kind, path):
+    """The events of a file of ../shared/realdata, converted by its own tools/convert.py (`kind`
+    as that script names it), with null fields dropped as Sonde's ingest drops them."""
+    out = subprocess.run([sys.executable, f"{realdata}/tools/convert.py", kind, f"{realdata}/{path}"],
+                         check=True, capture_output=True, text=True).stdout
+    events = [json.loads(line) for line in out.splitlines() if line.strip()]
+    for e in events:
+        for k in [k for k, v in e.items() if v is None]:
+            del e[k]
+    return events
 
 
 def call(url, body=None, method=None, timeout=600):

@@ -987,15 +987,16 @@ fn combination(c: &Option<String>, field: &str) -> Result<bool, SpecError> {
 fn plan_filter(f: &Filter, field: &str, names: &Names<'_>) -> Result<(Option<Relation>, PlanFilter), SpecError> {
     let op =
         FilterOp::parse(&f.op).ok_or_else(|| err(format!("{field}.op"), format!("unknown filter op {:?}", f.op)))?;
-    let relation = match names.column_type(&f.column, &format!("{field}.column")) {
-        Ok(_) => None,
+    let (relation, column, ty) = match names.column_type(&f.column, &format!("{field}.column")) {
+        Ok(ty) => (None, f.column.clone(), ty),
         Err(e) => match Relation::split(&f.column) {
-            Some((r, base)) if names.column_type(base, "").is_ok() => Some((r, base.to_string())),
-            _ => return Err(e),
+            Some((r, base)) => match names.column_type(base, "") {
+                Ok(ty) => (Some(r), base.to_string(), ty),
+                Err(_) => return Err(e),
+            },
+            None => return Err(e),
         },
     };
-    let column = relation.as_ref().map_or(f.column.clone(), |(_, b)| b.clone());
-    let ty = names.column_type(&column, &format!("{field}.column"))?;
     if op.is_string_op() && ty != ColumnType::String {
         return Err(err(
             format!("{field}.op"),
@@ -1021,7 +1022,7 @@ fn plan_filter(f: &Filter, field: &str, names: &Names<'_>) -> Result<(Option<Rel
             _ => return Err(err(format!("{field}.value"), format!("{} needs a value", f.op))),
         },
     };
-    Ok((relation.map(|(r, _)| r), PlanFilter { column, ty, op, values }))
+    Ok((relation, PlanFilter { column, ty, op, values }))
 }
 
 /// The use of relation `r`, added when first needed.

@@ -145,7 +145,7 @@ fn case(arms: Vec<(Expr, Expr)>, other: Expr) -> Expr {
 }
 
 fn expr(t: &Typed) -> Expr {
-    let args = match &t.node {
+    let (func, args) = match &t.node {
         TypedNode::Column(c) => return ident(c),
         TypedNode::Lit(l) => {
             return match l {
@@ -156,10 +156,7 @@ fn expr(t: &Typed) -> Expr {
                 Lit::Str(s) => lit(s.clone()),
             };
         }
-        TypedNode::Call(_, args) => args,
-    };
-    let TypedNode::Call(func, _) = &t.node else {
-        unreachable!()
+        TypedNode::Call(func, args) => (func, args),
     };
     let to = |a: &Typed| convert(expr(a), a.ty, t.ty);
     let f = |a: &Typed| float(expr(a), a.ty);

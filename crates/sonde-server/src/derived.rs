@@ -65,10 +65,7 @@ fn expr_error(field: &str, e: ExprError) -> ApiError {
 /// syntax is checked then; queries check the rest).
 fn columns_of(state: &AppState, scope: &str) -> Option<BTreeMap<String, ColumnType>> {
     let ds = DatasetName::new(scope).ok().filter(|_| scope != ALL_DATASETS)?;
-    let snap = state.storage.snapshot(&ds)?;
-    let mut columns: BTreeMap<String, ColumnType> = snap.columns.iter().map(|(n, c)| (n.clone(), c.ty)).collect();
-    columns.insert(sonde_model::SAMPLE_RATE_COLUMN.into(), ColumnType::Int);
-    Some(columns)
+    Some(state.storage.snapshot(&ds)?.queryable_columns())
 }
 
 /// Checks a new or changed column of `scope` among the others it would sit with.

@@ -129,9 +129,7 @@ pub(crate) async fn columns(
         error: None,
     }));
     // Derived columns, typed from their expressions over these columns.
-    let mut types: std::collections::BTreeMap<String, sonde_model::ColumnType> =
-        snap.columns.iter().map(|(n, c)| (n.clone(), c.ty)).collect();
-    types.insert(SAMPLE_RATE_COLUMN.into(), sonde_model::ColumnType::Int);
+    let types = snap.queryable_columns();
     let stored = crate::derived::load(&state).await?.for_dataset(ds.as_str());
     for d in &stored {
         let checked = sonde_model::spec::check_derived(&types, &stored, &d.alias);

@@ -45,6 +45,16 @@ pub struct DatasetSnapshot {
     pub columns: BTreeMap<String, ColumnEntry>,
 }
 
+impl DatasetSnapshot {
+    /// The columns a query may name, with their types: the dataset's, plus `samplerate`
+    /// (`timestamp` is named by the time range, not as a column).
+    pub fn queryable_columns(&self) -> BTreeMap<String, ColumnType> {
+        let mut columns: BTreeMap<String, ColumnType> = self.columns.iter().map(|(n, c)| (n.clone(), c.ty)).collect();
+        columns.insert(sonde_model::SAMPLE_RATE_COLUMN.into(), ColumnType::Int);
+        columns
+    }
+}
+
 /// Facts about one dataset, for the schema API and stats.
 #[derive(Debug, Clone)]
 pub struct DatasetInfo {

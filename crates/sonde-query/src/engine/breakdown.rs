@@ -166,6 +166,15 @@ impl Run<'_> {
         Ok(Some(self.df(base.clone().aggregate(gexprs, aggs.to_vec()))?))
     }
 
+    /// `df` (a row per group, or per bucket and group, with the calculations' columns) with a
+    /// column per formula.
+    fn with_formulas(&self, mut df: DataFrame) -> Result<DataFrame> {
+        for i in 0..self.plan.formulas.len() {
+            df = self.df(df.with_column(&f_alias(i), formula_expr(self.plan, i)))?;
+        }
+        Ok(df)
+    }
+
     pub(super) async fn collect(&self, df: DataFrame) -> Result<Vec<RecordBatch>> {
         self.engine.collect(self.req, df, "the query's aggregates").await
     }
@@ -239,10 +248,7 @@ impl Run<'_> {
             }
             None => self.df(base.clone().aggregate(self.group_exprs(), aggs))?,
         };
-        results_df = self.df(results_df.select(finals))?;
-        for i in 0..plan.formulas.len() {
-            results_df = self.df(results_df.with_column(&f_alias(i), formula_expr(plan, i)))?;
-        }
+        results_df = self.with_formulas(self.df(results_df.select(finals))?)?;
         // Without breakdowns SQL answers one row even when nothing matched; no events, no group.
         results_df = self.df(results_df.filter(ident("hidden_count").is_not_null()))?;
         for h in &plan.havings {
@@ -373,10 +379,7 @@ impl Run<'_> {
                         self.df(restricted.clone().aggregate(gexprs, aggs))?
                     }
                 };
-                let mut df = self.df(df.select(finals))?;
-                for i in 0..plan.formulas.len() {
-                    df = self.df(df.with_column(&f_alias(i), formula_expr(plan, i)))?;
-                }
+                let df = self.with_formulas(self.df(df.select(finals))?)?;
                 let batches = self.collect(df).await?;
                 let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
                 self.account_json(

@@ -5,14 +5,7 @@ use super::*;
 
 /// The columns a query may name: the dataset's, plus `samplerate`.
 pub(super) fn queryable_columns(table: &DatasetTable) -> BTreeMap<String, ColumnType> {
-    let mut columns: BTreeMap<String, ColumnType> = table
-        .snapshot()
-        .columns
-        .iter()
-        .map(|(n, c)| (n.clone(), c.ty))
-        .collect();
-    columns.insert(SR.into(), ColumnType::Int);
-    columns
+    table.snapshot().queryable_columns()
 }
 
 pub(super) fn internal(e: impl std::fmt::Display) -> QueryError {
@@ -52,6 +45,16 @@ pub(super) fn relation_marker(k: usize) -> String {
     format!("__rel{k}_found")
 }
 
+/// Whether relation `k` of the plan holds for a target span: its related span was found (for
+/// `none.`, was not).
+fn relation_holds(k: usize, r: &spec::RelationUse) -> Expr {
+    let found = ident(relation_marker(k));
+    match r.relation {
+        spec::Relation::None => found.is_null(),
+        _ => found.is_not_null(),
+    }
+}
+
 /// The WHERE clause: the spec's filters and time range as one predicate. A relation with
 /// filters counts as one filter (its related span passed all of its filters: `none.` that no
 /// span did), combined with the others by AND or OR.
@@ -64,11 +67,7 @@ pub(super) fn where_clause(plan: &Plan, table: &DatasetTable) -> Expr {
         .enumerate()
         .filter(|(_, r)| !r.filters.is_empty() && r.calc.is_none())
     {
-        let found = ident(relation_marker(k));
-        filters.push(match r.relation {
-            spec::Relation::None => found.is_null(),
-            _ => found.is_not_null(),
-        });
+        filters.push(relation_holds(k, r));
     }
     let combined = if plan.any {
         filters.into_iter().reduce(Expr::or)
@@ -150,11 +149,7 @@ pub(super) fn calc_filter(plan: &Plan, i: usize) -> Option<Expr> {
     let c = &plan.calcs[i];
     let mut parts: Vec<Expr> = c.filters.iter().map(filter_expr).collect();
     for (k, r) in plan.relations.iter().enumerate().filter(|(_, r)| r.calc == Some(i)) {
-        let found = ident(relation_marker(k));
-        parts.push(match r.relation {
-            spec::Relation::None => found.is_null(),
-            _ => found.is_not_null(),
-        });
+        parts.push(relation_holds(k, r));
     }
     let parts = parts.into_iter();
     if c.any {
