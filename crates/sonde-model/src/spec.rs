@@ -78,13 +78,16 @@ pub struct QuerySpec {
 }
 
 impl QuerySpec {
-    /// Whether any clause names the column `name` (a breakdown, filter, calculation, order or
-    /// having, or an expression of its own calculated fields).
+    /// Whether any clause names the column `name` (a breakdown, filter, calculation or its own
+    /// filters, order or having, or an expression of its own calculated fields).
     pub fn names_column(&self, name: &str) -> bool {
         let named = |c: &Option<String>| c.as_deref() == Some(name);
         self.breakdowns.iter().any(|b| b == name)
             || self.filters.iter().any(|f| f.column == name)
-            || self.calculations.iter().any(|c| named(&c.column))
+            || self
+                .calculations
+                .iter()
+                .any(|c| named(&c.column) || c.filters.iter().any(|f| f.column == name))
             || self.orders.iter().any(|o| named(&o.column))
             || self.havings.iter().any(|h| named(&h.column))
             || self
@@ -1543,6 +1546,19 @@ mod tests {
         assert!(e.to_string().contains("not one of the calculations"), "{e}");
         let e = plan(&spec(json!({"time_range": 86400, "granularity": 1})), &cols(), now).unwrap_err();
         assert_eq!(e.field, "granularity");
+    }
+
+    #[test]
+    fn a_spec_names_the_columns_of_every_clause() {
+        let s = spec(json!({
+            "calculations": [{"op": "COUNT", "name": "e", "filters": [{"column": "in_calc_filter", "op": "exists"}]}],
+            "calculated_fields": [{"name": "f", "expression": "$in_field"}],
+            "breakdowns": ["b"],
+        }));
+        for c in ["in_calc_filter", "in_field", "b"] {
+            assert!(s.names_column(c), "{c}");
+        }
+        assert!(!s.names_column("other"));
     }
 
     #[test]
