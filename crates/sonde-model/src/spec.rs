@@ -75,6 +75,11 @@ pub struct QuerySpec {
     /// Count events as stored, without weighting them by their sample rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_mode: Option<bool>,
+    /// Answer the results only, without the time series (Honeycomb's `disable_series`, which
+    /// it takes on a query result): for callers that draw no graph, such as triggers, SLOs and
+    /// scripts. Each per-bucket scan is skipped, so the answer costs about one scan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_series: Option<bool>,
 }
 
 impl QuerySpec {
@@ -674,6 +679,8 @@ pub struct Plan {
     pub trace: TraceColumns,
     /// Events unweighted by their sample rate.
     pub usage_mode: bool,
+    /// Whether the time series is wanted (false: results only).
+    pub series: bool,
 }
 
 impl Plan {
@@ -1399,6 +1406,7 @@ pub fn plan_with(
         derived: names.used.into_inner(),
         compare_offset_s,
         usage_mode: spec.usage_mode.unwrap_or(false),
+        series: !spec.disable_series.unwrap_or(false),
         relations,
         formulas,
         trace: defs.trace.clone(),

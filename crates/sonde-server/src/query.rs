@@ -221,6 +221,12 @@ struct Links {
 #[derive(Deserialize)]
 pub(crate) struct ResultRequest {
     query_id: String,
+    /// Results only, without the time series (Honeycomb's field; see `QuerySpec::disable_series`).
+    #[serde(default)]
+    disable_series: bool,
+    /// Most groups, overriding the query's own `limit` (≤ 10,000, as Honeycomb's).
+    #[serde(default)]
+    limit: Option<i64>,
 }
 
 impl Describe for ResultRequest {
@@ -242,9 +248,17 @@ pub(crate) async fn create_result(
             req.query_id
         )));
     }
+    // The result's own options apply to this run only; the saved query (and its link) stay.
+    let mut run = spec.clone();
+    if req.disable_series {
+        run.disable_series = Some(true);
+    }
+    if req.limit.is_some() {
+        run.limit = req.limit;
+    }
     let defs = crate::definitions::load(&state).await?;
     let budget = state.engine.request();
-    let r = state.engine.query(&ds, &spec, &defs, &budget).await?;
+    let r = state.engine.query(&ds, &run, &defs, &budget).await?;
     let id = state.saved.id();
     let answer = QueryResultAnswer {
         id: id.clone(),

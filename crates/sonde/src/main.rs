@@ -259,9 +259,22 @@ struct GenArgs {
     /// Dataset to post to.
     #[arg(long, default_value = "demo")]
     dataset: String,
-    /// Events per posted batch.
+    /// Events per posted batch (and per line with `--format batch`).
     #[arg(long, default_value_t = 5000)]
     batch: usize,
+    /// What to print: `ndjson` (one event per line, for `POST /api/ingest`) or `batch` (one
+    /// Honeycomb batch body per line, `--batch` events each, for `POST /1/batch`).
+    #[arg(long, value_enum, default_value_t = GenFormat::Ndjson)]
+    format: GenFormat,
+}
+
+/// The output of `sonde gen`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum GenFormat {
+    /// One event per line.
+    Ndjson,
+    /// One Honeycomb batch body (a JSON array of `{"data", "time", "samplerate"}`) per line.
+    Batch,
 }
 
 #[derive(Args, Debug)]
@@ -594,8 +607,26 @@ async fn gen_events(a: GenArgs) -> Result<()> {
         None => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            for e in events {
-                writeln!(out, "{}", e.to_ndjson())?;
+            match a.format {
+                GenFormat::Ndjson => {
+                    for e in events {
+                        writeln!(out, "{}", e.to_ndjson())?;
+                    }
+                }
+                GenFormat::Batch => {
+                    // Each line a body as it is posted, so a reader streams them straight into
+                    // requests without parsing (the benchmark's ingest at 10M and 100M events).
+                    let mut events = events.peekable();
+                    while events.peek().is_some() {
+                        let items: Vec<_> = events
+                            .by_ref()
+                            .take(a.batch.max(1))
+                            .map(|e| e.to_batch_item())
+                            .collect();
+                        serde_json::to_writer(&mut out, &items)?;
+                        out.write_all(b"\n")?;
+                    }
+                }
             }
             out.flush()?;
         }

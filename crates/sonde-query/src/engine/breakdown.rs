@@ -38,6 +38,8 @@ impl Partial {
             truncated,
             ..
         } = self;
+        // Results only: rates and CONCURRENCY still went through their buckets, unanswered.
+        let series = if plan.series { series } else { BTreeMap::new() };
         let series_json: Vec<Value> = series
             .into_iter()
             .map(|((t, g), mut m)| {
@@ -193,7 +195,11 @@ impl Run<'_> {
     pub(super) async fn execute(&self, base: DataFrame) -> Result<Output> {
         // The result aggregates, built once: the fine table and the results both use them.
         let (aggs, finals) = self.result_aggregates();
-        let fine = self.fine_table(&base, &aggs).await?;
+        // The fine table pays off only when the series is answered from it too.
+        let fine = match self.plan.series {
+            true => self.fine_table(&base, &aggs).await?,
+            false => None,
+        };
         let mut p = self.results(&base, fine.as_ref(), aggs, finals).await?;
         // Later queries only need the groups that made the cut (past the limit and havings).
         let restricted = if p.truncated || !self.plan.havings.is_empty() {
@@ -201,7 +207,15 @@ impl Run<'_> {
         } else {
             base
         };
-        self.series(&mut p, fine.as_ref(), &restricted).await?;
+        // Rates and CONCURRENCY are made of their per-bucket values even in the results.
+        let per_bucket = self
+            .plan
+            .calcs
+            .iter()
+            .any(|c| !c.op.is_simple() && c.op != CalcOp::Heatmap);
+        if self.plan.series || per_bucket {
+            self.series(&mut p, fine.as_ref(), &restricted).await?;
+        }
         self.rates(&mut p);
         self.concurrency(&mut p, &restricted).await?;
         self.heatmaps(&mut p, &restricted).await?;
@@ -539,7 +553,12 @@ impl Run<'_> {
             };
             let width = heatmap_width(lo, hi);
             let vb = cast((as_f64(&col) - lit(lo)) / lit(width), DataType::Int64);
-            let mut gexprs = vec![bucket_expr(plan, None).alias("t"), vb.alias("v")];
+            // Results only: one histogram per group, every time bucket as `t = 0`.
+            let t = match plan.series {
+                true => bucket_expr(plan, None),
+                false => lit(0i64),
+            };
+            let mut gexprs = vec![t.alias("t"), vb.alias("v")];
             gexprs.extend(self.group_exprs());
             let df = self.df(restricted
                 .clone()

@@ -183,6 +183,22 @@ async fn raw_events_newest_first_and_the_query_data_flow() {
         fetched["data"]["results"],
         json!([{"data": {"COUNT": 20, "MAX(i)": 29, "kind": "b"}}, {"data": {"COUNT": 10, "MAX(i)": 27, "kind": "a"}}])
     );
+    assert!(!fetched["data"]["series"].as_array().unwrap().is_empty());
+    // Honeycomb's result options: results only (no series), and a limit of its own.
+    let (status, only) = server
+        .api(&client)
+        .post_json(
+            "/1/query_results/raw",
+            json!({"query_id": q["id"], "disable_series": true, "limit": 1}),
+        )
+        .await;
+    assert_eq!(status, 201, "{only}");
+    assert_eq!(only["data"]["series"], json!([]), "{only}");
+    assert_eq!(
+        only["data"]["results"],
+        json!([{"data": {"COUNT": 20, "MAX(i)": 29, "kind": "b"}}])
+    );
+    assert_eq!(only["meta"]["groups_truncated"], true, "{only}");
     // Its link opens the same query in the UI, which reads `dataset` and `q` (the spec as JSON).
     let link = created["links"]["query_url"].as_str().unwrap();
     let params: std::collections::HashMap<String, String> = reqwest::Url::parse(&server.at(link))
