@@ -17,7 +17,26 @@ export interface BubbleAnswer {
   selection: { count: number };
   baseline: { count: number };
   columns: BubbleColumn[];
-  meta: { elapsed_ms: number; events_examined: number };
+  meta: { elapsed_ms: number; events_examined: number; sampled?: BubbleSampled };
+}
+
+/** How a BubbleUp over a large population read its rows (absent: every row). */
+export interface BubbleSampled {
+  /** Rows of the selection counted, and its rows in all. */
+  selection_rows: [number, number];
+  /** Rows of the baseline counted, and its rows in all. */
+  baseline_rows: [number, number];
+  every: number;
+  block_rows: number;
+}
+
+/** The line saying a BubbleUp's shares come from a sample, or "" when every row was counted. */
+export function samplingNote(s: BubbleSampled | undefined): string {
+  if (!s) return "";
+  const part = ([read, all]: [number, number], what: string) =>
+    read >= all ? `${what} whole` : `${what} ${formatNumber(read)} of ${formatNumber(all)} rows`;
+  return `shares from a sample (blocks of ${formatNumber(s.block_rows)} rows, 1 in ${s.every}): `
+    + `${part(s.selection_rows, "selection")}, ${part(s.baseline_rows, "baseline")}; counts exact`;
 }
 
 const SEL = "#f5a524";
@@ -46,6 +65,14 @@ export function renderBubbleUp(el: HTMLElement, a: BubbleAnswer, title: string, 
     + `<span class="swatch" style="background:${BASE}; margin-left:12px"></span>baseline (${formatNumber(a.baseline.count)}) · `
     + `ranked by how different the two distributions are · ${a.meta.elapsed_ms.toFixed(0)} ms`;
   head.append(legend);
+  const note = samplingNote(a.meta.sampled);
+  if (note) {
+    const sampled = document.createElement("div");
+    sampled.className = "status bu-sampled";
+    sampled.textContent = note;
+    sampled.title = "Over many rows BubbleUp reads evenly spread blocks of rows; ask with \"exact\": true to count every one.";
+    head.append(sampled);
+  }
   const grid = document.createElement("div");
   grid.className = "bu-grid";
   for (const c of a.columns.slice(0, 48)) {

@@ -15,7 +15,11 @@
 //! they share no value. Shares are weighted by sample rate, like every count in Sonde.
 //!
 //! Cost: one aggregate query for the numeric ranges, then one streaming pass over the
-//! population that updates every column's counters per batch — never one query per column. A
+//! population that updates every column's counters per batch — never one query per column.
+//! Over a population larger than the engine's `bubbleup_sample_rows`, the baseline's shares
+//! (and the selection's, when it too is larger) come from a systematic sample of blocks of
+//! rows read from the segments (the other rows are never decoded); the selection is counted
+//! whole otherwise, the two sizes stay exact, and `meta.sampled` says what was read. A
 //! column's distinct values are counted up to [`MAX_DISTINCT`]; values seen after that count as
 //! "other", so id columns cannot exhaust memory (and, spread thin, they rank low, as they should).
 
@@ -54,6 +58,9 @@ pub struct BubbleUpRequest {
     /// Values reported per string/bool column (default 10).
     #[serde(default)]
     pub top_values: Option<usize>,
+    /// Count every row even over a population large enough to be sampled.
+    #[serde(default)]
+    pub exact: bool,
 }
 
 /// What is selected.
@@ -385,6 +392,24 @@ pub struct BubbleUpMeta {
     pub end_time: String,
     /// How columns are scored.
     pub measure: &'static str,
+    /// When the shares come from a sample of the rows (the counts of `selection` and
+    /// `baseline` are exact either way); absent when every row was counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampled: Option<Sampled>,
+}
+
+/// How a sampled BubbleUp read its rows: blocks of consecutive rows, one in every `every`, over
+/// each segment and the buffered events (see `table::Sample`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Sampled {
+    /// Rows of the selection counted, and the selection's rows in all.
+    pub selection_rows: [u64; 2],
+    /// Rows of the baseline counted, and the baseline's rows in all.
+    pub baseline_rows: [u64; 2],
+    /// One block of rows kept in this many.
+    pub every: u64,
+    /// Rows per block.
+    pub block_rows: u64,
 }
 
 /// A BubbleUp answer: the two populations' sizes and every column compared, highest score first.

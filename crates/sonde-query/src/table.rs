@@ -16,7 +16,7 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{DFSchema, ScalarValue, project_schema};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
+use datafusion::datasource::physical_plan::parquet::{CachedParquetFileReaderFactory, ParquetRowSelection};
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result;
@@ -62,6 +62,66 @@ pub struct DatasetTable {
     store: Arc<dyn ObjectStore>,
     index: Arc<IndexCache>,
     stats: Arc<Mutex<ScanStats>>,
+    /// Read only these rows (BubbleUp over a large population); `None`: every row.
+    sample: Option<Sample>,
+}
+
+/// A systematic sample of a table's rows: in each segment (and over the buffered rows), blocks
+/// of `block` consecutive rows, one block in every `every`, starting at a block chosen per
+/// segment. Blocks rather than single rows so the Parquet reader skips whole pages instead of
+/// decoding them and dropping most rows; many blocks over the range so the time is covered
+/// evenly (a block is a few seconds of events even at high volume).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// One block kept in this many (≥ 1).
+    pub every: u64,
+    /// Rows per block (≥ 1).
+    pub block: u64,
+}
+
+impl Sample {
+    /// The sample keeping about `keep` of `rows` rows in at least ~64 blocks (blocks of 128
+    /// to 32,768 rows); `None` when that is every row.
+    pub fn of(rows: u64, keep: u64) -> Option<Sample> {
+        let every = rows.div_ceil(keep.max(1));
+        (every > 1).then(|| Sample {
+            every,
+            block: (rows / every / 64).clamp(128, 32_768),
+        })
+    }
+
+    /// The kept rows of `rows` rows starting at `phase` blocks into the pattern, as
+    /// `(start, len)` runs in order.
+    fn runs(&self, rows: u64, phase: u64) -> Vec<(u64, u64)> {
+        let (every, block) = (self.every.max(1), self.block.max(1));
+        let mut out = Vec::new();
+        // The first kept block at or after row 0, with the pattern shifted by `phase` blocks.
+        let mut b = (every - phase % every) % every;
+        while b * block < rows {
+            let start = b * block;
+            out.push((start, block.min(rows - start)));
+            b += every;
+        }
+        out
+    }
+
+    /// The kept rows of a segment of `rows` rows as a Parquet row selection over the file.
+    fn row_selection(&self, rows: u64, phase: u64) -> parquet::arrow::arrow_reader::RowSelection {
+        use parquet::arrow::arrow_reader::RowSelector;
+        let mut selectors = Vec::new();
+        let mut at = 0;
+        for (start, len) in self.runs(rows, phase) {
+            if start > at {
+                selectors.push(RowSelector::skip((start - at) as usize));
+            }
+            selectors.push(RowSelector::select(len as usize));
+            at = start + len;
+        }
+        if at < rows {
+            selectors.push(RowSelector::skip((rows - at) as usize));
+        }
+        selectors.into()
+    }
 }
 
 impl DatasetTable {
@@ -83,7 +143,36 @@ impl DatasetTable {
             store,
             index,
             stats: Default::default(),
+            sample: None,
         })
+    }
+
+    /// The same snapshot, reading only the rows of `sample` (its own scan stats).
+    pub fn sampled(&self, sample: Sample) -> DatasetTable {
+        DatasetTable {
+            snapshot: self.snapshot.clone(),
+            schema: self.schema.clone(),
+            buffered: self.buffered.clone(),
+            adapted: self.adapted.clone(),
+            metadata_cache: self.metadata_cache.clone(),
+            store: self.store.clone(),
+            index: self.index.clone(),
+            stats: Default::default(),
+            sample: Some(sample),
+        }
+    }
+
+    /// Rows of the segments overlapping `[lo, hi]` (µs, inclusive) plus every buffered row:
+    /// from the catalog, without reading a file; at least the rows a scan of that range reads.
+    pub fn rows_in_range(&self, lo: i64, hi: i64) -> u64 {
+        let segments: u64 = self
+            .snapshot
+            .segments
+            .iter()
+            .filter(|s| s.max_ts_us >= lo && s.min_ts_us <= hi)
+            .map(|s| s.rows)
+            .sum();
+        segments + self.buffered.iter().map(|b| b.num_rows() as u64).sum::<u64>()
     }
 
     /// The stats of the scans run so far (shared, so they can be read after execution).
@@ -407,6 +496,35 @@ impl TableProvider for DatasetTable {
             }
             out
         };
+        // A sample takes the same pattern over the buffered rows, in their order.
+        let buffered = match &self.sample {
+            Some(sample) => {
+                let all: u64 = buffered.iter().map(|b| b.num_rows() as u64).sum();
+                let mut runs = sample.runs(all, 0).into_iter().peekable();
+                let mut out = Vec::new();
+                let mut offset = 0u64;
+                for b in &buffered {
+                    let end = offset + b.num_rows() as u64;
+                    while let Some(&(start, len)) = runs.peek() {
+                        if start >= end {
+                            break;
+                        }
+                        // The part of the run inside this batch; the rest continues in the next.
+                        let from = start.max(offset);
+                        let to = (start + len).min(end);
+                        out.push(b.slice((from - offset) as usize, (to - from) as usize));
+                        if start + len <= end {
+                            runs.next();
+                        } else {
+                            break;
+                        }
+                    }
+                    offset = end;
+                }
+                out
+            }
+            None => buffered,
+        };
         {
             let mut st = self.stats.lock().unwrap();
             st.segments_total = self.snapshot.segments.len();
@@ -435,7 +553,17 @@ impl TableProvider for DatasetTable {
             }
             let files: Vec<PartitionedFile> = segments
                 .iter()
-                .map(|s| PartitionedFile::new(s.path.clone(), s.bytes))
+                .map(|s| {
+                    let file = PartitionedFile::new(s.path.clone(), s.bytes);
+                    match &self.sample {
+                        // Each segment starts the pattern at its own block (from its id), so
+                        // the sample is not always the start of every segment.
+                        Some(sample) => file.with_extension(ParquetRowSelection::new(
+                            sample.row_selection(s.rows, hash_value(&s.path) as u64),
+                        )),
+                        None => file,
+                    }
+                })
                 .collect();
             let groups = FileGroup::new(files).split_files(state.config().target_partitions().max(1));
             let config = FileScanConfigBuilder::new(ObjectStoreUrl::parse(STORE_URL)?, Arc::new(source))
@@ -462,6 +590,25 @@ impl TableProvider for DatasetTable {
 mod tests {
     use super::*;
     use datafusion::prelude::{ident, lit};
+
+    #[test]
+    fn a_sample_keeps_one_block_in_every_n() {
+        let s = Sample { every: 3, block: 2 };
+        assert_eq!(s.runs(11, 0), vec![(0, 2), (6, 2)]);
+        assert_eq!(s.runs(11, 1), vec![(4, 2), (10, 1)]);
+        assert_eq!(s.runs(11, 2), vec![(2, 2), (8, 2)]);
+        assert_eq!(s.runs(9, 4), vec![(4, 2)]);
+        assert_eq!(s.runs(7, 0), vec![(0, 2), (6, 1)]);
+        // The Parquet selection covers the file exactly: skip and select runs add up to it.
+        let sel = s.row_selection(11, 2);
+        let total: usize = sel.iter().map(|r| r.row_count).sum();
+        assert_eq!(total, 11);
+        assert_eq!(sel.row_count(), 4);
+        assert_eq!(Sample::of(1000, 2000), None);
+        let s = Sample::of(10_000_000, 1_000_000).unwrap();
+        assert_eq!((s.every, s.block), (10, 15_625));
+        assert_eq!(Sample::of(200_000, 20_000).unwrap().block, 312);
+    }
 
     #[test]
     fn time_bounds_from_filters() {

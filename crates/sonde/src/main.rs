@@ -197,6 +197,11 @@ struct ServeArgs {
     /// sent); past it the request is refused with 400 naming this flag.
     #[arg(long, env = "SONDE_MAX_ANSWER_BYTES", default_value_t = EngineConfig::DEFAULT_MAX_ANSWER_BYTES)]
     max_answer_bytes: usize,
+    /// BubbleUp over a population whose segments hold more rows than this reads a systematic
+    /// sample of about this many (the answer says so in `meta.sampled`); a request's
+    /// `"exact": true` or 0 here counts every row.
+    #[arg(long, env = "SONDE_BUBBLEUP_SAMPLE_ROWS", default_value_t = EngineConfig::DEFAULT_BUBBLEUP_SAMPLE_ROWS)]
+    bubbleup_sample_rows: u64,
     /// Memory for Parquet footers and page indexes kept across queries, in bytes (0: re-read
     /// them on every query).
     #[arg(long, env = "SONDE_METADATA_CACHE_BYTES", default_value_t = EngineConfig::DEFAULT_METADATA_CACHE_BYTES)]
@@ -519,6 +524,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             chunk_cache_bytes: a.chunk_cache_bytes,
             memory_budget: a.memory_limit,
             max_answer_bytes: a.max_answer_bytes,
+            bubbleup_sample_rows: a.bubbleup_sample_rows,
             ..Default::default()
         },
     )?;
@@ -891,8 +897,12 @@ mod tests {
             (engine.timeout, engine.memory_limit)
         );
         assert_eq!(
-            (a.memory_limit, a.max_answer_bytes),
-            (engine.memory_budget, engine.max_answer_bytes)
+            (a.memory_limit, a.max_answer_bytes, a.bubbleup_sample_rows),
+            (
+                engine.memory_budget,
+                engine.max_answer_bytes,
+                engine.bubbleup_sample_rows
+            )
         );
         let server = ServerConfig::default();
         assert_eq!(a.request_timeout.0, server.request_timeout);

@@ -1,6 +1,7 @@
 // Module hooks that let Node run the UI's TypeScript modules as they are: a relative import
 // without an extension (as Vite takes them) finds the `.ts` file, and a `.ts` file is
-// transpiled by the repo's `typescript` (types stripped, not checked: `npm run build` checks).
+// transpiled by the repo's `typescript` (types stripped, not checked: `npm run build` checks),
+// and a stylesheet is empty.
 
 import { readFile } from "node:fs/promises";
 import ts from "typescript";
@@ -13,6 +14,8 @@ export async function resolve(specifier, context, next) {
 }
 
 export async function load(url, context, next) {
+  // A stylesheet import (Vite injects it into the page) is an empty module here.
+  if (url.endsWith(".css")) return { format: "module", source: "", shortCircuit: true };
   if (!url.endsWith(".ts")) return next(url, context);
   const source = await readFile(new URL(url), "utf8");
   const out = ts.transpileModule(source, {

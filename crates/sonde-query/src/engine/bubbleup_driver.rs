@@ -2,6 +2,14 @@
 //! (the comparison itself is `crate::bubbleup`).
 
 use super::*;
+use crate::table::Sample;
+use datafusion::functions_aggregate::expr_fn::count;
+
+/// Rows and weights of the selection and of the baseline.
+struct Sizes {
+    rows: [u64; 2],
+    weights: [i64; 2],
+}
 
 /// A population: its plan, the derived columns added to it, every column compared and its type.
 type Population = (Plan, Vec<(String, Typed)>, BTreeMap<String, ColumnType>);
@@ -25,6 +33,39 @@ impl QueryEngine {
             columns.insert(name.clone(), t.ty.unwrap_or(ColumnType::String));
         }
         Ok((plan, all, columns))
+    }
+
+    /// The selection's and the baseline's sizes over the whole population: rows and weights
+    /// (sample-rate sums), from the selection's and filters' columns alone.
+    async fn sizes(&self, base: &DataFrame, selected: &Expr, budget: &RequestBudget) -> Result<Sizes> {
+        // CASE over the selection itself (null: not selected). `IS TRUE` would do the same, but
+        // DataFusion 55 plans it as never null while its physical expression says nullable,
+        // which an aggregate over it refuses.
+        let side = |then: Expr| {
+            when(selected.clone(), then)
+                .otherwise(lit(0i64))
+                .map_err(|e| self.df_error(e))
+        };
+        let aggs = vec![
+            sum(side(lit(1i64))?).alias("sel_rows"),
+            count(lit(1i64)).alias("rows"),
+            sum(side(ident(SR))?).alias("sel_w"),
+            sum(ident(SR)).alias("w"),
+        ];
+        let df = base.clone().aggregate(vec![], aggs).map_err(|e| self.df_error(e))?;
+        let batches = self.collect(budget, df, "BubbleUp's population size").await?;
+        let get = |name: &str| {
+            batches
+                .iter()
+                .find(|b| b.num_rows() > 0)
+                .and_then(|b| json::cell(b.column_by_name(name).unwrap().as_ref(), 0).as_i64())
+                .unwrap_or(0)
+        };
+        let (sel_rows, rows, sel_w, w) = (get("sel_rows"), get("rows"), get("sel_w"), get("w"));
+        Ok(Sizes {
+            rows: [sel_rows as u64, (rows - sel_rows) as u64],
+            weights: [sel_w, w - sel_w],
+        })
     }
 
     /// BubbleUp: compares a selection with the rest of the population across every column
@@ -124,8 +165,56 @@ impl QueryEngine {
             .await?
             .filter(where_clause(&plan, &table))
             .map_err(|e| self.df_error(e))?;
+        // Over many rows, the baseline (and a large selection) is read from a sample: decided
+        // from the catalog's row counts of the range, before any file is opened.
+        let sample = match req.exact || self.config.bubbleup_sample_rows == 0 {
+            true => None,
+            false => Sample::of(
+                table.rows_in_range(plan.start_us, plan.end_us - 1),
+                self.config.bubbleup_sample_rows,
+            ),
+        };
+        // The frames counted, each with its rows' side: `__selected` (true: the selection).
+        let mut parts: Vec<DataFrame> = Vec::new();
+        let mut sampled = None;
+        let mut exact_totals = None;
+        match sample {
+            None => parts.push(
+                base.clone()
+                    .with_column("__selected", selected.clone().is_true())
+                    .map_err(|e| self.df_error(e))?,
+            ),
+            Some(sample) => {
+                let s = self.sizes(&base, &selected, budget).await?;
+                let sampled_table = Arc::new(table.sampled(sample));
+                let thin = self
+                    .plan_frame(&ctx, &sampled_table, &plan, &all_derived, budget)
+                    .await?
+                    .filter(where_clause(&plan, &table))
+                    .map_err(|e| self.df_error(e))?;
+                let selection_whole = s.rows[0] <= self.config.bubbleup_sample_rows;
+                if selection_whole {
+                    // The selection whole, the baseline from the sample.
+                    let whole = base.filter(selected.clone().is_true());
+                    let rest = thin.filter(selected.clone().is_not_true());
+                    for (df, side) in [(whole, true), (rest, false)] {
+                        parts.push(
+                            df.and_then(|d| d.with_column("__selected", lit(side)))
+                                .map_err(|e| self.df_error(e))?,
+                        );
+                    }
+                } else {
+                    parts.push(
+                        thin.with_column("__selected", selected.clone().is_true())
+                            .map_err(|e| self.df_error(e))?,
+                    );
+                }
+                sampled = Some((sample, s.rows));
+                exact_totals = Some(s.weights);
+            }
+        }
 
-        // Pass 1: the range of every numeric column over the population, in one query.
+        // Pass 1: the range of every numeric column over what is counted, one query per part.
         let numeric: Vec<&(String, ColumnType)> = compared.iter().filter(|(_, t)| bubbleup::is_numeric(*t)).collect();
         let mut ranges: HashMap<String, (f64, f64)> = HashMap::new();
         if !numeric.is_empty() {
@@ -139,18 +228,26 @@ impl QueryEngine {
                     ]
                 })
                 .collect();
-            let df = base.clone().aggregate(vec![], aggs).map_err(|e| self.df_error(e))?;
-            let batches = self.collect(budget, df, "BubbleUp's value ranges").await?;
-            if let Some(b) = batches.iter().find(|b| b.num_rows() > 0) {
-                for (i, (n, _)) in numeric.iter().enumerate() {
-                    let lo = json::cell(b.column_by_name(&format!("lo{i}")).unwrap().as_ref(), 0).as_f64();
-                    let hi = json::cell(b.column_by_name(&format!("hi{i}")).unwrap().as_ref(), 0).as_f64();
-                    ranges.insert(n.clone(), (lo.unwrap_or(0.0), hi.unwrap_or(0.0)));
+            for part in &parts {
+                let df = part
+                    .clone()
+                    .aggregate(vec![], aggs.clone())
+                    .map_err(|e| self.df_error(e))?;
+                let batches = self.collect(budget, df, "BubbleUp's value ranges").await?;
+                if let Some(b) = batches.iter().find(|b| b.num_rows() > 0) {
+                    for (i, (n, _)) in numeric.iter().enumerate() {
+                        let cell = |name: String| json::cell(b.column_by_name(&name).unwrap().as_ref(), 0).as_f64();
+                        let (Some(lo), Some(hi)) = (cell(format!("lo{i}")), cell(format!("hi{i}"))) else {
+                            continue;
+                        };
+                        let r = ranges.entry(n.clone()).or_insert((lo, hi));
+                        *r = (r.0.min(lo), r.1.max(hi));
+                    }
                 }
             }
         }
 
-        // Pass 2: one stream over the population, every column's counters updated per batch.
+        // Pass 2: one stream per part, every column's counters updated per batch.
         // Their distinct values share half the answer's cap (the report built from them is
         // far smaller than they are).
         let per_column = (budget.cap() / 2 / compared.len().max(1))
@@ -165,36 +262,47 @@ impl QueryEngine {
             .collect();
         let mut select: Vec<Expr> = compared.iter().map(|(n, _)| ident(n)).collect();
         select.push(ident(SR));
-        select.push(selected.alias("__selected"));
-        let df = base.select(select).map_err(|e| self.df_error(e))?;
+        select.push(ident("__selected"));
+        // Weights and rows counted per side.
         let mut totals = [0i64; 2];
-        let mut events = 0u64;
+        let mut counted = [0u64; 2];
         // The counters' bytes, held in the request's budget as they grow.
         let mut held = 0usize;
-        let stream_all = async {
-            let mut stream = df.execute_stream().await?;
-            while let Some(batch) = stream.next().await {
-                let batch = batch?;
-                let sel = batch.column_by_name("__selected").unwrap().as_boolean().clone();
-                let w = bubbleup::weights(batch.column_by_name(SR).unwrap())?;
-                for i in 0..batch.num_rows() {
-                    totals[if sel.is_valid(i) && sel.value(i) { 0 } else { 1 }] += w[i];
+        for part in parts {
+            let df = part.select(select.clone()).map_err(|e| self.df_error(e))?;
+            let stream_all = async {
+                let mut stream = df.execute_stream().await?;
+                while let Some(batch) = stream.next().await {
+                    let batch = batch?;
+                    let sel = batch.column_by_name("__selected").unwrap().as_boolean().clone();
+                    let w = bubbleup::weights(batch.column_by_name(SR).unwrap())?;
+                    for (i, wi) in w.iter().enumerate() {
+                        let side = if sel.is_valid(i) && sel.value(i) { 0 } else { 1 };
+                        totals[side] += wi;
+                        counted[side] += 1;
+                    }
+                    for (c, (name, _)) in counters.iter_mut().zip(&compared) {
+                        c.add(batch.column_by_name(name).unwrap(), &sel, &w)?;
+                    }
+                    let now: usize = counters.iter().map(|c| c.bytes()).sum();
+                    if now > held {
+                        budget
+                            .account(now - held, "BubbleUp's value counters")
+                            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                        held = now;
+                    }
                 }
-                events += batch.num_rows() as u64;
-                for (c, (name, _)) in counters.iter_mut().zip(&compared) {
-                    c.add(batch.column_by_name(name).unwrap(), &sel, &w)?;
-                }
-                let now: usize = counters.iter().map(|c| c.bytes()).sum();
-                if now > held {
-                    budget
-                        .account(now - held, "BubbleUp's value counters")
-                        .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                    held = now;
-                }
-            }
-            Ok::<(), DataFusionError>(())
-        };
-        self.timed(budget, stream_all).await?;
+                Ok::<(), DataFusionError>(())
+            };
+            self.timed(budget, stream_all).await?;
+        }
+        let events = counted[0] + counted[1];
+        let sampled = sampled.map(|(sample, rows): (Sample, [u64; 2])| bubbleup::Sampled {
+            selection_rows: [counted[0], rows[0]],
+            baseline_rows: [counted[1], rows[1]],
+            every: sample.every,
+            block_rows: sample.block,
+        });
 
         let top = req.top_values.unwrap_or(bubbleup::DEFAULT_TOP_VALUES).clamp(1, 100);
         let mut columns: Vec<bubbleup::ColumnReport> = counters
@@ -211,9 +319,11 @@ impl QueryEngine {
             })
             .collect();
         columns.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.column.cmp(&b.column)));
+        // Shares come from what was counted; the sizes are exact even when that was a sample.
+        let sizes = exact_totals.unwrap_or(totals);
         Ok(bubbleup::BubbleUpAnswer {
-            selection: bubbleup::Count { count: totals[0] },
-            baseline: bubbleup::Count { count: totals[1] },
+            selection: bubbleup::Count { count: sizes[0] },
+            baseline: bubbleup::Count { count: sizes[1] },
             columns,
             meta: bubbleup::BubbleUpMeta {
                 events_examined: events,
@@ -221,6 +331,7 @@ impl QueryEngine {
                 start_time: sonde_model::time::format_us(plan.start_us),
                 end_time: sonde_model::time::format_us(plan.end_us),
                 measure: "total variation distance between the selection's and the baseline's distributions",
+                sampled,
             },
         })
     }

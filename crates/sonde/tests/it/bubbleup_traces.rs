@@ -277,3 +277,69 @@ async fn trace_lookup_returns_exactly_the_trace_and_skips_other_segments() {
     let (status, _) = send_json(client.get(server.at("/api/traces/frontend/nosuchtrace"))).await;
     assert_eq!(status, 404);
 }
+
+/// The columns of a BubbleUp answer, best first, with their scores.
+fn ranking(r: &Value, n: usize) -> Vec<(String, f64)> {
+    r["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(n)
+        .map(|c| (c["column"].as_str().unwrap().to_string(), c["score"].as_f64().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sampled_bubbleup_ranks_the_top_columns_as_the_exact_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // Populations over 12,000 rows are sampled: here about one row in ten of the baseline.
+    let server = Server::start(
+        dir.path(),
+        &["--flush-rows", "30000", "--bubbleup-sample-rows", "12000"],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let cfg = GenConfig {
+        seed: 5,
+        start_us: T0,
+        span_us: HOUR,
+        incident: true,
+    };
+    let events: Vec<GenEvent> = Generator::new(cfg, 120_000).collect();
+    ingest(&client, &server, "big", &events).await;
+
+    let (t0, t1) = (T0 + HOUR * 60 / 100, T0 + HOUR * 75 / 100);
+    let mut req = json!({
+        "start_time": format_time(T0), "end_time": format_time(T0 + HOUR),
+        "selection": {"heatmap": {"column": "duration_ms", "start_time": format_time(t0), "end_time": format_time(t1), "min": 1800.0, "max": 1e9}},
+    });
+    let (status, sampled) = send_json(client.post(server.at("/api/bubbleup/big")).json(&req)).await;
+    assert_eq!(status, 200, "{sampled}");
+    req["exact"] = json!(true);
+    let (status, exact) = send_json(client.post(server.at("/api/bubbleup/big")).json(&req)).await;
+    assert_eq!(status, 200, "{exact}");
+
+    // The sample is said, and what it read is about a tenth of the baseline; the selection
+    // (small) is counted whole.
+    let s = &sampled["meta"]["sampled"];
+    assert!(exact["meta"].get("sampled").is_none(), "{}", exact["meta"]);
+    let (sel, base) = (&s["selection_rows"], &s["baseline_rows"]);
+    assert_eq!(sel[0], sel[1], "{s}");
+    assert_eq!(sel[1].as_u64().unwrap() + base[1].as_u64().unwrap(), 120_000, "{s}");
+    let read = base[0].as_f64().unwrap() / base[1].as_f64().unwrap();
+    assert!((0.05..0.2).contains(&read), "read {read} of the baseline: {s}");
+    // The sizes are exact either way.
+    assert_eq!(sampled["selection"], exact["selection"]);
+    assert_eq!(sampled["baseline"], exact["baseline"]);
+
+    // The same five columns first, in the same order.
+    let (a, b) = (ranking(&sampled, 5), ranking(&exact, 5));
+    let names = |r: &[(String, f64)]| r.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&a), names(&b), "sampled {a:?}\n  exact {b:?}");
+    for ((_, x), (_, y)) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 0.05, "scores: sampled {a:?}\n  exact {b:?}");
+    }
+    // The selection side of a value column is counted whole: its shares are the exact ones.
+    let share = |r: &Value| r["columns"][0]["values"][0]["selection"].as_f64().unwrap();
+    assert_eq!(share(&sampled), share(&exact));
+}

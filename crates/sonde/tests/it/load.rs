@@ -1,7 +1,7 @@
 //! Sustained concurrent ingest from many clients while queries run, bounded in time, on
 //! loopback. Prints a report — events acknowledged and found afterwards (equal), ingest rate,
 //! query latencies under load, the server's peak memory — and fails if any acknowledged event is
-//! missing or doubled. `make load` runs it against the release binary for longer
+//! missing or doubled, or if the server's resident memory passed 1.5 GiB. `make load` runs it against the release binary for longer
 //! (`SONDE_LOAD_SECONDS`, default 8 here).
 
 use crate::harness::{Server, id_counts, send_json};
@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 const CLIENTS: usize = 16;
 const QUERY_LOOPS: usize = 2;
 const BATCH: usize = 200;
+/// Most resident memory the server may reach under this load.
+const RSS_BOUND: u64 = 1536 << 20;
 
 /// `VmRSS` or `VmHWM` of a process, in bytes.
 fn proc_status_bytes(pid: u32, field: &str) -> u64 {
@@ -157,6 +159,9 @@ async fn sustained_ingest_with_queries_keeps_every_acknowledged_event() {
     });
     eprintln!("load report: {}", serde_json::to_string_pretty(&report).unwrap());
     assert!(acked_n > 0 && !lat.is_empty(), "{report}");
+    // The memory bound of issue 17: ingest from 16 clients, flushes, merges and queries together
+    // stay under 1.5 GiB of resident memory (sampled every 100 ms, and the kernel's high mark).
+    assert!(hwm < RSS_BOUND, "peak RSS {} MiB over the bound: {report}", hwm >> 20);
     assert_eq!(counted, acked_n, "the query found every acknowledged event: {report}");
     assert_eq!(seen.len() as u64, acked_n, "{report}");
     assert!(seen.values().all(|n| *n == 1), "an event was doubled");
