@@ -146,22 +146,57 @@ impl Accumulator for PercentileAcc {
 }
 
 /// The weighted percentile of `values` (see the module documentation); `None` when empty.
+///
+/// Selection rather than a sort: `O(n)` on average. Unweighted (every weight 1, the common
+/// case), the answer is the value of rank `⌈p·n⌉`, found by one `select_nth_unstable`; weighted,
+/// a quickselect over (value, weight) pairs that keeps the side holding the target weight.
 pub fn weighted_percentile_of(values: &[f64], weights: &[i64], p: f64) -> Option<f64> {
     if values.is_empty() {
         return None;
     }
-    let mut idx: Vec<u32> = (0..values.len() as u32).collect();
-    idx.sort_unstable_by(|&a, &b| values[a as usize].total_cmp(&values[b as usize]));
     let total: i128 = weights.iter().map(|&w| w as i128).sum();
     let target = p * total as f64;
-    let mut cum: i128 = 0;
-    for &i in &idx {
-        cum += weights[i as usize] as i128;
-        if cum as f64 >= target {
-            return Some(values[i as usize]);
+    if total == values.len() as i128 {
+        // Every weight is 1 (each is at least 1): the first rank r (1-based) with r ≥ target.
+        let rank = (target.ceil() as usize).clamp(1, values.len());
+        let mut v = values.to_vec();
+        let (_, nth, _) = v.select_nth_unstable_by(rank - 1, f64::total_cmp);
+        return Some(*nth);
+    }
+    let mut pairs: Vec<(f64, i64)> = values.iter().copied().zip(weights.iter().copied()).collect();
+    Some(weighted_select(&mut pairs, target))
+}
+
+/// The first value, in value order, at which the cumulative weight of `pairs` reaches `target`
+/// (the largest value if none does).
+fn weighted_select(pairs: &mut [(f64, i64)], target: f64) -> f64 {
+    // `below`: the weight of the values already known to be smaller than every pair left.
+    let (mut lo, mut hi, mut below) = (0usize, pairs.len(), 0i128);
+    loop {
+        if hi - lo <= 32 {
+            let rest = &mut pairs[lo..hi];
+            rest.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+            for &(v, w) in rest.iter() {
+                below += w as i128;
+                if below as f64 >= target {
+                    return v;
+                }
+            }
+            return rest.last().map_or(f64::NAN, |p| p.0);
+        }
+        // Partition around the median of the part: smaller ones first, then the pivot's.
+        let mid = lo + (hi - lo) / 2;
+        pairs[lo..hi].select_nth_unstable_by(mid - lo, |a, b| a.0.total_cmp(&b.0));
+        let left: i128 = pairs[lo..mid].iter().map(|p| p.1 as i128).sum();
+        if (below + left) as f64 >= target {
+            hi = mid;
+        } else if (below + left + pairs[mid].1 as i128) as f64 >= target {
+            return pairs[mid].0;
+        } else {
+            below += left + pairs[mid].1 as i128;
+            lo = mid + 1;
         }
     }
-    idx.last().map(|&i| values[i as usize])
 }
 
 #[cfg(test)]
@@ -177,6 +212,47 @@ mod tests {
         assert_eq!(weighted_percentile_of(&v, &w, 0.0), Some(1.0));
         assert_eq!(weighted_percentile_of(&v, &w, 1.0), Some(100.0));
         assert_eq!(weighted_percentile_of(&[], &[], 0.5), None);
+    }
+
+    /// The definition, by a full sort: the model the selection must equal.
+    fn by_sort(values: &[f64], weights: &[i64], p: f64) -> Option<f64> {
+        let mut pairs: Vec<(f64, i64)> = values.iter().copied().zip(weights.iter().copied()).collect();
+        pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let total: i128 = weights.iter().map(|&w| w as i128).sum();
+        let mut cum = 0i128;
+        for &(v, w) in &pairs {
+            cum += w as i128;
+            if cum as f64 >= p * total as f64 {
+                return Some(v);
+            }
+        }
+        pairs.last().map(|p| p.0)
+    }
+
+    #[test]
+    fn selection_equals_the_sorted_definition() {
+        // A small deterministic generator: values with many ties, weights 1 or mixed.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for case in 0..400 {
+            let n = 1 + (next() % 300) as usize;
+            let values: Vec<f64> = (0..n).map(|_| (next() % 50) as f64 / 4.0 - 3.0).collect();
+            let weights: Vec<i64> = (0..n)
+                .map(|_| if case % 2 == 0 { 1 } else { 1 + (next() % 20) as i64 })
+                .collect();
+            for p in [0.0, 0.001, 0.25, 0.5, 0.9, 0.99, 0.999, 1.0] {
+                assert_eq!(
+                    weighted_percentile_of(&values, &weights, p),
+                    by_sort(&values, &weights, p),
+                    "case {case}, p {p}"
+                );
+            }
+        }
     }
 
     #[test]
