@@ -5,7 +5,7 @@ CLIENTS_VENV ?= $(HOME)/.cache/sonde-clients-venv
 SONDE_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: run dev test fmt layers lint unit ui clients clients-venv web build release bench bench-full load fuzz
+.PHONY: run dev test fmt layers lint unit ui clients clients-venv web build release bench bench-full bench-huge load fuzz
 
 ## Build the UI and the release binary (which embeds the UI), then serve on 127.0.0.1:4318 with ./sonde-data.
 run: release
@@ -91,6 +91,13 @@ load: release
 bench: release
 	python3 benches/run.py --size quick --bin $(CARGO_TARGET_DIR)/release/sonde $(BENCH_ARGS)
 
-## The same on 10M events (benches/results/full.json); needs ~30 GB free under ~/.cache/sonde-bench.
+## The same on 10M events (benches/results/full.json); needs ~12 GB free under ~/.cache/sonde-bench
+## (checked before it starts): the events go from `sonde gen` into one file of batch bodies, and
+## DuckDB reads Sonde's own segment files.
 bench-full: release
 	python3 benches/run.py --size full --bin $(CARGO_TARGET_DIR)/release/sonde $(BENCH_ARGS)
+
+## 100M events over 24 hours (benches/results/huge.json), streamed from the generator into Sonde
+## (no copy of the events on disk; ~27 GB free for segments, WAL and DuckDB's files). Hours.
+bench-huge: release
+	python3 benches/run.py --size huge --bin $(CARGO_TARGET_DIR)/release/sonde $(BENCH_ARGS)

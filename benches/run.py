@@ -5,6 +5,7 @@ without its footer and chunk caches. See benches/README.md.
 
     python3 benches/run.py --size quick      # 1M events (make bench)
     python3 benches/run.py --size full       # 10M events (make bench-full)
+    python3 benches/run.py --size huge       # 100M events over 24 hours, streamed
     python3 benches/run.py --sections caches # one section alone
 
 It makes its own virtualenv (~/.cache/sonde-bench-venv, DuckDB from PyPI, pinned in
@@ -21,6 +22,7 @@ import json
 import mmap
 import os
 import platform
+import queue
 import resource
 import shutil
 import signal
@@ -38,12 +40,21 @@ VENV = Path(os.environ.get("SONDE_BENCH_VENV", Path.home() / ".cache" / "sonde-b
 WORK = Path(os.environ.get("SONDE_BENCH_DIR", Path.home() / ".cache" / "sonde-bench"))
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache" / "sonde-target"))
 
-SIZES = {"dev": 200_000, "quick": 1_000_000, "full": 10_000_000}
-# The generated events: one hour from a fixed start, so every time range in the suite is absolute
-# and the same on both sides, and the data is identical from run to run.
+SIZES = {"dev": 200_000, "quick": 1_000_000, "full": 10_000_000, "huge": 100_000_000}
+# The generated events: from a fixed start over a fixed span, so every time range in the suite is
+# absolute and the same on both sides, and the data is identical from run to run. One hour, but
+# a day for `huge` (100M events in one hour would be a load no real dataset has).
 GEN_START = "2026-01-01T00:00:00Z"
 GEN_T0 = 1767225600
-GEN_SPAN_S = 3600
+SPANS_S = {"dev": 3600, "quick": 3600, "full": 3600, "huge": 86_400}
+# How the ingest's batch bodies are made, by size (see README, "The data"):
+# - "ndjson": `sonde gen` NDJSON, re-encoded into a file of batch bodies; DuckDB also loads the
+#   NDJSON into its own table (the "native" source);
+# - "file": `sonde gen --format batch` writes the batch file directly (no NDJSON: at 10M events
+#   the two copies would take ~15 GB), and DuckDB reads Sonde's segments only;
+# - "stream": no file at all (100M events are ~76 GB of JSON): the generator's stdout is piped
+#   into the clients through a bounded queue, once per ingest.
+FEEDS = {"dev": "ndjson", "quick": "ndjson", "full": "file", "huge": "stream"}
 DATASET = "bench"
 SECTIONS = ("ingest", "freshness", "storage", "queries", "caches")
 
@@ -67,30 +78,102 @@ def log(*a) -> None:
     print(*a, file=sys.stderr, flush=True)
 
 
+# --- disk ----------------------------------------------------------------------------------
+
+# Bytes per event, for the disk check before a run (measured at 1M events: results/quick.json).
+JSON_BYTES_PER_EVENT = 760       # an NDJSON line, or an item of a batch body
+SEGMENT_BYTES_PER_EVENT = 75     # Sonde's compressed segments; DuckDB's zstd Parquet is about the same
+DUCKDB_DB_BYTES_PER_EVENT = 92   # DuckDB's database file of the NDJSON load
+SERVER_FLUSH_ROWS = 1_000_000    # the server's default --flush-rows
+# Beyond the estimate: Sonde refuses ingest below 256 MiB free, and compaction briefly holds a
+# merged segment beside its inputs.
+DISK_HEADROOM = 2 * 10**9
+
+
+def cache_flush_rows(events: int, segments: int) -> int:
+    """The caches section's --flush-rows: the events in `segments` equal segments."""
+    return max(1000, events // max(1, segments))
+
+
+def sonde_dir_bytes(events: int, flush_rows: int) -> int:
+    """A data directory at its fullest: the segments, plus a WAL of about the JSON's size for
+    the events not yet flushed (up to two buffers: the one being written and the one filling;
+    WAL files are deleted once flushed)."""
+    return events * SEGMENT_BYTES_PER_EVENT + min(events, 2 * flush_rows) * JSON_BYTES_PER_EVENT
+
+
+def du(path: Path) -> int:
+    """Bytes of a file, or of every file under a directory (0 when absent)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum((Path(d) / f).stat().st_size for d, _, fs in os.walk(path) for f in fs)
+
+
+def check_disk(work: Path, feed: str, events: int, batch: int, skip: set, need_data: bool, cache_segments: int) -> dict:
+    """Stops the run, before anything is written, when the files it will write do not fit on the
+    work directory's disk. What is already there (kept from an earlier run, or about to be
+    replaced) counts toward its own estimate."""
+    plan = []
+    if feed == "ndjson":
+        plan.append(("NDJSON", work / "events.ndjson", events * JSON_BYTES_PER_EVENT))
+    if feed in ("ndjson", "file"):
+        plan.append(("batch file", work / f"batches-{batch}.bin", events * JSON_BYTES_PER_EVENT))
+    if "ingest" not in skip or need_data:
+        plan.append(("Sonde data directory", work / "sonde-data", sonde_dir_bytes(events, SERVER_FLUSH_ROWS)))
+    if need_data and feed == "ndjson":
+        plan.append(("DuckDB database", work / "native.duckdb", events * DUCKDB_DB_BYTES_PER_EVENT))
+    if (need_data and feed == "ndjson") or "storage" not in skip:
+        plan.append(("DuckDB Parquet", work / "duckdb.parquet", events * SEGMENT_BYTES_PER_EVENT))
+    if "caches" not in skip:
+        rows = cache_flush_rows(events, cache_segments)
+        plan.append(("caches data directory", work / f"sonde-segments-{rows}", sonde_dir_bytes(events, rows)))
+    parts = [(what, max(0, est - du(path))) for what, path, est in plan]
+    need = sum(b for _, b in parts)
+    free = shutil.disk_usage(work).free
+    gb = lambda b: f"{b / 1e9:.1f} GB"  # noqa: E731
+    detail = ", ".join(f"{what} {gb(b)}" for what, b in parts if b)
+    if need + DISK_HEADROOM > free:
+        sys.exit(f"not enough disk under {work}: this run needs about {gb(need)} more ({detail or 'nothing new'}) "
+                 f"plus {gb(DISK_HEADROOM)} of headroom, and {gb(free)} are free. Free some space (earlier runs' "
+                 f"directories under {WORK}), set SONDE_BENCH_DIR to a larger disk, or run a smaller --size.")
+    log(f"disk: about {gb(need)} to write ({detail or 'nothing new'}), {gb(free)} free under {work}")
+    return {"estimated_new_bytes": need, "free_bytes_at_start": free}
+
+
 # --- data ----------------------------------------------------------------------------------
 
-def generate(binary: Path, events: int, seed: int, work: Path) -> Path:
+def gen_args(events: int, seed: int, span_s: int) -> list[str]:
+    """`sonde gen`'s arguments: the same events, in the same order, as NDJSON or as batches."""
+    return [str(events), "--seed", str(seed), "--start", GEN_START, "--span", f"{span_s}s"]
+
+
+def gen_has_format(binary: Path) -> bool:
+    """Whether this binary's `sonde gen` has `--format batch` (older ones print NDJSON only)."""
+    out = subprocess.run([str(binary), "gen", "--help"], capture_output=True, text=True).stdout
+    return "--format" in out
+
+
+def generate(binary: Path, args: list[str], work: Path) -> Path:
     """The generator's NDJSON (reused when present: it is deterministic for the same flags)."""
     path = work / "events.ndjson"
     done = work / "events.ndjson.done"
     if path.exists() and done.exists():
         return path
-    log(f"generating {events:,} events -> {path}")
+    log(f"generating {int(args[0]):,} events -> {path}")
     with open(path, "wb") as out:
-        subprocess.check_call([str(binary), "gen", str(events), "--seed", str(seed), "--start", GEN_START,
-                               "--span", f"{GEN_SPAN_S}s"], stdout=out)
+        subprocess.check_call([str(binary), "gen", *args], stdout=out)
     done.write_text("ok")
     return path
 
 
-def batch_file(ndjson: Path, batch: int, work: Path) -> tuple[Path, list]:
+def batch_file(ndjson: Path, batch: int, work: Path) -> BatchFile:
     """Pre-encoded Honeycomb batch bodies (`[{"data":…,"time":…,"samplerate":…}]`), one after the
     other in one file, with an index of (offset, length, events). Encoding them up front keeps
     the JSON work out of the timed ingest, so the clients only copy bytes to a socket."""
     path = work / f"batches-{batch}.bin"
     idx_path = work / f"batches-{batch}.idx.json"
     if path.exists() and idx_path.exists():
-        return path, json.loads(idx_path.read_text())
+        return BatchFile(path, json.loads(idx_path.read_text()))
     log(f"encoding batches of {batch} -> {path}")
     idx, off = [], 0
     with open(ndjson, "rb") as f, open(path, "wb") as out:
@@ -109,7 +192,223 @@ def batch_file(ndjson: Path, batch: int, work: Path) -> tuple[Path, list]:
             idx.append((off, len(body), len(items)))
             off += len(body)
     idx_path.write_text(json.dumps(idx))
-    return path, idx
+    return BatchFile(path, idx)
+
+
+def gen_batch_file(binary: Path, args: list[str], events: int, batch: int, work: Path) -> BatchFile:
+    """The batch file written by the generator itself (`--format batch`: one body per line), with
+    no NDJSON copy; the index comes from scanning the lines. Reused like batch_file's (the same
+    name: the same events in the same batches either way)."""
+    path = work / f"batches-{batch}.bin"
+    idx_path = work / f"batches-{batch}.idx.json"
+    if path.exists() and idx_path.exists():
+        return BatchFile(path, json.loads(idx_path.read_text()))
+    idx_path.unlink(missing_ok=True)
+    log(f"generating {events:,} events as batches of {batch} -> {path}")
+    with open(path, "wb") as out:
+        subprocess.check_call([str(binary), "gen", *args, "--format", "batch", "--batch", str(batch)], stdout=out)
+    idx = index_lines(path, events, batch)
+    idx_path.write_text(json.dumps(idx))  # written last: its presence says the file is complete
+    return BatchFile(path, idx)
+
+
+def index_lines(path: Path, events: int, batch: int) -> list:
+    """(offset, length, events) of each line of a batch file, without its newline. Every line
+    holds `batch` events but the last, which holds the rest (no line is parsed)."""
+    idx, off = [], 0
+    with open(path, "rb") as f:
+        for i, line in enumerate(f):
+            n = min(batch, events - i * batch)
+            body_len = len(line) - 1 if line.endswith(b"\n") else len(line)
+            if n <= 0:
+                raise RuntimeError(f"{path}: more lines than {events:,} events in batches of {batch} make")
+            if body_len == 0:
+                raise RuntimeError(f"{path}: line {i + 1} is empty")
+            idx.append((off, body_len, n))
+            off += len(line)
+    if sum(n for _, _, n in idx) != events:
+        raise RuntimeError(f"{path}: {len(idx)} lines hold fewer than {events:,} events in batches of {batch}")
+    return idx
+
+
+def first_trace_id(body: bytes) -> str:
+    """The trace id of a batch body's first event."""
+    return json.loads(body)[0]["data"]["trace"]["trace_id"]
+
+
+class BatchFile:
+    """The batch bodies in one file, with their index; each ingest reads them through a memory
+    map."""
+
+    kind = "file"
+
+    def __init__(self, path: Path, idx: list):
+        self.path, self.idx = path, idx
+        self.events = sum(n for _, _, n in idx)
+        self.json_bytes = sum(ln for _, ln, _ in idx)
+
+    def feed(self) -> FileFeed:
+        return FileFeed(self)
+
+    def trace_id(self) -> str:
+        """The suite's trace: the first event of the batch two thirds into the data."""
+        off, ln, _ = self.idx[len(self.idx) * 2 // 3]
+        with open(self.path, "rb") as f:
+            f.seek(off)
+            return first_trace_id(f.read(ln))
+
+
+class FileFeed:
+    """One pass over a batch file: take() gives the next body and its event count, or None at
+    the end; any number of client threads may call it."""
+
+    def __init__(self, source: BatchFile):
+        self.idx = source.idx
+        self.counter = itertools.count()
+        with open(source.path, "rb") as f:
+            self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def wait_ready(self) -> None:
+        pass
+
+    def generator_cpu_seconds(self) -> float:
+        return 0.0
+
+    def take(self) -> tuple[bytes, int] | None:
+        i = next(self.counter)  # atomic under the GIL
+        if i >= len(self.idx):
+            return None
+        off, ln, n = self.idx[i]
+        return self.mm[off:off + ln], n
+
+    def close(self) -> dict:
+        self.mm.close()
+        return {}
+
+
+# Bodies the stream's reader keeps ahead of the clients (about 25 MB at 1,000 events a batch):
+# enough that a client never waits on the reader while the generator keeps up, and the memory
+# stays bounded whatever the number of events.
+STREAM_AHEAD = 32
+
+
+class GenStream:
+    """The batch bodies straight from `sonde gen --format batch`, generated anew for every pass
+    (no file: at 100M events they are ~76 GB of JSON). A pass that reads the stream to its end
+    records the number of bodies, their bytes and the suite's trace id in a small manifest, which
+    later runs over the same work directory reuse (the generator is deterministic)."""
+
+    kind = "stream"
+
+    def __init__(self, binary: Path, args: list[str], events: int, batch: int, work: Path, logs: Path):
+        self.cmd = [str(binary), "gen", *args, "--format", "batch", "--batch", str(batch)]
+        self.events, self.batch = events, batch
+        self.manifest = work / f"stream-{batch}.json"
+        self.log_path = logs / "gen.log"
+
+    @property
+    def json_bytes(self) -> int | None:
+        return json.loads(self.manifest.read_text())["bytes"] if self.manifest.exists() else None
+
+    def feed(self) -> StreamFeed:
+        return StreamFeed(self)
+
+    def trace_id(self) -> str:
+        """The suite's trace: the first event of the batch two thirds into the data (as a
+        BatchFile picks it), noted by the last complete pass. Without one yet (say, the caches
+        section run alone first), one pass is read to the end here, posting nothing."""
+        if not self.manifest.exists():
+            log("reading the generator's stream once (nothing posted) for the suite's trace id ...")
+            feed = self.feed()
+            while feed.take() is not None:
+                pass
+            feed.close()
+        return json.loads(self.manifest.read_text())["trace_id"]
+
+
+class StreamFeed:
+    """One pass of the generator: a reader thread takes its stdout line by line (one batch body
+    a line) into a bounded queue, from which the client threads take(). The generator runs
+    meanwhile, on the same cores as the server: its CPU time is measured apart (from the kernel,
+    at the end) so the ingest figures can say what it took."""
+
+    def __init__(self, source: GenStream):
+        self.source = source
+        self.batches = -(-source.events // source.batch)  # the lines the generator prints
+        self.log = open(source.log_path, "ab")
+        self.proc = subprocess.Popen(source.cmd, stdout=subprocess.PIPE, stderr=self.log, bufsize=1 << 20)
+        self.queue: queue.Queue = queue.Queue(maxsize=STREAM_AHEAD)
+        self.stopping = False  # set by close() when the clients stop before the end
+        self.ended = False  # a client has taken the end marker
+        self.lines = self.bytes = 0
+        self.trace_body = None
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        try:
+            for line in self.proc.stdout:
+                if self.stopping:
+                    break
+                # The body without its newline, as a view: copying 760 KB a line would halve
+                # the rate this thread can feed the clients at.
+                body = memoryview(line)[:-1] if line.endswith(b"\n") else memoryview(line)
+                n = min(self.source.batch, self.source.events - self.lines * self.source.batch)
+                if self.lines == self.batches * 2 // 3:
+                    self.trace_body = bytes(body)
+                self.lines += 1
+                self.bytes += len(body)
+                self.queue.put((body, n))
+        finally:
+            self.queue.put(None)  # the end (close() drains the queue if nobody takes it)
+
+    def wait_ready(self) -> None:
+        """Waits until the queue is full (or the stream is done), so the timed ingest does not
+        start with the generator's start-up."""
+        t = time.perf_counter()
+        while not self.queue.full() and self.reader.is_alive() and time.perf_counter() - t < 60:
+            time.sleep(0.01)
+
+    def generator_cpu_seconds(self) -> float:
+        """The generator's utime + stime so far (0 once it has exited)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            return 0.0
+
+    def take(self) -> tuple[memoryview, int] | None:
+        item = self.queue.get()
+        if item is None:
+            self.ended = True
+            self.queue.put(None)  # for the other clients
+        return item
+
+    def close(self) -> dict:
+        """Stops the generator if the clients stopped early (the freshness load does), then
+        reaps it: its CPU time and peak RSS over its whole life. A pass read to the end must have
+        got every event, and writes the manifest."""
+        if not self.ended:
+            self.stopping = True
+            self.proc.kill()
+        while self.reader.is_alive():  # unblock a reader waiting on a full queue
+            try:
+                self.queue.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        _, status, ru = os.wait4(self.proc.pid, 0)
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.proc.stdout.close()
+        self.log.close()
+        if self.ended:
+            if self.proc.returncode != 0 or self.lines != self.batches:
+                raise RuntimeError(f"the generator exited with {self.proc.returncode} after {self.lines:,} of "
+                                   f"{self.batches:,} batches; see {self.source.log_path}")
+            self.source.manifest.write_text(json.dumps({
+                "events": self.source.events, "batches": self.lines, "bytes": self.bytes,
+                "trace_id": first_trace_id(self.trace_body)}))
+        return {"generator_cpu_s": ru.ru_utime + ru.ru_stime, "generator_max_rss_bytes": ru.ru_maxrss * 1024}
 
 
 # --- the server ----------------------------------------------------------------------------
@@ -200,28 +499,41 @@ def drop_caches() -> bool:
 
 # --- 1. ingest -----------------------------------------------------------------------------
 
-def ingest(server: Server, bodies: Path, idx: list, clients: int) -> dict:
+def ingest(server: Server, source: BatchFile | GenStream, clients: int) -> dict:
     """Posts every batch once, `clients` threads each with its own keep-alive connection, taking
-    the next batch from a shared counter (so batches go out roughly in time order)."""
-    counter = itertools.count()
+    the next batch from the source's feed (so batches go out roughly in time order). A 503 (the
+    server's buffers or disk are full: back-pressure) is retried every 100 ms, as a client
+    would, for up to a minute a batch; the retries are counted."""
     errors: list[str] = []
-    with open(bodies, "rb") as f:
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    posted: list[tuple[int, int, int]] = []  # per client: batches, events, bytes
+    retries = [0]
+    feed = source.feed()
 
     def worker():
         conn = server.connect()
+        batches = events = nbytes = 0
         while True:
-            i = next(counter)  # atomic under the GIL
-            if i >= len(idx):
+            item = feed.take()
+            if item is None:
                 break
-            off, ln, n = idx[i]
-            status, data, _ = server.request("POST", f"/1/batch/{DATASET}", mm[off:off + ln], conn)
+            body, n = item
+            t_first = time.perf_counter()
+            while True:
+                status, data, _ = server.request("POST", f"/1/batch/{DATASET}", body, conn)
+                if status != 503 or time.perf_counter() - t_first > 60:
+                    break
+                retries[0] += 1  # not atomic, but a count of rare events
+                time.sleep(0.1)
             if status >= 300 or data.count(b'"status":202') != n:
-                errors.append(f"batch {i}: HTTP {status} {data[:200]!r}")
+                errors.append(f"batch {batches} of a client: HTTP {status} {data[:200]!r}")
+            batches, events, nbytes = batches + 1, events + n, nbytes + len(body)
         conn.close()
+        posted.append((batches, events, nbytes))
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
+    feed.wait_ready()
     all0 = machine_cpu_seconds()
+    gen0 = feed.generator_cpu_seconds()
     cpu0, self0, t0 = server.cpu_seconds(), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     for t in threads:
         t.start()
@@ -230,12 +542,13 @@ def ingest(server: Server, bodies: Path, idx: list, clients: int) -> dict:
     wall = time.perf_counter() - t0
     cpu1, self1 = server.cpu_seconds(), resource.getrusage(resource.RUSAGE_SELF)
     all1 = machine_cpu_seconds()
-    mm.close()
-    events = sum(n for _, _, n in idx)
-    nbytes = sum(ln for _, ln, _ in idx)
+    fed = feed.close()  # for a stream: the generator's CPU over its whole life (it has exited)
+    gen_cpu = fed.get("generator_cpu_s", 0.0) - gen0
+    events = sum(e for _, e, _ in posted)
+    nbytes = sum(b for _, _, b in posted)
     client_cpu = (self1.ru_utime + self1.ru_stime) - (self0.ru_utime + self0.ru_stime)
-    return {
-        "clients": clients, "events": events, "bytes": nbytes, "wall_s": wall,
+    r = {
+        "clients": clients, "feed": source.kind, "events": events, "bytes": nbytes, "wall_s": wall,
         "events_per_s": events / wall, "mb_per_s": nbytes / wall / 1e6,
         "server_cpu_s": cpu1 - cpu0, "server_cpu_s_per_m_events": (cpu1 - cpu0) / events * 1e6,
         "server_peak_rss_bytes": server.peak_rss(),
@@ -243,30 +556,41 @@ def ingest(server: Server, bodies: Path, idx: list, clients: int) -> dict:
         "client_cpu_s": client_cpu, "client_cpu_share_of_wall": client_cpu / wall,
         # Other processes on the machine (a build, say) in the same window, in cores: if this
         # is not near 0 the figures are not clean.
-        "other_processes_cores": max(0.0, (all1 - all0) - (cpu1 - cpu0) - client_cpu) / wall,
-        "errors": errors[:5], "error_count": len(errors),
+        "other_processes_cores": max(0.0, (all1 - all0) - (cpu1 - cpu0) - client_cpu - gen_cpu) / wall,
+        "retries_503": retries[0], "errors": errors[:5], "error_count": len(errors),
     }
+    if source.kind == "stream":
+        # The generator made the bodies during the timed window, on the same cores as the
+        # server: what it took is not the server's, but the server did not have it either.
+        r.update({"generator_cpu_s": gen_cpu, "generator_cpu_cores": gen_cpu / wall,
+                  "generator_cpu_s_per_m_events": gen_cpu / events * 1e6,
+                  "generator_max_rss_bytes": fed["generator_max_rss_bytes"]})
+    if events != source.events:
+        log(f"WARNING: ingest posted {events:,} events, expected {source.events:,}")
+    return r
 
 
 # --- 2. freshness --------------------------------------------------------------------------
 
-def freshness(server: Server, samples: int, load: tuple[Path, list] | None) -> dict:
+def freshness(server: Server, samples: int, load: BatchFile | GenStream | None) -> dict:
     """Ack-to-visible: post a batch of 10 events with a unique marker, then query COUNT with a
     filter on the marker until all 10 answer. The figure is from the ack to the answer that
     first shows them (so it includes one query's latency). With `load`, one client keeps posting
-    the bench batches to another dataset meanwhile."""
+    the bench batches to another dataset meanwhile (from the start again if they run out)."""
     stop = threading.Event()
     loader = None
     if load:
-        bodies, idx = load
         def run_load():
-            with open(bodies, "rb") as f:
-                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            feed = load.feed()
             conn = server.connect()
-            for off, ln, _ in itertools.cycle(idx):
-                if stop.is_set():
-                    break
-                server.request("POST", "/1/batch/background", mm[off:off + ln], conn)
+            while not stop.is_set():
+                item = feed.take()
+                if item is None:
+                    feed.close()
+                    feed = load.feed()
+                    continue
+                server.request("POST", "/1/batch/background", item[0], conn)
+            feed.close()  # a stream's generator is stopped here
             conn.close()
         loader = threading.Thread(target=run_load)
         loader.start()
@@ -346,6 +670,9 @@ def duck_connect(source: str, work: Path, segments: list[Path], threads: int):
         con = duckdb.connect(str(work / "native.duckdb"), read_only=True)
     con.execute(f"SET threads = {threads}")
     con.execute("SET TimeZone = 'UTC'")
+    # Where DuckDB spills (sorts and windows past its memory limit, at 100M events): in the work
+    # directory, not in the current one.
+    con.execute(f"SET temp_directory = '{work / 'duckdb-tmp'}'")
     return con
 
 
@@ -397,6 +724,20 @@ def duck_load(ndjson: Path, work: Path, threads: int) -> dict:
             "parquet_bytes_per_event": pq.stat().st_size / n, "parquet_write_s": pq_wall}
 
 
+def duck_copy_segments(segments: list[Path], work: Path, threads: int) -> dict:
+    """DuckDB's Parquet of the events when there is no NDJSON load to copy from (full, huge):
+    written from Sonde's segments, so the same events and the same flattened columns."""
+    con = duck_connect("parquet", work, segments, threads)
+    pq = work / "duckdb.parquet"
+    t = time.perf_counter()
+    con.execute(f"COPY (SELECT * FROM src) TO '{pq}' (FORMAT parquet, COMPRESSION zstd)")
+    wall = time.perf_counter() - t
+    n = con.execute(f"SELECT count(*) FROM read_parquet('{pq}')").fetchone()[0]
+    con.close()
+    return {"events": n, "source": "Sonde's segments", "parquet_bytes": pq.stat().st_size,
+            "parquet_bytes_per_event": pq.stat().st_size / n, "parquet_write_s": wall}
+
+
 def sonde_ask(server: Server, q: dict, conn=None) -> tuple[bytes, float]:
     if q["kind"] == "query":
         req = ("POST", f"/api/query/{DATASET}", q["spec"])
@@ -429,12 +770,12 @@ def duck_columns(con) -> list[tuple[str, str]]:
     return kinds
 
 
-def duck_ask(con, q: dict) -> tuple[dict, float]:
+def duck_ask(con, q: dict, builtin_quantile: bool = False) -> tuple[dict, float]:
     """Runs every statement the question needs; the time covers them all (and fetching)."""
     import suite
     t = time.perf_counter()
     if q["kind"] == "query":
-        out = suite.SpecSQL(q["spec"]).run(con)
+        out = suite.SpecSQL(q["spec"], builtin_quantile).run(con)
     elif q["kind"] == "events":
         out = suite.events_run(con, q["request"])
     elif q["kind"] == "trace":
@@ -449,45 +790,74 @@ def check(q: dict, sonde: dict, duck: dict) -> list[str]:
     if q["kind"] == "query":
         return suite.compare_query(sonde, duck)
     if q["kind"] == "bubbleup":
+        if q.get("sampled"):
+            return suite.bubbleup_top_compare(sonde, duck)
         return suite.bubbleup_compare(sonde, duck)
     return suite.compare(sonde, duck)
 
 
+def duck_sides(q: dict, sources: list[str], weighted: bool) -> list[tuple[str, str, bool]]:
+    """The DuckDB timings of a question: (key, source, builtin_quantile). Each source's first is
+    its correct answer, checked and in the ratios: the weighted window-function percentile over
+    sampled data, DuckDB's quantile_disc where every sample rate is 1 (the same answer there,
+    and faster). Over sampled data, a question with percentiles is timed once more with
+    quantile_disc (`<source>_builtin`): unweighted, not the same answer, so only timed."""
+    import suite
+    sides = []
+    for src in sources:
+        sides.append((src, src, not weighted))
+        if weighted and q["kind"] == "query" and suite.has_percentile(q["spec"]):
+            sides.append((f"{src}_builtin", src, True))
+    return sides
+
+
 def run_queries(binary: Path, data_dir: Path, work: Path, logs: Path, qs: list, repeats: int,
-                cold_repeats: int, threads: int) -> tuple[list, bool]:
+                cold_repeats: int, threads: int, sources: list[str]) -> tuple[list, bool, int]:
+    """Every question, on Sonde and on DuckDB over each source ("parquet": Sonde's segments;
+    "native": the NDJSON loaded into DuckDB's own table, when there is an NDJSON). Returns the
+    records, whether the cold timings ran, and the data's largest sample rate."""
     segs = live_segments(data_dir)
     out = []
     srv = Server(binary, data_dir, logs / "query.log")
-    cons = {s: duck_connect(s, work, segs, threads) for s in ("parquet", "native")}
+    cons = {s: duck_connect(s, work, segs, threads) for s in sources}
+    # Once per run: is every event's sample rate 1? Then DuckDB's built-in quantile is the
+    # weighted percentile's answer (see duck_sides).
+    max_rate = cons["parquet"].execute("SELECT coalesce(max(samplerate), 1) FROM src").fetchone()[0]
+    weighted = max_rate > 1
+    log(f"largest sample rate {max_rate}: DuckDB's percentiles "
+        + ("by the weighted window function (quantile_disc timed beside)" if weighted else "by quantile_disc"))
     try:
         for q in qs:
-            # Correctness first (this is also the warm-up): Sonde against both DuckDB sources.
+            sides = duck_sides(q, sources, weighted)
+            # Correctness first (this is also the warm-up): Sonde against each DuckDB source's
+            # correct form. The builtin forms over sampled data are warmed up, not compared.
             data, _ = sonde_ask(srv, q)
             s_ans = sonde_shape(q, data)
-            rec = {"name": q["name"], "kind": q["kind"], "mismatch": {}}
-            for src, con in cons.items():
-                d_ans, _ = duck_ask(con, q)
+            rec = {"name": q["name"], "kind": q["kind"], "results_only": "of" in q, "mismatch": {}}
+            for key, src, builtin in sides:
+                d_ans, _ = duck_ask(cons[src], q, builtin)
+                if key != src:
+                    continue
                 diffs = check(q, s_ans, d_ans)
                 if diffs:
                     rec["mismatch"][src] = diffs
                     log(f"MISMATCH {q['name']} vs duckdb-{src}:\n  " + "\n  ".join(diffs))
             if q["kind"] == "query":
                 rec["server_meta"] = json.loads(data).get("meta")
-            # Hot: the three sides interleaved, so background noise hits them alike.
-            times = {"sonde": [], "parquet": [], "native": []}
+            # Hot: every side interleaved, so background noise hits them alike.
+            times = {"sonde": [], **{key: [] for key, _, _ in sides}}
             server_ms = []
             for _ in range(repeats):
                 data, dt = sonde_ask(srv, q)
                 times["sonde"].append(dt)
                 server_ms.append(json.loads(data).get("meta", {}).get("elapsed_ms"))
-                for src, con in cons.items():
-                    times[src].append(duck_ask(con, q)[1])
+                for key, src, builtin in sides:
+                    times[key].append(duck_ask(cons[src], q, builtin)[1])
             rec["hot_ms"] = {k: statistics.median(v) * 1e3 for k, v in times.items()}
             rec["hot_all_ms"] = {k: [x * 1e3 for x in v] for k, v in times.items()}
             ms = [x for x in server_ms if x is not None]
             rec["sonde_server_elapsed_ms"] = statistics.median(ms) if ms else None
-            log(f"  {q['name']:<32} hot  sonde {rec['hot_ms']['sonde']:9.1f} ms   duckdb parquet "
-                f"{rec['hot_ms']['parquet']:9.1f} ms   native {rec['hot_ms']['native']:9.1f} ms"
+            log(f"  {q['name']:<32} hot  " + "   ".join(f"{k} {v:9.1f} ms" for k, v in rec["hot_ms"].items())
                 + ("   MISMATCH" if rec["mismatch"] else ""))
             out.append(rec)
     finally:
@@ -503,9 +873,10 @@ def run_queries(binary: Path, data_dir: Path, work: Path, logs: Path, qs: list, 
     dropped = cold_repeats > 0 and drop_caches()
     if not dropped:
         log("cold timings skipped: cannot drop the OS page cache here" if cold_repeats else "cold timings skipped")
-        return out, False
+        return out, False, max_rate
     for rec, q in zip(out, qs):
-        times = {"sonde": [], "parquet": [], "native": []}
+        sides = duck_sides(q, sources, weighted)
+        times = {"sonde": [], **{key: [] for key, _, _ in sides}}
         for _ in range(cold_repeats):
             srv = Server(binary, data_dir, logs / "query-cold.log")
             try:
@@ -514,15 +885,14 @@ def run_queries(binary: Path, data_dir: Path, work: Path, logs: Path, qs: list, 
                 times["sonde"].append(sonde_ask(srv, q)[1])
             finally:
                 srv.stop()
-            for src in ("parquet", "native"):
+            for key, src, builtin in sides:
                 drop_caches()
                 con = duck_connect(src, work, segs, threads)
-                times[src].append(duck_ask(con, q)[1])
+                times[key].append(duck_ask(con, q, builtin)[1])
                 con.close()
         rec["cold_ms"] = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-        log(f"  {q['name']:<32} cold sonde {rec['cold_ms']['sonde']:9.1f} ms   duckdb parquet "
-            f"{rec['cold_ms']['parquet']:9.1f} ms   native {rec['cold_ms']['native']:9.1f} ms")
-    return out, True
+        log(f"  {q['name']:<32} cold " + "   ".join(f"{k} {v:9.1f} ms" for k, v in rec["cold_ms"].items()))
+    return out, True, max_rate
 
 
 # --- 5. caches -----------------------------------------------------------------------------
@@ -538,7 +908,7 @@ CACHE_CONFIGS = [
 
 def cache_questions(qs: list[dict], t0: int, span_s: int) -> list[dict]:
     """Small, selective questions, whose time goes mostly to planning (opening the segments'
-    footers) rather than to scanning: three of the suite's and a bare COUNT over the hour."""
+    footers) rather than to scanning: three of the suite's and a bare COUNT over the span."""
     pick = {q["name"]: q for q in qs}
     out = [pick[n] for n in ("errors_by_dns_in_incident", "trace_lookup", "last_15m_service_region") if n in pick]
     out.append(dict(name="count_full_hour", kind="query",
@@ -546,14 +916,13 @@ def cache_questions(qs: list[dict], t0: int, span_s: int) -> list[dict]:
     return out
 
 
-def segmented_data(binary: Path, work: Path, logs: Path, bodies: Path, idx: list, segments: int) -> tuple[Path, dict]:
+def segmented_data(binary: Path, work: Path, logs: Path, source: BatchFile | GenStream, segments: int) -> tuple[Path, dict]:
     """A data directory holding the bench events in `segments` segments: the batches ingested
     in order by one client into a server that flushes every events/segments rows and never
     compacts, then SIGTERM (which flushes the rest). One client keeps the segments the same size
     and disjoint in time (with several, ingest runs ahead of the flush and segments grow
     uneven). Reused by later runs with the same parameters."""
-    events = sum(n for _, _, n in idx)
-    flush_rows = max(1000, events // max(1, segments))
+    flush_rows = cache_flush_rows(source.events, segments)
     ddir = work / f"sonde-segments-{flush_rows}"
     done = ddir / ".bench-built"
     if not done.exists():
@@ -562,7 +931,7 @@ def segmented_data(binary: Path, work: Path, logs: Path, bodies: Path, idx: list
         srv = Server(binary, ddir, logs / "caches-build.log", "--flush-rows", str(flush_rows), "--flush-age", "1h",
                      "--compaction-target-rows", "0")
         try:
-            r = ingest(srv, bodies, idx, 1)
+            r = ingest(srv, source, 1)
         finally:
             srv.stop()
         if r["error_count"]:
@@ -586,7 +955,7 @@ def chunk_metrics(srv: Server) -> dict:
     return out
 
 
-def run_caches(binary: Path, work: Path, logs: Path, bodies: Path, idx: list, qs: list[dict],
+def run_caches(binary: Path, work: Path, logs: Path, source: BatchFile | GenStream, qs: list[dict],
                segments: int, repeats: int) -> dict:
     """Per-question time over many small segments with and without the in-memory caches. Each
     configuration gets a fresh server over the same data directory, one warm-up run of every
@@ -594,9 +963,9 @@ def run_caches(binary: Path, work: Path, logs: Path, bodies: Path, idx: list, qs
     in order and then in reverse (off, footers, on, on, footers, off), half the rounds each, so
     a drift in the machine's load hits them alike. Medians of client wall time and of the
     server's own `meta.elapsed_ms`."""
-    ddir, layout = segmented_data(binary, work, logs, bodies, idx, segments)
+    ddir, layout = segmented_data(binary, work, logs, source, segments)
     log(f"caches: {layout['segments']} segments, {layout['segment_rows']:,} rows")
-    events = sum(n for _, _, n in idx)
+    events = source.events
     if layout["segment_rows"] != events:
         log(f"WARNING: caches: segments hold {layout['segment_rows']:,} rows, expected {events:,}")
     res = {"layout": layout, "repeats": repeats, "configs": {}, "queries": []}
@@ -699,11 +1068,60 @@ def table(title: str, header: list[str], rows: list[list]) -> str:
     return "\n".join([f"\n== {title} ==", line(header), "  ".join("-" * x for x in w)] + [line(r) for r in cells[1:]])
 
 
+def query_tables(res: dict, qs: list[dict], geo: dict, what: str) -> list[str]:
+    """The hot and cold tables of some questions: Sonde, then per DuckDB source its checked
+    time and Sonde's ratio to it, and where timed its built-in quantile (not the same answer)."""
+    sources = res["config"]["duckdb_sources"]
+    builtin = [s for s in sources if any(f"{s}_builtin" in q.get("hot_ms", {}) for q in qs)]
+    head = ["query", "Sonde"]
+    for s in sources:
+        head += [f"DuckDB {s}", "ratio"] + ([f"{s}, built-in quantile*"] if s in builtin else [])
+    out = []
+    for mode in ("hot", "cold"):
+        key = f"{mode}_ms"
+        if not any(key in q for q in qs):
+            continue
+        rows = []
+        for q in qs:
+            t = q.get(key, {})
+            row = [q["name"] + (" (MISMATCH)" if q["mismatch"] else ""), fmt(t.get("sonde"))]
+            for s in sources:
+                row += [fmt(t.get(s)), ratio(t.get("sonde"), t.get(s))] + ([fmt(t.get(f"{s}_builtin"))] if s in builtin else [])
+            rows.append(row)
+        g = geo.get(mode)
+        if g:
+            row = [f"geometric mean ({g['queries']} matching queries)", fmt(g["sonde"])]
+            for s in sources:
+                row += [fmt(g.get(s)), ratio(g["sonde"], g.get(s))] + (["-"] if s in builtin else [])
+            rows.append(row)
+        title = (f"{what}, hot: median of repeats, ms" if mode == "hot"
+                 else f"{what}, cold: OS cache dropped, server restarted / new DuckDB connection, ms")
+        out.append(table(title, head, rows))
+        if builtin:
+            out.append("* DuckDB's built-in quantile_disc: unweighted, not the same answer (the data's sample rates "
+                       "are not all 1), so timed only, beside the checked weighted form the ratio uses.")
+    return out
+
+
 def summary(res: dict) -> str:
-    out = [f"Sonde benchmark, size {res['size']} ({res['events']:,} events), {res['date']}, "
+    cfg = res["config"]
+    span = f"{cfg['span_s'] // 3600} h" if cfg["span_s"] % 3600 == 0 else f"{cfg['span_s']} s"
+    out = [f"Sonde benchmark, size {res['size']} ({res['events']:,} events over {span}), {res['date']}, "
            f"{res['machine']['cpu']} x{res['machine']['cores']}, {res['versions']['sonde']} ({res['versions']['git']}), "
-           f"DuckDB {res['versions']['duckdb']} ({res['config']['duckdb_threads']} threads); load average at start "
+           f"DuckDB {res['versions']['duckdb']} ({cfg['duckdb_threads']} threads); load average at start "
            f"{res['loadavg_start'][0]:.2f}, at end {res.get('loadavg_end', [0])[0]:.2f}"]
+    out.append("Data: " + {
+        "ndjson": "`sonde gen` NDJSON, re-encoded into a file of batch bodies; DuckDB over Sonde's segments "
+                  "(parquet) and over the NDJSON loaded into its own table (native).",
+        "file": "`sonde gen --format batch` written to a file of batch bodies, no NDJSON (disk); DuckDB over "
+                "Sonde's segments only: the native source (an NDJSON load) is not run at this size.",
+        "stream": f"`sonde gen --format batch` streamed into the clients through a bounded queue, no file "
+                  f"({(cfg.get('json_bytes') or res['events'] * JSON_BYTES_PER_EVENT) / 1e9:.1f} GB of JSON); the generator runs during "
+                  f"each ingest, sharing the {res['machine']['cores']} cores with the server (its CPU is shown "
+                  f"apart). DuckDB over Sonde's segments only: the native source (an NDJSON load) is not run at this size.",
+    }[cfg["feed"]])
+    if cfg.get("duckdb_percentiles"):
+        out.append(f"DuckDB percentiles: {cfg['duckdb_percentiles']}.")
     ing, dk = res.get("ingest"), res.get("duckdb_load")
     if ing:
         rows = []
@@ -715,8 +1133,15 @@ def summary(res: dict) -> str:
             rows.append([f"{r['clients']} clients: server CPU s / M events", fmt(r["server_cpu_s_per_m_events"]), "-", "-"])
             rows.append([f"{r['clients']} clients: server peak RSS", fmt(r["server_peak_rss_bytes"] / 2**20, " MiB"), "-", "-"])
             rows.append([f"{r['clients']} clients: client CPU (share of wall)", fmt(r["client_cpu_share_of_wall"]), "-", "-"])
+            if "generator_cpu_cores" in r:
+                rows.append([f"{r['clients']} clients: generator CPU (cores, beside the server)",
+                             fmt(r["generator_cpu_cores"]), "-", "-"])
             rows.append([f"{r['clients']} clients: other processes' CPU (cores)", fmt(r.get("other_processes_cores")), "-", "-"])
-        out.append(table("Ingest (Sonde: HTTP batches, durable acks; DuckDB: read_ndjson into a table)",
+            if r.get("retries_503"):
+                rows.append([f"{r['clients']} clients: batches retried after a 503", fmt(r["retries_503"]), "-", "-"])
+        feed = "bodies streamed from the generator" if cfg["feed"] == "stream" else "bodies pre-encoded in a file"
+        duck = "read_ndjson into a table" if dk else "not run (no NDJSON at this size)"
+        out.append(table(f"Ingest (Sonde: HTTP batches, durable acks, {feed}; DuckDB: {duck})",
                          ["metric", "Sonde", "DuckDB", "ratio"], rows))
     fr = res.get("freshness")
     if fr:
@@ -731,30 +1156,19 @@ def summary(res: dict) -> str:
     if st:
         rows = [["bytes / event", fmt(st["sonde_bytes_per_event"]), fmt(st["duckdb_parquet_bytes_per_event"]),
                  ratio(st["sonde_bytes_per_event"], st["duckdb_parquet_bytes_per_event"])],
-                ["NDJSON / stored size", fmt(st["ndjson_ratio"]), fmt(st["duckdb_ndjson_ratio"]), "-"],
+                [f"{st['json_form']} / stored size", fmt(st["json_ratio"]), fmt(st["duckdb_json_ratio"]), "-"],
                 ["segments (after compaction)", fmt(st["segments"]), "1", "-"],
                 ["DuckDB database file bytes / event", "-", fmt(st["duckdb_db_bytes_per_event"]), "-"]]
-        out.append(table("Storage (Sonde: Parquet segments after flush + compaction; DuckDB: COPY TO Parquet zstd)",
+        src = "the loaded table" if dk else "Sonde's segments"
+        out.append(table(f"Storage (Sonde: Parquet segments after flush + compaction; DuckDB: COPY {src} TO Parquet zstd)",
                          ["metric", "Sonde", "DuckDB", "ratio"], rows))
     qs = res.get("queries")
     if qs:
-        for mode in ("hot", "cold"):
-            key = f"{mode}_ms"
-            if not any(key in q for q in qs):
-                continue
-            rows = []
-            for q in qs:
-                t = q.get(key, {})
-                flag = " (MISMATCH)" if q["mismatch"] else ""
-                rows.append([q["name"] + flag, fmt(t.get("sonde")), fmt(t.get("parquet")), ratio(t.get("sonde"), t.get("parquet")),
-                             fmt(t.get("native")), ratio(t.get("sonde"), t.get("native"))])
-            g = res["geomean"].get(mode)
-            if g:
-                rows.append([f"geometric mean ({g['queries']} matching queries)", fmt(g["sonde"]), fmt(g["parquet"]),
-                             ratio(g["sonde"], g["parquet"]), fmt(g["native"]), ratio(g["sonde"], g["native"])])
-            title = ("Queries, hot: median of repeats, ms" if mode == "hot"
-                     else "Queries, cold: OS cache dropped, server restarted / new DuckDB connection, ms")
-            out.append(table(title, ["query", "Sonde", "DuckDB parquet", "ratio", "DuckDB native", "ratio"], rows))
+        out += query_tables(res, [q for q in qs if not q["results_only"]], res["geomean"], "Queries")
+        ro = [q for q in qs if q["results_only"]]
+        if ro:
+            out += query_tables(res, ro, res["geomean_results_only"],
+                                "Results only (Sonde: disable_series; DuckDB: the results statement alone)")
     ca = res.get("caches")
     if ca:
         lay = ca["layout"]
@@ -773,7 +1187,7 @@ def summary(res: dict) -> str:
             rows.append(["geometric mean"] + [fmt(g.get(k)) for k in keys]
                         + [ratio(g.get("off"), g.get("on")), ratio(g.get("off"), g.get("footers")),
                            ratio(g.get("footers"), g.get("on"))])
-            out.append(table(f"Caches: {lay['segments']} segments of ~{lay['flush_rows']:,} rows, median of "
+            out.append(table(f"Caches: {lay['segments']} segments of ~{lay['segment_rows'] // max(1, lay['segments']):,} rows, median of "
                              f"{ca['repeats']}, {what}, ms", head, rows))
         cc = ca["configs"].get("on", {}).get("chunk_cache")
         if cc:
@@ -833,16 +1247,17 @@ def machine() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", choices=sorted(SIZES), default="quick", help="quick = 1M events, full = 10M, dev = 200k")
-    ap.add_argument("--events", type=int, help="override the number of events")
+    ap.add_argument("--size", choices=sorted(SIZES), default="quick",
+                    help="dev = 200k events, quick = 1M, full = 10M, huge = 100M over 24 hours (streamed)")
+    ap.add_argument("--events", type=int, help="override the number of events (the size still sets the span and the feed)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--clients", default="1,4,16", help="ingest concurrency levels (the last run's data is queried)")
     ap.add_argument("--batch", type=int, default=1000, help="events per ingest batch")
     ap.add_argument("--repeats", type=int, default=5, help="hot repeats per query (median)")
-    ap.add_argument("--cold-repeats", type=int, help="cold runs per query (median; 0 skips; default 1 quick, 3 full)")
+    ap.add_argument("--cold-repeats", type=int, help="cold runs per query (median; 0 skips; default 3 for full, else 1)")
     ap.add_argument("--freshness-samples", type=int, default=100)
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="DuckDB threads (default: the cores Sonde has)")
-    ap.add_argument("--only", help="comma-separated query names to run (development)")
+    ap.add_argument("--only", help="comma-separated query names to run (a name also picks its .results_only variant)")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: " + ",".join(SECTIONS))
     ap.add_argument("--sections", default=",".join(SECTIONS),
                     help="comma-separated sections to run (default all; e.g. --sections caches runs that one alone)")
@@ -857,6 +1272,8 @@ def main() -> None:
     import suite
 
     events = a.events or SIZES[a.size]
+    span_s, feed = SPANS_S[a.size], FEEDS[a.size]
+    # Cold runs are many (every question, every side); at 100M events one pass of them is long.
     cold_repeats = a.cold_repeats if a.cold_repeats is not None else (3 if a.size == "full" else 1)
     skip = set(filter(None, a.skip.split(",")))
     unknown = (skip | set(filter(None, a.sections.split(",")))) - set(SECTIONS)
@@ -869,12 +1286,25 @@ def main() -> None:
     binary = a.bin
     if not binary.exists():
         sys.exit(f"no sonde binary at {binary}: run `make release` (or pass --bin)")
-    work = WORK / f"{events}-seed{a.seed}"
+    if feed != "ndjson" and not gen_has_format(binary):
+        sys.exit(f"{binary}: `sonde gen` has no --format (size {a.size} needs `--format batch`): rebuild it (make release)")
+    # One directory per set of events (a span other than the hour is in its name).
+    work = WORK / (f"{events}-seed{a.seed}" + (f"-span{span_s}s" if span_s != 3600 else ""))
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    ndjson = generate(binary, events, a.seed, work)
-    bodies, idx = batch_file(ndjson, a.batch, work)
+    disk = check_disk(work, feed, events, a.batch, skip, need_data, a.cache_segments)
+    args = gen_args(events, a.seed, span_s)
+    ndjson = None
+    if feed == "ndjson":
+        ndjson = generate(binary, args, work)
+        source = batch_file(ndjson, a.batch, work)
+    elif feed == "file":
+        source = gen_batch_file(binary, args, events, a.batch, work)
+    else:
+        source = GenStream(binary, args, events, a.batch, work, logs)
     data_dir = work / "sonde-data"
+    # DuckDB's sources: Sonde's own segments always; its own table only where there is an NDJSON.
+    duck_sources = ["parquet", "native"] if ndjson else ["parquet"]
 
     version = subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout.strip()
     rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -886,10 +1316,11 @@ def main() -> None:
            "versions": {"sonde": version, "git": rev + (" (work tree modified)" if dirty else ""),
                         "binary_built": datetime.fromtimestamp(binary.stat().st_mtime, timezone.utc).isoformat(),
                         "duckdb": duckdb.__version__},
-           "config": {"seed": a.seed, "batch_events": a.batch, "repeats": a.repeats, "cold_repeats": cold_repeats,
-                      "duckdb_threads": a.threads, "ndjson_bytes": ndjson.stat().st_size, "server_flags": "defaults",
-                      "cache_segments": a.cache_segments, "cache_repeats": a.cache_repeats},
-           "geomean": {}, "loadavg_start": os.getloadavg()}
+           "config": {"seed": a.seed, "span_s": span_s, "feed": feed, "batch_events": a.batch, "repeats": a.repeats,
+                      "cold_repeats": cold_repeats, "duckdb_threads": a.threads, "duckdb_sources": duck_sources,
+                      "server_flags": "defaults", "cache_segments": a.cache_segments, "cache_repeats": a.cache_repeats,
+                      "disk": disk},
+           "geomean": {}, "geomean_results_only": {}, "loadavg_start": os.getloadavg()}
     if res["loadavg_start"][0] > 0.5:
         log(f"WARNING: the machine is busy (load average {res['loadavg_start'][0]:.2f}): figures will be noisy")
 
@@ -902,15 +1333,17 @@ def main() -> None:
             shutil.rmtree(data_dir, ignore_errors=True)
             srv = Server(binary, data_dir, logs / f"ingest-{c}.log")
             try:
-                r = ingest(srv, bodies, idx, c)
+                r = ingest(srv, source, c)
             finally:
                 r_exit = srv.stop()
             r["server_lifetime"] = r_exit
             log(f"ingest {c:>2} clients: {r['events_per_s']:,.0f} events/s, {r['mb_per_s']:.1f} MB/s, "
                 f"server CPU {r['server_cpu_s_per_m_events']:.2f} s/M events, peak RSS {r['server_peak_rss_bytes'] / 2**20:.0f} MiB, "
-                f"client CPU {r['client_cpu_share_of_wall']:.0%} of wall, errors {r['error_count']}")
+                f"client CPU {r['client_cpu_share_of_wall']:.0%} of wall, "
+                + (f"generator CPU {r['generator_cpu_cores']:.2f} cores, " if "generator_cpu_cores" in r else "")
+                + f"errors {r['error_count']}")
             res["ingest"].append(r)
-    if need_data and ("storage" not in skip or not (work / "native.duckdb").exists()):
+    if ndjson and need_data and ("storage" not in skip or not (work / "native.duckdb").exists()):
         log("DuckDB NDJSON load ...")
         res["duckdb_load"] = duck_load(ndjson, work, a.threads)
         log(f"duckdb load: {res['duckdb_load']['events_per_s']:,.0f} events/s")
@@ -918,17 +1351,24 @@ def main() -> None:
     # 3. Storage, after compaction.
     if need_data:
         st = compact(binary, data_dir, logs)
+    # The JSON the events are: the NDJSON where there is one, else the batch bodies (which a
+    # stream knows once it has been read to the end).
+    json_form, json_bytes = ("NDJSON", ndjson.stat().st_size) if ndjson else ("batch JSON", source.json_bytes)
+    res["config"]["json_form"], res["config"]["json_bytes"] = json_form, json_bytes
     if "storage" not in skip:
         segs = live_segments(data_dir)
         seg_bytes = sum(p.stat().st_size for p in segs)
-        n_ndjson = res["config"]["ndjson_bytes"]
-        dk = res["duckdb_load"]
+        dk = res.get("duckdb_load")
+        if dk is None:  # no NDJSON load: DuckDB's Parquet is written from Sonde's segments
+            log("DuckDB COPY of the segments to Parquet ...")
+            res["duckdb_copy"] = dk = duck_copy_segments(segs, work, a.threads)
         res["storage"] = {"segments": len(segs), "segment_rows": st["segment_rows"], "segment_bytes": seg_bytes,
                           "stats": st, "sonde_bytes_per_event": seg_bytes / st["segment_rows"],
-                          "ndjson_bytes_per_event": n_ndjson / events, "ndjson_ratio": n_ndjson / seg_bytes,
+                          "json_form": json_form, "json_bytes_per_event": json_bytes / events if json_bytes else None,
+                          "json_ratio": json_bytes / seg_bytes if json_bytes else None,
                           "duckdb_parquet_bytes_per_event": dk["parquet_bytes_per_event"],
-                          "duckdb_ndjson_ratio": n_ndjson / dk["parquet_bytes"],
-                          "duckdb_db_bytes_per_event": dk["db_file_bytes"] / dk["events"]}
+                          "duckdb_json_ratio": json_bytes / dk["parquet_bytes"] if json_bytes else None,
+                          "duckdb_db_bytes_per_event": dk["db_file_bytes"] / dk["events"] if "db_file_bytes" in dk else None}
         if st["segment_rows"] != events:
             log(f"WARNING: segments hold {st['segment_rows']:,} rows, expected {events:,}")
 
@@ -936,7 +1376,7 @@ def main() -> None:
     if "freshness" not in skip:
         fdir = work / "sonde-fresh"
         res["freshness"] = []
-        for load in (None, (bodies, idx)):
+        for load in (None, source):
             shutil.rmtree(fdir, ignore_errors=True)
             srv = Server(binary, fdir, logs / "freshness.log")
             try:
@@ -946,28 +1386,35 @@ def main() -> None:
             log(f"freshness: {res['freshness'][-1]}")
         shutil.rmtree(fdir, ignore_errors=True)
 
-    with open(ndjson, "rb") as f:  # a trace id from two thirds into the data
-        f.seek(ndjson.stat().st_size * 2 // 3)
-        f.readline()
-        trace_id = json.loads(f.readline())["trace"]["trace_id"]
-    all_qs = suite.questions(GEN_T0, GEN_SPAN_S, trace_id)
+    trace_id = None
+    if {"queries", "caches"} - skip:
+        trace_id = source.trace_id()  # for a stream: noted by the last ingest read to the end
+    all_qs = suite.questions(GEN_T0, span_s, trace_id)
 
     # 4. Queries.
     if "queries" not in skip:
         qs = all_qs
         if a.only:
-            qs = [q for q in qs if q["name"] in a.only.split(",")]
-        res["queries"], res["config"]["cold_done"] = run_queries(
-            binary, data_dir, work, logs, qs, a.repeats, cold_repeats, a.threads)
-        for mode in ("hot", "cold"):
-            ok = [q for q in res["queries"] if not q["mismatch"] and f"{mode}_ms" in q]
-            if ok:
-                res["geomean"][mode] = {k: geomean([q[f"{mode}_ms"][k] for q in ok]) for k in ("sonde", "parquet", "native")}
-                res["geomean"][mode]["queries"] = len(ok)
+            names = a.only.split(",")
+            qs = [q for q in qs if q["name"] in names or q.get("of") in names]
+        res["queries"], res["config"]["cold_done"], max_rate = run_queries(
+            binary, data_dir, work, logs, qs, a.repeats, cold_repeats, a.threads, duck_sources)
+        res["config"]["max_samplerate"] = max_rate
+        res["config"]["duckdb_percentiles"] = (
+            f"weighted nearest-rank window function (sample rates up to {max_rate}), checked and in the ratios; "
+            f"DuckDB's built-in quantile_disc (unweighted, not the same answer) timed beside it" if max_rate > 1 else
+            "DuckDB's built-in quantile_disc (every sample rate is 1, so it is the weighted nearest-rank answer), checked")
+        for geo, group in ((res["geomean"], [q for q in res["queries"] if not q["results_only"]]),
+                           (res["geomean_results_only"], [q for q in res["queries"] if q["results_only"]])):
+            for mode in ("hot", "cold"):
+                ok = [q for q in group if not q["mismatch"] and f"{mode}_ms" in q]
+                if ok:
+                    geo[mode] = {k: geomean([q[f"{mode}_ms"][k] for q in ok]) for k in ["sonde", *duck_sources]}
+                    geo[mode]["queries"] = len(ok)
 
     # 5. Caches: small questions over many segments, with and without the in-memory caches.
     if "caches" not in skip:
-        res["caches"] = run_caches(binary, work, logs, bodies, idx, cache_questions(all_qs, GEN_T0, GEN_SPAN_S),
+        res["caches"] = run_caches(binary, work, logs, source, cache_questions(all_qs, GEN_T0, span_s),
                                    a.cache_segments, a.cache_repeats)
 
     res["loadavg_end"] = os.getloadavg()
