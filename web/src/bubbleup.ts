@@ -70,7 +70,7 @@ export function renderBubbleUp(el: HTMLElement, a: BubbleAnswer, title: string, 
     const sampled = document.createElement("div");
     sampled.className = "status bu-sampled";
     sampled.textContent = note;
-    sampled.title = "Over many rows BubbleUp reads evenly spread blocks of rows; ask with \"exact\": true to count every one.";
+    sampled.title = "Over many rows BubbleUp reads evenly spread blocks of rows; the API's \"exact\": true counts every one.";
     head.append(sampled);
   }
   const grid = document.createElement("div");

@@ -204,8 +204,10 @@ impl Counter {
         }
     }
 
-    /// The column's comparison and its score.
-    pub(crate) fn report(&self, totals: [i64; 2], top: usize) -> (f64, Comparison) {
+    /// The column's comparison and its score. `scale` weighs each side's counts when values
+    /// are ranked by their weight in the population (1 each; a sampled side's exact over
+    /// counted weight, so a side counted whole does not crowd out the other's values).
+    pub(crate) fn report(&self, totals: [i64; 2], top: usize, scale: [f64; 2]) -> (f64, Comparison) {
         let share = |c: [i64; 2]| -> [f64; 2] {
             [
                 if totals[0] > 0 {
@@ -224,10 +226,12 @@ impl Counter {
             Counter::Categorical {
                 values, other, missing, ..
             } => {
-                let mut all: Vec<&(Value, [i64; 2])> = values.values().collect();
                 // Top values by weight in the population; ties by value, so the answer is stable.
                 // (Keys computed once each: up to 10,000 values per column.)
-                all.sort_by_cached_key(|(v, c)| (std::cmp::Reverse(c[0] + c[1]), v.to_string()));
+                let weight = |c: &[i64; 2]| c[0] as f64 * scale[0] + c[1] as f64 * scale[1];
+                let mut keyed: Vec<_> = values.values().map(|e| (weight(&e.1), e.0.to_string(), e)).collect();
+                keyed.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+                let all: Vec<&(Value, [i64; 2])> = keyed.into_iter().map(|(_, _, e)| e).collect();
                 let kept = &all[..all.len().min(top)];
                 let mut rest = *other;
                 for (_, c) in &all[kept.len()..] {
@@ -452,11 +456,11 @@ mod tests {
         let mut c = Counter::categorical(MAX_DISTINCT_BYTES);
         c.add(&col, &BooleanArray::from(vec![true, true, false, false]), &[1, 1, 1, 1])
             .unwrap();
-        assert_eq!(c.report([2, 2], 10).0, 0.0);
+        assert_eq!(c.report([2, 2], 10, [1.0, 1.0]).0, 0.0);
         let mut c = Counter::categorical(MAX_DISTINCT_BYTES);
         c.add(&col, &BooleanArray::from(vec![true, false, true, false]), &[1, 1, 1, 1])
             .unwrap();
-        let (score, v) = c.report([2, 2], 10);
+        let (score, v) = c.report([2, 2], 10, [1.0, 1.0]);
         assert_eq!(score, 1.0);
         let v = serde_json::to_value(v).unwrap();
         assert_eq!(v["values"][0], json!({"value": "a", "selection": 1.0, "baseline": 0.0}));

@@ -66,11 +66,12 @@ pub struct DatasetTable {
     sample: Option<Sample>,
 }
 
-/// A systematic sample of a table's rows: in each segment (and over the buffered rows), blocks
-/// of `block` consecutive rows, one block in every `every`, starting at a block chosen per
-/// segment. Blocks rather than single rows so the Parquet reader skips whole pages instead of
-/// decoding them and dropping most rows; many blocks over the range so the time is covered
-/// evenly (a block is a few seconds of events even at high volume).
+/// A systematic sample of a table's rows: the rows are numbered in one order over the whole
+/// table (segments in catalog order, then the buffered rows), and the kept rows are blocks of
+/// `block` consecutive numbers, one block in every `every`. Blocks rather than single rows so
+/// the Parquet reader skips whole pages instead of decoding them and dropping most rows; one
+/// numbering over the table so the sample keeps one row in `every` within a block's rounding
+/// however the rows are split into segments, and covers the time evenly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sample {
     /// One block kept in this many (≥ 1).
@@ -80,37 +81,43 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// The sample keeping about `keep` of `rows` rows in at least ~64 blocks (blocks of 128
-    /// to 32,768 rows); `None` when that is every row.
-    pub fn of(rows: u64, keep: u64) -> Option<Sample> {
+    /// The sample keeping about `keep` of `rows` matching rows, in blocks sized so that the
+    /// `scanned` rows they are read from hold about 64 of them or more (128 to 32,768 rows a
+    /// block); `None` when that is every row.
+    pub fn of(rows: u64, keep: u64, scanned: u64) -> Option<Sample> {
         let every = rows.div_ceil(keep.max(1));
         (every > 1).then(|| Sample {
             every,
-            block: (rows / every / 64).clamp(128, 32_768),
+            block: (scanned / every / 64).clamp(128, 32_768),
         })
     }
 
-    /// The kept rows of `rows` rows starting at `phase` blocks into the pattern, as
-    /// `(start, len)` runs in order.
-    fn runs(&self, rows: u64, phase: u64) -> Vec<(u64, u64)> {
+    /// The kept rows among the `rows` rows numbered from `offset`, as `(start, len)` runs
+    /// relative to `offset`, in order.
+    fn runs(&self, offset: u64, rows: u64) -> Vec<(u64, u64)> {
         let (every, block) = (self.every.max(1), self.block.max(1));
+        let end = offset + rows;
         let mut out = Vec::new();
-        // The first kept block at or after row 0, with the pattern shifted by `phase` blocks.
-        let mut b = (every - phase % every) % every;
-        while b * block < rows {
-            let start = b * block;
-            out.push((start, block.min(rows - start)));
+        // The first kept block that ends after `offset`.
+        let mut b = (offset / block).div_ceil(every) * every;
+        while b * block < end {
+            let from = (b * block).max(offset);
+            let to = ((b + 1) * block).min(end);
+            if to > from {
+                out.push((from - offset, to - from));
+            }
             b += every;
         }
         out
     }
 
-    /// The kept rows of a segment of `rows` rows as a Parquet row selection over the file.
-    fn row_selection(&self, rows: u64, phase: u64) -> parquet::arrow::arrow_reader::RowSelection {
+    /// The kept rows of a segment of `rows` rows numbered from `offset`, as a Parquet row
+    /// selection over the file.
+    fn row_selection(&self, offset: u64, rows: u64) -> parquet::arrow::arrow_reader::RowSelection {
         use parquet::arrow::arrow_reader::RowSelector;
         let mut selectors = Vec::new();
         let mut at = 0;
-        for (start, len) in self.runs(rows, phase) {
+        for (start, len) in self.runs(offset, rows) {
             if start > at {
                 selectors.push(RowSelector::skip((start - at) as usize));
             }
@@ -500,7 +507,8 @@ impl TableProvider for DatasetTable {
         let buffered = match &self.sample {
             Some(sample) => {
                 let all: u64 = buffered.iter().map(|b| b.num_rows() as u64).sum();
-                let mut runs = sample.runs(all, 0).into_iter().peekable();
+                let segment_rows: u64 = self.snapshot.segments.iter().map(|s| s.rows).sum();
+                let mut runs = sample.runs(segment_rows, all).into_iter().peekable();
                 let mut out = Vec::new();
                 let mut offset = 0u64;
                 for b in &buffered {
@@ -551,16 +559,21 @@ impl TableProvider for DatasetTable {
                 let df_schema = DFSchema::try_from(self.schema.clone())?;
                 source = source.with_predicate(state.create_physical_expr(expr, &df_schema)?);
             }
+            // Where each segment's rows start in the table's numbering (for a sample).
+            let mut offsets = std::collections::HashMap::new();
+            let mut at = 0u64;
+            for s in &self.snapshot.segments {
+                offsets.insert(s.id, at);
+                at += s.rows;
+            }
             let files: Vec<PartitionedFile> = segments
                 .iter()
                 .map(|s| {
                     let file = PartitionedFile::new(s.path.clone(), s.bytes);
                     match &self.sample {
-                        // Each segment starts the pattern at its own block (from its id), so
-                        // the sample is not always the start of every segment.
-                        Some(sample) => file.with_extension(ParquetRowSelection::new(
-                            sample.row_selection(s.rows, hash_value(&s.path) as u64),
-                        )),
+                        Some(sample) => {
+                            file.with_extension(ParquetRowSelection::new(sample.row_selection(offsets[&s.id], s.rows)))
+                        }
                         None => file,
                     }
                 })
@@ -594,20 +607,29 @@ mod tests {
     #[test]
     fn a_sample_keeps_one_block_in_every_n() {
         let s = Sample { every: 3, block: 2 };
-        assert_eq!(s.runs(11, 0), vec![(0, 2), (6, 2)]);
-        assert_eq!(s.runs(11, 1), vec![(4, 2), (10, 1)]);
-        assert_eq!(s.runs(11, 2), vec![(2, 2), (8, 2)]);
-        assert_eq!(s.runs(9, 4), vec![(4, 2)]);
-        assert_eq!(s.runs(7, 0), vec![(0, 2), (6, 1)]);
+        // Rows 0..11 numbered from 0: blocks 0 and 3 (rows 0-1, 6-7).
+        assert_eq!(s.runs(0, 11), vec![(0, 2), (6, 2)]);
+        // Numbered from 5: row 5 is in block 2 (dropped), rows 6-7 block 3 (kept), 12-13 block 6.
+        assert_eq!(s.runs(5, 11), vec![(1, 2), (7, 2)]);
+        // A part starting inside a kept block keeps its rest.
+        assert_eq!(s.runs(7, 4), vec![(0, 1)]);
+        assert_eq!(s.runs(0, 7), vec![(0, 2), (6, 1)]);
+        // However the rows are split, the kept rows are the same ones.
+        let whole: Vec<u64> = s.runs(0, 40).iter().flat_map(|&(a, n)| a..a + n).collect();
+        let mut split = Vec::new();
+        for (from, len) in [(0, 5), (5, 1), (6, 17), (23, 17)] {
+            split.extend(s.runs(from, len).iter().flat_map(|&(a, n)| from + a..from + a + n));
+        }
+        assert_eq!(whole, split);
         // The Parquet selection covers the file exactly: skip and select runs add up to it.
-        let sel = s.row_selection(11, 2);
+        let sel = s.row_selection(5, 11);
         let total: usize = sel.iter().map(|r| r.row_count).sum();
         assert_eq!(total, 11);
         assert_eq!(sel.row_count(), 4);
-        assert_eq!(Sample::of(1000, 2000), None);
-        let s = Sample::of(10_000_000, 1_000_000).unwrap();
+        assert_eq!(Sample::of(1000, 2000, 1000), None);
+        let s = Sample::of(10_000_000, 1_000_000, 10_000_000).unwrap();
         assert_eq!((s.every, s.block), (10, 15_625));
-        assert_eq!(Sample::of(200_000, 20_000).unwrap().block, 312);
+        assert_eq!(Sample::of(200_000, 20_000, 200_000).unwrap().block, 312);
     }
 
     #[test]

@@ -133,8 +133,10 @@ impl Accumulator for PercentileAcc {
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        Ok(ScalarValue::Float64(weighted_percentile_of(
-            &self.values,
+        // Selected in place (the values are not needed in their order again): no copy of a
+        // group's values outside what `size` reports.
+        Ok(ScalarValue::Float64(percentile_in_place(
+            &mut self.values,
             &self.weights,
             self.p,
         )))
@@ -151,18 +153,24 @@ impl Accumulator for PercentileAcc {
 /// case), the answer is the value of rank `⌈p·n⌉`, found by one `select_nth_unstable`; weighted,
 /// a quickselect over (value, weight) pairs that keeps the side holding the target weight.
 pub fn weighted_percentile_of(values: &[f64], weights: &[i64], p: f64) -> Option<f64> {
+    percentile_in_place(&mut values.to_vec(), weights, p)
+}
+
+/// [`weighted_percentile_of`], reordering `values` when every weight is 1 (each is at least 1).
+fn percentile_in_place(values: &mut [f64], weights: &[i64], p: f64) -> Option<f64> {
     if values.is_empty() {
         return None;
     }
+    debug_assert!(weights.iter().all(|&w| w >= 1), "weights are at least 1");
     let total: i128 = weights.iter().map(|&w| w as i128).sum();
     let target = p * total as f64;
     if total == values.len() as i128 {
-        // Every weight is 1 (each is at least 1): the first rank r (1-based) with r ≥ target.
+        // Every weight is 1: the first rank r (1-based) with r ≥ target.
         let rank = (target.ceil() as usize).clamp(1, values.len());
-        let mut v = values.to_vec();
-        let (_, nth, _) = v.select_nth_unstable_by(rank - 1, f64::total_cmp);
+        let (_, nth, _) = values.select_nth_unstable_by(rank - 1, f64::total_cmp);
         return Some(*nth);
     }
+    // Weighted: the pairs cost 16 bytes a value for the moment of the selection.
     let mut pairs: Vec<(f64, i64)> = values.iter().copied().zip(weights.iter().copied()).collect();
     Some(weighted_select(&mut pairs, target))
 }

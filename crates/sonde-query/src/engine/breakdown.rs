@@ -59,6 +59,15 @@ impl Partial {
     }
 }
 
+/// How the one aggregate of [`Run::fine_aggregates`] answers the results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fine {
+    /// Rows per (bucket, group) whose partial aggregates roll up per group.
+    Rollup,
+    /// Rows per (bucket, group) and per group (`t` null), from grouping sets.
+    GroupingSets,
+}
+
 pub(super) struct Run<'a> {
     pub(super) plan: &'a Plan,
     pub(super) engine: &'a QueryEngine,
@@ -148,24 +157,55 @@ impl Run<'_> {
         (aggs, finals)
     }
 
-    /// The results' aggregates per time bucket and group, when every calculation rolls up from
-    /// them (COUNT, SUM, AVG, MIN, MAX, and HEATMAP's value range); `None` otherwise, and for
-    /// breakdowns with many groups (see `DatasetTable::many_groups`), whose groups times
-    /// buckets would be nearly as many rows as the events.
-    pub(super) fn fine_aggregates(&self, base: &DataFrame, aggs: &[Expr]) -> Result<Option<DataFrame>> {
+    /// One aggregate answering both the results and the series, when the breakdown has few
+    /// groups (see `DatasetTable::many_groups`: otherwise groups times buckets would be nearly
+    /// as many rows as the events) and every calculation is per group and per bucket (no rates
+    /// or CONCURRENCY); `None` otherwise.
+    ///
+    /// - When every calculation rolls up (COUNT, SUM, AVG, MIN, MAX, HEATMAP's value range):
+    ///   partial aggregates per time bucket and group, which the results roll up per group.
+    /// - Otherwise (percentiles, COUNT_DISTINCT): grouping sets `(t, groups)` and `(groups)`,
+    ///   so one scan feeds both; the results are the rows whose `t` is null.
+    pub(super) fn fine_aggregates(&self, base: &DataFrame, aggs: &[Expr]) -> Result<Option<(DataFrame, Fine)>> {
         let plan = self.plan;
+        let per_bucket_only = plan.calcs.iter().any(|c| !c.op.is_simple() && c.op != CalcOp::Heatmap);
+        if per_bucket_only || plan.breakdowns.iter().any(|(b, _)| self.table.many_groups(b)) {
+            return Ok(None);
+        }
         let rolls_up = plan.calcs.iter().all(|c| {
             matches!(
                 c.op,
                 CalcOp::Count | CalcOp::Sum | CalcOp::Avg | CalcOp::Min | CalcOp::Max | CalcOp::Heatmap
             )
         });
-        if !rolls_up || plan.breakdowns.iter().any(|(b, _)| self.table.many_groups(b)) {
-            return Ok(None);
+        if rolls_up {
+            let mut gexprs = vec![bucket_expr(plan, None).alias("t")];
+            gexprs.extend(self.group_exprs());
+            return Ok(Some((
+                self.df(base.clone().aggregate(gexprs, aggs.to_vec()))?,
+                Fine::Rollup,
+            )));
         }
-        let mut gexprs = vec![bucket_expr(plan, None).alias("t")];
-        gexprs.extend(self.group_exprs());
-        Ok(Some(self.df(base.clone().aggregate(gexprs, aggs.to_vec()))?))
+        // The keys as columns of their own first (grouping sets take plain expressions), named
+        // so as not to hide a dataset column the calculations read; renamed after.
+        let key = |i: Option<usize>| i.map_or("__sonde_t".to_string(), |i| format!("__sonde_b{i}"));
+        let nb = plan.breakdowns.len();
+        let mut keyed = self.df(base.clone().with_column(&key(None), bucket_expr(plan, None)))?;
+        for (i, (name, _)) in plan.breakdowns.iter().enumerate() {
+            keyed = self.df(keyed.with_column(&key(Some(i)), ident(name)))?;
+        }
+        let groups: Vec<Expr> = (0..nb).map(|i| ident(key(Some(i)))).collect();
+        let mut with_t = vec![ident(key(None))];
+        with_t.extend(groups.iter().cloned());
+        let sets = Expr::GroupingSet(datafusion::logical_expr::GroupingSet::GroupingSets(vec![
+            with_t, groups,
+        ]));
+        let df = self.df(keyed.aggregate(vec![sets], aggs.to_vec()))?;
+        // Renamed as the other paths name them, without the engine's internal grouping id.
+        let mut out = vec![ident(key(None)).alias("t")];
+        out.extend((0..nb).map(|i| ident(key(Some(i))).alias(b_alias(i))));
+        out.extend(aggs.iter().map(|a| ident(a.schema_name().to_string())));
+        Ok(Some((self.df(df.select(out))?, Fine::GroupingSets)))
     }
 
     /// `df` (a row per group, or per bucket and group, with the calculations' columns) with a
@@ -225,11 +265,11 @@ impl Run<'_> {
     /// When every calculation rolls up from partial aggregates per time bucket and group,
     /// one scan computes those ("fine"), and the results and the series are both answered
     /// from that small table instead of scanning the events twice.
-    async fn fine_table(&self, base: &DataFrame, aggs: &[Expr]) -> Result<Option<DataFrame>> {
+    async fn fine_table(&self, base: &DataFrame, aggs: &[Expr]) -> Result<Option<(DataFrame, Fine)>> {
         Ok(match self.fine_aggregates(base, aggs)? {
             // Collected (and counted against the request) rather than `cache()`d, which would
             // hold the partials outside every budget.
-            Some(f) => {
+            Some((f, kind)) => {
                 let state = f.clone().into_parts().0;
                 let logical: SchemaRef = Arc::new(f.schema().as_arrow().clone());
                 let batches = self.collect(f).await?;
@@ -238,7 +278,8 @@ impl Run<'_> {
                 // physical field says nullable), which the table would refuse.
                 let schema = batches.first().map_or(logical, |b| b.schema());
                 let table = datafusion::datasource::MemTable::try_new(schema, vec![batches]);
-                Some(self.df(table.and_then(|t| SessionContext::new_with_state(state).read_table(Arc::new(t))))?)
+                let df = self.df(table.and_then(|t| SessionContext::new_with_state(state).read_table(Arc::new(t))))?;
+                Some((df, kind))
             }
             None => None,
         })
@@ -249,17 +290,19 @@ impl Run<'_> {
     async fn results(
         &self,
         base: &DataFrame,
-        fine: Option<&DataFrame>,
+        fine: Option<&(DataFrame, Fine)>,
         aggs: Vec<Expr>,
         finals: Vec<Expr>,
     ) -> Result<Partial> {
         let plan = self.plan;
         let nb = plan.breakdowns.len();
         let mut results_df = match fine {
-            Some(f) => {
+            Some((f, Fine::Rollup)) => {
                 let groups: Vec<Expr> = (0..nb).map(|i| ident(b_alias(i))).collect();
                 self.df(f.clone().aggregate(groups, aggs.iter().map(rollup).collect()))?
             }
+            // The per-group grouping set: `t` is null there (never in a per-bucket row).
+            Some((f, Fine::GroupingSets)) => self.df(f.clone().filter(ident("t").is_null()))?,
             None => self.df(base.clone().aggregate(self.group_exprs(), aggs))?,
         };
         results_df = self.with_formulas(self.df(results_df.select(finals))?)?;
@@ -361,7 +404,7 @@ impl Run<'_> {
     }
 
     /// 2. Series: the same aggregates (and the bases of rates) per bucket and group.
-    async fn series(&self, p: &mut Partial, fine: Option<&DataFrame>, restricted: &DataFrame) -> Result<()> {
+    async fn series(&self, p: &mut Partial, fine: Option<&(DataFrame, Fine)>, restricted: &DataFrame) -> Result<()> {
         let plan = self.plan;
         let nb = plan.breakdowns.len();
         let Partial {
@@ -386,7 +429,8 @@ impl Run<'_> {
             if !aggs.is_empty() {
                 let df = match fine {
                     // Rows of groups that did not make the cut are skipped below.
-                    Some(f) => f.clone(),
+                    Some((f, Fine::Rollup)) => f.clone(),
+                    Some((f, Fine::GroupingSets)) => self.df(f.clone().filter(ident("t").is_not_null()))?,
                     None => {
                         let mut gexprs = vec![bucket_expr(plan, None).alias("t")];
                         gexprs.extend(self.group_exprs());

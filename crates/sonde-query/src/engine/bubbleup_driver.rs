@@ -165,53 +165,64 @@ impl QueryEngine {
             .await?
             .filter(where_clause(&plan, &table))
             .map_err(|e| self.df_error(e))?;
-        // Over many rows, the baseline (and a large selection) is read from a sample: decided
-        // from the catalog's row counts of the range, before any file is opened.
-        let sample = match req.exact || self.config.bubbleup_sample_rows == 0 {
-            true => None,
-            false => Sample::of(
-                table.rows_in_range(plan.start_us, plan.end_us - 1),
-                self.config.bubbleup_sample_rows,
-            ),
+        // Over many rows, a side that holds more than `keep` rows (usually the baseline) is read
+        // from a sample of the table; the other is counted whole. The catalog's row count of
+        // the range says, before any file is opened, whether it may come to that; the sides'
+        // exact sizes then decide. Relational filters read related spans from the same table,
+        // which a sample would thin out: those populations are always counted whole.
+        let keep = self.config.bubbleup_sample_rows;
+        let range_rows = table.rows_in_range(plan.start_us, plan.end_us - 1);
+        let may_sample = !req.exact && keep > 0 && plan.relations.is_empty() && range_rows > keep;
+        let sizes = match may_sample {
+            true => Some(self.sizes(&base, &selected, budget).await?),
+            false => None,
         };
+        let whole = sizes
+            .as_ref()
+            .map_or([true, true], |s| [s.rows[0] <= keep, s.rows[1] <= keep]);
         // The frames counted, each with its rows' side: `__selected` (true: the selection).
         let mut parts: Vec<DataFrame> = Vec::new();
         let mut sampled = None;
-        let mut exact_totals = None;
-        match sample {
-            None => parts.push(
-                base.clone()
-                    .with_column("__selected", selected.clone().is_true())
-                    .map_err(|e| self.df_error(e))?,
-            ),
-            Some(sample) => {
-                let s = self.sizes(&base, &selected, budget).await?;
+        let df_err = |e| self.df_error(e);
+        match (&sizes, whole) {
+            (Some(s), [sel_whole, base_whole]) if !(sel_whole && base_whole) => {
+                let largest = match (sel_whole, base_whole) {
+                    (true, _) => s.rows[1],
+                    (_, true) => s.rows[0],
+                    _ => s.rows[0].max(s.rows[1]),
+                };
+                let sample = Sample::of(largest, keep, range_rows).expect("a side holds more than keep rows");
                 let sampled_table = Arc::new(table.sampled(sample));
                 let thin = self
                     .plan_frame(&ctx, &sampled_table, &plan, &all_derived, budget)
                     .await?
                     .filter(where_clause(&plan, &table))
-                    .map_err(|e| self.df_error(e))?;
-                let selection_whole = s.rows[0] <= self.config.bubbleup_sample_rows;
-                if selection_whole {
-                    // The selection whole, the baseline from the sample.
-                    let whole = base.filter(selected.clone().is_true());
-                    let rest = thin.filter(selected.clone().is_not_true());
-                    for (df, side) in [(whole, true), (rest, false)] {
+                    .map_err(df_err)?;
+                if sel_whole || base_whole {
+                    let (sel_from, base_from) = if sel_whole { (&base, &thin) } else { (&thin, &base) };
+                    // As a filter, the selection's own time range and values prune segments,
+                    // row groups and pages (`IS TRUE` around it would hide them).
+                    let sel = sel_from.clone().filter(selected.clone());
+                    let rest = base_from.clone().filter(selected.clone().is_not_true());
+                    for (df, side) in [(sel, true), (rest, false)] {
                         parts.push(
                             df.and_then(|d| d.with_column("__selected", lit(side)))
-                                .map_err(|e| self.df_error(e))?,
+                                .map_err(df_err)?,
                         );
                     }
                 } else {
                     parts.push(
                         thin.with_column("__selected", selected.clone().is_true())
-                            .map_err(|e| self.df_error(e))?,
+                            .map_err(df_err)?,
                     );
                 }
-                sampled = Some((sample, s.rows));
-                exact_totals = Some(s.weights);
+                sampled = Some((sample, s.rows, s.weights));
             }
+            _ => parts.push(
+                base.clone()
+                    .with_column("__selected", selected.clone().is_true())
+                    .map_err(df_err)?,
+            ),
         }
 
         // Pass 1: the range of every numeric column over what is counted, one query per part.
@@ -297,7 +308,22 @@ impl QueryEngine {
             self.timed(budget, stream_all).await?;
         }
         let events = counted[0] + counted[1];
-        let sampled = sampled.map(|(sample, rows): (Sample, [u64; 2])| bubbleup::Sampled {
+        // Shares come from what was counted; the sizes are exact even when that was a sample,
+        // and a side's counts scale by exact over counted weight where values are ranked.
+        let (sizes, scale) = match &sampled {
+            Some((_, _, w)) => {
+                let ratio = |i: usize| {
+                    if totals[i] > 0 {
+                        w[i] as f64 / totals[i] as f64
+                    } else {
+                        1.0
+                    }
+                };
+                (*w, [ratio(0), ratio(1)])
+            }
+            None => (totals, [1.0, 1.0]),
+        };
+        let sampled = sampled.map(|(sample, rows, _): (Sample, [u64; 2], [i64; 2])| bubbleup::Sampled {
             selection_rows: [counted[0], rows[0]],
             baseline_rows: [counted[1], rows[1]],
             every: sample.every,
@@ -309,7 +335,7 @@ impl QueryEngine {
             .iter()
             .zip(&compared)
             .map(|(c, (name, ty))| {
-                let (score, comparison) = c.report(totals, top);
+                let (score, comparison) = c.report(totals, top, scale);
                 bubbleup::ColumnReport {
                     column: name.clone(),
                     ty: ty.name(),
@@ -319,8 +345,6 @@ impl QueryEngine {
             })
             .collect();
         columns.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.column.cmp(&b.column)));
-        // Shares come from what was counted; the sizes are exact even when that was a sample.
-        let sizes = exact_totals.unwrap_or(totals);
         Ok(bubbleup::BubbleUpAnswer {
             selection: bubbleup::Count { count: sizes[0] },
             baseline: bubbleup::Count { count: sizes[1] },
