@@ -197,9 +197,9 @@ struct ServeArgs {
     /// sent); past it the request is refused with 400 naming this flag.
     #[arg(long, env = "SONDE_MAX_ANSWER_BYTES", default_value_t = EngineConfig::DEFAULT_MAX_ANSWER_BYTES)]
     max_answer_bytes: usize,
-    /// BubbleUp over a population whose segments hold more rows than this reads a systematic
-    /// sample of about this many (the answer says so in `meta.sampled`); a request's
-    /// `"exact": true` or 0 here counts every row.
+    /// BubbleUp over a population whose segments hold more rows than this counts about this
+    /// many: a small side whole, the rest from a systematic sample (the answer says so in
+    /// `meta.sampled`); a request's `"exact": true` or 0 here counts every row.
     #[arg(long, env = "SONDE_BUBBLEUP_SAMPLE_ROWS", default_value_t = EngineConfig::DEFAULT_BUBBLEUP_SAMPLE_ROWS)]
     bubbleup_sample_rows: u64,
     /// Memory for Parquet footers and page indexes kept across queries, in bytes (0: re-read

@@ -165,8 +165,8 @@ impl QueryEngine {
             .await?
             .filter(where_clause(&plan, &table))
             .map_err(|e| self.df_error(e))?;
-        // Over many rows, a side that holds more than `keep` rows (usually the baseline) is read
-        // from a sample of the table; the other is counted whole. The catalog's row count of
+        // Over many rows, the larger side (usually the baseline), or both, is read from a sample
+        // of the table, and a small side is counted whole. The catalog's row count of
         // the range says, before any file is opened, whether it may come to that; the sides'
         // exact sizes then decide. Relational filters read related spans from the same table,
         // which a sample would thin out: those populations are always counted whole.
@@ -177,21 +177,28 @@ impl QueryEngine {
             true => Some(self.sizes(&base, &selected, budget).await?),
             false => None,
         };
-        let whole = sizes
-            .as_ref()
-            .map_or([true, true], |s| [s.rows[0] <= keep, s.rows[1] <= keep]);
+        // About `keep` rows are counted in all: a side holding at most half of them is counted
+        // whole and the other side gets the rest; otherwise both come from the sample.
+        let whole = sizes.as_ref().map_or([true, true], |s| {
+            let [sel, rest] = s.rows;
+            match sel + rest <= keep {
+                true => [true, true],
+                false => [sel <= keep / 2, rest <= keep / 2],
+            }
+        });
         // The frames counted, each with its rows' side: `__selected` (true: the selection).
         let mut parts: Vec<DataFrame> = Vec::new();
         let mut sampled = None;
         let df_err = |e| self.df_error(e);
         match (&sizes, whole) {
             (Some(s), [sel_whole, base_whole]) if !(sel_whole && base_whole) => {
-                let largest = match (sel_whole, base_whole) {
-                    (true, _) => s.rows[1],
-                    (_, true) => s.rows[0],
-                    _ => s.rows[0].max(s.rows[1]),
+                // The rows the sampled side(s) hold, and the share of `keep` left to them.
+                let (thinned, room) = match (sel_whole, base_whole) {
+                    (true, _) => (s.rows[1], keep - s.rows[0]),
+                    (_, true) => (s.rows[0], keep - s.rows[1]),
+                    _ => (s.rows[0] + s.rows[1], keep),
                 };
-                let sample = Sample::of(largest, keep, range_rows).expect("a side holds more than keep rows");
+                let sample = Sample::of(thinned, room, range_rows).expect("the sampled side holds more than its room");
                 let sampled_table = Arc::new(table.sampled(sample));
                 let thin = self
                     .plan_frame(&ctx, &sampled_table, &plan, &all_derived, budget)

@@ -299,10 +299,10 @@ fn ranking(r: &Value, n: usize) -> Vec<(String, f64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sampled_bubbleup_ranks_the_top_columns_as_the_exact_one() {
     let dir = tempfile::tempdir().unwrap();
-    // Populations over 12,000 rows are sampled: here about one row in ten of the baseline.
+    // Populations over 20,000 rows are sampled: here about one row in nine of the baseline.
     let server = Server::start(
         dir.path(),
-        &["--flush-rows", "30000", "--bubbleup-sample-rows", "12000"],
+        &["--flush-rows", "30000", "--bubbleup-sample-rows", "20000"],
     )
     .await;
     let client = reqwest::Client::new();
