@@ -38,7 +38,6 @@ import http.client
 import json
 import math
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -55,6 +54,15 @@ REPO = HERE.parent
 VENV = Path(os.environ.get("SONDE_BENCH_VENV", Path.home() / ".cache" / "sonde-bench-venv"))
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache" / "sonde-target"))
 DATASET = "boutique"
+
+sys.path.insert(0, str(HERE))
+import run  # noqa: E402 - the harness's helpers (importing it runs nothing)
+from run import geomean, log, machine  # noqa: E402,F401
+
+
+def live_segments(data_dir: Path) -> list[Path]:
+    """The segment files the catalog names for the real-trace dataset."""
+    return run.live_segments(data_dir, DATASET)
 DAYS = ("2022-08-22", "2022-08-23")
 MAX_BODY = 4 << 20  # bytes of NDJSON per ingest request
 SOURCE = ("nezha-onlineboutique (github.com/IntelligentDDS/Nezha at d8140101fdb4e7dfb60d3ef9f64706f382b68470, "
@@ -77,9 +85,6 @@ def ensure_venv() -> None:
         stamp.write_text(reqs.read_text())
     os.execv(str(py), [str(py), str(Path(__file__).resolve()), *sys.argv[1:]])
 
-
-def log(*a) -> None:
-    print(*a, file=sys.stderr, flush=True)
 
 
 # --- the server ----------------------------------------------------------------------------
@@ -214,11 +219,6 @@ def wait_compacted(srv: Server, timeout_s: float = 1800) -> dict:
     st["compaction_wait_s"] = time.perf_counter() - t0
     return st
 
-
-def live_segments(data_dir: Path) -> list[Path]:
-    """The segment files the catalog names (never stray files a crash or a merge left)."""
-    cat = json.loads((data_dir / "catalog.json").read_text())
-    return [data_dir / s["path"] for s in cat["datasets"][DATASET]["segments"]]
 
 
 def catalog_rows(data_dir: Path) -> int:
@@ -549,10 +549,6 @@ def answer_size(q: dict, ans) -> dict:
 
 # --- output --------------------------------------------------------------------------------
 
-def geomean(xs: list[float]) -> float | None:
-    xs = [x for x in xs if x and x > 0]
-    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
-
 
 def fmt(v) -> str:
     if v is None:
@@ -605,19 +601,6 @@ def summary(res: dict) -> str:
         out.append("percentile forms matching Sonde's: " + "; ".join(f"{k}: {v}" for k, v in pf.items()))
     return "\n".join(out) + "\n"
 
-
-def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / 2**30, 1), "kernel": platform.release(),
-            "python": platform.python_version()}
 
 
 # --- main ----------------------------------------------------------------------------------

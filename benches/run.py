@@ -633,10 +633,10 @@ def freshness(server: Server, samples: int, load: BatchFile | GenStream | None) 
 
 # --- 3. storage ----------------------------------------------------------------------------
 
-def live_segments(data_dir: Path) -> list[Path]:
+def live_segments(data_dir: Path, dataset: str = DATASET) -> list[Path]:
     """The segment files the catalog names (never stray files a crash or a merge left)."""
     cat = json.loads((data_dir / "catalog.json").read_text())
-    return [data_dir / s["path"] for s in cat["datasets"][DATASET]["segments"]]
+    return [data_dir / s["path"] for s in cat["datasets"][dataset]["segments"]]
 
 
 def compact(binary: Path, data_dir: Path, logs: Path) -> dict:
