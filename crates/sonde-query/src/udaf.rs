@@ -6,13 +6,15 @@
 //! everywhere this is the nearest-rank percentile. Exact selection is affordable per group up to
 //! millions of values, and unlike t-digest it needs no error bound.
 
-use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, ListArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, ListArray, RecordBatch};
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, FieldRef, Float64Type, Int64Type, Schema};
 use datafusion::common::{Result, ScalarValue, plan_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
-use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, Signature, Volatility};
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, EmitTo, GroupsAccumulator, Signature, Volatility,
+};
 use std::sync::Arc;
 
 /// The aggregate's SQL name.
@@ -54,15 +56,23 @@ impl AggregateUDFImpl for WeightedPercentile {
     }
 
     fn accumulator(&self, acc_args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        let empty = RecordBatch::new_empty(Arc::new(Schema::empty()));
-        let p = match acc_args.exprs.get(2).map(|e| e.evaluate(&empty)) {
-            Some(Ok(ColumnarValue::Scalar(ScalarValue::Float64(Some(p))))) if (0.0..=1.0).contains(&p) => p,
-            _ => return plan_err!("{NAME}: the third argument must be a literal between 0 and 1"),
-        };
         Ok(Box::new(PercentileAcc {
-            p,
+            p: percentile_arg(&acc_args)?,
             values: Vec::new(),
             weights: Vec::new(),
+        }))
+    }
+
+    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
+        true
+    }
+
+    fn create_groups_accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok(Box::new(PercentileGroups {
+            p: percentile_arg(&args)?,
+            values: Vec::new(),
+            weights: Vec::new(),
+            held: 0,
         }))
     }
 
@@ -82,6 +92,141 @@ impl AggregateUDFImpl for WeightedPercentile {
     }
 }
 
+/// The percentile asked for: the third argument, a literal between 0 and 1.
+fn percentile_arg(args: &AccumulatorArgs) -> Result<f64> {
+    let empty = RecordBatch::new_empty(Arc::new(Schema::empty()));
+    match args.exprs.get(2).map(|e| e.evaluate(&empty)) {
+        Some(Ok(ColumnarValue::Scalar(ScalarValue::Float64(Some(p))))) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => plan_err!("{NAME}: the third argument must be a literal between 0 and 1"),
+    }
+}
+
+/// A value's weight: a missing or non-positive sample rate counts as 1, as at ingest.
+fn weight_at(w: &Int64Array, i: usize) -> i64 {
+    if w.is_valid(i) { w.value(i).max(1) } else { 1 }
+}
+
+/// Lists of values (and of weights), one per group or row, as the aggregate's state.
+fn list_state(values: Vec<Vec<f64>>, weights: Vec<Vec<i64>>) -> Vec<ArrayRef> {
+    let lengths: Vec<usize> = values.iter().map(Vec::len).collect();
+    let v = Float64Array::from(values.into_iter().flatten().collect::<Vec<_>>());
+    let w = Int64Array::from(weights.into_iter().flatten().collect::<Vec<_>>());
+    let list = |field: DataType, array: ArrayRef| -> ArrayRef {
+        Arc::new(ListArray::new(
+            Arc::new(Field::new_list_field(field, true)),
+            OffsetBuffer::from_lengths(lengths.iter().copied()),
+            array,
+            None,
+        ))
+    };
+    vec![list(DataType::Float64, Arc::new(v)), list(DataType::Int64, Arc::new(w))]
+}
+
+/// The aggregate over many groups at once: each row's value goes straight to its group's
+/// list (the generic adapter would first split every batch by group, one `take` per group).
+#[derive(Debug)]
+struct PercentileGroups {
+    p: f64,
+    values: Vec<Vec<f64>>,
+    weights: Vec<Vec<i64>>,
+    /// Values held over all groups (kept as a count: `size` is asked once per batch).
+    held: usize,
+}
+
+impl PercentileGroups {
+    /// The groups `emit_to` hands over, out of the accumulator.
+    fn take(&mut self, emit_to: EmitTo) -> (Vec<Vec<f64>>, Vec<Vec<i64>>) {
+        let values = emit_to.take_needed(&mut self.values);
+        let weights = emit_to.take_needed(&mut self.weights);
+        self.held -= values.iter().map(Vec::len).sum::<usize>();
+        (values, weights)
+    }
+
+    fn grow(&mut self, groups: usize) {
+        if self.values.len() < groups {
+            self.values.resize_with(groups, Vec::new);
+            self.weights.resize_with(groups, Vec::new);
+        }
+    }
+}
+
+impl GroupsAccumulator for PercentileGroups {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.grow(total_num_groups);
+        let v = values[0].as_primitive::<Float64Type>();
+        let w = values[1].as_primitive::<Int64Type>();
+        for (i, &g) in group_indices.iter().enumerate() {
+            if opt_filter.is_some_and(|f| !(f.is_valid(i) && f.value(i))) {
+                continue;
+            }
+            if v.is_valid(i) && !v.value(i).is_nan() {
+                self.values[g].push(v.value(i));
+                self.weights[g].push(weight_at(w, i));
+                self.held += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        let (mut values, weights) = self.take(emit_to);
+        let out: Float64Array = values
+            .iter_mut()
+            .zip(&weights)
+            .map(|(v, w)| percentile_in_place(v, w, self.p))
+            .collect();
+        Ok(Arc::new(out))
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        let (values, weights) = self.take(emit_to);
+        Ok(list_state(values, weights))
+    }
+
+    fn merge_batch(&mut self, values: &[ArrayRef], group_indices: &[usize], total_num_groups: usize) -> Result<()> {
+        self.grow(total_num_groups);
+        let (vl, wl) = (values[0].as_list::<i32>(), values[1].as_list::<i32>());
+        for (i, &g) in group_indices.iter().enumerate() {
+            if vl.is_null(i) || wl.is_null(i) {
+                continue;
+            }
+            let (v, w) = (vl.value(i), wl.value(i));
+            let (v, w) = (v.as_primitive::<Float64Type>(), w.as_primitive::<Int64Type>());
+            self.values[g].extend(v.values().iter().copied());
+            self.weights[g].extend(w.values().iter().copied());
+            self.held += v.len();
+        }
+        Ok(())
+    }
+
+    fn convert_to_state(&self, values: &[ArrayRef], opt_filter: Option<&BooleanArray>) -> Result<Vec<ArrayRef>> {
+        // Each row its own group: a list of its value, or an empty one.
+        let v = values[0].as_primitive::<Float64Type>();
+        let w = values[1].as_primitive::<Int64Type>();
+        let kept =
+            |i: usize| opt_filter.is_none_or(|f| f.is_valid(i) && f.value(i)) && v.is_valid(i) && !v.value(i).is_nan();
+        let rows = 0..v.len();
+        Ok(list_state(
+            rows.clone()
+                .map(|i| if kept(i) { vec![v.value(i)] } else { vec![] })
+                .collect(),
+            rows.map(|i| if kept(i) { vec![weight_at(w, i)] } else { vec![] })
+                .collect(),
+        ))
+    }
+
+    fn size(&self) -> usize {
+        // A value and its weight are 16 bytes; vectors grow by doubling, so up to twice that.
+        std::mem::size_of_val(self) + self.values.capacity() * std::mem::size_of::<Vec<f64>>() * 2 + self.held * 32
+    }
+}
+
 #[derive(Debug)]
 struct PercentileAcc {
     p: f64,
@@ -95,10 +240,8 @@ impl Accumulator for PercentileAcc {
         let w = values[1].as_primitive::<Int64Type>();
         for i in 0..v.len() {
             if v.is_valid(i) && !v.value(i).is_nan() {
-                // A missing or non-positive sample rate counts as 1, as at ingest.
-                let weight = if w.is_valid(i) { w.value(i).max(1) } else { 1 };
                 self.values.push(v.value(i));
-                self.weights.push(weight);
+                self.weights.push(weight_at(w, i));
             }
         }
         Ok(())
@@ -261,6 +404,75 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_groups_accumulator_equals_the_definition_per_group() {
+        // Rows spread over 3 groups, some filtered out, some null, some NaN; then the same rows
+        // through state → merge (two-phase aggregation) and through convert_to_state.
+        let n = 500;
+        let values: ArrayRef = Arc::new(Float64Array::from(
+            (0..n)
+                .map(|i| match i % 23 {
+                    0 => None,
+                    1 => Some(f64::NAN),
+                    _ => Some(((i * 37) % 101) as f64 / 3.0),
+                })
+                .collect::<Vec<_>>(),
+        ));
+        let weights: ArrayRef = Arc::new(Int64Array::from((0..n).map(|i| 1 + (i % 5) as i64).collect::<Vec<_>>()));
+        let groups: Vec<usize> = (0..n).map(|i| (i * 7) % 3).collect();
+        let filter = BooleanArray::from((0..n).map(|i| (i % 11 != 0).then_some(i % 13 != 0)).collect::<Vec<_>>());
+        let want: Vec<Option<f64>> = (0..3)
+            .map(|g| {
+                let (v, w) = (
+                    values.as_primitive::<Float64Type>(),
+                    weights.as_primitive::<Int64Type>(),
+                );
+                let rows: Vec<usize> = (0..n)
+                    .filter(|&i| groups[i] == g && filter.is_valid(i) && filter.value(i))
+                    .filter(|&i| v.is_valid(i) && !v.value(i).is_nan())
+                    .collect();
+                let vs: Vec<f64> = rows.iter().map(|&i| v.value(i)).collect();
+                let ws: Vec<i64> = rows.iter().map(|&i| w.value(i)).collect();
+                weighted_percentile_of(&vs, &ws, 0.9)
+            })
+            .collect();
+        let new = || PercentileGroups {
+            p: 0.9,
+            values: Vec::new(),
+            weights: Vec::new(),
+            held: 0,
+        };
+        let answer = |acc: &mut PercentileGroups| {
+            let out = acc.evaluate(EmitTo::All).unwrap();
+            out.as_primitive::<Float64Type>().iter().collect::<Vec<_>>()
+        };
+        let inputs = [values.clone(), weights.clone()];
+        let mut direct = new();
+        direct.update_batch(&inputs, &groups, Some(&filter), 3).unwrap();
+        assert!(direct.size() > 0);
+        assert_eq!(answer(&mut direct), want);
+        assert_eq!(direct.held, 0, "everything emitted");
+
+        // Two partial accumulators over halves, merged.
+        let mut merged = new();
+        for half in [0..n / 2, n / 2..n] {
+            let mut part = new();
+            let slice = |a: &ArrayRef| a.slice(half.start, half.len());
+            let f = filter.slice(half.start, half.len());
+            part.update_batch(&[slice(&values), slice(&weights)], &groups[half.clone()], Some(&f), 3)
+                .unwrap();
+            let state = part.state(EmitTo::All).unwrap();
+            merged.merge_batch(&state, &[0, 1, 2], 3).unwrap();
+        }
+        assert_eq!(answer(&mut merged), want);
+
+        // Each row as its own state, merged into its group.
+        let mut rows = new();
+        let state = new().convert_to_state(&inputs, Some(&filter)).unwrap();
+        rows.merge_batch(&state, &groups, 3).unwrap();
+        assert_eq!(answer(&mut rows), want);
     }
 
     #[test]
