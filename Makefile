@@ -5,7 +5,7 @@ CLIENTS_VENV ?= $(HOME)/.cache/sonde-clients-venv
 SONDE_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: run dev test fmt layers lint unit ui clients clients-venv web build release bench bench-full bench-huge load fuzz
+.PHONY: run dev test fmt layers lint unit ui clients clients-venv readme web build release bench bench-full bench-huge load fuzz
 
 ## Build the UI and the release binary (which embeds the UI), then serve on 127.0.0.1:4318 with ./sonde-data.
 run: release
@@ -15,18 +15,21 @@ run: release
 dev: web
 	cargo run -p sonde -- serve $(SONDE_ARGS)
 
+## The release binary, saying how far along a long build is (tools/release_build.py; plain cargo
+## without python3).
 release: web
-	cargo build --release -p sonde
+	@if command -v python3 >/dev/null 2>&1; then python3 tools/release_build.py; else cargo build --release -p sonde; fi
 
 ## The web UI: TypeScript checked, bundled by Vite into web/dist (embedded by the next cargo build).
 web:
+	@echo "[web] the UI: npm ci, then the TypeScript check and Vite build (about a minute the first time)"
 	cd web && npm ci --no-audit --no-fund && npm run build
 
 build:
 	cargo build --workspace --all-targets
 
 ## Everything CI checks: formatting, lints, unit, property and end-to-end tests, and the UI in headless Chromium.
-test: fmt layers web lint unit ui clients fuzz
+test: fmt layers web lint unit ui clients readme fuzz
 
 fmt:
 	cargo fmt --all -- --check
@@ -53,6 +56,13 @@ ui:
 ## PyPI into a virtualenv kept outside the clone, against the debug binary built by `unit`.
 clients: clients-venv
 	cd tests/clients && SONDE_BIN=$(CARGO_TARGET_DIR)/debug/sonde $(CLIENTS_VENV)/bin/pytest -q -p no:cacheprovider .
+
+## The README's examples, each run against a fresh server (the debug binary built by `unit`) with
+## demo data, answers checked against the shapes the README shows; then a copy with two examples
+## broken, which must fail on exactly those (tests/readme/check_readme.py).
+readme: clients-venv
+	SONDE_MOTO=$(CLIENTS_VENV)/bin/moto_server python3 tests/readme/check_readme.py \
+	  --bin $(CARGO_TARGET_DIR)/debug/sonde --python $(CLIENTS_VENV)/bin/python --self-test
 
 ## The Python virtualenv (outside the clone) with the real clients and moto, from PyPI.
 clients-venv:

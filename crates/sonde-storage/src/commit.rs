@@ -204,8 +204,9 @@ impl Storage {
     }
 }
 
-/// Free bytes (for unprivileged users) on the filesystem holding `dir`, if it can be read.
-pub(crate) fn free_disk_bytes(dir: &std::path::Path) -> Option<u64> {
+/// Free bytes (for unprivileged users) on the filesystem holding `dir`, if it can be read
+/// (ingest pauses below `StorageConfig::min_free_disk_bytes`).
+pub fn free_disk_bytes(dir: &std::path::Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };

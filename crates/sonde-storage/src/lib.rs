@@ -45,6 +45,7 @@ pub mod source;
 mod stats;
 mod wal;
 
+pub use commit::free_disk_bytes;
 use commit::{Commit, Origin};
 pub use config::{Durability, StorageConfig};
 use flush::flush_loop;

@@ -3,6 +3,7 @@
 //! - `sonde serve` — the server (ingest, query, UI) over a data directory.
 //! - `sonde gen N` — generate deterministic demo events as NDJSON, or post them to a server.
 //! - `sonde ingest FILE` — send an NDJSON file to a running server.
+//! - `sonde doctor` — what `serve` would run with (same flags), and what would stop it.
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -16,10 +17,23 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod doctor;
+
+/// `sonde --version`: the crate version, the commit built and the cargo profile
+/// (`0.1.0 (commit 1a2b3c4d5e, release)`), set by `build.rs`.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SONDE_GIT_COMMIT"),
+    ", ",
+    env!("SONDE_BUILD_PROFILE"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "sonde",
-    version,
+    version = VERSION,
     about = "Event-based observability: ingest wide events, ask anything, fast"
 )]
 struct Cli {
@@ -31,6 +45,9 @@ struct Cli {
 enum Command {
     /// Run the server: Honeycomb events API, NDJSON ingest, schema, health and metrics.
     Serve(Box<ServeArgs>),
+    /// Check what `serve` would run with, given the same flags and environment: build, machine,
+    /// data directory and free disk, storage, limits, auth. Exits 1 if something would stop it.
+    Doctor(Box<ServeArgs>),
     /// Generate deterministic wide events (with an incident) as NDJSON, or post them.
     Gen(GenArgs),
     /// Send an NDJSON file (one event per line; `-` for stdin) to a running server.
@@ -57,6 +74,10 @@ enum KeysCommand {
         /// Comma-separated datasets the key reaches, or `*` for all.
         #[arg(long, default_value = "*")]
         datasets: String,
+        /// Append the key's line to this keys file (made if missing) instead of printing it, so
+        /// only the key itself is printed.
+        #[arg(long)]
+        keys_file: Option<PathBuf>,
     },
 }
 
@@ -408,19 +429,55 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve(a) => rt.block_on(serve(*a)),
+        Command::Doctor(a) => {
+            let report = doctor::check(&a);
+            report.print();
+            if !report.problems.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Gen(a) => rt.block_on(gen_events(a)),
         Command::Ingest(a) => rt.block_on(ingest_file(a)),
         Command::Query(a) => rt.block_on(run_query(a)),
         Command::Sql(a) => rt.block_on(run_sql(a)),
-        Command::Keys(KeysCommand::New { name, scopes, datasets }) => {
+        Command::Keys(KeysCommand::New {
+            name,
+            scopes,
+            datasets,
+            keys_file,
+        }) => {
             let (key, line) = sonde_server::auth::new_key(&name, &scopes, &datasets).map_err(anyhow::Error::msg)?;
             eprintln!("API key {name:?} (shown only now; the server keeps only its hash):");
             println!("{key}");
-            eprintln!("Add this line to the keys file (--keys-file) or SONDE_KEYS:");
-            println!("{line}");
+            match keys_file {
+                Some(path) => {
+                    append_line(&path, &line).with_context(|| format!("appending to {}", path.display()))?;
+                    eprintln!(
+                        "Its line was added to {} (give the server --keys-file).",
+                        path.display()
+                    );
+                }
+                None => {
+                    eprintln!("Add this line to the keys file (--keys-file) or SONDE_KEYS:");
+                    println!("{line}");
+                }
+            }
             Ok(())
         }
     }
+}
+
+/// Appends `line` to the file at `path` (made if missing), starting a new line if the file does
+/// not end with one.
+fn append_line(path: &std::path::Path, line: &str) -> std::io::Result<()> {
+    let ends_open = std::fs::read(path).is_ok_and(|b| b.last().is_some_and(|c| *c != b'\n'));
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    if ends_open {
+        f.write_all(b"\n")?;
+    }
+    writeln!(f, "{line}")?;
+    f.sync_all()
 }
 
 /// The configured API keys, from `--keys-file` and `SONDE_KEYS`.
@@ -458,6 +515,7 @@ fn init_logging(format: LogFormat) {
 
 async fn serve(a: ServeArgs) -> Result<()> {
     init_logging(a.log_format);
+    tracing::info!("{}", doctor::startup_summary(&a));
     let keys = load_keys(&a)?;
     let exposed: Vec<&str> = [Some(a.listen.as_str()), a.grpc_listen.address()]
         .into_iter()
@@ -565,6 +623,12 @@ async fn serve(a: ServeArgs) -> Result<()> {
     } else {
         None
     };
+    // After the address lines, which tests and scripts read first.
+    let exe = std::env::current_exe().map(|p| p.display().to_string());
+    println!(
+        "open http://{addr}/ in a browser; to load demo data (an hour of a service mesh with an incident): {} gen 200000 --post http://{addr} --dataset demo",
+        exe.as_deref().unwrap_or("sonde")
+    );
     // The handlers are installed here, before the first request is served: installed inside the
     // spawned task, a SIGTERM arriving before that task first ran (a quick restart-then-stop,
     // under load) met the default action and killed the server without its graceful flush.

@@ -22,6 +22,36 @@ fn new_key(name: &str, scopes: &str, datasets: &str) -> (String, String) {
     (secret, line)
 }
 
+/// A new key made by `sonde keys new --keys-file FILE`: its line is appended to the file and
+/// only the key is printed.
+fn new_key_into(file: &std::path::Path, name: &str, scopes: &str, datasets: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sonde"))
+        .args([
+            "keys",
+            "new",
+            name,
+            "--scopes",
+            scopes,
+            "--datasets",
+            datasets,
+            "--keys-file",
+        ])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let secret = stdout.trim().to_string();
+    assert!(
+        secret.starts_with("sonde_") && !secret.contains('\n'),
+        "only the key is printed: {stdout:?}"
+    );
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(!text.contains(&secret), "the keys file holds a hash, not the key");
+    assert!(text.ends_with('\n') && text.lines().last().unwrap().starts_with(&format!("{name} ")));
+    secret
+}
+
 fn events(n: usize) -> Value {
     json!((0..n).map(|i| json!({"data": {"i": i}})).collect::<Vec<_>>())
 }
@@ -36,11 +66,12 @@ struct Keys {
 async fn start(extra: &[&str]) -> (tempfile::TempDir, Server, Keys) {
     let (ingest_prod, l1) = new_key("shipper", "ingest", "prod");
     let (query_all, l2) = new_key("oncall", "query", "*");
-    let (query_prod, l3) = new_key("prod-team", "query", "prod");
     let (admin, l4) = new_key("ops", "admin", "*");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("keys");
-    std::fs::write(&file, format!("# Sonde API keys\n{l1}\n{l2}\n{l3}\n")).unwrap();
+    // The last line left without its newline: appending must start a new line.
+    std::fs::write(&file, format!("# Sonde API keys\n{l1}\n{l2}")).unwrap();
+    let query_prod = new_key_into(&file, "prod-team", "query", "prod");
     let mut flags = vec!["--keys-file", file.to_str().unwrap()];
     flags.extend_from_slice(extra);
     // The admin key comes from the environment, beside the file.
