@@ -45,6 +45,19 @@ export interface QuerySpec {
 
 export type Row = Record<string, unknown>;
 
+/** A marker (`/1/markers/{dataset}`; `__all__`: on every dataset's graphs). Times in unix seconds. */
+export interface Marker {
+  id: string; start_time: number; end_time?: number; message?: string; type?: string; url?: string;
+  /** From the marker settings of its type. */
+  color?: string;
+}
+
+/** A saved query's name (`/1/query_annotations/{dataset}`). */
+export interface QueryAnnotation { id: string; name: string; description?: string; query_id: string; source?: string; created_at?: string }
+
+/** Environment-wide objects (markers, derived columns) live under this name. */
+export const ALL_DATASETS = "__all__";
+
 export interface QueryAnswer {
   data: {
     series: { time: string; data: Row }[];
@@ -143,6 +156,8 @@ async function call<T>(method: string, path: string, body?: unknown): Promise<T>
     await askForKey(key ? `The key was refused: ${why}` : why);
   }
   const text = await r.text();
+  // 204 No Content (a deletion) answers nothing.
+  if (r.ok && text === "") return undefined as T;
   let json: unknown;
   try {
     json = JSON.parse(text);
@@ -175,5 +190,21 @@ export const api = {
   updateDerived: (ds: string, d: DerivedColumn) =>
     call<DerivedColumn>("PUT", `/1/derived_columns/${encodeURIComponent(ds)}/${encodeURIComponent(d.id)}`, d),
   deleteDerived: (ds: string, id: string) => call<unknown>("DELETE", `/1/derived_columns/${encodeURIComponent(ds)}/${encodeURIComponent(id)}`),
+  /** The markers of `ds` and of the environment that overlap [from, to] (unix seconds). */
+  markers: async (ds: string, from: number, to: number) => {
+    const q = `?start_time=${Math.floor(from)}&end_time=${Math.ceil(to)}`;
+    const [own, env] = await Promise.all([
+      call<Marker[]>("GET", `/1/markers/${encodeURIComponent(ds)}${q}`),
+      call<Marker[]>("GET", `/1/markers/${ALL_DATASETS}${q}`),
+    ]);
+    return [...own, ...env];
+  },
+  createMarker: (ds: string, m: Omit<Marker, "id" | "color">) => call<Marker>("POST", `/1/markers/${encodeURIComponent(ds)}`, m),
+  /** Saves a query (the same spec answers the same id). */
+  saveQuery: (ds: string, spec: QuerySpec) => call<QuerySpec & { id: string }>("POST", `/1/queries/${encodeURIComponent(ds)}`, spec),
+  savedQuery: (ds: string, id: string) => call<QuerySpec & { id: string }>("GET", `/1/queries/${encodeURIComponent(ds)}/${encodeURIComponent(id)}`),
+  annotations: (ds: string) => call<QueryAnnotation[]>("GET", `/1/query_annotations/${encodeURIComponent(ds)}`),
+  annotate: (ds: string, a: Omit<QueryAnnotation, "id">) => call<QueryAnnotation>("POST", `/1/query_annotations/${encodeURIComponent(ds)}`, a),
+  deleteAnnotation: (ds: string, id: string) => call<unknown>("DELETE", `/1/query_annotations/${encodeURIComponent(ds)}/${encodeURIComponent(id)}`),
   trace: (ds: string, id: string) => call<import("./trace").TraceAnswer>("GET", `/api/traces/${encodeURIComponent(ds)}/${encodeURIComponent(id)}`),
 };

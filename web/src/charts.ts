@@ -3,6 +3,7 @@
 import uPlot from "uplot";
 import "uplot/dist/uPlot.min.css";
 
+import type { Marker } from "./api";
 import { PALETTE } from "./palette";
 export { PALETTE };
 
@@ -36,8 +37,76 @@ function chartFrame(el: HTMLElement, title: string): HTMLDivElement {
   return wrap;
 }
 
-/** A line chart of one calculation; returns the uPlot instance (for highlighting). */
-export function lineChart(el: HTMLElement, title: string, times: number[], series: LineSeries[], h: ChartHandlers): uPlot {
+/** The colour of a marker: its type's setting, else one of the palette's picked by its type. */
+export function markerColor(m: Marker): string {
+  if (m.color) return m.color;
+  let h = 0;
+  for (const c of m.type ?? "") h = (h * 31 + c.charCodeAt(0)) >>> 0;
+  return PALETTE[(h + 3) % PALETTE.length];
+}
+
+/** Where markers are drawn: a positioned element over a plot area [left, left+width] × [top, top+height]. */
+interface MarkerLayer { el: HTMLElement; left: number; top: number; width: number; height: number; x(t: number): number }
+
+/**
+ * Markers over a graph: a line at `start_time`, or a shaded span to `end_time`, in the colour of
+ * their type, with a flag on top that shows the message (and link) on hover. The line and span
+ * let the pointer through, so dragging and clicking on the graph work as without them.
+ */
+function drawMarkers(layer: MarkerLayer, markers: Marker[]) {
+  const right = layer.left + layer.width;
+  for (const m of markers) {
+    const color = markerColor(m);
+    const x0 = layer.x(m.start_time);
+    const x1 = m.end_time != null ? layer.x(m.end_time) : x0;
+    if (x1 < layer.left || x0 > right) continue;
+    const a = Math.max(layer.left, x0), b = Math.min(right, x1);
+    const mark = document.createElement("div");
+    mark.className = m.end_time != null ? "marker-span" : "marker-line";
+    mark.style.left = `${a}px`;
+    mark.style.top = `${layer.top}px`;
+    mark.style.height = `${layer.height}px`;
+    if (m.end_time != null) {
+      mark.style.width = `${Math.max(2, b - a)}px`;
+      mark.style.background = `${color}2e`;
+      mark.style.borderLeft = mark.style.borderRight = `1px solid ${color}`;
+    } else {
+      mark.style.borderLeft = `2px solid ${color}`;
+    }
+    const flag = document.createElement("div");
+    flag.className = "marker-flag";
+    flag.dataset.markerId = m.id;
+    flag.style.left = `${a - 5}px`;
+    flag.style.top = `${layer.top}px`;
+    flag.style.background = color;
+    const tip = document.createElement("div");
+    tip.className = "marker-tip";
+    const when = new Date(m.start_time * 1000).toISOString().slice(0, 19).replace("T", " ")
+      + (m.end_time != null ? ` – ${new Date(m.end_time * 1000).toISOString().slice(11, 19)}` : "") + " UTC";
+    const msg = document.createElement(m.url ? "a" : "div");
+    msg.className = "marker-message";
+    msg.textContent = m.message || "(no message)";
+    if (m.url && msg instanceof HTMLAnchorElement) {
+      msg.href = m.url;
+      msg.target = "_blank";
+      msg.rel = "noopener noreferrer";
+    }
+    const meta = document.createElement("div");
+    meta.className = "dim";
+    meta.textContent = `${m.type ? m.type + " · " : ""}${when}`;
+    tip.append(msg, meta);
+    flag.append(tip);
+    // The flag takes the pointer for its hover; it must not start a drag on the graph below.
+    flag.addEventListener("mousedown", (ev) => ev.stopPropagation());
+    flag.addEventListener("click", (ev) => ev.stopPropagation());
+    layer.el.append(mark, flag);
+  }
+}
+
+/** A line chart of one calculation, with the markers in its range; returns the uPlot instance (for highlighting). */
+export function lineChart(
+  el: HTMLElement, title: string, times: number[], series: LineSeries[], h: ChartHandlers, markers: Marker[] = [],
+): uPlot {
   const wrap = chartFrame(el, title);
   const width = Math.max(400, el.clientWidth - 16);
   const opts: uPlot.Options = {
@@ -64,6 +133,14 @@ export function lineChart(el: HTMLElement, title: string, times: number[], serie
       })),
     ],
     hooks: {
+      // Markers once the scales are set (uPlot sets them after the first draw is committed).
+      ready: [
+        (u: uPlot) => {
+          if (!markers.length) return;
+          const x = (t: number) => u.valToPos(t, "x");
+          drawMarkers({ el: u.over, left: 0, top: 0, width: u.over.clientWidth, height: u.over.clientHeight, x }, markers);
+        },
+      ],
       setSelect: [
         (u: uPlot) => {
           if (u.select.width > 4) {
@@ -99,9 +176,10 @@ export function lineChart(el: HTMLElement, title: string, times: number[], serie
 
 export interface Heatmap { min: number; max: number; bucket_width: number; counts: number[] }
 
-/** A heatmap: time × value buckets, colour by (log) weighted count. */
+/** A heatmap: time × value buckets, colour by (log) weighted count, with the markers in its range. */
 export function heatmapChart(
   el: HTMLElement, title: string, times: number[], cells: (Heatmap | null)[], stepSeconds: number, h: ChartHandlers,
+  markers: Marker[] = [],
 ): HTMLCanvasElement {
   const wrap = chartFrame(el, title);
   const canvas = document.createElement("canvas");
@@ -193,6 +271,7 @@ export function heatmapChart(
     }
     from = null;
   });
+  drawMarkers({ el: wrap, left: canvas.offsetLeft + left, top: canvas.offsetTop + 6, width: plotW, height: plotH, x: (t) => canvas.offsetLeft + x(t) }, markers);
   return canvas;
 }
 

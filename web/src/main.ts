@@ -7,7 +7,7 @@
 // again. Nothing else changes `state` or `answers`.
 
 import "./style.css";
-import { api, errorText, type Column, type Dataset } from "./api";
+import { api, errorText, type Column, type Dataset, type QueryAnnotation } from "./api";
 import { Catalog } from "./catalog";
 import { $, closeMenuOnClick } from "./dom";
 import { totalsSpec } from "./series";
@@ -23,6 +23,7 @@ import * as header from "./views/header";
 import * as panels from "./views/panels";
 import * as recent from "./views/recent";
 import * as results from "./views/results";
+import * as saved from "./views/saved";
 import * as schema from "./views/schema";
 import * as sql from "./views/sql";
 import * as timePicker from "./views/time-picker";
@@ -34,6 +35,8 @@ interface Answers {
   /** The current dataset's columns. */
   columns: Column[];
   recent: Recent[];
+  /** The current dataset's saved queries. */
+  saved: QueryAnnotation[];
   status: string;
   error: string | null;
   /** The last answer to a run query. */
@@ -83,12 +86,13 @@ function render() {
   header.render($("top"), { datasets: a.datasets, dataset: s.dataset, tab: s.tab }, dispatch);
   schema.render($("schema-view"), { columns: a.columns, search: s.schemaSearch }, dispatch);
   recent.render($("history"), { recent: a.recent, catalog: a.catalog }, dispatch);
+  saved.render($("saved"), { dataset: s.dataset, saved: a.saved, open: openSaved, remove: forgetSaved });
   timePicker.render($("time-picker"), { spec: s.spec }, dispatch);
   builder.render($("builder"), { spec: s.spec, columns: a.columns, catalog: a.catalog, complain, suggest }, dispatch);
   panels.render({ bubbleup: $("bubbleup"), trace: $("trace") }, { panel: s.panel, answer: a.panel }, dispatch);
   const shown = a.shown;
   const query = shown?.kind === "query" ? shown : null;
-  results.render({ charts: $("charts"), table: $("results") }, { shown: query, catalog: a.catalog, columns: a.columns }, dispatch);
+  results.render({ charts: $("charts"), table: $("results") }, { shown: query, catalog: a.catalog, columns: a.columns, dataset: s.dataset }, dispatch);
   events.render($("events"), { shown: shown?.kind === "events" ? shown : null, eventColumns: s.eventColumns, columns: a.columns }, dispatch);
   sql.render($("sql-view"), { tables: a.sqlTables, result: a.sql, run: runSql });
 }
@@ -120,9 +124,14 @@ async function run(): Promise<void> {
       const answer = await api.query(s.dataset, spec);
       if (seq !== runSeq) return;
       const t = totalsSpec(spec, answer, answers.catalog);
-      const totals = t ? await api.query(s.dataset, t) : null;
+      const from = Date.parse(answer.meta.start_time) / 1000, to = Date.parse(answer.meta.end_time) / 1000;
+      // Markers are a decoration: a failure to read them leaves the graphs without them.
+      const [totals, markers] = await Promise.all([
+        t ? api.query(s.dataset, t) : null,
+        api.markers(s.dataset, from, to).catch(() => []),
+      ]);
       if (seq !== runSeq) return;
-      receive({ shown: { kind: "query", spec, answer, totals }, status: results.queryStatus(answer.meta, performance.now() - started) });
+      receive({ shown: { kind: "query", spec, answer, totals, markers }, status: results.queryStatus(answer.meta, performance.now() - started) });
     }
   } catch (e) {
     if (seq !== runSeq) return;
@@ -131,8 +140,37 @@ async function run(): Promise<void> {
 }
 
 async function loadColumns(dataset: string) {
+  void loadSaved(dataset);
   const columns = dataset ? (await api.columns(dataset)).columns : [];
   if (dataset === state.dataset) receive({ columns });
+}
+
+async function loadSaved(dataset: string) {
+  try {
+    const list = dataset ? await api.annotations(dataset) : [];
+    if (dataset === state.dataset) receive({ saved: list });
+  } catch (e) {
+    receive({ error: `Could not list the saved queries: ${errorText(e)}` });
+  }
+}
+
+async function openSaved(queryId: string) {
+  const ds = state.dataset;
+  try {
+    const q = await api.savedQuery(ds, queryId);
+    void dispatch(openQuery(ds, saved.specOf(q)), "run");
+  } catch (e) {
+    receive({ error: errorText(e) });
+  }
+}
+
+async function forgetSaved(a: QueryAnnotation) {
+  try {
+    await api.deleteAnnotation(state.dataset, a.id);
+  } catch (e) {
+    receive({ error: errorText(e) });
+  }
+  void loadSaved(state.dataset);
 }
 
 async function openPanel(p: Panel) {
@@ -198,7 +236,7 @@ async function boot() {
   const [meta, ds] = await Promise.all([api.meta(), api.datasets()]);
   const url = decodeUrl(location.search);
   answers = {
-    catalog: new Catalog(meta), datasets: ds.datasets, columns: [], recent: readRecent(), status: "", error: null,
+    catalog: new Catalog(meta), datasets: ds.datasets, columns: [], recent: readRecent(), saved: [], status: "", error: null,
     shown: null, panel: null, sqlTables: [], sql: { status: "", answer: null, error: null },
   };
   state = { ...initialState(), dataset: url.dataset ?? ds.datasets[0]?.name ?? "", spec: url.spec ?? emptySpec() };
@@ -210,6 +248,9 @@ async function boot() {
     range: timeOf(state.spec) as Record<string, number>,
     onChanged: () => { columnsReady = loadColumns(state.dataset); },
   }));
+  $("save-query").addEventListener("click", () => {
+    if (state.dataset) saved.openSaveDialog(state.dataset, state.spec, () => void loadSaved(state.dataset));
+  });
   document.addEventListener("keydown", (ev) => {
     if (ev.key !== "Enter" || !(ev.ctrlKey || ev.metaKey)) return;
     if (state.tab === "sql") void runSql($<HTMLTextAreaElement>("sql-text").value);

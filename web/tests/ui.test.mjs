@@ -481,3 +481,94 @@ test("a derived column made in the editor: a typo's error at its position, a pre
   assert.deepEqual(page.errors, []);
   await page.close();
 });
+
+test("markers: a span and an environment marker drawn on line and heatmap graphs with their colours; one added from a graph's menu appears", async () => {
+  const post = (path, body) => fetch(`${url}${path}`, { method: "POST", body: JSON.stringify(body) });
+  assert.equal((await post("/1/marker_settings/demo", { type: "deploy", color: "#ff00ff" })).status, 201);
+  const deploy = await (await post("/1/markers/demo", {
+    start_time: RANGE.start_time + 600, end_time: RANGE.start_time + 1200, message: "backend deploy #123", type: "deploy", url: "https://ci.example/123",
+  })).json();
+  const env = await (await post("/1/markers/__all__", { start_time: RANGE.start_time + 2400, message: "flag checkout-v2 on", type: "flag" })).json();
+  // Outside the range: not drawn.
+  await post("/1/markers/demo", { start_time: RANGE.start_time - 7200, message: "long ago" });
+
+  const page = await newPage();
+  const spec = { calculations: [{ op: "COUNT" }, { op: "HEATMAP", column: "duration_ms" }], filters: [], breakdowns: [], orders: [], havings: [], ...RANGE };
+  await page.goto(permalink(spec));
+  await page.waitForSelector("canvas.heatmap");
+  await page.waitForSelector(".u-over .marker-flag");
+  // Each graph carries both markers, and only those.
+  for (const chart of ["COUNT", "HEATMAP(duration_ms)"]) {
+    const ids = await page.$$eval(`.chart[data-calc="${chart}"] .marker-flag`, (fs) => fs.map((f) => f.dataset.markerId).sort());
+    assert.deepEqual(ids, [deploy.id, env.id].sort(), chart);
+  }
+  // The deploy is a span in its type's colour; the flag a line; the span sits where its times are.
+  const line = page.locator('.chart[data-calc="COUNT"]');
+  const span = line.locator(".marker-span");
+  assert.equal(await span.count(), 1);
+  assert.equal(await span.evaluate((e) => getComputedStyle(e).borderLeftColor), "rgb(255, 0, 255)");
+  assert.equal(await line.locator(".marker-line").count(), 1);
+  const over = await line.locator(".u-over").boundingBox();
+  const sb = await span.boundingBox();
+  // The x axis runs over the buckets' starts: 0 to 3600 - step seconds.
+  const step = (await apiQuery(spec)).meta.granularity;
+  const xAt = (t) => over.x + ((t - RANGE.start_time) / (3600 - step)) * over.width;
+  assert.ok(Math.abs(sb.x - xAt(RANGE.start_time + 600)) < 3, `span starts at ${sb.x}, want ${xAt(RANGE.start_time + 600)}`);
+  assert.ok(Math.abs(sb.x + sb.width - xAt(RANGE.start_time + 1200)) < 3);
+  // Hover shows the message as a link.
+  await line.locator(`.marker-flag[data-marker-id="${deploy.id}"]`).hover();
+  const link = line.locator(`.marker-flag[data-marker-id="${deploy.id}"] a.marker-message`);
+  await link.waitFor({ state: "visible" });
+  assert.equal(await link.textContent(), "backend deploy #123");
+  assert.equal(await link.getAttribute("href"), "https://ci.example/123");
+  await shot(page, "markers");
+
+  // Add one from the graph's menu: a click on the line chart, "Add a marker here…".
+  await page.mouse.click(over.x + over.width * 0.75, over.y + over.height / 2);
+  await page.click("#menu >> text=Add a marker here…");
+  await page.fill("#marker-message", "rollback");
+  await page.fill("#marker-type", "deploy");
+  await page.click("#marker-save");
+  await page.waitForFunction(() => document.querySelectorAll('.chart[data-calc="COUNT"] .marker-flag').length === 3);
+  const stored = await (await fetch(`${url}/1/markers/demo?start_time=${RANGE.start_time}&end_time=${RANGE.end_time}`)).json();
+  const added = stored.find((m) => m.message === "rollback");
+  assert.ok(added, JSON.stringify(stored));
+  assert.ok(added.start_time > RANGE.start_time + 2400 && added.start_time < RANGE.end_time, `at ${added.start_time}`);
+  assert.equal(added.color, "#ff00ff");
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
+test("a query saved with a name is listed, survives a reload, opens again, and can be forgotten", async () => {
+  const page = await newPage();
+  const spec = { calculations: [{ op: "P95", column: "duration_ms" }], filters: [], breakdowns: ["service.name"], orders: [], havings: [], ...RANGE };
+  await page.goto(permalink(spec));
+  await page.waitForSelector("#results-table tbody tr");
+  await page.click("#save-query");
+  await page.fill("#save-name", "P95 by service");
+  await page.fill("#save-description", "during the incident");
+  await page.click("#save-confirm");
+  await page.waitForSelector("#saved li.saved-query");
+  assert.equal(await page.textContent("#saved li.saved-query span"), "P95 by service");
+  // The server has it: an annotation naming a saved query whose spec is this one.
+  const notes = await (await fetch(`${url}/1/query_annotations/demo`)).json();
+  const note = notes.find((a) => a.name === "P95 by service");
+  assert.equal(note.description, "during the incident");
+  const q = await (await fetch(`${url}/1/queries/demo/${note.query_id}`)).json();
+  assert.deepEqual(q.breakdowns, ["service.name"]);
+  assert.deepEqual(q.calculations, spec.calculations);
+
+  // Elsewhere, after a reload: a click opens it again.
+  await page.goto(permalink({ calculations: [{ op: "COUNT" }], filters: [], breakdowns: [], orders: [], havings: [], ...RANGE }));
+  await page.waitForSelector("#saved li.saved-query");
+  await page.click("#saved li.saved-query span");
+  await page.waitForFunction(() => JSON.parse(new URL(location.href).searchParams.get("q")).breakdowns[0] === "service.name");
+  await page.waitForSelector('#results-table th:text("P95(duration_ms)")');
+  await shot(page, "saved-query");
+  // × forgets the name.
+  await page.click("#saved li.saved-query button");
+  await page.waitForFunction(() => !document.querySelector("#saved li.saved-query"));
+  assert.deepEqual(await (await fetch(`${url}/1/query_annotations/demo`)).json(), notes.filter((a) => a.id !== note.id));
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});

@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Scopes: `ingest` writes events, `query` reads (query API, SQL, schema, traces, the UI's
-//! calls), `manage` changes the objects users define (derived columns), `admin` may do
+//! calls), `manage` changes the objects users define (derived columns, markers, saved queries'
+//! annotations), `admin` may do
 //! everything, including deleting datasets. `datasets` is `*` or a comma
 //! list; a key limited to some datasets neither writes nor sees the others (SQL sees only their
 //! tables). Clients send the key as `X-Honeycomb-Team: KEY` (libhoney, Honeycomb's OTLP headers)
@@ -35,8 +36,9 @@ pub enum Scope {
     Ingest,
     /// Read: queries, SQL, schema, traces.
     Query,
-    /// Change the objects users define: derived columns (Honeycomb's "Manage Queries and
-    /// Columns").
+    /// Change the objects users define: derived columns, markers and their settings, query
+    /// annotations (Honeycomb's "Manage Queries and Columns"). Saving a query needs only
+    /// `Query`: saved queries are immutable and unnamed until annotated.
     Manage,
     /// Everything, including deletion.
     Admin,

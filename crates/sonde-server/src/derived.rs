@@ -7,6 +7,7 @@
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Authorized, Describe, JsonBody, Manage, Query};
+use crate::objects::{check_room, new_id, now};
 use axum::Json;
 use axum::extract::{Path, Query as UrlQuery, State};
 use axum::http::StatusCode;
@@ -103,20 +104,6 @@ fn validate(state: &AppState, scope: &str, set: &DerivedSet, d: &DerivedColumn) 
         .map_err(|e| expr_error("expression", e))
 }
 
-fn new_id() -> String {
-    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut bytes = [0u8; 11];
-    getrandom::fill(&mut bytes).expect("the system's random source");
-    bytes
-        .iter()
-        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
-        .collect()
-}
-
-fn now() -> String {
-    sonde_model::time::format_us(sonde_model::time::now_us())
-}
-
 /// `GET /1/derived_columns/{dataset}`: all of them, or with `?alias=` the one (404 if none).
 pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
@@ -163,7 +150,9 @@ pub(crate) async fn create(
                 )));
             }
             validate(&state, &scope, set, &d)?;
-            set.0.entry(scope.clone()).or_default().push(d.clone());
+            let list = set.0.entry(scope.clone()).or_default();
+            check_room(&state, "derived columns", &scope, list.len())?;
+            list.push(d.clone());
             Ok(d)
         })
         .await??;
@@ -243,6 +232,7 @@ pub(crate) async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let scope = scope(&access)?;
     let id = params["id"].clone();
+    let saved = crate::queries::load(&state).await?;
     state
         .storage
         .documents()
@@ -254,7 +244,7 @@ pub(crate) async fn delete(
                 .map(|d| d.alias.clone())
                 .ok_or_else(|| not_found(&scope, &id))?;
             let mut users = users_of(set, &scope, &alias);
-            users.extend(state.saved.naming(&scope, &alias));
+            users.extend(crate::queries::naming(&saved, &scope, &alias));
             if let Some(user) = users.first() {
                 return Err(ApiError::conflict(format!(
                     "derived column {alias:?} is used by {user}; change or delete that first"

@@ -16,15 +16,19 @@
 //! | `POST /api/sql` | read-only SQL (JSON, CSV, Arrow IPC) |
 //! | `POST /api/bubbleup/{dataset}` | selection vs baseline across every column |
 //! | `GET /api/traces/{dataset}/{trace_id}` | a trace's spans and tree, across datasets |
-//! | `POST /1/queries/{dataset}`, `POST /1/query_results/{dataset}`, `GET /1/query_results/{dataset}/{id}` | Honeycomb's query-data API |
+//! | `POST /1/queries/{dataset}`, `GET /1/queries/{dataset}/{id}`, `POST /1/query_results/{dataset}`, `GET /1/query_results/{dataset}/{id}` | Honeycomb's query-data API: saved (immutable) queries and their results |
+//! | `/1/query_annotations/{dataset}[/{id}]` | names and descriptions of saved queries (GET, POST, PUT, DELETE) |
+//! | `/1/markers/{dataset}[/{id}]`, `/1/marker_settings/{dataset}[/{id}]` | markers (deploys, incidents) and their colours by type |
+//! | `/1/derived_columns/{dataset}[/{id}]`, `/1/dataset_definitions/{dataset}` | derived columns, and which columns mean what |
 //! | `GET /api/datasets`, `GET /api/datasets/{dataset}/columns`, `…/stats` | schema and storage facts |
 //! | `DELETE /api/datasets/{dataset}` | delete a dataset |
 //! | `GET /health`, `GET /metrics`, `GET /api/meta` | liveness, Prometheus metrics, the query operators the server takes |
 //! | `GET /`, `GET /assets/…` | the web UI, embedded at build time |
 //!
 //! Every route but `/health`, `/api/meta` and the UI's files checks the caller's API key when keys are
-//! configured ([`auth`]): `ingest` routes need the ingest scope, reads the query scope, deletion
-//! the admin scope, each for the dataset named. Queries also take one of
+//! configured ([`auth`]): `ingest` routes need the ingest scope, reads the query scope, changes
+//! to saved objects (markers, annotations, derived columns) the manage scope, deletion of a
+//! dataset the admin scope, each for the dataset named. Queries also take one of
 //! `max_concurrent_queries` slots; every request is bounded by `request_timeout` (slow bodies
 //! included).
 
@@ -34,8 +38,12 @@ mod derived;
 pub mod error;
 mod extract;
 mod ingest;
+mod markers;
+mod objects;
 pub mod otlp;
+mod queries;
 mod query;
+mod query_annotations;
 mod schema;
 pub mod ui;
 
@@ -43,7 +51,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use sonde_model::Limits;
 use sonde_storage::Storage;
 use std::sync::Arc;
@@ -52,7 +60,7 @@ use std::time::Duration;
 
 pub use error::ApiError;
 
-pub use query::SavedQueries;
+pub use queries::QueryResults;
 
 /// Server settings beyond storage.
 #[derive(Debug, Clone)]
@@ -69,6 +77,8 @@ pub struct ServerConfig {
     pub cors_origins: Vec<String>,
     /// Serve the UI from this directory instead of the embedded build (for UI work).
     pub ui_dir: Option<std::path::PathBuf>,
+    /// Most objects of each kind (markers, saved queries, annotations…) one dataset may hold.
+    pub max_saved_objects: usize,
 }
 
 /// How long a query waits for a free slot before it is refused.
@@ -81,6 +91,8 @@ impl ServerConfig {
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
     /// Default of `max_concurrent_queries`.
     pub const DEFAULT_MAX_CONCURRENT_QUERIES: usize = 16;
+    /// Default of `max_saved_objects`.
+    pub const DEFAULT_MAX_SAVED_OBJECTS: usize = 10_000;
 }
 
 impl Default for ServerConfig {
@@ -92,6 +104,7 @@ impl Default for ServerConfig {
             max_concurrent_queries: Self::DEFAULT_MAX_CONCURRENT_QUERIES,
             cors_origins: Vec::new(),
             ui_dir: None,
+            max_saved_objects: Self::DEFAULT_MAX_SAVED_OBJECTS,
         }
     }
 }
@@ -114,8 +127,8 @@ pub struct AppState {
     pub storage: Arc<Storage>,
     /// The query engine.
     pub engine: Arc<sonde_query::QueryEngine>,
-    /// Honeycomb query-data API state.
-    pub saved: SavedQueries,
+    /// The query results of Honeycomb's query-data API computed lately.
+    pub results: QueryResults,
     /// Settings.
     pub config: ServerConfig,
     /// Counters.
@@ -138,7 +151,7 @@ impl AppState {
         AppState {
             storage,
             engine,
-            saved: SavedQueries::default(),
+            results: QueryResults::default(),
             config,
             stats: HttpStats::default(),
             access,
@@ -188,9 +201,33 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/sql", post(query::sql))
         .route("/api/bubbleup/{dataset}", post(query::bubbleup))
         .route("/api/traces/{dataset}/{trace_id}", get(query::trace))
-        .route("/1/queries/{dataset}", post(query::create_query))
-        .route("/1/query_results/{dataset}", post(query::create_result))
-        .route("/1/query_results/{dataset}/{id}", get(query::get_result))
+        .route("/1/queries/{dataset}", post(queries::create_query))
+        .route("/1/queries/{dataset}/{id}", get(queries::get_query))
+        .route("/1/query_results/{dataset}", post(queries::create_result))
+        .route("/1/query_results/{dataset}/{id}", get(queries::get_result))
+        .route(
+            "/1/query_annotations/{dataset}",
+            get(query_annotations::list).post(query_annotations::create),
+        )
+        .route(
+            "/1/query_annotations/{dataset}/{id}",
+            get(query_annotations::get_one)
+                .put(query_annotations::update)
+                .delete(query_annotations::delete),
+        )
+        .route("/1/markers/{dataset}", get(markers::list).post(markers::create))
+        .route(
+            "/1/markers/{dataset}/{id}",
+            put(markers::update).delete(markers::delete),
+        )
+        .route(
+            "/1/marker_settings/{dataset}",
+            get(markers::list_settings).post(markers::create_setting),
+        )
+        .route(
+            "/1/marker_settings/{dataset}/{id}",
+            put(markers::update_setting).delete(markers::delete_setting),
+        )
         .route("/1/derived_columns/{dataset}", get(derived::list).post(derived::create))
         .route(
             "/1/derived_columns/{dataset}/{id}",
@@ -253,7 +290,7 @@ fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     Some(
         tower_http::cors::CorsLayer::new()
             .allow_origin(origins)
-            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
             .allow_headers([
                 axum::http::header::CONTENT_TYPE,
                 axum::http::header::AUTHORIZATION,

@@ -168,6 +168,13 @@ pub(crate) fn check(a: &ServeArgs) -> Report {
         ),
     ));
     lines.push((
+        "saved objects",
+        format!(
+            "up to {} of each kind per dataset (--max-saved-objects)",
+            a.max_saved_objects
+        ),
+    ));
+    lines.push((
         "segments",
         format!(
             "flush at {} events or {}, compaction to {} rows every {}, retention {}",

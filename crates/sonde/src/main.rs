@@ -254,6 +254,10 @@ struct ServeArgs {
     /// Queries running at once; others wait up to 2 s for a slot, then get a 429.
     #[arg(long, env = "SONDE_MAX_CONCURRENT_QUERIES", default_value_t = ServerConfig::DEFAULT_MAX_CONCURRENT_QUERIES)]
     max_concurrent_queries: usize,
+    /// Most objects of each kind (markers, marker settings, saved queries, query annotations,
+    /// derived columns) one dataset may hold; each kind is one document, read and written whole.
+    #[arg(long, env = "SONDE_MAX_SAVED_OBJECTS", default_value_t = ServerConfig::DEFAULT_MAX_SAVED_OBJECTS)]
+    max_saved_objects: usize,
     /// Origins allowed to call the API from a browser (CORS), comma-separated; none by default.
     #[arg(long, env = "SONDE_CORS_ORIGINS", value_delimiter = ',')]
     cors_origin: Vec<String>,
@@ -572,6 +576,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         max_concurrent_queries: a.max_concurrent_queries.max(1),
         cors_origins: a.cors_origin.clone(),
         ui_dir: a.ui_dir.clone(),
+        max_saved_objects: a.max_saved_objects,
     };
     let engine = sonde_query::QueryEngine::new(
         storage.clone(),

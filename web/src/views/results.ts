@@ -2,18 +2,22 @@
 // table. A click on either offers what to do with that group or time bucket.
 
 import type uPlot from "uplot";
-import type { Column, QueryAnswer, QuerySpec, Row } from "../api";
+import type { Column, Marker, QueryAnswer, QuerySpec, Row } from "../api";
 import type { Catalog } from "../catalog";
 import { PALETTE, formatNumber, heatmapChart, lineChart, type ChartHandlers } from "../charts";
 import { changed, el, openMenu, swatch, type MenuItem } from "../dom";
 import { changes, compareLines, graphs, groupLabel, heatmapCells, offsetLabel, tableKeys, timeAxis, toLines } from "../series";
 import * as edit from "../spec-edit";
 import { onSpec, type Dispatch } from "../state";
+import { openMarkerDialog } from "./markers";
 
-/** A query's answer as shown: the spec it answers, and the totals for "other" lines if any. */
-export interface QueryShown { kind: "query"; spec: QuerySpec; answer: QueryAnswer; totals: QueryAnswer | null }
+/**
+ * A query's answer as shown: the spec it answers, the totals for "other" lines if any, and the
+ * markers (of the dataset and the environment) in its range.
+ */
+export interface QueryShown { kind: "query"; spec: QuerySpec; answer: QueryAnswer; totals: QueryAnswer | null; markers: Marker[] }
 
-export interface ResultsProps { shown: QueryShown | null; catalog: Catalog; columns: Column[] }
+export interface ResultsProps { shown: QueryShown | null; catalog: Catalog; columns: Column[]; dataset: string }
 
 /** The status line under the builder. */
 export function queryStatus(m: QueryAnswer["meta"], msInAll: number): string {
@@ -32,13 +36,16 @@ export function render(at: { charts: HTMLElement; table: HTMLElement }, props: R
   const plots: uPlot[] = [];
   plotsOf.set(at.charts, plots);
   if (!props.shown) return;
-  const { spec, answer, totals } = props.shown;
+  const { spec, answer, totals, markers } = props.shown;
   const results = answer.data.results.map((r) => r.data);
   const axis = timeAxis(answer.meta);
-  const actions = (group: Row | null, bucket: [number, number] | null) => pointActions(spec, props.columns, group, bucket, dispatch);
+  const actions = (group: Row | null, bucket: [number, number] | null, t: number | null) => [
+    ...pointActions(spec, props.columns, group, bucket, dispatch),
+    ...(t != null ? [["Add a marker here…", () => openMarkerDialog(props.dataset, Math.round(t), () => dispatch((s) => s, "rerun"))] as MenuItem] : []),
+  ];
   const handlers: ChartHandlers = {
     onZoom: (from, to) => dispatch(onSpec((s) => edit.zoomTo(s, from, to)), "run"),
-    onClick: (t, series, ev) => openMenu(ev, actions(series >= 0 && series < results.length ? results[series] : null, axis.bucket(t))),
+    onClick: (t, series, ev) => openMenu(ev, actions(series >= 0 && series < results.length ? results[series] : null, axis.bucket(t), t)),
   };
   for (const g of graphs(spec, props.catalog)) {
     if (!g.heatmap) {
@@ -46,7 +53,7 @@ export function render(at: { charts: HTMLElement; table: HTMLElement }, props: R
         ...toLines(answer, totals, spec.breakdowns, g.key, props.catalog.additive(g.op)),
         ...compareLines(answer, spec.breakdowns, g.key),
       ];
-      plots.push(lineChart(at.charts, g.key, axis.times, lines, handlers));
+      plots.push(lineChart(at.charts, g.key, axis.times, lines, handlers, markers));
       continue;
     }
     const column = g.column!;
@@ -61,7 +68,7 @@ export function render(at: { charts: HTMLElement; table: HTMLElement }, props: R
           title: `${column} ${formatNumber(lo)}–${formatNumber(hi)}, ${hhmmss(from)}–${hhmmss(to)}`,
         },
       })),
-    });
+    }, markers);
   }
 
   const keys = tableKeys(spec, props.catalog);
@@ -80,7 +87,7 @@ export function render(at: { charts: HTMLElement; table: HTMLElement }, props: R
     );
     tr.addEventListener("mouseenter", () => plots.forEach((p) => p.setSeries(i + 1, { focus: true })));
     tr.addEventListener("mouseleave", () => plots.forEach((p) => p.setSeries(null, { focus: false })));
-    tr.addEventListener("click", (ev) => openMenu(ev, actions(r, null)));
+    tr.addEventListener("click", (ev) => openMenu(ev, actions(r, null, null)));
     return tr;
   });
   at.table.replaceChildren(el("table", { className: "grid", id: "results-table" }, el("thead", {}, head), el("tbody", {}, ...rows)));

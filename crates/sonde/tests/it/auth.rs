@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A new key made by `sonde keys new`: (secret, keys-file line).
-fn new_key(name: &str, scopes: &str, datasets: &str) -> (String, String) {
+pub(crate) fn new_key(name: &str, scopes: &str, datasets: &str) -> (String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_sonde"))
         .args(["keys", "new", name, "--scopes", scopes, "--datasets", datasets])
         .output()

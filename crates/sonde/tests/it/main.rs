@@ -22,5 +22,6 @@ mod otlp_http;
 mod query_api;
 mod query_diff;
 mod relational;
+mod saved_objects;
 mod trace_shapes;
 mod type_conflict;

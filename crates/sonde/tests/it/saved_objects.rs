@@ -1,0 +1,295 @@
+//! The objects users keep beside their data, through Honeycomb's API shapes: markers and
+//! marker settings, saved queries and their annotations. Each survives a restart, is bounded
+//! by `--max-saved-objects`, refuses bad fields by name, and needs the `manage` scope to change.
+
+use crate::fixtures::{MINUTE, T0, at};
+use crate::harness::{Server, send_json};
+use serde_json::{Value, json};
+
+const S: i64 = 1_767_225_600; // T0 in unix seconds.
+
+async fn put_json(http: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
+    send_json(http.put(url).json(&body)).await
+}
+
+#[tokio::test]
+async fn markers_and_their_colours_persist_and_filter_by_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &["--max-saved-objects", "3"]).await;
+    let http = reqwest::Client::new();
+    let api = server.api(&http);
+
+    // All fields are optional: an empty body is a marker at the time of the request.
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let (status, now_marker) = api.post_json("/1/markers/web", json!({})).await;
+    assert_eq!(status, 201, "{now_marker}");
+    let t = now_marker["start_time"].as_i64().unwrap();
+    assert!(t >= before && t <= before + 60, "{now_marker}");
+    assert_eq!(now_marker["id"].as_str().unwrap().len(), 11);
+
+    let (status, deploy) = api
+        .post_json(
+            "/1/markers/web",
+            json!({"start_time": S + 600, "end_time": S + 900, "message": "deploy #123", "type": "deploy", "url": "https://ci.example/123"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{deploy}");
+    assert_eq!(deploy["end_time"], S + 900);
+    let (status, env) = api
+        .post_json(
+            "/1/markers/__all__",
+            json!({"start_time": S + 60, "message": "flag on", "type": "flag"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{env}");
+
+    // Bad fields are refused by name, and nothing is stored.
+    for (body, field) in [
+        (json!({"start_time": S, "end_time": S - 1}), "end_time"),
+        (json!({"url": "javascript:alert(1)"}), "url"),
+        (json!({"message": "x".repeat(2000)}), "message"),
+        (json!({"start_time": "yesterday"}), "marker"),
+    ] {
+        let (status, e) = api.post_json("/1/markers/web", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {e}");
+        assert!(e["error"].as_str().unwrap().contains(field), "{body}: {e}");
+    }
+    // The bound names its flag; the environment's markers are counted on their own.
+    let (status, _) = api.post_json("/1/markers/web", json!({"start_time": S})).await;
+    assert_eq!(status, 201);
+    let (status, e) = api.post_json("/1/markers/web", json!({"start_time": S})).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("--max-saved-objects"), "{e}");
+
+    // Colours by type: the dataset's setting first, then the environment's.
+    let (status, s1) = api
+        .post_json("/1/marker_settings/web", json!({"type": "deploy", "color": "#F96E11"}))
+        .await;
+    assert_eq!(status, 201, "{s1}");
+    assert_eq!(s1["color"], "#f96e11");
+    let (status, _) = api
+        .post_json(
+            "/1/marker_settings/__all__",
+            json!({"type": "flag", "color": "#7b1fa2"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, e) = api
+        .post_json("/1/marker_settings/web", json!({"type": "deploy", "color": "#000000"}))
+        .await;
+    assert_eq!(status, 409, "{e}");
+    let (status, e) = api
+        .post_json("/1/marker_settings/web", json!({"type": "x", "color": "red"}))
+        .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("color"), "{e}");
+
+    // Kept across a restart.
+    server.stop().await;
+    server.restart().await;
+    let (status, list) = send_json(http.get(server.at("/1/markers/web"))).await;
+    assert_eq!(status, 200, "{list}");
+    let list = list.as_array().unwrap().clone();
+    assert_eq!(list.len(), 3, "{list:?}");
+    let starts: Vec<i64> = list.iter().map(|m| m["start_time"].as_i64().unwrap()).collect();
+    assert!(starts.windows(2).all(|w| w[0] <= w[1]), "oldest first: {starts:?}");
+    let got = list.iter().find(|m| m["id"] == deploy["id"]).unwrap();
+    assert_eq!(got["color"], "#f96e11", "{got}");
+    assert_eq!(got["message"], "deploy #123");
+    let (_, envs) = send_json(http.get(server.at("/1/markers/__all__"))).await;
+    assert_eq!(envs[0]["color"], "#7b1fa2", "{envs}");
+
+    // A range keeps the markers that overlap it: the span from 600 to 900 overlaps 800..1000.
+    let (_, r) =
+        send_json(http.get(server.at(&format!("/1/markers/web?start_time={}&end_time={}", S + 800, S + 1000)))).await;
+    let ids: Vec<&Value> = r.as_array().unwrap().iter().map(|m| &m["id"]).collect();
+    assert_eq!(ids, vec![&deploy["id"]], "{r}");
+
+    // PUT changes the fields given; DELETE answers the marker deleted.
+    let id = deploy["id"].as_str().unwrap();
+    let (status, changed) = put_json(
+        &http,
+        server.at(&format!("/1/markers/web/{id}")),
+        json!({"message": "deploy #124"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(
+        (
+            changed["message"].clone(),
+            changed["start_time"].clone(),
+            changed["type"].clone()
+        ),
+        (json!("deploy #124"), json!(S + 600), json!("deploy"))
+    );
+    let (status, e) = put_json(&http, server.at("/1/markers/web/nope"), json!({})).await;
+    assert_eq!(status, 404, "{e}");
+    let (status, gone) = send_json(http.delete(server.at(&format!("/1/markers/web/{id}")))).await;
+    assert_eq!((status, gone["id"].clone()), (200, deploy["id"].clone()));
+    let (_, list) = send_json(http.get(server.at("/1/markers/web"))).await;
+    assert_eq!(list.as_array().unwrap().len(), 2);
+
+    // Settings change and go.
+    let sid = s1["id"].as_str().unwrap();
+    let (status, s2) = put_json(
+        &http,
+        server.at(&format!("/1/marker_settings/web/{sid}")),
+        json!({"type": "deploy", "color": "#00ff00"}),
+    )
+    .await;
+    assert_eq!((status, s2["color"].clone()), (200, json!("#00ff00")));
+    let (status, _) = send_json(http.delete(server.at(&format!("/1/marker_settings/web/{sid}")))).await;
+    assert_eq!(status, 204);
+    let (_, settings) = send_json(http.get(server.at("/1/marker_settings/web"))).await;
+    assert_eq!(settings, json!([]));
+}
+
+#[tokio::test]
+async fn saved_queries_are_immutable_durable_and_annotated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]).await;
+    let http = reqwest::Client::new();
+    let api = server.api(&http);
+    let evs: Vec<Value> = (0..30)
+        .map(|i| json!({"time": at(T0 + i * MINUTE), "data": {"i": i, "kind": if i % 3 == 0 { "a" } else { "b" }}}))
+        .collect();
+    assert_eq!(api.post_batch("web", &evs).await, 30);
+    let (status, _) = api
+        .post_json(
+            "/1/derived_columns/web",
+            json!({"alias": "big", "expression": "GT($i, 20)"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    let spec = json!({"start_time": at(T0), "end_time": at(T0 + 60 * MINUTE),
+        "calculations": [{"op": "COUNT"}], "breakdowns": ["kind"], "filters": [{"column": "big", "op": "=", "value": true}]});
+    let (status, q1) = api.post_json("/1/queries/web", spec.clone()).await;
+    assert_eq!(status, 200, "{q1}");
+    // The same spec is the same saved query; another spec is another.
+    let (_, again) = api.post_json("/1/queries/web", spec.clone()).await;
+    assert_eq!(again["id"], q1["id"]);
+    let mut other = spec.clone();
+    other["breakdowns"] = json!([]);
+    let (_, q2) = api.post_json("/1/queries/web", other).await;
+    assert_ne!(q2["id"], q1["id"]);
+    let (status, e) = api.post_json("/1/queries/web", json!({"breakdowns": ["nope"]})).await;
+    assert_eq!(status, 400, "{e}");
+
+    // Annotations: a name for a saved query of this dataset.
+    let (status, e) = api
+        .post_json("/1/query_annotations/web", json!({"name": "x", "query_id": "nope"}))
+        .await;
+    assert_eq!(status, 404, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("query_id"), "{e}");
+    let (status, e) = api
+        .post_json("/1/query_annotations/web", json!({"name": "", "query_id": q1["id"]}))
+        .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("name"), "{e}");
+    let (status, a1) = api
+        .post_json(
+            "/1/query_annotations/web",
+            json!({"name": "Big by kind", "description": "over 20", "query_id": q1["id"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{a1}");
+    assert_eq!(a1["source"], "query");
+    let (status, a2) = api
+        .post_json(
+            "/1/query_annotations/web",
+            json!({"name": "panel", "query_id": q2["id"], "source": "board"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{a2}");
+
+    // Everything is still there after a restart, and the saved query still runs.
+    server.stop().await;
+    server.restart().await;
+    let id1 = q1["id"].as_str().unwrap();
+    let (status, got) = send_json(http.get(server.at(&format!("/1/queries/web/{id1}")))).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(
+        (got["breakdowns"].clone(), got["id"].clone()),
+        (spec["breakdowns"].clone(), q1["id"].clone())
+    );
+    let (status, r) = server
+        .api(&http)
+        .post_json("/1/query_results/web", json!({"query_id": id1}))
+        .await;
+    assert_eq!(status, 201, "{r}");
+    // i in 21..=29: kind "a" for 21, 24, 27.
+    assert_eq!(
+        r["data"]["results"],
+        json!([{"data": {"COUNT": 6, "kind": "b"}}, {"data": {"COUNT": 3, "kind": "a"}}])
+    );
+    let (status, _) = send_json(http.get(server.at(&format!("/1/queries/other/{id1}")))).await;
+    assert_eq!(status, 404);
+    let (_, list) = send_json(http.get(server.at("/1/query_annotations/web"))).await;
+    let names: Vec<&Value> = list.as_array().unwrap().iter().map(|a| &a["name"]).collect();
+    assert_eq!(
+        names,
+        vec!["Big by kind"],
+        "board annotations are listed only when asked for"
+    );
+    let (_, list) = send_json(http.get(server.at("/1/query_annotations/web?include_board_annotations=true"))).await;
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+
+    // PUT replaces the name and description; the query cannot change.
+    let aid = a1["id"].as_str().unwrap();
+    let url = server.at(&format!("/1/query_annotations/web/{aid}"));
+    let (status, e) = put_json(&http, url.clone(), json!({"name": "n", "query_id": q2["id"]})).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("query_id"), "{e}");
+    let (status, changed) = put_json(&http, url.clone(), json!({"name": "Renamed", "query_id": q1["id"]})).await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(
+        (changed["name"].clone(), changed["description"].clone()),
+        (json!("Renamed"), json!(""))
+    );
+    let (_, one) = send_json(http.get(url.clone())).await;
+    assert_eq!(one, changed);
+
+    // A derived column a saved query names cannot be deleted (the query would stop running).
+    let (_, cols) = send_json(http.get(server.at("/1/derived_columns/web?alias=big"))).await;
+    let cid = cols["id"].as_str().unwrap();
+    let (status, e) = send_json(http.delete(server.at(&format!("/1/derived_columns/web/{cid}")))).await;
+    assert_eq!(status, 409, "{e}");
+    assert!(e["error"].as_str().unwrap().contains(id1), "{e}");
+
+    let (status, _) = send_json(http.delete(url.clone())).await;
+    assert_eq!(status, 204);
+    let (status, _) = send_json(http.get(url)).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn changing_saved_objects_needs_the_manage_scope() {
+    let (query_key, l1) = crate::auth::new_key("oncall", "query", "*");
+    let (manage_key, l2) = crate::auth::new_key("lead", "manage", "web");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys");
+    std::fs::write(&file, format!("{l1}\n{l2}\n")).unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--keys-file", file.to_str().unwrap()]).await;
+    let http = reqwest::Client::new();
+    let post = |key: &str, path: &str, body: Value| {
+        send_json(http.post(server.at(path)).header("X-Honeycomb-Team", key).json(&body))
+    };
+    let (status, e) = post(&query_key, "/1/markers/web", json!({"message": "m"})).await;
+    assert_eq!(status, 403, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("manage"), "{e}");
+    let (status, m) = post(&manage_key, "/1/markers/web", json!({"message": "m"})).await;
+    assert_eq!(status, 201, "{m}");
+    let (status, e) = post(&manage_key, "/1/markers/other", json!({"message": "m"})).await;
+    assert_eq!(status, 403, "{e}");
+    // Reading needs only the query scope.
+    let (status, list) = send_json(
+        http.get(server.at("/1/markers/web"))
+            .header("X-Honeycomb-Team", &query_key),
+    )
+    .await;
+    assert_eq!((status, list.as_array().map(Vec::len)), (200, Some(1)));
+}
