@@ -9,7 +9,16 @@ use std::process::Command;
 fn main() {
     let commit = git(&["rev-parse", "--short=10", "HEAD"]).unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=SONDE_GIT_COMMIT={commit}");
-    println!("cargo:rustc-env=SONDE_BUILD_PROFILE={}", profile());
+    let profile = profile();
+    println!("cargo:rustc-env=SONDE_BUILD_PROFILE={profile}");
+    if profile != "debug" && linker_is_lld() {
+        // Size (README "Two commands"): fold functions whose machine code is identical (generic
+        // code instantiated for types of the same layout is common in arrow and DataFusion), and
+        // store the ~300k relative relocations of a position-independent binary as a bitmap
+        // instead of 24 bytes each (needs glibc 2.36+ at run time).
+        println!("cargo:rustc-link-arg-bins=-Wl,--icf=all");
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    }
     // Run again when HEAD moves (a commit, a checkout).
     let git_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.git");
     for p in ["HEAD", "refs/heads", "packed-refs"] {
@@ -31,6 +40,14 @@ fn git(args: &[&str]) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Whether the link will use LLD, which is what `--icf` needs: Rust 1.90+ links x86_64 Linux
+/// binaries with its own `rust-lld` unless told otherwise.
+fn linker_is_lld() -> bool {
+    std::env::var("TARGET").is_ok_and(|t| t == "x86_64-unknown-linux-gnu")
+        && std::env::var_os("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_none()
+        && !std::env::var("CARGO_ENCODED_RUSTFLAGS").is_ok_and(|f| f.contains("linker"))
 }
 
 /// The profile's name: cargo gives build scripts only `debug`/`release` in `PROFILE`, but
