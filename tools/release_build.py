@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Builds the release binary (`cargo build --release -p sonde`) and says how far along it is.
 
-A first release build takes most of 20 minutes on 2 cores, nearly all of it DataFusion, and
+A first release build takes about 13 minutes on 2 cores, nearly all of it DataFusion, and
 cargo's own progress bar (crates done out of all) moves fastest where the crates are small. So
 this reads cargo's JSON messages and, each time a crate finishes, looks up when that crate
 finished in a fresh build measured on the machine this repository is developed on

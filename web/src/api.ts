@@ -55,6 +55,22 @@ export interface Marker {
 /** A saved query's name (`/1/query_annotations/{dataset}`). */
 export interface QueryAnnotation { id: string; name: string; description?: string; query_id: string; source?: string; created_at?: string }
 
+/** A board's panel on the 12-column grid (Honeycomb's flexible board). */
+export interface BoardPanel {
+  type: "query" | "text" | "slo";
+  position: { x_coordinate: number; y_coordinate: number; width: number; height: number };
+  query_panel?: {
+    query_id: string; query_annotation_id: string; query_style?: "graph" | "table" | "combo"; dataset?: string;
+    visualization_settings?: { hide_markers?: boolean } & Record<string, unknown>;
+  };
+  text_panel?: { content: string };
+}
+export interface Board {
+  id: string; name: string; description?: string; type: "flexible"; tags?: { key: string; value: string }[];
+  preset_filters: { column: string; alias?: string }[]; panels: BoardPanel[]; links?: { board_url: string };
+}
+export interface BoardView { id: string; name: string; filters: { column: string; operation: string; value?: unknown }[] }
+
 /** Environment-wide objects (markers, derived columns) live under this name. */
 export const ALL_DATASETS = "__all__";
 
@@ -206,5 +222,10 @@ export const api = {
   annotations: (ds: string) => call<QueryAnnotation[]>("GET", `/1/query_annotations/${encodeURIComponent(ds)}`),
   annotate: (ds: string, a: Omit<QueryAnnotation, "id">) => call<QueryAnnotation>("POST", `/1/query_annotations/${encodeURIComponent(ds)}`, a),
   deleteAnnotation: (ds: string, id: string) => call<unknown>("DELETE", `/1/query_annotations/${encodeURIComponent(ds)}/${encodeURIComponent(id)}`),
+  boards: () => call<Board[]>("GET", "/1/boards"),
+  board: (id: string) => call<Board>("GET", `/1/boards/${encodeURIComponent(id)}`),
+  createBoard: (b: Omit<Board, "id">) => call<Board>("POST", "/1/boards", b),
+  updateBoard: (b: Board) => call<Board>("PUT", `/1/boards/${encodeURIComponent(b.id)}`, b),
+  boardViews: (id: string) => call<BoardView[]>("GET", `/1/boards/${encodeURIComponent(id)}/views`),
   trace: (ds: string, id: string) => call<import("./trace").TraceAnswer>("GET", `/api/traces/${encodeURIComponent(ds)}/${encodeURIComponent(id)}`),
 };

@@ -17,6 +17,7 @@ import {
   decodeUrl, emptySpec, initialState, openQuery, pinEventColumns, pushUrl, readRecent, remember, replaceUrl, writeRecent,
   type How, type Panel, type Recent, type State, type Update,
 } from "./state";
+import * as boards from "./views/board";
 import * as builder from "./views/builder";
 import * as events from "./views/events";
 import * as header from "./views/header";
@@ -75,9 +76,13 @@ function receive(patch: Partial<Answers>) {
   render();
 }
 
+/** The board shown instead of the query view (`/?board=ID`), if any. */
+const boardId = new URLSearchParams(location.search).get("board");
+
 function render() {
   const s = state;
   const a = answers;
+  if (boardId) return;
   $("query-view").hidden = s.tab !== "query";
   $("sql-view").hidden = s.tab !== "sql";
   $("status").textContent = a.status;
@@ -232,8 +237,41 @@ async function runSql(text: string) {
 // ---------------------------------------------------------------------------------------------
 // Boot
 
+/** The sidebar's list of boards, each a link to its page. */
+async function listBoards() {
+  try {
+    const list = await api.boards();
+    $("boards").replaceChildren(...list.map((b) => {
+      const li = document.createElement("li");
+      const a = document.createElement("a");
+      a.href = `/?board=${encodeURIComponent(b.id)}`;
+      a.textContent = b.name;
+      li.append(a);
+      return li;
+    }));
+  } catch (e) {
+    $("boards").replaceChildren(errorText(e));
+  }
+}
+
 async function boot() {
   const [meta, ds] = await Promise.all([api.meta(), api.datasets()]);
+  void listBoards();
+  $("board-new").addEventListener("click", async () => {
+    const name = prompt("The new board's name")?.trim();
+    if (!name) return;
+    try {
+      location.href = `/?board=${encodeURIComponent(await boards.newBoard(name))}`;
+    } catch (e) {
+      receive({ error: errorText(e) });
+    }
+  });
+  if (boardId) {
+    for (const id of ["query-view", "sql-view", "run", "save-query", "time-picker", "dataset"]) $(id).hidden = true;
+    $("board-view").hidden = false;
+    await boards.showBoard($("board-view"), boardId, new Catalog(meta), ds.datasets.map((d) => d.name));
+    return;
+  }
   const url = decodeUrl(location.search);
   answers = {
     catalog: new Catalog(meta), datasets: ds.datasets, columns: [], recent: readRecent(), saved: [], status: "", error: null,

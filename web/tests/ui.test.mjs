@@ -572,3 +572,92 @@ test("a query saved with a name is listed, survives a reload, opens again, and c
   assert.deepEqual(page.errors, []);
   await page.close();
 });
+
+test("a board built in the UI: three saved queries and a text panel, reloaded, its layout edited, a preset filter applied to every panel", async () => {
+  const post = async (path, body, want = 201) => {
+    const r = await fetch(`${url}${path}`, { method: "POST", body: JSON.stringify(body) });
+    const j = await r.json();
+    assert.equal(r.status, want, JSON.stringify(j));
+    return j;
+  };
+  const specs = {
+    "Requests": { calculations: [{ op: "COUNT" }], filters: [], breakdowns: [], orders: [], havings: [], ...RANGE },
+    "P99 by service": { calculations: [{ op: "P99", column: "duration_ms" }], filters: [], breakdowns: ["service.name"], orders: [], havings: [], ...RANGE },
+    "Latency heatmap": { calculations: [{ op: "HEATMAP", column: "duration_ms" }], filters: [], breakdowns: [], orders: [], havings: [], ...RANGE },
+  };
+  for (const [name, spec] of Object.entries(specs)) {
+    const q = await post("/1/queries/demo", spec, 200);
+    await post("/1/query_annotations/demo", { name, query_id: q.id });
+  }
+  const page = await newPage();
+  page.on("dialog", (d) => d.accept("On-call"));
+  await page.goto(url);
+  await page.click("#board-new");
+  await page.waitForSelector("#board-name");
+  const boardId = new URL(page.url()).searchParams.get("board");
+  assert.equal(await page.textContent("#board-name"), "On-call");
+
+  // Edit: three query panels (one as a table), a text panel, a preset filter; save.
+  await page.click("#board-edit");
+  for (const [name, style] of [["Requests", "graph"], ["P99 by service", "table"], ["Latency heatmap", "graph"]]) {
+    await page.click("#board-add-query");
+    await page.waitForFunction((n) => [...document.querySelectorAll("#query-panel-choice option")].some((o) => o.textContent.startsWith(n)), name);
+    const value = await page.$eval("#query-panel-choice", (s, n) => [...s.options].find((o) => o.textContent.startsWith(n)).value, name);
+    await page.selectOption("#query-panel-choice", value);
+    await page.selectOption("#query-panel-style", style);
+    await page.click("#panel-add");
+  }
+  await page.click("#board-add-text");
+  await page.fill("#text-panel-content", "# Runbook\nCheck **dns.provider** first.\n- page the [DNS team](https://example.com/dns)");
+  await page.click("#panel-add");
+  await page.fill("#preset-column", "service.name");
+  await page.fill("#preset-alias", "Service");
+  await page.click("#preset-add");
+  await page.click("#board-save");
+  await page.waitForSelector("#board-edit");
+  let saved = await (await fetch(`${url}/1/boards/${boardId}`)).json();
+  assert.deepEqual(saved.panels.map((p) => p.type), ["query", "query", "query", "text"]);
+  assert.deepEqual(saved.preset_filters, [{ column: "service.name", alias: "Service" }]);
+
+  // Reload: every panel drawn, each from the API's answer.
+  await page.reload();
+  await page.waitForSelector(".board-panel .chart canvas.heatmap");
+  await page.waitForSelector(".board-panel table.panel-table tbody tr");
+  await page.waitForSelector(".board-panel .u-over");
+  assert.equal(await page.locator(".board-panel").count(), 4);
+  assert.equal(await page.textContent(".text-panel h1"), "Runbook");
+  assert.equal(await page.textContent(".text-panel strong"), "dns.provider");
+  assert.equal(await page.getAttribute(".text-panel a", "href"), "https://example.com/dns");
+  const want = await apiQuery(specs["P99 by service"]);
+  const rows = await tableRows(page, ".board-panel table.panel-table");
+  assert.equal(rows.length, want.data.results.length);
+  assert.equal(rows[0][0], want.data.results[0].data["service.name"]);
+  await shot(page, "board");
+
+  // Edit the layout: the table panel moves right and grows taller, the text panel goes.
+  await page.click("#board-edit");
+  const table = page.locator('.board-panel[data-index="1"]');
+  const before = saved.panels[1].position;
+  await table.locator(".edit-right").click();
+  await page.locator('.board-panel[data-index="1"] .edit-taller').click();
+  await page.locator('.board-panel[data-index="3"] .edit-remove').click();
+  await page.click("#board-save");
+  await page.waitForSelector("#board-edit");
+  saved = await (await fetch(`${url}/1/boards/${boardId}`)).json();
+  assert.equal(saved.panels.length, 3);
+  assert.deepEqual(saved.panels[1].position, { ...before, x_coordinate: before.x_coordinate + 1, height: before.height + 1 });
+
+  // The preset filter narrows every panel: the COUNT panel now shows the API's count for one service.
+  const service = want.data.results[0].data["service.name"];
+  await page.fill('.preset-value[data-column="service.name"]', service);
+  await page.press('.preset-value[data-column="service.name"]', "Enter");
+  await page.waitForFunction(() => [...document.querySelectorAll(".board-panel .panel-title")].filter((t) => t.textContent.includes("1 board filter")).length === 3);
+  const filtered = await apiQuery({ ...specs["P99 by service"], filters: [{ column: "service.name", op: "=", value: service }] });
+  await page.waitForFunction((n) => document.querySelectorAll(".board-panel table.panel-table tbody tr").length === n, filtered.data.results.length);
+  const href = await page.getAttribute('.board-panel[data-index="0"] .panel-title a', "href");
+  const linked = JSON.parse(new URL(url + href).searchParams.get("q"));
+  assert.deepEqual(linked.filters, [{ column: "service.name", op: "=", value: service }], "the panel's link opens the filtered query");
+  await shot(page, "board-filtered");
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});

@@ -19,6 +19,7 @@
 //! | `POST /1/queries/{dataset}`, `GET /1/queries/{dataset}/{id}`, `POST /1/query_results/{dataset}`, `GET /1/query_results/{dataset}/{id}` | Honeycomb's query-data API: saved (immutable) queries and their results |
 //! | `/1/query_annotations/{dataset}[/{id}]` | names and descriptions of saved queries (GET, POST, PUT, DELETE) |
 //! | `/1/markers/{dataset}[/{id}]`, `/1/marker_settings/{dataset}[/{id}]` | markers (deploys, incidents) and their colours by type |
+//! | `/1/boards[/{id}]`, `/1/boards/{id}/views[/{view}]` | boards of saved queries and text on a 12-column grid, and their filter sets |
 //! | `/1/derived_columns/{dataset}[/{id}]`, `/1/dataset_definitions/{dataset}` | derived columns, and which columns mean what |
 //! | `GET /api/datasets`, `GET /api/datasets/{dataset}/columns`, `…/stats` | schema and storage facts |
 //! | `DELETE /api/datasets/{dataset}` | delete a dataset |
@@ -33,6 +34,7 @@
 //! included).
 
 pub mod auth;
+mod boards;
 mod definitions;
 mod derived;
 pub mod error;
@@ -214,6 +216,21 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(query_annotations::get_one)
                 .put(query_annotations::update)
                 .delete(query_annotations::delete),
+        )
+        .route("/1/boards", get(boards::list).post(boards::create))
+        .route(
+            "/1/boards/{id}",
+            get(boards::get_one).put(boards::update).delete(boards::delete),
+        )
+        .route(
+            "/1/boards/{id}/views",
+            get(boards::list_views).post(boards::create_view),
+        )
+        .route(
+            "/1/boards/{id}/views/{view}",
+            get(boards::get_view)
+                .put(boards::update_view)
+                .delete(boards::delete_view),
         )
         .route("/1/markers/{dataset}", get(markers::list).post(markers::create))
         .route(

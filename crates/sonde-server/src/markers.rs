@@ -314,7 +314,7 @@ pub(crate) async fn create_setting(
     let s = MarkerSetting {
         id: new_id(),
         kind: body.kind,
-        color: body.color.to_ascii_lowercase(),
+        color: body.color,
         created_at: at.clone(),
         updated_at: at,
     };
@@ -364,7 +364,7 @@ pub(crate) async fn update_setting(
                 .find(|s| s.id == id)
                 .ok_or_else(|| not_found("marker setting", &scope, &id))?;
             s.kind = body.kind;
-            s.color = body.color.to_ascii_lowercase();
+            s.color = body.color;
             s.updated_at = now();
             Ok(s.clone())
         })

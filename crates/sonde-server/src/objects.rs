@@ -4,6 +4,7 @@
 
 use crate::AppState;
 use crate::error::ApiError;
+use serde::{Deserialize, Deserializer};
 
 /// A new random id: 11 characters of `0-9A-Za-z`, the form of Honeycomb's ids.
 pub(crate) fn new_id() -> String {
@@ -61,4 +62,9 @@ pub(crate) fn check_room(state: &AppState, what: &str, dataset: &str, held: usiz
         )));
     }
     Ok(())
+}
+
+/// Reads `null` as the default: Honeycomb's Go clients send `null` for an empty list.
+pub(crate) fn null_as_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }

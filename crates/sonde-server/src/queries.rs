@@ -49,6 +49,12 @@ pub(crate) fn find<'a>(all: &'a Stored, dataset: &str, id: &str) -> Option<&'a S
     all.get(dataset)?.iter().find(|q| q.id == id)
 }
 
+/// The saved query `id` of whichever dataset holds it, with that dataset.
+pub(crate) fn find_any<'a>(all: &'a Stored, id: &str) -> Option<(&'a str, &'a StoredQuery)> {
+    all.iter()
+        .find_map(|(ds, list)| list.iter().find(|q| q.id == id).map(|q| (ds.as_str(), q)))
+}
+
 /// The saved queries of `dataset` (of any dataset, for `__all__`) that name the column `name`,
 /// described for an error message.
 pub(crate) fn naming(all: &Stored, dataset: &str, name: &str) -> Vec<String> {

@@ -63,7 +63,24 @@ pub(crate) struct ListQuery {
     include_board_annotations: bool,
 }
 
-type Annotations = BTreeMap<String, Vec<Annotation>>;
+/// Every annotation, by dataset.
+pub(crate) type Annotations = BTreeMap<String, Vec<Annotation>>;
+
+impl Annotation {
+    /// Its id.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+    /// The saved query it names.
+    pub(crate) fn query_id(&self) -> &str {
+        &self.query_id
+    }
+}
+
+/// Every annotation.
+pub(crate) async fn load(state: &AppState) -> Result<Annotations, ApiError> {
+    Ok(state.storage.documents().load(DOCUMENT).await?)
+}
 
 fn scope(access: &Authorized<impl Sized>) -> Result<String, ApiError> {
     Ok(access.dataset()?.as_str().to_string())
@@ -86,7 +103,7 @@ fn check_fields(body: &AnnotationBody) -> Result<(), ApiError> {
 
 /// The annotations of `dataset` (all of them, or only those made from queries).
 pub(crate) async fn of_dataset(state: &AppState, dataset: &str, with_board: bool) -> Result<Vec<Annotation>, ApiError> {
-    let all: Annotations = state.storage.documents().load(DOCUMENT).await?;
+    let all = load(state).await?;
     Ok(all
         .get(dataset)
         .into_iter()
@@ -200,13 +217,18 @@ pub(crate) async fn update(
 }
 
 /// `DELETE /1/query_annotations/{dataset}/{id}`: the saved query itself stays (queries are
-/// immutable).
+/// immutable); 409 while a board shows it.
 pub(crate) async fn delete(
     State(state): State<Arc<AppState>>,
     access: Authorized<Manage>,
     Path((_, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let scope = scope(&access)?;
+    if let Some(board) = crate::boards::showing(&state, &id).await?.first() {
+        return Err(ApiError::conflict(format!(
+            "query annotation {id:?} is shown on {board}; remove that panel first"
+        )));
+    }
     state
         .storage
         .documents()

@@ -69,7 +69,7 @@ async fn markers_and_their_colours_persist_and_filter_by_range() {
         .post_json("/1/marker_settings/web", json!({"type": "deploy", "color": "#F96E11"}))
         .await;
     assert_eq!(status, 201, "{s1}");
-    assert_eq!(s1["color"], "#f96e11");
+    assert_eq!(s1["color"], "#F96E11", "kept as given (Terraform compares it)");
     let (status, _) = api
         .post_json(
             "/1/marker_settings/__all__",
@@ -97,7 +97,7 @@ async fn markers_and_their_colours_persist_and_filter_by_range() {
     let starts: Vec<i64> = list.iter().map(|m| m["start_time"].as_i64().unwrap()).collect();
     assert!(starts.windows(2).all(|w| w[0] <= w[1]), "oldest first: {starts:?}");
     let got = list.iter().find(|m| m["id"] == deploy["id"]).unwrap();
-    assert_eq!(got["color"], "#f96e11", "{got}");
+    assert_eq!(got["color"], "#F96E11", "{got}");
     assert_eq!(got["message"], "deploy #123");
     let (_, envs) = send_json(http.get(server.at("/1/markers/__all__"))).await;
     assert_eq!(envs[0]["color"], "#7b1fa2", "{envs}");
@@ -292,4 +292,271 @@ async fn changing_saved_objects_needs_the_manage_scope() {
     )
     .await;
     assert_eq!((status, list.as_array().map(Vec::len)), (200, Some(1)));
+}
+
+/// Saves `spec` in `ds` and names it; (query id, annotation id).
+async fn saved_query(api: &crate::fixtures::TestClient<'_>, ds: &str, spec: Value, name: &str) -> (String, String) {
+    let (status, q) = api.post_json(&format!("/1/queries/{ds}"), spec).await;
+    assert_eq!(status, 200, "{q}");
+    let (status, a) = api
+        .post_json(
+            &format!("/1/query_annotations/{ds}"),
+            json!({"name": name, "query_id": q["id"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{a}");
+    (
+        q["id"].as_str().unwrap().to_string(),
+        a["id"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn boards_hold_panels_of_saved_queries_and_text_with_views() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]).await;
+    let http = reqwest::Client::new();
+    let api = server.api(&http);
+    let evs: Vec<Value> = (0..10)
+        .map(|i| json!({"time": at(T0 + i * MINUTE), "data": {"i": i, "svc": "a"}}))
+        .collect();
+    assert_eq!(api.post_batch("web", &evs).await, 10);
+    assert_eq!(api.post_batch("api", &evs).await, 10);
+    let range = json!({"time_range": 7200});
+    let mut count = range.clone();
+    count["calculations"] = json!([{"op": "COUNT"}]);
+    let mut max = range.clone();
+    max["calculations"] = json!([{"op": "MAX", "column": "i"}]);
+    let (q1, a1) = saved_query(&api, "web", count.clone(), "count").await;
+    let (q2, a2) = saved_query(&api, "web", max, "max").await;
+    let (q3, a3) = saved_query(&api, "api", count, "api count").await;
+
+    let panel = |q: &str, a: &str, x: i64, y: i64| {
+        json!({"type": "query", "position": {"x_coordinate": x, "y_coordinate": y, "width": 6, "height": 6},
+               "query_panel": {"query_id": q, "query_annotation_id": a, "query_style": "graph"}})
+    };
+    let board = json!({
+        "name": "Service health", "description": "the first board", "type": "flexible",
+        "tags": [{"key": "team", "value": "backend"}],
+        "preset_filters": [{"column": "svc", "alias": "Service"}],
+        "panels": [panel(&q1, &a1, 0, 0), panel(&q2, &a2, 6, 0), panel(&q3, &a3, 0, 6),
+                   {"type": "text", "position": {"x_coordinate": 6, "y_coordinate": 6, "width": 6, "height": 3},
+                    "text_panel": {"content": "# Runbook\nSee **the wiki**."}}]
+    });
+    let (status, b) = api.post_json("/1/boards", board.clone()).await;
+    assert_eq!(status, 201, "{b}");
+    let id = b["id"].as_str().unwrap().to_string();
+    assert_eq!(b["links"]["board_url"], format!("/?board={id}"));
+    // Each query panel answers the dataset of its query.
+    let datasets: Vec<&Value> = b["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["query_panel"]["dataset"])
+        .collect();
+    assert_eq!(
+        datasets,
+        vec![&json!("web"), &json!("web"), &json!("api"), &Value::Null],
+        "{b}"
+    );
+
+    // Mistakes are refused by field.
+    for (change, field) in [
+        (json!({"name": ""}), "name"),
+        (json!({"type": "classic"}), "type"),
+        (json!({"tags": [{"key": "Team", "value": "x1"}]}), "tags"),
+        (json!({"panels": [panel(&q1, &a1, 8, 0)]}), "x_coordinate + width"),
+        (
+            json!({"panels": [panel(&q1, &a1, 0, 0), panel(&q1, &a1, 6, 0)]}),
+            "only be added to a board once",
+        ),
+        (json!({"panels": [panel("nope", &a1, 0, 0)]}), "query_id"),
+        (json!({"panels": [panel(&q1, &a2, 0, 0)]}), "query_annotation_id"),
+        (
+            json!({"panels": [{"type": "slo", "slo_panel": {"slo_id": "x"}}]}),
+            "SLOs",
+        ),
+        (
+            json!({"panels": [{"type": "text", "text_panel": {"content": "x".repeat(10_001)}}]}),
+            "content",
+        ),
+    ] {
+        let mut bad = board.clone();
+        for (k, v) in change.as_object().unwrap() {
+            bad[k] = v.clone();
+        }
+        let (status, e) = api.post_json("/1/boards", bad).await;
+        assert_eq!(status, 400, "{change}: {e}");
+        assert!(e["error"].as_str().unwrap().contains(field), "{change}: {e}");
+    }
+
+    // Views: named filter sets.
+    let views = server.at(&format!("/1/boards/{id}/views"));
+    let (status, e) = send_json(http.post(&views).json(&json!({"name": "none", "filters": []}))).await;
+    assert_eq!(status, 400, "{e}");
+    let (status, e) = send_json(
+        http.post(&views)
+            .json(&json!({"name": "x", "filters": [{"column": "svc", "operation": "~", "value": "a"}]})),
+    )
+    .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("operation"), "{e}");
+    let (status, v) = send_json(
+        http.post(&views)
+            .json(&json!({"name": "only a", "filters": [{"column": "svc", "operation": "=", "value": "a"}]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+
+    // A board keeps the annotation it shows from being deleted.
+    let (status, e) = send_json(http.delete(server.at(&format!("/1/query_annotations/web/{a1}")))).await;
+    assert_eq!(status, 409, "{e}");
+
+    // After a restart: the board, as answered; PUT without preset_filters keeps them, [] drops them;
+    // `layout_generation: auto` places sizeless panels in rows.
+    server.stop().await;
+    server.restart().await;
+    let (status, got) = send_json(http.get(server.at(&format!("/1/boards/{id}")))).await;
+    assert_eq!((status, &got), (200, &b));
+    let (_, list) = send_json(http.get(server.at("/1/boards"))).await;
+    assert_eq!(list, json!([b]));
+    let (_, vs) = send_json(http.get(server.at(&format!("/1/boards/{id}/views")))).await;
+    assert_eq!(vs, json!([v]));
+    let url = server.at(&format!("/1/boards/{id}"));
+    let (status, kept) = put_json(
+        &http,
+        url.clone(),
+        json!({"name": "Renamed", "type": "flexible", "panels": []}),
+    )
+    .await;
+    assert_eq!(status, 200, "{kept}");
+    assert_eq!(
+        (kept["preset_filters"].clone(), kept["created_at"].clone()),
+        (board["preset_filters"].clone(), b["created_at"].clone())
+    );
+    let sizeless =
+        |q: &str, a: &str| json!({"type": "query", "query_panel": {"query_id": q, "query_annotation_id": a}});
+    let (status, auto) = put_json(
+        &http,
+        url.clone(),
+        json!({"name": "Auto", "layout_generation": "auto", "preset_filters": [],
+               "panels": [sizeless(&q1, &a1), sizeless(&q2, &a2), sizeless(&q3, &a3)]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{auto}");
+    assert_eq!(auto["preset_filters"], json!([]));
+    let places: Vec<(i64, i64, i64, i64)> = auto["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let q = &p["position"];
+            let n = |k: &str| q[k].as_i64().unwrap();
+            (n("x_coordinate"), n("y_coordinate"), n("width"), n("height"))
+        })
+        .collect();
+    assert_eq!(places, vec![(0, 0, 6, 6), (6, 0, 6, 6), (0, 6, 6, 6)]);
+    let (status, _) = send_json(http.delete(url.clone())).await;
+    assert_eq!(status, 204);
+    let (status, _) = send_json(http.get(url)).await;
+    assert_eq!(status, 404);
+}
+
+/// Whether every field of `sent` is in `got` with the same value (objects compared field by
+/// field, so fields the server adds, such as `id` and `created_at`, do not count).
+fn contains(got: &Value, sent: &Value) -> bool {
+    match (got, sent) {
+        (Value::Object(g), Value::Object(s)) => s.iter().all(|(k, v)| g.get(k).is_some_and(|gv| contains(gv, v))),
+        (Value::Array(g), Value::Array(s)) => g.len() == s.len() && g.iter().zip(s).all(|(a, b)| contains(a, b)),
+        _ => got == sent,
+    }
+}
+
+/// The JSON Honeycomb's Terraform provider sends (its Go client structs marshalled, with their
+/// `omitempty` rules: `"links": {}`, `"queries": null`, `"slos": null`, empty strings and zero
+/// times left out) is accepted, and read back with every field it sent unchanged, so a plan
+/// after an apply shows no difference.
+#[tokio::test]
+async fn terraform_provider_shapes_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let http = reqwest::Client::new();
+    let api = server.api(&http);
+    assert_eq!(
+        api.post_batch("tf", &[json!({"time": at(T0), "data": {"status": "ok"}})])
+            .await,
+        1
+    );
+
+    // client/marker.go
+    let marker = json!({"start_time": S, "end_time": S + 300, "message": "deploy 42", "type": "deploy", "url": "https://ci.example/42"});
+    let (status, m) = api.post_json("/1/markers/tf", marker.clone()).await;
+    assert_eq!(status, 201, "{m}");
+    let (_, list) = send_json(http.get(server.at("/1/markers/tf"))).await;
+    let read = list.as_array().unwrap().iter().find(|x| x["id"] == m["id"]).unwrap();
+    assert!(contains(read, &marker), "{read} vs {marker}");
+    // Update sends the whole struct back, read-only fields included.
+    let mut again = read.clone();
+    again["message"] = json!("deploy 43");
+    let (status, u) = put_json(
+        &http,
+        server.at(&format!("/1/markers/tf/{}", m["id"].as_str().unwrap())),
+        again.clone(),
+    )
+    .await;
+    assert_eq!(status, 200, "{u}");
+    assert_eq!(u["message"], "deploy 43");
+
+    // client/marker_settings.go
+    let setting = json!({"type": "deploy", "color": "#F96E11"});
+    let (status, s) = api.post_json("/1/marker_settings/tf", setting.clone()).await;
+    assert_eq!(status, 201, "{s}");
+    let (_, list) = send_json(http.get(server.at("/1/marker_settings/tf"))).await;
+    assert!(contains(&list[0], &setting), "{list}");
+
+    // client/query_annotation.go (name, description and query_id always sent)
+    let (_, q) = api
+        .post_json(
+            "/1/queries/tf",
+            json!({"calculations": [{"op": "COUNT"}], "time_range": 3600}),
+        )
+        .await;
+    let annotation = json!({"name": "Count", "description": "", "query_id": q["id"]});
+    let (status, a) = api.post_json("/1/query_annotations/tf", annotation.clone()).await;
+    assert_eq!(status, 201, "{a}");
+    let aid = a["id"].as_str().unwrap();
+    let (_, read) = send_json(http.get(server.at(&format!("/1/query_annotations/tf/{aid}")))).await;
+    assert!(contains(&read, &annotation), "{read}");
+
+    // client/board.go, a flexible board as the provider sends it
+    let board = json!({
+        "type": "flexible",
+        "panels": [{"type": "query", "position": {"x_coordinate": 0, "y_coordinate": 0, "height": 6, "width": 8},
+                    "query_panel": {"query_id": q["id"], "query_annotation_id": aid,
+                                    "visualization_settings": {"hide_markers": true, "charts": [{"chart_type": "line", "chart_index": 0, "log_scale": true}]},
+                                    "query_style": "combo"}}],
+        "name": "TF board", "description": "made by terraform", "links": {}, "queries": null, "slos": null,
+        "tags": [{"key": "team", "value": "platform"}]
+    });
+    let (status, b) = api.post_json("/1/boards", board.clone()).await;
+    assert_eq!(status, 201, "{b}");
+    let bid = b["id"].as_str().unwrap();
+    let (_, read) = send_json(http.get(server.at(&format!("/1/boards/{bid}")))).await;
+    let mut sent = board.clone();
+    for k in ["links", "queries", "slos"] {
+        sent.as_object_mut().unwrap().remove(k);
+    }
+    assert!(contains(&read, &sent), "{read}\nvs\n{sent}");
+    let mut update = read.clone();
+    update["description"] = json!("changed");
+    let (status, u) = put_json(&http, server.at(&format!("/1/boards/{bid}")), update).await;
+    assert_eq!((status, u["description"].clone()), (200, json!("changed")), "{u}");
+
+    // client/board_view.go
+    let view = json!({"name": "errors", "filters": [{"column": "status", "operation": "=", "value": "error"}, {"column": "status", "operation": "exists"}]});
+    let (status, v) = api.post_json(&format!("/1/boards/{bid}/views"), view.clone()).await;
+    assert_eq!(status, 201, "{v}");
+    let (_, read) =
+        send_json(http.get(server.at(&format!("/1/boards/{bid}/views/{}", v["id"].as_str().unwrap())))).await;
+    assert!(contains(&read, &view), "{read}");
 }
