@@ -20,6 +20,7 @@
 //! | `/1/query_annotations/{dataset}[/{id}]` | names and descriptions of saved queries (GET, POST, PUT, DELETE) |
 //! | `/1/markers/{dataset}[/{id}]`, `/1/marker_settings/{dataset}[/{id}]` | markers (deploys, incidents) and their colours by type |
 //! | `/1/boards[/{id}]`, `/1/boards/{id}/views[/{view}]` | boards of saved queries and text on a 12-column grid, and their filter sets |
+//! | `/1/triggers/{dataset}[/{id}]`, `…/{id}/deliveries`, `/1/recipients[/{id}]` | triggers (a query on a schedule, a threshold, notifications) and where they notify; the scheduler is [`alerts`] |
 //! | `/1/derived_columns/{dataset}[/{id}]`, `/1/dataset_definitions/{dataset}` | derived columns, and which columns mean what |
 //! | `GET /api/datasets`, `GET /api/datasets/{dataset}/columns`, `…/stats` | schema and storage facts |
 //! | `DELETE /api/datasets/{dataset}` | delete a dataset |
@@ -33,6 +34,7 @@
 //! `max_concurrent_queries` slots; every request is bounded by `request_timeout` (slow bodies
 //! included).
 
+pub mod alerts;
 pub mod auth;
 mod boards;
 mod definitions;
@@ -46,7 +48,9 @@ pub mod otlp;
 mod queries;
 mod query;
 mod query_annotations;
+mod recipients;
 mod schema;
+mod triggers;
 pub mod ui;
 
 use axum::Router;
@@ -81,6 +85,8 @@ pub struct ServerConfig {
     pub ui_dir: Option<std::path::PathBuf>,
     /// Most objects of each kind (markers, saved queries, annotations…) one dataset may hold.
     pub max_saved_objects: usize,
+    /// The shortest frequency a trigger may have (Honeycomb's is a minute).
+    pub min_trigger_frequency: Duration,
 }
 
 /// How long a query waits for a free slot before it is refused.
@@ -95,6 +101,8 @@ impl ServerConfig {
     pub const DEFAULT_MAX_CONCURRENT_QUERIES: usize = 16;
     /// Default of `max_saved_objects`.
     pub const DEFAULT_MAX_SAVED_OBJECTS: usize = 10_000;
+    /// Default of `min_trigger_frequency`.
+    pub const DEFAULT_MIN_TRIGGER_FREQUENCY: Duration = Duration::from_secs(60);
 }
 
 impl Default for ServerConfig {
@@ -107,6 +115,7 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             ui_dir: None,
             max_saved_objects: Self::DEFAULT_MAX_SAVED_OBJECTS,
+            min_trigger_frequency: Self::DEFAULT_MIN_TRIGGER_FREQUENCY,
         }
     }
 }
@@ -232,6 +241,20 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .put(boards::update_view)
                 .delete(boards::delete_view),
         )
+        .route("/1/triggers/{dataset}", get(triggers::list).post(triggers::create))
+        .route(
+            "/1/triggers/{dataset}/{id}",
+            get(triggers::get_one).put(triggers::update).delete(triggers::delete),
+        )
+        .route("/1/triggers/{dataset}/{id}/deliveries", get(alerts::deliveries))
+        .route("/1/recipients", get(recipients::list).post(recipients::create))
+        .route(
+            "/1/recipients/{id}",
+            get(recipients::get_one)
+                .put(recipients::update)
+                .delete(recipients::delete),
+        )
+        .route("/1/recipients/{id}/triggers", get(recipients::triggers_of))
         .route("/1/markers/{dataset}", get(markers::list).post(markers::create))
         .route(
             "/1/markers/{dataset}/{id}",

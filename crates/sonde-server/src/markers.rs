@@ -229,6 +229,39 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(colour(created, &scope, &settings))))
 }
 
+/// Adds a marker at now to `scope` (a trigger's `marker` recipient): past the bound, the oldest
+/// of the scope's markers of `kind` makes room, since a trigger adds them by itself.
+pub(crate) async fn add(state: &AppState, scope: &str, message: &str, kind: &str) -> Result<(), ApiError> {
+    let at = now();
+    let m = Marker {
+        id: new_id(),
+        start_time: sonde_model::time::now_us() / 1_000_000,
+        end_time: None,
+        message: message.chars().take(MAX_MESSAGE_CHARS).collect(),
+        kind: kind.to_string(),
+        url: String::new(),
+        created_at: at.clone(),
+        updated_at: at,
+        color: None,
+    };
+    let max = state.config.max_saved_objects;
+    state
+        .storage
+        .documents()
+        .update(MARKERS, |all: &mut Markers| {
+            let list = all.entry(scope.to_string()).or_default();
+            if list.len() >= max
+                && let Some(oldest) = list.iter().position(|o| o.kind == m.kind)
+            {
+                list.remove(oldest);
+            }
+            check_room(state, "markers", scope, list.len())?;
+            list.push(m);
+            Ok::<_, ApiError>(())
+        })
+        .await?
+}
+
 /// `PUT /1/markers/{dataset}/{id}`: changes the fields given.
 pub(crate) async fn update(
     State(state): State<Arc<AppState>>,

@@ -117,14 +117,17 @@ pub(crate) async fn create_query(
     state
         .engine
         .validate(&ds, &spec, &crate::definitions::load(&state).await?)?;
+    let id = save(&state, &ds, &spec).await?;
+    Ok(Json(SavedQuery { spec, id }))
+}
+
+/// Saves `spec` in `ds` (already validated), or finds the same spec saved before; its id.
+pub(crate) async fn save(state: &AppState, ds: &DatasetName, spec: &QuerySpec) -> Result<String, ApiError> {
     let scope = ds.as_str().to_string();
     // Most saves repeat a query already saved: answer those without rewriting the document.
-    let before = load(&state).await?;
-    if let Some(same) = before.get(&scope).and_then(|l| l.iter().find(|s| s.query == spec)) {
-        return Ok(Json(SavedQuery {
-            spec,
-            id: same.id.clone(),
-        }));
+    let before = load(state).await?;
+    if let Some(same) = before.get(&scope).and_then(|l| l.iter().find(|s| s.query == *spec)) {
+        return Ok(same.id.clone());
     }
     drop(before);
     let id = state
@@ -132,10 +135,10 @@ pub(crate) async fn create_query(
         .documents()
         .update(DOCUMENT, |all: &mut Stored| {
             let list = all.entry(scope.clone()).or_default();
-            if let Some(same) = list.iter().find(|s| s.query == spec) {
+            if let Some(same) = list.iter().find(|s| s.query == *spec) {
                 return Ok(same.id.clone());
             }
-            check_room(&state, "saved queries", &scope, list.len())?;
+            check_room(state, "saved queries", &scope, list.len())?;
             let id = new_id();
             list.push(StoredQuery {
                 id: id.clone(),
@@ -145,7 +148,7 @@ pub(crate) async fn create_query(
             Ok::<_, ApiError>(id)
         })
         .await??;
-    Ok(Json(SavedQuery { spec, id }))
+    Ok(id)
 }
 
 /// `GET /1/queries/{dataset}/{id}`.

@@ -258,6 +258,10 @@ struct ServeArgs {
     /// derived columns) one dataset may hold; each kind is one document, read and written whole.
     #[arg(long, env = "SONDE_MAX_SAVED_OBJECTS", default_value_t = ServerConfig::DEFAULT_MAX_SAVED_OBJECTS)]
     max_saved_objects: usize,
+    /// The shortest frequency a trigger may have. Honeycomb's is a minute (the default); lower
+    /// it for quick feedback while writing triggers, or for tests.
+    #[arg(long, env = "SONDE_TRIGGER_MIN_FREQUENCY", default_value_t = Dur(ServerConfig::DEFAULT_MIN_TRIGGER_FREQUENCY))]
+    trigger_min_frequency: Dur,
     /// Origins allowed to call the API from a browser (CORS), comma-separated; none by default.
     #[arg(long, env = "SONDE_CORS_ORIGINS", value_delimiter = ',')]
     cors_origin: Vec<String>,
@@ -577,6 +581,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         cors_origins: a.cors_origin.clone(),
         ui_dir: a.ui_dir.clone(),
         max_saved_objects: a.max_saved_objects,
+        min_trigger_frequency: a.trigger_min_frequency.0,
     };
     let engine = sonde_query::QueryEngine::new(
         storage.clone(),
@@ -642,7 +647,10 @@ async fn serve(a: ServeArgs) -> Result<()> {
         signals.await;
         let _ = stop_tx.send(true);
     });
+    // Triggers are evaluated on their schedule while the server runs.
+    let scheduler = tokio::spawn(sonde_server::alerts::run(state.clone(), stopped()));
     sonde_server::serve(listener, state, stopped()).await?;
+    scheduler.await.context("trigger scheduler")?;
     if let Some(g) = grpc {
         g.await?.context("otlp/grpc server")?;
     }

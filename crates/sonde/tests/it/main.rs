@@ -24,4 +24,5 @@ mod query_diff;
 mod relational;
 mod saved_objects;
 mod trace_shapes;
+mod triggers;
 mod type_conflict;

@@ -1,0 +1,255 @@
+//! Triggers end to end: a real webhook receiver on loopback gets exactly the notifications an
+//! incident calls for — TRIGGERED once with the offending group and OK once on resolve
+//! (`on_change`), one per evaluation while firing (`on_true`) — and a SIGKILL and restart in the
+//! middle of the incident neither re-fires nor loses the resolve. Frequencies of 2 s (with
+//! `--trigger-min-frequency 2s`) keep it to seconds.
+
+use crate::harness::{Server, send_json};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One request the receiver got: its path, headers (lower-cased) and JSON body.
+#[derive(Debug, Clone)]
+struct Received {
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Value,
+}
+
+/// A webhook receiver: a plain HTTP/1.1 server on a loopback port, answering 200 to every POST.
+fn receiver() -> (String, Arc<Mutex<Vec<Received>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let got: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let mut headers = Vec::new();
+            let mut length = 0;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.trim().split_once(':') {
+                    let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
+                    if k == "content-length" {
+                        length = v.parse().unwrap_or(0);
+                    }
+                    headers.push((k, v));
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).ok();
+            let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            sink.lock().unwrap().push(Received { path, headers, body });
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .ok();
+        }
+    });
+    (url, got)
+}
+
+fn statuses(got: &Arc<Mutex<Vec<Received>>>, path: &str) -> Vec<String> {
+    got.lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.path == path)
+        .map(|r| r.body["status"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "waited {limit:?} for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends `n` events of `service`, errors or not, stamped now.
+async fn send(http: &reqwest::Client, server: &Server, service: &str, error: bool, n: usize) {
+    let batch: Vec<Value> = (0..n)
+        .map(|_| json!({"data": {"service": service, "error": error}}))
+        .collect();
+    let (status, r) = send_json(http.post(server.at("/1/batch/shop")).json(&batch)).await;
+    assert_eq!(status, 200, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_fires_once_resolves_once_and_survives_a_sigkill() {
+    let (hook, got) = receiver();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &["--trigger-min-frequency", "2s"]).await;
+    let http = reqwest::Client::new();
+    send(&http, &server, "web", false, 5).await;
+
+    // Bad triggers are refused by field.
+    let base = json!({"name": "errors", "frequency": 2, "threshold": {"op": ">", "value": 5},
+        "query": {"calculations": [{"op": "COUNT"}], "filters": [{"column": "error", "op": "=", "value": true}],
+                  "breakdowns": ["service"], "time_range": 4}});
+    for (change, field) in [
+        (json!({"frequency": 1}), "frequency"),
+        (json!({"threshold": {"op": "=", "value": 5}}), "threshold.op"),
+        (
+            json!({"query": {"calculations": [{"op": "HEATMAP", "column": "x"}], "time_range": 4}}),
+            "HEATMAP",
+        ),
+        (
+            json!({"query": {"calculations": [{"op": "COUNT"}], "time_range": 20}}),
+            "time_range",
+        ),
+        (json!({"recipients": [{"id": "nope"}]}), "recipients[0].id"),
+    ] {
+        let mut bad = base.clone();
+        for (k, v) in change.as_object().unwrap() {
+            bad[k] = v.clone();
+        }
+        let (status, e) = send_json(http.post(server.at("/1/triggers/shop")).json(&bad)).await;
+        assert_eq!(status, 400, "{change}: {e}");
+        assert!(e["error"].as_str().unwrap().contains(field), "{change}: {e}");
+    }
+
+    // A webhook recipient with a secret and a header of its own, for two triggers.
+    let recipient = |path: &str| {
+        json!({"type": "webhook", "details": {"webhook_name": path, "webhook_url": format!("{hook}{path}"),
+            "webhook_secret": "s3cret", "webhook_headers": [{"header": "X-Team", "value": "shop"}]}})
+    };
+    let (status, r1) = send_json(http.post(server.at("/1/recipients")).json(&recipient("/change"))).await;
+    assert_eq!(status, 201, "{r1}");
+    let (_, r2) = send_json(http.post(server.at("/1/recipients")).json(&recipient("/true"))).await;
+    let (status, e) = send_json(http.post(server.at("/1/recipients")).json(&json!({"type": "webhook",
+        "details": {"webhook_url": "http://x", "webhook_headers": [{"header": "User-Agent", "value": "x"}]}})))
+    .await;
+    assert_eq!(status, 400, "{e}");
+
+    let mut on_change = base.clone();
+    on_change["recipients"] = json!([{"id": r1["id"]}, {"type": "marker", "target": "errors trigger"}]);
+    let (status, t1) = send_json(http.post(server.at("/1/triggers/shop")).json(&on_change)).await;
+    assert_eq!(status, 201, "{t1}");
+    assert_eq!(
+        (t1["alert_type"].clone(), t1["triggered"].clone()),
+        (json!("on_change"), json!(false))
+    );
+    let mut on_true = base.clone();
+    on_true["name"] = json!("errors, every time");
+    on_true["alert_type"] = json!("on_true");
+    on_true["recipients"] = json!([{"id": r2["id"]}]);
+    let (status, t2) = send_json(http.post(server.at("/1/triggers/shop")).json(&on_true)).await;
+    assert_eq!(status, 201, "{t2}");
+    let (status, e) = send_json(http.delete(server.at(&format!("/1/recipients/{}", r1["id"].as_str().unwrap())))).await;
+    assert_eq!(status, 409, "a recipient in use stays: {e}");
+
+    // Quiet: an error of `web` a second, under the threshold in any 4 s. Nothing is sent.
+    for _ in 0..4 {
+        send(&http, &server, "web", true, 1).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(statuses(&got, "/change"), Vec::<String>::new());
+
+    // The incident: `pay` fails 10 times every half second.
+    let incident = |server: &Server| {
+        let (http, url) = (http.clone(), server.at("/1/batch/shop"));
+        async move {
+            let batch: Vec<Value> = (0..10)
+                .map(|_| json!({"data": {"service": "pay", "error": true}}))
+                .collect();
+            let (status, r) = send_json(http.post(url).json(&batch)).await;
+            assert_eq!(status, 200, "{r}");
+        }
+    };
+    let start = Instant::now();
+    while statuses(&got, "/change").is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(30), "no TRIGGERED within 30 s");
+        incident(&server).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let fired = got
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| r.path == "/change")
+        .cloned()
+        .unwrap();
+    assert_eq!(fired.body["status"], "TRIGGERED", "{:?}", fired.body);
+    assert_eq!(fired.body["name"], "errors");
+    let triggered = fired.body["result_groups_triggered"].as_array().unwrap();
+    assert_eq!(triggered.len(), 1, "{:?}", fired.body);
+    assert_eq!(triggered[0]["Group"], json!({"service": "pay"}));
+    assert!(triggered[0]["Result"].as_f64().unwrap() > 5.0);
+    let header = |k: &str| fired.headers.iter().find(|(h, _)| h == k).map(|(_, v)| v.clone());
+    assert_eq!(header("x-honeycomb-webhook-token").as_deref(), Some("s3cret"));
+    assert_eq!(header("x-team").as_deref(), Some("shop"));
+    let (_, now) = send_json(http.get(server.at(&format!("/1/triggers/shop/{}", t1["id"].as_str().unwrap())))).await;
+    assert_eq!(now["triggered"], true);
+
+    // SIGKILL in the middle of the incident, and back: it goes on, and nothing fires again.
+    server.kill();
+    server.restart().await;
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        incident(&server).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        statuses(&got, "/change"),
+        vec!["TRIGGERED"],
+        "no second TRIGGERED after the restart"
+    );
+
+    // The incident ends: one OK, then nothing more.
+    wait_for("the OK", Duration::from_secs(20), || {
+        statuses(&got, "/change").len() == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(statuses(&got, "/change"), vec!["TRIGGERED", "OK"]);
+    // on_true: every evaluation while firing (about 7 s of incident at 2 s), then one OK.
+    let every = statuses(&got, "/true");
+    let fired_n = every.iter().filter(|s| *s == "TRIGGERED").count();
+    assert!(fired_n >= 3, "on_true notified {fired_n} times: {every:?}");
+    assert_eq!(every.last().map(String::as_str), Some("OK"), "{every:?}");
+
+    // Every delivery is recorded with its outcome, and the marker recipient made a marker.
+    let t1id = t1["id"].as_str().unwrap();
+    let (_, ds) = send_json(http.get(server.at(&format!("/1/triggers/shop/{t1id}/deliveries")))).await;
+    let outcomes: Vec<(String, String)> = ds
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["notification"].as_str().unwrap().to_string(),
+                d["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("TRIGGERED".into(), "delivered".into()),
+            ("TRIGGERED".into(), "delivered".into()),
+            ("OK".into(), "delivered".into()),
+            ("OK".into(), "delivered".into())
+        ],
+        "{ds}"
+    );
+    let (_, markers) = send_json(http.get(server.at("/1/markers/shop"))).await;
+    let messages: Vec<&str> = markers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages, vec!["errors trigger", "errors trigger"], "{markers}");
+}
