@@ -21,6 +21,7 @@
 //! | `/1/markers/{dataset}[/{id}]`, `/1/marker_settings/{dataset}[/{id}]` | markers (deploys, incidents) and their colours by type |
 //! | `/1/boards[/{id}]`, `/1/boards/{id}/views[/{view}]` | boards of saved queries and text on a 12-column grid, and their filter sets |
 //! | `/1/triggers/{dataset}[/{id}]`, `…/{id}/deliveries`, `/1/recipients[/{id}]` | triggers (a query on a schedule, a threshold, notifications) and where they notify; the scheduler is [`alerts`] |
+//! | `/1/slos/{dataset}[/{id}]` (`?detailed`), `POST /1/reporting/slos/historical` | SLOs over a derived column's good/bad, from per-minute counters kept up to date |
 //! | `/1/derived_columns/{dataset}[/{id}]`, `/1/dataset_definitions/{dataset}` | derived columns, and which columns mean what |
 //! | `GET /api/datasets`, `GET /api/datasets/{dataset}/columns`, `…/stats` | schema and storage facts |
 //! | `DELETE /api/datasets/{dataset}` | delete a dataset |
@@ -50,6 +51,7 @@ mod query;
 mod query_annotations;
 mod recipients;
 mod schema;
+mod slos;
 mod triggers;
 pub mod ui;
 
@@ -148,6 +150,8 @@ pub struct AppState {
     pub access: auth::Access,
     /// One permit per query allowed to run at once (`config.max_concurrent_queries`).
     query_slots: Arc<tokio::sync::Semaphore>,
+    /// One lock per SLO, so its counters are brought up to date once at a time.
+    slo_locks: slos::SloLocks,
 }
 
 impl AppState {
@@ -167,6 +171,7 @@ impl AppState {
             stats: HttpStats::default(),
             access,
             query_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+            slo_locks: slos::SloLocks::default(),
         }
     }
 
@@ -247,6 +252,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(triggers::get_one).put(triggers::update).delete(triggers::delete),
         )
         .route("/1/triggers/{dataset}/{id}/deliveries", get(alerts::deliveries))
+        .route("/1/slos/{dataset}", get(slos::list).post(slos::create))
+        .route(
+            "/1/slos/{dataset}/{id}",
+            get(slos::get_one).put(slos::update).delete(slos::delete),
+        )
+        .route("/1/reporting/slos/historical", post(slos::history))
         .route("/1/recipients", get(recipients::list).post(recipients::create))
         .route(
             "/1/recipients/{id}",

@@ -23,6 +23,7 @@ mod query_api;
 mod query_diff;
 mod relational;
 mod saved_objects;
+mod slos;
 mod trace_shapes;
 mod triggers;
 mod type_conflict;

@@ -1,0 +1,143 @@
+//! SLOs against a brute-force count of the same events: the per-minute counters (read from
+//! their document) minute by minute, compliance and budget remaining, with events that arrive
+//! late and across a restart.
+
+use crate::harness::{Server, send_json};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// An event `minutes_ago` minutes before `now_s` (plus `second` seconds into that minute), with
+/// a status (none: not counted by the SLI) and a sample rate.
+fn event(now_s: i64, minutes_ago: i64, second: i64, status: Option<i64>, rate: i64) -> Value {
+    let minute = now_s.div_euclid(60) - minutes_ago;
+    let t = minute * 60 + second;
+    let mut data = json!({"route": "/pay"});
+    if let Some(s) = status {
+        data["status"] = json!(s);
+    }
+    json!({"time": sonde_model::time::format_us(t * 1_000_000), "samplerate": rate, "data": data})
+}
+
+/// Brute force: per minute, the weighted good and bad events.
+fn by_minute(events: &[Value]) -> BTreeMap<i64, (u64, u64)> {
+    let mut out = BTreeMap::new();
+    for e in events {
+        let Some(status) = e["data"]["status"].as_i64() else {
+            continue;
+        };
+        let t = sonde_model::time::parse_time_str(e["time"].as_str().unwrap()).unwrap();
+        let m = out.entry(t.div_euclid(60_000_000)).or_insert((0u64, 0u64));
+        let w = e["samplerate"].as_u64().unwrap();
+        if status < 500 { m.0 += w } else { m.1 += w }
+    }
+    out
+}
+
+fn expected(minutes: &BTreeMap<i64, (u64, u64)>, target: f64) -> (f64, f64) {
+    let (good, bad) = minutes.values().fold((0u64, 0u64), |(g, b), (mg, mb)| (g + mg, b + mb));
+    let q = (good + bad) as f64;
+    let compliance = good as f64 / q * 100.0;
+    let budget = (1.0 - target) * q;
+    (compliance, (1.0 - bad as f64 / budget) * 100.0)
+}
+
+fn close(a: &Value, b: f64) -> bool {
+    (a.as_f64().unwrap() - b).abs() < 1e-9
+}
+
+#[tokio::test]
+async fn slo_figures_and_counters_equal_a_brute_force_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &["--flush-rows", "300"]).await;
+    let http = reqwest::Client::new();
+    let now_s = sonde_model::time::now_us() / 1_000_000;
+    // Three hours, 2 to 181 minutes ago: every few events a 5xx, some without a status.
+    let mut events: Vec<Value> = (0..900)
+        .map(|i| {
+            let status = match i % 9 {
+                0 => None,
+                4 => Some(503),
+                _ => Some(200),
+            };
+            event(now_s, 2 + (i * 7) % 180, (i * 13) % 60, status, 1 + (i % 3 == 0) as i64)
+        })
+        .collect();
+    let (status, r) = send_json(http.post(server.at("/1/batch/api")).json(&events)).await;
+    assert_eq!(status, 200, "{r}");
+    let (status, d) = send_json(
+        http.post(server.at("/1/derived_columns/api"))
+            .json(&json!({"alias": "sli.ok", "expression": "IF(EXISTS($status), LT($status, 500))"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{d}");
+
+    // Refused by field: an SLI that does not exist, a target out of range.
+    let slo = json!({"name": "Payments available", "sli": {"alias": "sli.ok"}, "time_period_days": 1, "target_per_million": 990000});
+    for (change, field) in [
+        (json!({"sli": {"alias": "nope"}}), "sli.alias"),
+        (json!({"target_per_million": 1_000_000}), "target_per_million"),
+        (json!({"time_period_days": 0}), "time_period_days"),
+    ] {
+        let mut bad = slo.clone();
+        for (k, v) in change.as_object().unwrap() {
+            bad[k] = v.clone();
+        }
+        let (status, e) = send_json(http.post(server.at("/1/slos/api")).json(&bad)).await;
+        assert_eq!(status, 400, "{change}: {e}");
+        assert!(e["error"].as_str().unwrap().contains(field), "{change}: {e}");
+    }
+    let (status, s) = send_json(http.post(server.at("/1/slos/api")).json(&slo)).await;
+    assert_eq!(status, 201, "{s}");
+    let id = s["id"].as_str().unwrap().to_string();
+    assert_eq!(s["dataset_slugs"], json!(["api"]));
+
+    let check = |server: &Server, events: Vec<Value>| {
+        let (http, url) = (http.clone(), server.at(&format!("/1/slos/api/{id}?detailed")));
+        let counters = dir.path().join(format!("documents/slo-{id}.json"));
+        async move {
+            let (status, got) = send_json(http.get(url)).await;
+            assert_eq!(status, 200, "{got}");
+            let want = by_minute(&events);
+            let (compliance, budget) = expected(&want, 0.99);
+            assert!(close(&got["compliance"], compliance), "{got} vs {compliance}");
+            assert!(close(&got["budget_remaining"], budget), "{got} vs {budget}");
+            // Minute by minute, the counters the figures came from.
+            let doc: Value = serde_json::from_slice(&std::fs::read(&counters).unwrap()).unwrap();
+            let kept: BTreeMap<i64, (u64, u64)> = doc["minutes"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(m, v)| (m.parse().unwrap(), (v[0].as_u64().unwrap(), v[1].as_u64().unwrap())))
+                .filter(|(_, (g, b))| g + b > 0)
+                .collect();
+            assert_eq!(kept, want);
+        }
+    };
+    check(&server, events.clone()).await;
+
+    // Late events (30 minutes old, sent now) are counted at the next read.
+    let late: Vec<Value> = (0..60)
+        .map(|i| event(now_s, 30, i, Some(if i % 2 == 0 { 500 } else { 200 }), 1))
+        .collect();
+    let (status, _) = send_json(http.post(server.at("/1/batch/api")).json(&late)).await;
+    assert_eq!(status, 200);
+    events.extend(late);
+    check(&server, events.clone()).await;
+
+    // After a restart, from the counters kept.
+    server.stop().await;
+    server.restart().await;
+    check(&server, events.clone()).await;
+
+    // The history: at the end of the range, the same figures.
+    let (status, h) = send_json(
+        http.post(server.at("/1/reporting/slos/historical"))
+            .json(&json!({"ids": [id], "start_time": now_s - 3600, "end_time": now_s})),
+    )
+    .await;
+    assert_eq!(status, 200, "{h}");
+    let last = h[&id].as_array().unwrap().last().unwrap().clone();
+    let (compliance, budget) = expected(&by_minute(&events), 0.99);
+    assert!(close(&last["compliance"], compliance), "{last}");
+    assert!(close(&last["budget_remaining"], budget), "{last}");
+}
