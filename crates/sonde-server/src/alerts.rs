@@ -85,8 +85,8 @@ pub(crate) async fn is_triggered(state: &AppState, id: &str) -> bool {
     runs.states.get(id).is_some_and(|s| s.triggered)
 }
 
-/// `GET /1/triggers/{dataset}/{id}/deliveries` (Sonde's own): the trigger's last deliveries,
-/// oldest first, each with its outcome.
+/// `GET /1/triggers/{dataset}/{id}/deliveries` and `GET /1/burn_alerts/{dataset}/{id}/deliveries`
+/// (Sonde's own): the last deliveries, oldest first, each with its outcome.
 pub(crate) async fn deliveries(
     State(state): State<Arc<AppState>>,
     access: Authorized<Query>,
@@ -96,9 +96,15 @@ pub(crate) async fn deliveries(
     let known = crate::triggers::load(&state)
         .await?
         .get(ds.as_str())
-        .is_some_and(|l| l.iter().any(|t| t.id == id));
+        .is_some_and(|l| l.iter().any(|t| t.id == id))
+        || crate::burn_alerts::load(&state)
+            .await?
+            .get(ds.as_str())
+            .is_some_and(|l| l.iter().any(|b| b.id == id));
     if !known {
-        return Err(ApiError::not_found(format!("no trigger with id {id:?} in {ds}")));
+        return Err(ApiError::not_found(format!(
+            "no trigger or burn alert with id {id:?} in {ds}"
+        )));
     }
     let all: BTreeMap<String, VecDeque<Delivery>> = state.storage.documents().load(DELIVERIES).await?;
     Ok(Json(all.get(&id).cloned().unwrap_or_default().into()))
@@ -173,7 +179,8 @@ async fn tick(
     running: &Arc<Mutex<HashSet<String>>>,
 ) -> Result<(), ApiError> {
     let triggers = crate::triggers::load(state).await?;
-    if triggers.is_empty() {
+    let burns = crate::burn_alerts::load(state).await?;
+    if triggers.is_empty() && burns.is_empty() {
         return Ok(());
     }
     let runs: Runs = state.storage.documents().load(RUNS).await?;
@@ -207,6 +214,22 @@ async fn tick(
                 }
             }
             running.lock().unwrap().remove(&id);
+        });
+    }
+    let step = burn_period(state);
+    let period = now.div_euclid(step) * step;
+    for b in burns.into_values().flatten() {
+        let last = runs.states.get(&b.id).map_or(i64::MIN, |s| s.last_period);
+        if period <= last || !running.lock().unwrap().insert(b.id.clone()) {
+            continue;
+        }
+        let (state, http, running) = (state.clone(), http.clone(), running.clone());
+        tokio::spawn(async move {
+            match crate::burn_alerts::evaluate(&state, &b, period).await {
+                Ok(()) => spawn_deliveries(&state, &http),
+                Err(e) => tracing::warn!(burn_alert = %b.id, error = %e.message, "evaluating a burn alert"),
+            }
+            running.lock().unwrap().remove(&b.id);
         });
     }
     Ok(())
@@ -348,46 +371,75 @@ fn payload(t: &Trigger, status: &str, c: &Crossing, period: i64) -> Value {
     })
 }
 
-/// Writes the evaluation of `period` (none: outside the trigger's window) and the
+/// Writes the evaluation of `period` of trigger `t` (none: outside its window) and the
 /// notifications it calls for, in one document.
 async fn record(state: &AppState, t: &Trigger, period: i64, crossing: Option<Crossing>) -> Result<(), ApiError> {
+    let rule = Rule {
+        id: &t.id,
+        dataset: &t.dataset_slug,
+        exceeded_limit: t.threshold.exceeded_limit,
+        on_true: t.alert_type == "on_true",
+        recipients: &t.recipients,
+    };
+    let crossed = crossing.as_ref().map(|c| !c.over.is_empty());
+    decide(state, rule, period, crossed, |status| {
+        let c = crossing.as_ref().expect("a decision comes from an evaluation");
+        payload(t, status, c, period)
+    })
+    .await
+}
+
+/// What `decide` needs of an alerting rule (a trigger or a burn alert).
+pub(crate) struct Rule<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) dataset: &'a str,
+    pub(crate) exceeded_limit: u32,
+    pub(crate) on_true: bool,
+    pub(crate) recipients: &'a [TriggerRecipient],
+}
+
+/// Records the evaluation of `period` of `rule` (`crossed`: whether its condition held; none:
+/// not evaluated, outside its window) and queues the notifications that follow, in one write:
+/// `payload` builds the notification of a status (`TRIGGERED` or `OK`).
+pub(crate) async fn decide(
+    state: &AppState,
+    rule: Rule<'_>,
+    period: i64,
+    crossed: Option<bool>,
+    payload: impl FnOnce(&str) -> Value,
+) -> Result<(), ApiError> {
     state
         .storage
         .documents()
         .update(RUNS, |runs: &mut Runs| {
-            let s = runs.states.entry(t.id.clone()).or_default();
+            let s = runs.states.entry(rule.id.to_string()).or_default();
             if s.last_period >= period {
                 return Ok::<_, ApiError>(()); // Another server got there first.
             }
             s.last_period = period;
-            let Some(c) = crossing else {
+            let Some(crossed) = crossed else {
                 return Ok(());
             };
-            s.consecutive = if c.over.is_empty() {
-                0
-            } else {
-                s.consecutive.saturating_add(1)
-            };
-            let fire = s.consecutive >= t.threshold.exceeded_limit;
-            let notify = if t.alert_type == "on_true" {
+            s.consecutive = if crossed { s.consecutive.saturating_add(1) } else { 0 };
+            let fire = s.consecutive >= rule.exceeded_limit;
+            let notify = if rule.on_true {
                 fire || s.triggered
             } else {
                 fire != s.triggered
             };
             s.triggered = fire;
             if notify {
-                let status = if fire { "TRIGGERED" } else { "OK" };
-                let p = payload(t, status, &c, period);
+                let p = payload(if fire { "TRIGGERED" } else { "OK" });
                 let message = format!(
                     "{}: {}",
                     p["summary"].as_str().unwrap_or(""),
                     p["description"].as_str().unwrap_or("")
                 );
-                for r in &t.recipients {
+                for r in rule.recipients {
                     runs.outbox.push(Pending {
                         id: crate::objects::new_id(),
-                        trigger_id: t.id.clone(),
-                        dataset: t.dataset_slug.clone(),
+                        trigger_id: rule.id.to_string(),
+                        dataset: rule.dataset.to_string(),
                         recipient: r.clone(),
                         message: r
                             .target
@@ -401,6 +453,12 @@ async fn record(state: &AppState, t: &Trigger, period: i64, crossing: Option<Cro
             Ok(())
         })
         .await?
+}
+
+/// The period burn alerts are evaluated at: a minute (Honeycomb's), or the trigger floor when
+/// `--trigger-min-frequency` is lower.
+fn burn_period(state: &AppState) -> i64 {
+    (state.config.min_trigger_frequency.as_secs() as i64).clamp(1, 60)
 }
 
 /// Delivers what the outbox holds, in the background; each delivery leaves the outbox and is

@@ -110,6 +110,11 @@ pub(crate) struct Figures {
 }
 
 impl Counters {
+    /// The first minute not counted yet (the current one, once brought up to date).
+    pub(crate) fn through(&self) -> i64 {
+        self.through
+    }
+
     /// Good and bad over minutes `[from, to)`.
     pub(crate) fn sum(&self, from: i64, to: i64) -> (u64, u64) {
         self.minutes
@@ -428,6 +433,15 @@ pub(crate) async fn delete(
     Path((_, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let ds = access.dataset()?.clone();
+    let watched = crate::burn_alerts::load(&state)
+        .await?
+        .get(ds.as_str())
+        .is_some_and(|l| l.iter().any(|b| b.slo.id == id));
+    if watched {
+        return Err(ApiError::conflict(format!(
+            "SLO {id:?} has burn alerts; delete them first"
+        )));
+    }
     state
         .storage
         .documents()

@@ -5,6 +5,7 @@
 use crate::harness::{Server, send_json};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// An event `minutes_ago` minutes before `now_s` (plus `second` seconds into that minute), with
 /// a status (none: not counted by the SLI) and a sample rate.
@@ -140,4 +141,131 @@ async fn slo_figures_and_counters_equal_a_brute_force_count() {
     let (compliance, budget) = expected(&by_minute(&events), 0.99);
     assert!(close(&last["compliance"], compliance), "{last}");
     assert!(close(&last["budget_remaining"], budget), "{last}");
+}
+
+/// Brute force of a burn alert at minute `now_min`: budget_rate's share of the budget used in
+/// the window (per million), and exhaustion_time's minutes until the budget is gone.
+fn burn(minutes: &BTreeMap<i64, (u64, u64)>, target: f64, now_min: i64, window: i64) -> (f64, f64) {
+    let (good, bad) = minutes.values().fold((0u64, 0u64), |(g, b), (mg, mb)| (g + mg, b + mb));
+    let budget = (1.0 - target) * (good + bad) as f64;
+    let recent: u64 = minutes.range(now_min - window..now_min).map(|(_, (_, b))| b).sum();
+    let left = budget - bad as f64;
+    let minutes_left = if left <= 0.0 {
+        0.0
+    } else {
+        left / (recent as f64 / window as f64)
+    };
+    (recent as f64 / budget * 1e6, minutes_left)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burn_alerts_fire_when_a_brute_force_count_says_they_should() {
+    let (hook, got) = crate::triggers::receiver();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--trigger-min-frequency", "2s"]).await;
+    let http = reqwest::Client::new();
+    let now_s = sonde_model::time::now_us() / 1_000_000;
+    let events: Vec<Value> = (0..900)
+        .map(|i| {
+            let status = match i % 9 {
+                0 => None,
+                4 => Some(503),
+                _ => Some(200),
+            };
+            event(now_s, 2 + (i * 7) % 180, (i * 13) % 60, status, 1 + (i % 3 == 0) as i64)
+        })
+        .collect();
+    let (status, _) = send_json(http.post(server.at("/1/batch/api")).json(&events)).await;
+    assert_eq!(status, 200);
+    let (status, _) = send_json(
+        http.post(server.at("/1/derived_columns/api"))
+            .json(&json!({"alias": "sli.ok", "expression": "IF(EXISTS($status), LT($status, 500))"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (_, slo) = send_json(http.post(server.at("/1/slos/api")).json(
+        &json!({"name": "Payments", "sli": {"alias": "sli.ok"}, "time_period_days": 1, "target_per_million": 800000}),
+    ))
+    .await;
+    let slo_id = slo["id"].as_str().unwrap().to_string();
+
+    // Expectations from the events, at this minute (the margins below hold a minute either way).
+    let minutes = by_minute(&events);
+    let now_min = now_s.div_euclid(60);
+    let (used_60, _) = burn(&minutes, 0.8, now_min, 60);
+    let (_, left_at_60) = burn(&minutes, 0.8, now_min, 60); // exhaustion_minutes 240: a 60-minute lookback
+    let (_, left_at_10) = burn(&minutes, 0.8, now_min, 10); // exhaustion_minutes 40: a 10-minute lookback
+    let alerts = [
+        (
+            "rate-low",
+            json!({"alert_type": "budget_rate", "budget_rate_window_minutes": 60,
+            "budget_rate_decrease_threshold_per_million": (used_60 * 0.5) as i64}),
+            true,
+        ),
+        (
+            "rate-high",
+            json!({"alert_type": "budget_rate", "budget_rate_window_minutes": 60,
+            "budget_rate_decrease_threshold_per_million": ((used_60 * 1.5) as i64).min(1_000_000)}),
+            false,
+        ),
+        (
+            "exhaust-240",
+            json!({"alert_type": "exhaustion_time", "exhaustion_minutes": 240}),
+            left_at_60 <= 240.0,
+        ),
+        (
+            "exhaust-40",
+            json!({"alert_type": "exhaustion_time", "exhaustion_minutes": 40}),
+            left_at_10 <= 40.0,
+        ),
+    ];
+    // Both outcomes are exercised: the brute force says one exhaustion alert fires and one not.
+    assert!(
+        left_at_60 <= 240.0 * 0.8 && left_at_10 > 40.0 * 1.2,
+        "{left_at_60} {left_at_10}"
+    );
+    for (name, fields, _) in &alerts {
+        let (_, r) = send_json(
+            http.post(server.at("/1/recipients"))
+                .json(&json!({"type": "webhook", "details": {"webhook_url": format!("{hook}/{name}")}})),
+        )
+        .await;
+        let mut body = fields.clone();
+        body["slo"] = json!({"id": slo_id});
+        body["recipients"] = json!([{"id": r["id"]}]);
+        let (status, b) = send_json(http.post(server.at("/1/burn_alerts/api")).json(&body)).await;
+        assert_eq!(status, 201, "{name}: {b}");
+    }
+    let (status, e) = send_json(http.post(server.at("/1/burn_alerts/api")).json(
+        &json!({"alert_type": "budget_rate", "budget_rate_window_minutes": 30, "budget_rate_decrease_threshold_per_million": 5,
+                "slo": {"id": slo_id}, "recipients": [{"type": "log"}]}),
+    ))
+    .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("budget_rate_window_minutes"),
+        "{e}"
+    );
+
+    // A few evaluations (every 2 s here): each alert that holds fires once, the others never.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    for (name, _, fires) in &alerts {
+        let path = format!("/{name}");
+        let notes: Vec<Value> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.body.clone())
+            .collect();
+        if *fires {
+            assert_eq!(notes.len(), 1, "{name}: {notes:?}");
+            assert_eq!(notes[0]["status"], "TRIGGERED");
+            assert_eq!(notes[0]["slo"]["id"], json!(slo_id));
+        } else {
+            assert!(notes.is_empty(), "{name}: {notes:?}");
+        }
+    }
+    let (status, e) = send_json(http.delete(server.at(&format!("/1/slos/api/{slo_id}")))).await;
+    assert_eq!(status, 409, "an SLO with burn alerts stays: {e}");
 }

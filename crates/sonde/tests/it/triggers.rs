@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 
 /// One request the receiver got: its path, headers (lower-cased) and JSON body.
 #[derive(Debug, Clone)]
-struct Received {
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Value,
+pub(crate) struct Received {
+    pub(crate) path: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Value,
 }
 
 /// A webhook receiver: a plain HTTP/1.1 server on a loopback port, answering 200 to every POST.
-fn receiver() -> (String, Arc<Mutex<Vec<Received>>>) {
+pub(crate) fn receiver() -> (String, Arc<Mutex<Vec<Received>>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let got: Arc<Mutex<Vec<Received>>> = Arc::default();
