@@ -64,6 +64,7 @@ export interface BoardPanel {
     visualization_settings?: { hide_markers?: boolean } & Record<string, unknown>;
   };
   text_panel?: { content: string };
+  slo_panel?: { slo_id: string };
 }
 export interface Board {
   id: string; name: string; description?: string; type: "flexible"; tags?: { key: string; value: string }[];
@@ -222,6 +223,8 @@ export const api = {
   annotations: (ds: string) => call<QueryAnnotation[]>("GET", `/1/query_annotations/${encodeURIComponent(ds)}`),
   annotate: (ds: string, a: Omit<QueryAnnotation, "id">) => call<QueryAnnotation>("POST", `/1/query_annotations/${encodeURIComponent(ds)}`, a),
   deleteAnnotation: (ds: string, id: string) => call<unknown>("DELETE", `/1/query_annotations/${encodeURIComponent(ds)}/${encodeURIComponent(id)}`),
+  slos: (ds: string) => call<{ id: string; name: string }[]>("GET", `/1/slos/${encodeURIComponent(ds)}`),
+  sloPage: (ds: string, id: string) => call<import("./views/slo").SloPage>("GET", `/api/slos/${encodeURIComponent(ds)}/${encodeURIComponent(id)}`),
   boards: () => call<Board[]>("GET", "/1/boards"),
   board: (id: string) => call<Board>("GET", `/1/boards/${encodeURIComponent(id)}`),
   createBoard: (b: Omit<Board, "id">) => call<Board>("POST", "/1/boards", b),

@@ -57,7 +57,10 @@ function bar(share: number, color: string): HTMLElement {
 export function renderBubbleUp(el: HTMLElement, a: BubbleAnswer, title: string, onBar: BarClick) {
   const head = document.createElement("div");
   head.className = "bu-head";
-  head.innerHTML = `<h3>BubbleUp: ${title}</h3>`;
+  // The title holds column names and values from events: text, never markup.
+  const h3 = document.createElement("h3");
+  h3.textContent = `BubbleUp: ${title}`;
+  head.append(h3);
   const legend = document.createElement("span");
   legend.className = "status";
   legend.innerHTML =

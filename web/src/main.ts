@@ -26,6 +26,7 @@ import * as recent from "./views/recent";
 import * as results from "./views/results";
 import * as saved from "./views/saved";
 import * as schema from "./views/schema";
+import * as slo from "./views/slo";
 import * as sql from "./views/sql";
 import * as timePicker from "./views/time-picker";
 
@@ -76,13 +77,14 @@ function receive(patch: Partial<Answers>) {
   render();
 }
 
-/** The board shown instead of the query view (`/?board=ID`), if any. */
+/** The board or the SLO shown instead of the query view (`/?board=ID`, `/?dataset=DS&slo=ID`), if any. */
 const boardId = new URLSearchParams(location.search).get("board");
+const sloId = new URLSearchParams(location.search).get("slo");
 
 function render() {
   const s = state;
   const a = answers;
-  if (boardId) return;
+  if (boardId || sloId) return;
   $("query-view").hidden = s.tab !== "query";
   $("sql-view").hidden = s.tab !== "sql";
   $("status").textContent = a.status;
@@ -152,7 +154,15 @@ async function loadColumns(dataset: string) {
 
 async function loadSaved(dataset: string) {
   try {
-    const list = dataset ? await api.annotations(dataset) : [];
+    const [list, slos] = dataset ? await Promise.all([api.annotations(dataset), api.slos(dataset)]) : [[], []];
+    $("slos").replaceChildren(...slos.map((s) => {
+      const li = document.createElement("li");
+      const a = document.createElement("a");
+      a.href = `/?dataset=${encodeURIComponent(dataset)}&slo=${encodeURIComponent(s.id)}`;
+      a.textContent = s.name;
+      li.append(a);
+      return li;
+    }));
     if (dataset === state.dataset) receive({ saved: list });
   } catch (e) {
     receive({ error: `Could not list the saved queries: ${errorText(e)}` });
@@ -266,10 +276,11 @@ async function boot() {
       receive({ error: errorText(e) });
     }
   });
-  if (boardId) {
+  if (boardId || sloId) {
     for (const id of ["query-view", "sql-view", "run", "save-query", "time-picker", "dataset"]) $(id).hidden = true;
     $("board-view").hidden = false;
-    await boards.showBoard($("board-view"), boardId, new Catalog(meta), ds.datasets.map((d) => d.name));
+    if (boardId) await boards.showBoard($("board-view"), boardId, new Catalog(meta), ds.datasets.map((d) => d.name));
+    else await slo.showSlo($("board-view"), new URLSearchParams(location.search).get("dataset") ?? "", sloId!, new Catalog(meta));
     return;
   }
   const url = decodeUrl(location.search);

@@ -661,3 +661,40 @@ test("a board built in the UI: three saved queries and a text panel, reloaded, i
   assert.deepEqual(page.errors, []);
   await page.close();
 });
+
+test("an SLO's page: compliance and budget from its counters, each day equal to the events, burn charts, BubbleUp of failing events; shown on a board", async () => {
+  const post = async (path, body) => {
+    const r = await fetch(`${url}${path}`, { method: "POST", body: JSON.stringify(body) });
+    const j = await r.json();
+    assert.ok(r.status < 300, JSON.stringify(j));
+    return j;
+  };
+  await post("/1/derived_columns/demo", { alias: "sli.fast", expression: "IF(EXISTS($duration_ms), LT($duration_ms, 1000))" });
+  const slo = await post("/1/slos/demo", { name: "Fast requests", sli: { alias: "sli.fast" }, time_period_days: 30, target_per_million: 990000 });
+  const detailed = await (await fetch(`${url}/1/slos/demo/${slo.id}?detailed`)).json();
+  // Independently: good and bad from a COUNT by the SLI over the whole demo hour.
+  const counts = await apiQuery({ calculations: [{ op: "COUNT" }], filters: [], breakdowns: ["sli.fast"], orders: [], havings: [], start_time: RANGE.start_time - 3600, end_time: RANGE.end_time + 3600 });
+  const n = (v) => counts.data.results.find((r) => r.data["sli.fast"] === v)?.data.COUNT ?? 0;
+  const [good, bad] = [n(true), n(false)];
+  assert.ok(bad > 0 && good > 0);
+  assert.ok(Math.abs(detailed.compliance - (good / (good + bad)) * 100) < 1e-9, `${detailed.compliance}`);
+
+  const page = await newPage();
+  await page.goto(`${url}/?dataset=demo&slo=${slo.id}`);
+  await page.waitForSelector("#slo-figures");
+  assert.equal(await page.textContent("#slo-name"), "Fast requests");
+  assert.match(await page.textContent("#slo-figures"), new RegExp(`${detailed.compliance.toFixed(3)}%`));
+  const days = await tableRows(page, "#slo-days");
+  assert.deepEqual(days, [["2026-11-25", fmt(good), fmt(bad), `${((good / (good + bad)) * 100).toFixed(3)}%`]]);
+  await page.waitForSelector("#slo-bubbleup .bu-card");
+  assert.ok((await page.locator("#slo-charts .chart").count()) >= 3);
+  await shot(page, "slo");
+
+  // On a board, an SLO panel shows the same figures.
+  const board = await post("/1/boards", { name: "SLOs", type: "flexible", panels: [{ type: "slo", slo_panel: { slo_id: slo.id } }] });
+  await page.goto(`${url}/?board=${board.id}`);
+  await page.waitForSelector(".slo-panel .slo-figures");
+  assert.match(await page.textContent(".slo-panel"), new RegExp(`${detailed.compliance.toFixed(3)}%`));
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});

@@ -1,5 +1,5 @@
 //! Honeycomb's flexible boards, `/1/boards` (environment-wide, like Honeycomb's), and board
-//! views, `/1/boards/{id}/views`: saved queries, text and (later) SLOs laid out on a 12-column
+//! views, `/1/boards/{id}/views`: saved queries, text and SLOs laid out on a 12-column
 //! grid, with preset filters that apply to every query panel, and named filter sets.
 //!
 //! A query panel names a saved query and one of its annotations (both must exist); its
@@ -17,7 +17,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 const DOCUMENT: &str = "boards";
@@ -211,6 +211,7 @@ fn default_size(kind: &str) -> (i64, i64) {
 struct Refs {
     queries: crate::queries::Stored,
     annotations: crate::query_annotations::Annotations,
+    slos: BTreeMap<String, Vec<crate::slos::Slo>>,
 }
 
 /// Checks `body` and turns it into a board (`id`, `created_at` given).
@@ -300,11 +301,7 @@ fn check_panel(i: usize, p: &mut Panel, refs: &Refs, seen: &mut HashSet<String>)
     let others = [p.query_panel.is_some(), p.slo_panel.is_some(), p.text_panel.is_some()];
     let want = match p.kind.as_str() {
         "query" => 0,
-        "slo" => {
-            return Err(bad(format!(
-                "{at}: slo panels need SLOs, which this server does not have yet"
-            )));
-        }
+        "slo" => 1,
         "text" => 2,
         other => return Err(bad(format!("{at}.type: \"query\", \"slo\" or \"text\", got {other:?}"))),
     };
@@ -313,6 +310,12 @@ fn check_panel(i: usize, p: &mut Panel, refs: &Refs, seen: &mut HashSet<String>)
             "{at}: a {} panel carries exactly one {}_panel object",
             p.kind, p.kind
         )));
+    }
+    if let Some(slo) = &p.slo_panel {
+        let id = slo.get("slo_id").and_then(Value::as_str).unwrap_or("");
+        if !refs.slos.values().flatten().any(|s| s.id == id) {
+            return Err(bad(format!("{at}.slo_panel.slo_id: no SLO with id {id:?}")));
+        }
     }
     if let Some(t) = &p.text_panel {
         check_text(&format!("{at}.text_panel.content"), &t.content, MAX_TEXT_CHARS, false)?;
@@ -388,6 +391,7 @@ async fn refs(state: &AppState) -> Result<Refs, ApiError> {
     Ok(Refs {
         queries: crate::queries::load(state).await?,
         annotations: crate::query_annotations::load(state).await?,
+        slos: crate::slos::load(state).await?,
     })
 }
 

@@ -22,6 +22,7 @@
 //! | `/1/boards[/{id}]`, `/1/boards/{id}/views[/{view}]` | boards of saved queries and text on a 12-column grid, and their filter sets |
 //! | `/1/triggers/{dataset}[/{id}]`, `…/{id}/deliveries`, `/1/recipients[/{id}]` | triggers (a query on a schedule, a threshold, notifications) and where they notify; the scheduler is [`alerts`] |
 //! | `/1/slos/{dataset}[/{id}]` (`?detailed`), `POST /1/reporting/slos/historical` | SLOs over a derived column's good/bad, from per-minute counters kept up to date |
+//! | `GET /api/slos/{dataset}/{id}` | an SLO's page: figures, hourly burndown and burn rate, daily compliance |
 //! | `/1/burn_alerts/{dataset}[/{id}]`, `…/{id}/deliveries` | burn alerts on an SLO's error budget, evaluated by [`alerts`] |
 //! | `/1/derived_columns/{dataset}[/{id}]`, `/1/dataset_definitions/{dataset}` | derived columns, and which columns mean what |
 //! | `GET /api/datasets`, `GET /api/datasets/{dataset}/columns`, `…/stats` | schema and storage facts |
@@ -260,6 +261,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(slos::get_one).put(slos::update).delete(slos::delete),
         )
         .route("/1/reporting/slos/historical", post(slos::history))
+        .route("/api/slos/{dataset}/{id}", get(slos::page))
         .route(
             "/1/burn_alerts/{dataset}",
             get(burn_alerts::list).post(burn_alerts::create),

@@ -514,3 +514,53 @@ pub(crate) async fn history(
     }
     Ok(Json(out))
 }
+
+/// `GET /api/slos/{dataset}/{id}` (Sonde's own, for the SLO page): the SLO with its figures,
+/// and from its counters the budget burndown and the burn rate per hour, and the compliance of
+/// each day (UTC) of its window.
+pub(crate) async fn page(
+    State(state): State<Arc<AppState>>,
+    access: Authorized<Query>,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let slo = find(&state, access.dataset()?.as_str(), &id).await?;
+    let c = refresh(&state, &slo).await?;
+    let to = c.through();
+    let from = to - slo.time_period_days * 1440;
+    let (good, bad) = c.sum(from, to);
+    let total = figures(good, bad, slo.target_per_million);
+    let allowed = 1.0 - slo.target_per_million as f64 / 1e6;
+    // Hour by hour: the budget left so far (against the whole window's budget) and the burn
+    // rate of that hour (its bad share over the allowed share; 1 burns the budget exactly).
+    let budget = allowed * (good + bad) as f64;
+    let (mut spent, mut hours) = (0u64, Vec::new());
+    let mut h = from.div_euclid(60) * 60;
+    while h < to {
+        let (hg, hb) = c.sum(h.max(from), (h + 60).min(to));
+        spent += hb;
+        let q = (hg + hb) as f64;
+        hours.push(json!({
+            "time": h * 60,
+            "budget_remaining": if budget > 0.0 { (1.0 - spent as f64 / budget) * 100.0 } else { 100.0 },
+            "burn_rate": if q > 0.0 && allowed > 0.0 { Value::from(hb as f64 / q / allowed) } else { Value::Null },
+        }));
+        h += 60;
+    }
+    let mut days = Vec::new();
+    let mut d = from.div_euclid(1440) * 1440;
+    while d < to {
+        let (dg, db) = c.sum(d.max(from), (d + 1440).min(to));
+        if dg + db > 0 {
+            let f = figures(dg, db, slo.target_per_million);
+            days.push(json!({"day": d * 60, "good": dg, "bad": db, "compliance": f.compliance}));
+        }
+        d += 1440;
+    }
+    Ok(Json(json!({
+        "slo": slo,
+        "figures": total,
+        "window": {"start_time": from * 60, "end_time": to * 60},
+        "hours": hours,
+        "days": days,
+    })))
+}

@@ -13,6 +13,7 @@ import { markdown } from "../markdown";
 import { graphs, heatmapCells, tableKeys, timeAxis, toLines } from "../series";
 import { encodeUrl } from "../state";
 import { specOf } from "./saved";
+import { sloSummary } from "./slo";
 
 const COLUMNS = 12;
 
@@ -93,6 +94,7 @@ function render(ctx: Ctx) {
       ? [
           el("button", { id: "board-add-query", textContent: "+ Query panel", onclick: () => addQueryPanel(ctx) }),
           el("button", { id: "board-add-text", textContent: "+ Text panel", onclick: () => addTextPanel(ctx) }),
+          el("button", { id: "board-add-slo", textContent: "+ SLO panel", onclick: () => addSloPanel(ctx) }),
           el("button", { id: "board-save", className: "primary", textContent: "Save layout", onclick: () => void save(ctx) }),
           el("button", { textContent: "Cancel", onclick: () => void showBoard(ctx.root, b.id, ctx.catalog, ctx.datasets) }),
         ]
@@ -171,6 +173,8 @@ function panel(ctx: Ctx, p: BoardPanel, index: number): HTMLElement {
     body.append(...markdown(p.text_panel.content));
   } else if (p.type === "query" && p.query_panel) {
     void runPanel(ctx, p, title, body);
+  } else if (p.type === "slo" && p.slo_panel) {
+    void sloPanel(ctx, p.slo_panel.slo_id, title, body);
   } else {
     body.append(el("div", { className: "dim", textContent: `A ${p.type} panel` }));
   }
@@ -216,6 +220,37 @@ function addTextPanel(ctx: Ctx) {
     ctx.board.panels.push({
       type: "text", position: { x_coordinate: 0, y_coordinate: bottom(ctx.board), width: 6, height: 3 }, text_panel: { content: text.value },
     });
+  });
+}
+
+/** Every SLO with its dataset, fetched once per board page. */
+let sloList: Promise<{ ds: string; id: string; name: string }[]> | null = null;
+function allSlos(ctx: Ctx) {
+  sloList ??= Promise.all(ctx.datasets.map(async (ds) => (await api.slos(ds).catch(() => [])).map((s) => ({ ds, id: s.id, name: s.name }))))
+    .then((l) => l.flat());
+  return sloList;
+}
+
+async function sloPanel(ctx: Ctx, id: string, title: HTMLElement, body: HTMLElement) {
+  try {
+    const slo = (await allSlos(ctx)).find((s) => s.id === id);
+    if (!slo) throw new Error(`no SLO with id ${id}`);
+    await sloSummary(body, slo.ds, id);
+    title.replaceChildren(el("a", { href: `/?dataset=${encodeURIComponent(slo.ds)}&slo=${encodeURIComponent(id)}`, textContent: slo.name }),
+      el("span", { className: "dim", textContent: ` · SLO · ${slo.ds}` }));
+  } catch (e) {
+    body.replaceChildren(el("div", { className: "error", textContent: errorText(e) }));
+  }
+}
+
+function addSloPanel(ctx: Ctx) {
+  const select = el("select", { id: "slo-panel-choice" }, el("option", { value: "", textContent: "Loading SLOs…" }));
+  void allSlos(ctx).then((list) => select.replaceChildren(...(list.length
+    ? list.map((s) => el("option", { value: s.id, textContent: `${s.name} (${s.ds})` }))
+    : [el("option", { value: "", textContent: "No SLOs yet" })])));
+  dialog(ctx, "Add an SLO", [el("label", {}, "SLO ", select)], () => {
+    if (!select.value) return;
+    ctx.board.panels.push({ type: "slo", position: { x_coordinate: 0, y_coordinate: bottom(ctx.board), width: 4, height: 3 }, slo_panel: { slo_id: select.value } });
   });
 }
 

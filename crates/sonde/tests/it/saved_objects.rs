@@ -374,7 +374,7 @@ async fn boards_hold_panels_of_saved_queries_and_text_with_views() {
         (json!({"panels": [panel(&q1, &a2, 0, 0)]}), "query_annotation_id"),
         (
             json!({"panels": [{"type": "slo", "slo_panel": {"slo_id": "x"}}]}),
-            "SLOs",
+            "slo_panel.slo_id",
         ),
         (
             json!({"panels": [{"type": "text", "text_panel": {"content": "x".repeat(10_001)}}]}),
