@@ -472,7 +472,9 @@ fn contains(got: &Value, sent: &Value) -> bool {
     }
 }
 
-/// The JSON Honeycomb's Terraform provider sends (its Go client structs marshalled, with their
+/// The JSON Honeycomb's Terraform provider sends for markers, marker settings, query
+/// annotations, boards, board views, recipients, triggers, SLOs and burn alerts (its Go client
+/// structs marshalled, with their
 /// `omitempty` rules: `"links": {}`, `"queries": null`, `"slos": null`, empty strings and zero
 /// times left out) is accepted, and read back with every field it sent unchanged, so a plan
 /// after an apply shows no difference.
@@ -551,6 +553,51 @@ async fn terraform_provider_shapes_round_trip() {
     update["description"] = json!("changed");
     let (status, u) = put_json(&http, server.at(&format!("/1/boards/{bid}")), update).await;
     assert_eq!((status, u["description"].clone()), (200, json!("changed")), "{u}");
+
+    // client/recipient.go: a webhook recipient
+    let recipient = json!({"type": "webhook", "details": {"webhook_name": "relay", "webhook_url": "https://relay.example/hook",
+        "webhook_secret": "s3cret", "webhook_headers": [{"header": "X-Team", "value": "platform"}]}});
+    let (status, r) = api.post_json("/1/recipients", recipient.clone()).await;
+    assert_eq!(status, 201, "{r}");
+    let rid = r["id"].as_str().unwrap();
+    let (_, read) = send_json(http.get(server.at(&format!("/1/recipients/{rid}")))).await;
+    assert!(contains(&read, &recipient), "{read}");
+
+    // client/trigger.go: by query_id (the provider drops `query` when it has both), `disabled`
+    // always sent, a stored recipient and an inline marker one
+    let trigger = json!({"name": "Too many", "description": "tf", "disabled": false, "query_id": q["id"],
+        "alert_type": "on_change", "threshold": {"op": ">", "value": 10.0, "exceeded_limit": 2}, "frequency": 900,
+        "recipients": [{"id": rid}, {"type": "marker", "target": "tf trigger"}]});
+    let (status, t) = api.post_json("/1/triggers/tf", trigger.clone()).await;
+    assert_eq!(status, 201, "{t}");
+    let tid = t["id"].as_str().unwrap();
+    let (_, read) = send_json(http.get(server.at(&format!("/1/triggers/tf/{tid}")))).await;
+    assert!(contains(&read, &trigger), "{read}\nvs\n{trigger}");
+    let mut again = read.clone();
+    again["disabled"] = json!(true);
+    let (status, u) = put_json(&http, server.at(&format!("/1/triggers/tf/{tid}")), again).await;
+    assert_eq!((status, u["disabled"].clone()), (200, json!(true)), "{u}");
+
+    // client/slo.go and client/burn_alert.go
+    let (status, _) = api
+        .post_json(
+            "/1/derived_columns/tf",
+            json!({"alias": "sli", "expression": "EQUALS($status, \"ok\")"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let slo = json!({"name": "OK", "description": "tf", "sli": {"alias": "sli"}, "time_period_days": 7, "target_per_million": 999000});
+    let (status, o) = api.post_json("/1/slos/tf", slo.clone()).await;
+    assert_eq!(status, 201, "{o}");
+    let oid = o["id"].as_str().unwrap();
+    let (_, read) = send_json(http.get(server.at(&format!("/1/slos/tf/{oid}")))).await;
+    assert!(contains(&read, &slo), "{read}");
+    let burn = json!({"alert_type": "exhaustion_time", "exhaustion_minutes": 60, "description": "tf",
+        "slo": {"id": oid}, "recipients": [{"id": rid}]});
+    let (status, b) = api.post_json("/1/burn_alerts/tf", burn.clone()).await;
+    assert_eq!(status, 201, "{b}");
+    let (_, read) = send_json(http.get(server.at(&format!("/1/burn_alerts/tf/{}", b["id"].as_str().unwrap())))).await;
+    assert!(contains(&read, &burn), "{read}");
 
     // client/board_view.go
     let view = json!({"name": "errors", "filters": [{"column": "status", "operation": "=", "value": "error"}, {"column": "status", "operation": "exists"}]});
