@@ -522,8 +522,21 @@ async fn deliver_one(state: &AppState, http: &reqwest::Client, p: &Pending) -> O
         (None, Some(kind)) => Some(Recipient::inline(kind, p.recipient.target.as_deref().unwrap_or(""))),
         (None, None) => None,
     };
+    let kind = match p.payload["type"].as_str() {
+        Some(k @ ("exhaustion_time" | "budget_rate")) => k,
+        _ => "trigger",
+    };
+    let none = Value::Null;
+    let n = crate::recipients::Notification {
+        id: &p.id,
+        dataset: &p.dataset,
+        message: &p.message,
+        payload: &p.payload,
+        kind,
+        alert_details: p.recipient.details.as_ref().unwrap_or(&none),
+    };
     match r {
-        Some(r) => crate::recipients::deliver(state, http, &r, &p.dataset, &p.message, &p.payload).await,
+        Some(r) => crate::recipients::deliver(state, http, &r, &n).await,
         None => Outcome {
             status: "failed".to_string(),
             http_status: None,

@@ -55,6 +55,7 @@ mod query_annotations;
 mod recipients;
 mod schema;
 mod slos;
+mod templates;
 mod triggers;
 pub mod ui;
 

@@ -127,6 +127,7 @@ pub(crate) fn check(kind: &str, details: &Value) -> Result<(), ApiError> {
                     headers.len()
                 )));
             }
+            check_payloads(details)?;
             for h in headers {
                 let (name, value) = (text(h, "header"), text(h, "value"));
                 check_text("details.webhook_headers.header", name, 64, true)?;
@@ -151,6 +152,102 @@ pub(crate) fn check(kind: &str, details: &Value) -> Result<(), ApiError> {
 
 fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("no recipient with id {id:?}"))
+}
+
+/// The kinds of notification a webhook may have its own payload for.
+const PAYLOAD_KINDS: [&str; 3] = ["trigger", "exhaustion_time", "budget_rate"];
+
+/// Checks a webhook's custom payloads (`webhook_payloads`): at most 10 template variables named
+/// like `severity` (a lower-case letter, then letters and digits; at most 64), defaults of at
+/// most 256 characters, and templates that parse.
+fn check_payloads(details: &Value) -> Result<(), ApiError> {
+    let Some(p) = details.get("webhook_payloads").filter(|p| !p.is_null()) else {
+        return Ok(());
+    };
+    let vars = p
+        .get("template_variables")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if vars.len() > 10 {
+        return Err(bad(format!(
+            "details.webhook_payloads.template_variables: at most 10, got {}",
+            vars.len()
+        )));
+    }
+    for v in vars {
+        let name = text(v, "name");
+        let ok = name.len() <= 64
+            && name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+            && name.chars().all(|c| c.is_ascii_alphanumeric());
+        if !ok {
+            return Err(bad(format!(
+                "details.webhook_payloads.template_variables: {name:?} must be a lower-case letter, then letters and digits (at most 64)"
+            )));
+        }
+        check_text(
+            "details.webhook_payloads.template_variables.default_value",
+            text(v, "default_value"),
+            256,
+            false,
+        )?;
+    }
+    if let Some(templates) = p.get("payload_templates").and_then(Value::as_object) {
+        for (kind, t) in templates {
+            if !PAYLOAD_KINDS.contains(&kind.as_str()) {
+                return Err(bad(format!(
+                    "details.webhook_payloads.payload_templates: {kind:?} is not one of trigger, exhaustion_time, budget_rate"
+                )));
+            }
+            crate::templates::check(text(t, "body")).map_err(|e| ApiError {
+                position: Some(e.position),
+                ..bad(format!(
+                    "details.webhook_payloads.payload_templates.{kind}.body: {}",
+                    e.message
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The data a custom payload template sees (Honeycomb's variables), from the default payload.
+fn template_data(details: &Value, payload: &Value, alert_vars: &Value, instance: &str, dataset: &str) -> Value {
+    let groups = |key: &str| -> Value {
+        payload[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|g| {
+                let pairs: Vec<Value> = g["Group"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| json!({"Key": k, "Value": v}))
+                    .collect();
+                json!({"Group": pairs, "Result": g["Result"]})
+            })
+            .collect()
+    };
+    let mut vars = serde_json::Map::new();
+    let p = &details["webhook_payloads"];
+    for v in p["template_variables"].as_array().into_iter().flatten() {
+        vars.insert(text(v, "name").to_string(), v["default_value"].clone());
+    }
+    for v in alert_vars["variables"].as_array().into_iter().flatten() {
+        vars.insert(text(v, "name").to_string(), v["value"].clone());
+    }
+    json!({
+        "Name": payload["name"], "ID": payload["id"], "Description": payload["description"],
+        "URL": payload["trigger_url"], "Environment": "sonde", "Datasets": [dataset],
+        "Operator": payload["operator"], "Threshold": payload["threshold"],
+        "Result": {"URL": payload["result_url"], "Groups": groups("result_groups"), "GroupsTriggered": groups("result_groups_triggered")},
+        "Alert": {"InstanceID": instance, "Description": payload["description"], "Status": payload["status"],
+                  "Summary": payload["summary"], "Timestamp": payload["timestamp"], "IsTest": false},
+        "Recipient": {"Secret": details["webhook_secret"]},
+        "Vars": vars,
+        "SLO": payload["slo"],
+    })
 }
 
 /// `GET /1/recipients`.
@@ -279,16 +376,25 @@ pub(crate) struct Outcome {
     pub(crate) error: String,
 }
 
-/// Delivers `payload` (Honeycomb's default trigger payload) to `r`. `marker` makes a marker in
-/// `dataset` with `message`.
-pub(crate) async fn deliver(
-    state: &AppState,
-    http: &reqwest::Client,
-    r: &Recipient,
-    dataset: &str,
-    message: &str,
-    payload: &Value,
-) -> Outcome {
+/// One notification for a recipient.
+pub(crate) struct Notification<'a> {
+    /// Its id (`.Alert.InstanceID` of a template).
+    pub(crate) id: &'a str,
+    pub(crate) dataset: &'a str,
+    /// The marker message, for `marker` recipients.
+    pub(crate) message: &'a str,
+    /// Honeycomb's default payload.
+    pub(crate) payload: &'a Value,
+    /// `trigger`, `exhaustion_time` or `budget_rate`: which custom payload applies.
+    pub(crate) kind: &'a str,
+    /// The alert's own `details` for this recipient (`variables` overriding the defaults).
+    pub(crate) alert_details: &'a Value,
+}
+
+/// Delivers `n` to `r`: a webhook gets its custom payload for the kind when it has one, else
+/// the default payload; `marker` makes a marker in the dataset with the message.
+pub(crate) async fn deliver(state: &AppState, http: &reqwest::Client, r: &Recipient, n: &Notification<'_>) -> Outcome {
+    let (dataset, message, payload) = (n.dataset, n.message, n.payload);
     let done = |status: &str, error: String| Outcome {
         status: status.to_string(),
         http_status: None,
@@ -296,7 +402,20 @@ pub(crate) async fn deliver(
         error,
     };
     match r.kind.as_str() {
-        "webhook" => webhook(http, &r.details, payload).await,
+        "webhook" => {
+            let template = r.details["webhook_payloads"]["payload_templates"][n.kind]["body"].as_str();
+            let body = match template {
+                Some(t) => {
+                    let data = template_data(&r.details, payload, n.alert_details, n.id, dataset);
+                    match crate::templates::render(t, &data) {
+                        Ok(b) => b.into_bytes(),
+                        Err(e) => return done("failed", format!("the {} payload template: {}", n.kind, e.message)),
+                    }
+                }
+                None => serde_json::to_vec(payload).unwrap_or_default(),
+            };
+            webhook(http, &r.details, body).await
+        }
         "log" => {
             tracing::warn!(recipient = %r.id, notification = %payload, "trigger notification");
             done("delivered", String::new())
@@ -312,8 +431,9 @@ pub(crate) async fn deliver(
     }
 }
 
-/// POSTs `payload` to the webhook, retrying (1 s, 2 s, 4 s apart) on a network error or a 5xx/429.
-async fn webhook(http: &reqwest::Client, details: &Value, payload: &Value) -> Outcome {
+/// POSTs `body` (JSON) to the webhook, retrying (1 s, 2 s, 4 s apart) on a network error or a
+/// 5xx/429.
+async fn webhook(http: &reqwest::Client, details: &Value, body: Vec<u8>) -> Outcome {
     let url = text(details, "webhook_url");
     let mut out = Outcome {
         status: "failed".to_string(),
@@ -330,7 +450,8 @@ async fn webhook(http: &reqwest::Client, details: &Value, payload: &Value) -> Ou
             .post(url)
             .timeout(WEBHOOK_TIMEOUT)
             .header("user-agent", concat!("sonde/", env!("CARGO_PKG_VERSION")))
-            .json(payload);
+            .header("content-type", "application/json")
+            .body(body.clone());
         let secret = text(details, "webhook_secret");
         if !secret.is_empty() {
             req = req.header("x-honeycomb-webhook-token", secret);

@@ -133,8 +133,28 @@ async fn an_incident_fires_once_resolves_once_and_survives_a_sigkill() {
     .await;
     assert_eq!(status, 400, "{e}");
 
+    // A custom payload (Honeycomb's template variables), with a variable the trigger overrides;
+    // a template with a control action is refused where it is.
+    let custom = |body: &str| {
+        json!({"type": "webhook", "details": {"webhook_url": format!("{hook}/custom"), "webhook_payloads": {
+            "template_variables": [{"name": "severity", "default_value": "info"}, {"name": "team", "default_value": "shop"}],
+            "payload_templates": {"trigger": {"body": body}}}}})
+    };
+    let (status, e) = send_json(
+        http.post(server.at("/1/recipients"))
+            .json(&custom("{{ range .Result.Groups }}x{{ end }}")),
+    )
+    .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("range"), "{e}");
+    let template = r#"{"text": {{ .Alert.Summary | quote }}, "status": "{{ .Alert.Status }}", "severity": "{{ .Vars.severity }}",
+ "team": "{{ .Vars.team }}", "groups": {{ toJson .Result.GroupsTriggered }}, "threshold": {{ .Threshold }}}"#;
+    let (status, r3) = send_json(http.post(server.at("/1/recipients")).json(&custom(template))).await;
+    assert_eq!(status, 201, "{r3}");
+
     let mut on_change = base.clone();
-    on_change["recipients"] = json!([{"id": r1["id"]}, {"type": "marker", "target": "errors trigger"}]);
+    on_change["recipients"] = json!([{"id": r1["id"]}, {"type": "marker", "target": "errors trigger"},
+        {"id": r3["id"], "details": {"variables": [{"name": "severity", "value": "critical"}]}}]);
     let (status, t1) = send_json(http.post(server.at("/1/triggers/shop")).json(&on_change)).await;
     assert_eq!(status, 201, "{t1}");
     assert_eq!(
@@ -190,6 +210,24 @@ async fn an_incident_fires_once_resolves_once_and_survives_a_sigkill() {
     let header = |k: &str| fired.headers.iter().find(|(h, _)| h == k).map(|(_, v)| v.clone());
     assert_eq!(header("x-honeycomb-webhook-token").as_deref(), Some("s3cret"));
     assert_eq!(header("x-team").as_deref(), Some("shop"));
+    wait_for("the custom payload", Duration::from_secs(10), || {
+        !statuses(&got, "/custom").is_empty()
+    })
+    .await;
+    let c = got
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| r.path == "/custom")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        c.body,
+        json!({"text": "Triggered: errors", "status": "TRIGGERED", "severity": "critical", "team": "shop",
+               "groups": [{"Group": [{"Key": "service", "Value": "pay"}], "Result": triggered[0]["Result"]}], "threshold": 5.0}),
+        "{:?}",
+        c.body
+    );
     let (_, now) = send_json(http.get(server.at(&format!("/1/triggers/shop/{}", t1["id"].as_str().unwrap())))).await;
     assert_eq!(now["triggered"], true);
 
@@ -239,6 +277,8 @@ async fn an_incident_fires_once_resolves_once_and_survives_a_sigkill() {
         vec![
             ("TRIGGERED".into(), "delivered".into()),
             ("TRIGGERED".into(), "delivered".into()),
+            ("TRIGGERED".into(), "delivered".into()),
+            ("OK".into(), "delivered".into()),
             ("OK".into(), "delivered".into()),
             ("OK".into(), "delivered".into())
         ],
