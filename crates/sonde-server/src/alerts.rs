@@ -522,10 +522,10 @@ async fn deliver_one(state: &AppState, http: &reqwest::Client, p: &Pending) -> O
         (None, Some(kind)) => Some(Recipient::inline(kind, p.recipient.target.as_deref().unwrap_or(""))),
         (None, None) => None,
     };
-    let kind = match p.payload["type"].as_str() {
-        Some(k @ ("exhaustion_time" | "budget_rate")) => k,
-        _ => "trigger",
-    };
+    let kind = p.payload["type"]
+        .as_str()
+        .filter(|k| matches!(*k, "exhaustion_time" | "budget_rate"))
+        .unwrap_or("trigger");
     let none = Value::Null;
     let n = crate::recipients::Notification {
         id: &p.id,
