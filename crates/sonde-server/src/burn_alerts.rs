@@ -14,7 +14,7 @@
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Authorized, Describe, JsonBody, Manage, Query};
-use crate::objects::{check_room, check_text, new_id, now, null_as_default};
+use crate::objects::{change_in, check_room, check_text, delete_in, find_in, new_id, now, null_as_default};
 use crate::slos::{Counters, Slo};
 use crate::triggers::TriggerRecipient;
 use axum::Json;
@@ -310,12 +310,8 @@ pub(crate) async fn get_one(
     access: Authorized<Query>,
     Path((_, id)): Path<(String, String)>,
 ) -> Result<Json<BurnAlert>, ApiError> {
-    let ds = access.dataset()?;
-    let b = load(&state)
-        .await?
-        .get(ds.as_str())
-        .and_then(|l| l.iter().find(|b| b.id == id).cloned())
-        .ok_or_else(|| not_found(ds.as_str(), &id))?;
+    let ds = access.dataset()?.as_str();
+    let b = find_in(&state, DOCUMENT, ds, &id, || not_found(ds, &id)).await?;
     Ok(Json(answered(&state, b).await))
 }
 
@@ -326,25 +322,21 @@ pub(crate) async fn update(
     Path((_, id)): Path<(String, String)>,
     JsonBody(body): JsonBody<BurnBody>,
 ) -> Result<Json<BurnAlert>, ApiError> {
-    let ds = access.dataset()?.as_str().to_string();
-    let current = load(&state)
-        .await?
-        .get(&ds)
-        .and_then(|l| l.iter().find(|b| b.id == id).cloned())
-        .ok_or_else(|| not_found(&ds, &id))?;
-    let b = build(&state, &ds, body, id.clone(), current.created_at).await?;
-    let changed = state
-        .storage
-        .documents()
-        .update(DOCUMENT, |all: &mut Burns| {
-            let slot = all
-                .get_mut(&ds)
-                .and_then(|l| l.iter_mut().find(|b| b.id == id))
-                .ok_or_else(|| not_found(&ds, &id))?;
-            *slot = b.clone();
-            Ok::<_, ApiError>(b)
-        })
-        .await??;
+    let ds = access.dataset()?.as_str();
+    let current: BurnAlert = find_in(&state, DOCUMENT, ds, &id, || not_found(ds, &id)).await?;
+    let b = build(&state, ds, body, id.clone(), current.created_at).await?;
+    let changed = change_in(
+        &state,
+        DOCUMENT,
+        ds,
+        &id,
+        || not_found(ds, &id),
+        |slot: &mut BurnAlert| {
+            *slot = b;
+            Ok(())
+        },
+    )
+    .await?;
     Ok(Json(answered(&state, changed).await))
 }
 
@@ -354,19 +346,13 @@ pub(crate) async fn delete(
     access: Authorized<Manage>,
     Path((_, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let ds = access.dataset()?.as_str().to_string();
-    state
-        .storage
-        .documents()
-        .update(DOCUMENT, |all: &mut Burns| {
-            let list = all.get_mut(&ds).ok_or_else(|| not_found(&ds, &id))?;
-            let before = list.len();
-            list.retain(|b| b.id != id);
-            if list.len() == before {
-                return Err(not_found(&ds, &id));
-            }
-            Ok(())
-        })
-        .await??;
+    let ds = access.dataset()?.as_str();
+    delete_in::<BurnAlert>(&state, DOCUMENT, ds, &id, || not_found(ds, &id)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+impl crate::objects::Keyed for BurnAlert {
+    fn key(&self) -> &str {
+        &self.id
+    }
 }

@@ -13,7 +13,7 @@
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Authorized, Describe, JsonBody, Manage, Query};
-use crate::objects::{check_room, check_text, check_url, new_id, now};
+use crate::objects::{change_in, check_room, check_text, check_url, delete_in, new_id, now};
 use axum::Json;
 use axum::extract::{Path, Query as UrlQuery, State};
 use axum::http::StatusCode;
@@ -270,22 +270,13 @@ pub(crate) async fn update(
     JsonBody(body): JsonBody<MarkerBody>,
 ) -> Result<Json<Marker>, ApiError> {
     let scope = scope(&access)?;
-    let changed = state
-        .storage
-        .documents()
-        .update(MARKERS, |all: &mut Markers| {
-            let m = all
-                .get_mut(&scope)
-                .and_then(|l| l.iter_mut().find(|m| m.id == id))
-                .ok_or_else(|| not_found("marker", &scope, &id))?;
-            let mut new = m.clone();
-            apply(&mut new, body);
-            new.updated_at = now();
-            validate(&new)?;
-            *m = new.clone();
-            Ok::<_, ApiError>(new)
-        })
-        .await??;
+    let missing = || not_found("marker", &scope, &id);
+    let changed = change_in(&state, MARKERS, &scope, &id, missing, |m: &mut Marker| {
+        apply(m, body);
+        m.updated_at = now();
+        validate(m)
+    })
+    .await?;
     let settings = settings(&state).await?;
     Ok(Json(colour(changed, &scope, &settings)))
 }
@@ -297,18 +288,7 @@ pub(crate) async fn delete(
     Path((_, id)): Path<(String, String)>,
 ) -> Result<Json<Marker>, ApiError> {
     let scope = scope(&access)?;
-    let gone = state
-        .storage
-        .documents()
-        .update(MARKERS, |all: &mut Markers| {
-            let list = all.get_mut(&scope).ok_or_else(|| not_found("marker", &scope, &id))?;
-            let at = list
-                .iter()
-                .position(|m| m.id == id)
-                .ok_or_else(|| not_found("marker", &scope, &id))?;
-            Ok::<_, ApiError>(list.remove(at))
-        })
-        .await??;
+    let gone = delete_in(&state, MARKERS, &scope, &id, || not_found("marker", &scope, &id)).await?;
     Ok(Json(gone))
 }
 
@@ -412,20 +392,21 @@ pub(crate) async fn delete_setting(
     Path((_, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let scope = scope(&access)?;
-    state
-        .storage
-        .documents()
-        .update(SETTINGS, |all: &mut Settings| {
-            let list = all
-                .get_mut(&scope)
-                .ok_or_else(|| not_found("marker setting", &scope, &id))?;
-            let before = list.len();
-            list.retain(|s| s.id != id);
-            if list.len() == before {
-                return Err(not_found("marker setting", &scope, &id));
-            }
-            Ok(())
-        })
-        .await??;
+    delete_in::<MarkerSetting>(&state, SETTINGS, &scope, &id, || {
+        not_found("marker setting", &scope, &id)
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+impl crate::objects::Keyed for Marker {
+    fn key(&self) -> &str {
+        &self.id
+    }
+}
+
+impl crate::objects::Keyed for MarkerSetting {
+    fn key(&self) -> &str {
+        &self.id
+    }
 }

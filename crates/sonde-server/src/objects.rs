@@ -68,3 +68,82 @@ pub(crate) fn check_room(state: &AppState, what: &str, dataset: &str, held: usiz
 pub(crate) fn null_as_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
+
+/// Objects kept in one document as lists by scope (a dataset, or `__all__`): markers, marker
+/// settings, query annotations, triggers, SLOs, burn alerts. The helpers below are the find,
+/// change and delete every kind of them needs, written once.
+pub(crate) trait Keyed {
+    /// The object's id.
+    fn key(&self) -> &str;
+}
+
+/// A document of objects by scope.
+pub(crate) type ByScope<T> = std::collections::BTreeMap<String, Vec<T>>;
+
+/// The object `id` of `scope` in document `doc` (`missing` when there is none).
+pub(crate) async fn find_in<T>(
+    state: &AppState,
+    doc: &str,
+    scope: &str,
+    id: &str,
+    missing: impl Fn() -> ApiError,
+) -> Result<T, ApiError>
+where
+    T: Keyed + Clone + serde::de::DeserializeOwned,
+{
+    let all: ByScope<T> = state.storage.documents().load(doc).await?;
+    all.get(scope)
+        .and_then(|l| l.iter().find(|x| x.key() == id).cloned())
+        .ok_or_else(missing)
+}
+
+/// Changes the object `id` of `scope` in document `doc` with `change` (which may refuse, and
+/// then nothing is written); answers it changed.
+pub(crate) async fn change_in<T>(
+    state: &AppState,
+    doc: &str,
+    scope: &str,
+    id: &str,
+    missing: impl Fn() -> ApiError,
+    change: impl FnOnce(&mut T) -> Result<(), ApiError>,
+) -> Result<T, ApiError>
+where
+    T: Keyed + Clone + serde::Serialize + serde::de::DeserializeOwned,
+{
+    state
+        .storage
+        .documents()
+        .update(doc, |all: &mut ByScope<T>| {
+            let x = all
+                .get_mut(scope)
+                .and_then(|l| l.iter_mut().find(|x| x.key() == id))
+                .ok_or_else(&missing)?;
+            let mut new = x.clone();
+            change(&mut new)?;
+            *x = new.clone();
+            Ok(new)
+        })
+        .await?
+}
+
+/// Deletes the object `id` of `scope` from document `doc`; answers it.
+pub(crate) async fn delete_in<T>(
+    state: &AppState,
+    doc: &str,
+    scope: &str,
+    id: &str,
+    missing: impl Fn() -> ApiError,
+) -> Result<T, ApiError>
+where
+    T: Keyed + serde::Serialize + serde::de::DeserializeOwned,
+{
+    state
+        .storage
+        .documents()
+        .update(doc, |all: &mut ByScope<T>| {
+            let list = all.get_mut(scope).ok_or_else(&missing)?;
+            let at = list.iter().position(|x| x.key() == id).ok_or_else(&missing)?;
+            Ok(list.remove(at))
+        })
+        .await?
+}

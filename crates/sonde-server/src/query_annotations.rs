@@ -10,7 +10,7 @@
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Authorized, Describe, JsonBody, Manage, Query};
-use crate::objects::{check_room, check_text, new_id, now};
+use crate::objects::{change_in, check_room, check_text, delete_in, find_in, new_id, now};
 use axum::Json;
 use axum::extract::{Path, Query as UrlQuery, State};
 use axum::http::StatusCode;
@@ -172,12 +172,9 @@ pub(crate) async fn get_one(
     Path((_, id)): Path<(String, String)>,
 ) -> Result<Json<Annotation>, ApiError> {
     let scope = scope(&access)?;
-    of_dataset(&state, &scope, true)
-        .await?
-        .into_iter()
-        .find(|a| a.id == id)
-        .map(Json)
-        .ok_or_else(|| not_found(&scope, &id))
+    Ok(Json(
+        find_in(&state, DOCUMENT, &scope, &id, || not_found(&scope, &id)).await?,
+    ))
 }
 
 /// `PUT /1/query_annotations/{dataset}/{id}`: a new name and description (a full replace, as
@@ -190,14 +187,13 @@ pub(crate) async fn update(
 ) -> Result<Json<Annotation>, ApiError> {
     let scope = scope(&access)?;
     check_fields(&body)?;
-    let changed = state
-        .storage
-        .documents()
-        .update(DOCUMENT, |all: &mut Annotations| {
-            let a = all
-                .get_mut(&scope)
-                .and_then(|l| l.iter_mut().find(|a| a.id == id))
-                .ok_or_else(|| not_found(&scope, &id))?;
+    let changed = change_in(
+        &state,
+        DOCUMENT,
+        &scope,
+        &id,
+        || not_found(&scope, &id),
+        |a: &mut Annotation| {
             if let Some(q) = body.query_id.as_deref().filter(|q| !q.is_empty() && *q != a.query_id) {
                 return Err(ApiError::bad_request(format!(
                     "query_id: cannot be changed (from {:?} to {q:?}); create a new annotation instead",
@@ -210,9 +206,10 @@ pub(crate) async fn update(
                 a.source = s;
             }
             a.updated_at = now();
-            Ok::<_, ApiError>(a.clone())
-        })
-        .await??;
+            Ok(())
+        },
+    )
+    .await?;
     Ok(Json(changed))
 }
 
@@ -229,18 +226,12 @@ pub(crate) async fn delete(
             "query annotation {id:?} is shown on {board}; remove that panel first"
         )));
     }
-    state
-        .storage
-        .documents()
-        .update(DOCUMENT, |all: &mut Annotations| {
-            let list = all.get_mut(&scope).ok_or_else(|| not_found(&scope, &id))?;
-            let before = list.len();
-            list.retain(|a| a.id != id);
-            if list.len() == before {
-                return Err(not_found(&scope, &id));
-            }
-            Ok(())
-        })
-        .await??;
+    delete_in::<Annotation>(&state, DOCUMENT, &scope, &id, || not_found(&scope, &id)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+impl crate::objects::Keyed for Annotation {
+    fn key(&self) -> &str {
+        &self.id
+    }
 }

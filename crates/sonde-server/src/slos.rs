@@ -16,7 +16,7 @@
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Authorized, Describe, JsonBody, Manage, Query};
-use crate::objects::{check_room, check_text, new_id, now, null_as_default};
+use crate::objects::{change_in, check_room, check_text, delete_in, find_in, new_id, now, null_as_default};
 use axum::Json;
 use axum::extract::{Path, Query as UrlQuery, State};
 use axum::http::StatusCode;
@@ -379,11 +379,7 @@ pub(crate) async fn create(
 
 /// The SLO `id` of `ds`.
 pub(crate) async fn find(state: &AppState, ds: &str, id: &str) -> Result<Slo, ApiError> {
-    load(state)
-        .await?
-        .get(ds)
-        .and_then(|l| l.iter().find(|s| s.id == id).cloned())
-        .ok_or_else(|| not_found(ds, id))
+    find_in(state, DOCUMENT, ds, id, || not_found(ds, id)).await
 }
 
 /// `GET /1/slos/{dataset}/{id}` (`?detailed` adds the figures).
@@ -411,18 +407,18 @@ pub(crate) async fn update(
     let ds = access.dataset()?.clone();
     let current = find(&state, ds.as_str(), &id).await?;
     let slo = build(&state, &ds, body, id.clone(), current.created_at.clone()).await?;
-    let changed = state
-        .storage
-        .documents()
-        .update(DOCUMENT, |all: &mut Slos| {
-            let s = all
-                .get_mut(ds.as_str())
-                .and_then(|l| l.iter_mut().find(|s| s.id == id))
-                .ok_or_else(|| not_found(ds.as_str(), &id))?;
-            *s = slo.clone();
-            Ok::<_, ApiError>(slo)
-        })
-        .await??;
+    let changed = change_in(
+        &state,
+        DOCUMENT,
+        ds.as_str(),
+        &id,
+        || not_found(ds.as_str(), &id),
+        |s: &mut Slo| {
+            *s = slo;
+            Ok(())
+        },
+    )
+    .await?;
     Ok(Json(changed))
 }
 
@@ -432,29 +428,17 @@ pub(crate) async fn delete(
     access: Authorized<Manage>,
     Path((_, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let ds = access.dataset()?.clone();
+    let ds = access.dataset()?.as_str();
     let watched = crate::burn_alerts::load(&state)
         .await?
-        .get(ds.as_str())
+        .get(ds)
         .is_some_and(|l| l.iter().any(|b| b.slo.id == id));
     if watched {
         return Err(ApiError::conflict(format!(
             "SLO {id:?} has burn alerts; delete them first"
         )));
     }
-    state
-        .storage
-        .documents()
-        .update(DOCUMENT, |all: &mut Slos| {
-            let list = all.get_mut(ds.as_str()).ok_or_else(|| not_found(ds.as_str(), &id))?;
-            let before = list.len();
-            list.retain(|s| s.id != id);
-            if list.len() == before {
-                return Err(not_found(ds.as_str(), &id));
-            }
-            Ok(())
-        })
-        .await??;
+    delete_in::<Slo>(&state, DOCUMENT, ds, &id, || not_found(ds, &id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -563,4 +547,10 @@ pub(crate) async fn page(
         "hours": hours,
         "days": days,
     })))
+}
+
+impl crate::objects::Keyed for Slo {
+    fn key(&self) -> &str {
+        &self.id
+    }
 }

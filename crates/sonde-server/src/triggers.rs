@@ -9,7 +9,7 @@
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Authorized, Describe, JsonBody, Manage, Query};
-use crate::objects::{check_room, check_text, new_id, now, null_as_default};
+use crate::objects::{change_in, check_room, check_text, delete_in, find_in, new_id, now, null_as_default};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -414,12 +414,8 @@ pub(crate) async fn get_one(
     access: Authorized<Query>,
     Path((_, id)): Path<(String, String)>,
 ) -> Result<Json<Trigger>, ApiError> {
-    let ds = access.dataset()?;
-    let t = load(&state)
-        .await?
-        .get(ds.as_str())
-        .and_then(|l| l.iter().find(|t| t.id == id).cloned())
-        .ok_or_else(|| not_found(ds.as_str(), &id))?;
+    let ds = access.dataset()?.as_str();
+    let t = find_in(&state, DOCUMENT, ds, &id, || not_found(ds, &id)).await?;
     Ok(Json(answered(&state, t).await))
 }
 
@@ -431,11 +427,8 @@ pub(crate) async fn update(
     JsonBody(body): JsonBody<TriggerBody>,
 ) -> Result<Json<Trigger>, ApiError> {
     let ds = access.dataset()?.clone();
-    let current = load(&state)
-        .await?
-        .get(ds.as_str())
-        .and_then(|l| l.iter().find(|t| t.id == id).cloned())
-        .ok_or_else(|| not_found(ds.as_str(), &id))?;
+    let missing = || not_found(ds.as_str(), &id);
+    let current: Trigger = find_in(&state, DOCUMENT, ds.as_str(), &id, missing).await?;
     let t = build(
         &state,
         &ds,
@@ -445,18 +438,11 @@ pub(crate) async fn update(
         current.disabled,
     )
     .await?;
-    let changed = state
-        .storage
-        .documents()
-        .update(DOCUMENT, |all: &mut Triggers| {
-            let slot = all
-                .get_mut(ds.as_str())
-                .and_then(|l| l.iter_mut().find(|t| t.id == id))
-                .ok_or_else(|| not_found(ds.as_str(), &id))?;
-            *slot = t.clone();
-            Ok::<_, ApiError>(t)
-        })
-        .await??;
+    let changed = change_in(&state, DOCUMENT, ds.as_str(), &id, missing, |slot: &mut Trigger| {
+        *slot = t;
+        Ok(())
+    })
+    .await?;
     Ok(Json(answered(&state, changed).await))
 }
 
@@ -466,20 +452,8 @@ pub(crate) async fn delete(
     access: Authorized<Manage>,
     Path((_, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let ds = access.dataset()?.clone();
-    state
-        .storage
-        .documents()
-        .update(DOCUMENT, |all: &mut Triggers| {
-            let list = all.get_mut(ds.as_str()).ok_or_else(|| not_found(ds.as_str(), &id))?;
-            let before = list.len();
-            list.retain(|t| t.id != id);
-            if list.len() == before {
-                return Err(not_found(ds.as_str(), &id));
-            }
-            Ok(())
-        })
-        .await??;
+    let ds = access.dataset()?.as_str();
+    delete_in::<Trigger>(&state, DOCUMENT, ds, &id, || not_found(ds, &id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -501,4 +475,10 @@ pub(crate) async fn using_recipient(state: &AppState, id: &str) -> Result<Vec<Va
         .filter(|t| t.recipients.iter().any(|r| r.id.as_deref() == Some(id)))
         .map(|t| serde_json::to_value(t).unwrap_or_default())
         .collect())
+}
+
+impl crate::objects::Keyed for Trigger {
+    fn key(&self) -> &str {
+        &self.id
+    }
 }
