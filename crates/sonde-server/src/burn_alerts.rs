@@ -14,7 +14,7 @@
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Authorized, Describe, JsonBody, Manage, Query};
-use crate::objects::{change_in, check_room, check_text, delete_in, find_in, new_id, now, null_as_default};
+use crate::objects::{add_in, change_in, check_text, delete_in, find_in, new_id, now, null_as_default};
 use crate::slos::{Counters, Slo};
 use crate::triggers::TriggerRecipient;
 use axum::Json;
@@ -291,16 +291,7 @@ pub(crate) async fn create(
 ) -> Result<(StatusCode, Json<BurnAlert>), ApiError> {
     let ds = access.dataset()?.as_str().to_string();
     let b = build(&state, &ds, body, new_id(), now()).await?;
-    let created = state
-        .storage
-        .documents()
-        .update(DOCUMENT, |all: &mut Burns| {
-            let list = all.entry(ds.clone()).or_default();
-            check_room(&state, "burn alerts", &ds, list.len())?;
-            list.push(b.clone());
-            Ok::<_, ApiError>(b)
-        })
-        .await??;
+    let created = add_in(&state, DOCUMENT, &ds, "burn alerts", b).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 

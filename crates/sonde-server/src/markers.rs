@@ -13,7 +13,7 @@
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Authorized, Describe, JsonBody, Manage, Query};
-use crate::objects::{change_in, check_room, check_text, check_url, delete_in, new_id, now};
+use crate::objects::{add_in, change_in, check_room, check_text, check_url, delete_in, new_id, now};
 use axum::Json;
 use axum::extract::{Path, Query as UrlQuery, State};
 use axum::http::StatusCode;
@@ -215,16 +215,7 @@ pub(crate) async fn create(
     };
     apply(&mut m, body);
     validate(&m)?;
-    let created = state
-        .storage
-        .documents()
-        .update(MARKERS, |all: &mut Markers| {
-            let list = all.entry(scope.clone()).or_default();
-            check_room(&state, "markers", &scope, list.len())?;
-            list.push(m.clone());
-            Ok::<_, ApiError>(m)
-        })
-        .await??;
+    let created = add_in(&state, MARKERS, &scope, "markers", m).await?;
     let settings = settings(&state).await?;
     Ok((StatusCode::CREATED, Json(colour(created, &scope, &settings))))
 }

@@ -147,3 +147,21 @@ where
         })
         .await?
 }
+
+/// Adds `item` to `scope` in document `doc`, within `--max-saved-objects` (`what` names the
+/// kind in the error); answers it.
+pub(crate) async fn add_in<T>(state: &AppState, doc: &str, scope: &str, what: &str, item: T) -> Result<T, ApiError>
+where
+    T: Clone + serde::Serialize + serde::de::DeserializeOwned,
+{
+    state
+        .storage
+        .documents()
+        .update(doc, |all: &mut ByScope<T>| {
+            let list = all.entry(scope.to_string()).or_default();
+            check_room(state, what, scope, list.len())?;
+            list.push(item.clone());
+            Ok(item)
+        })
+        .await?
+}

@@ -10,7 +10,7 @@
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Authorized, Describe, JsonBody, Manage, Query};
-use crate::objects::{change_in, check_room, check_text, delete_in, find_in, new_id, now};
+use crate::objects::{add_in, change_in, check_text, delete_in, find_in, new_id, now};
 use axum::Json;
 use axum::extract::{Path, Query as UrlQuery, State};
 use axum::http::StatusCode;
@@ -152,16 +152,7 @@ pub(crate) async fn create(
         created_at: at.clone(),
         updated_at: at,
     };
-    let created = state
-        .storage
-        .documents()
-        .update(DOCUMENT, |all: &mut Annotations| {
-            let list = all.entry(scope.clone()).or_default();
-            check_room(&state, "query annotations", &scope, list.len())?;
-            list.push(a.clone());
-            Ok::<_, ApiError>(a)
-        })
-        .await??;
+    let created = add_in(&state, DOCUMENT, &scope, "query annotations", a).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 

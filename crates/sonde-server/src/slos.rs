@@ -16,7 +16,7 @@
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Authorized, Describe, JsonBody, Manage, Query};
-use crate::objects::{change_in, check_room, check_text, delete_in, find_in, new_id, now, null_as_default};
+use crate::objects::{add_in, change_in, check_text, delete_in, find_in, new_id, now, null_as_default};
 use axum::Json;
 use axum::extract::{Path, Query as UrlQuery, State};
 use axum::http::StatusCode;
@@ -364,16 +364,7 @@ pub(crate) async fn create(
 ) -> Result<(StatusCode, Json<Slo>), ApiError> {
     let ds = access.dataset()?.clone();
     let slo = build(&state, &ds, body, new_id(), now()).await?;
-    let created = state
-        .storage
-        .documents()
-        .update(DOCUMENT, |all: &mut Slos| {
-            let list = all.entry(ds.as_str().to_string()).or_default();
-            check_room(&state, "SLOs", ds.as_str(), list.len())?;
-            list.push(slo.clone());
-            Ok::<_, ApiError>(slo)
-        })
-        .await??;
+    let created = add_in(&state, DOCUMENT, ds.as_str(), "SLOs", slo).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 

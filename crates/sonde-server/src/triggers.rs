@@ -9,7 +9,7 @@
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Authorized, Describe, JsonBody, Manage, Query};
-use crate::objects::{change_in, check_room, check_text, delete_in, find_in, new_id, now, null_as_default};
+use crate::objects::{add_in, change_in, check_text, delete_in, find_in, new_id, now, null_as_default};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -395,16 +395,7 @@ pub(crate) async fn create(
 ) -> Result<(StatusCode, Json<Trigger>), ApiError> {
     let ds = access.dataset()?.clone();
     let t = build(&state, &ds, body, new_id(), now(), false).await?;
-    let created = state
-        .storage
-        .documents()
-        .update(DOCUMENT, |all: &mut Triggers| {
-            let list = all.entry(ds.as_str().to_string()).or_default();
-            check_room(&state, "triggers", ds.as_str(), list.len())?;
-            list.push(t.clone());
-            Ok::<_, ApiError>(t)
-        })
-        .await??;
+    let created = add_in(&state, DOCUMENT, ds.as_str(), "triggers", t).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
