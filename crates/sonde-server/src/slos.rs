@@ -446,8 +446,8 @@ impl Describe for HistoryRequest {
 }
 
 /// Each SLO's compliance and budget remaining at the end of each day (UTC) from `start_time` to
-/// `end_time`, over its window ending then (within the minutes its counters keep: the current
-/// window).
+/// `end_time` (at most a year back), over its window ending then: from its counters, and for
+/// minutes older than they keep, from the segments.
 pub(crate) async fn history(
     State(state): State<Arc<AppState>>,
     _: Authorized<Query>,
@@ -471,7 +471,15 @@ pub(crate) async fn history(
             .find(|s| &s.id == id)
             .cloned()
             .ok_or_else(|| ApiError::not_found(format!("no SLO with id {id:?}")))?;
-        let c = refresh(&state, &slo).await?;
+        let mut c = refresh(&state, &slo).await?;
+        // Minutes before the counters' window (a range reaching further back) are counted from
+        // the segments for this answer only.
+        let need = req.start_time.div_euclid(60) - slo.time_period_days * 1440;
+        let kept = c.through() - slo.time_period_days * 1440;
+        if need < kept {
+            let older = count(&state, &slo, need, kept).await?;
+            c.minutes.extend(older);
+        }
         let mut points = Vec::new();
         let mut day_end = (req.start_time.div_euclid(86_400) + 1) * 86_400;
         loop {
