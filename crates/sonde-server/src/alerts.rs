@@ -545,3 +545,42 @@ async fn deliver_one(state: &AppState, http: &reqwest::Client, p: &Pending) -> O
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trigger(days: &[&str], start: &str, end: &str) -> Trigger {
+        serde_json::from_value(json!({
+            "id": "t", "dataset_slug": "d", "name": "n", "query_id": "q", "query": {"calculations": [{"op": "COUNT"}]},
+            "threshold": {"op": ">", "value": 1}, "frequency": 60, "alert_type": "on_change",
+            "evaluation_schedule_type": "window",
+            "evaluation_schedule": {"window": {"days_of_week": days, "start_time": start, "end_time": end}},
+            "created_at": "", "updated_at": ""
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn evaluation_windows_follow_days_and_utc_times_across_midnight() {
+        // 2026-12-04 was a Friday.
+        let friday = 1_796_342_400; // 2026-12-04T00:00:00Z
+        let at = |day: i64, h: i64, m: i64| friday + day * 86_400 + h * 3600 + m * 60;
+        let t = trigger(&["monday", "friday"], "13:00", "21:00");
+        assert!(in_window(&t, at(0, 13, 0)));
+        assert!(in_window(&t, at(0, 20, 59)));
+        assert!(!in_window(&t, at(0, 21, 0)));
+        assert!(!in_window(&t, at(0, 12, 59)));
+        assert!(!in_window(&t, at(1, 14, 0)), "saturday");
+        assert!(in_window(&t, at(3, 14, 0)), "monday");
+        // Past midnight: from 22:00 on a listed day to 02:00 the day after.
+        let night = trigger(&["friday"], "22:00", "02:00");
+        assert!(in_window(&night, at(0, 23, 0)));
+        assert!(
+            in_window(&night, at(1, 1, 59)),
+            "saturday morning belongs to friday's window"
+        );
+        assert!(!in_window(&night, at(1, 2, 0)));
+        assert!(!in_window(&night, at(0, 1, 0)), "friday morning belongs to thursday's");
+    }
+}

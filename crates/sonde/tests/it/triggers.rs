@@ -293,3 +293,49 @@ async fn an_incident_fires_once_resolves_once_and_survives_a_sigkill() {
         .collect();
     assert_eq!(messages, vec!["errors trigger", "errors trigger"], "{markers}");
 }
+
+/// Sends `n` error events of `pay`, stamped `ago` seconds before now.
+async fn send_at(http: &reqwest::Client, server: &Server, ago: i64, n: usize) {
+    let t = sonde_model::time::now_us() - ago * 1_000_000;
+    let batch: Vec<Value> = (0..n)
+        .map(|_| json!({"time": sonde_model::time::format_us(t), "data": {"service": "pay", "error": true}}))
+        .collect();
+    let (status, r) = send_json(http.post(server.at("/1/batch/shop")).json(&batch)).await;
+    assert_eq!(status, 200, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_baseline_trigger_fires_on_the_change_since_an_hour_before() {
+    let (hook, got) = receiver();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--trigger-min-frequency", "2s"]).await;
+    let http = reqwest::Client::new();
+    send_at(&http, &server, 0, 1).await;
+    let (_, r) = send_json(
+        http.post(server.at("/1/recipients"))
+            .json(&json!({"type": "webhook", "details": {"webhook_url": format!("{hook}/baseline")}})),
+    )
+    .await;
+    let trigger = json!({"name": "more errors than an hour ago", "frequency": 2,
+        "query": {"calculations": [{"op": "COUNT"}], "filters": [{"column": "error", "op": "=", "value": true}], "time_range": 4},
+        "threshold": {"op": ">", "value": 15}, "baseline_details": {"type": "value", "offset_minutes": 60},
+        "recipients": [{"id": r["id"]}]});
+    let (status, t) = send_json(http.post(server.at("/1/triggers/shop")).json(&trigger)).await;
+    assert_eq!(status, 201, "{t}");
+
+    // As many errors now as an hour before: far over 15 in 4 s, but no change. Nothing fires.
+    for _ in 0..12 {
+        send_at(&http, &server, 0, 10).await;
+        send_at(&http, &server, 3600, 10).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(statuses(&got, "/baseline"), Vec::<String>::new());
+    // Errors now only: the change exceeds 15, and it fires.
+    let start = Instant::now();
+    while statuses(&got, "/baseline").is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no TRIGGERED within 20 s");
+        send_at(&http, &server, 0, 10).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(statuses(&got, "/baseline"), vec!["TRIGGERED"]);
+}
