@@ -27,6 +27,7 @@ import * as results from "./views/results";
 import * as saved from "./views/saved";
 import * as schema from "./views/schema";
 import * as slo from "./views/slo";
+import * as triggers from "./views/triggers";
 import * as sql from "./views/sql";
 import * as timePicker from "./views/time-picker";
 
@@ -153,6 +154,7 @@ async function loadColumns(dataset: string) {
 }
 
 async function loadSaved(dataset: string) {
+  void triggers.listTriggers($("triggers"), dataset);
   try {
     const [list, slos] = dataset ? await Promise.all([api.annotations(dataset), api.slos(dataset)]) : [[], []];
     $("slos").replaceChildren(...slos.map((s) => {
@@ -277,7 +279,7 @@ async function boot() {
     }
   });
   if (boardId || sloId) {
-    for (const id of ["query-view", "sql-view", "run", "save-query", "time-picker", "dataset"]) $(id).hidden = true;
+    for (const id of ["query-view", "sql-view", "run", "save-query", "make-trigger", "time-picker", "dataset"]) $(id).hidden = true;
     $("board-view").hidden = false;
     if (boardId) await boards.showBoard($("board-view"), boardId, new Catalog(meta), ds.datasets.map((d) => d.name));
     else await slo.showSlo($("board-view"), new URLSearchParams(location.search).get("dataset") ?? "", sloId!, new Catalog(meta));
@@ -297,6 +299,9 @@ async function boot() {
     range: timeOf(state.spec) as Record<string, number>,
     onChanged: () => { columnsReady = loadColumns(state.dataset); },
   }));
+  $("make-trigger").addEventListener("click", () => {
+    if (state.dataset) triggers.openTriggerDialog(state.dataset, state.spec, () => void triggers.listTriggers($("triggers"), state.dataset));
+  });
   $("save-query").addEventListener("click", () => {
     if (state.dataset) saved.openSaveDialog(state.dataset, state.spec, () => void loadSaved(state.dataset));
   });

@@ -698,3 +698,32 @@ test("an SLO's page: compliance and budget from its counters, each day equal to 
   assert.deepEqual(page.errors, []);
   await page.close();
 });
+
+test("a trigger made from the current query: a restriction's error shown as the server says it, then stored and listed", async () => {
+  const page = await newPage();
+  const spec = { calculations: [{ op: "COUNT" }], filters: [{ column: "error", op: "=", value: true }], breakdowns: ["service.name"], orders: [], havings: [], ...RANGE };
+  await page.goto(permalink(spec));
+  await page.waitForSelector("#results-table tbody tr");
+  await page.click("#make-trigger");
+  await page.fill("#trigger-name", "Errors by service");
+  await page.selectOption("#trigger-op", ">");
+  await page.fill("#trigger-value", "100");
+  // 2000 minutes is past Honeycomb's day: the server refuses, the dialog shows why.
+  await page.fill("#trigger-frequency", "2000");
+  await page.click("#trigger-save");
+  await page.waitForSelector("#trigger-error:not([hidden])");
+  assert.match(await page.textContent("#trigger-error"), /frequency/);
+  await page.fill("#trigger-frequency", "5");
+  await page.click("#trigger-save");
+  await page.waitForSelector('#triggers li a:text("Errors by service")');
+  const list = await (await fetch(`${url}/1/triggers/demo`)).json();
+  const t = list.find((x) => x.name === "Errors by service");
+  assert.equal(t.frequency, 300);
+  assert.deepEqual(t.threshold, { op: ">", value: 100, exceeded_limit: 1 });
+  assert.deepEqual(t.query.breakdowns, ["service.name"]);
+  assert.deepEqual(t.query.filters, spec.filters);
+  assert.equal(t.query.time_range, 300);
+  assert.deepEqual(t.recipients, [{ type: "log" }]);
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
