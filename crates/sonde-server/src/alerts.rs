@@ -327,8 +327,8 @@ fn describe_group(g: &Map<String, Value>) -> String {
         .join(", ")
 }
 
-/// Honeycomb's default trigger payload.
-fn payload(t: &Trigger, status: &str, c: &Crossing, period: i64) -> Value {
+/// Honeycomb's default trigger payload; its links start with `base` (`--public-url`).
+fn payload(t: &Trigger, status: &str, c: &Crossing, period: i64, base: &str) -> Value {
     let groups = |list: &[(Map<String, Value>, f64)]| -> Vec<Value> {
         list.iter().map(|(g, v)| json!({"Group": g, "Result": v})).collect()
     };
@@ -345,20 +345,17 @@ fn payload(t: &Trigger, status: &str, c: &Crossing, period: i64) -> Value {
     let range = spec.time_range.take().unwrap_or(t.frequency);
     spec.start_time = Some(json!(period - range));
     spec.end_time = Some(json!(period));
-    let url = format!(
-        "/?dataset={}&q={}",
-        t.dataset_slug,
-        serde_json::to_string(&spec)
-            .unwrap_or_default()
-            .replace('%', "%25")
-            .replace('&', "%26")
-            .replace('#', "%23")
-    );
+    let base = base.trim_end_matches('/');
+    let url = match DatasetName::new(&t.dataset_slug) {
+        Ok(ds) => format!("{base}{}", crate::queries::ui_link(&ds, &spec)),
+        Err(_) => String::new(),
+    };
+    let trigger_url = format!("{base}/?dataset={}", crate::queries::percent_encode(&t.dataset_slug));
     json!({
         "version": "v0.1.0",
         "id": t.id,
         "name": t.name,
-        "trigger_url": format!("/?dataset={}", t.dataset_slug),
+        "trigger_url": trigger_url,
         "status": status,
         "summary": format!("{}: {}", if status == "TRIGGERED" { "Triggered" } else { "Resolved" }, t.name),
         "description": description,
@@ -384,7 +381,7 @@ async fn record(state: &AppState, t: &Trigger, period: i64, crossing: Option<Cro
     let crossed = crossing.as_ref().map(|c| !c.over.is_empty());
     decide(state, rule, period, crossed, |status| {
         let c = crossing.as_ref().expect("a decision comes from an evaluation");
-        payload(t, status, c, period)
+        payload(t, status, c, period, &state.config.public_url)
     })
     .await
 }

@@ -93,6 +93,9 @@ pub struct ServerConfig {
     pub max_saved_objects: usize,
     /// The shortest frequency a trigger may have (Honeycomb's is a minute).
     pub min_trigger_frequency: Duration,
+    /// Where users reach this server (`https://sonde.example.com`), for the links in
+    /// notifications; empty: the links are paths.
+    pub public_url: String,
 }
 
 /// How long a query waits for a free slot before it is refused.
@@ -122,6 +125,7 @@ impl Default for ServerConfig {
             ui_dir: None,
             max_saved_objects: Self::DEFAULT_MAX_SAVED_OBJECTS,
             min_trigger_frequency: Self::DEFAULT_MIN_TRIGGER_FREQUENCY,
+            public_url: String::new(),
         }
     }
 }

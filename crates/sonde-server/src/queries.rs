@@ -252,13 +252,13 @@ pub(crate) async fn create_result(
 }
 
 /// The UI's permalink for a query: `/?dataset=…&q=<the spec as JSON>`, percent-encoded.
-fn ui_link(ds: &DatasetName, spec: &QuerySpec) -> String {
+pub(crate) fn ui_link(ds: &DatasetName, spec: &QuerySpec) -> String {
     let q = serde_json::to_string(spec).unwrap_or_default();
     format!("/?dataset={}&q={}", percent_encode(ds.as_str()), percent_encode(&q))
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.
-fn percent_encode(s: &str) -> String {
+pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

@@ -262,6 +262,10 @@ struct ServeArgs {
     /// it for quick feedback while writing triggers, or for tests.
     #[arg(long, env = "SONDE_TRIGGER_MIN_FREQUENCY", default_value_t = Dur(ServerConfig::DEFAULT_MIN_TRIGGER_FREQUENCY))]
     trigger_min_frequency: Dur,
+    /// Where users reach this server (e.g. `https://sonde.example.com`), for the links in trigger
+    /// and burn-alert notifications; without it the links are paths.
+    #[arg(long, env = "SONDE_PUBLIC_URL", default_value = "")]
+    public_url: String,
     /// Origins allowed to call the API from a browser (CORS), comma-separated; none by default.
     #[arg(long, env = "SONDE_CORS_ORIGINS", value_delimiter = ',')]
     cors_origin: Vec<String>,
@@ -582,6 +586,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         ui_dir: a.ui_dir.clone(),
         max_saved_objects: a.max_saved_objects,
         min_trigger_frequency: a.trigger_min_frequency.0,
+        public_url: a.public_url.clone(),
     };
     let engine = sonde_query::QueryEngine::new(
         storage.clone(),

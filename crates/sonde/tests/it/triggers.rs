@@ -90,7 +90,16 @@ async fn send(http: &reqwest::Client, server: &Server, service: &str, error: boo
 async fn an_incident_fires_once_resolves_once_and_survives_a_sigkill() {
     let (hook, got) = receiver();
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), &["--trigger-min-frequency", "2s"]).await;
+    let mut server = Server::start(
+        dir.path(),
+        &[
+            "--trigger-min-frequency",
+            "2s",
+            "--public-url",
+            "https://sonde.example/",
+        ],
+    )
+    .await;
     let http = reqwest::Client::new();
     send(&http, &server, "web", false, 5).await;
 
@@ -203,6 +212,13 @@ async fn an_incident_fires_once_resolves_once_and_survives_a_sigkill() {
         .unwrap();
     assert_eq!(fired.body["status"], "TRIGGERED", "{:?}", fired.body);
     assert_eq!(fired.body["name"], "errors");
+    // Its links are absolute with --public-url, and open the query over the evaluated range.
+    assert_eq!(fired.body["trigger_url"], "https://sonde.example/?dataset=shop");
+    let link = reqwest::Url::parse(fired.body["result_url"].as_str().unwrap()).unwrap();
+    assert_eq!(link.host_str(), Some("sonde.example"));
+    let q: Value = serde_json::from_str(&link.query_pairs().find(|(k, _)| k == "q").unwrap().1).unwrap();
+    assert_eq!(q["breakdowns"], json!(["service"]));
+    assert_eq!(q["end_time"].as_i64().unwrap() - q["start_time"].as_i64().unwrap(), 4);
     let triggered = fired.body["result_groups_triggered"].as_array().unwrap();
     assert_eq!(triggered.len(), 1, "{:?}", fired.body);
     assert_eq!(triggered[0]["Group"], json!({"service": "pay"}));
