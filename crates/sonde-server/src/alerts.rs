@@ -79,10 +79,14 @@ pub(crate) struct Delivery {
     outcome: Outcome,
 }
 
-/// Whether trigger `id` is firing now.
-pub(crate) async fn is_triggered(state: &AppState, id: &str) -> bool {
+/// The triggers and burn alerts firing now, by id (one read, however many are listed).
+pub(crate) async fn firing(state: &AppState) -> HashSet<String> {
     let runs: Runs = state.storage.documents().load(RUNS).await.unwrap_or_default();
-    runs.states.get(id).is_some_and(|s| s.triggered)
+    runs.states
+        .into_iter()
+        .filter(|(_, s)| s.triggered)
+        .map(|(id, _)| id)
+        .collect()
 }
 
 /// `GET /1/triggers/{dataset}/{id}/deliveries` and `GET /1/burn_alerts/{dataset}/{id}/deliveries`
@@ -150,20 +154,11 @@ fn in_window(t: &Trigger, period: i64) -> bool {
     let (start, end) = (mins(&s.window.start_time), mins(&s.window.end_time));
     let day = (period.div_euclid(86_400) + 4).rem_euclid(7); // 1970-01-01 was a Thursday.
     let minute = period.rem_euclid(86_400) / 60;
-    const DAYS: [&str; 7] = [
-        "sunday",
-        "monday",
-        "tuesday",
-        "wednesday",
-        "thursday",
-        "friday",
-        "saturday",
-    ];
     let on = |d: i64| {
         s.window
             .days_of_week
             .iter()
-            .any(|x| x == DAYS[d.rem_euclid(7) as usize])
+            .any(|x| x == crate::triggers::DAYS[d.rem_euclid(7) as usize])
     };
     if end > start {
         on(day) && minute >= start && minute < end
@@ -235,6 +230,16 @@ async fn tick(
     Ok(())
 }
 
+/// `t`'s query over the `time_range` before `end` (unix s): what an evaluation runs, and what
+/// its notification links to.
+fn over_range(t: &Trigger, end: i64) -> sonde_query::QuerySpec {
+    let mut spec = t.query.clone();
+    let range = spec.time_range.take().unwrap_or(t.frequency);
+    spec.start_time = Some(json!(end - range));
+    spec.end_time = Some(json!(end));
+    spec
+}
+
 /// Every group of an evaluation, and those over the threshold.
 struct Crossing {
     groups: Vec<(Map<String, Value>, f64)>,
@@ -248,10 +253,7 @@ async fn values(
     ds: &DatasetName,
     end: i64,
 ) -> Result<Vec<(Map<String, Value>, f64)>, ApiError> {
-    let mut spec = t.query.clone();
-    let range = spec.time_range.take().unwrap_or(t.frequency);
-    spec.start_time = Some(json!(end - range));
-    spec.end_time = Some(json!(end));
+    let mut spec = over_range(t, end);
     spec.disable_series = Some(true);
     let key = value_key(&t.query);
     let defs = crate::definitions::load(state).await?;
@@ -341,10 +343,7 @@ fn payload(t: &Trigger, status: &str, c: &Crossing, period: i64, base: &str) -> 
         ),
         _ => format!("No longer {words} threshold value ({})", t.threshold.value),
     };
-    let mut spec = t.query.clone();
-    let range = spec.time_range.take().unwrap_or(t.frequency);
-    spec.start_time = Some(json!(period - range));
-    spec.end_time = Some(json!(period));
+    let spec = over_range(t, period);
     let base = base.trim_end_matches('/');
     let url = match DatasetName::new(&t.dataset_slug) {
         Ok(ds) => format!("{base}{}", crate::queries::ui_link(&ds, &spec)),

@@ -190,10 +190,6 @@ struct Stored {
 
 type Boards = Vec<Stored>;
 
-fn bad(msg: impl Into<String>) -> ApiError {
-    ApiError::bad_request(msg)
-}
-
 fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("no board with id {id:?}"))
 }
@@ -226,15 +222,26 @@ fn build(
     check_text("description", &body.description, MAX_DESCRIPTION_CHARS, false)?;
     match body.kind.as_deref() {
         Some("flexible") | None => {}
-        Some(other) => return Err(bad(format!("type: only \"flexible\" boards exist, got {other:?}"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "type: only \"flexible\" boards exist, got {other:?}"
+            )));
+        }
     }
     let auto = match body.layout_generation.as_deref() {
         None | Some("manual") => false,
         Some("auto") => true,
-        Some(other) => return Err(bad(format!("layout_generation: \"auto\" or \"manual\", got {other:?}"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "layout_generation: \"auto\" or \"manual\", got {other:?}"
+            )));
+        }
     };
     if body.tags.len() > MAX_TAGS {
-        return Err(bad(format!("tags: at most {MAX_TAGS}, got {}", body.tags.len())));
+        return Err(ApiError::bad_request(format!(
+            "tags: at most {MAX_TAGS}, got {}",
+            body.tags.len()
+        )));
     }
     for t in &body.tags {
         let key_ok = (1..=32).contains(&t.key.len()) && t.key.bytes().all(|b| b.is_ascii_lowercase());
@@ -244,7 +251,7 @@ fn build(
             && v.iter()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'/' || *b == b'-');
         if !key_ok || !value_ok {
-            return Err(bad(format!(
+            return Err(ApiError::bad_request(format!(
                 "tags: {{\"key\": {:?}, \"value\": {:?}}}: a key is 1 to 32 of a-z; a value starts with a-z, then 1 to 128 of a-z 0-9 / -",
                 t.key, t.value
             )));
@@ -252,7 +259,7 @@ fn build(
     }
     let preset_filters = body.preset_filters.unwrap_or(keep_filters);
     if preset_filters.len() > MAX_PRESET_FILTERS {
-        return Err(bad(format!(
+        return Err(ApiError::bad_request(format!(
             "preset_filters: at most {MAX_PRESET_FILTERS}, got {}",
             preset_filters.len()
         )));
@@ -262,7 +269,10 @@ fn build(
         check_text("preset_filters.alias", &f.alias, MAX_ALIAS_CHARS, false)?;
     }
     if body.panels.len() > MAX_PANELS {
-        return Err(bad(format!("panels: at most {MAX_PANELS}, got {}", body.panels.len())));
+        return Err(ApiError::bad_request(format!(
+            "panels: at most {MAX_PANELS}, got {}",
+            body.panels.len()
+        )));
     }
     let mut panels = body.panels;
     let mut seen = HashSet::new();
@@ -290,10 +300,12 @@ fn check_panel(i: usize, p: &mut Panel, refs: &Refs, seen: &mut HashSet<String>)
     let at = format!("panels[{i}]");
     let pos = p.position;
     if pos.x_coordinate < 0 || pos.y_coordinate < 0 || pos.width < 0 || pos.height < 0 {
-        return Err(bad(format!("{at}.position: coordinates and sizes are 0 or more")));
+        return Err(ApiError::bad_request(format!(
+            "{at}.position: coordinates and sizes are 0 or more"
+        )));
     }
     if pos.x_coordinate + pos.width > GRID_COLUMNS {
-        return Err(bad(format!(
+        return Err(ApiError::bad_request(format!(
             "{at}.position: x_coordinate + width is {}, past the grid's {GRID_COLUMNS} columns",
             pos.x_coordinate + pos.width
         )));
@@ -303,10 +315,14 @@ fn check_panel(i: usize, p: &mut Panel, refs: &Refs, seen: &mut HashSet<String>)
         "query" => 0,
         "slo" => 1,
         "text" => 2,
-        other => return Err(bad(format!("{at}.type: \"query\", \"slo\" or \"text\", got {other:?}"))),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "{at}.type: \"query\", \"slo\" or \"text\", got {other:?}"
+            )));
+        }
     };
     if !others[want] || others.iter().filter(|x| **x).count() != 1 {
-        return Err(bad(format!(
+        return Err(ApiError::bad_request(format!(
             "{at}: a {} panel carries exactly one {}_panel object",
             p.kind, p.kind
         )));
@@ -314,7 +330,9 @@ fn check_panel(i: usize, p: &mut Panel, refs: &Refs, seen: &mut HashSet<String>)
     if let Some(slo) = &p.slo_panel {
         let id = slo.get("slo_id").and_then(Value::as_str).unwrap_or("");
         if !refs.slos.values().flatten().any(|s| s.id == id) {
-            return Err(bad(format!("{at}.slo_panel.slo_id: no SLO with id {id:?}")));
+            return Err(ApiError::bad_request(format!(
+                "{at}.slo_panel.slo_id: no SLO with id {id:?}"
+            )));
         }
     }
     if let Some(t) = &p.text_panel {
@@ -322,7 +340,7 @@ fn check_panel(i: usize, p: &mut Panel, refs: &Refs, seen: &mut HashSet<String>)
     }
     if let Some(q) = &mut p.query_panel {
         let (ds, _) = crate::queries::find_any(&refs.queries, &q.query_id).ok_or_else(|| {
-            bad(format!(
+            ApiError::bad_request(format!(
                 "{at}.query_panel.query_id: no saved query with id {:?}",
                 q.query_id
             ))
@@ -334,13 +352,13 @@ fn check_panel(i: usize, p: &mut Panel, refs: &Refs, seen: &mut HashSet<String>)
             .flatten()
             .any(|a| a.id() == q.query_annotation_id && a.query_id() == q.query_id);
         if !annotated {
-            return Err(bad(format!(
+            return Err(ApiError::bad_request(format!(
                 "{at}.query_panel.query_annotation_id: no annotation {:?} of query {:?} in {ds}",
                 q.query_annotation_id, q.query_id
             )));
         }
         if !matches!(q.query_style.as_str(), "graph" | "table" | "combo") {
-            return Err(bad(format!(
+            return Err(ApiError::bad_request(format!(
                 "{at}.query_panel.query_style: \"graph\", \"table\" or \"combo\", got {:?}",
                 q.query_style
             )));
@@ -348,12 +366,12 @@ fn check_panel(i: usize, p: &mut Panel, refs: &Refs, seen: &mut HashSet<String>)
         if let Some(v) = &q.visualization_settings
             && !v.is_object()
         {
-            return Err(bad(format!(
+            return Err(ApiError::bad_request(format!(
                 "{at}.query_panel.visualization_settings: must be an object"
             )));
         }
         if !seen.insert(q.query_id.clone()) {
-            return Err(bad(format!(
+            return Err(ApiError::bad_request(format!(
                 "{at}: a query with the same query_id can only be added to a board once ({:?})",
                 q.query_id
             )));
@@ -516,20 +534,23 @@ pub(crate) async fn showing(state: &AppState, query_annotation_id: &str) -> Resu
 fn check_view(body: &ViewBody) -> Result<(), ApiError> {
     check_text("name", &body.name, MAX_NAME_CHARS, true)?;
     if body.filters.is_empty() {
-        return Err(bad("filters: a view needs at least one filter"));
+        return Err(ApiError::bad_request("filters: a view needs at least one filter"));
     }
     let ops = sonde_query::spec::operators();
     for (i, f) in body.filters.iter().enumerate() {
         check_text(&format!("filters[{i}].column"), &f.column, MAX_NAME_CHARS, true)?;
         let Some(op) = ops.filters.iter().find(|o| o.op == f.operation) else {
-            return Err(bad(format!(
+            return Err(ApiError::bad_request(format!(
                 "filters[{i}].operation: unknown operation {:?} (one of {})",
                 f.operation,
                 ops.filters.iter().map(|o| o.op).collect::<Vec<_>>().join(", ")
             )));
         };
         if op.takes_value && f.value.is_none() {
-            return Err(bad(format!("filters[{i}].value: {:?} needs a value", f.operation)));
+            return Err(ApiError::bad_request(format!(
+                "filters[{i}].value: {:?} needs a value",
+                f.operation
+            )));
         }
     }
     Ok(())
@@ -571,7 +592,7 @@ pub(crate) async fn create_view(
                 .find(|s| s.board.id == id)
                 .ok_or_else(|| not_found(&id))?;
             if s.views.len() >= MAX_VIEWS {
-                return Err(bad(format!("a board has at most {MAX_VIEWS} views")));
+                return Err(ApiError::bad_request(format!("a board has at most {MAX_VIEWS} views")));
             }
             s.views.push(view.clone());
             Ok::<_, ApiError>(view)

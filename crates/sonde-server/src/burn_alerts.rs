@@ -91,10 +91,6 @@ pub(crate) async fn load(state: &AppState) -> Result<Burns, ApiError> {
     Ok(state.storage.documents().load(DOCUMENT).await?)
 }
 
-fn bad(msg: impl Into<String>) -> ApiError {
-    ApiError::bad_request(msg)
-}
-
 fn not_found(ds: &str, id: &str) -> ApiError {
     ApiError::not_found(format!("no burn alert with id {id:?} in {ds}"))
 }
@@ -108,7 +104,7 @@ async fn build(
 ) -> Result<BurnAlert, ApiError> {
     let slo = crate::slos::find(state, ds, &body.slo.id)
         .await
-        .map_err(|_| bad(format!("slo.id: no SLO with id {:?} in {ds}", body.slo.id)))?;
+        .map_err(|_| ApiError::bad_request(format!("slo.id: no SLO with id {:?} in {ds}", body.slo.id)))?;
     check_text("description", &body.description, 1023, false)?;
     let kind = body.alert_type.unwrap_or_else(|| "exhaustion_time".to_string());
     let mut alert = BurnAlert {
@@ -129,27 +125,27 @@ async fn build(
         "exhaustion_time" => {
             let m = body
                 .exhaustion_minutes
-                .ok_or_else(|| bad("exhaustion_minutes: required for an exhaustion_time alert"))?;
+                .ok_or_else(|| ApiError::bad_request("exhaustion_minutes: required for an exhaustion_time alert"))?;
             if m < 0 {
-                return Err(bad(format!("exhaustion_minutes: 0 or more, got {m}")));
+                return Err(ApiError::bad_request(format!("exhaustion_minutes: 0 or more, got {m}")));
             }
             alert.exhaustion_minutes = Some(m);
         }
         "budget_rate" => {
             let w = body
                 .budget_rate_window_minutes
-                .ok_or_else(|| bad("budget_rate_window_minutes: required for a budget_rate alert"))?;
+                .ok_or_else(|| ApiError::bad_request("budget_rate_window_minutes: required for a budget_rate alert"))?;
             let period = slo.time_period_days * 1440;
             if w < 60 || w > period {
-                return Err(bad(format!(
+                return Err(ApiError::bad_request(format!(
                     "budget_rate_window_minutes: 60 to the SLO's {period} minutes, got {w}"
                 )));
             }
-            let t = body
-                .budget_rate_decrease_threshold_per_million
-                .ok_or_else(|| bad("budget_rate_decrease_threshold_per_million: required for a budget_rate alert"))?;
+            let t = body.budget_rate_decrease_threshold_per_million.ok_or_else(|| {
+                ApiError::bad_request("budget_rate_decrease_threshold_per_million: required for a budget_rate alert")
+            })?;
             if !(1..=1_000_000).contains(&t) {
-                return Err(bad(format!(
+                return Err(ApiError::bad_request(format!(
                     "budget_rate_decrease_threshold_per_million: 1 to 1000000 (1% is 10000), got {t}"
                 )));
             }
@@ -157,20 +153,22 @@ async fn build(
             alert.budget_rate_decrease_threshold_per_million = Some(t);
         }
         other => {
-            return Err(bad(format!(
+            return Err(ApiError::bad_request(format!(
                 "alert_type: \"exhaustion_time\" or \"budget_rate\", got {other:?}"
             )));
         }
     }
     if alert.recipients.is_empty() {
-        return Err(bad("recipients: at least one"));
+        return Err(ApiError::bad_request("recipients: at least one"));
     }
     let stored = crate::recipients::load(state).await?;
     for (i, r) in alert.recipients.iter().enumerate() {
         if let Some(rid) = &r.id
             && !stored.iter().any(|s| &s.id == rid)
         {
-            return Err(bad(format!("recipients[{i}].id: no recipient with id {rid:?}")));
+            return Err(ApiError::bad_request(format!(
+                "recipients[{i}].id: no recipient with id {rid:?}"
+            )));
         }
     }
     Ok(alert)
@@ -263,7 +261,7 @@ pub(crate) async fn evaluate(state: &AppState, alert: &BurnAlert, period: i64) -
 }
 
 async fn answered(state: &AppState, mut b: BurnAlert) -> BurnAlert {
-    b.triggered = crate::alerts::is_triggered(state, &b.id).await;
+    b.triggered = crate::alerts::firing(state).await.contains(&b.id);
     b
 }
 
@@ -274,11 +272,11 @@ pub(crate) async fn list(
     UrlQuery(q): UrlQuery<BySlo>,
 ) -> Result<Json<Vec<BurnAlert>>, ApiError> {
     let ds = access.dataset()?;
-    let mut out = Vec::new();
-    for b in load(&state).await?.remove(ds.as_str()).unwrap_or_default() {
-        if q.slo_id.as_ref().is_none_or(|s| *s == b.slo.id) {
-            out.push(answered(&state, b).await);
-        }
+    let firing = crate::alerts::firing(&state).await;
+    let mut out = load(&state).await?.remove(ds.as_str()).unwrap_or_default();
+    out.retain(|b| q.slo_id.as_ref().is_none_or(|s| *s == b.slo.id));
+    for b in &mut out {
+        b.triggered = firing.contains(&b.id);
     }
     Ok(Json(out))
 }

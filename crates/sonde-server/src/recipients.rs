@@ -92,10 +92,6 @@ pub(crate) async fn load(state: &AppState) -> Result<Vec<Recipient>, ApiError> {
     Ok(state.storage.documents().load(DOCUMENT).await?)
 }
 
-fn bad(msg: impl Into<String>) -> ApiError {
-    ApiError::bad_request(msg)
-}
-
 fn text<'a>(details: &'a Value, field: &str) -> &'a str {
     details.get(field).and_then(Value::as_str).unwrap_or("")
 }
@@ -103,16 +99,18 @@ fn text<'a>(details: &'a Value, field: &str) -> &'a str {
 /// Checks a recipient's type and details.
 pub(crate) fn check(kind: &str, details: &Value) -> Result<(), ApiError> {
     let Some((_, required)) = KINDS.iter().find(|(k, _)| *k == kind) else {
-        return Err(bad(format!(
+        return Err(ApiError::bad_request(format!(
             "type: one of {}, got {kind:?}",
             KINDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
         )));
     };
     if !details.is_null() && !details.is_object() {
-        return Err(bad("details: must be an object"));
+        return Err(ApiError::bad_request("details: must be an object"));
     }
     if !required.is_empty() && text(details, required).is_empty() {
-        return Err(bad(format!("details.{required}: required for a {kind} recipient")));
+        return Err(ApiError::bad_request(format!(
+            "details.{required}: required for a {kind} recipient"
+        )));
     }
     match kind {
         "webhook" | "msteams_workflow" => {
@@ -122,7 +120,7 @@ pub(crate) fn check(kind: &str, details: &Value) -> Result<(), ApiError> {
             let headers = details.get("webhook_headers").and_then(Value::as_array);
             let headers = headers.map(Vec::as_slice).unwrap_or_default();
             if headers.len() > 5 {
-                return Err(bad(format!(
+                return Err(ApiError::bad_request(format!(
                     "details.webhook_headers: at most 5, got {}",
                     headers.len()
                 )));
@@ -136,14 +134,16 @@ pub(crate) fn check(kind: &str, details: &Value) -> Result<(), ApiError> {
                     || axum::http::HeaderName::from_bytes(name.as_bytes()).is_err()
                     || axum::http::HeaderValue::from_str(value).is_err()
                 {
-                    return Err(bad(format!(
+                    return Err(ApiError::bad_request(format!(
                         "details.webhook_headers: {name:?} cannot be set (reserved: Content-Type, User-Agent, X-Honeycomb-Webhook-Token; or not a valid header)"
                     )));
                 }
             }
         }
         "pagerduty" if text(details, "pagerduty_integration_key").len() != 32 => {
-            return Err(bad("details.pagerduty_integration_key: must be 32 characters"));
+            return Err(ApiError::bad_request(
+                "details.pagerduty_integration_key: must be 32 characters",
+            ));
         }
         _ => {}
     }
@@ -170,7 +170,7 @@ fn check_payloads(details: &Value) -> Result<(), ApiError> {
         .map(Vec::as_slice)
         .unwrap_or_default();
     if vars.len() > 10 {
-        return Err(bad(format!(
+        return Err(ApiError::bad_request(format!(
             "details.webhook_payloads.template_variables: at most 10, got {}",
             vars.len()
         )));
@@ -181,7 +181,7 @@ fn check_payloads(details: &Value) -> Result<(), ApiError> {
             && name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
             && name.chars().all(|c| c.is_ascii_alphanumeric());
         if !ok {
-            return Err(bad(format!(
+            return Err(ApiError::bad_request(format!(
                 "details.webhook_payloads.template_variables: {name:?} must be a lower-case letter, then letters and digits (at most 64)"
             )));
         }
@@ -195,13 +195,13 @@ fn check_payloads(details: &Value) -> Result<(), ApiError> {
     if let Some(templates) = p.get("payload_templates").and_then(Value::as_object) {
         for (kind, t) in templates {
             if !PAYLOAD_KINDS.contains(&kind.as_str()) {
-                return Err(bad(format!(
+                return Err(ApiError::bad_request(format!(
                     "details.webhook_payloads.payload_templates: {kind:?} is not one of trigger, exhaustion_time, budget_rate"
                 )));
             }
             crate::templates::check(text(t, "body")).map_err(|e| ApiError {
                 position: Some(e.position),
-                ..bad(format!(
+                ..ApiError::bad_request(format!(
                     "details.webhook_payloads.payload_templates.{kind}.body: {}",
                     e.message
                 ))

@@ -154,10 +154,6 @@ pub(crate) async fn load(state: &AppState) -> Result<Slos, ApiError> {
     Ok(state.storage.documents().load(DOCUMENT).await?)
 }
 
-fn bad(msg: impl Into<String>) -> ApiError {
-    ApiError::bad_request(msg)
-}
-
 fn not_found(ds: &str, id: &str) -> ApiError {
     ApiError::not_found(format!("no SLO with id {id:?} in {ds}"))
 }
@@ -180,26 +176,26 @@ async fn build(
     created_at: String,
 ) -> Result<Slo, ApiError> {
     if ds.as_str() == ALL_DATASETS {
-        return Err(bad(
+        return Err(ApiError::bad_request(
             "SLOs over several datasets (__all__ with dataset_slugs) are not built yet: create the SLO on its dataset",
         ));
     }
     check_text("name", &body.name, 120, true)?;
     check_text("description", &body.description, 1023, false)?;
     if !(1..=MAX_DAYS).contains(&body.time_period_days) {
-        return Err(bad(format!(
+        return Err(ApiError::bad_request(format!(
             "time_period_days: 1 to {MAX_DAYS}, got {}",
             body.time_period_days
         )));
     }
     if !(0..=999_999).contains(&body.target_per_million) {
-        return Err(bad(format!(
+        return Err(ApiError::bad_request(format!(
             "target_per_million: 0 to 999999 (99.9% is 999000), got {}",
             body.target_per_million
         )));
     }
     if sli_expression(state, ds.as_str(), &body.sli.alias).await?.is_none() {
-        return Err(bad(format!(
+        return Err(ApiError::bad_request(format!(
             "sli.alias: no derived column {:?} in {ds} or for every dataset (create it with /1/derived_columns first)",
             body.sli.alias
         )));
@@ -454,11 +450,14 @@ pub(crate) async fn history(
     JsonBody(req): JsonBody<HistoryRequest>,
 ) -> Result<Json<BTreeMap<String, Vec<Value>>>, ApiError> {
     if req.ids.is_empty() || req.ids.len() > 24 {
-        return Err(bad(format!("ids: 1 to 24 SLO ids, got {}", req.ids.len())));
+        return Err(ApiError::bad_request(format!(
+            "ids: 1 to 24 SLO ids, got {}",
+            req.ids.len()
+        )));
     }
     let now_s = sonde_model::time::now_us() / 1_000_000;
     if req.end_time > now_s + 60 || req.start_time > req.end_time || req.start_time < now_s - 366 * 86_400 {
-        return Err(bad(
+        return Err(ApiError::bad_request(
             "start_time and end_time: start before end, within the last year, end not in the future",
         ));
     }

@@ -25,7 +25,8 @@ const MAX_NAME_CHARS: usize = 120;
 const MAX_DESCRIPTION_CHARS: usize = 1023;
 /// The longest range a trigger's query may cover.
 const MAX_RANGE_S: i64 = 86_400;
-const DAYS: [&str; 7] = [
+/// The days a window may name, Sunday first (day 0, as `alerts` numbers them).
+pub(crate) const DAYS: [&str; 7] = [
     "sunday",
     "monday",
     "tuesday",
@@ -160,10 +161,6 @@ pub(crate) async fn load(state: &AppState) -> Result<Triggers, ApiError> {
     Ok(state.storage.documents().load(DOCUMENT).await?)
 }
 
-fn bad(msg: impl Into<String>) -> ApiError {
-    ApiError::bad_request(msg)
-}
-
 fn not_found(scope: &str, id: &str) -> ApiError {
     ApiError::not_found(format!("no trigger with id {id:?} in {scope}"))
 }
@@ -181,33 +178,38 @@ pub(crate) fn value_key(spec: &QuerySpec) -> String {
 /// Checks the query against Honeycomb's trigger restrictions; fills its time range.
 fn check_query(spec: &mut QuerySpec, frequency: i64) -> Result<(), ApiError> {
     if spec.calculations.len() != 1 || !spec.formulas.is_empty() {
-        return Err(bad(
+        return Err(ApiError::bad_request(
             "query: a trigger's query has exactly one calculation (and no formulas)",
         ));
     }
     let c = &spec.calculations[0];
     if matches!(c.op.as_str(), "HEATMAP" | "CONCURRENCY") {
-        return Err(bad(format!("query: {} cannot be a trigger's calculation", c.op)));
+        return Err(ApiError::bad_request(format!(
+            "query: {} cannot be a trigger's calculation",
+            c.op
+        )));
     }
     if c.name.is_some() || !c.filters.is_empty() {
-        return Err(bad(
+        return Err(ApiError::bad_request(
             "query: a trigger's calculation has no name and no filters of its own",
         ));
     }
     if spec.havings.len() > 1 {
-        return Err(bad("query: at most one having"));
+        return Err(ApiError::bad_request("query: at most one having"));
     }
     if !spec.orders.is_empty() || spec.limit.is_some() {
-        return Err(bad("query: a trigger's query has no orders and no limit"));
+        return Err(ApiError::bad_request(
+            "query: a trigger's query has no orders and no limit",
+        ));
     }
     if spec.start_time.is_some() || spec.end_time.is_some() {
-        return Err(bad(
+        return Err(ApiError::bad_request(
             "query: a trigger's query has a time_range, not start_time or end_time (it runs over the range before each evaluation)",
         ));
     }
     let range = *spec.time_range.get_or_insert(frequency);
     if range < frequency || range > 4 * frequency || range > MAX_RANGE_S {
-        return Err(bad(format!(
+        return Err(ApiError::bad_request(format!(
             "query.time_range: {range} s; with a frequency of {frequency} s it must be {frequency} to {} s",
             (4 * frequency).min(MAX_RANGE_S)
         )));
@@ -223,7 +225,9 @@ fn hhmm(field: &str, v: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(bad(format!("{field}: a UTC time as HH:mm, got {v:?}")))
+        Err(ApiError::bad_request(format!(
+            "{field}: a UTC time as HH:mm, got {v:?}"
+        )))
     }
 }
 
@@ -234,36 +238,45 @@ fn check_fields(state: &AppState, body: &TriggerBody, frequency: i64) -> Result<
     let min = state.config.min_trigger_frequency.as_secs().max(1) as i64;
     let step = min.min(60);
     if frequency < min || frequency > MAX_RANGE_S || frequency % step != 0 {
-        return Err(bad(format!(
+        return Err(ApiError::bad_request(format!(
             "frequency: {frequency} s; a multiple of {step} s from {min} to {MAX_RANGE_S} (the floor is set with --trigger-min-frequency / SONDE_TRIGGER_MIN_FREQUENCY)"
         )));
     }
     let t = &body.threshold;
     if !matches!(t.op.as_str(), ">" | ">=" | "<" | "<=") {
-        return Err(bad(format!("threshold.op: one of > >= < <=, got {:?}", t.op)));
+        return Err(ApiError::bad_request(format!(
+            "threshold.op: one of > >= < <=, got {:?}",
+            t.op
+        )));
     }
     if !t.value.is_finite() {
-        return Err(bad("threshold.value: must be a number"));
+        return Err(ApiError::bad_request("threshold.value: must be a number"));
     }
     if !(1..=5).contains(&t.exceeded_limit) {
-        return Err(bad(format!(
+        return Err(ApiError::bad_request(format!(
             "threshold.exceeded_limit: 1 to 5, got {}",
             t.exceeded_limit
         )));
     }
     match body.alert_type.as_deref() {
         None | Some("on_change") | Some("on_true") => {}
-        Some(other) => return Err(bad(format!("alert_type: \"on_change\" or \"on_true\", got {other:?}"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "alert_type: \"on_change\" or \"on_true\", got {other:?}"
+            )));
+        }
     }
     match (body.evaluation_schedule_type.as_deref(), &body.evaluation_schedule) {
         (None | Some("frequency"), _) => {}
         (Some("window"), Some(s)) => {
             if s.window.days_of_week.is_empty() {
-                return Err(bad("evaluation_schedule.window.days_of_week: at least one day"));
+                return Err(ApiError::bad_request(
+                    "evaluation_schedule.window.days_of_week: at least one day",
+                ));
             }
             for d in &s.window.days_of_week {
                 if !DAYS.contains(&d.as_str()) {
-                    return Err(bad(format!(
+                    return Err(ApiError::bad_request(format!(
                         "evaluation_schedule.window.days_of_week: {d:?} is not a day (monday, …)"
                     )));
                 }
@@ -272,25 +285,25 @@ fn check_fields(state: &AppState, body: &TriggerBody, frequency: i64) -> Result<
             hhmm("evaluation_schedule.window.end_time", &s.window.end_time)?;
         }
         (Some("window"), None) => {
-            return Err(bad(
+            return Err(ApiError::bad_request(
                 "evaluation_schedule: required with evaluation_schedule_type \"window\"",
             ));
         }
         (Some(other), _) => {
-            return Err(bad(format!(
+            return Err(ApiError::bad_request(format!(
                 "evaluation_schedule_type: \"frequency\" or \"window\", got {other:?}"
             )));
         }
     }
     if let Some(b) = &body.baseline_details {
         if !matches!(b.kind.as_str(), "value" | "percentage") {
-            return Err(bad(format!(
+            return Err(ApiError::bad_request(format!(
                 "baseline_details.type: \"value\" or \"percentage\", got {:?}",
                 b.kind
             )));
         }
         if ![60, 1440, 10080, 40320].contains(&b.offset_minutes) {
-            return Err(bad(format!(
+            return Err(ApiError::bad_request(format!(
                 "baseline_details.offset_minutes: 60, 1440, 10080 or 40320, got {}",
                 b.offset_minutes
             )));
@@ -304,15 +317,21 @@ fn check_recipients(list: &[TriggerRecipient], stored: &[crate::recipients::Reci
     for (i, r) in list.iter().enumerate() {
         match (&r.id, &r.kind) {
             (Some(id), _) if !stored.iter().any(|s| &s.id == id) => {
-                return Err(bad(format!("recipients[{i}].id: no recipient with id {id:?}")));
+                return Err(ApiError::bad_request(format!(
+                    "recipients[{i}].id: no recipient with id {id:?}"
+                )));
             }
             (Some(_), _) => {}
             (None, Some(kind)) => {
                 let inline = crate::recipients::Recipient::inline(kind, r.target.as_deref().unwrap_or(""));
                 crate::recipients::check(kind, &inline.details)
-                    .map_err(|e| bad(format!("recipients[{i}]: {}", e.message)))?;
+                    .map_err(|e| ApiError::bad_request(format!("recipients[{i}]: {}", e.message)))?;
             }
-            (None, None) => return Err(bad(format!("recipients[{i}]: an id, or a type and a target"))),
+            (None, None) => {
+                return Err(ApiError::bad_request(format!(
+                    "recipients[{i}]: an id, or a type and a target"
+                )));
+            }
         }
     }
     Ok(())
@@ -337,9 +356,9 @@ async fn build(
             let all = crate::queries::load(state).await?;
             crate::queries::find(&all, ds.as_str(), qid)
                 .map(|q| q.query.clone())
-                .ok_or_else(|| bad(format!("query_id: no saved query with id {qid:?} in {ds}")))?
+                .ok_or_else(|| ApiError::bad_request(format!("query_id: no saved query with id {qid:?} in {ds}")))?
         }
-        (None, None) => return Err(bad("query or query_id: a trigger needs its query")),
+        (None, None) => return Err(ApiError::bad_request("query or query_id: a trigger needs its query")),
     };
     check_query(&mut spec, frequency)?;
     let defs = crate::definitions::load(state).await?;
@@ -369,7 +388,7 @@ async fn build(
 
 /// A trigger as answered: with whether it is firing now.
 async fn answered(state: &AppState, mut t: Trigger) -> Trigger {
-    t.triggered = crate::alerts::is_triggered(state, &t.id).await;
+    t.triggered = crate::alerts::firing(state).await.contains(&t.id);
     t
 }
 
@@ -379,10 +398,10 @@ pub(crate) async fn list(
     access: Authorized<Query>,
 ) -> Result<Json<Vec<Trigger>>, ApiError> {
     let ds = access.dataset()?;
-    let all = load(&state).await?;
-    let mut out = Vec::new();
-    for t in all.get(ds.as_str()).cloned().unwrap_or_default() {
-        out.push(answered(&state, t).await);
+    let firing = crate::alerts::firing(&state).await;
+    let mut out = load(&state).await?.remove(ds.as_str()).unwrap_or_default();
+    for t in &mut out {
+        t.triggered = firing.contains(&t.id);
     }
     Ok(Json(out))
 }
