@@ -1,5 +1,7 @@
 // Small DOM helpers the views share.
 
+import { errorText } from "./api";
+
 export const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 
 /** An element with properties assigned as given (`textContent`, `className`, `onclick`, …) and children. */
@@ -96,3 +98,51 @@ export function changed(container: Element, props: Record<string, unknown>): boo
   const keys = new Set([...Object.keys(last), ...Object.keys(props)]);
   return [...keys].some((k) => last[k] !== props[k]);
 }
+
+/** What `formDialog` shows and does. */
+export interface FormDialog {
+  /** The dialog's id (an open one of the same id is replaced) and its title. */
+  id: string;
+  title: string;
+  /** The form's rows, between the title and the buttons. */
+  rows: HTMLElement[];
+  /** The primary button's id and label. */
+  submitId: string;
+  submitLabel: string;
+  /** The id of the line that shows a failed `submit`'s message. */
+  errorId: string;
+  /** What the primary button does; the dialog closes once it succeeds, else shows its error. */
+  submit(): Promise<void> | void;
+  /** The element focused when the dialog opens. */
+  focus?: HTMLElement;
+}
+
+/** A modal form: title, rows, an error line, the primary button and Cancel. */
+export function formDialog(f: FormDialog) {
+  document.getElementById(f.id)?.remove();
+  const dialog = el("dialog", { id: f.id, className: "derived-dialog" });
+  const error = el("div", { id: f.errorId, className: "error", hidden: true });
+  const form = el("form", { method: "dialog" }, el("h2", { textContent: f.title }), ...f.rows, error,
+    el("div", { className: "row" },
+      el("button", { id: f.submitId, className: "primary", type: "submit", textContent: f.submitLabel }),
+      el("button", { type: "button", textContent: "Cancel", onclick: () => dialog.close() })));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      await f.submit();
+      dialog.close();
+    } catch (e) {
+      error.hidden = false;
+      error.textContent = errorText(e);
+    }
+  });
+  dialog.addEventListener("close", () => dialog.remove());
+  dialog.append(form);
+  document.body.append(dialog);
+  dialog.showModal();
+  f.focus?.focus();
+}
+
+/** A labelled row of a form. */
+export const formRow = (label: string, ...kids: (Node | string)[]) =>
+  el("div", { className: "row" }, el("label", { textContent: label }), ...kids);

@@ -8,7 +8,7 @@ import {
 } from "../api";
 import type { Catalog } from "../catalog";
 import { formatNumber, heatmapChart, lineChart, type ChartHandlers } from "../charts";
-import { el } from "../dom";
+import { el, formDialog } from "../dom";
 import { markdown } from "../markdown";
 import { graphs, heatmapCells, tableKeys, timeAxis, toLines } from "../series";
 import { encodeUrl } from "../state";
@@ -275,22 +275,14 @@ function addQueryPanel(ctx: Ctx) {
 }
 
 function dialog(ctx: Ctx, title: string, fields: HTMLElement[], onAdd: () => void) {
-  document.getElementById("panel-dialog")?.remove();
-  const d = el("dialog", { id: "panel-dialog", className: "derived-dialog" });
-  const form = el("form", { method: "dialog" }, el("h2", { textContent: title }), el("div", { className: "row" }, ...fields),
-    el("div", { className: "row" },
-      el("button", { id: "panel-add", className: "primary", type: "submit", textContent: "Add" }),
-      el("button", { type: "button", textContent: "Cancel", onclick: () => d.close() })));
-  form.addEventListener("submit", (ev) => {
-    ev.preventDefault();
-    onAdd();
-    d.close();
-    render(ctx);
+  formDialog({
+    id: "panel-dialog", title, rows: [el("div", { className: "row" }, ...fields)], submitId: "panel-add", submitLabel: "Add",
+    errorId: "panel-error",
+    submit: () => {
+      onAdd();
+      render(ctx);
+    },
   });
-  d.addEventListener("close", () => d.remove());
-  d.append(form);
-  document.body.append(d);
-  d.showModal();
 }
 
 async function save(ctx: Ctx) {

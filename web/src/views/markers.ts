@@ -1,13 +1,11 @@
 // The "add marker" dialog: a deploy, an incident or a flag flip marked at a moment of a graph
 // (or over a span of minutes from it), on this dataset's graphs or on every dataset's.
 
-import { ALL_DATASETS, api, errorText } from "../api";
-import { el } from "../dom";
+import { ALL_DATASETS, api } from "../api";
+import { el, formDialog, formRow } from "../dom";
 
 /** Opens the dialog for a marker at `at` (unix seconds); `onCreated` runs once one is stored. */
 export function openMarkerDialog(dataset: string, at: number, onCreated: () => void) {
-  document.getElementById("marker-dialog")?.remove();
-  const dialog = el("dialog", { id: "marker-dialog", className: "derived-dialog" });
   const message = el("input", { id: "marker-message", placeholder: "e.g. backend deploy #123", required: true });
   const type = el("input", { id: "marker-type", placeholder: "e.g. deploy" });
   type.setAttribute("list", "marker-types");
@@ -15,25 +13,18 @@ export function openMarkerDialog(dataset: string, at: number, onCreated: () => v
   const url = el("input", { id: "marker-url", placeholder: "https://… (optional)", type: "url" });
   const minutes = el("input", { id: "marker-minutes", type: "number", min: "0", step: "1", value: "0", title: "0: a moment; more: a span" });
   const everywhere = el("input", { id: "marker-all", type: "checkbox" });
-  const error = el("div", { id: "marker-error", className: "error", hidden: true });
-  const save = el("button", { id: "marker-save", className: "primary", type: "submit", textContent: "Add marker" });
   const when = new Date(at * 1000).toISOString().slice(0, 19).replace("T", " ") + " UTC";
-  const form = el(
-    "form",
-    { method: "dialog" },
-    el("h2", { textContent: `Add a marker at ${when}` }),
-    el("div", { className: "row" }, el("label", { textContent: "Message" }), message),
-    el("div", { className: "row" }, el("label", { textContent: "Type" }), type, types),
-    el("div", { className: "row" }, el("label", { textContent: "Link" }), url),
-    el("div", { className: "row" }, el("label", { textContent: "Lasts (minutes)" }), minutes),
-    el("div", { className: "row" }, el("label", {}, everywhere, " on every dataset's graphs")),
-    error,
-    el("div", { className: "row" }, save, el("button", { type: "button", textContent: "Cancel", onclick: () => dialog.close() })),
-  );
-  form.addEventListener("submit", async (ev) => {
-    ev.preventDefault();
-    const span = Math.max(0, Math.round(Number(minutes.value) || 0)) * 60;
-    try {
+  formDialog({
+    id: "marker-dialog", title: `Add a marker at ${when}`, submitId: "marker-save", submitLabel: "Add marker", errorId: "marker-error", focus: message,
+    rows: [
+      formRow("Message", message),
+      formRow("Type", type, types),
+      formRow("Link", url),
+      formRow("Lasts (minutes)", minutes),
+      el("div", { className: "row" }, el("label", {}, everywhere, " on every dataset's graphs")),
+    ],
+    submit: async () => {
+      const span = Math.max(0, Math.round(Number(minutes.value) || 0)) * 60;
       await api.createMarker(everywhere.checked ? ALL_DATASETS : dataset, {
         start_time: at,
         ...(span ? { end_time: at + span } : {}),
@@ -41,16 +32,7 @@ export function openMarkerDialog(dataset: string, at: number, onCreated: () => v
         type: type.value.trim(),
         url: url.value.trim(),
       });
-      dialog.close();
       onCreated();
-    } catch (e) {
-      error.hidden = false;
-      error.textContent = errorText(e);
-    }
+    },
   });
-  dialog.addEventListener("close", () => dialog.remove());
-  dialog.append(form);
-  document.body.append(dialog);
-  dialog.showModal();
-  message.focus();
 }

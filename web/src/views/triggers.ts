@@ -4,7 +4,7 @@
 // query. The server checks Honeycomb's restrictions and the UI shows what it says.
 
 import { api, errorText, type QuerySpec } from "../api";
-import { el } from "../dom";
+import { el, formDialog, formRow } from "../dom";
 import { encodeUrl } from "../state";
 
 /** A trigger as listed. */
@@ -26,8 +26,6 @@ export async function listTriggers(container: HTMLElement, dataset: string) {
 
 /** Opens the dialog that makes a trigger of `spec`; `onMade` runs once it is stored. */
 export function openTriggerDialog(dataset: string, spec: QuerySpec, onMade: () => void) {
-  document.getElementById("trigger-dialog")?.remove();
-  const d = el("dialog", { id: "trigger-dialog", className: "derived-dialog" });
   const name = el("input", { id: "trigger-name", placeholder: "e.g. Checkout errors", required: true, maxLength: 120 });
   const op = el("select", { id: "trigger-op" }, ...[">", ">=", "<", "<="].map((o) => el("option", { value: o, textContent: o })));
   const value = el("input", { id: "trigger-value", type: "number", step: "any", required: true });
@@ -36,43 +34,25 @@ export function openTriggerDialog(dataset: string, spec: QuerySpec, onMade: () =
   void api.recipients().then((list) => recipient.append(...list.map((r) =>
     el("option", { value: r.id, textContent: `${r.type}: ${String(r.details?.webhook_name ?? r.details?.webhook_url ?? r.details?.email_address ?? r.id)}` }))))
     .catch(() => {});
-  const error = el("div", { id: "trigger-error", className: "error", hidden: true });
   const calc = spec.calculations[0];
-  const form = el("form", { method: "dialog" },
-    el("h2", { textContent: `Trigger on ${calc ? (calc.column ? `${calc.op}(${calc.column})` : calc.op) : "COUNT"} of ${dataset}` }),
-    el("div", { className: "row" }, el("label", { textContent: "Name" }), name),
-    el("div", { className: "row" }, el("label", { textContent: "Fires when it is" }), op, value),
-    el("div", { className: "row" }, el("label", { textContent: "Every (minutes)" }), every),
-    el("div", { className: "row" }, el("label", { textContent: "Notify" }), recipient),
-    error,
-    el("div", { className: "row" },
-      el("button", { id: "trigger-save", className: "primary", type: "submit", textContent: "Make trigger" }),
-      el("button", { type: "button", textContent: "Cancel", onclick: () => d.close() })));
-  form.addEventListener("submit", async (ev) => {
-    ev.preventDefault();
-    const frequency = Math.round(Number(every.value) || 15) * 60;
-    // A trigger's query: one calculation, its filters and breakdowns, over the last period.
-    const query = {
-      calculations: spec.calculations.slice(0, 1), filters: spec.filters, breakdowns: spec.breakdowns,
-      ...(spec.filter_combination ? { filter_combination: spec.filter_combination } : {}),
-      ...(spec.calculated_fields?.length ? { calculated_fields: spec.calculated_fields } : {}),
-      time_range: frequency,
-    };
-    try {
+  formDialog({
+    id: "trigger-dialog", title: `Trigger on ${calc ? (calc.column ? `${calc.op}(${calc.column})` : calc.op) : "COUNT"} of ${dataset}`,
+    submitId: "trigger-save", submitLabel: "Make trigger", errorId: "trigger-error", focus: name,
+    rows: [formRow("Name", name), formRow("Fires when it is", op, value), formRow("Every (minutes)", every), formRow("Notify", recipient)],
+    submit: async () => {
+      const frequency = Math.round(Number(every.value) || 15) * 60;
+      // A trigger's query: one calculation, its filters and breakdowns, over the last period.
+      const query = {
+        calculations: spec.calculations.slice(0, 1), filters: spec.filters, breakdowns: spec.breakdowns,
+        ...(spec.filter_combination ? { filter_combination: spec.filter_combination } : {}),
+        ...(spec.calculated_fields?.length ? { calculated_fields: spec.calculated_fields } : {}),
+        time_range: frequency,
+      };
       await api.createTrigger(dataset, {
         name: name.value.trim(), query, frequency, threshold: { op: op.value, value: Number(value.value) },
         recipients: [recipient.value === "log" ? { type: "log" } : { id: recipient.value }],
       });
-      d.close();
       onMade();
-    } catch (e) {
-      error.hidden = false;
-      error.textContent = errorText(e);
-    }
+    },
   });
-  d.addEventListener("close", () => d.remove());
-  d.append(form);
-  document.body.append(d);
-  d.showModal();
-  name.focus();
 }
