@@ -22,6 +22,7 @@ pub mod derived;
 pub mod engine;
 pub mod json;
 pub mod memory;
+pub mod partials;
 /// Honeycomb's query specification; it lives in `sonde-model` so that it needs no engine.
 pub use sonde_model::spec;
 pub mod table;

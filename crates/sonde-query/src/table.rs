@@ -19,6 +19,7 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::parquet::{CachedParquetFileReaderFactory, ParquetRowSelection};
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::Result;
 use datafusion::execution::cache::cache_manager::FileMetadataCache;
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -30,7 +31,7 @@ use datafusion::physical_plan::union::UnionExec;
 use object_store::ObjectStore;
 use sonde_model::TIMESTAMP_COLUMN;
 use sonde_storage::schema::{arrow_type, timestamp_type};
-use sonde_storage::source::{DatasetSnapshot, IndexCache, hash_value};
+use sonde_storage::source::{DatasetSnapshot, IndexCache, SegmentId, SegmentMeta, hash_value};
 use std::sync::{Arc, Mutex};
 
 /// The URL under which the segment store is registered with DataFusion.
@@ -47,6 +48,8 @@ pub struct ScanStats {
     pub rows_examined: u64,
     /// Segments skipped because their id index lacks every value an equality filter asks for.
     pub segments_pruned_by_index: usize,
+    /// Segments answered from precomputed partials instead (set by the engine, not the scan).
+    pub segments_precomputed: usize,
 }
 
 /// A snapshot of one dataset as a DataFusion table.
@@ -64,7 +67,24 @@ pub struct DatasetTable {
     stats: Arc<Mutex<ScanStats>>,
     /// Read only these rows (BubbleUp over a large population); `None`: every row.
     sample: Option<Sample>,
+    /// Which segments this table reads (all, by default).
+    part: Part,
 }
+
+/// Which part of a snapshot a table reads: the whole of it, some segments only (each row
+/// carrying its segment's id in [`SEGMENT_COLUMN`], no buffered rows), or everything but some
+/// segments. The precomputed partial aggregates use the last two: per-segment partials for the
+/// segments they keep, and one ordinary scan of the rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+enum Part {
+    #[default]
+    Whole,
+    Only(std::collections::BTreeSet<SegmentId>),
+    Except(std::collections::BTreeSet<SegmentId>),
+}
+
+/// The column naming each row's segment in a table made by [`DatasetTable::segments_only`].
+pub const SEGMENT_COLUMN: &str = "__sonde_segment";
 
 /// A systematic sample of a table's rows: the rows are numbered in one order over the whole
 /// table (segments in catalog order, then the buffered rows), and the kept rows are blocks of
@@ -151,11 +171,12 @@ impl DatasetTable {
             index,
             stats: Default::default(),
             sample: None,
+            part: Part::Whole,
         })
     }
 
-    /// The same snapshot, reading only the rows of `sample` (its own scan stats).
-    pub fn sampled(&self, sample: Sample) -> DatasetTable {
+    /// The same snapshot with its own scan stats, to be narrowed by the callers below.
+    fn copy(&self) -> DatasetTable {
         DatasetTable {
             snapshot: self.snapshot.clone(),
             schema: self.schema.clone(),
@@ -165,17 +186,60 @@ impl DatasetTable {
             store: self.store.clone(),
             index: self.index.clone(),
             stats: Default::default(),
-            sample: Some(sample),
+            sample: self.sample,
+            part: self.part.clone(),
         }
+    }
+
+    /// The same snapshot, reading only the rows of `sample` (its own scan stats).
+    pub fn sampled(&self, sample: Sample) -> DatasetTable {
+        DatasetTable {
+            sample: Some(sample),
+            ..self.copy()
+        }
+    }
+
+    /// The same snapshot reading only the segments `ids` and none of the buffered rows, with
+    /// one more column, [`SEGMENT_COLUMN`] (`UInt64`), holding each row's segment id, so that
+    /// one scan can aggregate per segment.
+    pub fn segments_only(&self, ids: impl IntoIterator<Item = SegmentId>) -> DatasetTable {
+        let mut fields: Vec<Field> = self.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new(SEGMENT_COLUMN, DataType::UInt64, false));
+        DatasetTable {
+            schema: Arc::new(Schema::new(fields)),
+            buffered: Vec::new(),
+            adapted: Default::default(),
+            part: Part::Only(ids.into_iter().collect()),
+            ..self.copy()
+        }
+    }
+
+    /// The same snapshot without the segments `ids` (every other segment and the buffered rows).
+    pub fn without_segments(&self, ids: impl IntoIterator<Item = SegmentId>) -> DatasetTable {
+        DatasetTable {
+            part: Part::Except(ids.into_iter().collect()),
+            ..self.copy()
+        }
+    }
+
+    /// The segments this table reads, in catalog order.
+    fn segments(&self) -> impl Iterator<Item = &SegmentMeta> {
+        self.snapshot
+            .segments
+            .iter()
+            .map(|s| s.as_ref())
+            .filter(|s| match &self.part {
+                Part::Whole => true,
+                Part::Only(ids) => ids.contains(&s.id),
+                Part::Except(ids) => !ids.contains(&s.id),
+            })
     }
 
     /// Rows of the segments overlapping `[lo, hi]` (µs, inclusive) plus every buffered row:
     /// from the catalog, without reading a file; at least the rows a scan of that range reads.
     pub fn rows_in_range(&self, lo: i64, hi: i64) -> u64 {
         let segments: u64 = self
-            .snapshot
-            .segments
-            .iter()
+            .segments()
             .filter(|s| s.max_ts_us >= lo && s.min_ts_us <= hi)
             .map(|s| s.rows)
             .sum();
@@ -212,7 +276,7 @@ impl DatasetTable {
     pub fn data_time_bounds(&self) -> Option<(i64, i64)> {
         use arrow::array::AsArray;
         use arrow::datatypes::TimestampMicrosecondType;
-        let segments = self.snapshot.segments.iter().map(|s| (s.min_ts_us, s.max_ts_us));
+        let segments = self.segments().map(|s| (s.min_ts_us, s.max_ts_us));
         let buffered = self.buffered.iter().filter_map(|b| {
             let ts = b.column_by_name(TIMESTAMP_COLUMN)?;
             let ts = ts.as_primitive_opt::<TimestampMicrosecondType>()?;
@@ -452,9 +516,7 @@ impl TableProvider for DatasetTable {
         let projected = project_schema(&self.schema, projection)?;
         let (lo, hi) = time_bounds(filters);
         let in_time: Vec<_> = self
-            .snapshot
-            .segments
-            .iter()
+            .segments()
             .filter(|s| s.max_ts_us >= lo && s.min_ts_us <= hi)
             .collect();
         // Needle filters on indexed id columns skip segments whose index lacks every value.
@@ -535,7 +597,7 @@ impl TableProvider for DatasetTable {
         };
         {
             let mut st = self.stats.lock().unwrap();
-            st.segments_total = self.snapshot.segments.len();
+            st.segments_total = self.segments().count();
             st.segments_pruned_by_index = pruned_by_index;
             // Every query of one spec scans the same time range, so the last scan speaks for all.
             st.segments_scanned = segments.len();
@@ -545,7 +607,21 @@ impl TableProvider for DatasetTable {
 
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if !segments.is_empty() {
-            let mut source = ParquetSource::new(self.schema.clone())
+            // A segments-only table's last column is the segment id, a partition value per file.
+            let with_segment = matches!(self.part, Part::Only(_));
+            let file_schema = match with_segment {
+                true => Arc::new(Schema::new(
+                    self.schema.fields()[..self.schema.fields().len() - 1].to_vec(),
+                )),
+                false => self.schema.clone(),
+            };
+            let table_schema = TableSchema::builder(file_schema)
+                .with_table_partition_cols(match with_segment {
+                    true => vec![Arc::new(Field::new(SEGMENT_COLUMN, DataType::UInt64, false))],
+                    false => vec![],
+                })
+                .build();
+            let mut source = ParquetSource::new(table_schema)
                 .with_table_parquet_options(state.default_table_options().parquet)
                 .with_pushdown_filters(true)
                 .with_reorder_filters(true)
@@ -569,7 +645,10 @@ impl TableProvider for DatasetTable {
             let files: Vec<PartitionedFile> = segments
                 .iter()
                 .map(|s| {
-                    let file = PartitionedFile::new(s.path.clone(), s.bytes);
+                    let mut file = PartitionedFile::new(s.path.clone(), s.bytes);
+                    if with_segment {
+                        file.partition_values = vec![ScalarValue::UInt64(Some(s.id.0))];
+                    }
                     match &self.sample {
                         Some(sample) => {
                             file.with_extension(ParquetRowSelection::new(sample.row_selection(offsets[&s.id], s.rows)))

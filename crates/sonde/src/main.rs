@@ -231,6 +231,10 @@ struct ServeArgs {
     /// `--storage s3://…`, where every chunk read is a request.
     #[arg(long, env = "SONDE_CHUNK_CACHE_BYTES", default_value_t = EngineConfig::DEFAULT_CHUNK_CACHE_BYTES)]
     chunk_cache_bytes: usize,
+    /// Memory for precomputed per-segment partial aggregates of breakdowns (COUNT, SUM, AVG,
+    /// MIN, MAX per time bucket and group), in bytes (0: off, every query scans every segment).
+    #[arg(long, env = "SONDE_PARTIALS_CACHE_BYTES", default_value_t = EngineConfig::DEFAULT_PARTIALS_CACHE_BYTES)]
+    partials_cache_bytes: usize,
     /// Log format.
     #[arg(long, env = "SONDE_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -598,6 +602,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             memory_budget: a.memory_limit,
             max_answer_bytes: a.max_answer_bytes,
             bubbleup_sample_rows: a.bubbleup_sample_rows,
+            partials_cache_bytes: a.partials_cache_bytes,
             ..Default::default()
         },
     )?;
@@ -979,11 +984,17 @@ mod tests {
             (engine.timeout, engine.memory_limit)
         );
         assert_eq!(
-            (a.memory_limit, a.max_answer_bytes, a.bubbleup_sample_rows),
+            (
+                a.memory_limit,
+                a.max_answer_bytes,
+                a.bubbleup_sample_rows,
+                a.partials_cache_bytes
+            ),
             (
                 engine.memory_budget,
                 engine.max_answer_bytes,
-                engine.bubbleup_sample_rows
+                engine.bubbleup_sample_rows,
+                engine.partials_cache_bytes
             )
         );
         let server = ServerConfig::default();

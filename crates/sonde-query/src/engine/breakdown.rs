@@ -235,11 +235,7 @@ impl Run<'_> {
     pub(super) async fn execute(&self, base: DataFrame) -> Result<Output> {
         // The result aggregates, built once: the fine table and the results both use them.
         let (aggs, finals) = self.result_aggregates();
-        // The fine table pays off only when the series is answered from it too.
-        let fine = match self.plan.series {
-            true => self.fine_table(&base, &aggs).await?,
-            false => None,
-        };
+        let fine = self.fine_table(&base, &aggs).await?;
         let mut p = self.results(&base, fine.as_ref(), aggs, finals).await?;
         // Later queries only need the groups that made the cut (past the limit and havings).
         let restricted = if p.truncated || !self.plan.havings.is_empty() {
@@ -265,8 +261,16 @@ impl Run<'_> {
     /// When every calculation rolls up from partial aggregates per time bucket and group,
     /// one scan computes those ("fine"), and the results and the series are both answered
     /// from that small table instead of scanning the events twice.
+    ///
+    /// Made of precomputed per-segment partials where the plan allows (see `precomputed`),
+    /// even for results only; otherwise computed only when the series is answered from it too.
     async fn fine_table(&self, base: &DataFrame, aggs: &[Expr]) -> Result<Option<(DataFrame, Fine)>> {
-        Ok(match self.fine_aggregates(base, aggs)? {
+        let fine = match self.fine_from_partials(aggs).await? {
+            Some(df) => Some((df, Fine::Rollup)),
+            None if self.plan.series => self.fine_aggregates(base, aggs)?,
+            None => None,
+        };
+        Ok(match fine {
             // Collected (and counted against the request) rather than `cache()`d, which would
             // hold the partials outside every budget.
             Some((f, kind)) => {

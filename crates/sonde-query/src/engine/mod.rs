@@ -24,6 +24,7 @@ use crate::bubbleup::{self, BubbleUpRequest};
 use crate::chunk_cache::ChunkCache;
 use crate::json;
 use crate::memory::{self, BudgetExceeded, BudgetedPool, MemoryBudget, RequestBudget};
+use crate::partials::{PartialsCache, PartialsStats};
 use crate::spec::{self, CalcOp, FilterOp, Literal, OrderKey, Plan, QuerySpec};
 use crate::table::{DatasetTable, STORE_URL, ScanStats};
 use crate::udaf::weighted_percentile;
@@ -54,6 +55,7 @@ mod breakdown;
 mod bubbleup_driver;
 mod events;
 mod exprs;
+mod precomputed;
 mod sql;
 mod trace;
 
@@ -134,6 +136,9 @@ pub struct EngineConfig {
     /// most half of them whole, the rest from a systematic sample; 0: always exact
     /// (`--bubbleup-sample-rows`).
     pub bubbleup_sample_rows: u64,
+    /// Most memory for precomputed per-segment partial aggregates ([`crate::partials`]);
+    /// 0: none, every breakdown scans every segment it covers (`--partials-cache-bytes`).
+    pub partials_cache_bytes: usize,
 }
 
 impl EngineConfig {
@@ -152,6 +157,9 @@ impl EngineConfig {
     /// Default of `bubbleup_sample_rows`: about what BubbleUp reads and counts in half a
     /// second on this project's 2-core reference machine.
     pub const DEFAULT_BUBBLEUP_SAMPLE_ROWS: u64 = 500_000;
+    /// Default of `partials_cache_bytes`: a breakdown's partials are a few kilobytes per
+    /// segment, so this holds thousands of (segment, query shape) pairs.
+    pub const DEFAULT_PARTIALS_CACHE_BYTES: usize = 64 << 20;
 }
 
 impl Default for EngineConfig {
@@ -165,6 +173,7 @@ impl Default for EngineConfig {
             memory_budget: Self::DEFAULT_MEMORY_BUDGET,
             max_answer_bytes: Self::DEFAULT_MAX_ANSWER_BYTES,
             bubbleup_sample_rows: Self::DEFAULT_BUBBLEUP_SAMPLE_ROWS,
+            partials_cache_bytes: Self::DEFAULT_PARTIALS_CACHE_BYTES,
         }
     }
 }
@@ -215,6 +224,9 @@ pub struct QueryMeta {
     pub segments_pruned: usize,
     /// Of those, skipped by an id index.
     pub segments_pruned_by_index: usize,
+    /// Segments answered from precomputed partial aggregates instead of being read (they are
+    /// not in `segments_scanned`; see `--partials-cache-bytes`).
+    pub segments_precomputed: usize,
     /// Time taken.
     pub elapsed_ms: f64,
     /// Seconds per time bucket.
@@ -283,6 +295,8 @@ pub struct QueryEngine {
     store: Arc<dyn ObjectStore>,
     /// The process-wide memory bound every request draws from.
     budget: Arc<MemoryBudget>,
+    /// Per-segment partial aggregates of earlier breakdowns.
+    partials: PartialsCache,
     config: EngineConfig,
 }
 
@@ -309,6 +323,7 @@ impl QueryEngine {
             chunks,
             store,
             budget: MemoryBudget::new(config.memory_budget),
+            partials: PartialsCache::new(config.partials_cache_bytes),
             config,
         })
     }
@@ -322,6 +337,11 @@ impl QueryEngine {
                 c.bytes(),
             )
         })
+    }
+
+    /// The precomputed partials' hits, misses and size.
+    pub fn partials_stats(&self) -> PartialsStats {
+        self.partials.stats()
     }
 
     /// The engine's settings.
@@ -631,8 +651,11 @@ impl QueryEngine {
             rows_examined: scan.rows_examined,
             segments_total: scan.segments_total,
             segments_scanned: scan.segments_scanned,
-            segments_pruned: scan.segments_total.saturating_sub(scan.segments_scanned),
+            segments_pruned: scan
+                .segments_total
+                .saturating_sub(scan.segments_scanned + scan.segments_precomputed),
             segments_pruned_by_index: scan.segments_pruned_by_index,
+            segments_precomputed: scan.segments_precomputed,
             elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
             granularity: plan.granularity_s,
             start_time: sonde_model::time::format_us(plan.start_us),

@@ -36,8 +36,8 @@ const COLUMNS: &[(&str, Ty)] = &[
     ("duration_ms", Ty::Float),
 ];
 
-struct Ev {
-    ts: i64,
+pub(crate) struct Ev {
+    pub(crate) ts: i64,
     rate: i64,
     f: HashMap<&'static str, Value>,
 }
@@ -46,10 +46,11 @@ fn eighths(r: &mut Rng, max: u64) -> f64 {
     r.below(max * 8) as f64 / 8.0
 }
 
-fn gen_events(r: &mut Rng) -> Vec<Ev> {
+/// [`EVENTS`] events over the hour from `t0`.
+pub(crate) fn gen_events(r: &mut Rng, t0: i64) -> Vec<Ev> {
     (0..EVENTS)
         .map(|i| {
-            let ts = T0 + (i as i64 * SPAN / EVENTS as i64) + r.below(SPAN as u64 / EVENTS as u64) as i64;
+            let ts = t0 + (i as i64 * SPAN / EVENTS as i64) + r.below(SPAN as u64 / EVENTS as u64) as i64;
             let mut f = HashMap::new();
             if r.chance(0.95) {
                 f.insert("svc", json!(*r.pick(&["api", "web", "db", "auth"])));
@@ -219,7 +220,8 @@ fn simple(op: &str) -> bool {
     !matches!(op, "HEATMAP" | "RATE_AVG" | "RATE_SUM" | "RATE_MAX" | "CONCURRENCY")
 }
 
-fn random_spec(r: &mut Rng) -> Value {
+/// A random spec over (about) the hour from `t0`.
+pub(crate) fn random_spec(r: &mut Rng, t0: i64) -> Value {
     let ncalc = 1 + r.below(3) as usize;
     let calcs: Vec<Value> = (0..ncalc).map(|_| random_calc(r)).collect();
     let nf = r.below(4) as usize;
@@ -232,7 +234,7 @@ fn random_spec(r: &mut Rng) -> Value {
             breakdowns.push(b);
         }
     }
-    let start = T0 + r.below(SPAN as u64 / 2) as i64 - 300_000_000;
+    let start = t0 + r.below(SPAN as u64 / 2) as i64 - 300_000_000;
     let end = start + 60_000_000 + r.below(SPAN as u64) as i64;
     let mut spec = json!({
         "calculations": calcs,
@@ -761,29 +763,78 @@ fn close(a: &Value, b: &Value) -> bool {
     }
 }
 
-async fn send(client: &reqwest::Client, server: &Server, events: &[Ev]) {
+/// Sends `events` to dataset `ds`.
+pub(crate) async fn send(client: &reqwest::Client, server: &Server, ds: &str, events: &[Ev]) {
     for chunk in events.chunks(250) {
         let body: Vec<Value> = chunk
             .iter()
             .map(|e| json!({"data": e.f, "time": sonde_gen::format_time(e.ts), "samplerate": e.rate}))
             .collect();
-        let (status, resp) = send_json(client.post(server.at("/1/batch/diff")).json(&body)).await;
+        let (status, resp) = send_json(client.post(server.at(&format!("/1/batch/{ds}"))).json(&body)).await;
         assert_eq!(status, 200, "{resp}");
     }
 }
 
+/// Asserts that `got` (the engine's answer to `spec`) equals the brute-force model over
+/// `events`; the number of result groups.
+pub(crate) fn check_answer(i: usize, spec: &Value, got: &Value, events: &[Ev]) -> usize {
+    let want = model(spec, events);
+    let results: Vec<Map<String, Value>> = got["data"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["data"].as_object().unwrap().clone())
+        .collect();
+    assert_eq!(
+        results.len(),
+        want.results.len(),
+        "spec {i} {spec}\n got {results:?}\nwant {:?}",
+        want.results
+    );
+    for (g, w) in results.iter().zip(&want.results) {
+        assert!(
+            close(&Value::Object(g.clone()), &Value::Object(w.clone())),
+            "spec {i} {spec}\n got {g:?}\nwant {w:?}"
+        );
+    }
+    let series = got["data"]["series"].as_array().unwrap();
+    assert_eq!(series.len(), want.series.len(), "spec {i} {spec}: series length");
+    for (s, (t, w)) in series.iter().zip(&want.series) {
+        assert_eq!(s["time"], json!(sonde_model::time::format_us(*t)), "spec {i} {spec}");
+        assert!(
+            close(&s["data"], &Value::Object(w.clone())),
+            "spec {i} {spec}\n got {}\nwant {w:?}",
+            s["data"]
+        );
+    }
+    results.len()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_specs_match_a_brute_force_model() {
+    // Twice: the second answers read the per-segment partials the first ones computed.
+    random_specs_against_the_model(&[], 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_specs_match_a_brute_force_model_without_precomputed_partials() {
+    random_specs_against_the_model(&["--partials-cache-bytes", "0"], 1).await;
+}
+
+async fn random_specs_against_the_model(flags: &[&str], passes: usize) {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = Rng::new(99);
-    let events = gen_events(&mut rng);
-    // Flushes every 700 events: many segments, the last events stay in the write buffer.
-    let server = Server::start(dir.path(), &["--flush-rows", "700"]).await;
+    let events = gen_events(&mut rng, T0);
+    // Flushes every 700 events: many segments, the last events stay in the write buffer; no
+    // compaction, so that the second pass reads the same segments as the first.
+    let mut args = vec!["--flush-rows", "700", "--compaction-target-rows", "0"];
+    args.extend(flags);
+    let server = Server::start(dir.path(), &args).await;
     let client = reqwest::Client::new();
     // Chunks of exactly the flush size, each flushed before the next is sent: 8 segments, and
     // the last 400 events stay in the write buffer.
     for chunk in events.chunks(700) {
-        send(&client, &server, chunk).await;
+        send(&client, &server, "diff", chunk).await;
         if chunk.len() < 700 {
             break;
         }
@@ -802,53 +853,38 @@ async fn random_specs_match_a_brute_force_model() {
     assert_eq!(d["datasets"][0]["segments"], 8, "{d}");
     assert_eq!(d["datasets"][0]["buffered_rows"], 400, "{d}");
 
-    let specs: Vec<Value> = (0..SPECS).map(|_| random_spec(&mut rng)).collect();
+    let specs: Vec<Value> = (0..SPECS).map(|_| random_spec(&mut rng, T0)).collect();
     use futures::StreamExt;
-    let answers = futures::stream::iter(specs.iter().enumerate())
-        .map(|(i, spec)| {
-            let req = client.post(server.at("/api/query/diff")).json(spec);
-            async move { (i, send_json(req).await) }
-        })
-        .buffered(4)
-        .collect::<Vec<_>>()
-        .await;
-    let mut checked_groups = 0usize;
-    for (i, (status, got)) in answers {
-        let spec = &specs[i];
-        assert_eq!(status, 200, "spec {i} {spec}: {got}");
-        let want = model(spec, &events);
-        let results: Vec<Map<String, Value>> = got["data"]["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["data"].as_object().unwrap().clone())
-            .collect();
-        assert_eq!(
-            results.len(),
-            want.results.len(),
-            "spec {i} {spec}\n got {results:?}\nwant {:?}",
-            want.results
+    for pass in 0..passes {
+        let answers = futures::stream::iter(specs.iter().enumerate())
+            .map(|(i, spec)| {
+                let req = client.post(server.at("/api/query/diff")).json(spec);
+                async move { (i, send_json(req).await) }
+            })
+            .buffered(4)
+            .collect::<Vec<_>>()
+            .await;
+        let mut checked_groups = 0usize;
+        let mut precomputed = 0u64;
+        for (i, (status, got)) in answers {
+            let spec = &specs[i];
+            assert_eq!(status, 200, "spec {i} {spec}: {got}");
+            checked_groups += check_answer(i, spec, &got, &events);
+            precomputed += got["meta"]["segments_precomputed"].as_u64().unwrap();
+        }
+        assert!(
+            checked_groups > SPECS,
+            "the random specs should produce groups, got {checked_groups}"
         );
-        for (g, w) in results.iter().zip(&want.results) {
-            assert!(
-                close(&Value::Object(g.clone()), &Value::Object(w.clone())),
-                "spec {i} {spec}\n got {g:?}\nwant {w:?}"
-            );
+        match (flags.is_empty(), pass) {
+            (false, _) => assert_eq!(precomputed, 0, "partials are off"),
+            (true, 0) => {}
+            // A third of the specs roll up only (COUNT, SUM, AVG, MIN, MAX), and about one in
+            // two of those has a segment wholly inside its range.
+            (true, _) => assert!(
+                precomputed > SPECS as u64 / 4,
+                "a second pass reads partials: {precomputed}"
+            ),
         }
-        let series = got["data"]["series"].as_array().unwrap();
-        assert_eq!(series.len(), want.series.len(), "spec {i} {spec}: series length");
-        for (s, (t, w)) in series.iter().zip(&want.series) {
-            assert_eq!(s["time"], json!(sonde_model::time::format_us(*t)), "spec {i} {spec}");
-            assert!(
-                close(&s["data"], &Value::Object(w.clone())),
-                "spec {i} {spec}\n got {}\nwant {w:?}",
-                s["data"]
-            );
-        }
-        checked_groups += results.len();
     }
-    assert!(
-        checked_groups > SPECS,
-        "the random specs should produce groups, got {checked_groups}"
-    );
 }

@@ -1,0 +1,179 @@
+//! A breakdown's partial aggregates per time bucket and group (the "fine" table of
+//! `breakdown`) put together from precomputed per-segment partials ([`crate::partials`]) where
+//! it can: the segments wholly inside the range are read from the cache, or aggregated per
+//! segment in one scan and kept; the segments at the range's edges and the write buffer are
+//! aggregated as usual; the three roll up into the same table a full scan would give.
+
+use super::*;
+use crate::table::SEGMENT_COLUMN;
+use arrow::datatypes::{Field, Schema};
+use sonde_storage::source::SegmentId;
+
+impl Run<'_> {
+    /// Whether this plan's fine table can be made of per-segment partials: every calculation
+    /// rolls up (COUNT, SUM, AVG, MIN, MAX), each segment's rows are aggregated on their own
+    /// (no relational fields, which join spans across segments), the groups are few, and no
+    /// later step reads every row anyway (HEATMAP's histograms, CONCURRENCY).
+    fn partials_apply(&self) -> bool {
+        let plan = self.plan;
+        self.engine.partials.enabled()
+            && plan.relations.is_empty()
+            && plan.calcs.iter().all(|c| {
+                matches!(
+                    c.op,
+                    CalcOp::Count | CalcOp::Sum | CalcOp::Avg | CalcOp::Min | CalcOp::Max
+                )
+            })
+            && !plan.breakdowns.iter().any(|(b, _)| self.table.many_groups(b))
+    }
+
+    /// What decides a segment's partials for this plan (see [`crate::partials`]): the plan
+    /// without its range (only the buckets' phase), order, limit and formulas, and the table
+    /// schema.
+    fn shape(&self) -> Arc<str> {
+        use datafusion::catalog::TableProvider;
+        let plan = self.plan;
+        let g_us = plan.granularity_s * 1_000_000;
+        let key = Plan {
+            start_us: plan.start_us.rem_euclid(g_us),
+            end_us: 0,
+            orders: Vec::new(),
+            havings: Vec::new(),
+            limit: 0,
+            compare_offset_s: None,
+            formulas: Vec::new(),
+            series: false,
+            ..plan.clone()
+        };
+        format!(
+            "{}\n{key:?}\n{:?}",
+            self.table.snapshot().dataset,
+            self.table.schema().fields()
+        )
+        .into()
+    }
+
+    /// The fine table (per bucket and group, the partial aggregates `aggs`) from precomputed
+    /// partials, or `None` when the plan cannot use them or no segment lies wholly inside
+    /// its range.
+    pub(super) async fn fine_from_partials(&self, aggs: &[Expr]) -> Result<Option<DataFrame>> {
+        use datafusion::catalog::TableProvider;
+        if !self.partials_apply() {
+            return Ok(None);
+        }
+        let plan = self.plan;
+        let g_us = plan.granularity_s * 1_000_000;
+        let inside: Vec<SegmentId> = self
+            .table
+            .snapshot()
+            .segments
+            .iter()
+            .filter(|s| s.min_ts_us >= plan.start_us && s.max_ts_us < plan.end_us)
+            .map(|s| s.id)
+            .collect();
+        if inside.is_empty() {
+            return Ok(None);
+        }
+        let cache = &self.engine.partials;
+        let shape = self.shape();
+        let mut parts: Vec<RecordBatch> = Vec::new();
+        let mut missing: Vec<SegmentId> = Vec::new();
+        for id in &inside {
+            match cache.get(&shape, *id, plan.start_us, g_us) {
+                Some(b) => parts.extend(b),
+                None => missing.push(*id),
+            }
+        }
+        let ctx = self.engine.session_with_pushdown(selective(plan))?;
+        let mut keys = vec![bucket_expr(plan, None).alias("t")];
+        keys.extend(self.group_exprs());
+
+        // The segments not yet precomputed: one scan, aggregated per segment too, then split.
+        let mut computed_rows = 0u64;
+        if !missing.is_empty() {
+            let table = Arc::new(self.table.segments_only(missing.iter().copied()));
+            computed_rows = table.rows_in_range(i64::MIN, i64::MAX);
+            let mut per_segment = vec![ident(SEGMENT_COLUMN)];
+            per_segment.extend(keys.iter().cloned());
+            let df = self
+                .engine
+                .plan_frame(&ctx, &table, plan, &plan.derived, self.req)
+                .await?
+                .filter(where_clause(plan, &table))
+                .and_then(|d| d.aggregate(per_segment, aggs.to_vec()));
+            let batches = self.collect(self.df(df)?).await?;
+            for id in &missing {
+                let own = split_segment(&batches, *id).map_err(internal)?;
+                cache.insert(&shape, *id, plan.start_us, own.clone());
+                parts.extend(own);
+            }
+        }
+
+        // The rest (segments at the edges of the range, the buffer) as usual.
+        let rest = Arc::new(self.table.without_segments(inside.iter().copied()));
+        let df = self
+            .engine
+            .plan_frame(&ctx, &rest, plan, &plan.derived, self.req)
+            .await?
+            .filter(where_clause(plan, &rest))
+            .and_then(|d| d.aggregate(keys, aggs.to_vec()));
+        let df = self.df(df)?;
+        // Every part in one schema, all nullable (the planned and the physical nullability of
+        // a column may differ; the values and types do not).
+        let schema = Arc::new(Schema::new(
+            df.schema()
+                .as_arrow()
+                .fields()
+                .iter()
+                .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+                .collect::<Vec<_>>(),
+        ));
+        parts.extend(self.collect(df).await?);
+        let parts = parts
+            .into_iter()
+            .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(internal)?;
+        // The cached parts count against the request like the collected ones.
+        let cached: usize = parts.iter().map(|b| b.get_array_memory_size()).sum();
+        self.req.account(cached, "the precomputed partials")?;
+
+        {
+            let scanned = rest.stats().lock().unwrap().clone();
+            let stats = self.table.stats();
+            let mut st = stats.lock().unwrap();
+            st.segments_total = self.table.snapshot().segments.len();
+            st.segments_scanned = scanned.segments_scanned + missing.len();
+            st.segments_pruned_by_index = scanned.segments_pruned_by_index;
+            st.rows_examined = scanned.rows_examined + computed_rows;
+            st.segments_precomputed = inside.len() - missing.len();
+        }
+
+        let table = datafusion::datasource::MemTable::try_new(schema, vec![parts]);
+        let merged = table.and_then(|t| {
+            let t: Arc<dyn TableProvider> = Arc::new(t);
+            let mut groups = vec![ident("t")];
+            groups.extend((0..plan.breakdowns.len()).map(|i| ident(b_alias(i))));
+            ctx.read_table(t)?.aggregate(groups, aggs.iter().map(rollup).collect())
+        });
+        Ok(Some(self.df(merged)?))
+    }
+}
+
+/// The rows of `batches` (partials per segment, bucket and group) of segment `id`, without the
+/// segment column.
+fn split_segment(batches: &[RecordBatch], id: SegmentId) -> Result<Vec<RecordBatch>, arrow::error::ArrowError> {
+    use arrow::array::UInt64Array;
+    let mut out = Vec::new();
+    for b in batches {
+        let i = b.schema().index_of(SEGMENT_COLUMN)?;
+        let keep = arrow::compute::kernels::cmp::eq(b.column(i), &UInt64Array::new_scalar(id.0))?;
+        if keep.true_count() == 0 {
+            continue;
+        }
+        let rows = arrow::compute::filter_record_batch(b, &keep)?;
+        let columns: Vec<usize> = (0..rows.num_columns()).filter(|c| *c != i).collect();
+        out.push(rows.project(&columns)?);
+    }
+    Ok(out)
+}
