@@ -915,6 +915,12 @@ pub fn auto_granularity(span_us: i64) -> i64 {
     (span_s / 300.0).ceil() as i64
 }
 
+/// Whether the spec's range ends now (neither a start nor an end time given).
+pub fn relative_to_now(spec: &QuerySpec) -> bool {
+    let given = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null());
+    !given(&spec.start_time) && !given(&spec.end_time)
+}
+
 /// Resolves the time range: `(start_us, end_us)`.
 pub fn resolve_time(spec: &QuerySpec, now_us: i64) -> Result<(i64, i64), SpecError> {
     let parse = |v: &Value, field: &str| -> Result<i64, SpecError> {
@@ -1339,7 +1345,7 @@ pub fn plan_with(
         Some(l) => return Err(err("limit", format!("must be between 1 and {MAX_LIMIT}, got {l}"))),
     };
 
-    let (start_us, end_us) = resolve_time(spec, now_us)?;
+    let (mut start_us, end_us) = resolve_time(spec, now_us)?;
     let span = end_us - start_us;
     let granularity_s = match spec.granularity {
         None | Some(0) => auto_granularity(span),
@@ -1355,6 +1361,13 @@ pub fn plan_with(
             g
         }
     };
+    // A range ending now starts on a bucket boundary (a multiple of the granularity since the
+    // epoch), as Grafana and Honeycomb draw them: the buckets fall at round times, and two
+    // refreshes of one view cut the same buckets, so precomputed per-segment partials keep
+    // answering it. The range grows by less than one bucket at its start.
+    if relative_to_now(spec) {
+        start_us = start_us.div_euclid(granularity_s * 1_000_000) * (granularity_s * 1_000_000);
+    }
 
     if !relations.is_empty() {
         let t = &defs.trace;
@@ -1575,8 +1588,11 @@ mod tests {
         let p = plan(&spec(json!({})), &cols(), now).unwrap();
         assert_eq!(p.calcs[0].key, "COUNT");
         assert_eq!(p.limit, 100);
-        assert_eq!((p.start_us, p.end_us), (now - 7_200_000_000, now));
+        // Ending now, the range starts on a bucket boundary at or before two hours ago.
         assert_eq!(p.granularity_s, 30);
+        assert_eq!(p.end_us, now);
+        assert_eq!(p.start_us % 30_000_000, 0);
+        assert!((0..30_000_000).contains(&(now - 7_200_000_000 - p.start_us)));
         assert!((100..=300).contains(&p.buckets()));
         let p = plan(
             &spec(json!({"start_time": 1_700_000_000, "end_time": 1_700_003_600})),

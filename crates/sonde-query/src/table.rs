@@ -266,6 +266,12 @@ impl DatasetTable {
             })
     }
 
+    /// Whether `column` has a per-segment id index (trace and span ids): a filter on it
+    /// names one request, not a view anyone asks for twice.
+    pub fn is_indexed(&self, column: &str) -> bool {
+        self.index.is_indexed(column)
+    }
+
     /// The snapshot behind the table.
     pub fn snapshot(&self) -> &DatasetSnapshot {
         &self.snapshot

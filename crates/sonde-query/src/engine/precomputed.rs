@@ -12,12 +12,19 @@ use sonde_storage::source::SegmentId;
 impl Run<'_> {
     /// Whether this plan's fine table can be made of per-segment partials: every calculation
     /// rolls up (COUNT, SUM, AVG, MIN, MAX), each segment's rows are aggregated on their own
-    /// (no relational fields, which join spans across segments), the groups are few, and no
-    /// later step reads every row anyway (HEATMAP's histograms, CONCURRENCY).
+    /// (no relational fields, which join spans across segments), the groups are few, no
+    /// later step reads every row anyway (HEATMAP's histograms, CONCURRENCY), and no filter
+    /// looks up an id (a trace or span id names one request: its partials would never be asked
+    /// for again, and the id indexes already skip the segments without it).
     fn partials_apply(&self) -> bool {
         let plan = self.plan;
         self.engine.partials.enabled()
             && plan.relations.is_empty()
+            && !plan
+                .filters
+                .iter()
+                .chain(plan.calcs.iter().flat_map(|c| c.filters.iter()))
+                .any(|f| self.table.is_indexed(&f.column))
             && plan.calcs.iter().all(|c| {
                 matches!(
                     c.op,
@@ -89,10 +96,9 @@ impl Run<'_> {
         keys.extend(self.group_exprs());
 
         // The segments not yet precomputed: one scan, aggregated per segment too, then split.
-        let mut computed_rows = 0u64;
+        let mut computed = ScanStats::default();
         if !missing.is_empty() {
             let table = Arc::new(self.table.segments_only(missing.iter().copied()));
-            computed_rows = table.rows_in_range(i64::MIN, i64::MAX);
             let mut per_segment = vec![ident(SEGMENT_COLUMN)];
             per_segment.extend(keys.iter().cloned());
             let df = self
@@ -102,6 +108,7 @@ impl Run<'_> {
                 .filter(where_clause(plan, &table))
                 .and_then(|d| d.aggregate(per_segment, aggs.to_vec()));
             let batches = self.collect(self.df(df)?).await?;
+            computed = table.stats().lock().unwrap().clone();
             for id in &missing {
                 let own = split_segment(&batches, *id).map_err(internal)?;
                 cache.insert(&shape, *id, plan.start_us, own.clone());
@@ -143,9 +150,9 @@ impl Run<'_> {
             let stats = self.table.stats();
             let mut st = stats.lock().unwrap();
             st.segments_total = self.table.snapshot().segments.len();
-            st.segments_scanned = scanned.segments_scanned + missing.len();
-            st.segments_pruned_by_index = scanned.segments_pruned_by_index;
-            st.rows_examined = scanned.rows_examined + computed_rows;
+            st.segments_scanned = scanned.segments_scanned + computed.segments_scanned;
+            st.segments_pruned_by_index = scanned.segments_pruned_by_index + computed.segments_pruned_by_index;
+            st.rows_examined = scanned.rows_examined + computed.rows_examined;
             st.segments_precomputed = inside.len() - missing.len();
         }
 

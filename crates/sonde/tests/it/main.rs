@@ -19,6 +19,7 @@ mod load;
 mod memory_bound;
 mod object_store;
 mod otlp_http;
+mod precomputed;
 mod query_api;
 mod query_diff;
 mod relational;

@@ -1,0 +1,150 @@
+//! Precomputed per-segment partials stay exact through a dataset's whole life: answers read
+//! from them equal the brute-force model after ingest (new events in the write buffer beside
+//! cached segments), flushes, compaction (new segments replace cached ones), retention (cached
+//! segments dropped) and restarts (the cache starts empty).
+
+use crate::fixtures::T0;
+use crate::harness::{Server, send_json};
+use crate::query_diff::{Ev, check_answer, gen_events, random_spec, send};
+use serde_json::Value;
+use sonde_gen::Rng;
+use std::time::Duration;
+
+const ROLLUP: &[&str] = &["COUNT", "SUM", "AVG", "MIN", "MAX"];
+
+/// `n` random specs over the hour from `t0` whose calculations all roll up (the ones
+/// precomputed partials answer).
+fn rollup_specs(r: &mut Rng, t0: i64, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let spec = random_spec(r, t0);
+        let calcs = spec["calculations"].as_array().unwrap();
+        if calcs.iter().all(|c| ROLLUP.contains(&c["op"].as_str().unwrap())) {
+            out.push(spec);
+        }
+    }
+    out
+}
+
+async fn dataset(client: &reqwest::Client, server: &Server, ds: &str) -> Value {
+    let (_, d) = send_json(client.get(server.at("/api/datasets"))).await;
+    d["datasets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == ds)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Sends `events` in chunks of the flush size, waiting for each full chunk's flush.
+async fn send_flushed(client: &reqwest::Client, server: &Server, ds: &str, events: &[Ev]) {
+    for chunk in events.chunks(700) {
+        send(client, server, ds, chunk).await;
+        if chunk.len() < 700 {
+            break;
+        }
+        wait_for(client, server, ds, |d| d["buffered_rows"] == 0).await;
+    }
+}
+
+async fn wait_for(client: &reqwest::Client, server: &Server, ds: &str, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..600 {
+        let d = dataset(client, server, ds).await;
+        if done(&d) {
+            return d;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{ds} never got there: {}", dataset(client, server, ds).await);
+}
+
+/// Asks every spec twice, checking both answers against the model; the segments the second
+/// round answered from partials.
+async fn check_twice(client: &reqwest::Client, server: &Server, ds: &str, specs: &[Value], events: &[Ev]) -> u64 {
+    let mut precomputed = 0;
+    for round in 0..2 {
+        for (i, spec) in specs.iter().enumerate() {
+            let (status, got) = send_json(client.post(server.at(&format!("/api/query/{ds}"))).json(spec)).await;
+            assert_eq!(status, 200, "{ds} spec {i} {spec}: {got}");
+            check_answer(i, spec, &got, events);
+            if round == 1 {
+                precomputed += got["meta"]["segments_precomputed"].as_u64().unwrap();
+            }
+        }
+    }
+    precomputed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn precomputed_partials_stay_exact_through_ingest_compaction_retention_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let mut rng = Rng::new(7);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    // "old": far past a day's retention; "new": three hours ago, inside it.
+    let new_t0 = now - 3 * 3_600_000_000;
+    let old = gen_events(&mut rng, T0);
+    let mut new = gen_events(&mut rng, new_t0);
+    let old_specs = rollup_specs(&mut rng, T0, 40);
+    let new_specs = rollup_specs(&mut rng, new_t0, 40);
+
+    // 1. Ingest and flush: 8 segments each, 400 events left in each buffer.
+    let flags = ["--flush-rows", "700", "--compaction-target-rows", "0"];
+    let mut server = Server::start(dir.path(), &flags).await;
+    send_flushed(&client, &server, "old", &old).await;
+    send_flushed(&client, &server, "new", &new).await;
+    assert_eq!(dataset(&client, &server, "new").await["segments"], 8);
+    assert!(check_twice(&client, &server, "old", &old_specs, &old).await > 0);
+    assert!(check_twice(&client, &server, "new", &new_specs, &new).await > 0);
+
+    // 2. More events into the buffer, beside the cached segments.
+    let more: Vec<Ev> = gen_events(&mut Rng::new(8), new_t0).into_iter().take(250).collect();
+    send(&client, &server, "new", &more).await;
+    new.extend(more);
+    assert!(check_twice(&client, &server, "new", &new_specs, &new).await > 0);
+
+    // 3. Compaction merges the segments into new ones (the buffers flush on the way down).
+    server.stop().await;
+    let flags = [
+        "--flush-rows",
+        "700",
+        "--compaction-target-rows",
+        "5000",
+        "--maintenance-interval",
+        "50ms",
+    ];
+    let mut server = Server::start(dir.path(), &flags).await;
+    for ds in ["old", "new"] {
+        wait_for(&client, &server, ds, |d| d["segments"].as_u64().unwrap() <= 4).await;
+    }
+    assert!(check_twice(&client, &server, "old", &old_specs, &old).await > 0);
+    assert!(check_twice(&client, &server, "new", &new_specs, &new).await > 0);
+
+    // 4. Retention drops every old segment while the new ones' partials are cached.
+    server.stop().await;
+    let flags = [
+        "--flush-rows",
+        "700",
+        "--compaction-target-rows",
+        "0",
+        "--retention",
+        "1d",
+        "--maintenance-interval",
+        "50ms",
+    ];
+    let mut server = Server::start(dir.path(), &flags).await;
+    assert!(check_twice(&client, &server, "new", &new_specs, &new).await > 0);
+    wait_for(&client, &server, "old", |d| d["rows"] == 0).await;
+    check_twice(&client, &server, "old", &old_specs, &[]).await;
+    assert!(check_twice(&client, &server, "new", &new_specs, &new).await > 0);
+
+    // 5. A restart: the cache starts empty and fills again.
+    server.stop().await;
+    server.restart().await;
+    assert!(check_twice(&client, &server, "new", &new_specs, &new).await > 0);
+    check_twice(&client, &server, "old", &old_specs, &[]).await;
+}
