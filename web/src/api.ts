@@ -85,6 +85,10 @@ export interface QueryAnswer {
   meta: {
     rows_examined: number; segments_total: number; segments_scanned: number; segments_pruned: number;
     elapsed_ms: number; granularity: number; start_time: string; end_time: string; groups: number; groups_truncated: boolean;
+    /** Segments answered from precomputed per-segment partials instead of being read. */
+    segments_precomputed?: number;
+    /** Present when some values are approximate (percentiles from sketches over a large range). */
+    approximate?: { what: string; relative_error: number; reason: string };
   };
 }
 

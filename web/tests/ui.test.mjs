@@ -27,7 +27,9 @@ let server, url, browser, dir;
 
 async function startServer() {
   dir = mkdtempSync(join(tmpdir(), "sonde-ui-"));
-  server = spawn(BIN, ["serve", "--data-dir", dir, "--listen", "127.0.0.1:0", "--grpc-listen", "off"], { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, SONDE_LOG: "warn" } });
+  // Percentiles over more than 15,000 events come from sketches, so the whole hour's are
+  // approximate (and marked) while a shorter range's stay exact.
+  server = spawn(BIN, ["serve", "--data-dir", dir, "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--exact-percentile-rows", "15000"], { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, SONDE_LOG: "warn" } });
   const lines = createInterface({ input: server.stdout });
   url = await new Promise((resolve, reject) => {
     lines.once("line", (l) => resolve(l.replace("sonde listening on ", "").trim()));
@@ -105,6 +107,9 @@ test("a permalink shows one graph per calculation and a table equal to the API's
   assert.equal(await page.locator(".chart").count(), 2);
   assert.equal(await page.locator(".chart canvas").count() >= 2, true);
   assert.match(await page.textContent("#status"), /rows examined/);
+  // 20,000 events in the hour: its P99 comes from sketches, and the status says so first.
+  assert.equal(want.meta.approximate.what, "percentiles");
+  assert.match(await page.textContent("#status"), /^≈ percentiles within 0\.5% \(\d+ events in the range/);
   await shot(page, "permalink");
   assert.deepEqual(page.errors, []);
   await page.close();

@@ -681,6 +681,10 @@ pub struct Plan {
     pub usage_mode: bool,
     /// Whether the time series is wanted (false: results only).
     pub series: bool,
+    /// Whether percentiles are answered from mergeable sketches (within
+    /// `sonde_query::sketch::ALPHA` of the exact value) rather than exactly: set by the engine
+    /// when the range holds more events than it answers exactly in time.
+    pub sketched: bool,
 }
 
 impl Plan {
@@ -1423,6 +1427,7 @@ pub fn plan_with(
         relations,
         formulas,
         trace: defs.trace.clone(),
+        sketched: false,
     })
 }
 

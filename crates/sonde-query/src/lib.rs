@@ -23,6 +23,7 @@ pub mod engine;
 pub mod json;
 pub mod memory;
 pub mod partials;
+pub mod sketch;
 /// Honeycomb's query specification; it lives in `sonde-model` so that it needs no engine.
 pub use sonde_model::spec;
 pub mod table;
@@ -32,6 +33,8 @@ pub mod udaf;
 mod source_tests;
 
 pub use bubbleup::BubbleUpRequest;
-pub use engine::{EngineConfig, EventsRequest, QueryData, QueryEngine, QueryError, QueryMeta, QueryResult, SqlFormat};
+pub use engine::{
+    Approximate, EngineConfig, EventsRequest, QueryData, QueryEngine, QueryError, QueryMeta, QueryResult, SqlFormat,
+};
 pub use memory::{MemoryBudget, RequestBudget};
 pub use spec::QuerySpec;

@@ -235,6 +235,11 @@ struct ServeArgs {
     /// MIN, MAX per time bucket and group), in bytes (0: off, every query scans every segment).
     #[arg(long, env = "SONDE_PARTIALS_CACHE_BYTES", default_value_t = EngineConfig::DEFAULT_PARTIALS_CACHE_BYTES)]
     partials_cache_bytes: usize,
+    /// A breakdown's percentiles are exact up to this many events in its range; above it they
+    /// come from mergeable sketches within 0.5% of the value, marked in `meta.approximate`
+    /// (0: always exact).
+    #[arg(long, env = "SONDE_EXACT_PERCENTILE_ROWS", default_value_t = EngineConfig::DEFAULT_EXACT_PERCENTILE_ROWS)]
+    exact_percentile_rows: u64,
     /// Log format.
     #[arg(long, env = "SONDE_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -603,6 +608,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             max_answer_bytes: a.max_answer_bytes,
             bubbleup_sample_rows: a.bubbleup_sample_rows,
             partials_cache_bytes: a.partials_cache_bytes,
+            exact_percentile_rows: a.exact_percentile_rows,
             ..Default::default()
         },
     )?;
@@ -988,13 +994,15 @@ mod tests {
                 a.memory_limit,
                 a.max_answer_bytes,
                 a.bubbleup_sample_rows,
-                a.partials_cache_bytes
+                a.partials_cache_bytes,
+                a.exact_percentile_rows
             ),
             (
                 engine.memory_budget,
                 engine.max_answer_bytes,
                 engine.bubbleup_sample_rows,
-                engine.partials_cache_bytes
+                engine.partials_cache_bytes,
+                engine.exact_percentile_rows
             )
         );
         let server = ServerConfig::default();

@@ -21,8 +21,13 @@ export interface ResultsProps { shown: QueryShown | null; catalog: Catalog; colu
 
 /** The status line under the builder. */
 export function queryStatus(m: QueryAnswer["meta"], msInAll: number): string {
-  return `${m.groups} group${m.groups === 1 ? "" : "s"}${m.groups_truncated ? " (top)" : ""} · `
-    + `${m.rows_examined.toLocaleString("en-US")} rows examined · ${m.segments_scanned}/${m.segments_total} segments scanned · `
+  const precomputed = m.segments_precomputed ? ` (${m.segments_precomputed} precomputed)` : "";
+  // Approximate values are said up front: an on-call engineer must not mistake them for exact.
+  const approx = m.approximate
+    ? `≈ ${m.approximate.what} within ${(m.approximate.relative_error * 100).toFixed(1)}% (${m.approximate.reason}) · `
+    : "";
+  return `${approx}${m.groups} group${m.groups === 1 ? "" : "s"}${m.groups_truncated ? " (top)" : ""} · `
+    + `${m.rows_examined.toLocaleString("en-US")} rows examined · ${m.segments_scanned}/${m.segments_total} segments scanned${precomputed} · `
     + `${m.elapsed_ms.toFixed(1)} ms in the server, ${msInAll.toFixed(0)} ms in all · ${m.granularity}s buckets`;
 }
 

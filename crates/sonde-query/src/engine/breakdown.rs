@@ -143,7 +143,7 @@ impl Run<'_> {
         for (i, c) in plan.calcs.iter().enumerate() {
             let column = c.column.as_ref().map(|(n, _)| n.as_str());
             if c.op.is_simple() {
-                let (a, f) = aggregate_of(c.op, column, &c_alias(i), calc_filter(plan, i).as_ref());
+                let (a, f) = aggregate_of(c.op, column, &c_alias(i), calc_filter(plan, i).as_ref(), plan.sketched);
                 aggs.extend(a);
                 finals.push(f);
             } else if c.op == CalcOp::Heatmap {
@@ -162,7 +162,8 @@ impl Run<'_> {
     /// as many rows as the events) and every calculation is per group and per bucket (no rates
     /// or CONCURRENCY); `None` otherwise.
     ///
-    /// - When every calculation rolls up (COUNT, SUM, AVG, MIN, MAX, HEATMAP's value range):
+    /// - When every calculation rolls up (COUNT, SUM, AVG, MIN, MAX, HEATMAP's value range,
+    ///   sketched percentiles):
     ///   partial aggregates per time bucket and group, which the results roll up per group.
     /// - Otherwise (percentiles, COUNT_DISTINCT): grouping sets `(t, groups)` and `(groups)`,
     ///   so one scan feeds both; the results are the rows whose `t` is null.
@@ -172,13 +173,11 @@ impl Run<'_> {
         if per_bucket_only || plan.breakdowns.iter().any(|(b, _)| self.table.many_groups(b)) {
             return Ok(None);
         }
-        let rolls_up = plan.calcs.iter().all(|c| {
-            matches!(
-                c.op,
-                CalcOp::Count | CalcOp::Sum | CalcOp::Avg | CalcOp::Min | CalcOp::Max | CalcOp::Heatmap
-            )
-        });
-        if rolls_up {
+        let all_roll_up = plan
+            .calcs
+            .iter()
+            .all(|c| c.op == CalcOp::Heatmap || rolls_up(plan, c.op));
+        if all_roll_up {
             let mut gexprs = vec![bucket_expr(plan, None).alias("t")];
             gexprs.extend(self.group_exprs());
             return Ok(Some((
@@ -425,7 +424,7 @@ impl Run<'_> {
             for (i, c) in plan.calcs.iter().enumerate() {
                 if c.op != CalcOp::Heatmap {
                     let column = c.column.as_ref().map(|(n, _)| n.as_str());
-                    let (a, f) = aggregate_of(c.op, column, &c_alias(i), calc_filter(plan, i).as_ref());
+                    let (a, f) = aggregate_of(c.op, column, &c_alias(i), calc_filter(plan, i).as_ref(), plan.sketched);
                     aggs.extend(a);
                     finals.push(f);
                 }
@@ -646,6 +645,16 @@ impl Run<'_> {
     }
 }
 
+/// Whether calculation `op`'s partial aggregates roll up (sums, minimums, maximums and, when
+/// the plan sketches its percentiles, sketches).
+pub(super) fn rolls_up(plan: &Plan, op: CalcOp) -> bool {
+    match op {
+        CalcOp::Count | CalcOp::Sum | CalcOp::Avg | CalcOp::Min | CalcOp::Max => true,
+        CalcOp::Percentile(_) => plan.sketched,
+        _ => false,
+    }
+}
+
 /// The partial aggregate rolling `agg` (an aggregate aliased `name`) up over rows of partial
 /// results that carry it as column `name`: sums of sums, minimum of minimums, and so on.
 pub(super) fn rollup(agg: &Expr) -> Expr {
@@ -660,6 +669,7 @@ pub(super) fn rollup(agg: &Expr) -> Expr {
         "sum" => sum(col),
         "min" => min(col),
         "max" => max(col),
+        "sonde_sketch" | "sonde_sketch_merge" => crate::sketch::sketch_merge().call(vec![col]),
         other => unreachable!("{other} does not roll up"),
     }
     .alias(&alias.name)

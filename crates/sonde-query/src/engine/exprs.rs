@@ -162,7 +162,16 @@ pub(super) fn calc_filter(plan: &Plan, i: usize) -> Option<Expr> {
 /// Aggregates of a plain calculation, and the expression giving its value from them. With
 /// `only` (the calculation's own filters), every input of the aggregates is null where it
 /// does not hold, so the aggregates skip those events and still roll up from partials.
-pub(super) fn aggregate_of(op: CalcOp, column: Option<&str>, alias: &str, only: Option<&Expr>) -> (Vec<Expr>, Expr) {
+///
+/// With `sketched`, a percentile's partial aggregate is a mergeable sketch (`{alias}_sk`),
+/// answered by the final expression (see [`crate::sketch`]).
+pub(super) fn aggregate_of(
+    op: CalcOp,
+    column: Option<&str>,
+    alias: &str,
+    only: Option<&Expr>,
+    sketched: bool,
+) -> (Vec<Expr>, Expr) {
     let out = |e: Expr| (vec![e.alias(alias)], ident(alias));
     let keep = |e: Expr| match only {
         Some(p) => when(p.clone(), e).end().expect("case builder"),
@@ -184,13 +193,26 @@ pub(super) fn aggregate_of(op: CalcOp, column: Option<&str>, alias: &str, only: 
         CalcOp::Min => out(min(keep(ident(column.unwrap())))),
         CalcOp::Max => out(max(keep(ident(column.unwrap())))),
         CalcOp::CountDistinct => out(count_distinct(keep(ident(column.unwrap())))),
+        CalcOp::Percentile(p) if sketched => {
+            let sk = format!("{alias}_sk");
+            (
+                vec![
+                    crate::sketch::sketch()
+                        .call(vec![keep(as_f64(column.unwrap())), ident(SR)])
+                        .alias(&sk),
+                ],
+                crate::sketch::sketch_quantile()
+                    .call(vec![ident(&sk), lit(p)])
+                    .alias(alias),
+            )
+        }
         CalcOp::Percentile(p) => {
             out(weighted_percentile().call(vec![keep(as_f64(column.unwrap())), ident(SR), lit(p)]))
         }
         // Rates are derived from the per-bucket value of their base aggregate.
-        CalcOp::RateAvg => aggregate_of(CalcOp::Avg, column, alias, only),
-        CalcOp::RateSum => aggregate_of(CalcOp::Sum, column, alias, only),
-        CalcOp::RateMax => aggregate_of(CalcOp::Max, column, alias, only),
+        CalcOp::RateAvg => aggregate_of(CalcOp::Avg, column, alias, only, sketched),
+        CalcOp::RateSum => aggregate_of(CalcOp::Sum, column, alias, only, sketched),
+        CalcOp::RateMax => aggregate_of(CalcOp::Max, column, alias, only, sketched),
         // CONCURRENCY counts the spans starting in each bucket here (their ends separately).
         CalcOp::Concurrency => out(sum(when(concurrency_span(), ident(SR)).end().expect("case builder"))),
         CalcOp::Heatmap => unreachable!("heatmaps are computed by their own query"),

@@ -139,6 +139,10 @@ pub struct EngineConfig {
     /// Most memory for precomputed per-segment partial aggregates ([`crate::partials`]);
     /// 0: none, every breakdown scans every segment it covers (`--partials-cache-bytes`).
     pub partials_cache_bytes: usize,
+    /// A breakdown's percentiles are exact up to this many events in its range, and come from
+    /// mergeable sketches above it (within [`crate::sketch::ALPHA`] of the value, marked in
+    /// `meta.approximate`); 0: always exact (`--exact-percentile-rows`).
+    pub exact_percentile_rows: u64,
 }
 
 impl EngineConfig {
@@ -160,6 +164,9 @@ impl EngineConfig {
     /// Default of `partials_cache_bytes`: a breakdown's partials are a few kilobytes per
     /// segment, so this holds thousands of (segment, query shape) pairs.
     pub const DEFAULT_PARTIALS_CACHE_BYTES: usize = 64 << 20;
+    /// Default of `exact_percentile_rows`: about what an exact percentile breakdown reads in a
+    /// second on this project's 2-core reference machine.
+    pub const DEFAULT_EXACT_PERCENTILE_ROWS: u64 = 10_000_000;
 }
 
 impl Default for EngineConfig {
@@ -174,6 +181,7 @@ impl Default for EngineConfig {
             max_answer_bytes: Self::DEFAULT_MAX_ANSWER_BYTES,
             bubbleup_sample_rows: Self::DEFAULT_BUBBLEUP_SAMPLE_ROWS,
             partials_cache_bytes: Self::DEFAULT_PARTIALS_CACHE_BYTES,
+            exact_percentile_rows: Self::DEFAULT_EXACT_PERCENTILE_ROWS,
         }
     }
 }
@@ -227,6 +235,9 @@ pub struct QueryMeta {
     /// Segments answered from precomputed partial aggregates instead of being read (they are
     /// not in `segments_scanned`; see `--partials-cache-bytes`).
     pub segments_precomputed: usize,
+    /// What in the answer is approximate, and why (absent: everything is exact).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approximate: Option<Approximate>,
     /// Time taken.
     pub elapsed_ms: f64,
     /// Seconds per time bucket.
@@ -239,6 +250,17 @@ pub struct QueryMeta {
     pub groups: usize,
     /// Whether the limit cut groups off.
     pub groups_truncated: bool,
+}
+
+/// Which parts of an answer are approximate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Approximate {
+    /// The approximate calculations' kind: `"percentiles"`.
+    pub what: &'static str,
+    /// Largest relative error of each approximate value.
+    pub relative_error: f64,
+    /// Why: the events in the range, and the limit above which they are approximated.
+    pub reason: String,
 }
 
 /// A raw-events request: the spec's filters and time range, newest first, paged.
@@ -625,7 +647,19 @@ impl QueryEngine {
     ) -> Result<QueryResult> {
         let started = Instant::now();
         let table = self.table(dataset)?;
-        let plan = self.plan(&table, dataset, spec, defs)?;
+        let mut plan = self.plan(&table, dataset, spec, defs)?;
+        // Percentiles over more events than answer exactly in time come from sketches.
+        let in_range = table.rows_in_range(plan.start_us, plan.end_us - 1);
+        let limit = self.config.exact_percentile_rows;
+        plan.sketched =
+            limit > 0 && in_range > limit && plan.calcs.iter().any(|c| matches!(c.op, CalcOp::Percentile(_)));
+        let approximate = plan.sketched.then(|| Approximate {
+            what: "percentiles",
+            relative_error: crate::sketch::ALPHA,
+            reason: format!(
+                "{in_range} events in the range, more than are answered exactly (--exact-percentile-rows {limit})"
+            ),
+        });
         let stats = table.stats();
         let out = self.run_plan(&table, &plan, req).await?;
         let compare = match plan.compare_offset_s {
@@ -656,6 +690,7 @@ impl QueryEngine {
                 .saturating_sub(scan.segments_scanned + scan.segments_precomputed),
             segments_pruned_by_index: scan.segments_pruned_by_index,
             segments_precomputed: scan.segments_precomputed,
+            approximate,
             elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
             granularity: plan.granularity_s,
             start_time: sonde_model::time::format_us(plan.start_us),

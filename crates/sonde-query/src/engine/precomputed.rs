@@ -11,7 +11,7 @@ use sonde_storage::source::SegmentId;
 
 impl Run<'_> {
     /// Whether this plan's fine table can be made of per-segment partials: every calculation
-    /// rolls up (COUNT, SUM, AVG, MIN, MAX), each segment's rows are aggregated on their own
+    /// rolls up (COUNT, SUM, AVG, MIN, MAX, sketched percentiles), each segment's rows are aggregated on their own
     /// (no relational fields, which join spans across segments), the groups are few, no
     /// later step reads every row anyway (HEATMAP's histograms, CONCURRENCY), and no filter
     /// looks up an id (a trace or span id names one request: its partials would never be asked
@@ -25,12 +25,7 @@ impl Run<'_> {
                 .iter()
                 .chain(plan.calcs.iter().flat_map(|c| c.filters.iter()))
                 .any(|f| self.table.is_indexed(&f.column))
-            && plan.calcs.iter().all(|c| {
-                matches!(
-                    c.op,
-                    CalcOp::Count | CalcOp::Sum | CalcOp::Avg | CalcOp::Min | CalcOp::Max
-                )
-            })
+            && plan.calcs.iter().all(|c| rolls_up(plan, c.op))
             && !plan.breakdowns.iter().any(|(b, _)| self.table.many_groups(b))
     }
 

@@ -5,8 +5,8 @@
 
 use crate::fixtures::T0;
 use crate::harness::{Server, send_json};
-use crate::query_diff::{Ev, check_answer, gen_events, random_spec, send};
-use serde_json::Value;
+use crate::query_diff::{Ev, check_answer, close, gen_events, model, random_spec, send};
+use serde_json::{Value, json};
 use sonde_gen::Rng;
 use std::time::Duration;
 
@@ -147,4 +147,92 @@ async fn precomputed_partials_stay_exact_through_ingest_compaction_retention_and
     server.restart().await;
     assert!(check_twice(&client, &server, "new", &new_specs, &new).await > 0);
     check_twice(&client, &server, "old", &old_specs, &[]).await;
+}
+
+/// Whether `got` equals `want`, a percentile's value within the sketches' relative error.
+fn within_sketch_error(got: &Value, want: &Value) -> bool {
+    let (Value::Object(g), Value::Object(w)) = (got, want) else {
+        return close(got, want);
+    };
+    g.len() == w.len()
+        && w.iter().all(|(k, w)| {
+            let Some(g) = g.get(k) else { return false };
+            match (k.starts_with('P') && k.contains('('), g.as_f64(), w.as_f64()) {
+                (true, Some(g), Some(w)) => (g - w).abs() <= 0.005 * w.abs() * 1.000_001 + 1e-9,
+                _ => close(g, w),
+            }
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sketched_percentiles_are_within_half_a_percent_of_the_exact_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let mut rng = Rng::new(11);
+    let events = gen_events(&mut rng, T0);
+    // Every percentile breakdown over more than one event is sketched.
+    let flags = [
+        "--flush-rows",
+        "700",
+        "--compaction-target-rows",
+        "0",
+        "--exact-percentile-rows",
+        "1",
+    ];
+    let server = Server::start(dir.path(), &flags).await;
+    send_flushed(&client, &server, "sk", &events).await;
+    // COUNT first, so the order (and so the groups kept) does not depend on the percentiles.
+    let specs: Vec<Value> = (0..60)
+        .map(|_| {
+            let mut spec = random_spec(&mut rng, T0);
+            let mut calcs = vec![json!({"op": "COUNT"})];
+            for _ in 0..1 + rng.below(2) {
+                let op = *rng.pick(&["P001", "P50", "P90", "P99", "P999"]);
+                let column = *rng.pick(&["dur", "duration_ms", "bytes", "num", "status"]);
+                calcs.push(json!({"op": op, "column": column}));
+            }
+            spec["calculations"] = json!(calcs);
+            spec["orders"] = json!([]);
+            spec.as_object_mut().unwrap().remove("havings");
+            spec
+        })
+        .collect();
+    let mut precomputed = 0;
+    let mut approximate = 0;
+    for round in 0..2 {
+        for (i, spec) in specs.iter().enumerate() {
+            let (status, got) = send_json(client.post(server.at("/api/query/sk")).json(spec)).await;
+            assert_eq!(status, 200, "spec {i} {spec}: {got}");
+            let want = model(spec, &events);
+            let results = got["data"]["results"].as_array().unwrap();
+            assert_eq!(results.len(), want.results.len(), "spec {i} {spec}: {got}");
+            for (g, w) in results.iter().zip(&want.results) {
+                let w = Value::Object(w.clone());
+                assert!(
+                    within_sketch_error(&g["data"], &w),
+                    "spec {i} {spec}\n got {}\nwant {w}",
+                    g["data"]
+                );
+            }
+            let series = got["data"]["series"].as_array().unwrap();
+            assert_eq!(series.len(), want.series.len(), "spec {i} {spec}: series length");
+            for (s, (_, w)) in series.iter().zip(&want.series) {
+                let w = Value::Object(w.clone());
+                assert!(
+                    within_sketch_error(&s["data"], &w),
+                    "spec {i} {spec}\n got {}\nwant {w}",
+                    s["data"]
+                );
+            }
+            if !results.is_empty() {
+                assert_eq!(got["meta"]["approximate"]["what"], "percentiles", "{}", got["meta"]);
+                approximate += 1;
+            }
+            if round == 1 {
+                precomputed += got["meta"]["segments_precomputed"].as_u64().unwrap();
+            }
+        }
+    }
+    assert!(approximate > 60, "most specs have groups: {approximate}");
+    assert!(precomputed > 0, "sketches are precomputed partials too");
 }

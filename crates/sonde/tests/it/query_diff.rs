@@ -448,12 +448,14 @@ fn rate_base(op: &str) -> &'static str {
     }
 }
 
-struct ModelOut {
-    results: Vec<Map<String, Value>>,
-    series: Vec<(i64, Map<String, Value>)>,
+/// The model's answer: results per group, and per (bucket start, group) the series.
+pub(crate) struct ModelOut {
+    pub(crate) results: Vec<Map<String, Value>>,
+    pub(crate) series: Vec<(i64, Map<String, Value>)>,
 }
 
-fn model(spec: &Value, events: &[Ev]) -> ModelOut {
+/// The brute-force answer to `spec` over `events`.
+pub(crate) fn model(spec: &Value, events: &[Ev]) -> ModelOut {
     let start = sonde_model::time::parse_time_value(&spec["start_time"]).unwrap();
     let end = sonde_model::time::parse_time_value(&spec["end_time"]).unwrap();
     let span = end - start;
@@ -749,7 +751,8 @@ fn auto_granularity(span_us: i64) -> i64 {
     unreachable!()
 }
 
-fn close(a: &Value, b: &Value) -> bool {
+/// Equal values (numbers within a rounding error).
+pub(crate) fn close(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => {
             let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
