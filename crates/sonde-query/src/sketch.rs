@@ -12,8 +12,8 @@
 //!
 //! Three functions carry them through DataFusion: `sonde_sketch(value, weight)` (aggregate,
 //! values to a sketch), `sonde_sketch_merge(sketch)` (aggregate, sketches to one) and
-//! `sonde_sketch_quantile(sketch, p)` (scalar). A sketch is a `Binary` value: sorted
-//! `(bucket: i32 LE, weight: i64 LE)` pairs; its size grows with the spread of the values
+//! `sonde_sketch_quantile(sketch, p)` (scalar). A sketch is a `Binary` value: its buckets in
+//! order with their weights, as varints (about 3 bytes a bucket); its size grows with the spread of the values
 //! (230 buckets per factor of ten between the smallest and the largest), never with their
 //! number.
 
@@ -77,21 +77,26 @@ impl Sketch {
 
     /// Adds every bucket of an encoded sketch.
     pub fn merge_bytes(&mut self, bytes: &[u8]) {
-        for pair in bytes.chunks_exact(12) {
-            let k = i32::from_le_bytes(pair[..4].try_into().unwrap());
-            let w = i64::from_le_bytes(pair[4..].try_into().unwrap());
+        for (k, w) in pairs(bytes) {
             *self.buckets.entry(k).or_default() += w;
         }
     }
 
-    /// The encoded sketch (sorted pairs).
+    /// The encoded sketch: its buckets in order, each as the LEB128 varints of the step from
+    /// the previous bucket (zigzag for the first) and of its weight — about 3 bytes a bucket.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut pairs: Vec<(i32, i64)> = self.buckets.iter().map(|(k, w)| (*k, *w)).collect();
-        pairs.sort_unstable();
-        let mut out = Vec::with_capacity(pairs.len() * 12);
-        for (k, w) in pairs {
-            out.extend_from_slice(&k.to_le_bytes());
-            out.extend_from_slice(&w.to_le_bytes());
+        let mut keys: Vec<(i32, i64)> = self.buckets.iter().map(|(k, w)| (*k, *w)).collect();
+        keys.sort_unstable();
+        let mut out = Vec::with_capacity(keys.len() * 3);
+        let mut prev: Option<i32> = None;
+        for (k, w) in keys {
+            let step = match prev {
+                None => ((k << 1) ^ (k >> 31)) as u32 as u64,
+                Some(p) => (k - p) as u64,
+            };
+            put_varint(&mut out, step);
+            put_varint(&mut out, w as u64);
+            prev = Some(k);
         }
         out
     }
@@ -101,19 +106,48 @@ impl Sketch {
     }
 }
 
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// The `(bucket, weight)` pairs of an encoded sketch, in bucket order (a truncated tail, which
+/// only a corrupt value would have, ends them).
+fn pairs(bytes: &[u8]) -> impl Iterator<Item = (i32, i64)> + '_ {
+    let mut at = 0;
+    let mut varint = move || -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *bytes.get(at)?;
+            at += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    };
+    let mut prev: Option<i32> = None;
+    std::iter::from_fn(move || {
+        let step = varint()?;
+        let w = varint()? as i64;
+        let k = match prev {
+            None => ((step >> 1) as i32) ^ -((step & 1) as i32),
+            Some(p) => p + step as i32,
+        };
+        prev = Some(k);
+        Some((k, w))
+    })
+}
+
 /// Percentile `p` of an encoded sketch: the value of the first bucket whose cumulative weight
 /// reaches `p × W` (as `weighted_percentile` defines it for the exact values); `None` when
 /// empty.
 pub fn quantile(bytes: &[u8], p: f64) -> Option<f64> {
-    let pairs = || {
-        bytes.chunks_exact(12).map(|pair| {
-            (
-                i32::from_le_bytes(pair[..4].try_into().unwrap()),
-                i64::from_le_bytes(pair[4..].try_into().unwrap()),
-            )
-        })
-    };
-    let total: i128 = pairs().map(|(_, w)| w as i128).sum();
+    let total: i128 = pairs(bytes).map(|(_, w)| w as i128).sum();
     if total <= 0 {
         return None;
     }
@@ -121,7 +155,7 @@ pub fn quantile(bytes: &[u8], p: f64) -> Option<f64> {
     let target = (p * total as f64).max(f64::MIN_POSITIVE);
     let mut below = 0i128;
     let mut last = None;
-    for (k, w) in pairs() {
+    for (k, w) in pairs(bytes) {
         below += w as i128;
         last = Some(k);
         if below as f64 >= target {
@@ -331,6 +365,12 @@ mod tests {
             merged.merge_bytes(&p.to_bytes());
         }
         assert_eq!(merged.to_bytes(), whole.to_bytes());
+        let buckets = whole.buckets.len();
+        assert!(
+            whole.to_bytes().len() <= buckets * 4,
+            "{} bytes for {buckets} buckets",
+            whole.to_bytes().len()
+        );
         for p in [
             0.0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0,
         ] {

@@ -511,6 +511,25 @@ async fn metrics(
             bytes as u64,
         );
     }
+    let partials = state.engine.partials_stats();
+    single(
+        "sonde_partials_hits_total",
+        "Segments a breakdown answered from precomputed partial aggregates.",
+        "counter",
+        partials.hits,
+    );
+    single(
+        "sonde_partials_misses_total",
+        "Segments whose partial aggregates a breakdown computed (then kept, room permitting).",
+        "counter",
+        partials.misses,
+    );
+    single(
+        "sonde_partials_bytes",
+        "Bytes held by the precomputed partials (--partials-cache-bytes).",
+        "gauge",
+        partials.bytes as u64,
+    );
     let stats: Vec<_> = state
         .storage
         .datasets()
