@@ -108,6 +108,8 @@ bench-full: release
 	python3 benches/run.py --size full --bin $(CARGO_TARGET_DIR)/release/sonde $(BENCH_ARGS)
 
 ## 100M events over 24 hours (benches/results/huge.json), streamed from the generator into Sonde
-## (no copy of the events on disk; ~27 GB free for segments, WAL and DuckDB's files). Hours.
+## (no copy of the events on disk; ~27 GB free for segments, WAL and DuckDB's files): one ingest
+## with 4 clients, then the day's first views (benches/suite.py HUGE_VIEWS) beside DuckDB.
+## About an hour.
 bench-huge: release
-	python3 benches/run.py --size huge --bin $(CARGO_TARGET_DIR)/release/sonde $(BENCH_ARGS)
+	python3 benches/run.py --size huge --clients 4 --skip freshness,caches --bin $(CARGO_TARGET_DIR)/release/sonde $(BENCH_ARGS)

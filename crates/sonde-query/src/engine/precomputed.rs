@@ -86,6 +86,9 @@ impl Run<'_> {
                 None => missing.push(*id),
             }
         }
+        // The cached parts count against the request like the collected ones do.
+        let cached: usize = parts.iter().map(|b| b.get_array_memory_size()).sum();
+        self.req.account(cached, "the precomputed partials")?;
         let ctx = self.engine.session_with_pushdown(selective(plan))?;
         let mut keys = vec![bucket_expr(plan, None).alias("t")];
         keys.extend(self.group_exprs());
@@ -136,9 +139,6 @@ impl Run<'_> {
             .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(internal)?;
-        // The cached parts count against the request like the collected ones.
-        let cached: usize = parts.iter().map(|b| b.get_array_memory_size()).sum();
-        self.req.account(cached, "the precomputed partials")?;
 
         {
             let scanned = rest.stats().lock().unwrap().clone();
