@@ -10,6 +10,11 @@
 //! flush and compaction and also written beside the segment (`seg-….parquet.idx`, a few bytes
 //! per distinct value), so that after a restart the first lookup reads that small file rather
 //! than the segment; a segment without one (or with a damaged one) is indexed from its column.
+//!
+//! They are kept in Roaring's portable serialized form and probed in place ([`SegmentIndex`]):
+//! the hashes of unique ids are spread over every one of the 65,536 containers a few values
+//! each, where a deserialized bitmap would spend more on its per-container vectors than on the
+//! values, and loading one from its file is then a read, not a rebuild.
 
 use crate::catalog::{SegmentId, SegmentMeta};
 use crate::{Error, Result};
@@ -64,9 +69,161 @@ struct Lru {
 
 #[derive(Debug)]
 struct Entry {
-    bitmap: Option<Arc<RoaringBitmap>>,
+    bitmap: Option<Arc<SegmentIndex>>,
     bytes: usize,
     used: u64,
+}
+
+/// One column's index of one segment: a Roaring bitmap of value hashes in the portable
+/// serialized format (RoaringFormatSpec), checked once and then probed without deserializing.
+#[derive(Debug)]
+pub struct SegmentIndex {
+    bytes: Vec<u8>,
+    /// Containers.
+    size: usize,
+    /// Where the run-container flags start (the format with run containers), if any.
+    runs: Option<usize>,
+    /// Where the (key, cardinality − 1) pairs start.
+    desc: usize,
+    /// Each container's data offset.
+    offsets: Vec<u32>,
+}
+
+impl SegmentIndex {
+    /// The index of a bitmap.
+    pub fn of(bitmap: &RoaringBitmap) -> SegmentIndex {
+        let mut bytes = Vec::with_capacity(bitmap.serialized_size());
+        bitmap.serialize_into(&mut bytes).expect("writing to a Vec cannot fail");
+        SegmentIndex::parse(bytes).expect("roaring writes the portable format")
+    }
+
+    /// Checks a serialized bitmap's structure (every container inside the bytes).
+    pub fn parse(bytes: Vec<u8>) -> Result<SegmentIndex> {
+        let bad = |why: &str| Error::Invalid(format!("index bitmap: {why}"));
+        let u32_at = |i: usize| -> Result<u32> {
+            Ok(u32::from_le_bytes(
+                bytes.get(i..i + 4).ok_or_else(|| bad("truncated"))?.try_into().unwrap(),
+            ))
+        };
+        let u16_at = |i: usize| -> Result<u16> {
+            Ok(u16::from_le_bytes(
+                bytes.get(i..i + 2).ok_or_else(|| bad("truncated"))?.try_into().unwrap(),
+            ))
+        };
+        let cookie = u32_at(0)?;
+        let (size, runs, desc, explicit) = if cookie == 12_346 {
+            let size = u32_at(4)? as usize;
+            (size, None, 8, true)
+        } else if cookie & 0xFFFF == 12_347 {
+            let size = (cookie >> 16) as usize + 1;
+            (size, Some(4), 4 + size.div_ceil(8), size >= 4)
+        } else {
+            return Err(bad("unknown cookie"));
+        };
+        if size > 65_536 {
+            return Err(bad("too many containers"));
+        }
+        let is_run = |i: usize| runs.is_some_and(|r| bytes.get(r + i / 8).is_some_and(|b| b >> (i % 8) & 1 == 1));
+        let header_end = desc + size * if explicit { 8 } else { 4 };
+        let mut offsets = Vec::with_capacity(size);
+        let mut at = header_end;
+        for i in 0..size {
+            let off = if explicit {
+                u32_at(desc + 4 * size + 4 * i)? as usize
+            } else {
+                at
+            };
+            let card = u16_at(desc + 4 * i + 2)? as usize + 1;
+            let len = if is_run(i) {
+                2 + 4 * u16_at(off)? as usize
+            } else if card <= 4096 {
+                2 * card
+            } else {
+                8192
+            };
+            if off < header_end || off + len > bytes.len() {
+                return Err(bad("container outside the bytes"));
+            }
+            offsets.push(off as u32);
+            at = off + len;
+        }
+        Ok(SegmentIndex {
+            bytes,
+            size,
+            runs,
+            desc,
+            offsets,
+        })
+    }
+
+    fn u16_at(&self, i: usize) -> u16 {
+        u16::from_le_bytes([self.bytes[i], self.bytes[i + 1]])
+    }
+
+    /// Whether the bitmap holds `v`.
+    pub fn contains(&self, v: u32) -> bool {
+        let (key, low) = ((v >> 16) as u16, v as u16);
+        // Containers are in key order.
+        let (mut lo, mut hi) = (0, self.size);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match self.u16_at(self.desc + 4 * mid).cmp(&key) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return self.container_contains(mid, low),
+            }
+        }
+        false
+    }
+
+    fn container_contains(&self, i: usize, low: u16) -> bool {
+        let off = self.offsets[i] as usize;
+        let card = self.u16_at(self.desc + 4 * i + 2) as usize + 1;
+        let run = self.runs.is_some_and(|r| self.bytes[r + i / 8] >> (i % 8) & 1 == 1);
+        if run {
+            // (start, length − 1) pairs in order: the last run starting at or before `low`.
+            let n = self.u16_at(off) as usize;
+            let (mut lo, mut hi) = (0, n);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                if self.u16_at(off + 2 + 4 * mid) <= low {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            lo > 0 && {
+                let start = self.u16_at(off + 2 + 4 * (lo - 1)) as u32;
+                let len = self.u16_at(off + 4 + 4 * (lo - 1)) as u32;
+                low as u32 <= start + len
+            }
+        } else if card <= 4096 {
+            let (mut lo, mut hi) = (0, card);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                match self.u16_at(off + 2 * mid).cmp(&low) {
+                    std::cmp::Ordering::Less => lo = mid + 1,
+                    std::cmp::Ordering::Greater => hi = mid,
+                    std::cmp::Ordering::Equal => return true,
+                }
+            }
+            false
+        } else {
+            let w = off + 8 * (low as usize / 64);
+            let word = u64::from_le_bytes(self.bytes[w..w + 8].try_into().unwrap());
+            word >> (low % 64) & 1 == 1
+        }
+    }
+
+    /// The serialized bitmap.
+    fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Memory held.
+    fn held(&self) -> usize {
+        self.bytes.len() + 4 * self.offsets.len()
+    }
 }
 
 /// The bounded in-memory cache of segment indexes.
@@ -98,14 +255,14 @@ impl IndexCache {
         let mut built = Vec::new();
         for c in &self.columns {
             if let Some(bm) = build(batch, c)? {
-                built.push((c.clone(), self.put(segment, c, Some(bm))));
+                built.push((c.clone(), self.put(segment, c, Some(SegmentIndex::of(&bm)))));
             }
         }
         Ok(encode_file(&built))
     }
 
-    fn put(&self, segment: SegmentId, column: &str, bitmap: Option<RoaringBitmap>) -> Option<Arc<RoaringBitmap>> {
-        let bytes = bitmap.as_ref().map_or(16, |b| b.serialized_size()) + 64;
+    fn put(&self, segment: SegmentId, column: &str, bitmap: Option<SegmentIndex>) -> Option<Arc<SegmentIndex>> {
+        let bytes = bitmap.as_ref().map_or(16, |b| b.held()) + 64;
         let bitmap = bitmap.map(Arc::new);
         let mut g = self.inner.lock().unwrap();
         let Lru { map, total, clock } = &mut *g;
@@ -139,7 +296,7 @@ impl IndexCache {
         store: &Arc<dyn ObjectStore>,
         segment: &SegmentMeta,
         column: &str,
-    ) -> Result<Option<Arc<RoaringBitmap>>> {
+    ) -> Result<Option<Arc<SegmentIndex>>> {
         {
             let mut g = self.inner.lock().unwrap();
             let Lru { map, clock, .. } = &mut *g;
@@ -180,7 +337,7 @@ impl IndexCache {
             .filter(|c| segment.columns.iter().any(|(s, _)| s == *c))
             .cloned()
             .collect();
-        let built = tokio::task::spawn_blocking(move || -> Result<Vec<(String, RoaringBitmap)>> {
+        let built = tokio::task::spawn_blocking(move || -> Result<Vec<(String, SegmentIndex)>> {
             let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
             let indices: Vec<usize> = wanted
                 .iter()
@@ -197,7 +354,10 @@ impl IndexCache {
                     }
                 }
             }
-            Ok(out)
+            Ok(out
+                .into_iter()
+                .map(|(name, bm)| (name, SegmentIndex::of(&bm)))
+                .collect())
         })
         .await
         .map_err(|e| Error::TaskFailed(format!("index builder panicked: {e}")))??;
@@ -212,8 +372,8 @@ impl IndexCache {
     fn put_all(
         &self,
         segment: SegmentId,
-        columns: Vec<(String, RoaringBitmap)>,
-    ) -> Vec<(String, Option<Arc<RoaringBitmap>>)> {
+        columns: Vec<(String, SegmentIndex)>,
+    ) -> Vec<(String, Option<Arc<SegmentIndex>>)> {
         columns
             .into_iter()
             .map(|(name, bm)| {
@@ -233,21 +393,21 @@ const FILE_MAGIC: &[u8; 8] = b"SONDIDX1";
 
 /// An index file: magic, then per column its name and serialized bitmap, each length-prefixed,
 /// then a CRC32C of everything before it.
-fn encode_file(columns: &[(String, Option<Arc<RoaringBitmap>>)]) -> Vec<u8> {
+fn encode_file(columns: &[(String, Option<Arc<SegmentIndex>>)]) -> Vec<u8> {
     let mut out = FILE_MAGIC.to_vec();
     for (name, bm) in columns {
         let Some(bm) = bm else { continue };
         out.extend_from_slice(&(name.len() as u32).to_le_bytes());
         out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(&(bm.serialized_size() as u32).to_le_bytes());
-        bm.serialize_into(&mut out).expect("writing to a Vec cannot fail");
+        out.extend_from_slice(&(bm.bytes().len() as u32).to_le_bytes());
+        out.extend_from_slice(bm.bytes());
     }
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
 }
 
-fn decode_file(bytes: &[u8]) -> Result<Vec<(String, RoaringBitmap)>> {
+fn decode_file(bytes: &[u8]) -> Result<Vec<(String, SegmentIndex)>> {
     let bad = |why: &str| Error::Invalid(format!("index file: {why}"));
     if bytes.len() < FILE_MAGIC.len() + 4 || &bytes[..8] != FILE_MAGIC {
         return Err(bad("no magic"));
@@ -271,7 +431,7 @@ fn decode_file(bytes: &[u8]) -> Result<Vec<(String, RoaringBitmap)>> {
         let name_len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
         let name = String::from_utf8(take(name_len)?.to_vec()).map_err(|_| bad("column name"))?;
         let bm_len = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
-        let bm = RoaringBitmap::deserialize_from(take(bm_len)?).map_err(|e| bad(&e.to_string()))?;
+        let bm = SegmentIndex::parse(take(bm_len)?.to_vec())?;
         out.push((name, bm));
     }
     Ok(out)
@@ -295,6 +455,8 @@ mod tests {
         assert!(bm.contains(hash_value("a")) && bm.contains(hash_value("b")));
         assert!(!bm.contains(hash_value("c")));
         assert!(build(&batch, "nope").unwrap().is_none());
+        let idx = SegmentIndex::of(&bm);
+        assert!(idx.contains(hash_value("a")) && idx.contains(hash_value("b")) && !idx.contains(hash_value("c")));
         let cache = IndexCache::new(vec!["id".into()], 500);
         for seg in 0..20 {
             cache.insert_from_batch(SegmentId(seg), &batch).unwrap();
@@ -306,5 +468,53 @@ mod tests {
             g.total,
             g.map.len()
         );
+    }
+
+    /// Probing the serialized form answers as the bitmap does: sparse (array containers),
+    /// dense (bitsets) and run-optimised bitmaps, with and without the offset header.
+    #[test]
+    fn probing_in_place_equals_the_bitmap() {
+        let mut x: u64 = 7;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut cases: Vec<RoaringBitmap> = Vec::new();
+        // Unique ids' hashes: a few per container, over all of them.
+        cases.push((0..200_000).map(|_| next() as u32).collect());
+        // Dense containers (bitsets) beside sparse ones.
+        let mut dense: RoaringBitmap = (0..20_000u32).map(|i| i * 3).collect();
+        dense.extend((0..1000).map(|_| next() as u32));
+        cases.push(dense.clone());
+        // Runs, with few containers (no offset header) and with many.
+        let mut runs: RoaringBitmap = (100..5000u32).chain(70_000..70_100).collect();
+        runs.optimize();
+        cases.push(runs);
+        dense.optimize();
+        cases.push(dense);
+        cases.push(RoaringBitmap::new());
+        cases.push([u32::MAX, 0].into_iter().collect());
+        for bm in &cases {
+            let idx = SegmentIndex::of(bm);
+            let mut bytes = Vec::new();
+            bm.serialize_into(&mut bytes).unwrap();
+            assert_eq!(idx.bytes(), &bytes[..]);
+            for v in bm.iter().take(5000) {
+                assert!(idx.contains(v), "{v} is in the bitmap");
+            }
+            for _ in 0..20_000 {
+                let v = next() as u32 % 200_000;
+                assert_eq!(idx.contains(v), bm.contains(v), "{v}");
+                let v = next() as u32;
+                assert_eq!(idx.contains(v), bm.contains(v), "{v}");
+            }
+        }
+        assert!(SegmentIndex::parse(vec![1, 2, 3, 4, 5]).is_err());
+        let mut cut = Vec::new();
+        cases[0].serialize_into(&mut cut).unwrap();
+        cut.truncate(cut.len() - 10);
+        assert!(SegmentIndex::parse(cut).is_err(), "a truncated bitmap is refused");
     }
 }

@@ -16,7 +16,7 @@ use sonde_model::DatasetName;
 use std::sync::Arc;
 
 pub use crate::catalog::{ColumnEntry, SegmentId, SegmentMeta};
-pub use crate::index::{IndexCache, hash_value};
+pub use crate::index::{IndexCache, SegmentIndex, hash_value};
 pub use crate::{DatasetInfo, DatasetSnapshot};
 
 /// Where a query's data comes from. See the module's note for the snapshot contract.
