@@ -79,12 +79,11 @@ impl Storage {
         let raw_bytes = batch.get_array_memory_size() as u64;
         let schema = batch.schema();
         let index = self.index.clone();
-        // Off the async workers: sorting, encoding, and indexing now while the rows are in memory (an
-        // unused id's cache entry is harmless).
+        // Off the async workers: sorting, encoding, and indexing now while the rows are in memory.
         let (encoded, idx) = tokio::task::spawn_blocking(move || -> Result<_> {
             // Frozen buffers are in arrival order; segments are sorted by time.
             let batch = segment::sort_by_time(&batch)?;
-            let idx = index.insert_from_batch(id, &batch)?;
+            let idx = index.file_for_batch(&batch)?;
             Ok((segment::encode(&batch, &opts)?, idx))
         })
         .await
