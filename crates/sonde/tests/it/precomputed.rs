@@ -100,20 +100,9 @@ async fn precomputed_partials_stay_exact_through_ingest_compaction_retention_and
     assert_eq!(dataset(&client, &server, "new").await["segments"], 8);
     assert!(check_twice(&client, &server, "old", &old_specs, &old).await > 0);
     assert!(check_twice(&client, &server, "new", &new_specs, &new).await > 0);
-    let metrics = client
-        .get(server.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| -> u64 {
-        let line = metrics.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap();
-        line.rsplit(' ').next().unwrap().parse().unwrap()
-    };
-    assert!(value("sonde_partials_hits_total") > 0 && value("sonde_partials_misses_total") > 0);
-    assert!(value("sonde_partials_bytes") > 0);
+    let api = server.api(&client);
+    assert!(api.metric("sonde_partials_hits_total").await > 0 && api.metric("sonde_partials_misses_total").await > 0);
+    assert!(api.metric("sonde_partials_bytes").await > 0);
 
     // 2. More events into the buffer, beside the cached segments.
     let more: Vec<Ev> = gen_events(&mut Rng::new(8), new_t0).into_iter().take(250).collect();
