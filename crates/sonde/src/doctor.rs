@@ -133,18 +133,23 @@ pub(crate) fn check(a: &ServeArgs) -> Report {
             a.flatten_depth
         ),
     ));
-    let total =
-        a.memory_limit + a.max_buffer_bytes + a.metadata_cache_bytes + a.chunk_cache_bytes + a.partials_cache_bytes;
+    let total = a.memory_limit
+        + a.max_buffer_bytes
+        + a.metadata_cache_bytes
+        + a.chunk_cache_bytes
+        + a.partials_cache_bytes
+        + a.index_cache_bytes;
     lines.push((
         "memory",
         format!(
             "requests {} (--memory-limit), write buffers {} (--max-buffer-bytes), footers {}, chunks {}, \
-             partials {}: at most about {} with the process itself",
+             partials {}, id indexes {}: at most about {} with the process itself",
             bytes(a.memory_limit as u64),
             bytes(a.max_buffer_bytes as u64),
             bytes(a.metadata_cache_bytes as u64),
             bytes(a.chunk_cache_bytes as u64),
             bytes(a.partials_cache_bytes as u64),
+            bytes(a.index_cache_bytes as u64),
             bytes(total as u64 + (200 << 20))
         ),
     ));

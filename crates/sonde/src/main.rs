@@ -167,6 +167,11 @@ struct ServeArgs {
     /// `Retry-After` until space is freed (0: no check).
     #[arg(long, env = "SONDE_MIN_FREE_DISK_BYTES", default_value_t = StorageConfig::DEFAULT_MIN_FREE_DISK_BYTES)]
     min_free_disk_bytes: u64,
+    /// Memory for the per-segment id indexes (`--bloom-columns`), in bytes: about 2.7 bytes per
+    /// event with unique trace ids, so 256 MiB holds about 100M events' worth; past it a trace
+    /// lookup reads the index files again.
+    #[arg(long, env = "SONDE_INDEX_CACHE_BYTES", default_value_t = StorageConfig::DEFAULT_INDEX_CACHE_BYTES)]
+    index_cache_bytes: usize,
     /// Start a new WAL file past this size.
     #[arg(long, env = "SONDE_WAL_ROTATE_BYTES", default_value_t = StorageConfig::DEFAULT_WAL_ROTATE_BYTES)]
     wal_rotate_bytes: u64,
@@ -572,6 +577,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     storage_config.segment.row_group_rows = a.row_group_rows;
     storage_config.segment.bloom_columns = a.bloom_columns.clone();
     storage_config.compaction_target_rows = a.compaction_target_rows;
+    storage_config.index_cache_bytes = a.index_cache_bytes;
     storage_config.storage_url = a.storage.clone().filter(|s| !s.is_empty());
     storage_config.maintenance_interval = a.maintenance_interval.0;
     storage_config.retention = a.retention.map(|d| d.0);
@@ -984,6 +990,7 @@ mod tests {
         assert_eq!(a.max_buffer_bytes, storage.max_buffer_bytes);
         assert_eq!(a.row_group_rows, storage.segment.row_group_rows);
         assert_eq!(a.bloom_columns, storage.segment.bloom_columns);
+        assert_eq!(a.index_cache_bytes, storage.index_cache_bytes);
         let engine = EngineConfig::default();
         assert_eq!(
             (a.query_timeout.0, a.query_memory_limit),
