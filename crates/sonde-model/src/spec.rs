@@ -1368,9 +1368,12 @@ pub fn plan_with(
     // A range ending now starts on a bucket boundary (a multiple of the granularity since the
     // epoch), as Grafana and Honeycomb draw them: the buckets fall at round times, and two
     // refreshes of one view cut the same buckets, so precomputed per-segment partials keep
-    // answering it. The range grows by less than one bucket at its start.
-    if relative_to_now(spec) {
-        start_us = start_us.div_euclid(granularity_s * 1_000_000) * (granularity_s * 1_000_000);
+    // answering it. The range grows by less than one bucket at its start, so only where that is
+    // under 1% of it (100 buckets or more: every automatic granularity past 100 s) and stays
+    // within the bucket limit; a coarse explicit granularity keeps the exact range.
+    let g_us = granularity_s * 1_000_000;
+    if relative_to_now(spec) && span / g_us >= 100 && span / g_us < MAX_BUCKETS {
+        start_us = start_us.div_euclid(g_us) * g_us;
     }
 
     if !relations.is_empty() {
@@ -1599,6 +1602,9 @@ mod tests {
         assert_eq!(p.start_us % 30_000_000, 0);
         assert!((0..30_000_000).contains(&(now - 7_200_000_000 - p.start_us)));
         assert!((100..=300).contains(&p.buckets()));
+        // A coarse granularity (few buckets) keeps the exact range: aligning would grow it a lot.
+        let p = plan(&spec(json!({"time_range": 3600, "granularity": 3600})), &cols(), now).unwrap();
+        assert_eq!(p.start_us, now - 3_600_000_000);
         let p = plan(
             &spec(json!({"start_time": 1_700_000_000, "end_time": 1_700_003_600})),
             &cols(),

@@ -605,6 +605,8 @@ impl TableProvider for DatasetTable {
             let mut st = self.stats.lock().unwrap();
             st.segments_total = self.segments().count();
             st.segments_pruned_by_index = pruned_by_index;
+            // A scan reads its segments itself (the engine sets this after its own scans).
+            st.segments_precomputed = 0;
             // Every query of one spec scans the same time range, so the last scan speaks for all.
             st.segments_scanned = segments.len();
             st.rows_examined = segments.iter().map(|s| s.rows).sum::<u64>()

@@ -20,6 +20,8 @@ impl Run<'_> {
         let plan = self.plan;
         self.engine.partials.enabled()
             && plan.relations.is_empty()
+            // A dataset with a field of that name would collide with the segment column.
+            && !self.table.snapshot().columns.contains_key(SEGMENT_COLUMN)
             && !plan
                 .filters
                 .iter()
