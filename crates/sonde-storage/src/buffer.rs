@@ -3,14 +3,17 @@
 //! Events are appended in LSN order by the WAL thread right after their fsync, straight from
 //! the record's encoded bytes ([`WriteBuffer::append_payload`]), so the buffer always holds a
 //! contiguous run of the dataset's records. Values go into Arrow builders (no allocation per
-//! value). A field seen for the first time gets a new column backfilled with nulls; a value
-//! wider than its column's type widens the column (earlier values are converted, see
-//! [`sonde_model::FieldValue::cast`]). Queries see the buffer as Arrow chunks of up to
-//! [`CHUNK_ROWS`] rows ([`WriteBuffer::query_batches`]): a chunk once built is kept, so a
-//! query copies only the rows appended since the previous one (at most the last, unfinished
-//! chunk), not the whole buffer — a full buffer answers a trace lookup as fast as an empty one.
-//! A widened column drops the chunks (their values would be of the old type). A flush takes the
-//! values out of the builders without copying them ([`WriteBuffer::into_record_batch`]).
+//! value) for an open chunk of up to [`CHUNK_ROWS`] rows; a full chunk is sealed into an Arrow
+//! batch without copying, and the next chunk's builders start at the sizes the last one
+//! reached, so ingest never grows (and re-copies) a buffer-sized allocation. Queries share the
+//! sealed chunks and copy only the open one ([`WriteBuffer::query_batches`]); a flush takes the
+//! chunks as they are ([`WriteBuffer::into_batches`]) and sorts them by time as it writes.
+//!
+//! A field seen for the first time gets a new column backfilled with nulls. A value narrower
+//! than its column is cast to it on the way in ([`sonde_model::FieldValue::cast`]); a wider one
+//! widens the column: the open chunk's earlier values are converted from their own types, and
+//! sealed chunks keep the type they were sealed with until a reader brings them to the
+//! buffer's schema ([`crate::segment::adapt_to_schema`]), as it does for older segments.
 
 use crate::wal::{Lsn, PayloadReader};
 use arrow::array::{
@@ -121,6 +124,24 @@ impl Values {
         v
     }
 
+    /// An empty column of type `ty` with room for as many values (and string bytes) as
+    /// `like` holds: the next chunk of a column sized as the last one was.
+    fn sized_like(ty: ColumnType, like: &ArrayRef) -> Values {
+        let n = like.len();
+        match ty {
+            ColumnType::Bool => Values::Bool(BooleanBuilder::with_capacity(n)),
+            ColumnType::Int => Values::Int(Int64Builder::with_capacity(n)),
+            ColumnType::Float => Values::Float(Float64Builder::with_capacity(n)),
+            ColumnType::String => {
+                let bytes = like
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .map_or(0, |a| a.value_data().len());
+                Values::Str(StringBuilder::with_capacity(n, bytes))
+            }
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             Values::Bool(b) => b.len(),
@@ -141,16 +162,25 @@ impl Values {
         }
     }
 
-    /// Appends `v` if the column holds values of its type; returns the bytes it took, or
-    /// `None` (nothing appended) when it does not fit.
+    /// Appends `v` if the column holds values of its type or wider (a narrower value is cast
+    /// as [`FieldValue::cast`] would); returns the bytes it took, or `None` (nothing appended)
+    /// when `v` is wider than the column.
     fn try_push(&mut self, v: ValueRef<'_>) -> Option<usize> {
         match (self, v) {
             (Values::Bool(b), ValueRef::Bool(x)) => b.append_value(x),
             (Values::Int(b), ValueRef::Int(x)) => b.append_value(x),
+            (Values::Int(b), ValueRef::Bool(x)) => b.append_value(x as i64),
             (Values::Float(b), ValueRef::Float(x)) => b.append_value(x),
+            (Values::Float(b), ValueRef::Int(x)) => b.append_value(x as f64),
+            (Values::Float(b), ValueRef::Bool(x)) => b.append_value(x as i64 as f64),
             (Values::Str(b), ValueRef::Str(x)) => {
                 b.append_value(x);
                 return Some(4 + x.len());
+            }
+            (Values::Str(b), v) => {
+                let text = v.to_owned_value().to_text();
+                b.append_value(&text);
+                return Some(4 + text.len());
             }
             (Values::Mixed(m), v) => {
                 let bytes = match v {
@@ -184,41 +214,6 @@ impl Values {
             Values::Float(b) => Arc::new(b.finish_cloned()),
             Values::Str(b) => Arc::new(b.finish_cloned()),
             Values::Mixed(m) => to_array(ty, m),
-        }
-    }
-
-    /// Values `from..to` as an array of type `ty` of their own, copying only them.
-    fn range_array(&self, ty: ColumnType, from: usize, to: usize) -> ArrayRef {
-        use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
-        let len = to - from;
-        // The validity bits of the range, from the byte holding its first bit.
-        let nulls = |bits: Option<&[u8]>| {
-            bits.map(|b| {
-                let bytes = Buffer::from_slice_ref(&b[from / 8..to.div_ceil(8)]);
-                NullBuffer::new(BooleanBuffer::new(bytes, from % 8, len))
-            })
-        };
-        match self {
-            Values::Bool(b) => arrow::compute::concat(&[&b.finish_cloned().slice(from, len)]).expect("one array"),
-            Values::Int(b) => Arc::new(Int64Array::new(
-                ScalarBuffer::from(b.values_slice()[from..to].to_vec()),
-                nulls(b.validity_slice()),
-            )),
-            Values::Float(b) => Arc::new(Float64Array::new(
-                ScalarBuffer::from(b.values_slice()[from..to].to_vec()),
-                nulls(b.validity_slice()),
-            )),
-            Values::Str(b) => {
-                let offsets = &b.offsets_slice()[from..=to];
-                let (start, end) = (offsets[0] as usize, offsets[len] as usize);
-                let rebased: Vec<i32> = offsets.iter().map(|o| o - offsets[0]).collect();
-                Arc::new(StringArray::new(
-                    OffsetBuffer::new(ScalarBuffer::from(rebased)),
-                    Buffer::from_slice_ref(&b.values_slice()[start..end]),
-                    nulls(b.validity_slice()),
-                ))
-            }
-            Values::Mixed(m) => to_array(ty, &m[from..to]),
         }
     }
 
@@ -258,32 +253,45 @@ impl Column {
     }
 }
 
-/// Past this many bytes a buffer is frozen at once, whatever the flush settings: Arrow's
-/// string columns hold at most 2 GiB.
+/// Past this many bytes a buffer is frozen at once, whatever the flush settings, so that one
+/// flush stays a bounded piece of work when the flusher is behind.
 pub(crate) const MAX_BUFFER_BYTES: usize = 1 << 30;
 
-/// One dataset's buffered events.
+/// Rows per sealed chunk: small enough that rebuilding the open chunk for a query is cheap and
+/// that a chunk's buffers come from the allocator's reusable pages, large enough that a full
+/// buffer is a few dozen chunks.
+pub(crate) const CHUNK_ROWS: usize = 64 * 1024;
+
+/// An open chunk is sealed early past this many bytes (events with large values), so that no
+/// chunk's string column nears Arrow's 2 GiB.
+const CHUNK_BYTES: usize = 64 << 20;
+
+/// One dataset's buffered events: sealed Arrow chunks, then the open chunk being filled.
 #[derive(Debug, Default)]
 pub(crate) struct WriteBuffer {
+    /// Sealed chunks in arrival order, each with the schema the buffer had when it was sealed
+    /// (columns that appeared later are absent; a column widened later keeps its older type).
+    sealed: Vec<RecordBatch>,
+    sealed_rows: usize,
+    /// Bytes the sealed chunks' Arrow buffers hold (measured, not estimated).
+    sealed_bytes: usize,
+    /// The open chunk: its timestamps, sample rates and columns (every column of the buffer;
+    /// values hold the open chunk's rows only).
     timestamps: Vec<i64>,
     sample_rates: Vec<i64>,
     columns: Vec<Column>,
     index: HashMap<String, usize, ahash::RandomState>,
-    approx_bytes: usize,
+    /// Estimated bytes of the open chunk's values.
+    open_bytes: usize,
+    /// The open chunk as a batch for queries, kept until the next append.
+    open_view: Option<RecordBatch>,
     min_lsn: Option<Lsn>,
     max_lsn: Lsn,
     min_ts: i64,
     max_ts: i64,
     /// Arrival time (µs) of the oldest buffered event, for flushing by age.
     oldest_arrival_us: Option<i64>,
-    /// The query view: chunks of the first `chunked_rows` rows, in order.
-    chunks: Vec<RecordBatch>,
-    chunked_rows: usize,
 }
-
-/// Rows per chunk of the query view of a buffer: small enough that re-copying the unfinished
-/// last chunk on every query is cheap, large enough that a full buffer is a few dozen chunks.
-pub(crate) const CHUNK_ROWS: usize = 64 * 1024;
 
 /// How the buffer learns a new column's type from the dataset's segments.
 pub(crate) type KnownTypes<'a> = &'a dyn Fn(&str) -> Option<ColumnType>;
@@ -332,6 +340,7 @@ impl WriteBuffer {
         self.min_lsn.get_or_insert(lsn);
         self.max_lsn = self.max_lsn.max(lsn);
         self.oldest_arrival_us.get_or_insert(now_us);
+        self.open_view = None;
     }
 
     fn push_event<'v>(
@@ -341,56 +350,78 @@ impl WriteBuffer {
         fields: impl Iterator<Item = (&'v str, ValueRef<'v>)>,
         known: KnownTypes<'_>,
     ) {
-        let row = self.timestamps.len();
-        if row == 0 {
+        if self.rows() == 0 {
             self.min_ts = ts;
             self.max_ts = ts;
         }
+        let row = self.timestamps.len();
         self.min_ts = self.min_ts.min(ts);
         self.max_ts = self.max_ts.max(ts);
         self.timestamps.push(ts);
         self.sample_rates.push(rate);
-        self.approx_bytes += 16;
+        self.open_bytes += 16;
         for (name, v) in fields {
             let ci = match self.index.get(name) {
                 Some(&ci) => ci,
                 None => {
                     let own = v.column_type();
                     let ty = known(name).map_or(own, |k| k.widen(own));
-                    let values = if ty == own {
-                        Values::new(ty, row)
-                    } else {
-                        Values::Mixed(vec![None; row])
-                    };
                     self.columns.push(Column {
                         name: name.to_string(),
                         ty,
-                        values,
+                        values: Values::new(ty, row),
                     });
                     self.index.insert(name.to_string(), self.columns.len() - 1);
-                    self.approx_bytes += 64 + name.len() + row;
+                    self.open_bytes += 64 + name.len() + row;
                     self.columns.len() - 1
                 }
             };
-            let before = self.columns[ci].ty;
-            self.approx_bytes += self.columns[ci].push(row, v);
-            if self.columns[ci].ty != before {
-                // Built chunks hold this column's earlier values at the old type.
-                self.chunks.clear();
-                self.chunked_rows = 0;
-            }
+            self.open_bytes += self.columns[ci].push(row, v);
         }
+        if self.timestamps.len() >= CHUNK_ROWS || self.open_bytes >= CHUNK_BYTES {
+            self.seal();
+        }
+    }
+
+    /// Seals the open chunk: its builders' buffers become a batch without a copy, and the next
+    /// chunk's builders start at the sizes this one reached, so that filling them never
+    /// reallocates (and, chunk after chunk, reuses the same sizes of memory).
+    fn seal(&mut self) {
+        let n = self.timestamps.len();
+        if n == 0 {
+            return;
+        }
+        let schema = self.schema();
+        let timestamps = std::mem::replace(&mut self.timestamps, Vec::with_capacity(n));
+        let rates = std::mem::replace(&mut self.sample_rates, Vec::with_capacity(n));
+        let mut arrays: Vec<ArrayRef> = vec![
+            Arc::new(TimestampMicrosecondArray::from(timestamps).with_timezone("UTC")),
+            Arc::new(Int64Array::from(rates)),
+        ];
+        for c in &mut self.columns {
+            c.values.push_nulls(n - c.values.len());
+            let array = c.values.finish(c.ty);
+            c.values = Values::sized_like(c.ty, &array);
+            arrays.push(array);
+        }
+        let batch = RecordBatch::try_new(schema, arrays).expect("buffer columns have equal lengths");
+        self.sealed_bytes += batch.get_array_memory_size();
+        self.sealed_rows += n;
+        self.sealed.push(batch);
+        self.open_bytes = 0;
+        self.open_view = None;
     }
 
     /// Number of buffered events.
     pub(crate) fn rows(&self) -> usize {
-        self.timestamps.len()
+        self.sealed_rows + self.timestamps.len()
     }
 
-    /// Bytes of memory held by the values (not counting spare capacity), for flushing by size
-    /// and for backpressure.
+    /// Bytes of memory the buffer holds, for flushing by size and for backpressure: the sealed
+    /// chunks' Arrow buffers as measured, plus an estimate of the open chunk's values (at most
+    /// [`CHUNK_ROWS`] rows).
     pub(crate) fn approx_bytes(&self) -> usize {
-        self.approx_bytes
+        self.sealed_bytes + self.open_bytes
     }
 
     /// Lowest LSN buffered (`None` when empty).
@@ -413,7 +444,7 @@ impl WriteBuffer {
         self.oldest_arrival_us
     }
 
-    /// The Arrow schema of the whole buffer.
+    /// The Arrow schema of the whole buffer: every column at its widest type so far.
     pub(crate) fn schema(&self) -> SchemaRef {
         let mut fields = vec![
             Field::new(TIMESTAMP_COLUMN, timestamp_type(), false),
@@ -423,58 +454,28 @@ impl WriteBuffer {
         Arc::new(Schema::new(fields))
     }
 
-    /// The buffer as one Arrow batch (in arrival order), for tests.
-    #[cfg(test)]
-    pub(crate) fn whole_batch(&mut self) -> RecordBatch {
-        self.build(|c| c.values.to_array(c.ty))
-    }
-
-    /// The buffer as chunks of up to [`CHUNK_ROWS`] rows (in arrival order, each with the schema
-    /// of the buffer when it was built: later columns are absent from earlier chunks). Chunks
-    /// are kept across calls; only the rows since the last full chunk are built anew.
+    /// The buffer as batches in arrival order: the sealed chunks as they are (shared, not
+    /// copied) and the open chunk copied once per append. Each batch has its own schema (see
+    /// `sealed`); readers bring them to one with [`crate::segment::adapt_to_schema`].
     pub(crate) fn query_batches(&mut self) -> Vec<RecordBatch> {
-        let rows = self.rows();
-        if rows > self.chunked_rows {
-            // Rebuild an unfinished last chunk together with the new rows.
-            if self.chunks.last().is_some_and(|c| c.num_rows() < CHUNK_ROWS) {
-                let last = self.chunks.pop().expect("a last chunk");
-                self.chunked_rows -= last.num_rows();
-            }
-            let mut from = self.chunked_rows;
-            while from < rows {
-                let to = rows.min(from + CHUNK_ROWS);
-                let chunk = self.build_range(from, to);
-                self.chunks.push(chunk);
-                from = to;
-            }
-            self.chunked_rows = rows;
+        let mut out = self.sealed.clone();
+        if !self.timestamps.is_empty() {
+            let open = match &self.open_view {
+                Some(b) => b.clone(),
+                None => {
+                    let b = self.build_open();
+                    self.open_view = Some(b.clone());
+                    b
+                }
+            };
+            out.push(open);
         }
-        self.chunks.clone()
+        out
     }
 
-    /// Rows `from..to` as a batch of their own (values copied out of the builders).
-    fn build_range(&mut self, from: usize, to: usize) -> RecordBatch {
-        let rows = self.rows();
-        let schema = self.schema();
-        let mut arrays: Vec<ArrayRef> = vec![
-            Arc::new(TimestampMicrosecondArray::from(self.timestamps[from..to].to_vec()).with_timezone("UTC")),
-            Arc::new(Int64Array::from(self.sample_rates[from..to].to_vec())),
-        ];
-        for c in &mut self.columns {
-            c.values.push_nulls(rows - c.values.len());
-            arrays.push(c.values.range_array(c.ty, from, to));
-        }
-        RecordBatch::try_new(schema, arrays).expect("buffer columns have equal lengths")
-    }
-
-    /// The buffer as one Arrow batch, taking the values out of their builders rather than
-    /// copying them: for a buffer being frozen.
-    pub(crate) fn into_record_batch(mut self) -> RecordBatch {
-        self.build(|c| c.values.finish(c.ty))
-    }
-
-    fn build(&mut self, mut array: impl FnMut(&mut Column) -> ArrayRef) -> RecordBatch {
-        let rows = self.rows();
+    /// The open chunk as a batch of its own (values copied out of the builders).
+    fn build_open(&mut self) -> RecordBatch {
+        let n = self.timestamps.len();
         let schema = self.schema();
         let mut arrays: Vec<ArrayRef> = vec![
             Arc::new(TimestampMicrosecondArray::from(self.timestamps.clone()).with_timezone("UTC")),
@@ -482,10 +483,29 @@ impl WriteBuffer {
         ];
         for c in &mut self.columns {
             // Columns the latest events did not mention are null for them.
-            c.values.push_nulls(rows - c.values.len());
-            arrays.push(array(c));
+            c.values.push_nulls(n - c.values.len());
+            arrays.push(c.values.to_array(c.ty));
         }
         RecordBatch::try_new(schema, arrays).expect("buffer columns have equal lengths")
+    }
+
+    /// The buffer as sealed chunks and the schema they make up together, for a buffer being
+    /// frozen: the open chunk is sealed (no copy).
+    pub(crate) fn into_batches(mut self) -> (SchemaRef, Vec<RecordBatch>) {
+        self.seal();
+        (self.schema(), self.sealed)
+    }
+
+    /// The buffer as one Arrow batch of its schema, for tests.
+    #[cfg(test)]
+    pub(crate) fn whole_batch(&mut self) -> RecordBatch {
+        let schema = self.schema();
+        let adapted: Vec<RecordBatch> = self
+            .query_batches()
+            .iter()
+            .map(|b| crate::segment::adapt_to_schema(b, &schema).expect("widening casts"))
+            .collect();
+        arrow::compute::concat_batches(&schema, &adapted).expect("one schema")
     }
 
     /// The type of one buffered column, for tests.
@@ -496,15 +516,24 @@ impl WriteBuffer {
 
     /// Reconstructs event `i` (fields in column order), for tests.
     #[cfg(test)]
-    pub(crate) fn event(&self, i: usize) -> Event {
+    pub(crate) fn event(&mut self, i: usize) -> Event {
+        let batch = self.whole_batch();
+        let ts = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
+        let rates = batch.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
         Event {
-            timestamp_us: self.timestamps[i],
-            sample_rate: self.sample_rates[i],
-            fields: self
-                .columns
+            timestamp_us: ts.value(i),
+            sample_rate: rates.value(i),
+            fields: batch
+                .schema()
+                .fields()
                 .iter()
-                .filter(|c| i < c.values.len())
-                .filter_map(|c| value_at(&c.values.to_array(c.ty), i).map(|v| (c.name.clone(), v)))
+                .zip(batch.columns())
+                .skip(2)
+                .filter_map(|(f, a)| value_at(a, i).map(|v| (f.name().clone(), v)))
                 .collect(),
         }
     }
@@ -523,13 +552,14 @@ mod tests {
     }
 
     #[test]
-    fn chunks_equal_the_whole_buffer_whatever_the_appends_between_queries() {
+    fn chunks_hold_every_event_whatever_the_appends_between_queries() {
         let mut b = WriteBuffer::default();
         let none = |_: &str| None;
         let mut lsn = 0;
         let mut row = 0i64;
+        let mut all: Vec<Event> = Vec::new();
         // Appends of varying sizes with queries between them; a new column, nulls, a string
-        // column, and late in the run a widening (int → float) that drops the chunks.
+        // column, and late in the run a widening (int → float) after chunks were sealed.
         for (round, n) in [1usize, 5, 70_000, 3, 64 * 1024 - 9, 200, 1, 90_000, 2]
             .into_iter()
             .enumerate()
@@ -553,17 +583,44 @@ mod tests {
                 .collect();
             lsn += 1;
             b.append(Lsn(lsn), &events, &none, 0);
+            all.extend(events);
             let chunks = b.query_batches();
             assert!(chunks.iter().all(|c| c.num_rows() <= CHUNK_ROWS));
+            assert_eq!(chunks.iter().map(|c| c.num_rows()).sum::<usize>(), all.len());
+            assert_eq!(b.rows(), all.len());
+            // Against the events themselves, each value cast to its column's final type.
             let whole = b.whole_batch();
-            let schema = whole.schema();
-            let adapted: Vec<RecordBatch> = chunks
-                .iter()
-                .map(|c| crate::segment::adapt_to_schema(c, &schema).unwrap())
-                .collect();
-            let joined = arrow::compute::concat_batches(&schema, &adapted).unwrap();
-            assert_eq!(joined, whole, "round {round}");
+            for (ci, field) in whole.schema().fields().iter().enumerate().skip(2) {
+                let ty = b.column_type(field.name()).unwrap();
+                let array = whole.column(ci);
+                for (i, e) in all.iter().enumerate() {
+                    let want = e
+                        .fields
+                        .iter()
+                        .find(|(n, _)| n == field.name())
+                        .map(|(_, v)| v.cast(ty));
+                    assert_eq!(
+                        value_at(array, i),
+                        want,
+                        "round {round} row {i} column {}",
+                        field.name()
+                    );
+                }
+            }
         }
+        assert_eq!(b.column_type("k"), Some(ColumnType::Float));
+        assert!(b.sealed.len() >= 3, "sealed chunks: {}", b.sealed.len());
+        let sealed_types: Vec<_> = b
+            .sealed
+            .iter()
+            .map(|c| c.schema().field_with_name("k").unwrap().data_type().clone())
+            .collect();
+        assert_eq!(
+            sealed_types.first(),
+            Some(&DataType::Int64),
+            "sealed before the widening: kept as int"
+        );
+        assert_eq!(sealed_types.last(), Some(&DataType::Float64));
     }
 
     #[test]
@@ -633,7 +690,8 @@ mod tests {
             from_payload.event(3).fields[0],
             ("s".to_string(), FieldValue::Str("7".into()))
         );
-        let frozen = from_payload.into_record_batch();
+        let (schema, chunks) = from_payload.into_batches();
+        let frozen = arrow::compute::concat_batches(&schema, &chunks).unwrap();
         assert_eq!(frozen, from_events.whole_batch());
     }
 }

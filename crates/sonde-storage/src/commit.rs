@@ -186,11 +186,20 @@ impl Storage {
         let DatasetState { columns, active, .. } = &mut *st;
         let known = |name: &str| columns.get(name).map(|c| c.ty);
         fill(active, &known, sonde_model::time::now_us());
-        let grown = active.approx_bytes() - before;
-        self.buffered_bytes.fetch_add(grown, Ordering::Relaxed);
-        if active.approx_bytes() >= buffer::MAX_BUFFER_BYTES {
+        // Sealing a chunk replaces the open chunk's estimate with the measured bytes, which
+        // may be fewer.
+        let after = active.approx_bytes();
+        if after >= before {
+            self.buffered_bytes.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            let shrunk = before - after;
+            let _ = self
+                .buffered_bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(shrunk)));
+        }
+        if after >= buffer::MAX_BUFFER_BYTES {
             // The flusher is behind (a slow store, or limits set very high): freeze the buffer
-            // here, because one buffer's string column cannot pass 2 GiB.
+            // here, so that one flush stays bounded.
             freeze_active(&mut st);
         }
         let active = &st.active;

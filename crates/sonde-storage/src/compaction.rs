@@ -17,7 +17,6 @@ use crate::buffer::arrow_type;
 use crate::catalog::SegmentMeta;
 use crate::{Error, Result, segment};
 use arrow::array::RecordBatch;
-use arrow::compute::concat_batches;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -78,8 +77,9 @@ pub(crate) fn merged_schema(inputs: &[Arc<SegmentMeta>], dataset_types: &BTreeMa
     Arc::new(Schema::new(fields))
 }
 
-/// Reads segment files (already fetched) and merges them into one time-sorted batch of `schema`.
-pub(crate) fn merge(files: Vec<Bytes>, schema: &SchemaRef) -> Result<RecordBatch> {
+/// Reads segment files (already fetched) as batches of `schema`; the segment writer sorts them
+/// together by time as it writes (no merged copy of the whole group is made).
+pub(crate) fn read_all(files: Vec<Bytes>, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
     let mut batches = Vec::new();
     for bytes in files {
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
@@ -87,8 +87,7 @@ pub(crate) fn merge(files: Vec<Bytes>, schema: &SchemaRef) -> Result<RecordBatch
             batches.push(segment::adapt_to_schema(&b?, schema)?);
         }
     }
-    let all = concat_batches(schema, &batches)?;
-    segment::sort_by_time(&all)
+    Ok(batches)
 }
 
 /// Checks that a merged batch holds exactly the inputs' rows and time span.

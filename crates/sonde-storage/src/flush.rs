@@ -63,28 +63,38 @@ impl Storage {
         Ok(())
     }
 
-    /// Writes a time-sorted batch as a new segment file: encode, put, fsync, read back and
-    /// compare row count and time bounds. The catalog does not name it yet.
+    /// Writes rows (batches in any time order, each brought to `schema`) as a new segment
+    /// file: sort by time, encode, put, fsync, read back and compare row count and time bounds.
+    /// The catalog does not name it yet.
     pub(crate) async fn persist_segment(
         &self,
         dataset: &DatasetName,
-        batch: RecordBatch,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
         min_lsn: Lsn,
         max_lsn: Lsn,
     ) -> Result<Arc<SegmentMeta>> {
         let id = SegmentId(self.next_segment_id.fetch_add(1, Ordering::SeqCst));
         let path = segment_path(dataset, id);
-        let before = segment::batch_facts(&batch)?;
         let opts = self.config.segment.clone();
-        let raw_bytes = batch.get_array_memory_size() as u64;
-        let schema = batch.schema();
         let index = self.index.clone();
-        // Off the async workers: sorting, encoding, and indexing now while the rows are in memory.
-        let (encoded, idx) = tokio::task::spawn_blocking(move || -> Result<_> {
-            // Frozen buffers are in arrival order; segments are sorted by time.
-            let batch = segment::sort_by_time(&batch)?;
-            let idx = index.file_for_batch(&batch)?;
-            Ok((segment::encode(&batch, &opts)?, idx))
+        let write_schema = schema.clone();
+        // Off the async workers: adapting, sorting, encoding, and indexing now while the rows
+        // are in memory.
+        let (encoded, idx, before, raw_bytes) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let batches = batches
+                .iter()
+                .map(|b| segment::adapt_to_schema(b, &write_schema))
+                .collect::<Result<Vec<_>>>()?;
+            let before = segment::batches_facts(&batches)?;
+            let raw_bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+            let idx = index.file_for_batches(&batches)?;
+            Ok((
+                segment::encode(&write_schema, &batches, &opts)?,
+                idx,
+                before,
+                raw_bytes as u64,
+            ))
         })
         .await
         .map_err(|e| Error::TaskFailed(format!("segment encoder panicked: {e}")))??;
@@ -134,9 +144,15 @@ impl Storage {
         frozen: &Arc<Frozen>,
     ) -> Result<()> {
         let meta = self
-            .persist_segment(dataset, frozen.batch.clone(), frozen.min_lsn, frozen.max_lsn)
+            .persist_segment(
+                dataset,
+                frozen.schema.clone(),
+                frozen.batches.clone(),
+                frozen.min_lsn,
+                frozen.max_lsn,
+            )
             .await?;
-        let schema = frozen.batch.schema();
+        let schema = frozen.schema.clone();
         {
             // Swap frozen → segment in one step, so a query sees each event exactly once.
             let mut st = state.lock().unwrap();

@@ -18,7 +18,7 @@
 
 use crate::catalog::{SegmentId, SegmentMeta};
 use crate::{Error, Result};
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use object_store::ObjectStore;
@@ -41,18 +41,23 @@ pub fn hash_value(v: &str) -> u32 {
 }
 
 /// The index of one column of a batch (`None` if the batch has no such column).
-pub(crate) fn build(batch: &RecordBatch, column: &str) -> Result<Option<RoaringBitmap>> {
-    let Some(col) = batch.column_by_name(column) else {
+pub(crate) fn build(batches: &[RecordBatch], column: &str) -> Result<Option<RoaringBitmap>> {
+    let cols: Vec<&ArrayRef> = batches.iter().filter_map(|b| b.column_by_name(column)).collect();
+    if cols.is_empty() {
         return Ok(None);
-    };
-    let strings = cast(col, &DataType::Utf8)?;
-    let strings = strings.as_string::<i32>();
+    }
     // Hashes are random, so inserting them one by one would insert containers into the middle
     // of the bitmap's vector again and again; sorted, they append.
-    let mut hashes: Vec<u32> = (0..strings.len())
-        .filter(|&i| strings.is_valid(i))
-        .map(|i| hash_value(strings.value(i)))
-        .collect();
+    let mut hashes: Vec<u32> = Vec::with_capacity(cols.iter().map(|c| c.len()).sum());
+    for col in cols {
+        let strings = cast(col, &DataType::Utf8)?;
+        let strings = strings.as_string::<i32>();
+        hashes.extend(
+            (0..strings.len())
+                .filter(|&i| strings.is_valid(i))
+                .map(|i| hash_value(strings.value(i))),
+        );
+    }
     hashes.sort_unstable();
     hashes.dedup();
     let bm = RoaringBitmap::from_sorted_iter(hashes).map_err(|e| crate::Error::Invalid(e.to_string()))?;
@@ -249,13 +254,13 @@ impl IndexCache {
         self.columns.iter().any(|c| c == column)
     }
 
-    /// The index file of a freshly written segment (every indexed column of `batch`), to be
+    /// The index file of a freshly written segment (every indexed column of its rows, held as `batches`), to be
     /// stored beside it. Not cached: an index enters the cache when a lookup first reads it, so
     /// ingest alone holds none of them in memory (at 100M events they are ~270 MB).
-    pub fn file_for_batch(&self, batch: &RecordBatch) -> Result<Vec<u8>> {
+    pub fn file_for_batches(&self, batches: &[RecordBatch]) -> Result<Vec<u8>> {
         let mut built = Vec::new();
         for c in &self.columns {
-            if let Some(bm) = build(batch, c)? {
+            if let Some(bm) = build(batches, c)? {
                 built.push((c.clone(), Some(Arc::new(SegmentIndex::of(&bm)))));
             }
         }
@@ -350,7 +355,7 @@ impl IndexCache {
             for b in builder.with_projection(mask).build()? {
                 let b = b?;
                 for (name, bm) in &mut out {
-                    if let Some(part) = build(&b, name)? {
+                    if let Some(part) = build(std::slice::from_ref(&b), name)? {
                         *bm |= part;
                     }
                 }
@@ -452,14 +457,14 @@ mod tests {
             vec![Arc::new(StringArray::from(vec![Some("a"), None, Some("b")]))],
         )
         .unwrap();
-        let bm = build(&batch, "id").unwrap().unwrap();
+        let bm = build(std::slice::from_ref(&batch), "id").unwrap().unwrap();
         assert!(bm.contains(hash_value("a")) && bm.contains(hash_value("b")));
         assert!(!bm.contains(hash_value("c")));
-        assert!(build(&batch, "nope").unwrap().is_none());
+        assert!(build(std::slice::from_ref(&batch), "nope").unwrap().is_none());
         let idx = SegmentIndex::of(&bm);
         assert!(idx.contains(hash_value("a")) && idx.contains(hash_value("b")) && !idx.contains(hash_value("c")));
         let cache = IndexCache::new(vec!["id".into()], 500);
-        let file = cache.file_for_batch(&batch).unwrap();
+        let file = cache.file_for_batches(std::slice::from_ref(&batch)).unwrap();
         assert!(
             cache.inner.lock().unwrap().map.is_empty(),
             "writing a file caches nothing"

@@ -66,13 +66,14 @@ impl Storage {
             files.push(self.store.get(&StorePath::from(s.path.as_str())).await?.bytes().await?);
         }
         let schema = compaction::merged_schema(&group, types);
-        let batch = tokio::task::spawn_blocking(move || compaction::merge(files, &schema))
+        let read_schema = schema.clone();
+        let batches = tokio::task::spawn_blocking(move || compaction::read_all(files, &read_schema))
             .await
             .map_err(|e| Error::TaskFailed(format!("compaction panicked: {e}")))??;
-        compaction::check_merged(&group, &segment::batch_facts(&batch)?)?;
+        compaction::check_merged(&group, &segment::batches_facts(&batches)?)?;
         let min_lsn = group.iter().map(|s| s.min_lsn).min().unwrap_or_default();
         let max_lsn = group.iter().map(|s| s.max_lsn).max().unwrap_or_default();
-        let meta = self.persist_segment(ds, batch, min_lsn, max_lsn).await?;
+        let meta = self.persist_segment(ds, schema, batches, min_lsn, max_lsn).await?;
         let (id, path, rows, size) = (meta.id, meta.path.clone(), meta.rows, meta.bytes);
         let _one_at_a_time = self.flush_lock.lock().await;
         let swapped = {

@@ -8,7 +8,13 @@ use super::*;
 /// until its segment is in the catalog.
 #[derive(Debug)]
 pub(crate) struct Frozen {
-    pub(crate) batch: RecordBatch,
+    /// The buffer's sealed chunks, in arrival order, each with its own schema.
+    pub(crate) batches: Vec<RecordBatch>,
+    /// The schema the chunks make up together (the segment's).
+    pub(crate) schema: SchemaRef,
+    pub(crate) rows: usize,
+    /// Event-time bounds (µs, inclusive).
+    pub(crate) time_bounds: (i64, i64),
     pub(crate) min_lsn: Lsn,
     pub(crate) max_lsn: Lsn,
     pub(crate) bytes: usize,
@@ -79,13 +85,19 @@ pub(crate) fn freeze_active(st: &mut DatasetState) {
         return;
     }
     let active = std::mem::take(&mut st.active);
-    let (min_lsn, max_lsn, bytes) = (
+    let (min_lsn, max_lsn, bytes, rows) = (
         active.min_lsn().unwrap_or_default(),
         active.max_lsn(),
         active.approx_bytes(),
+        active.rows(),
     );
+    let time_bounds = active.time_bounds().unwrap_or_default();
+    let (schema, batches) = active.into_batches();
     st.frozen.push(Arc::new(Frozen {
-        batch: active.into_record_batch(),
+        batches,
+        schema,
+        rows,
+        time_bounds,
         min_lsn,
         max_lsn,
         bytes,
@@ -149,11 +161,7 @@ impl Storage {
             widen((s.min_ts_us, s.max_ts_us));
         }
         for f in &st.frozen {
-            if let Ok(facts) = segment::batch_facts(&f.batch)
-                && facts.rows > 0
-            {
-                widen((facts.min_ts_us, facts.max_ts_us));
-            }
+            widen(f.time_bounds);
         }
         if let Some(b) = st.active.time_bounds() {
             widen(b);
@@ -161,7 +169,7 @@ impl Storage {
         Some(DatasetInfo {
             name: dataset.clone(),
             segment_rows: st.segments.iter().map(|s| s.rows).sum(),
-            buffered_rows: (st.frozen.iter().map(|f| f.batch.num_rows()).sum::<usize>() + st.active.rows()) as u64,
+            buffered_rows: (st.frozen.iter().map(|f| f.rows).sum::<usize>() + st.active.rows()) as u64,
             segments: st.segments.len(),
             segment_bytes: st.segments.iter().map(|s| s.bytes).sum(),
             time_bounds: bounds,
@@ -176,7 +184,7 @@ impl Storage {
             return None;
         }
         let mut columns = st.columns.clone();
-        let mut buffered: Vec<RecordBatch> = st.frozen.iter().map(|f| f.batch.clone()).collect();
+        let mut buffered: Vec<RecordBatch> = st.frozen.iter().flat_map(|f| f.batches.iter().cloned()).collect();
         if st.active.rows() > 0 {
             buffered.extend(st.active.query_batches());
         }

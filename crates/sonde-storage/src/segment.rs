@@ -10,7 +10,7 @@
 use crate::buffer::timestamp_type;
 use crate::{Error, Result};
 use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use arrow::compute::{SortOptions, sort_to_indices, take_record_batch};
+use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
@@ -71,29 +71,6 @@ pub fn adapt_to_schema(batch: &RecordBatch, schema: &arrow::datatypes::SchemaRef
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
-/// Sorts a batch by its timestamp column (stable, so equal times keep arrival order).
-pub(crate) fn sort_by_time(batch: &RecordBatch) -> Result<RecordBatch> {
-    let ts = batch
-        .column_by_name(TIMESTAMP_COLUMN)
-        .ok_or_else(|| Error::Invalid("batch has no timestamp column".into()))?;
-    if let Some(t) = ts.as_any().downcast_ref::<TimestampMicrosecondArray>()
-        && t.null_count() == 0
-        && t.values().windows(2).all(|w| w[0] <= w[1])
-    {
-        // Already in order (merges of sorted segments, events that arrived in order).
-        return Ok(batch.clone());
-    }
-    let idx = sort_to_indices(
-        ts,
-        Some(SortOptions {
-            descending: false,
-            nulls_first: false,
-        }),
-        None,
-    )?;
-    Ok(take_record_batch(batch, &idx)?)
-}
-
 /// The facts of a batch (its timestamp column must be non-null).
 pub(crate) fn batch_facts(batch: &RecordBatch) -> Result<SegmentFacts> {
     let ts = batch
@@ -101,6 +78,61 @@ pub(crate) fn batch_facts(batch: &RecordBatch) -> Result<SegmentFacts> {
         .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
         .ok_or_else(|| Error::Invalid("batch has no µs timestamp column".into()))?;
     facts_of(std::iter::once(ts))
+}
+
+/// The facts of rows held as several batches (each with a µs timestamp column, non-null).
+pub(crate) fn batches_facts(batches: &[RecordBatch]) -> Result<SegmentFacts> {
+    facts_of(timestamps(batches)?.into_iter())
+}
+
+/// The timestamp column of each batch.
+fn timestamps(batches: &[RecordBatch]) -> Result<Vec<&TimestampMicrosecondArray>> {
+    batches
+        .iter()
+        .map(|b| {
+            b.column_by_name(TIMESTAMP_COLUMN)
+                .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+                .ok_or_else(|| Error::Invalid("batch has no µs timestamp column".into()))
+        })
+        .collect()
+}
+
+/// Calls `write` with the rows of `batches` in time order (stable: equal times keep their
+/// order), a bounded slice at a time, so that sorting never makes a copy of all the rows:
+/// batches already in order are passed as they are; otherwise an order of (time, batch, row)
+/// is sorted and each slice of it gathered with `interleave`.
+fn in_time_order(batches: &[RecordBatch], mut write: impl FnMut(&RecordBatch) -> Result<()>) -> Result<()> {
+    let ts = timestamps(batches)?;
+    let mut last = i64::MIN;
+    let sorted = ts.iter().all(|t| {
+        let ok = t.values().first().is_none_or(|&f| f >= last) && t.values().windows(2).all(|w| w[0] <= w[1]);
+        last = t.values().last().copied().unwrap_or(last);
+        ok
+    });
+    if sorted {
+        // Already in order (merges of sorted segments, events that arrived in order).
+        return batches.iter().try_for_each(&mut write);
+    }
+    let mut order: Vec<(i64, u32, u32)> = Vec::with_capacity(ts.iter().map(|t| t.len()).sum());
+    for (b, t) in ts.iter().enumerate() {
+        order.extend(t.values().iter().enumerate().map(|(r, &v)| (v, b as u32, r as u32)));
+    }
+    // Stable and adaptive: arrival order is nearly time order, a few runs to merge.
+    order.sort_by_key(|o| o.0);
+    // Slices of ~16 MiB of rows at the batches' average row size (at least 64 rows, at most
+    // 16,384): small enough to be cheap to hold twice, and far from Arrow's 2 GiB per string
+    // column even when a few rows are large.
+    let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+    let per_row = (bytes / order.len().max(1)).max(1);
+    let slice_rows = ((16 << 20) / per_row).clamp(64, 16 * 1024);
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    let mut indices = Vec::with_capacity(slice_rows);
+    for slice in order.chunks(slice_rows) {
+        indices.clear();
+        indices.extend(slice.iter().map(|&(_, b, r)| (b as usize, r as usize)));
+        write(&arrow::compute::interleave_record_batch(&refs, &indices)?)?;
+    }
+    Ok(())
 }
 
 fn facts_of<'a>(arrays: impl Iterator<Item = &'a TimestampMicrosecondArray>) -> Result<SegmentFacts> {
@@ -134,9 +166,9 @@ pub(crate) struct Encoded {
     pub distinct_columns: Vec<String>,
 }
 
-/// Encodes a time-sorted batch as a Parquet file in memory.
-pub(crate) fn encode(batch: &RecordBatch, opts: &SegmentOptions) -> Result<Encoded> {
-    let schema = batch.schema();
+/// Encodes rows (batches of `schema`, in any time order) as a time-sorted Parquet file in
+/// memory.
+pub(crate) fn encode(schema: &SchemaRef, batches: &[RecordBatch], opts: &SegmentOptions) -> Result<Encoded> {
     let ts_index = schema.index_of(TIMESTAMP_COLUMN)?;
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(opts.zstd_level)?))
@@ -166,9 +198,10 @@ pub(crate) fn encode(batch: &RecordBatch, opts: &SegmentOptions) -> Result<Encod
         }
     }
     let mut distinct_columns = Vec::new();
-    for (field, array) in schema.fields().iter().zip(batch.columns()) {
+    for (i, field) in schema.fields().iter().enumerate() {
         let name = field.name();
-        let Some(fraction) = distinct_fraction(array).filter(|_| name != TIMESTAMP_COLUMN) else {
+        let chunks: Vec<&ArrayRef> = batches.iter().map(|b| b.column(i)).collect();
+        let Some(fraction) = distinct_fraction_of(&chunks).filter(|_| name != TIMESTAMP_COLUMN) else {
             continue;
         };
         if fraction > MANY_GROUPS {
@@ -185,9 +218,10 @@ pub(crate) fn encode(batch: &RecordBatch, opts: &SegmentOptions) -> Result<Encod
             props = props.set_column_dictionary_enabled(name.as_str().into(), false);
         }
     }
-    let mut out = Vec::with_capacity(batch.get_array_memory_size() / 4);
-    let mut w = ArrowWriter::try_new(&mut out, schema, Some(props.build()))?;
-    w.write(batch)?;
+    let raw: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+    let mut out = Vec::with_capacity(raw / 4);
+    let mut w = ArrowWriter::try_new(&mut out, schema.clone(), Some(props.build()))?;
+    in_time_order(batches, |b| Ok(w.write(b)?))?;
     w.close()?;
     Ok(Encoded {
         bytes: Bytes::from(out),
@@ -204,25 +238,41 @@ pub const MANY_GROUPS: f64 = 0.3;
 /// booleans and other types (a dictionary or RLE is never worse there) and for columns with
 /// fewer than 1,024 values (too few to judge).
 pub fn distinct_fraction(array: &ArrayRef) -> Option<f64> {
+    distinct_fraction_of(&[array])
+}
+
+/// [`distinct_fraction`] of one column held as several arrays (a buffer's chunks), sampled
+/// evenly over all of them.
+pub(crate) fn distinct_fraction_of(arrays: &[&ArrayRef]) -> Option<f64> {
     const SAMPLE: usize = 16 * 1024;
-    let n = array.len();
+    let n: usize = arrays.iter().map(|a| a.len()).sum();
     let step = n.div_ceil(SAMPLE).max(1);
     let hasher = ahash::RandomState::with_seeds(7, 11, 13, 17);
-    let any = array.as_any();
-    let hash: Box<dyn Fn(usize) -> u64> = if let Some(a) = any.downcast_ref::<StringArray>() {
-        Box::new(move |i| hasher.hash_one(a.value(i)))
-    } else if let Some(a) = any.downcast_ref::<Int64Array>() {
-        Box::new(move |i| hasher.hash_one(a.value(i)))
-    } else if let Some(a) = any.downcast_ref::<Float64Array>() {
-        Box::new(move |i| hasher.hash_one(a.value(i).to_bits()))
-    } else {
-        return None;
-    };
     let mut seen = std::collections::HashSet::with_capacity(SAMPLE.min(n));
     let mut sampled = 0usize;
-    for i in (0..n).step_by(step).filter(|&i| array.is_valid(i)) {
-        seen.insert(hash(i));
-        sampled += 1;
+    // The sample positions are global (every `step`-th row of all the arrays together).
+    let mut next = 0usize;
+    let mut offset = 0usize;
+    for array in arrays {
+        let any = array.as_any();
+        let hash: Box<dyn Fn(usize) -> u64> = if let Some(a) = any.downcast_ref::<StringArray>() {
+            Box::new(|i| hasher.hash_one(a.value(i)))
+        } else if let Some(a) = any.downcast_ref::<Int64Array>() {
+            Box::new(|i| hasher.hash_one(a.value(i)))
+        } else if let Some(a) = any.downcast_ref::<Float64Array>() {
+            Box::new(|i| hasher.hash_one(a.value(i).to_bits()))
+        } else {
+            return None;
+        };
+        while next < offset + array.len() {
+            let i = next - offset;
+            if array.is_valid(i) {
+                seen.insert(hash(i));
+                sampled += 1;
+            }
+            next += step;
+        }
+        offset += array.len();
     }
     (sampled >= 1024).then(|| seen.len() as f64 / sampled as f64)
 }
@@ -260,30 +310,88 @@ mod tests {
     use crate::buffer::WriteBuffer;
     use sonde_model::{Event, FieldValue};
 
-    #[test]
-    fn encode_sort_and_read_back() {
+    fn batch(times: &[i64], tag: &str) -> RecordBatch {
         let mut b = WriteBuffer::default();
-        let events: Vec<Event> = [30, 10, 20]
+        let events: Vec<Event> = times
             .iter()
-            .map(|&t| Event {
+            .enumerate()
+            .map(|(i, &t)| Event {
                 timestamp_us: t,
                 sample_rate: 1,
-                fields: vec![("trace.trace_id".into(), FieldValue::Str(format!("t{t}")))],
+                fields: vec![("trace.trace_id".into(), FieldValue::Str(format!("{tag}{i}")))],
             })
             .collect();
         b.append(crate::wal::Lsn(1), &events, &|_| None, 0);
-        let sorted = sort_by_time(&b.whole_batch()).unwrap();
-        let facts = batch_facts(&sorted).unwrap();
+        b.whole_batch()
+    }
+
+    /// Reads a whole encoded segment back as (time, id) rows.
+    fn rows_of(bytes: Bytes) -> Vec<(i64, String)> {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut out = Vec::new();
+        for b in reader {
+            let b = b.unwrap();
+            let t = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .unwrap();
+            let id = b
+                .column_by_name("trace.trace_id")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap();
+            out.extend((0..b.num_rows()).map(|i| (t.value(i), id.value(i).to_string())));
+        }
+        out
+    }
+
+    #[test]
+    fn encode_sort_and_read_back() {
+        // Three chunks out of order across and within them, with equal times that must keep
+        // their arrival order (stable).
+        let batches = vec![
+            batch(&[30, 10, 20], "a"),
+            batch(&[5, 20, 40], "b"),
+            batch(&[20, 1], "c"),
+        ];
+        let schema = batches[0].schema();
+        let facts = batches_facts(&batches).unwrap();
         assert_eq!(
             facts,
             SegmentFacts {
-                rows: 3,
-                min_ts_us: 10,
-                max_ts_us: 30
+                rows: 8,
+                min_ts_us: 1,
+                max_ts_us: 40
             }
         );
-        let encoded = encode(&sorted, &SegmentOptions::default()).unwrap();
-        assert_eq!(read_facts(encoded.bytes).unwrap(), facts);
+        let encoded = encode(&schema, &batches, &SegmentOptions::default()).unwrap();
+        assert_eq!(read_facts(encoded.bytes.clone()).unwrap(), facts);
+        let want: Vec<(i64, String)> = [
+            (1, "c1"),
+            (5, "b0"),
+            (10, "a1"),
+            (20, "a2"),
+            (20, "b1"),
+            (20, "c0"),
+            (30, "a0"),
+            (40, "b2"),
+        ]
+        .iter()
+        .map(|&(t, s)| (t, s.to_string()))
+        .collect();
+        assert_eq!(rows_of(encoded.bytes), want);
+        // Batches already in order are written as they are.
+        let ordered = vec![batch(&[1, 2], "x"), batch(&[2, 3], "y")];
+        let encoded = encode(&schema, &ordered, &SegmentOptions::default()).unwrap();
+        assert_eq!(
+            rows_of(encoded.bytes),
+            vec![(1, "x0".into()), (2, "x1".into()), (2, "y0".into()), (3, "y1".into())]
+        );
     }
 
     #[test]
@@ -302,7 +410,8 @@ mod tests {
             .collect();
         let mut b = WriteBuffer::default();
         b.append(crate::wal::Lsn(1), &events, &|_| None, 0);
-        let encoded = encode(&b.whole_batch(), &SegmentOptions::default()).unwrap();
+        let whole = b.whole_batch();
+        let encoded = encode(&whole.schema(), &[whole], &SegmentOptions::default()).unwrap();
         assert_eq!(encoded.distinct_columns, vec!["id".to_string(), "ms".to_string()]);
         let reader = parquet::file::serialized_reader::SerializedFileReader::new(encoded.bytes).unwrap();
         use parquet::file::reader::FileReader;
