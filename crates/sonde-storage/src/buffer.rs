@@ -257,10 +257,11 @@ impl Column {
 /// flush stays a bounded piece of work when the flusher is behind.
 pub(crate) const MAX_BUFFER_BYTES: usize = 1 << 30;
 
-/// Rows per sealed chunk: small enough that rebuilding the open chunk for a query is cheap and
-/// that a chunk's buffers come from the allocator's reusable pages, large enough that a full
-/// buffer is a few dozen chunks.
-pub(crate) const CHUNK_ROWS: usize = 64 * 1024;
+/// Rows per sealed chunk: DataFusion's batch size, small enough that rebuilding the open chunk
+/// for a query is cheap and that a chunk's buffers (≤ 512 KiB for strings of up to 64 bytes)
+/// come from the allocator's reusable pages rather than fresh, zeroed memory from the kernel
+/// (measured: 64k-row chunks spent 14% of ingest CPU clearing new pages).
+pub(crate) const CHUNK_ROWS: usize = 8 * 1024;
 
 /// An open chunk is sealed early past this many bytes (events with large values), so that no
 /// chunk's string column nears Arrow's 2 GiB.

@@ -120,11 +120,11 @@ fn in_time_order(batches: &[RecordBatch], mut write: impl FnMut(&RecordBatch) ->
     // Stable and adaptive: arrival order is nearly time order, a few runs to merge.
     order.sort_by_key(|o| o.0);
     // Slices of ~16 MiB of rows at the batches' average row size (at least 64 rows, at most
-    // 16,384): small enough to be cheap to hold twice, and far from Arrow's 2 GiB per string
-    // column even when a few rows are large.
+    // 8,192, so that a slice's arrays come from the allocator's reusable pages): cheap to hold
+    // twice, and far from Arrow's 2 GiB per string column even when a few rows are large.
     let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
     let per_row = (bytes / order.len().max(1)).max(1);
-    let slice_rows = ((16 << 20) / per_row).clamp(64, 16 * 1024);
+    let slice_rows = ((16 << 20) / per_row).clamp(64, 8 * 1024);
     let refs: Vec<&RecordBatch> = batches.iter().collect();
     let mut indices = Vec::with_capacity(slice_rows);
     for slice in order.chunks(slice_rows) {
