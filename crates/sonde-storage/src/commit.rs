@@ -192,10 +192,7 @@ impl Storage {
         if after >= before {
             self.buffered_bytes.fetch_add(after - before, Ordering::Relaxed);
         } else {
-            let shrunk = before - after;
-            let _ = self
-                .buffered_bytes
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(shrunk)));
+            self.release_buffered(before - after);
         }
         if after >= buffer::MAX_BUFFER_BYTES {
             // The flusher is behind (a slow store, or limits set very high): freeze the buffer
@@ -210,6 +207,16 @@ impl Storage {
             self.flush_wanted.notify_one();
         }
         true
+    }
+}
+
+impl Storage {
+    /// Takes `bytes` off the buffered total (never below zero: the figure mixes estimates of
+    /// open chunks with measured sealed ones).
+    pub(crate) fn release_buffered(&self, bytes: usize) {
+        let _ = self
+            .buffered_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(bytes)));
     }
 }
 

@@ -161,10 +161,7 @@ impl Storage {
             st.frozen.retain(|f| !Arc::ptr_eq(f, frozen));
             st.flushed_lsn = st.flushed_lsn.max(frozen.max_lsn);
         }
-        self.buffered_bytes.fetch_sub(
-            frozen.bytes.min(self.buffered_bytes.load(Ordering::Relaxed)),
-            Ordering::Relaxed,
-        );
+        self.release_buffered(frozen.bytes);
         self.persist_catalog().await?;
         self.stats.segments_flushed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(dataset = %dataset, segment = meta.id.0, rows = meta.rows, bytes = meta.bytes, "segment flushed");

@@ -157,10 +157,7 @@ impl Storage {
             st.active = WriteBuffer::default();
             st.columns.clear();
             st.deleted = true;
-            self.buffered_bytes.fetch_sub(
-                freed.min(self.buffered_bytes.load(Ordering::Relaxed)),
-                Ordering::Relaxed,
-            );
+            self.release_buffered(freed);
             std::mem::take(&mut st.segments)
         };
         self.bury(segments);

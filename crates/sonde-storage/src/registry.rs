@@ -188,9 +188,13 @@ impl Storage {
         if st.active.rows() > 0 {
             buffered.extend(st.active.query_batches());
         }
-        for b in &buffered {
-            let Ok(facts) = segment::batch_facts(b) else { continue };
-            merge_columns(&mut columns, &b.schema(), facts.min_ts_us, facts.max_ts_us);
+        // Consecutive chunks of one schema (most of a buffer's) are merged as one run: the same
+        // columns over the union of their time spans, once per run rather than per chunk.
+        for run in buffered.chunk_by(|a, b| a.schema() == b.schema()) {
+            let Ok(facts) = segment::batches_facts(run) else {
+                continue;
+            };
+            merge_columns(&mut columns, &run[0].schema(), facts.min_ts_us, facts.max_ts_us);
         }
         Some(DatasetSnapshot {
             dataset: dataset.clone(),

@@ -71,15 +71,6 @@ pub fn adapt_to_schema(batch: &RecordBatch, schema: &arrow::datatypes::SchemaRef
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
-/// The facts of a batch (its timestamp column must be non-null).
-pub(crate) fn batch_facts(batch: &RecordBatch) -> Result<SegmentFacts> {
-    let ts = batch
-        .column_by_name(TIMESTAMP_COLUMN)
-        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
-        .ok_or_else(|| Error::Invalid("batch has no µs timestamp column".into()))?;
-    facts_of(std::iter::once(ts))
-}
-
 /// The facts of rows held as several batches (each with a µs timestamp column, non-null).
 pub(crate) fn batches_facts(batches: &[RecordBatch]) -> Result<SegmentFacts> {
     facts_of(timestamps(batches)?.into_iter())
