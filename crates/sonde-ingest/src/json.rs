@@ -61,26 +61,28 @@ pub fn split_json_array(body: &[u8]) -> Result<Vec<&[u8]>, String> {
     i += 1;
     let mut items = Vec::new();
     let mut depth = 0usize;
-    let mut in_str = false;
-    let mut escaped = false;
     let mut start: Option<usize> = None;
     while i < body.len() {
         let c = body[i];
-        if in_str {
-            if escaped {
-                escaped = false;
-            } else if c == b'\\' {
-                escaped = true;
-            } else if c == b'"' {
-                in_str = false;
-            }
-            i += 1;
-            continue;
-        }
         match c {
             b'"' => {
-                in_str = true;
                 start.get_or_insert(i);
+                // Most of a batch's bytes are inside strings: jump from quote or backslash to
+                // the next one (memchr scans many bytes per step) instead of looking at each.
+                i += 1;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &body[i..]) {
+                        None => return Err("batch array is not closed (truncated body?)".into()),
+                        Some(p) if body[i + p] == b'\\' => i += p + 2,
+                        Some(p) => {
+                            i += p;
+                            break;
+                        }
+                    }
+                    if i >= body.len() {
+                        return Err("batch array is not closed (truncated body?)".into());
+                    }
+                }
             }
             b'{' | b'[' => {
                 depth += 1;
@@ -127,6 +129,7 @@ fn trim(b: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn splits_items_without_parsing_them() {
@@ -142,5 +145,24 @@ mod tests {
         assert!(split_json_array(b"[1,").is_err());
         assert!(split_json_array(b"[1,]").is_err());
         assert!(split_json_array(b"[1] x").is_err());
+        assert!(split_json_array(br#"["a\"]"#).is_err(), "the quote is escaped: never closed");
+        assert!(split_json_array(br#"["a\"#).is_err());
+    }
+
+    proptest! {
+        /// Any array serde_json writes (strings with quotes, backslashes and brackets inside)
+        /// splits into the texts of its items.
+        #[test]
+        fn splits_what_serde_json_writes(items in prop::collection::vec(
+            prop_oneof![
+                "[a-z\\\\\"\\[\\]{},é ]{0,12}".prop_map(Value::from),
+                prop::collection::btree_map("[a\\\\\"]{1,3}", "[\\\\\"x\\]]{0,4}", 0..3)
+                    .prop_map(|m| serde_json::json!({"data": m})),
+            ], 0..6)) {
+            let body = serde_json::to_vec(&items).unwrap();
+            let parts = split_json_array(&body).unwrap();
+            let parsed: Vec<Value> = parts.iter().map(|p| serde_json::from_slice(p).unwrap()).collect();
+            prop_assert_eq!(parsed, items);
+        }
     }
 }

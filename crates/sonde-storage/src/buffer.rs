@@ -15,7 +15,7 @@
 //! sealed chunks keep the type they were sealed with until a reader brings them to the
 //! buffer's schema ([`crate::segment::adapt_to_schema`]), as it does for older segments.
 
-use crate::wal::{Lsn, PayloadReader};
+use crate::wal::{Lsn, Payload, PayloadReader};
 use arrow::array::{
     Array, ArrayBuilder, ArrayRef, BooleanArray, BooleanBuilder, Float64Array, Float64Builder, Int64Array,
     Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
@@ -282,6 +282,10 @@ pub(crate) struct WriteBuffer {
     sample_rates: Vec<i64>,
     columns: Vec<Column>,
     index: HashMap<String, usize, ahash::RandomState>,
+    /// The column of each field position of the previous event: a service sends its fields in
+    /// the same order every time, so a field's column is usually found by comparing one name
+    /// rather than hashing it (the lookups were 6% of ingest).
+    by_position: Vec<usize>,
     /// Estimated bytes of the open chunk's values.
     open_bytes: usize,
     /// The open chunk as a batch for queries, kept until the next append.
@@ -314,8 +318,8 @@ impl WriteBuffer {
     /// Appends the events of one WAL record straight from its encoded payload (see
     /// [`crate::wal::encode_payload`]), without making an [`Event`] of each. Returns false
     /// (with the events read so far appended) if the payload is damaged.
-    pub(crate) fn append_payload(&mut self, lsn: Lsn, payload: &[u8], known: KnownTypes<'_>, now_us: i64) -> bool {
-        let Some((_, mut reader)) = PayloadReader::new(payload) else {
+    pub(crate) fn append_payload(&mut self, lsn: Lsn, payload: &Payload, known: KnownTypes<'_>, now_us: i64) -> bool {
+        let Some((_, mut reader)) = PayloadReader::trusted(payload) else {
             return false;
         };
         if reader.events_left() == 0 {
@@ -361,7 +365,13 @@ impl WriteBuffer {
         self.timestamps.push(ts);
         self.sample_rates.push(rate);
         self.open_bytes += 16;
-        for (name, v) in fields {
+        for (k, (name, v)) in fields.enumerate() {
+            if let Some(&ci) = self.by_position.get(k)
+                && self.columns[ci].name == name
+            {
+                self.open_bytes += self.columns[ci].push(row, v);
+                continue;
+            }
             let ci = match self.index.get(name) {
                 Some(&ci) => ci,
                 None => {
@@ -377,6 +387,10 @@ impl WriteBuffer {
                     self.columns.len() - 1
                 }
             };
+            match self.by_position.get_mut(k) {
+                Some(slot) => *slot = ci,
+                None => self.by_position.push(ci),
+            }
             self.open_bytes += self.columns[ci].push(row, v);
         }
         if self.timestamps.len() >= CHUNK_ROWS || self.open_bytes >= CHUNK_BYTES {
@@ -680,7 +694,7 @@ mod tests {
         let mut from_payload = WriteBuffer::default();
         assert!(from_payload.append_payload(Lsn(9), &payload, &none, 0));
         assert_eq!(from_events.whole_batch(), from_payload.whole_batch());
-        assert!(!WriteBuffer::default().append_payload(Lsn(1), &payload[..payload.len() - 1], &none, 0));
+        assert!(crate::wal::decode_payload(Lsn(1), &payload[..payload.len() - 1]).is_none());
         // Widened in place: `n` went int → bool-in-int → float, `s` string with an int in it.
         assert_eq!(from_payload.column_type("n"), Some(ColumnType::Float));
         assert_eq!(

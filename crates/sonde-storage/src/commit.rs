@@ -10,7 +10,7 @@ use super::*;
 pub(crate) struct Commit {
     /// Per dataset, its events as encoded for the WAL; the write buffer is filled from these
     /// same bytes.
-    pub(crate) records: Vec<(DatasetName, Vec<u8>)>,
+    pub(crate) records: Vec<(DatasetName, wal::Payload)>,
     /// Answered with the last record's LSN.
     pub(crate) done: oneshot::Sender<Result<Lsn>>,
 }

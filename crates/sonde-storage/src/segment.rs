@@ -27,7 +27,8 @@ pub struct SegmentOptions {
     pub row_group_rows: usize,
     /// Columns that get a bloom filter (ids looked up by equality, e.g. `trace.trace_id`).
     pub bloom_columns: Vec<String>,
-    /// zstd level.
+    /// zstd level. 1 by default: zstd's fast strategy, measured at 0.6% more bytes than level 3
+    /// on the bench's events and about half of the compression CPU, which was 12% of ingest.
     pub zstd_level: i32,
 }
 
@@ -39,7 +40,7 @@ impl Default for SegmentOptions {
                 .split(',')
                 .map(String::from)
                 .collect(),
-            zstd_level: 3,
+            zstd_level: 1,
         }
     }
 }
