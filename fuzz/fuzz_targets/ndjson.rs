@@ -27,6 +27,12 @@ fuzz_target!(|data: &[u8]| {
     // Line numbers are the body's own: increasing, one per outcome, none past the last line.
     let lines = decode(data, now, &limits);
     assert_eq!(lines.line_numbers.len(), lines.decoded.len());
+    // The encoded path behind `decode` gives each line the owned path's outcome.
+    let body: Vec<&[u8]> = data.split(|b| *b == b'\n').collect();
+    for (n, encoded) in lines.line_numbers.iter().zip(&lines.decoded) {
+        let line = body[n - 1];
+        common::check_same(line, encoded, &line_event(line, now, &limits));
+    }
     assert!(lines.line_numbers.windows(2).all(|w| w[0] < w[1]));
     let total = data.split(|b| *b == b'\n').count();
     assert!(lines.line_numbers.last().is_none_or(|n| *n <= total));

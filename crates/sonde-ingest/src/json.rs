@@ -6,19 +6,43 @@
 //! Each item is then parsed and flattened in one pass ([`crate::onepass`]) where it can be.
 
 use crate::envelope::{batch_item, flat_event};
-use crate::onepass::{Parsed, Shape, parse_flat};
-use crate::{BodyError, Decoded};
+use crate::onepass::{Parsed, Shape, encode_flat, parse_flat};
+use crate::{BodyError, Decoded, EncodedBatch};
 use serde_json::Value;
-use sonde_model::{Event, EventError, Limits};
+use sonde_model::{EncodedEvents, Event, EventError, Limits};
 
-/// Decodes a batch body: one outcome per item, in order. Errors only when the body as a whole
-/// is not a JSON array.
-pub fn decode_batch(body: &[u8], now_us: i64, limits: &Limits) -> Result<Decoded, BodyError> {
+/// Decodes a batch body: its good items encoded ([`encode_flat`] where it can, else the owned
+/// path), and one refusal or `None` per item, in order. Errors only when the body as a whole is
+/// not a JSON array.
+pub fn decode_batch_encoded(body: &[u8], now_us: i64, limits: &Limits) -> Result<EncodedBatch, BodyError> {
     let items = split_json_array(body).map_err(|e| BodyError::Malformed(format!("malformed batch: {e}")))?;
-    Ok(items
-        .into_iter()
-        .map(|raw| batch_item_text(raw, now_us, limits))
-        .collect())
+    // Encoded events take about the bytes of their JSON text (names and strings as they are,
+    // numbers in 8 bytes, no quotes or punctuation).
+    let mut out = EncodedBatch {
+        events: EncodedEvents::with_capacity(body.len()),
+        refusals: Vec::with_capacity(items.len()),
+    };
+    for raw in items {
+        if encode_flat(raw, Shape::BatchItem, limits, now_us, &mut out.events) {
+            out.refusals.push(None);
+            continue;
+        }
+        match batch_item_text(raw, now_us, limits) {
+            Ok(e) => {
+                out.events.push(&e);
+                out.refusals.push(None);
+            }
+            Err(e) => out.refusals.push(Some(e)),
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes a batch body: one outcome per item, in order (the events of
+/// [`decode_batch_encoded`], as owned events). Errors only when the body as a whole is not a
+/// JSON array.
+pub fn decode_batch(body: &[u8], now_us: i64, limits: &Limits) -> Result<Decoded, BodyError> {
+    Ok(decode_batch_encoded(body, now_us, limits)?.into_decoded())
 }
 
 /// One Honeycomb batch item from its text, parsed and flattened in one pass where it can be;
@@ -145,7 +169,10 @@ mod tests {
         assert!(split_json_array(b"[1,").is_err());
         assert!(split_json_array(b"[1,]").is_err());
         assert!(split_json_array(b"[1] x").is_err());
-        assert!(split_json_array(br#"["a\"]"#).is_err(), "the quote is escaped: never closed");
+        assert!(
+            split_json_array(br#"["a\"]"#).is_err(),
+            "the quote is escaped: never closed"
+        );
         assert!(split_json_array(br#"["a\"#).is_err());
     }
 

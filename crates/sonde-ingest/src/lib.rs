@@ -25,10 +25,49 @@ pub mod onepass;
 pub mod otlp;
 
 pub use decompress::decompress;
-pub use sonde_model::{Event, EventError, Limits};
+pub use sonde_model::{EncodedEvents, Event, EventError, Limits};
 
 /// The outcome of decoding a multi-event body: one entry per input event, in input order.
 pub type Decoded = Vec<Result<Event, EventError>>;
+
+/// A decoded multi-event body with its good events encoded (no allocation per field).
+#[derive(Debug, Default)]
+pub struct EncodedBatch {
+    /// The events kept, in input order.
+    pub events: EncodedEvents,
+    /// One entry per input event, in input order: why it was refused, or `None` (kept).
+    pub refusals: Vec<Option<EventError>>,
+}
+
+impl EncodedBatch {
+    /// The same outcomes with owned events.
+    pub fn into_decoded(self) -> Decoded {
+        let mut events = self.events.to_events().into_iter();
+        self.refusals
+            .into_iter()
+            .map(|r| match r {
+                None => Ok(events.next().expect("one event per kept input")),
+                Some(e) => Err(e),
+            })
+            .collect()
+    }
+}
+
+impl From<Decoded> for EncodedBatch {
+    fn from(decoded: Decoded) -> Self {
+        let mut out = EncodedBatch::default();
+        for r in decoded {
+            match r {
+                Ok(e) => {
+                    out.events.push(&e);
+                    out.refusals.push(None);
+                }
+                Err(e) => out.refusals.push(Some(e)),
+            }
+        }
+        out
+    }
+}
 
 /// Why a whole request body could not be decoded (as opposed to one event in it).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -1,12 +1,12 @@
 //! Newline-delimited JSON: one object per line, the object itself the event's data (with its
 //! `timestamp`/`time` and `samplerate` keys as the envelope, see [`crate::envelope`]).
 
-use crate::Decoded;
 use crate::envelope::{flat_event, line_object};
 use crate::json::parse_json;
-use crate::onepass::{Parsed, Shape, parse_flat};
+use crate::onepass::{Parsed, Shape, encode_flat, parse_flat};
+use crate::{Decoded, EncodedBatch};
 use serde_json::Value;
-use sonde_model::{Event, EventError, Limits};
+use sonde_model::{EncodedEvents, Event, EventError, Limits};
 
 /// A decoded NDJSON body: the outcome of each non-blank line, and where that line is.
 #[derive(Debug)]
@@ -17,19 +17,52 @@ pub struct Lines {
     pub decoded: Decoded,
 }
 
+/// [`Lines`] with the good events encoded (the server's path).
+#[derive(Debug)]
+pub struct EncodedLines {
+    /// 1-based line numbers in the body, one per refusal entry.
+    pub line_numbers: Vec<usize>,
+    /// The events kept and one refusal or `None` per non-blank line, in order.
+    pub batch: EncodedBatch,
+}
+
 /// Decodes an NDJSON body. Blank lines are skipped, and still counted, so that an error's line
 /// number is the one an editor shows.
 pub fn decode(body: &[u8], now_us: i64, limits: &Limits) -> Lines {
-    let mut out = Lines {
+    let EncodedLines { line_numbers, batch } = decode_encoded(body, now_us, limits);
+    Lines {
+        line_numbers,
+        decoded: batch.into_decoded(),
+    }
+}
+
+/// [`decode`], with the good events encoded: each line in one pass straight into the encoding
+/// ([`encode_flat`]) where it can be, else through [`line_event`].
+pub fn decode_encoded(body: &[u8], now_us: i64, limits: &Limits) -> EncodedLines {
+    let mut out = EncodedLines {
         line_numbers: Vec::new(),
-        decoded: Vec::new(),
+        batch: EncodedBatch {
+            events: EncodedEvents::with_capacity(body.len()),
+            refusals: Vec::new(),
+        },
     };
     for (i, line) in body.split(|b| *b == b'\n').enumerate() {
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
         out.line_numbers.push(i + 1);
-        out.decoded.push(line_event(line, now_us, limits));
+        let b = &mut out.batch;
+        if encode_flat(line, Shape::Line, limits, now_us, &mut b.events) {
+            b.refusals.push(None);
+            continue;
+        }
+        match line_event(line, now_us, limits) {
+            Ok(e) => {
+                b.events.push(&e);
+                b.refusals.push(None);
+            }
+            Err(e) => b.refusals.push(Some(e)),
+        }
     }
     out
 }

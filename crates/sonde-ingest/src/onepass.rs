@@ -10,11 +10,13 @@
 //! the first problem met; the tree path is the reference for refusals (a later duplicate key
 //! could have replaced the part that had the problem), so callers ask it for the verdict.
 
+use crate::envelope::{envelope_time, parse_sample_rate};
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+use sonde_model::encoded::{EncodedEvents, EventWriter};
 use sonde_model::flatten::Limits;
-use sonde_model::{EventError, FieldValue, SAMPLE_RATE_COLUMN, TIMESTAMP_COLUMN};
+use sonde_model::{EventError, FieldValue, SAMPLE_RATE_COLUMN, TIMESTAMP_COLUMN, ValueRef};
 use std::collections::HashMap;
 use std::fmt;
 
@@ -50,39 +52,11 @@ pub fn parse_flat(bytes: &[u8], shape: Shape, limits: &Limits) -> Result<Parsed,
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Ok(Parsed::Tree);
     }
-    let mut f = Flattener {
-        fields: Vec::with_capacity(32),
-        hashes: Vec::with_capacity(32),
-        by_hash: HashMap::default(),
-        keys: Vec::with_capacity(64),
-        hasher: ahash::RandomState::with_seeds(1, 2, 3, 4),
-        name: String::with_capacity(128),
-        limits,
-        error: None,
-        envelope: Envelope::default(),
-    };
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let outcome = Top { f: &mut f, shape }.deserialize(&mut de).and_then(|()| de.end());
-    if f.envelope.tree {
+    let mut f = Flattener::new(VecFields(Vec::with_capacity(32)), limits);
+    let Some(env) = f.run(bytes, shape)? else {
         return Ok(Parsed::Tree);
-    }
-    if let Some(e) = f.error {
-        return Err(e);
-    }
-    if let Err(e) = outcome {
-        return Err(if e.to_string().contains("recursion limit") {
-            limits.depth_error()
-        } else if std::str::from_utf8(bytes).is_err() {
-            EventError::Json(format!("invalid UTF-8 ({e})"))
-        } else {
-            EventError::Json(e.to_string())
-        });
-    }
-    let env = f.envelope;
-    if shape == Shape::BatchItem && !env.data_seen {
-        return Err(EventError::Json("batch item needs a \"data\" object, got null".into()));
-    }
-    let mut fields = f.fields;
+    };
+    let mut fields = f.fields.0;
     let time = match (env.timestamp, env.time) {
         (Some(ts), time) => {
             // A line with both keys: `timestamp` is the time and `time` stays a field, as the
@@ -107,6 +81,39 @@ pub fn parse_flat(bytes: &[u8], shape: Shape, limits: &Limits) -> Result<Parsed,
     })
 }
 
+/// Parses, flattens and encodes one event straight into `out`, its time and sample rate read by
+/// the envelope rule ([`crate::envelope`]), with nothing allocated per field. False (with `out`
+/// as it was) when the text is not one this pass takes, breaks a limit or repeats a name: the
+/// caller then takes the owned path ([`parse_flat`], then the tree), which gives the verdict
+/// and its message, as for any refusal.
+pub fn encode_flat(bytes: &[u8], shape: Shape, limits: &Limits, now_us: i64, out: &mut EncodedEvents) -> bool {
+    if limits.check_event_bytes(bytes.len()).is_err() || bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{')
+    {
+        return false;
+    }
+    let mut f = Flattener::new(Encoding(out.start()), limits);
+    let Ok(Some(env)) = f.run(bytes, shape) else {
+        return false;
+    };
+    if env.timestamp.is_some() && env.time.is_some() {
+        // A line with both: `time` stays a field, added after the others (the owned path).
+        return false;
+    }
+    let time = env.timestamp.or(env.time);
+    let blank_time_is_now = shape == Shape::BatchItem;
+    let rate = env.samplerate.unwrap_or(Value::Null);
+    match (
+        envelope_time(time.as_ref(), now_us, blank_time_is_now),
+        parse_sample_rate(&rate),
+    ) {
+        (Ok(ts), Ok(rate)) => {
+            f.fields.0.finish(ts, rate);
+            true
+        }
+        _ => false,
+    }
+}
+
 #[derive(Default)]
 struct Envelope {
     time: Option<Value>,
@@ -117,8 +124,60 @@ struct Envelope {
     tree: bool,
 }
 
-struct Flattener<'l> {
-    fields: Vec<(String, FieldValue)>,
+/// Where a flattened event's fields go: a vector of owned fields ([`parse_flat`]) or straight
+/// into an [`EncodedEvents`] ([`encode_flat`]).
+trait Fields {
+    /// Fields so far.
+    fn len(&self) -> usize;
+    /// Whether field `i` is named `name`.
+    fn name_is(&self, i: usize, name: &str) -> bool;
+    /// Adds a field.
+    fn add(&mut self, name: &str, v: ValueRef<'_>);
+    /// Gives field `i` a new value; false when these fields cannot take a value back.
+    fn replace(&mut self, i: usize, v: ValueRef<'_>) -> bool;
+}
+
+/// Owned fields, in the order sent.
+struct VecFields(Vec<(String, FieldValue)>);
+
+impl Fields for VecFields {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn name_is(&self, i: usize, name: &str) -> bool {
+        self.0[i].0 == name
+    }
+    fn add(&mut self, name: &str, v: ValueRef<'_>) {
+        self.0.push((name.to_string(), v.to_owned_value()));
+    }
+    fn replace(&mut self, i: usize, v: ValueRef<'_>) -> bool {
+        self.0[i].1 = v.to_owned_value();
+        true
+    }
+}
+
+/// The event being written into an [`EncodedEvents`]: nothing is allocated per field, and a
+/// name reached twice (whose earlier value cannot be taken back) hands the event to the
+/// owned path.
+struct Encoding<'a>(EventWriter<'a>);
+
+impl Fields for Encoding<'_> {
+    fn len(&self) -> usize {
+        self.0.fields()
+    }
+    fn name_is(&self, i: usize, name: &str) -> bool {
+        self.0.name_bytes(i) == name.as_bytes()
+    }
+    fn add(&mut self, name: &str, v: ValueRef<'_>) {
+        self.0.field(name, v);
+    }
+    fn replace(&mut self, _: usize, _: ValueRef<'_>) -> bool {
+        false
+    }
+}
+
+struct Flattener<'l, F> {
+    fields: F,
     /// Hash of each field's name, to find a name reached twice without a map per event.
     hashes: Vec<u64>,
     /// Hash → first field with it, used once an event has many fields.
@@ -138,7 +197,48 @@ struct Flattener<'l> {
 /// Past this many fields, names reached twice are found by a map rather than a scan.
 const SCAN_FIELDS: usize = 48;
 
-impl Flattener<'_> {
+impl<'l, F: Fields> Flattener<'l, F> {
+    fn new(fields: F, limits: &'l Limits) -> Self {
+        Flattener {
+            fields,
+            hashes: Vec::with_capacity(32),
+            by_hash: HashMap::default(),
+            keys: Vec::with_capacity(64),
+            hasher: ahash::RandomState::with_seeds(1, 2, 3, 4),
+            name: String::with_capacity(128),
+            limits,
+            error: None,
+            envelope: Envelope::default(),
+        }
+    }
+
+    /// Parses `bytes` into the fields; the envelope, or `None` when the tree path must take
+    /// the text (see [`Parsed::Tree`]).
+    fn run(&mut self, bytes: &[u8], shape: Shape) -> Result<Option<Envelope>, EventError> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let outcome = Top { f: self, shape }.deserialize(&mut de).and_then(|()| de.end());
+        if self.envelope.tree {
+            return Ok(None);
+        }
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        if let Err(e) = outcome {
+            return Err(if e.to_string().contains("recursion limit") {
+                self.limits.depth_error()
+            } else if std::str::from_utf8(bytes).is_err() {
+                EventError::Json(format!("invalid UTF-8 ({e})"))
+            } else {
+                EventError::Json(e.to_string())
+            });
+        }
+        let env = std::mem::take(&mut self.envelope);
+        if shape == Shape::BatchItem && !env.data_seen {
+            return Err(EventError::Json("batch item needs a \"data\" object, got null".into()));
+        }
+        Ok(Some(env))
+    }
+
     fn fail<E: de::Error>(&mut self, e: EventError) -> E {
         let msg = e.to_string();
         self.error.get_or_insert(e);
@@ -156,8 +256,8 @@ impl Flattener<'_> {
     }
 
     /// Adds the value of the field named `self.name`; a name seen before gets the new value.
-    fn push<E: de::Error>(&mut self, v: FieldValue) -> Result<(), E> {
-        if let FieldValue::Str(s) = &v {
+    fn push<E: de::Error>(&mut self, v: ValueRef<'_>) -> Result<(), E> {
+        if let ValueRef::Str(s) = v {
             let r = self.limits.check_string(&self.name, s.len());
             self.check(r)?;
         }
@@ -167,8 +267,8 @@ impl Flattener<'_> {
         let earlier = if self.fields.len() <= SCAN_FIELDS {
             self.hashes
                 .iter()
-                .zip(&self.fields)
-                .position(|(&eh, (n, _))| eh == h && *n == self.name)
+                .enumerate()
+                .position(|(i, &eh)| eh == h && self.fields.name_is(i, &self.name))
         } else {
             if self.by_hash.is_empty() {
                 for (i, &eh) in self.hashes.iter().enumerate() {
@@ -176,15 +276,18 @@ impl Flattener<'_> {
                 }
             }
             match self.by_hash.get(&h) {
-                Some(&i) if self.fields[i].0 == self.name => Some(i),
+                Some(&i) if self.fields.name_is(i, &self.name) => Some(i),
                 // Two names with one hash: look at every field.
-                Some(_) => self.fields.iter().position(|(n, _)| *n == self.name),
+                Some(_) => (0..self.fields.len()).position(|i| self.fields.name_is(i, &self.name)),
                 None => None,
             }
         };
         if let Some(i) = earlier {
-            self.fields[i].1 = v;
-            return Ok(());
+            if self.fields.replace(i, v) {
+                return Ok(());
+            }
+            self.envelope.tree = true;
+            return Err(de::Error::custom("a name reached twice"));
         }
         let r = self.limits.check_room_for_field(self.fields.len());
         self.check(r)?;
@@ -193,25 +296,25 @@ impl Flattener<'_> {
             self.by_hash.entry(h).or_insert(self.fields.len());
         }
         self.hashes.push(h);
-        self.fields.push((self.name.clone(), v));
+        self.fields.add(&self.name, v);
         Ok(())
     }
 }
 
 /// The whole text: an envelope around the data (batch item) or the data itself (line).
-struct Top<'f, 'l> {
-    f: &'f mut Flattener<'l>,
+struct Top<'f, 'l, F> {
+    f: &'f mut Flattener<'l, F>,
     shape: Shape,
 }
 
-impl<'de> DeserializeSeed<'de> for Top<'_, '_> {
+impl<'de, F: Fields> DeserializeSeed<'de> for Top<'_, '_, F> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for Top<'_, '_> {
+impl<'de, F: Fields> Visitor<'de> for Top<'_, '_, F> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
@@ -275,18 +378,18 @@ impl<'de> Deserialize<'de> for Key<'de> {
 }
 
 /// A batch item's `data`: must be an object.
-struct Data<'f, 'l> {
-    f: &'f mut Flattener<'l>,
+struct Data<'f, 'l, F> {
+    f: &'f mut Flattener<'l, F>,
 }
 
-impl<'de> DeserializeSeed<'de> for Data<'_, '_> {
+impl<'de, F: Fields> DeserializeSeed<'de> for Data<'_, '_, F> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl Data<'_, '_> {
+impl<F: Fields> Data<'_, '_, F> {
     fn not_an_object<E: de::Error>(self, kind: &str) -> Result<(), E> {
         Err(self.f.fail(EventError::Json(format!(
             "batch item needs a \"data\" object, got {kind}"
@@ -294,7 +397,7 @@ impl Data<'_, '_> {
     }
 }
 
-impl<'de> Visitor<'de> for Data<'_, '_> {
+impl<'de, F: Fields> Visitor<'de> for Data<'_, '_, F> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an object")
@@ -327,12 +430,12 @@ impl<'de> Visitor<'de> for Data<'_, '_> {
 
 /// An object of the data at nesting `level` (the data itself is level 1); its prefix is in
 /// `f.name`.
-struct Object<'f, 'l> {
-    f: &'f mut Flattener<'l>,
+struct Object<'f, 'l, F> {
+    f: &'f mut Flattener<'l, F>,
     level: usize,
 }
 
-impl Object<'_, '_> {
+impl<F: Fields> Object<'_, '_, F> {
     /// Reads the entries; returns how many there were. `line_top`: the top of an NDJSON line,
     /// whose envelope keys are taken out.
     fn entries<'de, A: MapAccess<'de>>(self, map: &mut A, line_top: bool) -> Result<usize, A::Error> {
@@ -397,19 +500,19 @@ impl Object<'_, '_> {
 }
 
 /// The value of the field named `f.name`, inside an object at `level`.
-struct Field<'f, 'l> {
-    f: &'f mut Flattener<'l>,
+struct Field<'f, 'l, F> {
+    f: &'f mut Flattener<'l, F>,
     level: usize,
 }
 
-impl<'de> DeserializeSeed<'de> for Field<'_, '_> {
+impl<'de, F: Fields> DeserializeSeed<'de> for Field<'_, '_, F> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Field<'_, '_> {
+impl<'de, F: Fields> Visitor<'de> for Field<'_, '_, F> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON value")
@@ -419,25 +522,25 @@ impl<'de> Visitor<'de> for Field<'_, '_> {
         Ok(())
     }
     fn visit_bool<E: de::Error>(self, b: bool) -> Result<(), E> {
-        self.f.push(FieldValue::Bool(b))
+        self.f.push(ValueRef::Bool(b))
     }
     fn visit_i64<E: de::Error>(self, i: i64) -> Result<(), E> {
-        self.f.push(FieldValue::Int(i))
+        self.f.push(ValueRef::Int(i))
     }
     fn visit_u64<E: de::Error>(self, u: u64) -> Result<(), E> {
         self.f.push(match i64::try_from(u) {
-            Ok(i) => FieldValue::Int(i),
-            Err(_) => FieldValue::Float(u as f64),
+            Ok(i) => ValueRef::Int(i),
+            Err(_) => ValueRef::Float(u as f64),
         })
     }
     fn visit_f64<E: de::Error>(self, x: f64) -> Result<(), E> {
-        self.f.push(FieldValue::Float(x))
+        self.f.push(ValueRef::Float(x))
     }
     fn visit_str<E: de::Error>(self, s: &str) -> Result<(), E> {
-        self.f.push(FieldValue::Str(s.to_string()))
+        self.f.push(ValueRef::Str(s))
     }
     fn visit_string<E: de::Error>(self, s: String) -> Result<(), E> {
-        self.f.push(FieldValue::Str(s))
+        self.f.push(ValueRef::Str(&s))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
         // Arrays are kept whole, as JSON text.
@@ -455,16 +558,16 @@ impl<'de> Visitor<'de> for Field<'_, '_> {
         let entries = Object { f, level: child }.entries(&mut map, false)?;
         if entries == 0 {
             // An empty object has no fields to become: it is kept as its text, `{}`.
-            f.push(FieldValue::Str("{}".to_string()))?;
+            f.push(ValueRef::Str("{}"))?;
         }
         Ok(())
     }
 }
 
-impl Field<'_, '_> {
+impl<F: Fields> Field<'_, '_, F> {
     fn text<E: de::Error>(self, v: Value) -> Result<(), E> {
         self.f.too_deep(self.level + sonde_model::flatten::value_depth(&v))?;
-        self.f.push(FieldValue::Str(v.to_string()))
+        self.f.push(ValueRef::Str(&v.to_string()))
     }
 }
 
@@ -533,6 +636,37 @@ mod tests {
                 (Err(a), Err(b)) => prop_assert_eq!(
                     std::mem::discriminant(&a), std::mem::discriminant(&b), "{} vs {}", a, b),
                 (a, b) => prop_assert!(false, "one pass {:?}, tree {:?}", a, b),
+            }
+        }
+    }
+
+    proptest! {
+        /// Encoding straight into an `EncodedEvents` gives the event of the owned pass (fields,
+        /// order, time, sample rate), takes every text the owned pass takes, and leaves nothing
+        /// behind when it does not.
+        #[test]
+        fn encoding_gives_the_owned_event(data in prop::collection::btree_map("[a-d]{1,2}|timestamp|samplerate", any_json(), 0..6),
+                                          line in any::<bool>(), max_fields in 1usize..12) {
+            let data = Value::Object(data.into_iter().collect());
+            let limits = Limits { max_fields_per_event: max_fields, ..Limits::default() };
+            let (text, shape) = if line {
+                (data.to_string(), Shape::Line)
+            } else {
+                (json!({"time": 5, "data": data, "samplerate": 3}).to_string(), Shape::BatchItem)
+            };
+            let mut enc = EncodedEvents::default();
+            enc.push(&sonde_model::Event { timestamp_us: 1, sample_rate: 1, fields: vec![] });
+            let before = enc.as_bytes().to_vec();
+            let stored = encode_flat(text.as_bytes(), shape, &limits, 7, &mut enc);
+            let owned = match parse_flat(text.as_bytes(), shape, &limits) {
+                Ok(Parsed::Flat { fields, time, samplerate }) =>
+                    crate::envelope::flat_event(fields, time, samplerate, 7, !line).ok(),
+                _ => None,
+            };
+            prop_assert_eq!(stored, owned.is_some());
+            match owned {
+                Some(e) => prop_assert_eq!(&enc.to_events()[1..], &[e][..]),
+                None => prop_assert_eq!(enc.as_bytes(), &before[..]),
             }
         }
     }

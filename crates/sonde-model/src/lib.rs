@@ -15,6 +15,7 @@
 pub mod dataset;
 pub mod definitions;
 pub mod derived;
+pub mod encoded;
 pub mod flatten;
 pub mod spec;
 pub mod time;
@@ -22,6 +23,7 @@ pub mod trace;
 pub mod value;
 
 pub use dataset::DatasetName;
+pub use encoded::EncodedEvents;
 pub use flatten::{Limits, flatten_event};
 pub use value::{ColumnType, FieldValue, ValueRef};
 

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde_json::{Value, json};
-use sonde_ingest::{Decoded, decompress, envelope, json as batch_json, msgpack, ndjson as lines};
+use sonde_ingest::{EncodedBatch, decompress, envelope, json as batch_json, msgpack, ndjson as lines};
 use sonde_model::{DatasetName, time};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -39,22 +39,18 @@ where
 
 /// Stores the good events of a decoded body as one WAL record, and returns each input event's
 /// refusal (`None`: stored), in input order.
-async fn store(state: &AppState, ds: &DatasetName, decoded: Decoded) -> Result<Vec<Option<String>>, ApiError> {
-    let mut refusals = Vec::with_capacity(decoded.len());
-    let mut good = Vec::with_capacity(decoded.len());
-    for r in decoded {
-        match r {
-            Ok(e) => {
-                good.push(e);
-                refusals.push(None);
-            }
-            Err(e) => {
+async fn store(state: &AppState, ds: &DatasetName, decoded: EncodedBatch) -> Result<Vec<Option<String>>, ApiError> {
+    let refusals: Vec<Option<String>> = decoded
+        .refusals
+        .iter()
+        .map(|r| {
+            r.as_ref().map(|e| {
                 state.stats.events_rejected.fetch_add(1, Ordering::Relaxed);
-                refusals.push(Some(e.to_string()));
-            }
-        }
-    }
-    state.storage.ingest(ds, good).await?;
+                e.to_string()
+            })
+        })
+        .collect();
+    state.storage.ingest_encoded(vec![(ds.clone(), decoded.events)]).await?;
     state.stats.ingest_requests.fetch_add(1, Ordering::Relaxed);
     Ok(refusals)
 }
@@ -135,7 +131,7 @@ pub(crate) async fn single_event(
         )
     })()
     .map_err(ApiError::from)?;
-    store(&state, ds, vec![Ok(event)]).await?;
+    store(&state, ds, EncodedBatch::from(vec![Ok(event)])).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({}))))
 }
 
@@ -154,9 +150,9 @@ pub(crate) async fn batch(
     let decoded = decode_off_thread(plain.len(), move || {
         let now = time::now_us();
         Ok(if is_msgpack {
-            msgpack::decode_batch(&plain, now, &limits)?
+            EncodedBatch::from(msgpack::decode_batch(&plain, now, &limits)?)
         } else {
-            batch_json::decode_batch(&plain, now, &limits)?
+            batch_json::decode_batch_encoded(&plain, now, &limits)?
         })
     })
     .await?;
@@ -174,8 +170,11 @@ pub(crate) async fn ndjson(
     let ds = access.dataset()?;
     let (plain, _held) = body_bytes(&state, &headers, body).await?;
     let limits = state.config.limits.clone();
-    let decoded = decode_off_thread(plain.len(), move || Ok(lines::decode(&plain, time::now_us(), &limits))).await?;
-    let refusals = store(&state, ds, decoded.decoded).await?;
+    let decoded = decode_off_thread(plain.len(), move || {
+        Ok(lines::decode_encoded(&plain, time::now_us(), &limits))
+    })
+    .await?;
+    let refusals = store(&state, ds, decoded.batch).await?;
     let errors: Vec<Value> = refusals
         .iter()
         .zip(&decoded.line_numbers)

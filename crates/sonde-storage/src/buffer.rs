@@ -1,7 +1,7 @@
 //! The write buffer: one dataset's recent events as typed columns with an evolving schema.
 //!
 //! Events are appended in LSN order by the WAL thread right after their fsync, straight from
-//! the record's encoded bytes ([`WriteBuffer::append_payload`]), so the buffer always holds a
+//! the record's encoded bytes ([`WriteBuffer::append_encoded`]), so the buffer always holds a
 //! contiguous run of the dataset's records. Values go into Arrow builders (no allocation per
 //! value) for an open chunk of up to [`CHUNK_ROWS`] rows; a full chunk is sealed into an Arrow
 //! batch without copying, and the next chunk's builders start at the sizes the last one
@@ -15,12 +15,13 @@
 //! sealed chunks keep the type they were sealed with until a reader brings them to the
 //! buffer's schema ([`crate::segment::adapt_to_schema`]), as it does for older segments.
 
-use crate::wal::{Lsn, Payload, PayloadReader};
+use crate::wal::Lsn;
 use arrow::array::{
     Array, ArrayBuilder, ArrayRef, BooleanArray, BooleanBuilder, Float64Array, Float64Builder, Int64Array,
     Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use sonde_model::EncodedEvents;
 use sonde_model::{ColumnType, Event, FieldValue, SAMPLE_RATE_COLUMN, TIMESTAMP_COLUMN, ValueRef};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -315,30 +316,18 @@ impl WriteBuffer {
         }
     }
 
-    /// Appends the events of one WAL record straight from its encoded payload (see
-    /// [`crate::wal::encode_payload`]), without making an [`Event`] of each. Returns false
-    /// (with the events read so far appended) if the payload is damaged.
-    pub(crate) fn append_payload(&mut self, lsn: Lsn, payload: &Payload, known: KnownTypes<'_>, now_us: i64) -> bool {
-        let Some((_, mut reader)) = PayloadReader::trusted(payload) else {
-            return false;
-        };
-        if reader.events_left() == 0 {
-            return reader.at_end();
+    /// Appends the events of one WAL record straight from their encoding, without making an
+    /// [`Event`] of each.
+    pub(crate) fn append_encoded(&mut self, lsn: Lsn, events: &EncodedEvents, known: KnownTypes<'_>, now_us: i64) {
+        if events.is_empty() {
+            return;
         }
         self.start_record(lsn, now_us);
+        let mut reader = events.reader();
         while let Some((ts, rate, nf)) = reader.next_event() {
-            let mut damaged = false;
-            let fields = (0..nf).map_while(|_| {
-                let f = reader.next_field();
-                damaged |= f.is_none();
-                f
-            });
+            let fields = (0..nf).map(|_| reader.next_field().expect("encoded events read back whole"));
             self.push_event(ts, rate, fields, known);
-            if damaged {
-                return false;
-            }
         }
-        reader.at_end()
     }
 
     fn start_record(&mut self, lsn: Lsn, now_us: i64) {
@@ -689,12 +678,9 @@ mod tests {
         let none = |_: &str| None;
         let mut from_events = WriteBuffer::default();
         from_events.append(Lsn(9), &events, &none, 0);
-        let ds = sonde_model::DatasetName::new("d").unwrap();
-        let payload = crate::wal::encode_payload(&ds, &events);
         let mut from_payload = WriteBuffer::default();
-        assert!(from_payload.append_payload(Lsn(9), &payload, &none, 0));
+        from_payload.append_encoded(Lsn(9), &EncodedEvents::from_events(&events), &none, 0);
         assert_eq!(from_events.whole_batch(), from_payload.whole_batch());
-        assert!(crate::wal::decode_payload(Lsn(1), &payload[..payload.len() - 1]).is_none());
         // Widened in place: `n` went int → bool-in-int → float, `s` string with an int in it.
         assert_eq!(from_payload.column_type("n"), Some(ColumnType::Float));
         assert_eq!(

@@ -10,14 +10,14 @@ use super::*;
 pub(crate) struct Commit {
     /// Per dataset, its events as encoded for the WAL; the write buffer is filled from these
     /// same bytes.
-    pub(crate) records: Vec<(DatasetName, wal::Payload)>,
+    pub(crate) records: Vec<(DatasetName, EncodedEvents)>,
     /// Answered with the last record's LSN.
     pub(crate) done: oneshot::Sender<Result<Lsn>>,
 }
 
 impl Commit {
     pub(crate) fn bytes(&self) -> usize {
-        self.records.iter().map(|(_, p)| p.len()).sum()
+        self.records.iter().map(|(d, e)| wal::payload_len(d, e)).sum()
     }
 }
 
@@ -58,7 +58,8 @@ impl Storage {
     /// Stores events durably: returns after they are in the WAL (fsynced with the default
     /// durability) and visible in the write buffer. Returns the record's LSN.
     pub async fn ingest(&self, dataset: &DatasetName, events: Vec<Event>) -> Result<Lsn> {
-        self.ingest_all(vec![(dataset.clone(), events)]).await
+        self.ingest_encoded(vec![(dataset.clone(), EncodedEvents::from_events(&events))])
+            .await
     }
 
     /// Stores one request's events for several datasets together: one record per dataset,
@@ -68,19 +69,22 @@ impl Storage {
     /// and the records that reached the disk are replayed: a retry then may store those twice
     /// (records carry no group marker). Returns the last record's LSN.
     pub async fn ingest_all(&self, batches: Vec<(DatasetName, Vec<Event>)>) -> Result<Lsn> {
-        let batches: Vec<_> = batches.into_iter().filter(|(_, events)| !events.is_empty()).collect();
-        if batches.is_empty() {
+        let encoded = batches
+            .into_iter()
+            .map(|(dataset, events)| (dataset, EncodedEvents::from_events(&events)))
+            .collect();
+        self.ingest_encoded(encoded).await
+    }
+
+    /// [`Storage::ingest_all`] for events already encoded by the decoder (the batch endpoint's
+    /// path: no `Event` is made at all).
+    pub async fn ingest_encoded(&self, batches: Vec<(DatasetName, EncodedEvents)>) -> Result<Lsn> {
+        let records: Vec<_> = batches.into_iter().filter(|(_, events)| !events.is_empty()).collect();
+        if records.is_empty() {
             return Ok(Lsn(self.applied_lsn.load(Ordering::Acquire)));
         }
         self.check_capacity()?;
-        let mut n = 0u64;
-        let mut records = Vec::with_capacity(batches.len());
-        for (dataset, events) in batches {
-            n += events.len() as u64;
-            records.push((dataset.clone(), wal::encode_payload(&dataset, &events)));
-            // Freed here, on the thread that made them, rather than by the WAL thread.
-            drop(events);
-        }
+        let n: u64 = records.iter().map(|(_, e)| e.len() as u64).sum();
         let (done, rx) = oneshot::channel();
         let tx = self.commit_tx.lock().unwrap().clone().ok_or(Error::ShuttingDown)?;
         tx.send(Commit { records, done })
@@ -116,8 +120,8 @@ impl Storage {
             }
             let records: usize = group.iter().map(|c| c.records.len()).sum();
             let mut framed = Vec::with_capacity(bytes + 16 * records);
-            for (i, (_, payload)) in group.iter().flat_map(|c| &c.records).enumerate() {
-                wal::frame_record(&mut framed, next_lsn.plus(i as u64), payload);
+            for (i, (dataset, events)) in group.iter().flat_map(|c| &c.records).enumerate() {
+                wal::frame_record(&mut framed, next_lsn.plus(i as u64), dataset, events);
             }
             if let Err(e) = file.append(&framed, sync) {
                 if let Error::DiskFull(_) = e {
@@ -144,12 +148,11 @@ impl Storage {
             self.stats.wal_syncs.fetch_add(1, Ordering::Relaxed);
             self.stats.wal_records.fetch_add(records as u64, Ordering::Relaxed);
             for c in group {
-                for (dataset, payload) in &c.records {
+                for (dataset, events) in &c.records {
                     let lsn = next_lsn;
                     next_lsn = next_lsn.next();
                     self.apply(lsn, dataset, Origin::Live, |buffer, known, now| {
-                        let whole = buffer.append_payload(lsn, payload, known, now);
-                        debug_assert!(whole, "a payload this process encoded reads back whole");
+                        buffer.append_encoded(lsn, events, known, now);
                     });
                     self.applied_lsn.store(lsn.0, Ordering::Release);
                 }

@@ -72,7 +72,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use segment::SegmentOptions;
-use sonde_model::{ColumnType, DatasetName, Event};
+use sonde_model::{ColumnType, DatasetName, EncodedEvents, Event};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -5,7 +5,8 @@
 //! wal/00000000000000004213.wal   records with LSN 4213 .. (the active file)
 //!
 //! record = len: u32 LE | crc32c(lsn ‖ payload): u32 LE | lsn: u64 LE | payload (len bytes)
-//! payload = dataset name, then the request's events (see `encode_payload`)
+//! payload = dataset name: u16-length-prefixed | event count: u32 LE | the events, encoded as
+//!           `sonde_model::encoded` lays them out
 //! ```
 //!
 //! A file is named after the first LSN it may hold, so file *i* holds exactly the LSNs below
@@ -19,7 +20,8 @@
 //! not a torn tail but damage, and is reported as [`Error::WalCorrupt`].
 
 use crate::{Error, Result};
-use sonde_model::{DatasetName, Event, FieldValue, ValueRef};
+use sonde_model::encoded::{EncodedEvents, EventsReader};
+use sonde_model::{DatasetName, Event};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -66,230 +68,42 @@ pub struct WalRecord {
     pub events: Vec<Event>,
 }
 
-/// A record's payload as [`encode_payload`] made it in this process. Every name and string in it
-/// was written from a `&str`, so reading it back ([`PayloadReader::trusted`]) need not validate
-/// them as UTF-8 again (that was 4.5% of ingest's CPU); payloads read from disk are validated.
-#[derive(Debug)]
-pub(crate) struct Payload(Vec<u8>);
-
-impl std::ops::Deref for Payload {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.0
-    }
+/// Bytes of the payload of a record of `events` for `dataset`.
+pub(crate) fn payload_len(dataset: &DatasetName, events: &EncodedEvents) -> usize {
+    2 + dataset.as_str().len() + 4 + events.as_bytes().len()
 }
 
-/// Encodes the payload of a record (everything but the header). Done by the request handler,
-/// in parallel with other requests, so that the single WAL thread only copies bytes.
-pub(crate) fn encode_payload(dataset: &DatasetName, events: &[Event]) -> Payload {
-    // The exact size, so the buffer is allocated once (batches are up to megabytes).
-    let size = 2
-        + dataset.as_str().len()
-        + 4
-        + events
-            .iter()
-            .map(|e| {
-                20 + e
-                    .fields
-                    .iter()
-                    .map(|(n, v)| {
-                        3 + n.len()
-                            + match v {
-                                FieldValue::Bool(_) => 1,
-                                FieldValue::Int(_) | FieldValue::Float(_) => 8,
-                                FieldValue::Str(s) => 4 + s.len(),
-                            }
-                    })
-                    .sum::<usize>()
-            })
-            .sum::<usize>();
-    let mut out = Vec::with_capacity(size);
-    put_str16(&mut out, dataset.as_str());
-    out.extend_from_slice(&(events.len() as u32).to_le_bytes());
-    for e in events {
-        out.extend_from_slice(&e.timestamp_us.to_le_bytes());
-        out.extend_from_slice(&e.sample_rate.to_le_bytes());
-        out.extend_from_slice(&(e.fields.len() as u32).to_le_bytes());
-        for (name, v) in &e.fields {
-            put_str16(&mut out, name);
-            match v {
-                FieldValue::Bool(b) => {
-                    out.push(0);
-                    out.push(*b as u8);
-                }
-                FieldValue::Int(i) => {
-                    out.push(1);
-                    out.extend_from_slice(&i.to_le_bytes());
-                }
-                FieldValue::Float(f) => {
-                    out.push(2);
-                    out.extend_from_slice(&f.to_le_bytes());
-                }
-                FieldValue::Str(s) => {
-                    out.push(3);
-                    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                    out.extend_from_slice(s.as_bytes());
-                }
-            }
-        }
-    }
-    debug_assert_eq!(out.len(), size);
-    Payload(out)
-}
-
-fn put_str16(out: &mut Vec<u8>, s: &str) {
-    // Names are bounded by the model's limits (dataset 128, field name default 256) far below
-    // u16::MAX; longer ones would have been refused before reaching the WAL.
-    let len = u16::try_from(s.len()).expect("name longer than 65535 bytes reached the WAL");
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-/// Appends one framed record (header + payload) to `out`.
-pub(crate) fn frame_record(out: &mut Vec<u8>, lsn: Lsn, payload: &[u8]) {
+/// Appends one framed record (header, then the payload: the dataset name, the event count and
+/// the encoded events) to `out`. The events' bytes are copied once, straight from the decoder's
+/// buffer into the group being written.
+pub(crate) fn frame_record(out: &mut Vec<u8>, lsn: Lsn, dataset: &DatasetName, events: &EncodedEvents) {
+    // Names are bounded by the model's limits (128 bytes for a dataset), far below u16::MAX.
+    let name = dataset.as_str().as_bytes();
+    let mut head = Vec::with_capacity(6 + name.len());
+    head.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    head.extend_from_slice(name);
+    head.extend_from_slice(&(events.len() as u32).to_le_bytes());
     let lsn_bytes = lsn.0.to_le_bytes();
     let mut crc = crc32c::crc32c(&lsn_bytes);
-    crc = crc32c::crc32c_append(crc, payload);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    crc = crc32c::crc32c_append(crc, &head);
+    crc = crc32c::crc32c_append(crc, events.as_bytes());
+    out.extend_from_slice(&(payload_len(dataset, events) as u32).to_le_bytes());
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(&lsn_bytes);
-    out.extend_from_slice(payload);
+    out.extend_from_slice(&head);
+    out.extend_from_slice(events.as_bytes());
 }
 
-struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    /// Reading a [`Payload`] of this process: its strings are known to be UTF-8.
-    trusted: bool,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let s = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
-        self.pos += n;
-        Some(s)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn i64(&mut self) -> Option<i64> {
-        Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn str_ref(&mut self, n: usize) -> Option<&'a str> {
-        let bytes = self.take(n)?;
-        if self.trusted {
-            debug_assert!(std::str::from_utf8(bytes).is_ok(), "a trusted payload holds UTF-8");
-            // SAFETY: a trusted cursor reads a `Payload`, which only `encode_payload` makes, and
-            // reads it with the layout that function writes: each string it is asked for is the
-            // bytes of a `&str` written there whole (`take` refuses a range past the end).
-            Some(unsafe { std::str::from_utf8_unchecked(bytes) })
-        } else {
-            std::str::from_utf8(bytes).ok()
-        }
-    }
-}
-
-/// Reads a payload written by [`encode_payload`] in place, without copying: the live ingest
-/// path fills the write buffer straight from the bytes it has just made durable.
-pub(crate) struct PayloadReader<'a> {
-    c: Cursor<'a>,
-    events_left: usize,
-    fields_left: usize,
-}
-
-impl<'a> PayloadReader<'a> {
-    /// Reads the header of a payload read from disk (its strings are validated): the dataset
-    /// name (as written) and a reader positioned at the first event.
-    pub(crate) fn new(payload: &'a [u8]) -> Option<(&'a str, Self)> {
-        Self::start(Cursor {
-            buf: payload,
-            pos: 0,
-            trusted: false,
-        })
-    }
-
-    /// As [`PayloadReader::new`], for a payload this process encoded (its strings are not
-    /// validated again).
-    pub(crate) fn trusted(payload: &'a Payload) -> Option<(&'a str, Self)> {
-        Self::start(Cursor {
-            buf: &payload.0,
-            pos: 0,
-            trusted: true,
-        })
-    }
-
-    fn start(mut c: Cursor<'a>) -> Option<(&'a str, Self)> {
-        let n = c.u16()? as usize;
-        let dataset = c.str_ref(n)?;
-        let events_left = c.u32()? as usize;
-        Some((
-            dataset,
-            PayloadReader {
-                c,
-                events_left,
-                fields_left: 0,
-            },
-        ))
-    }
-
-    /// Events not yet started.
-    pub(crate) fn events_left(&self) -> usize {
-        self.events_left
-    }
-
-    /// Starts the next event: its timestamp (µs), sample rate and number of fields. `None`
-    /// after the last event, or if the previous event's fields were not all read, or on damage.
-    pub(crate) fn next_event(&mut self) -> Option<(i64, i64, usize)> {
-        if self.events_left == 0 || self.fields_left != 0 {
-            return None;
-        }
-        let ts = self.c.i64()?;
-        let rate = self.c.i64()?;
-        let nf = self.c.u32()? as usize;
-        self.events_left -= 1;
-        self.fields_left = nf;
-        Some((ts, rate, nf))
-    }
-
-    /// The current event's next field; `None` after its last field or on damage.
-    pub(crate) fn next_field(&mut self) -> Option<(&'a str, ValueRef<'a>)> {
-        if self.fields_left == 0 {
-            return None;
-        }
-        let n = self.c.u16()? as usize;
-        let name = self.c.str_ref(n)?;
-        let v = match self.c.u8()? {
-            0 => ValueRef::Bool(self.c.u8()? != 0),
-            1 => ValueRef::Int(self.c.i64()?),
-            2 => ValueRef::Float(f64::from_bits(self.c.i64()? as u64)),
-            3 => {
-                let n = self.c.u32()? as usize;
-                ValueRef::Str(self.c.str_ref(n)?)
-            }
-            _ => return None,
-        };
-        self.fields_left -= 1;
-        Some((name, v))
-    }
-
-    /// True once every event and field has been read and no bytes are left over.
-    pub(crate) fn at_end(&self) -> bool {
-        self.events_left == 0 && self.fields_left == 0 && self.c.pos == self.c.buf.len()
-    }
-}
-
-/// Decodes a payload written by [`encode_payload`]. `None` means the bytes are not a valid
-/// payload (which, behind a good checksum, means a bug or a format change).
+/// Decodes a record's payload (see [`frame_record`]), validating every string. `None` means
+/// the bytes are not a valid payload (which, behind a good checksum, means a bug or a format
+/// change).
 pub(crate) fn decode_payload(lsn: Lsn, payload: &[u8]) -> Option<WalRecord> {
-    let (name, mut r) = PayloadReader::new(payload)?;
+    let n = u16::from_le_bytes(payload.get(..2)?.try_into().ok()?) as usize;
+    let name = std::str::from_utf8(payload.get(2..2 + n)?).ok()?;
     let dataset = DatasetName::new(name).ok()?;
-    let mut events = Vec::with_capacity(r.events_left().min(1 << 16));
+    let count = u32::from_le_bytes(payload.get(2 + n..6 + n)?.try_into().ok()?) as usize;
+    let mut r = EventsReader::checked(&payload[6 + n..], count);
+    let mut events = Vec::with_capacity(count.min(1 << 16));
     while let Some((timestamp_us, sample_rate, nf)) = r.next_event() {
         let mut fields = Vec::with_capacity(nf.min(4096));
         for _ in 0..nf {
@@ -305,7 +119,6 @@ pub(crate) fn decode_payload(lsn: Lsn, payload: &[u8]) -> Option<WalRecord> {
     r.at_end().then_some(WalRecord { lsn, dataset, events })
 }
 
-/// The WAL directory inside the data directory.
 pub(crate) fn wal_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("wal")
 }
@@ -559,6 +372,7 @@ pub(crate) fn is_disk_full(e: &std::io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sonde_model::FieldValue;
 
     fn rec(lsn: u64, n: usize) -> WalRecord {
         WalRecord {
@@ -583,7 +397,7 @@ mod tests {
         let mut w = WalFile::create(dir, Lsn(first), 1 << 30).unwrap();
         let mut buf = Vec::new();
         for r in recs {
-            frame_record(&mut buf, r.lsn, &encode_payload(&r.dataset, &r.events));
+            frame_record(&mut buf, r.lsn, &r.dataset, &EncodedEvents::from_events(&r.events));
         }
         w.append(&buf, true).unwrap();
         dir.join(file_name(Lsn(first)))
@@ -605,11 +419,16 @@ mod tests {
         let recs = vec![rec(1, 2), rec(2, 3)];
         let mut full = Vec::new();
         for r in &recs {
-            frame_record(&mut full, r.lsn, &encode_payload(&r.dataset, &r.events));
+            frame_record(&mut full, r.lsn, &r.dataset, &EncodedEvents::from_events(&r.events));
         }
         let first_len = {
             let mut b = Vec::new();
-            frame_record(&mut b, Lsn(1), &encode_payload(&recs[0].dataset, &recs[0].events));
+            frame_record(
+                &mut b,
+                Lsn(1),
+                &recs[0].dataset,
+                &EncodedEvents::from_events(&recs[0].events),
+            );
             b.len()
         };
         for cut in 0..full.len() {
@@ -637,7 +456,12 @@ mod tests {
         let mut bytes = std::fs::read(&old).unwrap();
         let first_len = {
             let mut b = Vec::new();
-            frame_record(&mut b, Lsn(1), &encode_payload(&rec(1, 2).dataset, &rec(1, 2).events));
+            frame_record(
+                &mut b,
+                Lsn(1),
+                &rec(1, 2).dataset,
+                &EncodedEvents::from_events(&rec(1, 2).events),
+            );
             b.len()
         };
         bytes[first_len + 20] ^= 1;
