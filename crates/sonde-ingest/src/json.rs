@@ -6,12 +6,12 @@
 //! Each item is then parsed and flattened in one pass ([`crate::onepass`]) where it can be.
 
 use crate::envelope::{batch_item, flat_event};
-use crate::onepass::{Parsed, Shape, encode_flat, parse_flat};
+use crate::onepass::{Parsed, Shape, parse_flat};
 use crate::{BodyError, Decoded, EncodedBatch};
 use serde_json::Value;
 use sonde_model::{EncodedEvents, Event, EventError, Limits};
 
-/// Decodes a batch body: its good items encoded ([`encode_flat`] where it can, else the owned
+/// Decodes a batch body: its good items encoded ([`crate::onepass::encode_flat`] where it can, else the owned
 /// path), and one refusal or `None` per item, in order. Errors only when the body as a whole is
 /// not a JSON array.
 pub fn decode_batch_encoded(body: &[u8], now_us: i64, limits: &Limits) -> Result<EncodedBatch, BodyError> {
@@ -23,17 +23,9 @@ pub fn decode_batch_encoded(body: &[u8], now_us: i64, limits: &Limits) -> Result
         refusals: Vec::with_capacity(items.len()),
     };
     for raw in items {
-        if encode_flat(raw, Shape::BatchItem, limits, now_us, &mut out.events) {
-            out.refusals.push(None);
-            continue;
-        }
-        match batch_item_text(raw, now_us, limits) {
-            Ok(e) => {
-                out.events.push(&e);
-                out.refusals.push(None);
-            }
-            Err(e) => out.refusals.push(Some(e)),
-        }
+        out.decode(raw, Shape::BatchItem, limits, now_us, || {
+            batch_item_text(raw, now_us, limits)
+        });
     }
     Ok(out)
 }

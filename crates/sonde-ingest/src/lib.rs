@@ -40,6 +40,34 @@ pub struct EncodedBatch {
 }
 
 impl EncodedBatch {
+    /// Adds the next input's outcome: its event encoded, or its refusal.
+    pub fn push(&mut self, outcome: Result<Event, EventError>) {
+        match outcome {
+            Ok(e) => {
+                self.events.push(&e);
+                self.refusals.push(None);
+            }
+            Err(e) => self.refusals.push(Some(e)),
+        }
+    }
+
+    /// Decodes the next input with [`onepass::encode_flat`] where it can, else by `owned`
+    /// (the path that takes every input and gives refusals their message).
+    pub fn decode(
+        &mut self,
+        raw: &[u8],
+        shape: onepass::Shape,
+        limits: &Limits,
+        now_us: i64,
+        owned: impl FnOnce() -> Result<Event, EventError>,
+    ) {
+        if onepass::encode_flat(raw, shape, limits, now_us, &mut self.events) {
+            self.refusals.push(None);
+        } else {
+            self.push(owned());
+        }
+    }
+
     /// The same outcomes with owned events.
     pub fn into_decoded(self) -> Decoded {
         let mut events = self.events.to_events().into_iter();
@@ -57,13 +85,7 @@ impl From<Decoded> for EncodedBatch {
     fn from(decoded: Decoded) -> Self {
         let mut out = EncodedBatch::default();
         for r in decoded {
-            match r {
-                Ok(e) => {
-                    out.events.push(&e);
-                    out.refusals.push(None);
-                }
-                Err(e) => out.refusals.push(Some(e)),
-            }
+            out.push(r);
         }
         out
     }

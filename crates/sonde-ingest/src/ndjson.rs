@@ -3,7 +3,7 @@
 
 use crate::envelope::{flat_event, line_object};
 use crate::json::parse_json;
-use crate::onepass::{Parsed, Shape, encode_flat, parse_flat};
+use crate::onepass::{Parsed, Shape, parse_flat};
 use crate::{Decoded, EncodedBatch};
 use serde_json::Value;
 use sonde_model::{EncodedEvents, Event, EventError, Limits};
@@ -37,7 +37,7 @@ pub fn decode(body: &[u8], now_us: i64, limits: &Limits) -> Lines {
 }
 
 /// [`decode`], with the good events encoded: each line in one pass straight into the encoding
-/// ([`encode_flat`]) where it can be, else through [`line_event`].
+/// ([`crate::onepass::encode_flat`]) where it can be, else through [`line_event`].
 pub fn decode_encoded(body: &[u8], now_us: i64, limits: &Limits) -> EncodedLines {
     let mut out = EncodedLines {
         line_numbers: Vec::new(),
@@ -51,18 +51,8 @@ pub fn decode_encoded(body: &[u8], now_us: i64, limits: &Limits) -> EncodedLines
             continue;
         }
         out.line_numbers.push(i + 1);
-        let b = &mut out.batch;
-        if encode_flat(line, Shape::Line, limits, now_us, &mut b.events) {
-            b.refusals.push(None);
-            continue;
-        }
-        match line_event(line, now_us, limits) {
-            Ok(e) => {
-                b.events.push(&e);
-                b.refusals.push(None);
-            }
-            Err(e) => b.refusals.push(Some(e)),
-        }
+        out.batch
+            .decode(line, Shape::Line, limits, now_us, || line_event(line, now_us, limits));
     }
     out
 }
