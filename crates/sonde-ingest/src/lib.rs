@@ -11,6 +11,10 @@
 //!                     sonde_model::flatten_event under the Limits → Event
 //! ```
 //!
+//! JSON batches and NDJSON lines take a shorter road: flattened in one pass straight into
+//! [`EncodedEvents`] ([`onepass::encode_flat`], collected in an [`EncodedBatch`]), with the
+//! `Event` path above as the fallback that also words every refusal.
+//!
 //! Each decoder isolates events: one bad event gets its own [`EventError`] and the others are
 //! kept; only a body that cannot be read as a whole (not an array, bad compression, over the
 //! body limit) is a [`BodyError`]. Nothing here knows HTTP, storage or DataFusion, so the

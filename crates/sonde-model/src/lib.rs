@@ -5,7 +5,9 @@
 //! [`flatten::flatten_event`] checks it against the [`Limits`] and turns nested objects into
 //! dotted field names with one [`FieldValue`] each; the storage crate then appends the
 //! resulting [`Event`] to a dataset whose columns each have one [`ColumnType`] on the widening
-//! lattice `bool < int < float < string`.
+//! lattice `bool < int < float < string`. On the hot path (JSON batches and NDJSON) no `Event`
+//! is made: the decoder flattens straight into [`EncodedEvents`], the layout the WAL stores and
+//! the write buffer reads in place.
 //!
 //! [`spec`] is Honeycomb's query specification and its validation into a plan: the contract
 //! the UI, the API, the engine (and later triggers and SLOs) share, with no engine in it.
