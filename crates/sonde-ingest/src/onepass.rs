@@ -49,7 +49,7 @@ pub enum Parsed {
 /// Parses and flattens one event (see the module docs). Errors name the limit or the problem.
 pub fn parse_flat(bytes: &[u8], shape: Shape, limits: &Limits) -> Result<Parsed, EventError> {
     limits.check_event_bytes(bytes.len())?;
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+    if !is_object_text(bytes) {
         return Ok(Parsed::Tree);
     }
     let mut f = Flattener::new(VecFields(Vec::with_capacity(32)), limits);
@@ -87,8 +87,7 @@ pub fn parse_flat(bytes: &[u8], shape: Shape, limits: &Limits) -> Result<Parsed,
 /// caller then takes the owned path ([`parse_flat`], then the tree), which gives the verdict
 /// and its message, as for any refusal.
 pub fn encode_flat(bytes: &[u8], shape: Shape, limits: &Limits, now_us: i64, out: &mut EncodedEvents) -> bool {
-    if limits.check_event_bytes(bytes.len()).is_err() || bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{')
-    {
+    if limits.check_event_bytes(bytes.len()).is_err() || !is_object_text(bytes) {
         return false;
     }
     let mut f = Flattener::new(Encoding(out.start()), limits);
@@ -112,6 +111,11 @@ pub fn encode_flat(bytes: &[u8], shape: Shape, limits: &Limits, now_us: i64, out
         }
         _ => false,
     }
+}
+
+/// Whether the text starts (after whitespace) as an object, the only top level this pass takes.
+fn is_object_text(bytes: &[u8]) -> bool {
+    bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 #[derive(Default)]

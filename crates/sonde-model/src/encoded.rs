@@ -94,22 +94,9 @@ impl EncodedEvents {
 
     /// The events as [`Event`]s (for tests and callers that need owned events).
     pub fn to_events(&self) -> Vec<Event> {
-        let mut r = self.reader();
-        let mut out = Vec::with_capacity(self.count);
-        while let Some((timestamp_us, sample_rate, n)) = r.next_event() {
-            let fields = (0..n)
-                .map(|_| {
-                    let (name, v) = r.next_field().expect("this module wrote every field");
-                    (name.to_string(), v.to_owned_value())
-                })
-                .collect();
-            out.push(Event {
-                timestamp_us,
-                sample_rate,
-                fields,
-            });
-        }
-        out
+        self.reader()
+            .into_events()
+            .expect("this module wrote every event whole")
     }
 }
 
@@ -258,9 +245,23 @@ impl<'a> EventsReader<'a> {
         }
     }
 
-    /// Events not yet started.
-    pub fn events_left(&self) -> usize {
-        self.events_left
+    /// Reads every event left as an owned [`Event`]; `None` on damage or bytes left over.
+    /// Capacities are bounded, so a damaged count cannot ask for a huge allocation.
+    pub fn into_events(mut self) -> Option<Vec<Event>> {
+        let mut events = Vec::with_capacity(self.events_left.min(1 << 16));
+        while let Some((timestamp_us, sample_rate, n)) = self.next_event() {
+            let mut fields = Vec::with_capacity(n.min(4096));
+            for _ in 0..n {
+                let (name, v) = self.next_field()?;
+                fields.push((name.to_string(), v.to_owned_value()));
+            }
+            events.push(Event {
+                timestamp_us,
+                sample_rate,
+                fields,
+            });
+        }
+        self.at_end().then_some(events)
     }
 
     /// Starts the next event: its timestamp (µs), sample rate and number of fields. `None`

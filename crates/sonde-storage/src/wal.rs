@@ -102,21 +102,8 @@ pub(crate) fn decode_payload(lsn: Lsn, payload: &[u8]) -> Option<WalRecord> {
     let name = std::str::from_utf8(payload.get(2..2 + n)?).ok()?;
     let dataset = DatasetName::new(name).ok()?;
     let count = u32::from_le_bytes(payload.get(2 + n..6 + n)?.try_into().ok()?) as usize;
-    let mut r = EventsReader::checked(&payload[6 + n..], count);
-    let mut events = Vec::with_capacity(count.min(1 << 16));
-    while let Some((timestamp_us, sample_rate, nf)) = r.next_event() {
-        let mut fields = Vec::with_capacity(nf.min(4096));
-        for _ in 0..nf {
-            let (name, v) = r.next_field()?;
-            fields.push((name.to_string(), v.to_owned_value()));
-        }
-        events.push(Event {
-            timestamp_us,
-            sample_rate,
-            fields,
-        });
-    }
-    r.at_end().then_some(WalRecord { lsn, dataset, events })
+    let events = EventsReader::checked(&payload[6 + n..], count).into_events()?;
+    Some(WalRecord { lsn, dataset, events })
 }
 
 pub(crate) fn wal_dir(data_dir: &Path) -> PathBuf {
