@@ -26,6 +26,14 @@ export interface BubbleSampled {
   selection_rows: [number, number];
   /** Rows of the baseline counted, and its rows in all. */
   baseline_rows: [number, number];
+  /** The selection's sample (null: counted whole). */
+  selection_blocks: BubbleBlocks | null;
+  /** The baseline's sample (null: counted whole). */
+  baseline_blocks: BubbleBlocks | null;
+}
+
+/** A side's sample: one block of `block_rows` consecutive rows in every `every`. */
+export interface BubbleBlocks {
   every: number;
   block_rows: number;
 }
@@ -33,10 +41,13 @@ export interface BubbleSampled {
 /** The line saying a BubbleUp's shares come from a sample, or "" when every row was counted. */
 export function samplingNote(s: BubbleSampled | undefined): string {
   if (!s) return "";
-  const part = ([read, all]: [number, number], what: string) =>
-    read >= all ? `${what} whole` : `${what} ${formatNumber(read)} of ${formatNumber(all)} rows`;
-  return `shares from a sample (blocks of ${formatNumber(s.block_rows)} rows, 1 in ${s.every}): `
-    + `${part(s.selection_rows, "selection")}, ${part(s.baseline_rows, "baseline")}; counts exact`;
+  const part = ([read, all]: [number, number], blocks: BubbleBlocks | null, what: string) =>
+    !blocks || read >= all
+      ? `${what} whole`
+      : `${what} ${formatNumber(read)} of ${formatNumber(all)} rows `
+        + `(blocks of ${formatNumber(blocks.block_rows)}, 1 in ${blocks.every})`;
+  return `shares from a sample: ${part(s.selection_rows, s.selection_blocks, "selection")}, `
+    + `${part(s.baseline_rows, s.baseline_blocks, "baseline")}; counts exact`;
 }
 
 const SEL = "#f5a524";

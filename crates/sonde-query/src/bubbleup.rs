@@ -402,14 +402,24 @@ pub struct BubbleUpMeta {
     pub sampled: Option<Sampled>,
 }
 
-/// How a sampled BubbleUp read its rows: blocks of consecutive rows, one in every `every`, over
-/// each segment and the buffered events (see `table::Sample`).
+/// How a sampled BubbleUp read its rows: each side either whole or from blocks of consecutive
+/// rows, one in every `every`, over each segment and the buffered events (see `table::Sample`),
+/// at the side's own rate.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sampled {
     /// Rows of the selection counted, and the selection's rows in all.
     pub selection_rows: [u64; 2],
     /// Rows of the baseline counted, and the baseline's rows in all.
     pub baseline_rows: [u64; 2],
+    /// The selection's sample; `None` when it was counted whole.
+    pub selection_blocks: Option<Blocks>,
+    /// The baseline's sample; `None` when it was counted whole.
+    pub baseline_blocks: Option<Blocks>,
+}
+
+/// A side's sample: one block of `block_rows` consecutive rows kept in every `every`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Blocks {
     /// One block of rows kept in this many.
     pub every: u64,
     /// Rows per block.

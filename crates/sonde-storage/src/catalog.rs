@@ -32,8 +32,8 @@ pub(crate) struct Catalog {
 }
 
 /// One dataset's persisted state.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct DatasetEntry {
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DatasetEntry {
     /// Every WAL record of this dataset with an LSN at or below this is in `segments`.
     pub flushed_lsn: Lsn,
     /// The dataset's columns as of its segments (the write buffer may add more).

@@ -41,6 +41,7 @@ mod quarantine;
 mod registry;
 pub mod schema;
 mod segment;
+pub mod shared_catalog;
 pub mod source;
 mod stats;
 mod wal;

@@ -11,6 +11,31 @@ struct Sizes {
     weights: [i64; 2],
 }
 
+/// How each side (selection, baseline) of `rows` rows is read when about `keep` rows are
+/// counted in all (`None`: counted whole). A side holding at most half of them is counted whole
+/// and the other side gets the rest. When both are larger, each is sampled at its own rate, so
+/// that the rows *read* (the side's `scanned` rows, those its filters leave to the scan, times
+/// its rate) add up to about `keep`, split to minimise the shares' sampling error for that
+/// much reading: a side that matches one row in `d` it reads gets a share ∝ 1/√d (a
+/// selection dense in its box gets more than one spread thin over its range).
+fn side_samples(rows: [u64; 2], keep: u64, scanned: [u64; 2]) -> [Option<Sample>; 2] {
+    let [sel, rest] = rows;
+    if sel + rest <= keep {
+        return [None, None];
+    }
+    let half = keep / 2;
+    let room = match (sel <= half, rest <= half) {
+        (true, _) => [sel, keep - sel],
+        (_, true) => [keep - rest, rest],
+        _ => {
+            // Rows read per row matched, at least 1; then k_i = keep / (√d_i (√d_s + √d_b)).
+            let root = [0, 1].map(|i| (scanned[i].max(rows[i]) as f64 / rows[i].max(1) as f64).sqrt());
+            [0, 1].map(|i| (keep as f64 / (root[i] * (root[0] + root[1]))) as u64)
+        }
+    };
+    [0, 1].map(|i| Sample::of(rows[i], room[i], scanned[i].max(rows[i])))
+}
+
 /// A population: its plan, the derived columns added to it, every column compared and its type.
 type Population = (Plan, Vec<(String, Typed)>, BTreeMap<String, ColumnType>);
 
@@ -177,62 +202,63 @@ impl QueryEngine {
             true => Some(self.sizes(&base, &selected, budget).await?),
             false => None,
         };
-        // About `keep` rows are counted in all: a side holding at most half of them is counted
-        // whole and the other side gets the rest; otherwise both come from the sample.
-        let whole = sizes.as_ref().map_or([true, true], |s| {
-            let [sel, rest] = s.rows;
-            match sel + rest <= keep {
-                true => [true, true],
-                false => [sel <= keep / 2, rest <= keep / 2],
+        // The rows a side is read from: a heatmap box's own time range, or the population's.
+        let box_rows = match &req.selection {
+            bubbleup::Selection::Heatmap {
+                start_time, end_time, ..
+            } => {
+                let t = |v| sonde_model::time::parse_time_value(v).unwrap_or(0);
+                table.rows_in_range(t(start_time).max(plan.start_us), t(end_time).min(plan.end_us) - 1)
             }
-        });
+            bubbleup::Selection::Group(_) => range_rows,
+        };
+        let samples = sizes
+            .as_ref()
+            .map_or([None, None], |s| side_samples(s.rows, keep, [box_rows, range_rows]));
         // The frames counted, each with its rows' side: `__selected` (true: the selection).
         let mut parts: Vec<DataFrame> = Vec::new();
-        let mut sampled = None;
         let df_err = |e| self.df_error(e);
-        match (&sizes, whole) {
-            (Some(s), [sel_whole, base_whole]) if !(sel_whole && base_whole) => {
-                // The rows the sampled side(s) hold, and the share of `keep` left to them.
-                let (thinned, room) = match (sel_whole, base_whole) {
-                    (true, _) => (s.rows[1], keep - s.rows[0]),
-                    (_, true) => (s.rows[0], keep - s.rows[1]),
-                    _ => (s.rows[0] + s.rows[1], keep),
-                };
-                let sample = Sample::of(thinned, room, range_rows).expect("the sampled side holds more than its room");
-                let sampled_table = Arc::new(table.sampled(sample));
-                let thin = self
-                    .plan_frame(&ctx, &sampled_table, &plan, &all_derived, budget)
-                    .await?
-                    .filter(where_clause(&plan, &table))
-                    .map_err(df_err)?;
-                if sel_whole || base_whole {
-                    let (sel_from, base_from) = if sel_whole { (&base, &thin) } else { (&thin, &base) };
-                    // As a filter, the selection's own time range and values prune segments,
-                    // row groups and pages (`IS TRUE` around it would hide them).
-                    let sel = sel_from.clone().filter(selected.clone());
-                    let rest = base_from.clone().filter(selected.clone().is_not_true());
-                    for (df, side) in [(sel, true), (rest, false)] {
-                        parts.push(
-                            df.and_then(|d| d.with_column("__selected", lit(side)))
-                                .map_err(df_err)?,
-                        );
-                    }
-                } else {
-                    parts.push(
-                        thin.with_column("__selected", selected.clone().is_true())
-                            .map_err(df_err)?,
-                    );
-                }
-                sampled = Some((sample, s.rows, s.weights));
-            }
-            _ => parts.push(
+        if samples == [None, None] {
+            parts.push(
                 base.clone()
                     .with_column("__selected", selected.clone().is_true())
                     .map_err(df_err)?,
-            ),
+            );
+        } else {
+            // Each side from the whole population or from a sample at its own rate, so that a
+            // large selection beside a larger baseline is not thinned to the baseline's rate.
+            for (side, sample) in [(true, samples[0]), (false, samples[1])] {
+                let from = match sample {
+                    None => base.clone(),
+                    Some(sample) => self
+                        .plan_frame(&ctx, &Arc::new(table.sampled(sample)), &plan, &all_derived, budget)
+                        .await?
+                        .filter(where_clause(&plan, &table))
+                        .map_err(df_err)?,
+                };
+                // As a filter, the selection's own time range and values prune segments,
+                // row groups and pages (`IS TRUE` around it would hide them).
+                let rows = match side {
+                    true => from.filter(selected.clone()),
+                    false => from.filter(selected.clone().is_not_true()),
+                };
+                parts.push(
+                    rows.and_then(|d| d.with_column("__selected", lit(side)))
+                        .map_err(df_err)?,
+                );
+            }
         }
+        // One frame over the parts: their scans run side by side rather than one after the other.
+        let frame = parts
+            .into_iter()
+            .reduce(|a, b| a.union(b).expect("the parts have one schema"))
+            .expect("at least one part");
+        let sampled = match (&sizes, samples) {
+            (Some(s), samples) if samples != [None, None] => Some((samples, s.rows, s.weights)),
+            _ => None,
+        };
 
-        // Pass 1: the range of every numeric column over what is counted, one query per part.
+        // Pass 1: the range of every numeric column over what is counted.
         let numeric: Vec<&(String, ColumnType)> = compared.iter().filter(|(_, t)| bubbleup::is_numeric(*t)).collect();
         let mut ranges: HashMap<String, (f64, f64)> = HashMap::new();
         if !numeric.is_empty() {
@@ -246,26 +272,20 @@ impl QueryEngine {
                     ]
                 })
                 .collect();
-            for part in &parts {
-                let df = part
-                    .clone()
-                    .aggregate(vec![], aggs.clone())
-                    .map_err(|e| self.df_error(e))?;
-                let batches = self.collect(budget, df, "BubbleUp's value ranges").await?;
-                if let Some(b) = batches.iter().find(|b| b.num_rows() > 0) {
-                    for (i, (n, _)) in numeric.iter().enumerate() {
-                        let cell = |name: String| json::cell(b.column_by_name(&name).unwrap().as_ref(), 0).as_f64();
-                        let (Some(lo), Some(hi)) = (cell(format!("lo{i}")), cell(format!("hi{i}"))) else {
-                            continue;
-                        };
-                        let r = ranges.entry(n.clone()).or_insert((lo, hi));
-                        *r = (r.0.min(lo), r.1.max(hi));
-                    }
+            let df = frame.clone().aggregate(vec![], aggs).map_err(|e| self.df_error(e))?;
+            let batches = self.collect(budget, df, "BubbleUp's value ranges").await?;
+            if let Some(b) = batches.iter().find(|b| b.num_rows() > 0) {
+                for (i, (n, _)) in numeric.iter().enumerate() {
+                    let cell = |name: String| json::cell(b.column_by_name(&name).unwrap().as_ref(), 0).as_f64();
+                    let (Some(lo), Some(hi)) = (cell(format!("lo{i}")), cell(format!("hi{i}"))) else {
+                        continue;
+                    };
+                    ranges.insert(n.clone(), (lo, hi));
                 }
             }
         }
 
-        // Pass 2: one stream per part, every column's counters updated per batch.
+        // Pass 2: one stream, every column's counters updated per batch.
         // Their distinct values share half the answer's cap (the report built from them is
         // far smaller than they are).
         let per_column = (budget.cap() / 2 / compared.len().max(1))
@@ -286,34 +306,32 @@ impl QueryEngine {
         let mut counted = [0u64; 2];
         // The counters' bytes, held in the request's budget as they grow.
         let mut held = 0usize;
-        for part in parts {
-            let df = part.select(select.clone()).map_err(|e| self.df_error(e))?;
-            let stream_all = async {
-                let mut stream = df.execute_stream().await?;
-                while let Some(batch) = stream.next().await {
-                    let batch = batch?;
-                    let sel = batch.column_by_name("__selected").unwrap().as_boolean().clone();
-                    let w = bubbleup::weights(batch.column_by_name(SR).unwrap())?;
-                    for (i, wi) in w.iter().enumerate() {
-                        let side = if sel.is_valid(i) && sel.value(i) { 0 } else { 1 };
-                        totals[side] += wi;
-                        counted[side] += 1;
-                    }
-                    for (c, (name, _)) in counters.iter_mut().zip(&compared) {
-                        c.add(batch.column_by_name(name).unwrap(), &sel, &w)?;
-                    }
-                    let now: usize = counters.iter().map(|c| c.bytes()).sum();
-                    if now > held {
-                        budget
-                            .account(now - held, "BubbleUp's value counters")
-                            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                        held = now;
-                    }
+        let df = frame.select(select).map_err(|e| self.df_error(e))?;
+        let stream_all = async {
+            let mut stream = df.execute_stream().await?;
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                let sel = batch.column_by_name("__selected").unwrap().as_boolean().clone();
+                let w = bubbleup::weights(batch.column_by_name(SR).unwrap())?;
+                for (i, wi) in w.iter().enumerate() {
+                    let side = if sel.is_valid(i) && sel.value(i) { 0 } else { 1 };
+                    totals[side] += wi;
+                    counted[side] += 1;
                 }
-                Ok::<(), DataFusionError>(())
-            };
-            self.timed(budget, stream_all).await?;
-        }
+                for (c, (name, _)) in counters.iter_mut().zip(&compared) {
+                    c.add(batch.column_by_name(name).unwrap(), &sel, &w)?;
+                }
+                let now: usize = counters.iter().map(|c| c.bytes()).sum();
+                if now > held {
+                    budget
+                        .account(now - held, "BubbleUp's value counters")
+                        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                    held = now;
+                }
+            }
+            Ok::<(), DataFusionError>(())
+        };
+        self.timed(budget, stream_all).await?;
         let events = counted[0] + counted[1];
         // Shares come from what was counted; the sizes are exact even when that was a sample,
         // and a side's counts scale by exact over counted weight where values are ranked.
@@ -330,11 +348,17 @@ impl QueryEngine {
             }
             None => (totals, [1.0, 1.0]),
         };
-        let sampled = sampled.map(|(sample, rows, _): (Sample, [u64; 2], [i64; 2])| bubbleup::Sampled {
+        let blocks = |s: Option<Sample>| {
+            s.map(|s| bubbleup::Blocks {
+                every: s.every,
+                block_rows: s.block,
+            })
+        };
+        let sampled = sampled.map(|(samples, rows, _)| bubbleup::Sampled {
             selection_rows: [counted[0], rows[0]],
             baseline_rows: [counted[1], rows[1]],
-            every: sample.every,
-            block_rows: sample.block,
+            selection_blocks: blocks(samples[0]),
+            baseline_blocks: blocks(samples[1]),
         });
 
         let top = req.top_values.unwrap_or(bubbleup::DEFAULT_TOP_VALUES).clamp(1, 100);
@@ -346,7 +370,10 @@ impl QueryEngine {
                 bubbleup::ColumnReport {
                     column: name.clone(),
                     ty: ty.name(),
-                    score,
+                    // Columns that split the events alike (`error` and the status code) score
+                    // the same but for the order their shares were summed in: rounded, they
+                    // tie, and rank by name whichever rows were read.
+                    score: (score * 1e9).round() / 1e9,
                     comparison,
                 }
             })
@@ -365,5 +392,30 @@ impl QueryEngine {
                 sampled,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::side_samples;
+
+    #[test]
+    fn sides_are_sampled_only_past_half_the_rows_and_then_each_at_its_own_rate() {
+        // Everything fits: both whole.
+        assert_eq!(side_samples([100, 400], 500, [1_000, 1_000]), [None, None]);
+        // A small selection is counted whole; the baseline gets the rest.
+        let [s, b] = side_samples([200, 9_800], 1_000, [400, 10_000]);
+        assert_eq!(s, None);
+        assert_eq!(b.unwrap().every, 9_800usize.div_ceil(800) as u64);
+        // Both large: the selection, one row in three of its box, gets 1/(√3(√3+1)) ≈ 0.21 of
+        // the rows, the baseline (all of its range) 1/(1+√3) ≈ 0.37; rows read ≈ keep (each rate
+        // rounded to one in a whole number, so a little under).
+        let [s, b] = side_samples([540_000, 9_460_000], 500_000, [1_620_000, 9_460_000]);
+        let (s, b) = (s.unwrap(), b.unwrap());
+        let (ks, kb) = (540_000 / s.every, 9_460_000 / b.every);
+        assert!((85_000..=115_000).contains(&ks), "{s:?}");
+        assert!((160_000..=190_000).contains(&kb), "{b:?}");
+        let read = 1_620_000 / s.every + 9_460_000 / b.every;
+        assert!((400_000..=520_000).contains(&read), "{read}");
     }
 }
