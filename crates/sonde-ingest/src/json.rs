@@ -1,12 +1,14 @@
 //! Honeycomb's batch format in JSON: `[{"data": {…}, "time": …, "samplerate": N}, …]`.
 //!
-//! A batch is split into items *before* any item is parsed, by a byte-level scanner
-//! ([`split_json_array`]), so that one item with invalid UTF-8, malformed JSON or a nesting
-//! depth past the parser's recursion limit gets its own error while the others are stored.
-//! Each item is then parsed and flattened in one pass ([`crate::onepass`]) where it can be.
+//! Items are read where they lie: the one-pass parser ([`crate::onepass`]) parses, flattens and
+//! encodes an object item and says where it ended, so a batch of good items is read once. An
+//! item it does not take (invalid UTF-8, malformed JSON, a nesting depth past the parser's
+//! recursion limit, a name given twice…) is delimited by a byte-level scan instead and goes the
+//! owned way, so that it gets its own error while the others are stored. A body that is not a
+//! well-formed array is handed to [`split_json_array`], which says what is wrong with it.
 
 use crate::envelope::{batch_item, flat_event};
-use crate::onepass::{Parsed, Shape, parse_flat};
+use crate::onepass::{Parsed, Shape, Text, encode_flat_prefix, parse_flat};
 use crate::{BodyError, Decoded, EncodedBatch};
 use serde_json::Value;
 use sonde_model::{EncodedEvents, Event, EventError, Limits};
@@ -15,6 +17,68 @@ use sonde_model::{EncodedEvents, Event, EventError, Limits};
 /// path), and one refusal or `None` per item, in order. Errors only when the body as a whole is
 /// not a JSON array.
 pub fn decode_batch_encoded(body: &[u8], now_us: i64, limits: &Limits) -> Result<EncodedBatch, BodyError> {
+    match decode_in_place(body, now_us, limits) {
+        Some(out) => Ok(out),
+        None => decode_split(body, now_us, limits),
+    }
+}
+
+/// The batch read item by item where the items lie (see the module docs); `None` when the body
+/// is not a well-formed array.
+fn decode_in_place(body: &[u8], now_us: i64, limits: &Limits) -> Option<EncodedBatch> {
+    let mut out = EncodedBatch {
+        events: EncodedEvents::with_capacity(body.len()),
+        refusals: Vec::new(),
+    };
+    let mut i = skip_ws(body, 0);
+    if body.get(i) != Some(&b'[') {
+        return None;
+    }
+    // Checked once here, the body's UTF-8 is not checked again string by string.
+    let utf8 = std::str::from_utf8(body).ok();
+    i = skip_json_ws(body, i + 1);
+    if body.get(i) == Some(&b']') {
+        return (skip_ws(body, i + 1) == body.len()).then_some(out);
+    }
+    loop {
+        // `i` is at an item's first byte.
+        if matches!(body.get(i), None | Some(b',') | Some(b']')) {
+            return None;
+        }
+        let mark = out.events.mark();
+        // An item starts after ASCII (`[`, `,`, whitespace), so at a character's start.
+        let text = utf8.and_then(|s| s.get(i..)).map_or(Text::Bytes(&body[i..]), Text::Str);
+        let fast = encode_flat_prefix(text, Shape::BatchItem, limits, now_us, &mut out.events)
+            .map(|used| skip_json_ws(body, i + used));
+        let next = match fast {
+            Some(j) if matches!(body.get(j), Some(b',') | Some(b']')) => {
+                out.refusals.push(None);
+                j
+            }
+            _ => {
+                // Something after the object (`{…} x,`) makes the whole item a refusal.
+                out.events.truncate(mark);
+                let end = item_end(body, i);
+                if end == body.len() {
+                    return None;
+                }
+                let raw = trim(&body[i..end]);
+                out.decode(raw, Shape::BatchItem, limits, now_us, || {
+                    batch_item_text(raw, now_us, limits)
+                });
+                end
+            }
+        };
+        if body[next] == b']' {
+            return (skip_ws(body, next + 1) == body.len()).then_some(out);
+        }
+        i = skip_json_ws(body, next + 1);
+    }
+}
+
+/// The batch split into items first, then each decoded: what [`decode_in_place`] hands over
+/// when the body is not a well-formed array (the splitter says why).
+fn decode_split(body: &[u8], now_us: i64, limits: &Limits) -> Result<EncodedBatch, BodyError> {
     let items = split_json_array(body).map_err(|e| BodyError::Malformed(format!("malformed batch: {e}")))?;
     // Encoded events take about the bytes of their JSON text (names and strings as they are,
     // numbers in 8 bytes, no quotes or punctuation).
@@ -130,6 +194,44 @@ pub fn split_json_array(body: &[u8]) -> Result<Vec<&[u8]>, String> {
     Err("batch array is not closed (truncated body?)".into())
 }
 
+/// Where the array item starting at `i` ends: its `,` or the array's `]` (strings, escapes and
+/// nesting read as [`split_json_array`] reads them), or the body's end when neither comes.
+fn item_end(body: &[u8], mut i: usize) -> usize {
+    let mut depth = 0usize;
+    let mut in_str = false;
+    let mut escaped = false;
+    while i < body.len() {
+        let c = body[i];
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if c == b'\\' {
+                escaped = true;
+            } else if c == b'"' {
+                in_str = false;
+            }
+        } else {
+            match c {
+                b'"' => in_str = true,
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' if depth > 0 => depth -= 1,
+                b']' | b',' if depth == 0 => return i,
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    body.len()
+}
+
+/// Past JSON's whitespace (the splitter's, which takes any other byte as the start of an item).
+fn skip_json_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\r' | b'\n') {
+        i += 1;
+    }
+    i
+}
+
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && b[i].is_ascii_whitespace() {
         i += 1;
@@ -168,7 +270,85 @@ mod tests {
         assert!(split_json_array(br#"["a\"#).is_err());
     }
 
+    /// The outcomes of a decoded batch, comparable: each item's event or error message.
+    fn outcomes(b: &EncodedBatch) -> Vec<Result<Event, String>> {
+        let mut events = b.events.to_events().into_iter();
+        b.refusals
+            .iter()
+            .map(|r| match r {
+                None => Ok(events.next().unwrap()),
+                Some(e) => Err(e.to_string()),
+            })
+            .collect()
+    }
+
+    /// Reading items where they lie gives what splitting first gives, item for item, or hands
+    /// the body to the splitter when it is not a well-formed array.
+    fn same_as_split(body: &[u8]) {
+        let limits = Limits::default();
+        let split = decode_split(body, 7, &limits);
+        match decode_in_place(body, 7, &limits) {
+            Some(b) => {
+                let split = split.unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)));
+                assert_eq!(outcomes(&b), outcomes(&split), "{}", String::from_utf8_lossy(body));
+                assert_eq!(b.events.as_bytes(), split.events.as_bytes());
+            }
+            None => assert!(split.is_err(), "{}", String::from_utf8_lossy(body)),
+        }
+    }
+
+    #[test]
+    fn items_read_in_place_decode_as_split_items_do() {
+        for body in [
+            &br#"[{"data":{"a":1}},{"data":{"b":"x,]}"}}]"#[..],
+            br#" [ {"data":{"a":1}} , 3 , {"data":{"a":1}} x , {"data":{"a":{"b":1},"a.b":2}},{"data":{"c":[1,[2]]}} ] "#,
+            b"[\x0c{\"data\":{}}]",
+            b"[{\"data\":{\"a\":1}}\x0c,{\"data\":{\"a\":2}}]",
+            br#"[{"data":{"a":1},"time":"2026-01-01T00:00:00Z","samplerate":4},{"data":{"a":1},"data":{"b":2}}]"#,
+            br#"[{"data":{"s":""]"}},{"data":{"bad": }},{"data":{"a":1}}]"#,
+            b"[ ]",
+            b"[]  ",
+            b"[",
+            b"[1,]",
+            b"[1,,2]",
+            b"[{\"data\":{}}] x",
+            br#"[{"data":{"a":1}}"#,
+            br#"[{"data":{"a":"unclosed}]"#,
+            b"{}",
+            b"\x0c[{\"data\":{}}]",
+        ] {
+            same_as_split(body);
+        }
+    }
+
     proptest! {
+        /// Arrays of batch items and other values, with whitespace of every kind between them,
+        /// decode alike both ways.
+        #[test]
+        fn in_place_and_split_agree(items in prop::collection::vec(
+            prop_oneof![
+                prop::collection::btree_map("[a-c.]{1,3}", prop_oneof![
+                    any::<i64>().prop_map(Value::from),
+                    "[a\\\\\"\\]x,]{0,4}".prop_map(Value::from),
+                    Just(serde_json::json!({"n": [1, {"m": 2}]})),
+                ], 0..4).prop_map(|m| serde_json::json!({"data": m})),
+                Just(serde_json::json!(3)),
+                Just(serde_json::json!({"nodata": 1})),
+            ], 0..6), seps in prop::collection::vec("[ \t\r\n\x0c]{0,2}", 14)) {
+            let mut body = format!("{}[", seps[0]);
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    body.push(',');
+                }
+                body.push_str(&seps[1 + (2 * i) % 12]);
+                body.push_str(&item.to_string());
+                body.push_str(&seps[2 + (2 * i) % 12]);
+            }
+            body.push(']');
+            body.push_str(&seps[13]);
+            same_as_split(body.as_bytes());
+        }
+
         /// Any array serde_json writes (strings with quotes, backslashes and brackets inside)
         /// splits into the texts of its items.
         #[test]

@@ -22,6 +22,9 @@ pub struct EncodedEvents {
     count: usize,
     /// Offset of each field of the event being written (reused from event to event).
     starts: Vec<usize>,
+    /// Offset of each field of the last event, when its writer vouched that its names are
+    /// distinct ([`EventWriter::finish_distinct`]); empty otherwise.
+    previous: Vec<usize>,
 }
 
 impl EncodedEvents {
@@ -31,6 +34,7 @@ impl EncodedEvents {
             bytes: Vec::with_capacity(bytes),
             count: 0,
             starts: Vec::new(),
+            previous: Vec::new(),
         }
     }
 
@@ -81,6 +85,25 @@ impl EncodedEvents {
         }
     }
 
+    /// Where the events end now, to [`EncodedEvents::truncate`] back to.
+    pub fn mark(&self) -> EncodedMark {
+        EncodedMark {
+            bytes: self.bytes.len(),
+            count: self.count,
+        }
+    }
+
+    /// Drops the events added since `mark` was taken.
+    pub fn truncate(&mut self, mark: EncodedMark) {
+        assert!(
+            mark.count <= self.count && mark.bytes <= self.bytes.len(),
+            "a mark of these events"
+        );
+        self.bytes.truncate(mark.bytes);
+        self.count = mark.count;
+        self.previous.clear();
+    }
+
     /// Reads the events back, without validating what this module wrote.
     pub fn reader(&self) -> EventsReader<'_> {
         EventsReader {
@@ -114,6 +137,19 @@ pub fn encoded_size(e: &Event) -> usize {
                     }
             })
             .sum::<usize>()
+}
+
+/// The name of the field written at `at`.
+fn name_at(b: &[u8], at: usize) -> &[u8] {
+    let len = u16::from_le_bytes([b[at], b[at + 1]]) as usize;
+    &b[at + 2..at + 2 + len]
+}
+
+/// A point in an [`EncodedEvents`] ([`EncodedEvents::mark`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodedMark {
+    bytes: usize,
+    count: usize,
 }
 
 /// One event being written into an [`EncodedEvents`].
@@ -157,14 +193,34 @@ impl EventWriter<'_> {
 
     /// The name of field `i` (in the order added), as bytes.
     pub fn name_bytes(&self, i: usize) -> &[u8] {
-        let at = self.out.starts[i];
-        let b = &self.out.bytes;
-        let len = u16::from_le_bytes([b[at], b[at + 1]]) as usize;
-        &b[at + 2..at + 2 + len]
+        name_at(&self.out.bytes, self.out.starts[i])
+    }
+
+    /// Whether the last event kept by [`EventWriter::finish_distinct`] (just before this one)
+    /// has a field `i` named `name`.
+    pub fn previous_name_is(&self, i: usize, name: &str) -> bool {
+        self.out
+            .previous
+            .get(i)
+            .is_some_and(|&at| name_at(&self.out.bytes, at) == name.as_bytes())
+    }
+
+    /// [`EventWriter::finish`] for an event whose names the caller checked are pairwise
+    /// distinct: the next event may then compare its names with this one's
+    /// ([`EventWriter::previous_name_is`]).
+    pub fn finish_distinct(mut self, timestamp_us: i64, sample_rate: i64) {
+        self.write_header(timestamp_us, sample_rate);
+        // This event's offsets become the previous ones; the old ones are cleared on drop.
+        std::mem::swap(&mut self.out.starts, &mut self.out.previous);
     }
 
     /// Keeps the event, with its time and sample rate.
     pub fn finish(mut self, timestamp_us: i64, sample_rate: i64) {
+        self.write_header(timestamp_us, sample_rate);
+        self.out.previous.clear();
+    }
+
+    fn write_header(&mut self, timestamp_us: i64, sample_rate: i64) {
         let n = u32::try_from(self.out.starts.len()).expect("more than u32::MAX fields");
         let h = &mut self.out.bytes[self.start..self.start + EVENT_HEADER];
         h[..8].copy_from_slice(&timestamp_us.to_le_bytes());

@@ -100,6 +100,8 @@ impl Storage {
         const MAX_GROUP_BYTES: usize = 32 * 1024 * 1024;
         let sync = self.config.durability == Durability::Fsync;
         let mut broken: Option<String> = None;
+        // One buffer for every group's bytes, so that each group does not fault in fresh pages.
+        let mut framed: Vec<u8> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut bytes = first.bytes();
             let mut group = vec![first];
@@ -119,7 +121,8 @@ impl Storage {
                 continue;
             }
             let records: usize = group.iter().map(|c| c.records.len()).sum();
-            let mut framed = Vec::with_capacity(bytes + 16 * records);
+            framed.clear();
+            framed.reserve(bytes + 16 * records);
             for (i, (dataset, events)) in group.iter().flat_map(|c| &c.records).enumerate() {
                 wal::frame_record(&mut framed, next_lsn.plus(i as u64), dataset, events);
             }

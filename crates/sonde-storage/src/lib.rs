@@ -23,10 +23,11 @@
 //! (WAL thread, group commit, apply), `flush` (segments, catalog snapshots), `maintenance`
 //! (compaction, retention, deletion, file reaping) behind `graveyard`, `stats`; below them the
 //! formats: `wal`, `buffer`, `segment`, `catalog` (one store for the data directory and for
-//! object storage), `index`, `compaction`'s planner, `quarantine`.
+//! object storage), `index`, `compaction`'s planner, `quarantine`. `shared_catalog` is the
+//! create-only catalog log for several servers over one bucket (not yet used by `Storage`).
 
 // Internal pieces; the public surface is `source` (what a query reads), `schema` (the column
-// rules readers share) and the items of this file.
+// rules readers share), `shared_catalog` and the items of this file.
 mod buffer;
 mod catalog;
 mod commit;
@@ -36,6 +37,7 @@ pub mod documents;
 mod flush;
 mod graveyard;
 mod index;
+mod local_files;
 mod maintenance;
 mod quarantine;
 mod registry;
@@ -69,7 +71,6 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use buffer::WriteBuffer;
 use catalog::{Catalog, CatalogStore, ColumnEntry, DatasetEntry, SegmentId, SegmentMeta};
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use segment::SegmentOptions;
@@ -199,7 +200,7 @@ impl Storage {
         std::fs::create_dir_all(&config.data_dir)?;
         let data_dir = config.data_dir.canonicalize()?;
         let (store, local): (Arc<dyn ObjectStore>, bool) = match &config.storage_url {
-            None => (Arc::new(LocalFileSystem::new_with_prefix(&data_dir)?), true),
+            None => (Arc::new(local_files::LocalFiles::new(&data_dir)?), true),
             Some(url) => (remote_store(url)?, false),
         };
         let catalog_store = if local {
