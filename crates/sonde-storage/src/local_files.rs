@@ -145,9 +145,14 @@ mod tests {
         for (g, r) in got.iter().zip(&ranges) {
             assert_eq!(&g[..], &body[r.start as usize..r.end as usize]);
         }
-        let e = ours.get_ranges(&file, &[99_000..100_001]).await.unwrap_err();
+        let past_end = [Range {
+            start: 99_000,
+            end: 100_001,
+        }];
+        let e = ours.get_ranges(&file, &past_end).await.unwrap_err();
         assert!(e.to_string().contains("past the file's end"), "{e}");
-        let e = ours.get_ranges(&Path::from("nope.parquet"), &[0..1]).await.unwrap_err();
+        let first = [Range { start: 0, end: 1 }];
+        let e = ours.get_ranges(&Path::from("nope.parquet"), &first).await.unwrap_err();
         assert!(matches!(e, object_store::Error::NotFound { .. }), "{e}");
         // Everything else is the plain store's.
         ours.put(&Path::from("a/b.json"), Bytes::from_static(b"{}").into())
