@@ -113,7 +113,7 @@ pub fn encode_flat(bytes: &[u8], shape: Shape, limits: &Limits, now_us: i64, out
     encode_value(Text::Bytes(bytes), shape, limits, now_us, out, true).is_some()
 }
 
-/// [`encode_flat`] over the object that starts `bytes` (an item of a batch array, read where
+/// [`encode_flat`] over the object that starts `text` (an item of a batch array, read where
 /// it lies, with no split beforehand): where the text after it starts (past whitespace), or
 /// `None` (with `out` as it was) when the owned path must take the item, or when nothing follows
 /// it. What follows is the caller's to check.
@@ -210,8 +210,6 @@ struct Envelope {
 trait Fields {
     /// Fields so far.
     fn len(&self) -> usize;
-    /// Whether field `i` is named `name`.
-    fn name_is(&self, i: usize, name: &str) -> bool;
     /// The name of field `i`.
     fn name(&self, i: usize) -> &[u8];
     /// Whether the event before this one (known to have distinct names) has a field `i` named
@@ -229,9 +227,6 @@ struct VecFields(Vec<(String, FieldValue)>);
 impl Fields for VecFields {
     fn len(&self) -> usize {
         self.0.len()
-    }
-    fn name_is(&self, i: usize, name: &str) -> bool {
-        self.0[i].0 == name
     }
     fn name(&self, i: usize) -> &[u8] {
         self.0[i].0.as_bytes()
@@ -256,9 +251,6 @@ struct Encoding<'a>(EventWriter<'a>);
 impl Fields for Encoding<'_> {
     fn len(&self) -> usize {
         self.0.fields()
-    }
-    fn name_is(&self, i: usize, name: &str) -> bool {
-        self.0.name_bytes(i) == name.as_bytes()
     }
     fn name(&self, i: usize) -> &[u8] {
         self.0.name_bytes(i)
@@ -422,7 +414,7 @@ impl<'l, F: Fields> Flattener<'l, F> {
             self.hashes
                 .iter()
                 .enumerate()
-                .position(|(i, &eh)| eh == h && self.fields.name_is(i, &self.name))
+                .position(|(i, &eh)| eh == h && self.fields.name(i) == self.name.as_bytes())
         } else {
             if self.by_hash.is_empty() {
                 for (i, &eh) in self.hashes.iter().enumerate() {
@@ -430,9 +422,9 @@ impl<'l, F: Fields> Flattener<'l, F> {
                 }
             }
             match self.by_hash.get(&h) {
-                Some(&i) if self.fields.name_is(i, &self.name) => Some(i),
+                Some(&i) if self.fields.name(i) == self.name.as_bytes() => Some(i),
                 // Two names with one hash: look at every field.
-                Some(_) => (0..self.fields.len()).position(|i| self.fields.name_is(i, &self.name)),
+                Some(_) => (0..self.fields.len()).position(|i| self.fields.name(i) == self.name.as_bytes()),
                 None => None,
             }
         };

@@ -116,7 +116,7 @@ impl QueryEngine {
         };
         // The selection as a boolean expression, and the columns it is made of (not compared:
         // a box on duration_ms differs in duration_ms by construction).
-        let (selected, excluded): (Expr, Vec<String>) = match &req.selection {
+        let (selected, excluded, box_range): (Expr, Vec<String>, Option<(i64, i64)>) = match &req.selection {
             bubbleup::Selection::Heatmap {
                 column,
                 start_time,
@@ -143,7 +143,7 @@ impl QueryEngine {
                     .and(ident(TIMESTAMP_COLUMN).lt(ts_lit(t1)))
                     .and(as_f64(column).gt_eq(lit(*lo)))
                     .and(as_f64(column).lt_eq(lit(*hi)));
-                (e, vec![column.clone()])
+                (e, vec![column.clone()], Some((t0, t1)))
             }
             bubbleup::Selection::Group(values) => {
                 if values.is_empty() {
@@ -176,6 +176,7 @@ impl QueryEngine {
                 (
                     parts.into_iter().reduce(Expr::and).unwrap(),
                     values.keys().cloned().collect(),
+                    None,
                 )
             }
         };
@@ -203,59 +204,53 @@ impl QueryEngine {
             false => None,
         };
         // The rows a side is read from: a heatmap box's own time range, or the population's.
-        let box_rows = match &req.selection {
-            bubbleup::Selection::Heatmap {
-                start_time, end_time, ..
-            } => {
-                let t = |v| sonde_model::time::parse_time_value(v).unwrap_or(0);
-                table.rows_in_range(t(start_time).max(plan.start_us), t(end_time).min(plan.end_us) - 1)
-            }
-            bubbleup::Selection::Group(_) => range_rows,
-        };
+        let box_rows = box_range.map_or(range_rows, |(t0, t1)| {
+            table.rows_in_range(t0.max(plan.start_us), t1.min(plan.end_us) - 1)
+        });
         let samples = sizes
             .as_ref()
             .map_or([None, None], |s| side_samples(s.rows, keep, [box_rows, range_rows]));
-        // The frames counted, each with its rows' side: `__selected` (true: the selection).
-        let mut parts: Vec<DataFrame> = Vec::new();
-        let df_err = |e| self.df_error(e);
-        if samples == [None, None] {
-            parts.push(
-                base.clone()
-                    .with_column("__selected", selected.clone().is_true())
-                    .map_err(df_err)?,
-            );
-        } else {
-            // Each side from the whole population or from a sample at its own rate, so that a
-            // large selection beside a larger baseline is not thinned to the baseline's rate.
-            for (side, sample) in [(true, samples[0]), (false, samples[1])] {
-                let from = match sample {
-                    None => base.clone(),
-                    Some(sample) => self
-                        .plan_frame(&ctx, &Arc::new(table.sampled(sample)), &plan, &all_derived, budget)
-                        .await?
-                        .filter(where_clause(&plan, &table))
-                        .map_err(df_err)?,
-                };
-                // As a filter, the selection's own time range and values prune segments,
-                // row groups and pages (`IS TRUE` around it would hide them).
-                let rows = match side {
-                    true => from.filter(selected.clone()),
-                    false => from.filter(selected.clone().is_not_true()),
-                };
-                parts.push(
-                    rows.and_then(|d| d.with_column("__selected", lit(side)))
-                        .map_err(df_err)?,
-                );
-            }
-        }
-        // One frame over the parts: their scans run side by side rather than one after the other.
-        let frame = parts
-            .into_iter()
-            .reduce(|a, b| a.union(b).expect("the parts have one schema"))
-            .expect("at least one part");
         let sampled = match (&sizes, samples) {
             (Some(s), samples) if samples != [None, None] => Some((samples, s.rows, s.weights)),
             _ => None,
+        };
+        // What is counted, each row with its side: `__selected` (true: the selection).
+        let df_err = |e| self.df_error(e);
+        let frame = match sampled {
+            None => base
+                .clone()
+                .with_column("__selected", selected.clone().is_true())
+                .map_err(df_err)?,
+            Some(_) => {
+                // Each side from the whole population or from a sample at its own rate, so that
+                // a large selection beside a larger baseline is not thinned to the baseline's
+                // rate; the two in one frame, so that their scans run side by side.
+                let mut sides = Vec::with_capacity(2);
+                for (side, sample) in [(true, samples[0]), (false, samples[1])] {
+                    let from = match sample {
+                        None => base.clone(),
+                        Some(sample) => self
+                            .plan_frame(&ctx, &Arc::new(table.sampled(sample)), &plan, &all_derived, budget)
+                            .await?
+                            .filter(where_clause(&plan, &table))
+                            .map_err(df_err)?,
+                    };
+                    // As a filter, the selection's own time range and values prune segments,
+                    // row groups and pages (`IS TRUE` around it would hide them).
+                    let rows = match side {
+                        true => from.filter(selected.clone()),
+                        false => from.filter(selected.clone().is_not_true()),
+                    };
+                    sides.push(
+                        rows.and_then(|d| d.with_column("__selected", lit(side)))
+                            .map_err(df_err)?,
+                    );
+                }
+                let Ok([sel, rest]) = <[DataFrame; 2]>::try_from(sides) else {
+                    unreachable!("one frame per side")
+                };
+                sel.union(rest).map_err(df_err)?
+            }
         };
 
         // Pass 1: the range of every numeric column over what is counted.

@@ -296,6 +296,19 @@ fn ranking(r: &Value, n: usize) -> Vec<(String, f64)> {
     all.into_iter().take(n).collect()
 }
 
+/// A BubbleUp of the `big` dataset as the server answers it by default (sampled past
+/// `--bubbleup-sample-rows`), and the same asked `"exact": true`.
+async fn sampled_and_exact(client: &reqwest::Client, server: &Server, req: &Value) -> (Value, Value) {
+    let ask = |req: Value| async move {
+        let (status, r) = send_json(client.post(server.at("/api/bubbleup/big")).json(&req)).await;
+        assert_eq!(status, 200, "{r}");
+        r
+    };
+    let mut exact = req.clone();
+    exact["exact"] = json!(true);
+    (ask(req.clone()).await, ask(exact).await)
+}
+
 /// Scores closer than this are ties a sample is not asked to order (the README's rule, and
 /// `benches/suite.py`'s `BUBBLE_TIE`).
 const BUBBLE_TIE: f64 = 0.01;
@@ -336,15 +349,11 @@ async fn a_sampled_bubbleup_ranks_the_top_columns_as_the_exact_one() {
     ingest(&client, &server, "big", &events).await;
 
     let (t0, t1) = (T0 + HOUR * 60 / 100, T0 + HOUR * 75 / 100);
-    let mut req = json!({
+    let req = json!({
         "start_time": format_time(T0), "end_time": format_time(T0 + HOUR),
         "selection": {"heatmap": {"column": "duration_ms", "start_time": format_time(t0), "end_time": format_time(t1), "min": 1800.0, "max": 1e9}},
     });
-    let (status, sampled) = send_json(client.post(server.at("/api/bubbleup/big")).json(&req)).await;
-    assert_eq!(status, 200, "{sampled}");
-    req["exact"] = json!(true);
-    let (status, exact) = send_json(client.post(server.at("/api/bubbleup/big")).json(&req)).await;
-    assert_eq!(status, 200, "{exact}");
+    let (sampled, exact) = sampled_and_exact(&client, &server, &req).await;
 
     // The sample is said, and what it read is about a tenth of the baseline; the selection
     // (small) is counted whole.
@@ -380,16 +389,12 @@ async fn a_sampled_bubbleup_ranks_the_top_columns_as_the_exact_one() {
     // A selection holding more than half of what is counted (the incident's whole window):
     // both sides are sampled, each at its own rate (the selection, dense in its box, at a
     // higher one), about 20,000 rows read in all, and the ranking holds.
-    let mut req = json!({
+    let req = json!({
         "start_time": format_time(T0), "end_time": format_time(T0 + HOUR),
         "selection": {"heatmap": {"column": "duration_ms", "start_time": format_time(T0 + HOUR * 55 / 100),
                                   "end_time": format_time(T0 + HOUR * 80 / 100), "min": 0.0, "max": 1e9}},
     });
-    let (status, sampled) = send_json(client.post(server.at("/api/bubbleup/big")).json(&req)).await;
-    assert_eq!(status, 200, "{sampled}");
-    req["exact"] = json!(true);
-    let (status, exact) = send_json(client.post(server.at("/api/bubbleup/big")).json(&req)).await;
-    assert_eq!(status, 200, "{exact}");
+    let (sampled, exact) = sampled_and_exact(&client, &server, &req).await;
     let s = &sampled["meta"]["sampled"];
     for side in ["selection", "baseline"] {
         let [read, all] = [0, 1].map(|i| s[format!("{side}_rows")][i].as_f64().unwrap());
