@@ -103,13 +103,16 @@ bench: release
 
 ## The same on 10M events (benches/results/full.json); needs ~12 GB free under ~/.cache/sonde-bench
 ## (checked before it starts): the events go from `sonde gen` into one file of batch bodies, and
-## DuckDB reads Sonde's own segment files.
+## DuckDB reads Sonde's own segment files. Then one more ingest of the same events while the
+## suite's questions are asked (benches/results/full-mixed.json): the peak RSS of both together.
 bench-full: release
 	python3 benches/run.py --size full --bin $(CARGO_TARGET_DIR)/release/sonde $(BENCH_ARGS)
+	python3 benches/run.py --size full --sections ingest --clients 4 --query-load \
+		--bin $(CARGO_TARGET_DIR)/release/sonde --out benches/results/full-mixed.json $(BENCH_ARGS)
 
 ## 100M events over 24 hours (benches/results/huge.json), streamed from the generator into Sonde
 ## (no copy of the events on disk; ~27 GB free for segments, WAL and DuckDB's files): one ingest
-## with 4 clients, then the day's first views (benches/suite.py HUGE_VIEWS) beside DuckDB.
-## About an hour.
+## with 4 clients while those views are asked in a loop (the peak RSS of both together), then
+## the day's first views (benches/suite.py HUGE_VIEWS) beside DuckDB. About an hour.
 bench-huge: release
-	python3 benches/run.py --size huge --clients 4 --skip freshness,caches --bin $(CARGO_TARGET_DIR)/release/sonde $(BENCH_ARGS)
+	python3 benches/run.py --size huge --clients 4 --query-load --skip freshness,caches --bin $(CARGO_TARGET_DIR)/release/sonde $(BENCH_ARGS)

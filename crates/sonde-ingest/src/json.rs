@@ -47,7 +47,7 @@ fn decode_in_place(body: &[u8], now_us: i64, limits: &Limits) -> Option<EncodedB
         }
         let mark = out.events.mark();
         // An item starts after ASCII (`[`, `,`, whitespace), so at a character's start.
-        let text = utf8.and_then(|s| s.get(i..)).map_or(Text::Bytes(&body[i..]), Text::Str);
+        let text = Text::of(body, utf8, i..body.len());
         let fast = encode_flat_prefix(text, Shape::BatchItem, limits, now_us, &mut out.events).map(|used| i + used);
         let next = match fast {
             Some(j) if matches!(body.get(j), Some(b',') | Some(b']')) => {
@@ -62,7 +62,7 @@ fn decode_in_place(body: &[u8], now_us: i64, limits: &Limits) -> Option<EncodedB
                     return None;
                 }
                 let raw = trim(&body[i..end]);
-                out.decode(raw, Shape::BatchItem, limits, now_us, || {
+                out.decode(Text::Bytes(raw), Shape::BatchItem, limits, now_us, || {
                     batch_item_text(raw, now_us, limits)
                 });
                 end
@@ -86,7 +86,7 @@ fn decode_split(body: &[u8], now_us: i64, limits: &Limits) -> Result<EncodedBatc
         refusals: Vec::with_capacity(items.len()),
     };
     for raw in items {
-        out.decode(raw, Shape::BatchItem, limits, now_us, || {
+        out.decode(Text::Bytes(raw), Shape::BatchItem, limits, now_us, || {
             batch_item_text(raw, now_us, limits)
         });
     }

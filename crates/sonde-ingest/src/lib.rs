@@ -59,7 +59,7 @@ impl EncodedBatch {
     /// (the path that takes every input and gives refusals their message).
     pub fn decode(
         &mut self,
-        raw: &[u8],
+        raw: onepass::Text<'_>,
         shape: onepass::Shape,
         limits: &Limits,
         now_us: i64,

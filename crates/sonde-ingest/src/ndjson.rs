@@ -3,7 +3,7 @@
 
 use crate::envelope::{flat_event, line_object};
 use crate::json::parse_json;
-use crate::onepass::{Parsed, Shape, parse_flat};
+use crate::onepass::{Parsed, Shape, Text, parse_flat};
 use crate::{Decoded, EncodedBatch};
 use serde_json::Value;
 use sonde_model::{EncodedEvents, Event, EventError, Limits};
@@ -46,13 +46,21 @@ pub fn decode_encoded(body: &[u8], now_us: i64, limits: &Limits) -> EncodedLines
             refusals: Vec::new(),
         },
     };
+    // Checked once here, the body's UTF-8 is not checked again string by string (lines split
+    // at `\n`, so on character boundaries).
+    let utf8 = std::str::from_utf8(body).ok();
+    let mut start = 0;
     for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+        let range = start..start + line.len();
+        start = range.end + 1;
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
         out.line_numbers.push(i + 1);
         out.batch
-            .decode(line, Shape::Line, limits, now_us, || line_event(line, now_us, limits));
+            .decode(Text::of(body, utf8, range), Shape::Line, limits, now_us, || {
+                line_event(line, now_us, limits)
+            });
     }
     out
 }

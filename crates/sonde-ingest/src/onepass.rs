@@ -48,6 +48,16 @@ impl<'a> Text<'a> {
             Text::Str(s) => s.as_bytes(),
         }
     }
+
+    /// `body[range]` as a `str` when the whole body's UTF-8 was checked (`utf8`), else as bytes.
+    /// The range must start and end beside ASCII (a delimiter or whitespace), so on character
+    /// boundaries; when it does not, the bytes are taken, checked as they are parsed.
+    pub fn of(body: &'a [u8], utf8: Option<&'a str>, range: std::ops::Range<usize>) -> Text<'a> {
+        match utf8.and_then(|s| s.get(range.clone())) {
+            Some(s) => Text::Str(s),
+            None => Text::Bytes(&body[range]),
+        }
+    }
 }
 
 /// What one pass over an event's text found.
@@ -106,11 +116,12 @@ pub fn parse_flat(bytes: &[u8], shape: Shape, limits: &Limits) -> Result<Parsed,
 /// as it was) when the text is not one this pass takes, breaks a limit or repeats a name: the
 /// caller then takes the owned path ([`parse_flat`], then the tree), which gives the verdict
 /// and its message, as for any refusal.
-pub fn encode_flat(bytes: &[u8], shape: Shape, limits: &Limits, now_us: i64, out: &mut EncodedEvents) -> bool {
+pub fn encode_flat(text: Text<'_>, shape: Shape, limits: &Limits, now_us: i64, out: &mut EncodedEvents) -> bool {
+    let bytes = text.bytes();
     if limits.check_event_bytes(bytes.len()).is_err() || !is_object_text(bytes) {
         return false;
     }
-    encode_value(Text::Bytes(bytes), shape, limits, now_us, out, true).is_some()
+    encode_value(text, shape, limits, now_us, out, true).is_some()
 }
 
 /// [`encode_flat`] over the object that starts `text` (an item of a batch array, read where
@@ -271,15 +282,14 @@ struct Flattener<'l, F> {
     /// While true, every name so far is the previous event's name at the same place, so no
     /// two of them are equal and none was hashed (events of one kind repeat their names).
     follows_previous: bool,
-    /// Hash of each field's name, to find a name reached twice without a map per event
+    /// [`key_print`] of each field's name, to find a name reached twice without a map per event
     /// (filled once the names stop following the previous event's).
     hashes: Vec<u64>,
     /// Hash → first field with it, used once an event has many fields.
     by_hash: HashMap<u64, usize>,
-    /// Hashes of the keys of the objects being read, innermost last, to notice a key given
+    /// [`key_print`]s of the keys of the objects being read, innermost last, to notice a key given
     /// twice in one object.
     keys: Vec<u64>,
-    hasher: ahash::RandomState,
     /// The dotted name being built: the prefix of the object being read, then the key.
     name: String,
     limits: &'l Limits,
@@ -299,7 +309,6 @@ impl<'l, F: Fields> Flattener<'l, F> {
             hashes: Vec::with_capacity(32),
             by_hash: HashMap::default(),
             keys: Vec::with_capacity(64),
-            hasher: ahash::RandomState::with_seeds(1, 2, 3, 4),
             name: String::with_capacity(128),
             limits,
             error: None,
@@ -405,11 +414,11 @@ impl<'l, F: Fields> Flattener<'l, F> {
             }
             self.follows_previous = false;
             for j in 0..i {
-                let h = self.hasher.hash_one(self.fields.name(j));
+                let h = key_print(self.fields.name(j));
                 self.hashes.push(h);
             }
         }
-        let h = self.hasher.hash_one(self.name.as_bytes());
+        let h = key_print(self.name.as_bytes());
         let earlier = if self.fields.len() <= SCAN_FIELDS {
             self.hashes
                 .iter()
@@ -445,6 +454,28 @@ impl<'l, F: Fields> Flattener<'l, F> {
         self.fields.add(&self.name, v);
         Ok(())
     }
+}
+
+/// A key's fingerprint for the check that an object gives no key twice: its length and every
+/// byte folded into a word. Cheaper than a keyed hash (this runs for every key of every event),
+/// and a collision only sends the event to the owned path, which gives the same answer.
+fn key_print(key: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let word = |b: &[u8]| {
+        let mut w = [0u8; 8];
+        w[..b.len()].copy_from_slice(b);
+        u64::from_le_bytes(w)
+    };
+    let mut h = key.len() as u64;
+    let mut chunks = key.chunks_exact(8);
+    for c in &mut chunks {
+        h = (h ^ word(c)).wrapping_mul(K).rotate_left(23);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        h = (h ^ word(rest)).wrapping_mul(K).rotate_left(23);
+    }
+    h
 }
 
 /// The whole text: an envelope around the data (batch item) or the data itself (line).
@@ -593,7 +624,7 @@ impl<F: Fields> Object<'_, '_, F> {
         while let Some(key) = map.next_key::<Key<'de>>()? {
             n += 1;
             let key = key.as_str();
-            let h = f.hasher.hash_one(key);
+            let h = key_print(key.as_bytes());
             if f.keys[first_key..].contains(&h) {
                 // A key given twice in one object: the later value replaces the whole earlier
                 // one, fields and all, which this pass cannot take back (found by fuzzing).
@@ -803,7 +834,7 @@ mod tests {
             let mut enc = EncodedEvents::default();
             enc.push(&sonde_model::Event { timestamp_us: 1, sample_rate: 1, fields: vec![] });
             let before = enc.as_bytes().to_vec();
-            let stored = encode_flat(text.as_bytes(), shape, &limits, 7, &mut enc);
+            let stored = encode_flat(Text::Bytes(text.as_bytes()), shape, &limits, 7, &mut enc);
             let owned = match parse_flat(text.as_bytes(), shape, &limits) {
                 Ok(Parsed::Flat { fields, time, samplerate }) =>
                     crate::envelope::flat_event(fields, time, samplerate, 7, !line).ok(),
@@ -838,7 +869,7 @@ mod tests {
                 // Keys in the order drawn (a key twice in one object goes to the tree path).
                 let body = pairs.iter().map(|(k, v)| format!("{}:{v}", json!(k))).collect::<Vec<_>>().join(",");
                 let text = format!("{{{body}}}");
-                let stored = encode_flat(text.as_bytes(), Shape::Line, &limits, 7, &mut enc);
+                let stored = encode_flat(Text::Str(&text), Shape::Line, &limits, 7, &mut enc);
                 let owned = match parse_flat(text.as_bytes(), Shape::Line, &limits) {
                     Ok(Parsed::Flat { fields, time, samplerate }) =>
                         crate::envelope::flat_event(fields, time, samplerate, 7, false).ok(),
