@@ -118,6 +118,13 @@ impl From<sonde_storage::Error> for ApiError {
                 retry_after: Some(5),
                 position: None,
             },
+            // Sent to the wrong node of a cluster: retrying here will not help, another node will.
+            E::NotOwner { .. } | E::Role { .. } => ApiError {
+                status: StatusCode::MISDIRECTED_REQUEST,
+                message: e.to_string(),
+                retry_after: None,
+                position: None,
+            },
             other => {
                 tracing::error!(error = %other, "storage error");
                 ApiError::internal(other.to_string())

@@ -147,6 +147,9 @@ pub(crate) enum CatalogStore {
     /// `catalog.json` in this object store: a PUT is atomic (readers see the old or the new
     /// catalog) and durable when answered; this server is the single writer.
     Remote(Arc<dyn ObjectStore>),
+    /// Per-dataset create-only logs in the object store that several nodes share
+    /// (`--role ingest` / `--role query`, see `node_catalog`).
+    Shared(Arc<crate::node_catalog::NodeCatalogs>),
 }
 
 impl CatalogStore {
@@ -166,6 +169,15 @@ impl CatalogStore {
                 Err(object_store::Error::NotFound { .. }) => Ok(Catalog::empty()),
                 Err(e) => Err(e.into()),
             },
+            CatalogStore::Shared(node) => node.load().await,
+        }
+    }
+
+    /// This node's view of the shared catalog, when there is one.
+    pub(crate) fn shared(&self) -> Option<&crate::node_catalog::NodeCatalogs> {
+        match self {
+            CatalogStore::Shared(node) => Some(node),
+            _ => None,
         }
     }
 
@@ -173,8 +185,12 @@ impl CatalogStore {
     /// runs on the blocking pool and would go on without the caller's flush lock (every caller
     /// runs on a task of its own: the flusher, maintenance, a deletion's spawned task).
     pub(crate) async fn store(&self, catalog: &Catalog) -> Result<()> {
+        if let CatalogStore::Shared(node) = self {
+            return node.store(catalog).await;
+        }
         let bytes = serde_json::to_vec(catalog).expect("catalog serialises");
         match self {
+            CatalogStore::Shared(_) => unreachable!("stored above"),
             CatalogStore::Local(dir) => {
                 let dir = dir.clone();
                 tokio::task::spawn_blocking(move || crate::documents::replace_file(&dir, CATALOG_FILE, &bytes))

@@ -80,6 +80,11 @@ impl Storage {
     /// path: no `Event` is made at all).
     pub async fn ingest_encoded(&self, batches: Vec<(DatasetName, EncodedEvents)>) -> Result<Lsn> {
         let records: Vec<_> = batches.into_iter().filter(|(_, events)| !events.is_empty()).collect();
+        if let Some(shared) = self.catalog_store.shared() {
+            for (dataset, _) in &records {
+                shared.claim(dataset).await?;
+            }
+        }
         if records.is_empty() {
             return Ok(Lsn(self.applied_lsn.load(Ordering::Acquire)));
         }

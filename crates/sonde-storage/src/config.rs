@@ -12,6 +12,31 @@ pub enum Durability {
     None,
 }
 
+/// What this process does in a cluster of Sonde processes over one bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Everything in one process, with a catalog of its own (the default).
+    #[default]
+    All,
+    /// Takes events (WAL, buffer, flushes, compaction, retention) for the datasets it owns,
+    /// and commits its segments to the shared catalog log in the bucket.
+    Ingest,
+    /// Takes no events: follows the shared catalog log and answers queries over the segments
+    /// the ingest nodes flushed.
+    Query,
+}
+
+impl Role {
+    /// The role's name as the command line spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Ingest => "ingest",
+            Role::Query => "query",
+        }
+    }
+}
+
 /// Storage configuration.
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
@@ -48,6 +73,13 @@ pub struct StorageConfig {
     /// `s3://bucket/prefix` URL (credentials and endpoint from the usual `AWS_*` variables).
     /// The WAL always stays in the local data directory.
     pub storage_url: Option<String>,
+    /// This process's part in a cluster; anything but [`Role::All`] needs `storage_url`.
+    pub role: Role,
+    /// This node's name in the shared catalog and in its segment files' names (letters, digits,
+    /// `-` and `_`); with [`Role::Ingest`] it must stay the same across restarts.
+    pub node_name: String,
+    /// How often a query node reads the shared catalog log for new segments.
+    pub catalog_refresh: Duration,
 }
 
 impl StorageConfig {
@@ -71,6 +103,8 @@ impl StorageConfig {
     pub const DEFAULT_INDEX_CACHE_BYTES: usize = 256 * 1024 * 1024;
     /// Default rows per Parquet row group.
     pub const DEFAULT_ROW_GROUP_ROWS: usize = 128 * 1024;
+    /// Default of `catalog_refresh`.
+    pub const DEFAULT_CATALOG_REFRESH: Duration = Duration::from_secs(1);
     /// Default columns with Parquet bloom filters.
     pub const DEFAULT_BLOOM_COLUMNS: &str = "trace.trace_id";
 
@@ -92,6 +126,9 @@ impl StorageConfig {
             retention_by_dataset: BTreeMap::new(),
             index_cache_bytes: Self::DEFAULT_INDEX_CACHE_BYTES,
             storage_url: None,
+            role: Role::All,
+            node_name: "node".into(),
+            catalog_refresh: Self::DEFAULT_CATALOG_REFRESH,
         }
     }
 }

@@ -75,7 +75,7 @@ impl Storage {
         max_lsn: Lsn,
     ) -> Result<Arc<SegmentMeta>> {
         let id = SegmentId(self.next_segment_id.fetch_add(1, Ordering::SeqCst));
-        let path = segment_path(dataset, id);
+        let path = segment_path(dataset, id, self.catalog_store.shared().map(|n| n.node()));
         let opts = self.config.segment.clone();
         let index = self.index.clone();
         let write_schema = schema.clone();
@@ -214,8 +214,13 @@ impl Storage {
     }
 }
 
-pub(crate) fn segment_path(dataset: &DatasetName, id: SegmentId) -> String {
-    format!("datasets/{dataset}/seg-{:012}.parquet", id.0)
+/// A segment's file: with a node's name in it on a cluster, so that each ingest node knows
+/// which files are its own to sweep.
+pub(crate) fn segment_path(dataset: &DatasetName, id: SegmentId, node: Option<&str>) -> String {
+    match node {
+        None => format!("datasets/{dataset}/seg-{:012}.parquet", id.0),
+        Some(node) => format!("datasets/{dataset}/seg-{:012}-{node}.parquet", id.0),
+    }
 }
 
 pub(crate) async fn flush_loop(s: Arc<Storage>, mut stop: watch::Receiver<bool>) {

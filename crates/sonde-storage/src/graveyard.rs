@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 /// See the module's note.
 #[derive(Debug, Default)]
 pub(crate) struct Graveyard {
+    /// How long a buried segment's file stays at least (other processes may read it).
+    grace: std::time::Duration,
     /// The newest catalog generation begun.
     begun: AtomicU64,
     /// The newest catalog generation known durable.
@@ -29,16 +31,27 @@ struct Buried {
     segment: Arc<SegmentMeta>,
     /// The newest catalog generation begun when it was buried (which may still name it).
     at: u64,
+    /// When it was buried.
+    since: std::time::Instant,
 }
 
 impl Graveyard {
+    /// A graveyard that keeps each file at least `grace` after its burial.
+    pub(crate) fn with_grace(grace: std::time::Duration) -> Graveyard {
+        Graveyard {
+            grace,
+            ..Default::default()
+        }
+    }
+
     /// Takes segments that have already been removed from their dataset's segment list.
     pub(crate) fn bury(&self, segments: impl IntoIterator<Item = Arc<SegmentMeta>>) {
         let at = self.begun.load(Ordering::SeqCst);
+        let since = std::time::Instant::now();
         self.buried
             .lock()
             .unwrap()
-            .extend(segments.into_iter().map(|segment| Buried { segment, at }));
+            .extend(segments.into_iter().map(|segment| Buried { segment, at, since }));
     }
 
     /// Called before a catalog snapshot reads the segment lists; returns its generation.
@@ -57,7 +70,7 @@ impl Graveyard {
         let mut dead = Vec::new();
         self.buried.lock().unwrap().retain(|b| {
             // One reference: ours. Any other is a query snapshot still reading the file.
-            if b.at < durable && Arc::strong_count(&b.segment) == 1 {
+            if b.at < durable && Arc::strong_count(&b.segment) == 1 && b.since.elapsed() >= self.grace {
                 dead.push(b.segment.clone());
                 false
             } else {
@@ -91,6 +104,17 @@ mod tests {
         g.catalog_durable(gen2);
         assert_eq!(g.take_dead().iter().map(|s| s.id.0).collect::<Vec<_>>(), [1]);
         assert!(g.take_dead().is_empty(), "taken once");
+    }
+
+    #[test]
+    fn a_segment_stays_through_the_grace_period() {
+        let g = Graveyard::with_grace(std::time::Duration::from_millis(50));
+        g.bury([segment(3)]);
+        let generation = g.begin_catalog();
+        g.catalog_durable(generation);
+        assert!(g.take_dead().is_empty(), "other nodes may still read it");
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(g.take_dead().len(), 1);
     }
 
     #[test]

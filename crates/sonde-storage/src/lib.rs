@@ -24,7 +24,8 @@
 //! (compaction, retention, deletion, file reaping) behind `graveyard`, `stats`; below them the
 //! formats: `wal`, `buffer`, `segment`, `catalog` (one store for the data directory and for
 //! object storage), `index`, `compaction`'s planner, `quarantine`. `shared_catalog` is the
-//! create-only catalog log for several servers over one bucket (not yet used by `Storage`).
+//! create-only catalog log for several servers over one bucket, and `node_catalog` one node's
+//! view of it (`--role ingest` and `--role query`).
 
 // Internal pieces; the public surface is `source` (what a query reads), `schema` (the column
 // rules readers share), `shared_catalog` and the items of this file.
@@ -39,6 +40,7 @@ mod graveyard;
 mod index;
 mod local_files;
 mod maintenance;
+mod node_catalog;
 mod quarantine;
 mod registry;
 pub mod schema;
@@ -50,9 +52,9 @@ mod wal;
 
 pub use commit::free_disk_bytes;
 use commit::{Commit, Origin};
-pub use config::{Durability, StorageConfig};
+pub use config::{Durability, Role, StorageConfig};
 use flush::flush_loop;
-use maintenance::{maintenance_loop, remove_orphans};
+use maintenance::{follow_loop, maintenance_loop, remove_orphans};
 pub use registry::{DatasetInfo, DatasetSnapshot};
 use registry::{DatasetState, Frozen, freeze_active, merge_columns};
 pub use stats::{DatasetStats, StorageStats};
@@ -140,6 +142,27 @@ pub enum Error {
     /// The storage settings cannot be used (a storage URL of an unknown kind, say).
     #[error("invalid storage configuration: {0}")]
     Config(String),
+    /// The shared catalog in the object store could not be read or written.
+    #[error("shared catalog: {0}")]
+    SharedCatalog(String),
+    /// Another ingest node writes this dataset (one node per dataset at a time).
+    #[error(
+        "dataset {dataset} is written by ingest node {owner}; send its events there (each dataset has one ingest node at a time)"
+    )]
+    NotOwner {
+        /// The dataset.
+        dataset: DatasetName,
+        /// The node that owns it.
+        owner: String,
+    },
+    /// This node's role (`--role`) does not do this.
+    #[error("this node runs --role {role} and does not {action}; send the request to an ingest node")]
+    Role {
+        /// The role.
+        role: &'static str,
+        /// What was asked.
+        action: &'static str,
+    },
     /// A background task (encoding, verifying, indexing) panicked: a bug.
     #[error("a storage task failed: {0}")]
     TaskFailed(String),
@@ -147,6 +170,10 @@ pub enum Error {
 
 /// Storage results.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How long the file of a segment taken out of a shared catalog stays: longer than a query
+/// node takes to read the log again (`--catalog-refresh`) plus the longest query.
+pub const SHARED_DELETE_GRACE: Duration = Duration::from_secs(15 * 60);
 
 /// The stop signal of the background loops, and the loops.
 type Background = (watch::Sender<bool>, Vec<tokio::task::JoinHandle<()>>);
@@ -203,10 +230,33 @@ impl Storage {
             None => (Arc::new(local_files::LocalFiles::new(&data_dir)?), true),
             Some(url) => (remote_store(url)?, false),
         };
-        let catalog_store = if local {
-            CatalogStore::Local(data_dir.clone())
-        } else {
-            CatalogStore::Remote(store.clone())
+        let role = config.role;
+        if role != Role::All && local {
+            return Err(Error::Config(format!(
+                "--role {} needs --storage s3://… (the bucket every node shares)",
+                role.name()
+            )));
+        }
+        if config.node_name.is_empty()
+            || config.node_name.len() > 64
+            || !config
+                .node_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(Error::Config(format!(
+                "--node-name {:?}: use 1 to 64 letters, digits, '-' or '_'",
+                config.node_name
+            )));
+        }
+        let catalog_store = match role {
+            Role::All if local => CatalogStore::Local(data_dir.clone()),
+            Role::All => CatalogStore::Remote(store.clone()),
+            Role::Ingest | Role::Query => CatalogStore::Shared(Arc::new(node_catalog::NodeCatalogs::new(
+                store.clone(),
+                config.node_name.clone(),
+                role,
+            ))),
         };
         let documents = if local {
             documents::Documents::local(data_dir.clone())
@@ -214,8 +264,13 @@ impl Storage {
             documents::Documents::remote(store.clone())
         };
         let mut catalog = catalog_store.load().await?;
-        remove_orphans(&store, &catalog).await?;
-        let quarantined = quarantine::verify_segments(&store, &mut catalog).await?;
+        // A query node owns no files: it neither sweeps nor quarantines other nodes' segments.
+        let quarantined = if role == Role::Query {
+            Vec::new()
+        } else {
+            remove_orphans(&store, &catalog, &catalog_store).await?;
+            quarantine::verify_segments(&store, &mut catalog).await?
+        };
         if !quarantined.is_empty() {
             catalog_store.store(&catalog).await?;
         }
@@ -256,7 +311,13 @@ impl Storage {
             buffered_bytes: AtomicUsize::new(0),
             flush_lock: tokio::sync::Mutex::new(()),
             flush_wanted: Notify::new(),
-            graveyard: graveyard::Graveyard::default(),
+            // Query nodes may still read a segment an ingest node took out until they read
+            // the log again and their queries end: its file stays a while.
+            graveyard: graveyard::Graveyard::with_grace(if role == Role::All {
+                Duration::ZERO
+            } else {
+                SHARED_DELETE_GRACE
+            }),
             index: Arc::new(index::IndexCache::new(
                 config.segment.bloom_columns.clone(),
                 config.index_cache_bytes,
@@ -302,10 +363,14 @@ impl Storage {
         *storage.commit_thread.lock().unwrap() = Some(handle);
 
         let (stop, stopped) = watch::channel(false);
-        let loops = vec![
-            tokio::spawn(flush_loop(storage.clone(), stopped.clone())),
-            tokio::spawn(maintenance_loop(storage.clone(), stopped)),
-        ];
+        let loops = if role == Role::Query {
+            vec![tokio::spawn(follow_loop(storage.clone(), stopped))]
+        } else {
+            vec![
+                tokio::spawn(flush_loop(storage.clone(), stopped.clone())),
+                tokio::spawn(maintenance_loop(storage.clone(), stopped)),
+            ]
+        };
         *storage.background.lock().unwrap() = Some((stop, loops));
         Ok(storage)
     }

@@ -185,10 +185,58 @@ pub(crate) async fn maintenance_loop(s: Arc<Storage>, mut stop: watch::Receiver<
     }
 }
 
+/// Follows the shared catalog (a query node): every `catalog_refresh`, the datasets whose
+/// segments changed get the log's segments, columns and WAL position.
+pub(crate) async fn follow_loop(s: Arc<Storage>, mut stop: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = s.follow_catalog().await {
+            tracing::warn!(error = %e, "reading the shared catalog failed; queries see the segments read before");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(s.config.catalog_refresh) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+impl Storage {
+    /// Reads the shared catalog's new records once (a query node; see [`follow_loop`]).
+    pub async fn follow_catalog(&self) -> Result<()> {
+        let Some(shared) = self.catalog_store.shared() else {
+            return Ok(());
+        };
+        for (name, entry) in shared.follow().await? {
+            // A dataset only claimed so far has nothing to query yet (as a single node lists
+            // no dataset before its first event).
+            if entry.segments.is_empty() && self.dataset_state(&name).is_none() {
+                continue;
+            }
+            let state = self.dataset_state_or_create(&name);
+            let mut st = state.lock().unwrap();
+            // The same segment keeps its `Arc`, so snapshots and caches see one segment.
+            let known: BTreeMap<SegmentId, Arc<SegmentMeta>> = st.segments.iter().map(|s| (s.id, s.clone())).collect();
+            st.segments = entry
+                .segments
+                .into_iter()
+                .map(|s| known.get(&s.id).cloned().unwrap_or_else(|| Arc::new(s)))
+                .collect();
+            st.columns = entry.columns;
+            st.flushed_lsn = entry.flushed_lsn;
+            st.deleted = entry.deleted;
+        }
+        Ok(())
+    }
+}
+
 /// Deletes segment files the catalog does not name: left by a crash between writing a segment
 /// and cataloging it (their events are still in the WAL and are replayed), or between
-/// cataloging a compaction and deleting its inputs.
-pub(crate) async fn remove_orphans(store: &Arc<dyn ObjectStore>, catalog: &Catalog) -> Result<()> {
+/// cataloging a compaction and deleting its inputs. An ingest node of a cluster sweeps only its
+/// own datasets' directories, and there only the files its name is on.
+pub(crate) async fn remove_orphans(
+    store: &Arc<dyn ObjectStore>,
+    catalog: &Catalog,
+    catalog_store: &CatalogStore,
+) -> Result<()> {
     use futures::TryStreamExt;
     let known: std::collections::HashSet<String> = catalog
         .datasets
@@ -199,10 +247,26 @@ pub(crate) async fn remove_orphans(store: &Arc<dyn ObjectStore>, catalog: &Catal
                 .flat_map(|s| [s.path.clone(), index::index_path(&s.path)])
         })
         .collect();
-    let prefix = StorePath::from("datasets");
-    let files: Vec<object_store::ObjectMeta> = store.list(Some(&prefix)).try_collect().await?;
+    let (prefixes, mine) = match catalog_store.shared() {
+        None => (vec![StorePath::from("datasets")], None),
+        Some(node) => (
+            node.owned()
+                .iter()
+                .map(|d| StorePath::from("datasets").join(d.as_str()))
+                .collect(),
+            Some(format!("-{}.parquet", node.node())),
+        ),
+    };
+    let mut files: Vec<object_store::ObjectMeta> = Vec::new();
+    for prefix in &prefixes {
+        files.extend(store.list(Some(prefix)).try_collect::<Vec<_>>().await?);
+    }
     for f in files {
-        if !known.contains(f.location.as_ref()) {
+        let ours = mine.as_ref().is_none_or(|suffix| {
+            let name = f.location.as_ref();
+            name.ends_with(suffix.as_str()) || name.strip_suffix(".idx").is_some_and(|n| n.ends_with(suffix.as_str()))
+        });
+        if ours && !known.contains(f.location.as_ref()) {
             tracing::warn!(file = %f.location, "removing orphan segment file");
             store.delete(&f.location).await?;
         }

@@ -1,9 +1,10 @@
 //! The seam between storage and query: what a query reads, and nothing of how it got there.
 //!
 //! The query engine depends on [`DatasetSource`] and the types of this module only. [`Storage`]
-//! is the source of a single node: its catalog's segments and its own write buffers. A query
-//! node that serves data it does not own implements the same trait: segments listed from a
-//! catalog in object storage, fresh batches fetched from the ingest nodes that hold them.
+//! is the source of a single node: its catalog's segments and its own write buffers. On a
+//! query node of a cluster (`Role::Query`) it is the same `Storage`, whose segments follow the
+//! shared catalog in object storage and whose buffers are empty; fresh batches fetched from the
+//! ingest nodes that hold them would come in through this same trait.
 //!
 //! **The contract of a snapshot:** every acknowledged event of the dataset up to the moment
 //! the snapshot is taken is in exactly one of `segments` and `buffered` — never in both (a

@@ -263,7 +263,15 @@ fn storage(a: &ServeArgs) -> String {
                 .or_else(|_| std::env::var("AWS_ENDPOINT"))
                 .map(|e| format!(" at {e}"))
                 .unwrap_or_default();
-            format!("{url}{endpoint} (the WAL stays in the data directory)")
+            let role = match a.role {
+                crate::RoleArg::All => String::new(),
+                role => format!(
+                    "; cluster role {} as node {}",
+                    format!("{role:?}").to_lowercase(),
+                    a.node_name.clone().unwrap_or_else(crate::host_name)
+                ),
+            };
+            format!("{url}{endpoint} (the WAL stays in the data directory){role}")
         }
         None => format!("local: {}", a.data_dir.join("datasets").display()),
     }

@@ -11,7 +11,7 @@ use sonde_gen::{GenConfig, Generator};
 use sonde_model::Limits;
 use sonde_query::EngineConfig;
 use sonde_server::{AppState, ServerConfig};
-use sonde_storage::{Durability, Storage, StorageConfig};
+use sonde_storage::{Durability, Role, Storage, StorageConfig};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -134,6 +134,19 @@ struct ServeArgs {
     /// `AWS_*` variables). The WAL always stays in the data directory.
     #[arg(long, env = "SONDE_STORAGE")]
     storage: Option<String>,
+    /// This process's part in a cluster over one `--storage` bucket: `all` does everything on
+    /// its own; `ingest` takes events for the datasets it owns and commits segments to the
+    /// shared catalog; `query` takes no events and answers queries over what the ingest nodes
+    /// flushed.
+    #[arg(long, env = "SONDE_ROLE", value_enum, default_value = "all")]
+    role: RoleArg,
+    /// This node's name in the shared catalog and its segment files (keep it across restarts
+    /// of an ingest node); default: the host name.
+    #[arg(long, env = "SONDE_NODE_NAME")]
+    node_name: Option<String>,
+    /// How often a query node reads the shared catalog for newly flushed segments.
+    #[arg(long, env = "SONDE_CATALOG_REFRESH", default_value_t = Dur(StorageConfig::DEFAULT_CATALOG_REFRESH))]
+    catalog_refresh: Dur,
     /// Address for OTLP/gRPC (4317 is its standard port); `off` disables it.
     #[arg(long, env = "SONDE_GRPC_LISTEN", default_value = "127.0.0.1:4317")]
     grpc_listen: GrpcListen,
@@ -539,6 +552,35 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// `--role`, as the command line spells it.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum RoleArg {
+    All,
+    Ingest,
+    Query,
+}
+
+/// The host's name made fit for a node name (letters, digits, `-`, `_`).
+fn host_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if name.is_empty() { "node".into() } else { name }
+}
+
 async fn serve(a: ServeArgs) -> Result<()> {
     init_logging(a.log_format);
     tracing::info!("{}", doctor::startup_summary(&a));
@@ -579,6 +621,13 @@ async fn serve(a: ServeArgs) -> Result<()> {
     storage_config.compaction_target_rows = a.compaction_target_rows;
     storage_config.index_cache_bytes = a.index_cache_bytes;
     storage_config.storage_url = a.storage.clone().filter(|s| !s.is_empty());
+    storage_config.role = match a.role {
+        RoleArg::All => Role::All,
+        RoleArg::Ingest => Role::Ingest,
+        RoleArg::Query => Role::Query,
+    };
+    storage_config.node_name = a.node_name.clone().unwrap_or_else(host_name);
+    storage_config.catalog_refresh = a.catalog_refresh.0;
     storage_config.maintenance_interval = a.maintenance_interval.0;
     storage_config.retention = a.retention.map(|d| d.0);
     storage_config.retention_by_dataset = a.retention_dataset.iter().cloned().collect();
@@ -991,6 +1040,8 @@ mod tests {
         assert_eq!(a.row_group_rows, storage.segment.row_group_rows);
         assert_eq!(a.bloom_columns, storage.segment.bloom_columns);
         assert_eq!(a.index_cache_bytes, storage.index_cache_bytes);
+        assert_eq!(a.catalog_refresh.0, storage.catalog_refresh);
+        assert!(matches!(a.role, RoleArg::All) && storage.role == Role::All);
         let engine = EngineConfig::default();
         assert_eq!(
             (a.query_timeout.0, a.query_memory_limit),

@@ -302,3 +302,179 @@ async fn two_writers_racing_for_one_catalog_record_one_wins_the_other_retries() 
         assert_eq!(listed, 3, "{kind}");
     }
 }
+
+/// Issue 19's first slice: two ingest nodes and a query node, each with its own data directory,
+/// over one bucket (moto). Each ingest node owns the dataset it took first; the other is
+/// refused it with the owner's name, and the query node refuses events naming its role. The
+/// query node finds both datasets in the shared catalog and answers exactly the brute-force
+/// counts, through flushes, a compaction on the ingest node, and a SIGKILL and restart of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_nodes_and_a_query_node_share_one_bucket() {
+    let moto = start_moto().await;
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ENDPOINT_URL", moto.url.as_str()),
+    ];
+    let storage = format!("s3://{BUCKET}/cluster");
+    let node = |role: &'static str, name: &'static str| {
+        let mut flags = vec!["--storage", storage.as_str(), "--role", role, "--node-name", name];
+        flags.extend([
+            "--flush-rows",
+            "700",
+            "--flush-age",
+            "1s",
+            "--compaction-target-rows",
+            "2000",
+            "--maintenance-interval",
+            "500ms",
+            "--catalog-refresh",
+            "200ms",
+        ]);
+        flags
+    };
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut a = Server::start_with_env(dirs[0].path(), &node("ingest", "ing-a"), &env).await;
+    let b = Server::start_with_env(dirs[1].path(), &node("ingest", "ing-b"), &env).await;
+    let q = Server::start_with_env(dirs[2].path(), &node("query", "q-1"), &env).await;
+    let client = reqwest::Client::new();
+    let generate = |seed, n| -> Vec<GenEvent> {
+        Generator::new(
+            GenConfig {
+                seed,
+                start_us: T0,
+                span_us: HOUR,
+                incident: true,
+            },
+            n,
+        )
+        .collect()
+    };
+    let send = |server: &Server, dataset: &str, events: &[GenEvent]| {
+        let body: String = events.iter().map(|e| e.to_ndjson() + "\n").collect();
+        client.post(server.at(&format!("/api/ingest/{dataset}"))).body(body)
+    };
+    let objs = generate(3, 3500);
+    let other = generate(4, 1400);
+    for chunk in objs.chunks(700) {
+        let (status, r) = send_json(send(&a, "objs", chunk)).await;
+        assert_eq!(status, 200, "{r}");
+    }
+    for chunk in other.chunks(700) {
+        let (status, r) = send_json(send(&b, "other", chunk)).await;
+        assert_eq!(status, 200, "{r}");
+    }
+    // The wrong node: refused, saying where to go, and nothing of it stored.
+    let (status, r) = send_json(send(&b, "objs", &objs[..10])).await;
+    assert_eq!(status, 421, "{r}");
+    assert!(r.to_string().contains("ingest node ing-a"), "{r}");
+    let (status, r) = send_json(send(&q, "objs", &objs[..10])).await;
+    assert_eq!(status, 421, "{r}");
+    assert!(r.to_string().contains("--role query"), "{r}");
+
+    // The query node answers from the flushed segments, once the ingest nodes have flushed and
+    // it has read the log: exactly the brute-force answer, never more.
+    eventually(&client, &q, "objs", brute_force(&objs)).await;
+    eventually(&client, &q, "other", brute_force(&other)).await;
+
+    // Compaction on the ingest node replaces segments in the shared log; the query node follows.
+    let segments = |server: &Server| {
+        let request = client.get(server.at("/api/datasets/objs/stats"));
+        async move { send_json(request).await.1["segments"].as_u64().unwrap_or(0) }
+    };
+    let mut compacted = false;
+    for _ in 0..300 {
+        if segments(&q).await < 5 {
+            compacted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(compacted, "the query node never saw the compaction");
+    // Each ingest node's files carry its name; the logs are in the bucket, one per dataset.
+    let listing = reqwest::get(format!("{}/{BUCKET}?list-type=2&prefix=cluster/", moto.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        listing.contains("-ing-a.parquet</Key>") && listing.contains("-ing-b.parquet</Key>"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("<Key>cluster/catalog/objs/log/00000000000000000001.json</Key>"),
+        "{listing}"
+    );
+    assert!(listing.contains("<Key>cluster/catalog/other/log/"), "{listing}");
+    assert!(!listing.contains("catalog.json"), "{listing}");
+    assert_eq!(dataset_answers(&client, &q, "objs").await, brute_force(&objs));
+
+    // A SIGKILL of the ingest node: restarted (its WAL is on its own disk), it takes its
+    // dataset again, and new events reach the query node with nothing lost or doubled.
+    a.kill();
+    a.restart().await;
+    let more = generate(5, 700);
+    let (status, r) = send_json(send(&a, "objs", &more)).await;
+    assert_eq!(status, 200, "{r}");
+    let all: Vec<GenEvent> = objs.iter().chain(&more).cloned().collect();
+    eventually(&client, &q, "objs", brute_force(&all)).await;
+    let (status, r) = send_json(send(&b, "objs", &more)).await;
+    assert_eq!(status, 421, "still owned by ing-a after its restart: {r}");
+    drop((b, q));
+    a.stop().await;
+}
+
+/// COUNT and P99(duration_ms) by service over the generated hour, as one server answers.
+async fn dataset_answers(client: &reqwest::Client, server: &Server, dataset: &str) -> BTreeMap<String, (i64, f64)> {
+    try_dataset_answers(client, server, dataset)
+        .await
+        .unwrap_or_else(|| panic!("{dataset} does not exist on {}", server.url))
+}
+
+/// [`dataset_answers`], or `None` while the server does not know the dataset yet.
+async fn try_dataset_answers(
+    client: &reqwest::Client,
+    server: &Server,
+    dataset: &str,
+) -> Option<BTreeMap<String, (i64, f64)>> {
+    let spec = json!({"calculations": [{"op": "COUNT"}, {"op": "P99", "column": "duration_ms"}],
+                      "breakdowns": ["service.name"],
+                      "start_time": format_time(T0), "end_time": format_time(T0 + HOUR)});
+    let (status, r) = send_json(client.post(server.at(&format!("/api/query/{dataset}"))).json(&spec)).await;
+    if status == 404 {
+        return None;
+    }
+    assert_eq!(status, 200, "{r}");
+    let answers = r["data"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let d = &g["data"];
+            (
+                d["service.name"].as_str().unwrap().to_string(),
+                (d["COUNT"].as_i64().unwrap(), d["P99(duration_ms)"].as_f64().unwrap()),
+            )
+        })
+        .collect();
+    Some(answers)
+}
+
+/// Asks until the answer is `want` (30 s at most), failing at once if more events than were
+/// sent are ever counted.
+async fn eventually(client: &reqwest::Client, server: &Server, dataset: &str, want: BTreeMap<String, (i64, f64)>) {
+    let total: i64 = want.values().map(|v| v.0).sum();
+    let mut got = BTreeMap::new();
+    for _ in 0..300 {
+        got = try_dataset_answers(client, server, dataset).await.unwrap_or_default();
+        let seen: i64 = got.values().map(|v| v.0).sum();
+        assert!(seen <= total, "{dataset}: {seen} events seen, {total} sent");
+        if got == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(got, want, "{dataset} through the query node");
+}

@@ -1,0 +1,347 @@
+//! One node's view of the shared catalog: the per-dataset logs of `shared_catalog`, seen as the
+//! single [`Catalog`] the rest of the storage already loads and stores.
+//!
+//! - An **ingest node** writes the datasets it owns. It claims a dataset before it takes the
+//!   first events for it (a [`Change::Take`] at the next epoch, when no other node owns it), and
+//!   at each catalog store it commits what differs between its catalog and the log: new
+//!   segments and the WAL position reached as a [`Change::Flush`], segments taken out
+//!   (compaction, retention, deletion) as a [`Change::Replace`]. As the dataset's only writer
+//!   its log holds exactly what it committed; were another node to take the dataset, the
+//!   commit would be refused (fenced), so it never removes another writer's segments.
+//! - A **query node** writes nothing: [`NodeCatalogs::follow`] reads the tail of every
+//!   dataset's log and answers the datasets whose segments changed.
+//!
+//! A dataset has one ingest node at a time. There is no forwarding or lease expiry yet: events
+//! for a dataset another node owns are refused with an error that names the owner.
+
+use crate::catalog::{CATALOG_VERSION, Catalog, DatasetEntry, SegmentId};
+use crate::config::Role;
+use crate::shared_catalog::{Change, CommitError, LogState, SharedCatalog};
+use crate::{Error, Result};
+use object_store::ObjectStore;
+use object_store::path::Path;
+use sonde_model::DatasetName;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, RwLock};
+
+/// How many times a commit is retried after losing a race for a record number.
+const COMMIT_ATTEMPTS: usize = 5;
+
+/// One dataset as this node follows it.
+#[derive(Debug)]
+struct Followed {
+    log: SharedCatalog,
+    /// The log as last read or written by this node (for the owner: what it committed).
+    state: LogState,
+    /// The epoch this node holds (0: it does not own the dataset).
+    epoch: u64,
+}
+
+/// See the module's note.
+#[derive(Debug)]
+pub(crate) struct NodeCatalogs {
+    store: Arc<dyn ObjectStore>,
+    node: String,
+    role: Role,
+    datasets: tokio::sync::Mutex<BTreeMap<DatasetName, Followed>>,
+    /// The datasets this node owns, for the ingest path's check without the async lock.
+    owned: RwLock<HashSet<DatasetName>>,
+}
+
+fn log_error(e: impl std::fmt::Display) -> Error {
+    Error::SharedCatalog(e.to_string())
+}
+
+impl NodeCatalogs {
+    /// The shared catalog in `store`, as node `node` in `role` (not [`Role::All`]).
+    pub(crate) fn new(store: Arc<dyn ObjectStore>, node: String, role: Role) -> NodeCatalogs {
+        NodeCatalogs {
+            store,
+            node,
+            role,
+            datasets: tokio::sync::Mutex::new(BTreeMap::new()),
+            owned: RwLock::new(HashSet::new()),
+        }
+    }
+
+    /// This node's name.
+    pub(crate) fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Every dataset with a log in the store.
+    async fn names(&self) -> Result<Vec<DatasetName>> {
+        let listed = self.store.list_with_delimiter(Some(&Path::from("catalog"))).await?;
+        Ok(listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename())
+            .filter_map(|name| DatasetName::new(name).ok())
+            .collect())
+    }
+
+    /// The catalog this node starts from. An ingest node takes the datasets it owned before
+    /// at a new epoch (fencing an older process under the same name); a query node follows
+    /// every dataset. Segment ids continue above every id in the store and above the clock in
+    /// µs, so nodes never give out the same id.
+    pub(crate) async fn load(&self) -> Result<Catalog> {
+        let mut catalog = Catalog {
+            version: CATALOG_VERSION,
+            next_segment_id: sonde_model::time::now_us().max(1) as u64,
+            datasets: BTreeMap::new(),
+        };
+        let mut datasets = self.datasets.lock().await;
+        for name in self.names().await? {
+            let log = SharedCatalog::new(self.store.clone(), name.clone(), self.node.clone());
+            let mut state = log.load().await.map_err(log_error)?;
+            if let Some(max) = state.entry.segments.iter().map(|s| s.id.0).max() {
+                catalog.next_segment_id = catalog.next_segment_id.max(max + 1);
+            }
+            let mut epoch = 0;
+            if self.role == Role::Ingest {
+                if state.owner.as_deref() != Some(self.node.as_str()) {
+                    continue;
+                }
+                epoch = log.take(&mut state).await.map_err(log_error)?;
+                self.owned.write().unwrap().insert(name.clone());
+            }
+            catalog.datasets.insert(name.clone(), state.entry.clone());
+            datasets.insert(name, Followed { log, state, epoch });
+        }
+        Ok(catalog)
+    }
+
+    /// Makes this node the writer of `dataset` before it takes events for it: at once when it
+    /// owns it already; by taking the next epoch when nobody does; refused when another node
+    /// (or another process under this node's name) does.
+    pub(crate) async fn claim(&self, dataset: &DatasetName) -> Result<()> {
+        if self.role != Role::Ingest {
+            return Err(Error::Role {
+                role: self.role.name(),
+                action: "take events",
+            });
+        }
+        if self.owned.read().unwrap().contains(dataset) {
+            return Ok(());
+        }
+        let mut datasets = self.datasets.lock().await;
+        if self.owned.read().unwrap().contains(dataset) {
+            return Ok(()); // claimed while this call waited for the lock
+        }
+        let log = SharedCatalog::new(self.store.clone(), dataset.clone(), self.node.clone());
+        let mut state = log.load().await.map_err(log_error)?;
+        let epoch = loop {
+            // Owned by this node's name too means another process under the same name (this
+            // one's own datasets were taken at start).
+            if let Some(owner) = &state.owner {
+                return Err(Error::NotOwner {
+                    dataset: dataset.clone(),
+                    owner: owner.clone(),
+                });
+            }
+            match log.take(&mut state).await {
+                Ok(epoch) => break epoch,
+                Err(CommitError::Conflict { .. }) => log.refresh(&mut state).await.map_err(log_error)?,
+                Err(e) => return Err(log_error(e)),
+            }
+        };
+        tracing::info!(dataset = %dataset, epoch, node = %self.node, "dataset claimed");
+        datasets.insert(dataset.clone(), Followed { log, state, epoch });
+        self.owned.write().unwrap().insert(dataset.clone());
+        Ok(())
+    }
+
+    /// Commits what differs between `catalog` and the log of each owned dataset. Datasets the
+    /// catalog no longer lists (or lists as deleted) lose all their segments.
+    pub(crate) async fn store(&self, catalog: &Catalog) -> Result<()> {
+        if self.role != Role::Ingest {
+            return Err(Error::Role {
+                role: self.role.name(),
+                action: "change the catalog",
+            });
+        }
+        let mut datasets = self.datasets.lock().await;
+        for (name, f) in datasets.iter_mut() {
+            let now = match catalog.datasets.get(name) {
+                Some(e) if !e.deleted => e.clone(),
+                Some(e) => DatasetEntry {
+                    flushed_lsn: e.flushed_lsn,
+                    ..Default::default()
+                },
+                None => DatasetEntry::default(),
+            };
+            let epoch = f.epoch;
+            // One change at a time, each decided from the log as it now is: after a failure
+            // half-way, the next store commits only what is still missing.
+            while f
+                .log
+                .commit_with(&mut f.state, COMMIT_ATTEMPTS, |state| {
+                    changes(&state.entry, &now).into_iter().next().map(|c| (epoch, c))
+                })
+                .await
+                .map_err(|e| match e {
+                    CommitError::Fenced { owner, .. } => Error::NotOwner {
+                        dataset: name.clone(),
+                        owner: owner.unwrap_or_default(),
+                    },
+                    e => log_error(e),
+                })?
+                .is_some()
+            {}
+        }
+        if let Some(name) = catalog.datasets.keys().find(|n| !datasets.contains_key(*n)) {
+            return Err(Error::Invalid(format!(
+                "dataset {name} has segments but was never claimed in the shared catalog"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads the tail of every dataset's log (and the logs of new datasets): the datasets whose
+    /// segments or WAL position changed since the previous call, as they are now.
+    pub(crate) async fn follow(&self) -> Result<Vec<(DatasetName, DatasetEntry)>> {
+        let mut datasets = self.datasets.lock().await;
+        let mut changed = Vec::new();
+        for name in self.names().await? {
+            let f = match datasets.entry(name.clone()) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => v.insert(Followed {
+                    log: SharedCatalog::new(self.store.clone(), name.clone(), self.node.clone()),
+                    state: LogState::default(),
+                    epoch: 0,
+                }),
+            };
+            let before = f.state.seq;
+            if before == 0 {
+                f.state = f.log.load().await.map_err(log_error)?;
+            } else {
+                f.log.refresh(&mut f.state).await.map_err(log_error)?;
+            }
+            if f.state.seq != before {
+                changed.push((name, f.state.entry.clone()));
+            }
+        }
+        Ok(changed)
+    }
+
+    /// The datasets this node owns (ingest), for the start-up sweep of unreferenced files.
+    pub(crate) fn owned(&self) -> BTreeSet<DatasetName> {
+        self.owned.read().unwrap().iter().cloned().collect()
+    }
+}
+
+/// The records that turn `before` into `after`: a `Replace` for segments taken out (with
+/// those put in their place), then a `Flush` for the segments added and the WAL position
+/// reached.
+fn changes(before: &DatasetEntry, after: &DatasetEntry) -> Vec<Change> {
+    let had: HashSet<SegmentId> = before.segments.iter().map(|s| s.id).collect();
+    let has: HashSet<SegmentId> = after.segments.iter().map(|s| s.id).collect();
+    let removed: Vec<SegmentId> = before
+        .segments
+        .iter()
+        .map(|s| s.id)
+        .filter(|id| !has.contains(id))
+        .collect();
+    let added: Vec<_> = after
+        .segments
+        .iter()
+        .filter(|s| !had.contains(&s.id))
+        .cloned()
+        .collect();
+    let mut out = Vec::new();
+    if removed.is_empty() {
+        if !added.is_empty() || after.flushed_lsn > before.flushed_lsn {
+            out.push(Change::Flush {
+                segments: added,
+                flushed_lsn: after.flushed_lsn,
+            });
+        }
+    } else {
+        out.push(Change::Replace { removed, added });
+        if after.flushed_lsn > before.flushed_lsn {
+            out.push(Change::Flush {
+                segments: Vec::new(),
+                flushed_lsn: after.flushed_lsn,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::SegmentMeta;
+    use crate::wal::Lsn;
+
+    fn seg(id: u64) -> SegmentMeta {
+        SegmentMeta {
+            id: SegmentId(id),
+            path: format!("datasets/d/seg-{id}-a.parquet"),
+            rows: 10,
+            columns: vec![("x".into(), sonde_model::ColumnType::Int)],
+            ..Default::default()
+        }
+    }
+
+    fn entry(ids: &[u64], lsn: u64) -> DatasetEntry {
+        DatasetEntry {
+            flushed_lsn: Lsn(lsn),
+            segments: ids.iter().map(|i| seg(*i)).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// An ingest node's stores replay, on a query node, to the same segments and WAL position;
+    /// a second ingest node is refused the dataset and names the owner.
+    #[tokio::test]
+    async fn an_ingest_nodes_stores_reach_a_query_node_and_a_second_writer_is_refused() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let ingest = NodeCatalogs::new(store.clone(), "a".into(), Role::Ingest);
+        let query = NodeCatalogs::new(store.clone(), "q".into(), Role::Query);
+        let other = NodeCatalogs::new(store.clone(), "b".into(), Role::Ingest);
+        let d = DatasetName::new("d").unwrap();
+        assert!(ingest.load().await.unwrap().datasets.is_empty());
+        assert!(query.load().await.unwrap().datasets.is_empty());
+        ingest.claim(&d).await.unwrap();
+        let e = other.claim(&d).await.unwrap_err();
+        assert!(e.to_string().contains("ingest node a"), "{e}");
+        let e = query.claim(&d).await.unwrap_err();
+        assert!(e.to_string().contains("--role query"), "{e}");
+
+        let mut catalog = Catalog {
+            version: CATALOG_VERSION,
+            next_segment_id: 1,
+            datasets: BTreeMap::new(),
+        };
+        let mut steps = vec![entry(&[1], 5), entry(&[1, 2], 9), entry(&[3], 9), entry(&[3, 4], 12)];
+        steps.push(DatasetEntry {
+            flushed_lsn: Lsn(12),
+            deleted: true,
+            ..Default::default()
+        });
+        for step in steps {
+            catalog.datasets.insert(d.clone(), step.clone());
+            ingest.store(&catalog).await.unwrap();
+            // Storing the same catalog again commits nothing.
+            ingest.store(&catalog).await.unwrap();
+            let changed = query.follow().await.unwrap();
+            assert_eq!(changed.len(), 1);
+            let got = &changed[0].1;
+            let ids = |e: &DatasetEntry| e.segments.iter().map(|s| s.id).collect::<Vec<_>>();
+            let want_ids = if step.deleted { vec![] } else { ids(&step) };
+            assert_eq!((ids(got), got.flushed_lsn), (want_ids, step.flushed_lsn));
+            assert!(query.follow().await.unwrap().is_empty(), "nothing new");
+        }
+        // A restarted ingest node takes its dataset again, at a new epoch.
+        let again = NodeCatalogs::new(store.clone(), "a".into(), Role::Ingest);
+        let loaded = again.load().await.unwrap();
+        assert_eq!(loaded.datasets[&d].flushed_lsn, Lsn(12));
+        assert!(loaded.next_segment_id > 4);
+        assert!(again.owned().contains(&d));
+        // The old process is fenced.
+        catalog.datasets.insert(d.clone(), entry(&[9], 13));
+        let e = ingest.store(&catalog).await.unwrap_err();
+        assert!(matches!(e, Error::NotOwner { .. }), "{e}");
+    }
+}
