@@ -597,6 +597,12 @@ def query_load(server: Server, qs: list[dict], stop: threading.Event, pause_s: f
             _, dt = sonde_ask(server, q, conn)
             lat.append(dt)
         except Exception as e:  # noqa: BLE001 - reported, the load goes on
+            # Before the first batch is acknowledged the dataset does not exist yet: not an error.
+            if not lat and "HTTP 404" in str(e) and "does not exist" in str(e):
+                conn.close()
+                conn = server.connect()
+                stop.wait(pause_s)
+                continue
             errors.append(f"{q['name']}: {e}"[:300])
             conn.close()
             conn = server.connect()

@@ -55,6 +55,12 @@ impl Storage {
         for frozen in pending {
             self.write_segment(dataset, &state, &frozen).await?;
         }
+        // The watermark counts segments swapped in memory; a catalog store that failed since
+        // (or a flush of another dataset's, refused) must be made good first, or the WAL
+        // would lose events no stored catalog names.
+        if self.catalog_dirty.load(Ordering::SeqCst) {
+            self.persist_catalog().await?;
+        }
         let watermark = self.wal_watermark();
         let removed = wal::remove_files_below(&wal::wal_dir(&self.config.data_dir), watermark)?;
         if removed > 0 {
@@ -74,7 +80,10 @@ impl Storage {
         min_lsn: Lsn,
         max_lsn: Lsn,
     ) -> Result<Arc<SegmentMeta>> {
-        let id = SegmentId(self.next_segment_id.fetch_add(1, Ordering::SeqCst));
+        let id = match self.catalog_store.shared() {
+            None => SegmentId(self.next_segment_id.fetch_add(1, Ordering::SeqCst)),
+            Some(node) => node.segment_id(&self.next_segment_id),
+        };
         let path = segment_path(dataset, id, self.catalog_store.shared().map(|n| n.node()));
         let opts = self.config.segment.clone();
         let index = self.index.clone();
@@ -208,7 +217,9 @@ impl Storage {
                 },
             );
         }
+        self.catalog_dirty.store(true, Ordering::SeqCst);
         self.catalog_store.store(&catalog).await?;
+        self.catalog_dirty.store(false, Ordering::SeqCst);
         self.graveyard.catalog_durable(generation);
         Ok(())
     }

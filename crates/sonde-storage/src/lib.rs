@@ -195,6 +195,9 @@ pub struct Storage {
     /// One flush at a time, so catalog writes and WAL deletions are serialised.
     flush_lock: tokio::sync::Mutex<()>,
     flush_wanted: Notify,
+    /// Set from the start of a catalog store until one succeeds: the datasets' segment lists
+    /// in memory may then be ahead of every stored catalog, and the WAL must not be trimmed.
+    catalog_dirty: std::sync::atomic::AtomicBool,
     /// Segments taken out of the catalog, waiting until no query holds them and a catalog
     /// without them is durable before their files are deleted.
     graveyard: graveyard::Graveyard,
@@ -258,6 +261,32 @@ impl Storage {
                 role,
             ))),
         };
+        if !local {
+            // One bucket holds one kind of catalog: a single server's `catalog.json`, or a
+            // cluster's logs. The other kind would see none of the segments and sweep them all.
+            let logs = !store
+                .list_with_delimiter(Some(&StorePath::from("catalog")))
+                .await?
+                .common_prefixes
+                .is_empty();
+            let single = match store.head(&StorePath::from(catalog::CATALOG_FILE)).await {
+                Ok(_) => true,
+                Err(object_store::Error::NotFound { .. }) => false,
+                Err(e) => return Err(e.into()),
+            };
+            if role == Role::All && logs {
+                return Err(Error::Config(
+                    "this bucket holds a cluster's shared catalog (catalog/): start this server with --role ingest or --role query".into(),
+                ));
+            }
+            if role != Role::All && single {
+                return Err(Error::Config(format!(
+                    "this bucket holds a single server's {}: --role {} needs a bucket (or prefix) of its own",
+                    catalog::CATALOG_FILE,
+                    role.name()
+                )));
+            }
+        }
         let documents = if local {
             documents::Documents::local(data_dir.clone())
         } else {
@@ -311,6 +340,7 @@ impl Storage {
             buffered_bytes: AtomicUsize::new(0),
             flush_lock: tokio::sync::Mutex::new(()),
             flush_wanted: Notify::new(),
+            catalog_dirty: std::sync::atomic::AtomicBool::new(false),
             // Query nodes may still read a segment an ingest node took out until they read
             // the log again and their queries end: its file stays a while.
             graveyard: graveyard::Graveyard::with_grace(if role == Role::All {
@@ -352,6 +382,22 @@ impl Storage {
             torn_bytes = replay.torn_bytes,
             "storage recovered"
         );
+
+        // Events in the WAL for a dataset this node does not own (a renamed node, a data
+        // directory from another role): it must own them before it can flush them.
+        if let Some(shared) = storage.catalog_store.shared()
+            && role == Role::Ingest
+        {
+            let names: Vec<DatasetName> = storage.datasets.read().unwrap().keys().cloned().collect();
+            for name in names {
+                shared.claim(&name).await.map_err(|e| {
+                    Error::Config(format!(
+                        "the WAL in {} holds events of dataset {name}, which this node cannot take: {e}",
+                        storage.config.data_dir.display()
+                    ))
+                })?;
+            }
+        }
 
         let wal_file = wal::WalFile::create(&wal_dir, last_lsn.next(), storage.config.wal_rotate_bytes)?;
         let (tx, rx) = mpsc::channel(4096);

@@ -134,6 +134,9 @@ impl Storage {
     /// Deletes a dataset: its segments (files removed once no query reads them) and its
     /// buffered events. Returns false if there was no such dataset.
     pub async fn delete_dataset(&self, dataset: &DatasetName) -> Result<bool> {
+        if let Some(shared) = self.catalog_store.shared() {
+            shared.check_writer("delete datasets")?;
+        }
         let Some(state) = self.dataset_state(dataset) else {
             return Ok(false);
         };
@@ -247,6 +250,8 @@ pub(crate) async fn remove_orphans(
                 .flat_map(|s| [s.path.clone(), index::index_path(&s.path)])
         })
         .collect();
+    // On a cluster: only this node's datasets, only files with its name, and only files older
+    // than the grace query nodes get (a file buried before a restart may still be read).
     let (prefixes, mine) = match catalog_store.shared() {
         None => (vec![StorePath::from("datasets")], None),
         Some(node) => (
@@ -254,22 +259,61 @@ pub(crate) async fn remove_orphans(
                 .iter()
                 .map(|d| StorePath::from("datasets").join(d.as_str()))
                 .collect(),
-            Some(format!("-{}.parquet", node.node())),
+            Some(node.node().to_string()),
         ),
     };
     let mut files: Vec<object_store::ObjectMeta> = Vec::new();
     for prefix in &prefixes {
         files.extend(store.list(Some(prefix)).try_collect::<Vec<_>>().await?);
     }
+    let grace = chrono_grace();
     for f in files {
-        let ours = mine.as_ref().is_none_or(|suffix| {
-            let name = f.location.as_ref();
-            name.ends_with(suffix.as_str()) || name.strip_suffix(".idx").is_some_and(|n| n.ends_with(suffix.as_str()))
-        });
+        let writer = f.location.filename().and_then(segment_file_writer);
+        let ours = match (&mine, writer) {
+            (_, None) => false, // not a segment file: never ours to delete
+            (None, Some(w)) => w.is_none(),
+            (Some(node), Some(w)) => w == Some(node.as_str()) && f.last_modified < grace,
+        };
         if ours && !known.contains(f.location.as_ref()) {
             tracing::warn!(file = %f.location, "removing orphan segment file");
             store.delete(&f.location).await?;
         }
     }
     Ok(())
+}
+
+/// The writer named in a segment file's name: `Some(None)` for a single server's
+/// `seg-<id>.parquet`, `Some(Some(node))` for `seg-<id>-<node>.parquet` (either with `.idx`),
+/// `None` for any other name.
+fn segment_file_writer(name: &str) -> Option<Option<&str>> {
+    let name = name.strip_suffix(".idx").unwrap_or(name);
+    let rest = name.strip_prefix("seg-")?.strip_suffix(".parquet")?;
+    let (id, node) = match rest.split_once('-') {
+        Some((id, node)) => (id, Some(node)),
+        None => (rest, None),
+    };
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())).then_some(node)
+}
+
+/// Files last modified before this are past [`SHARED_DELETE_GRACE`].
+fn chrono_grace() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() - chrono::Duration::from_std(SHARED_DELETE_GRACE).expect("a small duration")
+}
+
+#[cfg(test)]
+mod file_name_tests {
+    use super::segment_file_writer;
+
+    #[test]
+    fn segment_file_names_say_who_wrote_them() {
+        assert_eq!(segment_file_writer("seg-000000000012.parquet"), Some(None));
+        assert_eq!(segment_file_writer("seg-000000000012.parquet.idx"), Some(None));
+        assert_eq!(segment_file_writer("seg-17-ingest-1.parquet"), Some(Some("ingest-1")));
+        assert_eq!(
+            segment_file_writer("seg-17-eu-ingest-1.parquet.idx"),
+            Some(Some("eu-ingest-1"))
+        );
+        assert_eq!(segment_file_writer("notes.txt"), None);
+        assert_eq!(segment_file_writer("seg-x.parquet"), None);
+    }
 }

@@ -22,10 +22,15 @@ use object_store::ObjectStore;
 use object_store::path::Path;
 use sonde_model::DatasetName;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// How many times a commit is retried after losing a race for a record number.
 const COMMIT_ATTEMPTS: usize = 5;
+/// An ingest node writes a checkpoint of a dataset's log (and prunes it) every this many records.
+const CHECKPOINT_EVERY: u64 = 100;
+/// Low bits of a segment id that hold the writing node's tag (see [`NodeCatalogs::segment_id`]).
+const TAG_BITS: u32 = 10;
 
 /// One dataset as this node follows it.
 #[derive(Debug)]
@@ -35,6 +40,10 @@ struct Followed {
     state: LogState,
     /// The epoch this node holds (0: it does not own the dataset).
     epoch: u64,
+    /// The record through which a query node has handed the dataset to its storage.
+    delivered: u64,
+    /// The record of the newest checkpoint this node wrote or found.
+    checkpointed: u64,
 }
 
 /// See the module's note.
@@ -69,6 +78,35 @@ impl NodeCatalogs {
         &self.node
     }
 
+    /// A new segment id from `next_tick` (the storage's counter): the later of the clock in µs
+    /// and the tick after the last one, with this node's tag (a hash of its name) in the low
+    /// bits, so that ingest nodes never count through each other's ids the way two counters
+    /// started at two clocks would; two nodes give the same id only with the same tag in the
+    /// same microsecond.
+    pub(crate) fn segment_id(&self, next_tick: &AtomicU64) -> SegmentId {
+        let now = sonde_model::time::now_us().max(0) as u64;
+        let tick = next_tick
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| Some(t.max(now) + 1))
+            .expect("the update always answers")
+            .max(now);
+        let tag = self.node.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        }) & ((1 << TAG_BITS) - 1);
+        SegmentId(tick << TAG_BITS | tag)
+    }
+
+    /// Refuses, on a query node, what only an ingest node does.
+    pub(crate) fn check_writer(&self, action: &'static str) -> Result<()> {
+        if self.role == Role::Ingest {
+            Ok(())
+        } else {
+            Err(Error::Role {
+                role: self.role.name(),
+                action,
+            })
+        }
+    }
+
     /// Every dataset with a log in the store.
     async fn names(&self) -> Result<Vec<DatasetName>> {
         let listed = self.store.list_with_delimiter(Some(&Path::from("catalog"))).await?;
@@ -82,8 +120,8 @@ impl NodeCatalogs {
 
     /// The catalog this node starts from. An ingest node takes the datasets it owned before
     /// at a new epoch (fencing an older process under the same name); a query node follows
-    /// every dataset. Segment ids continue above every id in the store and above the clock in
-    /// µs, so nodes never give out the same id.
+    /// every dataset. `next_segment_id` is the next *tick* of [`NodeCatalogs::segment_id`]:
+    /// above every id in the store and at least the clock in µs.
     pub(crate) async fn load(&self) -> Result<Catalog> {
         let mut catalog = Catalog {
             version: CATALOG_VERSION,
@@ -95,7 +133,7 @@ impl NodeCatalogs {
             let log = SharedCatalog::new(self.store.clone(), name.clone(), self.node.clone());
             let mut state = log.load().await.map_err(log_error)?;
             if let Some(max) = state.entry.segments.iter().map(|s| s.id.0).max() {
-                catalog.next_segment_id = catalog.next_segment_id.max(max + 1);
+                catalog.next_segment_id = catalog.next_segment_id.max((max >> TAG_BITS) + 1);
             }
             let mut epoch = 0;
             if self.role == Role::Ingest {
@@ -106,7 +144,16 @@ impl NodeCatalogs {
                 self.owned.write().unwrap().insert(name.clone());
             }
             catalog.datasets.insert(name.clone(), state.entry.clone());
-            datasets.insert(name, Followed { log, state, epoch });
+            datasets.insert(
+                name,
+                Followed {
+                    delivered: state.seq,
+                    checkpointed: state.seq,
+                    log,
+                    state,
+                    epoch,
+                },
+            );
         }
         Ok(catalog)
     }
@@ -115,12 +162,7 @@ impl NodeCatalogs {
     /// owns it already; by taking the next epoch when nobody does; refused when another node
     /// (or another process under this node's name) does.
     pub(crate) async fn claim(&self, dataset: &DatasetName) -> Result<()> {
-        if self.role != Role::Ingest {
-            return Err(Error::Role {
-                role: self.role.name(),
-                action: "take events",
-            });
-        }
+        self.check_writer("take events")?;
         if self.owned.read().unwrap().contains(dataset) {
             return Ok(());
         }
@@ -146,21 +188,29 @@ impl NodeCatalogs {
             }
         };
         tracing::info!(dataset = %dataset, epoch, node = %self.node, "dataset claimed");
-        datasets.insert(dataset.clone(), Followed { log, state, epoch });
+        datasets.insert(
+            dataset.clone(),
+            Followed {
+                delivered: state.seq,
+                checkpointed: state.seq,
+                log,
+                state,
+                epoch,
+            },
+        );
         self.owned.write().unwrap().insert(dataset.clone());
         Ok(())
     }
 
-    /// Commits what differs between `catalog` and the log of each owned dataset. Datasets the
-    /// catalog no longer lists (or lists as deleted) lose all their segments.
+    /// Commits what differs between `catalog` and the log of each owned dataset, each dataset
+    /// on its own (one that fails does not hold up the others; the first error is returned).
+    /// Datasets the catalog no longer lists (or lists as deleted) lose all their segments. A
+    /// dataset another node has taken is given up: its events are refused from then on.
     pub(crate) async fn store(&self, catalog: &Catalog) -> Result<()> {
-        if self.role != Role::Ingest {
-            return Err(Error::Role {
-                role: self.role.name(),
-                action: "change the catalog",
-            });
-        }
+        self.check_writer("change the catalog")?;
         let mut datasets = self.datasets.lock().await;
+        let mut first_error = None;
+        let mut lost = Vec::new();
         for (name, f) in datasets.iter_mut() {
             let now = match catalog.datasets.get(name) {
                 Some(e) if !e.deleted => e.clone(),
@@ -171,53 +221,87 @@ impl NodeCatalogs {
                 None => DatasetEntry::default(),
             };
             let epoch = f.epoch;
-            // One change at a time, each decided from the log as it now is: after a failure
+            // One record at a time, each decided from the log as it now is: after a failure
             // half-way, the next store commits only what is still missing.
-            while f
-                .log
-                .commit_with(&mut f.state, COMMIT_ATTEMPTS, |state| {
-                    changes(&state.entry, &now).into_iter().next().map(|c| (epoch, c))
-                })
-                .await
-                .map_err(|e| match e {
-                    CommitError::Fenced { owner, .. } => Error::NotOwner {
+            let committed = loop {
+                match f
+                    .log
+                    .commit_with(&mut f.state, COMMIT_ATTEMPTS, |state| {
+                        change(&state.entry, &now).map(|c| (epoch, c))
+                    })
+                    .await
+                {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            };
+            match committed {
+                Ok(()) if f.state.seq >= f.checkpointed + CHECKPOINT_EVERY => {
+                    // Readers then read from here on; a failure only costs them longer reads.
+                    let kept = async {
+                        f.log.checkpoint(&f.state).await?;
+                        f.log.prune().await
+                    };
+                    match kept.await {
+                        Ok(_) => f.checkpointed = f.state.seq,
+                        Err(e) => tracing::warn!(dataset = %name, error = %e, "catalog checkpoint failed"),
+                    }
+                }
+                Ok(()) => {}
+                Err(CommitError::Fenced { owner, .. }) => {
+                    let owner = owner.unwrap_or_default();
+                    tracing::error!(dataset = %name, %owner, "another node took the dataset: this node gives it up");
+                    lost.push(name.clone());
+                    first_error.get_or_insert(Error::NotOwner {
                         dataset: name.clone(),
-                        owner: owner.unwrap_or_default(),
-                    },
-                    e => log_error(e),
-                })?
-                .is_some()
-            {}
+                        owner,
+                    });
+                }
+                Err(e) => {
+                    first_error.get_or_insert(log_error(e));
+                }
+            }
+        }
+        for name in lost {
+            datasets.remove(&name);
+            self.owned.write().unwrap().remove(&name);
         }
         if let Some(name) = catalog.datasets.keys().find(|n| !datasets.contains_key(*n)) {
-            return Err(Error::Invalid(format!(
-                "dataset {name} has segments but was never claimed in the shared catalog"
+            first_error.get_or_insert(Error::Invalid(format!(
+                "dataset {name} has segments but this node does not own it in the shared catalog"
             )));
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Reads the tail of every dataset's log (and the logs of new datasets): the datasets whose
-    /// segments or WAL position changed since the previous call, as they are now.
+    /// log moved since the previous call, as they are now. A log that cannot be read is
+    /// skipped this time (the datasets read before it and after it still count).
     pub(crate) async fn follow(&self) -> Result<Vec<(DatasetName, DatasetEntry)>> {
+        let names = self.names().await?;
         let mut datasets = self.datasets.lock().await;
         let mut changed = Vec::new();
-        for name in self.names().await? {
-            let f = match datasets.entry(name.clone()) {
-                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::btree_map::Entry::Vacant(v) => v.insert(Followed {
-                    log: SharedCatalog::new(self.store.clone(), name.clone(), self.node.clone()),
-                    state: LogState::default(),
-                    epoch: 0,
-                }),
-            };
-            let before = f.state.seq;
-            if before == 0 {
-                f.state = f.log.load().await.map_err(log_error)?;
+        for name in names {
+            let f = datasets.entry(name.clone()).or_insert_with(|| Followed {
+                log: SharedCatalog::new(self.store.clone(), name.clone(), self.node.clone()),
+                state: LogState::default(),
+                epoch: 0,
+                delivered: 0,
+                checkpointed: 0,
+            });
+            let read = if f.state.seq == 0 {
+                f.log.load().await.map(|state| f.state = state)
             } else {
-                f.log.refresh(&mut f.state).await.map_err(log_error)?;
+                // Records are applied one by one: a failure half-way leaves a prefix of the
+                // log, which is a state the dataset was in.
+                f.log.refresh(&mut f.state).await
+            };
+            if let Err(e) = read {
+                tracing::warn!(dataset = %name, error = %e, "reading the dataset's catalog log failed; trying again at the next refresh");
             }
-            if f.state.seq != before {
+            if f.state.seq != f.delivered {
+                f.delivered = f.state.seq;
                 changed.push((name, f.state.entry.clone()));
             }
         }
@@ -230,10 +314,10 @@ impl NodeCatalogs {
     }
 }
 
-/// The records that turn `before` into `after`: a `Replace` for segments taken out (with
-/// those put in their place), then a `Flush` for the segments added and the WAL position
-/// reached.
-fn changes(before: &DatasetEntry, after: &DatasetEntry) -> Vec<Change> {
+/// The record that turns `before` into `after`, if they differ: a `Replace` when segments
+/// were taken out (with those put in their place and the WAL position, in one record), else a
+/// `Flush` for the segments added and the WAL position reached.
+fn change(before: &DatasetEntry, after: &DatasetEntry) -> Option<Change> {
     let had: HashSet<SegmentId> = before.segments.iter().map(|s| s.id).collect();
     let has: HashSet<SegmentId> = after.segments.iter().map(|s| s.id).collect();
     let removed: Vec<SegmentId> = before
@@ -248,24 +332,21 @@ fn changes(before: &DatasetEntry, after: &DatasetEntry) -> Vec<Change> {
         .filter(|s| !had.contains(&s.id))
         .cloned()
         .collect();
-    let mut out = Vec::new();
-    if removed.is_empty() {
-        if !added.is_empty() || after.flushed_lsn > before.flushed_lsn {
-            out.push(Change::Flush {
-                segments: added,
-                flushed_lsn: after.flushed_lsn,
-            });
-        }
+    let flushed_lsn = after.flushed_lsn.max(before.flushed_lsn);
+    if !removed.is_empty() {
+        Some(Change::Replace {
+            removed,
+            added,
+            flushed_lsn,
+        })
+    } else if !added.is_empty() || after.flushed_lsn > before.flushed_lsn {
+        Some(Change::Flush {
+            segments: added,
+            flushed_lsn,
+        })
     } else {
-        out.push(Change::Replace { removed, added });
-        if after.flushed_lsn > before.flushed_lsn {
-            out.push(Change::Flush {
-                segments: Vec::new(),
-                flushed_lsn: after.flushed_lsn,
-            });
-        }
+        None
     }
-    out
 }
 
 #[cfg(test)]
@@ -314,17 +395,34 @@ mod tests {
             next_segment_id: 1,
             datasets: BTreeMap::new(),
         };
-        let mut steps = vec![entry(&[1], 5), entry(&[1, 2], 9), entry(&[3], 9), entry(&[3, 4], 12)];
+        // Each step is one record: a compaction that also moves the WAL position (3 replaces
+        // 1 and 2 while the position goes to 10) is one `Replace`, never a `Replace` and a
+        // `Flush` a crash could split.
+        let mut steps = vec![entry(&[1], 5), entry(&[1, 2], 9), entry(&[3], 10), entry(&[3, 4], 12)];
         steps.push(DatasetEntry {
             flushed_lsn: Lsn(12),
             deleted: true,
             ..Default::default()
         });
+        let records = || {
+            let store = store.clone();
+            async move {
+                use futures::TryStreamExt;
+                let listed: Vec<_> = store
+                    .list(Some(&Path::from("catalog/d/log")))
+                    .try_collect()
+                    .await
+                    .unwrap();
+                listed.len()
+            }
+        };
         for step in steps {
+            let before = records().await;
             catalog.datasets.insert(d.clone(), step.clone());
             ingest.store(&catalog).await.unwrap();
             // Storing the same catalog again commits nothing.
             ingest.store(&catalog).await.unwrap();
+            assert_eq!(records().await, before + 1, "one record for {step:?}");
             let changed = query.follow().await.unwrap();
             assert_eq!(changed.len(), 1);
             let got = &changed[0].1;

@@ -69,12 +69,16 @@ pub enum Change {
         flushed_lsn: Lsn,
     },
     /// Segments replaced by others holding the same events (compaction), or removed (retention,
-    /// `added` empty).
+    /// deletion: `added` empty); with the WAL position reached in the same record, so that a
+    /// crash never leaves the log with segments whose events it says are still to replay.
     Replace {
         /// The segments taken out.
         removed: Vec<SegmentId>,
         /// The segments put in.
         added: Vec<SegmentMeta>,
+        /// As in `Flush` (the dataset's position only rises; 0 leaves it).
+        #[serde(default)]
+        flushed_lsn: Lsn,
     },
 }
 
@@ -130,10 +134,15 @@ impl LogState {
                 self.add(segments)?;
                 self.entry.flushed_lsn = self.entry.flushed_lsn.max(*flushed_lsn);
             }
-            Change::Replace { removed, added } => {
+            Change::Replace {
+                removed,
+                added,
+                flushed_lsn,
+            } => {
                 self.entry.segments.retain(|s| !removed.contains(&s.id));
                 self.add(added)?;
                 self.entry.columns = columns_of(&self.entry.segments);
+                self.entry.flushed_lsn = self.entry.flushed_lsn.max(*flushed_lsn);
             }
         }
         Ok(())
@@ -579,6 +588,7 @@ mod tests {
                 Change::Replace {
                     removed: vec![SegmentId(1), SegmentId(2)],
                     added: vec![segment(5)],
+                    flushed_lsn: Lsn::default(),
                 },
             )
             .await
@@ -590,6 +600,7 @@ mod tests {
                 Change::Replace {
                     removed: vec![SegmentId(3)],
                     added: vec![],
+                    flushed_lsn: Lsn::default(),
                 },
             )
             .await

@@ -424,6 +424,43 @@ async fn ingest_nodes_and_a_query_node_share_one_bucket() {
     assert_eq!(status, 421, "still owned by ing-a after its restart: {r}");
     drop((b, q));
     a.stop().await;
+
+    // A single server pointed at the cluster's bucket would find no catalog.json and sweep
+    // every segment as an orphan: it refuses to start instead, and deletes nothing.
+    let before = reqwest::get(format!("{}/{BUCKET}?list-type=2&prefix=cluster/datasets/", moto.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let single = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sonde"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "off",
+            "--storage",
+            &storage,
+        ])
+        .arg("--data-dir")
+        .arg(single.path())
+        .envs(env)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("--role ingest or --role query"),
+        "{said}"
+    );
+    let after = reqwest::get(format!("{}/{BUCKET}?list-type=2&prefix=cluster/datasets/", moto.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(before.matches("<Key>").count(), after.matches("<Key>").count());
 }
 
 /// COUNT and P99(duration_ms) by service over the generated hour, as one server answers.
