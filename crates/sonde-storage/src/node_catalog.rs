@@ -46,6 +46,19 @@ struct Followed {
     checkpointed: u64,
 }
 
+impl Followed {
+    /// A dataset as read (or taken) just now: delivered and checkpointed through its state.
+    fn new(log: SharedCatalog, state: LogState, epoch: u64) -> Followed {
+        Followed {
+            delivered: state.seq,
+            checkpointed: state.seq,
+            log,
+            state,
+            epoch,
+        }
+    }
+}
+
 /// See the module's note.
 #[derive(Debug)]
 pub(crate) struct NodeCatalogs {
@@ -144,16 +157,7 @@ impl NodeCatalogs {
                 self.owned.write().unwrap().insert(name.clone());
             }
             catalog.datasets.insert(name.clone(), state.entry.clone());
-            datasets.insert(
-                name,
-                Followed {
-                    delivered: state.seq,
-                    checkpointed: state.seq,
-                    log,
-                    state,
-                    epoch,
-                },
-            );
+            datasets.insert(name, Followed::new(log, state, epoch));
         }
         Ok(catalog)
     }
@@ -188,16 +192,7 @@ impl NodeCatalogs {
             }
         };
         tracing::info!(dataset = %dataset, epoch, node = %self.node, "dataset claimed");
-        datasets.insert(
-            dataset.clone(),
-            Followed {
-                delivered: state.seq,
-                checkpointed: state.seq,
-                log,
-                state,
-                epoch,
-            },
-        );
+        datasets.insert(dataset.clone(), Followed::new(log, state, epoch));
         self.owned.write().unwrap().insert(dataset.clone());
         Ok(())
     }
@@ -283,12 +278,9 @@ impl NodeCatalogs {
         let mut datasets = self.datasets.lock().await;
         let mut changed = Vec::new();
         for name in names {
-            let f = datasets.entry(name.clone()).or_insert_with(|| Followed {
-                log: SharedCatalog::new(self.store.clone(), name.clone(), self.node.clone()),
-                state: LogState::default(),
-                epoch: 0,
-                delivered: 0,
-                checkpointed: 0,
+            let f = datasets.entry(name.clone()).or_insert_with(|| {
+                let log = SharedCatalog::new(self.store.clone(), name.clone(), self.node.clone());
+                Followed::new(log, LogState::default(), 0)
             });
             let read = if f.state.seq == 0 {
                 f.log.load().await.map(|state| f.state = state)

@@ -25,6 +25,28 @@ impl Drop for Moto {
     }
 }
 
+impl Moto {
+    /// The variables that point a server at this moto.
+    fn env(&self) -> [(&'static str, &str); 4] {
+        [
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", self.url.as_str()),
+        ]
+    }
+
+    /// The bucket's listing (S3's XML) under `prefix`.
+    async fn list(&self, prefix: &str) -> String {
+        reqwest::get(format!("{}/{BUCKET}?list-type=2&prefix={prefix}", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
 async fn start_moto() -> Moto {
     let bin = std::env::var("SONDE_MOTO").unwrap_or_else(|_| {
         format!(
@@ -64,6 +86,20 @@ async fn start_moto() -> Moto {
     panic!("moto_server did not start");
 }
 
+/// `n` generated events over the test's hour, with the incident.
+fn generate(seed: u64, n: u64) -> Vec<GenEvent> {
+    Generator::new(
+        GenConfig {
+            seed,
+            start_us: T0,
+            span_us: HOUR,
+            incident: true,
+        },
+        n,
+    )
+    .collect()
+}
+
 /// COUNT and P99(duration_ms) by service, computed from the generated events.
 fn brute_force(events: &[GenEvent]) -> BTreeMap<String, (i64, f64)> {
     let mut by: BTreeMap<String, Vec<(f64, i64)>> = BTreeMap::new();
@@ -87,22 +123,7 @@ fn brute_force(events: &[GenEvent]) -> BTreeMap<String, (i64, f64)> {
 }
 
 async fn answers(client: &reqwest::Client, server: &Server) -> BTreeMap<String, (i64, f64)> {
-    let spec = json!({"calculations": [{"op": "COUNT"}, {"op": "P99", "column": "duration_ms"}], "breakdowns": ["service.name"],
-                      "start_time": format_time(T0), "end_time": format_time(T0 + HOUR)});
-    let (status, r) = send_json(client.post(server.at("/api/query/objs")).json(&spec)).await;
-    assert_eq!(status, 200, "{r}");
-    r["data"]["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| {
-            let d = &g["data"];
-            (
-                d["service.name"].as_str().unwrap().to_string(),
-                (d["COUNT"].as_i64().unwrap(), d["P99(duration_ms)"].as_f64().unwrap()),
-            )
-        })
-        .collect()
+    dataset_answers(client, server, "objs").await
 }
 
 async fn ingest_and_query(flags: &[&str], env: &[(&str, &str)]) -> tempfile::TempDir {
@@ -111,16 +132,7 @@ async fn ingest_and_query(flags: &[&str], env: &[(&str, &str)]) -> tempfile::Tem
     all_flags.extend_from_slice(flags);
     let mut server = Server::start_with_env(dir.path(), &all_flags, env).await;
     let client = reqwest::Client::new();
-    let events: Vec<GenEvent> = Generator::new(
-        GenConfig {
-            seed: 3,
-            start_us: T0,
-            span_us: HOUR,
-            incident: true,
-        },
-        3500,
-    )
-    .collect();
+    let events = generate(3, 3500);
     for chunk in events.chunks(700) {
         let body: String = chunk.iter().map(|e| e.to_ndjson() + "\n").collect();
         let (status, r) = send_json(client.post(server.at("/api/ingest/objs")).body(body)).await;
@@ -156,24 +168,14 @@ async fn ingest_and_query_on_the_local_directory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_and_query_on_an_s3_compatible_server() {
     let moto = start_moto().await;
-    let env = [
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ENDPOINT_URL", moto.url.as_str()),
-    ];
+    let env = moto.env();
     let storage = format!("s3://{BUCKET}/sonde/prod");
     let dir = ingest_and_query(&["--storage", &storage], &env).await;
     // Segments and the catalog are in the bucket, not in the data directory (which keeps the WAL).
     assert!(!dir.path().join("datasets").exists());
     assert!(!dir.path().join("catalog.json").exists());
     assert!(dir.path().join("wal").exists());
-    let listing = reqwest::get(format!("{}/{BUCKET}?list-type=2&prefix=sonde/prod/", moto.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let listing = moto.list("sonde/prod/").await;
     assert!(listing.contains("<Key>sonde/prod/catalog.json</Key>"), "{listing}");
     let segments = listing.matches("<Key>sonde/prod/datasets/objs/seg-").count();
     assert!(segments >= 5, "{segments} segments in {listing}");
@@ -212,15 +214,7 @@ async fn ingest_and_query_on_an_s3_compatible_server() {
         .sum();
     assert!(total > 0 && r["data"]["results"].as_array().unwrap().len() == 2, "{r}");
     second.stop().await;
-    let listing = reqwest::get(format!(
-        "{}/{BUCKET}?list-type=2&prefix=sonde/prod/documents/",
-        moto.url
-    ))
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
+    let listing = moto.list("sonde/prod/documents/").await;
     assert!(
         listing.contains("<Key>sonde/prod/documents/derived_columns.json</Key>"),
         "{listing}"
@@ -311,12 +305,7 @@ async fn two_writers_racing_for_one_catalog_record_one_wins_the_other_retries() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_nodes_and_a_query_node_share_one_bucket() {
     let moto = start_moto().await;
-    let env = [
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ENDPOINT_URL", moto.url.as_str()),
-    ];
+    let env = moto.env();
     let storage = format!("s3://{BUCKET}/cluster");
     let node = |role: &'static str, name: &'static str| {
         let mut flags = vec!["--storage", storage.as_str(), "--role", role, "--node-name", name];
@@ -339,18 +328,6 @@ async fn ingest_nodes_and_a_query_node_share_one_bucket() {
     let b = Server::start_with_env(dirs[1].path(), &node("ingest", "ing-b"), &env).await;
     let q = Server::start_with_env(dirs[2].path(), &node("query", "q-1"), &env).await;
     let client = reqwest::Client::new();
-    let generate = |seed, n| -> Vec<GenEvent> {
-        Generator::new(
-            GenConfig {
-                seed,
-                start_us: T0,
-                span_us: HOUR,
-                incident: true,
-            },
-            n,
-        )
-        .collect()
-    };
     let send = |server: &Server, dataset: &str, events: &[GenEvent]| {
         let body: String = events.iter().map(|e| e.to_ndjson() + "\n").collect();
         client.post(server.at(&format!("/api/ingest/{dataset}"))).body(body)
@@ -393,12 +370,7 @@ async fn ingest_nodes_and_a_query_node_share_one_bucket() {
     }
     assert!(compacted, "the query node never saw the compaction");
     // Each ingest node's files carry its name; the logs are in the bucket, one per dataset.
-    let listing = reqwest::get(format!("{}/{BUCKET}?list-type=2&prefix=cluster/", moto.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let listing = moto.list("cluster/").await;
     assert!(
         listing.contains("-ing-a.parquet</Key>") && listing.contains("-ing-b.parquet</Key>"),
         "{listing}"
@@ -427,12 +399,7 @@ async fn ingest_nodes_and_a_query_node_share_one_bucket() {
 
     // A single server pointed at the cluster's bucket would find no catalog.json and sweep
     // every segment as an orphan: it refuses to start instead, and deletes nothing.
-    let before = reqwest::get(format!("{}/{BUCKET}?list-type=2&prefix=cluster/datasets/", moto.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let before = moto.list("cluster/datasets/").await;
     let single = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sonde"))
         .args([
@@ -454,12 +421,7 @@ async fn ingest_nodes_and_a_query_node_share_one_bucket() {
         !out.status.success() && said.contains("--role ingest or --role query"),
         "{said}"
     );
-    let after = reqwest::get(format!("{}/{BUCKET}?list-type=2&prefix=cluster/datasets/", moto.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let after = moto.list("cluster/datasets/").await;
     assert_eq!(before.matches("<Key>").count(), after.matches("<Key>").count());
 }
 
