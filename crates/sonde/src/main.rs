@@ -144,6 +144,11 @@ struct ServeArgs {
     /// of an ingest node); default: the host name.
     #[arg(long, env = "SONDE_NODE_NAME")]
     node_name: Option<String>,
+    /// Whether this node evaluates triggers and SLO burn alerts on their schedule. Default: on
+    /// for `--role all`; off for the cluster roles, so that each alert fires from one node only
+    /// (turn it on for exactly one query node, which sees every dataset).
+    #[arg(long, env = "SONDE_ALERTS", value_enum)]
+    alerts: Option<OnOff>,
     /// How often a query node reads the shared catalog for newly flushed segments.
     #[arg(long, env = "SONDE_CATALOG_REFRESH", default_value_t = Dur(StorageConfig::DEFAULT_CATALOG_REFRESH))]
     catalog_refresh: Dur,
@@ -552,6 +557,13 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// A switch, as the command line spells it.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum OnOff {
+    On,
+    Off,
+}
+
 /// `--role`, as the command line spells it.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum RoleArg {
@@ -718,10 +730,20 @@ async fn serve(a: ServeArgs) -> Result<()> {
         signals.await;
         let _ = stop_tx.send(true);
     });
-    // Triggers are evaluated on their schedule while the server runs.
-    let scheduler = tokio::spawn(sonde_server::alerts::run(state.clone(), stopped()));
+    // Triggers are evaluated on their schedule while the server runs (on one node of a cluster).
+    let alerts = a.alerts.unwrap_or(if matches!(a.role, RoleArg::All) {
+        OnOff::On
+    } else {
+        OnOff::Off
+    });
+    let scheduler = (alerts == OnOff::On).then(|| tokio::spawn(sonde_server::alerts::run(state.clone(), stopped())));
+    if scheduler.is_none() {
+        tracing::info!("triggers and burn alerts are not evaluated on this node (--alerts off)");
+    }
     sonde_server::serve(listener, state, stopped()).await?;
-    scheduler.await.context("trigger scheduler")?;
+    if let Some(scheduler) = scheduler {
+        scheduler.await.context("trigger scheduler")?;
+    }
     if let Some(g) = grpc {
         g.await?.context("otlp/grpc server")?;
     }
