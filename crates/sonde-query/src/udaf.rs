@@ -107,10 +107,21 @@ fn weight_at(w: &Int64Array, i: usize) -> i64 {
 }
 
 /// Lists of values (and of weights), one per group or row, as the aggregate's state.
+///
+/// Each group's vectors are freed as soon as they are copied, into one buffer of the exact
+/// size: at 10M values the state is the largest thing a percentile query holds, and a buffer
+/// grown by doubling (or all the groups kept until the end) would hold up to three times it.
 fn list_state(values: Vec<Vec<f64>>, weights: Vec<Vec<i64>>) -> Vec<ArrayRef> {
+    fn concat<T: Copy>(parts: Vec<Vec<T>>) -> Vec<T> {
+        let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+        for part in parts {
+            out.extend_from_slice(&part);
+        }
+        out
+    }
     let lengths: Vec<usize> = values.iter().map(Vec::len).collect();
-    let v = Float64Array::from(values.into_iter().flatten().collect::<Vec<_>>());
-    let w = Int64Array::from(weights.into_iter().flatten().collect::<Vec<_>>());
+    let v = Float64Array::from(concat(values));
+    let w = Int64Array::from(concat(weights));
     let list = |field: DataType, array: ArrayRef| -> ArrayRef {
         Arc::new(ListArray::new(
             Arc::new(Field::new_list_field(field, true)),
@@ -198,6 +209,10 @@ impl GroupsAccumulator for PercentileGroups {
             }
             let (v, w) = (vl.value(i), wl.value(i));
             let (v, w) = (v.as_primitive::<Float64Type>(), w.as_primitive::<Int64Type>());
+            // Exactly: partitions' states arrive whole, and doubling would leave up to half
+            // of a large group's buffer unused until the answer.
+            self.values[g].reserve_exact(v.len());
+            self.weights[g].reserve_exact(w.len());
             self.values[g].extend(v.values().iter().copied());
             self.weights[g].extend(w.values().iter().copied());
             self.held += v.len();
