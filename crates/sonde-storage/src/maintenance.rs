@@ -214,6 +214,7 @@ impl Storage {
             if entry.segments.is_empty() && self.dataset_state(&name).is_none() {
                 continue;
             }
+            let deleted = gone(&entry);
             let state = self.dataset_state_or_create(&name);
             let mut st = state.lock().unwrap();
             // The same segment keeps its `Arc`, so snapshots and caches see one segment.
@@ -225,10 +226,16 @@ impl Storage {
                 .collect();
             st.columns = entry.columns;
             st.flushed_lsn = entry.flushed_lsn;
-            st.deleted = entry.deleted;
+            st.deleted = deleted;
         }
         Ok(())
     }
+}
+
+/// Whether a dataset followed in the shared catalog is gone for a query node: deleted, or all
+/// its segments taken out (the log records a deletion as a `Replace` of every segment).
+pub(crate) fn gone(entry: &DatasetEntry) -> bool {
+    entry.deleted || (entry.segments.is_empty() && entry.flushed_lsn > Lsn::default())
 }
 
 /// Deletes segment files the catalog does not name: left by a crash between writing a segment

@@ -156,7 +156,11 @@ impl NodeCatalogs {
                 epoch = log.take(&mut state).await.map_err(log_error)?;
                 self.owned.write().unwrap().insert(name.clone());
             }
-            catalog.datasets.insert(name.clone(), state.entry.clone());
+            let mut entry = state.entry.clone();
+            if self.role == Role::Query {
+                entry.deleted = crate::maintenance::gone(&entry);
+            }
+            catalog.datasets.insert(name.clone(), entry);
             datasets.insert(name, Followed::new(log, state, epoch));
         }
         Ok(catalog)

@@ -394,6 +394,22 @@ async fn ingest_nodes_and_a_query_node_share_one_bucket() {
     eventually(&client, &q, "objs", brute_force(&all)).await;
     let (status, r) = send_json(send(&b, "objs", &more)).await;
     assert_eq!(status, 421, "still owned by ing-a after its restart: {r}");
+
+    // A deletion on its ingest node reaches the query node: the dataset is gone there too.
+    let r = client.delete(b.at("/api/datasets/other")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut gone = false;
+    for _ in 0..300 {
+        if try_dataset_answers(&client, &q, "other").await.is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the query node still answers for the deleted dataset");
+    let r = client.delete(q.at("/api/datasets/objs")).send().await.unwrap();
+    assert_eq!(r.status(), 421, "a query node deletes nothing");
+    assert_eq!(dataset_answers(&client, &q, "objs").await, brute_force(&all));
     drop((b, q));
     a.stop().await;
 
