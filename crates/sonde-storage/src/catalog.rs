@@ -185,21 +185,18 @@ impl CatalogStore {
     /// runs on the blocking pool and would go on without the caller's flush lock (every caller
     /// runs on a task of its own: the flusher, maintenance, a deletion's spawned task).
     pub(crate) async fn store(&self, catalog: &Catalog) -> Result<()> {
-        if let CatalogStore::Shared(node) = self {
-            return node.store(catalog).await;
-        }
-        let bytes = serde_json::to_vec(catalog).expect("catalog serialises");
+        let bytes = || serde_json::to_vec(catalog).expect("catalog serialises");
         match self {
-            CatalogStore::Shared(_) => unreachable!("stored above"),
+            CatalogStore::Shared(node) => node.store(catalog).await,
             CatalogStore::Local(dir) => {
-                let dir = dir.clone();
+                let (dir, bytes) = (dir.clone(), bytes());
                 tokio::task::spawn_blocking(move || crate::documents::replace_file(&dir, CATALOG_FILE, &bytes))
                     .await
                     .map_err(|e| Error::TaskFailed(format!("catalog write panicked: {e}")))?
             }
             CatalogStore::Remote(store) => {
                 store
-                    .put(&object_store::path::Path::from(CATALOG_FILE), bytes.into())
+                    .put(&object_store::path::Path::from(CATALOG_FILE), bytes().into())
                     .await?;
                 Ok(())
             }

@@ -80,11 +80,12 @@ impl Storage {
         min_lsn: Lsn,
         max_lsn: Lsn,
     ) -> Result<Arc<SegmentMeta>> {
-        let id = match self.catalog_store.shared() {
+        let shared = self.catalog_store.shared();
+        let id = match shared {
             None => SegmentId(self.next_segment_id.fetch_add(1, Ordering::SeqCst)),
             Some(node) => node.segment_id(&self.next_segment_id),
         };
-        let path = segment_path(dataset, id, self.catalog_store.shared().map(|n| n.node()));
+        let path = segment_path(dataset, id, shared.map(|n| n.node()));
         let opts = self.config.segment.clone();
         let index = self.index.clone();
         let write_schema = schema.clone();

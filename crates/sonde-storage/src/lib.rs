@@ -399,6 +399,11 @@ impl Storage {
             }
         }
 
+        // A query node's datasets come from the logs, the same way at start as at each refresh.
+        if role == Role::Query {
+            storage.follow_catalog().await?;
+        }
+
         let wal_file = wal::WalFile::create(&wal_dir, last_lsn.next(), storage.config.wal_rotate_bytes)?;
         let (tx, rx) = mpsc::channel(4096);
         *storage.commit_tx.lock().unwrap() = Some(tx);

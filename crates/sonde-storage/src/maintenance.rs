@@ -234,7 +234,7 @@ impl Storage {
 
 /// Whether a dataset followed in the shared catalog is gone for a query node: deleted, or all
 /// its segments taken out (the log records a deletion as a `Replace` of every segment).
-pub(crate) fn gone(entry: &DatasetEntry) -> bool {
+fn gone(entry: &DatasetEntry) -> bool {
     entry.deleted || (entry.segments.is_empty() && entry.flushed_lsn > Lsn::default())
 }
 

@@ -132,15 +132,19 @@ impl NodeCatalogs {
     }
 
     /// The catalog this node starts from. An ingest node takes the datasets it owned before
-    /// at a new epoch (fencing an older process under the same name); a query node follows
-    /// every dataset. `next_segment_id` is the next *tick* of [`NodeCatalogs::segment_id`]:
-    /// above every id in the store and at least the clock in µs.
+    /// at a new epoch (fencing an older process under the same name); `next_segment_id` is the
+    /// next *tick* of [`NodeCatalogs::segment_id`]: above every id in the store and at least
+    /// the clock in µs. A query node starts empty and reads every dataset through
+    /// [`NodeCatalogs::follow`], its one way in.
     pub(crate) async fn load(&self) -> Result<Catalog> {
         let mut catalog = Catalog {
             version: CATALOG_VERSION,
             next_segment_id: sonde_model::time::now_us().max(1) as u64,
             datasets: BTreeMap::new(),
         };
+        if self.role == Role::Query {
+            return Ok(catalog);
+        }
         let mut datasets = self.datasets.lock().await;
         for name in self.names().await? {
             let log = SharedCatalog::new(self.store.clone(), name.clone(), self.node.clone());
@@ -148,19 +152,12 @@ impl NodeCatalogs {
             if let Some(max) = state.entry.segments.iter().map(|s| s.id.0).max() {
                 catalog.next_segment_id = catalog.next_segment_id.max((max >> TAG_BITS) + 1);
             }
-            let mut epoch = 0;
-            if self.role == Role::Ingest {
-                if state.owner.as_deref() != Some(self.node.as_str()) {
-                    continue;
-                }
-                epoch = log.take(&mut state).await.map_err(log_error)?;
-                self.owned.write().unwrap().insert(name.clone());
+            if state.owner.as_deref() != Some(self.node.as_str()) {
+                continue;
             }
-            let mut entry = state.entry.clone();
-            if self.role == Role::Query {
-                entry.deleted = crate::maintenance::gone(&entry);
-            }
-            catalog.datasets.insert(name.clone(), entry);
+            let epoch = log.take(&mut state).await.map_err(log_error)?;
+            self.owned.write().unwrap().insert(name.clone());
+            catalog.datasets.insert(name.clone(), state.entry.clone());
             datasets.insert(name, Followed::new(log, state, epoch));
         }
         Ok(catalog)
@@ -180,21 +177,24 @@ impl NodeCatalogs {
         }
         let log = SharedCatalog::new(self.store.clone(), dataset.clone(), self.node.clone());
         let mut state = log.load().await.map_err(log_error)?;
-        let epoch = loop {
-            // Owned by this node's name too means another process under the same name (this
-            // one's own datasets were taken at start).
-            if let Some(owner) = &state.owner {
-                return Err(Error::NotOwner {
-                    dataset: dataset.clone(),
-                    owner: owner.clone(),
-                });
-            }
-            match log.take(&mut state).await {
-                Ok(epoch) => break epoch,
-                Err(CommitError::Conflict { .. }) => log.refresh(&mut state).await.map_err(log_error)?,
-                Err(e) => return Err(log_error(e)),
-            }
-        };
+        // A take at the next epoch while nobody owns it, decided again after each lost race.
+        // Owned by this node's name too means another process under the same name (this
+        // one's own datasets were taken at start).
+        let taken = log
+            .commit_with(&mut state, COMMIT_ATTEMPTS, |s| {
+                let epoch = s.epoch + 1;
+                let node = self.node.clone();
+                s.owner.is_none().then_some((epoch, Change::Take { epoch, node }))
+            })
+            .await
+            .map_err(log_error)?;
+        if taken.is_none() {
+            return Err(Error::NotOwner {
+                dataset: dataset.clone(),
+                owner: state.owner.clone().unwrap_or_default(),
+            });
+        }
+        let epoch = state.epoch;
         tracing::info!(dataset = %dataset, epoch, node = %self.node, "dataset claimed");
         datasets.insert(dataset.clone(), Followed::new(log, state, epoch));
         self.owned.write().unwrap().insert(dataset.clone());

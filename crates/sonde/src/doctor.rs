@@ -263,11 +263,11 @@ fn storage(a: &ServeArgs) -> String {
                 .or_else(|_| std::env::var("AWS_ENDPOINT"))
                 .map(|e| format!(" at {e}"))
                 .unwrap_or_default();
-            let role = match a.role {
-                crate::RoleArg::All => String::new(),
+            let role = match sonde_storage::Role::from(a.role) {
+                sonde_storage::Role::All => String::new(),
                 role => format!(
                     "; cluster role {} as node {}",
-                    format!("{role:?}").to_lowercase(),
+                    role.name(),
                     a.node_name.clone().unwrap_or_else(crate::host_name)
                 ),
             };

@@ -572,6 +572,16 @@ enum RoleArg {
     Query,
 }
 
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::All => Role::All,
+            RoleArg::Ingest => Role::Ingest,
+            RoleArg::Query => Role::Query,
+        }
+    }
+}
+
 /// The host's name made fit for a node name (letters, digits, `-`, `_`).
 fn host_name() -> String {
     let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -633,11 +643,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     storage_config.compaction_target_rows = a.compaction_target_rows;
     storage_config.index_cache_bytes = a.index_cache_bytes;
     storage_config.storage_url = a.storage.clone().filter(|s| !s.is_empty());
-    storage_config.role = match a.role {
-        RoleArg::All => Role::All,
-        RoleArg::Ingest => Role::Ingest,
-        RoleArg::Query => Role::Query,
-    };
+    storage_config.role = a.role.into();
     storage_config.node_name = a.node_name.clone().unwrap_or_else(host_name);
     storage_config.catalog_refresh = a.catalog_refresh.0;
     storage_config.maintenance_interval = a.maintenance_interval.0;
