@@ -1,65 +1,116 @@
 //! `weighted_percentile(value, weight, p)`: an exact percentile where each value counts as
-//! many times as its weight (the event's sample rate), as Honeycomb's percentiles do.
+//! many times as its weight (the event's sample rate), as Honeycomb's percentiles do; and
+//! `weighted_percentiles(value, weight, p1, p2, …)`, several percentiles of one collection of
+//! values, as a struct with a field per percentile (`q0`, `q1`, …).
 //!
 //! Definition (also used by the tests' brute-force model): sort the values; with `W` the total
 //! weight, the answer is the first value whose cumulative weight reaches `p × W`. For weight 1
 //! everywhere this is the nearest-rank percentile. Exact selection is affordable per group up to
 //! millions of values, and unlike t-digest it needs no error bound.
+//!
+//! Memory is what limits exact percentiles, so a group holds as little as it can:
+//! - 8 bytes a value while every value of the group has the same weight (the common case:
+//!   a sample rate per route or service), 16 bytes once weights differ;
+//! - one collection for all the percentiles of a column (P50, P90 and P99 together hold the
+//!   values once, through `weighted_percentiles`);
+//! - in the state a uniform group's weights are a single entry.
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, ListArray, RecordBatch};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, ListArray, RecordBatch, StructArray,
+};
 use arrow::buffer::OffsetBuffer;
-use arrow::datatypes::{DataType, Field, FieldRef, Float64Type, Int64Type, Schema};
+use arrow::datatypes::{DataType, Field, FieldRef, Fields, Float64Type, Int64Type, Schema};
 use datafusion::common::{Result, ScalarValue, plan_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, EmitTo, GroupsAccumulator, Signature, Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, EmitTo, GroupsAccumulator, Signature, TypeSignature,
+    Volatility,
 };
 use std::sync::Arc;
 
-/// The aggregate's SQL name.
+/// The single percentile's SQL name.
 pub const NAME: &str = "weighted_percentile";
+/// The several percentiles' SQL name.
+pub const MANY_NAME: &str = "weighted_percentiles";
+/// Most percentiles one `weighted_percentiles` call answers.
+pub const MAX_PERCENTILES: usize = 16;
 
-/// The `weighted_percentile` aggregate function.
+/// The `weighted_percentile` (or `weighted_percentiles`) aggregate function.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct WeightedPercentile {
     signature: Signature,
+    /// `weighted_percentiles`: any number of `p`, answered as a struct.
+    many: bool,
 }
 
-impl Default for WeightedPercentile {
-    fn default() -> Self {
-        WeightedPercentile {
-            signature: Signature::exact(
+impl WeightedPercentile {
+    fn new(many: bool) -> WeightedPercentile {
+        let args = |ps: usize| {
+            let mut t = vec![DataType::Float64, DataType::Int64];
+            t.extend(std::iter::repeat_n(DataType::Float64, ps));
+            TypeSignature::Exact(t)
+        };
+        let signature = if many {
+            Signature::one_of((1..=MAX_PERCENTILES).map(args).collect(), Volatility::Immutable)
+        } else {
+            Signature::exact(
                 vec![DataType::Float64, DataType::Int64, DataType::Float64],
                 Volatility::Immutable,
-            ),
-        }
+            )
+        };
+        WeightedPercentile { signature, many }
+    }
+
+    fn name_of(&self) -> &'static str {
+        if self.many { MANY_NAME } else { NAME }
     }
 }
 
-/// The aggregate as a DataFusion UDAF.
+/// The `weighted_percentile(value, weight, p)` aggregate as a DataFusion UDAF.
 pub fn weighted_percentile() -> AggregateUDF {
-    AggregateUDF::from(WeightedPercentile::default())
+    AggregateUDF::from(WeightedPercentile::new(false))
+}
+
+/// The `weighted_percentiles(value, weight, p1, …)` aggregate as a DataFusion UDAF: a struct
+/// whose field `q{i}` is the percentile `p{i+1}`.
+pub fn weighted_percentiles() -> AggregateUDF {
+    AggregateUDF::from(WeightedPercentile::new(true))
+}
+
+/// The name of the field of `weighted_percentiles` answering its `i`-th percentile.
+pub fn field_name(i: usize) -> String {
+    format!("q{i}")
+}
+
+fn struct_fields(n: usize) -> Fields {
+    (0..n)
+        .map(|i| Field::new(field_name(i), DataType::Float64, true))
+        .collect()
 }
 
 impl AggregateUDFImpl for WeightedPercentile {
     fn name(&self) -> &str {
-        NAME
+        self.name_of()
     }
 
     fn signature(&self) -> &Signature {
         &self.signature
     }
 
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Float64)
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(if self.many {
+            DataType::Struct(struct_fields(arg_types.len().saturating_sub(2)))
+        } else {
+            DataType::Float64
+        })
     }
 
     fn accumulator(&self, acc_args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         Ok(Box::new(PercentileAcc {
-            p: percentile_arg(&acc_args)?,
-            values: Vec::new(),
-            weights: Vec::new(),
+            ps: self.percentile_args(&acc_args)?,
+            many: self.many,
+            group: Group::default(),
         }))
     }
 
@@ -69,10 +120,11 @@ impl AggregateUDFImpl for WeightedPercentile {
 
     fn create_groups_accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn GroupsAccumulator>> {
         Ok(Box::new(PercentileGroups {
-            p: percentile_arg(&args)?,
-            values: Vec::new(),
-            weights: Vec::new(),
+            ps: self.percentile_args(&args)?,
+            many: self.many,
+            groups: Vec::new(),
             held: 0,
+            held_weights: 0,
         }))
     }
 
@@ -92,12 +144,21 @@ impl AggregateUDFImpl for WeightedPercentile {
     }
 }
 
-/// The percentile asked for: the third argument, a literal between 0 and 1.
-fn percentile_arg(args: &AccumulatorArgs) -> Result<f64> {
-    let empty = RecordBatch::new_empty(Arc::new(Schema::empty()));
-    match args.exprs.get(2).map(|e| e.evaluate(&empty)) {
-        Some(Ok(ColumnarValue::Scalar(ScalarValue::Float64(Some(p))))) if (0.0..=1.0).contains(&p) => Ok(p),
-        _ => plan_err!("{NAME}: the third argument must be a literal between 0 and 1"),
+impl WeightedPercentile {
+    /// The percentiles asked for: the arguments after the second, literals between 0 and 1.
+    fn percentile_args(&self, args: &AccumulatorArgs) -> Result<Vec<f64>> {
+        let empty = RecordBatch::new_empty(Arc::new(Schema::empty()));
+        let mut ps = Vec::new();
+        for e in args.exprs.iter().skip(2) {
+            match e.evaluate(&empty) {
+                Ok(ColumnarValue::Scalar(ScalarValue::Float64(Some(p)))) if (0.0..=1.0).contains(&p) => ps.push(p),
+                _ => return plan_err!("{}: each percentile must be a literal between 0 and 1", self.name_of()),
+            }
+        }
+        if ps.is_empty() {
+            return plan_err!("{}: no percentile asked for", self.name_of());
+        }
+        Ok(ps)
     }
 }
 
@@ -106,57 +167,188 @@ fn weight_at(w: &Int64Array, i: usize) -> i64 {
     if w.is_valid(i) { w.value(i).max(1) } else { 1 }
 }
 
-/// Lists of values (and of weights), one per group or row, as the aggregate's state.
+/// The weights of a group's values.
+#[derive(Debug, Clone, PartialEq)]
+enum Weights {
+    /// Every value so far has this weight (none yet: any).
+    Uniform(i64),
+    /// One weight per value.
+    Each(Vec<i64>),
+}
+
+/// One group's values and their weights.
+#[derive(Debug)]
+struct Group {
+    values: Vec<f64>,
+    weights: Weights,
+}
+
+impl Default for Group {
+    fn default() -> Self {
+        Group {
+            values: Vec::new(),
+            weights: Weights::Uniform(1),
+        }
+    }
+}
+
+impl Group {
+    /// Adds `values`, each of weight `w`; returns how many values gained a weight of their
+    /// own (all of the group's, the first time its weights differ).
+    fn extend_uniform(&mut self, values: &[f64], w: i64) -> usize {
+        if values.is_empty() {
+            return 0;
+        }
+        let held = match &mut self.weights {
+            Weights::Uniform(u) if self.values.is_empty() => {
+                *u = w;
+                0
+            }
+            Weights::Uniform(u) if *u == w => 0,
+            Weights::Uniform(u) => {
+                let mut each = Vec::with_capacity(self.values.capacity().max(self.values.len() + values.len()));
+                each.resize(self.values.len(), *u);
+                each.resize(self.values.len() + values.len(), w);
+                let gained = each.len();
+                self.weights = Weights::Each(each);
+                gained
+            }
+            Weights::Each(each) => {
+                each.resize(each.len() + values.len(), w);
+                values.len()
+            }
+        };
+        self.values.extend_from_slice(values);
+        held
+    }
+
+    /// Adds one value of weight `w`; returns how many values gained a weight of their own.
+    fn push(&mut self, v: f64, w: i64) -> usize {
+        self.extend_uniform(std::slice::from_ref(&v), w)
+    }
+
+    /// Adds values with their own weights (as long as `values`).
+    fn extend_each(&mut self, values: &[f64], weights: &[i64]) -> usize {
+        match weights.split_first() {
+            Some((&w, rest)) if rest.iter().all(|&x| x == w) => self.extend_uniform(values, w),
+            _ => values.iter().zip(weights).map(|(&v, &w)| self.push(v, w)).sum(),
+        }
+    }
+
+    /// Values holding a weight of their own.
+    fn weighted(&self) -> usize {
+        match &self.weights {
+            Weights::Each(e) => e.len(),
+            Weights::Uniform(_) => 0,
+        }
+    }
+
+    /// The percentiles `ps` of the group, reordering its values.
+    fn answer(&mut self, ps: &[f64]) -> Vec<Option<f64>> {
+        match &self.weights {
+            Weights::Uniform(u) => uniform_percentiles(&mut self.values, *u, ps),
+            Weights::Each(w) => ps
+                .iter()
+                .map(|&p| percentile_in_place(&mut self.values, w, p))
+                .collect(),
+        }
+    }
+}
+
+/// Lists of values and of weights, one per group (or row), as the aggregate's state. A group
+/// whose values share one weight carries it once (a weights list of length 1 stands for all).
 ///
 /// Each group's vectors are freed as soon as they are copied, into one buffer of the exact
 /// size: at 10M values the state is the largest thing a percentile query holds, and a buffer
 /// grown by doubling (or all the groups kept until the end) would hold up to three times it.
-fn list_state(values: Vec<Vec<f64>>, weights: Vec<Vec<i64>>) -> Vec<ArrayRef> {
-    fn concat<T: Copy>(parts: Vec<Vec<T>>) -> Vec<T> {
-        let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
-        for part in parts {
-            out.extend_from_slice(&part);
+fn list_state(groups: Vec<Group>) -> Vec<ArrayRef> {
+    let value_lengths: Vec<usize> = groups.iter().map(|g| g.values.len()).collect();
+    let weight_length = |g: &Group| match &g.weights {
+        Weights::Each(e) => e.len(),
+        Weights::Uniform(_) => usize::from(!g.values.is_empty()),
+    };
+    let weight_lengths: Vec<usize> = groups.iter().map(weight_length).collect();
+    let mut values = Vec::with_capacity(value_lengths.iter().sum());
+    let mut weights = Vec::with_capacity(weight_lengths.iter().sum());
+    for g in groups {
+        values.extend_from_slice(&g.values);
+        match g.weights {
+            Weights::Each(e) => weights.extend_from_slice(&e),
+            Weights::Uniform(u) if !g.values.is_empty() => weights.push(u),
+            Weights::Uniform(_) => {}
         }
-        out
     }
-    let lengths: Vec<usize> = values.iter().map(Vec::len).collect();
-    let v = Float64Array::from(concat(values));
-    let w = Int64Array::from(concat(weights));
-    let list = |field: DataType, array: ArrayRef| -> ArrayRef {
+    let list = |field: DataType, lengths: Vec<usize>, array: ArrayRef| -> ArrayRef {
         Arc::new(ListArray::new(
             Arc::new(Field::new_list_field(field, true)),
-            OffsetBuffer::from_lengths(lengths.iter().copied()),
+            OffsetBuffer::from_lengths(lengths),
             array,
             None,
         ))
     };
-    vec![list(DataType::Float64, Arc::new(v)), list(DataType::Int64, Arc::new(w))]
+    vec![
+        list(DataType::Float64, value_lengths, Arc::new(Float64Array::from(values))),
+        list(DataType::Int64, weight_lengths, Arc::new(Int64Array::from(weights))),
+    ]
+}
+
+/// Adds state entry `i` (see [`list_state`]) to `group`; returns the values that gained a
+/// weight of their own.
+fn merge_entry(group: &mut Group, vl: &ListArray, wl: &ListArray, i: usize) -> usize {
+    if vl.is_null(i) || wl.is_null(i) {
+        return 0;
+    }
+    let (v, w) = (vl.value(i), wl.value(i));
+    let (v, w) = (
+        v.as_primitive::<Float64Type>().values(),
+        w.as_primitive::<Int64Type>().values(),
+    );
+    // Exactly: partitions' states arrive whole, and doubling would leave up to half of a
+    // large group's buffer unused until the answer.
+    group.values.reserve_exact(v.len());
+    if w.len() == 1 {
+        group.extend_uniform(v, w[0])
+    } else {
+        group.extend_each(v, w)
+    }
+}
+
+/// The answers of groups, as the function returns them: a `Float64` each, or a struct.
+fn answers(out: Vec<Vec<Option<f64>>>, ps: usize, many: bool) -> Result<ArrayRef> {
+    if !many {
+        return Ok(Arc::new(out.into_iter().map(|a| a[0]).collect::<Float64Array>()));
+    }
+    let columns: Vec<ArrayRef> = (0..ps)
+        .map(|k| Arc::new(out.iter().map(|a| a[k]).collect::<Float64Array>()) as ArrayRef)
+        .collect();
+    Ok(Arc::new(StructArray::try_new(struct_fields(ps), columns, None)?))
 }
 
 /// The aggregate over many groups at once: each row's value goes straight to its group's
 /// list (the generic adapter would first split every batch by group, one `take` per group).
 #[derive(Debug)]
 struct PercentileGroups {
-    p: f64,
-    values: Vec<Vec<f64>>,
-    weights: Vec<Vec<i64>>,
-    /// Values held over all groups (kept as a count: `size` is asked once per batch).
+    ps: Vec<f64>,
+    many: bool,
+    groups: Vec<Group>,
+    /// Values held over all groups, and those with a weight of their own (kept as counts:
+    /// `size` is asked once per batch).
     held: usize,
+    held_weights: usize,
 }
 
 impl PercentileGroups {
     /// The groups `emit_to` hands over, out of the accumulator.
-    fn take(&mut self, emit_to: EmitTo) -> (Vec<Vec<f64>>, Vec<Vec<i64>>) {
-        let values = emit_to.take_needed(&mut self.values);
-        let weights = emit_to.take_needed(&mut self.weights);
-        self.held -= values.iter().map(Vec::len).sum::<usize>();
-        (values, weights)
+    fn take(&mut self, emit_to: EmitTo) -> Vec<Group> {
+        let groups = emit_to.take_needed(&mut self.groups);
+        self.held -= groups.iter().map(|g| g.values.len()).sum::<usize>();
+        self.held_weights -= groups.iter().map(Group::weighted).sum::<usize>();
+        groups
     }
 
     fn grow(&mut self, groups: usize) {
-        if self.values.len() < groups {
-            self.values.resize_with(groups, Vec::new);
-            self.weights.resize_with(groups, Vec::new);
+        if self.groups.len() < groups {
+            self.groups.resize_with(groups, Group::default);
         }
     }
 }
@@ -177,8 +369,7 @@ impl GroupsAccumulator for PercentileGroups {
                 continue;
             }
             if v.is_valid(i) && !v.value(i).is_nan() {
-                self.values[g].push(v.value(i));
-                self.weights[g].push(weight_at(w, i));
+                self.held_weights += self.groups[g].push(v.value(i), weight_at(w, i));
                 self.held += 1;
             }
         }
@@ -186,67 +377,60 @@ impl GroupsAccumulator for PercentileGroups {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        let (mut values, weights) = self.take(emit_to);
-        let out: Float64Array = values
-            .iter_mut()
-            .zip(&weights)
-            .map(|(v, w)| percentile_in_place(v, w, self.p))
-            .collect();
-        Ok(Arc::new(out))
+        let ps = self.ps.clone();
+        let out = self.take(emit_to).iter_mut().map(|g| g.answer(&ps)).collect();
+        answers(out, ps.len(), self.many)
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        let (values, weights) = self.take(emit_to);
-        Ok(list_state(values, weights))
+        Ok(list_state(self.take(emit_to)))
     }
 
     fn merge_batch(&mut self, values: &[ArrayRef], group_indices: &[usize], total_num_groups: usize) -> Result<()> {
         self.grow(total_num_groups);
         let (vl, wl) = (values[0].as_list::<i32>(), values[1].as_list::<i32>());
         for (i, &g) in group_indices.iter().enumerate() {
-            if vl.is_null(i) || wl.is_null(i) {
-                continue;
-            }
-            let (v, w) = (vl.value(i), wl.value(i));
-            let (v, w) = (v.as_primitive::<Float64Type>(), w.as_primitive::<Int64Type>());
-            // Exactly: partitions' states arrive whole, and doubling would leave up to half
-            // of a large group's buffer unused until the answer.
-            self.values[g].reserve_exact(v.len());
-            self.weights[g].reserve_exact(w.len());
-            self.values[g].extend(v.values().iter().copied());
-            self.weights[g].extend(w.values().iter().copied());
-            self.held += v.len();
+            let before = self.groups[g].values.len();
+            self.held_weights += merge_entry(&mut self.groups[g], vl, wl, i);
+            self.held += self.groups[g].values.len() - before;
         }
         Ok(())
     }
 
     fn convert_to_state(&self, values: &[ArrayRef], opt_filter: Option<&BooleanArray>) -> Result<Vec<ArrayRef>> {
-        // Each row its own group: a list of its value, or an empty one.
+        // Each row its own group: a list of its value (and its weight), or an empty one.
         let v = values[0].as_primitive::<Float64Type>();
         let w = values[1].as_primitive::<Int64Type>();
         let kept =
             |i: usize| opt_filter.is_none_or(|f| f.is_valid(i) && f.value(i)) && v.is_valid(i) && !v.value(i).is_nan();
-        let rows = 0..v.len();
         Ok(list_state(
-            rows.clone()
-                .map(|i| if kept(i) { vec![v.value(i)] } else { vec![] })
-                .collect(),
-            rows.map(|i| if kept(i) { vec![weight_at(w, i)] } else { vec![] })
+            (0..v.len())
+                .map(|i| {
+                    let mut g = Group::default();
+                    if kept(i) {
+                        g.push(v.value(i), weight_at(w, i));
+                    }
+                    g
+                })
                 .collect(),
         ))
     }
 
     fn size(&self) -> usize {
-        // A value and its weight are 16 bytes; vectors grow by doubling, so up to twice that.
-        std::mem::size_of_val(self) + self.values.capacity() * std::mem::size_of::<Vec<f64>>() * 2 + self.held * 32
+        // 8 bytes a value, 8 more with its own weight; vectors grow by doubling, so up to
+        // twice that.
+        std::mem::size_of_val(self)
+            + self.groups.capacity() * std::mem::size_of::<Group>()
+            + (self.held + self.held_weights) * 16
     }
 }
 
+/// The aggregate without groups.
 #[derive(Debug)]
 struct PercentileAcc {
-    p: f64,
-    values: Vec<f64>,
-    weights: Vec<i64>,
+    ps: Vec<f64>,
+    many: bool,
+    group: Group,
 }
 
 impl Accumulator for PercentileAcc {
@@ -255,8 +439,7 @@ impl Accumulator for PercentileAcc {
         let w = values[1].as_primitive::<Int64Type>();
         for i in 0..v.len() {
             if v.is_valid(i) && !v.value(i).is_nan() {
-                self.values.push(v.value(i));
-                self.weights.push(weight_at(w, i));
+                self.group.push(v.value(i), weight_at(w, i));
             }
         }
         Ok(())
@@ -264,44 +447,34 @@ impl Accumulator for PercentileAcc {
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
         let (vl, wl) = (states[0].as_list::<i32>(), states[1].as_list::<i32>());
-        for (v, w) in vl.iter().zip(wl.iter()) {
-            if let (Some(v), Some(w)) = (v, w) {
-                self.update_batch(&[v, w])?;
-            }
+        for i in 0..vl.len() {
+            merge_entry(&mut self.group, vl, wl, i);
         }
         Ok(())
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        let v = Float64Array::from(std::mem::take(&mut self.values));
-        let w = Int64Array::from(std::mem::take(&mut self.weights));
-        let vl = ListArray::new(
-            Arc::new(Field::new_list_field(DataType::Float64, true)),
-            OffsetBuffer::from_lengths([v.len()]),
-            Arc::new(v),
-            None,
-        );
-        let wl = ListArray::new(
-            Arc::new(Field::new_list_field(DataType::Int64, true)),
-            OffsetBuffer::from_lengths([w.len()]),
-            Arc::new(w),
-            None,
-        );
-        Ok(vec![ScalarValue::List(Arc::new(vl)), ScalarValue::List(Arc::new(wl))])
+        let state = list_state(vec![std::mem::take(&mut self.group)]);
+        Ok(state
+            .into_iter()
+            .map(|a| ScalarValue::List(Arc::new(a.as_list::<i32>().clone())))
+            .collect())
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        // Selected in place (the values are not needed in their order again): no copy of a
-        // group's values outside what `size` reports.
-        Ok(ScalarValue::Float64(percentile_in_place(
-            &mut self.values,
-            &self.weights,
-            self.p,
-        )))
+        // Selected in place (the values are not needed in their order again): no copy of the
+        // values outside what `size` reports.
+        let out = answers(vec![self.group.answer(&self.ps)], self.ps.len(), self.many)?;
+        ScalarValue::try_from_array(&out, 0)
     }
 
     fn size(&self) -> usize {
-        std::mem::size_of_val(self) + self.values.capacity() * 8 + self.weights.capacity() * 8
+        std::mem::size_of_val(self)
+            + self.group.values.capacity() * 8
+            + match &self.group.weights {
+                Weights::Each(e) => e.capacity() * 8,
+                Weights::Uniform(_) => 0,
+            }
     }
 }
 
@@ -314,6 +487,40 @@ pub fn weighted_percentile_of(values: &[f64], weights: &[i64], p: f64) -> Option
     percentile_in_place(&mut values.to_vec(), weights, p)
 }
 
+/// The percentiles `ps` of `values`, each of weight `w`: the first rank `r` (1-based) whose
+/// cumulative weight `r·w` reaches `p × n·w` — computed as the definition computes it, in
+/// floating point, so that a uniform group answers exactly as the same values with their
+/// weights spelled out. Each rank is selected in the part right of the previous one.
+fn uniform_percentiles(values: &mut [f64], w: i64, ps: &[f64]) -> Vec<Option<f64>> {
+    let n = values.len();
+    if n == 0 {
+        return vec![None; ps.len()];
+    }
+    let (w, total) = (w as i128, w as i128 * n as i128);
+    let reaches = |r: usize, p: f64| (w * r as i128) as f64 >= p * total as f64;
+    let rank = |p: f64| {
+        let mut r = ((p * n as f64).ceil() as usize).clamp(1, n);
+        while r > 1 && reaches(r - 1, p) {
+            r -= 1;
+        }
+        while r < n && !reaches(r, p) {
+            r += 1;
+        }
+        r
+    };
+    let mut order: Vec<(usize, usize)> = ps.iter().enumerate().map(|(k, &p)| (rank(p), k)).collect();
+    order.sort_unstable();
+    let mut out = vec![None; ps.len()];
+    let mut lo = 0;
+    for (r, k) in order {
+        // Everything left of `lo` is at most the value there, everything right at least.
+        let (_, nth, _) = values[lo..].select_nth_unstable_by(r - 1 - lo, f64::total_cmp);
+        out[k] = Some(*nth);
+        lo = r - 1;
+    }
+    out
+}
+
 /// [`weighted_percentile_of`], reordering `values` when every weight is 1 (each is at least 1).
 fn percentile_in_place(values: &mut [f64], weights: &[i64], p: f64) -> Option<f64> {
     if values.is_empty() {
@@ -321,16 +528,12 @@ fn percentile_in_place(values: &mut [f64], weights: &[i64], p: f64) -> Option<f6
     }
     debug_assert!(weights.iter().all(|&w| w >= 1), "weights are at least 1");
     let total: i128 = weights.iter().map(|&w| w as i128).sum();
-    let target = p * total as f64;
     if total == values.len() as i128 {
-        // Every weight is 1: the first rank r (1-based) with r ≥ target.
-        let rank = (target.ceil() as usize).clamp(1, values.len());
-        let (_, nth, _) = values.select_nth_unstable_by(rank - 1, f64::total_cmp);
-        return Some(*nth);
+        return uniform_percentiles(values, 1, &[p])[0];
     }
     // Weighted: the pairs cost 16 bytes a value for the moment of the selection.
     let mut pairs: Vec<(f64, i64)> = values.iter().copied().zip(weights.iter().copied()).collect();
-    Some(weighted_select(&mut pairs, target))
+    Some(weighted_select(&mut pairs, p * total as f64))
 }
 
 /// The first value, in value order, at which the cumulative weight of `pairs` reaches `target`
@@ -421,11 +624,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_groups_accumulator_equals_the_definition_per_group() {
-        // Rows spread over 3 groups, some filtered out, some null, some NaN; then the same rows
-        // through state → merge (two-phase aggregation) and through convert_to_state.
-        let n = 500;
+    /// Rows spread over 4 groups, some filtered out, some null, some NaN, through one
+    /// accumulator, through state → merge (two-phase aggregation) and through
+    /// convert_to_state; every answer equals the definition per group and percentile.
+    ///
+    /// Group 0 has weight 10 everywhere, group 1 weight 1, group 2 mixed weights, group 3
+    /// weight 1 in the first half and 3 in the second (uniform in each partial state, mixed
+    /// once merged).
+    fn check_groups_accumulator(ps: &[f64], many: bool) {
+        let n = 600;
         let values: ArrayRef = Arc::new(Float64Array::from(
             (0..n)
                 .map(|i| match i % 23 {
@@ -435,40 +642,55 @@ mod tests {
                 })
                 .collect::<Vec<_>>(),
         ));
-        let weights: ArrayRef = Arc::new(Int64Array::from((0..n).map(|i| 1 + (i % 5) as i64).collect::<Vec<_>>()));
-        let groups: Vec<usize> = (0..n).map(|i| (i * 7) % 3).collect();
+        let groups: Vec<usize> = (0..n).map(|i| (i * 7) % 4).collect();
+        let weight = |i: usize| match groups[i] {
+            0 => 10,
+            1 => 1,
+            2 => 1 + (i % 5) as i64,
+            _ if i < n / 2 => 1,
+            _ => 3,
+        };
+        let weights: ArrayRef = Arc::new(Int64Array::from((0..n).map(weight).collect::<Vec<_>>()));
         let filter = BooleanArray::from((0..n).map(|i| (i % 11 != 0).then_some(i % 13 != 0)).collect::<Vec<_>>());
-        let want: Vec<Option<f64>> = (0..3)
+        let v = values.as_primitive::<Float64Type>();
+        let want: Vec<Vec<Option<f64>>> = (0..4)
             .map(|g| {
-                let (v, w) = (
-                    values.as_primitive::<Float64Type>(),
-                    weights.as_primitive::<Int64Type>(),
-                );
                 let rows: Vec<usize> = (0..n)
                     .filter(|&i| groups[i] == g && filter.is_valid(i) && filter.value(i))
                     .filter(|&i| v.is_valid(i) && !v.value(i).is_nan())
                     .collect();
                 let vs: Vec<f64> = rows.iter().map(|&i| v.value(i)).collect();
-                let ws: Vec<i64> = rows.iter().map(|&i| w.value(i)).collect();
-                weighted_percentile_of(&vs, &ws, 0.9)
+                let ws: Vec<i64> = rows.iter().map(|&i| weight(i)).collect();
+                ps.iter().map(|&p| by_sort(&vs, &ws, p)).collect()
             })
             .collect();
         let new = || PercentileGroups {
-            p: 0.9,
-            values: Vec::new(),
-            weights: Vec::new(),
+            ps: ps.to_vec(),
+            many,
+            groups: Vec::new(),
             held: 0,
+            held_weights: 0,
         };
-        let answer = |acc: &mut PercentileGroups| {
+        let answer = |acc: &mut PercentileGroups| -> Vec<Vec<Option<f64>>> {
             let out = acc.evaluate(EmitTo::All).unwrap();
-            out.as_primitive::<Float64Type>().iter().collect::<Vec<_>>()
+            let column = |k: usize| -> Vec<Option<f64>> {
+                let a = if many {
+                    out.as_struct().column(k).clone()
+                } else {
+                    out.clone()
+                };
+                a.as_primitive::<Float64Type>().iter().collect()
+            };
+            let columns: Vec<_> = (0..ps.len()).map(column).collect();
+            (0..4).map(|g| columns.iter().map(|c| c[g]).collect()).collect()
         };
         let inputs = [values.clone(), weights.clone()];
         let mut direct = new();
-        direct.update_batch(&inputs, &groups, Some(&filter), 3).unwrap();
-        assert!(direct.size() > 0);
+        direct.update_batch(&inputs, &groups, Some(&filter), 4).unwrap();
+        assert!(direct.groups[0].weighted() == 0 && direct.groups[1].weighted() == 0);
+        assert!(direct.groups[2].weighted() > 0 && direct.groups[3].weighted() > 0);
         assert_eq!(answer(&mut direct), want);
-        assert_eq!(direct.held, 0, "everything emitted");
+        assert_eq!((direct.held, direct.held_weights), (0, 0), "everything emitted");
 
         // Two partial accumulators over halves, merged.
         let mut merged = new();
@@ -476,18 +698,53 @@ mod tests {
             let mut part = new();
             let slice = |a: &ArrayRef| a.slice(half.start, half.len());
             let f = filter.slice(half.start, half.len());
-            part.update_batch(&[slice(&values), slice(&weights)], &groups[half.clone()], Some(&f), 3)
+            part.update_batch(&[slice(&values), slice(&weights)], &groups[half.clone()], Some(&f), 4)
                 .unwrap();
             let state = part.state(EmitTo::All).unwrap();
-            merged.merge_batch(&state, &[0, 1, 2], 3).unwrap();
+            merged.merge_batch(&state, &[0, 1, 2, 3], 4).unwrap();
         }
         assert_eq!(answer(&mut merged), want);
 
         // Each row as its own state, merged into its group.
         let mut rows = new();
         let state = new().convert_to_state(&inputs, Some(&filter)).unwrap();
-        rows.merge_batch(&state, &groups, 3).unwrap();
+        rows.merge_batch(&state, &groups, 4).unwrap();
         assert_eq!(answer(&mut rows), want);
+    }
+
+    #[test]
+    fn the_groups_accumulator_equals_the_definition_per_group() {
+        check_groups_accumulator(&[0.9], false);
+        check_groups_accumulator(&[0.0, 0.5, 0.9, 0.99, 0.999, 1.0], true);
+        // Repeated and unordered percentiles.
+        check_groups_accumulator(&[0.99, 0.25, 0.99, 0.001], true);
+    }
+
+    #[test]
+    fn uniform_weights_answer_as_spelled_out_weights() {
+        // For every n and p, a group of weight w answers as the same values with w each: the
+        // rank is found in floating point as the definition finds it.
+        for n in 1..60usize {
+            let values: Vec<f64> = (0..n).map(|i| ((i * 17) % 13) as f64).collect();
+            for w in [1i64, 3, 10, 7919] {
+                let ps: Vec<f64> = (0..=100).map(|k| k as f64 / 100.0).collect();
+                let got = uniform_percentiles(&mut values.clone(), w, &ps);
+                let want: Vec<_> = ps.iter().map(|&p| by_sort(&values, &vec![w; n], p)).collect();
+                assert_eq!(got, want, "n {n}, w {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_uniform_group_holds_no_weights() {
+        let mut g = Group::default();
+        assert_eq!(g.extend_uniform(&[1.0, 2.0, 3.0], 10), 0);
+        assert_eq!(g.push(4.0, 10), 0);
+        assert_eq!(g.weights, Weights::Uniform(10));
+        // A different weight gives every value its own.
+        assert_eq!(g.push(5.0, 1), 5);
+        assert_eq!(g.weights, Weights::Each(vec![10, 10, 10, 10, 1]));
+        assert_eq!(g.push(6.0, 1), 1);
     }
 
     #[test]

@@ -258,9 +258,9 @@ struct ServeArgs {
     /// MIN, MAX per time bucket and group), in bytes (0: off, every query scans every segment).
     #[arg(long, env = "SONDE_PARTIALS_CACHE_BYTES", default_value_t = EngineConfig::DEFAULT_PARTIALS_CACHE_BYTES)]
     partials_cache_bytes: usize,
-    /// A breakdown's percentiles are exact up to this many events in its range; above it they
-    /// come from mergeable sketches within 0.5% of the value, marked in `meta.approximate`
-    /// (0: always exact).
+    /// A breakdown's percentiles are exact up to this many events in its range (and while
+    /// their values fit in `--query-memory-limit`); above it they come from mergeable sketches
+    /// within 0.5% of the value, marked in `meta.approximate` (0: always exact).
     #[arg(long, env = "SONDE_EXACT_PERCENTILE_ROWS", default_value_t = EngineConfig::DEFAULT_EXACT_PERCENTILE_ROWS)]
     exact_percentile_rows: u64,
     /// Log format.

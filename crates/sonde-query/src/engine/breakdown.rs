@@ -143,7 +143,7 @@ impl Run<'_> {
         for (i, c) in plan.calcs.iter().enumerate() {
             let column = c.column.as_ref().map(|(n, _)| n.as_str());
             if c.op.is_simple() {
-                let (a, f) = aggregate_of(c.op, column, &c_alias(i), calc_filter(plan, i).as_ref(), plan.sketched);
+                let (a, f) = calc_aggregate(plan, i);
                 aggs.extend(a);
                 finals.push(f);
             } else if c.op == CalcOp::Heatmap {
@@ -423,8 +423,7 @@ impl Run<'_> {
             finals.extend((0..nb).map(|i| ident(b_alias(i))));
             for (i, c) in plan.calcs.iter().enumerate() {
                 if c.op != CalcOp::Heatmap {
-                    let column = c.column.as_ref().map(|(n, _)| n.as_str());
-                    let (a, f) = aggregate_of(c.op, column, &c_alias(i), calc_filter(plan, i).as_ref(), plan.sketched);
+                    let (a, f) = calc_aggregate(plan, i);
                     aggs.extend(a);
                     finals.push(f);
                 }
@@ -643,6 +642,61 @@ impl Run<'_> {
         }
         Ok(())
     }
+}
+
+/// The percentile calculations sharing calculation `i`'s values (its column under the same
+/// filters), `i` among them, in order; empty when `i` is not a percentile.
+fn sharing_percentiles(plan: &Plan, i: usize) -> Vec<usize> {
+    let c = &plan.calcs[i];
+    if !matches!(c.op, CalcOp::Percentile(_)) {
+        return Vec::new();
+    }
+    let only = calc_filter(plan, i);
+    (0..plan.calcs.len())
+        .filter(|&j| {
+            let d = &plan.calcs[j];
+            matches!(d.op, CalcOp::Percentile(_)) && d.column == c.column && calc_filter(plan, j) == only
+        })
+        .collect()
+}
+
+/// How many collections of values the plan's exact percentiles hold (one per column and
+/// filters, see [`calc_aggregate`]).
+pub(super) fn percentile_collections(plan: &Plan) -> u64 {
+    (0..plan.calcs.len())
+        .filter(|&i| sharing_percentiles(plan, i).first() == Some(&i))
+        .count() as u64
+}
+
+/// Calculation `i`'s aggregates and the expression giving its value from them.
+///
+/// The percentiles of one column under the same filters share one aggregate (see
+/// [`percentiles_of`]): the first of them carries it, aliased `q{first}`, and the others only
+/// read it, so P50, P90 and P99 of a column hold its values once.
+pub(super) fn calc_aggregate(plan: &Plan, i: usize) -> (Vec<Expr>, Expr) {
+    let c = &plan.calcs[i];
+    let column = c.column.as_ref().map(|(n, _)| n.as_str());
+    let only = calc_filter(plan, i);
+    let (CalcOp::Percentile(p), Some(name)) = (c.op, column) else {
+        return aggregate_of(c.op, column, &c_alias(i), only.as_ref(), plan.sketched);
+    };
+    let sharing = sharing_percentiles(plan, i);
+    let mut ps: Vec<f64> = Vec::new();
+    for &j in &sharing {
+        if let CalcOp::Percentile(q) = plan.calcs[j].op
+            && !ps.contains(&q)
+        {
+            ps.push(q);
+        }
+    }
+    let k = ps
+        .iter()
+        .position(|&q| q == p)
+        .expect("its own percentile is among them");
+    let shared = format!("q{}", sharing[0]);
+    let (agg, answer) = percentiles_of(name, &shared, &ps, k, only.as_ref(), plan.sketched);
+    let aggs = if sharing[0] == i { vec![agg] } else { Vec::new() };
+    (aggs, answer.alias(c_alias(i)))
 }
 
 /// Whether calculation `op`'s partial aggregates roll up (sums, minimums, maximums and, when

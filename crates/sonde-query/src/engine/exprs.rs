@@ -159,12 +159,46 @@ pub(super) fn calc_filter(plan: &Plan, i: usize) -> Option<Expr> {
     }
 }
 
+/// The one aggregate answering percentiles `ps` of `column` (under `only`), aliased from
+/// `shared`, and the expression answering `ps[k]` from it: several percentiles of a column
+/// share one collection of values (or one sketch), since holding the values is what an exact
+/// percentile costs.
+///
+/// With `sketched`, the aggregate is a mergeable sketch (`{shared}_sk`, see [`crate::sketch`]);
+/// otherwise `weighted_percentile` for one percentile and `weighted_percentiles` (a struct of
+/// them) for several.
+pub(super) fn percentiles_of(
+    column: &str,
+    shared: &str,
+    ps: &[f64],
+    k: usize,
+    only: Option<&Expr>,
+    sketched: bool,
+) -> (Expr, Expr) {
+    let value = match only {
+        Some(p) => when(p.clone(), as_f64(column)).end().expect("case builder"),
+        None => as_f64(column),
+    };
+    if sketched {
+        let sk = format!("{shared}_sk");
+        let agg = crate::sketch::sketch().call(vec![value, ident(SR)]).alias(&sk);
+        return (agg, crate::sketch::sketch_quantile().call(vec![ident(&sk), lit(ps[k])]));
+    }
+    if ps.len() == 1 {
+        let agg = weighted_percentile().call(vec![value, ident(SR), lit(ps[0])]);
+        return (agg.alias(shared), ident(shared));
+    }
+    let mut args = vec![value, ident(SR)];
+    args.extend(ps.iter().map(|&p| lit(p)));
+    let agg = weighted_percentiles().call(args).alias(shared);
+    (agg, get_field(ident(shared), crate::udaf::field_name(k)))
+}
+
 /// Aggregates of a plain calculation, and the expression giving its value from them. With
 /// `only` (the calculation's own filters), every input of the aggregates is null where it
 /// does not hold, so the aggregates skip those events and still roll up from partials.
 ///
-/// With `sketched`, a percentile's partial aggregate is a mergeable sketch (`{alias}_sk`),
-/// answered by the final expression (see [`crate::sketch`]).
+/// A percentile's aggregate is [`percentiles_of`]'s, for that percentile alone.
 pub(super) fn aggregate_of(
     op: CalcOp,
     column: Option<&str>,
@@ -193,21 +227,9 @@ pub(super) fn aggregate_of(
         CalcOp::Min => out(min(keep(ident(column.unwrap())))),
         CalcOp::Max => out(max(keep(ident(column.unwrap())))),
         CalcOp::CountDistinct => out(count_distinct(keep(ident(column.unwrap())))),
-        CalcOp::Percentile(p) if sketched => {
-            let sk = format!("{alias}_sk");
-            (
-                vec![
-                    crate::sketch::sketch()
-                        .call(vec![keep(as_f64(column.unwrap())), ident(SR)])
-                        .alias(&sk),
-                ],
-                crate::sketch::sketch_quantile()
-                    .call(vec![ident(&sk), lit(p)])
-                    .alias(alias),
-            )
-        }
         CalcOp::Percentile(p) => {
-            out(weighted_percentile().call(vec![keep(as_f64(column.unwrap())), ident(SR), lit(p)]))
+            let (agg, answer) = percentiles_of(column.unwrap(), alias, &[p], 0, only, sketched);
+            (vec![agg], answer.alias(alias))
         }
         // Rates are derived from the per-bucket value of their base aggregate.
         CalcOp::RateAvg => aggregate_of(CalcOp::Avg, column, alias, only, sketched),

@@ -27,7 +27,7 @@ use crate::memory::{self, BudgetExceeded, BudgetedPool, MemoryBudget, RequestBud
 use crate::partials::{PartialsCache, PartialsStats};
 use crate::spec::{self, CalcOp, FilterOp, Literal, OrderKey, Plan, QuerySpec};
 use crate::table::{DatasetTable, STORE_URL, ScanStats};
-use crate::udaf::weighted_percentile;
+use crate::udaf::{weighted_percentile, weighted_percentiles};
 use arrow::array::{Array, AsArray, RecordBatch, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::ScalarValue;
@@ -36,6 +36,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::functions::core::expr_fn::get_field;
 use datafusion::functions_aggregate::expr_fn::{count_distinct, max, min, sum};
 use datafusion::logical_expr::{SortExpr, when};
 use datafusion::prelude::{Expr, SQLOptions, SessionConfig, SessionContext, cast, ident, lit};
@@ -139,9 +140,10 @@ pub struct EngineConfig {
     /// Most memory for precomputed per-segment partial aggregates ([`crate::partials`]);
     /// 0: none, every breakdown scans every segment it covers (`--partials-cache-bytes`).
     pub partials_cache_bytes: usize,
-    /// A breakdown's percentiles are exact up to this many events in its range, and come from
-    /// mergeable sketches above it (within [`crate::sketch::ALPHA`] of the value, marked in
-    /// `meta.approximate`); 0: always exact (`--exact-percentile-rows`).
+    /// A breakdown's percentiles are exact up to this many events in its range (and while
+    /// their values fit in `memory_limit`), and come from mergeable sketches above it (within
+    /// [`crate::sketch::ALPHA`] of the value, marked in `meta.approximate`); 0: always exact
+    /// (`--exact-percentile-rows`).
     pub exact_percentile_rows: u64,
 }
 
@@ -408,6 +410,7 @@ impl QueryEngine {
         opts.execution.parquet.reorder_filters = true;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         ctx.register_udaf(weighted_percentile());
+        ctx.register_udaf(weighted_percentiles());
         Ok(ctx)
     }
 
@@ -632,6 +635,12 @@ impl QueryEngine {
         Ok(df)
     }
 
+    /// What an exact percentile may hold per event in its range, per collection of values
+    /// (see `breakdown::calc_aggregate`), as its aggregate reports it to the memory pool at
+    /// worst: a value and its weight (16 bytes) in vectors grown by doubling (up to 32), in
+    /// both grouping sets of the results and the series.
+    const EXACT_PERCENTILE_BYTES: u64 = 64;
+
     /// Most trace ids a filter-only `root.`/`any.` relation is turned into a list of, to prune
     /// segments by their id indexes (see [`Self::plan_frame`]).
     const RELATED_ID_LIST: usize = 10_000;
@@ -648,17 +657,33 @@ impl QueryEngine {
         let started = Instant::now();
         let table = self.table(dataset)?;
         let mut plan = self.plan(&table, dataset, spec, defs)?;
-        // Percentiles over more events than answer exactly in time come from sketches.
+        // Percentiles over more events than answer exactly in time, or whose values would not
+        // fit in a query's memory, come from sketches.
         let in_range = table.rows_in_range(plan.start_us, plan.end_us - 1);
         let limit = self.config.exact_percentile_rows;
-        plan.sketched =
-            limit > 0 && in_range > limit && plan.calcs.iter().any(|c| matches!(c.op, CalcOp::Percentile(_)));
-        let approximate = plan.sketched.then(|| Approximate {
+        let exact_bytes = in_range
+            .saturating_mul(breakdown::percentile_collections(&plan))
+            .saturating_mul(Self::EXACT_PERCENTILE_BYTES);
+        let reason = if limit == 0 || exact_bytes == 0 {
+            None
+        } else if in_range > limit {
+            Some(format!(
+                "{in_range} events in the range, more than are answered exactly (--exact-percentile-rows {limit})"
+            ))
+        } else if exact_bytes > self.config.memory_limit as u64 {
+            Some(format!(
+                "{in_range} events in the range: exact percentiles would hold about {exact_bytes} bytes, more \
+                 than one query may use (--query-memory-limit {})",
+                self.config.memory_limit
+            ))
+        } else {
+            None
+        };
+        plan.sketched = reason.is_some();
+        let approximate = reason.map(|reason| Approximate {
             what: "percentiles",
             relative_error: crate::sketch::ALPHA,
-            reason: format!(
-                "{in_range} events in the range, more than are answered exactly (--exact-percentile-rows {limit})"
-            ),
+            reason,
         });
         let stats = table.stats();
         let out = self.run_plan(&table, &plan, req).await?;

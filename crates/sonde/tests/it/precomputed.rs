@@ -239,3 +239,78 @@ async fn sketched_percentiles_are_within_half_a_percent_of_the_exact_ones() {
     assert!(approximate > 60, "most specs have groups: {approximate}");
     assert!(precomputed > 0, "sketches are precomputed partials too");
 }
+
+/// Percentiles of one column share one collection of values and answer as the model does;
+/// a breakdown whose collections would pass `--query-memory-limit` is answered from sketches
+/// and says why, while one that fits stays exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn percentiles_share_their_values_and_give_way_to_sketches_past_the_query_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let mut rng = Rng::new(23);
+    let events = gen_events(&mut rng, T0);
+    // 6,000 events in the range: a collection counts 64 bytes an event, 384,000 bytes, so
+    // one collection fits in 2,000,000 bytes and six do not.
+    let flags = [
+        "--flush-rows",
+        "700",
+        "--compaction-target-rows",
+        "0",
+        "--query-memory-limit",
+        "2000000",
+    ];
+    let server = Server::start(dir.path(), &flags).await;
+    send_flushed(&client, &server, "pm", &events).await;
+    let spec = |calcs: Vec<Value>| {
+        json!({
+            "start_time": sonde_gen::format_time(T0 - 600_000_000),
+            "end_time": sonde_gen::format_time(T0 + 2 * 3_600_000_000),
+            "breakdowns": ["svc"],
+            "filters": [],
+            "orders": [],
+            "calculations": calcs,
+        })
+    };
+    let pct = |op: &str, column: &str| json!({"op": op, "column": column});
+    // Five percentiles of one column (and one of another): two collections.
+    let shared = spec(vec![
+        json!({"op": "COUNT"}),
+        pct("P50", "duration_ms"),
+        pct("P90", "duration_ms"),
+        pct("P99", "duration_ms"),
+        pct("P001", "duration_ms"),
+        pct("P999", "duration_ms"),
+        pct("P50", "dur"),
+    ]);
+    // Six columns' percentiles: six collections.
+    let columns = ["status", "bytes", "dur", "num", "duration_ms", "samplerate"];
+    let many = spec(
+        std::iter::once(json!({"op": "COUNT"}))
+            .chain(columns.iter().map(|c| pct("P99", c)))
+            .collect(),
+    );
+
+    let (status, got) = send_json(client.post(server.at("/api/query/pm")).json(&shared)).await;
+    assert_eq!(status, 200, "{got}");
+    assert!(got["meta"]["approximate"].is_null(), "{}", got["meta"]);
+    assert!(check_answer(0, &shared, &got, &events) > 0);
+
+    let (status, got) = send_json(client.post(server.at("/api/query/pm")).json(&many)).await;
+    assert_eq!(status, 200, "{got}");
+    let reason = got["meta"]["approximate"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("--query-memory-limit 2000000"), "{}", got["meta"]);
+    let want = model(&many, &events);
+    let results = got["data"]["results"].as_array().unwrap();
+    assert_eq!(results.len(), want.results.len(), "{got}");
+    assert!(!results.is_empty());
+    for (g, w) in results.iter().zip(&want.results) {
+        let w = Value::Object(w.clone());
+        assert!(within_sketch_error(&g["data"], &w), "got {}\nwant {w}", g["data"]);
+    }
+    let series = got["data"]["series"].as_array().unwrap();
+    assert_eq!(series.len(), want.series.len());
+    for (s, (_, w)) in series.iter().zip(&want.series) {
+        let w = Value::Object(w.clone());
+        assert!(within_sketch_error(&s["data"], &w), "got {}\nwant {w}", s["data"]);
+    }
+}
