@@ -247,10 +247,7 @@ impl Group {
     fn answer(&mut self, ps: &[f64]) -> Vec<Option<f64>> {
         match &self.weights {
             Weights::Uniform(u) => uniform_percentiles(&mut self.values, *u, ps),
-            Weights::Each(w) => ps
-                .iter()
-                .map(|&p| percentile_in_place(&mut self.values, w, p))
-                .collect(),
+            Weights::Each(w) => percentiles_in_place(&mut self.values, w, ps),
         }
     }
 }
@@ -484,7 +481,7 @@ impl Accumulator for PercentileAcc {
 /// case), the answer is the value of rank `⌈p·n⌉`, found by one `select_nth_unstable`; weighted,
 /// a quickselect over (value, weight) pairs that keeps the side holding the target weight.
 pub fn weighted_percentile_of(values: &[f64], weights: &[i64], p: f64) -> Option<f64> {
-    percentile_in_place(&mut values.to_vec(), weights, p)
+    percentiles_in_place(&mut values.to_vec(), weights, &[p])[0]
 }
 
 /// The percentiles `ps` of `values`, each of weight `w`: the first rank `r` (1-based) whose
@@ -521,19 +518,23 @@ fn uniform_percentiles(values: &mut [f64], w: i64, ps: &[f64]) -> Vec<Option<f64
     out
 }
 
-/// [`weighted_percentile_of`], reordering `values` when every weight is 1 (each is at least 1).
-fn percentile_in_place(values: &mut [f64], weights: &[i64], p: f64) -> Option<f64> {
+/// The percentiles `ps` of `values` (see [`weighted_percentile_of`]), reordering `values` when
+/// every weight is 1 (each is at least 1). The total weight, and the pairs of a weighted
+/// selection, are made once for all of `ps`.
+fn percentiles_in_place(values: &mut [f64], weights: &[i64], ps: &[f64]) -> Vec<Option<f64>> {
     if values.is_empty() {
-        return None;
+        return vec![None; ps.len()];
     }
     debug_assert!(weights.iter().all(|&w| w >= 1), "weights are at least 1");
     let total: i128 = weights.iter().map(|&w| w as i128).sum();
     if total == values.len() as i128 {
-        return uniform_percentiles(values, 1, &[p])[0];
+        return uniform_percentiles(values, 1, ps);
     }
     // Weighted: the pairs cost 16 bytes a value for the moment of the selection.
     let mut pairs: Vec<(f64, i64)> = values.iter().copied().zip(weights.iter().copied()).collect();
-    Some(weighted_select(&mut pairs, p * total as f64))
+    ps.iter()
+        .map(|&p| Some(weighted_select(&mut pairs, p * total as f64)))
+        .collect()
 }
 
 /// The first value, in value order, at which the cumulative weight of `pairs` reaches `target`

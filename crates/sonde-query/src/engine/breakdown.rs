@@ -678,7 +678,7 @@ pub(super) fn calc_aggregate(plan: &Plan, i: usize) -> (Vec<Expr>, Expr) {
     let column = c.column.as_ref().map(|(n, _)| n.as_str());
     let only = calc_filter(plan, i);
     let (CalcOp::Percentile(p), Some(name)) = (c.op, column) else {
-        return aggregate_of(c.op, column, &c_alias(i), only.as_ref(), plan.sketched);
+        return aggregate_of(c.op, column, &c_alias(i), only.as_ref());
     };
     let sharing = sharing_percentiles(plan, i);
     let mut ps: Vec<f64> = Vec::new();

@@ -159,6 +159,14 @@ pub(super) fn calc_filter(plan: &Plan, i: usize) -> Option<Expr> {
     }
 }
 
+/// `e` where `only` holds (null elsewhere, so aggregates skip those events); `e` without it.
+fn only_where(only: Option<&Expr>, e: Expr) -> Expr {
+    match only {
+        Some(p) => when(p.clone(), e).end().expect("case builder"),
+        None => e,
+    }
+}
+
 /// The one aggregate answering percentiles `ps` of `column` (under `only`), aliased from
 /// `shared`, and the expression answering `ps[k]` from it: several percentiles of a column
 /// share one collection of values (or one sketch), since holding the values is what an exact
@@ -175,10 +183,7 @@ pub(super) fn percentiles_of(
     only: Option<&Expr>,
     sketched: bool,
 ) -> (Expr, Expr) {
-    let value = match only {
-        Some(p) => when(p.clone(), as_f64(column)).end().expect("case builder"),
-        None => as_f64(column),
-    };
+    let value = only_where(only, as_f64(column));
     if sketched {
         let sk = format!("{shared}_sk");
         let agg = crate::sketch::sketch().call(vec![value, ident(SR)]).alias(&sk);
@@ -198,19 +203,10 @@ pub(super) fn percentiles_of(
 /// `only` (the calculation's own filters), every input of the aggregates is null where it
 /// does not hold, so the aggregates skip those events and still roll up from partials.
 ///
-/// A percentile's aggregate is [`percentiles_of`]'s, for that percentile alone.
-pub(super) fn aggregate_of(
-    op: CalcOp,
-    column: Option<&str>,
-    alias: &str,
-    only: Option<&Expr>,
-    sketched: bool,
-) -> (Vec<Expr>, Expr) {
+/// Not for percentiles: those of a column share one aggregate ([`percentiles_of`]).
+pub(super) fn aggregate_of(op: CalcOp, column: Option<&str>, alias: &str, only: Option<&Expr>) -> (Vec<Expr>, Expr) {
     let out = |e: Expr| (vec![e.alias(alias)], ident(alias));
-    let keep = |e: Expr| match only {
-        Some(p) => when(p.clone(), e).end().expect("case builder"),
-        None => e,
-    };
+    let keep = |e: Expr| only_where(only, e);
     match op {
         CalcOp::Count => out(sum(keep(ident(SR)))),
         CalcOp::Sum => out(sum(keep(ident(column.unwrap()) * ident(SR)))),
@@ -227,14 +223,11 @@ pub(super) fn aggregate_of(
         CalcOp::Min => out(min(keep(ident(column.unwrap())))),
         CalcOp::Max => out(max(keep(ident(column.unwrap())))),
         CalcOp::CountDistinct => out(count_distinct(keep(ident(column.unwrap())))),
-        CalcOp::Percentile(p) => {
-            let (agg, answer) = percentiles_of(column.unwrap(), alias, &[p], 0, only, sketched);
-            (vec![agg], answer.alias(alias))
-        }
+        CalcOp::Percentile(_) => unreachable!("percentiles share their aggregate: breakdown::calc_aggregate"),
         // Rates are derived from the per-bucket value of their base aggregate.
-        CalcOp::RateAvg => aggregate_of(CalcOp::Avg, column, alias, only, sketched),
-        CalcOp::RateSum => aggregate_of(CalcOp::Sum, column, alias, only, sketched),
-        CalcOp::RateMax => aggregate_of(CalcOp::Max, column, alias, only, sketched),
+        CalcOp::RateAvg => aggregate_of(CalcOp::Avg, column, alias, only),
+        CalcOp::RateSum => aggregate_of(CalcOp::Sum, column, alias, only),
+        CalcOp::RateMax => aggregate_of(CalcOp::Max, column, alias, only),
         // CONCURRENCY counts the spans starting in each bucket here (their ends separately).
         CalcOp::Concurrency => out(sum(when(concurrency_span(), ident(SR)).end().expect("case builder"))),
         CalcOp::Heatmap => unreachable!("heatmaps are computed by their own query"),
