@@ -4,6 +4,18 @@
 
 use super::*;
 
+/// A segment file encoded in memory, with what is stored and checked beside it.
+pub(crate) struct Built {
+    /// The Parquet file.
+    pub encoded: segment::Encoded,
+    /// Its index file ([`crate::index`]).
+    pub index_file: Vec<u8>,
+    /// The rows given to the writer, to compare with the file read back.
+    pub facts: segment::SegmentFacts,
+    /// The rows' bytes in memory ([`SegmentMeta::raw_bytes`]).
+    pub raw_bytes: u64,
+}
+
 impl Storage {
     /// Flushes every dataset's buffer to segments now (used at shutdown and by tests).
     pub async fn flush_all(&self) -> Result<()> {
@@ -69,14 +81,43 @@ impl Storage {
         Ok(())
     }
 
-    /// Writes rows (batches in any time order, each brought to `schema`) as a new segment
-    /// file: sort by time, encode, put, fsync, read back and compare row count and time bounds.
-    /// The catalog does not name it yet.
+    /// Writes a frozen buffer's rows (batches in any time order, each brought to `schema`) as
+    /// a new segment file (see [`Storage::persist_built`]).
     pub(crate) async fn persist_segment(
         &self,
         dataset: &DatasetName,
         schema: SchemaRef,
         batches: Vec<RecordBatch>,
+        min_lsn: Lsn,
+        max_lsn: Lsn,
+    ) -> Result<Arc<SegmentMeta>> {
+        let opts = self.config.segment.clone();
+        let index = self.index.clone();
+        let write_schema = schema.clone();
+        // Adapting, sorting, encoding, and indexing now while the rows are in memory.
+        let build = move || -> Result<Built> {
+            let batches = batches
+                .iter()
+                .map(|b| segment::adapt_to_schema(b, &write_schema))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Built {
+                facts: segment::batches_facts(&batches)?,
+                raw_bytes: batches.iter().map(|b| b.get_array_memory_size()).sum::<usize>() as u64,
+                index_file: index.file_for_batches(&batches)?,
+                encoded: segment::encode(&write_schema, &batches, &opts)?,
+            })
+        };
+        self.persist_built(dataset, schema, build, min_lsn, max_lsn).await
+    }
+
+    /// Writes a new segment file of `schema` that `build` encodes (off the async workers): put,
+    /// fsync, read back and compare row count and time bounds with what `build` says it wrote.
+    /// The catalog does not name it yet.
+    pub(crate) async fn persist_built(
+        &self,
+        dataset: &DatasetName,
+        schema: SchemaRef,
+        build: impl FnOnce() -> Result<Built> + Send + 'static,
         min_lsn: Lsn,
         max_lsn: Lsn,
     ) -> Result<Arc<SegmentMeta>> {
@@ -86,28 +127,14 @@ impl Storage {
             Some(node) => node.segment_id(&self.next_segment_id),
         };
         let path = segment_path(dataset, id, shared.map(|n| n.node()));
-        let opts = self.config.segment.clone();
-        let index = self.index.clone();
-        let write_schema = schema.clone();
-        // Off the async workers: adapting, sorting, encoding, and indexing now while the rows
-        // are in memory.
-        let (encoded, idx, before, raw_bytes) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let batches = batches
-                .iter()
-                .map(|b| segment::adapt_to_schema(b, &write_schema))
-                .collect::<Result<Vec<_>>>()?;
-            let before = segment::batches_facts(&batches)?;
-            let raw_bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
-            let idx = index.file_for_batches(&batches)?;
-            Ok((
-                segment::encode(&write_schema, &batches, &opts)?,
-                idx,
-                before,
-                raw_bytes as u64,
-            ))
-        })
-        .await
-        .map_err(|e| Error::TaskFailed(format!("segment encoder panicked: {e}")))??;
+        let Built {
+            encoded,
+            index_file: idx,
+            facts: before,
+            raw_bytes,
+        } = tokio::task::spawn_blocking(build)
+            .await
+            .map_err(|e| Error::TaskFailed(format!("segment encoder panicked: {e}")))??;
         let size = encoded.bytes.len() as u64;
         let store_path = StorePath::from(path.as_str());
         self.store.put(&store_path, encoded.bytes.into()).await?;

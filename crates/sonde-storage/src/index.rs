@@ -46,22 +46,63 @@ pub(crate) fn build(batches: &[RecordBatch], column: &str) -> Result<Option<Roar
     if cols.is_empty() {
         return Ok(None);
     }
-    // Hashes are random, so inserting them one by one would insert containers into the middle
-    // of the bitmap's vector again and again; sorted, they append.
     let mut hashes: Vec<u32> = Vec::with_capacity(cols.iter().map(|c| c.len()).sum());
     for col in cols {
-        let strings = cast(col, &DataType::Utf8)?;
-        let strings = strings.as_string::<i32>();
-        hashes.extend(
-            (0..strings.len())
-                .filter(|&i| strings.is_valid(i))
-                .map(|i| hash_value(strings.value(i))),
-        );
+        hash_into(col, &mut hashes)?;
     }
+    bitmap_of(hashes).map(Some)
+}
+
+/// Appends the hashes of a column's non-null values.
+fn hash_into(col: &ArrayRef, hashes: &mut Vec<u32>) -> Result<()> {
+    let strings = cast(col, &DataType::Utf8)?;
+    let strings = strings.as_string::<i32>();
+    hashes.extend(
+        (0..strings.len())
+            .filter(|&i| strings.is_valid(i))
+            .map(|i| hash_value(strings.value(i))),
+    );
+    Ok(())
+}
+
+/// The bitmap of a set of hashes.
+fn bitmap_of(mut hashes: Vec<u32>) -> Result<RoaringBitmap> {
+    // Hashes are random, so inserting them one by one would insert containers into the middle
+    // of the bitmap's vector again and again; sorted, they append.
     hashes.sort_unstable();
     hashes.dedup();
-    let bm = RoaringBitmap::from_sorted_iter(hashes).map_err(|e| crate::Error::Invalid(e.to_string()))?;
-    Ok(Some(bm))
+    RoaringBitmap::from_sorted_iter(hashes).map_err(|e| crate::Error::Invalid(e.to_string()))
+}
+
+/// The index file of a segment being written, fed its rows a batch at a time (a merge never
+/// holds all of them): 4 bytes a value of each indexed column until [`IndexFileBuilder::finish`].
+#[derive(Debug)]
+pub(crate) struct IndexFileBuilder {
+    /// Each indexed column and its hashes so far (`None` until a batch has the column).
+    columns: Vec<(String, Option<Vec<u32>>)>,
+}
+
+impl IndexFileBuilder {
+    /// Adds a batch's rows.
+    pub(crate) fn add(&mut self, batch: &RecordBatch) -> Result<()> {
+        for (name, hashes) in &mut self.columns {
+            if let Some(col) = batch.column_by_name(name) {
+                hash_into(col, hashes.get_or_insert_with(Vec::new))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The index file (every indexed column the rows had), to be stored beside the segment.
+    pub(crate) fn finish(self) -> Result<Vec<u8>> {
+        let mut built = Vec::new();
+        for (name, hashes) in self.columns {
+            if let Some(hashes) = hashes {
+                built.push((name, Some(Arc::new(SegmentIndex::of(&bitmap_of(hashes)?)))));
+            }
+        }
+        Ok(encode_file(&built))
+    }
 }
 
 /// The cache's state: entries, their total bytes, and a use counter for recency.
@@ -254,17 +295,22 @@ impl IndexCache {
         self.columns.iter().any(|c| c == column)
     }
 
-    /// The index file of a freshly written segment (every indexed column of its rows, held as `batches`), to be
-    /// stored beside it. Not cached: an index enters the cache when a lookup first reads it, so
-    /// ingest alone holds none of them in memory (at 100M events they are ~270 MB).
-    pub fn file_for_batches(&self, batches: &[RecordBatch]) -> Result<Vec<u8>> {
-        let mut built = Vec::new();
-        for c in &self.columns {
-            if let Some(bm) = build(batches, c)? {
-                built.push((c.clone(), Some(Arc::new(SegmentIndex::of(&bm)))));
-            }
+    /// The index file of a segment being written, to be stored beside it. Not cached: an index
+    /// enters the cache when a lookup first reads it, so ingest alone holds none of them in
+    /// memory (at 100M events they are ~270 MB).
+    pub(crate) fn file_builder(&self) -> IndexFileBuilder {
+        IndexFileBuilder {
+            columns: self.columns.iter().map(|c| (c.clone(), None)).collect(),
         }
-        Ok(encode_file(&built))
+    }
+
+    /// The index file of rows held as `batches` (see [`IndexCache::file_builder`]).
+    pub fn file_for_batches(&self, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+        let mut file = self.file_builder();
+        for b in batches {
+            file.add(b)?;
+        }
+        file.finish()
     }
 
     fn put(&self, segment: SegmentId, column: &str, bitmap: Option<SegmentIndex>) -> Option<Arc<SegmentIndex>> {
@@ -413,7 +459,7 @@ fn encode_file(columns: &[(String, Option<Arc<SegmentIndex>>)]) -> Vec<u8> {
     out
 }
 
-fn decode_file(bytes: &[u8]) -> Result<Vec<(String, SegmentIndex)>> {
+pub(crate) fn decode_file(bytes: &[u8]) -> Result<Vec<(String, SegmentIndex)>> {
     let bad = |why: &str| Error::Invalid(format!("index file: {why}"));
     if bytes.len() < FILE_MAGIC.len() + 4 || &bytes[..8] != FILE_MAGIC {
         return Err(bad("no magic"));

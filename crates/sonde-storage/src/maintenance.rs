@@ -66,14 +66,16 @@ impl Storage {
             files.push(self.store.get(&StorePath::from(s.path.as_str())).await?.bytes().await?);
         }
         let schema = compaction::merged_schema(&group, types);
-        let read_schema = schema.clone();
-        let batches = tokio::task::spawn_blocking(move || compaction::read_all(files, &read_schema))
-            .await
-            .map_err(|e| Error::TaskFailed(format!("compaction panicked: {e}")))??;
-        compaction::check_merged(&group, &segment::batches_facts(&batches)?)?;
         let min_lsn = group.iter().map(|s| s.min_lsn).min().unwrap_or_default();
         let max_lsn = group.iter().map(|s| s.max_lsn).max().unwrap_or_default();
-        let meta = self.persist_segment(ds, schema, batches, min_lsn, max_lsn).await?;
+        let (inputs, merged_schema) = (group.clone(), schema.clone());
+        let (opts, index) = (self.config.segment.clone(), self.index.clone());
+        let build = move || {
+            let built = compaction::merge(files, &inputs, &merged_schema, &opts, &index)?;
+            compaction::check_merged(&inputs, &built.facts)?;
+            Ok(built)
+        };
+        let meta = self.persist_built(ds, schema, build, min_lsn, max_lsn).await?;
         let (id, path, rows, size) = (meta.id, meta.path.clone(), meta.rows, meta.bytes);
         let _one_at_a_time = self.flush_lock.lock().await;
         let swapped = {

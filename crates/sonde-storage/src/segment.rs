@@ -72,6 +72,24 @@ pub fn adapt_to_schema(batch: &RecordBatch, schema: &arrow::datatypes::SchemaRef
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
+impl SegmentFacts {
+    /// The facts of no rows (the identity of [`SegmentFacts::and`]).
+    pub(crate) const NONE: SegmentFacts = SegmentFacts {
+        rows: 0,
+        min_ts_us: i64::MAX,
+        max_ts_us: i64::MIN,
+    };
+
+    /// The facts of these rows and `other`'s together.
+    pub(crate) fn and(self, other: SegmentFacts) -> SegmentFacts {
+        SegmentFacts {
+            rows: self.rows + other.rows,
+            min_ts_us: self.min_ts_us.min(other.min_ts_us),
+            max_ts_us: self.max_ts_us.max(other.max_ts_us),
+        }
+    }
+}
+
 /// The facts of rows held as several batches (each with a µs timestamp column, non-null).
 pub(crate) fn batches_facts(batches: &[RecordBatch]) -> Result<SegmentFacts> {
     facts_of(timestamps(batches)?.into_iter())
@@ -128,11 +146,7 @@ fn in_time_order(batches: &[RecordBatch], mut write: impl FnMut(&RecordBatch) ->
 }
 
 fn facts_of<'a>(arrays: impl Iterator<Item = &'a TimestampMicrosecondArray>) -> Result<SegmentFacts> {
-    let mut f = SegmentFacts {
-        rows: 0,
-        min_ts_us: i64::MAX,
-        max_ts_us: i64::MIN,
-    };
+    let mut f = SegmentFacts::NONE;
     for a in arrays {
         if a.null_count() > 0 {
             return Err(Error::Invalid("timestamp column has nulls".into()));
@@ -161,34 +175,7 @@ pub(crate) struct Encoded {
 /// Encodes rows (batches of `schema`, in any time order) as a time-sorted Parquet file in
 /// memory.
 pub(crate) fn encode(schema: &SchemaRef, batches: &[RecordBatch], opts: &SegmentOptions) -> Result<Encoded> {
-    let ts_index = schema.index_of(TIMESTAMP_COLUMN)?;
-    let mut props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(opts.zstd_level)?))
-        .set_dictionary_enabled(true)
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .set_max_row_group_row_count(Some(opts.row_group_rows))
-        .set_sorting_columns(Some(vec![SortingColumn {
-            column_idx: ts_index as i32,
-            descending: false,
-            nulls_first: false,
-        }]));
-    // Time-sorted microsecond timestamps are nearly all distinct: a dictionary is tried, fails
-    // and falls back to PLAIN, 8 bytes a value. Deltas of a sorted column pack into a few bits,
-    // and this is the column every query reads.
-    props = props
-        .set_column_dictionary_enabled(TIMESTAMP_COLUMN.into(), false)
-        .set_column_encoding(TIMESTAMP_COLUMN.into(), Encoding::DELTA_BINARY_PACKED);
-    for name in &opts.bloom_columns {
-        if schema.column_with_name(name).is_some() {
-            // Ids are nearly all distinct too: no dictionary, a bloom filter instead.
-            props = props
-                .set_column_dictionary_enabled(name.as_str().into(), false)
-                .set_column_bloom_filter_enabled(name.as_str().into(), true)
-                // 5%: each of a segment's row groups is a false positive for one lookup in 20;
-                // 1% would double the filter's bytes (2 bytes an event) for little.
-                .set_column_bloom_filter_fpp(name.as_str().into(), 0.05);
-        }
-    }
+    let mut plain = Vec::new();
     let mut distinct_columns = Vec::new();
     for (i, field) in schema.fields().iter().enumerate() {
         let name = field.name();
@@ -207,18 +194,96 @@ pub(crate) fn encode(schema: &SchemaRef, batches: &[RecordBatch], opts: &Segment
             _ => 0.9,
         };
         if fraction > limit {
-            props = props.set_column_dictionary_enabled(name.as_str().into(), false);
+            plain.push(name.clone());
         }
     }
     let raw: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
-    let mut out = Vec::with_capacity(raw / 4);
-    let mut w = ArrowWriter::try_new(&mut out, schema.clone(), Some(props.build()))?;
-    in_time_order(batches, |b| Ok(w.write(b)?))?;
-    w.close()?;
-    Ok(Encoded {
-        bytes: Bytes::from(out),
-        distinct_columns,
-    })
+    let mut w = SegmentWriter::new(schema, opts, &plain, distinct_columns, raw / 4)?;
+    in_time_order(batches, |b| w.write(b))?;
+    w.finish()
+}
+
+/// A segment file being written in memory from rows given a batch at a time, in time order.
+pub(crate) struct SegmentWriter {
+    writer: ArrowWriter<Vec<u8>>,
+    distinct_columns: Vec<String>,
+}
+
+impl SegmentWriter {
+    /// A writer of `schema` rows with a dictionary for every column but the `plain` ones (and
+    /// the timestamp and bloom-filter columns, never dictionary-encoded); `distinct_columns`
+    /// is what [`Encoded::distinct_columns`] will say; `capacity` the bytes expected.
+    pub(crate) fn new(
+        schema: &SchemaRef,
+        opts: &SegmentOptions,
+        plain: &[String],
+        distinct_columns: Vec<String>,
+        capacity: usize,
+    ) -> Result<SegmentWriter> {
+        let ts_index = schema.index_of(TIMESTAMP_COLUMN)?;
+        let mut props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(opts.zstd_level)?))
+            .set_dictionary_enabled(true)
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .set_max_row_group_row_count(Some(opts.row_group_rows))
+            .set_sorting_columns(Some(vec![SortingColumn {
+                column_idx: ts_index as i32,
+                descending: false,
+                nulls_first: false,
+            }]));
+        // Time-sorted microsecond timestamps are nearly all distinct: a dictionary is tried,
+        // fails and falls back to PLAIN, 8 bytes a value. Deltas of a sorted column pack into
+        // a few bits, and this is the column every query reads.
+        props = props
+            .set_column_dictionary_enabled(TIMESTAMP_COLUMN.into(), false)
+            .set_column_encoding(TIMESTAMP_COLUMN.into(), Encoding::DELTA_BINARY_PACKED);
+        for name in &opts.bloom_columns {
+            if schema.column_with_name(name).is_some() {
+                // Ids are nearly all distinct too: no dictionary, a bloom filter instead.
+                props = props
+                    .set_column_dictionary_enabled(name.as_str().into(), false)
+                    .set_column_bloom_filter_enabled(name.as_str().into(), true)
+                    // 5%: each of a segment's row groups is a false positive for one lookup in
+                    // 20; 1% would double the filter's bytes (2 bytes an event) for little.
+                    .set_column_bloom_filter_fpp(name.as_str().into(), 0.05);
+            }
+        }
+        for name in plain {
+            props = props.set_column_dictionary_enabled(name.as_str().into(), false);
+        }
+        let out = Vec::with_capacity(capacity);
+        Ok(SegmentWriter {
+            writer: ArrowWriter::try_new(out, schema.clone(), Some(props.build()))?,
+            distinct_columns,
+        })
+    }
+
+    /// Writes the next rows (later in time than those written before).
+    pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        Ok(self.writer.write(batch)?)
+    }
+
+    /// The file.
+    pub(crate) fn finish(self) -> Result<Encoded> {
+        let out = self.writer.into_inner()?;
+        Ok(Encoded {
+            bytes: Bytes::from(out),
+            distinct_columns: self.distinct_columns,
+        })
+    }
+}
+
+/// The columns of a Parquet file whose first row group has a dictionary page: a merge of
+/// segments keeps each column's choice of a dictionary from the segments it merges.
+pub(crate) fn dictionary_columns(metadata: &parquet::file::metadata::ParquetMetaData) -> Vec<String> {
+    let Some(rg) = metadata.row_groups().first() else {
+        return Vec::new();
+    };
+    rg.columns()
+        .iter()
+        .filter(|c| c.dictionary_page_offset().is_some())
+        .map(|c| c.column_path().string())
+        .collect()
 }
 
 /// Above this fraction of distinct values in [`distinct_fraction`]'s sample, a breakdown by the

@@ -333,9 +333,19 @@ fn assert_ranks_alike(sampled: &Value, exact: &Value, n: usize) {
 async fn a_sampled_bubbleup_ranks_the_top_columns_as_the_exact_one() {
     let dir = tempfile::tempdir().unwrap();
     // Populations over 20,000 rows are sampled: here about one row in nine of the baseline.
+    // The layout is fixed, four time-ordered segments of 30,000 rows: how many rows a side
+    // reads follows from the rows of the segments its box overlaps, which a compaction
+    // merging them part-way through the test (every 30 s by default) would change.
     let server = Server::start(
         dir.path(),
-        &["--flush-rows", "30000", "--bubbleup-sample-rows", "20000"],
+        &[
+            "--flush-rows",
+            "30000",
+            "--bubbleup-sample-rows",
+            "20000",
+            "--compaction-target-rows",
+            "0",
+        ],
     )
     .await;
     let client = reqwest::Client::new();
@@ -347,6 +357,16 @@ async fn a_sampled_bubbleup_ranks_the_top_columns_as_the_exact_one() {
     };
     let events: Vec<GenEvent> = Generator::new(cfg, 120_000).collect();
     ingest(&client, &server, "big", &events).await;
+    let mut flushed = false;
+    for _ in 0..800 {
+        let (_, d) = send_json(client.get(server.at("/api/datasets"))).await;
+        if d["datasets"][0]["buffered_rows"] == 0 && d["datasets"][0]["segments"] == 4 {
+            flushed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(flushed, "the four segments were not flushed");
 
     let (t0, t1) = (T0 + HOUR * 60 / 100, T0 + HOUR * 75 / 100);
     let req = json!({
