@@ -91,16 +91,17 @@ impl StorageConfig {
     pub const DEFAULT_FLUSH_AGE: Duration = Duration::from_secs(60);
     /// Default of `wal_rotate_bytes`.
     pub const DEFAULT_WAL_ROTATE_BYTES: u64 = 64 * 1024 * 1024;
-    /// Default of `max_buffer_bytes`.
-    pub const DEFAULT_MAX_BUFFER_BYTES: usize = 1024 * 1024 * 1024;
+    /// Default of `max_buffer_bytes`: a quarter of the `sonde` binary's default memory plan
+    /// (1 GiB in all).
+    pub const DEFAULT_MAX_BUFFER_BYTES: usize = 256 * 1024 * 1024;
     /// Default of `min_free_disk_bytes`.
     pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 256 * 1024 * 1024;
     /// Default of `compaction_target_rows`.
     pub const DEFAULT_COMPACTION_TARGET_ROWS: u64 = 1_000_000;
     /// Default of `maintenance_interval`.
     pub const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
-    /// Default of `index_cache_bytes`.
-    pub const DEFAULT_INDEX_CACHE_BYTES: usize = 256 * 1024 * 1024;
+    /// Default of `index_cache_bytes`: an eighth of the default memory plan.
+    pub const DEFAULT_INDEX_CACHE_BYTES: usize = 128 * 1024 * 1024;
     /// Default rows per Parquet row group.
     pub const DEFAULT_ROW_GROUP_ROWS: usize = 128 * 1024;
     /// Default of `catalog_refresh`.

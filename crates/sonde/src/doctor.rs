@@ -133,23 +133,20 @@ pub(crate) fn check(a: &ServeArgs) -> Report {
             a.flatten_depth
         ),
     ));
-    let total = a.memory_limit
-        + a.max_buffer_bytes
-        + a.metadata_cache_bytes
-        + a.chunk_cache_bytes
-        + a.partials_cache_bytes
-        + a.index_cache_bytes;
+    let m = a.memory();
+    let total = m.requests + m.buffers + m.metadata_cache + m.chunk_cache + m.partials_cache + m.index_cache;
     lines.push((
         "memory",
         format!(
-            "requests {} (--memory-limit), write buffers {} (--max-buffer-bytes), footers {}, chunks {}, \
-             partials {}, id indexes {}: at most about {} with the process itself",
-            bytes(a.memory_limit as u64),
-            bytes(a.max_buffer_bytes as u64),
-            bytes(a.metadata_cache_bytes as u64),
-            bytes(a.chunk_cache_bytes as u64),
-            bytes(a.partials_cache_bytes as u64),
-            bytes(a.index_cache_bytes as u64),
+            "planned {} (--server-memory): requests {} (--memory-limit), write buffers {} (--max-buffer-bytes), \
+             footers {}, chunks {}, partials {}, id indexes {}: at most about {} with the process itself",
+            bytes(a.server_memory as u64),
+            bytes(m.requests as u64),
+            bytes(m.buffers as u64),
+            bytes(m.metadata_cache as u64),
+            bytes(m.chunk_cache as u64),
+            bytes(m.partials_cache as u64),
+            bytes(m.index_cache as u64),
             bytes(total as u64 + (200 << 20))
         ),
     ));
@@ -157,8 +154,8 @@ pub(crate) fn check(a: &ServeArgs) -> Report {
         && total as u64 > mem
     {
         problems.push(format!(
-            "the memory limits add up to {}, more than this machine's {}: lower --memory-limit or \
-             --max-buffer-bytes",
+            "the memory limits add up to {}, more than this machine's {}: lower --server-memory \
+             (or the flags of its parts that were given)",
             bytes(total as u64),
             bytes(mem)
         ));
@@ -169,7 +166,7 @@ pub(crate) fn check(a: &ServeArgs) -> Report {
             "timeout {} (--query-timeout), {} at once, {} per query, answers up to {}, BubbleUp samples above {} rows",
             a.query_timeout,
             a.max_concurrent_queries,
-            bytes(a.query_memory_limit as u64),
+            bytes(m.query as u64),
             bytes(a.max_answer_bytes as u64),
             a.bubbleup_sample_rows
         ),

@@ -18,6 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod doctor;
+mod memory_plan;
+
+use memory_plan::MemoryPlan;
 
 /// `sonde --version`: the crate version, the commit built and the cargo profile
 /// (`0.1.0 (commit 1a2b3c4d5e, release)`), set by `build.rs`.
@@ -178,18 +181,23 @@ struct ServeArgs {
     /// Retention for one dataset, `NAME=DURATION` (repeatable; comma-separated in the variable).
     #[arg(long, env = "SONDE_RETENTION_DATASET", value_delimiter = ',', value_parser = parse_dataset_retention)]
     retention_dataset: Vec<(sonde_model::DatasetName, Duration)>,
-    /// Refuse ingest (503 + Retry-After) while the write buffers hold more than this many bytes.
-    #[arg(long, env = "SONDE_MAX_BUFFER_BYTES", default_value_t = StorageConfig::DEFAULT_MAX_BUFFER_BYTES)]
-    max_buffer_bytes: usize,
+    /// The memory this server plans for, in bytes: write buffers a quarter, requests half, the
+    /// caches the rest. A part's own flag, when given, takes its place.
+    #[arg(long, env = "SONDE_SERVER_MEMORY", default_value_t = MemoryPlan::DEFAULT_SERVER_MEMORY)]
+    server_memory: usize,
+    /// Refuse ingest (503 + Retry-After) while the write buffers hold more than this many bytes
+    /// (flushes start at half of it) [default: a quarter of --server-memory].
+    #[arg(long, env = "SONDE_MAX_BUFFER_BYTES")]
+    max_buffer_bytes: Option<usize>,
     /// Below this much free space on the data directory's disk, ingest answers 503 with
     /// `Retry-After` until space is freed (0: no check).
     #[arg(long, env = "SONDE_MIN_FREE_DISK_BYTES", default_value_t = StorageConfig::DEFAULT_MIN_FREE_DISK_BYTES)]
     min_free_disk_bytes: u64,
     /// Memory for the per-segment id indexes (`--bloom-columns`), in bytes: about 2.7 bytes per
     /// event with unique trace ids, so 256 MiB holds about 100M events' worth; past it a trace
-    /// lookup reads the index files again.
-    #[arg(long, env = "SONDE_INDEX_CACHE_BYTES", default_value_t = StorageConfig::DEFAULT_INDEX_CACHE_BYTES)]
-    index_cache_bytes: usize,
+    /// lookup reads the index files again [default: an eighth of --server-memory].
+    #[arg(long, env = "SONDE_INDEX_CACHE_BYTES")]
+    index_cache_bytes: Option<usize>,
     /// Start a new WAL file past this size.
     #[arg(long, env = "SONDE_WAL_ROTATE_BYTES", default_value_t = StorageConfig::DEFAULT_WAL_ROTATE_BYTES)]
     wal_rotate_bytes: u64,
@@ -228,15 +236,16 @@ struct ServeArgs {
     /// Longest a query may run before it is stopped with an error.
     #[arg(long, env = "SONDE_QUERY_TIMEOUT", default_value_t = Dur(EngineConfig::DEFAULT_TIMEOUT))]
     query_timeout: Dur,
-    /// Most memory one query may use, in bytes; past it the query fails with an error.
-    #[arg(long, env = "SONDE_QUERY_MEMORY_LIMIT", default_value_t = EngineConfig::DEFAULT_MEMORY_LIMIT)]
-    query_memory_limit: usize,
+    /// Most memory one query may use, in bytes; past it the query fails with an error
+    /// [default: half of --server-memory, all of what requests have].
+    #[arg(long, env = "SONDE_QUERY_MEMORY_LIMIT")]
+    query_memory_limit: Option<usize>,
     /// Most memory all requests together may hold, in bytes: queries' operators, answers being
     /// built and sent, BubbleUp's counters, trace trees, decompressed bodies. A request that
     /// would pass it is refused with 503 and `Retry-After` and the server stays up. The write
-    /// buffers (`--max-buffer-bytes`) and caches come on top.
-    #[arg(long, env = "SONDE_MEMORY_LIMIT", default_value_t = EngineConfig::DEFAULT_MEMORY_BUDGET)]
-    memory_limit: usize,
+    /// buffers (`--max-buffer-bytes`) and caches come on top [default: half of --server-memory].
+    #[arg(long, env = "SONDE_MEMORY_LIMIT")]
+    memory_limit: Option<usize>,
     /// Largest answer one request may build, in bytes (the rows collected, and again the text
     /// sent); past it the request is refused with 400 naming this flag.
     #[arg(long, env = "SONDE_MAX_ANSWER_BYTES", default_value_t = EngineConfig::DEFAULT_MAX_ANSWER_BYTES)]
@@ -247,17 +256,19 @@ struct ServeArgs {
     #[arg(long, env = "SONDE_BUBBLEUP_SAMPLE_ROWS", default_value_t = EngineConfig::DEFAULT_BUBBLEUP_SAMPLE_ROWS)]
     bubbleup_sample_rows: u64,
     /// Memory for Parquet footers and page indexes kept across queries, in bytes (0: re-read
-    /// them on every query).
-    #[arg(long, env = "SONDE_METADATA_CACHE_BYTES", default_value_t = EngineConfig::DEFAULT_METADATA_CACHE_BYTES)]
-    metadata_cache_bytes: usize,
+    /// them on every query) [default: a sixteenth of --server-memory].
+    #[arg(long, env = "SONDE_METADATA_CACHE_BYTES")]
+    metadata_cache_bytes: Option<usize>,
     /// Memory for column chunks kept across queries, in bytes (0: no cache). Most useful with
-    /// `--storage s3://…`, where every chunk read is a request.
-    #[arg(long, env = "SONDE_CHUNK_CACHE_BYTES", default_value_t = EngineConfig::DEFAULT_CHUNK_CACHE_BYTES)]
-    chunk_cache_bytes: usize,
+    /// `--storage s3://…`, where every chunk read is a request [default: a thirty-second of
+    /// --server-memory].
+    #[arg(long, env = "SONDE_CHUNK_CACHE_BYTES")]
+    chunk_cache_bytes: Option<usize>,
     /// Memory for precomputed per-segment partial aggregates of breakdowns (COUNT, SUM, AVG,
-    /// MIN, MAX per time bucket and group), in bytes (0: off, every query scans every segment).
-    #[arg(long, env = "SONDE_PARTIALS_CACHE_BYTES", default_value_t = EngineConfig::DEFAULT_PARTIALS_CACHE_BYTES)]
-    partials_cache_bytes: usize,
+    /// MIN, MAX per time bucket and group), in bytes (0: off, every query scans every segment)
+    /// [default: a thirty-second of --server-memory].
+    #[arg(long, env = "SONDE_PARTIALS_CACHE_BYTES")]
+    partials_cache_bytes: Option<usize>,
     /// A breakdown's percentiles are exact up to this many events in its range (and while
     /// their values fit in `--query-memory-limit`); above it they come from mergeable sketches
     /// within 0.5% of the value, marked in `meta.approximate` (0: always exact).
@@ -305,6 +316,22 @@ struct ServeArgs {
     /// request, instead of the build embedded in the binary: for work on the UI.
     #[arg(long, env = "SONDE_UI_DIR")]
     ui_dir: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// The memory plan: the shares of `--server-memory`, each replaced by its own flag if given.
+    fn memory(&self) -> MemoryPlan {
+        let share = MemoryPlan::of(self.server_memory);
+        MemoryPlan {
+            buffers: self.max_buffer_bytes.unwrap_or(share.buffers),
+            requests: self.memory_limit.unwrap_or(share.requests),
+            query: self.query_memory_limit.unwrap_or(share.query),
+            metadata_cache: self.metadata_cache_bytes.unwrap_or(share.metadata_cache),
+            index_cache: self.index_cache_bytes.unwrap_or(share.index_cache),
+            chunk_cache: self.chunk_cache_bytes.unwrap_or(share.chunk_cache),
+            partials_cache: self.partials_cache_bytes.unwrap_or(share.partials_cache),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -635,13 +662,14 @@ async fn serve(a: ServeArgs) -> Result<()> {
     };
     storage_config.flush_rows = a.flush_rows;
     storage_config.flush_age = a.flush_age.0;
-    storage_config.max_buffer_bytes = a.max_buffer_bytes;
+    let memory = a.memory();
+    storage_config.max_buffer_bytes = memory.buffers;
     storage_config.min_free_disk_bytes = a.min_free_disk_bytes;
     storage_config.wal_rotate_bytes = a.wal_rotate_bytes;
     storage_config.segment.row_group_rows = a.row_group_rows;
     storage_config.segment.bloom_columns = a.bloom_columns.clone();
     storage_config.compaction_target_rows = a.compaction_target_rows;
-    storage_config.index_cache_bytes = a.index_cache_bytes;
+    storage_config.index_cache_bytes = memory.index_cache;
     storage_config.storage_url = a.storage.clone().filter(|s| !s.is_empty());
     storage_config.role = a.role.into();
     storage_config.node_name = a.node_name.clone().unwrap_or_else(host_name);
@@ -674,13 +702,13 @@ async fn serve(a: ServeArgs) -> Result<()> {
         storage.clone(),
         sonde_query::EngineConfig {
             timeout: a.query_timeout.0,
-            memory_limit: a.query_memory_limit,
-            metadata_cache_bytes: a.metadata_cache_bytes,
-            chunk_cache_bytes: a.chunk_cache_bytes,
-            memory_budget: a.memory_limit,
+            memory_limit: memory.query,
+            metadata_cache_bytes: memory.metadata_cache,
+            chunk_cache_bytes: memory.chunk_cache,
+            memory_budget: memory.requests,
             max_answer_bytes: a.max_answer_bytes,
             bubbleup_sample_rows: a.bubbleup_sample_rows,
-            partials_cache_bytes: a.partials_cache_bytes,
+            partials_cache_bytes: memory.partials_cache,
             exact_percentile_rows: a.exact_percentile_rows,
             ..Default::default()
         },
@@ -1054,6 +1082,31 @@ mod tests {
         assert!("5 parsecs".parse::<Dur>().is_err());
     }
 
+    /// `--server-memory` sets every part's share; a part's own flag replaces only its share.
+    #[test]
+    fn the_memory_plan_divides_one_figure_and_a_flag_replaces_its_share() {
+        let serve = |args: &[&str]| {
+            let mut all = vec!["sonde", "serve"];
+            all.extend_from_slice(args);
+            let Command::Serve(a) = Cli::try_parse_from(all).unwrap().command else {
+                panic!("not serve")
+            };
+            a.memory()
+        };
+        let plan = serve(&["--server-memory", "4294967296"]);
+        assert_eq!(plan.buffers, 1 << 30);
+        assert_eq!((plan.requests, plan.query), (2 << 30, 2 << 30));
+        let parts = plan.buffers
+            + plan.requests
+            + plan.metadata_cache
+            + plan.index_cache
+            + plan.chunk_cache
+            + plan.partials_cache;
+        assert_eq!(parts, 4 << 30, "the shares add up to the figure");
+        let given = serve(&["--server-memory", "4294967296", "--max-buffer-bytes", "1000"]);
+        assert_eq!(given, MemoryPlan { buffers: 1000, ..plan });
+    }
+
     /// The flags' defaults are the libraries' (each default is defined once, in its crate).
     #[test]
     fn serve_defaults_are_the_libraries_defaults() {
@@ -1064,23 +1117,23 @@ mod tests {
         assert_eq!(a.flush_rows, storage.flush_rows);
         assert_eq!(a.flush_age.0, storage.flush_age);
         assert_eq!(a.maintenance_interval.0, storage.maintenance_interval);
-        assert_eq!(a.max_buffer_bytes, storage.max_buffer_bytes);
+        // Unless given, the memory flags are the default plan's shares, which are the libraries'.
+        assert_eq!(a.memory(), MemoryPlan::of(MemoryPlan::DEFAULT_SERVER_MEMORY));
+        let memory = a.memory();
+        assert_eq!(memory.buffers, storage.max_buffer_bytes);
         assert_eq!(a.row_group_rows, storage.segment.row_group_rows);
         assert_eq!(a.bloom_columns, storage.segment.bloom_columns);
-        assert_eq!(a.index_cache_bytes, storage.index_cache_bytes);
+        assert_eq!(memory.index_cache, storage.index_cache_bytes);
         assert_eq!(a.catalog_refresh.0, storage.catalog_refresh);
         assert!(matches!(a.role, RoleArg::All) && storage.role == Role::All);
         let engine = EngineConfig::default();
-        assert_eq!(
-            (a.query_timeout.0, a.query_memory_limit),
-            (engine.timeout, engine.memory_limit)
-        );
+        assert_eq!((a.query_timeout.0, memory.query), (engine.timeout, engine.memory_limit));
         assert_eq!(
             (
-                a.memory_limit,
+                memory.requests,
                 a.max_answer_bytes,
                 a.bubbleup_sample_rows,
-                a.partials_cache_bytes,
+                memory.partials_cache,
                 a.exact_percentile_rows
             ),
             (
@@ -1090,6 +1143,10 @@ mod tests {
                 engine.partials_cache_bytes,
                 engine.exact_percentile_rows
             )
+        );
+        assert_eq!(
+            (memory.metadata_cache, memory.chunk_cache),
+            (engine.metadata_cache_bytes, engine.chunk_cache_bytes)
         );
         let server = ServerConfig::default();
         assert_eq!(a.request_timeout.0, server.request_timeout);

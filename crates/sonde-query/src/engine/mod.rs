@@ -150,22 +150,24 @@ pub struct EngineConfig {
 impl EngineConfig {
     /// Default of `timeout` (the command line's default too: each default is defined once).
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-    /// Default of `memory_limit`.
-    pub const DEFAULT_MEMORY_LIMIT: usize = 2 << 30;
-    /// Default of `metadata_cache_bytes`.
-    pub const DEFAULT_METADATA_CACHE_BYTES: usize = 256 << 20;
-    /// Default of `chunk_cache_bytes`.
-    pub const DEFAULT_CHUNK_CACHE_BYTES: usize = 256 << 20;
-    /// Default of `memory_budget`.
-    pub const DEFAULT_MEMORY_BUDGET: usize = 4 << 30;
+    /// Default of `memory_limit`: all of `memory_budget`, which a query draws from.
+    pub const DEFAULT_MEMORY_LIMIT: usize = Self::DEFAULT_MEMORY_BUDGET;
+    /// Default of `metadata_cache_bytes`: a sixteenth of the `sonde` binary's default memory
+    /// plan (1 GiB in all).
+    pub const DEFAULT_METADATA_CACHE_BYTES: usize = 64 << 20;
+    /// Default of `chunk_cache_bytes`: a thirty-second of the default memory plan.
+    pub const DEFAULT_CHUNK_CACHE_BYTES: usize = 32 << 20;
+    /// Default of `memory_budget`: half of the default memory plan.
+    pub const DEFAULT_MEMORY_BUDGET: usize = 512 << 20;
     /// Default of `max_answer_bytes`.
     pub const DEFAULT_MAX_ANSWER_BYTES: usize = 128 << 20;
     /// Default of `bubbleup_sample_rows`: about what BubbleUp reads and counts in half a
     /// second on this project's 2-core reference machine.
     pub const DEFAULT_BUBBLEUP_SAMPLE_ROWS: u64 = 500_000;
-    /// Default of `partials_cache_bytes`: a breakdown's partials are a few kilobytes per
-    /// segment, so this holds thousands of (segment, query shape) pairs.
-    pub const DEFAULT_PARTIALS_CACHE_BYTES: usize = 64 << 20;
+    /// Default of `partials_cache_bytes`: a thirty-second of the default memory plan. A
+    /// breakdown's partials are a few kilobytes per segment, so this holds thousands of
+    /// (segment, query shape) pairs.
+    pub const DEFAULT_PARTIALS_CACHE_BYTES: usize = 32 << 20;
     /// Default of `exact_percentile_rows`: about what an exact percentile breakdown reads in a
     /// second on this project's 2-core reference machine.
     pub const DEFAULT_EXACT_PERCENTILE_ROWS: u64 = 10_000_000;
