@@ -134,7 +134,7 @@ pub(crate) fn check(a: &ServeArgs) -> Report {
         ),
     ));
     let m = a.memory();
-    let total = m.requests + m.buffers + m.metadata_cache + m.chunk_cache + m.partials_cache + m.index_cache;
+    let total = m.total();
     lines.push((
         "memory",
         format!(

@@ -1096,13 +1096,7 @@ mod tests {
         let plan = serve(&["--server-memory", "4294967296"]);
         assert_eq!(plan.buffers, 1 << 30);
         assert_eq!((plan.requests, plan.query), (2 << 30, 2 << 30));
-        let parts = plan.buffers
-            + plan.requests
-            + plan.metadata_cache
-            + plan.index_cache
-            + plan.chunk_cache
-            + plan.partials_cache;
-        assert_eq!(parts, 4 << 30, "the shares add up to the figure");
+        assert_eq!(plan.total(), 4 << 30, "the shares add up to the figure");
         let given = serve(&["--server-memory", "4294967296", "--max-buffer-bytes", "1000"]);
         assert_eq!(given, MemoryPlan { buffers: 1000, ..plan });
     }

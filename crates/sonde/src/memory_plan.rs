@@ -32,6 +32,11 @@ impl MemoryPlan {
     /// Default of `--server-memory`: 1 GiB.
     pub(crate) const DEFAULT_SERVER_MEMORY: usize = 1 << 30;
 
+    /// The bytes planned in all: every part but `query`, which draws from `requests`.
+    pub(crate) fn total(&self) -> usize {
+        self.requests + self.buffers + self.metadata_cache + self.index_cache + self.chunk_cache + self.partials_cache
+    }
+
     /// The plan for `total` bytes; the shares add up to `total`.
     pub(crate) fn of(total: usize) -> MemoryPlan {
         let part = |num: usize, den: usize| total / den * num;

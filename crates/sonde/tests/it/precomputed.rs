@@ -37,6 +37,22 @@ async fn dataset(client: &reqwest::Client, server: &Server, ds: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// A server in `dir` with `extra` flags that flushes every 700 events and never compacts,
+/// holding `events` in dataset `ds`, each full chunk flushed.
+async fn flushed_server(
+    dir: &std::path::Path,
+    client: &reqwest::Client,
+    ds: &str,
+    events: &[Ev],
+    extra: &[&str],
+) -> Server {
+    let mut flags = vec!["--flush-rows", "700", "--compaction-target-rows", "0"];
+    flags.extend_from_slice(extra);
+    let server = Server::start(dir, &flags).await;
+    send_flushed(client, &server, ds, events).await;
+    server
+}
+
 /// Sends `events` in chunks of the flush size, waiting for each full chunk's flush.
 async fn send_flushed(client: &reqwest::Client, server: &Server, ds: &str, events: &[Ev]) {
     for chunk in events.chunks(700) {
@@ -202,16 +218,7 @@ async fn sketched_percentiles_are_within_half_a_percent_of_the_exact_ones() {
     let mut rng = Rng::new(11);
     let events = gen_events(&mut rng, T0);
     // Every percentile breakdown over more than one event is sketched.
-    let flags = [
-        "--flush-rows",
-        "700",
-        "--compaction-target-rows",
-        "0",
-        "--exact-percentile-rows",
-        "1",
-    ];
-    let server = Server::start(dir.path(), &flags).await;
-    send_flushed(&client, &server, "sk", &events).await;
+    let server = flushed_server(dir.path(), &client, "sk", &events, &["--exact-percentile-rows", "1"]).await;
     // COUNT first, so the order (and so the groups kept) does not depend on the percentiles.
     let specs: Vec<Value> = (0..60)
         .map(|_| {
@@ -259,16 +266,7 @@ async fn percentiles_share_their_values_and_give_way_to_sketches_past_the_query_
     let events = gen_events(&mut rng, T0);
     // 6,000 events in the range: a collection counts 64 bytes an event, 384,000 bytes, so
     // one collection fits in 2,000,000 bytes and six do not.
-    let flags = [
-        "--flush-rows",
-        "700",
-        "--compaction-target-rows",
-        "0",
-        "--query-memory-limit",
-        "2000000",
-    ];
-    let server = Server::start(dir.path(), &flags).await;
-    send_flushed(&client, &server, "pm", &events).await;
+    let server = flushed_server(dir.path(), &client, "pm", &events, &["--query-memory-limit", "2000000"]).await;
     let spec = |calcs: Vec<Value>| {
         json!({
             "start_time": sonde_gen::format_time(T0 - 600_000_000),
