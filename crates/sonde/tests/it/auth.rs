@@ -6,7 +6,7 @@ use crate::harness::{Server, send_json};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A new key made by `sonde keys new`: (secret, keys-file line).
 pub(crate) fn new_key(name: &str, scopes: &str, datasets: &str) -> (String, String) {
@@ -234,10 +234,12 @@ async fn keys_scopes_and_datasets_are_enforced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_timeouts_and_cors() {
     let (_dir, server, k) = start(&[
+        // Half a request a second: a burst of one, refilled in 2 s. The timeout is 5 s so that a
+        // loaded test machine's slow durable ack is not mistaken for a slow client.
         "--ingest-rate-limit",
-        "2",
+        "0.5",
         "--request-timeout",
-        "1s",
+        "5s",
         "--cors-origin",
         "https://ui.example.com",
     ])
@@ -250,8 +252,7 @@ async fn rate_limits_timeouts_and_cors() {
                 .json(&events(1)),
         )
     };
-    // A burst of two, then 429 with Retry-After; the limit is per key.
-    assert_eq!(post(&k.ingest_prod).await.0, 200);
+    // A burst of one, then 429 with Retry-After; the limit is per key.
     assert_eq!(post(&k.ingest_prod).await.0, 200);
     let r = c
         .post(server.at("/1/batch/prod"))
@@ -264,20 +265,19 @@ async fn rate_limits_timeouts_and_cors() {
     assert!(r.headers().get("retry-after").is_some());
     assert!(r.text().await.unwrap().contains("rate limit"));
     assert_eq!(post(&k.admin).await.0, 200, "another key has its own bucket");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(post(&k.ingest_prod).await.0, 200, "the bucket refills");
 
     // A client that never finishes its body is cut off by the request timeout, and what it sent
-    // is not written.
+    // is not written. It sends with the admin key, whose bucket refilled during the sleep above.
     let addr = server.url.strip_prefix("http://").unwrap().to_string();
-    let started = Instant::now();
     let answer = tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         write!(
             s,
             "POST /1/batch/prod HTTP/1.1\r\nHost: x\r\nX-Honeycomb-Team: {}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n[{{\"data\":{{\"slow\":1}}}}",
-            k.ingest_prod
+            k.admin
         )
         .unwrap();
         let mut buf = [0u8; 512];
@@ -286,8 +286,9 @@ async fn rate_limits_timeouts_and_cors() {
     })
     .await
     .unwrap();
+    // The client's own read timeout (10 s) is twice the server's: an empty answer here means the
+    // server never cut the slow client off.
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(started.elapsed() < Duration::from_secs(5));
 
     // CORS: the configured origin is allowed; any other gets no CORS headers.
     let preflight = |origin: &'static str| {
