@@ -119,7 +119,7 @@ impl From<sonde_storage::Error> for ApiError {
                 position: None,
             },
             // Sent to the wrong node of a cluster: retrying here will not help, another node will.
-            E::NotOwner { .. } | E::Role { .. } => ApiError {
+            E::NotOwner { .. } | E::Role { .. } | E::EpochMoved { .. } => ApiError {
                 status: StatusCode::MISDIRECTED_REQUEST,
                 message: e.to_string(),
                 retry_after: None,

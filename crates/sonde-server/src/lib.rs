@@ -45,6 +45,7 @@ mod definitions;
 mod derived;
 pub mod error;
 mod extract;
+pub mod fresh;
 mod ingest;
 mod markers;
 mod objects;
@@ -308,6 +309,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/1/dataset_definitions/{dataset}",
             get(definitions::get).patch(definitions::patch),
         )
+        .route("/internal/v1/buffer/{dataset}", get(fresh::buffer))
         .route("/api/datasets", get(schema::datasets))
         .route("/api/datasets/{dataset}/columns", get(schema::columns))
         .route("/api/datasets/{dataset}/stats", get(schema::stats))

@@ -196,7 +196,16 @@ impl Storage {
             merge_columns(&mut st.columns, &schema, meta.min_ts_us, meta.max_ts_us);
             st.segments.push(meta.clone());
             st.frozen.retain(|f| !Arc::ptr_eq(f, frozen));
+            let before = st.flushed_lsn;
             st.flushed_lsn = st.flushed_lsn.max(frozen.max_lsn);
+            if self.catalog_store.shared().is_some() {
+                let to = st.flushed_lsn;
+                st.uncommitted.push(crate::fresh::Uncommitted {
+                    from: before,
+                    to,
+                    batches: frozen.batches.clone(),
+                });
+            }
         }
         self.release_buffered(frozen.bytes);
         self.persist_catalog().await?;
@@ -230,8 +239,12 @@ impl Storage {
             next_segment_id: self.next_segment_id.load(Ordering::SeqCst),
             datasets: BTreeMap::new(),
         };
+        let mut stored = Vec::new();
         for (name, state) in self.datasets.read().unwrap().iter() {
             let st = state.lock().unwrap();
+            if !st.uncommitted.is_empty() {
+                stored.push((state.clone(), st.flushed_lsn));
+            }
             if st.segments.is_empty() && st.flushed_lsn == Lsn::default() {
                 continue;
             }
@@ -248,6 +261,9 @@ impl Storage {
         self.catalog_dirty.store(true, Ordering::SeqCst);
         self.catalog_store.store(&catalog).await?;
         self.catalog_dirty.store(false, Ordering::SeqCst);
+        for (state, flushed) in stored {
+            state.lock().unwrap().uncommitted.retain(|u| u.to > flushed);
+        }
         self.graveyard.catalog_durable(generation);
         Ok(())
     }

@@ -36,6 +36,7 @@ mod compaction;
 mod config;
 pub mod documents;
 mod flush;
+pub mod fresh;
 mod graveyard;
 mod index;
 mod local_files;
@@ -154,6 +155,16 @@ pub enum Error {
         dataset: DatasetName,
         /// The node that owns it.
         owner: String,
+    },
+    /// A query node asked for a dataset's buffered events at an epoch this node does not hold.
+    #[error("dataset {dataset} is not written at epoch {asked} by this node (it holds {}); read the catalog again", .held.map_or("no epoch".to_string(), |e| format!("epoch {e}")))]
+    EpochMoved {
+        /// The dataset.
+        dataset: DatasetName,
+        /// The epoch asked for.
+        asked: u64,
+        /// The epoch this node holds, if it writes the dataset.
+        held: Option<u64>,
     },
     /// This node's role (`--role`) does not do this.
     #[error("this node runs --role {role} and does not {action}; send the request to an ingest node")]

@@ -211,11 +211,8 @@ impl Storage {
             return Ok(());
         };
         for (name, entry) in shared.follow().await? {
-            // A dataset only claimed so far has nothing to query yet (as a single node lists
-            // no dataset before its first event).
-            if entry.segments.is_empty() && self.dataset_state(&name).is_none() {
-                continue;
-            }
+            // A dataset only claimed so far is followed too: its first events are in its ingest
+            // node's buffer, which this node copies (`fresh`).
             let deleted = gone(&entry);
             let state = self.dataset_state_or_create(&name);
             let mut st = state.lock().unwrap();
@@ -229,7 +226,11 @@ impl Storage {
             st.columns = entry.columns;
             st.flushed_lsn = entry.flushed_lsn;
             st.deleted = deleted;
+            // In the same step as the segments: a copy of fresh events after another position
+            // would count the flushed ones twice.
+            st.keep_fresh_if_current();
         }
+        self.set_owners(shared.owners().await);
         Ok(())
     }
 }

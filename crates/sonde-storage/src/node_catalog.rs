@@ -16,12 +16,13 @@
 
 use crate::catalog::{CATALOG_VERSION, Catalog, DatasetEntry, SegmentId};
 use crate::config::Role;
+use crate::fresh::Owner;
 use crate::shared_catalog::{Change, CommitError, LogState, SharedCatalog};
 use crate::{Error, Result};
-use object_store::ObjectStore;
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
 use sonde_model::DatasetName;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -31,6 +32,21 @@ const COMMIT_ATTEMPTS: usize = 5;
 const CHECKPOINT_EVERY: u64 = 100;
 /// Low bits of a segment id that hold the writing node's tag (see [`NodeCatalogs::segment_id`]).
 const TAG_BITS: u32 = 10;
+
+/// A node's member file: where the cluster's other nodes reach it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Member {
+    node: String,
+    role: String,
+    /// The base URL of its HTTP API.
+    url: String,
+    /// When the process that wrote it started (µs since the epoch).
+    started_us: i64,
+}
+
+fn member_path(node: &str) -> Path {
+    Path::from("nodes").join(format!("{node}.json"))
+}
 
 /// One dataset as this node follows it.
 #[derive(Debug)]
@@ -66,8 +82,9 @@ pub(crate) struct NodeCatalogs {
     node: String,
     role: Role,
     datasets: tokio::sync::Mutex<BTreeMap<DatasetName, Followed>>,
-    /// The datasets this node owns, for the ingest path's check without the async lock.
-    owned: RwLock<HashSet<DatasetName>>,
+    /// The datasets this node owns and at which epoch, for the ingest path's check without the
+    /// async lock.
+    owned: RwLock<HashMap<DatasetName, u64>>,
 }
 
 fn log_error(e: impl std::fmt::Display) -> Error {
@@ -82,7 +99,7 @@ impl NodeCatalogs {
             node,
             role,
             datasets: tokio::sync::Mutex::new(BTreeMap::new()),
-            owned: RwLock::new(HashSet::new()),
+            owned: RwLock::new(HashMap::new()),
         }
     }
 
@@ -156,7 +173,7 @@ impl NodeCatalogs {
                 continue;
             }
             let epoch = log.take(&mut state).await.map_err(log_error)?;
-            self.owned.write().unwrap().insert(name.clone());
+            self.owned.write().unwrap().insert(name.clone(), epoch);
             catalog.datasets.insert(name.clone(), state.entry.clone());
             datasets.insert(name, Followed::new(log, state, epoch));
         }
@@ -168,11 +185,11 @@ impl NodeCatalogs {
     /// (or another process under this node's name) does.
     pub(crate) async fn claim(&self, dataset: &DatasetName) -> Result<()> {
         self.check_writer("take events")?;
-        if self.owned.read().unwrap().contains(dataset) {
+        if self.owned.read().unwrap().contains_key(dataset) {
             return Ok(());
         }
         let mut datasets = self.datasets.lock().await;
-        if self.owned.read().unwrap().contains(dataset) {
+        if self.owned.read().unwrap().contains_key(dataset) {
             return Ok(()); // claimed while this call waited for the lock
         }
         let log = SharedCatalog::new(self.store.clone(), dataset.clone(), self.node.clone());
@@ -197,7 +214,7 @@ impl NodeCatalogs {
         let epoch = state.epoch;
         tracing::info!(dataset = %dataset, epoch, node = %self.node, "dataset claimed");
         datasets.insert(dataset.clone(), Followed::new(log, state, epoch));
-        self.owned.write().unwrap().insert(dataset.clone());
+        self.owned.write().unwrap().insert(dataset.clone(), epoch);
         Ok(())
     }
 
@@ -306,7 +323,56 @@ impl NodeCatalogs {
 
     /// The datasets this node owns (ingest), for the start-up sweep of unreferenced files.
     pub(crate) fn owned(&self) -> BTreeSet<DatasetName> {
-        self.owned.read().unwrap().iter().cloned().collect()
+        self.owned.read().unwrap().keys().cloned().collect()
+    }
+
+    /// The epoch at which this node writes `dataset`, if it does.
+    pub(crate) fn owned_epoch(&self, dataset: &DatasetName) -> Option<u64> {
+        self.owned.read().unwrap().get(dataset).copied()
+    }
+
+    /// Every followed dataset's writer and epoch, as last read (a query node).
+    pub(crate) async fn owners(&self) -> Vec<(DatasetName, Option<Owner>)> {
+        let datasets = self.datasets.lock().await;
+        datasets
+            .iter()
+            .map(|(name, f)| {
+                let owner = f.state.owner.clone().map(|node| Owner {
+                    node,
+                    epoch: f.state.epoch,
+                });
+                (name.clone(), owner)
+            })
+            .collect()
+    }
+
+    /// Writes this node's member file (`nodes/<node>.json`): the address at which query nodes
+    /// reach it for fresh events. Written again at each start, so a new address replaces the
+    /// old one.
+    pub(crate) async fn announce(&self, url: &str) -> Result<()> {
+        let member = Member {
+            node: self.node.clone(),
+            role: self.role.name().to_string(),
+            url: url.to_string(),
+            started_us: sonde_model::time::now_us(),
+        };
+        let body = serde_json::to_vec(&member).map_err(|e| Error::Invalid(e.to_string()))?;
+        self.store.put(&member_path(&self.node), body.into()).await?;
+        Ok(())
+    }
+
+    /// The address a node announced (`None` if it has no member file).
+    pub(crate) async fn member_url(&self, node: &str) -> Result<Option<String>> {
+        match self.store.get(&member_path(node)).await {
+            Ok(got) => {
+                let bytes = got.bytes().await?;
+                let member: Member = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::SharedCatalog(format!("member file of node {node}: {e}")))?;
+                Ok(Some(member.url))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -29,6 +29,13 @@ pub(crate) struct DatasetState {
     pub(crate) segments: Vec<Arc<SegmentMeta>>,
     pub(crate) frozen: Vec<Arc<Frozen>>,
     pub(crate) active: WriteBuffer,
+    /// On an ingest node of a cluster: flushes swapped in memory whose catalog record is not
+    /// yet stored, with their rows, which query nodes are still served (see `fresh`).
+    pub(crate) uncommitted: Vec<crate::fresh::Uncommitted>,
+    /// On a query node of a cluster: the dataset's ingest node and epoch, as last read.
+    pub(crate) owner: Option<crate::fresh::Owner>,
+    /// On a query node of a cluster: its copy of the ingest node's buffered events.
+    pub(crate) fresh: Option<crate::fresh::FreshRows>,
 }
 
 impl DatasetState {
@@ -166,10 +173,14 @@ impl Storage {
         if let Some(b) = st.active.time_bounds() {
             widen(b);
         }
+        let (fresh_rows, fresh_bounds) = st.fresh_facts();
+        if let Some(b) = fresh_bounds {
+            widen(b);
+        }
         Some(DatasetInfo {
             name: dataset.clone(),
             segment_rows: st.segments.iter().map(|s| s.rows).sum(),
-            buffered_rows: (st.frozen.iter().map(|f| f.rows).sum::<usize>() + st.active.rows()) as u64,
+            buffered_rows: (st.frozen.iter().map(|f| f.rows).sum::<usize>() + st.active.rows()) as u64 + fresh_rows,
             segments: st.segments.len(),
             segment_bytes: st.segments.iter().map(|s| s.bytes).sum(),
             time_bounds: bounds,
@@ -188,6 +199,8 @@ impl Storage {
         if st.active.rows() > 0 {
             buffered.extend(st.active.query_batches());
         }
+        // A query node's copy of its ingest node's buffer (empty elsewhere).
+        buffered.extend(st.fresh_batches().iter().cloned());
         // Consecutive chunks of one schema (most of a buffer's) are merged as one run: the same
         // columns over the union of their time spans, once per run rather than per chunk.
         for run in buffered.chunk_by(|a, b| a.schema() == b.schema()) {

@@ -155,6 +155,19 @@ struct ServeArgs {
     /// How often a query node reads the shared catalog for newly flushed segments.
     #[arg(long, env = "SONDE_CATALOG_REFRESH", default_value_t = Dur(StorageConfig::DEFAULT_CATALOG_REFRESH))]
     catalog_refresh: Dur,
+    /// How often a query node copies the events its ingest nodes hold in their write buffers, so
+    /// that it answers them before they are flushed.
+    #[arg(long, env = "SONDE_FRESH_INTERVAL", default_value = "250ms")]
+    fresh_interval: Dur,
+    /// The base URL at which query nodes reach this ingest node (written to its member file in
+    /// the bucket); default: `http://` and the address it listens on (with the node's name in
+    /// place of an unspecified address such as 0.0.0.0).
+    #[arg(long, env = "SONDE_ADVERTISE_URL")]
+    advertise_url: Option<String>,
+    /// The API key a query node sends to ingest nodes when it copies their write buffers (a key
+    /// with the query scope, needed when the ingest nodes check keys).
+    #[arg(long, env = "SONDE_CLUSTER_KEY", hide_env_values = true)]
+    cluster_key: Option<String>,
     /// Address for OTLP/gRPC (4317 is its standard port); `off` disables it.
     #[arg(long, env = "SONDE_GRPC_LISTEN", default_value = "127.0.0.1:4317")]
     grpc_listen: GrpcListen,
@@ -728,6 +741,19 @@ async fn serve(a: ServeArgs) -> Result<()> {
     tracing::info!(%addr, data_dir = %storage.config().data_dir.display(), "sonde listening");
     // Tests and scripts read these lines to find ports chosen with :0.
     println!("sonde listening on http://{addr}");
+    if matches!(a.role, RoleArg::Ingest) {
+        let url = a.advertise_url.clone().unwrap_or_else(|| {
+            if addr.ip().is_unspecified() {
+                format!("http://{}:{}", storage.config().node_name, addr.port())
+            } else {
+                format!("http://{addr}")
+            }
+        });
+        storage
+            .announce(url.trim_end_matches('/'))
+            .await
+            .context("writing this node's member file to the bucket")?;
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -770,6 +796,17 @@ async fn serve(a: ServeArgs) -> Result<()> {
     } else {
         OnOff::Off
     });
+    let fresh = matches!(a.role, RoleArg::Query).then(|| {
+        tokio::spawn(sonde_server::fresh::run(
+            state.clone(),
+            sonde_server::fresh::FreshConfig {
+                interval: a.fresh_interval.0,
+                key: a.cluster_key.clone(),
+                max_bytes: memory.buffers,
+            },
+            stopped(),
+        ))
+    });
     let scheduler = (alerts == OnOff::On).then(|| tokio::spawn(sonde_server::alerts::run(state.clone(), stopped())));
     if scheduler.is_none() {
         tracing::info!("triggers and burn alerts are not evaluated on this node (--alerts off)");
@@ -780,6 +817,9 @@ async fn serve(a: ServeArgs) -> Result<()> {
     }
     if let Some(g) = grpc {
         g.await?.context("otlp/grpc server")?;
+    }
+    if let Some(f) = fresh {
+        f.await.context("copying fresh events")?;
     }
     tracing::info!("shutting down: flushing write buffers");
     storage.shutdown().await.context("flushing at shutdown")?;

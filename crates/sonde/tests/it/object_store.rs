@@ -493,3 +493,136 @@ async fn eventually(client: &reqwest::Client, server: &Server, dataset: &str, wa
     }
     assert_eq!(got, want, "{dataset} through the query node");
 }
+
+/// Issue 19, fresh data: two query nodes answer the events two ingest nodes hold in their write
+/// buffers (a flush every 1,000 events, none by age), copied every `--fresh-interval`. After
+/// each acknowledged batch every query node counts exactly the events acknowledged so far,
+/// never more, through the flushes in between (where the copy gives way to the flushed
+/// segment); then a query node and an ingest node are SIGKILLed and restarted (the ingest node
+/// on a new port, at a new epoch) with nothing lost or doubled. Prints the freshness (ack to
+/// visible on a query node) percentiles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_nodes_answer_unflushed_events_exactly_once() {
+    let moto = start_moto().await;
+    let env = moto.env();
+    let storage = format!("s3://{BUCKET}/fresh");
+    let node = |role: &'static str, name: &'static str| {
+        let mut flags = vec!["--storage", storage.as_str(), "--role", role, "--node-name", name];
+        flags.extend([
+            "--flush-rows",
+            "1000",
+            "--flush-age",
+            "10m",
+            "--maintenance-interval",
+            "1s",
+            "--compaction-target-rows",
+            "5000",
+        ]);
+        flags
+    };
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut a = Server::start_with_env(dirs[0].path(), &node("ingest", "ing-a"), &env).await;
+    let b = Server::start_with_env(dirs[1].path(), &node("ingest", "ing-b"), &env).await;
+    let mut q1 = Server::start_with_env(dirs[2].path(), &node("query", "q-1"), &env).await;
+    let q2 = Server::start_with_env(dirs[3].path(), &node("query", "q-2"), &env).await;
+    let client = reqwest::Client::new();
+    let send = |server: &Server, dataset: &str, events: &[GenEvent]| {
+        let body: String = events.iter().map(|e| e.to_ndjson() + "\n").collect();
+        client.post(server.at(&format!("/api/ingest/{dataset}"))).body(body)
+    };
+    let count = |server: &Server, dataset: &'static str| {
+        let (client, url) = (client.clone(), server.url.clone());
+        async move {
+            let spec = json!({"calculations": [{"op": "COUNT"}],
+                              "start_time": format_time(T0), "end_time": format_time(T0 + HOUR)});
+            let r = client
+                .post(format!("{url}/api/query/{dataset}"))
+                .json(&spec)
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 404 {
+                return 0;
+            }
+            let body: serde_json::Value = r.json().await.unwrap();
+            body["data"]["results"][0]["data"]["COUNT"].as_i64().unwrap_or(0)
+        }
+    };
+    let fa = generate(11, 2400);
+    let fb = generate(12, 2400);
+    // COUNT weighs each event by its sample rate.
+    let weight = |events: &[GenEvent]| events.iter().map(|e| e.sample_rate).sum::<i64>();
+    let (mut lags, mut first) = (Vec::new(), Vec::new());
+    for (i, (ca, cb)) in fa.chunks(100).zip(fb.chunks(100)).enumerate() {
+        let (status, r) = send_json(send(&a, "fa", ca)).await;
+        assert_eq!(status, 200, "{r}");
+        let (status, r) = send_json(send(&b, "fb", cb)).await;
+        assert_eq!(status, 200, "{r}");
+        let acked = std::time::Instant::now();
+        let sent = 100 * (i + 1);
+        for q in [&q1, &q2] {
+            for (dataset, events) in [("fa", &fa), ("fb", &fb)] {
+                let want = weight(&events[..sent]);
+                loop {
+                    let seen = count(q, dataset).await;
+                    assert!(
+                        seen <= want,
+                        "{dataset} on {}: a count of {seen} seen, {want} sent",
+                        q.url
+                    );
+                    if seen == want {
+                        break;
+                    }
+                    assert!(
+                        acked.elapsed() < Duration::from_secs(30),
+                        "{dataset} on {}: a count of {seen} of {want} after 30 s",
+                        q.url
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                // The first batch makes the datasets: a query node finds a new dataset when it
+                // next reads the catalog (`--catalog-refresh`, 1 s), which is said apart.
+                if i == 0 {
+                    first.push(acked.elapsed());
+                } else {
+                    lags.push(acked.elapsed());
+                }
+            }
+        }
+    }
+    lags.sort();
+    let pct = |p: f64| lags[((lags.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "freshness, ack to visible on a query node ({} checks): p50 {:?}, p99 {:?}, max {:?}; a new dataset's first events: {:?}",
+        lags.len(),
+        pct(0.5),
+        pct(0.99),
+        lags[lags.len() - 1],
+        first
+    );
+    // The copies gave way to flushed segments on the way (2,400 events, a flush every 1,000).
+    let stats = send_json(client.get(q2.at("/api/datasets/fa/stats"))).await.1;
+    assert!(stats["segments"].as_u64().unwrap() >= 1, "{stats}");
+    for q in [&q1, &q2] {
+        assert_eq!(dataset_answers(&client, q, "fa").await, brute_force(&fa));
+        assert_eq!(dataset_answers(&client, q, "fb").await, brute_force(&fb));
+    }
+
+    // A query node killed and restarted copies the buffers again and answers everything.
+    q1.kill();
+    q1.restart().await;
+    eventually(&client, &q1, "fa", brute_force(&fa)).await;
+    eventually(&client, &q1, "fb", brute_force(&fb)).await;
+
+    // An ingest node killed with events in its buffer: restarted (a new port, a new epoch), it
+    // replays its WAL and announces its new address; the query nodes drop their copies of the
+    // old epoch and copy the new one: nothing lost, nothing doubled.
+    a.kill();
+    a.restart().await;
+    let more = generate(13, 300);
+    let (status, r) = send_json(send(&a, "fa", &more)).await;
+    assert_eq!(status, 200, "{r}");
+    let all: Vec<GenEvent> = fa.iter().chain(&more).cloned().collect();
+    eventually(&client, &q1, "fa", brute_force(&all)).await;
+    eventually(&client, &q2, "fa", brute_force(&all)).await;
+}

@@ -1,0 +1,220 @@
+//! Fresh events across a cluster, over HTTP: an ingest node serves its write buffer
+//! (`GET /internal/v1/buffer/{dataset}`), and a query node copies it every `--fresh-interval`
+//! (see `sonde_storage::fresh` for why each event is then counted exactly once).
+
+use crate::AppState;
+use crate::auth::{Caller, Scope};
+use crate::error::ApiError;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use sonde_model::DatasetName;
+use sonde_storage::Lsn;
+use sonde_storage::fresh::{BufferRead, FreshTarget, decode_batches, encode_batches};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Bytes of buffered rows (in memory) an ingest node answers per request at most; a query node
+/// catching up asks again.
+const MAX_ANSWER_BYTES: usize = 16 << 20;
+/// Requests a query node makes for one dataset per round at most, so that one busy dataset
+/// does not hold up the others.
+const MAX_REQUESTS_PER_ROUND: usize = 8;
+/// The header of a buffer answer giving the rows buffered in all.
+const ROWS_HEADER: &str = "x-sonde-buffered-rows";
+/// The header of a 409 answer giving the ingest node's flushed position.
+const FLUSHED_HEADER: &str = "x-sonde-flushed-lsn";
+
+/// What a query node asks of an ingest node's buffer.
+#[derive(Debug, Deserialize)]
+pub(crate) struct BufferAsk {
+    epoch: u64,
+    after: u64,
+    #[serde(default)]
+    from_row: u64,
+}
+
+/// `GET /internal/v1/buffer/{dataset}?epoch=E&after=F&from_row=N` (an ingest node of a
+/// cluster): the dataset's buffered events after flushed position `F`, from row `N` on, as
+/// length-prefixed Arrow IPC streams; 409 with `x-sonde-flushed-lsn` when the dataset is
+/// flushed through another position (read the catalog again), 421 when this node does not
+/// write it at epoch `E`. Reading events needs the query scope.
+pub(crate) async fn buffer(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(dataset): Path<String>,
+    Query(ask): Query<BufferAsk>,
+) -> Result<Response, ApiError> {
+    state.access.require(&caller, Scope::Query, Some(&dataset))?;
+    let name = DatasetName::new(&dataset).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let read = state
+        .storage
+        .buffered_since(&name, ask.epoch, Lsn(ask.after), ask.from_row, MAX_ANSWER_BYTES)?;
+    match read {
+        BufferRead::Moved { flushed_lsn } => {
+            let mut r = ApiError::conflict(format!(
+                "dataset {dataset} is flushed through position {} here, not {}: read the catalog again",
+                flushed_lsn.0, ask.after
+            ))
+            .into_response();
+            r.headers_mut().insert(FLUSHED_HEADER, HeaderValue::from(flushed_lsn.0));
+            Ok(r)
+        }
+        BufferRead::Rows { batches, total_rows } => {
+            let body = tokio::task::spawn_blocking(move || encode_batches(&batches))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))??;
+            let mut headers = HeaderMap::new();
+            headers.insert(ROWS_HEADER, HeaderValue::from(total_rows));
+            headers.insert(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/vnd.sonde.arrow-frames"),
+            );
+            Ok((StatusCode::OK, headers, body).into_response())
+        }
+    }
+}
+
+/// How a query node copies fresh events.
+#[derive(Debug, Clone)]
+pub struct FreshConfig {
+    /// Time between two rounds of requests (`--fresh-interval`).
+    pub interval: Duration,
+    /// The API key sent to ingest nodes (`--cluster-key`), when they check keys.
+    pub key: Option<String>,
+    /// Bytes the copies may hold in all (`--max-buffer-bytes`, a query node's own buffer
+    /// share): past it no more rows are copied until a flush frees some.
+    pub max_bytes: usize,
+}
+
+/// A query node's loop: every `interval`, each followed dataset's new buffered events are
+/// copied from its ingest node, until `stop` resolves.
+pub async fn run(state: Arc<AppState>, config: FreshConfig, stop: impl std::future::Future<Output = ()>) {
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("a client with timeouts only");
+    let mut urls: HashMap<String, String> = HashMap::new();
+    let mut full_warned = false;
+    tokio::pin!(stop);
+    loop {
+        let mut moved = Vec::new();
+        for target in state.storage.fresh_targets() {
+            let held = state.storage.fresh_bytes();
+            if held >= config.max_bytes {
+                if !full_warned {
+                    tracing::warn!(
+                        held,
+                        limit = config.max_bytes,
+                        "copies of ingest nodes' buffers are full (--max-buffer-bytes); fresh events wait for the next flush"
+                    );
+                    full_warned = true;
+                }
+                break;
+            }
+            full_warned = false;
+            let dataset = target.dataset.clone();
+            match copy_dataset(&state, &http, &config, &mut urls, target).await {
+                Ok(true) => moved.push(dataset),
+                Ok(false) => {}
+                Err(e) => tracing::debug!(error = %e, "copying fresh events failed; trying again next round"),
+            }
+        }
+        // An ingest node flushed past the catalog read here: read it now, and copy the events
+        // after the flush at once rather than a round later.
+        if !moved.is_empty() {
+            match state.storage.follow_catalog().await {
+                Ok(()) => {
+                    for target in state.storage.fresh_targets() {
+                        if moved.contains(&target.dataset)
+                            && let Err(e) = copy_dataset(&state, &http, &config, &mut urls, target).await
+                        {
+                            tracing::debug!(error = %e, "copying fresh events failed; trying again next round");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reading the shared catalog failed"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(config.interval) => {}
+            _ = &mut stop => return,
+        }
+    }
+}
+
+/// Copies one dataset's new buffered rows; whether its ingest node has flushed past the catalog
+/// this node has read.
+async fn copy_dataset(
+    state: &AppState,
+    http: &reqwest::Client,
+    config: &FreshConfig,
+    urls: &mut HashMap<String, String>,
+    mut target: FreshTarget,
+) -> Result<bool, String> {
+    let node = target.owner.node.clone();
+    let base = match urls.get(&node) {
+        Some(u) => u.clone(),
+        None => {
+            let url = state
+                .storage
+                .node_url(&node)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("ingest node {node} has not announced its address"))?;
+            urls.insert(node.clone(), url.clone());
+            url
+        }
+    };
+    for _ in 0..MAX_REQUESTS_PER_ROUND {
+        let mut req = http
+            .get(format!("{base}/internal/v1/buffer/{}", target.dataset))
+            .query(&[
+                ("epoch", target.owner.epoch),
+                ("after", target.after.0),
+                ("from_row", target.from_row),
+            ]);
+        if let Some(key) = &config.key {
+            req = req.header("x-honeycomb-team", key);
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                // The node may have moved: read its member file again next time.
+                urls.remove(&node);
+                return Err(format!("ingest node {node} at {base}: {e}"));
+            }
+        };
+        match resp.status() {
+            StatusCode::OK => {}
+            StatusCode::CONFLICT => return Ok(true),
+            status => {
+                if status == StatusCode::MISDIRECTED_REQUEST {
+                    urls.remove(&node);
+                }
+                let text = resp.text().await.unwrap_or_default();
+                return Err(format!("ingest node {node} answered {status}: {text}"));
+            }
+        }
+        let total: u64 = resp
+            .headers()
+            .get(ROWS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("ingest node {node} answered without {ROWS_HEADER}"))?;
+        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        let batches = decode_batches(&body).map_err(|e| e.to_string())?;
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        if rows == 0 || !state.storage.add_fresh(&target, batches) {
+            return Ok(false);
+        }
+        target.from_row += rows;
+        if target.from_row >= total || state.storage.fresh_bytes() >= config.max_bytes {
+            return Ok(false);
+        }
+    }
+    Ok(false)
+}

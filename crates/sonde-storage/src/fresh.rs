@@ -1,0 +1,372 @@
+//! Fresh events across a cluster: a query node keeps a copy of the events each ingest node
+//! holds in its write buffer, so that it answers them before they are flushed.
+//!
+//! An ingest node's buffered events of a dataset are the events after the dataset's flushed
+//! position `F` (its `flushed_lsn`), in one append-only order: the frozen buffers, oldest
+//! first, then the active one. Until the next flush moves `F`, row `n` of that order stays row
+//! `n`. A query node asks for the rows from `n` on **after `F`, at epoch `E`**:
+//!
+//! - the owner answers them only while its epoch is `E` and its flushed position is `F`; when it
+//!   has flushed further it says so ([`BufferRead::Moved`]), and the query node reads the
+//!   catalog again (the flush's record names the new segments and the new `F`);
+//! - the query node adds them to its copy only while its own catalog is at `F` with the owner at
+//!   `E` and the copy holds exactly `n` rows, and drops the copy in the same step (under the
+//!   dataset's lock) in which its catalog moves past `F` or to another owner or epoch.
+//!
+//! So a snapshot on a query node — the segments through `F` plus the copy after `F` — holds each
+//! acknowledged event the copy has reached exactly once, as on the ingest node itself. The copy is
+//! behind the owner by at most one pull (`--fresh-interval`), and right after a flush by the
+//! time the query node takes to read the flush's record.
+
+use crate::registry::DatasetState;
+use crate::wal::Lsn;
+use crate::{Error, Result, Storage, segment};
+use arrow::array::RecordBatch;
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use sonde_model::DatasetName;
+
+/// A query node's copy of one dataset's buffered events on its ingest node (see the module's
+/// note).
+#[derive(Debug)]
+pub(crate) struct FreshRows {
+    /// The ingest node and epoch the rows came from.
+    owner: String,
+    epoch: u64,
+    /// The flushed position the rows follow.
+    after: Lsn,
+    batches: Vec<RecordBatch>,
+    rows: u64,
+    bytes: usize,
+    time_bounds: Option<(i64, i64)>,
+}
+
+/// On an ingest node: a flush swapped in memory (its rows now in a segment) whose record the
+/// shared catalog does not hold yet. Until it does, query nodes still read the catalog before
+/// the flush, so they are served these rows as if still buffered.
+#[derive(Debug)]
+pub(crate) struct Uncommitted {
+    /// The flushed position before the flush.
+    pub(crate) from: Lsn,
+    /// The flushed position after it.
+    pub(crate) to: Lsn,
+    /// The rows it flushed, in buffer order.
+    pub(crate) batches: Vec<RecordBatch>,
+}
+
+/// The ingest node that writes a dataset, at which epoch (as a query node last read it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The node's name (`--node-name`).
+    pub node: String,
+    /// Its epoch.
+    pub epoch: u64,
+}
+
+impl DatasetState {
+    /// The copy's rows, when they follow the catalog's segments (always, by construction; the
+    /// check keeps a broken invariant from doubling events).
+    pub(crate) fn fresh_batches(&self) -> &[RecordBatch] {
+        match &self.fresh {
+            Some(f) if f.after == self.flushed_lsn => &f.batches,
+            _ => &[],
+        }
+    }
+
+    /// Rows and time bounds of the copy.
+    pub(crate) fn fresh_facts(&self) -> (u64, Option<(i64, i64)>) {
+        match &self.fresh {
+            Some(f) if f.after == self.flushed_lsn => (f.rows, f.time_bounds),
+            _ => (0, None),
+        }
+    }
+
+    /// Drops the copy unless it still follows this catalog position and owner.
+    pub(crate) fn keep_fresh_if_current(&mut self) {
+        let current = match (&self.fresh, &self.owner) {
+            (Some(f), Some(o)) => f.after == self.flushed_lsn && f.owner == o.node && f.epoch == o.epoch,
+            _ => false,
+        };
+        if !current {
+            self.fresh = None;
+        }
+    }
+}
+
+/// What an ingest node answers a query node asking for a dataset's buffered events.
+#[derive(Debug)]
+pub enum BufferRead {
+    /// The rows from the row asked for on (all of them, or the first within the byte bound),
+    /// and how many rows the buffer holds in all.
+    Rows {
+        /// The rows, as batches with their own schemas.
+        batches: Vec<RecordBatch>,
+        /// Rows buffered in all after the flushed position.
+        total_rows: u64,
+    },
+    /// The dataset is flushed through another position than the one asked for: read the
+    /// catalog again, then ask after this one.
+    Moved {
+        /// The ingest node's flushed position.
+        flushed_lsn: Lsn,
+    },
+}
+
+/// A dataset whose fresh events a query node copies, and where its copy stands.
+#[derive(Debug, Clone)]
+pub struct FreshTarget {
+    /// The dataset.
+    pub dataset: DatasetName,
+    /// Its ingest node and epoch.
+    pub owner: Owner,
+    /// The flushed position the copy follows.
+    pub after: Lsn,
+    /// Rows the copy holds: the next pull asks from this row on.
+    pub from_row: u64,
+}
+
+impl Storage {
+    /// On an ingest node of a cluster: the buffered events of `dataset` after flushed position
+    /// `after`, from row `from_row` on, while this node writes it at `epoch`; at most about
+    /// `max_bytes` of them (at least one batch) per answer.
+    pub fn buffered_since(
+        &self,
+        dataset: &DatasetName,
+        epoch: u64,
+        after: Lsn,
+        from_row: u64,
+        max_bytes: usize,
+    ) -> Result<BufferRead> {
+        let Some(shared) = self.catalog_store.shared() else {
+            return Err(Error::Role {
+                role: self.config.role.name(),
+                action: "serve its write buffer to query nodes",
+            });
+        };
+        shared.check_writer("serve its write buffer to query nodes")?;
+        let held = shared.owned_epoch(dataset);
+        if held != Some(epoch) {
+            return Err(Error::EpochMoved {
+                dataset: dataset.clone(),
+                asked: epoch,
+                held,
+            });
+        }
+        let Some(state) = self.dataset_state(dataset) else {
+            return Ok(BufferRead::Rows {
+                batches: Vec::new(),
+                total_rows: 0,
+            });
+        };
+        let mut st = state.lock().unwrap();
+        // Flushed further than the asker's catalog: served as before while the flushes since are
+        // not in the shared catalog (the asker could not read them), else read it again.
+        let mut all: Vec<RecordBatch> = Vec::new();
+        if st.flushed_lsn != after {
+            let Some(start) = st.uncommitted.iter().position(|u| u.from == after) else {
+                return Ok(BufferRead::Moved {
+                    flushed_lsn: st.flushed_lsn,
+                });
+            };
+            let chain = &st.uncommitted[start..];
+            let linked = chain.windows(2).all(|w| w[0].to == w[1].from);
+            if !linked || chain.last().map(|u| u.to) != Some(st.flushed_lsn) {
+                return Ok(BufferRead::Moved {
+                    flushed_lsn: st.flushed_lsn,
+                });
+            }
+            all.extend(chain.iter().flat_map(|u| u.batches.iter().cloned()));
+        }
+        all.extend(st.frozen.iter().flat_map(|f| f.batches.iter().cloned()));
+        if st.active.rows() > 0 {
+            all.extend(st.active.query_batches());
+        }
+        drop(st);
+        let total_rows: u64 = all.iter().map(|b| b.num_rows() as u64).sum();
+        let mut skip = from_row;
+        let mut batches = Vec::new();
+        let mut bytes = 0;
+        for b in all {
+            let n = b.num_rows() as u64;
+            if skip >= n {
+                skip -= n;
+                continue;
+            }
+            let b = if skip > 0 {
+                b.slice(skip as usize, (n - skip) as usize)
+            } else {
+                b
+            };
+            skip = 0;
+            bytes += b.get_array_memory_size();
+            batches.push(b);
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(BufferRead::Rows { batches, total_rows })
+    }
+
+    /// On a query node of a cluster: the datasets whose fresh events it copies (those with an
+    /// ingest node), and where each copy stands.
+    pub fn fresh_targets(&self) -> Vec<FreshTarget> {
+        let states: Vec<_> = self
+            .datasets
+            .read()
+            .unwrap()
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        states
+            .into_iter()
+            .filter_map(|(dataset, state)| {
+                let st = state.lock().unwrap();
+                let owner = st.owner.clone().filter(|_| !st.deleted)?;
+                Some(FreshTarget {
+                    dataset,
+                    owner,
+                    after: st.flushed_lsn,
+                    from_row: st.fresh_facts().0,
+                })
+            })
+            .collect()
+    }
+
+    /// Bytes the query node's copies of fresh events hold, all datasets together.
+    pub fn fresh_bytes(&self) -> usize {
+        let states: Vec<_> = self.datasets.read().unwrap().values().cloned().collect();
+        states
+            .iter()
+            .map(|s| s.lock().unwrap().fresh.as_ref().map_or(0, |f| f.bytes))
+            .sum()
+    }
+
+    /// Adds the rows an ingest node answered for `target` to the dataset's copy, if the copy and
+    /// the catalog still stand where `target` says (else they are dropped: the next pull asks
+    /// again). Whether they were added.
+    pub fn add_fresh(&self, target: &FreshTarget, batches: Vec<RecordBatch>) -> bool {
+        let Some(state) = self.dataset_state(&target.dataset) else {
+            return false;
+        };
+        let mut st = state.lock().unwrap();
+        if st.owner.as_ref() != Some(&target.owner) || st.flushed_lsn != target.after || st.deleted {
+            return false;
+        }
+        let fresh = st.fresh.get_or_insert_with(|| FreshRows {
+            owner: target.owner.node.clone(),
+            epoch: target.owner.epoch,
+            after: target.after,
+            batches: Vec::new(),
+            rows: 0,
+            bytes: 0,
+            time_bounds: None,
+        });
+        if fresh.rows != target.from_row || fresh.after != target.after {
+            return false;
+        }
+        for b in batches.into_iter().filter(|b| b.num_rows() > 0) {
+            if let Ok(f) = segment::batches_facts(std::slice::from_ref(&b)) {
+                fresh.time_bounds = Some(match fresh.time_bounds {
+                    None => (f.min_ts_us, f.max_ts_us),
+                    Some((lo, hi)) => (lo.min(f.min_ts_us), hi.max(f.max_ts_us)),
+                });
+            }
+            fresh.rows += b.num_rows() as u64;
+            fresh.bytes += b.get_array_memory_size();
+            fresh.batches.push(b);
+        }
+        true
+    }
+
+    /// On an ingest node of a cluster: tells the other nodes where to reach it (its member file
+    /// in the object store, `nodes/<node>.json`). Nothing elsewhere.
+    pub async fn announce(&self, url: &str) -> Result<()> {
+        match self.catalog_store.shared() {
+            Some(shared) if self.config.role == crate::Role::Ingest => shared.announce(url).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// The base URL an ingest node announced, `None` when it never did (or this is no cluster).
+    pub async fn node_url(&self, node: &str) -> Result<Option<String>> {
+        match self.catalog_store.shared() {
+            Some(shared) => shared.member_url(node).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Records the ingest node and epoch of each dataset a query node follows, dropping the
+    /// copies of fresh events taken from another.
+    pub(crate) fn set_owners(&self, owners: Vec<(DatasetName, Option<Owner>)>) {
+        for (name, owner) in owners {
+            let Some(state) = self.dataset_state(&name) else {
+                continue;
+            };
+            let mut st = state.lock().unwrap();
+            st.owner = owner;
+            st.keep_fresh_if_current();
+        }
+    }
+}
+
+/// The body of a buffer answer: each batch as its own Arrow IPC stream (batches may differ in
+/// schema), preceded by its length as 8 little-endian bytes.
+pub fn encode_batches(batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for b in batches {
+        let mut stream = Vec::new();
+        let mut w = StreamWriter::try_new(&mut stream, &b.schema())?;
+        w.write(b)?;
+        w.finish()?;
+        drop(w);
+        out.extend_from_slice(&(stream.len() as u64).to_le_bytes());
+        out.extend_from_slice(&stream);
+    }
+    Ok(out)
+}
+
+/// Reads a body written by [`encode_batches`].
+pub fn decode_batches(mut body: &[u8]) -> Result<Vec<RecordBatch>> {
+    let mut batches = Vec::new();
+    while !body.is_empty() {
+        let Some((len, rest)) = body.split_first_chunk::<8>() else {
+            return Err(Error::Invalid("a buffer answer ends inside a frame's length".into()));
+        };
+        let len = u64::from_le_bytes(*len) as usize;
+        if len > rest.len() {
+            return Err(Error::Invalid("a buffer answer ends inside a frame".into()));
+        }
+        let (frame, rest) = rest.split_at(len);
+        for b in StreamReader::try_new(frame, None)? {
+            batches.push(b?);
+        }
+        body = rest;
+    }
+    Ok(batches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    #[test]
+    fn frames_carry_batches_of_different_schemas_and_slices() {
+        let a = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)])),
+            vec![Arc::new(Int64Array::from(vec![1, 2, 3, 4]))],
+        )
+        .unwrap();
+        let b = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, true)])),
+            vec![Arc::new(StringArray::from(vec![Some("p"), None]))],
+        )
+        .unwrap();
+        let sent = vec![a.slice(1, 2), b];
+        let got = decode_batches(&encode_batches(&sent).unwrap()).unwrap();
+        assert_eq!(got, sent);
+        assert!(decode_batches(&encode_batches(&sent).unwrap()[..20]).is_err());
+    }
+}
