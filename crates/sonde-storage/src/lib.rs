@@ -24,11 +24,13 @@
 //! (compaction, retention, deletion, file reaping) behind `graveyard`, `stats`; below them the
 //! formats: `wal`, `buffer`, `segment`, `catalog` (one store for the data directory and for
 //! object storage), `index`, `compaction`'s planner, `quarantine`. `shared_catalog` is the
-//! create-only catalog log for several servers over one bucket, and `node_catalog` one node's
-//! view of it (`--role ingest` and `--role query`).
+//! create-only catalog log for several servers over one bucket, `node_catalog` one node's
+//! view of it (`--role ingest` and `--role query`), and `fresh` the query nodes' copies of the
+//! ingest nodes' write buffers.
 
 // Internal pieces; the public surface is `source` (what a query reads), `schema` (the column
-// rules readers share), `shared_catalog` and the items of this file.
+// rules readers share), `shared_catalog`, `fresh` (a query node's copies of its ingest nodes'
+// write buffers) and the items of this file.
 mod buffer;
 mod catalog;
 mod commit;
