@@ -1,11 +1,13 @@
 //! Ingest handlers: Honeycomb's single-event and batch endpoints, and NDJSON.
 
 use crate::extract::{Authorized, Ingest, declared_length, read_limited};
-use crate::{AppState, error::ApiError};
+use crate::{AppState, error::ApiError, forward};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde_json::{Value, json};
 use sonde_ingest::{EncodedBatch, decompress, envelope, json as batch_json, msgpack, ndjson as lines};
 use sonde_model::{DatasetName, time};
@@ -39,7 +41,7 @@ where
 
 /// Stores the good events of a decoded body as one WAL record, and returns each input event's
 /// refusal (`None`: stored), in input order.
-async fn store(state: &AppState, ds: &DatasetName, decoded: EncodedBatch) -> Result<Vec<Option<String>>, ApiError> {
+async fn store(state: &AppState, ds: &DatasetName, decoded: EncodedBatch) -> Result<Vec<Option<String>>, Stored> {
     let refusals: Vec<Option<String>> = decoded
         .refusals
         .iter()
@@ -50,9 +52,44 @@ async fn store(state: &AppState, ds: &DatasetName, decoded: EncodedBatch) -> Res
             })
         })
         .collect();
-    state.storage.ingest_encoded(vec![(ds.clone(), decoded.events)]).await?;
+    match state.storage.ingest_encoded(vec![(ds.clone(), decoded.events)]).await {
+        Ok(_) => {}
+        Err(sonde_storage::Error::NotOwner { owner, .. }) => return Err(Stored::Elsewhere(owner)),
+        Err(e) => return Err(Stored::Failed(e.into())),
+    }
     state.stats.ingest_requests.fetch_add(1, Ordering::Relaxed);
     Ok(refusals)
+}
+
+/// Why [`store`] stored nothing.
+enum Stored {
+    /// Another ingest node of the cluster writes the dataset.
+    Elsewhere(String),
+    /// Refused.
+    Failed(ApiError),
+}
+
+/// Takes a request's events here, or passes the request on to the node of a cluster that
+/// writes its dataset (see `forward`): `Ok(Err(answer))` is the writer's answer to relay.
+async fn take_or_forward<T>(
+    state: &AppState,
+    ds: &DatasetName,
+    path: &str,
+    headers: &HeaderMap,
+    plain: Bytes,
+    take: impl std::future::Future<Output = Result<T, Stored>>,
+) -> Result<Result<T, Response>, ApiError> {
+    match take.await {
+        Ok(t) => Ok(Ok(t)),
+        Err(Stored::Failed(e)) => Err(e),
+        Err(Stored::Elsewhere(owner)) if forward::was_forwarded(headers) => {
+            Err(ApiError::from(sonde_storage::Error::NotOwner {
+                dataset: ds.clone(),
+                owner,
+            }))
+        }
+        Err(Stored::Elsewhere(owner)) => Ok(Err(forward::forward(state, path, headers, plain, &[owner]).await?)),
+    }
 }
 
 /// The batch endpoint's answer, `[{"status":202},{"status":400,"error":"…"},…]`, written
@@ -112,10 +149,15 @@ pub(crate) async fn single_event(
     access: Authorized<Ingest>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Response, ApiError> {
     let ds = access.dataset()?;
     let (plain, _held) = body_bytes(&state, &headers, body).await?;
+    let path = format!("/1/events/{ds}");
+    if let Some(nodes) = forward::query_node_targets(&state, ds, &headers).await? {
+        return forward::forward(&state, &path, &headers, plain.into(), &nodes).await;
+    }
     let limits = &state.config.limits;
+    let plain = Bytes::from(plain);
     let event = (|| {
         let data = if is_msgpack(&headers) {
             msgpack::decode_value(&plain, limits)?
@@ -131,8 +173,11 @@ pub(crate) async fn single_event(
         )
     })()
     .map_err(ApiError::from)?;
-    store(&state, ds, EncodedBatch::from(vec![Ok(event)])).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({}))))
+    let stored = store(&state, ds, EncodedBatch::from(vec![Ok(event)]));
+    match take_or_forward(&state, ds, &path, &headers, plain, stored).await? {
+        Ok(_) => Ok((StatusCode::ACCEPTED, Json(json!({}))).into_response()),
+        Err(answer) => Ok(answer),
+    }
 }
 
 /// `POST /1/batch/{dataset}`: an array of `{"data", "time", "samplerate"}`, answered with one
@@ -142,12 +187,19 @@ pub(crate) async fn batch(
     access: Authorized<Ingest>,
     headers: HeaderMap,
     body: Body,
-) -> Result<impl axum::response::IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
     let ds = access.dataset()?;
     let (plain, _held) = body_bytes(&state, &headers, body).await?;
+    let plain = Bytes::from(plain);
+    let path = format!("/1/batch/{ds}");
+    if let Some(nodes) = forward::query_node_targets(&state, ds, &headers).await? {
+        return forward::forward(&state, &path, &headers, plain, &nodes).await;
+    }
     let limits = state.config.limits.clone();
     let is_msgpack = is_msgpack(&headers);
+    let body = plain.clone();
     let decoded = decode_off_thread(plain.len(), move || {
+        let plain = body;
         let now = time::now_us();
         Ok(if is_msgpack {
             EncodedBatch::from(msgpack::decode_batch(&plain, now, &limits)?)
@@ -156,8 +208,11 @@ pub(crate) async fn batch(
         })
     })
     .await?;
-    let refusals = store(&state, ds, decoded).await?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], batch_statuses(&refusals)))
+    let stored = store(&state, ds, decoded);
+    match take_or_forward(&state, ds, &path, &headers, plain, stored).await? {
+        Ok(refusals) => Ok(([(header::CONTENT_TYPE, "application/json")], batch_statuses(&refusals)).into_response()),
+        Err(answer) => Ok(answer),
+    }
 }
 
 /// `POST /api/ingest/{dataset}`: newline-delimited JSON objects.
@@ -166,15 +221,25 @@ pub(crate) async fn ndjson(
     access: Authorized<Ingest>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Response, ApiError> {
     let ds = access.dataset()?;
     let (plain, _held) = body_bytes(&state, &headers, body).await?;
+    let plain = Bytes::from(plain);
+    let path = format!("/api/ingest/{ds}");
+    if let Some(nodes) = forward::query_node_targets(&state, ds, &headers).await? {
+        return forward::forward(&state, &path, &headers, plain, &nodes).await;
+    }
     let limits = state.config.limits.clone();
+    let body = plain.clone();
     let decoded = decode_off_thread(plain.len(), move || {
-        Ok(lines::decode_encoded(&plain, time::now_us(), &limits))
+        Ok(lines::decode_encoded(&body, time::now_us(), &limits))
     })
     .await?;
-    let refusals = store(&state, ds, decoded.batch).await?;
+    let stored = store(&state, ds, decoded.batch);
+    let refusals = match take_or_forward(&state, ds, &path, &headers, plain, stored).await? {
+        Ok(refusals) => refusals,
+        Err(answer) => return Ok(answer),
+    };
     let errors: Vec<Value> = refusals
         .iter()
         .zip(&decoded.line_numbers)
@@ -189,7 +254,8 @@ pub(crate) async fn ndjson(
     Ok((
         status,
         Json(json!({"accepted": accepted, "rejected": errors.len(), "errors": errors})),
-    ))
+    )
+        .into_response())
 }
 
 #[cfg(test)]

@@ -45,6 +45,7 @@ mod definitions;
 mod derived;
 pub mod error;
 mod extract;
+mod forward;
 pub mod fresh;
 mod ingest;
 mod markers;
@@ -161,6 +162,8 @@ pub struct AppState {
     query_slots: Arc<tokio::sync::Semaphore>,
     /// One lock per SLO, so its counters are brought up to date once at a time.
     slo_locks: slos::SloLocks,
+    /// Passes ingest requests on to the node of a cluster that writes their dataset.
+    forwarder: forward::Forwarder,
 }
 
 impl AppState {
@@ -172,6 +175,7 @@ impl AppState {
         access: auth::Access,
     ) -> AppState {
         let slots = config.max_concurrent_queries.max(1);
+        let config_timeout = config.request_timeout;
         AppState {
             storage,
             engine,
@@ -181,6 +185,7 @@ impl AppState {
             access,
             query_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
             slo_locks: slos::SloLocks::default(),
+            forwarder: forward::Forwarder::new(config_timeout),
         }
     }
 

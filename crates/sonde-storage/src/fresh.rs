@@ -295,6 +295,22 @@ impl Storage {
         }
     }
 
+    /// On a query node of a cluster: the ingest node that writes `dataset`, as last read from
+    /// the shared catalog (`None`: nobody yet, or unknown).
+    pub fn owner_of(&self, dataset: &DatasetName) -> Option<String> {
+        let state = self.dataset_state(dataset)?;
+        let st = state.lock().unwrap();
+        st.owner.as_ref().map(|o| o.node.clone())
+    }
+
+    /// The ingest nodes that announced themselves in the bucket: (name, URL), in name order.
+    pub async fn ingest_nodes(&self) -> Result<Vec<(String, String)>> {
+        match self.catalog_store.shared() {
+            Some(shared) => shared.members(crate::Role::Ingest).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Records the ingest node and epoch of each dataset a query node follows, dropping the
     /// copies of fresh events taken from another.
     pub(crate) fn set_owners(&self, owners: Vec<(DatasetName, Option<Owner>)>) {

@@ -361,6 +361,23 @@ impl NodeCatalogs {
         Ok(())
     }
 
+    /// Every node that announced itself in `role`: (name, URL), in name order.
+    pub(crate) async fn members(&self, role: Role) -> Result<Vec<(String, String)>> {
+        use futures::TryStreamExt;
+        let listed: Vec<object_store::ObjectMeta> = self.store.list(Some(&Path::from("nodes"))).try_collect().await?;
+        let mut members = Vec::new();
+        for meta in listed {
+            let bytes = self.store.get(&meta.location).await?.bytes().await?;
+            match serde_json::from_slice::<Member>(&bytes) {
+                Ok(m) if m.role == role.name() => members.push((m.node, m.url)),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(file = %meta.location, error = %e, "unreadable member file skipped"),
+            }
+        }
+        members.sort();
+        Ok(members)
+    }
+
     /// The address a node announced (`None` if it has no member file).
     pub(crate) async fn member_url(&self, node: &str) -> Result<Option<String>> {
         match self.store.get(&member_path(node)).await {

@@ -39,6 +39,17 @@ pub(crate) struct DatasetState {
 }
 
 impl DatasetState {
+    /// Known but without events yet: on a query node, a dataset claimed by an ingest node whose
+    /// first events are not copied yet. Not listed, as a single node lists no dataset before
+    /// its first event.
+    fn unborn(&self) -> bool {
+        self.segments.is_empty()
+            && self.flushed_lsn == Lsn::default()
+            && self.frozen.is_empty()
+            && self.active.rows() == 0
+            && self.fresh_facts().0 == 0
+    }
+
     pub(crate) fn min_unflushed_lsn(&self) -> Option<Lsn> {
         self.frozen.first().map(|f| f.min_lsn).or(self.active.min_lsn())
     }
@@ -157,7 +168,7 @@ impl Storage {
     pub fn dataset_info(&self, dataset: &DatasetName) -> Option<DatasetInfo> {
         let state = self.dataset_state(dataset)?;
         let st = state.lock().unwrap();
-        if st.deleted {
+        if st.deleted || st.unborn() {
             return None;
         }
         let mut bounds: Option<(i64, i64)> = None;
@@ -191,7 +202,7 @@ impl Storage {
     pub fn snapshot(&self, dataset: &DatasetName) -> Option<DatasetSnapshot> {
         let state = self.dataset_state(dataset)?;
         let mut st = state.lock().unwrap();
-        if st.deleted {
+        if st.deleted || st.unborn() {
             return None;
         }
         let mut columns = st.columns.clone();

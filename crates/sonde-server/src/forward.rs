@@ -1,0 +1,232 @@
+//! Ingest requests on a cluster go to the node that writes their dataset: a query node passes
+//! every one on (to the dataset's ingest node, or for a new dataset to the ingest nodes in
+//! rendezvous-hash order), and an ingest node passes on those of a dataset another ingest node
+//! writes. The answer is the writer's, relayed: an acknowledgement still means durable on the
+//! writer. A request is passed on once at most (`x-sonde-forwarded-by`).
+
+use crate::AppState;
+use crate::error::ApiError;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use sonde_model::DatasetName;
+use sonde_storage::Role;
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::Duration;
+
+/// The header naming the node that passed a request on.
+pub(crate) const FORWARDED_HEADER: &str = "x-sonde-forwarded-by";
+/// Request headers passed on with the body (the body is sent decompressed).
+const PASSED_HEADERS: [&str; 5] = [
+    "content-type",
+    "x-honeycomb-team",
+    "authorization",
+    "x-honeycomb-event-time",
+    "x-honeycomb-samplerate",
+];
+
+/// The HTTP client and the nodes' addresses (read from their member files once, again after a
+/// failure).
+#[derive(Debug)]
+pub(crate) struct Forwarder {
+    http: reqwest::Client,
+    urls: RwLock<HashMap<String, String>>,
+}
+
+impl Forwarder {
+    /// A forwarder whose requests take at most `timeout`.
+    pub(crate) fn new(timeout: Duration) -> Forwarder {
+        Forwarder {
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(1))
+                .timeout(timeout)
+                .build()
+                .expect("a client with timeouts only"),
+            urls: RwLock::new(HashMap::new()),
+        }
+    }
+}
+
+/// Whether a request was passed on by another node already.
+pub(crate) fn was_forwarded(headers: &HeaderMap) -> bool {
+    headers.contains_key(FORWARDED_HEADER)
+}
+
+/// On a query node: the ingest nodes to pass an ingest request for `ds` to, in order (the
+/// dataset's writer, or for a new dataset every ingest node in rendezvous order); `None` on
+/// other roles, which take events themselves.
+pub(crate) async fn query_node_targets(
+    state: &AppState,
+    ds: &DatasetName,
+    headers: &HeaderMap,
+) -> Result<Option<Vec<String>>, ApiError> {
+    if state.storage.config().role != Role::Query {
+        return Ok(None);
+    }
+    if was_forwarded(headers) {
+        return Err(ApiError::from(sonde_storage::Error::Role {
+            role: "query",
+            action: "take events passed on by another node",
+        }));
+    }
+    if let Some(owner) = state.storage.owner_of(ds) {
+        return Ok(Some(vec![owner]));
+    }
+    let nodes = state.storage.ingest_nodes().await?;
+    {
+        let mut urls = state.forwarder.urls.write().unwrap();
+        urls.extend(nodes.iter().cloned());
+    }
+    let mut names: Vec<String> = nodes.into_iter().map(|(n, _)| n).collect();
+    names.sort_by_key(|n| std::cmp::Reverse(rendezvous(n, ds)));
+    if names.is_empty() {
+        return Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!("no ingest node has announced itself in the bucket to take events for dataset {ds}"),
+            retry_after: Some(1),
+            position: None,
+        });
+    }
+    Ok(Some(names))
+}
+
+/// A node's weight for a dataset: the node with the highest weight takes a new dataset, and
+/// adding or removing a node moves only the datasets it wins or held.
+fn rendezvous(node: &str, ds: &DatasetName) -> u64 {
+    let h = node
+        .bytes()
+        .chain([0])
+        .chain(ds.as_str().bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    // A final mix, so that names differing in one byte do not weigh alike.
+    let h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
+}
+
+/// Passes the request on to the first of `nodes` that answers, and relays its answer; 503
+/// naming them when none does.
+pub(crate) async fn forward(
+    state: &AppState,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+    nodes: &[String],
+) -> Result<Response, ApiError> {
+    let mut failures = Vec::new();
+    for node in nodes {
+        // The address known here first; if it fails, the node's member file again (a node
+        // restarted on another port announces its new address).
+        let cached = state.forwarder.urls.read().unwrap().get(node).cloned();
+        let mut tried: Option<String> = None;
+        for _ in 0..2 {
+            let url = match (&cached, &tried) {
+                (Some(u), None) => u.clone(),
+                _ => match state.storage.node_url(node).await? {
+                    Some(u) if Some(&u) != tried.as_ref() => {
+                        state.forwarder.urls.write().unwrap().insert(node.clone(), u.clone());
+                        u
+                    }
+                    Some(_) => break,
+                    None => {
+                        failures.push(format!("{node}: no member file"));
+                        break;
+                    }
+                },
+            };
+            match send(state, &url, path, headers, body.clone()).await {
+                Ok(resp) => return relay(node, resp).await,
+                Err(e) => {
+                    state.forwarder.urls.write().unwrap().remove(node);
+                    failures.push(format!("{node} at {url}: {e}"));
+                    tried = Some(url);
+                }
+            }
+        }
+    }
+    Err(ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: format!(
+            "no ingest node took the events (tried {}); retry later",
+            failures.join("; ")
+        ),
+        retry_after: Some(1),
+        position: None,
+    })
+}
+
+/// Sends the request to one node.
+async fn send(
+    state: &AppState,
+    url: &str,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let mut req = state
+        .forwarder
+        .http
+        .post(format!("{url}{path}"))
+        .header(FORWARDED_HEADER, &state.storage.config().node_name)
+        .body(body);
+    for name in PASSED_HEADERS {
+        if let Some(v) = headers.get(name) {
+            req = req.header(name, v);
+        }
+    }
+    req.send().await
+}
+
+/// The node's answer as this node's, naming the node in `x-sonde-written-by`.
+async fn relay(node: &str, resp: reqwest::Response) -> Result<Response, ApiError> {
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = resp.headers().get("content-type").cloned();
+    let retry_after = resp.headers().get("retry-after").cloned();
+    let answer = resp
+        .bytes()
+        .await
+        .map_err(|e| ApiError::internal(format!("reading ingest node {node}'s answer: {e}")))?;
+    let mut out = (status, answer).into_response();
+    let h = out.headers_mut();
+    if let Some(ct) = content_type {
+        h.insert("content-type", ct);
+    }
+    if let Some(ra) = retry_after {
+        h.insert("retry-after", ra);
+    }
+    if let Ok(v) = HeaderValue::from_str(node) {
+        h.insert("x-sonde-written-by", v);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_spreads_datasets_and_moves_few_when_a_node_joins() {
+        fn winner(nodes: &[&'static str], ds: &DatasetName) -> &'static str {
+            nodes.iter().max_by_key(|n| rendezvous(n, ds)).unwrap()
+        }
+        let datasets: Vec<DatasetName> = (0..400)
+            .map(|i| DatasetName::new(&format!("ds-{i}")).unwrap())
+            .collect();
+        let two = ["ingest-1", "ingest-2"];
+        let three = ["ingest-1", "ingest-2", "ingest-3"];
+        let on_first = datasets.iter().filter(|d| winner(&two, d) == "ingest-1").count();
+        assert!((120..=280).contains(&on_first), "{on_first} of 400 on one of two nodes");
+        // A third node takes about a third, and only from the others: nothing moves between them.
+        let mut moved_to_new = 0;
+        for d in &datasets {
+            let (before, after) = (winner(&two, d), winner(&three, d));
+            if before != after {
+                assert_eq!(after, "ingest-3", "{d} moved between old nodes");
+                moved_to_new += 1;
+            }
+        }
+        assert!((80..=190).contains(&moved_to_new), "{moved_to_new} of 400 moved");
+    }
+}
