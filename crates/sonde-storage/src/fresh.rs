@@ -279,12 +279,37 @@ impl Storage {
     }
 
     /// On an ingest node of a cluster: tells the other nodes where to reach it (its member file
-    /// in the object store, `nodes/<node>.json`). Nothing elsewhere.
-    pub async fn announce(&self, url: &str) -> Result<()> {
-        match self.catalog_store.shared() {
-            Some(shared) if self.config.role == crate::Role::Ingest => shared.announce(url).await,
-            _ => Ok(()),
+    /// in the object store, `nodes/<node>.json`), now and then every few seconds until `stop`
+    /// resolves, so that they know it is up. Nothing elsewhere. The first write's failure is
+    /// returned (the node cannot be reached); later ones are logged and tried again.
+    pub async fn announce(
+        self: std::sync::Arc<Self>,
+        url: String,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<Option<tokio::task::JoinHandle<()>>> {
+        let Some(shared) = self.catalog_store.shared() else {
+            return Ok(None);
+        };
+        if self.config.role != crate::Role::Ingest {
+            return Ok(None);
         }
+        let started_us = sonde_model::time::now_us();
+        shared.announce(&url, started_us).await?;
+        let storage = self.clone();
+        Ok(Some(tokio::spawn(async move {
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(crate::node_catalog::HEARTBEAT) => {}
+                    _ = &mut stop => return,
+                }
+                if let Some(shared) = storage.catalog_store.shared()
+                    && let Err(e) = shared.announce(&url, started_us).await
+                {
+                    tracing::warn!(error = %e, "writing this node's member file failed; trying again at the next heartbeat");
+                }
+            }
+        })))
     }
 
     /// The base URL an ingest node announced, `None` when it never did (or this is no cluster).
@@ -303,7 +328,8 @@ impl Storage {
         st.owner.as_ref().map(|o| o.node.clone())
     }
 
-    /// The ingest nodes that announced themselves in the bucket: (name, URL), in name order.
+    /// The ingest nodes that announced themselves in the bucket and are up (a member file written
+    /// within the last three heartbeats): (name, URL), in name order.
     pub async fn ingest_nodes(&self) -> Result<Vec<(String, String)>> {
         match self.catalog_store.shared() {
             Some(shared) => shared.members(crate::Role::Ingest).await,

@@ -42,7 +42,16 @@ struct Member {
     url: String,
     /// When the process that wrote it started (µs since the epoch).
     started_us: i64,
+    /// When it was last written (µs since the epoch): nodes write theirs again every
+    /// [`HEARTBEAT`], so an older one is a node that is down.
+    #[serde(default)]
+    heartbeat_us: i64,
 }
+
+/// How often an ingest node writes its member file again.
+pub(crate) const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+/// A member file not written for this long is a node that is down (three heartbeats missed).
+const MEMBER_STALE_US: i64 = 3 * HEARTBEAT.as_micros() as i64;
 
 fn member_path(node: &str) -> Path {
     Path::from("nodes").join(format!("{node}.json"))
@@ -346,30 +355,35 @@ impl NodeCatalogs {
             .collect()
     }
 
-    /// Writes this node's member file (`nodes/<node>.json`): the address at which query nodes
-    /// reach it for fresh events. Written again at each start, so a new address replaces the
-    /// old one.
-    pub(crate) async fn announce(&self, url: &str) -> Result<()> {
+    /// Writes this node's member file (`nodes/<node>.json`): the address at which the other
+    /// nodes reach it, and when (see [`HEARTBEAT`]). Written at each start, so a new address
+    /// replaces the old one, and every heartbeat.
+    pub(crate) async fn announce(&self, url: &str, started_us: i64) -> Result<()> {
         let member = Member {
             node: self.node.clone(),
             role: self.role.name().to_string(),
             url: url.to_string(),
-            started_us: sonde_model::time::now_us(),
+            started_us,
+            heartbeat_us: sonde_model::time::now_us(),
         };
         let body = serde_json::to_vec(&member).map_err(|e| Error::Invalid(e.to_string()))?;
         self.store.put(&member_path(&self.node), body.into()).await?;
         Ok(())
     }
 
-    /// Every node that announced itself in `role`: (name, URL), in name order.
+    /// Every node that announced itself in `role` and wrote its member file within the last
+    /// three heartbeats: (name, URL), in name order.
     pub(crate) async fn members(&self, role: Role) -> Result<Vec<(String, String)>> {
+        let now = sonde_model::time::now_us();
         use futures::TryStreamExt;
         let listed: Vec<object_store::ObjectMeta> = self.store.list(Some(&Path::from("nodes"))).try_collect().await?;
         let mut members = Vec::new();
         for meta in listed {
             let bytes = self.store.get(&meta.location).await?.bytes().await?;
             match serde_json::from_slice::<Member>(&bytes) {
-                Ok(m) if m.role == role.name() => members.push((m.node, m.url)),
+                Ok(m) if m.role == role.name() && now - m.heartbeat_us <= MEMBER_STALE_US => {
+                    members.push((m.node, m.url))
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(file = %meta.location, error = %e, "unreadable member file skipped"),
             }

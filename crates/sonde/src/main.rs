@@ -741,6 +741,15 @@ async fn serve(a: ServeArgs) -> Result<()> {
     tracing::info!(%addr, data_dir = %storage.config().data_dir.display(), "sonde listening");
     // Tests and scripts read these lines to find ports chosen with :0.
     println!("sonde listening on http://{addr}");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    // Where the cluster's other nodes reach an ingest node, written again every heartbeat.
+    let mut heartbeat = None;
     if matches!(a.role, RoleArg::Ingest) {
         let url = a.advertise_url.clone().unwrap_or_else(|| {
             if addr.ip().is_unspecified() {
@@ -749,18 +758,12 @@ async fn serve(a: ServeArgs) -> Result<()> {
                 format!("http://{addr}")
             }
         });
-        storage
-            .announce(url.trim_end_matches('/'))
+        heartbeat = storage
+            .clone()
+            .announce(url.trim_end_matches('/').to_string(), stopped())
             .await
             .context("writing this node's member file to the bucket")?;
     }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
     let grpc = if let Some(grpc_listen) = a.grpc_listen.address() {
         let l = tokio::net::TcpListener::bind(grpc_listen)
             .await
@@ -820,6 +823,9 @@ async fn serve(a: ServeArgs) -> Result<()> {
     }
     if let Some(f) = fresh {
         f.await.context("copying fresh events")?;
+    }
+    if let Some(h) = heartbeat {
+        h.await.context("member file heartbeat")?;
     }
     tracing::info!("shutting down: flushing write buffers");
     storage.shutdown().await.context("flushing at shutdown")?;
