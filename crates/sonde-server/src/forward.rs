@@ -137,7 +137,13 @@ pub(crate) async fn forward(
                 },
             };
             match send(state, &url, path, headers, body.clone()).await {
-                Ok(resp) => return relay(node, resp).await,
+                Ok(resp) => {
+                    state
+                        .stats
+                        .requests_forwarded
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return relay(node, resp).await;
+                }
                 Err(e) => {
                     state.forwarder.urls.write().unwrap().remove(node);
                     failures.push(format!("{node} at {url}: {e}"));

@@ -14,6 +14,7 @@ use sonde_storage::Lsn;
 use sonde_storage::fresh::{BufferRead, FreshTarget, decode_batches, encode_batches};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Bytes of buffered rows (in memory) an ingest node answers per request at most; a query node
@@ -120,7 +121,10 @@ pub async fn run(state: Arc<AppState>, config: FreshConfig, stop: impl std::futu
             match copy_dataset(&state, &http, &config, &mut urls, target).await {
                 Ok(true) => moved.push(dataset),
                 Ok(false) => {}
-                Err(e) => tracing::debug!(error = %e, "copying fresh events failed; trying again next round"),
+                Err(e) => {
+                    state.stats.fresh_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "copying fresh events failed; trying again next round");
+                }
             }
         }
         // An ingest node flushed past the catalog read here: read it now, and copy the events
@@ -132,6 +136,7 @@ pub async fn run(state: Arc<AppState>, config: FreshConfig, stop: impl std::futu
                         if moved.contains(&target.dataset)
                             && let Err(e) = copy_dataset(&state, &http, &config, &mut urls, target).await
                         {
+                            state.stats.fresh_failures.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(error = %e, "copying fresh events failed; trying again next round");
                         }
                     }

@@ -141,6 +141,10 @@ pub struct HttpStats {
     pub events_rejected: AtomicU64,
     /// Requests refused as a whole.
     pub requests_rejected: AtomicU64,
+    /// Ingest requests passed on to another node of a cluster.
+    pub requests_forwarded: AtomicU64,
+    /// Requests for an ingest node's buffered events that failed (a query node).
+    pub fresh_failures: AtomicU64,
 }
 
 /// Shared state of the handlers.
@@ -473,6 +477,24 @@ async fn metrics(
     for (name, help, v) in counters {
         single(name, help, "counter", v);
     }
+    single(
+        "sonde_requests_forwarded_total",
+        "Ingest requests passed on to the node of the cluster that writes their dataset.",
+        "counter",
+        load(&h.requests_forwarded),
+    );
+    single(
+        "sonde_fresh_copy_bytes",
+        "Bytes of a query node's copies of its ingest nodes' write buffers (bounded by --max-buffer-bytes).",
+        "gauge",
+        state.storage.fresh_bytes() as u64,
+    );
+    single(
+        "sonde_fresh_failures_total",
+        "Requests for an ingest node's buffered events that failed (the copy waits for the next round).",
+        "counter",
+        load(&h.fresh_failures),
+    );
     let budget = state.engine.memory_budget();
     single(
         "sonde_request_memory_bytes",

@@ -355,6 +355,17 @@ async fn ingest_nodes_and_a_query_node_share_one_bucket() {
         assert_eq!((r.status().as_u16(), written_by(&r).as_deref()), (200, Some("ing-a")));
     }
     let objs: Vec<GenEvent> = objs.iter().chain(&objs[..20]).cloned().collect();
+    for server in [&b, &q] {
+        let metrics = client
+            .get(server.at("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(metrics.contains("sonde_requests_forwarded_total 1\n"), "{metrics}");
+    }
     // A request passed on once is not passed on again (no loops between nodes).
     let r = send(&b, "objs", &objs[..10])
         .header("x-sonde-forwarded-by", "q-1")
@@ -625,6 +636,20 @@ async fn query_nodes_answer_unflushed_events_exactly_once() {
         lags[lags.len() - 1],
         first
     );
+    let metrics = client
+        .get(q2.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let copied: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sonde_fresh_copy_bytes "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(copied > 0, "{metrics}");
     // The copies gave way to flushed segments on the way (2,400 events, a flush every 1,000).
     let stats = send_json(client.get(q2.at("/api/datasets/fa/stats"))).await.1;
     assert!(stats["segments"].as_u64().unwrap() >= 1, "{stats}");
