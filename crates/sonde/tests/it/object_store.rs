@@ -308,31 +308,25 @@ async fn ingest_nodes_and_a_query_node_share_one_bucket() {
     let moto = start_moto().await;
     let env = moto.env();
     let storage = format!("s3://{BUCKET}/cluster");
-    let node = |role: &'static str, name: &'static str| {
-        let mut flags = vec!["--storage", storage.as_str(), "--role", role, "--node-name", name];
-        flags.extend([
-            "--flush-rows",
-            "700",
-            "--flush-age",
-            "1s",
-            "--compaction-target-rows",
-            "2000",
-            "--maintenance-interval",
-            "500ms",
-            "--catalog-refresh",
-            "200ms",
-        ]);
-        flags
-    };
+    let tuning = [
+        "--flush-rows",
+        "700",
+        "--flush-age",
+        "1s",
+        "--compaction-target-rows",
+        "2000",
+        "--maintenance-interval",
+        "500ms",
+        "--catalog-refresh",
+        "200ms",
+    ];
+    let node = |role, name| node_flags(&storage, role, name, &tuning);
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut a = Server::start_with_env(dirs[0].path(), &node("ingest", "ing-a"), &env).await;
     let b = Server::start_with_env(dirs[1].path(), &node("ingest", "ing-b"), &env).await;
     let q = Server::start_with_env(dirs[2].path(), &node("query", "q-1"), &env).await;
     let client = reqwest::Client::new();
-    let send = |server: &Server, dataset: &str, events: &[GenEvent]| {
-        let body: String = events.iter().map(|e| e.to_ndjson() + "\n").collect();
-        client.post(server.at(&format!("/api/ingest/{dataset}"))).body(body)
-    };
+    let send = |server: &Server, dataset: &str, events: &[GenEvent]| post_ndjson(&client, server, dataset, events);
     let objs = generate(3, 3500);
     let other = generate(4, 1400);
     for chunk in objs.chunks(700) {
@@ -356,15 +350,7 @@ async fn ingest_nodes_and_a_query_node_share_one_bucket() {
     }
     let objs: Vec<GenEvent> = objs.iter().chain(&objs[..20]).cloned().collect();
     for server in [&b, &q] {
-        let metrics = client
-            .get(server.at("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert!(metrics.contains("sonde_requests_forwarded_total 1\n"), "{metrics}");
+        assert_eq!(metric(&client, server, "sonde_requests_forwarded_total").await, 1);
     }
     // A request passed on once is not passed on again (no loops between nodes).
     let r = send(&b, "objs", &objs[..10])
@@ -477,6 +463,40 @@ async fn ingest_nodes_and_a_query_node_share_one_bucket() {
     assert_eq!(before.matches("<Key>").count(), after.matches("<Key>").count());
 }
 
+/// A cluster node's flags: its role and name over `storage`, then `tuning`.
+fn node_flags<'a>(storage: &'a str, role: &'a str, name: &'a str, tuning: &[&'a str]) -> Vec<&'a str> {
+    let mut flags = vec!["--storage", storage, "--role", role, "--node-name", name];
+    flags.extend(tuning);
+    flags
+}
+
+/// A request posting `events` as NDJSON to `dataset` on `server`.
+fn post_ndjson(
+    client: &reqwest::Client,
+    server: &Server,
+    dataset: &str,
+    events: &[GenEvent],
+) -> reqwest::RequestBuilder {
+    let body: String = events.iter().map(|e| e.to_ndjson() + "\n").collect();
+    client.post(server.at(&format!("/api/ingest/{dataset}"))).body(body)
+}
+
+/// One value of the server's `/metrics` (0 when absent).
+async fn metric(client: &reqwest::Client, server: &Server, name: &str) -> u64 {
+    let text = client
+        .get(server.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// COUNT and P99(duration_ms) by service over the generated hour, as one server answers.
 async fn dataset_answers(client: &reqwest::Client, server: &Server, dataset: &str) -> BTreeMap<String, (i64, f64)> {
     try_dataset_answers(client, server, dataset)
@@ -542,30 +562,24 @@ async fn query_nodes_answer_unflushed_events_exactly_once() {
     let moto = start_moto().await;
     let env = moto.env();
     let storage = format!("s3://{BUCKET}/fresh");
-    let node = |role: &'static str, name: &'static str| {
-        let mut flags = vec!["--storage", storage.as_str(), "--role", role, "--node-name", name];
-        flags.extend([
-            "--flush-rows",
-            "1000",
-            "--flush-age",
-            "10m",
-            "--maintenance-interval",
-            "1s",
-            "--compaction-target-rows",
-            "5000",
-        ]);
-        flags
-    };
+    let tuning = [
+        "--flush-rows",
+        "1000",
+        "--flush-age",
+        "10m",
+        "--maintenance-interval",
+        "1s",
+        "--compaction-target-rows",
+        "5000",
+    ];
+    let node = |role, name| node_flags(&storage, role, name, &tuning);
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut a = Server::start_with_env(dirs[0].path(), &node("ingest", "ing-a"), &env).await;
     let b = Server::start_with_env(dirs[1].path(), &node("ingest", "ing-b"), &env).await;
     let mut q1 = Server::start_with_env(dirs[2].path(), &node("query", "q-1"), &env).await;
     let q2 = Server::start_with_env(dirs[3].path(), &node("query", "q-2"), &env).await;
     let client = reqwest::Client::new();
-    let send = |server: &Server, dataset: &str, events: &[GenEvent]| {
-        let body: String = events.iter().map(|e| e.to_ndjson() + "\n").collect();
-        client.post(server.at(&format!("/api/ingest/{dataset}"))).body(body)
-    };
+    let send = |server: &Server, dataset: &str, events: &[GenEvent]| post_ndjson(&client, server, dataset, events);
     let count = |server: &Server, dataset: &'static str| {
         let (client, url) = (client.clone(), server.url.clone());
         async move {
@@ -636,20 +650,7 @@ async fn query_nodes_answer_unflushed_events_exactly_once() {
         lags[lags.len() - 1],
         first
     );
-    let metrics = client
-        .get(q2.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let copied: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("sonde_fresh_copy_bytes "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    assert!(copied > 0, "{metrics}");
+    assert!(metric(&client, &q2, "sonde_fresh_copy_bytes").await > 0);
     // The copies gave way to flushed segments on the way (2,400 events, a flush every 1,000).
     let stats = send_json(client.get(q2.at("/api/datasets/fa/stats"))).await.1;
     assert!(stats["segments"].as_u64().unwrap() >= 1, "{stats}");
