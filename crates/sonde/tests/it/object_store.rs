@@ -350,7 +350,7 @@ async fn ingest_nodes_and_a_query_node_share_one_bucket() {
     }
     let objs: Vec<GenEvent> = objs.iter().chain(&objs[..20]).cloned().collect();
     for server in [&b, &q] {
-        assert_eq!(metric(&client, server, "sonde_requests_forwarded_total").await, 1);
+        assert_eq!(server.api(&client).metric("sonde_requests_forwarded_total").await, 1);
     }
     // A request passed on once is not passed on again (no loops between nodes).
     let r = send(&b, "objs", &objs[..10])
@@ -479,22 +479,6 @@ fn post_ndjson(
 ) -> reqwest::RequestBuilder {
     let body: String = events.iter().map(|e| e.to_ndjson() + "\n").collect();
     client.post(server.at(&format!("/api/ingest/{dataset}"))).body(body)
-}
-
-/// One value of the server's `/metrics` (0 when absent).
-async fn metric(client: &reqwest::Client, server: &Server, name: &str) -> u64 {
-    let text = client
-        .get(server.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// COUNT and P99(duration_ms) by service over the generated hour, as one server answers.
@@ -650,7 +634,7 @@ async fn query_nodes_answer_unflushed_events_exactly_once() {
         lags[lags.len() - 1],
         first
     );
-    assert!(metric(&client, &q2, "sonde_fresh_copy_bytes").await > 0);
+    assert!(q2.api(&client).metric("sonde_fresh_copy_bytes").await > 0);
     // The copies gave way to flushed segments on the way (2,400 events, a flush every 1,000).
     let stats = send_json(client.get(q2.at("/api/datasets/fa/stats"))).await.1;
     assert!(stats["segments"].as_u64().unwrap() >= 1, "{stats}");
