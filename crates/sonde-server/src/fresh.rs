@@ -103,7 +103,13 @@ pub async fn run(state: Arc<AppState>, config: FreshConfig, stop: impl std::futu
     tokio::pin!(stop);
     loop {
         let mut moved = Vec::new();
+        // A node that failed once this round is not asked again until the next: a dead or hung
+        // ingest node costs one timeout a round, not one per dataset it writes.
+        let mut failed: Vec<String> = Vec::new();
         for target in state.storage.fresh_targets() {
+            if failed.contains(&target.owner.node) {
+                continue;
+            }
             let held = state.storage.fresh_bytes();
             if held >= config.max_bytes {
                 if !full_warned {
@@ -118,10 +124,12 @@ pub async fn run(state: Arc<AppState>, config: FreshConfig, stop: impl std::futu
             }
             full_warned = false;
             let dataset = target.dataset.clone();
+            let node = target.owner.node.clone();
             match copy_dataset(&state, &http, &config, &mut urls, target).await {
                 Ok(true) => moved.push(dataset),
                 Ok(false) => {}
                 Err(e) => {
+                    failed.push(node);
                     state.stats.fresh_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(error = %e, "copying fresh events failed; trying again next round");
                 }

@@ -204,10 +204,16 @@ impl Storage {
                     from: before,
                     to,
                     batches: frozen.batches.clone(),
+                    bytes: frozen.bytes,
                 });
             }
         }
-        self.release_buffered(frozen.bytes);
+        // Rows kept for query nodes until the catalog names their segment stay counted in the
+        // write buffers' bound (released when `persist_catalog` trims them): a catalog that
+        // keeps failing makes backpressure, not an unbounded list.
+        if self.catalog_store.shared().is_none() {
+            self.release_buffered(frozen.bytes);
+        }
         self.persist_catalog().await?;
         self.stats.segments_flushed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(dataset = %dataset, segment = meta.id.0, rows = meta.rows, bytes = meta.bytes, "segment flushed");
@@ -262,7 +268,11 @@ impl Storage {
         self.catalog_store.store(&catalog).await?;
         self.catalog_dirty.store(false, Ordering::SeqCst);
         for (state, flushed) in stored {
-            state.lock().unwrap().uncommitted.retain(|u| u.to > flushed);
+            let mut st = state.lock().unwrap();
+            let freed: usize = st.uncommitted.iter().filter(|u| u.to <= flushed).map(|u| u.bytes).sum();
+            st.uncommitted.retain(|u| u.to > flushed);
+            drop(st);
+            self.release_buffered(freed);
         }
         self.graveyard.catalog_durable(generation);
         Ok(())

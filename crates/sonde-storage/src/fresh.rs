@@ -52,6 +52,8 @@ pub(crate) struct Uncommitted {
     pub(crate) to: Lsn,
     /// The rows it flushed, in buffer order.
     pub(crate) batches: Vec<RecordBatch>,
+    /// Their bytes, counted in the write buffers' bound until the record is stored.
+    pub(crate) bytes: usize,
 }
 
 /// The ingest node that writes a dataset, at which epoch (as a query node last read it).
@@ -272,7 +274,13 @@ impl Storage {
                 });
             }
             fresh.rows += b.num_rows() as u64;
-            fresh.bytes += b.get_array_memory_size();
+            // The bytes of the batch's own slices: a batch read from an IPC frame shares one
+            // buffer among its columns, which `get_array_memory_size` would count per column.
+            fresh.bytes += b
+                .columns()
+                .iter()
+                .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+                .sum::<usize>();
             fresh.batches.push(b);
         }
         true

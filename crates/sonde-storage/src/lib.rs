@@ -211,6 +211,10 @@ pub struct Storage {
     /// Set from the start of a catalog store until one succeeds: the datasets' segment lists
     /// in memory may then be ahead of every stored catalog, and the WAL must not be trimmed.
     catalog_dirty: std::sync::atomic::AtomicBool,
+    /// One reading of the shared catalog at a time (a query node reads it on its schedule and
+    /// when fresh events say it moved): two readings applying their states out of order would
+    /// take the dataset back to the older one.
+    follow_lock: tokio::sync::Mutex<()>,
     /// Segments taken out of the catalog, waiting until no query holds them and a catalog
     /// without them is durable before their files are deleted.
     graveyard: graveyard::Graveyard,
@@ -354,6 +358,7 @@ impl Storage {
             flush_lock: tokio::sync::Mutex::new(()),
             flush_wanted: Notify::new(),
             catalog_dirty: std::sync::atomic::AtomicBool::new(false),
+            follow_lock: tokio::sync::Mutex::new(()),
             // Query nodes may still read a segment an ingest node took out until they read
             // the log again and their queries end: its file stays a while.
             graveyard: graveyard::Graveyard::with_grace(if role == Role::All {

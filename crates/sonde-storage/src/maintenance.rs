@@ -210,6 +210,7 @@ impl Storage {
         let Some(shared) = self.catalog_store.shared() else {
             return Ok(());
         };
+        let _one_at_a_time = self.follow_lock.lock().await;
         for (name, entry) in shared.follow().await? {
             // A dataset only claimed so far is followed too: its first events are in its ingest
             // node's buffer, which this node copies (`fresh`).
