@@ -54,8 +54,8 @@ pub(crate) fn was_forwarded(headers: &HeaderMap) -> bool {
 }
 
 /// On a query node: the ingest nodes to pass an ingest request for `ds` to, in order (the
-/// dataset's writer, or for a new dataset every ingest node in rendezvous order); `None` on
-/// other roles, which take events themselves.
+/// dataset's writer, then the ingest nodes that are up in rendezvous order, which is the
+/// order for a new dataset too); `None` on other roles, which take events themselves.
 pub(crate) async fn query_node_targets(
     state: &AppState,
     ds: &DatasetName,
@@ -70,9 +70,7 @@ pub(crate) async fn query_node_targets(
             action: "take events passed on by another node",
         }));
     }
-    if let Some(owner) = state.storage.owner_of(ds) {
-        return Ok(Some(vec![owner]));
-    }
+    let owner = state.storage.owner_of(ds);
     let nodes = state.storage.ingest_nodes().await?;
     {
         let mut urls = state.forwarder.urls.write().unwrap();
@@ -80,6 +78,12 @@ pub(crate) async fn query_node_targets(
     }
     let mut names: Vec<String> = nodes.into_iter().map(|(n, _)| n).collect();
     names.sort_by_key(|n| std::cmp::Reverse(rendezvous(n, ds)));
+    // The writer first; should it not answer, the others in the order a new dataset would
+    // take: the first whose lease check finds the writer down takes the dataset over.
+    if let Some(owner) = owner {
+        names.retain(|n| *n != owner);
+        names.insert(0, owner);
+    }
     if names.is_empty() {
         return Err(ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -106,8 +110,8 @@ fn rendezvous(node: &str, ds: &DatasetName) -> u64 {
     h ^ (h >> 33)
 }
 
-/// Passes the request on to the first of `nodes` that answers, and relays its answer; 503
-/// naming them when none does.
+/// Passes the request on to the first of `nodes` that answers (other than with 421, not its
+/// dataset), and relays its answer; 503 naming them when none does.
 pub(crate) async fn forward(
     state: &AppState,
     path: &str,
@@ -137,6 +141,13 @@ pub(crate) async fn forward(
                 },
             };
             match send(state, &url, path, headers, body.clone()).await {
+                // Not that node's dataset (its writer is up, as far as that node knows): the
+                // next node, then a 503 that names them all.
+                Ok(resp) if resp.status().as_u16() == StatusCode::MISDIRECTED_REQUEST.as_u16() => {
+                    let said = resp.text().await.unwrap_or_default();
+                    failures.push(format!("{node}: {}", said.chars().take(300).collect::<String>()));
+                    break;
+                }
                 Ok(resp) => {
                     state
                         .stats

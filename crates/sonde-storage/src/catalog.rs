@@ -181,10 +181,12 @@ impl CatalogStore {
         }
     }
 
-    /// Replaces the stored catalog atomically and durably. Not to be cancelled: the local write
+    /// Replaces the stored catalog atomically and durably; on a cluster's ingest node, answers
+    /// the segments taken in and the datasets handed on (see `NodeCatalogs::store`). Not
+    /// to be cancelled: the local write
     /// runs on the blocking pool and would go on without the caller's flush lock (every caller
     /// runs on a task of its own: the flusher, maintenance, a deletion's spawned task).
-    pub(crate) async fn store(&self, catalog: &Catalog) -> Result<()> {
+    pub(crate) async fn store(&self, catalog: &Catalog) -> Result<crate::node_catalog::Stored> {
         let bytes = || serde_json::to_vec(catalog).expect("catalog serialises");
         match self {
             CatalogStore::Shared(node) => node.store(catalog).await,
@@ -192,13 +194,14 @@ impl CatalogStore {
                 let (dir, bytes) = (dir.clone(), bytes());
                 tokio::task::spawn_blocking(move || crate::documents::replace_file(&dir, CATALOG_FILE, &bytes))
                     .await
-                    .map_err(|e| Error::TaskFailed(format!("catalog write panicked: {e}")))?
+                    .map_err(|e| Error::TaskFailed(format!("catalog write panicked: {e}")))??;
+                Ok(Default::default())
             }
             CatalogStore::Remote(store) => {
                 store
                     .put(&object_store::path::Path::from(CATALOG_FILE), bytes().into())
                     .await?;
-                Ok(())
+                Ok(Default::default())
             }
         }
     }

@@ -82,7 +82,8 @@ impl Storage {
         let records: Vec<_> = batches.into_iter().filter(|(_, events)| !events.is_empty()).collect();
         if let Some(shared) = self.catalog_store.shared() {
             for (dataset, _) in &records {
-                shared.claim(dataset).await?;
+                let taken = shared.claim(dataset).await?;
+                self.install_taken(dataset, taken);
             }
         }
         if records.is_empty() {

@@ -80,6 +80,9 @@ pub struct StorageConfig {
     pub node_name: String,
     /// How often a query node reads the shared catalog log for new segments.
     pub catalog_refresh: Duration,
+    /// How long an ingest node holds its datasets without writing its member file (written
+    /// every third of it): past it, another ingest node takes them over.
+    pub lease: Duration,
 }
 
 impl StorageConfig {
@@ -106,6 +109,8 @@ impl StorageConfig {
     pub const DEFAULT_ROW_GROUP_ROWS: usize = 128 * 1024;
     /// Default of `catalog_refresh`.
     pub const DEFAULT_CATALOG_REFRESH: Duration = Duration::from_secs(1);
+    /// Default of `lease`.
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
     /// Default columns with Parquet bloom filters.
     pub const DEFAULT_BLOOM_COLUMNS: &str = "trace.trace_id";
 
@@ -130,6 +135,7 @@ impl StorageConfig {
             role: Role::All,
             node_name: "node".into(),
             catalog_refresh: Self::DEFAULT_CATALOG_REFRESH,
+            lease: Self::DEFAULT_LEASE,
         }
     }
 }

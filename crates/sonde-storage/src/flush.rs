@@ -265,7 +265,7 @@ impl Storage {
             );
         }
         self.catalog_dirty.store(true, Ordering::SeqCst);
-        self.catalog_store.store(&catalog).await?;
+        let outcome = self.catalog_store.store(&catalog).await?;
         self.catalog_dirty.store(false, Ordering::SeqCst);
         for (state, flushed) in stored {
             let mut st = state.lock().unwrap();
@@ -273,6 +273,16 @@ impl Storage {
             st.uncommitted.retain(|u| u.to > flushed);
             drop(st);
             self.release_buffered(freed);
+        }
+        for (name, segments) in outcome.adopted {
+            let entry = DatasetEntry {
+                segments,
+                ..Default::default()
+            };
+            self.install_taken(&name, Some(entry));
+        }
+        for name in outcome.handed {
+            self.forget_handed(&name);
         }
         self.graveyard.catalog_durable(generation);
         Ok(())

@@ -304,11 +304,12 @@ impl Storage {
         let started_us = sonde_model::time::now_us();
         shared.announce(&url, started_us).await?;
         let storage = self.clone();
+        let every = shared.heartbeat();
         Ok(Some(tokio::spawn(async move {
             tokio::pin!(stop);
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(crate::node_catalog::HEARTBEAT) => {}
+                    _ = tokio::time::sleep(every) => {}
                     _ = &mut stop => return,
                 }
                 if let Some(shared) = storage.catalog_store.shared()
@@ -337,11 +338,54 @@ impl Storage {
     }
 
     /// The ingest nodes that announced themselves in the bucket and are up (a member file written
-    /// within the last three heartbeats): (name, URL), in name order.
+    /// within the last `--lease`): (name, URL), in name order.
     pub async fn ingest_nodes(&self) -> Result<Vec<(String, String)>> {
         match self.catalog_store.shared() {
             Some(shared) => shared.members(crate::Role::Ingest).await,
             None => Ok(Vec::new()),
+        }
+    }
+
+    /// On an ingest node: puts a dataset this node just took (its segments from the log,
+    /// which its next catalog store must keep) beside whatever it holds of it.
+    pub(crate) fn install_taken(&self, dataset: &DatasetName, taken: Option<crate::catalog::DatasetEntry>) {
+        let Some(entry) = taken else {
+            return;
+        };
+        let state = self.dataset_state_or_create(dataset);
+        let mut st = state.lock().unwrap();
+        for segment in entry.segments {
+            if st.segments.iter().any(|s| s.id == segment.id) {
+                continue;
+            }
+            for (name, ty) in &segment.columns {
+                st.columns
+                    .entry(name.clone())
+                    .and_modify(|c| c.merge(*ty, segment.min_ts_us, segment.max_ts_us))
+                    .or_insert(crate::catalog::ColumnEntry {
+                        ty: *ty,
+                        first_seen_us: segment.min_ts_us,
+                        last_seen_us: segment.max_ts_us,
+                    });
+            }
+            st.segments.push(std::sync::Arc::new(segment));
+        }
+        st.flushed_lsn = st.flushed_lsn.max(entry.flushed_lsn);
+    }
+
+    /// On an ingest node: forgets the segments of a dataset just handed over to the node that
+    /// owns it (they are that node's now), and the dataset itself when nothing else of it is
+    /// buffered here.
+    pub(crate) fn forget_handed(&self, dataset: &DatasetName) {
+        let mut map = self.datasets.write().unwrap();
+        let Some(state) = map.get(dataset).cloned() else {
+            return;
+        };
+        let mut st = state.lock().unwrap();
+        st.segments.clear();
+        if st.active.rows() == 0 && st.frozen.is_empty() {
+            drop(st);
+            map.remove(dataset);
         }
     }
 

@@ -276,6 +276,7 @@ impl Storage {
                 store.clone(),
                 config.node_name.clone(),
                 role,
+                config.lease,
             ))),
         };
         if !local {
@@ -401,19 +402,44 @@ impl Storage {
             "storage recovered"
         );
 
-        // Events in the WAL for a dataset this node does not own (a renamed node, a data
-        // directory from another role): it must own them before it can flush them.
+        // Datasets in memory this node does not own: its own events of a dataset another node
+        // took while this one was down (the WAL's tail past its last flush), handed over now;
+        // nothing (only the position its events reached, dropped); or events of a dataset
+        // nobody holds or whose owner is down (a renamed node, a data directory from another
+        // role), taken.
         if let Some(shared) = storage.catalog_store.shared()
             && role == Role::Ingest
         {
             let names: Vec<DatasetName> = storage.datasets.read().unwrap().keys().cloned().collect();
-            for name in names {
-                shared.claim(&name).await.map_err(|e| {
-                    Error::Config(format!(
-                        "the WAL in {} holds events of dataset {name}, which this node cannot take: {e}",
-                        storage.config.data_dir.display()
-                    ))
-                })?;
+            let mut handing = Vec::new();
+            for name in names.into_iter().filter(|n| shared.owned_epoch(n).is_none()) {
+                let pending = storage.dataset_state(&name).is_some_and(|state| {
+                    let st = state.lock().unwrap();
+                    st.active.rows() > 0 || !st.frozen.is_empty()
+                });
+                if !pending {
+                    storage.datasets.write().unwrap().remove(&name);
+                    continue;
+                }
+                match shared.claim(&name).await {
+                    Ok(taken) => storage.install_taken(&name, taken),
+                    Err(Error::NotOwner { owner, .. }) => {
+                        tracing::warn!(dataset = %name, %owner, "another node took the dataset while this one was down: handing over the events its WAL held");
+                        handing.push(name);
+                    }
+                    Err(e) => {
+                        return Err(Error::Config(format!(
+                            "the WAL in {} holds events of dataset {name}, which this node cannot take: {e}",
+                            storage.config.data_dir.display()
+                        )));
+                    }
+                }
+            }
+            for name in handing {
+                // A failure leaves the events in the buffer and the WAL: the flusher tries again.
+                if let Err(e) = storage.flush_dataset(&name).await {
+                    tracing::error!(dataset = %name, error = %e, "handing over failed; trying again at the next flush");
+                }
             }
         }
 

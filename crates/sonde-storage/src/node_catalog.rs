@@ -11,10 +11,17 @@
 //! - A **query node** writes nothing: [`NodeCatalogs::follow`] reads the tail of every
 //!   dataset's log and answers the datasets whose segments changed.
 //!
-//! A dataset has one ingest node at a time. There is no forwarding or lease expiry yet: events
-//! for a dataset another node owns are refused with an error that names the owner.
+//! A dataset has one ingest node at a time, for as long as that node's **lease** holds: its
+//! member file (`nodes/<node>.json`) written again every third of `--lease`. A node that has
+//! not written it for a whole `--lease` is down, and the next ingest node asked to take events
+//! for one of its datasets takes it (a `Take` at the next epoch, decided only if the epoch is
+//! still the one whose owner was seen down), with its segments. Events the dead node had
+//! acknowledged but not flushed stay in its WAL: restarted, it replays them, finds the dataset
+//! owned by another, and hands them over ([`Change::Handover`], see `shared_catalog`), each
+//! exactly once. Events for a dataset another live node owns are refused with an error that
+//! names the owner (the server passes them on).
 
-use crate::catalog::{CATALOG_VERSION, Catalog, DatasetEntry, SegmentId};
+use crate::catalog::{CATALOG_VERSION, Catalog, DatasetEntry, SegmentId, SegmentMeta};
 use crate::config::Role;
 use crate::fresh::Owner;
 use crate::shared_catalog::{Change, CommitError, LogState, SharedCatalog};
@@ -43,15 +50,10 @@ struct Member {
     /// When the process that wrote it started (µs since the epoch).
     started_us: i64,
     /// When it was last written (µs since the epoch): nodes write theirs again every
-    /// [`HEARTBEAT`], so an older one is a node that is down.
+    /// [`NodeCatalogs::heartbeat`], so one older than `--lease` is a node that is down.
     #[serde(default)]
     heartbeat_us: i64,
 }
-
-/// How often an ingest node writes its member file again.
-pub(crate) const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
-/// A member file not written for this long is a node that is down (three heartbeats missed).
-const MEMBER_STALE_US: i64 = 3 * HEARTBEAT.as_micros() as i64;
 
 fn member_path(node: &str) -> Path {
     Path::from("nodes").join(format!("{node}.json"))
@@ -69,6 +71,19 @@ struct Followed {
     delivered: u64,
     /// The record of the newest checkpoint this node wrote or found.
     checkpointed: u64,
+    /// The owner: every segment its catalog has held, to tell one it took out from one another
+    /// node handed over since it last read the log.
+    known: HashSet<SegmentId>,
+}
+
+/// What a catalog store did besides committing: segments taken in, datasets handed on.
+#[derive(Debug, Default)]
+pub(crate) struct Stored {
+    /// Datasets this node owns, with segments another node handed over that its catalog did
+    /// not have (to be put beside the others).
+    pub(crate) adopted: Vec<(DatasetName, Vec<SegmentMeta>)>,
+    /// Datasets another node owns, whose segments this node handed over (to be forgotten).
+    pub(crate) handed: Vec<DatasetName>,
 }
 
 impl Followed {
@@ -77,6 +92,7 @@ impl Followed {
         Followed {
             delivered: state.seq,
             checkpointed: state.seq,
+            known: state.entry.segments.iter().map(|s| s.id).collect(),
             log,
             state,
             epoch,
@@ -94,6 +110,12 @@ pub(crate) struct NodeCatalogs {
     /// The datasets this node owns and at which epoch, for the ingest path's check without the
     /// async lock.
     owned: RwLock<HashMap<DatasetName, u64>>,
+    /// Datasets another node took while this process wrote them: their events stay in this
+    /// node's WAL, to be handed over at its next start (not now: its segments in memory may
+    /// already be merged with ones the log has).
+    lost: RwLock<HashSet<DatasetName>>,
+    /// How long a member file stays valid (`--lease`).
+    lease: std::time::Duration,
 }
 
 fn log_error(e: impl std::fmt::Display) -> Error {
@@ -101,15 +123,37 @@ fn log_error(e: impl std::fmt::Display) -> Error {
 }
 
 impl NodeCatalogs {
-    /// The shared catalog in `store`, as node `node` in `role` (not [`Role::All`]).
-    pub(crate) fn new(store: Arc<dyn ObjectStore>, node: String, role: Role) -> NodeCatalogs {
+    /// The shared catalog in `store`, as node `node` in `role` (not [`Role::All`]), whose
+    /// members count as down once their member file is older than `lease`.
+    pub(crate) fn new(
+        store: Arc<dyn ObjectStore>,
+        node: String,
+        role: Role,
+        lease: std::time::Duration,
+    ) -> NodeCatalogs {
         NodeCatalogs {
             store,
             node,
             role,
             datasets: tokio::sync::Mutex::new(BTreeMap::new()),
             owned: RwLock::new(HashMap::new()),
+            lost: RwLock::new(HashSet::new()),
+            lease,
         }
+    }
+
+    /// How often an ingest node writes its member file again: three times a lease.
+    pub(crate) fn heartbeat(&self) -> std::time::Duration {
+        self.lease / 3
+    }
+
+    /// Whether `node`'s lease ran out: its member file older than `--lease`, or missing.
+    async fn lease_expired(&self, node: &str) -> Result<bool> {
+        let now = sonde_model::time::now_us();
+        Ok(match self.member(node).await? {
+            Some(m) => now - m.heartbeat_us > self.lease.as_micros() as i64,
+            None => true,
+        })
     }
 
     /// This node's name.
@@ -179,6 +223,17 @@ impl NodeCatalogs {
                 catalog.next_segment_id = catalog.next_segment_id.max((max >> TAG_BITS) + 1);
             }
             if state.owner.as_deref() != Some(self.node.as_str()) {
+                // Another node's now. Where this node's own events of it reached, so that its
+                // WAL replays only those it never flushed (to hand them over).
+                if let Some(lsn) = state.flushed_by.get(&self.node) {
+                    catalog.datasets.insert(
+                        name.clone(),
+                        DatasetEntry {
+                            flushed_lsn: *lsn,
+                            ..Default::default()
+                        },
+                    );
+                }
                 continue;
             }
             let epoch = log.take(&mut state).await.map_err(log_error)?;
@@ -190,19 +245,27 @@ impl NodeCatalogs {
     }
 
     /// Makes this node the writer of `dataset` before it takes events for it: at once when it
-    /// owns it already; by taking the next epoch when nobody does; refused when another node
-    /// (or another process under this node's name) does.
-    pub(crate) async fn claim(&self, dataset: &DatasetName) -> Result<()> {
+    /// owns it already; by taking the next epoch when nobody does, or when its owner's lease
+    /// ran out; refused when another node (or another process under this node's name) holds
+    /// it. Answers the dataset as taken (segments, columns, this node's WAL position in it)
+    /// when this call took it.
+    pub(crate) async fn claim(&self, dataset: &DatasetName) -> Result<Option<DatasetEntry>> {
         self.check_writer("take events")?;
         if self.owned.read().unwrap().contains_key(dataset) {
-            return Ok(());
+            return Ok(None);
         }
         let mut datasets = self.datasets.lock().await;
         if self.owned.read().unwrap().contains_key(dataset) {
-            return Ok(()); // claimed while this call waited for the lock
+            return Ok(None); // claimed while this call waited for the lock
         }
         let log = SharedCatalog::new(self.store.clone(), dataset.clone(), self.node.clone());
         let mut state = log.load().await.map_err(log_error)?;
+        // The epoch whose owner is down, if it is: taken only while still that epoch (its
+        // owner, restarted meanwhile, takes it again at the next).
+        let expired = match state.owner.as_deref() {
+            Some(owner) if owner != self.node && self.lease_expired(owner).await? => Some(state.epoch),
+            _ => None,
+        };
         // A take at the next epoch while nobody owns it, decided again after each lost race.
         // Owned by this node's name too means another process under the same name (this
         // one's own datasets were taken at start).
@@ -210,7 +273,7 @@ impl NodeCatalogs {
             .commit_with(&mut state, COMMIT_ATTEMPTS, |s| {
                 let epoch = s.epoch + 1;
                 let node = self.node.clone();
-                s.owner.is_none().then_some((epoch, Change::Take { epoch, node }))
+                (s.owner.is_none() || expired == Some(s.epoch)).then_some((epoch, Change::Take { epoch, node }))
             })
             .await
             .map_err(log_error)?;
@@ -221,38 +284,90 @@ impl NodeCatalogs {
             });
         }
         let epoch = state.epoch;
-        tracing::info!(dataset = %dataset, epoch, node = %self.node, "dataset claimed");
+        if expired.is_some() {
+            tracing::warn!(dataset = %dataset, epoch, node = %self.node, "dataset taken over: its ingest node's lease ran out");
+        } else {
+            tracing::info!(dataset = %dataset, epoch, node = %self.node, "dataset claimed");
+        }
+        let entry = state.entry.clone();
         datasets.insert(dataset.clone(), Followed::new(log, state, epoch));
         self.owned.write().unwrap().insert(dataset.clone(), epoch);
+        self.lost.write().unwrap().remove(dataset);
+        Ok(Some(entry))
+    }
+
+    /// Commits `entry`'s segments, of a dataset another node owns now, as this node's
+    /// handover: once (a handover whose position the log has reached adds nothing).
+    async fn hand_over(&self, dataset: &DatasetName, entry: &DatasetEntry) -> Result<()> {
+        let log = SharedCatalog::new(self.store.clone(), dataset.clone(), self.node.clone());
+        let mut state = log.load().await.map_err(log_error)?;
+        let node = self.node.as_str();
+        log.commit_with(&mut state, COMMIT_ATTEMPTS, |s| {
+            let reached = s.flushed_by.get(node).copied().unwrap_or_default();
+            (entry.flushed_lsn > reached && s.owner.as_deref() != Some(node)).then(|| {
+                let change = Change::Handover {
+                    segments: entry.segments.clone(),
+                    flushed_lsn: entry.flushed_lsn,
+                };
+                (s.epoch, change)
+            })
+        })
+        .await
+        .map_err(log_error)?;
+        tracing::warn!(dataset = %dataset, segments = entry.segments.len(), owner = ?state.owner, "events of a dataset another node took over handed over to it");
         Ok(())
     }
 
     /// Commits what differs between `catalog` and the log of each owned dataset, each dataset
     /// on its own (one that fails does not hold up the others; the first error is returned).
     /// Datasets the catalog no longer lists (or lists as deleted) lose all their segments. A
-    /// dataset another node has taken is given up: its events are refused from then on.
-    pub(crate) async fn store(&self, catalog: &Catalog) -> Result<()> {
+    /// dataset another node has taken is given up: its events are refused from then on. A
+    /// dataset the catalog lists that another node took while this one was down (its WAL's
+    /// tail, replayed and flushed) is handed over: the answer names those.
+    pub(crate) async fn store(&self, catalog: &Catalog) -> Result<Stored> {
         self.check_writer("change the catalog")?;
         let mut datasets = self.datasets.lock().await;
+        let mut stored = Stored::default();
         let mut first_error = None;
         let mut lost = Vec::new();
         for (name, f) in datasets.iter_mut() {
-            let now = match catalog.datasets.get(name) {
-                Some(e) if !e.deleted => e.clone(),
-                Some(e) => DatasetEntry {
-                    flushed_lsn: e.flushed_lsn,
-                    ..Default::default()
-                },
-                None => DatasetEntry::default(),
+            let (now, deleted) = match catalog.datasets.get(name) {
+                Some(e) if !e.deleted => (e.clone(), false),
+                Some(e) => {
+                    let gone = DatasetEntry {
+                        flushed_lsn: e.flushed_lsn,
+                        ..Default::default()
+                    };
+                    (gone, true)
+                }
+                // Claimed, and nothing of it in memory yet (no flush; or taken over a moment
+                // ago, its segments not yet put beside the buffer): nothing to change.
+                None => continue,
             };
             let epoch = f.epoch;
+            let known = &f.known;
+            // Segments another node handed over since this node last read the log are kept
+            // (and taken into this node's catalog below), never taken out as if this node had
+            // removed them; a deletion takes them out too.
+            let with_handed = |state: &LogState| {
+                let mut now = now.clone();
+                if !deleted {
+                    let handed = state
+                        .entry
+                        .segments
+                        .iter()
+                        .filter(|s| !known.contains(&s.id) && !now.segments.iter().any(|n| n.id == s.id));
+                    now.segments.extend(handed.cloned().collect::<Vec<_>>());
+                }
+                now
+            };
             // One record at a time, each decided from the log as it now is: after a failure
             // half-way, the next store commits only what is still missing.
             let committed = loop {
                 match f
                     .log
                     .commit_with(&mut f.state, COMMIT_ATTEMPTS, |state| {
-                        change(&state.entry, &now).map(|c| (epoch, c))
+                        change(&state.entry, &with_handed(state)).map(|c| (epoch, c))
                     })
                     .await
                 {
@@ -261,6 +376,17 @@ impl NodeCatalogs {
                     Err(e) => break Err(e),
                 }
             };
+            if committed.is_ok() {
+                let handed: Vec<SegmentMeta> = with_handed(&f.state)
+                    .segments
+                    .into_iter()
+                    .filter(|s| !now.segments.iter().any(|n| n.id == s.id))
+                    .collect();
+                f.known.extend(now.segments.iter().chain(&handed).map(|s| s.id));
+                if !handed.is_empty() {
+                    stored.adopted.push((name.clone(), handed));
+                }
+            }
             match committed {
                 Ok(()) if f.state.seq >= f.checkpointed + CHECKPOINT_EVERY => {
                     // Readers then read from here on; a failure only costs them longer reads.
@@ -291,13 +417,24 @@ impl NodeCatalogs {
         for name in lost {
             datasets.remove(&name);
             self.owned.write().unwrap().remove(&name);
+            self.lost.write().unwrap().insert(name);
         }
-        if let Some(name) = catalog.datasets.keys().find(|n| !datasets.contains_key(*n)) {
-            first_error.get_or_insert(Error::Invalid(format!(
-                "dataset {name} has segments but this node does not own it in the shared catalog"
-            )));
+        for (name, entry) in catalog.datasets.iter().filter(|(n, _)| !datasets.contains_key(*n)) {
+            if self.lost.read().unwrap().contains(name) {
+                first_error.get_or_insert(Error::NotOwner {
+                    dataset: name.clone(),
+                    owner: "another ingest node (this one's events of it are handed over at its restart)".into(),
+                });
+                continue;
+            }
+            match self.hand_over(name, entry).await {
+                Ok(()) => stored.handed.push(name.clone()),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        first_error.map_or(Ok(()), Err)
+        first_error.map_or(Ok(stored), Err)
     }
 
     /// Reads the tail of every dataset's log (and the logs of new datasets): the datasets whose
@@ -356,7 +493,7 @@ impl NodeCatalogs {
     }
 
     /// Writes this node's member file (`nodes/<node>.json`): the address at which the other
-    /// nodes reach it, and when (see [`HEARTBEAT`]). Written at each start, so a new address
+    /// nodes reach it, and when (see [`NodeCatalogs::heartbeat`]). Written at each start, so a new address
     /// replaces the old one, and every heartbeat.
     pub(crate) async fn announce(&self, url: &str, started_us: i64) -> Result<()> {
         let member = Member {
@@ -372,7 +509,7 @@ impl NodeCatalogs {
     }
 
     /// Every node that announced itself in `role` and wrote its member file within the last
-    /// three heartbeats: (name, URL), in name order.
+    /// `--lease`: (name, URL), in name order.
     pub(crate) async fn members(&self, role: Role) -> Result<Vec<(String, String)>> {
         let now = sonde_model::time::now_us();
         use futures::TryStreamExt;
@@ -381,7 +518,7 @@ impl NodeCatalogs {
         for meta in listed {
             let bytes = self.store.get(&meta.location).await?.bytes().await?;
             match serde_json::from_slice::<Member>(&bytes) {
-                Ok(m) if m.role == role.name() && now - m.heartbeat_us <= MEMBER_STALE_US => {
+                Ok(m) if m.role == role.name() && now - m.heartbeat_us <= self.lease.as_micros() as i64 => {
                     members.push((m.node, m.url))
                 }
                 Ok(_) => {}
@@ -394,12 +531,17 @@ impl NodeCatalogs {
 
     /// The address a node announced (`None` if it has no member file).
     pub(crate) async fn member_url(&self, node: &str) -> Result<Option<String>> {
+        Ok(self.member(node).await?.map(|m| m.url))
+    }
+
+    /// A node's member file, if it has one.
+    async fn member(&self, node: &str) -> Result<Option<Member>> {
         match self.store.get(&member_path(node)).await {
             Ok(got) => {
                 let bytes = got.bytes().await?;
                 let member: Member = serde_json::from_slice(&bytes)
                     .map_err(|e| Error::SharedCatalog(format!("member file of node {node}: {e}")))?;
-                Ok(Some(member.url))
+                Ok(Some(member))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
@@ -458,6 +600,80 @@ mod tests {
         }
     }
 
+    /// A node with a 15 s lease (a test of the lease gives its own).
+    fn node(store: &Arc<dyn ObjectStore>, name: &str, role: Role) -> NodeCatalogs {
+        NodeCatalogs::new(store.clone(), name.into(), role, std::time::Duration::from_secs(15))
+    }
+
+    fn catalog_of(d: &DatasetName, entry: DatasetEntry) -> Catalog {
+        Catalog {
+            version: CATALOG_VERSION,
+            next_segment_id: 1,
+            datasets: BTreeMap::from([(d.clone(), entry)]),
+        }
+    }
+
+    fn ids(e: &DatasetEntry) -> Vec<u64> {
+        let mut ids: Vec<u64> = e.segments.iter().map(|s| s.id.0).collect();
+        ids.sort();
+        ids
+    }
+
+    /// An ingest node whose lease ran out loses its dataset to the next node asked to take it,
+    /// which gets its segments; the old one is fenced, and restarted hands over its WAL's tail
+    /// exactly once; the new owner keeps the handed segments (and compacts them like its own).
+    #[tokio::test]
+    async fn a_dataset_whose_writer_is_down_is_taken_over_and_handed_the_rest() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let lease = std::time::Duration::from_millis(300);
+        let with_lease = |name: &str, role| NodeCatalogs::new(store.clone(), name.into(), role, lease);
+        let (a, b, q) = (
+            with_lease("a", Role::Ingest),
+            with_lease("b", Role::Ingest),
+            with_lease("q", Role::Query),
+        );
+        let d = DatasetName::new("d").unwrap();
+        for n in [&a, &b] {
+            n.load().await.unwrap();
+            n.announce("http://127.0.0.1:1", 0).await.unwrap();
+        }
+        a.claim(&d).await.unwrap();
+        a.store(&catalog_of(&d, entry(&[1, 2], 10))).await.unwrap();
+        // Refused while a's lease holds; taken, with a's segments, once it ran out.
+        let e = b.claim(&d).await.unwrap_err();
+        assert!(matches!(e, Error::NotOwner { .. }), "{e}");
+        tokio::time::sleep(lease + std::time::Duration::from_millis(100)).await;
+        b.announce("http://127.0.0.1:2", 0).await.unwrap();
+        assert_eq!(b.members(Role::Ingest).await.unwrap().len(), 1, "a is down");
+        let taken = b.claim(&d).await.unwrap().expect("taken just now");
+        assert_eq!((ids(&taken), taken.flushed_lsn), (vec![1, 2], Lsn(0)));
+        // a, paused rather than dead, is fenced at its next store and gives the dataset up.
+        let e = a.store(&catalog_of(&d, entry(&[1, 2, 3], 12))).await.unwrap_err();
+        assert!(matches!(e, Error::NotOwner { .. }), "{e}");
+        assert!(a.owned().is_empty());
+        // a restarted: the log gives it only where its own events reached (its WAL replays
+        // the rest), and it hands over what it flushed of them, once.
+        let a2 = with_lease("a", Role::Ingest);
+        let loaded = a2.load().await.unwrap();
+        assert_eq!(
+            (ids(&loaded.datasets[&d]), loaded.datasets[&d].flushed_lsn),
+            (vec![], Lsn(10))
+        );
+        let tail = catalog_of(&d, entry(&[7], 12));
+        assert_eq!(a2.store(&tail).await.unwrap().handed, std::slice::from_ref(&d));
+        a2.store(&tail).await.unwrap();
+        let followed = q.follow().await.unwrap();
+        assert_eq!(ids(&followed[0].1), [1, 2, 7]);
+        // b flushes: segment 7 is kept and answered as adopted, not taken out.
+        let stored = b.store(&catalog_of(&d, entry(&[1, 2, 4], 5))).await.unwrap();
+        assert_eq!(stored.adopted.len(), 1);
+        assert_eq!(stored.adopted[0].1.iter().map(|s| s.id.0).collect::<Vec<_>>(), [7]);
+        // b compacts 1, 2 and 7 into 8.
+        b.store(&catalog_of(&d, entry(&[4, 8], 5))).await.unwrap();
+        let followed = q.follow().await.unwrap();
+        assert_eq!((ids(&followed[0].1), followed[0].1.flushed_lsn), (vec![4, 8], Lsn(5)));
+    }
+
     fn entry(ids: &[u64], lsn: u64) -> DatasetEntry {
         DatasetEntry {
             flushed_lsn: Lsn(lsn),
@@ -471,12 +687,14 @@ mod tests {
     #[tokio::test]
     async fn an_ingest_nodes_stores_reach_a_query_node_and_a_second_writer_is_refused() {
         let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-        let ingest = NodeCatalogs::new(store.clone(), "a".into(), Role::Ingest);
-        let query = NodeCatalogs::new(store.clone(), "q".into(), Role::Query);
-        let other = NodeCatalogs::new(store.clone(), "b".into(), Role::Ingest);
+        let ingest = node(&store, "a", Role::Ingest);
+        let query = node(&store, "q", Role::Query);
+        let other = node(&store, "b", Role::Ingest);
         let d = DatasetName::new("d").unwrap();
         assert!(ingest.load().await.unwrap().datasets.is_empty());
         assert!(query.load().await.unwrap().datasets.is_empty());
+        // Up: its member file is fresh (a node without one counts as down).
+        ingest.announce("http://127.0.0.1:1", 0).await.unwrap();
         ingest.claim(&d).await.unwrap();
         let e = other.claim(&d).await.unwrap_err();
         assert!(e.to_string().contains("ingest node a"), "{e}");
@@ -525,7 +743,7 @@ mod tests {
             assert!(query.follow().await.unwrap().is_empty(), "nothing new");
         }
         // A restarted ingest node takes its dataset again, at a new epoch.
-        let again = NodeCatalogs::new(store.clone(), "a".into(), Role::Ingest);
+        let again = node(&store, "a", Role::Ingest);
         let loaded = again.load().await.unwrap();
         assert_eq!(loaded.datasets[&d].flushed_lsn, Lsn(12));
         assert!(loaded.next_segment_id > 4);

@@ -24,6 +24,16 @@
 //! after its successor took over. On replay, records of a stale epoch are skipped as well, so a
 //! writer that does not check cannot change the state either.
 //!
+//! **Handing over.** When a node takes a dataset whose writer went quiet (its lease ran out,
+//! see `node_catalog`), that writer may still hold acknowledged events in its WAL that no
+//! segment has. Restarted, it flushes them and commits them as a [`Change::Handover`]: a
+//! record any node but the owner may add at the current epoch, which adds its segments and
+//! raises only that node's own WAL position ([`LogState::flushed_by`]). Each writer's position
+//! is kept apart because WAL positions are per node: a `Take` by another node starts the
+//! dataset's position at the taker's own, so its replay and the query nodes' fresh copies count
+//! from its WAL, and a handover retried after it landed finds its position reached and adds
+//! nothing.
+//!
 //! **Pruning.** [`SharedCatalog::prune`] deletes the checkpoints older than the newest and the
 //! records more than [`KEEP_RECORDS`] before it. A writer that read its state before all of
 //! those records were written could then re-create a deleted record's name; so a commit looks,
@@ -80,6 +90,16 @@ pub enum Change {
         #[serde(default)]
         flushed_lsn: Lsn,
     },
+    /// Segments of a former writer's events that no segment had when another node took the
+    /// dataset (its WAL's tail, flushed at its restart), with how far into *its* WAL they go.
+    /// Written by that node at whatever epoch is current; never by the owner.
+    Handover {
+        /// The segments added.
+        segments: Vec<SegmentMeta>,
+        /// Every event of the dataset at or below this position of the writer's WAL is in a
+        /// segment.
+        flushed_lsn: Lsn,
+    },
 }
 
 /// A record of the log: a change, who made it and when.
@@ -111,6 +131,10 @@ pub struct LogState {
     /// Records skipped on replay because their epoch was stale (a writer that did not check).
     #[serde(default)]
     pub stale_records: u64,
+    /// How far into each writer's own WAL the dataset's events are in segments (WAL positions
+    /// are per node). `entry.flushed_lsn` is the owner's.
+    #[serde(default)]
+    pub flushed_by: std::collections::BTreeMap<String, Lsn>,
 }
 
 impl LogState {
@@ -125,14 +149,28 @@ impl LogState {
         self.seq = r.seq;
         match &r.change {
             Change::Take { epoch, node } if *epoch > self.epoch => {
+                if self.owner.as_deref() == Some(node.as_str()) {
+                    // Taken again by its writer (a restart): its position goes on.
+                    self.raise(node, self.entry.flushed_lsn);
+                } else {
+                    // Another node's WAL: the position is where that node's own events of the
+                    // dataset were (nothing, unless it wrote it before).
+                    self.entry.flushed_lsn = self.flushed_by.get(node).copied().unwrap_or_default();
+                }
                 self.epoch = *epoch;
                 self.owner = Some(node.clone());
             }
             Change::Take { .. } => self.stale_records += 1,
+            Change::Handover { segments, flushed_lsn } => {
+                self.add(segments)?;
+                self.raise(&r.node, *flushed_lsn);
+            }
             _ if r.epoch != self.epoch => self.stale_records += 1,
+            // A record at the current epoch is its holder's (a compactor may commit under the
+            // owner's epoch): the position is in the owner's WAL.
             Change::Flush { segments, flushed_lsn } => {
                 self.add(segments)?;
-                self.entry.flushed_lsn = self.entry.flushed_lsn.max(*flushed_lsn);
+                self.raise_owners(*flushed_lsn);
             }
             Change::Replace {
                 removed,
@@ -142,10 +180,27 @@ impl LogState {
                 self.entry.segments.retain(|s| !removed.contains(&s.id));
                 self.add(added)?;
                 self.entry.columns = columns_of(&self.entry.segments);
-                self.entry.flushed_lsn = self.entry.flushed_lsn.max(*flushed_lsn);
+                self.raise_owners(*flushed_lsn);
             }
         }
         Ok(())
+    }
+
+    /// Raises the owner's WAL position.
+    fn raise_owners(&mut self, lsn: Lsn) {
+        match self.owner.clone() {
+            Some(owner) => self.raise(&owner, lsn),
+            None => self.entry.flushed_lsn = self.entry.flushed_lsn.max(lsn),
+        }
+    }
+
+    /// Raises `node`'s WAL position (and the dataset's, when `node` is the owner).
+    fn raise(&mut self, node: &str, lsn: Lsn) {
+        let at = self.flushed_by.entry(node.to_string()).or_default();
+        *at = (*at).max(lsn);
+        if self.owner.as_deref() == Some(node) {
+            self.entry.flushed_lsn = self.entry.flushed_lsn.max(lsn);
+        }
     }
 
     fn add(&mut self, segments: &[SegmentMeta]) -> Result<(), CatalogLogError> {
@@ -301,6 +356,7 @@ impl SharedCatalog {
     pub async fn commit(&self, state: &mut LogState, epoch: u64, change: Change) -> Result<u64, CommitError> {
         let allowed = match &change {
             Change::Take { epoch: taken, .. } => *taken > state.epoch && *taken == epoch,
+            Change::Handover { .. } => epoch == state.epoch && state.owner.as_deref() != Some(self.node.as_str()),
             _ => epoch == state.epoch && epoch > 0,
         };
         if !allowed {
@@ -557,7 +613,9 @@ mod tests {
             assert_eq!(end.owner.as_deref(), Some("b"));
             let ids: Vec<u64> = end.entry.segments.iter().map(|s| s.id.0).collect();
             assert_eq!(ids, [1, 2, 3]);
-            assert_eq!(end.entry.flushed_lsn, Lsn(10));
+            // WAL positions are each node's own: the dataset's is its owner's.
+            assert_eq!(end.entry.flushed_lsn, Lsn(4));
+            assert_eq!(end.flushed_by["a"], Lsn(10));
             // A take must raise the epoch.
             let e = b
                 .commit(
@@ -571,6 +629,54 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(matches!(e, CommitError::Fenced { .. }), "{e}");
+        }
+    }
+
+    /// A former writer's handover adds its segments at whatever epoch is current, raises only
+    /// its own WAL position, is refused to the owner, and adds nothing when retried; a take by
+    /// a node that wrote the dataset before starts from that node's own position.
+    #[tokio::test]
+    async fn a_former_writer_hands_over_once_and_positions_stay_per_node() {
+        let dir = tempfile::tempdir().unwrap();
+        for store in stores(dir.path()) {
+            let (a, b) = (catalog(&store, "a"), catalog(&store, "b"));
+            let mut sa = a.load().await.unwrap();
+            a.take(&mut sa).await.unwrap();
+            a.commit(&mut sa, 1, flush(1..2, 10)).await.unwrap();
+            let mut sb = b.load().await.unwrap();
+            b.take(&mut sb).await.unwrap();
+            b.commit(&mut sb, 2, flush(2..3, 3)).await.unwrap();
+            // a, restarted, hands over what its WAL held past position 10.
+            let handover = |ids: std::ops::Range<u64>, lsn| Change::Handover {
+                segments: ids.map(segment).collect(),
+                flushed_lsn: Lsn(lsn),
+            };
+            let mut sa = a.load().await.unwrap();
+            let decide = |s: &LogState| {
+                (s.flushed_by.get("a").copied().unwrap_or_default() < Lsn(14)).then(|| (s.epoch, handover(5..7, 14)))
+            };
+            assert!(a.commit_with(&mut sa, 3, decide).await.unwrap().is_some());
+            // Retried (its answer lost, say): the position says it landed.
+            let mut again = a.load().await.unwrap();
+            assert!(a.commit_with(&mut again, 3, decide).await.unwrap().is_none());
+            // The owner cannot hand over to itself.
+            b.refresh(&mut sb).await.unwrap();
+            let e = b.commit(&mut sb, 2, handover(8..9, 20)).await.unwrap_err();
+            assert!(matches!(e, CommitError::Fenced { .. }), "{e}");
+            let end = b.load().await.unwrap();
+            let ids: Vec<u64> = end.entry.segments.iter().map(|s| s.id.0).collect();
+            assert_eq!(ids, [1, 2, 5, 6]);
+            assert_eq!((end.entry.flushed_lsn, end.flushed_by["a"]), (Lsn(3), Lsn(14)));
+            // a takes it back (b's lease ran out): the position is a's own again.
+            let mut sa = a.load().await.unwrap();
+            a.take(&mut sa).await.unwrap();
+            assert_eq!((sa.owner.as_deref(), sa.entry.flushed_lsn), (Some("a"), Lsn(14)));
+            // And a take by a node that never wrote it starts at nothing.
+            let c = catalog(&store, "c");
+            let mut sc = c.load().await.unwrap();
+            c.take(&mut sc).await.unwrap();
+            assert_eq!(sc.entry.flushed_lsn, Lsn(0));
+            assert_eq!(sc.entry.segments.len(), 4);
         }
     }
 

@@ -155,6 +155,12 @@ struct ServeArgs {
     /// How often a query node reads the shared catalog for newly flushed segments.
     #[arg(long, env = "SONDE_CATALOG_REFRESH", default_value_t = Dur(StorageConfig::DEFAULT_CATALOG_REFRESH))]
     catalog_refresh: Dur,
+    /// How long an ingest node keeps its datasets without writing its member file to the
+    /// bucket (it writes it every third of this): past it, the next ingest node given events
+    /// for one of them takes it over, and the node hands over what it had not flushed when it
+    /// restarts.
+    #[arg(long, env = "SONDE_LEASE", default_value_t = Dur(StorageConfig::DEFAULT_LEASE))]
+    lease: Dur,
     /// How often a query node copies the events its ingest nodes hold in their write buffers, so
     /// that it answers them before they are flushed.
     #[arg(long, env = "SONDE_FRESH_INTERVAL", default_value = "250ms")]
@@ -687,6 +693,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     storage_config.role = a.role.into();
     storage_config.node_name = a.node_name.clone().unwrap_or_else(host_name);
     storage_config.catalog_refresh = a.catalog_refresh.0;
+    storage_config.lease = a.lease.0;
     storage_config.maintenance_interval = a.maintenance_interval.0;
     storage_config.retention = a.retention.map(|d| d.0);
     storage_config.retention_by_dataset = a.retention_dataset.iter().cloned().collect();
@@ -1165,6 +1172,7 @@ mod tests {
         assert_eq!(a.bloom_columns, storage.segment.bloom_columns);
         assert_eq!(memory.index_cache, storage.index_cache_bytes);
         assert_eq!(a.catalog_refresh.0, storage.catalog_refresh);
+        assert_eq!(a.lease.0, storage.lease);
         assert!(matches!(a.role, RoleArg::All) && storage.role == Role::All);
         let engine = EngineConfig::default();
         assert_eq!((a.query_timeout.0, memory.query), (engine.timeout, engine.memory_limit));

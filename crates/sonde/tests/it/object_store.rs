@@ -36,6 +36,21 @@ impl Moto {
         ]
     }
 
+    /// The bucket through the object store client the server uses.
+    fn store(&self) -> std::sync::Arc<dyn object_store::ObjectStore> {
+        std::sync::Arc::new(
+            object_store::aws::AmazonS3Builder::new()
+                .with_endpoint(&self.url)
+                .with_allow_http(true)
+                .with_bucket_name(BUCKET)
+                .with_region("us-east-1")
+                .with_access_key_id("test")
+                .with_secret_access_key("test")
+                .build()
+                .unwrap(),
+        )
+    }
+
     /// The bucket's listing (S3's XML) under `prefix`.
     async fn list(&self, prefix: &str) -> String {
         reqwest::get(format!("{}/{BUCKET}?list-type=2&prefix={prefix}", self.url))
@@ -237,17 +252,7 @@ async fn two_writers_racing_for_one_catalog_record_one_wins_the_other_retries() 
     use std::sync::Arc;
 
     let moto = start_moto().await;
-    let s3: Arc<dyn ObjectStore> = Arc::new(
-        object_store::aws::AmazonS3Builder::new()
-            .with_endpoint(&moto.url)
-            .with_allow_http(true)
-            .with_bucket_name(BUCKET)
-            .with_region("us-east-1")
-            .with_access_key_id("test")
-            .with_secret_access_key("test")
-            .build()
-            .unwrap(),
-    );
+    let s3 = moto.store();
     let dir = tempfile::tempdir().unwrap();
     let local: Arc<dyn ObjectStore> =
         Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
@@ -660,4 +665,119 @@ async fn query_nodes_answer_unflushed_events_exactly_once() {
     let all: Vec<GenEvent> = fa.iter().chain(&more).cloned().collect();
     eventually(&client, &q1, "fa", brute_force(&all)).await;
     eventually(&client, &q2, "fa", brute_force(&all)).await;
+}
+
+/// Issue 19, a dead ingest node: two ingest nodes and a query node with a 2 s `--lease`. The
+/// ingest node writing a dataset is SIGKILLed with events in its write buffer (and WAL).
+/// Events sent to the query node meanwhile are refused with a 503 naming the nodes while the
+/// dead node's lease holds, then taken by the other ingest node, which takes the dataset over
+/// with its segments; the query node never counts more than was acknowledged. Restarted, the
+/// dead node replays its WAL and hands over the events it had not flushed: every acknowledged
+/// event is answered exactly once, and the dataset's events sent to the old node now go to the
+/// new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_ingest_nodes_datasets_are_taken_over_and_its_wal_handed_over() {
+    let moto = start_moto().await;
+    let env = moto.env();
+    let storage = format!("s3://{BUCKET}/lease");
+    let tuning = [
+        "--flush-rows",
+        "1000",
+        "--flush-age",
+        "10m",
+        "--lease",
+        "2s",
+        "--catalog-refresh",
+        "200ms",
+        "--maintenance-interval",
+        "1s",
+        "--compaction-target-rows",
+        "5000",
+    ];
+    let node = |role, name| node_flags(&storage, role, name, &tuning);
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut a = Server::start_with_env(dirs[0].path(), &node("ingest", "ing-a"), &env).await;
+    let _b = Server::start_with_env(dirs[1].path(), &node("ingest", "ing-b"), &env).await;
+    let q = Server::start_with_env(dirs[2].path(), &node("query", "q-1"), &env).await;
+    let client = reqwest::Client::new();
+    let send = |server: &Server, events: &[GenEvent]| post_ndjson(&client, server, "d", events);
+    let written_by = |r: &reqwest::Response| {
+        r.headers()
+            .get("x-sonde-written-by")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    // ing-a takes the dataset; after 2,000 events and their flushes (one per 1,000), 300 more
+    // stay in its buffer.
+    let first = generate(31, 2300);
+    for (i, chunk) in first.chunks(500).enumerate() {
+        if i == 4 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        let (status, r) = send_json(send(&a, chunk)).await;
+        assert_eq!(status, 200, "{r}");
+    }
+    eventually(&client, &q, "d", brute_force(&first)).await;
+    a.kill();
+
+    // Through the query node: refused while ing-a's lease holds, then taken by ing-b.
+    let second = generate(32, 400);
+    let started = std::time::Instant::now();
+    let mut refused = 0;
+    loop {
+        let r = send(&q, &second).send().await.unwrap();
+        if r.status() == 200 {
+            assert_eq!(written_by(&r).as_deref(), Some("ing-b"));
+            break;
+        }
+        let status = r.status().as_u16();
+        let said = r.text().await.unwrap();
+        assert_eq!(status, 503, "{said}");
+        assert!(said.contains("ing-a") && said.contains("ing-b"), "{said}");
+        refused += 1;
+        assert!(started.elapsed() < Duration::from_secs(30), "never taken over: {said}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "taken over {:?} after the kill ({refused} requests refused meanwhile)",
+        started.elapsed()
+    );
+    // ing-b has ing-a's segments and the new events; ing-a's unflushed events wait for it.
+    let acknowledged: Vec<GenEvent> = first.iter().chain(&second).cloned().collect();
+    let total = acknowledged.iter().map(|e| e.sample_rate).sum::<i64>();
+    let mut seen = 0;
+    for _ in 0..50 {
+        let got = dataset_answers(&client, &q, "d").await;
+        seen = got.values().map(|v| v.0).sum::<i64>();
+        assert!(seen <= total, "{seen} counted, {total} acknowledged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen < total, "ing-a's unflushed events counted while it is down");
+
+    // ing-a restarted: its WAL's tail is handed over, and the dataset stays ing-b's.
+    a.restart().await;
+    assert!(a.api(&client).metric("sonde_events_replayed_total").await >= 300);
+    eventually(&client, &q, "d", brute_force(&acknowledged)).await;
+    let third = generate(33, 200);
+    let r = send(&a, &third).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), written_by(&r).as_deref()), (200, Some("ing-b")));
+    let all: Vec<GenEvent> = acknowledged.iter().chain(&third).cloned().collect();
+    eventually(&client, &q, "d", brute_force(&all)).await;
+    // One handover record in the dataset's log, by ing-a.
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    let store = moto.store();
+    let records: Vec<object_store::ObjectMeta> = store
+        .list(Some(&"lease/catalog/d/log".into()))
+        .try_collect()
+        .await
+        .unwrap();
+    let mut handovers = Vec::new();
+    for meta in &records {
+        let bytes = store.get(&meta.location).await.unwrap().bytes().await.unwrap();
+        let record: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        if record["change"]["change"] == "handover" {
+            handovers.push(record["node"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(handovers, ["ing-a"], "{} records", records.len());
 }
