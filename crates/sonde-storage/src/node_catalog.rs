@@ -25,6 +25,7 @@ use crate::catalog::{CATALOG_VERSION, Catalog, DatasetEntry, SegmentId, SegmentM
 use crate::config::Role;
 use crate::fresh::Owner;
 use crate::shared_catalog::{Change, CommitError, LogState, SharedCatalog};
+use crate::wal::Lsn;
 use crate::{Error, Result};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -110,10 +111,11 @@ pub(crate) struct NodeCatalogs {
     /// The datasets this node owns and at which epoch, for the ingest path's check without the
     /// async lock.
     owned: RwLock<HashMap<DatasetName, u64>>,
-    /// Datasets another node took while this process wrote them: their events stay in this
-    /// node's WAL, to be handed over at its next start (not now: its segments in memory may
-    /// already be merged with ones the log has).
-    lost: RwLock<HashSet<DatasetName>>,
+    /// Datasets another node took while this process wrote them, with how far into this
+    /// node's WAL the log has their events: the rest stays in the WAL (which is kept from there)
+    /// to be handed over at the node's next start, not now (its segments in memory may already
+    /// be merged with ones the log has). Not taken again by this process.
+    lost: RwLock<HashMap<DatasetName, Lsn>>,
     /// How long a member file stays valid (`--lease`).
     lease: std::time::Duration,
 }
@@ -137,7 +139,7 @@ impl NodeCatalogs {
             role,
             datasets: tokio::sync::Mutex::new(BTreeMap::new()),
             owned: RwLock::new(HashMap::new()),
-            lost: RwLock::new(HashSet::new()),
+            lost: RwLock::new(HashMap::new()),
             lease,
         }
     }
@@ -215,6 +217,13 @@ impl NodeCatalogs {
         if self.role == Role::Query {
             return Ok(catalog);
         }
+        // A restart renews the lease at once (the member file is written with the new address
+        // once the node listens): its datasets are not taken over while it replays its WAL.
+        if let Some(mut member) = self.member(&self.node).await? {
+            member.heartbeat_us = sonde_model::time::now_us();
+            let body = serde_json::to_vec(&member).map_err(|e| Error::Invalid(e.to_string()))?;
+            self.store.put(&member_path(&self.node), body.into()).await?;
+        }
         let mut datasets = self.datasets.lock().await;
         for name in self.names().await? {
             let log = SharedCatalog::new(self.store.clone(), name.clone(), self.node.clone());
@@ -260,6 +269,12 @@ impl NodeCatalogs {
         }
         let log = SharedCatalog::new(self.store.clone(), dataset.clone(), self.node.clone());
         let mut state = log.load().await.map_err(log_error)?;
+        if self.lost.read().unwrap().contains_key(dataset) {
+            return Err(Error::NotOwner {
+                dataset: dataset.clone(),
+                owner: state.owner.clone().unwrap_or_default(),
+            });
+        }
         // The epoch whose owner is down, if it is: taken only while still that epoch (its
         // owner, restarted meanwhile, takes it again at the next).
         let expired = match state.owner.as_deref() {
@@ -302,15 +317,27 @@ impl NodeCatalogs {
         let log = SharedCatalog::new(self.store.clone(), dataset.clone(), self.node.clone());
         let mut state = log.load().await.map_err(log_error)?;
         let node = self.node.as_str();
+        if state.owner.as_deref() == Some(node) {
+            return Err(Error::NotOwner {
+                dataset: dataset.clone(),
+                owner: format!("{node} (another process under this node's name)"),
+            });
+        }
         log.commit_with(&mut state, COMMIT_ATTEMPTS, |s| {
             let reached = s.flushed_by.get(node).copied().unwrap_or_default();
-            (entry.flushed_lsn > reached && s.owner.as_deref() != Some(node)).then(|| {
-                let change = Change::Handover {
-                    segments: entry.segments.clone(),
-                    flushed_lsn: entry.flushed_lsn,
-                };
-                (s.epoch, change)
-            })
+            // Only segments of events past the position the log has, and not in it already:
+            // a handover whose answer was lost is not repeated by a later one.
+            let segments: Vec<SegmentMeta> = entry
+                .segments
+                .iter()
+                .filter(|seg| seg.min_lsn > reached && !s.entry.segments.iter().any(|o| o.id == seg.id))
+                .cloned()
+                .collect();
+            let change = Change::Handover {
+                segments,
+                flushed_lsn: entry.flushed_lsn,
+            };
+            (entry.flushed_lsn > reached && s.owner.as_deref() != Some(node)).then_some((s.epoch, change))
         })
         .await
         .map_err(log_error)?;
@@ -345,6 +372,9 @@ impl NodeCatalogs {
                 None => continue,
             };
             let epoch = f.epoch;
+            // Known before committing: a commit that landed though its answer was lost must not
+            // leave its segments looking like another node's handover at the next store.
+            f.known.extend(now.segments.iter().map(|s| s.id));
             let known = &f.known;
             // Segments another node handed over since this node last read the log are kept
             // (and taken into this node's catalog below), never taken out as if this node had
@@ -382,7 +412,8 @@ impl NodeCatalogs {
                     .into_iter()
                     .filter(|s| !now.segments.iter().any(|n| n.id == s.id))
                     .collect();
-                f.known.extend(now.segments.iter().chain(&handed).map(|s| s.id));
+                // Not known until they are in this node's catalog (the next store's `now`):
+                // adopted again if this store's answer is lost on the way.
                 if !handed.is_empty() {
                     stored.adopted.push((name.clone(), handed));
                 }
@@ -402,8 +433,9 @@ impl NodeCatalogs {
                 Ok(()) => {}
                 Err(CommitError::Fenced { owner, .. }) => {
                     let owner = owner.unwrap_or_default();
-                    tracing::error!(dataset = %name, %owner, "another node took the dataset: this node gives it up");
-                    lost.push(name.clone());
+                    tracing::error!(dataset = %name, %owner, "another node took the dataset: this node gives it up, and hands its unflushed events over at its next start");
+                    let reached = f.state.flushed_by.get(&self.node).copied().unwrap_or_default();
+                    lost.push((name.clone(), reached));
                     first_error.get_or_insert(Error::NotOwner {
                         dataset: name.clone(),
                         owner,
@@ -414,17 +446,15 @@ impl NodeCatalogs {
                 }
             }
         }
-        for name in lost {
+        for (name, reached) in lost {
             datasets.remove(&name);
             self.owned.write().unwrap().remove(&name);
-            self.lost.write().unwrap().insert(name);
+            self.lost.write().unwrap().insert(name, reached);
         }
         for (name, entry) in catalog.datasets.iter().filter(|(n, _)| !datasets.contains_key(*n)) {
-            if self.lost.read().unwrap().contains(name) {
-                first_error.get_or_insert(Error::NotOwner {
-                    dataset: name.clone(),
-                    owner: "another ingest node (this one's events of it are handed over at its restart)".into(),
-                });
+            // Left as it is until this node restarts (see `lost`), without failing the store
+            // of the others.
+            if self.lost.read().unwrap().contains_key(name) {
                 continue;
             }
             match self.hand_over(name, entry).await {
@@ -465,6 +495,12 @@ impl NodeCatalogs {
             }
         }
         Ok(changed)
+    }
+
+    /// The lowest WAL position the log has of a dataset this process lost: the WAL is kept
+    /// above it, for the handover at the next start.
+    pub(crate) fn lost_floor(&self) -> Option<Lsn> {
+        self.lost.read().unwrap().values().min().copied()
     }
 
     /// The datasets this node owns (ingest), for the start-up sweep of unreferenced files.
@@ -651,6 +687,11 @@ mod tests {
         let e = a.store(&catalog_of(&d, entry(&[1, 2, 3], 12))).await.unwrap_err();
         assert!(matches!(e, Error::NotOwner { .. }), "{e}");
         assert!(a.owned().is_empty());
+        // It keeps its WAL from where the log has its events, does not fail its other stores
+        // over it, and does not take it again before it restarts.
+        assert_eq!(a.lost_floor(), Some(Lsn(10)));
+        a.store(&catalog_of(&d, entry(&[1, 2, 3], 12))).await.unwrap();
+        assert!(matches!(a.claim(&d).await.unwrap_err(), Error::NotOwner { .. }));
         // a restarted: the log gives it only where its own events reached (its WAL replays
         // the rest), and it hands over what it flushed of them, once.
         let a2 = with_lease("a", Role::Ingest);
@@ -659,16 +700,33 @@ mod tests {
             (ids(&loaded.datasets[&d]), loaded.datasets[&d].flushed_lsn),
             (vec![], Lsn(10))
         );
-        let tail = catalog_of(&d, entry(&[7], 12));
-        assert_eq!(a2.store(&tail).await.unwrap().handed, std::slice::from_ref(&d));
-        a2.store(&tail).await.unwrap();
+        let mut tail = entry(&[7], 12);
+        tail.segments[0].min_lsn = Lsn(11);
+        assert_eq!(
+            a2.store(&catalog_of(&d, tail.clone())).await.unwrap().handed,
+            std::slice::from_ref(&d)
+        );
+        // Handed again with more (its answer lost, say): only what the log lacks is added.
+        let mut more = tail.clone();
+        more.segments.push(seg(9));
+        more.segments[1].min_lsn = Lsn(13);
+        more.flushed_lsn = Lsn(14);
+        a2.store(&catalog_of(&d, more.clone())).await.unwrap();
+        a2.store(&catalog_of(&d, more)).await.unwrap();
         let followed = q.follow().await.unwrap();
-        assert_eq!(ids(&followed[0].1), [1, 2, 7]);
-        // b flushes: segment 7 is kept and answered as adopted, not taken out.
+        assert_eq!(ids(&followed[0].1), [1, 2, 7, 9]);
+        // b flushes: segments 7 and 9 are kept and answered as adopted, not taken out.
         let stored = b.store(&catalog_of(&d, entry(&[1, 2, 4], 5))).await.unwrap();
         assert_eq!(stored.adopted.len(), 1);
-        assert_eq!(stored.adopted[0].1.iter().map(|s| s.id.0).collect::<Vec<_>>(), [7]);
-        // b compacts 1, 2 and 7 into 8.
+        assert_eq!(stored.adopted[0].1.iter().map(|s| s.id.0).collect::<Vec<_>>(), [7, 9]);
+        // Once its catalog has them (the storage puts them beside the others), b compacts 1,
+        // 2, 7 and 9 into 8.
+        let adopted = b
+            .store(&catalog_of(&d, entry(&[1, 2, 4, 7, 9], 5)))
+            .await
+            .unwrap()
+            .adopted;
+        assert!(adopted.is_empty());
         b.store(&catalog_of(&d, entry(&[4, 8], 5))).await.unwrap();
         let followed = q.follow().await.unwrap();
         assert_eq!((ids(&followed[0].1), followed[0].1.flushed_lsn), (vec![4, 8], Lsn(5)));

@@ -232,9 +232,17 @@ impl Storage {
     pub(crate) fn wal_watermark(&self) -> Lsn {
         // Read the applied LSN first: anything applied after this read has a higher LSN.
         let applied = Lsn(self.applied_lsn.load(Ordering::Acquire));
+        // Events of a dataset another node took from this process stay for the handover at
+        // its next start (see `NodeCatalogs::lost_floor`).
+        let lost = self
+            .catalog_store
+            .shared()
+            .and_then(|s| s.lost_floor())
+            .map(|l| l.next());
         let map = self.datasets.read().unwrap();
         map.values()
             .filter_map(|s| s.lock().unwrap().min_unflushed_lsn())
+            .chain(lost)
             .min()
             .unwrap_or(applied.next())
             .min(applied.next())

@@ -153,6 +153,11 @@ impl LogState {
                     // Taken again by its writer (a restart): its position goes on.
                     self.raise(node, self.entry.flushed_lsn);
                 } else {
+                    // The former owner's position kept first (a state read from a checkpoint
+                    // written before positions were kept per node has only the dataset's).
+                    if let Some(old) = self.owner.clone() {
+                        self.raise(&old, self.entry.flushed_lsn);
+                    }
                     // Another node's WAL: the position is where that node's own events of the
                     // dataset were (nothing, unless it wrote it before).
                     self.entry.flushed_lsn = self.flushed_by.get(node).copied().unwrap_or_default();

@@ -781,3 +781,104 @@ async fn a_dead_ingest_nodes_datasets_are_taken_over_and_its_wal_handed_over() {
     }
     assert_eq!(handovers, ["ing-a"], "{} records", records.len());
 }
+
+/// Issue 19: the differential query suite on a cluster. Two ingest and two query nodes over
+/// moto; the randomized suite's events are sent through every node in turn (the dataset's
+/// ingest node takes some directly, the other nodes pass theirs on), flushed every 700 events
+/// and compacted on the way (what the last flush left is answered from the query nodes' copies
+/// of the write buffer); then random specs are
+/// asked of both query nodes, each answer checked against the brute-force model of the single
+/// node's suite (`query_diff`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_differential_suite_answers_on_a_cluster_as_on_one_node() {
+    use crate::query_diff::{check_answer, close, gen_events, model, random_spec, send};
+    use futures::StreamExt;
+    let moto = start_moto().await;
+    let env = moto.env();
+    let storage = format!("s3://{BUCKET}/diff");
+    let tuning = [
+        "--flush-rows",
+        "700",
+        "--flush-age",
+        "10m",
+        "--compaction-target-rows",
+        "2800",
+        "--maintenance-interval",
+        "1s",
+        "--catalog-refresh",
+        "200ms",
+    ];
+    let node = |role, name| node_flags(&storage, role, name, &tuning);
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = [
+        Server::start_with_env(dirs[0].path(), &node("ingest", "ing-a"), &env).await,
+        Server::start_with_env(dirs[1].path(), &node("ingest", "ing-b"), &env).await,
+        Server::start_with_env(dirs[2].path(), &node("query", "q-1"), &env).await,
+        Server::start_with_env(dirs[3].path(), &node("query", "q-2"), &env).await,
+    ];
+    let client = reqwest::Client::new();
+    let mut rng = sonde_gen::Rng::new(77);
+    let events = gen_events(&mut rng, T0);
+    for (i, chunk) in events.chunks(500).enumerate() {
+        send(&client, &nodes[i % nodes.len()], "diff", chunk).await;
+    }
+    // Both query nodes count every event (the buffer's through their fresh copies).
+    let count = json!({"calculations": [{"op": "COUNT"}], "breakdowns": ["svc"], "filters": [], "orders": [],
+                       "start_time": format_time(T0), "end_time": format_time(T0 + HOUR)});
+    let want = model(&count, &events).results;
+    let counts_all =
+        |got: &[serde_json::Value]| got.len() == want.len() && got.iter().zip(&want).all(|(g, w)| close(g, &json!(w)));
+    for q in &nodes[2..] {
+        let mut got = Vec::new();
+        for _ in 0..300 {
+            let (status, r) = send_json(client.post(q.at("/api/query/diff")).json(&count)).await;
+            if status == 200 {
+                got = r["data"]["results"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|g| g["data"].clone())
+                    .collect();
+                if counts_all(&got) {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            counts_all(&got),
+            "{} never counted every event: {got:?}, want {want:?}",
+            q.url
+        );
+    }
+    // The nodes other than the dataset's ingest node passed their requests on.
+    for n in &nodes[1..] {
+        assert!(
+            n.api(&client).metric("sonde_requests_forwarded_total").await > 0,
+            "{}",
+            n.url
+        );
+    }
+    let specs: Vec<serde_json::Value> = (0..600).map(|_| random_spec(&mut rng, T0)).collect();
+    let answers = futures::stream::iter(specs.iter().enumerate())
+        .map(|(i, spec)| {
+            let q = &nodes[2 + i % 2];
+            let req = client.post(q.at("/api/query/diff")).json(spec);
+            async move { (i, send_json(req).await) }
+        })
+        .buffered(4)
+        .collect::<Vec<_>>()
+        .await;
+    let mut groups = 0;
+    for (i, (status, got)) in answers {
+        assert_eq!(status, 200, "spec {i} {}: {got}", specs[i]);
+        groups += check_answer(i, &specs[i], &got, &events);
+    }
+    assert!(
+        groups > specs.len(),
+        "the random specs should produce groups, got {groups}"
+    );
+    // Some of the events were in segments, some in the buffer.
+    let stats = send_json(client.get(nodes[2].at("/api/datasets/diff/stats"))).await.1;
+    assert!(stats["segments"].as_u64().unwrap() >= 1, "{stats}");
+}
