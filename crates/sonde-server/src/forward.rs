@@ -196,15 +196,37 @@ async fn send(
     req.send().await
 }
 
+/// An answer from another node of the cluster, read whole up to `limit` bytes: a node that
+/// answers more (a bug, or not a Sonde node) is refused rather than read into memory.
+pub(crate) async fn read_bounded(mut resp: reqwest::Response, limit: usize, what: &str) -> Result<Bytes, String> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(format!(
+            "{what}: an answer of {} bytes, above the {limit} a node reads",
+            resp.content_length().unwrap_or(0)
+        ));
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{what}: {e}"))? {
+        if body.len() + chunk.len() > limit {
+            return Err(format!("{what}: an answer above the {limit} bytes a node reads"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// The most of an ingest node's answer a node relays (a batch's statuses are a few bytes an
+/// event).
+const MAX_RELAYED_BYTES: usize = 64 << 20;
+
 /// The node's answer as this node's, naming the node in `x-sonde-written-by`.
 async fn relay(node: &str, resp: reqwest::Response) -> Result<Response, ApiError> {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type = resp.headers().get("content-type").cloned();
     let retry_after = resp.headers().get("retry-after").cloned();
-    let answer = resp
-        .bytes()
+    let answer = read_bounded(resp, MAX_RELAYED_BYTES, &format!("ingest node {node}'s answer"))
         .await
-        .map_err(|e| ApiError::internal(format!("reading ingest node {node}'s answer: {e}")))?;
+        .map_err(ApiError::internal)?;
     let mut out = (status, answer).into_response();
     let h = out.headers_mut();
     if let Some(ct) = content_type {

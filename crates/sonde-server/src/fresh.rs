@@ -20,6 +20,9 @@ use std::time::Duration;
 /// Bytes of buffered rows (in memory) an ingest node answers per request at most; a query node
 /// catching up asks again.
 const MAX_ANSWER_BYTES: usize = 16 << 20;
+/// Bytes of one answer a query node reads at most: `MAX_ANSWER_BYTES` of rows and the batch
+/// that crossed it (a sealed write-buffer chunk is 64 MiB at most), about as large as IPC frames.
+const MAX_READ_BYTES: usize = 128 << 20;
 /// Requests a query node makes for one dataset per round at most, so that one busy dataset
 /// does not hold up the others.
 const MAX_REQUESTS_PER_ROUND: usize = 8;
@@ -142,6 +145,7 @@ pub async fn run(state: Arc<AppState>, config: FreshConfig, stop: impl std::futu
                 Ok(()) => {
                     for target in state.storage.fresh_targets() {
                         if moved.contains(&target.dataset)
+                            && state.storage.fresh_bytes() < config.max_bytes
                             && let Err(e) = copy_dataset(&state, &http, &config, &mut urls, target).await
                         {
                             state.stats.fresh_failures.fetch_add(1, Ordering::Relaxed);
@@ -218,7 +222,7 @@ async fn copy_dataset(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| format!("ingest node {node} answered without {ROWS_HEADER}"))?;
-        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        let body = crate::forward::read_bounded(resp, MAX_READ_BYTES, &format!("ingest node {node}")).await?;
         let batches = decode_batches(&body).map_err(|e| e.to_string())?;
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         if rows == 0 || !state.storage.add_fresh(&target, batches) {

@@ -236,6 +236,15 @@ impl Storage {
         Ok(())
     }
 
+    /// Stores the catalog again if the last store failed (see `catalog_dirty`).
+    pub(crate) async fn store_if_dirty(&self) -> Result<()> {
+        let _one_at_a_time = self.flush_lock.lock().await;
+        if self.catalog_dirty.load(Ordering::SeqCst) {
+            self.persist_catalog().await?;
+        }
+        Ok(())
+    }
+
     /// Writes the catalog from the in-memory state of every dataset.
     pub(crate) async fn persist_catalog(&self) -> Result<()> {
         // Before the segment lists are read (see `graveyard`).

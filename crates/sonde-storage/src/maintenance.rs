@@ -180,6 +180,11 @@ pub(crate) async fn maintenance_loop(s: Arc<Storage>, mut stop: watch::Receiver<
             // Told to stop, or the storage is gone.
             _ = stop.changed() => return,
         }
+        // A catalog store that failed (the bucket down, a handover refused) is tried again here
+        // too, not only at the next flush: an idle node would otherwise wait for its next event.
+        if let Err(e) = s.store_if_dirty().await {
+            tracing::error!(error = %e, "storing the catalog failed; trying again at the next flush or maintenance");
+        }
         if let Err(e) = s.apply_retention().await {
             tracing::error!(error = %e, "retention failed");
         }
