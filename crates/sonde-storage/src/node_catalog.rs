@@ -323,8 +323,15 @@ impl NodeCatalogs {
                 owner: format!("{node} (another process under this node's name)"),
             });
         }
+        if !state.takes_handover_from(node) {
+            tracing::warn!(dataset = %dataset, "the dataset was deleted after this node last wrote it: the events its WAL held of it are dropped with it");
+            return Ok(());
+        }
         log.commit_with(&mut state, COMMIT_ATTEMPTS, |s| {
             let reached = s.flushed_by.get(node).copied().unwrap_or_default();
+            if !s.takes_handover_from(node) {
+                return None;
+            }
             // Only segments of events past the position the log has, and not in it already:
             // a handover whose answer was lost is not repeated by a later one.
             let segments: Vec<SegmentMeta> = entry
@@ -363,6 +370,7 @@ impl NodeCatalogs {
                 Some(e) => {
                     let gone = DatasetEntry {
                         flushed_lsn: e.flushed_lsn,
+                        deleted: true,
                         ..Default::default()
                     };
                     (gone, true)
@@ -586,8 +594,8 @@ impl NodeCatalogs {
 }
 
 /// The record that turns `before` into `after`, if they differ: a `Replace` when segments
-/// were taken out (with those put in their place and the WAL position, in one record), else a
-/// `Flush` for the segments added and the WAL position reached.
+/// were taken out or the dataset deleted (with those put in their place and the WAL position,
+/// in one record), else a `Flush` for the segments added and the WAL position reached.
 fn change(before: &DatasetEntry, after: &DatasetEntry) -> Option<Change> {
     let had: HashSet<SegmentId> = before.segments.iter().map(|s| s.id).collect();
     let has: HashSet<SegmentId> = after.segments.iter().map(|s| s.id).collect();
@@ -604,11 +612,15 @@ fn change(before: &DatasetEntry, after: &DatasetEntry) -> Option<Change> {
         .cloned()
         .collect();
     let flushed_lsn = after.flushed_lsn.max(before.flushed_lsn);
-    if !removed.is_empty() {
+    // A deletion is said as one, even of a dataset without segments: it refuses the handover of
+    // events acknowledged before it.
+    let deleted = after.deleted && !before.deleted;
+    if !removed.is_empty() || deleted {
         Some(Change::Replace {
             removed,
             added,
             flushed_lsn,
+            deleted,
         })
     } else if !added.is_empty() || after.flushed_lsn > before.flushed_lsn {
         Some(Change::Flush {
@@ -730,6 +742,62 @@ mod tests {
         b.store(&catalog_of(&d, entry(&[4, 8], 5))).await.unwrap();
         let followed = q.follow().await.unwrap();
         assert_eq!((ids(&followed[0].1), followed[0].1.flushed_lsn), (vec![4, 8], Lsn(5)));
+    }
+
+    /// A deletion by the new owner drops the old owner's events with the rest: its handover,
+    /// arriving after, adds nothing; a deletion the old owner made itself before its later
+    /// events does not.
+    #[tokio::test]
+    async fn a_handover_after_a_deletion_adds_nothing() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let lease = std::time::Duration::from_millis(200);
+        let with_lease = |name: &str, role| NodeCatalogs::new(store.clone(), name.into(), role, lease);
+        let (a, b, q) = (
+            with_lease("a", Role::Ingest),
+            with_lease("b", Role::Ingest),
+            with_lease("q", Role::Query),
+        );
+        let (d, e) = (DatasetName::new("d").unwrap(), DatasetName::new("e").unwrap());
+        for n in [&a, &b] {
+            n.load().await.unwrap();
+            n.announce("http://127.0.0.1:1", 0).await.unwrap();
+        }
+        a.claim(&d).await.unwrap();
+        a.claim(&e).await.unwrap();
+        // e: a deletes it itself, then flushes events that came after.
+        let deleted = DatasetEntry {
+            flushed_lsn: Lsn(4),
+            deleted: true,
+            ..Default::default()
+        };
+        let mut both = catalog_of(&d, entry(&[1], 3));
+        both.datasets.insert(e.clone(), deleted.clone());
+        a.store(&both).await.unwrap();
+        both.datasets.insert(e.clone(), entry(&[2], 5));
+        a.store(&both).await.unwrap();
+        tokio::time::sleep(lease + std::time::Duration::from_millis(100)).await;
+        b.announce("http://127.0.0.1:2", 0).await.unwrap();
+        b.claim(&d).await.unwrap();
+        b.claim(&e).await.unwrap();
+        // b deletes d; e it keeps.
+        let mut at_b = catalog_of(&d, deleted);
+        at_b.datasets.insert(e.clone(), entry(&[2], 0));
+        b.store(&at_b).await.unwrap();
+        // a restarted hands over both tails: d's is dropped with the deletion, e's is added.
+        let a2 = with_lease("a", Role::Ingest);
+        a2.load().await.unwrap();
+        let mut tails = catalog_of(&d, entry(&[7], 9));
+        tails.datasets.get_mut(&d).unwrap().segments[0].min_lsn = Lsn(8);
+        tails.datasets.insert(e.clone(), entry(&[8], 9));
+        tails.datasets.get_mut(&e).unwrap().segments[0].min_lsn = Lsn(8);
+        assert_eq!(a2.store(&tails).await.unwrap().handed.len(), 2);
+        let followed: BTreeMap<DatasetName, DatasetEntry> = q.follow().await.unwrap().into_iter().collect();
+        assert!(
+            followed[&d].deleted && followed[&d].segments.is_empty(),
+            "{:?}",
+            followed[&d]
+        );
+        assert_eq!(ids(&followed[&e]), [2, 8]);
     }
 
     fn entry(ids: &[u64], lsn: u64) -> DatasetEntry {

@@ -89,6 +89,10 @@ pub enum Change {
         /// As in `Flush` (the dataset's position only rises; 0 leaves it).
         #[serde(default)]
         flushed_lsn: Lsn,
+        /// A deletion: every segment taken out, and the events acknowledged before it gone
+        /// (a former writer's handover of older events is refused from then on).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        deleted: bool,
     },
     /// Segments of a former writer's events that no segment had when another node took the
     /// dataset (its WAL's tail, flushed at its restart), with how far into *its* WAL they go.
@@ -135,6 +139,12 @@ pub struct LogState {
     /// are per node). `entry.flushed_lsn` is the owner's.
     #[serde(default)]
     pub flushed_by: std::collections::BTreeMap<String, Lsn>,
+    /// The epoch each node last took the dataset at.
+    #[serde(default)]
+    pub took: std::collections::BTreeMap<String, u64>,
+    /// The epoch of the dataset's last deletion (0: never deleted).
+    #[serde(default)]
+    pub deleted_at_epoch: u64,
 }
 
 impl LogState {
@@ -164,6 +174,7 @@ impl LogState {
                 }
                 self.epoch = *epoch;
                 self.owner = Some(node.clone());
+                self.took.insert(node.clone(), *epoch);
             }
             Change::Take { .. } => self.stale_records += 1,
             Change::Handover { segments, flushed_lsn } => {
@@ -176,19 +187,33 @@ impl LogState {
             Change::Flush { segments, flushed_lsn } => {
                 self.add(segments)?;
                 self.raise_owners(*flushed_lsn);
+                // Events after a deletion make the dataset again.
+                self.entry.deleted &= segments.is_empty();
             }
             Change::Replace {
                 removed,
                 added,
                 flushed_lsn,
+                deleted,
             } => {
                 self.entry.segments.retain(|s| !removed.contains(&s.id));
                 self.add(added)?;
                 self.entry.columns = columns_of(&self.entry.segments);
                 self.raise_owners(*flushed_lsn);
+                if *deleted {
+                    self.entry.deleted = true;
+                    self.deleted_at_epoch = self.epoch;
+                }
             }
         }
         Ok(())
+    }
+
+    /// Whether `node`'s handover of events it acknowledged while it wrote the dataset may
+    /// still be added: not once the dataset was deleted after its last epoch (the deletion
+    /// dropped every event acknowledged before it, those included).
+    pub fn takes_handover_from(&self, node: &str) -> bool {
+        self.deleted_at_epoch <= self.took.get(node).copied().unwrap_or_default()
     }
 
     /// Raises the owner's WAL position.
@@ -700,6 +725,7 @@ mod tests {
                     removed: vec![SegmentId(1), SegmentId(2)],
                     added: vec![segment(5)],
                     flushed_lsn: Lsn::default(),
+                    deleted: false,
                 },
             )
             .await
@@ -712,6 +738,7 @@ mod tests {
                     removed: vec![SegmentId(3)],
                     added: vec![],
                     flushed_lsn: Lsn::default(),
+                    deleted: false,
                 },
             )
             .await
