@@ -95,6 +95,55 @@ pub(crate) async fn query_node_targets(
     Ok(Some(names))
 }
 
+/// Where a part of a request for `ds` goes on a cluster: `None` to take it here (a single
+/// server, or an ingest node that writes the dataset or has just claimed it), else the nodes to
+/// pass it on to, in order (see [`query_node_targets`]; an ingest node's: the dataset's writer).
+pub(crate) async fn targets(
+    state: &AppState,
+    ds: &DatasetName,
+    headers: &HeaderMap,
+) -> Result<Option<Vec<String>>, ApiError> {
+    match state.storage.config().role {
+        Role::All => Ok(None),
+        Role::Query => query_node_targets(state, ds, headers).await,
+        Role::Ingest => match state.storage.claim(ds).await {
+            Ok(()) => Ok(None),
+            Err(sonde_storage::Error::NotOwner { owner, .. }) if !was_forwarded(headers) => Ok(Some(vec![owner])),
+            Err(e) => Err(e.into()),
+        },
+    }
+}
+
+/// Events as a Honeycomb batch body (`[{"time", "samplerate", "data"}]`), to pass on a part of
+/// a request that another node writes (OTLP, whose spans go to several datasets).
+pub(crate) fn batch_body(events: &[sonde_model::Event]) -> Bytes {
+    use sonde_model::FieldValue;
+    let items: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| {
+            let data: serde_json::Map<String, serde_json::Value> = e
+                .fields
+                .iter()
+                .map(|(name, v)| {
+                    let v = match v {
+                        FieldValue::Bool(b) => serde_json::Value::from(*b),
+                        FieldValue::Int(i) => serde_json::Value::from(*i),
+                        FieldValue::Float(f) => serde_json::Value::from(*f),
+                        FieldValue::Str(s) => serde_json::Value::from(s.as_str()),
+                    };
+                    (name.clone(), v)
+                })
+                .collect();
+            serde_json::json!({
+                "time": sonde_model::time::format_us(e.timestamp_us),
+                "samplerate": e.sample_rate,
+                "data": data,
+            })
+        })
+        .collect();
+    Bytes::from(serde_json::to_vec(&items).expect("JSON values serialise"))
+}
+
 /// A node's weight for a dataset: the node with the highest weight takes a new dataset, and
 /// adding or removing a node moves only the datasets it wins or held.
 fn rendezvous(node: &str, ds: &DatasetName) -> u64 {

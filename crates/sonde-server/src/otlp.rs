@@ -9,6 +9,7 @@ use crate::AppState;
 use crate::auth::{Access, Caller, Scope};
 use crate::error::ApiError;
 use crate::extract::{Authorized, Ingest};
+use crate::forward;
 use crate::ingest::body_bytes;
 use axum::body::Body;
 use axum::extract::State;
@@ -29,20 +30,101 @@ use std::sync::atomic::Ordering;
 
 /// Stores mapped events, all datasets at once (see the module's note), answered after the
 /// fsync. A caller whose key does not cover every dataset the events map to is refused before
-/// anything is written.
-pub(crate) async fn store(state: &AppState, caller: &Caller, mapped: &mut Mapped) -> Result<usize, ApiError> {
+/// anything is written. On a cluster, the datasets another node writes are passed on to it,
+/// each as a Honeycomb batch, after the ones taken here are stored: a part refused there fails
+/// the request, saying which datasets were stored already (a retry stores those again).
+pub(crate) async fn store(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    mapped: &mut Mapped,
+) -> Result<usize, ApiError> {
     for ds in mapped.datasets.keys() {
         Access::require_dataset(caller, ds.as_str())?;
     }
-    let batches: Vec<_> = std::mem::take(&mut mapped.datasets).into_iter().collect();
-    let stored = batches.iter().map(|(_, events)| events.len()).sum();
-    state.storage.ingest_all(batches).await?;
-    state.stats.ingest_requests.fetch_add(1, Ordering::Relaxed);
+    let mut here = Vec::new();
+    let mut elsewhere = Vec::new();
+    for (ds, events) in std::mem::take(&mut mapped.datasets) {
+        match forward::targets(state, &ds, headers).await? {
+            None => here.push((ds, events)),
+            Some(nodes) => elsewhere.push((ds, events, nodes)),
+        }
+    }
+    let mut stored: usize = here.iter().map(|(_, events)| events.len()).sum();
+    let mut stored_in: Vec<String> = here.iter().map(|(ds, _)| ds.to_string()).collect();
+    if !here.is_empty() {
+        state.storage.ingest_all(here).await?;
+        state.stats.ingest_requests.fetch_add(1, Ordering::Relaxed);
+    }
+    for (ds, events, nodes) in elsewhere {
+        let passed = forward::forward(
+            state,
+            &format!("/1/batch/{ds}"),
+            &batch_headers(headers),
+            forward::batch_body(&events),
+            &nodes,
+        )
+        .await;
+        let refused = |message: String| {
+            let before = match stored_in.is_empty() {
+                true => String::new(),
+                false => format!(
+                    " (the events of {} were stored: a retry stores them again)",
+                    stored_in.join(", ")
+                ),
+            };
+            format!("dataset {ds}: {message}{before}")
+        };
+        let resp = passed.map_err(|e| ApiError {
+            message: refused(e.message.clone()),
+            ..e
+        })?;
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .map_err(|e| ApiError::internal(refused(e.to_string())))?;
+        if status != StatusCode::OK {
+            return Err(ApiError {
+                status,
+                message: refused(String::from_utf8_lossy(&body).into_owned()),
+                retry_after: Some(1),
+                position: None,
+            });
+        }
+        // The writer's answer per event: 202, or 400 with its reason.
+        let answers: Vec<Value> = serde_json::from_slice(&body).unwrap_or_default();
+        for a in &answers {
+            if a["status"] == 202 {
+                stored += 1;
+            } else {
+                mapped.rejected += 1;
+                if mapped.errors.len() < 5 {
+                    mapped.errors.push(a["error"].as_str().unwrap_or("refused").to_string());
+                }
+            }
+        }
+        stored_in.push(ds.to_string());
+    }
     state
         .stats
         .events_rejected
         .fetch_add(mapped.rejected as u64, Ordering::Relaxed);
     Ok(stored)
+}
+
+/// The headers a part passed on as a batch carries: JSON, and the caller's key.
+fn batch_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    out.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    for name in ["x-honeycomb-team", "authorization"] {
+        if let Some(v) = headers.get(name) {
+            out.insert(name, v.clone());
+        }
+    }
+    out
 }
 
 fn dataset_header(headers: &HeaderMap) -> Result<Option<DatasetName>, ApiError> {
@@ -101,7 +183,7 @@ pub(crate) async fn http_export<S: Signal>(
     let (plain, _held) = body_bytes(&state, &headers, body).await?;
     let req: S::Request = decode(enc, &plain)?;
     let mut mapped = S::map(&req, ds.as_ref(), &state.config.limits, sonde_model::time::now_us());
-    store(&state, &access.caller, &mut mapped).await?;
+    store(&state, &access.caller, &headers, &mut mapped).await?;
     let (msg, json) = S::respond(mapped.refused());
     Ok(respond(enc, msg, json))
 }
@@ -176,7 +258,8 @@ impl Grpc {
             &self.state.config.limits,
             sonde_model::time::now_us(),
         );
-        store(&self.state, &caller, &mut mapped)
+        let headers = request.metadata().clone().into_headers();
+        store(&self.state, &caller, &headers, &mut mapped)
             .await
             .map_err(|e| self.refused(e))?;
         Ok(tonic::Response::new(S::respond(mapped.refused()).0))

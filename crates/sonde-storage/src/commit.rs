@@ -80,11 +80,8 @@ impl Storage {
     /// path: no `Event` is made at all).
     pub async fn ingest_encoded(&self, batches: Vec<(DatasetName, EncodedEvents)>) -> Result<Lsn> {
         let records: Vec<_> = batches.into_iter().filter(|(_, events)| !events.is_empty()).collect();
-        if let Some(shared) = self.catalog_store.shared() {
-            for (dataset, _) in &records {
-                let taken = shared.claim(dataset).await?;
-                self.install_taken(dataset, taken);
-            }
+        for (dataset, _) in &records {
+            self.claim(dataset).await?;
         }
         if records.is_empty() {
             return Ok(Lsn(self.applied_lsn.load(Ordering::Acquire)));
@@ -99,6 +96,17 @@ impl Storage {
         let lsn = rx.await.map_err(|_| Error::ShuttingDown)??;
         self.stats.events_ingested.fetch_add(n, Ordering::Relaxed);
         Ok(lsn)
+    }
+
+    /// On an ingest node of a cluster, makes this node the dataset's writer before it takes its
+    /// events (see `NodeCatalogs::claim`): `Error::NotOwner` names the node that writes it.
+    /// Nothing to do on a single server.
+    pub async fn claim(&self, dataset: &DatasetName) -> Result<()> {
+        if let Some(shared) = self.catalog_store.shared() {
+            let taken = shared.claim(dataset).await?;
+            self.install_taken(dataset, taken);
+        }
+        Ok(())
     }
 
     /// The WAL thread: group commit, then apply in LSN order, then acknowledge.

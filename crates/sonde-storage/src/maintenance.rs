@@ -241,10 +241,11 @@ impl Storage {
     }
 }
 
-/// Whether a dataset followed in the shared catalog is gone for a query node: deleted, or all
-/// its segments taken out (the log records a deletion as a `Replace` of every segment).
+/// Whether a dataset followed in the shared catalog is gone for a query node: deleted (the log
+/// says so in the deletion's record). One whose segments all aged out stays, as on a single
+/// node, and its fresh events are answered.
 fn gone(entry: &DatasetEntry) -> bool {
-    entry.deleted || (entry.segments.is_empty() && entry.flushed_lsn > Lsn::default())
+    entry.deleted
 }
 
 /// Deletes segment files the catalog does not name: left by a crash between writing a segment

@@ -882,3 +882,75 @@ async fn the_differential_suite_answers_on_a_cluster_as_on_one_node() {
     let stats = send_json(client.get(nodes[2].at("/api/datasets/diff/stats"))).await.1;
     assert!(stats["segments"].as_u64().unwrap() >= 1, "{stats}");
 }
+
+/// OTLP on a cluster: a request whose spans map to datasets of two ingest nodes (by
+/// `service.name`) is taken whole by any node: a query node passes each dataset's part on to
+/// its ingest node, an ingest node stores its own part and passes the other's on; every span is
+/// counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_spans_for_datasets_of_two_ingest_nodes_are_taken_by_any_node() {
+    let moto = start_moto().await;
+    let env = moto.env();
+    let storage = format!("s3://{BUCKET}/otlp");
+    let node = |role, name| node_flags(&storage, role, name, &["--catalog-refresh", "200ms"]);
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = Server::start_with_env(dirs[0].path(), &node("ingest", "ing-a"), &env).await;
+    let b = Server::start_with_env(dirs[1].path(), &node("ingest", "ing-b"), &env).await;
+    let q = Server::start_with_env(dirs[2].path(), &node("query", "q-1"), &env).await;
+    let client = reqwest::Client::new();
+    let t0_ns = T0 as u64 * 1000;
+    let mut next_span = 0u64;
+    let mut spans = |service: &str, n: u64| {
+        let spans: Vec<serde_json::Value> = (0..n)
+            .map(|_| {
+                next_span += 1;
+                json!({
+                    "traceId": format!("{:032x}", next_span), "spanId": format!("{:016x}", next_span), "name": "op",
+                    "startTimeUnixNano": (t0_ns + next_span * 1_000_000).to_string(),
+                    "endTimeUnixNano": (t0_ns + next_span * 1_000_000 + 500_000).to_string(),
+                })
+            })
+            .collect();
+        json!({
+            "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
+            "scopeSpans": [{"spans": spans}],
+        })
+    };
+    let export = |server: &Server, resources: Vec<serde_json::Value>| {
+        client
+            .post(server.at("/v1/traces"))
+            .header("content-type", "application/json")
+            .body(json!({ "resourceSpans": resources }).to_string())
+    };
+    // Each ingest node takes one service's dataset.
+    for (server, service) in [(&a, "svc-a"), (&b, "svc-b")] {
+        let (status, r) = send_json(export(server, vec![spans(service, 1)])).await;
+        assert_eq!(status, 200, "{r}");
+    }
+    // Both services in one request, to the query node and to ingest node a.
+    for server in [&q, &a] {
+        let (status, r) = send_json(export(server, vec![spans("svc-a", 3), spans("svc-b", 2)])).await;
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r, json!({}), "every span taken");
+    }
+    assert!(a.api(&client).metric("sonde_requests_forwarded_total").await >= 1);
+    let spec = json!({"calculations": [{"op": "COUNT"}],
+                      "start_time": format_time(T0), "end_time": format_time(T0 + HOUR)});
+    for (dataset, want) in [("svc-a", 7), ("svc-b", 5)] {
+        let mut seen = 0;
+        for _ in 0..300 {
+            let (status, r) = send_json(client.post(q.at(&format!("/api/query/{dataset}"))).json(&spec)).await;
+            seen = if status == 200 {
+                r["data"]["results"][0]["data"]["COUNT"].as_i64().unwrap_or(0)
+            } else {
+                0
+            };
+            assert!(seen <= want, "{dataset}: {seen} spans counted, {want} sent");
+            if seen == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(seen, want, "{dataset}");
+    }
+}
