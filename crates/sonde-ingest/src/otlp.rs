@@ -35,12 +35,19 @@ pub struct Mapped {
 
 impl Mapped {
     fn push(&mut self, dataset: &DatasetName, data: Map<String, Value>, time_us: i64, rate: i64, limits: &Limits) {
-        match flatten_event(&Value::Object(data), limits) {
-            Ok(fields) => self.datasets.entry(dataset.clone()).or_default().push(Event {
+        let event = flatten_event(&Value::Object(data), limits).and_then(|fields| {
+            let event = Event {
                 timestamp_us: time_us,
                 sample_rate: rate,
                 fields,
-            }),
+            };
+            // The limit every other ingest path applies (and a span passed on to another node
+            // of a cluster meets there).
+            limits.check_event_bytes(sonde_model::encoded::encoded_size(&event))?;
+            Ok(event)
+        });
+        match event {
+            Ok(event) => self.datasets.entry(dataset.clone()).or_default().push(event),
             Err(e) => self.reject(e),
         }
     }
@@ -447,6 +454,33 @@ mod tests {
             vec!["override"]
         );
         assert_eq!(m.datasets[&ds].len(), 3);
+    }
+
+    /// A span whose fields are each within their limits but whose whole is over
+    /// `max_event_bytes` is refused, as every other ingest path refuses it.
+    #[test]
+    fn a_span_over_the_event_size_limit_is_refused_alone() {
+        let mut req: ExportTraceServiceRequest = serde_json::from_slice(&testdata("traces.json")).unwrap();
+        let span = &mut req.resource_spans[0].scope_spans[0].spans[0];
+        for i in 0..4 {
+            span.attributes.push(KeyValue {
+                key: format!("pad{i}"),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue("x".repeat(5_000))),
+                }),
+                ..Default::default()
+            });
+        }
+        let all = map_traces(&req, None, &Limits::default());
+        let limits = Limits {
+            max_event_bytes: 16_000,
+            ..Limits::default()
+        };
+        let m = map_traces(&req, None, &limits);
+        assert_eq!((all.rejected, m.rejected), (0, 1));
+        assert!(m.errors[0].contains("--max-event-bytes"), "{:?}", m.errors);
+        let count = |m: &Mapped| m.datasets.values().map(Vec::len).sum::<usize>();
+        assert_eq!(count(&m), count(&all) - 1);
     }
 
     #[test]

@@ -114,34 +114,49 @@ pub(crate) async fn targets(
     }
 }
 
-/// Events as a Honeycomb batch body (`[{"time", "samplerate", "data"}]`), to pass on a part of
-/// a request that another node writes (OTLP, whose spans go to several datasets).
-pub(crate) fn batch_body(events: &[sonde_model::Event]) -> Bytes {
+/// Events as Honeycomb batch bodies (`[{"time", "samplerate", "data"}]`) of at most
+/// `max_bytes` each (an event larger than that alone in its body), to pass on a part of a
+/// request that another node writes (OTLP, whose spans go to several datasets).
+pub(crate) fn batch_bodies(events: &[sonde_model::Event], max_bytes: usize) -> Vec<(usize, Bytes)> {
     use sonde_model::FieldValue;
-    let items: Vec<serde_json::Value> = events
-        .iter()
-        .map(|e| {
-            let data: serde_json::Map<String, serde_json::Value> = e
-                .fields
-                .iter()
-                .map(|(name, v)| {
-                    let v = match v {
-                        FieldValue::Bool(b) => serde_json::Value::from(*b),
-                        FieldValue::Int(i) => serde_json::Value::from(*i),
-                        FieldValue::Float(f) => serde_json::Value::from(*f),
-                        FieldValue::Str(s) => serde_json::Value::from(s.as_str()),
-                    };
-                    (name.clone(), v)
-                })
-                .collect();
-            serde_json::json!({
-                "time": sonde_model::time::format_us(e.timestamp_us),
-                "samplerate": e.sample_rate,
-                "data": data,
+    let mut bodies = Vec::new();
+    let (mut body, mut count) = (b"[".to_vec(), 0usize);
+    for e in events {
+        let data: serde_json::Map<String, serde_json::Value> = e
+            .fields
+            .iter()
+            .map(|(name, v)| {
+                let v = match v {
+                    FieldValue::Bool(b) => serde_json::Value::from(*b),
+                    FieldValue::Int(i) => serde_json::Value::from(*i),
+                    FieldValue::Float(f) => serde_json::Value::from(*f),
+                    FieldValue::Str(s) => serde_json::Value::from(s.as_str()),
+                };
+                (name.clone(), v)
             })
-        })
-        .collect();
-    Bytes::from(serde_json::to_vec(&items).expect("JSON values serialise"))
+            .collect();
+        let item = serde_json::to_vec(&serde_json::json!({
+            "time": sonde_model::time::format_us(e.timestamp_us),
+            "samplerate": e.sample_rate,
+            "data": data,
+        }))
+        .expect("JSON values serialise");
+        if count > 0 && body.len() + item.len() + 2 > max_bytes {
+            body.push(b']');
+            bodies.push((count, Bytes::from(std::mem::replace(&mut body, b"[".to_vec()))));
+            count = 0;
+        }
+        if count > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&item);
+        count += 1;
+    }
+    if count > 0 {
+        body.push(b']');
+        bodies.push((count, Bytes::from(body)));
+    }
+    bodies
 }
 
 /// A node's weight for a dataset: the node with the highest weight takes a new dataset, and
@@ -293,6 +308,59 @@ async fn relay(node: &str, resp: reqwest::Response) -> Result<Response, ApiError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_bodies_keep_every_value_and_stay_under_the_bound() {
+        use sonde_model::{Event, FieldValue};
+        let events: Vec<Event> = (0..50)
+            .map(|i| Event {
+                timestamp_us: 1_767_225_600_000_001 + i,
+                sample_rate: 1 + i % 3,
+                fields: vec![
+                    ("service.name".into(), FieldValue::Str(format!("svc \"{i}\"\n"))),
+                    ("duration_ms".into(), FieldValue::Float(2.0)),
+                    ("big".into(), FieldValue::Int(i64::MAX - i)),
+                    ("error".into(), FieldValue::Bool(i % 2 == 0)),
+                ],
+            })
+            .collect();
+        let bodies = batch_bodies(&events, 1000);
+        assert!(bodies.len() > 5, "{} bodies", bodies.len());
+        let mut items = Vec::new();
+        for (count, body) in &bodies {
+            assert!(body.len() <= 1000, "{} bytes", body.len());
+            let parsed: Vec<serde_json::Value> = serde_json::from_slice(body).unwrap();
+            assert_eq!(parsed.len(), *count);
+            items.extend(parsed);
+        }
+        assert_eq!(items.len(), events.len());
+        for (item, e) in items.iter().zip(&events) {
+            assert_eq!(
+                sonde_model::time::parse_time_value(&item["time"]).unwrap(),
+                e.timestamp_us
+            );
+            assert_eq!(item["samplerate"], e.sample_rate);
+            let data = &item["data"];
+            assert_eq!(
+                data["service.name"].as_str(),
+                Some(match &e.fields[0].1 {
+                    FieldValue::Str(s) => s.as_str(),
+                    _ => unreachable!(),
+                })
+            );
+            assert!(data["duration_ms"].is_f64(), "{data}");
+            assert_eq!(
+                data["big"].as_i64(),
+                Some(match e.fields[2].1 {
+                    FieldValue::Int(i) => i,
+                    _ => unreachable!(),
+                })
+            );
+            assert!(data["error"].is_boolean());
+        }
+        // An event larger than the bound goes alone.
+        assert_eq!(batch_bodies(&events[..3], 10).len(), 3);
+    }
 
     #[test]
     fn rendezvous_spreads_datasets_and_moves_few_when_a_node_joins() {

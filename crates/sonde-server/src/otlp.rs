@@ -56,50 +56,59 @@ pub(crate) async fn store(
         state.storage.ingest_all(here).await?;
         state.stats.ingest_requests.fetch_add(1, Ordering::Relaxed);
     }
+    // Records refused here; those a writer refuses are counted there.
+    let refused_here = mapped.rejected;
+    // Bodies well under the writers' `--max-body-bytes` (the same on every node).
+    let max_body = state.config.max_body_bytes / 2;
     for (ds, events, nodes) in elsewhere {
-        let passed = forward::forward(
-            state,
-            &format!("/1/batch/{ds}"),
-            &batch_headers(headers),
-            forward::batch_body(&events),
-            &nodes,
-        )
-        .await;
-        let refused = |message: String| {
-            let before = match stored_in.is_empty() {
-                true => String::new(),
-                false => format!(
-                    " (the events of {} were stored: a retry stores them again)",
-                    stored_in.join(", ")
-                ),
+        for (sent, body) in forward::batch_bodies(&events, max_body) {
+            let passed =
+                forward::forward(state, &format!("/1/batch/{ds}"), &batch_headers(headers), body, &nodes).await;
+            let refused = |message: String| {
+                let before = match stored_in.is_empty() {
+                    true => String::new(),
+                    false => format!(" (the events of {} were stored)", stored_in.join(", ")),
+                };
+                format!("dataset {ds}: {message}{before}")
             };
-            format!("dataset {ds}: {message}{before}")
-        };
-        let resp = passed.map_err(|e| ApiError {
-            message: refused(e.message.clone()),
-            ..e
-        })?;
-        let status = resp.status();
-        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .map_err(|e| ApiError::internal(refused(e.to_string())))?;
-        if status != StatusCode::OK {
-            return Err(ApiError {
-                status,
-                message: refused(String::from_utf8_lossy(&body).into_owned()),
-                retry_after: Some(1),
-                position: None,
-            });
-        }
-        // The writer's answer per event: 202, or 400 with its reason.
-        let answers: Vec<Value> = serde_json::from_slice(&body).unwrap_or_default();
-        for a in &answers {
-            if a["status"] == 202 {
-                stored += 1;
-            } else {
-                mapped.rejected += 1;
-                if mapped.errors.len() < 5 {
-                    mapped.errors.push(a["error"].as_str().unwrap_or("refused").to_string());
+            let resp = passed.map_err(|e| ApiError {
+                message: refused(e.message.clone()),
+                ..e
+            })?;
+            let status = resp.status();
+            // Bounded: a relayed answer is read up to a limit (`read_bounded`).
+            let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .map_err(|e| ApiError::internal(refused(e.to_string())))?;
+            if status != StatusCode::OK {
+                let said: Value = serde_json::from_slice(&body).unwrap_or_default();
+                let message = said["error"]
+                    .as_str()
+                    .map_or_else(|| String::from_utf8_lossy(&body).into_owned(), str::to_string);
+                let again = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+                return Err(ApiError {
+                    status,
+                    message: refused(message),
+                    retry_after: again.then_some(1),
+                    position: None,
+                });
+            }
+            // The writer's answer per event: 202, or 400 with its reason.
+            let answers: Vec<Value> = serde_json::from_slice(&body).unwrap_or_default();
+            if answers.len() != sent {
+                return Err(ApiError::internal(refused(format!(
+                    "the ingest node answered {} statuses for {sent} events",
+                    answers.len()
+                ))));
+            }
+            for a in &answers {
+                if a["status"] == 202 {
+                    stored += 1;
+                } else {
+                    mapped.rejected += 1;
+                    if mapped.errors.len() < 5 {
+                        mapped.errors.push(a["error"].as_str().unwrap_or("refused").to_string());
+                    }
                 }
             }
         }
@@ -108,7 +117,7 @@ pub(crate) async fn store(
     state
         .stats
         .events_rejected
-        .fetch_add(mapped.rejected as u64, Ordering::Relaxed);
+        .fetch_add(refused_here as u64, Ordering::Relaxed);
     Ok(stored)
 }
 
