@@ -14,6 +14,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, set_span_in_context
 
+from conftest import eventually
+
 
 def emit_trace(exporter, service):
     """Nested spans with attributes, an event, a link and an error; returns what the SDK recorded."""
@@ -103,6 +105,17 @@ def test_otlp_http_traces(sonde):
 def test_otlp_grpc_traces(sonde):
     spans = emit_trace(GrpcSpanExporter(endpoint=sonde.grpc, insecure=True), "checkout-grpc")
     check_trace(sonde, "checkout-grpc", spans)
+
+
+def test_otlp_grpc_through_a_query_node_of_a_cluster(cluster):
+    # The query node passes the spans on to an ingest node (re-encoded as a batch) and answers
+    # them from its copy of that node's buffer: every field as one node stores it.
+    q = cluster.query
+    spans = emit_trace(GrpcSpanExporter(endpoint=q.grpc, insecure=True), "checkout-cluster")
+    eventually(lambda: check_trace(q, "checkout-cluster", spans))
+    # And over OTLP/HTTP to an ingest node that may not write the dataset.
+    spans = emit_trace(OTLPSpanExporter(endpoint=f"{cluster.ingest[1].url}/v1/traces"), "checkout-cluster")
+    eventually(lambda: check_trace(q, "checkout-cluster", spans))
 
 
 def test_otlp_grpc_dataset_header(sonde):
