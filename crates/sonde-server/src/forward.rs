@@ -32,7 +32,16 @@ const PASSED_HEADERS: [&str; 5] = [
 pub(crate) struct Forwarder {
     http: reqwest::Client,
     urls: RwLock<HashMap<String, String>>,
+    /// The ingest nodes that are up, as last listed and when: listing the bucket's member files
+    /// (a LIST and a GET per node) for every request passed on would cost more than the request.
+    members: tokio::sync::Mutex<Option<(std::time::Instant, Members)>>,
 }
+
+/// Nodes as (name, base URL).
+type Members = Vec<(String, String)>;
+
+/// How long a listing of the ingest nodes serves the requests passed on.
+const MEMBERS_FRESH_FOR: Duration = Duration::from_secs(1);
 
 impl Forwarder {
     /// A forwarder whose requests take at most `timeout`.
@@ -44,7 +53,21 @@ impl Forwarder {
                 .build()
                 .expect("a client with timeouts only"),
             urls: RwLock::new(HashMap::new()),
+            members: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// The ingest nodes that are up, listed at most once every [`MEMBERS_FRESH_FOR`].
+    async fn ingest_nodes(&self, state: &AppState) -> Result<Members, ApiError> {
+        let mut members = self.members.lock().await;
+        if let Some((at, nodes)) = members.as_ref()
+            && at.elapsed() < MEMBERS_FRESH_FOR
+        {
+            return Ok(nodes.clone());
+        }
+        let nodes = state.storage.ingest_nodes().await?;
+        *members = Some((std::time::Instant::now(), nodes.clone()));
+        Ok(nodes)
     }
 }
 
@@ -71,7 +94,7 @@ pub(crate) async fn query_node_targets(
         }));
     }
     let owner = state.storage.owner_of(ds);
-    let nodes = state.storage.ingest_nodes().await?;
+    let nodes = state.forwarder.ingest_nodes(state).await?;
     {
         let mut urls = state.forwarder.urls.write().unwrap();
         urls.extend(nodes.iter().cloned());
