@@ -377,7 +377,6 @@ impl Mapped {
 mod tests {
     use super::*;
     use prost::Message;
-    use sonde_model::FieldValue;
 
     fn testdata(name: &str) -> Vec<u8> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -391,19 +390,7 @@ mod tests {
         let mut out = Vec::new();
         for (ds, events) in &m.datasets {
             for e in events {
-                let fields: Map<String, Value> = e
-                    .fields
-                    .iter()
-                    .map(|(n, v)| {
-                        let v = match v {
-                            FieldValue::Bool(b) => json!(b),
-                            FieldValue::Int(i) => json!(i),
-                            FieldValue::Float(f) => json!(f),
-                            FieldValue::Str(s) => json!(s),
-                        };
-                        (n.clone(), v)
-                    })
-                    .collect();
+                let fields: Map<String, Value> = e.fields.iter().map(|(n, v)| (n.clone(), v.to_json())).collect();
                 out.push(json!({"dataset": ds.as_str(), "timestamp_us": e.timestamp_us, "sample_rate": e.sample_rate, "fields": fields}));
             }
         }

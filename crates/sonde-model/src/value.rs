@@ -81,6 +81,16 @@ impl FieldValue {
         }
     }
 
+    /// The value as JSON (a float stays a float: `2.0`, not `2`).
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            FieldValue::Bool(b) => serde_json::Value::from(*b),
+            FieldValue::Int(i) => serde_json::Value::from(*i),
+            FieldValue::Float(f) => serde_json::Value::from(*f),
+            FieldValue::Str(s) => serde_json::Value::from(s.as_str()),
+        }
+    }
+
     /// The text form used when a column widens to string: the JSON spelling of the value
     /// (`true`, `42`, `1.5`), or the string itself.
     pub fn to_text(&self) -> String {

@@ -141,23 +141,11 @@ pub(crate) async fn targets(
 /// `max_bytes` each (an event larger than that alone in its body), to pass on a part of a
 /// request that another node writes (OTLP, whose spans go to several datasets).
 pub(crate) fn batch_bodies(events: &[sonde_model::Event], max_bytes: usize) -> Vec<(usize, Bytes)> {
-    use sonde_model::FieldValue;
     let mut bodies = Vec::new();
     let (mut body, mut count) = (b"[".to_vec(), 0usize);
     for e in events {
-        let data: serde_json::Map<String, serde_json::Value> = e
-            .fields
-            .iter()
-            .map(|(name, v)| {
-                let v = match v {
-                    FieldValue::Bool(b) => serde_json::Value::from(*b),
-                    FieldValue::Int(i) => serde_json::Value::from(*i),
-                    FieldValue::Float(f) => serde_json::Value::from(*f),
-                    FieldValue::Str(s) => serde_json::Value::from(s.as_str()),
-                };
-                (name.clone(), v)
-            })
-            .collect();
+        let data: serde_json::Map<String, serde_json::Value> =
+            e.fields.iter().map(|(name, v)| (name.clone(), v.to_json())).collect();
         let item = serde_json::to_vec(&serde_json::json!({
             "time": sonde_model::time::format_us(e.timestamp_us),
             "samplerate": e.sample_rate,

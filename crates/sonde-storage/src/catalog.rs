@@ -59,6 +59,30 @@ pub struct ColumnEntry {
 }
 
 impl ColumnEntry {
+    /// Records a sighting of column `name` (of type `ty`, in events from `min_us` to `max_us`)
+    /// in `columns`: a new entry, or merged into the one there.
+    pub(crate) fn sight(
+        columns: &mut BTreeMap<String, ColumnEntry>,
+        name: &str,
+        ty: ColumnType,
+        min_us: i64,
+        max_us: i64,
+    ) {
+        match columns.get_mut(name) {
+            Some(c) => c.merge(ty, min_us, max_us),
+            None => {
+                columns.insert(
+                    name.to_string(),
+                    ColumnEntry {
+                        ty,
+                        first_seen_us: min_us,
+                        last_seen_us: max_us,
+                    },
+                );
+            }
+        }
+    }
+
     /// Merges another sighting of the column into this one.
     pub fn merge(&mut self, ty: ColumnType, min_us: i64, max_us: i64) {
         self.ty = self.ty.widen(ty);

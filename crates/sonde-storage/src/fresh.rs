@@ -359,14 +359,8 @@ impl Storage {
                 continue;
             }
             for (name, ty) in &segment.columns {
-                st.columns
-                    .entry(name.clone())
-                    .and_modify(|c| c.merge(*ty, segment.min_ts_us, segment.max_ts_us))
-                    .or_insert(crate::catalog::ColumnEntry {
-                        ty: *ty,
-                        first_seen_us: segment.min_ts_us,
-                        last_seen_us: segment.max_ts_us,
-                    });
+                let (min_us, max_us) = (segment.min_ts_us, segment.max_ts_us);
+                crate::catalog::ColumnEntry::sight(&mut st.columns, name, *ty, min_us, max_us);
             }
             st.segments.push(std::sync::Arc::new(segment));
         }

@@ -421,8 +421,8 @@ impl Storage {
                     storage.datasets.write().unwrap().remove(&name);
                     continue;
                 }
-                match shared.claim(&name).await {
-                    Ok(taken) => storage.install_taken(&name, taken),
+                match storage.claim(&name).await {
+                    Ok(()) => {}
                     Err(Error::NotOwner { owner, .. }) => {
                         tracing::warn!(dataset = %name, %owner, "another node took the dataset while this one was down: handing over the events its WAL held");
                         handing.push(name);

@@ -221,8 +221,7 @@ impl NodeCatalogs {
         // once the node listens): its datasets are not taken over while it replays its WAL.
         if let Some(mut member) = self.member(&self.node).await? {
             member.heartbeat_us = sonde_model::time::now_us();
-            let body = serde_json::to_vec(&member).map_err(|e| Error::Invalid(e.to_string()))?;
-            self.store.put(&member_path(&self.node), body.into()).await?;
+            self.write_member(&member).await?;
         }
         let mut datasets = self.datasets.lock().await;
         for name in self.names().await? {
@@ -323,32 +322,33 @@ impl NodeCatalogs {
                 owner: format!("{node} (another process under this node's name)"),
             });
         }
+        let committed = log
+            .commit_with(&mut state, COMMIT_ATTEMPTS, |s| {
+                let reached = s.flushed_by.get(node).copied().unwrap_or_default();
+                if !s.takes_handover_from(node) {
+                    return None;
+                }
+                // Only segments of events past the position the log has, and not in it already:
+                // a handover whose answer was lost is not repeated by a later one.
+                let segments: Vec<SegmentMeta> = entry
+                    .segments
+                    .iter()
+                    .filter(|seg| seg.min_lsn > reached && !s.entry.segments.iter().any(|o| o.id == seg.id))
+                    .cloned()
+                    .collect();
+                let change = Change::Handover {
+                    segments,
+                    flushed_lsn: entry.flushed_lsn,
+                };
+                (entry.flushed_lsn > reached && s.owner.as_deref() != Some(node)).then_some((s.epoch, change))
+            })
+            .await
+            .map_err(log_error)?;
         if !state.takes_handover_from(node) {
             tracing::warn!(dataset = %dataset, "the dataset was deleted after this node last wrote it: the events its WAL held of it are dropped with it");
-            return Ok(());
+        } else if committed.is_some() {
+            tracing::warn!(dataset = %dataset, segments = entry.segments.len(), owner = ?state.owner, "events of a dataset another node took over handed over to it");
         }
-        log.commit_with(&mut state, COMMIT_ATTEMPTS, |s| {
-            let reached = s.flushed_by.get(node).copied().unwrap_or_default();
-            if !s.takes_handover_from(node) {
-                return None;
-            }
-            // Only segments of events past the position the log has, and not in it already:
-            // a handover whose answer was lost is not repeated by a later one.
-            let segments: Vec<SegmentMeta> = entry
-                .segments
-                .iter()
-                .filter(|seg| seg.min_lsn > reached && !s.entry.segments.iter().any(|o| o.id == seg.id))
-                .cloned()
-                .collect();
-            let change = Change::Handover {
-                segments,
-                flushed_lsn: entry.flushed_lsn,
-            };
-            (entry.flushed_lsn > reached && s.owner.as_deref() != Some(node)).then_some((s.epoch, change))
-        })
-        .await
-        .map_err(log_error)?;
-        tracing::warn!(dataset = %dataset, segments = entry.segments.len(), owner = ?state.owner, "events of a dataset another node took over handed over to it");
         Ok(())
     }
 
@@ -547,7 +547,12 @@ impl NodeCatalogs {
             started_us,
             heartbeat_us: sonde_model::time::now_us(),
         };
-        let body = serde_json::to_vec(&member).map_err(|e| Error::Invalid(e.to_string()))?;
+        self.write_member(&member).await
+    }
+
+    /// Writes this node's member file.
+    async fn write_member(&self, member: &Member) -> Result<()> {
+        let body = serde_json::to_vec(member).map_err(|e| Error::Invalid(e.to_string()))?;
         self.store.put(&member_path(&self.node), body.into()).await?;
         Ok(())
     }

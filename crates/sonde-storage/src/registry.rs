@@ -130,14 +130,7 @@ pub(crate) fn merge_columns(columns: &mut BTreeMap<String, ColumnEntry>, schema:
         let Some(ty) = buffer::column_type_of(f.data_type()) else {
             continue;
         };
-        columns
-            .entry(f.name().clone())
-            .and_modify(|c| c.merge(ty, min_us, max_us))
-            .or_insert(ColumnEntry {
-                ty,
-                first_seen_us: min_us,
-                last_seen_us: max_us,
-            });
+        ColumnEntry::sight(columns, f.name(), ty, min_us, max_us);
     }
 }
 

@@ -239,15 +239,7 @@ impl LogState {
                 return Err(CatalogLogError::Corrupt(format!("segment {} is added twice", s.id)));
             }
             for (name, ty) in &s.columns {
-                self.entry
-                    .columns
-                    .entry(name.clone())
-                    .and_modify(|c| c.merge(*ty, s.min_ts_us, s.max_ts_us))
-                    .or_insert(ColumnEntry {
-                        ty: *ty,
-                        first_seen_us: s.min_ts_us,
-                        last_seen_us: s.max_ts_us,
-                    });
+                ColumnEntry::sight(&mut self.entry.columns, name, *ty, s.min_ts_us, s.max_ts_us);
             }
             self.entry.segments.push(s.clone());
         }
