@@ -71,6 +71,9 @@ struct Runs {
 /// One delivery, as recorded.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Delivery {
+    /// The notification's id (its outbox entry), so a crash after sending records it once.
+    #[serde(default)]
+    id: String,
     at: String,
     /// `TRIGGERED` or `OK`.
     notification: String,
@@ -477,8 +480,40 @@ fn spawn_deliveries(state: &Arc<AppState>, http: &reqwest::Client) {
             let Some(p) = runs.outbox.first().cloned() else {
                 break;
             };
-            let outcome = deliver_one(&state, &http, &p).await;
-            let _ = state
+            // The record is written before the notification leaves the outbox, and names it:
+            // a crash between the two finds it recorded and does not send it again, so each
+            // delivery is recorded exactly once (a crash during the send itself sends it again).
+            let recorded: BTreeMap<String, VecDeque<Delivery>> =
+                state.storage.documents().load(DELIVERIES).await.unwrap_or_default();
+            let done = recorded
+                .get(&p.trigger_id)
+                .is_some_and(|l| l.iter().any(|d| d.id == p.id));
+            if !done {
+                let outcome = deliver_one(&state, &http, &p).await;
+                let d = Delivery {
+                    id: p.id.clone(),
+                    at: crate::objects::now(),
+                    notification: p.payload["status"].as_str().unwrap_or("").to_string(),
+                    recipient: p.recipient.clone(),
+                    outcome,
+                };
+                let recorded = state
+                    .storage
+                    .documents()
+                    .update(DELIVERIES, |all: &mut BTreeMap<String, VecDeque<Delivery>>| {
+                        let list = all.entry(p.trigger_id.clone()).or_default();
+                        list.push_back(d);
+                        while list.len() > MAX_DELIVERIES {
+                            list.pop_front();
+                        }
+                        Ok::<_, ApiError>(())
+                    })
+                    .await;
+                if let Err(e) = recorded {
+                    tracing::warn!(error = %e, "recording a trigger delivery");
+                }
+            }
+            let removed = state
                 .storage
                 .documents()
                 .update(RUNS, |runs: &mut Runs| {
@@ -486,24 +521,11 @@ fn spawn_deliveries(state: &Arc<AppState>, http: &reqwest::Client) {
                     Ok::<_, ApiError>(())
                 })
                 .await;
-            let d = Delivery {
-                at: crate::objects::now(),
-                notification: p.payload["status"].as_str().unwrap_or("").to_string(),
-                recipient: p.recipient.clone(),
-                outcome,
-            };
-            let _ = state
-                .storage
-                .documents()
-                .update(DELIVERIES, |all: &mut BTreeMap<String, VecDeque<Delivery>>| {
-                    let list = all.entry(p.trigger_id.clone()).or_default();
-                    list.push_back(d);
-                    while list.len() > MAX_DELIVERIES {
-                        list.pop_front();
-                    }
-                    Ok::<_, ApiError>(())
-                })
-                .await;
+            if let Err(e) = removed {
+                // Without this the drain would send the same notification forever.
+                tracing::warn!(error = %e, "removing a delivered notification from the outbox");
+                break;
+            }
         }
         DRAINING.store(false, std::sync::atomic::Ordering::Release);
     });

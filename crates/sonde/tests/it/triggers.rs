@@ -247,7 +247,21 @@ async fn an_incident_fires_once_resolves_once_and_survives_a_sigkill() {
     let (_, now) = send_json(http.get(server.at(&format!("/1/triggers/shop/{}", t1["id"].as_str().unwrap())))).await;
     assert_eq!(now["triggered"], true);
 
-    // SIGKILL in the middle of the incident, and back: it goes on, and nothing fires again.
+    // SIGKILL in the middle of the incident, once the three TRIGGERED are recorded (a kill
+    // during a send would rightly send it again), and back: it goes on, and nothing fires again.
+    let t1id = t1["id"].as_str().unwrap();
+    let start = Instant::now();
+    loop {
+        let (_, ds) = send_json(http.get(server.at(&format!("/1/triggers/shop/{t1id}/deliveries")))).await;
+        if ds.as_array().unwrap().len() == 3 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "three deliveries recorded: {ds}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     server.kill();
     server.restart().await;
     let until = Instant::now() + Duration::from_secs(6);
@@ -275,7 +289,6 @@ async fn an_incident_fires_once_resolves_once_and_survives_a_sigkill() {
     assert_eq!(every.last().map(String::as_str), Some("OK"), "{every:?}");
 
     // Every delivery is recorded with its outcome, and the marker recipient made a marker.
-    let t1id = t1["id"].as_str().unwrap();
     let (_, ds) = send_json(http.get(server.at(&format!("/1/triggers/shop/{t1id}/deliveries")))).await;
     let outcomes: Vec<(String, String)> = ds
         .as_array()
