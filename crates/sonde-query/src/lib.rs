@@ -19,6 +19,7 @@
 pub mod bubbleup;
 pub mod chunk_cache;
 pub mod derived;
+pub mod distributed;
 pub mod engine;
 pub mod json;
 pub mod memory;

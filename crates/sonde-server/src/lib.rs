@@ -60,6 +60,7 @@ mod slos;
 mod templates;
 mod triggers;
 pub mod ui;
+pub mod workers;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, State};

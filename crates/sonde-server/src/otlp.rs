@@ -295,10 +295,12 @@ impl logs_service_server::LogsService for Grpc {
     }
 }
 
-/// Serves OTLP/gRPC on `listener` until `shutdown` resolves.
+/// Serves OTLP/gRPC on `listener` until `shutdown` resolves, with `workers` (a query node's
+/// distributed-SQL worker) beside it.
 pub async fn serve_grpc(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
+    workers: Option<tonic::service::Routes>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     use tonic::codec::CompressionEncoding;
@@ -312,9 +314,13 @@ pub async fn serve_grpc(
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(max);
+    // A query node's distributed-SQL worker shares the port (gRPC routes by service name).
+    let routes = match workers {
+        Some(w) => w.add_service(traces),
+        None => tonic::service::Routes::new(traces),
+    };
     tonic::transport::Server::builder()
-        .add_service(traces)
-        .add_service(logs)
+        .add_routes(routes.add_service(logs))
         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
         .await
 }

@@ -286,23 +286,22 @@ impl Storage {
         true
     }
 
-    /// On an ingest node of a cluster: tells the other nodes where to reach it (its member file
-    /// in the object store, `nodes/<node>.json`), now and then every few seconds until `stop`
-    /// resolves, so that they know it is up. Nothing elsewhere. The first write's failure is
-    /// returned (the node cannot be reached); later ones are logged and tried again.
+    /// On a node of a cluster: tells the other nodes where to reach it (its member file in the
+    /// object store, `nodes/<node>.json`: its HTTP API, and on a query node its distributed-SQL
+    /// worker), now and then every few seconds until `stop` resolves, so that they know it is
+    /// up. Nothing on a single node. The first write's failure is returned (the node cannot be
+    /// reached); later ones are logged and tried again.
     pub async fn announce(
         self: std::sync::Arc<Self>,
         url: String,
+        worker_url: Option<String>,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<Option<tokio::task::JoinHandle<()>>> {
         let Some(shared) = self.catalog_store.shared() else {
             return Ok(None);
         };
-        if self.config.role != crate::Role::Ingest {
-            return Ok(None);
-        }
         let started_us = sonde_model::time::now_us();
-        shared.announce(&url, started_us).await?;
+        shared.announce(&url, worker_url.as_deref(), started_us).await?;
         let storage = self.clone();
         let every = shared.heartbeat();
         Ok(Some(tokio::spawn(async move {
@@ -313,7 +312,7 @@ impl Storage {
                     _ = &mut stop => return,
                 }
                 if let Some(shared) = storage.catalog_store.shared()
-                    && let Err(e) = shared.announce(&url, started_us).await
+                    && let Err(e) = shared.announce(&url, worker_url.as_deref(), started_us).await
                 {
                     tracing::warn!(error = %e, "writing this node's member file failed; trying again at the next heartbeat");
                 }
@@ -342,6 +341,15 @@ impl Storage {
     pub async fn ingest_nodes(&self) -> Result<Vec<(String, String)>> {
         match self.catalog_store.shared() {
             Some(shared) => shared.members(crate::Role::Ingest).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The distributed-SQL workers of the query nodes that are up (a member file written within
+    /// the last `--lease`), in node name order; none on a single node.
+    pub async fn query_workers(&self) -> Result<Vec<String>> {
+        match self.catalog_store.shared() {
+            Some(shared) => shared.workers().await,
             None => Ok(Vec::new()),
         }
     }

@@ -54,6 +54,9 @@ struct Member {
     /// [`NodeCatalogs::heartbeat`], so one older than `--lease` is a node that is down.
     #[serde(default)]
     heartbeat_us: i64,
+    /// On a query node: the address of its distributed-SQL worker (gRPC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    worker_url: Option<String>,
 }
 
 fn member_path(node: &str) -> Path {
@@ -539,13 +542,14 @@ impl NodeCatalogs {
     /// Writes this node's member file (`nodes/<node>.json`): the address at which the other
     /// nodes reach it, and when (see [`NodeCatalogs::heartbeat`]). Written at each start, so a new address
     /// replaces the old one, and every heartbeat.
-    pub(crate) async fn announce(&self, url: &str, started_us: i64) -> Result<()> {
+    pub(crate) async fn announce(&self, url: &str, worker_url: Option<&str>, started_us: i64) -> Result<()> {
         let member = Member {
             node: self.node.clone(),
             role: self.role.name().to_string(),
             url: url.to_string(),
             started_us,
             heartbeat_us: sonde_model::time::now_us(),
+            worker_url: worker_url.map(str::to_string),
         };
         self.write_member(&member).await
     }
@@ -560,6 +564,21 @@ impl NodeCatalogs {
     /// Every node that announced itself in `role` and wrote its member file within the last
     /// `--lease`: (name, URL), in name order.
     pub(crate) async fn members(&self, role: Role) -> Result<Vec<(String, String)>> {
+        Ok(self.live(role).await?.into_iter().map(|m| (m.node, m.url)).collect())
+    }
+
+    /// The distributed-SQL workers of the query nodes that are up, in node name order.
+    pub(crate) async fn workers(&self) -> Result<Vec<String>> {
+        Ok(self
+            .live(Role::Query)
+            .await?
+            .into_iter()
+            .filter_map(|m| m.worker_url)
+            .collect())
+    }
+
+    /// The member files of `role` written within the last `--lease`, in node name order.
+    async fn live(&self, role: Role) -> Result<Vec<Member>> {
         let now = sonde_model::time::now_us();
         use futures::TryStreamExt;
         let listed: Vec<object_store::ObjectMeta> = self.store.list(Some(&Path::from("nodes"))).try_collect().await?;
@@ -568,13 +587,13 @@ impl NodeCatalogs {
             let bytes = self.store.get(&meta.location).await?.bytes().await?;
             match serde_json::from_slice::<Member>(&bytes) {
                 Ok(m) if m.role == role.name() && now - m.heartbeat_us <= self.lease.as_micros() as i64 => {
-                    members.push((m.node, m.url))
+                    members.push(m)
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(file = %meta.location, error = %e, "unreadable member file skipped"),
             }
         }
-        members.sort();
+        members.sort_by(|a, b| a.node.cmp(&b.node));
         Ok(members)
     }
 
@@ -688,7 +707,7 @@ mod tests {
         let d = DatasetName::new("d").unwrap();
         for n in [&a, &b] {
             n.load().await.unwrap();
-            n.announce("http://127.0.0.1:1", 0).await.unwrap();
+            n.announce("http://127.0.0.1:1", None, 0).await.unwrap();
         }
         a.claim(&d).await.unwrap();
         a.store(&catalog_of(&d, entry(&[1, 2], 10))).await.unwrap();
@@ -696,7 +715,7 @@ mod tests {
         let e = b.claim(&d).await.unwrap_err();
         assert!(matches!(e, Error::NotOwner { .. }), "{e}");
         tokio::time::sleep(lease + std::time::Duration::from_millis(100)).await;
-        b.announce("http://127.0.0.1:2", 0).await.unwrap();
+        b.announce("http://127.0.0.1:2", None, 0).await.unwrap();
         assert_eq!(b.members(Role::Ingest).await.unwrap().len(), 1, "a is down");
         let taken = b.claim(&d).await.unwrap().expect("taken just now");
         assert_eq!((ids(&taken), taken.flushed_lsn), (vec![1, 2], Lsn(0)));
@@ -765,7 +784,7 @@ mod tests {
         let (d, e) = (DatasetName::new("d").unwrap(), DatasetName::new("e").unwrap());
         for n in [&a, &b] {
             n.load().await.unwrap();
-            n.announce("http://127.0.0.1:1", 0).await.unwrap();
+            n.announce("http://127.0.0.1:1", None, 0).await.unwrap();
         }
         a.claim(&d).await.unwrap();
         a.claim(&e).await.unwrap();
@@ -781,7 +800,7 @@ mod tests {
         both.datasets.insert(e.clone(), entry(&[2], 5));
         a.store(&both).await.unwrap();
         tokio::time::sleep(lease + std::time::Duration::from_millis(100)).await;
-        b.announce("http://127.0.0.1:2", 0).await.unwrap();
+        b.announce("http://127.0.0.1:2", None, 0).await.unwrap();
         b.claim(&d).await.unwrap();
         b.claim(&e).await.unwrap();
         // b deletes d; e it keeps.
@@ -825,7 +844,7 @@ mod tests {
         assert!(ingest.load().await.unwrap().datasets.is_empty());
         assert!(query.load().await.unwrap().datasets.is_empty());
         // Up: its member file is fresh (a node without one counts as down).
-        ingest.announce("http://127.0.0.1:1", 0).await.unwrap();
+        ingest.announce("http://127.0.0.1:1", None, 0).await.unwrap();
         ingest.claim(&d).await.unwrap();
         let e = other.claim(&d).await.unwrap_err();
         assert!(e.to_string().contains("ingest node a"), "{e}");

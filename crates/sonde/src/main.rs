@@ -171,9 +171,15 @@ struct ServeArgs {
     #[arg(long, env = "SONDE_ADVERTISE_URL")]
     advertise_url: Option<String>,
     /// The API key a query node sends to ingest nodes when it copies their write buffers (a key
-    /// with the query scope, needed when the ingest nodes check keys).
+    /// with the query scope, needed when the ingest nodes check keys), and to other query nodes'
+    /// workers with distributed SQL tasks; a query node's worker runs only tasks carrying it.
     #[arg(long, env = "SONDE_CLUSTER_KEY", hide_env_values = true)]
     cluster_key: Option<String>,
+    /// On a query node: SQL over more Parquet than this many bytes times the query parallelism
+    /// is split into tasks spread over the query nodes' workers (each node's worker listens on
+    /// its --grpc-listen address; with `off` the node runs its queries alone).
+    #[arg(long, env = "SONDE_DISTRIBUTED_BYTES_PER_PARTITION", default_value_t = 16 << 20)]
+    distributed_bytes_per_partition: usize,
     /// Address for OTLP/gRPC (4317 is its standard port); `off` disables it.
     #[arg(long, env = "SONDE_GRPC_LISTEN", default_value = "127.0.0.1:4317")]
     grpc_listen: GrpcListen,
@@ -718,6 +724,44 @@ async fn serve(a: ServeArgs) -> Result<()> {
         min_trigger_frequency: a.trigger_min_frequency.0,
         public_url: a.public_url.clone(),
     };
+    // Bound before the engine: a query node's worker is reached at this address.
+    let grpc_listener = match a.grpc_listen.address() {
+        Some(at) => Some(
+            tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("listening for OTLP/gRPC on {at}"))?,
+        ),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("listening on {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    // Where the cluster's other nodes reach this node: `--advertise-url`, or the address it
+    // listens on (with the node's name in place of an unspecified address such as 0.0.0.0).
+    let reached_at = |at: std::net::SocketAddr| {
+        if at.ip().is_unspecified() {
+            format!("http://{}:{}", storage.config().node_name, at.port())
+        } else {
+            format!("http://{at}")
+        }
+    };
+    let advertised = a.advertise_url.clone().unwrap_or_else(|| reached_at(addr));
+    let worker_url = match (&grpc_listener, &a.role) {
+        (Some(l), RoleArg::Query) if storage.config().storage_url.is_some() => {
+            let at = l.local_addr()?;
+            // Under --advertise-url, the worker is at the same host on the gRPC port.
+            let url = match url::Url::parse(&advertised) {
+                Ok(mut u) if a.advertise_url.is_some() => {
+                    let _ = u.set_port(Some(at.port()));
+                    u.to_string()
+                }
+                _ => reached_at(at),
+            };
+            Some(url.trim_end_matches('/').to_string())
+        }
+        _ => None,
+    };
     let engine = sonde_query::QueryEngine::new(
         storage.clone(),
         sonde_query::EngineConfig {
@@ -733,6 +777,16 @@ async fn serve(a: ServeArgs) -> Result<()> {
             ..Default::default()
         },
     )?;
+    let engine = match &worker_url {
+        Some(url) => engine.with_cluster(sonde_query::distributed::ClusterConfig {
+            self_url: url::Url::parse(url).with_context(|| format!("the worker address {url}"))?,
+            key: a.cluster_key.clone(),
+            bytes_per_partition: a.distributed_bytes_per_partition,
+            // A task's plan carries the fresh rows it reads, up to the write buffers' bound.
+            max_message_bytes: memory.buffers.max(a.max_body_bytes).saturating_add(64 << 20),
+        })?,
+        None => engine,
+    };
     let access = sonde_server::auth::Access::new(
         keys,
         sonde_server::auth::RateLimits {
@@ -741,10 +795,6 @@ async fn serve(a: ServeArgs) -> Result<()> {
         },
     );
     let state = Arc::new(AppState::new(storage.clone(), Arc::new(engine), config, access));
-    let listener = tokio::net::TcpListener::bind(&a.listen)
-        .await
-        .with_context(|| format!("listening on {}", a.listen))?;
-    let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %storage.config().data_dir.display(), "sonde listening");
     // Tests and scripts read these lines to find ports chosen with :0.
     println!("sonde listening on http://{addr}");
@@ -755,32 +805,31 @@ async fn serve(a: ServeArgs) -> Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    // Where the cluster's other nodes reach an ingest node, written again every heartbeat.
+    // Where the cluster's other nodes reach this node, written again every heartbeat.
     let mut heartbeat = None;
-    if matches!(a.role, RoleArg::Ingest) {
-        let url = a.advertise_url.clone().unwrap_or_else(|| {
-            if addr.ip().is_unspecified() {
-                format!("http://{}:{}", storage.config().node_name, addr.port())
-            } else {
-                format!("http://{addr}")
-            }
-        });
+    if !matches!(a.role, RoleArg::All) {
         heartbeat = storage
             .clone()
-            .announce(url.trim_end_matches('/').to_string(), stopped())
+            .announce(
+                advertised.trim_end_matches('/').to_string(),
+                worker_url.clone(),
+                stopped(),
+            )
             .await
             .context("writing this node's member file to the bucket")?;
     }
-    let grpc = if let Some(grpc_listen) = a.grpc_listen.address() {
-        let l = tokio::net::TcpListener::bind(grpc_listen)
-            .await
-            .with_context(|| format!("listening for OTLP/gRPC on {grpc_listen}"))?;
+    let workers = state
+        .engine
+        .peers()
+        .map(|peers| tokio::spawn(sonde_server::workers::follow(state.clone(), peers, stopped())));
+    let grpc = if let Some(l) = grpc_listener {
         let grpc_addr = l.local_addr()?;
-        tracing::info!(addr = %grpc_addr, "otlp/grpc listening");
+        tracing::info!(addr = %grpc_addr, workers = worker_url.is_some(), "otlp/grpc listening");
         println!("sonde otlp/grpc listening on http://{grpc_addr}");
         Some(tokio::spawn(sonde_server::otlp::serve_grpc(
             l,
             state.clone(),
+            state.engine.worker_routes(),
             stopped(),
         )))
     } else {
@@ -833,6 +882,9 @@ async fn serve(a: ServeArgs) -> Result<()> {
     }
     if let Some(h) = heartbeat {
         h.await.context("member file heartbeat")?;
+    }
+    if let Some(w) = workers {
+        w.await.context("following the query nodes' workers")?;
     }
     tracing::info!("shutting down: flushing write buffers");
     storage.shutdown().await.context("flushing at shutdown")?;

@@ -23,7 +23,7 @@
 use crate::bubbleup::{self, BubbleUpRequest};
 use crate::chunk_cache::ChunkCache;
 use crate::json;
-use crate::memory::{self, BudgetExceeded, BudgetedPool, MemoryBudget, RequestBudget};
+use crate::memory::{self, BudgetExceeded, MemoryBudget, RequestBudget};
 use crate::partials::{PartialsCache, PartialsStats};
 use crate::spec::{self, CalcOp, FilterOp, Literal, OrderKey, Plan, QuerySpec};
 use crate::table::{DatasetTable, STORE_URL, ScanStats};
@@ -33,7 +33,6 @@ use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
-use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::functions::core::expr_fn::get_field;
@@ -324,6 +323,8 @@ pub struct QueryEngine {
     /// Per-segment partial aggregates of earlier breakdowns.
     partials: PartialsCache,
     config: EngineConfig,
+    /// This node's part in distributed SQL, on a query node of a cluster.
+    cluster: Option<crate::distributed::Cluster>,
 }
 
 const SR: &str = SAMPLE_RATE_COLUMN;
@@ -351,7 +352,38 @@ impl QueryEngine {
             budget: MemoryBudget::new(config.memory_budget),
             partials: PartialsCache::new(config.partials_cache_bytes),
             config,
+            cluster: None,
         })
+    }
+
+    /// Makes this engine a worker and coordinator of distributed SQL (a query node of a
+    /// cluster): [`Self::worker_routes`] must then be served where `config.self_url` points,
+    /// and [`Self::peers`] kept up to date.
+    pub fn with_cluster(mut self, config: crate::distributed::ClusterConfig) -> Result<QueryEngine> {
+        let cluster = crate::distributed::Cluster::new(
+            config,
+            self.shared.clone(),
+            self.config.memory_limit,
+            self.budget.clone(),
+        )
+        .map_err(internal)?;
+        self.cluster = Some(cluster);
+        Ok(self)
+    }
+
+    /// The workers distributed SQL may use, when this engine is part of a cluster.
+    pub fn peers(&self) -> Option<crate::distributed::Peers> {
+        self.cluster.as_ref().map(|c| c.peers.clone())
+    }
+
+    /// Where the other query nodes reach this node's worker, when this engine is part of a cluster.
+    pub fn worker_url(&self) -> Option<url::Url> {
+        self.cluster.as_ref().map(|c| c.config.self_url.clone())
+    }
+
+    /// The gRPC service other query nodes send tasks to, when this engine is part of a cluster.
+    pub fn worker_routes(&self) -> Option<tonic::service::Routes> {
+        self.cluster.as_ref().map(|c| c.routes())
     }
 
     /// The column-chunk cache's hits, misses and bytes held, when it is enabled.
@@ -395,25 +427,23 @@ impl QueryEngine {
     /// Decoding with a row filter pays when it keeps few rows (the other columns are then
     /// decoded only where it held) and costs when it keeps most, as `!=` usually does.
     fn session_with_pushdown(&self, pushdown: bool) -> Result<SessionContext> {
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(BudgetedPool::new(
-                self.config.memory_limit,
-                self.budget.clone(),
-            )))
-            // No spilling: a query over its cap fails with a clear error instead of filling the
-            // disk the WAL and segments live on.
-            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
-            .with_object_store_registry(self.shared.object_store_registry.clone())
-            .build_arc()
-            .map_err(internal)?;
+        let ctx = SessionContext::new_with_config_rt(self.session_config(pushdown), self.runtime()?);
+        ctx.register_udaf(weighted_percentile());
+        ctx.register_udaf(weighted_percentiles());
+        Ok(ctx)
+    }
+
+    /// A query's runtime: its own memory pool (the per-query cap), the shared stores and caches.
+    fn runtime(&self) -> Result<Arc<RuntimeEnv>> {
+        crate::distributed::query_runtime(&self.shared, self.config.memory_limit, &self.budget).map_err(internal)
+    }
+
+    fn session_config(&self, pushdown: bool) -> SessionConfig {
         let mut config = SessionConfig::new().with_target_partitions(self.config.target_partitions.max(1));
         let opts = config.options_mut();
         opts.execution.parquet.pushdown_filters = pushdown;
         opts.execution.parquet.reorder_filters = true;
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
-        ctx.register_udaf(weighted_percentile());
-        ctx.register_udaf(weighted_percentiles());
-        Ok(ctx)
+        config
     }
 
     fn table(&self, dataset: &DatasetName) -> Result<Arc<DatasetTable>> {

@@ -1,6 +1,8 @@
 //! SQL over the datasets a caller may read, read-only, answered as JSON, CSV or Arrow IPC.
 
 use super::*;
+use crate::distributed::{self, Cluster, Distribution};
+use datafusion::logical_expr::LogicalPlan;
 
 impl QueryEngine {
     /// Runs read-only SQL over the datasets `visible` admits (each is a table named after it,
@@ -16,7 +18,7 @@ impl QueryEngine {
         budget: &RequestBudget,
     ) -> Result<Vec<u8>> {
         let started = Instant::now();
-        let (schema, batches) = self.sql_batches(sql, visible, defs, budget).await?;
+        let (schema, batches, distributed) = self.sql_batches(sql, visible, defs, budget).await?;
         match format {
             SqlFormat::Json => {
                 #[derive(Serialize)]
@@ -46,6 +48,7 @@ impl QueryEngine {
                     meta: json!({
                         "rows": batches.iter().map(|b| b.num_rows()).sum::<usize>(),
                         "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+                        "distributed": distributed,
                     }),
                 };
                 json::to_bytes(&answer, budget)
@@ -75,14 +78,18 @@ impl QueryEngine {
         }
     }
 
+    /// The answer's schema and rows, and what it used of the cluster (on a query node).
     async fn sql_batches(
         &self,
         sql: &str,
         visible: &(dyn Fn(&str) -> bool + Sync),
         defs: &Definitions,
         budget: &RequestBudget,
-    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    ) -> Result<(SchemaRef, Vec<RecordBatch>, Option<Distribution>)> {
         let ctx = self.session()?;
+        // Datasets with derived columns are views computing them; see `distributed` for why
+        // a query reading one runs on this node only.
+        let mut views = std::collections::HashSet::new();
         for info in self.source.datasets().into_iter().filter(|i| visible(i.name.as_str())) {
             let table = self.table(&info.name)?;
             let name = datafusion::common::TableReference::bare(info.name.as_str());
@@ -93,7 +100,8 @@ impl QueryEngine {
             } else {
                 // A view: the table's columns, then each derived column computed in the scan.
                 let view = self.frame(&ctx, &table, &columns, false)?.into_view();
-                ctx.register_table(name, view).map_err(internal)?;
+                ctx.register_table(name.clone(), view).map_err(internal)?;
+                views.insert(name);
             }
         }
         let opts = SQLOptions::new()
@@ -108,7 +116,77 @@ impl QueryEngine {
                 other => other,
             })?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let mut retried = None;
+        if let Some(cluster) = &self.cluster
+            && !reads_any(df.logical_plan(), &views)
+        {
+            match self.sql_distributed(cluster, df.logical_plan(), budget).await {
+                Ok((batches, used)) => return Ok((schema, batches, Some(used))),
+                // A worker that died, cannot be reached or refused: asked once more, on this
+                // node alone (a dead node's member file lasts until --lease runs out, so the
+                // next queries may try it again and come back here).
+                Err(QueryError::Internal(e)) => {
+                    tracing::warn!(error = %e, "a distributed SQL query failed; running it again on this node alone");
+                    retried = Some(Distribution {
+                        workers: 1,
+                        stages: 1,
+                        tasks: 1,
+                        retried_alone: Some(e),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let batches = self.collect(budget, df, "the SQL result's rows").await?;
-        Ok((schema, batches))
+        Ok((schema, batches, retried))
     }
+
+    /// Plans and runs `logical` across the cluster's workers; `EXPLAIN` answers the
+    /// distributed plan (DataFusion's own EXPLAIN does not go through the distributed planner).
+    async fn sql_distributed(
+        &self,
+        cluster: &Cluster,
+        logical: &LogicalPlan,
+        budget: &RequestBudget,
+    ) -> Result<(Vec<RecordBatch>, Distribution)> {
+        let (state, recorder) = cluster
+            .session(self.session_config(true), self.runtime()?)
+            .map_err(internal)?;
+        if let LogicalPlan::Explain(e) = logical {
+            let plan = self.timed(budget, state.create_physical_plan(&e.plan)).await?;
+            let used = recorder.distribution(&plan, &cluster.config.self_url);
+            let text = |rows: [&str; 2]| Arc::new(arrow::array::StringArray::from(rows.to_vec()));
+            let logical_text = e.plan.display_indent().to_string();
+            let batch = RecordBatch::try_new(
+                Arc::new(e.schema.as_arrow().clone()),
+                vec![
+                    text(["logical_plan", "distributed_plan"]),
+                    text([logical_text.as_str(), distributed::explain(&plan).as_str()]),
+                ],
+            )
+            .map_err(internal)?;
+            return Ok((vec![batch], used));
+        }
+        let plan = self.timed(budget, state.create_physical_plan(logical)).await?;
+        let task = Arc::new(datafusion::execution::TaskContext::from(&state));
+        let batches = self
+            .collect_plan(budget, plan.clone(), task, "the SQL result's rows")
+            .await?;
+        Ok((batches, recorder.distribution(&plan, &cluster.config.self_url)))
+    }
+}
+
+/// Whether `plan` scans one of `tables`, in a subquery too.
+fn reads_any(plan: &LogicalPlan, tables: &std::collections::HashSet<datafusion::common::TableReference>) -> bool {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    let mut found = false;
+    let walked = plan.apply_with_subqueries(|p| {
+        found |= matches!(p, LogicalPlan::TableScan(t) if tables.contains(&t.table_name));
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    found || walked.is_err()
 }

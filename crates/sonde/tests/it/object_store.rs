@@ -954,3 +954,199 @@ async fn otlp_spans_for_datasets_of_two_ingest_nodes_are_taken_by_any_node() {
         assert_eq!(seen, want, "{dataset}");
     }
 }
+
+/// COUNT(*), SUM, MAX of duration_ms and the weighted P99 by service, by SQL on `server`, with
+/// the answer's `meta.distributed`.
+async fn sql_by_service(
+    client: &reqwest::Client,
+    server: &Server,
+) -> (BTreeMap<String, (i64, f64, f64, f64)>, serde_json::Value) {
+    let sql = r#"SELECT "service.name" AS svc, COUNT(*) AS n, SUM(duration_ms) AS total, MAX(duration_ms) AS top,
+                 weighted_percentile(duration_ms, samplerate, 0.99) AS p99
+                 FROM sqlobjs GROUP BY 1 ORDER BY 1"#;
+    let (status, r) = send_json(client.post(server.at("/api/sql")).json(&json!({"sql": sql}))).await;
+    assert_eq!(status, 200, "{r}");
+    let rows = r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row["svc"].as_str().unwrap().to_string(),
+                (
+                    row["n"].as_i64().unwrap(),
+                    row["total"].as_f64().unwrap(),
+                    row["top"].as_f64().unwrap(),
+                    row["p99"].as_f64().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    (rows, r["meta"]["distributed"].clone())
+}
+
+/// Issue 19, distributed SQL: three query nodes are datafusion-distributed workers over one
+/// bucket, each splitting a SQL scan of many segments (`--distributed-bytes-per-partition 1`)
+/// into tasks over all of them. The answer (with Sonde's weighted percentile, which each worker
+/// must know) equals a brute-force computation, `meta` says how many workers and tasks ran it,
+/// and `EXPLAIN` shows the stages. A SIGKILLed worker costs the next query one retry on the
+/// asking node alone (shown in `meta`), then drops out; a node with the wrong `--cluster-key` is
+/// refused by the others, and its own tasks are refused by them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_is_spread_over_the_query_nodes_and_answers_as_one_node() {
+    let moto = start_moto().await;
+    let env = moto.env();
+    let storage = format!("s3://{BUCKET}/dist");
+    let tuning = [
+        "--flush-rows",
+        "400",
+        "--flush-age",
+        "10m",
+        "--compaction-target-rows",
+        "0",
+        "--catalog-refresh",
+        "200ms",
+        "--lease",
+        "3s",
+        "--distributed-bytes-per-partition",
+        "1",
+        "--cluster-key",
+        "k-1",
+    ];
+    let node = |role, name| node_flags(&storage, role, name, &tuning);
+    let dirs: Vec<tempfile::TempDir> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ingest = Server::start_with_env(dirs[0].path(), &node("ingest", "ing"), &env).await;
+    let mut queries = vec![
+        Server::start_with_env(dirs[1].path(), &node("query", "q-1"), &env).await,
+        Server::start_with_env(dirs[2].path(), &node("query", "q-2"), &env).await,
+        Server::start_with_env(dirs[3].path(), &node("query", "q-3"), &env).await,
+    ];
+    let client = reqwest::Client::new();
+    let events = generate(19, 4150);
+    // 4,000 flushed into segments, 150 left in the ingest node's write buffer, which the query
+    // nodes copy and send inside the plan.
+    for chunk in events[..4000].chunks(500) {
+        let (status, r) = send_json(post_ndjson(&client, &ingest, "sqlobjs", chunk)).await;
+        assert_eq!(status, 200, "{r}");
+    }
+    for _ in 0..300 {
+        let (_, stats) = send_json(client.get(ingest.at("/api/datasets/sqlobjs/stats"))).await;
+        if stats["buffered_rows"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, r) = send_json(post_ndjson(&client, &ingest, "sqlobjs", &events[4000..])).await;
+    assert_eq!(status, 200, "{r}");
+    // Brute force: rows, sum and max of duration_ms, and the weighted P99, by service.
+    let brute = |events: &[GenEvent]| -> BTreeMap<String, (i64, f64, f64, f64)> {
+        let mut by: BTreeMap<String, Vec<&GenEvent>> = BTreeMap::new();
+        for e in events {
+            by.entry(e.data["service.name"].as_str().unwrap().to_string())
+                .or_default()
+                .push(e);
+        }
+        let p99 = brute_force(events);
+        by.into_iter()
+            .map(|(svc, es)| {
+                let d = |e: &GenEvent| e.data["duration_ms"].as_f64().unwrap();
+                let total = es.iter().map(|e| d(e)).sum();
+                let top = es.iter().map(|e| d(e)).fold(f64::MIN, f64::max);
+                let p = p99[&svc].1;
+                (svc, (es.len() as i64, total, top, p))
+            })
+            .collect()
+    };
+    let want = brute(&events);
+    let same = |got: &BTreeMap<String, (i64, f64, f64, f64)>| {
+        got.len() == want.len()
+            && got.iter().zip(&want).all(|((gs, g), (ws, w))| {
+                let near = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+                gs == ws && g.0 == w.0 && near(g.1, w.1) && g.2 == w.2 && g.3 == w.3
+            })
+    };
+    // Every event counted once, and every worker known to q-1.
+    let mut last = (BTreeMap::new(), serde_json::Value::Null);
+    for _ in 0..300 {
+        last = sql_by_service(&client, &queries[0]).await;
+        if same(&last.0) && last.1["workers"] == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(same(&last.0), "q-1 answered {:?}, want {want:?}", last.0);
+    let (_, stats) = send_json(client.get(ingest.at("/api/datasets/sqlobjs/stats"))).await;
+    assert_eq!(stats["buffered_rows"], 150, "some rows are fresh: {stats}");
+    assert_eq!(last.1["workers"], 3, "{}", last.1);
+    assert!(last.1["tasks"].as_u64().unwrap() >= 3, "{}", last.1);
+    assert!(last.1["stages"].as_u64().unwrap() >= 2, "{}", last.1);
+    // Every query node coordinates too.
+    for q in &queries[1..] {
+        let (got, meta) = sql_by_service(&client, q).await;
+        assert!(same(&got), "{} answered {got:?}", q.url);
+        assert!(meta["workers"].as_u64().unwrap() >= 2, "{}: {meta}", q.url);
+    }
+    // EXPLAIN shows the distributed plan, stage by stage.
+    let (status, r) = send_json(
+        client
+            .post(queries[0].at("/api/sql"))
+            .json(&json!({"sql": "EXPLAIN SELECT \"service.name\", COUNT(*) FROM sqlobjs GROUP BY 1"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let plan = r["rows"][1]["plan"].as_str().unwrap_or_default();
+    assert_eq!(r["rows"][1]["plan_type"], "distributed_plan", "{r}");
+    assert!(plan.contains("DistributedExec") && plan.contains("Stage 1"), "{plan}");
+    eprintln!("distributed SQL on 3 query nodes: {}\n{plan}", last.1);
+
+    // A worker SIGKILLed: the next query is retried on q-1 alone and answers in full.
+    queries[2].kill();
+    let (got, meta) = sql_by_service(&client, &queries[0]).await;
+    assert!(same(&got), "after the kill: {got:?}");
+    assert!(
+        meta["retried_alone"].as_str().is_some(),
+        "the query that met the dead worker is retried: {meta}"
+    );
+    eprintln!("after a SIGKILL of q-3: {meta}");
+    // Its member file ages past --lease and it drops out.
+    let mut meta = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (got, m) = sql_by_service(&client, &queries[0]).await;
+        assert!(same(&got), "while q-3 is dropping out: {got:?}");
+        meta = m;
+        if meta["workers"] == 2 && meta.get("retried_alone").is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(meta["workers"], 2, "{meta}");
+
+    // A node with another key: the others refuse its tasks, and it refuses theirs.
+    let mut wrong: Vec<&str> = node("query", "q-4");
+    let at = wrong.iter().position(|f| *f == "k-1").unwrap();
+    wrong[at] = "k-other";
+    queries.push(Server::start_with_env(dirs[4].path(), &wrong, &env).await);
+    // (Once it has read the catalog and copied the fresh rows.)
+    for _ in 0..300 {
+        if same(&sql_by_service(&client, &queries[3]).await.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut refused = (false, false);
+    for _ in 0..100 {
+        let (got, meta) = sql_by_service(&client, &queries[3]).await;
+        let (got_1, meta_1) = sql_by_service(&client, &queries[0]).await;
+        assert!(same(&got) && same(&got_1), "{got:?} {got_1:?}");
+        let says_key = |m: &serde_json::Value| m["retried_alone"].as_str().is_some_and(|e| e.contains("cluster"));
+        refused.0 |= says_key(&meta);
+        refused.1 |= says_key(&meta_1);
+        if refused.0 && refused.1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(refused, (true, true), "both ways refused for the key");
+    let (_, meta) = sql_by_service(&client, &queries[3]).await;
+    eprintln!("q-4, with another key: {meta}");
+}
