@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""Distributed SQL on 1, 2 and 4 query nodes of a cluster, against one query node alone.
+
+One ingest node over moto takes `--events` generated events (`sonde gen`, an hour) and flushes
+them into segments in the bucket. Then, for each cluster size W in --workers, W query nodes are
+started over the same bucket (each a datafusion-distributed worker; the first coordinates), and
+the SQL questions below are asked of the first until `meta.distributed.workers` is W; the
+baseline is one query node with `--grpc-listen off`, which runs every query alone. Each node has a
+chunk cache large enough for every segment, so hot runs read memory, not moto: the figures are
+the cost of planning, shipping and merging tasks, not of the object store.
+
+Every answer is checked equal to the baseline's (row for row) before timing. Then --repeats
+interleaved hot runs per question and configuration; medians, and the ratio to the baseline
+(above 1: slower than one node). This machine has two cores, so 2 and 4 workers share them: the
+point is that it works and what it adds per query, not a speed-up.
+
+    python3 benches/distributed.py --sonde $CARGO_TARGET_DIR/release/sonde --events 1000000
+
+Needs moto (`make clients-venv`). Writes benches/results/distributed.json.
+"""
+import argparse, json, os, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.error, urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATASET = "bench"
+QUESTIONS = {
+    "count by service": 'SELECT "service.name", COUNT(*) AS n FROM bench GROUP BY 1 ORDER BY 1',
+    "P99 by service": 'SELECT "service.name", weighted_percentile(duration_ms, samplerate, 0.99) AS p99 '
+                      'FROM bench GROUP BY 1 ORDER BY 1',
+    "errors by route, top 10": 'SELECT "http.route", COUNT(*) AS n FROM bench WHERE error GROUP BY 1 '
+                               'ORDER BY n DESC, 1 LIMIT 10',
+    "avg by service and status": 'SELECT "service.name", "http.status_code", AVG(duration_ms) AS avg, COUNT(*) AS n '
+                                 'FROM bench GROUP BY 1, 2 ORDER BY 1, 2',
+    "distinct users": 'SELECT COUNT(DISTINCT "user.id") AS users FROM bench',
+}
+
+
+def call(url, body=None, timeout=600):
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read() or b"null")
+
+
+class Node:
+    """A Sonde process on loopback ports over its own data directory."""
+
+    def __init__(self, binary, env, *flags, grpc=True):
+        self.dir = tempfile.mkdtemp(prefix="sonde-distributed-bench-")
+        self.proc = subprocess.Popen(
+            [binary, "serve", "--data-dir", self.dir, "--listen", "127.0.0.1:0",
+             "--grpc-listen", "127.0.0.1:0" if grpc else "off", *flags],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "SONDE_LOG": "warn", **env})
+        self.url = self.proc.stdout.readline().strip().removeprefix("sonde listening on ")
+        if not self.url.startswith("http://"):
+            raise SystemExit(f"sonde did not start: {self.url!r}")
+
+    def peak_rss_mib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+        return None
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=600)
+
+
+def same(a, b):
+    """Row for row, floats to 1e-9 (a sum's order differs between plans)."""
+    def eq(x, y):
+        if isinstance(x, float) or isinstance(y, float):
+            return isinstance(x, (int, float)) and isinstance(y, (int, float)) and abs(x - y) <= 1e-9 * max(abs(y), 1.0)
+        return x == y
+    return len(a) == len(b) and all(ra.keys() == rb.keys() and all(eq(ra[k], rb[k]) for k in ra) for ra, rb in zip(a, b))
+
+
+def sql(node, q):
+    s = time.perf_counter()
+    r = call(node.url + "/api/sql", {"sql": q})
+    return r, (time.perf_counter() - s) * 1000
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sonde", default=os.environ.get("SONDE_BIN", os.path.expanduser("~/.cache/sonde-target/release/sonde")))
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--bytes-per-partition", type=int, default=1 << 20,
+                    help="the query nodes' --distributed-bytes-per-partition (small, so every size splits)")
+    ap.add_argument("--moto", default=os.path.expanduser("~/.cache/sonde-clients-venv/bin/moto_server"))
+    args = ap.parse_args()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    moto = subprocess.Popen([args.moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_REGION": "us-east-1"}
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(urllib.request.Request(f"{env['AWS_ENDPOINT_URL']}/bench", method="PUT"), timeout=1)
+            break
+        except OSError:
+            time.sleep(0.05)
+    common = ["--storage", "s3://bench/cluster", "--catalog-refresh", "500ms", "--lease", "3s",
+              "--chunk-cache-bytes", str(1 << 30), "--cluster-key", "bench-cluster"]
+    live = []
+    try:
+        ingest = Node(args.sonde, env, *common, "--role", "ingest", "--node-name", "ing", "--flush-age", "1s")
+        live.append(ingest)
+        s = time.perf_counter()
+        subprocess.run([args.sonde, "gen", str(args.events), "--seed", "19", "--post", ingest.url, "--dataset", DATASET],
+                       check=True, stdout=subprocess.DEVNULL)
+        while call(ingest.url + f"/api/datasets/{DATASET}/stats")["buffered_rows"] != 0:
+            time.sleep(0.5)
+        stats = call(ingest.url + f"/api/datasets/{DATASET}/stats")
+        print(f"{args.events:,} events in {stats['segments']} segments ({stats['bytes_on_disk'] / 1e6:.0f} MB) "
+              f"in {time.perf_counter() - s:.0f} s", file=sys.stderr)
+
+        def wait_for(node, workers):
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    r, _ = sql(node, QUESTIONS["count by service"])
+                    n = sum(row["n"] for row in r["rows"])
+                    used = (r["meta"].get("distributed") or {}).get("workers", 1)
+                    if n == args.events and used == workers:
+                        return
+                except urllib.error.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{node.url} did not reach {workers} workers with every event")
+                time.sleep(0.3)
+
+        configs = {}
+        baseline = Node(args.sonde, env, *common, "--role", "query", "--node-name", "alone", grpc=False)
+        live.append(baseline)
+        wait_for(baseline, 1)
+        configs["alone"] = [baseline]
+        answers = {name: sql(baseline, q)[0]["rows"] for name, q in QUESTIONS.items()}
+        report = {"events": args.events, "segments": stats["segments"], "bytes_on_disk": stats["bytes_on_disk"],
+                  "binary": args.sonde, "repeats": args.repeats, "configs": {}}
+        for w in [int(x) for x in args.workers.split(",")]:
+            nodes = [Node(args.sonde, env, *common, "--role", "query", "--node-name", f"w{w}-{i}",
+                          "--distributed-bytes-per-partition", str(args.bytes_per_partition)) for i in range(w)]
+            live.extend(nodes)
+            wait_for(nodes[0], w)
+            configs[f"{w} workers"] = nodes
+            for name, q in QUESTIONS.items():
+                r, _ = sql(nodes[0], q)
+                if not same(r["rows"], answers[name]):
+                    print(f"MISMATCH {name} on {w} workers: {r['rows'][:5]} vs {answers[name][:5]}", file=sys.stderr)
+                    report.setdefault("mismatches", []).append(f"{name} on {w} workers")
+            # Timed now, interleaved with the baseline, then stopped: the next size starts clean.
+            for cfg in ("alone", f"{w} workers"):
+                coordinator = configs[cfg][0]
+                times, meta = {}, {}
+                for name in QUESTIONS:
+                    times[name] = []
+                for _ in range(args.repeats):
+                    for name, q in QUESTIONS.items():
+                        r, ms = sql(coordinator, q)
+                        times[name].append(ms)
+                        meta[name] = r["meta"].get("distributed")
+                entry = report["configs"].setdefault(cfg, {"median_ms": {}, "distributed": {}})
+                # The baseline is timed beside each size; its figure is the median over all of them.
+                for name in QUESTIONS:
+                    entry.setdefault("all_ms", {}).setdefault(name, []).extend(times[name])
+                    entry["median_ms"][name] = round(statistics.median(entry["all_ms"][name]), 2)
+                    entry["distributed"][name] = meta[name]
+                entry["peak_rss_mib"] = [n.peak_rss_mib() for n in configs[cfg]]
+            for n in nodes:
+                n.stop()
+                live.remove(n)
+        alone = report["configs"]["alone"]["median_ms"]
+        for cfg, entry in report["configs"].items():
+            entry.pop("all_ms", None)
+            entry["ratio_to_alone"] = {k: round(v / alone[k], 2) for k, v in entry["median_ms"].items()}
+            entry["overhead_ms"] = {k: round(v - alone[k], 1) for k, v in entry["median_ms"].items()}
+        os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+        with open(os.path.join(HERE, "results", "distributed.json"), "w") as f:
+            json.dump(report, f, indent=2)
+        print(json.dumps(report, indent=2))
+        sys.exit(1 if report.get("mismatches") else 0)
+    finally:
+        for n in live:
+            try:
+                n.stop()
+            except Exception:
+                n.proc.kill()
+        moto.terminate()
+        moto.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
