@@ -10,9 +10,9 @@
 //! What stays on the node that was asked, and why:
 //! - Query specs, BubbleUp and traces: their answers are built from several small queries
 //!   whose latency a network hop would dominate, and they use the per-segment partials cache.
-//! - SQL over a dataset with derived columns: a derived column is a function whose name
-//!   carries its parameters, and datafusion-distributed sends functions by name only, so a
-//!   worker could not rebuild it.
+//! - SQL over a derived column computed by one of Sonde's own kernels (`REG_VALUE`,
+//!   `FORMAT_TIME`, …): such a function's name carries its parameters, and datafusion-distributed
+//!   sends functions by name only, so a worker could not rebuild it ([`portable`]).
 //!
 //! Each worker checks `--cluster-key` on every request (plans can read every dataset), and
 //! each task runs under the worker's own per-query memory cap inside its process budget, with
@@ -22,16 +22,19 @@ use crate::memory::{BudgetedPool, MemoryBudget};
 use crate::udaf::{weighted_percentile, weighted_percentiles};
 use async_trait::async_trait;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::DataFusionError;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{FunctionRegistry, SessionState, SessionStateBuilder};
+use datafusion::logical_expr::{Expr, LogicalPlan, WindowFunctionDefinition};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 use datafusion_distributed::grpc::DefaultChannelResolver;
 use datafusion_distributed::{
-    ChannelResolver, DistributedExt, NetworkBoundaryExt, SessionStateBuilderExt, Worker, WorkerChannel,
-    WorkerQueryContext, WorkerResolver,
+    ChannelResolver, DistributedExt, DistributedLeafExec, NetworkBoundaryExt, RouteTasksEvent, RouteTasksEventResponse,
+    RouteTasksHandler, SessionStateBuilderExt, Worker, WorkerChannel, WorkerQueryContext, WorkerResolver,
 };
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, RwLock};
@@ -236,12 +239,80 @@ impl Cluster {
             .with_distributed_channel_resolver(recorder.clone())
             .with_distributed_local_worker_context(self.worker.to_local_worker_context(self.config.self_url.clone()))
             .with_distributed_file_scan_config_bytes_per_partition(self.config.bytes_per_partition.max(1))?
+            .with_distributed_route_tasks_handler(route_by_segment(self.peers.clone()))
             .with_distributed_passthrough_headers(key_headers(&self.config.key)?)?
             .with_distributed_planner()
             .build();
         register_functions(&mut state)?;
         Ok((state, recorder))
     }
+}
+
+/// Routes each task of a segment scan to the same worker every time (rendezvous hashing of its
+/// files over the live workers), so that worker's chunk and footer caches hold them when the
+/// next query reads the same segments; stages without a file scan keep the default routing.
+/// Tasks go to distinct workers while there are enough, each to the first free one in its own
+/// order of preference.
+fn route_by_segment(peers: Peers) -> impl RouteTasksHandler {
+    move |ev: RouteTasksEvent| -> Option<Result<RouteTasksEventResponse, DataFusionError>> {
+        let mut keys: Option<Vec<String>> = None;
+        let _ = ev.plan.apply(|p| {
+            if let Some(leaf) = p.downcast_ref::<DistributedLeafExec>() {
+                keys = Some(leaf.variants().iter().map(task_files).collect());
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        let keys = keys.filter(|k| k.len() == ev.task_count && k.iter().all(|k| !k.is_empty()))?;
+        let urls = peers.get();
+        if urls.is_empty() {
+            return None;
+        }
+        Some(Ok(RouteTasksEventResponse::new(assign(&keys, &urls))))
+    }
+}
+
+/// A worker for each task named by `keys`: its first free worker in rendezvous order (or its
+/// first, once every worker has a task), so the same tasks over the same workers land alike, and
+/// a worker joining or leaving moves only the tasks it wins or held.
+fn assign(keys: &[String], urls: &[Url]) -> Vec<Url> {
+    let mut taken = vec![false; urls.len()];
+    keys.iter()
+        .map(|key| {
+            let mut order: Vec<usize> = (0..urls.len()).collect();
+            order.sort_by_key(|&i| std::cmp::Reverse(rendezvous(key, urls[i].as_str())));
+            let pick = order.iter().copied().find(|&i| !taken[i]).unwrap_or(order[0]);
+            taken[pick] = true;
+            urls[pick].clone()
+        })
+        .collect()
+}
+
+/// A task's files and byte ranges, which name it across queries (its projection and filters
+/// vary; the split of the files does not).
+fn task_files(task: &Arc<dyn ExecutionPlan>) -> String {
+    let mut key = String::new();
+    let _ = task.apply(|p| {
+        if let Some(scan) = p.downcast_ref::<DataSourceExec>()
+            && let Some(files) = scan.data_source().downcast_ref::<FileScanConfig>()
+        {
+            for f in files.file_groups.iter().flat_map(|g| g.files()) {
+                let range = f.range.as_ref().map(|r| (r.start, r.end)).unwrap_or((0, 0));
+                key.push_str(&format!("{}:{}..{};", f.object_meta.location, range.0, range.1));
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    key
+}
+
+/// The weight of `worker` for `key` (the highest wins).
+fn rendezvous(key: &str, worker: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // A fixed-key hasher: every coordinator must rank workers alike.
+    let mut h = std::hash::DefaultHasher::new();
+    (key, worker).hash(&mut h);
+    h.finish()
 }
 
 /// Passes connections through to the shared resolver, noting which workers a query reached.
@@ -282,7 +353,92 @@ impl Recorder {
     }
 }
 
+/// Whether every function `plan` calls (in subqueries too) is one a worker finds by its name
+/// in `state`'s registry, as datafusion-distributed sends functions by name only. Sonde's
+/// derived-column kernels are not registered (each carries its parameters in its name), so SQL
+/// over a derived column that uses one (`REG_VALUE`, `FORMAT_TIME`, …) runs on the node asked.
+pub(crate) fn portable(plan: &LogicalPlan, state: &SessionState) -> bool {
+    let mut known = true;
+    let _ = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                known &= match e {
+                    Expr::ScalarFunction(f) => state.scalar_functions().contains_key(f.func.name()),
+                    Expr::AggregateFunction(f) => state.aggregate_functions().contains_key(f.func.name()),
+                    Expr::WindowFunction(w) => match &w.fun {
+                        WindowFunctionDefinition::AggregateUDF(f) => state.aggregate_functions().contains_key(f.name()),
+                        WindowFunctionDefinition::WindowUDF(f) => state.window_functions().contains_key(f.name()),
+                    },
+                    _ => true,
+                };
+                Ok(if known {
+                    TreeNodeRecursion::Continue
+                } else {
+                    TreeNodeRecursion::Stop
+                })
+            })
+        })?;
+        Ok(if known {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    });
+    known
+}
+
 /// The distributed plan as text, each stage with its tasks (what `EXPLAIN` answers).
 pub(crate) fn explain(plan: &Arc<dyn ExecutionPlan>) -> String {
     datafusion_distributed::display_plan_ascii(plan.as_ref(), false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn urls(n: usize) -> Vec<Url> {
+        (0..n)
+            .map(|i| Url::parse(&format!("http://10.0.0.{i}:4317")).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn tasks_go_to_the_same_distinct_workers_every_time() {
+        let keys: Vec<String> = (0..3).map(|i| format!("datasets/d/seg-{i}.parquet:0..100;")).collect();
+        let four = urls(4);
+        let first = assign(&keys, &four);
+        assert_eq!(first, assign(&keys, &four), "the same answer every time");
+        let mut distinct = first.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 3, "three tasks, three workers: {first:?}");
+        // The worker list in another order (another coordinator's view) changes nothing.
+        let mut shuffled = four.clone();
+        shuffled.reverse();
+        assert_eq!(first, assign(&keys, &shuffled));
+        // More tasks than workers: every worker busy, none left out.
+        let many: Vec<String> = (0..9).map(|i| format!("k{i}")).collect();
+        let two = urls(2);
+        let got = assign(&many, &two);
+        assert!(two.iter().all(|u| got.contains(u)), "{got:?}");
+    }
+
+    #[test]
+    fn a_worker_leaving_moves_only_the_tasks_it_held() {
+        // One task at a time (no competition for free workers): pure rendezvous.
+        let five = urls(5);
+        let mut moved = 0;
+        for i in 0..200 {
+            let key = vec![format!("seg-{i}")];
+            let before = assign(&key, &five)[0].clone();
+            let without: Vec<Url> = five.iter().filter(|u| **u != five[4]).cloned().collect();
+            let after = assign(&key, &without)[0].clone();
+            if before != five[4] {
+                assert_eq!(before, after, "{key:?} moved though its worker stayed");
+            } else {
+                moved += 1;
+            }
+        }
+        assert!((20..=60).contains(&moved), "about a fifth held by the leaver: {moved}");
+    }
 }

@@ -87,9 +87,6 @@ impl QueryEngine {
         budget: &RequestBudget,
     ) -> Result<(SchemaRef, Vec<RecordBatch>, Option<Distribution>)> {
         let ctx = self.session()?;
-        // Datasets with derived columns are views computing them; see `distributed` for why
-        // a query reading one runs on this node only.
-        let mut views = std::collections::HashSet::new();
         for info in self.source.datasets().into_iter().filter(|i| visible(i.name.as_str())) {
             let table = self.table(&info.name)?;
             let name = datafusion::common::TableReference::bare(info.name.as_str());
@@ -100,8 +97,7 @@ impl QueryEngine {
             } else {
                 // A view: the table's columns, then each derived column computed in the scan.
                 let view = self.frame(&ctx, &table, &columns, false)?.into_view();
-                ctx.register_table(name.clone(), view).map_err(internal)?;
-                views.insert(name);
+                ctx.register_table(name, view).map_err(internal)?;
             }
         }
         let opts = SQLOptions::new()
@@ -117,11 +113,10 @@ impl QueryEngine {
             })?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let mut retried = None;
-        if let Some(cluster) = &self.cluster
-            && !reads_any(df.logical_plan(), &views)
-        {
+        if let Some(cluster) = &self.cluster {
             match self.sql_distributed(cluster, df.logical_plan(), budget).await {
-                Ok((batches, used)) => return Ok((schema, batches, Some(used))),
+                Ok(Some((batches, used))) => return Ok((schema, batches, Some(used))),
+                Ok(None) => {}
                 // A worker that died, cannot be reached or refused: asked once more, on this
                 // node alone (a dead node's member file lasts until --lease runs out, so the
                 // next queries may try it again and come back here).
@@ -143,15 +138,27 @@ impl QueryEngine {
 
     /// Plans and runs `logical` across the cluster's workers; `EXPLAIN` answers the
     /// distributed plan (DataFusion's own EXPLAIN does not go through the distributed planner).
+    /// `None` when the plan calls a function a worker would not know by its name (see
+    /// `distributed::portable`): it then runs on this node alone.
     async fn sql_distributed(
         &self,
         cluster: &Cluster,
         logical: &LogicalPlan,
         budget: &RequestBudget,
-    ) -> Result<(Vec<RecordBatch>, Distribution)> {
+    ) -> Result<Option<(Vec<RecordBatch>, Distribution)>> {
         let (state, recorder) = cluster
             .session(self.session_config(true), self.runtime()?)
             .map_err(internal)?;
+        // Optimized first, so that only the columns the query reads are computed (a view
+        // carries every derived column of its dataset).
+        let optimized = match logical {
+            LogicalPlan::Explain(e) => state.optimize(&e.plan),
+            plan => state.optimize(plan),
+        }
+        .map_err(|e| self.df_error(e))?;
+        if !distributed::portable(&optimized, &state) {
+            return Ok(None);
+        }
         if let LogicalPlan::Explain(e) = logical {
             let plan = self.timed(budget, state.create_physical_plan(&e.plan)).await?;
             let used = recorder.distribution(&plan, &cluster.config.self_url);
@@ -165,28 +172,13 @@ impl QueryEngine {
                 ],
             )
             .map_err(internal)?;
-            return Ok((vec![batch], used));
+            return Ok(Some((vec![batch], used)));
         }
         let plan = self.timed(budget, state.create_physical_plan(logical)).await?;
         let task = Arc::new(datafusion::execution::TaskContext::from(&state));
         let batches = self
             .collect_plan(budget, plan.clone(), task, "the SQL result's rows")
             .await?;
-        Ok((batches, recorder.distribution(&plan, &cluster.config.self_url)))
+        Ok(Some((batches, recorder.distribution(&plan, &cluster.config.self_url))))
     }
-}
-
-/// Whether `plan` scans one of `tables`, in a subquery too.
-fn reads_any(plan: &LogicalPlan, tables: &std::collections::HashSet<datafusion::common::TableReference>) -> bool {
-    use datafusion::common::tree_node::TreeNodeRecursion;
-    let mut found = false;
-    let walked = plan.apply_with_subqueries(|p| {
-        found |= matches!(p, LogicalPlan::TableScan(t) if tables.contains(&t.table_name));
-        Ok(if found {
-            TreeNodeRecursion::Stop
-        } else {
-            TreeNodeRecursion::Continue
-        })
-    });
-    found || walked.is_err()
 }

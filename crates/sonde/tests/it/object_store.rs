@@ -1099,28 +1099,30 @@ async fn sql_is_spread_over_the_query_nodes_and_answers_as_one_node() {
     assert!(plan.contains("DistributedExec") && plan.contains("Stage 1"), "{plan}");
     eprintln!("distributed SQL on 3 query nodes: {}\n{plan}", last.1);
 
-    // SQL over a dataset with derived columns runs on the node asked alone (a derived column
-    // cannot be sent to a worker by name) and answers the same.
-    let (status, r) = send_json(
-        client
-            .post(queries[0].at("/1/derived_columns/sqlobjs"))
-            .json(&json!({"alias": "slow", "expression": "GT($duration_ms, 1000)"})),
-    )
-    .await;
-    assert_eq!(status, 201, "{r}");
+    // Derived columns: one that is a plain expression is computed on the workers; one computed
+    // by a Sonde kernel (LOG10), which a worker cannot rebuild by name, runs on the node asked.
+    for (alias, expression) in [("slow", "GT($duration_ms, 1000)"), ("log_d", "LOG10($duration_ms)")] {
+        let (status, r) = send_json(
+            client
+                .post(queries[0].at("/1/derived_columns/sqlobjs"))
+                .json(&json!({"alias": alias, "expression": expression})),
+        )
+        .await;
+        assert_eq!(status, 201, "{r}");
+    }
     let slow = events
         .iter()
         .filter(|e| e.data["duration_ms"].as_f64().unwrap() > 1000.0)
         .count();
-    let (status, r) = send_json(
-        client
-            .post(queries[0].at("/api/sql"))
-            .json(&json!({"sql": "SELECT COUNT(*) AS n FROM sqlobjs WHERE slow"})),
-    )
-    .await;
-    assert_eq!(status, 200, "{r}");
-    assert_eq!(r["rows"][0]["n"], slow, "{r}");
-    assert!(r["meta"]["distributed"].is_null(), "{r}");
+    for (sql, distributed) in [
+        ("SELECT COUNT(*) AS n FROM sqlobjs WHERE slow", true),
+        ("SELECT COUNT(*) AS n FROM sqlobjs WHERE log_d > 3", false),
+    ] {
+        let (status, r) = send_json(client.post(queries[0].at("/api/sql")).json(&json!({ "sql": sql }))).await;
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r["rows"][0]["n"], slow, "{sql}: {r}");
+        assert_eq!(r["meta"]["distributed"]["workers"] == 3, distributed, "{sql}: {r}");
+    }
 
     // A worker SIGKILLed: the next query is retried on q-1 alone and answers in full.
     queries[2].kill();
