@@ -18,9 +18,11 @@ point is that it works and what it adds per query, not a speed-up.
 
 Needs moto (`make clients-venv`). Writes benches/results/distributed.json.
 """
-import argparse, json, os, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.error, urllib.request
+import argparse, json, os, statistics, subprocess, sys, time, urllib.error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from sonde_client import MOTO, Node, call, start_moto  # noqa: E402
 DATASET = "bench"
 QUESTIONS = {
     "count by service": 'SELECT "service.name", COUNT(*) AS n FROM bench GROUP BY 1 ORDER BY 1',
@@ -32,39 +34,6 @@ QUESTIONS = {
                                  'FROM bench GROUP BY 1, 2 ORDER BY 1, 2',
     "distinct users": 'SELECT COUNT(DISTINCT "user.id") AS users FROM bench',
 }
-
-
-def call(url, body=None, timeout=600):
-    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
-    req.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read() or b"null")
-
-
-class Node:
-    """A Sonde process on loopback ports over its own data directory."""
-
-    def __init__(self, binary, env, *flags, grpc=True):
-        self.dir = tempfile.mkdtemp(prefix="sonde-distributed-bench-")
-        self.proc = subprocess.Popen(
-            [binary, "serve", "--data-dir", self.dir, "--listen", "127.0.0.1:0",
-             "--grpc-listen", "127.0.0.1:0" if grpc else "off", *flags],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "SONDE_LOG": "warn", **env})
-        self.url = self.proc.stdout.readline().strip().removeprefix("sonde listening on ")
-        if not self.url.startswith("http://"):
-            raise SystemExit(f"sonde did not start: {self.url!r}")
-
-    def peak_rss_mib(self):
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-        return None
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=600)
 
 
 def same(a, b):
@@ -90,20 +59,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--bytes-per-partition", type=int, default=1 << 20,
                     help="the query nodes' --distributed-bytes-per-partition (small, so every size splits)")
-    ap.add_argument("--moto", default=os.path.expanduser("~/.cache/sonde-clients-venv/bin/moto_server"))
+    ap.add_argument("--moto", default=MOTO)
     args = ap.parse_args()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    moto = subprocess.Popen([args.moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_REGION": "us-east-1"}
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(urllib.request.Request(f"{env['AWS_ENDPOINT_URL']}/bench", method="PUT"), timeout=1)
-            break
-        except OSError:
-            time.sleep(0.05)
+    moto, env = start_moto("bench", args.moto)
     common = ["--storage", "s3://bench/cluster", "--catalog-refresh", "500ms", "--lease", "3s",
               "--chunk-cache-bytes", str(1 << 30), "--cluster-key", "bench-cluster"]
     live = []

@@ -17,43 +17,14 @@ whatever --sonde is: a figure of this machine, not a benchmark of the engine).
 Needs moto (`make clients-venv`). Writes benches/results/realdata_cluster.json; exits 1 when an
 answer differs.
 """
-import argparse, calendar, collections, json, math, os, signal, socket, subprocess, sys, tempfile, time, urllib.error, urllib.request
+import argparse, calendar, collections, json, math, os, subprocess, sys, time, urllib.error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from sonde_client import MOTO, Node, call, start_moto  # noqa: E402
 DAYS = ("2022-08-22", "2022-08-23")
 MAX_BODY = 4 << 20
 DATASET = "boutique"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def call(url, body=None, timeout=600):
-    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
-    req.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read() or b"null")
-
-
-class Node:
-    """A Sonde process on loopback ports (HTTP and gRPC) over its own data directory."""
-
-    def __init__(self, binary, env, *flags):
-        self.dir = tempfile.mkdtemp(prefix="sonde-realdata-cluster-")
-        self.proc = subprocess.Popen(
-            [binary, "serve", "--data-dir", self.dir, "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", *flags],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "SONDE_LOG": "warn", **env})
-        self.url = self.proc.stdout.readline().strip().removeprefix("sonde listening on ")
-        if not self.url.startswith("http://"):
-            raise SystemExit(f"sonde did not start: {self.url!r}")
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=600)
 
 
 def spans(realdata, limit):
@@ -183,7 +154,7 @@ def main():
     ap.add_argument("--sonde", default=os.environ.get("SONDE_BIN", os.path.expanduser("~/.cache/sonde-target/debug/sonde")))
     ap.add_argument("--realdata", default=os.path.join(HERE, "..", "..", "shared", "realdata"))
     ap.add_argument("--limit", type=int, default=100000, help="spans (half from each day); 0: all 2.0 M")
-    ap.add_argument("--moto", default=os.path.expanduser("~/.cache/sonde-clients-venv/bin/moto_server"))
+    ap.add_argument("--moto", default=MOTO)
     args = ap.parse_args()
     lines = spans(args.realdata, args.limit)
     events = [json.loads(l) for l in lines]
@@ -193,16 +164,7 @@ def main():
     t0 = calendar.timegm(time.strptime(stamps[0][:13], "%Y-%m-%dT%H"))
     t1 = calendar.timegm(time.strptime(stamps[-1][:13], "%Y-%m-%dT%H")) + 3600
 
-    port = free_port()
-    moto = subprocess.Popen([args.moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_REGION": "us-east-1"}
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(urllib.request.Request(f"{env['AWS_ENDPOINT_URL']}/realdata", method="PUT"), timeout=1)
-            break
-        except OSError:
-            time.sleep(0.05)
+    moto, env = start_moto("realdata", args.moto)
     tuning = ["--storage", "s3://realdata/cluster", "--catalog-refresh", "500ms", "--flush-rows", "50000",
               "--distributed-bytes-per-partition", "1", "--cluster-key", "realdata-cluster"]
     nodes = []

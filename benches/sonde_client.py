@@ -1,6 +1,9 @@
 """What the benchmark scripts share to drive a Sonde server: start one on a free loopback port
-over a data directory, call its JSON API, stop it (SIGTERM, which flushes every buffer)."""
-import json, signal, socket, subprocess, sys, time, urllib.request
+over a data directory, call its JSON API, stop it (SIGTERM, which flushes every buffer); and for
+the cluster scripts, moto as the bucket and nodes that listen for gRPC too."""
+import json, os, signal, socket, subprocess, sys, tempfile, time, urllib.request
+
+MOTO = os.path.expanduser("~/.cache/sonde-clients-venv/bin/moto_server")
 
 
 def realdata_events(realdata, kind, path):
@@ -48,3 +51,48 @@ def stop(p):
     """SIGTERM and wait: the server flushes its buffers into segments first."""
     p.send_signal(signal.SIGTERM)
     p.wait(timeout=600)
+
+
+def start_moto(bucket, binary=MOTO):
+    """moto's S3 server on a free loopback port with `bucket` made; returns (process, the AWS_*
+    environment a node needs to reach it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_REGION": "us-east-1"}
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(urllib.request.Request(f"{env['AWS_ENDPOINT_URL']}/{bucket}", method="PUT"), timeout=1)
+            return proc, env
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit(f"moto did not start ({binary}: `make clients-venv` installs it)")
+
+
+class Node:
+    """A Sonde process over its own data directory, HTTP and (unless grpc=False) gRPC on loopback
+    ports the OS picks: a cluster node given its role flags."""
+
+    def __init__(self, binary, env, *flags, grpc=True):
+        self.dir = tempfile.mkdtemp(prefix="sonde-bench-node-")
+        self.proc = subprocess.Popen(
+            [binary, "serve", "--data-dir", self.dir, "--listen", "127.0.0.1:0",
+             "--grpc-listen", "127.0.0.1:0" if grpc else "off", *flags],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "SONDE_LOG": "warn", **env})
+        self.url = self.proc.stdout.readline().strip().removeprefix("sonde listening on ")
+        if not self.url.startswith("http://"):
+            raise SystemExit(f"sonde did not start: {self.url!r}")
+
+    def peak_rss_mib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+        return None
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=600)
