@@ -15,6 +15,8 @@
 //! - [`bubbleup`] — selection vs baseline across every column, in one pass.
 //! - [`memory`] — the process-wide memory bound every request draws from, and each request's
 //!   answer cap and deadline.
+//! - [`distributed`] — on a query node of a cluster: SQL spread over the query nodes'
+//!   datafusion-distributed workers, and this node's own worker.
 
 pub mod bubbleup;
 pub mod chunk_cache;

@@ -10,7 +10,7 @@
 //! | `POST /1/events/{dataset}` | one event (Honeycomb) |
 //! | `POST /1/batch/{dataset}` | a batch (Honeycomb), per-event statuses |
 //! | `POST /api/ingest/{dataset}` | NDJSON |
-//! | `POST /v1/traces`, `POST /v1/logs` | OTLP/HTTP, protobuf or JSON (and OTLP/gRPC on its own port) |
+//! | `POST /v1/traces`, `POST /v1/logs` | OTLP/HTTP, protobuf or JSON (and OTLP/gRPC on its own port, where a query node of a cluster also serves its distributed-SQL worker, whose list of peers [`workers`] keeps) |
 //! | `POST /api/query/{dataset}` | Honeycomb query specification → series + results |
 //! | `POST /api/events/{dataset}` | raw events, newest first |
 //! | `POST /api/sql` | read-only SQL (JSON, CSV, Arrow IPC) |
