@@ -1098,6 +1098,19 @@ async fn sql_is_spread_over_the_query_nodes_and_answers_as_one_node() {
     assert_eq!(r["rows"][1]["plan_type"], "distributed_plan", "{r}");
     assert!(plan.contains("DistributedExec") && plan.contains("Stage 1"), "{plan}");
     eprintln!("distributed SQL on 3 query nodes: {}\n{plan}", last.1);
+    // EXPLAIN ANALYZE runs it across the workers and says what each step did.
+    let (status, r) = send_json(
+        client
+            .post(queries[0].at("/api/sql"))
+            .json(&json!({"sql": "EXPLAIN ANALYZE SELECT \"service.name\", COUNT(*) FROM sqlobjs GROUP BY 1"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let analyzed = r["rows"][0]["plan"].as_str().unwrap_or_default();
+    assert!(
+        analyzed.contains("Stage 1") && analyzed.contains("output_rows=") && analyzed.contains("plan_bytes_sent"),
+        "{analyzed}"
+    );
 
     // Derived columns: one that is a plain expression is computed on the workers; one computed
     // by a Sonde kernel (LOG10), which a worker cannot rebuild by name, runs on the node asked.
