@@ -144,6 +144,16 @@ pub(crate) fn register_functions(state: &mut SessionState) -> Result<(), DataFus
     Ok(())
 }
 
+/// Whether `headers` carry `key`, compared in constant time (a key guessed byte by byte from
+/// response times is a key that reads every dataset).
+fn carries_key(headers: &http::HeaderMap, key: &str) -> bool {
+    let Some(given) = headers.get(KEY_HEADER) else {
+        return false;
+    };
+    let (given, key) = (given.as_bytes(), key.as_bytes());
+    given.len() == key.len() && given.iter().zip(key).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
 fn key_headers(key: &Option<String>) -> Result<http::HeaderMap, DataFusionError> {
     let mut headers = http::HeaderMap::new();
     if let Some(k) = key {
@@ -173,7 +183,7 @@ impl Cluster {
                 // A plan reads every dataset: refuse one without the cluster's key (the gRPC
                 // layer checks it too; this also covers the in-process worker).
                 if let Some(k) = &key
-                    && ctx.headers.get(KEY_HEADER).and_then(|v| v.to_str().ok()) != Some(k.as_str())
+                    && !carries_key(&ctx.headers, k)
                 {
                     return Err(DataFusionError::Execution(
                         "refused: the request does not carry this cluster's --cluster-key".into(),
@@ -205,7 +215,7 @@ impl Cluster {
         let key = self.config.key.clone();
         let check = move |req: tonic::Request<()>| -> Result<tonic::Request<()>, tonic::Status> {
             match &key {
-                Some(k) if req.metadata().get(KEY_HEADER).and_then(|v| v.to_str().ok()) != Some(k.as_str()) => Err(
+                Some(k) if !carries_key(&req.metadata().clone().into_headers(), k) => Err(
                     tonic::Status::unauthenticated("this worker needs the cluster's --cluster-key"),
                 ),
                 _ => Ok(req),
@@ -421,6 +431,16 @@ mod tests {
         let two = urls(2);
         let got = assign(&many, &two);
         assert!(two.iter().all(|u| got.contains(u)), "{got:?}");
+    }
+
+    #[test]
+    fn a_request_carries_the_key_only_when_it_is_exactly_the_same() {
+        let headers = key_headers(&Some("k-1".into())).unwrap();
+        assert!(carries_key(&headers, "k-1"));
+        for other in ["k-2", "k-10", "k-", ""] {
+            assert!(!carries_key(&headers, other), "{other:?}");
+        }
+        assert!(!carries_key(&http::HeaderMap::new(), "k-1"), "no header");
     }
 
     #[test]
