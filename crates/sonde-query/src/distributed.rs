@@ -89,6 +89,8 @@ impl WorkerResolver for Peers {
 pub(crate) struct Cluster {
     pub(crate) config: ClusterConfig,
     pub(crate) peers: Peers,
+    /// SQL queries run across the workers, and those run again alone after a failure.
+    pub(crate) counts: DistributedCounts,
     worker: Worker,
     channels: DefaultChannelResolver,
 }
@@ -100,6 +102,15 @@ impl std::fmt::Debug for Cluster {
             .field("peers", &self.peers)
             .finish_non_exhaustive()
     }
+}
+
+/// Counters of distributed SQL on this node, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct DistributedCounts {
+    /// SQL queries this node coordinated across the workers.
+    pub queries: std::sync::atomic::AtomicU64,
+    /// Of those, the ones that failed there and were run again on this node alone.
+    pub retried_alone: std::sync::atomic::AtomicU64,
 }
 
 /// What a distributed query used, for the answer's `meta`.
@@ -205,6 +216,7 @@ impl Cluster {
         Ok(Cluster {
             config,
             peers,
+            counts: DistributedCounts::default(),
             worker,
             channels,
         })

@@ -541,6 +541,20 @@ async fn metrics(
             bytes as u64,
         );
     }
+    if let Some((queries, retried)) = state.engine.distributed_counts() {
+        single(
+            "sonde_sql_distributed_total",
+            "SQL queries this query node coordinated across the cluster's workers.",
+            "counter",
+            queries,
+        );
+        single(
+            "sonde_sql_retried_alone_total",
+            "Distributed SQL queries that failed across the workers and were run again on this node alone.",
+            "counter",
+            retried,
+        );
+    }
     let partials = state.engine.partials_stats();
     single(
         "sonde_partials_hits_total",

@@ -376,6 +376,15 @@ impl QueryEngine {
         self.cluster.as_ref().map(|c| c.peers.clone())
     }
 
+    /// Distributed SQL coordinated here (queries, and those run again alone), when this engine
+    /// is part of a cluster.
+    pub fn distributed_counts(&self) -> Option<(u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.cluster
+            .as_ref()
+            .map(|c| (c.counts.queries.load(Relaxed), c.counts.retried_alone.load(Relaxed)))
+    }
+
     /// Where the other query nodes reach this node's worker, when this engine is part of a cluster.
     pub fn worker_url(&self) -> Option<url::Url> {
         self.cluster.as_ref().map(|c| c.config.self_url.clone())

@@ -114,7 +114,14 @@ impl QueryEngine {
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let mut retried = None;
         if let Some(cluster) = &self.cluster {
-            match self.sql_distributed(cluster, df.logical_plan(), budget).await {
+            let ran = self.sql_distributed(cluster, df.logical_plan(), budget).await;
+            if !matches!(ran, Ok(None)) {
+                cluster
+                    .counts
+                    .queries
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            match ran {
                 Ok(Some((batches, used))) => return Ok((schema, batches, Some(used))),
                 Ok(None) => {}
                 // A worker that died, cannot be reached or refused: asked once more, on this
@@ -122,6 +129,10 @@ impl QueryEngine {
                 // next queries may try it again and come back here).
                 Err(QueryError::Internal(e)) => {
                     tracing::warn!(error = %e, "a distributed SQL query failed; running it again on this node alone");
+                    cluster
+                        .counts
+                        .retried_alone
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     retried = Some(Distribution {
                         workers: 1,
                         stages: 1,

@@ -1146,6 +1146,12 @@ async fn sql_is_spread_over_the_query_nodes_and_answers_as_one_node() {
         "the query that met the dead worker is retried: {meta}"
     );
     eprintln!("after a SIGKILL of q-3: {meta}");
+    let metric = |name| {
+        let (client, q) = (&client, &queries[0]);
+        async move { q.api(client).metric(name).await }
+    };
+    assert!(metric("sonde_sql_retried_alone_total").await >= 1);
+    assert!(metric("sonde_sql_distributed_total").await > metric("sonde_sql_retried_alone_total").await);
     // Its member file ages past --lease and it drops out.
     let mut meta = serde_json::Value::Null;
     for _ in 0..100 {
