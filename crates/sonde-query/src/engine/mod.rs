@@ -436,10 +436,14 @@ impl QueryEngine {
     /// Decoding with a row filter pays when it keeps few rows (the other columns are then
     /// decoded only where it held) and costs when it keeps most, as `!=` usually does.
     fn session_with_pushdown(&self, pushdown: bool) -> Result<SessionContext> {
-        let ctx = SessionContext::new_with_config_rt(self.session_config(pushdown), self.runtime()?);
-        ctx.register_udaf(weighted_percentile());
-        ctx.register_udaf(weighted_percentiles());
-        Ok(ctx)
+        let mut state = datafusion::execution::SessionStateBuilder::new()
+            .with_config(self.session_config(pushdown))
+            .with_runtime_env(self.runtime()?)
+            .with_default_features()
+            .build();
+        // The same functions a distributed worker registers (`distributed::register_functions`).
+        crate::distributed::register_functions(&mut state).map_err(internal)?;
+        Ok(SessionContext::new_with_state(state))
     }
 
     /// A query's runtime: its own memory pool (the per-query cap), the shared stores and caches.

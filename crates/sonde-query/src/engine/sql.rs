@@ -160,18 +160,23 @@ impl QueryEngine {
         let (state, recorder) = cluster
             .session(self.session_config(true), self.runtime()?)
             .map_err(internal)?;
-        // Optimized first, so that only the columns the query reads are computed (a view
-        // carries every derived column of its dataset).
-        let optimized = match logical {
-            LogicalPlan::Explain(e) => state.optimize(&e.plan),
-            plan => state.optimize(plan),
-        }
-        .map_err(|e| self.df_error(e))?;
+        let explained = match logical {
+            LogicalPlan::Explain(e) => Some(e),
+            _ => None,
+        };
+        // Optimized once, here, so that only the columns the query reads are computed (a view
+        // carries every derived column of its dataset) before asking whether it can travel;
+        // the distributed planner then takes the optimized plan as it is.
+        let optimized = state
+            .optimize(explained.map_or(logical, |e| e.plan.as_ref()))
+            .map_err(|e| self.df_error(e))?;
         if !distributed::portable(&optimized, &state) {
             return Ok(None);
         }
-        if let LogicalPlan::Explain(e) = logical {
-            let plan = self.timed(budget, state.create_physical_plan(&e.plan)).await?;
+        let plan = self
+            .timed(budget, state.query_planner().create_physical_plan(&optimized, &state))
+            .await?;
+        if let Some(e) = explained {
             let used = recorder.distribution(&plan, &cluster.config.self_url);
             let text = |rows: [&str; 2]| Arc::new(arrow::array::StringArray::from(rows.to_vec()));
             let logical_text = e.plan.display_indent().to_string();
@@ -185,7 +190,6 @@ impl QueryEngine {
             .map_err(internal)?;
             return Ok(Some((vec![batch], used)));
         }
-        let plan = self.timed(budget, state.create_physical_plan(logical)).await?;
         let task = Arc::new(datafusion::execution::TaskContext::from(&state));
         let batches = self
             .collect_plan(budget, plan.clone(), task, "the SQL result's rows")
