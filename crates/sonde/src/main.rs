@@ -754,11 +754,14 @@ async fn serve(a: ServeArgs) -> Result<()> {
             let url = match url::Url::parse(&advertised) {
                 Ok(mut u) if a.advertise_url.is_some() => {
                     let _ = u.set_port(Some(at.port()));
-                    u.to_string()
+                    u
                 }
-                _ => reached_at(at),
+                _ => {
+                    let at = reached_at(at);
+                    url::Url::parse(&at).with_context(|| format!("the worker address {at}"))?
+                }
             };
-            Some(url.trim_end_matches('/').to_string())
+            Some(url)
         }
         _ => None,
     };
@@ -779,7 +782,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     )?;
     let engine = match &worker_url {
         Some(url) => engine.with_cluster(sonde_query::distributed::ClusterConfig {
-            self_url: url::Url::parse(url).with_context(|| format!("the worker address {url}"))?,
+            self_url: url.clone(),
             key: a.cluster_key.clone(),
             bytes_per_partition: a.distributed_bytes_per_partition,
             // A task's plan carries the fresh rows it reads, up to the write buffers' bound.
@@ -812,7 +815,9 @@ async fn serve(a: ServeArgs) -> Result<()> {
             .clone()
             .announce(
                 advertised.trim_end_matches('/').to_string(),
-                worker_url.clone(),
+                worker_url
+                    .as_ref()
+                    .map(|u| u.as_str().trim_end_matches('/').to_string()),
                 stopped(),
             )
             .await
