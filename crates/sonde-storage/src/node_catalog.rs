@@ -691,24 +691,38 @@ mod tests {
         ids
     }
 
-    /// An ingest node whose lease ran out loses its dataset to the next node asked to take it,
-    /// which gets its segments; the old one is fenced, and restarted hands over its WAL's tail
-    /// exactly once; the new owner keeps the handed segments (and compacts them like its own).
-    #[tokio::test]
-    async fn a_dataset_whose_writer_is_down_is_taken_over_and_handed_the_rest() {
+    /// Over one store with `lease`: ingest nodes `a` and `b`, loaded and announced, a query node
+    /// `q`, and a way to start another node over the same store (a restarted `a`).
+    async fn two_writers_and_a_reader(
+        lease: std::time::Duration,
+    ) -> (
+        impl Fn(&str, Role) -> NodeCatalogs,
+        NodeCatalogs,
+        NodeCatalogs,
+        NodeCatalogs,
+    ) {
         let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-        let lease = std::time::Duration::from_millis(300);
-        let with_lease = |name: &str, role| NodeCatalogs::new(store.clone(), name.into(), role, lease);
+        let with_lease = move |name: &str, role| NodeCatalogs::new(store.clone(), name.into(), role, lease);
         let (a, b, q) = (
             with_lease("a", Role::Ingest),
             with_lease("b", Role::Ingest),
             with_lease("q", Role::Query),
         );
-        let d = DatasetName::new("d").unwrap();
         for n in [&a, &b] {
             n.load().await.unwrap();
             n.announce("http://127.0.0.1:1", None, 0).await.unwrap();
         }
+        (with_lease, a, b, q)
+    }
+
+    /// An ingest node whose lease ran out loses its dataset to the next node asked to take it,
+    /// which gets its segments; the old one is fenced, and restarted hands over its WAL's tail
+    /// exactly once; the new owner keeps the handed segments (and compacts them like its own).
+    #[tokio::test]
+    async fn a_dataset_whose_writer_is_down_is_taken_over_and_handed_the_rest() {
+        let lease = std::time::Duration::from_millis(300);
+        let (with_lease, a, b, q) = two_writers_and_a_reader(lease).await;
+        let d = DatasetName::new("d").unwrap();
         a.claim(&d).await.unwrap();
         a.store(&catalog_of(&d, entry(&[1, 2], 10))).await.unwrap();
         // Refused while a's lease holds; taken, with a's segments, once it ran out.
@@ -773,19 +787,9 @@ mod tests {
     /// events does not.
     #[tokio::test]
     async fn a_handover_after_a_deletion_adds_nothing() {
-        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
         let lease = std::time::Duration::from_millis(200);
-        let with_lease = |name: &str, role| NodeCatalogs::new(store.clone(), name.into(), role, lease);
-        let (a, b, q) = (
-            with_lease("a", Role::Ingest),
-            with_lease("b", Role::Ingest),
-            with_lease("q", Role::Query),
-        );
+        let (with_lease, a, b, q) = two_writers_and_a_reader(lease).await;
         let (d, e) = (DatasetName::new("d").unwrap(), DatasetName::new("e").unwrap());
-        for n in [&a, &b] {
-            n.load().await.unwrap();
-            n.announce("http://127.0.0.1:1", None, 0).await.unwrap();
-        }
         a.claim(&d).await.unwrap();
         a.claim(&e).await.unwrap();
         // e: a deletes it itself, then flushes events that came after.
