@@ -302,7 +302,7 @@ fn assign(keys: &[String], urls: &[Url]) -> Vec<Url> {
     keys.iter()
         .map(|key| {
             let mut order: Vec<usize> = (0..urls.len()).collect();
-            order.sort_by_key(|&i| std::cmp::Reverse(rendezvous(key, urls[i].as_str())));
+            order.sort_by_key(|&i| std::cmp::Reverse(sonde_model::rendezvous_weight(urls[i].as_str(), key)));
             let pick = order.iter().copied().find(|&i| !taken[i]).unwrap_or(order[0]);
             taken[pick] = true;
             urls[pick].clone()
@@ -326,15 +326,6 @@ fn task_files(task: &Arc<dyn ExecutionPlan>) -> String {
         Ok(TreeNodeRecursion::Continue)
     });
     key
-}
-
-/// The weight of `worker` for `key` (the highest wins).
-fn rendezvous(key: &str, worker: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    // A fixed-key hasher: every coordinator must rank workers alike.
-    let mut h = std::hash::DefaultHasher::new();
-    (key, worker).hash(&mut h);
-    h.finish()
 }
 
 /// Passes connections through to the shared resolver, noting which workers a query reached.

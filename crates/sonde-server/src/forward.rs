@@ -170,19 +170,9 @@ pub(crate) fn batch_bodies(events: &[sonde_model::Event], max_bytes: usize) -> V
     bodies
 }
 
-/// A node's weight for a dataset: the node with the highest weight takes a new dataset, and
-/// adding or removing a node moves only the datasets it wins or held.
+/// A node's weight for a dataset: the node with the highest weight takes a new dataset.
 fn rendezvous(node: &str, ds: &DatasetName) -> u64 {
-    let h = node
-        .bytes()
-        .chain([0])
-        .chain(ds.as_str().bytes())
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-    // A final mix, so that names differing in one byte do not weigh alike.
-    let h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^ (h >> 33)
+    sonde_model::rendezvous_weight(node, ds.as_str())
 }
 
 /// Passes the request on to the first of `nodes` that answers (other than with 421, not its
