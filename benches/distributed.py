@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Distributed SQL on 1, 2 and 4 query nodes of a cluster, against one query node alone.
+"""Distributed SQL and query specs on 1, 2 and 4 query nodes of a cluster, against one query
+node alone.
 
 One ingest node over moto takes `--events` generated events (`sonde gen`, an hour) and flushes
 them into segments in the bucket. Then, for each cluster size W in --workers, W query nodes are
 started over the same bucket (each a datafusion-distributed worker; the first coordinates), and
-the SQL questions below are asked of the first until `meta.distributed.workers` is W; the
+the SQL questions and query specifications below are asked of the first (once SQL's
+`meta.distributed.workers` is W); the
 baseline is one query node with `--grpc-listen off`, which runs every query alone. Each node has a
 chunk cache large enough for every segment, so hot runs read memory, not moto: the figures are
 the cost of planning, shipping and merging tasks, not of the object store.
@@ -34,15 +36,42 @@ QUESTIONS = {
                                  'FROM bench GROUP BY 1, 2 ORDER BY 1, 2',
     "distinct users": 'SELECT COUNT(DISTINCT "user.id") AS users FROM bench',
 }
+# Query specifications (POST /api/query): each runs its aggregates across the workers too. The
+# time range is set once the events' start is known.
+SPECS = {
+    "spec: COUNT and P99 by service": {
+        "calculations": [{"op": "COUNT"}, {"op": "P99", "column": "duration_ms"}], "breakdowns": ["service.name"]},
+    "spec: HEATMAP of duration": {"calculations": [{"op": "HEATMAP", "column": "duration_ms"}]},
+    "spec: errors by route, top 10": {
+        "calculations": [{"op": "COUNT"}], "filters": [{"column": "error", "op": "=", "value": True}],
+        "breakdowns": ["http.route"], "orders": [{"op": "COUNT", "order": "descending"}], "limit": 10},
+    "spec: AVG by service and status": {
+        "calculations": [{"op": "AVG", "column": "duration_ms"}], "breakdowns": ["service.name", "http.status_code"]},
+}
 
 
 def same(a, b):
-    """Row for row, floats to 1e-9 (a sum's order differs between plans)."""
-    def eq(x, y):
-        if isinstance(x, float) or isinstance(y, float):
-            return isinstance(x, (int, float)) and isinstance(y, (int, float)) and abs(x - y) <= 1e-9 * max(abs(y), 1.0)
-        return x == y
-    return len(a) == len(b) and all(ra.keys() == rb.keys() and all(eq(ra[k], rb[k]) for k in ra) for ra, rb in zip(a, b))
+    """Equal values, floats to 1e-9 (a sum's order differs between plans)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(a - b) <= 1e-9 * max(abs(b), 1.0)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def ask(node, name):
+    """The answer to question `name` (SQL rows, or a spec's results and series), its
+    `meta.distributed`, and the time it took in ms."""
+    s = time.perf_counter()
+    if name in QUESTIONS:
+        r = call(node.url + "/api/sql", {"sql": QUESTIONS[name]})
+        answer = r["rows"]
+    else:
+        r = call(node.url + f"/api/query/{DATASET}", SPECS[name])
+        answer = r["data"]
+    return answer, r["meta"].get("distributed"), (time.perf_counter() - s) * 1000
 
 
 def sql(node, q):
@@ -69,8 +98,12 @@ def main():
         ingest = Node(args.sonde, env, *common, "--role", "ingest", "--node-name", "ing", "--flush-age", "1s")
         live.append(ingest)
         s = time.perf_counter()
-        subprocess.run([args.sonde, "gen", str(args.events), "--seed", "19", "--post", ingest.url, "--dataset", DATASET],
-                       check=True, stdout=subprocess.DEVNULL)
+        start = int(time.time()) - 3600
+        for spec in SPECS.values():
+            spec.update({"start_time": start, "end_time": start + 3660})
+        start_text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start))
+        subprocess.run([args.sonde, "gen", str(args.events), "--seed", "19", "--start", start_text,
+                        "--post", ingest.url, "--dataset", DATASET], check=True, stdout=subprocess.DEVNULL)
         while call(ingest.url + f"/api/datasets/{DATASET}/stats")["buffered_rows"] != 0:
             time.sleep(0.5)
         stats = call(ingest.url + f"/api/datasets/{DATASET}/stats")
@@ -97,7 +130,8 @@ def main():
         live.append(baseline)
         wait_for(baseline, 1)
         configs["alone"] = [baseline]
-        answers = {name: sql(baseline, q)[0]["rows"] for name, q in QUESTIONS.items()}
+        names = list(QUESTIONS) + list(SPECS)
+        answers = {name: ask(baseline, name)[0] for name in names}
         report = {"events": args.events, "segments": stats["segments"], "bytes_on_disk": stats["bytes_on_disk"],
                   "binary": args.sonde, "repeats": args.repeats, "configs": {}}
         for w in [int(x) for x in args.workers.split(",")]:
@@ -106,25 +140,26 @@ def main():
             live.extend(nodes)
             wait_for(nodes[0], w)
             configs[f"{w} workers"] = nodes
-            for name, q in QUESTIONS.items():
-                r, _ = sql(nodes[0], q)
-                if not same(r["rows"], answers[name]):
-                    print(f"MISMATCH {name} on {w} workers: {r['rows'][:5]} vs {answers[name][:5]}", file=sys.stderr)
+            for name in names:
+                got, _, _ = ask(nodes[0], name)
+                if not same(got, answers[name]):
+                    print(f"MISMATCH {name} on {w} workers: {str(got)[:300]} vs {str(answers[name])[:300]}",
+                          file=sys.stderr)
                     report.setdefault("mismatches", []).append(f"{name} on {w} workers")
             # Timed now, interleaved with the baseline, then stopped: the next size starts clean.
             for cfg in ("alone", f"{w} workers"):
                 coordinator = configs[cfg][0]
                 times, meta = {}, {}
-                for name in QUESTIONS:
+                for name in names:
                     times[name] = []
                 for _ in range(args.repeats):
-                    for name, q in QUESTIONS.items():
-                        r, ms = sql(coordinator, q)
+                    for name in names:
+                        _, used, ms = ask(coordinator, name)
                         times[name].append(ms)
-                        meta[name] = r["meta"].get("distributed")
+                        meta[name] = used
                 entry = report["configs"].setdefault(cfg, {"median_ms": {}, "distributed": {}})
                 # The baseline is timed beside each size; its figure is the median over all of them.
-                for name in QUESTIONS:
+                for name in names:
                     entry.setdefault("all_ms", {}).setdefault(name, []).extend(times[name])
                     entry["median_ms"][name] = round(statistics.median(entry["all_ms"][name]), 2)
                     entry["distributed"][name] = meta[name]

@@ -11,7 +11,7 @@
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
 use arrow::datatypes::DataType;
-use datafusion::common::{Result, ScalarValue};
+use datafusion::common::{DataFusionError, Result, ScalarValue, plan_err};
 use datafusion::functions::core::expr_fn::{coalesce, greatest, least, nullif};
 use datafusion::functions::string::expr_fn::{concat, contains, ends_with, lower, octet_length, starts_with};
 use datafusion::functions::unicode::expr_fn::character_length;
@@ -67,7 +67,7 @@ fn convert(e: Expr, from: Option<ColumnType>, to: Option<ColumnType>) -> Expr {
 /// their shortest round-trip text (`2.0` → `2`, `0.1` → `0.1`).
 fn text(e: Expr, from: Option<ColumnType>) -> Expr {
     match from {
-        Some(ColumnType::Float) => SondeFn::call(Kind::FloatText, vec![e]),
+        Some(ColumnType::Float) => SondeFn::call(Kind::FloatText, e, vec![]),
         Some(ColumnType::String) => e,
         None => typed_null(Some(ColumnType::String)),
         Some(_) => cast(e, DataType::Utf8),
@@ -79,7 +79,7 @@ fn text(e: Expr, from: Option<ColumnType>) -> Expr {
 fn float(e: Expr, from: Option<ColumnType>) -> Expr {
     match from {
         Some(ColumnType::Float) => e,
-        Some(ColumnType::String) => SondeFn::call(Kind::ParseFloat, vec![e]),
+        Some(ColumnType::String) => SondeFn::call(Kind::ParseFloat, e, vec![]),
         None => typed_null(Some(ColumnType::Float)),
         Some(_) => cast(e, DataType::Float64),
     }
@@ -219,19 +219,13 @@ fn expr(t: &Typed) -> Expr {
                 _ => greatest(typed),
             }
         }
-        Func::Log10 => SondeFn::call(Kind::Log10, vec![f(&args[0])]),
+        Func::Log10 => SondeFn::call(Kind::Log10, f(&args[0]), vec![]),
         Func::Bucket => {
-            let size = args[1].as_f64().expect("checked: a literal size");
-            let range = (args.len() == 4).then(|| {
-                (
-                    args[2].as_f64().expect("checked: a literal min"),
-                    args[3].as_f64().expect("checked: a literal max"),
-                )
-            });
-            SondeFn::call(
-                Kind::Bucket(Bits(size), range.map(|(a, b)| (Bits(a), Bits(b)))),
-                vec![f(&args[0])],
-            )
+            let params = args[1..]
+                .iter()
+                .map(|a| lit(a.as_f64().expect("checked: literal size, min and max")))
+                .collect();
+            SondeFn::call(Kind::Bucket, f(&args[0]), params)
         }
         Func::Int => match args[0].ty {
             Some(ColumnType::Int) => expr(&args[0]),
@@ -269,11 +263,11 @@ fn expr(t: &Typed) -> Expr {
             cast(n, DataType::Int64)
         }
         Func::RegMatch | Func::RegValue | Func::RegCount => {
-            let pattern = args[1].as_str().expect("checked: a literal pattern").to_string();
+            let pattern = lit(args[1].as_str().expect("checked: a literal pattern").to_string());
             let kind = match func {
-                Func::RegMatch => Kind::RegMatch(pattern),
-                Func::RegValue => Kind::RegValue(pattern),
-                _ => Kind::RegCount(pattern),
+                Func::RegMatch => Kind::RegMatch,
+                Func::RegValue => Kind::RegValue,
+                _ => Kind::RegCount,
             };
             if !is_str(&args[0]) {
                 // Not a string: no match, no value, no count.
@@ -283,36 +277,28 @@ fn expr(t: &Typed) -> Expr {
                     _ => typed_null(Some(ColumnType::Int)),
                 };
             }
-            SondeFn::call(kind, vec![expr(&args[0])])
+            SondeFn::call(kind, expr(&args[0]), vec![pattern])
         }
-        Func::UnixTimestamp => SondeFn::call(Kind::UnixTimestamp, vec![expr(&args[0])]),
+        Func::UnixTimestamp => SondeFn::call(Kind::UnixTimestamp, expr(&args[0]), vec![]),
         Func::EventTimestamp => cast(cast(ident(TIMESTAMP_COLUMN), DataType::Int64), DataType::Float64) / lit(1e6),
         Func::IngestTimestamp => unreachable!("refused by the checker"),
         Func::FormatTime => {
-            let format = args[0].as_str().expect("checked: a literal format").to_string();
-            let zone = args.get(2).and_then(|z| z.as_str()).map(str::to_string);
-            SondeFn::call(Kind::FormatTime(format, zone), vec![f(&args[1])])
+            let format = lit(args[0].as_str().expect("checked: a literal format").to_string());
+            let zone = args.get(2).and_then(|z| z.as_str()).map(|z| lit(z.to_string()));
+            SondeFn::call(
+                Kind::FormatTime,
+                f(&args[1]),
+                std::iter::once(format).chain(zone).collect(),
+            )
         }
     }
 }
 
-/// An f64 compared and hashed by its bits (a UDF's parameters must be `Eq + Hash`).
-#[derive(Debug, Clone, Copy)]
-struct Bits(f64);
-impl PartialEq for Bits {
-    fn eq(&self, o: &Self) -> bool {
-        self.0.to_bits() == o.0.to_bits()
-    }
-}
-impl Eq for Bits {}
-impl std::hash::Hash for Bits {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        self.0.to_bits().hash(h)
-    }
-}
-
-/// Sonde's own kernels, each with its literal parameters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Sonde's own kernels. Each is one UDF with a fixed name; its parameters (a pattern, a bucket
+/// size and range, a format and zone) follow the value as literal arguments. A fixed name is
+/// what a worker of a cluster needs: datafusion-distributed sends functions by name, and the
+/// worker finds these in its registry ([`kernels`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
     /// Text → float, 0 when it does not parse.
     ParseFloat,
@@ -320,27 +306,104 @@ enum Kind {
     FloatText,
     /// Base-10 logarithm, null at or below 0.
     Log10,
-    /// Lower bound of the value's bucket of this size (within `[min, max]` when given).
-    Bucket(Bits, Option<(Bits, Bits)>),
-    /// Whether the (non-empty) text matches.
-    RegMatch(String),
-    /// The first capture group of the first match (the whole match without groups).
-    RegValue(String),
-    /// Non-overlapping matches.
-    RegCount(String),
+    /// `(x, size[, min, max])`: lower bound of the value's bucket of this size.
+    Bucket,
+    /// `(s, pattern)`: whether the (non-empty) text matches.
+    RegMatch,
+    /// `(s, pattern)`: the first capture group of the first match (the whole match without groups).
+    RegValue,
+    /// `(s, pattern)`: non-overlapping matches.
+    RegCount,
     /// RFC 3339 text → epoch seconds.
     UnixTimestamp,
-    /// Epoch seconds → strftime text, in a zone (UTC by default).
-    FormatTime(String, Option<String>),
+    /// `(secs, format[, zone])`: epoch seconds → strftime text, in a zone (UTC by default).
+    FormatTime,
 }
+
+const KINDS: [Kind; 9] = [
+    Kind::ParseFloat,
+    Kind::FloatText,
+    Kind::Log10,
+    Kind::Bucket,
+    Kind::RegMatch,
+    Kind::RegValue,
+    Kind::RegCount,
+    Kind::UnixTimestamp,
+    Kind::FormatTime,
+];
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::ParseFloat => "sonde_parse_float",
+            Kind::FloatText => "sonde_float_text",
+            Kind::Log10 => "sonde_log10",
+            Kind::Bucket => "sonde_bucket",
+            Kind::RegMatch => "sonde_reg_match",
+            Kind::RegValue => "sonde_reg_value",
+            Kind::RegCount => "sonde_reg_count",
+            Kind::UnixTimestamp => "sonde_unix_timestamp",
+            Kind::FormatTime => "sonde_format_time",
+        }
+    }
+
+    /// How many literal parameters may follow the value.
+    fn params(self) -> &'static [usize] {
+        match self {
+            Kind::Bucket => &[1, 3],
+            Kind::RegMatch | Kind::RegValue | Kind::RegCount => &[1],
+            Kind::FormatTime => &[1, 2],
+            _ => &[0],
+        }
+    }
+
+    fn input(self) -> DataType {
+        match self {
+            Kind::ParseFloat | Kind::RegMatch | Kind::RegValue | Kind::RegCount | Kind::UnixTimestamp => DataType::Utf8,
+            _ => DataType::Float64,
+        }
+    }
+
+    fn output(self) -> DataType {
+        match self {
+            Kind::ParseFloat | Kind::Log10 | Kind::Bucket | Kind::UnixTimestamp => DataType::Float64,
+            Kind::FloatText | Kind::RegValue | Kind::FormatTime => DataType::Utf8,
+            Kind::RegMatch => DataType::Boolean,
+            Kind::RegCount => DataType::Int64,
+        }
+    }
+}
+
+/// The kernels, one shared instance each (their compiled-pattern caches are shared too).
+static KERNELS: std::sync::LazyLock<Vec<Arc<ScalarUDF>>> = std::sync::LazyLock::new(|| {
+    KINDS
+        .iter()
+        .map(|&kind| {
+            Arc::new(ScalarUDF::new_from_impl(SondeFn {
+                kind,
+                signature: Signature::variadic_any(Volatility::Immutable),
+                patterns: Default::default(),
+            }))
+        })
+        .collect()
+});
+
+/// Sonde's kernels as UDFs, for a session's registry: derived columns call them, a cluster's
+/// workers find them there by name, and SQL may call them directly (`sonde_reg_value(s,
+/// '^(\\w+)')`).
+pub(crate) fn kernels() -> &'static [Arc<ScalarUDF>] {
+    &KERNELS
+}
+
+/// How many compiled patterns a kernel keeps (a derived column compiles its pattern once, not
+/// per batch; SQL could ask for any number of patterns, so the cache is bounded).
+const PATTERN_CACHE: usize = 64;
 
 #[derive(Debug)]
 struct SondeFn {
     kind: Kind,
-    name: String,
     signature: Signature,
-    regex: Option<regex::Regex>,
-    zone: Option<chrono_tz::Tz>,
+    patterns: std::sync::Mutex<std::collections::HashMap<String, Arc<regex::Regex>>>,
 }
 
 impl PartialEq for SondeFn {
@@ -356,71 +419,90 @@ impl std::hash::Hash for SondeFn {
 }
 
 impl SondeFn {
-    fn call(kind: Kind, args: Vec<Expr>) -> Expr {
-        let regex = match &kind {
-            Kind::RegMatch(p) | Kind::RegValue(p) | Kind::RegCount(p) => {
-                Some(regex::Regex::new(p).expect("checked: the pattern compiles"))
-            }
-            _ => None,
-        };
-        let zone = match &kind {
-            Kind::FormatTime(_, Some(z)) => Some(z.parse().expect("checked: a known zone")),
-            _ => None,
-        };
-        let name = format!("sonde_{kind:?}").to_lowercase();
-        let f = SondeFn {
-            kind,
-            name,
-            signature: Signature::any(1, Volatility::Immutable),
-            regex,
-            zone,
-        };
-        ScalarUDF::new_from_impl(f).call(args)
+    /// `kind` applied to `value`, then its literal parameters.
+    fn call(kind: Kind, value: Expr, params: Vec<Expr>) -> Expr {
+        let udf = KINDS.iter().position(|k| *k == kind).expect("every kind has a kernel");
+        KERNELS[udf].call(std::iter::once(value).chain(params).collect())
     }
 
-    fn input(&self) -> DataType {
-        match self.kind {
-            Kind::ParseFloat | Kind::RegMatch(_) | Kind::RegValue(_) | Kind::RegCount(_) | Kind::UnixTimestamp => {
-                DataType::Utf8
-            }
-            _ => DataType::Float64,
+    fn regex(&self, pattern: &str) -> Result<Arc<regex::Regex>> {
+        let mut cache = self.patterns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(re) = cache.get(pattern) {
+            return Ok(re.clone());
         }
+        let re = Arc::new(
+            regex::Regex::new(pattern)
+                .map_err(|e| DataFusionError::Plan(format!("{}: bad pattern: {e}", self.kind.name())))?,
+        );
+        if cache.len() >= PATTERN_CACHE {
+            cache.clear();
+        }
+        cache.insert(pattern.to_string(), re.clone());
+        Ok(re)
+    }
+}
+
+/// Parameter `i` (after the value), which must be a literal.
+fn param(kind: Kind, args: &[ColumnarValue], i: usize) -> Result<&ScalarValue> {
+    match args.get(i + 1) {
+        Some(ColumnarValue::Scalar(s)) => Ok(s),
+        _ => plan_err!("{}: parameter {} must be a literal", kind.name(), i + 1),
+    }
+}
+
+fn param_f64(kind: Kind, args: &[ColumnarValue], i: usize) -> Result<f64> {
+    match param(kind, args, i)?.cast_to(&DataType::Float64).ok() {
+        Some(ScalarValue::Float64(Some(f))) if f.is_finite() => Ok(f),
+        _ => plan_err!("{}: parameter {} must be a finite number", kind.name(), i + 1),
+    }
+}
+
+fn param_str(kind: Kind, args: &[ColumnarValue], i: usize) -> Result<String> {
+    match param(kind, args, i)?.cast_to(&DataType::Utf8).ok() {
+        Some(ScalarValue::Utf8(Some(s))) => Ok(s),
+        _ => plan_err!("{}: parameter {} must be text", kind.name(), i + 1),
     }
 }
 
 impl ScalarUDFImpl for SondeFn {
     fn name(&self) -> &str {
-        &self.name
+        self.kind.name()
     }
 
     fn signature(&self) -> &Signature {
         &self.signature
     }
 
-    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(match self.kind {
-            Kind::ParseFloat | Kind::Log10 | Kind::Bucket(..) | Kind::UnixTimestamp => DataType::Float64,
-            Kind::FloatText | Kind::RegValue(_) | Kind::FormatTime(..) => DataType::Utf8,
-            Kind::RegMatch(_) => DataType::Boolean,
-            Kind::RegCount(_) => DataType::Int64,
-        })
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        let allowed = self.kind.params();
+        if args.is_empty() || !allowed.contains(&(args.len() - 1)) {
+            let counts: Vec<String> = allowed.iter().map(|n| (n + 1).to_string()).collect();
+            return plan_err!(
+                "{} takes {} arguments, not {}",
+                self.kind.name(),
+                counts.join(" or "),
+                args.len()
+            );
+        }
+        Ok(self.kind.output())
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let n = args.number_rows;
-        let input: ArrayRef = arrow::compute::cast(&args.args[0].to_array(n)?, &self.input())?;
-        let out: ArrayRef = match self.input() {
-            DataType::Utf8 => self.on_text(input.as_string::<i32>()),
-            _ => self.on_numbers(input.as_primitive::<arrow::datatypes::Float64Type>()),
+        let input: ArrayRef = arrow::compute::cast(&args.args[0].to_array(n)?, &self.kind.input())?;
+        let out: ArrayRef = match self.kind.input() {
+            DataType::Utf8 => self.on_text(input.as_string::<i32>(), &args.args)?,
+            _ => self.on_numbers(input.as_primitive::<arrow::datatypes::Float64Type>(), &args.args)?,
         };
         Ok(ColumnarValue::Array(out))
     }
 }
 
 impl SondeFn {
-    fn on_text(&self, a: &arrow::array::StringArray) -> ArrayRef {
-        let re = self.regex.as_ref();
-        match &self.kind {
+    fn on_text(&self, a: &arrow::array::StringArray, args: &[ColumnarValue]) -> Result<ArrayRef> {
+        let kind = self.kind;
+        let pattern = || -> Result<Arc<regex::Regex>> { self.regex(&param_str(kind, args, 0)?) };
+        Ok(match kind {
             Kind::ParseFloat => {
                 let mut b = Float64Builder::with_capacity(a.len());
                 for v in a.iter() {
@@ -435,24 +517,24 @@ impl SondeFn {
                 }
                 Arc::new(b.finish())
             }
-            Kind::RegMatch(_) => {
-                let re = re.expect("a regex kernel has its regex");
+            Kind::RegMatch => {
+                let re = pattern()?;
                 let mut b = BooleanBuilder::with_capacity(a.len());
                 for v in a.iter() {
                     b.append_value(v.is_some_and(|s| !s.is_empty() && re.is_match(s)));
                 }
                 Arc::new(b.finish())
             }
-            Kind::RegValue(_) => {
-                let re = re.expect("a regex kernel has its regex");
+            Kind::RegValue => {
+                let re = pattern()?;
                 let mut b = StringBuilder::new();
                 for v in a.iter() {
-                    b.append_option(v.and_then(|s| reg_value(re, s)));
+                    b.append_option(v.and_then(|s| reg_value(&re, s)));
                 }
                 Arc::new(b.finish())
             }
-            Kind::RegCount(_) => {
-                let re = re.expect("a regex kernel has its regex");
+            Kind::RegCount => {
+                let re = pattern()?;
                 let mut b = Int64Builder::with_capacity(a.len());
                 for v in a.iter() {
                     b.append_option(v.map(|s| re.find_iter(s).count() as i64));
@@ -460,11 +542,12 @@ impl SondeFn {
                 Arc::new(b.finish())
             }
             _ => unreachable!("a kernel over numbers"),
-        }
+        })
     }
 
-    fn on_numbers(&self, a: &arrow::array::Float64Array) -> ArrayRef {
-        match &self.kind {
+    fn on_numbers(&self, a: &arrow::array::Float64Array, args: &[ColumnarValue]) -> Result<ArrayRef> {
+        let kind = self.kind;
+        Ok(match kind {
             Kind::FloatText => {
                 let mut b = StringBuilder::new();
                 for v in a.iter() {
@@ -479,22 +562,42 @@ impl SondeFn {
                 }
                 Arc::new(b.finish())
             }
-            Kind::Bucket(size, range) => {
+            Kind::Bucket => {
+                let size = param_f64(kind, args, 0)?;
+                if size <= 0.0 {
+                    return plan_err!("{}: the bucket size must be above 0", kind.name());
+                }
+                let range = match args.len() {
+                    4 => Some((param_f64(kind, args, 1)?, param_f64(kind, args, 2)?)),
+                    _ => None,
+                };
+                if range.is_some_and(|(lo, hi)| lo >= hi) {
+                    return plan_err!("{}: the range's min must be below its max", kind.name());
+                }
                 let mut b = Float64Builder::with_capacity(a.len());
                 for v in a.iter() {
-                    b.append_option(v.map(|x| bucket(x, size.0, range.map(|(lo, hi)| (lo.0, hi.0)))));
+                    b.append_option(v.map(|x| bucket(x, size, range)));
                 }
                 Arc::new(b.finish())
             }
-            Kind::FormatTime(format, _) => {
+            Kind::FormatTime => {
+                let format = param_str(kind, args, 0)?;
+                let zone = match args.len() {
+                    3 => Some(
+                        param_str(kind, args, 1)?
+                            .parse::<chrono_tz::Tz>()
+                            .map_err(|_| DataFusionError::Plan(format!("{}: unknown time zone", kind.name())))?,
+                    ),
+                    _ => None,
+                };
                 let mut b = StringBuilder::new();
                 for v in a.iter() {
-                    b.append_option(v.and_then(|s| format_time(format, self.zone, s)));
+                    b.append_option(v.and_then(|s| format_time(&format, zone, s)));
                 }
                 Arc::new(b.finish())
             }
             _ => unreachable!("a kernel over text"),
-        }
+        })
     }
 }
 

@@ -1,29 +1,34 @@
-//! SQL across the query nodes of a cluster, on datafusion-distributed.
+//! SQL and query specifications across the query nodes of a cluster, on datafusion-distributed.
 //!
 //! Every query node runs a datafusion-distributed `Worker` (served beside OTLP/gRPC) and can
-//! coordinate: a SQL query's physical plan is cut into stages at its shuffles, and each stage's
+//! coordinate: a query's physical plan (a SQL query's, or one of the aggregates a query
+//! specification runs) is cut into stages at its shuffles, and each stage's
 //! Parquet scan is split into tasks of about `bytes_per_partition` bytes, spread over the live
 //! workers ([`Peers`], which the server refreshes from the query nodes' member files). The
 //! segments are read by every worker from the shared bucket through its own chunk and footer
 //! caches; the fresh rows copied from ingest nodes travel inside the plan.
 //!
 //! What stays on the node that was asked, and why:
-//! - Query specs, BubbleUp and traces: their answers are built from several small queries
-//!   whose latency a network hop would dominate, and they use the per-segment partials cache.
-//! - SQL over a derived column computed by one of Sonde's own kernels (`REG_VALUE`,
-//!   `FORMAT_TIME`, …): such a function's name carries its parameters, and datafusion-distributed
-//!   sends functions by name only, so a worker could not rebuild it ([`portable`]).
+//! - Raw events and traces: a few small lookups each, whose latency a network hop would
+//!   dominate; and the precomputed per-segment partials, which each node caches itself.
+//! - A plan that reads a sample (BubbleUp): the sample's Parquet row selection does not
+//!   survive the plan's serialisation ([`portable`]).
+//! - A plan that calls a function a worker cannot find by name ([`portable`]):
+//!   datafusion-distributed sends functions by name only. Sonde's own (its aggregates, sketches
+//!   and derived-column kernels) are registered on every worker by [`register_functions`].
 //!
 //! Each worker checks `--cluster-key` on every request (plans can read every dataset), and
 //! each task runs under the worker's own per-query memory cap inside its process budget, with
 //! spilling off, as local queries do.
 
 use crate::memory::{BudgetedPool, MemoryBudget};
+use crate::table::DatasetTable;
 use crate::udaf::{weighted_percentile, weighted_percentiles};
 use async_trait::async_trait;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::source_as_provider;
 use datafusion::error::DataFusionError;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnv;
@@ -36,8 +41,9 @@ use datafusion_distributed::{
     ChannelResolver, DistributedExt, DistributedLeafExec, NetworkBoundaryExt, RouteTasksEvent, RouteTasksEventResponse,
     RouteTasksHandler, SessionStateBuilderExt, Worker, WorkerChannel, WorkerQueryContext, WorkerResolver,
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 use url::Url;
 
 /// The header every worker request carries the cluster key in.
@@ -57,24 +63,51 @@ pub struct ClusterConfig {
     pub bytes_per_partition: usize,
     /// Largest plan or batch message a worker accepts, in bytes.
     pub max_message_bytes: usize,
+    /// How long a worker found unreachable after a failed query is left out: until a dead
+    /// node's member file has gone stale (`--lease`) and the list has been read again.
+    pub leave_out_for: Duration,
 }
 
+/// How long a worker has to accept a connection when a failed query asks whether it is alive.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// The workers a query may use, this node's included: set by the server from the member
-/// files (a dead node drops out after `--lease`), read by the planner on every query.
+/// files (a dead node drops out after `--lease`), read by the planner on every query. A worker
+/// found unreachable after a failed query is left out at once, until `--lease` has passed.
 #[derive(Debug, Clone, Default)]
-pub struct Peers(Arc<RwLock<Vec<Url>>>);
+pub struct Peers(Arc<RwLock<PeerList>>);
+
+#[derive(Debug, Default)]
+struct PeerList {
+    urls: Vec<Url>,
+    /// Workers that could not be reached, and until when they are left out.
+    left_out: HashMap<Url, Instant>,
+}
 
 impl Peers {
     /// Replaces the list.
     pub fn set(&self, mut urls: Vec<Url>) {
         urls.sort();
         urls.dedup();
-        *self.0.write().expect("peers lock") = urls;
+        let mut list = self.0.write().expect("peers lock");
+        let now = Instant::now();
+        list.left_out.retain(|_, until| *until > now);
+        list.urls = urls;
     }
 
-    /// The list now.
+    /// The list now, less the workers left out.
     pub fn get(&self) -> Vec<Url> {
-        self.0.read().expect("peers lock").clone()
+        let list = self.0.read().expect("peers lock");
+        let now = Instant::now();
+        list.urls
+            .iter()
+            .filter(|u| list.left_out.get(*u).is_none_or(|until| *until <= now))
+            .cloned()
+            .collect()
+    }
+
+    fn leave_out(&self, url: Url, until: Instant) {
+        self.0.write().expect("peers lock").left_out.insert(url, until);
     }
 }
 
@@ -89,7 +122,7 @@ impl WorkerResolver for Peers {
 pub(crate) struct Cluster {
     pub(crate) config: ClusterConfig,
     pub(crate) peers: Peers,
-    /// SQL queries run across the workers, and those run again alone after a failure.
+    /// Queries run across the workers, and those run again after a failure.
     pub(crate) counts: DistributedCounts,
     worker: Worker,
     channels: DefaultChannelResolver,
@@ -107,10 +140,36 @@ impl std::fmt::Debug for Cluster {
 /// Counters of distributed SQL on this node, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct DistributedCounts {
-    /// SQL queries this node coordinated across the workers.
+    /// Queries this node coordinated across the workers: SQL, and each aggregate query of a
+    /// query specification.
     pub queries: std::sync::atomic::AtomicU64,
     /// Of those, the ones that failed there and were run again on this node alone.
     pub retried_alone: std::sync::atomic::AtomicU64,
+    /// Of those, the ones that failed there and were run again over the workers still reachable.
+    pub retried_on_workers: std::sync::atomic::AtomicU64,
+}
+
+/// A reading of [`DistributedCounts`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DistributedTotals {
+    /// Queries coordinated across the workers.
+    pub queries: u64,
+    /// Of those, run again on this node alone.
+    pub retried_alone: u64,
+    /// Of those, run again over the workers still reachable.
+    pub retried_on_workers: u64,
+}
+
+impl DistributedCounts {
+    /// The counts now.
+    pub fn totals(&self) -> DistributedTotals {
+        use std::sync::atomic::Ordering::Relaxed;
+        DistributedTotals {
+            queries: self.queries.load(Relaxed),
+            retried_alone: self.retried_alone.load(Relaxed),
+            retried_on_workers: self.retried_on_workers.load(Relaxed),
+        }
+    }
 }
 
 /// What a distributed query used, for the answer's `meta`.
@@ -125,6 +184,46 @@ pub struct Distribution {
     /// Why the distributed run failed, when the query was run again on this node alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retried_alone: Option<String>,
+    /// Why the distributed run failed, when the query was run again over the workers still
+    /// reachable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retried: Option<String>,
+    /// The workers found unreachable after that failure, left out of the second run and of
+    /// the next queries (until `--lease` has passed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
+}
+
+impl Distribution {
+    /// Adds `other`, a later part of the same answer (a query specification runs several
+    /// queries): the most workers any part used, the stages and tasks of all, the first retry.
+    pub fn merge(&mut self, other: Distribution) {
+        self.workers = self.workers.max(other.workers);
+        self.stages += other.stages;
+        self.tasks += other.tasks;
+        if self.retried_alone.is_none() {
+            self.retried_alone = other.retried_alone;
+        }
+        if self.retried.is_none() {
+            self.retried = other.retried;
+        }
+        for w in other.left_out {
+            if !self.left_out.contains(&w) {
+                self.left_out.push(w);
+            }
+        }
+    }
+
+    /// `a` merged with `b`, either of which may be missing.
+    pub fn merged(a: Option<Distribution>, b: Option<Distribution>) -> Option<Distribution> {
+        match (a, b) {
+            (Some(mut a), Some(b)) => {
+                a.merge(b);
+                Some(a)
+            }
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// A query's runtime: the per-query cap inside the process budget, no spilling, and the
@@ -148,10 +247,17 @@ pub(crate) fn query_runtime(
     }))
 }
 
-/// Registers the aggregate functions Sonde's SQL adds, under the names plans carry them by.
+/// Registers the functions Sonde's SQL adds (its aggregates and the derived-column kernels),
+/// under the names plans carry them by.
 pub(crate) fn register_functions(state: &mut SessionState) -> Result<(), DataFusionError> {
     state.register_udaf(Arc::new(weighted_percentile()))?;
     state.register_udaf(Arc::new(weighted_percentiles()))?;
+    state.register_udaf(Arc::new(crate::sketch::sketch()))?;
+    state.register_udaf(Arc::new(crate::sketch::sketch_merge()))?;
+    state.register_udf(Arc::new(crate::sketch::sketch_quantile()))?;
+    for kernel in crate::derived::kernels() {
+        state.register_udf(kernel.clone())?;
+    }
     Ok(())
 }
 
@@ -239,6 +345,37 @@ impl Cluster {
             .into_worker_server()
             .max_decoding_message_size(self.config.max_message_bytes);
         tonic::service::Routes::new(tonic::service::interceptor::InterceptedService::new(server, check))
+    }
+
+    /// After a failed distributed run: tries a connection to each other worker, leaves out
+    /// those that do not answer within [`PROBE_TIMEOUT`] (until `leave_out_for` has passed),
+    /// and names them.
+    pub(crate) async fn leave_out_unreachable(&self) -> Vec<Url> {
+        let others: Vec<Url> = self
+            .peers
+            .get()
+            .into_iter()
+            .filter(|u| *u != self.config.self_url)
+            .collect();
+        let probes = others.into_iter().map(|url| async move {
+            let alive = match (url.host_str(), url.port_or_known_default()) {
+                (Some(host), Some(port)) => matches!(
+                    tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(format!("{host}:{port}"))).await,
+                    Ok(Ok(_))
+                ),
+                _ => false,
+            };
+            (url, alive)
+        });
+        let until = Instant::now() + self.config.leave_out_for;
+        let mut down = Vec::new();
+        for (url, alive) in futures::future::join_all(probes).await {
+            if !alive {
+                self.peers.leave_out(url.clone(), until);
+                down.push(url);
+            }
+        }
+        down
     }
 
     /// A coordinating session for one query: `config` and `runtime` as a local query's, plus the
@@ -361,18 +498,27 @@ impl Recorder {
             workers: workers.len(),
             stages,
             tasks,
-            retried_alone: None,
+            ..Distribution::default()
         }
     }
 }
 
-/// Whether every function `plan` calls (in subqueries too) is one a worker finds by its name
-/// in `state`'s registry, as datafusion-distributed sends functions by name only. Sonde's
-/// derived-column kernels are not registered (each carries its parameters in its name), so SQL
-/// over a derived column that uses one (`REG_VALUE`, `FORMAT_TIME`, …) runs on the node asked.
+/// Whether `plan` can run on other workers: every function it calls (in subqueries too) is one
+/// a worker finds by its name in `state`'s registry, as datafusion-distributed sends functions
+/// by name only; and it reads no sampled table, as a sample's Parquet row selection (a
+/// `PartitionedFile` extension) does not survive the plan's serialisation.
 pub(crate) fn portable(plan: &LogicalPlan, state: &SessionState) -> bool {
     let mut known = true;
     let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let sampled = source_as_provider(&scan.source)
+                .ok()
+                .and_then(|p| p.downcast_ref::<DatasetTable>().map(DatasetTable::is_sampled));
+            if sampled == Some(true) {
+                known = false;
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
         node.apply_expressions(|e| {
             e.apply(|e| {
                 known &= match e {

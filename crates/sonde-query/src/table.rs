@@ -191,6 +191,11 @@ impl DatasetTable {
         }
     }
 
+    /// Whether this table reads a sample of the rows.
+    pub(crate) fn is_sampled(&self) -> bool {
+        self.sample.is_some()
+    }
+
     /// The same snapshot, reading only the rows of `sample` (its own scan stats).
     pub fn sampled(&self, sample: Sample) -> DatasetTable {
         DatasetTable {

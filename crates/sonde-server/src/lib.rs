@@ -541,18 +541,24 @@ async fn metrics(
             bytes as u64,
         );
     }
-    if let Some((queries, retried)) = state.engine.distributed_counts() {
+    if let Some(totals) = state.engine.distributed_counts() {
         single(
             "sonde_sql_distributed_total",
-            "SQL queries this query node coordinated across the cluster's workers.",
+            "Queries this query node coordinated across the cluster's workers (SQL, and each aggregate query of a query specification).",
             "counter",
-            queries,
+            totals.queries,
         );
         single(
             "sonde_sql_retried_alone_total",
-            "Distributed SQL queries that failed across the workers and were run again on this node alone.",
+            "Distributed queries that failed and were run again on this node alone.",
             "counter",
-            retried,
+            totals.retried_alone,
+        );
+        single(
+            "sonde_sql_retried_on_workers_total",
+            "Distributed queries that failed, left out the workers that could not be reached, and were run again over the others.",
+            "counter",
+            totals.retried_on_workers,
         );
     }
     let partials = state.engine.partials_stats();

@@ -787,6 +787,9 @@ async fn serve(a: ServeArgs) -> Result<()> {
             bytes_per_partition: a.distributed_bytes_per_partition,
             // A task's plan carries the fresh rows it reads, up to the write buffers' bound.
             max_message_bytes: memory.buffers.max(a.max_body_bytes).saturating_add(64 << 20),
+            // Until the member file of a dead node has gone stale (--lease) and been read
+            // again (every third of it).
+            leave_out_for: a.lease.0 + a.lease.0 / 3,
         })?,
         None => engine,
     };

@@ -9,6 +9,8 @@ pub(super) struct Output {
     pub(super) results: Vec<Value>,
     pub(super) groups: usize,
     pub(super) truncated: bool,
+    /// What the queries used of a cluster's workers (on a query node).
+    pub(super) distributed: Option<crate::distributed::Distribution>,
 }
 
 /// What the steps of a breakdown build up, group by group.
@@ -55,6 +57,7 @@ impl Partial {
             results: results.into_iter().map(|m| json!({ "data": m })).collect(),
             groups: groups_n,
             truncated,
+            distributed: None,
         }
     }
 }
@@ -73,6 +76,8 @@ pub(super) struct Run<'a> {
     pub(super) engine: &'a QueryEngine,
     pub(super) table: &'a DatasetTable,
     pub(super) req: &'a RequestBudget,
+    /// What the run's queries used of the cluster so far.
+    pub(super) used: std::sync::Mutex<Option<crate::distributed::Distribution>>,
 }
 
 pub(super) fn b_alias(i: usize) -> String {
@@ -216,8 +221,16 @@ impl Run<'_> {
         Ok(df)
     }
 
+    /// `df`'s rows, across the cluster's workers when there are some (see
+    /// [`QueryEngine::collect_spread`]).
     pub(super) async fn collect(&self, df: DataFrame) -> Result<Vec<RecordBatch>> {
-        self.engine.collect(self.req, df, "the query's aggregates").await
+        let (batches, used) = self
+            .engine
+            .collect_spread(self.req, df, "the query's aggregates")
+            .await?;
+        let mut so_far = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        *so_far = crate::distributed::Distribution::merged(so_far.take(), used);
+        Ok(batches)
     }
 
     /// Holds what `rows` rows of `cells` JSON values each will cost once built (a `Value` in a
@@ -254,7 +267,9 @@ impl Run<'_> {
         self.rates(&mut p);
         self.concurrency(&mut p, &restricted).await?;
         self.heatmaps(&mut p, &restricted).await?;
-        Ok(p.into_output(self.plan))
+        let mut out = p.into_output(self.plan);
+        out.distributed = self.used.lock().unwrap_or_else(|p| p.into_inner()).take();
+        Ok(out)
     }
 
     /// When every calculation rolls up from partial aggregates per time bucket and group,

@@ -56,6 +56,7 @@ mod bubbleup_driver;
 mod events;
 mod exprs;
 mod precomputed;
+mod spread;
 mod sql;
 mod trace;
 
@@ -253,6 +254,10 @@ pub struct QueryMeta {
     pub groups: usize,
     /// Whether the limit cut groups off.
     pub groups_truncated: bool,
+    /// What the query used of a cluster's workers: on a query node of a cluster, the
+    /// aggregates a specification needs run across the workers as SQL does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distributed: Option<crate::distributed::Distribution>,
 }
 
 /// Which parts of an answer are approximate.
@@ -376,13 +381,10 @@ impl QueryEngine {
         self.cluster.as_ref().map(|c| c.peers.clone())
     }
 
-    /// Distributed SQL coordinated here (queries, and those run again alone), when this engine
-    /// is part of a cluster.
-    pub fn distributed_counts(&self) -> Option<(u64, u64)> {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.cluster
-            .as_ref()
-            .map(|c| (c.counts.queries.load(Relaxed), c.counts.retried_alone.load(Relaxed)))
+    /// Distributed SQL coordinated here (queries, and those run again), when this engine is
+    /// part of a cluster.
+    pub fn distributed_counts(&self) -> Option<crate::distributed::DistributedTotals> {
+        self.cluster.as_ref().map(|c| c.counts.totals())
     }
 
     /// Where the other query nodes reach this node's worker, when this engine is part of a cluster.
@@ -493,18 +495,26 @@ impl QueryEngine {
         what: &str,
     ) -> Result<Vec<RecordBatch>> {
         use futures::StreamExt;
+        let held = std::sync::atomic::AtomicUsize::new(0);
         let run = async {
             let mut stream = datafusion::physical_plan::execute_stream(plan, task)?;
             let mut out = Vec::new();
             while let Some(batch) = stream.next().await {
                 let batch = batch?;
-                req.account(memory::batch_bytes(&batch), what)
+                let bytes = memory::batch_bytes(&batch);
+                req.account(bytes, what)
                     .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                held.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
                 out.push(batch);
             }
             Ok::<_, DataFusionError>(out)
         };
-        self.timed(req, run).await
+        let collected = self.timed(req, run).await;
+        if collected.is_err() {
+            // The rows collected so far are dropped: a retry must not pay for them twice.
+            req.release(held.into_inner());
+        }
+        collected
     }
 
     /// [`Self::collect_plan`] for a DataFrame.
@@ -731,7 +741,7 @@ impl QueryEngine {
             reason,
         });
         let stats = table.stats();
-        let out = self.run_plan(&table, &plan, req).await?;
+        let mut out = self.run_plan(&table, &plan, req).await?;
         let compare = match plan.compare_offset_s {
             Some(offset) => {
                 let shift = offset * 1_000_000;
@@ -742,6 +752,7 @@ impl QueryEngine {
                     ..plan.clone()
                 };
                 let c = self.run_plan(&table, &earlier, req).await?;
+                out.distributed = crate::distributed::Distribution::merged(out.distributed.take(), c.distributed);
                 Some(Compared {
                     offset_seconds: offset,
                     series: c.series,
@@ -767,6 +778,7 @@ impl QueryEngine {
             end_time: sonde_model::time::format_us(plan.end_us),
             groups: out.groups,
             groups_truncated: out.truncated,
+            distributed: out.distributed,
         };
         Ok(QueryResult {
             data: QueryData {
@@ -791,6 +803,7 @@ impl QueryEngine {
             engine: self,
             table,
             req,
+            used: Default::default(),
         };
         run.execute(base).await
     }

@@ -152,6 +152,52 @@ async fn stored_derived_columns_are_usable_everywhere_a_column_is() {
         "{s}"
     );
 
+    // Sonde's kernels are SQL functions too, their parameters literal arguments; a wrong one
+    // is a clear error that names the function.
+    let (status, s) = api
+        .post_json(
+            "/api/sql",
+            json!({"sql": "SELECT sonde_reg_value(name, '^([A-Z]+) ') AS verb, \
+                           sonde_bucket(duration_ms, 25, 0, 50) AS b, count(*) AS n \
+                           FROM web GROUP BY 1, 2 ORDER BY 1, 2"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{s}");
+    // duration_ms cycles 0..90 by 10 with i, name with i % 3: count each pair by hand.
+    let mut want = std::collections::BTreeMap::new();
+    for i in 0..120 {
+        let verb = ["GET", "POST", "GET"][i % 3];
+        let b = ((i % 10) as f64 * 10.0).clamp(0.0, 50.0);
+        *want.entry((verb, ((b / 25.0).floor() * 25.0) as i64)).or_insert(0) += 1;
+    }
+    let want: Vec<Value> = want
+        .into_iter()
+        .map(|((verb, b), n)| json!({"verb": verb, "b": b as f64, "n": n}))
+        .collect();
+    assert_eq!(s["rows"], json!(want), "{s}");
+    for (sql, says) in [
+        (
+            "SELECT sonde_reg_match(name, name) FROM web",
+            "sonde_reg_match: parameter 1 must be a literal",
+        ),
+        (
+            "SELECT sonde_reg_count(name, '(') FROM web",
+            "sonde_reg_count: bad pattern",
+        ),
+        (
+            "SELECT sonde_bucket(duration_ms) FROM web",
+            "sonde_bucket takes 2 or 4 arguments, not 1",
+        ),
+        (
+            "SELECT sonde_format_time(duration_ms, '%H', 'Mars/Olympus') FROM web",
+            "sonde_format_time: unknown time zone",
+        ),
+    ] {
+        let (status, e) = api.post_json("/api/sql", json!({ "sql": sql })).await;
+        assert_eq!(status, 400, "{sql}: {e}");
+        assert!(e["error"].as_str().unwrap().contains(says), "{sql}: {e}");
+    }
+
     // The schema lists them, typed from their expressions.
     let (_, cols) = send_json(http.get(server.at("/api/datasets/web/columns"))).await;
     let find = |n: &str| {

@@ -807,6 +807,11 @@ async fn the_differential_suite_answers_on_a_cluster_as_on_one_node() {
         "1s",
         "--catalog-refresh",
         "200ms",
+        "--lease",
+        "3s",
+        // Every segment a task of its own, so the specs' queries spread over both query nodes.
+        "--distributed-bytes-per-partition",
+        "1",
     ];
     let node = |role, name| node_flags(&storage, role, name, &tuning);
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -851,6 +856,25 @@ async fn the_differential_suite_answers_on_a_cluster_as_on_one_node() {
             q.url
         );
     }
+    // Both query nodes know each other's worker (SQL is spread over both).
+    for q in &nodes[2..] {
+        let mut workers = serde_json::Value::Null;
+        for _ in 0..100 {
+            let (status, r) = send_json(
+                client
+                    .post(q.at("/api/sql"))
+                    .json(&json!({"sql": "SELECT COUNT(*) AS n FROM diff"})),
+            )
+            .await;
+            assert_eq!(status, 200, "{r}");
+            workers = r["meta"]["distributed"]["workers"].clone();
+            if workers == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(workers, 2, "{} never spread a query over both query nodes", q.url);
+    }
     // The nodes other than the dataset's ingest node passed their requests on.
     for n in &nodes[1..] {
         assert!(
@@ -869,14 +893,31 @@ async fn the_differential_suite_answers_on_a_cluster_as_on_one_node() {
         .buffered(4)
         .collect::<Vec<_>>()
         .await;
-    let mut groups = 0;
+    let (mut groups, mut spread) = (0, 0);
     for (i, (status, got)) in answers {
         assert_eq!(status, 200, "spec {i} {}: {got}", specs[i]);
         groups += check_answer(i, &specs[i], &got, &events);
+        // Each spec's queries ran across the workers, none of them retried (a retry would
+        // hide a plan that cannot travel).
+        let used = &got["meta"]["distributed"];
+        assert!(used["tasks"].as_u64().unwrap() >= 1, "spec {i}: {used}");
+        assert!(
+            used.get("retried").is_none() && used.get("retried_alone").is_none(),
+            "spec {i}: {used}"
+        );
+        spread += usize::from(used["workers"] == 2);
     }
     assert!(
         groups > specs.len(),
         "the random specs should produce groups, got {groups}"
+    );
+    // (A spec answered from the node's precomputed partials and its fresh rows alone runs on
+    // that node.)
+    eprintln!("{spread} of {} specs ran on both query nodes", specs.len());
+    assert!(
+        spread > specs.len() / 2,
+        "{spread} of {} specs used both workers",
+        specs.len()
     );
     // Some of the events were in segments, some in the buffer.
     let stats = send_json(client.get(nodes[2].at("/api/datasets/diff/stats"))).await.1;
@@ -989,9 +1030,11 @@ async fn sql_by_service(
 /// bucket, each splitting a SQL scan of many segments (`--distributed-bytes-per-partition 1`)
 /// into tasks over all of them. The answer (with Sonde's weighted percentile, which each worker
 /// must know) equals a brute-force computation, `meta` says how many workers and tasks ran it,
-/// and `EXPLAIN` shows the stages. A SIGKILLed worker costs the next query one retry on the
-/// asking node alone (shown in `meta`), then drops out; a node with the wrong `--cluster-key` is
-/// refused by the others, and its own tasks are refused by them too.
+/// and `EXPLAIN` shows the stages; derived columns, Sonde's kernels included, are computed on
+/// the workers. A worker SIGKILLed while queries run costs the query that meets it one retry
+/// over the workers left (shown in `meta`), and the next queries leave it out at once; a node
+/// with the wrong `--cluster-key` is refused by the others, and its own tasks are refused by
+/// them too (those queries run again on the asking node alone).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_is_spread_over_the_query_nodes_and_answers_as_one_node() {
     let moto = start_moto().await;
@@ -1112,9 +1155,16 @@ async fn sql_is_spread_over_the_query_nodes_and_answers_as_one_node() {
         "{analyzed}"
     );
 
-    // Derived columns: one that is a plain expression is computed on the workers; one computed
-    // by a Sonde kernel (LOG10), which a worker cannot rebuild by name, runs on the node asked.
-    for (alias, expression) in [("slow", "GT($duration_ms, 1000)"), ("log_d", "LOG10($duration_ms)")] {
+    // Derived columns are computed on the workers, those that are plain expressions and those
+    // computed by Sonde's own kernels (found by name in each worker's registry, their pattern,
+    // size, format and zone passed as literal arguments).
+    for (alias, expression) in [
+        ("slow", "GT($duration_ms, 1000)"),
+        ("log_d", "LOG10($duration_ms)"),
+        ("verb", "REG_VALUE($name, `^([A-Z]+) `)"),
+        ("d_bucket", "BUCKET($duration_ms, 250, 0, 2000)"),
+        ("paris_hour", r#"FORMAT_TIME("%H", EVENT_TIMESTAMP(), "Europe/Paris")"#),
+    ] {
         let (status, r) = send_json(
             client
                 .post(queries[0].at("/1/derived_columns/sqlobjs"))
@@ -1127,43 +1177,110 @@ async fn sql_is_spread_over_the_query_nodes_and_answers_as_one_node() {
         .iter()
         .filter(|e| e.data["duration_ms"].as_f64().unwrap() > 1000.0)
         .count();
-    for (sql, distributed) in [
-        ("SELECT COUNT(*) AS n FROM sqlobjs WHERE slow", true),
-        ("SELECT COUNT(*) AS n FROM sqlobjs WHERE log_d > 3", false),
+    for sql in [
+        "SELECT COUNT(*) AS n FROM sqlobjs WHERE slow",
+        "SELECT COUNT(*) AS n FROM sqlobjs WHERE log_d > 3",
     ] {
         let (status, r) = send_json(client.post(queries[0].at("/api/sql")).json(&json!({ "sql": sql }))).await;
         assert_eq!(status, 200, "{r}");
         assert_eq!(r["rows"][0]["n"], slow, "{sql}: {r}");
-        assert_eq!(r["meta"]["distributed"]["workers"] == 3, distributed, "{sql}: {r}");
+        assert_eq!(r["meta"]["distributed"]["workers"], 3, "{sql}: {r}");
     }
+    // The three kernels with parameters, against the same computed from the events sent.
+    let verb = regex::Regex::new("^([A-Z]+) ").unwrap();
+    let paris: chrono_tz::Tz = "Europe/Paris".parse().unwrap();
+    let mut want: BTreeMap<(String, i64, String), i64> = BTreeMap::new();
+    for e in &events {
+        let name = e.data["name"].as_str().unwrap();
+        let v = verb.captures(name).map(|c| c[1].to_string()).unwrap_or_default();
+        let d = e.data["duration_ms"].as_f64().unwrap().clamp(0.0, 2000.0);
+        let b = ((d / 250.0).floor() * 250.0) as i64;
+        let t = chrono::DateTime::from_timestamp_micros(e.time_us).unwrap();
+        let h = t.with_timezone(&paris).format("%H").to_string();
+        *want.entry((v, b, h)).or_default() += 1;
+    }
+    let sql = "SELECT COALESCE(verb, '') AS verb, d_bucket AS b, paris_hour AS h, \
+               COUNT(*) AS n FROM sqlobjs GROUP BY 1, 2, 3";
+    let (status, r) = send_json(client.post(queries[1].at("/api/sql")).json(&json!({ "sql": sql }))).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["meta"]["distributed"]["workers"], 3, "{r}");
+    let got: BTreeMap<(String, i64, String), i64> = r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let s = |k: &str| row[k].as_str().unwrap().to_string();
+            let b = row["b"].as_f64().unwrap();
+            assert_eq!(b.fract(), 0.0, "{row}");
+            ((s("verb"), b as i64, s("h")), row["n"].as_i64().unwrap())
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert!(want.len() > 10, "the groups are varied: {want:?}");
 
-    // A worker SIGKILLed: the next query is retried on q-1 alone and answers in full.
-    queries[2].kill();
-    let (got, meta) = sql_by_service(&client, &queries[0]).await;
-    assert!(same(&got), "after the kill: {got:?}");
-    assert!(
-        meta["retried_alone"].as_str().is_some(),
-        "the query that met the dead worker is retried: {meta}"
+    // A worker SIGKILLed while q-1 asks one question after another: the query that meets it
+    // (in its middle, or just after) fails there, q-3 is found unreachable and left out, and
+    // that query runs again over q-1 and q-2. Every answer is whole, and the queries after it
+    // use those two at once, without waiting for q-3's member file to age past --lease.
+    let answers = {
+        let (asking, rest) = queries.split_at_mut(1);
+        let ask = async {
+            let mut answers = Vec::new();
+            let mut since_retry = None;
+            while since_retry.is_none_or(|n| n < 5) && answers.len() < 300 {
+                let (got, meta) = sql_by_service(&client, &asking[0]).await;
+                if meta.get("retried").is_some() {
+                    since_retry = Some(0);
+                }
+                since_retry = since_retry.map(|n| n + 1);
+                answers.push((got, meta));
+            }
+            answers
+        };
+        let kill = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            rest[1].kill();
+        };
+        tokio::join!(ask, kill).0
+    };
+    let retried: Vec<usize> = (0..answers.len())
+        .filter(|&i| answers[i].1.get("retried").is_some())
+        .collect();
+    assert_eq!(
+        retried.len(),
+        1,
+        "one query met the dead worker: {:?}",
+        answers.iter().map(|a| &a.1).collect::<Vec<_>>()
     );
-    eprintln!("after a SIGKILL of q-3: {meta}");
+    let r = retried[0];
+    eprintln!("{} queries before the SIGKILL of q-3 met it; then: {}", r, answers[r].1);
+    for (i, (got, meta)) in answers.iter().enumerate() {
+        assert!(same(got), "answer {i} around the kill: {got:?} {meta}");
+        assert!(meta.get("retried_alone").is_none(), "answer {i}: {meta}");
+        let workers = if i < r { 3 } else { 2 };
+        assert_eq!(meta["workers"], workers, "answer {i} (the retried one is {r}): {meta}");
+    }
+    assert_eq!(
+        answers[r].1["left_out"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        answers[r].1
+    );
     let metric = |name| {
         let (client, q) = (&client, &queries[0]);
         async move { q.api(client).metric(name).await }
     };
-    assert!(metric("sonde_sql_retried_alone_total").await >= 1);
-    assert!(metric("sonde_sql_distributed_total").await > metric("sonde_sql_retried_alone_total").await);
-    // Its member file ages past --lease and it drops out.
-    let mut meta = serde_json::Value::Null;
-    for _ in 0..100 {
-        let (got, m) = sql_by_service(&client, &queries[0]).await;
-        assert!(same(&got), "while q-3 is dropping out: {got:?}");
-        meta = m;
-        if meta["workers"] == 2 && meta.get("retried_alone").is_none() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert_eq!(metric("sonde_sql_retried_on_workers_total").await, 1);
+    assert!(metric("sonde_sql_distributed_total").await > answers.len() as u64);
+    // After --lease it stays out: its member file has gone stale.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (got, meta) = sql_by_service(&client, &queries[0]).await;
+    assert!(same(&got), "{got:?}");
     assert_eq!(meta["workers"], 2, "{meta}");
+    assert!(
+        meta.get("retried").is_none() && meta.get("retried_alone").is_none(),
+        "{meta}"
+    );
 
     // A node with another key: the others refuse its tasks, and it refuses theirs.
     let mut wrong: Vec<&str> = node("query", "q-4");
