@@ -1,6 +1,7 @@
 //! Raw events: the newest matches first, whole events from the oldest of their times on.
 
 use super::*;
+use sonde_storage::source::SegmentId;
 
 impl QueryEngine {
     /// Raw events matching filters and a time range, newest first, as the answer's JSON text
@@ -41,23 +42,7 @@ impl QueryEngine {
         // the second scan skip every page before it, so the other columns are decoded for a
         // sliver of the rows instead of every match.
         let wanted = offset + plan.limit;
-        let times = self
-            .plan_frame(&ctx, &table, &plan, &plan.derived, budget)
-            .await?
-            .filter(where_clause(&plan, &table))
-            .and_then(|df| df.select(vec![ident(TIMESTAMP_COLUMN)]))
-            .and_then(|df| df.sort(newest_first()))
-            .and_then(|df| df.limit(0, Some(wanted)))
-            .map_err(|e| self.df_error(e))?;
-        let times = self.collect(budget, times, "the newest matches' times").await?;
-        let found: usize = times.iter().map(|b| b.num_rows()).sum();
-        let cutoff = (found == wanted && wanted > 0)
-            .then(|| times.iter().rev().find(|b| b.num_rows() > 0))
-            .flatten()
-            .and_then(|b| {
-                let ts = b.column(0).as_any().downcast_ref::<TimestampMicrosecondArray>()?;
-                ts.is_valid(b.num_rows() - 1).then(|| ts.value(b.num_rows() - 1))
-            });
+        let cutoff = self.newest_times_cutoff(&ctx, &table, &plan, wanted, budget).await?;
         let mut filter = where_clause(&plan, &table);
         if let Some(t) = cutoff {
             filter = filter.and(ident(TIMESTAMP_COLUMN).gt_eq(ts_lit(t)));
@@ -107,5 +92,75 @@ impl QueryEngine {
             }),
         };
         json::to_bytes(&answer, budget)
+    }
+
+    /// The time of the `wanted`-th newest match, when there are that many (`None` otherwise).
+    ///
+    /// The newest matches usually lie in the newest segments, so they are looked for there
+    /// first: the buffered rows and the two newest segments, then twice as many older segments
+    /// each round, until the `wanted`-th newest time found is at least as new as every segment
+    /// left (a day of 100 segments then reads one or two of them, not the day). A relational
+    /// filter reads the whole table at once (its relations span the segments).
+    async fn newest_times_cutoff(
+        &self,
+        ctx: &SessionContext,
+        table: &Arc<DatasetTable>,
+        plan: &Plan,
+        wanted: usize,
+        budget: &RequestBudget,
+    ) -> Result<Option<i64>> {
+        if wanted == 0 {
+            return Ok(None);
+        }
+        let mut segments: Vec<(i64, SegmentId)> = table
+            .snapshot()
+            .segments
+            .iter()
+            .filter(|s| s.max_ts_us >= plan.start_us && s.min_ts_us < plan.end_us)
+            .map(|s| (s.max_ts_us, s.id))
+            .collect();
+        segments.sort_unstable_by(|a, b| b.cmp(a));
+        let whole = !plan.relations.is_empty();
+        let mut times: Vec<i64> = Vec::new();
+        let (mut next, mut group) = (0, 2);
+        loop {
+            // The first round reads the buffered rows too; `whole` reads everything at once.
+            let part = if whole {
+                next = segments.len();
+                table.clone()
+            } else if next == 0 {
+                next = group.min(segments.len());
+                Arc::new(table.without_segments(segments[next..].iter().map(|s| s.1)))
+            } else {
+                let ids: Vec<SegmentId> = segments[next..(next + group).min(segments.len())]
+                    .iter()
+                    .map(|s| s.1)
+                    .collect();
+                next += ids.len();
+                Arc::new(table.segments_only(ids))
+            };
+            group *= 2;
+            let df = self
+                .plan_frame(ctx, &part, plan, &plan.derived, budget)
+                .await?
+                .filter(where_clause(plan, &part))
+                .and_then(|df| df.select(vec![ident(TIMESTAMP_COLUMN)]))
+                .and_then(|df| df.sort(vec![ident(TIMESTAMP_COLUMN).sort(false, false)]))
+                .and_then(|df| df.limit(0, Some(wanted)))
+                .map_err(|e| self.df_error(e))?;
+            for b in self.collect(budget, df, "the newest matches' times").await? {
+                let ts = b.column(0).as_any().downcast_ref::<TimestampMicrosecondArray>();
+                times.extend(ts.into_iter().flat_map(|a| a.iter().flatten()));
+            }
+            times.sort_unstable_by(|a, b| b.cmp(a));
+            times.truncate(wanted);
+            let cutoff = (times.len() == wanted).then(|| times[wanted - 1]);
+            match (cutoff, segments.get(next)) {
+                // Every segment left ends before the cutoff: none holds a newer match.
+                (Some(t), Some(&(max_ts, _))) if max_ts <= t => return Ok(Some(t)),
+                (cutoff, None) => return Ok(cutoff),
+                _ => {}
+            }
+        }
     }
 }
