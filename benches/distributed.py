@@ -74,12 +74,6 @@ def ask(node, name):
     return answer, r["meta"].get("distributed"), (time.perf_counter() - s) * 1000
 
 
-def sql(node, q):
-    s = time.perf_counter()
-    r = call(node.url + "/api/sql", {"sql": q})
-    return r, (time.perf_counter() - s) * 1000
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sonde", default=os.environ.get("SONDE_BIN", os.path.expanduser("~/.cache/sonde-target/release/sonde")))
@@ -114,9 +108,9 @@ def main():
             deadline = time.monotonic() + 120
             while True:
                 try:
-                    r, _ = sql(node, QUESTIONS["count by service"])
-                    n = sum(row["n"] for row in r["rows"])
-                    used = (r["meta"].get("distributed") or {}).get("workers", 1)
+                    rows, used, _ = ask(node, "count by service")
+                    n = sum(row["n"] for row in rows)
+                    used = (used or {}).get("workers", 1)
                     if n == args.events and used == workers:
                         return
                 except urllib.error.HTTPError:

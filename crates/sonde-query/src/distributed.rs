@@ -73,7 +73,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The workers a query may use, this node's included: set by the server from the member
 /// files (a dead node drops out after `--lease`), read by the planner on every query. A worker
-/// found unreachable after a failed query is left out at once, until `--lease` has passed.
+/// found unreachable after a failed query is left out at once, for `leave_out_for`.
 #[derive(Debug, Clone, Default)]
 pub struct Peers(Arc<RwLock<PeerList>>);
 
@@ -137,7 +137,7 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-/// Counters of distributed SQL on this node, for `/metrics`.
+/// Counters of distributed queries on this node, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct DistributedCounts {
     /// Queries this node coordinated across the workers: SQL, and each aggregate query of a
@@ -189,7 +189,7 @@ pub struct Distribution {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retried: Option<String>,
     /// The workers found unreachable after that failure, left out of the second run and of
-    /// the next queries (until `--lease` has passed).
+    /// the next queries (for `leave_out_for`: `--lease` and a third).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<String>,
 }

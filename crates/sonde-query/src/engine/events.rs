@@ -36,7 +36,6 @@ impl QueryEngine {
         let ctx = self.session()?;
         let stats = table.stats();
         let offset = req.offset.unwrap_or(0) as usize;
-        let newest_first = || vec![ident(TIMESTAMP_COLUMN).sort(false, false)];
         // First the times of the newest matches alone (the filter's columns and the timestamp),
         // then whole events only from the oldest of those times on: time-sorted segments let
         // the second scan skip every page before it, so the other columns are decoded for a
@@ -145,7 +144,7 @@ impl QueryEngine {
                 .await?
                 .filter(where_clause(plan, &part))
                 .and_then(|df| df.select(vec![ident(TIMESTAMP_COLUMN)]))
-                .and_then(|df| df.sort(vec![ident(TIMESTAMP_COLUMN).sort(false, false)]))
+                .and_then(|df| df.sort(newest_first()))
                 .and_then(|df| df.limit(0, Some(wanted)))
                 .map_err(|e| self.df_error(e))?;
             for b in self.collect(budget, df, "the newest matches' times").await? {
@@ -163,4 +162,9 @@ impl QueryEngine {
             }
         }
     }
+}
+
+/// The order raw events are answered in: newest first.
+fn newest_first() -> Vec<SortExpr> {
+    vec![ident(TIMESTAMP_COLUMN).sort(false, false)]
 }
