@@ -6,7 +6,8 @@
 //! Parquet scan is split into tasks of about `bytes_per_partition` bytes, spread over the live
 //! workers ([`Peers`], which the server refreshes from the query nodes' member files). The
 //! segments are read by every worker from the shared bucket through its own chunk and footer
-//! caches; the fresh rows copied from ingest nodes travel inside the plan.
+//! caches; the fresh rows copied from ingest nodes travel as their position in those copies
+//! ([`crate::buffer_scan`]), and each worker reads them from its own.
 //!
 //! What stays on the node that was asked, and why:
 //! - Raw events and traces: a few small lookups each, whose latency a network hop would
@@ -21,6 +22,7 @@
 //! each task runs under the worker's own per-query memory cap inside its process budget, with
 //! spilling off, as local queries do.
 
+use crate::buffer_scan::{BufferScanCodec, BufferScanExec, FreshReader};
 use crate::memory::{BudgetedPool, MemoryBudget};
 use crate::table::DatasetTable;
 use crate::udaf::{weighted_percentile, weighted_percentiles};
@@ -38,8 +40,10 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 use datafusion_distributed::grpc::DefaultChannelResolver;
 use datafusion_distributed::{
-    ChannelResolver, DistributedExt, DistributedLeafExec, NetworkBoundaryExt, RouteTasksEvent, RouteTasksEventResponse,
-    RouteTasksHandler, SessionStateBuilderExt, Worker, WorkerChannel, WorkerQueryContext, WorkerResolver,
+    ChannelResolver, DesiredTaskCountEvent, DesiredTaskCountEventResponse, DesiredTaskCountHandler, DistributedExt,
+    DistributedLeafExec, NetworkBoundaryExt, RouteTasksEvent, RouteTasksEventResponse, RouteTasksHandler,
+    ScaleUpLeafNodeEvent, ScaleUpLeafNodeEventResponse, SessionStateBuilderExt, Worker, WorkerChannel,
+    WorkerQueryContext, WorkerResolver,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -70,6 +74,8 @@ pub struct ClusterConfig {
 
 /// How long a worker has to accept a connection when a failed query asks whether it is alive.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// When every worker accepted the first probe after a failed query, how long until the second.
+const PROBE_AGAIN_AFTER: Duration = Duration::from_millis(200);
 
 /// The workers a query may use, this node's included: set by the server from the member
 /// files (a dead node drops out after `--lease`), read by the planner on every query. A worker
@@ -126,6 +132,8 @@ pub(crate) struct Cluster {
     pub(crate) counts: DistributedCounts,
     worker: Worker,
     channels: DefaultChannelResolver,
+    /// Encodes fresh-row scans as positions, and reads them back on this node.
+    codec: BufferScanCodec,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -289,13 +297,22 @@ impl Cluster {
         shared: Arc<RuntimeEnv>,
         limit: usize,
         budget: Arc<MemoryBudget>,
+        fresh: Arc<dyn FreshReader>,
     ) -> Result<Cluster, DataFusionError> {
         let channels = DefaultChannelResolver::default();
         let headers = key_headers(&config.key)?;
         let (ch, key) = (channels.clone(), config.key.clone());
+        let codec = BufferScanCodec::new(fresh);
+        let worker_codec = codec.clone();
         let worker = Worker::from_session_builder(move |ctx: WorkerQueryContext| {
-            let (shared, budget, ch, headers, key) =
-                (shared.clone(), budget.clone(), ch.clone(), headers.clone(), key.clone());
+            let (shared, budget, ch, headers, key, codec) = (
+                shared.clone(),
+                budget.clone(),
+                ch.clone(),
+                headers.clone(),
+                key.clone(),
+                worker_codec.clone(),
+            );
             async move {
                 // A plan reads every dataset: refuse one without the cluster's key (the gRPC
                 // layer checks it too; this also covers the in-process worker).
@@ -312,6 +329,7 @@ impl Cluster {
                     .with_distributed_channel_resolver(ch)
                     // Tasks that read other tasks' output pass the key on.
                     .with_distributed_passthrough_headers(headers)?
+                    .with_distributed_user_codec(codec)
                     .build();
                 register_functions(&mut state)?;
                 Ok(state)
@@ -325,6 +343,7 @@ impl Cluster {
             counts: DistributedCounts::default(),
             worker,
             channels,
+            codec,
         })
     }
 
@@ -349,8 +368,20 @@ impl Cluster {
 
     /// After a failed distributed run: tries a connection to each other worker, leaves out
     /// those that do not answer within [`PROBE_TIMEOUT`] (until `leave_out_for` has passed),
-    /// and names them.
+    /// and names them; when all answer, tries again after [`PROBE_AGAIN_AFTER`].
     pub(crate) async fn leave_out_unreachable(&self) -> Vec<Url> {
+        let down = self.probe_and_leave_out().await;
+        if !down.is_empty() {
+            return down;
+        }
+        // A node being killed breaks its connections a moment before its listening socket
+        // closes: a probe in between finds it alive. Once more, a moment later.
+        tokio::time::sleep(PROBE_AGAIN_AFTER).await;
+        self.probe_and_leave_out().await
+    }
+
+    /// One round of probes: the workers left out.
+    async fn probe_and_leave_out(&self) -> Vec<Url> {
         let others: Vec<Url> = self
             .peers
             .get()
@@ -399,12 +430,37 @@ impl Cluster {
             .with_distributed_local_worker_context(self.worker.to_local_worker_context(self.config.self_url.clone()))
             .with_distributed_file_scan_config_bytes_per_partition(self.config.bytes_per_partition.max(1))?
             .with_distributed_route_tasks_handler(route_by_segment(self.peers.clone()))
+            .with_distributed_desired_task_count_handler(buffer_scan_tasks(self.config.bytes_per_partition))
+            .with_distributed_scale_up_leaf_node_handler(split_buffer_scan)
+            .with_distributed_user_codec(self.codec.clone())
             .with_distributed_passthrough_headers(key_headers(&self.config.key)?)?
             .with_distributed_planner()
             .build();
         register_functions(&mut state)?;
         Ok((state, recorder))
     }
+}
+
+/// Tasks for a scan of fresh rows: one per `bytes_per_partition` × the target partitions of
+/// its rows in memory, as a Parquet scan gets one per as many bytes of its files.
+fn buffer_scan_tasks(bytes_per_partition: usize) -> impl DesiredTaskCountHandler {
+    move |ev: DesiredTaskCountEvent| -> Option<Result<DesiredTaskCountEventResponse, DataFusionError>> {
+        let scan = ev.plan.downcast_ref::<BufferScanExec>()?;
+        let per_task = bytes_per_partition.saturating_mul(ev.session_config.target_partitions().max(1));
+        Some(Ok(DesiredTaskCountEventResponse::desired(scan.tasks_for(per_task))))
+    }
+}
+
+/// Cuts a scan of fresh rows into one slice of rows per task.
+fn split_buffer_scan(ev: ScaleUpLeafNodeEvent) -> Option<Result<ScaleUpLeafNodeEventResponse, DataFusionError>> {
+    let scan = ev.plan.downcast_ref::<BufferScanExec>()?;
+    if ev.task_count <= 1 {
+        return None;
+    }
+    Some(
+        DistributedLeafExec::try_new(ev.plan.clone(), scan.split(ev.task_count))
+            .map(|leaf| ScaleUpLeafNodeEventResponse::new(Arc::new(leaf))),
+    )
 }
 
 /// Routes each task of a segment scan to the same worker every time (rendezvous hashing of its

@@ -17,8 +17,11 @@
 //!   answer cap and deadline.
 //! - [`distributed`] — on a query node of a cluster: SQL spread over the query nodes'
 //!   datafusion-distributed workers, and this node's own worker.
+//! - [`buffer_scan`] — on a query node of a cluster: the fresh rows copied from ingest nodes,
+//!   named in a distributed plan by their position rather than carried by it.
 
 pub mod bubbleup;
+pub mod buffer_scan;
 pub mod chunk_cache;
 pub mod derived;
 pub mod distributed;

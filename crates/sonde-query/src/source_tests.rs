@@ -43,6 +43,7 @@ impl DatasetSource for InMemorySource {
             segments: Vec::new(),
             buffered: self.batches.clone(),
             columns: self.columns.clone(),
+            fresh: None,
         })
     }
     fn segment_store(&self) -> Arc<dyn ObjectStore> {

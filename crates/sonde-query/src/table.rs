@@ -60,7 +60,7 @@ pub struct DatasetTable {
     /// The buffered batches as the buffer holds them (each with its own schema).
     buffered: Vec<RecordBatch>,
     /// The same cast to the table schema, made on the first scan that needs all of them.
-    adapted: std::sync::OnceLock<Vec<RecordBatch>>,
+    adapted: std::sync::OnceLock<Arc<Vec<RecordBatch>>>,
     metadata_cache: Arc<FileMetadataCache>,
     store: Arc<dyn ObjectStore>,
     index: Arc<IndexCache>,
@@ -555,7 +555,7 @@ impl TableProvider for DatasetTable {
         // Buffered events: with id needles, only the rows holding one of the ids (a trace
         // lookup over a full buffer then copies and casts a few rows, not the buffer);
         // otherwise all of them, cast to the table schema once per table.
-        let buffered: Vec<RecordBatch> = if needles.is_empty() {
+        let buffered: Arc<Vec<RecordBatch>> = if needles.is_empty() {
             match self.adapted.get() {
                 Some(b) => b.clone(),
                 None => {
@@ -564,7 +564,7 @@ impl TableProvider for DatasetTable {
                         .iter()
                         .map(|b| adapt_batch(b, &self.schema))
                         .collect::<Result<Vec<_>>>()?;
-                    self.adapted.get_or_init(|| all).clone()
+                    self.adapted.get_or_init(|| Arc::new(all)).clone()
                 }
             }
         } else {
@@ -574,7 +574,13 @@ impl TableProvider for DatasetTable {
                     out.push(adapt_batch(&kept, &self.schema)?);
                 }
             }
-            out
+            Arc::new(out)
+        };
+        // On a query node of a cluster, all of them are its copy of an ingest node's buffer:
+        // a plan names them by position (a worker reads its own copy), see `buffer_scan`.
+        let fresh = match (&self.snapshot.fresh, &self.sample) {
+            (Some(at), None) if needles.is_empty() && !buffered.is_empty() => Some(at.clone()),
+            _ => None,
         };
         // A sample takes the same pattern over the buffered rows, in their order.
         let buffered = match &self.sample {
@@ -584,7 +590,7 @@ impl TableProvider for DatasetTable {
                 let mut runs = sample.runs(segment_rows, all).into_iter().peekable();
                 let mut out = Vec::new();
                 let mut offset = 0u64;
-                for b in &buffered {
+                for b in buffered.iter() {
                     let end = offset + b.num_rows() as u64;
                     while let Some(&(start, len)) = runs.peek() {
                         if start >= end {
@@ -602,7 +608,7 @@ impl TableProvider for DatasetTable {
                     }
                     offset = end;
                 }
-                out
+                Arc::new(out)
             }
             None => buffered,
         };
@@ -678,10 +684,21 @@ impl TableProvider for DatasetTable {
                 .build();
             inputs.push(DataSourceExec::from_data_source(config));
         }
-        if !buffered.is_empty() {
-            let mem =
-                MemorySourceConfig::try_new(&[buffered], self.schema.clone(), projection.cloned())?.with_limit(limit);
-            inputs.push(DataSourceExec::from_data_source(mem));
+        match fresh {
+            Some(at) => inputs.push(Arc::new(crate::buffer_scan::BufferScanExec::new(
+                self.snapshot.dataset.clone(),
+                at,
+                buffered,
+                self.schema.clone(),
+                projection.cloned(),
+                limit,
+            )?)),
+            None if !buffered.is_empty() => {
+                let mem = MemorySourceConfig::try_new(&[buffered.to_vec()], self.schema.clone(), projection.cloned())?
+                    .with_limit(limit);
+                inputs.push(DataSourceExec::from_data_source(mem));
+            }
+            None => {}
         }
         match inputs.len() {
             0 => Ok(Arc::new(EmptyExec::new(projected))),

@@ -5,13 +5,16 @@
 use crate::AppState;
 use crate::auth::{Caller, Scope};
 use crate::error::ApiError;
+use arrow::array::RecordBatch;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sonde_model::DatasetName;
+use sonde_query::buffer_scan::FreshReader;
 use sonde_storage::Lsn;
-use sonde_storage::fresh::{BufferRead, FreshTarget, decode_batches, encode_batches};
+use sonde_storage::Storage;
+use sonde_storage::fresh::{BufferRead, FreshPosition, FreshTarget, Owner, decode_batches, encode_batches};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -163,6 +166,165 @@ pub async fn run(state: Arc<AppState>, config: FreshConfig, stop: impl std::futu
     }
 }
 
+/// One request for an ingest node's buffered rows of a dataset.
+struct Ask<'a> {
+    base: &'a str,
+    key: &'a Option<String>,
+    dataset: &'a DatasetName,
+    owner: &'a Owner,
+    after: Lsn,
+    from_row: u64,
+}
+
+/// What an ingest node answered an [`Ask`].
+enum Asked {
+    /// Rows from the row asked for on (up to the node's answer bound), and the rows it holds.
+    Rows { batches: Vec<RecordBatch>, total: u64 },
+    /// It has flushed past the position asked for.
+    Moved,
+}
+
+impl Ask<'_> {
+    /// Sends it; an error says whether the node's address should be looked up again.
+    async fn send(&self, http: &reqwest::Client) -> Result<Asked, (String, bool)> {
+        let node = &self.owner.node;
+        let mut req = http
+            .get(format!("{}/internal/v1/buffer/{}", self.base, self.dataset))
+            .query(&[
+                ("epoch", self.owner.epoch),
+                ("after", self.after.0),
+                ("from_row", self.from_row),
+            ]);
+        if let Some(key) = self.key {
+            req = req.header("x-honeycomb-team", key);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| (format!("ingest node {node} at {}: {e}", self.base), true))?;
+        match resp.status() {
+            StatusCode::OK => {}
+            StatusCode::CONFLICT => return Ok(Asked::Moved),
+            status => {
+                let text = resp.text().await.unwrap_or_default();
+                return Err((
+                    format!("ingest node {node} answered {status}: {text}"),
+                    status == StatusCode::MISDIRECTED_REQUEST,
+                ));
+            }
+        }
+        let total: u64 = resp
+            .headers()
+            .get(ROWS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| (format!("ingest node {node} answered without {ROWS_HEADER}"), false))?;
+        let body = crate::forward::read_bounded(resp, MAX_READ_BYTES, &format!("ingest node {node}"))
+            .await
+            .map_err(|e| (e, false))?;
+        let batches = decode_batches(&body).map_err(|e| (e.to_string(), false))?;
+        Ok(Asked::Rows { batches, total })
+    }
+}
+
+/// Reads the fresh rows a plan from another query node names (`sonde_query::buffer_scan`): from
+/// this node's copy as far as it holds them, the rest from the ingest node that holds them.
+#[derive(Debug)]
+pub struct FreshRowsReader {
+    storage: Arc<Storage>,
+    key: Option<String>,
+    http: reqwest::Client,
+    /// Ingest nodes' addresses, as their member files gave them.
+    urls: std::sync::Mutex<HashMap<String, String>>,
+}
+
+impl FreshRowsReader {
+    /// A reader over `storage`'s copies, asking ingest nodes with `key` (`--cluster-key`).
+    pub fn new(storage: Arc<Storage>, key: Option<String>) -> FreshRowsReader {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("a client with timeouts only");
+        FreshRowsReader {
+            storage,
+            key,
+            http,
+            urls: Default::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl FreshReader for FreshRowsReader {
+    async fn read(
+        &self,
+        dataset: &DatasetName,
+        at: &FreshPosition,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<RecordBatch>, String> {
+        let (mut rows, mut next) = self.storage.fresh_slice(dataset, &at.owner, at.after, from, to);
+        if next >= to {
+            return Ok(rows);
+        }
+        // This node's copy is a pull behind the planner's, or stands elsewhere: ask the owner.
+        let node = &at.owner.node;
+        let known = self.urls.lock().unwrap().get(node).cloned();
+        let base = match known {
+            Some(u) => u,
+            None => {
+                let url = self
+                    .storage
+                    .node_url(node)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("ingest node {node} has not announced its address"))?;
+                self.urls.lock().unwrap().insert(node.clone(), url.clone());
+                url
+            }
+        };
+        while next < to {
+            let ask = Ask {
+                base: &base,
+                key: &self.key,
+                dataset,
+                owner: &at.owner,
+                after: at.after,
+                from_row: next,
+            };
+            let asked = ask.send(&self.http).await.map_err(|(e, forget)| {
+                if forget {
+                    self.urls.lock().unwrap().remove(node);
+                }
+                e
+            })?;
+            let batches = match asked {
+                Asked::Rows { batches, .. } => batches,
+                Asked::Moved => {
+                    return Err(format!(
+                        "ingest node {node} has flushed past position {} since the query was planned",
+                        at.after.0
+                    ));
+                }
+            };
+            if batches.iter().all(|b| b.num_rows() == 0) {
+                return Err(format!(
+                    "ingest node {node} holds {next} rows, not the {to} the query names"
+                ));
+            }
+            for b in batches {
+                let n = (b.num_rows() as u64).min(to - next);
+                if n > 0 {
+                    rows.push(b.slice(0, n as usize));
+                    next += n;
+                }
+            }
+        }
+        Ok(rows)
+    }
+}
+
 /// Copies one dataset's new buffered rows; whether its ingest node has flushed past the catalog
 /// this node has read.
 async fn copy_dataset(
@@ -187,43 +349,25 @@ async fn copy_dataset(
         }
     };
     for _ in 0..MAX_REQUESTS_PER_ROUND {
-        let mut req = http
-            .get(format!("{base}/internal/v1/buffer/{}", target.dataset))
-            .query(&[
-                ("epoch", target.owner.epoch),
-                ("after", target.after.0),
-                ("from_row", target.from_row),
-            ]);
-        if let Some(key) = &config.key {
-            req = req.header("x-honeycomb-team", key);
-        }
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                // The node may have moved: read its member file again next time.
-                urls.remove(&node);
-                return Err(format!("ingest node {node} at {base}: {e}"));
-            }
+        let ask = Ask {
+            base: &base,
+            key: &config.key,
+            dataset: &target.dataset,
+            owner: &target.owner,
+            after: target.after,
+            from_row: target.from_row,
         };
-        match resp.status() {
-            StatusCode::OK => {}
-            StatusCode::CONFLICT => return Ok(true),
-            status => {
-                if status == StatusCode::MISDIRECTED_REQUEST {
+        let (batches, total) = match ask.send(http).await {
+            Ok(Asked::Rows { batches, total }) => (batches, total),
+            Ok(Asked::Moved) => return Ok(true),
+            Err((e, forget)) => {
+                if forget {
+                    // The node may have moved: read its member file again next time.
                     urls.remove(&node);
                 }
-                let text = resp.text().await.unwrap_or_default();
-                return Err(format!("ingest node {node} answered {status}: {text}"));
+                return Err(e);
             }
-        }
-        let total: u64 = resp
-            .headers()
-            .get(ROWS_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("ingest node {node} answered without {ROWS_HEADER}"))?;
-        let body = crate::forward::read_bounded(resp, MAX_READ_BYTES, &format!("ingest node {node}")).await?;
-        let batches = decode_batches(&body).map_err(|e| e.to_string())?;
+        };
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         if rows == 0 || !state.storage.add_fresh(&target, batches) {
             return Ok(false);

@@ -65,7 +65,36 @@ pub struct Owner {
     pub epoch: u64,
 }
 
+/// Where a query node's copy of a dataset's fresh events stood when a snapshot was taken: its
+/// rows `[0, rows)` of the events after flushed position `after` on `owner`. Until `owner`
+/// flushes past `after`, those rows are the same rows on every query node and on the owner, so
+/// a plan can name them by this position instead of carrying them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreshPosition {
+    /// The ingest node and epoch the rows come from.
+    pub owner: Owner,
+    /// The flushed position they follow.
+    pub after: Lsn,
+    /// Rows of the copy in the snapshot.
+    pub rows: u64,
+}
+
 impl DatasetState {
+    /// Where the copy stands, when it holds rows that follow the catalog's segments.
+    pub(crate) fn fresh_position(&self) -> Option<FreshPosition> {
+        match &self.fresh {
+            Some(f) if f.after == self.flushed_lsn && f.rows > 0 => Some(FreshPosition {
+                owner: Owner {
+                    node: f.owner.clone(),
+                    epoch: f.epoch,
+                },
+                after: f.after,
+                rows: f.rows,
+            }),
+            _ => None,
+        }
+    }
+
     /// The copy's rows, when they follow the catalog's segments (always, by construction; the
     /// check keeps a broken invariant from doubling events).
     pub(crate) fn fresh_batches(&self) -> &[RecordBatch] {
@@ -207,6 +236,45 @@ impl Storage {
             }
         }
         Ok(BufferRead::Rows { batches, total_rows })
+    }
+
+    /// On a query node of a cluster: the rows `[from, to)` of `dataset`'s copy of its fresh events,
+    /// as far as the copy holds them after `after` on `owner` (sliced, in order), and the row
+    /// they end at: `from` when the copy stands elsewhere (another owner, epoch or flushed
+    /// position) or does not reach `from`.
+    pub fn fresh_slice(
+        &self,
+        dataset: &DatasetName,
+        owner: &Owner,
+        after: Lsn,
+        from: u64,
+        to: u64,
+    ) -> (Vec<RecordBatch>, u64) {
+        let Some(state) = self.dataset_state(dataset) else {
+            return (Vec::new(), from);
+        };
+        let st = state.lock().unwrap();
+        let Some(f) = &st.fresh else {
+            return (Vec::new(), from);
+        };
+        if f.owner != owner.node || f.epoch != owner.epoch || f.after != after || f.rows <= from {
+            return (Vec::new(), from);
+        }
+        let end = to.min(f.rows);
+        let mut out = Vec::new();
+        let mut at = 0u64;
+        for b in &f.batches {
+            let n = b.num_rows() as u64;
+            let (lo, hi) = (from.max(at), end.min(at + n));
+            if lo < hi {
+                out.push(b.slice((lo - at) as usize, (hi - lo) as usize));
+            }
+            at += n;
+            if at >= end {
+                break;
+            }
+        }
+        (out, end)
     }
 
     /// On a query node of a cluster: the datasets whose fresh events it copies (those with an

@@ -67,6 +67,9 @@ pub struct DatasetSnapshot {
     pub buffered: Vec<RecordBatch>,
     /// The dataset's columns, widened over segments and buffers (reserved columns excluded).
     pub columns: BTreeMap<String, ColumnEntry>,
+    /// On a query node of a cluster: where its copy of the ingest node's buffer stood, when
+    /// `buffered` is that copy (see [`crate::fresh::FreshPosition`]); `None` elsewhere.
+    pub fresh: Option<crate::fresh::FreshPosition>,
 }
 
 impl DatasetSnapshot {
@@ -203,7 +206,9 @@ impl Storage {
         if st.active.rows() > 0 {
             buffered.extend(st.active.query_batches());
         }
-        // A query node's copy of its ingest node's buffer (empty elsewhere).
+        // A query node's copy of its ingest node's buffer (empty elsewhere), named by its
+        // position when it is all the snapshot buffers.
+        let fresh = buffered.is_empty().then(|| st.fresh_position()).flatten();
         buffered.extend(st.fresh_batches().iter().cloned());
         // Consecutive chunks of one schema (most of a buffer's) are merged as one run: the same
         // columns over the union of their time spans, once per run rather than per chunk.
@@ -218,6 +223,7 @@ impl Storage {
             segments: st.segments.clone(),
             buffered,
             columns,
+            fresh,
         })
     }
 

@@ -17,6 +17,7 @@ use sonde_model::DatasetName;
 use std::sync::Arc;
 
 pub use crate::catalog::{ColumnEntry, SegmentId, SegmentMeta};
+pub use crate::fresh::{FreshPosition, Owner};
 pub use crate::index::{IndexCache, SegmentIndex, hash_value};
 pub use crate::{DatasetInfo, DatasetSnapshot};
 

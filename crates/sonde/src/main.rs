@@ -781,16 +781,23 @@ async fn serve(a: ServeArgs) -> Result<()> {
         },
     )?;
     let engine = match &worker_url {
-        Some(url) => engine.with_cluster(sonde_query::distributed::ClusterConfig {
-            self_url: url.clone(),
-            key: a.cluster_key.clone(),
-            bytes_per_partition: a.distributed_bytes_per_partition,
-            // A task's plan carries the fresh rows it reads, up to the write buffers' bound.
-            max_message_bytes: memory.buffers.max(a.max_body_bytes).saturating_add(64 << 20),
-            // Until the member file of a dead node has gone stale (--lease) and been read
-            // again (every third of it).
-            leave_out_for: a.lease.0 + a.lease.0 / 3,
-        })?,
+        Some(url) => engine.with_cluster(
+            sonde_query::distributed::ClusterConfig {
+                self_url: url.clone(),
+                key: a.cluster_key.clone(),
+                bytes_per_partition: a.distributed_bytes_per_partition,
+                // A plan names fresh rows rather than carrying them, but a plan over a filter on
+                // trace ids carries the few matching rows, and a shuffle's batches can be large.
+                max_message_bytes: memory.buffers.max(a.max_body_bytes).saturating_add(64 << 20),
+                // Until the member file of a dead node has gone stale (--lease) and been read
+                // again (every third of it).
+                leave_out_for: a.lease.0 + a.lease.0 / 3,
+            },
+            Arc::new(sonde_server::fresh::FreshRowsReader::new(
+                storage.clone(),
+                a.cluster_key.clone(),
+            )),
+        )?,
         None => engine,
     };
     let access = sonde_server::auth::Access::new(

@@ -363,13 +363,19 @@ impl QueryEngine {
 
     /// Makes this engine a worker and coordinator of distributed SQL (a query node of a
     /// cluster): [`Self::worker_routes`] must then be served where `config.self_url` points,
-    /// and [`Self::peers`] kept up to date.
-    pub fn with_cluster(mut self, config: crate::distributed::ClusterConfig) -> Result<QueryEngine> {
+    /// and [`Self::peers`] kept up to date; `fresh` reads the fresh rows a plan from another
+    /// node names (see [`crate::buffer_scan`]).
+    pub fn with_cluster(
+        mut self,
+        config: crate::distributed::ClusterConfig,
+        fresh: Arc<dyn crate::buffer_scan::FreshReader>,
+    ) -> Result<QueryEngine> {
         let cluster = crate::distributed::Cluster::new(
             config,
             self.shared.clone(),
             self.config.memory_limit,
             self.budget.clone(),
+            fresh,
         )
         .map_err(internal)?;
         self.cluster = Some(cluster);

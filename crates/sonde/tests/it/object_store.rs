@@ -1026,6 +1026,98 @@ async fn sql_by_service(
     (rows, r["meta"]["distributed"].clone())
 }
 
+/// Issue 19, fresh rows on the workers: a plan names the fresh rows by their position in the
+/// query nodes' copies of the ingest node's buffer, and a worker whose own copy lacks them (here
+/// q-2, which copies once an hour) reads its slice from the ingest node. Every row is counted
+/// once, by both workers, and nothing is run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_reads_the_fresh_rows_its_copy_lacks_from_the_ingest_node() {
+    let moto = start_moto().await;
+    let env = moto.env();
+    let storage = format!("s3://{BUCKET}/freshscan");
+    let tuning = [
+        "--flush-rows",
+        "100000",
+        "--flush-age",
+        "10m",
+        "--catalog-refresh",
+        "200ms",
+        "--distributed-bytes-per-partition",
+        "1",
+    ];
+    let node = |role, name| node_flags(&storage, role, name, &tuning);
+    let mut q2_flags = node("query", "q-2");
+    q2_flags.extend(["--fresh-interval", "1h"]);
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ingest = Server::start_with_env(dirs[0].path(), &node("ingest", "ing"), &env).await;
+    let q1 = Server::start_with_env(dirs[1].path(), &node("query", "q-1"), &env).await;
+    let q2 = Server::start_with_env(dirs[2].path(), &q2_flags, &env).await;
+    let client = reqwest::Client::new();
+    let events = generate(23, 900);
+    for chunk in events.chunks(300) {
+        let (status, r) = send_json(post_ndjson(&client, &ingest, "freshscan", chunk)).await;
+        assert_eq!(status, 200, "{r}");
+    }
+    let sql = r#"SELECT "service.name" AS svc, COUNT(*) AS n, SUM(duration_ms) AS total FROM freshscan GROUP BY 1 ORDER BY 1"#;
+    let mut want: BTreeMap<String, (i64, f64)> = BTreeMap::new();
+    for e in &events {
+        let w = want
+            .entry(e.data["service.name"].as_str().unwrap().to_string())
+            .or_default();
+        w.0 += 1;
+        w.1 += e.data["duration_ms"].as_f64().unwrap();
+    }
+    let same = |r: &serde_json::Value| {
+        let rows = r["rows"].as_array().cloned().unwrap_or_default();
+        rows.len() == want.len()
+            && rows.iter().zip(&want).all(|(row, (svc, (n, total)))| {
+                row["svc"] == *svc.as_str()
+                    && row["n"] == *n
+                    && (row["total"].as_f64().unwrap() - total).abs() <= 1e-9 * total.abs().max(1.0)
+            })
+    };
+    // Wait until q-1 has copied every event and sees q-2 as a worker.
+    let mut last = serde_json::Value::Null;
+    for _ in 0..300 {
+        last = send_json(client.post(q1.at("/api/sql")).json(&json!({ "sql": sql })))
+            .await
+            .1;
+        if same(&last) && last["meta"]["distributed"]["workers"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(same(&last), "q-1 answered {last}, want {want:?}");
+    let used = &last["meta"]["distributed"];
+    assert_eq!(used["workers"], 2, "{used}");
+    assert!(used["retried"].is_null() && used["retried_alone"].is_null(), "{used}");
+    let (_, stats) = send_json(client.get(ingest.at("/api/datasets/freshscan/stats"))).await;
+    assert_eq!(stats["buffered_rows"], 900, "every row is fresh: {stats}");
+    // q-2 copied nothing (its one round ran before the dataset existed), so its slice came from
+    // the ingest node; the plan holds two slices of the 900 rows.
+    assert_eq!(q2.api(&client).metric("sonde_fresh_copy_bytes").await, 0);
+    let (status, r) = send_json(
+        client
+            .post(q1.at("/api/sql"))
+            .json(&json!({"sql": format!("EXPLAIN {sql}")})),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let plan = r["rows"][1]["plan"].as_str().unwrap_or_default();
+    assert!(
+        plan.contains("BufferScanExec: dataset=freshscan, rows=0..450") && plan.contains("rows=450..900"),
+        "{plan}"
+    );
+    for _ in 0..5 {
+        let r = send_json(client.post(q1.at("/api/sql")).json(&json!({ "sql": sql })))
+            .await
+            .1;
+        assert!(same(&r), "{r}");
+        assert_eq!(r["meta"]["distributed"]["workers"], 2, "{r}");
+        assert!(r["meta"]["distributed"]["retried_alone"].is_null(), "{r}");
+    }
+}
+
 /// Issue 19, distributed SQL: three query nodes are datafusion-distributed workers over one
 /// bucket, each splitting a SQL scan of many segments (`--distributed-bytes-per-partition 1`)
 /// into tasks over all of them. The answer (with Sonde's weighted percentile, which each worker
@@ -1140,6 +1232,9 @@ async fn sql_is_spread_over_the_query_nodes_and_answers_as_one_node() {
     let plan = r["rows"][1]["plan"].as_str().unwrap_or_default();
     assert_eq!(r["rows"][1]["plan_type"], "distributed_plan", "{r}");
     assert!(plan.contains("DistributedExec") && plan.contains("Stage 1"), "{plan}");
+    // The 150 fresh rows travel as their position in the query nodes' copies, not as rows.
+    assert!(plan.contains("BufferScanExec: dataset=sqlobjs"), "{plan}");
+    assert!(!plan.contains("partition_sizes"), "no rows inside the plan: {plan}");
     eprintln!("distributed SQL on 3 query nodes: {}\n{plan}", last.1);
     // EXPLAIN ANALYZE runs it across the workers and says what each step did.
     let (status, r) = send_json(

@@ -1,0 +1,556 @@
+//! Fresh rows on a cluster's query nodes, named in a plan instead of carried by it.
+//!
+//! A query node holds a copy of each ingest node's write buffer (`sonde_storage::fresh`), and a
+//! snapshot names its part of that copy by position: rows `[0, n)` of the events after flushed
+//! position `F` on ingest node `O` at epoch `E` ([`FreshPosition`]). Until `O` flushes past `F`,
+//! those are the same rows on every query node and on `O` itself. So a table scan over a
+//! snapshot with such a position reads its buffered rows through a [`BufferScanExec`], which
+//! travels as that position and a row range (a few dozen bytes, [`BufferScanCodec`]), not as
+//! the rows:
+//!
+//! - on the node that planned it, it reads the snapshot's own rows;
+//! - on another worker, a [`FreshReader`] reads them from that node's copy, and the part its
+//!   copy does not hold yet from `O` (which answers only while it stands at `E` and `F`; a
+//!   flush in between fails the task, and the query runs again on the planning node alone);
+//! - the distributed planner splits a large range into several tasks, each a slice of rows, as
+//!   it splits Parquet scans into byte ranges.
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use sonde_model::DatasetName;
+use sonde_storage::Lsn;
+use sonde_storage::source::{FreshPosition, Owner};
+use std::fmt;
+use std::sync::Arc;
+
+/// Reads a dataset's fresh rows on a query node of a cluster, for a [`BufferScanExec`] planned
+/// on another node.
+#[async_trait]
+pub trait FreshReader: Send + Sync + fmt::Debug {
+    /// Rows `[from, to)` of `dataset`'s buffered events after `at.after` on `at.owner`, in
+    /// order, as batches with their own schemas; an error when they cannot be had any more
+    /// (the owner flushed past `at.after`, or changed epoch) or the owner cannot be reached.
+    async fn read(
+        &self,
+        dataset: &DatasetName,
+        at: &FreshPosition,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<RecordBatch>, String>;
+}
+
+/// A scan of rows `[from, to)` of a query node's copy of one dataset's fresh events, cast to
+/// the table's schema (see the module's note).
+#[derive(Debug, Clone)]
+pub struct BufferScanExec {
+    dataset: DatasetName,
+    at: FreshPosition,
+    from: u64,
+    to: u64,
+    table_schema: SchemaRef,
+    projection: Option<Vec<usize>>,
+    limit: Option<usize>,
+    /// Bytes of the rows in memory, as the planning node held them (to size tasks).
+    bytes: usize,
+    /// On the planning node: the snapshot's rows `[0, at.rows)`, already in the table's schema.
+    held: Option<Arc<Vec<RecordBatch>>>,
+    /// On another node: where the rows come from.
+    reader: Option<Arc<dyn FreshReader>>,
+    properties: Arc<PlanProperties>,
+}
+
+impl BufferScanExec {
+    /// A scan of every row of a snapshot's copy, `held` in the table's schema.
+    pub(crate) fn new(
+        dataset: DatasetName,
+        at: FreshPosition,
+        held: Arc<Vec<RecordBatch>>,
+        table_schema: SchemaRef,
+        projection: Option<Vec<usize>>,
+        limit: Option<usize>,
+    ) -> Result<BufferScanExec> {
+        let bytes = held.iter().map(RecordBatch::get_array_memory_size).sum();
+        let to = at.rows;
+        BufferScanExec::build(
+            dataset,
+            at,
+            0,
+            to,
+            table_schema,
+            projection,
+            limit,
+            bytes,
+            Some(held),
+            None,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        dataset: DatasetName,
+        at: FreshPosition,
+        from: u64,
+        to: u64,
+        table_schema: SchemaRef,
+        projection: Option<Vec<usize>>,
+        limit: Option<usize>,
+        bytes: usize,
+        held: Option<Arc<Vec<RecordBatch>>>,
+        reader: Option<Arc<dyn FreshReader>>,
+    ) -> Result<BufferScanExec> {
+        let schema = match &projection {
+            Some(p) => Arc::new(table_schema.project(p)?),
+            None => table_schema.clone(),
+        };
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Ok(BufferScanExec {
+            dataset,
+            at,
+            from,
+            to,
+            table_schema,
+            projection,
+            limit,
+            bytes,
+            held,
+            reader,
+            properties,
+        })
+    }
+
+    /// Tasks worth running for these rows when a task should read about `bytes_per_task`.
+    pub(crate) fn tasks_for(&self, bytes_per_task: usize) -> usize {
+        let rows = (self.to - self.from) as usize;
+        self.bytes.div_ceil(bytes_per_task.max(1)).clamp(1, rows.max(1))
+    }
+
+    /// The same scan cut into `n` consecutive slices of rows, one per task.
+    pub(crate) fn split(&self, n: usize) -> Vec<Arc<dyn ExecutionPlan>> {
+        let rows = self.to - self.from;
+        let n = n.max(1) as u64;
+        (0..n)
+            .map(|i| {
+                let mut part = self.clone();
+                part.from = self.from + rows * i / n;
+                part.to = self.from + rows * (i + 1) / n;
+                part.bytes = self.bytes / n as usize;
+                Arc::new(part) as Arc<dyn ExecutionPlan>
+            })
+            .collect()
+    }
+
+    /// The rows `[from, to)`, projected, at most `limit` of them.
+    fn finish(&self, rows: impl IntoIterator<Item = RecordBatch>) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        let mut left = self.limit.unwrap_or(usize::MAX);
+        for b in rows {
+            if left == 0 {
+                break;
+            }
+            let b = if b.num_rows() > left { b.slice(0, left) } else { b };
+            left -= b.num_rows();
+            out.push(match &self.projection {
+                Some(p) => b.project(p)?,
+                None => b,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// `batches` cut to their rows `[from, to)`, counting from the first.
+fn slice_rows(batches: &[RecordBatch], from: u64, to: u64) -> Vec<RecordBatch> {
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    for b in batches {
+        let n = b.num_rows() as u64;
+        let (lo, hi) = (from.max(at), to.min(at + n));
+        if lo < hi {
+            out.push(b.slice((lo - at) as usize, (hi - lo) as usize));
+        }
+        at += n;
+        if at >= to {
+            break;
+        }
+    }
+    out
+}
+
+impl DisplayAs for BufferScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "BufferScanExec: dataset={}, rows={}..{} after={} on {}@{}",
+            self.dataset, self.from, self.to, self.at.after.0, self.at.owner.node, self.at.owner.epoch
+        )?;
+        if let Some(l) = self.limit {
+            write!(f, ", limit={l}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for BufferScanExec {
+    fn name(&self) -> &str {
+        "BufferScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        match children.is_empty() {
+            true => Ok(self),
+            false => Err(DataFusionError::Internal("BufferScanExec has no children".into())),
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<datafusion::execution::SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "BufferScanExec has one partition, not {partition}"
+            )));
+        }
+        let schema = self.schema();
+        if let Some(held) = &self.held {
+            let rows = self.finish(slice_rows(held, self.from, self.to))?;
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(
+                schema,
+                futures::stream::iter(rows.into_iter().map(Ok)),
+            )));
+        }
+        let reader = self.reader.clone().ok_or_else(|| {
+            DataFusionError::Internal("a BufferScanExec decoded without a reader of fresh rows".into())
+        })?;
+        let scan = self.clone();
+        let reservation = MemoryConsumer::new("BufferScanExec").register(context.memory_pool());
+        let rows = async move {
+            let raw = reader
+                .read(&scan.dataset, &scan.at, scan.from, scan.to)
+                .await
+                .map_err(|e| DataFusionError::Execution(format!("fresh rows of dataset {}: {e}", scan.dataset)))?;
+            let got: u64 = raw.iter().map(|b| b.num_rows() as u64).sum();
+            if got != scan.to - scan.from {
+                return Err(DataFusionError::Execution(format!(
+                    "fresh rows of dataset {}: {got} rows read where the plan names {}",
+                    scan.dataset,
+                    scan.to - scan.from
+                )));
+            }
+            let mut adapted = Vec::with_capacity(raw.len());
+            for b in raw {
+                let b = sonde_storage::schema::adapt_to_schema(&b, &scan.table_schema)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                reservation.try_grow(b.get_array_memory_size())?;
+                adapted.push(b);
+            }
+            let rows = scan.finish(adapted)?;
+            // The reservation lives as long as the rows are being handed out.
+            Ok(futures::stream::iter(rows.into_iter().map(move |b| {
+                let _held = &reservation;
+                Ok(b)
+            })))
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::once(rows).try_flatten().boxed(),
+        )))
+    }
+}
+
+/// What a [`BufferScanExec`] travels as.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    dataset: String,
+    owner: String,
+    epoch: u64,
+    after: u64,
+    rows: u64,
+    from: u64,
+    to: u64,
+    projection: Option<Vec<usize>>,
+    limit: Option<usize>,
+    bytes: usize,
+}
+
+/// Encodes a [`BufferScanExec`] as its position and row range (the table schema as an Arrow IPC
+/// schema message), and decodes it with this node's [`FreshReader`]. Registered on every
+/// coordinating session and every worker of a cluster.
+#[derive(Debug, Clone)]
+pub struct BufferScanCodec {
+    reader: Arc<dyn FreshReader>,
+}
+
+impl BufferScanCodec {
+    /// A codec whose decoded scans read through `reader`.
+    pub fn new(reader: Arc<dyn FreshReader>) -> BufferScanCodec {
+        BufferScanCodec { reader }
+    }
+}
+
+impl PhysicalExtensionCodec for BufferScanCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        _inputs: &[Arc<dyn ExecutionPlan>],
+        _ctx: &TaskContext,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let bad = |what: String| DataFusionError::Internal(format!("a BufferScanExec that cannot be read: {what}"));
+        let len = buf.get(..4).ok_or_else(|| bad("too short".into()))?;
+        let len = u32::from_le_bytes(len.try_into().expect("four bytes")) as usize;
+        let head = buf.get(4..4 + len).ok_or_else(|| bad("too short".into()))?;
+        let wire: Wire = serde_json::from_slice(head).map_err(|e| bad(e.to_string()))?;
+        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(&buf[4 + len..]), None)?;
+        let table_schema = reader.schema();
+        let dataset = DatasetName::new(&wire.dataset).map_err(|e| bad(e.to_string()))?;
+        let at = FreshPosition {
+            owner: Owner {
+                node: wire.owner,
+                epoch: wire.epoch,
+            },
+            after: Lsn(wire.after),
+            rows: wire.rows,
+        };
+        Ok(Arc::new(BufferScanExec::build(
+            dataset,
+            at,
+            wire.from,
+            wire.to,
+            table_schema,
+            wire.projection,
+            wire.limit,
+            wire.bytes,
+            None,
+            Some(self.reader.clone()),
+        )?))
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        let Some(scan) = node.downcast_ref::<BufferScanExec>() else {
+            return Err(DataFusionError::NotImplemented(format!(
+                "the buffer-scan codec encodes BufferScanExec only, not {}",
+                node.name()
+            )));
+        };
+        let wire = Wire {
+            dataset: scan.dataset.to_string(),
+            owner: scan.at.owner.node.clone(),
+            epoch: scan.at.owner.epoch,
+            after: scan.at.after.0,
+            rows: scan.at.rows,
+            from: scan.from,
+            to: scan.to,
+            projection: scan.projection.clone(),
+            limit: scan.limit,
+            bytes: scan.bytes,
+        };
+        let head = serde_json::to_vec(&wire).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        buf.extend_from_slice(&(head.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&head);
+        let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut *buf, &scan.table_schema)?;
+        writer.finish()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Mutex;
+
+    /// A reader that answers from fixed batches and records what it was asked.
+    #[derive(Debug)]
+    struct Fixed {
+        rows: Vec<RecordBatch>,
+        asked: Mutex<Vec<(u64, u64)>>,
+    }
+
+    #[async_trait]
+    impl FreshReader for Fixed {
+        async fn read(
+            &self,
+            _d: &DatasetName,
+            _at: &FreshPosition,
+            from: u64,
+            to: u64,
+        ) -> Result<Vec<RecordBatch>, String> {
+            self.asked.lock().unwrap().push((from, to));
+            Ok(slice_rows(&self.rows, from, to))
+        }
+    }
+
+    fn batch(lo: i64, hi: i64) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, true),
+            Field::new("s", DataType::Utf8, true),
+        ]));
+        let n: Vec<i64> = (lo..hi).collect();
+        let s: Vec<String> = n.iter().map(|i| format!("v{i}")).collect();
+        RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from(n)), Arc::new(StringArray::from(s))],
+        )
+        .unwrap()
+    }
+
+    async fn run(plan: Arc<dyn ExecutionPlan>) -> Vec<i64> {
+        let ctx = Arc::new(TaskContext::default());
+        let batches: Vec<RecordBatch> = plan.execute(0, ctx).unwrap().try_collect().await.unwrap();
+        batches
+            .iter()
+            .flat_map(|b| {
+                let col = b
+                    .column_by_name("n")
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap();
+                col.values().to_vec()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_scan_travels_as_its_position_and_its_slices_read_every_row_once() {
+        let rows = vec![batch(0, 7), batch(7, 8), batch(8, 20)];
+        let schema = rows[0].schema();
+        let at = FreshPosition {
+            owner: Owner {
+                node: "ingest-1".into(),
+                epoch: 3,
+            },
+            after: Lsn(41),
+            rows: 20,
+        };
+        let scan = BufferScanExec::new(
+            DatasetName::new("d").unwrap(),
+            at,
+            Arc::new(rows.clone()),
+            schema,
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(run(Arc::new(scan.clone())).await, (0..20).collect::<Vec<_>>());
+
+        let reader = Arc::new(Fixed {
+            rows,
+            asked: Mutex::default(),
+        });
+        let codec = BufferScanCodec::new(reader.clone());
+        let converter = datafusion_proto::physical_plan::DefaultPhysicalProtoConverter {};
+        let mut all = Vec::new();
+        for part in scan.split(3) {
+            let mut buf = Vec::new();
+            codec.try_encode(part.clone(), &mut buf, &converter).unwrap();
+            assert!(
+                buf.len() < 1024,
+                "a position and a schema, not rows: {} bytes",
+                buf.len()
+            );
+            let decoded = codec
+                .try_decode(&buf, &[], &TaskContext::default(), &converter)
+                .unwrap();
+            assert_eq!(decoded.schema(), part.schema());
+            all.extend(run(decoded).await);
+        }
+        assert_eq!(
+            all,
+            (0..20).collect::<Vec<_>>(),
+            "three slices, every row once, in order"
+        );
+        assert_eq!(*reader.asked.lock().unwrap(), vec![(0, 6), (6, 13), (13, 20)]);
+
+        // A projection and a limit travel too.
+        let narrow = BufferScanExec::new(
+            DatasetName::new("d").unwrap(),
+            scan.at.clone(),
+            scan.held.clone().unwrap(),
+            scan.table_schema.clone(),
+            Some(vec![0]),
+            Some(9),
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        codec.try_encode(Arc::new(narrow), &mut buf, &converter).unwrap();
+        let decoded = codec
+            .try_decode(&buf, &[], &TaskContext::default(), &converter)
+            .unwrap();
+        assert_eq!(decoded.schema().fields().len(), 1);
+        assert_eq!(run(decoded).await, (0..9).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_answers_other_rows_than_named_fails_the_task() {
+        let rows = vec![batch(0, 5)];
+        let at = FreshPosition {
+            owner: Owner {
+                node: "ingest-1".into(),
+                epoch: 1,
+            },
+            after: Lsn(0),
+            rows: 8,
+        };
+        let scan = BufferScanExec::build(
+            DatasetName::new("d").unwrap(),
+            at,
+            0,
+            8,
+            rows[0].schema(),
+            None,
+            None,
+            0,
+            None,
+            Some(Arc::new(Fixed {
+                rows,
+                asked: Mutex::default(),
+            })),
+        )
+        .unwrap();
+        let ctx = Arc::new(TaskContext::default());
+        let got: Result<Vec<RecordBatch>> = scan.execute(0, ctx).unwrap().try_collect().await;
+        let e = got.unwrap_err().to_string();
+        assert!(e.contains("5 rows read where the plan names 8"), "{e}");
+    }
+}
