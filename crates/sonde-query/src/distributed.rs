@@ -432,6 +432,10 @@ impl Cluster {
             .with_distributed_route_tasks_handler(route_by_segment(self.peers.clone()))
             .with_distributed_desired_task_count_handler(buffer_scan_tasks(self.config.bytes_per_partition))
             .with_distributed_scale_up_leaf_node_handler(split_buffer_scan)
+            // A table's union of segments and fresh rows runs in every task, each task reading
+            // its share of both (both leaves split per task), rather than one task of the few
+            // given to the fresh rows alone.
+            .with_distributed_children_isolator_unions(false)?
             .with_distributed_user_codec(self.codec.clone())
             .with_distributed_passthrough_headers(key_headers(&self.config.key)?)?
             .with_distributed_planner()

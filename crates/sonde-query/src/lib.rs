@@ -36,6 +36,8 @@ pub mod table;
 pub mod udaf;
 
 #[cfg(test)]
+mod plan_shape_tests;
+#[cfg(test)]
 mod source_tests;
 
 pub use bubbleup::BubbleUpRequest;

@@ -110,7 +110,14 @@ impl QueryEngine {
             return Ok(Some((vec![batch], used)));
         }
         let task = Arc::new(datafusion::execution::TaskContext::from(&state));
-        let batches = self.collect_plan(req, plan.clone(), task, what).await?;
+        let batches = match self.collect_plan(req, plan.clone(), task, what).await {
+            Ok(b) => b,
+            // The plan was valid here, so a worker that finds it invalid is out of step with
+            // this node (an older version without one of Sonde's functions, say): not the
+            // caller's fault, and this node alone can still answer.
+            Err(QueryError::Sql(e)) => return Err(QueryError::Internal(format!("a worker refused the plan: {e}"))),
+            Err(e) => return Err(e),
+        };
         Ok(Some((batches, recorder.distribution(&plan, &cluster.config.self_url))))
     }
 }
