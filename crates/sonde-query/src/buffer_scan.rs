@@ -42,13 +42,27 @@ pub trait FreshReader: Send + Sync + fmt::Debug {
     /// Rows `[from, to)` of `dataset`'s buffered events after `at.after` on `at.owner`, in
     /// order, as batches with their own schemas; an error when they cannot be had any more
     /// (the owner flushed past `at.after`, or changed epoch) or the owner cannot be reached.
-    async fn read(
-        &self,
-        dataset: &DatasetName,
-        at: &FreshPosition,
-        from: u64,
-        to: u64,
-    ) -> Result<Vec<RecordBatch>, String>;
+    async fn read(&self, dataset: &DatasetName, at: &FreshPosition, from: u64, to: u64) -> Result<FreshRead, String>;
+}
+
+/// What a [`FreshReader`] read.
+#[derive(Debug, Default)]
+pub struct FreshRead {
+    /// The rows, in order, as batches with their own schemas.
+    pub batches: Vec<RecordBatch>,
+    /// Bytes of them read from elsewhere for this query (not already held in this node's copy,
+    /// whose bytes `--max-buffer-bytes` bounds): the query's memory pool holds them.
+    pub fetched_bytes: usize,
+}
+
+/// The bytes of `batch`'s own slices of its buffers: a batch decoded from an IPC frame shares
+/// one buffer among its columns, which `get_array_memory_size` would count once per column.
+pub fn slice_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+        .sum()
 }
 
 /// A scan of rows `[from, to)` of a query node's copy of one dataset's fresh events, cast to
@@ -258,10 +272,12 @@ impl ExecutionPlan for BufferScanExec {
         let scan = self.clone();
         let reservation = MemoryConsumer::new("BufferScanExec").register(context.memory_pool());
         let rows = async move {
-            let raw = reader
+            let read = reader
                 .read(&scan.dataset, &scan.at, scan.from, scan.to)
                 .await
                 .map_err(|e| DataFusionError::Execution(format!("fresh rows of dataset {}: {e}", scan.dataset)))?;
+            reservation.try_grow(read.fetched_bytes)?;
+            let raw = read.batches;
             let got: u64 = raw.iter().map(|b| b.num_rows() as u64).sum();
             if got != scan.to - scan.from {
                 return Err(DataFusionError::Execution(format!(
@@ -272,10 +288,10 @@ impl ExecutionPlan for BufferScanExec {
             }
             let mut adapted = Vec::with_capacity(raw.len());
             for b in raw {
-                let b = sonde_storage::schema::adapt_to_schema(&b, &scan.table_schema)
-                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                reservation.try_grow(b.get_array_memory_size())?;
-                adapted.push(b);
+                adapted.push(
+                    sonde_storage::schema::adapt_to_schema(&b, &scan.table_schema)
+                        .map_err(|e| DataFusionError::External(Box::new(e)))?,
+                );
             }
             let rows = scan.finish(adapted)?;
             // The reservation lives as long as the rows are being handed out.
@@ -408,15 +424,12 @@ mod tests {
 
     #[async_trait]
     impl FreshReader for Fixed {
-        async fn read(
-            &self,
-            _d: &DatasetName,
-            _at: &FreshPosition,
-            from: u64,
-            to: u64,
-        ) -> Result<Vec<RecordBatch>, String> {
+        async fn read(&self, _d: &DatasetName, _at: &FreshPosition, from: u64, to: u64) -> Result<FreshRead, String> {
             self.asked.lock().unwrap().push((from, to));
-            Ok(slice_rows(&self.rows, from, to))
+            Ok(FreshRead {
+                batches: slice_rows(&self.rows, from, to),
+                fetched_bytes: 0,
+            })
         }
     }
 

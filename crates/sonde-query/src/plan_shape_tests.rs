@@ -6,7 +6,7 @@
 //! written with `SONDE_BLESS=1 cargo test -p sonde-query plan_shape` and read before it is
 //! committed.
 
-use crate::buffer_scan::FreshReader;
+use crate::buffer_scan::{FreshRead, FreshReader};
 use crate::distributed::ClusterConfig;
 use crate::{QueryEngine, SqlFormat};
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
@@ -141,7 +141,7 @@ struct Unread;
 
 #[async_trait]
 impl FreshReader for Unread {
-    async fn read(&self, _: &DatasetName, _: &FreshPosition, _: u64, _: u64) -> Result<Vec<RecordBatch>, String> {
+    async fn read(&self, _: &DatasetName, _: &FreshPosition, _: u64, _: u64) -> Result<FreshRead, String> {
         Err("planning reads no rows".into())
     }
 }

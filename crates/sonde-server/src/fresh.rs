@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sonde_model::DatasetName;
-use sonde_query::buffer_scan::FreshReader;
+use sonde_query::buffer_scan::{FreshRead, FreshReader, slice_bytes};
 use sonde_storage::Lsn;
 use sonde_storage::Storage;
 use sonde_storage::fresh::{BufferRead, FreshPosition, FreshTarget, Owner, decode_batches, encode_batches};
@@ -257,16 +257,14 @@ impl FreshRowsReader {
 
 #[async_trait::async_trait]
 impl FreshReader for FreshRowsReader {
-    async fn read(
-        &self,
-        dataset: &DatasetName,
-        at: &FreshPosition,
-        from: u64,
-        to: u64,
-    ) -> Result<Vec<RecordBatch>, String> {
+    async fn read(&self, dataset: &DatasetName, at: &FreshPosition, from: u64, to: u64) -> Result<FreshRead, String> {
         let (mut rows, mut next) = self.storage.fresh_slice(dataset, &at.owner, at.after, from, to);
+        let mut fetched_bytes = 0;
         if next >= to {
-            return Ok(rows);
+            return Ok(FreshRead {
+                batches: rows,
+                fetched_bytes,
+            });
         }
         // This node's copy is a pull behind the planner's, or stands elsewhere: ask the owner.
         let node = &at.owner.node;
@@ -316,12 +314,17 @@ impl FreshReader for FreshRowsReader {
             for b in batches {
                 let n = (b.num_rows() as u64).min(to - next);
                 if n > 0 {
-                    rows.push(b.slice(0, n as usize));
+                    let b = b.slice(0, n as usize);
+                    fetched_bytes += slice_bytes(&b);
+                    rows.push(b);
                     next += n;
                 }
             }
         }
-        Ok(rows)
+        Ok(FreshRead {
+            batches: rows,
+            fetched_bytes,
+        })
     }
 }
 
