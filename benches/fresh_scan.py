@@ -55,8 +55,10 @@ def plan_bytes(node):
     """Bytes of plan sent to workers by one run of the first question (EXPLAIN ANALYZE)."""
     r = call(node.url + "/api/sql", {"sql": "EXPLAIN ANALYZE " + QUESTIONS["count by service"]})
     text = " ".join(str(row.get("plan", "")) for row in r["rows"])
+    # Per stage, a map of task to bytes: plan_bytes_sent={0:5.2 KB, 1:4.9 KB}
     sizes = [float(v) * {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}[unit]
-             for v, unit in re.findall(r"plan_bytes_sent=([0-9.]+)\s?([KMG]?)B?", text)]
+             for group in re.findall(r"plan_bytes_sent=\{([^}]*)\}", text)
+             for v, unit in re.findall(r"\d+:\s*([0-9.]+)\s*([KMG]?)B", group)]
     return int(sum(sizes)) if sizes else None
 
 

@@ -50,20 +50,16 @@ pub trait FreshReader: Send + Sync + fmt::Debug {
 pub struct FreshRead {
     /// The rows, in order, as batches with their own schemas.
     pub batches: Vec<RecordBatch>,
-    /// Bytes of them read from elsewhere for this query (not already held in this node's copy,
-    /// whose bytes `--max-buffer-bytes` bounds): the query's memory pool holds them.
+    /// Bytes read from elsewhere for this query to have them (the answers they were decoded
+    /// from, which they share; not this node's copy, which `--max-buffer-bytes` bounds): the
+    /// query's memory pool holds these until the rows are handed on.
     pub fetched_bytes: usize,
 }
 
-/// The bytes of `batch`'s own slices of its buffers: a batch decoded from an IPC frame shares
-/// one buffer among its columns, which `get_array_memory_size` would count once per column.
-pub fn slice_bytes(batch: &RecordBatch) -> usize {
-    batch
-        .columns()
-        .iter()
-        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
-        .sum()
-}
+/// How the error of a fresh-row scan begins when its rows can no longer be read as the plan
+/// names them (the ingest node flushed, or a column widened, since it was planned): the node
+/// that planned it still holds them, so the query runs again there at once.
+pub const MOVED_ON: &str = "fresh rows moved on";
 
 /// A scan of rows `[from, to)` of a query node's copy of one dataset's fresh events, cast to
 /// the table's schema (see the module's note).
@@ -95,7 +91,7 @@ impl BufferScanExec {
         projection: Option<Vec<usize>>,
         limit: Option<usize>,
     ) -> Result<BufferScanExec> {
-        let bytes = held.iter().map(RecordBatch::get_array_memory_size).sum();
+        let bytes = held.iter().map(own_bytes).sum();
         let to = at.rows;
         BufferScanExec::build(
             dataset,
@@ -170,6 +166,30 @@ impl BufferScanExec {
             .collect()
     }
 
+    /// Fails when a column of `batch` (read on another node than the planner) is wider than the
+    /// table's type for it: the ingest node widened it since the plan was made, and casting its
+    /// values back would not give the planner's answer.
+    fn check_not_wider(&self, batch: &RecordBatch) -> Result<()> {
+        use sonde_storage::schema::column_type_of;
+        for field in batch.schema().fields() {
+            let Ok(table) = self.table_schema.field_with_name(field.name()) else {
+                continue;
+            };
+            if let (Some(got), Some(want)) = (column_type_of(field.data_type()), column_type_of(table.data_type()))
+                && got.widen(want) != want
+            {
+                return Err(DataFusionError::Execution(format!(
+                    "{MOVED_ON}: dataset {}: column {} is {} on the ingest node, {} in the plan",
+                    self.dataset,
+                    field.name(),
+                    got.name(),
+                    want.name()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The rows `[from, to)`, projected, at most `limit` of them.
     fn finish(&self, rows: impl IntoIterator<Item = RecordBatch>) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
@@ -189,22 +209,19 @@ impl BufferScanExec {
     }
 }
 
+/// The bytes of `batch`'s own slices of its buffers: a batch decoded from an IPC frame shares
+/// one buffer among its columns, which `get_array_memory_size` would count once per column.
+fn own_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+        .sum()
+}
+
 /// `batches` cut to their rows `[from, to)`, counting from the first.
 fn slice_rows(batches: &[RecordBatch], from: u64, to: u64) -> Vec<RecordBatch> {
-    let mut out = Vec::new();
-    let mut at = 0u64;
-    for b in batches {
-        let n = b.num_rows() as u64;
-        let (lo, hi) = (from.max(at), to.min(at + n));
-        if lo < hi {
-            out.push(b.slice((lo - at) as usize, (hi - lo) as usize));
-        }
-        at += n;
-        if at >= to {
-            break;
-        }
-    }
-    out
+    sonde_storage::source::rows_between(batches, from, to, usize::MAX)
 }
 
 impl DisplayAs for BufferScanExec {
@@ -281,13 +298,14 @@ impl ExecutionPlan for BufferScanExec {
             let got: u64 = raw.iter().map(|b| b.num_rows() as u64).sum();
             if got != scan.to - scan.from {
                 return Err(DataFusionError::Execution(format!(
-                    "fresh rows of dataset {}: {got} rows read where the plan names {}",
+                    "{MOVED_ON}: dataset {}: {got} rows read where the plan names {}",
                     scan.dataset,
                     scan.to - scan.from
                 )));
             }
             let mut adapted = Vec::with_capacity(raw.len());
             for b in raw {
+                scan.check_not_wider(&b)?;
                 adapted.push(
                     sonde_storage::schema::adapt_to_schema(&b, &scan.table_schema)
                         .map_err(|e| DataFusionError::External(Box::new(e)))?,
@@ -565,5 +583,55 @@ mod tests {
         let got: Result<Vec<RecordBatch>> = scan.execute(0, ctx).unwrap().try_collect().await;
         let e = got.unwrap_err().to_string();
         assert!(e.contains("5 rows read where the plan names 8"), "{e}");
+        assert!(e.contains(MOVED_ON), "the query runs again where it was planned: {e}");
+    }
+
+    #[tokio::test]
+    async fn a_column_widened_on_the_ingest_node_since_planning_fails_the_task() {
+        // Planned when `n` was an int; the ingest node has since seen a float in it.
+        let planned = batch(0, 3).schema();
+        let widened = Arc::new(Schema::new(vec![Field::new("n", DataType::Float64, true)]));
+        let rows = vec![
+            RecordBatch::try_new(
+                widened,
+                vec![Arc::new(arrow::array::Float64Array::from(vec![0.5, 1.0, 2.0]))],
+            )
+            .unwrap(),
+        ];
+        let at = FreshPosition {
+            owner: Owner {
+                node: "ingest-1".into(),
+                epoch: 1,
+            },
+            after: Lsn(0),
+            rows: 3,
+        };
+        let reader = Arc::new(Fixed {
+            rows,
+            asked: Mutex::default(),
+        });
+        let scan = BufferScanExec::build(
+            DatasetName::new("d").unwrap(),
+            at,
+            0,
+            3,
+            planned,
+            None,
+            None,
+            0,
+            None,
+            Some(reader),
+        )
+        .unwrap();
+        let got: Result<Vec<RecordBatch>> = scan
+            .execute(0, Arc::new(TaskContext::default()))
+            .unwrap()
+            .try_collect()
+            .await;
+        let e = got.unwrap_err().to_string();
+        assert!(
+            e.contains(MOVED_ON) && e.contains("column n is float on the ingest node, int in the plan"),
+            "{e}"
+        );
     }
 }

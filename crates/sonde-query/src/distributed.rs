@@ -28,6 +28,7 @@ use crate::table::DatasetTable;
 use crate::udaf::{weighted_percentile, weighted_percentiles};
 use async_trait::async_trait;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::source_as_provider;
@@ -37,6 +38,7 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{FunctionRegistry, SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{Expr, LogicalPlan, WindowFunctionDefinition};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::prelude::SessionConfig;
 use datafusion_distributed::grpc::DefaultChannelResolver;
 use datafusion_distributed::{
@@ -430,8 +432,8 @@ impl Cluster {
             .with_distributed_local_worker_context(self.worker.to_local_worker_context(self.config.self_url.clone()))
             .with_distributed_file_scan_config_bytes_per_partition(self.config.bytes_per_partition.max(1))?
             .with_distributed_route_tasks_handler(route_by_segment(self.peers.clone()))
-            .with_distributed_desired_task_count_handler(buffer_scan_tasks(self.config.bytes_per_partition))
-            .with_distributed_scale_up_leaf_node_handler(split_buffer_scan)
+            .with_distributed_desired_task_count_handler(leaf_tasks(self.config.bytes_per_partition))
+            .with_distributed_scale_up_leaf_node_handler(split_leaf)
             // A table's union of segments and fresh rows runs in every task, each task reading
             // its share of both (both leaves split per task), rather than one task of the few
             // given to the fresh rows alone.
@@ -445,24 +447,50 @@ impl Cluster {
     }
 }
 
-/// Tasks for a scan of fresh rows: one per `bytes_per_partition` × the target partitions of
-/// its rows in memory, as a Parquet scan gets one per as many bytes of its files.
-fn buffer_scan_tasks(bytes_per_partition: usize) -> impl DesiredTaskCountHandler {
+/// Task counts for the leaves Sonde's tables plan besides Parquet scans (which
+/// datafusion-distributed sizes itself), so that none of them holds its whole stage to one task
+/// (a leaf without a count is taken to need one, and a stage takes its leaves' lowest maximum):
+/// a scan of fresh rows, one task per `bytes_per_partition` × the target partitions of its rows
+/// in memory, as a Parquet scan gets one per as many bytes of its files; an empty scan, or a
+/// few rows held in memory (a trace-id lookup's fresh rows), any number ([`split_leaf`] gives
+/// the rows to the first task only).
+fn leaf_tasks(bytes_per_partition: usize) -> impl DesiredTaskCountHandler {
     move |ev: DesiredTaskCountEvent| -> Option<Result<DesiredTaskCountEventResponse, DataFusionError>> {
-        let scan = ev.plan.downcast_ref::<BufferScanExec>()?;
-        let per_task = bytes_per_partition.saturating_mul(ev.session_config.target_partitions().max(1));
-        Some(Ok(DesiredTaskCountEventResponse::desired(scan.tasks_for(per_task))))
+        if let Some(scan) = ev.plan.downcast_ref::<BufferScanExec>() {
+            let per_task = bytes_per_partition.saturating_mul(ev.session_config.target_partitions().max(1));
+            return Some(Ok(DesiredTaskCountEventResponse::desired(scan.tasks_for(per_task))));
+        }
+        (ev.plan.is::<EmptyExec>() || memory_rows(ev.plan).is_some())
+            .then(|| Ok(DesiredTaskCountEventResponse::desired(1)))
     }
 }
 
-/// Cuts a scan of fresh rows into one slice of rows per task.
-fn split_buffer_scan(ev: ScaleUpLeafNodeEvent) -> Option<Result<ScaleUpLeafNodeEventResponse, DataFusionError>> {
-    let scan = ev.plan.downcast_ref::<BufferScanExec>()?;
+/// Whether `plan` is a scan of rows held in memory.
+fn memory_rows(plan: &Arc<dyn ExecutionPlan>) -> Option<&MemorySourceConfig> {
+    plan.downcast_ref::<DataSourceExec>()?
+        .data_source()
+        .downcast_ref::<MemorySourceConfig>()
+}
+
+/// Cuts a leaf of a stage of `task_count` tasks: a scan of fresh rows into one slice of rows
+/// per task; rows held in memory into themselves in the first task and nothing in the others.
+fn split_leaf(ev: ScaleUpLeafNodeEvent) -> Option<Result<ScaleUpLeafNodeEventResponse, DataFusionError>> {
     if ev.task_count <= 1 {
         return None;
     }
+    let variants: Vec<Arc<dyn ExecutionPlan>> = if let Some(scan) = ev.plan.downcast_ref::<BufferScanExec>() {
+        scan.split(ev.task_count)
+    } else if memory_rows(ev.plan).is_some() {
+        let partitions = ev.plan.properties().partitioning.partition_count();
+        let empty: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(ev.plan.schema()).with_partitions(partitions));
+        std::iter::once(ev.plan.clone())
+            .chain(std::iter::repeat_n(empty, ev.task_count - 1))
+            .collect()
+    } else {
+        return None;
+    };
     Some(
-        DistributedLeafExec::try_new(ev.plan.clone(), scan.split(ev.task_count))
+        DistributedLeafExec::try_new(ev.plan.clone(), variants)
             .map(|leaf| ScaleUpLeafNodeEventResponse::new(Arc::new(leaf))),
     )
 }
@@ -474,15 +502,22 @@ fn split_buffer_scan(ev: ScaleUpLeafNodeEvent) -> Option<Result<ScaleUpLeafNodeE
 /// order of preference.
 fn route_by_segment(peers: Peers) -> impl RouteTasksHandler {
     move |ev: RouteTasksEvent| -> Option<Result<RouteTasksEventResponse, DataFusionError>> {
-        let mut keys: Option<Vec<String>> = None;
+        // A task's files across every split leaf of the stage (a union's scans of several
+        // datasets, or one beside a scan of fresh rows, which names no file).
+        let mut keys = vec![String::new(); ev.task_count];
         let _ = ev.plan.apply(|p| {
-            if let Some(leaf) = p.downcast_ref::<DistributedLeafExec>() {
-                keys = Some(leaf.variants().iter().map(task_files).collect());
-                return Ok(TreeNodeRecursion::Stop);
+            if let Some(leaf) = p.downcast_ref::<DistributedLeafExec>()
+                && leaf.variants().len() == ev.task_count
+            {
+                for (key, task) in keys.iter_mut().zip(leaf.variants()) {
+                    key.push_str(&task_files(task));
+                }
             }
             Ok(TreeNodeRecursion::Continue)
         });
-        let keys = keys.filter(|k| k.len() == ev.task_count && k.iter().all(|k| !k.is_empty()))?;
+        if keys.iter().any(String::is_empty) {
+            return None;
+        }
         let urls = peers.get();
         if urls.is_empty() {
             return None;

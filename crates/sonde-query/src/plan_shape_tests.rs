@@ -226,3 +226,14 @@ async fn fresh_rows_alone_are_cut_into_slices_one_per_task() {
     let plan = explain(Planned::new(0, 400_000), BY_SERVICE, 1 << 20).await;
     assert_shape("fresh_alone", &plan);
 }
+
+/// A union whose other branch reads nothing (here no segment is in its time range) is still
+/// spread: the empty scan runs in every task instead of holding the stage to one.
+#[tokio::test]
+async fn an_empty_branch_does_not_hold_a_union_to_one_task() {
+    let sql = "SELECT COUNT(*) AS n FROM (SELECT service FROM d UNION ALL \
+               SELECT service FROM d WHERE \"timestamp\" > TIMESTAMP '2030-01-01T00:00:00Z')";
+    let plan = explain(Planned::new(12, 0), sql, 16 << 20).await;
+    assert!(plan.contains("EmptyExec"), "{plan}");
+    assert_shape("union_with_empty_branch", &plan);
+}

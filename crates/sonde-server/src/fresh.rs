@@ -1,6 +1,8 @@
 //! Fresh events across a cluster, over HTTP: an ingest node serves its write buffer
-//! (`GET /internal/v1/buffer/{dataset}`), and a query node copies it every `--fresh-interval`
-//! (see `sonde_storage::fresh` for why each event is then counted exactly once).
+//! (`GET /internal/v1/buffer/{dataset}`), a query node copies it every `--fresh-interval` (see
+//! `sonde_storage::fresh` for why each event is then counted exactly once), and a query node
+//! running a task of another's plan reads the fresh rows the plan names from its copy, the part
+//! its copy lacks from the ingest node ([`FreshRowsReader`]).
 
 use crate::AppState;
 use crate::auth::{Caller, Scope};
@@ -11,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sonde_model::DatasetName;
-use sonde_query::buffer_scan::{FreshRead, FreshReader, slice_bytes};
+use sonde_query::buffer_scan::{FreshRead, FreshReader, MOVED_ON};
 use sonde_storage::Lsn;
 use sonde_storage::Storage;
 use sonde_storage::fresh::{BufferRead, FreshPosition, FreshTarget, Owner, decode_batches, encode_batches};
@@ -41,10 +43,14 @@ pub(crate) struct BufferAsk {
     after: u64,
     #[serde(default)]
     from_row: u64,
+    /// Rows before this one only (a worker reading the slice of rows a plan names).
+    #[serde(default)]
+    to_row: Option<u64>,
 }
 
-/// `GET /internal/v1/buffer/{dataset}?epoch=E&after=F&from_row=N` (an ingest node of a
-/// cluster): the dataset's buffered events after flushed position `F`, from row `N` on, as
+/// `GET /internal/v1/buffer/{dataset}?epoch=E&after=F&from_row=N[&to_row=M]` (an ingest node of
+/// a cluster): the dataset's buffered events after flushed position `F`, from row `N` on (before
+/// row `M`), as
 /// length-prefixed Arrow IPC streams; 409 with `x-sonde-flushed-lsn` when the dataset is
 /// flushed through another position (read the catalog again), 421 when this node does not
 /// write it at epoch `E`. Reading events needs the query scope.
@@ -56,9 +62,14 @@ pub(crate) async fn buffer(
 ) -> Result<Response, ApiError> {
     state.access.require(&caller, Scope::Query, Some(&dataset))?;
     let name = DatasetName::new(&dataset).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let read = state
-        .storage
-        .buffered_since(&name, ask.epoch, Lsn(ask.after), ask.from_row, MAX_ANSWER_BYTES)?;
+    let read = state.storage.buffered_since(
+        &name,
+        ask.epoch,
+        Lsn(ask.after),
+        ask.from_row,
+        ask.to_row,
+        MAX_ANSWER_BYTES,
+    )?;
     match read {
         BufferRead::Moved { flushed_lsn } => {
             let mut r = ApiError::conflict(format!(
@@ -174,12 +185,19 @@ struct Ask<'a> {
     owner: &'a Owner,
     after: Lsn,
     from_row: u64,
+    /// The row to stop before, if not at the end of the buffer.
+    to_row: Option<u64>,
 }
 
 /// What an ingest node answered an [`Ask`].
 enum Asked {
-    /// Rows from the row asked for on (up to the node's answer bound), and the rows it holds.
-    Rows { batches: Vec<RecordBatch>, total: u64 },
+    /// Rows from the row asked for on (up to the node's answer bound), the rows it holds, and
+    /// the bytes of the answer (which the decoded rows share).
+    Rows {
+        batches: Vec<RecordBatch>,
+        total: u64,
+        bytes: usize,
+    },
     /// It has flushed past the position asked for.
     Moved,
 }
@@ -195,6 +213,9 @@ impl Ask<'_> {
                 ("after", self.after.0),
                 ("from_row", self.from_row),
             ]);
+        if let Some(to) = self.to_row {
+            req = req.query(&[("to_row", to)]);
+        }
         if let Some(key) = self.key {
             req = req.header("x-honeycomb-team", key);
         }
@@ -223,7 +244,11 @@ impl Ask<'_> {
             .await
             .map_err(|e| (e, false))?;
         let batches = decode_batches(&body).map_err(|e| (e.to_string(), false))?;
-        Ok(Asked::Rows { batches, total })
+        Ok(Asked::Rows {
+            batches,
+            total,
+            bytes: body.len(),
+        })
     }
 }
 
@@ -290,6 +315,7 @@ impl FreshReader for FreshRowsReader {
                 owner: &at.owner,
                 after: at.after,
                 from_row: next,
+                to_row: Some(to),
             };
             let asked = ask.send(&self.http).await.map_err(|(e, forget)| {
                 if forget {
@@ -298,10 +324,14 @@ impl FreshReader for FreshRowsReader {
                 e
             })?;
             let batches = match asked {
-                Asked::Rows { batches, .. } => batches,
+                Asked::Rows { batches, bytes, .. } => {
+                    // The decoded rows share the answer's buffer: it is what they hold.
+                    fetched_bytes += bytes;
+                    batches
+                }
                 Asked::Moved => {
                     return Err(format!(
-                        "ingest node {node} has flushed past position {} since the query was planned",
+                        "{MOVED_ON}: ingest node {node} has flushed past position {} since the query was planned",
                         at.after.0
                     ));
                 }
@@ -314,9 +344,7 @@ impl FreshReader for FreshRowsReader {
             for b in batches {
                 let n = (b.num_rows() as u64).min(to - next);
                 if n > 0 {
-                    let b = b.slice(0, n as usize);
-                    fetched_bytes += slice_bytes(&b);
-                    rows.push(b);
+                    rows.push(b.slice(0, n as usize));
                     next += n;
                 }
             }
@@ -359,9 +387,10 @@ async fn copy_dataset(
             owner: &target.owner,
             after: target.after,
             from_row: target.from_row,
+            to_row: None,
         };
         let (batches, total) = match ask.send(http).await {
-            Ok(Asked::Rows { batches, total }) => (batches, total),
+            Ok(Asked::Rows { batches, total, .. }) => (batches, total),
             Ok(Asked::Moved) => return Ok(true),
             Err((e, forget)) => {
                 if forget {

@@ -124,6 +124,34 @@ impl DatasetState {
     }
 }
 
+/// Rows `[from, to)` of `batches` taken as one sequence (numbered from 0), sliced without
+/// copying; the answer stops after the batch that reaches about `max_bytes` (at least one
+/// batch).
+pub fn rows_between(batches: &[RecordBatch], from: u64, to: u64, max_bytes: usize) -> Vec<RecordBatch> {
+    let mut out = Vec::new();
+    let (mut at, mut bytes) = (0u64, 0usize);
+    for b in batches {
+        let n = b.num_rows() as u64;
+        let (lo, hi) = (from.max(at), to.min(at + n));
+        if lo < hi {
+            let b = match (lo - at, hi - lo) {
+                (0, len) if len == n => b.clone(),
+                (skip, len) => b.slice(skip as usize, len as usize),
+            };
+            bytes += b.get_array_memory_size();
+            out.push(b);
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        at += n;
+        if at >= to {
+            break;
+        }
+    }
+    out
+}
+
 /// What an ingest node answers a query node asking for a dataset's buffered events.
 #[derive(Debug)]
 pub enum BufferRead {
@@ -158,14 +186,15 @@ pub struct FreshTarget {
 
 impl Storage {
     /// On an ingest node of a cluster: the buffered events of `dataset` after flushed position
-    /// `after`, from row `from_row` on, while this node writes it at `epoch`; at most about
-    /// `max_bytes` of them (at least one batch) per answer.
+    /// `after`, from row `from_row` on (and before row `to_row`, if given), while this node
+    /// writes it at `epoch`; at most about `max_bytes` of them (at least one batch) per answer.
     pub fn buffered_since(
         &self,
         dataset: &DatasetName,
         epoch: u64,
         after: Lsn,
         from_row: u64,
+        to_row: Option<u64>,
         max_bytes: usize,
     ) -> Result<BufferRead> {
         let Some(shared) = self.catalog_store.shared() else {
@@ -214,27 +243,7 @@ impl Storage {
         }
         drop(st);
         let total_rows: u64 = all.iter().map(|b| b.num_rows() as u64).sum();
-        let mut skip = from_row;
-        let mut batches = Vec::new();
-        let mut bytes = 0;
-        for b in all {
-            let n = b.num_rows() as u64;
-            if skip >= n {
-                skip -= n;
-                continue;
-            }
-            let b = if skip > 0 {
-                b.slice(skip as usize, (n - skip) as usize)
-            } else {
-                b
-            };
-            skip = 0;
-            bytes += b.get_array_memory_size();
-            batches.push(b);
-            if bytes >= max_bytes {
-                break;
-            }
-        }
+        let batches = rows_between(&all, from_row, to_row.unwrap_or(u64::MAX), max_bytes);
         Ok(BufferRead::Rows { batches, total_rows })
     }
 
@@ -261,20 +270,7 @@ impl Storage {
             return (Vec::new(), from);
         }
         let end = to.min(f.rows);
-        let mut out = Vec::new();
-        let mut at = 0u64;
-        for b in &f.batches {
-            let n = b.num_rows() as u64;
-            let (lo, hi) = (from.max(at), end.min(at + n));
-            if lo < hi {
-                out.push(b.slice((lo - at) as usize, (hi - lo) as usize));
-            }
-            at += n;
-            if at >= end {
-                break;
-            }
-        }
-        (out, end)
+        (rows_between(&f.batches, from, end, usize::MAX), end)
     }
 
     /// On a query node of a cluster: the datasets whose fresh events it copies (those with an
@@ -515,6 +511,40 @@ mod tests {
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
     use std::sync::Arc;
+
+    #[test]
+    fn rows_between_cut_every_range_once_in_order() {
+        let batch = |lo: i64, hi: i64| {
+            RecordBatch::try_new(
+                Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)])),
+                vec![Arc::new(Int64Array::from((lo..hi).collect::<Vec<_>>()))],
+            )
+            .unwrap()
+        };
+        // Batches of 3, 0, 1 and 6 rows: values 0..10.
+        let all = vec![batch(0, 3), batch(3, 3), batch(3, 4), batch(4, 10)];
+        let values = |bs: Vec<RecordBatch>| -> Vec<i64> {
+            bs.iter()
+                .flat_map(|b| {
+                    b.column(0)
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .unwrap()
+                        .values()
+                        .to_vec()
+                })
+                .collect()
+        };
+        for from in 0..=11 {
+            for to in from..=12 {
+                let want: Vec<i64> = (from as i64..(to as i64).min(10)).collect();
+                assert_eq!(values(rows_between(&all, from, to, usize::MAX)), want, "[{from}, {to})");
+            }
+        }
+        // A byte bound stops after the batch that reaches it, never before the first.
+        assert_eq!(values(rows_between(&all, 1, 10, 1)), vec![1, 2]);
+        assert_eq!(values(rows_between(&all, 3, 10, 1)), vec![3]);
+    }
 
     #[test]
     fn frames_carry_batches_of_different_schemas_and_slices() {

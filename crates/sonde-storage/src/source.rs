@@ -3,8 +3,9 @@
 //! The query engine depends on [`DatasetSource`] and the types of this module only. [`Storage`]
 //! is the source of a single node: its catalog's segments and its own write buffers. On a
 //! query node of a cluster (`Role::Query`) it is the same `Storage`, whose segments follow the
-//! shared catalog in object storage and whose buffers are empty; fresh batches fetched from the
-//! ingest nodes that hold them would come in through this same trait.
+//! shared catalog in object storage and whose `buffered` rows are its copy of the ingest node's
+//! write buffer (`crate::fresh`), named by the snapshot's `fresh` position so that a distributed
+//! plan can name them instead of carrying them.
 //!
 //! **The contract of a snapshot:** every acknowledged event of the dataset up to the moment
 //! the snapshot is taken is in exactly one of `segments` and `buffered` — never in both (a
@@ -17,7 +18,7 @@ use sonde_model::DatasetName;
 use std::sync::Arc;
 
 pub use crate::catalog::{ColumnEntry, SegmentId, SegmentMeta};
-pub use crate::fresh::{FreshPosition, Owner};
+pub use crate::fresh::{FreshPosition, Owner, rows_between};
 pub use crate::index::{IndexCache, SegmentIndex, hash_value};
 pub use crate::{DatasetInfo, DatasetSnapshot};
 

@@ -2,9 +2,13 @@
 //! SQL and the query specs' aggregates go through [`QueryEngine::collect_spread`].
 
 use super::*;
+use crate::buffer_scan::MOVED_ON;
 use crate::distributed::{self, Cluster, Distribution};
 use datafusion::logical_expr::LogicalPlan;
 use std::sync::atomic::Ordering::Relaxed;
+
+/// How the error of a distributed run begins when a worker refused a plan valid here.
+const REFUSED: &str = "a worker refused the plan";
 
 impl QueryEngine {
     /// Collects `df`'s rows across the cluster's workers when this node is part of one and the
@@ -13,7 +17,8 @@ impl QueryEngine {
     /// workers that no longer accept a connection are left out (of this run and of the next
     /// queries, until their member files have gone stale) and it runs over the others; when
     /// every worker still answers (the fault is elsewhere: a refused key, say), or that run
-    /// fails too, it runs on this node alone.
+    /// fails too, it runs on this node alone. A run that failed because fresh rows it named
+    /// moved on, or because a worker refused the plan, runs alone at once, without probing.
     pub(super) async fn collect_spread(
         &self,
         req: &RequestBudget,
@@ -33,7 +38,12 @@ impl QueryEngine {
             Err(QueryError::Internal(e)) => e,
             Err(e) => return Err(e),
         };
-        let left_out = cluster.leave_out_unreachable().await;
+        // Rows a plan named that moved on (a flush since it was planned), or a plan a worker
+        // refuses: no node is at fault, and this node alone holds what the plan names.
+        let left_out = match e.contains(MOVED_ON) || e.starts_with(REFUSED) {
+            true => Vec::new(),
+            false => cluster.leave_out_unreachable().await,
+        };
         let mut e = e;
         if !left_out.is_empty() {
             let names: Vec<String> = left_out.iter().map(ToString::to_string).collect();
@@ -115,7 +125,7 @@ impl QueryEngine {
             // The plan was valid here, so a worker that finds it invalid is out of step with
             // this node (an older version without one of Sonde's functions, say): not the
             // caller's fault, and this node alone can still answer.
-            Err(QueryError::Sql(e)) => return Err(QueryError::Internal(format!("a worker refused the plan: {e}"))),
+            Err(QueryError::Sql(e)) => return Err(QueryError::Internal(format!("{REFUSED}: {e}"))),
             Err(e) => return Err(e),
         };
         Ok(Some((batches, recorder.distribution(&plan, &cluster.config.self_url))))

@@ -1159,7 +1159,7 @@ async fn sql_is_spread_over_the_query_nodes_and_answers_as_one_node() {
     let client = reqwest::Client::new();
     let events = generate(19, 4150);
     // 4,000 flushed into segments, 150 left in the ingest node's write buffer, which the query
-    // nodes copy and send inside the plan.
+    // nodes copy and name in the plan by position.
     for chunk in events[..4000].chunks(500) {
         let (status, r) = send_json(post_ndjson(&client, &ingest, "sqlobjs", chunk)).await;
         assert_eq!(status, 200, "{r}");
