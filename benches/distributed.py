@@ -20,11 +20,11 @@ point is that it works and what it adds per query, not a speed-up.
 
 Needs moto (`make clients-venv`). Writes benches/results/distributed.json.
 """
-import argparse, json, os, statistics, subprocess, sys, time, urllib.error
+import argparse, os, statistics, subprocess, sys, time, urllib.error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from sonde_client import MOTO, Node, call, start_moto  # noqa: E402
+from sonde_client import MOTO, Node, call, start_moto, stop_all, write_result  # noqa: E402
 DATASET = "bench"
 QUESTIONS = {
     "count by service": 'SELECT "service.name", COUNT(*) AS n FROM bench GROUP BY 1 ORDER BY 1',
@@ -166,19 +166,9 @@ def main():
             entry.pop("all_ms", None)
             entry["ratio_to_alone"] = {k: round(v / alone[k], 2) for k, v in entry["median_ms"].items()}
             entry["overhead_ms"] = {k: round(v - alone[k], 1) for k, v in entry["median_ms"].items()}
-        os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-        with open(os.path.join(HERE, "results", "distributed.json"), "w") as f:
-            json.dump(report, f, indent=2)
-        print(json.dumps(report, indent=2))
-        sys.exit(1 if report.get("mismatches") else 0)
+        write_result("distributed", report)
     finally:
-        for n in live:
-            try:
-                n.stop()
-            except Exception:
-                n.proc.kill()
-        moto.terminate()
-        moto.wait(timeout=30)
+        stop_all(live, moto)
 
 
 if __name__ == "__main__":

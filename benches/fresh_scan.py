@@ -17,11 +17,11 @@ bytes of plan each build sends to the workers per query.
 
 Needs moto (`make clients-venv`). Writes benches/results/fresh_scan.json.
 """
-import argparse, json, os, re, statistics, subprocess, sys, time, urllib.error
+import argparse, os, re, statistics, subprocess, sys, time, urllib.error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from sonde_client import MOTO, Node, call, start_moto  # noqa: E402
+from sonde_client import MOTO, Node, call, start_moto, stop_all, write_result  # noqa: E402
 from distributed import same  # noqa: E402
 
 DATASET = "bench"
@@ -132,19 +132,9 @@ def main():
                                       for n in names}
         report["plan_bytes_sent"] = {b: plan_bytes(c["queries"][0]) for b, c in clusters.items()}
         report["peak_rss_mib"] = {b: [n.peak_rss_mib() for n in c["queries"]] for b, c in clusters.items()}
-        os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-        with open(os.path.join(HERE, "results", "fresh_scan.json"), "w") as f:
-            json.dump(report, f, indent=2)
-        print(json.dumps(report, indent=2))
-        sys.exit(1 if report.get("mismatches") else 0)
+        write_result("fresh_scan", report)
     finally:
-        for n in live:
-            try:
-                n.stop()
-            except Exception:
-                n.proc.kill()
-        moto.terminate()
-        moto.wait(timeout=30)
+        stop_all(live, moto)
 
 
 if __name__ == "__main__":

@@ -96,3 +96,25 @@ class Node:
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=600)
+
+
+def stop_all(nodes, moto):
+    """Stops every node (killing one that does not stop) and then moto."""
+    for n in nodes:
+        try:
+            n.stop()
+        except Exception:
+            n.proc.kill()
+    moto.terminate()
+    moto.wait(timeout=30)
+
+
+def write_result(name, report):
+    """Writes `report` to benches/results/<name>.json and prints it; exits 1 when it names
+    mismatches."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    os.makedirs(os.path.join(here, "results"), exist_ok=True)
+    with open(os.path.join(here, "results", f"{name}.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    print(json.dumps(report, indent=2))
+    sys.exit(1 if report.get("mismatches") else 0)
