@@ -237,3 +237,15 @@ async fn an_empty_branch_does_not_hold_a_union_to_one_task() {
     assert!(plan.contains("EmptyExec"), "{plan}");
     assert_shape("union_with_empty_branch", &plan);
 }
+
+/// A join with rows written in the query (a `VALUES` list, held in memory like a trace-id
+/// lookup's fresh rows): those rows are either collected whole by a join running in one task,
+/// or shuffled by key from the one task that holds them, never read by one task of many that
+/// each need them all.
+#[tokio::test]
+async fn a_join_with_values_keeps_their_rows_where_every_task_sees_them() {
+    let sql = "SELECT v.team, COUNT(*) AS n FROM d JOIN (VALUES ('api', 'edge'), ('db', 'core')) AS v(svc, team) \
+               ON d.service = v.svc GROUP BY v.team";
+    let plan = explain(Planned::new(12, 0), sql, 16 << 20).await;
+    assert_shape("join_with_values", &plan);
+}
