@@ -15,6 +15,7 @@
 //! - the distributed planner splits a large range into several tasks, each a slice of rows, as
 //!   it splits Parquet scans into byte ranges.
 
+use crate::memory::batch_bytes;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
@@ -30,8 +31,7 @@ use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConve
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use sonde_model::DatasetName;
-use sonde_storage::Lsn;
-use sonde_storage::source::{FreshPosition, Owner};
+use sonde_storage::source::FreshPosition;
 use std::fmt;
 use std::sync::Arc;
 
@@ -61,19 +61,25 @@ pub struct FreshRead {
 /// that planned it still holds them, so the query runs again there at once.
 pub const MOVED_ON: &str = "fresh rows moved on";
 
-/// A scan of rows `[from, to)` of a query node's copy of one dataset's fresh events, cast to
-/// the table's schema (see the module's note).
-#[derive(Debug, Clone)]
-pub struct BufferScanExec {
+/// Which rows a [`BufferScanExec`] reads and how, as it travels between nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Slice {
     dataset: DatasetName,
     at: FreshPosition,
     from: u64,
     to: u64,
-    table_schema: SchemaRef,
     projection: Option<Vec<usize>>,
     limit: Option<usize>,
     /// Bytes of the rows in memory, as the planning node held them (to size tasks).
     bytes: usize,
+}
+
+/// A scan of rows `[from, to)` of a query node's copy of one dataset's fresh events, cast to
+/// the table's schema (see the module's note).
+#[derive(Debug, Clone)]
+pub struct BufferScanExec {
+    slice: Slice,
+    table_schema: SchemaRef,
     /// On the planning node: the snapshot's rows `[0, at.rows)`, already in the table's schema.
     held: Option<Arc<Vec<RecordBatch>>>,
     /// On another node: where the rows come from.
@@ -91,36 +97,26 @@ impl BufferScanExec {
         projection: Option<Vec<usize>>,
         limit: Option<usize>,
     ) -> Result<BufferScanExec> {
-        let bytes = held.iter().map(own_bytes).sum();
-        let to = at.rows;
-        BufferScanExec::build(
+        let slice = Slice {
             dataset,
+            from: 0,
+            to: at.rows,
             at,
-            0,
-            to,
-            table_schema,
             projection,
             limit,
-            bytes,
-            Some(held),
-            None,
-        )
+            bytes: held.iter().map(batch_bytes).sum(),
+        };
+        BufferScanExec::of(slice, table_schema, Some(held), None)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn build(
-        dataset: DatasetName,
-        at: FreshPosition,
-        from: u64,
-        to: u64,
+    /// The scan of `slice` over a table of `table_schema`.
+    fn of(
+        slice: Slice,
         table_schema: SchemaRef,
-        projection: Option<Vec<usize>>,
-        limit: Option<usize>,
-        bytes: usize,
         held: Option<Arc<Vec<RecordBatch>>>,
         reader: Option<Arc<dyn FreshReader>>,
     ) -> Result<BufferScanExec> {
-        let schema = match &projection {
+        let schema = match &slice.projection {
             Some(p) => Arc::new(table_schema.project(p)?),
             None => table_schema.clone(),
         };
@@ -131,14 +127,8 @@ impl BufferScanExec {
             Boundedness::Bounded,
         ));
         Ok(BufferScanExec {
-            dataset,
-            at,
-            from,
-            to,
+            slice,
             table_schema,
-            projection,
-            limit,
-            bytes,
             held,
             reader,
             properties,
@@ -147,20 +137,21 @@ impl BufferScanExec {
 
     /// Tasks worth running for these rows when a task should read about `bytes_per_task`.
     pub(crate) fn tasks_for(&self, bytes_per_task: usize) -> usize {
-        let rows = (self.to - self.from) as usize;
-        self.bytes.div_ceil(bytes_per_task.max(1)).clamp(1, rows.max(1))
+        let rows = (self.slice.to - self.slice.from) as usize;
+        self.slice.bytes.div_ceil(bytes_per_task.max(1)).clamp(1, rows.max(1))
     }
 
     /// The same scan cut into `n` consecutive slices of rows, one per task.
     pub(crate) fn split(&self, n: usize) -> Vec<Arc<dyn ExecutionPlan>> {
-        let rows = self.to - self.from;
+        let whole = &self.slice;
+        let rows = whole.to - whole.from;
         let n = n.max(1) as u64;
         (0..n)
             .map(|i| {
                 let mut part = self.clone();
-                part.from = self.from + rows * i / n;
-                part.to = self.from + rows * (i + 1) / n;
-                part.bytes = self.bytes / n as usize;
+                part.slice.from = whole.from + rows * i / n;
+                part.slice.to = whole.from + rows * (i + 1) / n;
+                part.slice.bytes = whole.bytes / n as usize;
                 Arc::new(part) as Arc<dyn ExecutionPlan>
             })
             .collect()
@@ -180,7 +171,7 @@ impl BufferScanExec {
             {
                 return Err(DataFusionError::Execution(format!(
                     "{MOVED_ON}: dataset {}: column {} is {} on the ingest node, {} in the plan",
-                    self.dataset,
+                    self.slice.dataset,
                     field.name(),
                     got.name(),
                     want.name()
@@ -193,30 +184,20 @@ impl BufferScanExec {
     /// The rows `[from, to)`, projected, at most `limit` of them.
     fn finish(&self, rows: impl IntoIterator<Item = RecordBatch>) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
-        let mut left = self.limit.unwrap_or(usize::MAX);
+        let mut left = self.slice.limit.unwrap_or(usize::MAX);
         for b in rows {
             if left == 0 {
                 break;
             }
             let b = if b.num_rows() > left { b.slice(0, left) } else { b };
             left -= b.num_rows();
-            out.push(match &self.projection {
+            out.push(match &self.slice.projection {
                 Some(p) => b.project(p)?,
                 None => b,
             });
         }
         Ok(out)
     }
-}
-
-/// The bytes of `batch`'s own slices of its buffers: a batch decoded from an IPC frame shares
-/// one buffer among its columns, which `get_array_memory_size` would count once per column.
-fn own_bytes(batch: &RecordBatch) -> usize {
-    batch
-        .columns()
-        .iter()
-        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
-        .sum()
 }
 
 /// `batches` cut to their rows `[from, to)`, counting from the first.
@@ -226,12 +207,13 @@ fn slice_rows(batches: &[RecordBatch], from: u64, to: u64) -> Vec<RecordBatch> {
 
 impl DisplayAs for BufferScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let s = &self.slice;
         write!(
             f,
             "BufferScanExec: dataset={}, rows={}..{} after={} on {}@{}",
-            self.dataset, self.from, self.to, self.at.after.0, self.at.owner.node, self.at.owner.epoch
+            s.dataset, s.from, s.to, s.at.after.0, s.at.owner.node, s.at.owner.epoch
         )?;
-        if let Some(l) = self.limit {
+        if let Some(l) = s.limit {
             write!(f, ", limit={l}")?;
         }
         Ok(())
@@ -277,7 +259,7 @@ impl ExecutionPlan for BufferScanExec {
         }
         let schema = self.schema();
         if let Some(held) = &self.held {
-            let rows = self.finish(slice_rows(held, self.from, self.to))?;
+            let rows = self.finish(slice_rows(held, self.slice.from, self.slice.to))?;
             return Ok(Box::pin(RecordBatchStreamAdapter::new(
                 schema,
                 futures::stream::iter(rows.into_iter().map(Ok)),
@@ -290,17 +272,19 @@ impl ExecutionPlan for BufferScanExec {
         let reservation = MemoryConsumer::new("BufferScanExec").register(context.memory_pool());
         let rows = async move {
             let read = reader
-                .read(&scan.dataset, &scan.at, scan.from, scan.to)
+                .read(&scan.slice.dataset, &scan.slice.at, scan.slice.from, scan.slice.to)
                 .await
-                .map_err(|e| DataFusionError::Execution(format!("fresh rows of dataset {}: {e}", scan.dataset)))?;
+                .map_err(|e| {
+                    DataFusionError::Execution(format!("fresh rows of dataset {}: {e}", scan.slice.dataset))
+                })?;
             reservation.try_grow(read.fetched_bytes)?;
             let raw = read.batches;
             let got: u64 = raw.iter().map(|b| b.num_rows() as u64).sum();
-            if got != scan.to - scan.from {
+            let want = scan.slice.to - scan.slice.from;
+            if got != want {
                 return Err(DataFusionError::Execution(format!(
                     "{MOVED_ON}: dataset {}: {got} rows read where the plan names {}",
-                    scan.dataset,
-                    scan.to - scan.from
+                    scan.slice.dataset, want
                 )));
             }
             let mut adapted = Vec::with_capacity(raw.len());
@@ -325,23 +309,8 @@ impl ExecutionPlan for BufferScanExec {
     }
 }
 
-/// What a [`BufferScanExec`] travels as.
-#[derive(Serialize, Deserialize)]
-struct Wire {
-    dataset: String,
-    owner: String,
-    epoch: u64,
-    after: u64,
-    rows: u64,
-    from: u64,
-    to: u64,
-    projection: Option<Vec<usize>>,
-    limit: Option<usize>,
-    bytes: usize,
-}
-
-/// Encodes a [`BufferScanExec`] as its position and row range (the table schema as an Arrow IPC
-/// schema message), and decodes it with this node's [`FreshReader`]. Registered on every
+/// Encodes a [`BufferScanExec`] as its [`Slice`] in JSON (the table schema as an Arrow IPC
+/// schema message after it), and decodes it with this node's [`FreshReader`]. Registered on every
 /// coordinating session and every worker of a cluster.
 #[derive(Debug, Clone)]
 pub struct BufferScanCodec {
@@ -367,27 +336,11 @@ impl PhysicalExtensionCodec for BufferScanCodec {
         let len = buf.get(..4).ok_or_else(|| bad("too short".into()))?;
         let len = u32::from_le_bytes(len.try_into().expect("four bytes")) as usize;
         let head = buf.get(4..4 + len).ok_or_else(|| bad("too short".into()))?;
-        let wire: Wire = serde_json::from_slice(head).map_err(|e| bad(e.to_string()))?;
+        let slice: Slice = serde_json::from_slice(head).map_err(|e| bad(e.to_string()))?;
         let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(&buf[4 + len..]), None)?;
-        let table_schema = reader.schema();
-        let dataset = DatasetName::new(&wire.dataset).map_err(|e| bad(e.to_string()))?;
-        let at = FreshPosition {
-            owner: Owner {
-                node: wire.owner,
-                epoch: wire.epoch,
-            },
-            after: Lsn(wire.after),
-            rows: wire.rows,
-        };
-        Ok(Arc::new(BufferScanExec::build(
-            dataset,
-            at,
-            wire.from,
-            wire.to,
-            table_schema,
-            wire.projection,
-            wire.limit,
-            wire.bytes,
+        Ok(Arc::new(BufferScanExec::of(
+            slice,
+            reader.schema(),
             None,
             Some(self.reader.clone()),
         )?))
@@ -405,19 +358,7 @@ impl PhysicalExtensionCodec for BufferScanCodec {
                 node.name()
             )));
         };
-        let wire = Wire {
-            dataset: scan.dataset.to_string(),
-            owner: scan.at.owner.node.clone(),
-            epoch: scan.at.owner.epoch,
-            after: scan.at.after.0,
-            rows: scan.at.rows,
-            from: scan.from,
-            to: scan.to,
-            projection: scan.projection.clone(),
-            limit: scan.limit,
-            bytes: scan.bytes,
-        };
-        let head = serde_json::to_vec(&wire).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let head = serde_json::to_vec(&scan.slice).map_err(|e| DataFusionError::External(Box::new(e)))?;
         buf.extend_from_slice(&(head.len() as u32).to_le_bytes());
         buf.extend_from_slice(&head);
         let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut *buf, &scan.table_schema)?;
@@ -431,7 +372,23 @@ mod tests {
     use super::*;
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
+    use sonde_storage::Lsn;
+    use sonde_storage::source::Owner;
     use std::sync::Mutex;
+
+    /// A scan of all of `at`'s rows as another node than the planner runs it, through `reader`.
+    fn read_through(at: FreshPosition, table_schema: SchemaRef, reader: Arc<dyn FreshReader>) -> BufferScanExec {
+        let slice = Slice {
+            dataset: DatasetName::new("d").unwrap(),
+            from: 0,
+            to: at.rows,
+            at,
+            projection: None,
+            limit: None,
+            bytes: 0,
+        };
+        BufferScanExec::of(slice, table_schema, None, Some(reader)).unwrap()
+    }
 
     /// A reader that answers from fixed batches and records what it was asked.
     #[derive(Debug)]
@@ -536,7 +493,7 @@ mod tests {
         // A projection and a limit travel too.
         let narrow = BufferScanExec::new(
             DatasetName::new("d").unwrap(),
-            scan.at.clone(),
+            scan.slice.at.clone(),
             scan.held.clone().unwrap(),
             scan.table_schema.clone(),
             Some(vec![0]),
@@ -563,22 +520,12 @@ mod tests {
             after: Lsn(0),
             rows: 8,
         };
-        let scan = BufferScanExec::build(
-            DatasetName::new("d").unwrap(),
-            at,
-            0,
-            8,
-            rows[0].schema(),
-            None,
-            None,
-            0,
-            None,
-            Some(Arc::new(Fixed {
-                rows,
-                asked: Mutex::default(),
-            })),
-        )
-        .unwrap();
+        let schema = rows[0].schema();
+        let reader = Arc::new(Fixed {
+            rows,
+            asked: Mutex::default(),
+        });
+        let scan = read_through(at, schema, reader);
         let ctx = Arc::new(TaskContext::default());
         let got: Result<Vec<RecordBatch>> = scan.execute(0, ctx).unwrap().try_collect().await;
         let e = got.unwrap_err().to_string();
@@ -610,19 +557,7 @@ mod tests {
             rows,
             asked: Mutex::default(),
         });
-        let scan = BufferScanExec::build(
-            DatasetName::new("d").unwrap(),
-            at,
-            0,
-            3,
-            planned,
-            None,
-            None,
-            0,
-            None,
-            Some(reader),
-        )
-        .unwrap();
+        let scan = read_through(at, planned, reader);
         let got: Result<Vec<RecordBatch>> = scan
             .execute(0, Arc::new(TaskContext::default()))
             .unwrap()

@@ -57,7 +57,7 @@ pub(crate) struct Uncommitted {
 }
 
 /// The ingest node that writes a dataset, at which epoch (as a query node last read it).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Owner {
     /// The node's name (`--node-name`).
     pub node: String,
@@ -69,7 +69,7 @@ pub struct Owner {
 /// rows `[0, rows)` of the events after flushed position `after` on `owner`. Until `owner`
 /// flushes past `after`, those rows are the same rows on every query node and on the owner, so
 /// a plan can name them by this position instead of carrying them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FreshPosition {
     /// The ingest node and epoch the rows come from.
     pub owner: Owner,
