@@ -110,12 +110,7 @@ pub struct FreshConfig {
 /// A query node's loop: every `interval`, each followed dataset's new buffered events are
 /// copied from its ingest node, until `stop` resolves.
 pub async fn run(state: Arc<AppState>, config: FreshConfig, stop: impl std::future::Future<Output = ()>) {
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("a client with timeouts only");
-    let mut urls: HashMap<String, String> = HashMap::new();
+    let client = BufferClient::new(config.key.clone());
     let mut full_warned = false;
     tokio::pin!(stop);
     loop {
@@ -142,7 +137,7 @@ pub async fn run(state: Arc<AppState>, config: FreshConfig, stop: impl std::futu
             full_warned = false;
             let dataset = target.dataset.clone();
             let node = target.owner.node.clone();
-            match copy_dataset(&state, &http, &config, &mut urls, target).await {
+            match copy_dataset(&state, &client, &config, target).await {
                 Ok(true) => moved.push(dataset),
                 Ok(false) => {}
                 Err(e) => {
@@ -160,7 +155,7 @@ pub async fn run(state: Arc<AppState>, config: FreshConfig, stop: impl std::futu
                     for target in state.storage.fresh_targets() {
                         if moved.contains(&target.dataset)
                             && state.storage.fresh_bytes() < config.max_bytes
-                            && let Err(e) = copy_dataset(&state, &http, &config, &mut urls, target).await
+                            && let Err(e) = copy_dataset(&state, &client, &config, target).await
                         {
                             state.stats.fresh_failures.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(error = %e, "copying fresh events failed; trying again next round");
@@ -179,8 +174,6 @@ pub async fn run(state: Arc<AppState>, config: FreshConfig, stop: impl std::futu
 
 /// One request for an ingest node's buffered rows of a dataset.
 struct Ask<'a> {
-    base: &'a str,
-    key: &'a Option<String>,
     dataset: &'a DatasetName,
     owner: &'a Owner,
     after: Lsn,
@@ -202,27 +195,76 @@ enum Asked {
     Moved,
 }
 
-impl Ask<'_> {
-    /// Sends it; an error says whether the node's address should be looked up again.
-    async fn send(&self, http: &reqwest::Client) -> Result<Asked, (String, bool)> {
-        let node = &self.owner.node;
-        let mut req = http
-            .get(format!("{}/internal/v1/buffer/{}", self.base, self.dataset))
+/// Asks ingest nodes for their buffered rows: at the addresses their member files give (kept
+/// until a request to one fails), with the cluster key.
+#[derive(Debug)]
+struct BufferClient {
+    http: reqwest::Client,
+    /// `--cluster-key`, when the ingest nodes check keys.
+    key: Option<String>,
+    /// Ingest nodes' addresses, as their member files gave them.
+    urls: std::sync::Mutex<HashMap<String, String>>,
+}
+
+impl BufferClient {
+    fn new(key: Option<String>) -> BufferClient {
+        BufferClient {
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(1))
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("a client with timeouts only"),
+            key,
+            urls: Default::default(),
+        }
+    }
+
+    /// Sends `ask` to its dataset's ingest node, found through `storage`.
+    async fn send(&self, storage: &Storage, ask: &Ask<'_>) -> Result<Asked, String> {
+        let node = &ask.owner.node;
+        let known = self.urls.lock().unwrap().get(node).cloned();
+        let base = match known {
+            Some(u) => u,
+            None => {
+                let url = storage
+                    .node_url(node)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("ingest node {node} has not announced its address"))?;
+                self.urls.lock().unwrap().insert(node.clone(), url.clone());
+                url
+            }
+        };
+        self.send_to(&base, ask).await.map_err(|(e, forget)| {
+            if forget {
+                // The node may have moved: read its member file again next time.
+                self.urls.lock().unwrap().remove(node);
+            }
+            e
+        })
+    }
+
+    /// Sends `ask` to `base`; an error says whether the node's address should be looked up again.
+    async fn send_to(&self, base: &str, ask: &Ask<'_>) -> Result<Asked, (String, bool)> {
+        let node = &ask.owner.node;
+        let mut req = self
+            .http
+            .get(format!("{base}/internal/v1/buffer/{}", ask.dataset))
             .query(&[
-                ("epoch", self.owner.epoch),
-                ("after", self.after.0),
-                ("from_row", self.from_row),
+                ("epoch", ask.owner.epoch),
+                ("after", ask.after.0),
+                ("from_row", ask.from_row),
             ]);
-        if let Some(to) = self.to_row {
+        if let Some(to) = ask.to_row {
             req = req.query(&[("to_row", to)]);
         }
-        if let Some(key) = self.key {
+        if let Some(key) = &self.key {
             req = req.header("x-honeycomb-team", key);
         }
         let resp = req
             .send()
             .await
-            .map_err(|e| (format!("ingest node {node} at {}: {e}", self.base), true))?;
+            .map_err(|e| (format!("ingest node {node} at {base}: {e}"), true))?;
         match resp.status() {
             StatusCode::OK => {}
             StatusCode::CONFLICT => return Ok(Asked::Moved),
@@ -257,25 +299,15 @@ impl Ask<'_> {
 #[derive(Debug)]
 pub struct FreshRowsReader {
     storage: Arc<Storage>,
-    key: Option<String>,
-    http: reqwest::Client,
-    /// Ingest nodes' addresses, as their member files gave them.
-    urls: std::sync::Mutex<HashMap<String, String>>,
+    client: BufferClient,
 }
 
 impl FreshRowsReader {
     /// A reader over `storage`'s copies, asking ingest nodes with `key` (`--cluster-key`).
     pub fn new(storage: Arc<Storage>, key: Option<String>) -> FreshRowsReader {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("a client with timeouts only");
         FreshRowsReader {
             storage,
-            key,
-            http,
-            urls: Default::default(),
+            client: BufferClient::new(key),
         }
     }
 }
@@ -293,37 +325,15 @@ impl FreshReader for FreshRowsReader {
         }
         // This node's copy is a pull behind the planner's, or stands elsewhere: ask the owner.
         let node = &at.owner.node;
-        let known = self.urls.lock().unwrap().get(node).cloned();
-        let base = match known {
-            Some(u) => u,
-            None => {
-                let url = self
-                    .storage
-                    .node_url(node)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("ingest node {node} has not announced its address"))?;
-                self.urls.lock().unwrap().insert(node.clone(), url.clone());
-                url
-            }
-        };
         while next < to {
             let ask = Ask {
-                base: &base,
-                key: &self.key,
                 dataset,
                 owner: &at.owner,
                 after: at.after,
                 from_row: next,
                 to_row: Some(to),
             };
-            let asked = ask.send(&self.http).await.map_err(|(e, forget)| {
-                if forget {
-                    self.urls.lock().unwrap().remove(node);
-                }
-                e
-            })?;
-            let batches = match asked {
+            let batches = match self.client.send(&self.storage, &ask).await? {
                 Asked::Rows { batches, bytes, .. } => {
                     // The decoded rows share the answer's buffer: it is what they hold.
                     fetched_bytes += bytes;
@@ -360,45 +370,21 @@ impl FreshReader for FreshRowsReader {
 /// this node has read.
 async fn copy_dataset(
     state: &AppState,
-    http: &reqwest::Client,
+    client: &BufferClient,
     config: &FreshConfig,
-    urls: &mut HashMap<String, String>,
     mut target: FreshTarget,
 ) -> Result<bool, String> {
-    let node = target.owner.node.clone();
-    let base = match urls.get(&node) {
-        Some(u) => u.clone(),
-        None => {
-            let url = state
-                .storage
-                .node_url(&node)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("ingest node {node} has not announced its address"))?;
-            urls.insert(node.clone(), url.clone());
-            url
-        }
-    };
     for _ in 0..MAX_REQUESTS_PER_ROUND {
         let ask = Ask {
-            base: &base,
-            key: &config.key,
             dataset: &target.dataset,
             owner: &target.owner,
             after: target.after,
             from_row: target.from_row,
             to_row: None,
         };
-        let (batches, total) = match ask.send(http).await {
-            Ok(Asked::Rows { batches, total, .. }) => (batches, total),
-            Ok(Asked::Moved) => return Ok(true),
-            Err((e, forget)) => {
-                if forget {
-                    // The node may have moved: read its member file again next time.
-                    urls.remove(&node);
-                }
-                return Err(e);
-            }
+        let (batches, total) = match client.send(&state.storage, &ask).await? {
+            Asked::Rows { batches, total, .. } => (batches, total),
+            Asked::Moved => return Ok(true),
         };
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         if rows == 0 || !state.storage.add_fresh(&target, batches) {
