@@ -7,8 +7,9 @@ that flushes once, after `--flushed` events (`--flush-rows`; `--flush-age` far a
 rest stay in its write buffer, and two query nodes (datafusion-distributed workers, a small
 `--distributed-bytes-per-partition` so every query is split). Both ingest nodes take the same
 `--events` generated events (`sonde gen`, the last hour). Once each cluster's first query node
-sees every event with both workers, the SQL questions and query specifications below are asked
-of it, the two clusters interleaved, `--repeats` hot runs each; medians and the ratio of the
+sees every event with both workers, the SQL questions and query specifications in NAMES
+(those of benches/distributed.py whose work grows with the rows) are asked of it, the two
+clusters interleaved, `--repeats` hot runs each; medians and the ratio of the
 new build to the old (below 1: faster). Every answer is checked equal between the builds and,
 for the counts, equal to the events sent. `EXPLAIN ANALYZE` of the first question gives the
 bytes of plan each build sends to the workers per query.
@@ -22,33 +23,11 @@ import argparse, os, re, statistics, subprocess, sys, time, urllib.error
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from sonde_client import MOTO, Node, call, start_moto, stop_all, write_result  # noqa: E402
-from distributed import same  # noqa: E402
+from distributed import DATASET, QUESTIONS, SPECS, ask, same  # noqa: E402
 
-DATASET = "bench"
-QUESTIONS = {
-    "count by service": 'SELECT "service.name", COUNT(*) AS n FROM bench GROUP BY 1 ORDER BY 1',
-    "P99 by service": 'SELECT "service.name", weighted_percentile(duration_ms, samplerate, 0.99) AS p99 '
-                      'FROM bench GROUP BY 1 ORDER BY 1',
-    "errors by route, top 10": 'SELECT "http.route", COUNT(*) AS n FROM bench WHERE error GROUP BY 1 '
-                               'ORDER BY n DESC, 1 LIMIT 10',
-}
-SPECS = {
-    "spec: COUNT and P99 by service": {
-        "calculations": [{"op": "COUNT"}, {"op": "P99", "column": "duration_ms"}], "breakdowns": ["service.name"]},
-    "spec: HEATMAP of duration": {"calculations": [{"op": "HEATMAP", "column": "duration_ms"}]},
-}
-
-
-def ask(node, name):
-    """The answer to `name`, its `meta.distributed`, and the time it took in ms."""
-    s = time.perf_counter()
-    if name in QUESTIONS:
-        r = call(node.url + "/api/sql", {"sql": QUESTIONS[name]})
-        answer = r["rows"]
-    else:
-        r = call(node.url + f"/api/query/{DATASET}", SPECS[name])
-        answer = r["data"]
-    return answer, r["meta"].get("distributed"), (time.perf_counter() - s) * 1000
+# The questions of benches/distributed.py asked here: those whose work grows with the rows.
+NAMES = ["count by service", "P99 by service", "errors by route, top 10",
+         "spec: COUNT and P99 by service", "spec: HEATMAP of duration"]
 
 
 def plan_bytes(node):
@@ -110,26 +89,25 @@ def main():
                 if time.monotonic() > deadline:
                     raise SystemExit(f"{build}: the query node did not see every event over 2 workers: {last}")
                 time.sleep(0.5)
-        names = list(QUESTIONS) + list(SPECS)
         report = {"events": args.events, "repeats": args.repeats, "builds": {"old": args.old, "new": args.new},
                   "buffered_rows": {b: c["buffered_rows"] for b, c in clusters.items()}, "median_ms": {},
                   "distributed": {}}
-        for name in names:
+        for name in NAMES:
             old, new = ask(clusters["old"]["queries"][0], name)[0], ask(clusters["new"]["queries"][0], name)[0]
             if not same(new, old):
                 print(f"MISMATCH {name}: {str(new)[:300]} vs {str(old)[:300]}", file=sys.stderr)
                 report.setdefault("mismatches", []).append(name)
-        times = {b: {n: [] for n in names} for b in clusters}
+        times = {b: {n: [] for n in NAMES} for b in clusters}
         for _ in range(args.repeats):
             for build, c in clusters.items():
-                for name in names:
+                for name in NAMES:
                     _, used, ms = ask(c["queries"][0], name)
                     times[build][name].append(ms)
                     report["distributed"].setdefault(build, {})[name] = used
         for build in clusters:
             report["median_ms"][build] = {n: round(statistics.median(t), 1) for n, t in times[build].items()}
         report["ratio_new_to_old"] = {n: round(report["median_ms"]["new"][n] / report["median_ms"]["old"][n], 3)
-                                      for n in names}
+                                      for n in NAMES}
         report["plan_bytes_sent"] = {b: plan_bytes(c["queries"][0]) for b, c in clusters.items()}
         report["peak_rss_mib"] = {b: [n.peak_rss_mib() for n in c["queries"]] for b, c in clusters.items()}
         write_result("fresh_scan", report)
