@@ -304,19 +304,9 @@ impl RequestBudget {
     }
 }
 
-/// Bytes an Arrow batch really holds: the slices its arrays cover, not the whole buffers they
-/// may share with a larger batch (a slice of the write buffer would otherwise count as all of it).
-pub fn batch_bytes(batch: &arrow::array::RecordBatch) -> usize {
-    batch
-        .columns()
-        .iter()
-        .map(|c| {
-            c.to_data()
-                .get_slice_memory_size()
-                .unwrap_or_else(|_| c.get_array_memory_size())
-        })
-        .sum()
-}
+/// Bytes an Arrow batch really holds (its slices, not the buffers it shares): the rule the
+/// storage counts its buffers by.
+pub use sonde_storage::schema::batch_bytes;
 
 #[cfg(test)]
 mod tests {

@@ -338,13 +338,7 @@ impl Storage {
                 });
             }
             fresh.rows += b.num_rows() as u64;
-            // The bytes of the batch's own slices: a batch read from an IPC frame shares one
-            // buffer among its columns, which `get_array_memory_size` would count per column.
-            fresh.bytes += b
-                .columns()
-                .iter()
-                .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
-                .sum::<usize>();
+            fresh.bytes += segment::batch_bytes(&b);
             fresh.batches.push(b);
         }
         true

@@ -4,4 +4,4 @@
 
 pub use crate::buffer::{arrow_type, column_type_of, timestamp_type};
 pub use crate::is_reserved;
-pub use crate::segment::{MANY_GROUPS, adapt_to_schema, distinct_fraction};
+pub use crate::segment::{MANY_GROUPS, adapt_to_schema, batch_bytes, distinct_fraction};

@@ -56,6 +56,22 @@ pub(crate) struct SegmentFacts {
     pub max_ts_us: i64,
 }
 
+/// Bytes an Arrow batch really holds: the slices its arrays cover, not the whole buffers they
+/// may share with a larger batch (a slice of the write buffer would otherwise count as all of
+/// it, and a batch decoded from an IPC frame, whose columns share the frame's buffer, as the
+/// frame once per column).
+pub fn batch_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            c.to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size())
+        })
+        .sum()
+}
+
 /// Casts a batch to `schema` by column name: a column it lacks is all nulls, a narrower type is
 /// widened (int → string reads "7"). Used wherever batches of older schemas meet a newer one.
 pub fn adapt_to_schema(batch: &RecordBatch, schema: &arrow::datatypes::SchemaRef) -> Result<RecordBatch> {
