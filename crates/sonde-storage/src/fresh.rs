@@ -287,7 +287,9 @@ impl Storage {
             .into_iter()
             .filter_map(|(dataset, state)| {
                 let st = state.lock().unwrap();
-                let owner = st.owner.clone().filter(|_| !st.deleted)?;
+                // A deleted dataset too: the events its ingest node takes after the deletion
+                // (past the deletion's WAL position) make it again, before any flush does.
+                let owner = st.owner.clone()?;
                 Some(FreshTarget {
                     dataset,
                     owner,
@@ -315,7 +317,7 @@ impl Storage {
             return false;
         };
         let mut st = state.lock().unwrap();
-        if st.owner.as_ref() != Some(&target.owner) || st.flushed_lsn != target.after || st.deleted {
+        if st.owner.as_ref() != Some(&target.owner) || st.flushed_lsn != target.after {
             return false;
         }
         let fresh = st.fresh.get_or_insert_with(|| FreshRows {

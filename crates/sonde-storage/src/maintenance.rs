@@ -242,8 +242,9 @@ impl Storage {
 }
 
 /// Whether a dataset followed in the shared catalog is gone for a query node: deleted (the log
-/// says so in the deletion's record). One whose segments all aged out stays, as on a single
-/// node, and its fresh events are answered.
+/// says so in the deletion's record), until events taken after the deletion are copied from
+/// its ingest node or flushed. One whose segments all aged out stays, as on a single node, and
+/// its fresh events are answered.
 fn gone(entry: &DatasetEntry) -> bool {
     entry.deleted
 }

@@ -22,7 +22,9 @@ pub(crate) struct Frozen {
 
 #[derive(Debug, Default)]
 pub(crate) struct DatasetState {
-    /// Deleted and not written to since (see `DatasetEntry::deleted`).
+    /// Deleted and not written to since (see `DatasetEntry::deleted`). On a query node this
+    /// stays set until the ingest node's first flush after the deletion; the events it takes
+    /// before that are in the node's copy of its buffer (`fresh`), which makes the dataset again.
     pub(crate) deleted: bool,
     pub(crate) flushed_lsn: Lsn,
     pub(crate) columns: BTreeMap<String, ColumnEntry>,
@@ -39,6 +41,11 @@ pub(crate) struct DatasetState {
 }
 
 impl DatasetState {
+    /// Not answered: deleted (and, on a query node, no event copied since), or not born yet.
+    fn hidden(&self) -> bool {
+        (self.deleted && self.fresh_facts().0 == 0) || self.unborn()
+    }
+
     /// Known but without events yet: on a query node, a dataset claimed by an ingest node whose
     /// first events are not copied yet. Not listed, as a single node lists no dataset before
     /// its first event.
@@ -164,7 +171,7 @@ impl Storage {
     pub fn dataset_info(&self, dataset: &DatasetName) -> Option<DatasetInfo> {
         let state = self.dataset_state(dataset)?;
         let st = state.lock().unwrap();
-        if st.deleted || st.unborn() {
+        if st.hidden() {
             return None;
         }
         let mut bounds: Option<(i64, i64)> = None;
@@ -198,7 +205,7 @@ impl Storage {
     pub fn snapshot(&self, dataset: &DatasetName) -> Option<DatasetSnapshot> {
         let state = self.dataset_state(dataset)?;
         let mut st = state.lock().unwrap();
-        if st.deleted || st.unborn() {
+        if st.hidden() {
             return None;
         }
         let mut columns = st.columns.clone();

@@ -544,7 +544,8 @@ async fn eventually(client: &reqwest::Client, server: &Server, dataset: &str, wa
 /// each acknowledged batch every query node counts exactly the events acknowledged so far,
 /// never more, through the flushes in between (where the copy gives way to the flushed
 /// segment); then a query node and an ingest node are SIGKILLed and restarted (the ingest node
-/// on a new port, at a new epoch) with nothing lost or doubled. Prints the freshness (ack to
+/// on a new port, at a new epoch) with nothing lost or doubled; last, a dataset deleted and sent
+/// events again is answered with those alone before any flush. Prints the freshness (ack to
 /// visible on a query node) percentiles.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_nodes_answer_unflushed_events_exactly_once() {
@@ -665,6 +666,31 @@ async fn query_nodes_answer_unflushed_events_exactly_once() {
     let all: Vec<GenEvent> = fa.iter().chain(&more).cloned().collect();
     eventually(&client, &q1, "fa", brute_force(&all)).await;
     eventually(&client, &q2, "fa", brute_force(&all)).await;
+
+    // A dataset deleted and then sent events again: gone from the query nodes, then answered
+    // with the new events alone while they are still in the ingest node's buffer (no flush
+    // makes it again: 300 events, a flush every 1,000 or 10 minutes).
+    let r = client.delete(b.at("/api/datasets/fb")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    for q in [&q1, &q2] {
+        let mut gone = false;
+        for _ in 0..300 {
+            if try_dataset_answers(&client, q, "fb").await.is_none() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(gone, "{} still answers for the deleted dataset", q.url);
+    }
+    let again = generate(14, 300);
+    let (status, r) = send_json(send(&b, "fb", &again)).await;
+    assert_eq!(status, 200, "{r}");
+    for q in [&q1, &q2] {
+        eventually(&client, q, "fb", brute_force(&again)).await;
+        let stats = send_json(client.get(q.at("/api/datasets/fb/stats"))).await.1;
+        assert_eq!(stats["segments"].as_u64(), Some(0), "{stats}");
+    }
 }
 
 /// Issue 19, a dead ingest node: two ingest nodes and a query node with a 2 s `--lease`. The
