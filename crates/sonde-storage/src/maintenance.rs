@@ -251,15 +251,18 @@ fn gone(entry: &DatasetEntry) -> bool {
 
 /// Deletes segment files the catalog does not name: left by a crash between writing a segment
 /// and cataloging it (their events are still in the WAL and are replayed), or between
-/// cataloging a compaction and deleting its inputs. An ingest node of a cluster sweeps only its
-/// own datasets' directories, and there only the files its name is on.
+/// cataloging a compaction and deleting its inputs. An ingest node of a cluster deletes only
+/// files with its name, older than the grace query nodes get, and looks in every dataset's
+/// directory, as its log read at start names the files: a dataset another node writes now
+/// may hold a segment of this node's crashed handover, or of its own once compacted away by
+/// the new owner, which sweeps only its own.
 pub(crate) async fn remove_orphans(
     store: &Arc<dyn ObjectStore>,
     catalog: &Catalog,
     catalog_store: &CatalogStore,
 ) -> Result<()> {
     use futures::TryStreamExt;
-    let known: std::collections::HashSet<String> = catalog
+    let mut known: std::collections::HashSet<String> = catalog
         .datasets
         .values()
         .flat_map(|d| {
@@ -268,17 +271,19 @@ pub(crate) async fn remove_orphans(
                 .flat_map(|s| [s.path.clone(), index::index_path(&s.path)])
         })
         .collect();
-    // On a cluster: only this node's datasets, only files with its name, and only files older
-    // than the grace query nodes get (a file buried before a restart may still be read).
+    // On a cluster: only files with this node's name, and only files older than the grace
+    // query nodes get (a file buried before a restart may still be read).
     let (prefixes, mine) = match catalog_store.shared() {
         None => (vec![StorePath::from("datasets")], None),
-        Some(node) => (
-            node.owned()
+        Some(node) => {
+            let loaded = node.loaded_files();
+            let prefixes = loaded
                 .iter()
-                .map(|d| StorePath::from("datasets").join(d.as_str()))
-                .collect(),
-            Some(node.node().to_string()),
-        ),
+                .map(|(d, _)| StorePath::from("datasets").join(d.as_str()))
+                .collect();
+            known.extend(loaded.into_iter().flat_map(|(_, named)| named));
+            (prefixes, Some(node.node().to_string()))
+        }
     };
     let mut files: Vec<object_store::ObjectMeta> = Vec::new();
     for prefix in &prefixes {

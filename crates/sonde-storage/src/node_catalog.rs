@@ -30,7 +30,7 @@ use crate::{Error, Result};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use sonde_model::DatasetName;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -121,6 +121,12 @@ pub(crate) struct NodeCatalogs {
     lost: RwLock<HashMap<DatasetName, Lsn>>,
     /// How long a member file stays valid (`--lease`).
     lease: std::time::Duration,
+    /// An ingest node, as loaded: every dataset's directory in the store, with the files its
+    /// log names (segments and their indexes), the datasets other nodes write included. The
+    /// start-up sweep looks in all of them for this node's files that no log names (a handover
+    /// that crashed between writing its segment and committing it leaves one in a dataset
+    /// another node writes).
+    loaded_files: RwLock<Vec<(DatasetName, HashSet<String>)>>,
 }
 
 fn log_error(e: impl std::fmt::Display) -> Error {
@@ -144,6 +150,7 @@ impl NodeCatalogs {
             owned: RwLock::new(HashMap::new()),
             lost: RwLock::new(HashMap::new()),
             lease,
+            loaded_files: RwLock::new(Vec::new()),
         }
     }
 
@@ -227,9 +234,13 @@ impl NodeCatalogs {
             self.write_member(&member).await?;
         }
         let mut datasets = self.datasets.lock().await;
+        let mut loaded_files = Vec::new();
         for name in self.names().await? {
             let log = SharedCatalog::new(self.store.clone(), name.clone(), self.node.clone());
             let mut state = log.load().await.map_err(log_error)?;
+            let named = state.entry.segments.iter();
+            let named = named.flat_map(|s| [s.path.clone(), crate::index::index_path(&s.path)]);
+            loaded_files.push((name.clone(), named.collect()));
             if let Some(max) = state.entry.segments.iter().map(|s| s.id.0).max() {
                 catalog.next_segment_id = catalog.next_segment_id.max((max >> TAG_BITS) + 1);
             }
@@ -252,7 +263,14 @@ impl NodeCatalogs {
             catalog.datasets.insert(name.clone(), state.entry.clone());
             datasets.insert(name, Followed::new(log, state, epoch));
         }
+        *self.loaded_files.write().unwrap() = loaded_files;
         Ok(catalog)
+    }
+
+    /// Every dataset's directory and the files its log named when this node loaded (see
+    /// `loaded_files`); empty on a query node, which sweeps nothing.
+    pub(crate) fn loaded_files(&self) -> Vec<(DatasetName, HashSet<String>)> {
+        self.loaded_files.read().unwrap().clone()
     }
 
     /// Makes this node the writer of `dataset` before it takes events for it: at once when it
@@ -514,11 +532,6 @@ impl NodeCatalogs {
         self.lost.read().unwrap().values().min().copied()
     }
 
-    /// The datasets this node owns (ingest), for the start-up sweep of unreferenced files.
-    pub(crate) fn owned(&self) -> BTreeSet<DatasetName> {
-        self.owned.read().unwrap().keys().cloned().collect()
-    }
-
     /// The epoch at which this node writes `dataset`, if it does.
     pub(crate) fn owned_epoch(&self, dataset: &DatasetName) -> Option<u64> {
         self.owned.read().unwrap().get(dataset).copied()
@@ -736,7 +749,7 @@ mod tests {
         // a, paused rather than dead, is fenced at its next store and gives the dataset up.
         let e = a.store(&catalog_of(&d, entry(&[1, 2, 3], 12))).await.unwrap_err();
         assert!(matches!(e, Error::NotOwner { .. }), "{e}");
-        assert!(a.owned().is_empty());
+        assert!(a.owned_epoch(&d).is_none());
         // It keeps its WAL from where the log has its events, does not fail its other stores
         // over it, and does not take it again before it restarts.
         assert_eq!(a.lost_floor(), Some(Lsn(10)));
@@ -836,6 +849,75 @@ mod tests {
         }
     }
 
+    /// At start an ingest node deletes its own files that no log names, older than the grace,
+    /// in every dataset's directory: its own dataset's, and one another node writes (where a
+    /// handover that crashed before its commit leaves its segment). It keeps the files a log
+    /// names, younger ones, and other nodes' files.
+    #[tokio::test]
+    async fn the_start_up_sweep_takes_this_nodes_unnamed_files_from_every_dataset() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+        let (a, b) = (node(&store, "a", Role::Ingest), node(&store, "b", Role::Ingest));
+        let (d, e) = (DatasetName::new("d").unwrap(), DatasetName::new("e").unwrap());
+        let named = |dataset: &str, id: u64, writer: &str| SegmentMeta {
+            id: SegmentId(id),
+            path: format!("datasets/{dataset}/seg-{id}-{writer}.parquet"),
+            rows: 10,
+            columns: vec![("x".into(), sonde_model::ColumnType::Int)],
+            ..Default::default()
+        };
+        for (n, dataset, segment) in [(&a, &d, named("d", 1, "a")), (&b, &e, named("e", 5, "b"))] {
+            n.load().await.unwrap();
+            n.announce("http://127.0.0.1:1", None, 0).await.unwrap();
+            n.claim(dataset).await.unwrap();
+            let entry = DatasetEntry {
+                flushed_lsn: Lsn(1),
+                segments: vec![segment],
+                ..Default::default()
+            };
+            n.store(&catalog_of(dataset, entry)).await.unwrap();
+        }
+        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let files = [
+            ("d/seg-1-a.parquet", true),  // named by d's log
+            ("d/seg-2-a.parquet", true),  // a's, unnamed, old: swept
+            ("e/seg-5-b.parquet", true),  // named by e's log
+            ("e/seg-6-a.parquet", true),  // a's crashed handover into e, old: swept
+            ("e/seg-7-a.parquet", false), // a's, unnamed, but young
+            ("e/seg-8-b.parquet", true),  // b's: not a's to sweep
+        ];
+        for (file, old) in files {
+            let path = dir.path().join("datasets").join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, b"x").unwrap();
+            if old {
+                let f = std::fs::File::options().write(true).open(&path).unwrap();
+                f.set_modified(an_hour_ago).unwrap();
+            }
+        }
+        // a restarted: its sweep runs over what its load read.
+        let a2 = Arc::new(node(&store, "a", Role::Ingest));
+        let catalog = a2.load().await.unwrap();
+        crate::maintenance::remove_orphans(&store, &catalog, &crate::catalog::CatalogStore::Shared(a2))
+            .await
+            .unwrap();
+        let left: Vec<&str> = files
+            .iter()
+            .map(|(f, _)| *f)
+            .filter(|f| dir.path().join("datasets").join(f).exists())
+            .collect();
+        assert_eq!(
+            left,
+            [
+                "d/seg-1-a.parquet",
+                "e/seg-5-b.parquet",
+                "e/seg-7-a.parquet",
+                "e/seg-8-b.parquet"
+            ]
+        );
+    }
+
     /// An ingest node's stores replay, on a query node, to the same segments and WAL position;
     /// a second ingest node is refused the dataset and names the owner.
     #[tokio::test]
@@ -901,7 +983,7 @@ mod tests {
         let loaded = again.load().await.unwrap();
         assert_eq!(loaded.datasets[&d].flushed_lsn, Lsn(12));
         assert!(loaded.next_segment_id > 4);
-        assert!(again.owned().contains(&d));
+        assert!(again.owned_epoch(&d).is_some());
         // The old process is fenced.
         catalog.datasets.insert(d.clone(), entry(&[9], 13));
         let e = ingest.store(&catalog).await.unwrap_err();
