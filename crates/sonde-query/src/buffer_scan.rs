@@ -309,6 +309,11 @@ impl ExecutionPlan for BufferScanExec {
     }
 }
 
+/// The version of [`BufferScanCodec`]'s encoding, part of [`crate::distributed::plan_version`]:
+/// raise it whenever a change to [`Slice`] or to the encoding would make another build misread
+/// a plan.
+pub const ENCODING_VERSION: u32 = 1;
+
 /// Encodes a [`BufferScanExec`] as its [`Slice`] in JSON (the table schema as an Arrow IPC
 /// schema message after it), and decodes it with this node's [`FreshReader`]. Registered on every
 /// coordinating session and every worker of a cluster.

@@ -271,6 +271,46 @@ pub(crate) fn register_functions(state: &mut SessionState) -> Result<(), DataFus
     Ok(())
 }
 
+/// Which plans this build's worker runs, announced in its member file so that a coordinator
+/// sends tasks only to workers that read them as it does: the crate's and DataFusion's
+/// versions, the version of Sonde's own plan nodes (`BufferScanExec`'s encoding), and a
+/// fingerprint of every function name a plan may carry (a worker of another build lacking one
+/// of them would refuse the plan, and each query would pay for a failed run first).
+pub fn plan_version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        let mut state = datafusion::execution::SessionStateBuilder::new()
+            .with_default_features()
+            .build();
+        let mut names: Vec<String> = match register_functions(&mut state) {
+            Ok(()) => state
+                .scalar_functions()
+                .keys()
+                .map(|n| format!("f:{n}"))
+                .chain(state.aggregate_functions().keys().map(|n| format!("a:{n}")))
+                .chain(state.window_functions().keys().map(|n| format!("w:{n}")))
+                .collect(),
+            // Unreachable in practice (the same registration runs for every query); a version
+            // no other node has keeps this worker to itself.
+            Err(e) => vec![format!("unregistered: {e}")],
+        };
+        names.sort();
+        // FNV-1a: the same on every build and platform (std's hasher promises neither).
+        let fingerprint = names
+            .iter()
+            .flat_map(|n| n.bytes().chain([0]))
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        format!(
+            "sonde-query {}, datafusion {}, plan nodes {}, functions {fingerprint:016x}",
+            env!("CARGO_PKG_VERSION"),
+            datafusion::DATAFUSION_VERSION,
+            crate::buffer_scan::ENCODING_VERSION,
+        )
+    })
+}
+
 /// Whether `headers` carry `key`, compared in constant time (a key guessed byte by byte from
 /// response times is a key that reads every dataset).
 fn carries_key(headers: &http::HeaderMap, key: &str) -> bool {

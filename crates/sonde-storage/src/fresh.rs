@@ -171,6 +171,17 @@ pub enum BufferRead {
     },
 }
 
+/// A query node's distributed-SQL worker, as its member file announces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Worker {
+    /// Where other query nodes reach it (gRPC).
+    pub url: String,
+    /// Which plans it runs: a fingerprint of its query engine's version and functions. A
+    /// coordinator sends tasks only to workers with its own (a node of another version would
+    /// refuse or misread them); empty when a member file of an older version has none.
+    pub plans: String,
+}
+
 /// A dataset whose fresh events a query node copies, and where its copy stands.
 #[derive(Debug, Clone)]
 pub struct FreshTarget {
@@ -354,14 +365,14 @@ impl Storage {
     pub async fn announce(
         self: std::sync::Arc<Self>,
         url: String,
-        worker_url: Option<String>,
+        worker: Option<Worker>,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<Option<tokio::task::JoinHandle<()>>> {
         let Some(shared) = self.catalog_store.shared() else {
             return Ok(None);
         };
         let started_us = sonde_model::time::now_us();
-        shared.announce(&url, worker_url.as_deref(), started_us).await?;
+        shared.announce(&url, worker.as_ref(), started_us).await?;
         let storage = self.clone();
         let every = shared.heartbeat();
         Ok(Some(tokio::spawn(async move {
@@ -372,7 +383,7 @@ impl Storage {
                     _ = &mut stop => return,
                 }
                 if let Some(shared) = storage.catalog_store.shared()
-                    && let Err(e) = shared.announce(&url, worker_url.as_deref(), started_us).await
+                    && let Err(e) = shared.announce(&url, worker.as_ref(), started_us).await
                 {
                     tracing::warn!(error = %e, "writing this node's member file failed; trying again at the next heartbeat");
                 }
@@ -407,7 +418,7 @@ impl Storage {
 
     /// The distributed-SQL workers of the query nodes that are up (a member file written within
     /// the last `--lease`), in node name order; none on a single node.
-    pub async fn query_workers(&self) -> Result<Vec<String>> {
+    pub async fn query_workers(&self) -> Result<Vec<Worker>> {
         match self.catalog_store.shared() {
             Some(shared) => shared.workers().await,
             None => Ok(Vec::new()),

@@ -23,7 +23,7 @@
 
 use crate::catalog::{CATALOG_VERSION, Catalog, DatasetEntry, SegmentId, SegmentMeta};
 use crate::config::Role;
-use crate::fresh::Owner;
+use crate::fresh::{Owner, Worker};
 use crate::shared_catalog::{Change, CommitError, LogState, SharedCatalog};
 use crate::wal::Lsn;
 use crate::{Error, Result};
@@ -57,6 +57,10 @@ struct Member {
     /// On a query node: the address of its distributed-SQL worker (gRPC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     worker_url: Option<String>,
+    /// On a query node: which plans its worker runs ([`crate::fresh::Worker::plans`]); absent
+    /// in the member files of versions before it was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    worker_plans: Option<String>,
 }
 
 fn member_path(node: &str) -> Path {
@@ -555,14 +559,15 @@ impl NodeCatalogs {
     /// Writes this node's member file (`nodes/<node>.json`): the address at which the other
     /// nodes reach it, and when (see [`NodeCatalogs::heartbeat`]). Written at each start, so a new address
     /// replaces the old one, and every heartbeat.
-    pub(crate) async fn announce(&self, url: &str, worker_url: Option<&str>, started_us: i64) -> Result<()> {
+    pub(crate) async fn announce(&self, url: &str, worker: Option<&Worker>, started_us: i64) -> Result<()> {
         let member = Member {
             node: self.node.clone(),
             role: self.role.name().to_string(),
             url: url.to_string(),
             started_us,
             heartbeat_us: sonde_model::time::now_us(),
-            worker_url: worker_url.map(str::to_string),
+            worker_url: worker.map(|w| w.url.clone()),
+            worker_plans: worker.map(|w| w.plans.clone()),
         };
         self.write_member(&member).await
     }
@@ -581,12 +586,17 @@ impl NodeCatalogs {
     }
 
     /// The distributed-SQL workers of the query nodes that are up, in node name order.
-    pub(crate) async fn workers(&self) -> Result<Vec<String>> {
+    pub(crate) async fn workers(&self) -> Result<Vec<Worker>> {
         Ok(self
             .live(Role::Query)
             .await?
             .into_iter()
-            .filter_map(|m| m.worker_url)
+            .filter_map(|m| {
+                Some(Worker {
+                    url: m.worker_url?,
+                    plans: m.worker_plans.unwrap_or_default(),
+                })
+            })
             .collect())
     }
 

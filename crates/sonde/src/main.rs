@@ -825,9 +825,10 @@ async fn serve(a: ServeArgs) -> Result<()> {
             .clone()
             .announce(
                 advertised.trim_end_matches('/').to_string(),
-                worker_url
-                    .as_ref()
-                    .map(|u| u.as_str().trim_end_matches('/').to_string()),
+                worker_url.as_ref().map(|u| sonde_storage::fresh::Worker {
+                    url: u.as_str().trim_end_matches('/').to_string(),
+                    plans: sonde_query::distributed::plan_version().to_string(),
+                }),
                 stopped(),
             )
             .await

@@ -1239,6 +1239,28 @@ async fn sql_is_spread_over_the_query_nodes_and_answers_as_one_node() {
     let (_, stats) = send_json(client.get(ingest.at("/api/datasets/sqlobjs/stats"))).await;
     assert_eq!(stats["buffered_rows"], 150, "some rows are fresh: {stats}");
     assert_eq!(last.1["workers"], 3, "{}", last.1);
+    // A query node of another build (its member file announces other plans; here nothing
+    // listens at its address) is left out of the workers, not tried and found wanting by
+    // every query: still 3 workers, and no query run again.
+    {
+        use object_store::ObjectStoreExt;
+        let now = sonde_model::time::now_us();
+        let member = json!({"node": "q-old", "role": "query", "url": "http://127.0.0.1:9",
+                            "started_us": now, "heartbeat_us": now, "worker_url": "http://127.0.0.1:9",
+                            "worker_plans": "sonde-query 0.0.1, an older build"});
+        moto.store()
+            .put(&"dist/nodes/q-old.json".into(), member.to_string().into_bytes().into())
+            .await
+            .unwrap();
+        // The member files are read again every third of the lease (1 s here).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        for _ in 0..3 {
+            let (got, meta) = sql_by_service(&client, &queries[0]).await;
+            assert!(same(&got), "q-1 answered {got:?}");
+            assert_eq!(meta["workers"], 3, "{meta}");
+            assert!(meta["retried"].is_null() && meta["retried_alone"].is_null(), "{meta}");
+        }
+    }
     assert!(last.1["tasks"].as_u64().unwrap() >= 3, "{}", last.1);
     assert!(last.1["stages"].as_u64().unwrap() >= 2, "{}", last.1);
     // Every query node coordinates too.
