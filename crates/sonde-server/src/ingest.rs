@@ -115,7 +115,7 @@ fn batch_statuses(refusals: &[Option<String>]) -> Vec<u8> {
 }
 
 /// Reads the body (refusing more than `max_body_bytes` on the wire) and undoes its encoding
-/// (refusing more than `max_body_bytes` once inflated). Both copies are held in the process
+/// (refusing more than `max_body_bytes` once inflated). The body is held in the process
 /// memory bound (`--memory-limit`) until the returned reservation drops, at the end of the
 /// request: many large bodies at once get 503s, not the kernel's OOM killer.
 pub(crate) async fn body_bytes(
@@ -133,10 +133,14 @@ pub(crate) async fn body_bytes(
         position: None,
     };
     let mut held = budget.reserve(raw.capacity(), "a request body").map_err(overloaded)?;
-    let plain = decompress(header_str(headers, "content-encoding"), &raw, limit)?;
-    held.try_grow(plain.capacity()).map_err(overloaded)?;
-    drop(raw);
-    held.shrink(held.size() - plain.capacity());
+    // A plain body comes back as it is; an encoded one is inflated (the two held at once only
+    // inside `decompress`) and its reservation moves to the inflated copy.
+    let plain = decompress(header_str(headers, "content-encoding"), raw, limit)?;
+    let now = plain.capacity();
+    match now.checked_sub(held.size()) {
+        Some(more) => held.try_grow(more).map_err(overloaded)?,
+        None => held.shrink(held.size() - now),
+    }
     if plain.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ApiError::bad_request("request body is empty"));
     }

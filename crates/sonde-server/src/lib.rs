@@ -402,7 +402,7 @@ async fn metrics(
     let s = &state.storage.stats;
     let h = &state.stats;
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let counters: [(&str, &str, u64); 14] = [
+    let counters: [(&str, &str, u64); 15] = [
         (
             "sonde_events_ingested_total",
             "Events acknowledged.",
@@ -448,6 +448,11 @@ async fn metrics(
             "sonde_compactions_total",
             "Merges of small segments into one.",
             load(&s.compactions),
+        ),
+        (
+            "sonde_compactions_joined_total",
+            "Merges that copied their segments' row groups as they are (decoding only where they overlap in time).",
+            load(&s.compactions_joined),
         ),
         (
             "sonde_segments_expired_total",

@@ -130,6 +130,172 @@ pub(crate) fn merge(
     })
 }
 
+/// The merge of time-sorted segment files whose columns are the merged schema's, built
+/// mostly from their row groups as they are: a row group whose time span overlaps no other
+/// input's is copied into the new file byte for byte (encodings, statistics, page indexes and
+/// bloom filters with it); only the row groups whose spans overlap (where two flushes meet, a
+/// few late events) are decoded, merged in time order and encoded again. The index files are
+/// joined. The rows come out in the order [`merge`] gives them (equal times by input order)
+/// at a fraction of its cost: a merge decodes and re-encodes every row, which was 13% of
+/// ingest's CPU. `None` where it does not apply: inputs that differ in columns or types, lack
+/// an index file or row-group statistics, or hold small row groups (flushes by age), which
+/// [`merge`] packs into full ones.
+pub(crate) fn stitch(
+    files: &[Bytes],
+    index_files: &[Option<Bytes>],
+    inputs: &[Arc<SegmentMeta>],
+    schema: &SchemaRef,
+    opts: &segment::SegmentOptions,
+) -> Result<Option<Built>> {
+    use parquet::file::metadata::{PageIndexPolicy, ParquetMetaDataReader};
+    if files.len() != inputs.len() || index_files.len() != inputs.len() || inputs.len() < 2 {
+        return Ok(None);
+    }
+    let Some(index_files) = index_files.iter().map(|f| f.as_deref()).collect::<Option<Vec<&[u8]>>>() else {
+        return Ok(None);
+    };
+    let descr = parquet::arrow::ArrowSchemaConverter::new().convert(schema)?;
+    let ts_column = schema.index_of(TIMESTAMP_COLUMN)?;
+    let mut metas = Vec::with_capacity(files.len());
+    // Every row group: (first time, input, row group, last time).
+    let mut units: Vec<(i64, usize, usize, i64)> = Vec::new();
+    let mut dictionary = std::collections::BTreeSet::new();
+    for (rank, file) in files.iter().enumerate() {
+        let meta = ParquetMetaDataReader::new()
+            .with_page_index_policy(PageIndexPolicy::Optional)
+            .parse_and_finish(file)?;
+        let theirs = parquet::arrow::parquet_to_arrow_schema(
+            meta.file_metadata().schema_descr(),
+            meta.file_metadata().key_value_metadata(),
+        )?;
+        let alike = theirs.fields().len() == schema.fields().len()
+            && theirs.fields().iter().zip(schema.fields()).all(|(a, b)| {
+                a.name() == b.name() && a.data_type() == b.data_type() && a.is_nullable() == b.is_nullable()
+            });
+        if !alike || meta.file_metadata().schema_descr().columns() != descr.columns() {
+            return Ok(None);
+        }
+        for (g, rg) in meta.row_groups().iter().enumerate() {
+            let span = match rg.column(ts_column).statistics() {
+                Some(parquet::file::statistics::Statistics::Int64(st)) => st.min_opt().zip(st.max_opt()),
+                _ => None,
+            };
+            let Some((&first, &last)) = span else {
+                return Ok(None);
+            };
+            units.push((first, rank, g, last));
+        }
+        dictionary.extend(segment::dictionary_columns(&meta));
+        metas.push(meta);
+    }
+    let rows: i64 = metas.iter().flat_map(|m| m.row_groups()).map(|rg| rg.num_rows()).sum();
+    if (rows as usize) / units.len().max(1) < opts.row_group_rows / 2 {
+        return Ok(None);
+    }
+    // Runs of row groups to write in order: one row group alone (copied), or row groups whose
+    // spans overlap (merged). A row group starts a new run when every row before it comes first
+    // in time order, equal times by input: its (first time, input) is not below the run's
+    // greatest (last time, input).
+    units.sort_by_key(|u| (u.0, u.1, u.2));
+    let mut runs: Vec<Vec<(usize, usize)>> = Vec::new();
+    let mut run_end = (i64::MIN, 0usize);
+    for (first, rank, g, last) in units {
+        match runs.last_mut() {
+            Some(run) if (first, rank) < run_end => run.push((rank, g)),
+            _ => runs.push(vec![(rank, g)]),
+        }
+        run_end = run_end.max((last, rank));
+    }
+    let plain: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .filter(|n| !dictionary.contains(n))
+        .collect();
+    let mut props = segment::writer_properties(schema, opts, &plain)?;
+    parquet::arrow::add_encoded_arrow_schema_to_metadata(schema, &mut props);
+    let bytes: usize = files.iter().map(|f| f.len()).sum();
+    let mut writer = parquet::file::writer::SerializedFileWriter::new(
+        Vec::with_capacity(bytes + bytes / 16),
+        descr.root_schema_ptr(),
+        Arc::new(props),
+    )?;
+    for run in runs {
+        if let [(rank, g)] = run[..] {
+            copy_row_group(&mut writer, &files[rank], &metas[rank], g)?;
+            continue;
+        }
+        // The overlapping row groups merged as [`merge`] merges whole files, written as a
+        // small file of their own whose row groups are then copied like the others.
+        let mut cursors = Vec::new();
+        for (rank, file) in files.iter().enumerate() {
+            let groups: Vec<usize> = run.iter().filter(|(r, _)| *r == rank).map(|(_, g)| *g).collect();
+            if groups.is_empty() {
+                continue;
+            }
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file.clone())?
+                .with_row_groups(groups)
+                .build()?;
+            if let Some(c) = Cursor::open(reader, schema, rank, inputs[rank].path.clone())? {
+                cursors.push(c);
+            }
+        }
+        let mut part = segment::SegmentWriter::new(schema, opts, &plain, Vec::new(), 1 << 20)?;
+        merge_in_time_order(cursors, &mut |b| part.write(b))?;
+        let part = part.finish()?.bytes;
+        let meta = ParquetMetaDataReader::new()
+            .with_page_index_policy(PageIndexPolicy::Optional)
+            .parse_and_finish(&part)?;
+        for g in 0..meta.num_row_groups() {
+            copy_row_group(&mut writer, &part, &meta, g)?;
+        }
+    }
+    let out = writer.into_inner()?;
+    let mut distinct: Vec<String> = inputs.iter().flat_map(|s| s.distinct_columns.iter().cloned()).collect();
+    distinct.sort();
+    distinct.dedup();
+    Ok(Some(Built {
+        encoded: segment::Encoded {
+            bytes: Bytes::from(out),
+            distinct_columns: distinct,
+        },
+        index_file: crate::index::merge_files(&index_files)?,
+        // What the read-back must find: every input's rows and time span.
+        facts: inputs.iter().fold(segment::SegmentFacts::NONE, |f, s| {
+            f.and(segment::SegmentFacts {
+                rows: s.rows,
+                min_ts_us: s.min_ts_us,
+                max_ts_us: s.max_ts_us,
+            })
+        }),
+        raw_bytes: inputs.iter().map(|s| s.raw_bytes).sum(),
+    }))
+}
+
+/// Appends row group `g` of `file` (whose metadata is `meta`) to `writer` as it is.
+fn copy_row_group(
+    writer: &mut parquet::file::writer::SerializedFileWriter<Vec<u8>>,
+    file: &Bytes,
+    meta: &parquet::file::metadata::ParquetMetaData,
+    g: usize,
+) -> Result<()> {
+    let rg = meta.row_group(g);
+    let mut out = writer.next_row_group()?;
+    for (c, column) in rg.columns().iter().enumerate() {
+        let close = parquet::column::writer::ColumnCloseResult {
+            bytes_written: column.compressed_size() as u64,
+            rows_written: rg.num_rows() as u64,
+            metadata: column.clone(),
+            bloom_filter: parquet::bloom_filter::Sbbf::read_from_column_chunk(column, file)?,
+            column_index: meta.column_index().map(|ci| ci[g][c].clone()),
+            offset_index: meta.offset_index().map(|oi| oi[g][c].clone()),
+        };
+        out.append_column(file, close)?;
+    }
+    out.close()?;
+    Ok(())
+}
+
 /// Rows per batch handed to the writer when inputs interleave (runs of one input longer than
 /// this go as they are, without a copy).
 const MERGED_BATCH_ROWS: usize = 8 * 1024;
@@ -431,6 +597,171 @@ mod tests {
             want.iter()
                 .all(|(_, l)| entries[0].1.contains(crate::index::hash_value(l)))
         );
+    }
+
+    /// Every row of a file, in order: (time, label, n as text).
+    fn rows_of(file: &Bytes) -> Vec<(i64, String, String)> {
+        use arrow::array::AsArray;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file.clone())
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut out = Vec::new();
+        for b in reader {
+            let b = b.unwrap();
+            let ts = b
+                .column_by_name(TIMESTAMP_COLUMN)
+                .unwrap()
+                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+            let label = b.column_by_name("label").unwrap().as_string::<i32>();
+            let n = arrow::compute::cast(b.column_by_name("n").unwrap(), &arrow::datatypes::DataType::Utf8).unwrap();
+            let n = n.as_string::<i32>();
+            for i in 0..b.num_rows() {
+                out.push((ts.value(i), label.value(i).to_string(), n.value(i).to_string()));
+            }
+        }
+        out
+    }
+
+    /// Segments that follow each other in time with the same columns are joined as they are:
+    /// the same rows in the same order as the row-by-row merge, their row groups (statistics,
+    /// page indexes, bloom filters) copied, and an index file holding every input's values. Inputs
+    /// that overlap in time, differ in a column's type, lack an index file or hold small row
+    /// groups are left to the merge.
+    #[test]
+    fn segments_that_follow_each_other_are_joined_as_they_are() {
+        let opts = segment::SegmentOptions {
+            row_group_rows: 64,
+            bloom_columns: vec!["label".into()],
+            ..Default::default()
+        };
+        // Three inputs in time order (the second starting at the first's last time), each of
+        // full row groups but its last.
+        let spans = [(0i64, 300usize), (299, 200), (600, 130)];
+        let inputs: Vec<Vec<(i64, String)>> = spans
+            .iter()
+            .enumerate()
+            .map(|(k, &(t0, n))| (0..n).map(|i| (t0 + (i as i64) / 2, format!("{k}:{i}"))).collect())
+            .collect();
+        // Even ranks only: `n` is an integer column in each.
+        let files: Vec<Bytes> = inputs.iter().map(|rows| file(0, rows, &opts)).collect();
+        let index = IndexCache::new(vec!["label".into()], 1 << 20);
+        let index_files: Vec<Option<Bytes>> = inputs
+            .iter()
+            .map(|rows| {
+                let labels = arrow::array::StringArray::from_iter_values(rows.iter().map(|r| r.1.clone()));
+                let schema = Arc::new(Schema::new(vec![Field::new(
+                    "label",
+                    arrow::datatypes::DataType::Utf8,
+                    true,
+                )]));
+                let batch = RecordBatch::try_new(schema, vec![Arc::new(labels)]).unwrap();
+                Some(Bytes::from(index.file_for_batches(&[batch]).unwrap()))
+            })
+            .collect();
+        let metas: Vec<Arc<SegmentMeta>> = inputs
+            .iter()
+            .enumerate()
+            .map(|(k, rows)| {
+                let mut m = (*seg(k as u64, rows.len() as u64, rows[0].0)).clone();
+                m.max_ts_us = rows.last().unwrap().0;
+                m.distinct_columns = vec![format!("c{k}")];
+                m.columns = vec![("label".into(), ColumnType::String), ("n".into(), ColumnType::Int)];
+                Arc::new(m)
+            })
+            .collect();
+        let types = BTreeMap::from([
+            ("label".to_string(), ColumnType::String),
+            ("n".to_string(), ColumnType::Int),
+        ]);
+        let schema = merged_schema(&metas, &types);
+        let joined = stitch(&files, &index_files, &metas, &schema, &opts)
+            .unwrap()
+            .expect("inputs that follow each other are joined");
+        check_merged(&metas, &joined.facts).unwrap();
+        assert_eq!(joined.encoded.distinct_columns, ["c0", "c1", "c2"]);
+        let merged = merge(files.clone(), &metas, &schema, &opts, &index).unwrap();
+        assert_eq!(rows_of(&joined.encoded.bytes), rows_of(&merged.encoded.bytes));
+        assert_eq!(rows_of(&joined.encoded.bytes).len(), 630);
+        // The inputs' row groups, whole: 5 + 4 + 3 of them, each with its statistics, page
+        // index and the label's bloom filter.
+        let meta = parquet::file::metadata::ParquetMetaDataReader::new()
+            .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Required)
+            .parse_and_finish(&joined.encoded.bytes)
+            .unwrap();
+        assert_eq!(meta.num_row_groups(), 12);
+        assert_eq!(meta.offset_index().unwrap().len(), 12);
+        let label = meta
+            .row_group(0)
+            .columns()
+            .iter()
+            .position(|c| c.column_path().string() == "label")
+            .unwrap();
+        for (g, rg) in meta.row_groups().iter().enumerate() {
+            assert!(rg.column(0).statistics().is_some(), "row group {g}");
+            let bloom = parquet::bloom_filter::Sbbf::read_from_column_chunk(rg.column(label), &joined.encoded.bytes)
+                .unwrap()
+                .expect("a bloom filter");
+            // The first row group of the second input holds its first label.
+            if g == 5 {
+                assert!(bloom.check(&"1:0"), "row group {g}");
+            }
+        }
+        // The sorting is said, as the merge says it.
+        assert!(meta.row_group(0).sorting_columns().is_some());
+        // The index file: every label of every input, as the merge's.
+        let entries = crate::index::decode_file(&joined.index_file).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert!(
+            inputs
+                .concat()
+                .iter()
+                .all(|(_, l)| entries[0].1.contains(crate::index::hash_value(l)))
+        );
+        assert_eq!(joined.index_file, merged.index_file);
+
+        // Inputs that overlap in time: the row groups where they meet are merged, the others
+        // copied, and the rows are the merge's still.
+        let late: Vec<(i64, String)> = (0..150).map(|i| (100 + i as i64 / 3, format!("late:{i}"))).collect();
+        let overlapping = vec![files[0].clone(), file(0, &late, &opts), files[2].clone()];
+        let mut late_meta = (*metas[1]).clone();
+        (late_meta.rows, late_meta.min_ts_us, late_meta.max_ts_us) = (150, 100, 149);
+        let overlapping_metas = vec![metas[0].clone(), Arc::new(late_meta), metas[2].clone()];
+        let joined = stitch(&overlapping, &index_files, &overlapping_metas, &schema, &opts)
+            .unwrap()
+            .expect("overlapping inputs are joined too");
+        let merged = merge(overlapping.clone(), &overlapping_metas, &schema, &opts, &index).unwrap();
+        assert_eq!(rows_of(&joined.encoded.bytes), rows_of(&merged.encoded.bytes));
+        assert_eq!(rows_of(&joined.encoded.bytes).len(), 580);
+        // Input 0's three row groups before time 96 and input 2's three are copied; its last
+        // two (times 96-149) and the late input's three are merged, 258 rows in full row groups.
+        let meta = parquet::file::metadata::ParquetMetaDataReader::new()
+            .parse_and_finish(&joined.encoded.bytes)
+            .unwrap();
+        let sizes: Vec<i64> = meta.row_groups().iter().map(|rg| rg.num_rows()).collect();
+        assert_eq!(sizes, [64, 64, 64, 64, 64, 64, 64, 2, 64, 64, 2]);
+        // ... a column of another type in one of them (the merge widens it), ...
+        let mixed = vec![files[0].clone(), file(1, &inputs[1], &opts), files[2].clone()];
+        let wide = BTreeMap::from([
+            ("label".to_string(), ColumnType::String),
+            ("n".to_string(), ColumnType::String),
+        ]);
+        let wide_schema = merged_schema(&metas, &wide);
+        assert!(
+            stitch(&mixed, &index_files, &metas, &wide_schema, &opts)
+                .unwrap()
+                .is_none()
+        );
+        // ... an input without its index file, ...
+        let mut missing = index_files.clone();
+        missing[2] = None;
+        assert!(stitch(&files, &missing, &metas, &schema, &opts).unwrap().is_none());
+        // ... and small row groups, which the merge packs into full ones.
+        let big = segment::SegmentOptions {
+            row_group_rows: 1024,
+            ..opts.clone()
+        };
+        assert!(stitch(&files, &index_files, &metas, &schema, &big).unwrap().is_none());
     }
 
     #[test]

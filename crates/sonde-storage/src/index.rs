@@ -459,6 +459,25 @@ fn encode_file(columns: &[(String, Option<Arc<SegmentIndex>>)]) -> Vec<u8> {
     out
 }
 
+/// The index file of segments' rows taken together: each column's bitmap the union of the
+/// files' bitmaps of it (a compaction that copies its inputs' row groups as they are builds its
+/// index this way, without reading the rows).
+pub(crate) fn merge_files(files: &[&[u8]]) -> Result<Vec<u8>> {
+    let mut union: std::collections::BTreeMap<String, RoaringBitmap> = std::collections::BTreeMap::new();
+    for file in files {
+        for (name, index) in decode_file(file)? {
+            let bitmap = RoaringBitmap::deserialize_from(index.bytes())
+                .map_err(|e| Error::Invalid(format!("index file: column {name}: {e}")))?;
+            *union.entry(name).or_default() |= bitmap;
+        }
+    }
+    let columns: Vec<(String, Option<Arc<SegmentIndex>>)> = union
+        .into_iter()
+        .map(|(name, bitmap)| (name, Some(Arc::new(SegmentIndex::of(&bitmap)))))
+        .collect();
+    Ok(encode_file(&columns))
+}
+
 pub(crate) fn decode_file(bytes: &[u8]) -> Result<Vec<(String, SegmentIndex)>> {
     let bad = |why: &str| Error::Invalid(format!("index file: {why}"));
     if bytes.len() < FILE_MAGIC.len() + 4 || &bytes[..8] != FILE_MAGIC {

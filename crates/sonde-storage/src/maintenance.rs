@@ -62,16 +62,38 @@ impl Storage {
         types: &BTreeMap<String, ColumnType>,
     ) -> Result<()> {
         let mut files = Vec::with_capacity(group.len());
+        let mut index_files = Vec::with_capacity(group.len());
         for s in &group {
             files.push(self.store.get(&StorePath::from(s.path.as_str())).await?.bytes().await?);
+            let index_path = StorePath::from(crate::index::index_path(&s.path));
+            index_files.push(match self.store.get(&index_path).await {
+                Ok(got) => Some(got.bytes().await?),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
+            });
         }
         let schema = compaction::merged_schema(&group, types);
         let min_lsn = group.iter().map(|s| s.min_lsn).min().unwrap_or_default();
         let max_lsn = group.iter().map(|s| s.max_lsn).max().unwrap_or_default();
         let (inputs, merged_schema) = (group.clone(), schema.clone());
         let (opts, index) = (self.config.segment.clone(), self.index.clone());
+        let joined = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let was_joined = joined.clone();
         let build = move || {
-            let built = compaction::merge(files, &inputs, &merged_schema, &opts, &index)?;
+            // Inputs that follow each other in time with the same columns are joined as they
+            // are; the others (or a join that fails) are merged row by row.
+            let stitched =
+                compaction::stitch(&files, &index_files, &inputs, &merged_schema, &opts).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "joining segments as they are failed; merging them row by row");
+                    None
+                });
+            let built = match stitched {
+                Some(built) => {
+                    joined.store(true, Ordering::Relaxed);
+                    built
+                }
+                None => compaction::merge(files, &inputs, &merged_schema, &opts, &index)?,
+            };
             compaction::check_merged(&inputs, &built.facts)?;
             Ok(built)
         };
@@ -97,7 +119,11 @@ impl Storage {
         self.bury(group.iter().cloned());
         self.persist_catalog().await?;
         self.stats.compactions.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(dataset = %ds, segment = id.0, inputs = group.len(), rows, bytes = size, "segments compacted");
+        let joined = was_joined.load(Ordering::Relaxed);
+        if joined {
+            self.stats.compactions_joined.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::info!(dataset = %ds, segment = id.0, inputs = group.len(), rows, bytes = size, joined, "segments compacted");
         Ok(())
     }
 

@@ -236,40 +236,9 @@ impl SegmentWriter {
         distinct_columns: Vec<String>,
         capacity: usize,
     ) -> Result<SegmentWriter> {
-        let ts_index = schema.index_of(TIMESTAMP_COLUMN)?;
-        let mut props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(opts.zstd_level)?))
-            .set_dictionary_enabled(true)
-            .set_statistics_enabled(EnabledStatistics::Page)
-            .set_max_row_group_row_count(Some(opts.row_group_rows))
-            .set_sorting_columns(Some(vec![SortingColumn {
-                column_idx: ts_index as i32,
-                descending: false,
-                nulls_first: false,
-            }]));
-        // Time-sorted microsecond timestamps are nearly all distinct: a dictionary is tried,
-        // fails and falls back to PLAIN, 8 bytes a value. Deltas of a sorted column pack into
-        // a few bits, and this is the column every query reads.
-        props = props
-            .set_column_dictionary_enabled(TIMESTAMP_COLUMN.into(), false)
-            .set_column_encoding(TIMESTAMP_COLUMN.into(), Encoding::DELTA_BINARY_PACKED);
-        for name in &opts.bloom_columns {
-            if schema.column_with_name(name).is_some() {
-                // Ids are nearly all distinct too: no dictionary, a bloom filter instead.
-                props = props
-                    .set_column_dictionary_enabled(name.as_str().into(), false)
-                    .set_column_bloom_filter_enabled(name.as_str().into(), true)
-                    // 5%: each of a segment's row groups is a false positive for one lookup in
-                    // 20; 1% would double the filter's bytes (2 bytes an event) for little.
-                    .set_column_bloom_filter_fpp(name.as_str().into(), 0.05);
-            }
-        }
-        for name in plain {
-            props = props.set_column_dictionary_enabled(name.as_str().into(), false);
-        }
         let out = Vec::with_capacity(capacity);
         Ok(SegmentWriter {
-            writer: ArrowWriter::try_new(out, schema.clone(), Some(props.build()))?,
+            writer: ArrowWriter::try_new(out, schema.clone(), Some(writer_properties(schema, opts, plain)?))?,
             distinct_columns,
         })
     }
@@ -287,6 +256,48 @@ impl SegmentWriter {
             distinct_columns: self.distinct_columns,
         })
     }
+}
+
+/// How every segment file of `schema` rows is written (see [`SegmentWriter::new`]): one place,
+/// so that a compaction copying row groups as they are writes the same file a re-encoding
+/// would, but for the row groups' own encodings.
+pub(crate) fn writer_properties(
+    schema: &SchemaRef,
+    opts: &SegmentOptions,
+    plain: &[String],
+) -> Result<WriterProperties> {
+    let ts_index = schema.index_of(TIMESTAMP_COLUMN)?;
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(opts.zstd_level)?))
+        .set_dictionary_enabled(true)
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(opts.row_group_rows))
+        .set_sorting_columns(Some(vec![SortingColumn {
+            column_idx: ts_index as i32,
+            descending: false,
+            nulls_first: false,
+        }]));
+    // Time-sorted microsecond timestamps are nearly all distinct: a dictionary is tried,
+    // fails and falls back to PLAIN, 8 bytes a value. Deltas of a sorted column pack into
+    // a few bits, and this is the column every query reads.
+    props = props
+        .set_column_dictionary_enabled(TIMESTAMP_COLUMN.into(), false)
+        .set_column_encoding(TIMESTAMP_COLUMN.into(), Encoding::DELTA_BINARY_PACKED);
+    for name in &opts.bloom_columns {
+        if schema.column_with_name(name).is_some() {
+            // Ids are nearly all distinct too: no dictionary, a bloom filter instead.
+            props = props
+                .set_column_dictionary_enabled(name.as_str().into(), false)
+                .set_column_bloom_filter_enabled(name.as_str().into(), true)
+                // 5%: each of a segment's row groups is a false positive for one lookup in
+                // 20; 1% would double the filter's bytes (2 bytes an event) for little.
+                .set_column_bloom_filter_fpp(name.as_str().into(), 0.05);
+        }
+    }
+    for name in plain {
+        props = props.set_column_dictionary_enabled(name.as_str().into(), false);
+    }
+    Ok(props.build())
 }
 
 /// The columns of a Parquet file whose first row group has a dictionary page: a merge of

@@ -31,6 +31,9 @@ pub struct StorageStats {
     pub events_replayed: AtomicU64,
     /// Compactions done (each merged several segments into one).
     pub compactions: AtomicU64,
+    /// Of those, the ones that copied their inputs' row groups as they are, decoding only
+    /// where the inputs overlap in time (`compaction::stitch`).
+    pub compactions_joined: AtomicU64,
     /// Segments dropped by retention.
     pub segments_expired: AtomicU64,
     /// Segment files deleted (after compaction, retention or deletion, once unreferenced).

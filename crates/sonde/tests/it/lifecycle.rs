@@ -30,8 +30,23 @@ fn ids_exactly_once(dir: &std::path::Path, ds: &str, expected: usize, prefix: &s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_merges_small_segments_while_queries_stay_exact() {
+    // Flushes of 500 rows in row groups of 128Ki: small row groups, merged row by row.
+    compaction_stays_exact(&[], false).await;
+}
+
+/// The same with row groups of 100 rows: the flushes' row groups are full, so a compaction
+/// copies them as they are (decoding only where flushes overlap in time), and every answer is
+/// still exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_joins_full_row_groups_as_they_are_while_queries_stay_exact() {
+    compaction_stays_exact(&["--row-group-rows", "100"], true).await;
+}
+
+/// Twenty flushes of 500 events with `extra` flags, compacted while every answer is checked;
+/// `joined`: whether the compactions copy row groups (`sonde_compactions_joined_total`).
+async fn compaction_stays_exact(extra: &[&str], joined: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let flags = [
+    let mut flags = vec![
         "--flush-rows",
         "500",
         "--compaction-target-rows",
@@ -39,6 +54,7 @@ async fn compaction_merges_small_segments_while_queries_stay_exact() {
         "--maintenance-interval",
         "200ms",
     ];
+    flags.extend_from_slice(extra);
     let mut server = Server::start(dir.path(), &flags).await;
     let client = reqwest::Client::new();
     let mut sent = 0usize;
@@ -82,6 +98,11 @@ async fn compaction_merges_small_segments_while_queries_stay_exact() {
             .any(|l| l.starts_with("sonde_compactions_total ") && !l.ends_with(" 0")),
         "{metrics}"
     );
+    let joins = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sonde_compactions_joined_total "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert_eq!(joins.map(|n| n > 0), Some(joined), "{metrics}");
     // Twenty sends of the flush size: usually twenty flushes, fewer when a send lands while the
     // previous flush still runs (then one flush takes both), so only "many" is certain.
     assert!(
