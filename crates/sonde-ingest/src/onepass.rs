@@ -461,19 +461,18 @@ impl<'l, F: Fields> Flattener<'l, F> {
 /// and a collision only sends the event to the owned path, which gives the same answer.
 fn key_print(key: &[u8]) -> u64 {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
-    let word = |b: &[u8]| {
-        let mut w = [0u8; 8];
-        w[..b.len()].copy_from_slice(b);
-        u64::from_le_bytes(w)
-    };
     let mut h = key.len() as u64;
     let mut chunks = key.chunks_exact(8);
     for c in &mut chunks {
-        h = (h ^ word(c)).wrapping_mul(K).rotate_left(23);
+        let word = u64::from_le_bytes(c.try_into().expect("eight bytes"));
+        h = (h ^ word).wrapping_mul(K).rotate_left(23);
     }
     let rest = chunks.remainder();
     if !rest.is_empty() {
-        h = (h ^ word(rest)).wrapping_mul(K).rotate_left(23);
+        // Folded byte by byte: a copy into a word of a length known only here was a call to
+        // memcpy for every key of every event.
+        let word = rest.iter().rev().fold(0u64, |w, &b| (w << 8) | u64::from(b));
+        h = (h ^ word).wrapping_mul(K).rotate_left(23);
     }
     h
 }
