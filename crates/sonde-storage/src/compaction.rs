@@ -155,8 +155,11 @@ pub(crate) fn stitch(
         return Ok(None);
     };
     let descr = parquet::arrow::ArrowSchemaConverter::new().convert(schema)?;
-    let ts_column = schema.index_of(TIMESTAMP_COLUMN)?;
     let mut metas = Vec::with_capacity(files.len());
+    // For each input, where each of the merged schema's columns is in it: a flush writes its
+    // columns in the order its events first gave them, so inputs agree on the columns and
+    // their types, not on their order.
+    let mut orders: Vec<Vec<usize>> = Vec::with_capacity(files.len());
     // Every row group: (first time, input, row group, last time).
     let mut units: Vec<(i64, usize, usize, i64)> = Vec::new();
     let mut dictionary = std::collections::BTreeSet::new();
@@ -168,13 +171,27 @@ pub(crate) fn stitch(
             meta.file_metadata().schema_descr(),
             meta.file_metadata().key_value_metadata(),
         )?;
-        let alike = theirs.fields().len() == schema.fields().len()
-            && theirs.fields().iter().zip(schema.fields()).all(|(a, b)| {
-                a.name() == b.name() && a.data_type() == b.data_type() && a.is_nullable() == b.is_nullable()
-            });
-        if !alike || meta.file_metadata().schema_descr().columns() != descr.columns() {
+        let their_columns = meta.file_metadata().schema_descr();
+        let flat = their_columns.num_columns() == theirs.fields().len() && descr.num_columns() == schema.fields().len();
+        if !flat || theirs.fields().len() != schema.fields().len() {
             return Ok(None);
         }
+        let mut order = Vec::with_capacity(schema.fields().len());
+        for (j, field) in schema.fields().iter().enumerate() {
+            // Flat columns only (Sonde's are): field i is leaf column i.
+            let Ok(i) = theirs.index_of(field.name()) else {
+                return Ok(None);
+            };
+            let theirs = theirs.field(i);
+            if theirs.data_type() != field.data_type()
+                || theirs.is_nullable() != field.is_nullable()
+                || their_columns.column(i) != descr.column(j)
+            {
+                return Ok(None);
+            }
+            order.push(i);
+        }
+        let ts_column = order[schema.index_of(TIMESTAMP_COLUMN)?];
         for (g, rg) in meta.row_groups().iter().enumerate() {
             let span = match rg.column(ts_column).statistics() {
                 Some(parquet::file::statistics::Statistics::Int64(st)) => st.min_opt().zip(st.max_opt()),
@@ -187,6 +204,7 @@ pub(crate) fn stitch(
         }
         dictionary.extend(segment::dictionary_columns(&meta));
         metas.push(meta);
+        orders.push(order);
     }
     let rows: i64 = metas.iter().flat_map(|m| m.row_groups()).map(|rg| rg.num_rows()).sum();
     if (rows as usize) / units.len().max(1) < opts.row_group_rows / 2 {
@@ -222,7 +240,7 @@ pub(crate) fn stitch(
     )?;
     for run in runs {
         if let [(rank, g)] = run[..] {
-            copy_row_group(&mut writer, &files[rank], &metas[rank], g)?;
+            copy_row_group(&mut writer, &files[rank], &metas[rank], g, &orders[rank])?;
             continue;
         }
         // The overlapping row groups merged as [`merge`] merges whole files, written as a
@@ -246,8 +264,9 @@ pub(crate) fn stitch(
         let meta = ParquetMetaDataReader::new()
             .with_page_index_policy(PageIndexPolicy::Optional)
             .parse_and_finish(&part)?;
+        let in_order: Vec<usize> = (0..schema.fields().len()).collect();
         for g in 0..meta.num_row_groups() {
-            copy_row_group(&mut writer, &part, &meta, g)?;
+            copy_row_group(&mut writer, &part, &meta, g, &in_order)?;
         }
     }
     let out = writer.into_inner()?;
@@ -272,16 +291,19 @@ pub(crate) fn stitch(
     }))
 }
 
-/// Appends row group `g` of `file` (whose metadata is `meta`) to `writer` as it is.
+/// Appends row group `g` of `file` (whose metadata is `meta`) to `writer` as it is, the
+/// writer's column `j` from the file's column `order[j]`.
 fn copy_row_group(
     writer: &mut parquet::file::writer::SerializedFileWriter<Vec<u8>>,
     file: &Bytes,
     meta: &parquet::file::metadata::ParquetMetaData,
     g: usize,
+    order: &[usize],
 ) -> Result<()> {
     let rg = meta.row_group(g);
     let mut out = writer.next_row_group()?;
-    for (c, column) in rg.columns().iter().enumerate() {
+    for &c in order {
+        let column = rg.column(c);
         let close = parquet::column::writer::ColumnCloseResult {
             bytes_written: column.compressed_size() as u64,
             rows_written: rg.num_rows() as u64,
@@ -643,8 +665,18 @@ mod tests {
             .enumerate()
             .map(|(k, &(t0, n))| (0..n).map(|i| (t0 + (i as i64) / 2, format!("{k}:{i}"))).collect())
             .collect();
-        // Even ranks only: `n` is an integer column in each.
-        let files: Vec<Bytes> = inputs.iter().map(|rows| file(0, rows, &opts)).collect();
+        // Even ranks only: `n` is an integer column in each. The second input has its columns
+        // in another order, as flushes do (each in the order its events first gave them).
+        let mut files: Vec<Bytes> = inputs.iter().map(|rows| file(0, rows, &opts)).collect();
+        files[1] = {
+            let batches: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(files[1].clone())
+                .unwrap()
+                .build()
+                .unwrap()
+                .map(|b| b.unwrap().project(&[0, 1, 3, 2]).unwrap())
+                .collect();
+            segment::encode(&batches[0].schema(), &batches, &opts).unwrap().bytes
+        };
         let index = IndexCache::new(vec!["label".into()], 1 << 20);
         let index_files: Vec<Option<Bytes>> = inputs
             .iter()
