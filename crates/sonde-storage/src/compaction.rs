@@ -104,15 +104,8 @@ pub(crate) fn merge(
             cursors.push(c);
         }
     }
-    let plain: Vec<String> = schema
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .filter(|n| !dictionary.contains(n))
-        .collect();
-    let mut distinct: Vec<String> = inputs.iter().flat_map(|s| s.distinct_columns.iter().cloned()).collect();
-    distinct.sort();
-    distinct.dedup();
+    let plain = plain_columns(schema, &dictionary);
+    let distinct = distinct_columns(inputs);
     let mut writer = segment::SegmentWriter::new(schema, opts, &plain, distinct, bytes + bytes / 8)?;
     let mut index_file = index.file_builder();
     let mut facts = segment::SegmentFacts::NONE;
@@ -224,12 +217,7 @@ pub(crate) fn stitch(
         }
         run_end = run_end.max((last, rank));
     }
-    let plain: Vec<String> = schema
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .filter(|n| !dictionary.contains(n))
-        .collect();
+    let plain = plain_columns(schema, &dictionary);
     let mut props = segment::writer_properties(schema, opts, &plain)?;
     parquet::arrow::add_encoded_arrow_schema_to_metadata(schema, &mut props);
     let bytes: usize = files.iter().map(|f| f.len()).sum();
@@ -270,9 +258,7 @@ pub(crate) fn stitch(
         }
     }
     let out = writer.into_inner()?;
-    let mut distinct: Vec<String> = inputs.iter().flat_map(|s| s.distinct_columns.iter().cloned()).collect();
-    distinct.sort();
-    distinct.dedup();
+    let distinct = distinct_columns(inputs);
     Ok(Some(Built {
         encoded: segment::Encoded {
             bytes: Bytes::from(out),
@@ -289,6 +275,25 @@ pub(crate) fn stitch(
         }),
         raw_bytes: inputs.iter().map(|s| s.raw_bytes).sum(),
     }))
+}
+
+/// The columns of `schema` that no input had a dictionary for: a merge keeps each column's
+/// choice of one.
+fn plain_columns(schema: &SchemaRef, dictionary: &std::collections::BTreeSet<String>) -> Vec<String> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .filter(|n| !dictionary.contains(n))
+        .collect()
+}
+
+/// The columns any input counted as distinct ([`segment::Encoded::distinct_columns`]), once each.
+fn distinct_columns(inputs: &[Arc<SegmentMeta>]) -> Vec<String> {
+    let mut distinct: Vec<String> = inputs.iter().flat_map(|s| s.distinct_columns.iter().cloned()).collect();
+    distinct.sort();
+    distinct.dedup();
+    distinct
 }
 
 /// Appends row group `g` of `file` (whose metadata is `meta`) to `writer` as it is, the
@@ -523,7 +528,6 @@ mod tests {
 
     #[test]
     fn a_merge_streams_its_inputs_in_time_order_like_a_stable_sort() {
-        use arrow::array::AsArray;
         // Small row groups and reader batches make runs cross batch boundaries.
         let opts = segment::SegmentOptions {
             row_group_rows: 64,
@@ -565,18 +569,9 @@ mod tests {
             .enumerate()
             .map(|(k, rows)| file(k, rows, &opts))
             .collect();
-        let metas: Vec<Arc<SegmentMeta>> = inputs
-            .iter()
-            .enumerate()
-            .map(|(k, rows)| {
-                let mut m = (*seg(k as u64, rows.len() as u64, rows[0].0)).clone();
-                m.max_ts_us = rows.last().unwrap().0;
-                m.distinct_columns = vec![format!("c{}", k % 2)];
-                let n = [ColumnType::Int, ColumnType::String][k % 2];
-                m.columns = vec![("label".into(), ColumnType::String), ("n".into(), n)];
-                Arc::new(m)
-            })
-            .collect();
+        let metas = metas_of(&inputs, |k| {
+            (format!("c{}", k % 2), [ColumnType::Int, ColumnType::String][k % 2])
+        });
         let types = BTreeMap::from([
             ("label".to_string(), ColumnType::String),
             ("n".to_string(), ColumnType::String),
@@ -590,23 +585,7 @@ mod tests {
         // The model: every row, stably sorted by time, inputs in rank order.
         let mut want: Vec<(i64, String)> = inputs.concat();
         want.sort_by_key(|r| r.0);
-        let reader = ParquetRecordBatchReaderBuilder::try_new(built.encoded.bytes.clone())
-            .unwrap()
-            .build()
-            .unwrap();
-        let mut got: Vec<(i64, String, String)> = Vec::new();
-        for b in reader {
-            let b = b.unwrap();
-            let ts = b
-                .column_by_name(TIMESTAMP_COLUMN)
-                .unwrap()
-                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-            let label = b.column_by_name("label").unwrap().as_string::<i32>();
-            let n = b.column_by_name("n").unwrap().as_string::<i32>();
-            for i in 0..b.num_rows() {
-                got.push((ts.value(i), label.value(i).to_string(), n.value(i).to_string()));
-            }
-        }
+        let got = rows_of(&built.encoded.bytes);
         assert_eq!(got.len(), want.len());
         for (g, w) in got.iter().zip(&want) {
             assert_eq!((g.0, &g.1), (w.0, &w.1));
@@ -619,6 +598,23 @@ mod tests {
             want.iter()
                 .all(|(_, l)| entries[0].1.contains(crate::index::hash_value(l)))
         );
+    }
+
+    /// The catalog entries of `file`s of these rows: input `k` names `distinct(k).0` a distinct
+    /// column and has `n` of type `distinct(k).1`.
+    fn metas_of(inputs: &[Vec<(i64, String)>], of: impl Fn(usize) -> (String, ColumnType)) -> Vec<Arc<SegmentMeta>> {
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(k, rows)| {
+                let mut m = (*seg(k as u64, rows.len() as u64, rows[0].0)).clone();
+                m.max_ts_us = rows.last().unwrap().0;
+                let (distinct, n) = of(k);
+                m.distinct_columns = vec![distinct];
+                m.columns = vec![("label".into(), ColumnType::String), ("n".into(), n)];
+                Arc::new(m)
+            })
+            .collect()
     }
 
     /// Every row of a file, in order: (time, label, n as text).
@@ -691,17 +687,7 @@ mod tests {
                 Some(Bytes::from(index.file_for_batches(&[batch]).unwrap()))
             })
             .collect();
-        let metas: Vec<Arc<SegmentMeta>> = inputs
-            .iter()
-            .enumerate()
-            .map(|(k, rows)| {
-                let mut m = (*seg(k as u64, rows.len() as u64, rows[0].0)).clone();
-                m.max_ts_us = rows.last().unwrap().0;
-                m.distinct_columns = vec![format!("c{k}")];
-                m.columns = vec![("label".into(), ColumnType::String), ("n".into(), ColumnType::Int)];
-                Arc::new(m)
-            })
-            .collect();
+        let metas = metas_of(&inputs, |k| (format!("c{k}"), ColumnType::Int));
         let types = BTreeMap::from([
             ("label".to_string(), ColumnType::String),
             ("n".to_string(), ColumnType::Int),
