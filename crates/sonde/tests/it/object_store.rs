@@ -307,7 +307,8 @@ async fn two_writers_racing_for_one_catalog_record_one_wins_the_other_retries() 
 /// node and the query node pass its events on to the owner (once: a passed-on request is not
 /// passed on again), and a new dataset sent to the query node goes to an ingest node. The
 /// query node finds the datasets in the shared catalog and answers exactly the brute-force
-/// counts, through flushes, a compaction on the ingest node, and a SIGKILL and restart of it.
+/// counts, through flushes, a compaction on the ingest node (joining the flushes' row groups as
+/// they are), and a SIGKILL and restart of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_nodes_and_a_query_node_share_one_bucket() {
     let moto = start_moto().await;
@@ -324,6 +325,9 @@ async fn ingest_nodes_and_a_query_node_share_one_bucket() {
         "500ms",
         "--catalog-refresh",
         "200ms",
+        // Full row groups: compactions join the flushes' row groups as they are, over S3.
+        "--row-group-rows",
+        "100",
     ];
     let node = |role, name| node_flags(&storage, role, name, &tuning);
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -390,6 +394,7 @@ async fn ingest_nodes_and_a_query_node_share_one_bucket() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(compacted, "the query node never saw the compaction");
+    assert!(a.api(&client).metric("sonde_compactions_joined_total").await > 0);
     // Each ingest node's files carry its name; the logs are in the bucket, one per dataset.
     let listing = moto.list("cluster/").await;
     assert!(
