@@ -139,12 +139,23 @@ pub(crate) fn stitch(
     inputs: &[Arc<SegmentMeta>],
     schema: &SchemaRef,
     opts: &segment::SegmentOptions,
+    index: &IndexCache,
 ) -> Result<Option<Built>> {
     use parquet::file::metadata::{PageIndexPolicy, ParquetMetaDataReader};
     if files.len() != inputs.len() || index_files.len() != inputs.len() || inputs.len() < 2 {
         return Ok(None);
     }
     let Some(index_files) = index_files.iter().map(|f| f.as_deref()).collect::<Option<Vec<&[u8]>>>() else {
+        return Ok(None);
+    };
+    // The indexed columns the merged segment has, which every input's index file must hold.
+    let wanted: Vec<String> = index
+        .columns()
+        .iter()
+        .filter(|c| schema.column_with_name(c).is_some())
+        .cloned()
+        .collect();
+    let Some(index_file) = crate::index::merge_files(&index_files, &wanted)? else {
         return Ok(None);
     };
     let descr = parquet::arrow::ArrowSchemaConverter::new().convert(schema)?;
@@ -264,7 +275,7 @@ pub(crate) fn stitch(
             bytes: Bytes::from(out),
             distinct_columns: distinct,
         },
-        index_file: crate::index::merge_files(&index_files)?,
+        index_file,
         // What the read-back must find: every input's rows and time span.
         facts: inputs.iter().fold(segment::SegmentFacts::NONE, |f, s| {
             f.and(segment::SegmentFacts {
@@ -693,7 +704,7 @@ mod tests {
             ("n".to_string(), ColumnType::Int),
         ]);
         let schema = merged_schema(&metas, &types);
-        let joined = stitch(&files, &index_files, &metas, &schema, &opts)
+        let joined = stitch(&files, &index_files, &metas, &schema, &opts, &index)
             .unwrap()
             .expect("inputs that follow each other are joined");
         check_merged(&metas, &joined.facts).unwrap();
@@ -745,7 +756,7 @@ mod tests {
         let mut late_meta = (*metas[1]).clone();
         (late_meta.rows, late_meta.min_ts_us, late_meta.max_ts_us) = (150, 100, 149);
         let overlapping_metas = vec![metas[0].clone(), Arc::new(late_meta), metas[2].clone()];
-        let joined = stitch(&overlapping, &index_files, &overlapping_metas, &schema, &opts)
+        let joined = stitch(&overlapping, &index_files, &overlapping_metas, &schema, &opts, &index)
             .unwrap()
             .expect("overlapping inputs are joined too");
         let merged = merge(overlapping.clone(), &overlapping_metas, &schema, &opts, &index).unwrap();
@@ -766,20 +777,36 @@ mod tests {
         ]);
         let wide_schema = merged_schema(&metas, &wide);
         assert!(
-            stitch(&mixed, &index_files, &metas, &wide_schema, &opts)
+            stitch(&mixed, &index_files, &metas, &wide_schema, &opts, &index)
                 .unwrap()
                 .is_none()
         );
-        // ... an input without its index file, ...
+        // ... an input without its index file, or whose index file lacks the indexed column
+        // (written before `label` was indexed: a union would miss its values), ...
         let mut missing = index_files.clone();
         missing[2] = None;
-        assert!(stitch(&files, &missing, &metas, &schema, &opts).unwrap().is_none());
+        assert!(
+            stitch(&files, &missing, &metas, &schema, &opts, &index)
+                .unwrap()
+                .is_none()
+        );
+        let mut older = index_files.clone();
+        older[0] = Some(Bytes::from(IndexCache::new(vec![], 0).file_builder().finish().unwrap()));
+        assert!(
+            stitch(&files, &older, &metas, &schema, &opts, &index)
+                .unwrap()
+                .is_none()
+        );
         // ... and small row groups, which the merge packs into full ones.
         let big = segment::SegmentOptions {
             row_group_rows: 1024,
             ..opts.clone()
         };
-        assert!(stitch(&files, &index_files, &metas, &schema, &big).unwrap().is_none());
+        assert!(
+            stitch(&files, &index_files, &metas, &schema, &big, &index)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

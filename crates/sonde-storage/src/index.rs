@@ -290,6 +290,11 @@ impl IndexCache {
         }
     }
 
+    /// The indexed columns.
+    pub(crate) fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
     /// Whether a column is indexed.
     pub fn is_indexed(&self, column: &str) -> bool {
         self.columns.iter().any(|c| c == column)
@@ -459,13 +464,22 @@ fn encode_file(columns: &[(String, Option<Arc<SegmentIndex>>)]) -> Vec<u8> {
     out
 }
 
-/// The index file of segments' rows taken together: each column's bitmap the union of the
-/// files' bitmaps of it (a compaction that copies its inputs' row groups as they are builds its
-/// index this way, without reading the rows).
-pub(crate) fn merge_files(files: &[&[u8]]) -> Result<Vec<u8>> {
+/// The index file of segments' rows taken together, for the indexed columns `wanted`: each
+/// column's bitmap the union of the files' bitmaps of it (a compaction that copies its inputs'
+/// row groups as they are builds its index this way, without reading the rows). `None` when a
+/// file lacks one of `wanted` (written before the column was indexed): a union would then miss
+/// that segment's values, and a lookup would skip rows that hold them.
+pub(crate) fn merge_files(files: &[&[u8]], wanted: &[String]) -> Result<Option<Vec<u8>>> {
     let mut union: std::collections::BTreeMap<String, RoaringBitmap> = std::collections::BTreeMap::new();
     for file in files {
-        for (name, index) in decode_file(file)? {
+        let decoded = decode_file(file)?;
+        if wanted.iter().any(|w| !decoded.iter().any(|(name, _)| name == w)) {
+            return Ok(None);
+        }
+        for (name, index) in decoded {
+            if !wanted.contains(&name) {
+                continue;
+            }
             let bitmap = RoaringBitmap::deserialize_from(index.bytes())
                 .map_err(|e| Error::Invalid(format!("index file: column {name}: {e}")))?;
             *union.entry(name).or_default() |= bitmap;
@@ -475,7 +489,7 @@ pub(crate) fn merge_files(files: &[&[u8]]) -> Result<Vec<u8>> {
         .into_iter()
         .map(|(name, bitmap)| (name, Some(Arc::new(SegmentIndex::of(&bitmap)))))
         .collect();
-    Ok(encode_file(&columns))
+    Ok(Some(encode_file(&columns)))
 }
 
 pub(crate) fn decode_file(bytes: &[u8]) -> Result<Vec<(String, SegmentIndex)>> {

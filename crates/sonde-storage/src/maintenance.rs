@@ -66,11 +66,12 @@ impl Storage {
         for s in &group {
             files.push(self.store.get(&StorePath::from(s.path.as_str())).await?.bytes().await?);
             let index_path = StorePath::from(crate::index::index_path(&s.path));
-            index_files.push(match self.store.get(&index_path).await {
-                Ok(got) => Some(got.bytes().await?),
-                Err(object_store::Error::NotFound { .. }) => None,
-                Err(e) => return Err(e.into()),
-            });
+            // Only the join needs it: one that cannot be read leaves the merge to rebuild it.
+            let index_file = match self.store.get(&index_path).await {
+                Ok(got) => got.bytes().await.ok(),
+                Err(_) => None,
+            };
+            index_files.push(index_file);
         }
         let schema = compaction::merged_schema(&group, types);
         let min_lsn = group.iter().map(|s| s.min_lsn).min().unwrap_or_default();
@@ -82,8 +83,8 @@ impl Storage {
         let build = move || {
             // Inputs that follow each other in time with the same columns are joined as they
             // are; the others (or a join that fails) are merged row by row.
-            let stitched =
-                compaction::stitch(&files, &index_files, &inputs, &merged_schema, &opts).unwrap_or_else(|e| {
+            let stitched = compaction::stitch(&files, &index_files, &inputs, &merged_schema, &opts, &index)
+                .unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "joining segments as they are failed; merging them row by row");
                     None
                 });
