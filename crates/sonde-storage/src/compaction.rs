@@ -159,6 +159,10 @@ pub(crate) fn stitch(
         return Ok(None);
     };
     let descr = parquet::arrow::ArrowSchemaConverter::new().convert(schema)?;
+    // Flat columns only (Sonde's are): field i is leaf column i.
+    if descr.num_columns() != schema.fields().len() {
+        return Ok(None);
+    }
     let mut metas = Vec::with_capacity(files.len());
     // For each input, where each of the merged schema's columns is in it: a flush writes its
     // columns in the order its events first gave them, so inputs agree on the columns and
@@ -176,13 +180,11 @@ pub(crate) fn stitch(
             meta.file_metadata().key_value_metadata(),
         )?;
         let their_columns = meta.file_metadata().schema_descr();
-        let flat = their_columns.num_columns() == theirs.fields().len() && descr.num_columns() == schema.fields().len();
-        if !flat || theirs.fields().len() != schema.fields().len() {
+        if their_columns.num_columns() != theirs.fields().len() || theirs.fields().len() != schema.fields().len() {
             return Ok(None);
         }
         let mut order = Vec::with_capacity(schema.fields().len());
         for (j, field) in schema.fields().iter().enumerate() {
-            // Flat columns only (Sonde's are): field i is leaf column i.
             let Ok(i) = theirs.index_of(field.name()) else {
                 return Ok(None);
             };
@@ -207,7 +209,7 @@ pub(crate) fn stitch(
             units.push((first, rank, g, last));
         }
         dictionary.extend(segment::dictionary_columns(&meta));
-        metas.push(meta);
+        metas.push(Arc::new(meta));
         orders.push(order);
     }
     let rows: i64 = metas.iter().flat_map(|m| m.row_groups()).map(|rg| rg.num_rows()).sum();
@@ -250,7 +252,10 @@ pub(crate) fn stitch(
             if groups.is_empty() {
                 continue;
             }
-            let reader = ParquetRecordBatchReaderBuilder::try_new(file.clone())?
+            // The footer parsed above, not parsed again.
+            let read_as =
+                parquet::arrow::arrow_reader::ArrowReaderMetadata::try_new(metas[rank].clone(), Default::default())?;
+            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file.clone(), read_as)
                 .with_row_groups(groups)
                 .build()?;
             if let Some(c) = Cursor::open(reader, schema, rank, inputs[rank].path.clone())? {
@@ -277,13 +282,7 @@ pub(crate) fn stitch(
         },
         index_file,
         // What the read-back must find: every input's rows and time span.
-        facts: inputs.iter().fold(segment::SegmentFacts::NONE, |f, s| {
-            f.and(segment::SegmentFacts {
-                rows: s.rows,
-                min_ts_us: s.min_ts_us,
-                max_ts_us: s.max_ts_us,
-            })
-        }),
+        facts: inputs_facts(inputs),
         raw_bytes: inputs.iter().map(|s| s.raw_bytes).sum(),
     }))
 }
@@ -477,11 +476,22 @@ impl Cursor {
     }
 }
 
+/// The rows and time span a merge of `inputs` holds, from their catalog entries.
+fn inputs_facts(inputs: &[Arc<SegmentMeta>]) -> segment::SegmentFacts {
+    segment::SegmentFacts {
+        rows: inputs.iter().map(|s| s.rows).sum(),
+        min_ts_us: inputs.iter().map(|s| s.min_ts_us).min().unwrap_or(0),
+        max_ts_us: inputs.iter().map(|s| s.max_ts_us).max().unwrap_or(0),
+    }
+}
+
 /// Checks that a merged batch holds exactly the inputs' rows and time span.
 pub(crate) fn check_merged(inputs: &[Arc<SegmentMeta>], facts: &segment::SegmentFacts) -> Result<()> {
-    let rows: u64 = inputs.iter().map(|s| s.rows).sum();
-    let min = inputs.iter().map(|s| s.min_ts_us).min().unwrap_or(0);
-    let max = inputs.iter().map(|s| s.max_ts_us).max().unwrap_or(0);
+    let segment::SegmentFacts {
+        rows,
+        min_ts_us: min,
+        max_ts_us: max,
+    } = inputs_facts(inputs);
     if facts.rows != rows || facts.min_ts_us != min || facts.max_ts_us != max {
         return Err(Error::Invalid(format!(
             "merged segment has {} rows in [{}, {}], inputs have {rows} in [{min}, {max}]",

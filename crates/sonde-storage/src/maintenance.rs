@@ -303,7 +303,7 @@ pub(crate) async fn remove_orphans(
     let (prefixes, mine) = match catalog_store.shared() {
         None => (vec![StorePath::from("datasets")], None),
         Some(node) => {
-            let loaded = node.loaded_files();
+            let loaded = node.take_loaded_files();
             let prefixes = loaded
                 .iter()
                 .map(|(d, _)| StorePath::from("datasets").join(d.as_str()))

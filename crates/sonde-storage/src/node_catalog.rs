@@ -125,9 +125,9 @@ pub(crate) struct NodeCatalogs {
     lost: RwLock<HashMap<DatasetName, Lsn>>,
     /// How long a member file stays valid (`--lease`).
     lease: std::time::Duration,
-    /// An ingest node, as loaded: every dataset's directory in the store, with the files its
-    /// log names (segments and their indexes), the datasets other nodes write included. The
-    /// start-up sweep looks in all of them for this node's files that no log names (a handover
+    /// An ingest node, as loaded (until the start-up sweep takes it): every dataset's directory
+    /// in the store, with the files its log names (segments and their indexes), the datasets
+    /// other nodes write included. The start-up sweep looks in all of them for this node's files that no log names (a handover
     /// that crashed between writing its segment and committing it leaves one in a dataset
     /// another node writes).
     loaded_files: RwLock<Vec<(DatasetName, HashSet<String>)>>,
@@ -272,9 +272,11 @@ impl NodeCatalogs {
     }
 
     /// Every dataset's directory and the files its log named when this node loaded (see
-    /// `loaded_files`); empty on a query node, which sweeps nothing.
-    pub(crate) fn loaded_files(&self) -> Vec<(DatasetName, HashSet<String>)> {
-        self.loaded_files.read().unwrap().clone()
+    /// `loaded_files`), handed over once to the start-up sweep, which is all that needs them
+    /// (they are not held for the life of the process); empty on a query node, which sweeps
+    /// nothing.
+    pub(crate) fn take_loaded_files(&self) -> Vec<(DatasetName, HashSet<String>)> {
+        std::mem::take(&mut *self.loaded_files.write().unwrap())
     }
 
     /// Makes this node the writer of `dataset` before it takes events for it: at once when it
