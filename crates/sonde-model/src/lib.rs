@@ -39,18 +39,20 @@ pub fn is_reserved_name(name: &str) -> bool {
     name == TIMESTAMP_COLUMN || name == SAMPLE_RATE_COLUMN
 }
 
+/// FNV-1a of `bytes`: fixed across builds, platforms and runs (std's hasher promises none of
+/// these), for hashes that are stored or compared between nodes.
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// Rendezvous (highest-random-weight) hashing: the weight of `node` for `key`. The node with
 /// the highest weight takes the key (a cluster's new dataset, a scan's task), and adding or
 /// removing a node moves only the keys it wins or held. FNV-1a and a final mix: fixed across
 /// builds, so every node of a cluster, even mid-upgrade, ranks alike.
 pub fn rendezvous_weight(node: &str, key: &str) -> u64 {
-    let h = node
-        .bytes()
-        .chain([0])
-        .chain(key.bytes())
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let h = fnv1a(node.bytes().chain([0]).chain(key.bytes()));
     // A final mix, so that names differing in one byte do not weigh alike.
     let h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^ (h >> 33)

@@ -295,13 +295,7 @@ pub fn plan_version() -> &'static str {
             Err(e) => vec![format!("unregistered: {e}")],
         };
         names.sort();
-        // FNV-1a: the same on every build and platform (std's hasher promises neither).
-        let fingerprint = names
-            .iter()
-            .flat_map(|n| n.bytes().chain([0]))
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
+        let fingerprint = sonde_model::fnv1a(names.iter().flat_map(|n| n.bytes().chain([0])));
         format!(
             "sonde-query {}, datafusion {}, plan nodes {}, functions {fingerprint:016x}",
             env!("CARGO_PKG_VERSION"),

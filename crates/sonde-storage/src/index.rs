@@ -32,11 +32,7 @@ use std::sync::{Arc, Mutex};
 
 /// The 32-bit hash of an indexed value (FNV-1a, folded): stable across runs and machines.
 pub fn hash_value(v: &str) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in v.as_bytes() {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let h = sonde_model::fnv1a(v.bytes());
     (h ^ (h >> 32)) as u32
 }
 

@@ -188,9 +188,7 @@ impl NodeCatalogs {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| Some(t.max(now) + 1))
             .expect("the update always answers")
             .max(now);
-        let tag = self.node.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        }) & ((1 << TAG_BITS) - 1);
+        let tag = sonde_model::fnv1a(self.node.bytes()) & ((1 << TAG_BITS) - 1);
         SegmentId(tick << TAG_BITS | tag)
     }
 
