@@ -114,8 +114,6 @@ impl Storage {
         const MAX_GROUP_BYTES: usize = 32 * 1024 * 1024;
         let sync = self.config.durability == Durability::Fsync;
         let mut broken: Option<String> = None;
-        // One buffer for every group's bytes, so that each group does not fault in fresh pages.
-        let mut framed: Vec<u8> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut bytes = first.bytes();
             let mut group = vec![first];
@@ -135,12 +133,17 @@ impl Storage {
                 continue;
             }
             let records: usize = group.iter().map(|c| c.records.len()).sum();
-            framed.clear();
-            framed.reserve(bytes + 16 * records);
+            let framed_len = group
+                .iter()
+                .flat_map(|c| &c.records)
+                .map(|(dataset, events)| wal::framed_len(dataset, events))
+                .sum();
+            // Framed straight into the WAL file's own (block-aligned) buffer.
+            let framed = file.begin_group(framed_len);
             for (i, (dataset, events)) in group.iter().flat_map(|c| &c.records).enumerate() {
-                wal::frame_record(&mut framed, next_lsn.plus(i as u64), dataset, events);
+                wal::frame_record(framed, next_lsn.plus(i as u64), dataset, events);
             }
-            if let Err(e) = file.append(&framed, sync) {
+            if let Err(e) = file.write_group(sync) {
                 if let Error::DiskFull(_) = e {
                     // The append was cut back off the file: nothing of this group is
                     // acknowledged, and the WAL goes on once there is room.

@@ -448,7 +448,10 @@ impl Storage {
             storage.follow_catalog().await?;
         }
 
-        let wal_file = wal::WalFile::create(&wal_dir, last_lsn.next(), storage.config.wal_rotate_bytes)?;
+        // Direct writes pay off only when every append is synced anyway; without fsync the page
+        // cache is what makes appends cheap.
+        let direct = storage.config.durability == Durability::Fsync;
+        let wal_file = wal::WalFile::create(&wal_dir, last_lsn.next(), storage.config.wal_rotate_bytes, direct)?;
         let (tx, rx) = mpsc::channel(4096);
         *storage.commit_tx.lock().unwrap() = Some(tx);
         let thread_storage = storage.clone();
