@@ -144,11 +144,8 @@ impl Storage {
         if let Err(e) = self.store.put(&StorePath::from(idx_path.as_str()), idx.into()).await {
             tracing::warn!(file = %idx_path, error = %e, "could not write index file");
         }
-        // The other side of the disk: read the file back and compare.
-        let back = self.store.get(&store_path).await?.bytes().await?;
-        let after = tokio::task::spawn_blocking(move || segment::read_facts(back))
-            .await
-            .map_err(|e| Error::TaskFailed(format!("segment reader panicked: {e}")))??;
+        // The other side of the disk: read the file's timestamps back and compare.
+        let after = segment::read_stored_facts(self.store.clone(), store_path, size).await?;
         if before != after {
             return Err(Error::Invalid(format!(
                 "segment {path} read back as {after:?}, written as {before:?}"

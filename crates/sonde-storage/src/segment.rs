@@ -12,13 +12,25 @@ use crate::{Error, Result};
 use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
+use futures::FutureExt;
+use futures::TryStreamExt;
+use futures::future::BoxFuture;
+use object_store::ObjectStore;
+use object_store::ObjectStoreExt;
+use object_store::path::Path as StorePath;
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::errors::ParquetError;
 use parquet::file::metadata::SortingColumn;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use sonde_model::TIMESTAMP_COLUMN;
+use std::ops::Range;
+use std::sync::Arc;
 
 /// How segments are written.
 #[derive(Debug, Clone)]
@@ -361,9 +373,47 @@ pub(crate) fn distinct_fraction_of(arrays: &[&ArrayRef]) -> Option<f64> {
     (sampled >= 1024).then(|| seen.len() as f64 / sampled as f64)
 }
 
-/// Reads back the timestamp column of an encoded segment and returns its facts.
-pub(crate) fn read_facts(file: Bytes) -> Result<SegmentFacts> {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+/// A file in an object store, read by byte ranges through parquet's async reader.
+struct StoredFile {
+    store: Arc<dyn ObjectStore>,
+    path: StorePath,
+    size: u64,
+}
+
+fn parquet_error(e: object_store::Error) -> ParquetError {
+    ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for StoredFile {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move { self.store.get_range(&self.path, range).await.map_err(parquet_error) }.boxed()
+    }
+
+    fn get_byte_ranges(&mut self, ranges: Vec<Range<u64>>) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move { self.store.get_ranges(&self.path, &ranges).await.map_err(parquet_error) }.boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let meta = ParquetMetaDataReader::new()
+                .with_arrow_reader_options(options)
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(meta))
+        }
+        .boxed()
+    }
+}
+
+/// Reads back the timestamp column of the segment file at `path` in `store` and returns its
+/// facts. Only the footer and that column's pages are read: nothing else is decoded, so
+/// reading the rest of the file (as a whole-file read did) only cost a copy.
+pub(crate) async fn read_stored_facts(store: Arc<dyn ObjectStore>, path: StorePath, size: u64) -> Result<SegmentFacts> {
+    let builder = ParquetRecordBatchStreamBuilder::new(StoredFile { store, path, size }).await?;
     let schema = builder.schema().clone();
     let idx = schema.index_of(TIMESTAMP_COLUMN)?;
     if schema.field(idx).data_type() != &timestamp_type() {
@@ -373,8 +423,7 @@ pub(crate) fn read_facts(file: Bytes) -> Result<SegmentFacts> {
         )));
     }
     let mask = ProjectionMask::roots(builder.parquet_schema(), [idx]);
-    let reader = builder.with_projection(mask).build()?;
-    let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+    let batches: Vec<RecordBatch> = builder.with_projection(mask).build()?.try_collect().await?;
     let arrays: Vec<_> = batches
         .iter()
         .map(|b| {
@@ -392,6 +441,7 @@ pub(crate) fn read_facts(file: Bytes) -> Result<SegmentFacts> {
 mod tests {
     use super::*;
     use crate::buffer::WriteBuffer;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use sonde_model::{Event, FieldValue};
 
     fn batch(times: &[i64], tag: &str) -> RecordBatch {
@@ -434,8 +484,8 @@ mod tests {
         out
     }
 
-    #[test]
-    fn encode_sort_and_read_back() {
+    #[tokio::test]
+    async fn encode_sort_and_read_back() {
         // Three chunks out of order across and within them, with equal times that must keep
         // their arrival order (stable).
         let batches = vec![
@@ -454,7 +504,11 @@ mod tests {
             }
         );
         let encoded = encode(&schema, &batches, &SegmentOptions::default()).unwrap();
-        assert_eq!(read_facts(encoded.bytes.clone()).unwrap(), facts);
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let path = StorePath::from("s.parquet");
+        store.put(&path, encoded.bytes.clone().into()).await.unwrap();
+        let size = encoded.bytes.len() as u64;
+        assert_eq!(read_stored_facts(store, path, size).await.unwrap(), facts);
         let want: Vec<(i64, String)> = [
             (1, "c1"),
             (5, "b0"),
