@@ -6,8 +6,11 @@ beside it; then the same questions asked of both query nodes and of the single n
 answer checked against the same figures computed here, in Python, from the events sent.
 
 The questions: distributed SQL (spans, errors-free root spans, SUM/MAX of duration_ms and the
-weighted P99 by service; the 5 slowest operations; distinct traces), and query specs (COUNT and
-P99 by service, the trace of the first root span). Each ingest node's last spans stay in its
+weighted P99 by service; the 5 slowest operations; distinct traces), a query spec (COUNT and
+P99 by service), the traces of the first root span and of the trace with the most spans (their
+span ids, duplicates included), BubbleUp of the busiest service against the rest (the counts
+and each operation's shares), and the 20 newest spans of that service (their times). Each
+ingest node's last spans stay in its
 write buffer meanwhile, so part of every answer comes from the query nodes' copies of them.
 SQL on a query node is split over both query
 nodes' workers (`--distributed-bytes-per-partition 1`), so `meta.distributed` is recorded too,
@@ -96,8 +99,30 @@ def expected(events):
     for e in events:
         ops[(e["service.name"], e["name"])] = max(ops[(e["service.name"], e["name"])], e["duration_ms"])
     slowest = sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+    spans_of = collections.defaultdict(list)
+    for e in events:
+        spans_of[e["trace.trace_id"]].append(e["trace.span_id"])
+    first_root = next(e["trace.trace_id"] for e in events if e.get("is_root"))
+    biggest = max(spans_of, key=lambda t: (len(spans_of[t]), t))
+    busiest = max(by, key=lambda s: (len(by[s]), s))
+    inside = collections.Counter(e["name"] for e in by[busiest])
+    outside = collections.Counter(e["name"] for e in events if e["service.name"] != busiest)
+    n_out = len(events) - len(by[busiest])
+    newest = sorted((micros(e["time"]) for e in by[busiest]), reverse=True)[:20]
     return {"per_service": per_service, "slowest": [[s, n, d] for (s, n), d in slowest],
-            "traces": len({e["trace.trace_id"] for e in events})}
+            "traces": len({e["trace.trace_id"] for e in events}),
+            "trace_spans": {t: sorted(spans_of[t]) for t in (first_root, biggest)},
+            "busiest": busiest, "bubbleup_counts": (len(by[busiest]), n_out),
+            "name_shares": {n: (inside[n] / len(by[busiest]), outside[n] / max(n_out, 1))
+                            for n in set(inside) | set(outside)},
+            "newest": newest}
+
+
+def micros(stamp):
+    """An RFC 3339 UTC time (any digits of a second) as whole microseconds since the epoch."""
+    whole, _, frac = stamp.rstrip("Z").partition(".")
+    secs = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+    return secs * 1_000_000 + int((frac + "000000")[:6])
 
 
 SQL_BY_SERVICE = """SELECT "service.name" AS svc, COUNT(*) AS n, SUM(CASE WHEN is_root THEN 1 ELSE 0 END) AS roots,
@@ -148,6 +173,31 @@ def ask_all(node, want, t0, t1):
         w = want["per_service"].get(d["service.name"])
         if not w or d["COUNT"] != w["n"] or d["P99(duration_ms)"] != w["p99"]:
             bad.append(f"spec {d} want {w}")
+    for trace, want_ids in want["trace_spans"].items():
+        r = timed(f"trace of {len(want_ids)} spans", f"/api/traces/{DATASET}/{trace}", None)
+        got = sorted(s["trace.span_id"] for s in r["spans"])
+        if got != want_ids:
+            bad.append(f"trace {trace}: {len(got)} spans {got[:5]}… want {len(want_ids)} {want_ids[:5]}…")
+    busiest = want["busiest"]
+    r = timed("bubbleup of the busiest service", f"/api/bubbleup/{DATASET}",
+              {"start_time": t0, "end_time": t1, "selection": {"group": {"service.name": busiest}}})
+    counts = (r["selection"]["count"], r["baseline"]["count"])
+    if counts != tuple(want["bubbleup_counts"]):
+        bad.append(f"bubbleup counts {counts} want {want['bubbleup_counts']}")
+    names = next((c for c in r["columns"] if c["column"] == "name"), None)
+    if names is None:
+        bad.append("bubbleup: no column `name`")
+    else:
+        for v in names["values"]:
+            w = want["name_shares"].get(v["value"], (0.0, 0.0))
+            if not (close(v["selection"], w[0]) and close(v["baseline"], w[1])):
+                bad.append(f"bubbleup name {v} want {w}")
+    r = timed("20 newest spans of the busiest service", f"/api/events/{DATASET}",
+              {"start_time": t0, "end_time": t1, "limit": 20,
+               "filters": [{"column": "service.name", "op": "=", "value": busiest}]})
+    got = [micros(e["timestamp"]) for e in r["events"]]
+    if got != want["newest"]:
+        bad.append(f"newest {got[:3]}… want {want['newest'][:3]}…")
     return bad, ms, dist
 
 

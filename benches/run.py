@@ -499,6 +499,22 @@ def drop_caches() -> bool:
 
 # --- 1. ingest -----------------------------------------------------------------------------
 
+STEADY_WINDOW_S = 5.0
+
+
+def steady(progress: list[tuple[float, int]]) -> dict:
+    """Events/s in each whole window of the ingest (times and acknowledged counts sampled every
+    STEADY_WINDOW_S): the slowest, the median and the fastest window, and the slowest over the
+    median (1.0 is perfectly steady)."""
+    rates = sorted((n1 - n0) / (t1 - t0) for (t0, n0), (t1, n1) in zip(progress, progress[1:]) if t1 > t0)
+    if not rates:
+        return {"window_s": STEADY_WINDOW_S, "count": 0}
+    median = rates[len(rates) // 2]
+    return {"window_s": STEADY_WINDOW_S, "count": len(rates), "slowest_events_per_s": rates[0],
+            "median_events_per_s": median, "fastest_events_per_s": rates[-1],
+            "slowest_over_median": rates[0] / median if median else None}
+
+
 def ingest(server: Server, source: BatchFile | GenStream, clients: int, load_qs: list[dict] | None = None) -> dict:
     """Posts every batch once, `clients` threads each with its own keep-alive connection, taking
     the next batch from the source's feed (so batches go out roughly in time order). A 503 (the
@@ -509,9 +525,10 @@ def ingest(server: Server, source: BatchFile | GenStream, clients: int, load_qs:
     errors: list[str] = []
     posted: list[tuple[int, int, int]] = []  # per client: batches, events, bytes
     retries = [0]
+    done = [0] * clients  # events acknowledged so far, per client (each writes its own slot)
     feed = source.feed()
 
-    def worker():
+    def worker(slot: int):
         conn = server.connect()
         batches = events = nbytes = 0
         while True:
@@ -529,10 +546,19 @@ def ingest(server: Server, source: BatchFile | GenStream, clients: int, load_qs:
             if status >= 300 or data.count(b'"status":202') != n:
                 errors.append(f"batch {batches} of a client: HTTP {status} {data[:200]!r}")
             batches, events, nbytes = batches + 1, events + n, nbytes + len(body)
+            done[slot] = events
         conn.close()
         posted.append((batches, events, nbytes))
 
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    # Whether the rate holds through the flushes and compactions inside the run: the events
+    # acknowledged in each whole window of STEADY_WINDOW_S seconds.
+    progress: list[tuple[float, int]] = []
+    sampling = threading.Event()
+
+    def sampler():
+        while not sampling.wait(STEADY_WINDOW_S):
+            progress.append((time.perf_counter(), sum(done)))
     feed.wait_ready()
     all0 = machine_cpu_seconds()
     gen0 = feed.generator_cpu_seconds()
@@ -542,11 +568,16 @@ def ingest(server: Server, source: BatchFile | GenStream, clients: int, load_qs:
     if load_qs:
         asker = threading.Thread(target=lambda: loaded.update(query_load(server, load_qs, stop, 0.5)))
         asker.start()
+    progress.append((t0, 0))
+    sampler_thread = threading.Thread(target=sampler)
+    sampler_thread.start()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    sampling.set()
+    sampler_thread.join()
     stop.set()
     if asker:
         asker.join()
@@ -568,6 +599,7 @@ def ingest(server: Server, source: BatchFile | GenStream, clients: int, load_qs:
         # is not near 0 the figures are not clean.
         "other_processes_cores": max(0.0, (all1 - all0) - (cpu1 - cpu0) - client_cpu - gen_cpu) / wall,
         "retries_503": retries[0], "errors": errors[:5], "error_count": len(errors),
+        "windows": steady(progress),
     }
     if load_qs:
         r["query_load"] = loaded
@@ -877,7 +909,8 @@ def run_queries(binary: Path, data_dir: Path, work: Path, logs: Path, qs: list, 
             # correct form. The builtin forms over sampled data are warmed up, not compared.
             data, _ = sonde_ask(srv, q)
             s_ans = sonde_shape(q, data)
-            rec = {"name": q["name"], "kind": q["kind"], "results_only": "of" in q, "mismatch": {}}
+            rec = {"name": q["name"], "kind": q["kind"], "results_only": "of" in q, "mismatch": {},
+                   "exact_asked": bool((q.get("request") or {}).get("exact"))}
             for key, src, builtin in sides:
                 d_ans, _ = duck_ask(cons[src], q, builtin)
                 if key != src:
@@ -1181,6 +1214,10 @@ def summary(res: dict) -> str:
                 rows.append([f"{r['clients']} clients: generator CPU (cores, beside the server)",
                              fmt(r["generator_cpu_cores"]), "-", "-"])
             rows.append([f"{r['clients']} clients: other processes' CPU (cores)", fmt(r.get("other_processes_cores")), "-", "-"])
+            w = r.get("windows") or {}
+            if w.get("count"):
+                rows.append([f"{r['clients']} clients: slowest / median {w['window_s']:.0f} s window, events/s",
+                             f"{fmt(w['slowest_events_per_s'])} / {fmt(w['median_events_per_s'])}", "-", "-"])
             if r.get("retries_503"):
                 rows.append([f"{r['clients']} clients: batches retried after a 503", fmt(r["retries_503"]), "-", "-"])
             ql = r.get("query_load")
@@ -1267,9 +1304,12 @@ def targets(res: dict) -> list[dict]:
         p99 = max(f["p99_ms"] for f in res["freshness"])
         t.append({"target": "freshness p99 <= 1 s", "measured": fmt(p99, " ms"), "met": p99 <= 1000})
     if res.get("queries"):
-        worst = max(q["hot_ms"]["sonde"] for q in res["queries"])
-        t.append({"target": f"every query median < 1 s, hot (this run: {res['events']:,} events)", "measured": fmt(worst, " ms (slowest)"),
-                  "met": worst < 1000})
+        # The exact BubbleUp is asked for (`"exact": true`) beside the default, sampled one: the
+        # issue asks a second of the default answer, exact only where the population is small.
+        default = [q for q in res["queries"] if not q.get("exact_asked")]
+        worst = max(q["hot_ms"]["sonde"] for q in default)
+        t.append({"target": f"every query median < 1 s, hot, default answers (this run: {res['events']:,} events)",
+                  "measured": fmt(worst, " ms (slowest)"), "met": worst < 1000})
         g = res["geomean"].get("hot")
         if g:
             r = g["sonde"] / g["parquet"]
@@ -1415,6 +1455,8 @@ def main() -> None:
                 + (f"generator CPU {r['generator_cpu_cores']:.2f} cores, " if "generator_cpu_cores" in r else "")
                 + (f"{r['query_load']['answers']} answers meanwhile (p50 {r['query_load']['p50_ms'] or 0:.0f} ms, "
                    f"{r['query_load']['error_count']} errors), " if "query_load" in r else "")
+                + (f"slowest {r['windows']['window_s']:.0f} s {r['windows']['slowest_events_per_s']:,.0f} events/s "
+                   f"({r['windows']['slowest_over_median']:.2f} of the median), " if r["windows"].get("count") else "")
                 + f"errors {r['error_count']}")
             res["ingest"].append(r)
     if ndjson and need_data and ("storage" not in skip or not (work / "native.duckdb").exists()):

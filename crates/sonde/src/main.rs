@@ -1058,13 +1058,24 @@ async fn post_json(url: &str, body: serde_json::Value) -> Result<serde_json::Val
     Ok(v)
 }
 
+/// A table prints the results alone, so the server need not build the time series: sets
+/// `disable_series` unless the spec says otherwise itself.
+fn ask_results_only(spec: &mut serde_json::Value) {
+    if let Some(obj) = spec.as_object_mut() {
+        obj.entry("disable_series").or_insert(serde_json::Value::Bool(true));
+    }
+}
+
 async fn run_query(a: QueryArgs) -> Result<()> {
     let text = if a.spec.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin())?
     } else {
         std::fs::read_to_string(&a.spec).with_context(|| format!("reading {}", a.spec.display()))?
     };
-    let spec: serde_json::Value = serde_json::from_str(&text).context("the spec is not JSON")?;
+    let mut spec: serde_json::Value = serde_json::from_str(&text).context("the spec is not JSON")?;
+    if !a.json {
+        ask_results_only(&mut spec);
+    }
     let url = format!("{}/api/query/{}", a.url.trim_end_matches('/'), a.dataset);
     let v = post_json(&url, spec.clone()).await?;
     if a.json {
@@ -1185,6 +1196,16 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_table_asks_for_the_results_alone_unless_the_spec_says_otherwise() {
+        let mut spec = serde_json::json!({"calculations": [{"op": "COUNT"}]});
+        ask_results_only(&mut spec);
+        assert_eq!(spec["disable_series"], true);
+        let mut said = serde_json::json!({"calculations": [{"op": "COUNT"}], "disable_series": false});
+        ask_results_only(&mut said);
+        assert_eq!(said["disable_series"], false);
     }
 
     #[test]

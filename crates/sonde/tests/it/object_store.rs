@@ -652,6 +652,8 @@ async fn query_nodes_answer_unflushed_events_exactly_once() {
     for q in [&q1, &q2] {
         assert_eq!(dataset_answers(&client, q, "fa").await, brute_force(&fa));
         assert_eq!(dataset_answers(&client, q, "fb").await, brute_force(&fb));
+        // BubbleUp, traces and raw events too, over segments and buffer copies alike.
+        views_answer_as_brute_force(&client, q, "fa", &fa).await;
     }
 
     // A query node killed and restarted copies the buffers again and answers everything.
@@ -696,6 +698,90 @@ async fn query_nodes_answer_unflushed_events_exactly_once() {
         let stats = send_json(client.get(q.at("/api/datasets/fb/stats"))).await.1;
         assert_eq!(stats["segments"].as_u64(), Some(0), "{stats}");
     }
+}
+
+/// The views an on-call engineer opens besides breakdowns, asked of a query node and checked
+/// against `events` (all of `dataset`'s events): BubbleUp of the incident's slow band (counts
+/// and `dns.provider`'s shares), the trace of the first and of the last event (the one in a
+/// segment, the other in the buffer's copy), and the 20 newest events of a service.
+async fn views_answer_as_brute_force(client: &reqwest::Client, q: &Server, dataset: &str, events: &[GenEvent]) {
+    let weight = |es: &[&GenEvent]| es.iter().map(|e| e.sample_rate).sum::<i64>();
+    let (t0, t1, slow) = (T0 + HOUR * 60 / 100, T0 + HOUR * 75 / 100, 1800.0);
+    let req = json!({
+        "start_time": format_time(T0), "end_time": format_time(T0 + HOUR),
+        "selection": {"heatmap": {"column": "duration_ms", "start_time": format_time(t0), "end_time": format_time(t1), "min": slow, "max": 1e9}},
+    });
+    let (status, r) = send_json(client.post(q.at(&format!("/api/bubbleup/{dataset}"))).json(&req)).await;
+    assert_eq!(status, 200, "{r}");
+    let in_box = |e: &GenEvent| e.time_us >= t0 && e.time_us < t1 && e.data["duration_ms"].as_f64().unwrap() >= slow;
+    let (selection, baseline): (Vec<&GenEvent>, Vec<&GenEvent>) = events.iter().partition(|e| in_box(e));
+    assert!(!selection.is_empty(), "the box holds the slow band");
+    assert_eq!(r["selection"]["count"], weight(&selection), "{}", q.url);
+    assert_eq!(r["baseline"]["count"], weight(&baseline), "{}", q.url);
+    let share = |es: &[&GenEvent], value: &serde_json::Value| {
+        let of: Vec<&GenEvent> = es
+            .iter()
+            .copied()
+            .filter(|e| e.data["dns.provider"] == *value)
+            .collect();
+        weight(&of) as f64 / weight(es) as f64
+    };
+    let dns = r["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["column"] == "dns.provider")
+        .unwrap_or_else(|| panic!("no dns.provider in {r}"));
+    for v in dns["values"].as_array().unwrap() {
+        assert!(
+            (v["selection"].as_f64().unwrap() - share(&selection, &v["value"])).abs() < 1e-9,
+            "{v}"
+        );
+        assert!(
+            (v["baseline"].as_f64().unwrap() - share(&baseline, &v["value"])).abs() < 1e-9,
+            "{v}"
+        );
+    }
+
+    for e in [&events[0], &events[events.len() - 1]] {
+        let id = e.data["trace"]["trace_id"].as_str().unwrap();
+        let (status, r) = send_json(client.get(q.at(&format!("/api/traces/{dataset}/{id}")))).await;
+        assert_eq!(status, 200, "{r}");
+        let mut got: Vec<&str> = r["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["trace.span_id"].as_str().unwrap())
+            .collect();
+        let mut want: Vec<&str> = events
+            .iter()
+            .filter(|x| x.data["trace"]["trace_id"] == id)
+            .map(|x| x.data["trace"]["span_id"].as_str().unwrap())
+            .collect();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want, "trace {id} on {}", q.url);
+    }
+
+    let svc = events[0].data["service.name"].as_str().unwrap();
+    let mut want: Vec<i64> = events
+        .iter()
+        .filter(|e| e.data["service.name"] == svc)
+        .map(|e| e.time_us)
+        .collect();
+    want.sort_unstable_by(|a, b| b.cmp(a));
+    let want: Vec<String> = want.into_iter().take(20).map(crate::fixtures::at).collect();
+    let req = json!({"start_time": format_time(T0), "end_time": format_time(T0 + HOUR),
+                     "filters": [{"column": "service.name", "op": "=", "value": svc}], "limit": 20});
+    let (status, r) = q.api(client).post_json(&format!("/api/events/{dataset}"), req).await;
+    assert_eq!(status, 200, "{r}");
+    let got: Vec<&str> = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["timestamp"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, want, "the newest events of {svc} on {}", q.url);
 }
 
 /// Issue 19, a dead ingest node: two ingest nodes and a query node with a 2 s `--lease`. The
@@ -811,6 +897,169 @@ async fn a_dead_ingest_nodes_datasets_are_taken_over_and_its_wal_handed_over() {
         }
     }
     assert_eq!(handovers, ["ing-a"], "{} records", records.len());
+}
+
+/// Issue 19, SIGKILLs while clients send: three clients send numbered events (a `seq` each,
+/// sent once, never again) in turn to both ingest nodes and the query node, while ing-a, which
+/// writes the dataset, and then the query node are SIGKILLed. The clients go on: refused while
+/// ing-a's lease holds, then taken by ing-b. Restarted, ing-a hands its WAL's tail over. Every
+/// acknowledged event is then stored exactly once, and an event whose request failed at most
+/// once (a request cut off after its events were written counts as failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkills_while_clients_send_lose_and_double_nothing_acknowledged() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const CLIENTS: u64 = 3;
+    const PER_BATCH: u64 = 20;
+    // Long enough for ing-a's 2 s lease to run out and ing-b to take over while they send.
+    const SENDING: Duration = Duration::from_secs(8);
+    let moto = start_moto().await;
+    let env = moto.env();
+    let storage = format!("s3://{BUCKET}/kills");
+    let tuning = [
+        "--flush-rows",
+        "700",
+        "--flush-age",
+        "10m",
+        "--lease",
+        "2s",
+        "--catalog-refresh",
+        "200ms",
+        "--maintenance-interval",
+        "1s",
+        "--compaction-target-rows",
+        "3000",
+    ];
+    let node = |role, name| node_flags(&storage, role, name, &tuning);
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut a = Server::start_with_env(dirs[0].path(), &node("ingest", "ing-a"), &env).await;
+    let b = Server::start_with_env(dirs[1].path(), &node("ingest", "ing-b"), &env).await;
+    let mut q = Server::start_with_env(dirs[2].path(), &node("query", "q-1"), &env).await;
+    let client = reqwest::Client::new();
+    let body = |seqs: std::ops::Range<u64>| -> String {
+        seqs.map(|seq| {
+            json!({"timestamp": format_time(T0 + seq as i64 * 1000), "seq": seq, "service.name": format!("svc-{}", seq % 5)})
+                .to_string()
+                + "\n"
+        })
+        .collect()
+    };
+    // ing-a takes the dataset.
+    let (status, r) = send_json(client.post(a.at("/api/ingest/kills")).body(body(0..PER_BATCH))).await;
+    assert_eq!(status, 200, "{r}");
+
+    let urls = [a.url.clone(), b.url.clone(), q.url.clone()];
+    let (tried, next) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(1)));
+    let started = std::time::Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (client, urls, tried, next) = (client.clone(), urls.clone(), tried.clone(), next.clone());
+            tokio::spawn(async move {
+                // (first seq of the batch, the node that wrote it when acknowledged)
+                let mut outcomes: Vec<(u64, Option<String>)> = Vec::new();
+                let mut j = c;
+                while started.elapsed() < SENDING {
+                    let first = PER_BATCH * next.fetch_add(1, Ordering::SeqCst);
+                    let (url, asked) = (&urls[(j % 3) as usize], ["ing-a", "ing-b", "q-1"][(j % 3) as usize]);
+                    j += 1;
+                    let sent = client
+                        .post(format!("{url}/api/ingest/kills"))
+                        .timeout(Duration::from_secs(20))
+                        .body(body(first..first + PER_BATCH))
+                        .send()
+                        .await;
+                    // A node that passed the request on names the writer; one that wrote
+                    // the events itself does not.
+                    let writer = match &sent {
+                        Ok(r) if r.status() == 200 => Some(
+                            r.headers()
+                                .get("x-sonde-written-by")
+                                .map_or(asked.to_string(), |v| v.to_str().unwrap().to_string()),
+                        ),
+                        _ => None,
+                    };
+                    outcomes.push((first, writer));
+                    tried.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let wait_for = |n: u64| {
+        let tried = tried.clone();
+        async move {
+            while tried.load(Ordering::SeqCst) < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    wait_for(30).await;
+    a.kill();
+    let killed = tried.load(Ordering::SeqCst);
+    wait_for(killed + 30).await;
+    q.kill();
+    let mut outcomes = Vec::new();
+    for c in clients {
+        outcomes.extend(c.await.unwrap());
+    }
+    outcomes.push((0, Some("ing-a".into())));
+    let acked: Vec<u64> = outcomes.iter().filter(|o| o.1.is_some()).map(|o| o.0).collect();
+    let by_b = outcomes.iter().filter(|o| o.1.as_deref() == Some("ing-b")).count();
+    let failed = outcomes.len() - acked.len();
+    println!(
+        "{} batches of {PER_BATCH} acknowledged ({by_b} written by ing-b), {failed} failed (nodes down)",
+        acked.len()
+    );
+    // The kills fell inside the run, and ing-b took the dataset over before it ended.
+    assert!(
+        failed > 0 && by_b > 0,
+        "{} acked, {by_b} by ing-b, {failed} failed",
+        acked.len()
+    );
+
+    a.restart().await;
+    q.restart().await;
+    // Each seq's count, read back through the query node until every acknowledged one is in.
+    let stored = || async {
+        let sql = "SELECT seq, COUNT(*) AS n FROM kills GROUP BY seq";
+        let (status, r) = send_json(client.post(q.at("/api/sql")).json(&json!({"sql": sql}))).await;
+        assert_eq!(status, 200, "{r}");
+        r["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| (row["seq"].as_u64().unwrap(), row["n"].as_u64().unwrap()))
+            .collect::<BTreeMap<u64, u64>>()
+    };
+    let wanted: Vec<u64> = acked.iter().flat_map(|first| *first..*first + PER_BATCH).collect();
+    let mut counts = BTreeMap::new();
+    for _ in 0..300 {
+        counts = stored().await;
+        if let Some((seq, n)) = counts.iter().find(|(_, n)| **n > 1) {
+            panic!("seq {seq} stored {n} times");
+        }
+        if wanted.iter().all(|s| counts.contains_key(s)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let missing: Vec<&u64> = wanted.iter().filter(|s| !counts.contains_key(s)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged events missing: {:?}…",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let sent_max = PER_BATCH * next.load(Ordering::SeqCst);
+    assert!(counts.keys().all(|s| *s < sent_max));
+    println!(
+        "{} events stored: {} acknowledged, {} of failed requests",
+        counts.len(),
+        wanted.len(),
+        counts.len() - wanted.len()
+    );
+    drop(b);
 }
 
 /// Issue 19: the differential query suite on a cluster. Two ingest and two query nodes over
