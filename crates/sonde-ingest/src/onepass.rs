@@ -1001,26 +1001,52 @@ mod tests {
         // Each time string is read into the allocation of the one before (the thread's
         // scratch); a refused event between them, stopped deep inside its data, leaves nothing
         // behind for the next.
-        let limits = Limits { max_depth: 3, ..Limits::default() };
-        let times = ["2026-12-07T06:28:25.123456Z", "2026-12-07T06:28:25Z", "", "2026-01-01T00:00:00.5+01:00"];
+        let limits = Limits {
+            max_depth: 3,
+            ..Limits::default()
+        };
+        let times = [
+            "2026-12-07T06:28:25.123456Z",
+            "2026-12-07T06:28:25Z",
+            "",
+            "2026-01-01T00:00:00.5+01:00",
+        ];
         let mut enc = EncodedEvents::default();
         for (i, t) in times.iter().enumerate() {
             let refused = json!({"time": "2030-01-01T00:00:00Z", "data": {"x": {"y": {"z": {"w": 1}}}}}).to_string();
-            assert!(!encode_flat(Text::Str(&refused), Shape::BatchItem, &limits, 7, &mut enc));
+            assert!(!encode_flat(
+                Text::Str(&refused),
+                Shape::BatchItem,
+                &limits,
+                7,
+                &mut enc
+            ));
             let text = json!({"time": t, "data": {"i": i, "n": {"m": "v"}}}).to_string();
-            assert!(encode_flat(Text::Str(&text), Shape::BatchItem, &limits, 7, &mut enc), "{text}");
+            assert!(
+                encode_flat(Text::Str(&text), Shape::BatchItem, &limits, 7, &mut enc),
+                "{text}"
+            );
         }
         let events = enc.to_events();
         let got: Vec<i64> = events.iter().map(|e| e.timestamp_us).collect();
         let want: Vec<i64> = times
             .iter()
-            .map(|t| if t.is_empty() { 7 } else { sonde_model::time::parse_time_str(t).unwrap() })
+            .map(|t| {
+                if t.is_empty() {
+                    7
+                } else {
+                    sonde_model::time::parse_time_str(t).unwrap()
+                }
+            })
             .collect();
         assert_eq!(got, want);
         for (i, e) in events.iter().enumerate() {
             assert_eq!(
                 e.fields,
-                vec![("i".to_string(), FieldValue::Int(i as i64)), ("n.m".to_string(), FieldValue::Str("v".into()))]
+                vec![
+                    ("i".to_string(), FieldValue::Int(i as i64)),
+                    ("n.m".to_string(), FieldValue::Str("v".into()))
+                ]
             );
         }
     }
