@@ -806,6 +806,34 @@ async fn views_answer_as_brute_force(client: &reqwest::Client, q: &Server, datas
     assert_eq!(got, want, "the newest events of {svc} on {}", q.url);
 }
 
+/// Two ingest nodes (`ing-a`, `ing-b`) and a query node (`q-1`) over a moto of their own, under
+/// `prefix` in its bucket, each started with `tuning`.
+struct ThreeNodes {
+    a: Server,
+    b: Server,
+    q: Server,
+    _dirs: Vec<tempfile::TempDir>,
+    moto: Moto,
+}
+
+async fn three_nodes(prefix: &str, tuning: &[&str]) -> ThreeNodes {
+    let moto = start_moto().await;
+    let env = moto.env();
+    let storage = format!("s3://{BUCKET}/{prefix}");
+    let node = |role, name| node_flags(&storage, role, name, tuning);
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = Server::start_with_env(dirs[0].path(), &node("ingest", "ing-a"), &env).await;
+    let b = Server::start_with_env(dirs[1].path(), &node("ingest", "ing-b"), &env).await;
+    let q = Server::start_with_env(dirs[2].path(), &node("query", "q-1"), &env).await;
+    ThreeNodes {
+        a,
+        b,
+        q,
+        _dirs: dirs,
+        moto,
+    }
+}
+
 /// Issue 19, a dead ingest node: two ingest nodes and a query node with a 2 s `--lease`. The
 /// ingest node writing a dataset is SIGKILLed with events in its write buffer (and WAL).
 /// Events sent to the query node meanwhile are refused with a 503 naming the nodes while the
@@ -816,9 +844,6 @@ async fn views_answer_as_brute_force(client: &reqwest::Client, q: &Server, datas
 /// new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_ingest_nodes_datasets_are_taken_over_and_its_wal_handed_over() {
-    let moto = start_moto().await;
-    let env = moto.env();
-    let storage = format!("s3://{BUCKET}/lease");
     let tuning = [
         "--flush-rows",
         "1000",
@@ -833,11 +858,14 @@ async fn a_dead_ingest_nodes_datasets_are_taken_over_and_its_wal_handed_over() {
         "--compaction-target-rows",
         "5000",
     ];
-    let node = |role, name| node_flags(&storage, role, name, &tuning);
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut a = Server::start_with_env(dirs[0].path(), &node("ingest", "ing-a"), &env).await;
-    let _b = Server::start_with_env(dirs[1].path(), &node("ingest", "ing-b"), &env).await;
-    let q = Server::start_with_env(dirs[2].path(), &node("query", "q-1"), &env).await;
+    // Every field bound, to the test's end (`..` would drop the data directories at once).
+    let ThreeNodes {
+        moto,
+        mut a,
+        b: _b,
+        q,
+        _dirs,
+    } = three_nodes("lease", &tuning).await;
     let client = reqwest::Client::new();
     let send = |server: &Server, events: &[GenEvent]| post_ndjson(&client, server, "d", events);
     let written_by = |r: &reqwest::Response| {
@@ -935,9 +963,6 @@ async fn sigkills_while_clients_send_lose_and_double_nothing_acknowledged() {
     const PER_BATCH: u64 = 20;
     // Long enough for ing-a's 2 s lease to run out and ing-b to take over while they send.
     const SENDING: Duration = Duration::from_secs(8);
-    let moto = start_moto().await;
-    let env = moto.env();
-    let storage = format!("s3://{BUCKET}/kills");
     let tuning = [
         "--flush-rows",
         "700",
@@ -952,11 +977,14 @@ async fn sigkills_while_clients_send_lose_and_double_nothing_acknowledged() {
         "--compaction-target-rows",
         "3000",
     ];
-    let node = |role, name| node_flags(&storage, role, name, &tuning);
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut a = Server::start_with_env(dirs[0].path(), &node("ingest", "ing-a"), &env).await;
-    let b = Server::start_with_env(dirs[1].path(), &node("ingest", "ing-b"), &env).await;
-    let mut q = Server::start_with_env(dirs[2].path(), &node("query", "q-1"), &env).await;
+    // Every field bound, to the test's end (`..` would drop moto and the data directories).
+    let ThreeNodes {
+        mut a,
+        b,
+        mut q,
+        _dirs,
+        moto: _moto,
+    } = three_nodes("kills", &tuning).await;
     let client = reqwest::Client::new();
     let body = |seqs: std::ops::Range<u64>| -> String {
         seqs.map(|seq| {
