@@ -50,8 +50,9 @@ struct Member {
     url: String,
     /// When the process that wrote it started (µs since the epoch).
     started_us: i64,
-    /// When it was last written (µs since the epoch): nodes write theirs again every
-    /// [`NodeCatalogs::heartbeat`], so one older than `--lease` is a node that is down.
+    /// When it was last written, by the writer's clock (µs since the epoch): nodes write theirs
+    /// again every [`NodeCatalogs::heartbeat`]. Nodes age member files by the store's times of
+    /// them; this one only before a node has written its own.
     #[serde(default)]
     heartbeat_us: i64,
     /// On a query node: the address of its distributed-SQL worker (gRPC).
@@ -125,6 +126,11 @@ pub(crate) struct NodeCatalogs {
     lost: RwLock<HashMap<DatasetName, Lsn>>,
     /// How long a member file stays valid (`--lease`).
     lease: std::time::Duration,
+    /// The store's clock as this node last read it: its own member file's modification time
+    /// (µs, the store's) and when that was read (this process's monotonic clock). Member files
+    /// are aged by the store's times (see [`Self::store_now_us`]), so that nodes' clocks need
+    /// not agree.
+    store_clock: std::sync::Mutex<Option<(i64, std::time::Instant)>>,
     /// An ingest node, as loaded (until the start-up sweep takes it): every dataset's directory
     /// in the store, with the files its log names (segments and their indexes), the datasets
     /// other nodes write included. The start-up sweep looks in all of them for this node's files that no log names (a handover
@@ -154,6 +160,7 @@ impl NodeCatalogs {
             owned: RwLock::new(HashMap::new()),
             lost: RwLock::new(HashMap::new()),
             lease,
+            store_clock: std::sync::Mutex::new(None),
             loaded_files: RwLock::new(Vec::new()),
         }
     }
@@ -163,13 +170,32 @@ impl NodeCatalogs {
         self.lease / 3
     }
 
-    /// Whether `node`'s lease ran out: its member file older than `--lease`, or missing.
+    /// Whether `node`'s lease ran out: its member file older than `--lease`, or missing. The
+    /// age is the store's: the file's modification time against the store's time now, from
+    /// this node's own member file (a node that has written none yet reads the file's
+    /// `heartbeat_us` against its own clock).
     async fn lease_expired(&self, node: &str) -> Result<bool> {
-        let now = sonde_model::time::now_us();
-        Ok(match self.member(node).await? {
-            Some(m) => now - m.heartbeat_us > self.lease.as_micros() as i64,
-            None => true,
-        })
+        let lease = self.lease.as_micros() as i64;
+        let Some(store_now) = self.store_now_us() else {
+            let now = sonde_model::time::now_us();
+            return Ok(match self.member(node).await? {
+                Some(m) => now - m.heartbeat_us > lease,
+                None => true,
+            });
+        };
+        match self.store.head(&member_path(node)).await {
+            Ok(meta) => Ok(store_now - meta.last_modified.timestamp_micros() > lease),
+            Err(object_store::Error::NotFound { .. }) => Ok(true),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The store's time now (µs), from the modification time of this node's member file when
+    /// it last wrote it plus the time elapsed here since; `None` before it first wrote one. An
+    /// S3 object's time is whole seconds, so ages read this way are within about a second.
+    fn store_now_us(&self) -> Option<i64> {
+        let clock = *self.store_clock.lock().unwrap_or_else(|p| p.into_inner());
+        clock.map(|(at, read)| at + read.elapsed().as_micros() as i64)
     }
 
     /// This node's name.
@@ -575,7 +601,12 @@ impl NodeCatalogs {
     /// Writes this node's member file.
     async fn write_member(&self, member: &Member) -> Result<()> {
         let body = serde_json::to_vec(member).map_err(|e| Error::Invalid(e.to_string()))?;
-        self.store.put(&member_path(&self.node), body.into()).await?;
+        let path = member_path(&self.node);
+        self.store.put(&path, body.into()).await?;
+        // The store's clock, read back: its time of this write (a little before now here).
+        let meta = self.store.head(&path).await?;
+        *self.store_clock.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((meta.last_modified.timestamp_micros(), std::time::Instant::now()));
         Ok(())
     }
 
@@ -600,18 +631,22 @@ impl NodeCatalogs {
             .collect())
     }
 
-    /// The member files of `role` written within the last `--lease`, in node name order.
+    /// The member files of `role` written within the last `--lease`, in node name order (aged
+    /// by the store's clock as in [`Self::lease_expired`]).
     async fn live(&self, role: Role) -> Result<Vec<Member>> {
-        let now = sonde_model::time::now_us();
+        let lease = self.lease.as_micros() as i64;
+        let (now, store_now) = (sonde_model::time::now_us(), self.store_now_us());
         use futures::TryStreamExt;
         let listed: Vec<object_store::ObjectMeta> = self.store.list(Some(&Path::from("nodes"))).try_collect().await?;
         let mut members = Vec::new();
         for meta in listed {
             let bytes = self.store.get(&meta.location).await?.bytes().await?;
+            let age = |m: &Member| match store_now {
+                Some(store_now) => store_now - meta.last_modified.timestamp_micros(),
+                None => now - m.heartbeat_us,
+            };
             match serde_json::from_slice::<Member>(&bytes) {
-                Ok(m) if m.role == role.name() && now - m.heartbeat_us <= self.lease.as_micros() as i64 => {
-                    members.push(m)
-                }
+                Ok(m) if m.role == role.name() && age(&m) <= lease => members.push(m),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(file = %meta.location, error = %e, "unreadable member file skipped"),
             }
@@ -803,6 +838,44 @@ mod tests {
         b.store(&catalog_of(&d, entry(&[4, 8], 5))).await.unwrap();
         let followed = q.follow().await.unwrap();
         assert_eq!((ids(&followed[0].1), followed[0].1.flushed_lsn), (vec![4, 8], Lsn(5)));
+    }
+
+    /// A lease is judged by the store's clock: an owner whose clock is an hour behind keeps its
+    /// dataset while it writes its member file, and one whose clock is an hour ahead loses it
+    /// a lease after it stops, like any other.
+    #[tokio::test]
+    async fn the_lease_is_aged_by_the_stores_clock_not_the_writers() {
+        let lease = std::time::Duration::from_millis(300);
+        let (_, a, b, q) = two_writers_and_a_reader(lease).await;
+        let d = DatasetName::new("d").unwrap();
+        a.claim(&d).await.unwrap();
+        let skewed = |by_us: i64| Member {
+            node: "a".into(),
+            role: "ingest".into(),
+            url: "http://127.0.0.1:1".into(),
+            started_us: 0,
+            heartbeat_us: sonde_model::time::now_us() + by_us,
+            worker_url: None,
+            worker_plans: None,
+        };
+        const HOUR_US: i64 = 3_600_000_000;
+        for _ in 0..4 {
+            // Both write their member files every third of the lease, as their heartbeats do.
+            b.announce("http://127.0.0.1:2", None, 0).await.unwrap();
+            a.write_member(&skewed(-HOUR_US)).await.unwrap();
+            let e = b.claim(&d).await.unwrap_err();
+            assert!(matches!(e, Error::NotOwner { .. }), "{e}");
+            assert_eq!(b.members(Role::Ingest).await.unwrap().len(), 2);
+            tokio::time::sleep(lease / 3).await;
+        }
+        // q has written no member file: it reads the writer's clock, and so takes a for down.
+        assert_eq!(q.members(Role::Ingest).await.unwrap().len(), 1);
+        a.write_member(&skewed(HOUR_US)).await.unwrap();
+        assert!(b.claim(&d).await.is_err(), "a wrote its member file just now");
+        tokio::time::sleep(lease + std::time::Duration::from_millis(100)).await;
+        b.announce("http://127.0.0.1:2", None, 0).await.unwrap();
+        assert_eq!(b.members(Role::Ingest).await.unwrap().len(), 1, "a is down");
+        assert!(b.claim(&d).await.unwrap().is_some(), "taken once a's lease ran out");
     }
 
     /// A deletion by the new owner drops the old owner's events with the rest: its handover,
