@@ -57,7 +57,7 @@ pub use commit::free_disk_bytes;
 use commit::{Commit, Origin};
 pub use config::{Durability, Role, StorageConfig};
 use flush::flush_loop;
-use maintenance::{follow_loop, maintenance_loop, remove_orphans};
+use maintenance::{delete_later, follow_loop, maintenance_loop, remove_orphans};
 pub use registry::{DatasetInfo, DatasetSnapshot};
 use registry::{DatasetState, Frozen, freeze_active, merge_columns};
 pub use stats::{DatasetStats, StorageStats};
@@ -315,7 +315,8 @@ impl Storage {
         let quarantined = if role == Role::Query {
             Vec::new()
         } else {
-            remove_orphans(&store, &catalog, &catalog_store).await?;
+            let orphans = remove_orphans(&store, &catalog, &catalog_store).await?;
+            delete_later(store.clone(), orphans, SHARED_DELETE_GRACE);
             quarantine::verify_segments(&store, &mut catalog).await?
         };
         if !quarantined.is_empty() {

@@ -283,11 +283,15 @@ fn gone(entry: &DatasetEntry) -> bool {
 /// directory, as its log read at start names the files: a dataset another node writes now
 /// may hold a segment of this node's crashed handover, or of its own once compacted away by
 /// the new owner, which sweeps only its own.
+///
+/// On a cluster the files are not deleted here but returned, for [`delete_later`]: a file
+/// the log stopped naming a moment before this start (compacted away by the dataset's new
+/// owner) may still be read by a query node for the grace, however old the file itself is.
 pub(crate) async fn remove_orphans(
     store: &Arc<dyn ObjectStore>,
     catalog: &Catalog,
     catalog_store: &CatalogStore,
-) -> Result<()> {
+) -> Result<Vec<StorePath>> {
     use futures::TryStreamExt;
     let mut known: std::collections::HashSet<String> = catalog
         .datasets
@@ -317,6 +321,7 @@ pub(crate) async fn remove_orphans(
         files.extend(store.list(Some(prefix)).try_collect::<Vec<_>>().await?);
     }
     let grace = chrono_grace();
+    let mut later = Vec::new();
     for f in files {
         let writer = f.location.filename().and_then(segment_file_writer);
         let ours = match (&mine, writer) {
@@ -325,11 +330,36 @@ pub(crate) async fn remove_orphans(
             (Some(node), Some(w)) => w == Some(node.as_str()) && f.last_modified < grace,
         };
         if ours && !known.contains(f.location.as_ref()) {
-            tracing::warn!(file = %f.location, "removing orphan segment file");
-            store.delete(&f.location).await?;
+            if mine.is_some() {
+                later.push(f.location);
+            } else {
+                tracing::warn!(file = %f.location, "removing orphan segment file");
+                store.delete(&f.location).await?;
+            }
         }
     }
-    Ok(())
+    Ok(later)
+}
+
+/// Deletes `files` (a cluster's orphans from [`remove_orphans`]) once `grace` has passed, in
+/// a task of its own; a file already gone is fine. A process stopped before then leaves them
+/// to its next start.
+pub(crate) fn delete_later(store: Arc<dyn ObjectStore>, files: Vec<StorePath>, grace: std::time::Duration) {
+    if files.is_empty() {
+        return;
+    }
+    tracing::info!(files = files.len(), after = ?grace, "orphan segment files of this node to remove after the grace");
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        for file in files {
+            match store.delete(&file).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                    tracing::warn!(file = %file, "removed orphan segment file")
+                }
+                Err(e) => tracing::warn!(file = %file, error = %e, "removing an orphan segment file failed"),
+            }
+        }
+    });
 }
 
 /// The writer named in a segment file's name: `Some(None)` for a single server's

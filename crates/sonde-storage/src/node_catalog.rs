@@ -932,10 +932,11 @@ mod tests {
         }
     }
 
-    /// At start an ingest node deletes its own files that no log names, older than the grace,
+    /// At start an ingest node finds its own files that no log names, older than the grace,
     /// in every dataset's directory: its own dataset's, and one another node writes (where a
-    /// handover that crashed before its commit leaves its segment). It keeps the files a log
-    /// names, younger ones, and other nodes' files.
+    /// handover that crashed before its commit leaves its segment), and deletes them once the
+    /// grace has passed since. It keeps the files a log names, younger ones, and other nodes'
+    /// files.
     #[tokio::test]
     async fn the_start_up_sweep_takes_this_nodes_unnamed_files_from_every_dataset() {
         let dir = tempfile::tempdir().unwrap();
@@ -979,19 +980,31 @@ mod tests {
                 f.set_modified(an_hour_ago).unwrap();
             }
         }
-        // a restarted: its sweep runs over what its load read.
+        // a restarted: its sweep runs over what its load read, and deletes only after the grace
+        // (seg-2-a may have left d's log a moment ago, and a query node may still read it).
         let a2 = Arc::new(node(&store, "a", Role::Ingest));
         let catalog = a2.load().await.unwrap();
-        crate::maintenance::remove_orphans(&store, &catalog, &crate::catalog::CatalogStore::Shared(a2))
+        let later = crate::maintenance::remove_orphans(&store, &catalog, &crate::catalog::CatalogStore::Shared(a2))
             .await
             .unwrap();
-        let left: Vec<&str> = files
-            .iter()
-            .map(|(f, _)| *f)
-            .filter(|f| dir.path().join("datasets").join(f).exists())
-            .collect();
+        let mut later: Vec<String> = later.iter().map(|p| p.to_string()).collect();
+        later.sort();
+        assert_eq!(later, ["datasets/d/seg-2-a.parquet", "datasets/e/seg-6-a.parquet"]);
+        let left = || -> Vec<&str> {
+            files
+                .iter()
+                .map(|(f, _)| *f)
+                .filter(|f| dir.path().join("datasets").join(f).exists())
+                .collect()
+        };
+        assert_eq!(left().len(), files.len(), "nothing deleted before the grace");
+        let grace = std::time::Duration::from_millis(200);
+        crate::maintenance::delete_later(store.clone(), later.iter().map(|p| p.as_str().into()).collect(), grace);
+        tokio::time::sleep(grace / 2).await;
+        assert_eq!(left().len(), files.len(), "nothing deleted before the grace");
+        tokio::time::sleep(grace * 2).await;
         assert_eq!(
-            left,
+            left(),
             [
                 "d/seg-1-a.parquet",
                 "e/seg-5-b.parquet",
