@@ -130,10 +130,10 @@ pub(crate) struct NodeCatalogs {
     lost: RwLock<HashMap<DatasetName, Lsn>>,
     /// How long a member file stays valid (`--lease`).
     lease: std::time::Duration,
-    /// The store's clock as this node last read it: its own member file's modification time
-    /// (µs, the store's) and when that was read (this process's monotonic clock). Member files
+    /// The store's clock as this ingest node last read it: its own member file's modification
+    /// time (µs, the store's) and when that was read (this process's monotonic clock). Leases
     /// are aged by the store's times (see [`Self::store_now_us`]), so that nodes' clocks need
-    /// not agree.
+    /// not agree. Not read on a query node, which takes no dataset.
     store_clock: std::sync::Mutex<Option<(i64, std::time::Instant)>>,
     /// An ingest node, as loaded (until the start-up sweep takes it): every dataset's directory
     /// in the store, with the files its log names (segments and their indexes), the datasets
@@ -608,6 +608,9 @@ impl NodeCatalogs {
         let body = serde_json::to_vec(member).map_err(|e| Error::Invalid(e.to_string()))?;
         let path = member_path(&self.node);
         self.store.put(&path, body.into()).await?;
+        if self.role == Role::Query {
+            return Ok(()); // judges no lease: no need of the store's clock
+        }
         // The store's clock, read back: its time of this write (a little before now here).
         let meta = self.store.head(&path).await?;
         *self.store_clock.lock().unwrap_or_else(|p| p.into_inner()) =

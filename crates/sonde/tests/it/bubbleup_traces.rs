@@ -18,8 +18,9 @@ async fn ingest(client: &reqwest::Client, server: &Server, dataset: &str, events
     }
 }
 
-/// Weighted shares of each value of `column` among `events` (missing as null).
-fn shares(events: &[&GenEvent], column: &str) -> HashMap<String, f64> {
+/// Weighted shares of each value of `column` among `events` (missing as null), keyed by the
+/// value's JSON text.
+pub(crate) fn shares(events: &[&GenEvent], column: &str) -> HashMap<String, f64> {
     let total: i64 = events.iter().map(|e| e.sample_rate).sum();
     let mut out: HashMap<String, f64> = HashMap::new();
     for e in events {
