@@ -685,6 +685,10 @@ pub struct Plan {
     /// `sonde_query::sketch::ALPHA` of the exact value) rather than exactly: set by the engine
     /// when the range holds more events than it answers exactly in time.
     pub sketched: bool,
+    /// Whether COUNT_DISTINCT is answered from mergeable sets of distinct values (exact, and
+    /// rolling up from per-segment partials like sums; `sonde_query::distinct`) rather than
+    /// counted at once: set by the engine when precomputed partials can answer the plan.
+    pub distinct_sets: bool,
 }
 
 impl Plan {
@@ -1431,6 +1435,7 @@ pub fn plan_with(
         formulas,
         trace: defs.trace.clone(),
         sketched: false,
+        distinct_sets: false,
     })
 }
 

@@ -104,6 +104,10 @@ pub(crate) enum Counter {
         buckets: Vec<[i64; 2]>,
         missing: [i64; 2],
     },
+    /// A numeric column whose range is not known yet: its values (NaN where missing), row by
+    /// row, bucketed once every row is in ([`Counter::resolve`]). So one read of the rows
+    /// gives both the range and the counts, where otherwise a first read finds the range.
+    Deferred { values: Vec<f64> },
 }
 
 impl Counter {
@@ -130,6 +134,41 @@ impl Counter {
             buckets: vec![[0; 2]; NUMERIC_BUCKETS],
             missing: [0; 2],
         }
+    }
+
+    /// A numeric counter taking the values first and its range from them
+    /// ([`Counter::resolve`]).
+    pub(crate) fn deferred() -> Counter {
+        Counter::Deferred { values: Vec::new() }
+    }
+
+    /// A deferred counter's values bucketed over their own range, `sides[i]` and `w[i]` being
+    /// row `i`'s side (true: the selection) and weight; any other counter as it is.
+    pub(crate) fn resolve(self, sides: &[bool], w: &[i64]) -> Counter {
+        let Counter::Deferred { values } = self else { return self };
+        let (lo, hi) = values
+            .iter()
+            .filter(|v| !v.is_nan())
+            .fold(None, |r: Option<(f64, f64)>, &v| Some(r.map_or((v, v), |(l, h)| (l.min(v), h.max(v)))))
+            .unwrap_or((0.0, 0.0));
+        let mut c = Counter::numeric(lo, hi);
+        if let Counter::Numeric {
+            lo,
+            width,
+            buckets,
+            missing,
+        } = &mut c
+        {
+            for ((v, &sel), &wi) in values.iter().zip(sides).zip(w) {
+                let side = if sel { 0 } else { 1 };
+                if v.is_nan() {
+                    missing[side] += wi;
+                } else {
+                    buckets[bucket_of(*v, *lo, *width)][side] += wi;
+                }
+            }
+        }
+        c
     }
 
     /// Adds a batch's column: `sel[i]` says which side row `i` is on, `w[i]` its weight.
@@ -188,9 +227,13 @@ impl Counter {
                         missing[side] += wi;
                         continue;
                     }
-                    let b = (((f.value(i) - *lo) / *width) as i64).clamp(0, NUMERIC_BUCKETS as i64 - 1) as usize;
-                    buckets[b][side] += wi;
+                    buckets[bucket_of(f.value(i), *lo, *width)][side] += wi;
                 }
+            }
+            Counter::Deferred { values } => {
+                let f = cast(col, &DataType::Float64)?;
+                let f = f.as_primitive::<Float64Type>();
+                values.extend(f.iter().map(|v| v.unwrap_or(f64::NAN)));
             }
         }
         Ok(())
@@ -201,6 +244,7 @@ impl Counter {
         match self {
             Counter::Categorical { bytes, .. } => *bytes + 64,
             Counter::Numeric { buckets, .. } => buckets.len() * 16 + 64,
+            Counter::Deferred { values } => values.capacity() * 8 + 64,
         }
     }
 
@@ -295,6 +339,7 @@ impl Counter {
                     },
                 )
             }
+            Counter::Deferred { .. } => unreachable!("a deferred counter is resolved before its report"),
         }
     }
 }
@@ -439,6 +484,12 @@ pub struct BubbleUpAnswer {
     pub meta: BubbleUpMeta,
 }
 
+/// The bucket of `v` among [`NUMERIC_BUCKETS`] of `width` from `lo` (the ends take what lies
+/// past them).
+fn bucket_of(v: f64, lo: f64, width: f64) -> usize {
+    (((v - lo) / width) as i64).clamp(0, NUMERIC_BUCKETS as i64 - 1) as usize
+}
+
 /// Whether a column type is compared as a distribution over buckets.
 pub(crate) fn is_numeric(t: ColumnType) -> bool {
     matches!(t, ColumnType::Int | ColumnType::Float)
@@ -474,6 +525,42 @@ mod tests {
         assert_eq!(score, 1.0);
         let v = serde_json::to_value(v).unwrap();
         assert_eq!(v["values"][0], json!({"value": "a", "selection": 1.0, "baseline": 0.0}));
+    }
+
+    #[test]
+    fn a_deferred_counter_buckets_as_one_given_the_range_of_its_values() {
+        use arrow::array::{Float64Array, Int64Array};
+        let batches: Vec<(ArrayRef, Vec<bool>, Vec<i64>)> = vec![
+            (
+                Arc::new(Int64Array::from(vec![Some(5), None, Some(-3)])),
+                vec![true, false, false],
+                vec![1, 2, 3],
+            ),
+            (
+                Arc::new(Float64Array::from(vec![Some(40.5), Some(7.25), None])),
+                vec![false, true, true],
+                vec![4, 5, 6],
+            ),
+        ];
+        let mut exact = Counter::numeric(-3.0, 40.5);
+        let mut deferred = Counter::deferred();
+        let (mut sides, mut weights) = (Vec::new(), Vec::new());
+        for (col, sel, w) in &batches {
+            exact.add(col, &BooleanArray::from(sel.clone()), w).unwrap();
+            deferred.add(col, &BooleanArray::from(sel.clone()), w).unwrap();
+            sides.extend(sel);
+            weights.extend(w);
+        }
+        let resolved = deferred.resolve(&sides, &weights);
+        let report = |c: &Counter| serde_json::to_value(c.report([12, 9], 10, [1.0, 1.0])).unwrap();
+        assert_eq!(report(&resolved), report(&exact));
+        // No values at all: every row missing, as a counter over (0, 0) says.
+        let none: ArrayRef = Arc::new(Int64Array::from(vec![None, None]));
+        let mut d = Counter::deferred();
+        d.add(&none, &BooleanArray::from(vec![true, false]), &[1, 1]).unwrap();
+        let mut e = Counter::numeric(0.0, 0.0);
+        e.add(&none, &BooleanArray::from(vec![true, false]), &[1, 1]).unwrap();
+        assert_eq!(report(&d.resolve(&[true, false], &[1, 1])), report(&e));
     }
 
     #[test]

@@ -265,6 +265,9 @@ pub(crate) fn register_functions(state: &mut SessionState) -> Result<(), DataFus
     state.register_udaf(Arc::new(crate::sketch::sketch()))?;
     state.register_udaf(Arc::new(crate::sketch::sketch_merge()))?;
     state.register_udf(Arc::new(crate::sketch::sketch_quantile()))?;
+    state.register_udaf(Arc::new(crate::distinct::distinct()))?;
+    state.register_udaf(Arc::new(crate::distinct::distinct_merge()))?;
+    state.register_udf(Arc::new(crate::distinct::distinct_count()))?;
     for kernel in crate::derived::kernels() {
         state.register_udf(kernel.clone())?;
     }

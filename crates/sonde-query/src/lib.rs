@@ -11,7 +11,8 @@
 //! - [`spec`] — Honeycomb's query specification and its validation.
 //! - [`engine::QueryEngine`] — runs specs, raw-event listings and SQL, each under a timeout and
 //!   a memory cap.
-//! - [`udaf`] — the sample-rate weighted exact percentile.
+//! - [`udaf`] — the sample-rate weighted exact percentile; [`sketch`] and [`distinct`] — the
+//!   mergeable percentile sketches and sets of distinct values precomputed partials hold.
 //! - [`bubbleup`] — selection vs baseline across every column, in one pass.
 //! - [`memory`] — the process-wide memory bound every request draws from, and each request's
 //!   answer cap and deadline.
@@ -24,6 +25,7 @@ pub mod bubbleup;
 pub mod buffer_scan;
 pub mod chunk_cache;
 pub mod derived;
+pub mod distinct;
 pub mod distributed;
 pub mod engine;
 pub mod json;

@@ -168,7 +168,7 @@ impl Run<'_> {
     /// or CONCURRENCY); `None` otherwise.
     ///
     /// - When every calculation rolls up (COUNT, SUM, AVG, MIN, MAX, HEATMAP's value range,
-    ///   sketched percentiles):
+    ///   sketched percentiles, COUNT_DISTINCT from sets of distinct values):
     ///   partial aggregates per time bucket and group, which the results roll up per group.
     /// - Otherwise (percentiles, COUNT_DISTINCT): grouping sets `(t, groups)` and `(groups)`,
     ///   so one scan feeds both; the results are the rows whose `t` is null.
@@ -692,6 +692,15 @@ pub(super) fn calc_aggregate(plan: &Plan, i: usize) -> (Vec<Expr>, Expr) {
     let c = &plan.calcs[i];
     let column = c.column.as_ref().map(|(n, _)| n.as_str());
     let only = calc_filter(plan, i);
+    if c.op == CalcOp::CountDistinct && plan.distinct_sets {
+        let alias = c_alias(i);
+        let set = format!("{alias}_set");
+        let value = only_where(only.as_ref(), ident(column.expect("COUNT_DISTINCT has a column")));
+        return (
+            vec![crate::distinct::distinct().call(vec![value]).alias(&set)],
+            crate::distinct::distinct_count().call(vec![ident(&set)]).alias(alias),
+        );
+    }
     let (CalcOp::Percentile(p), Some(name)) = (c.op, column) else {
         return aggregate_of(c.op, column, &c_alias(i), only.as_ref());
     };
@@ -715,11 +724,12 @@ pub(super) fn calc_aggregate(plan: &Plan, i: usize) -> (Vec<Expr>, Expr) {
 }
 
 /// Whether calculation `op`'s partial aggregates roll up (sums, minimums, maximums and, when
-/// the plan sketches its percentiles, sketches).
+/// the plan sketches its percentiles or keeps sets of distinct values, sketches and sets).
 pub(super) fn rolls_up(plan: &Plan, op: CalcOp) -> bool {
     match op {
         CalcOp::Count | CalcOp::Sum | CalcOp::Avg | CalcOp::Min | CalcOp::Max => true,
         CalcOp::Percentile(_) => plan.sketched,
+        CalcOp::CountDistinct => plan.distinct_sets,
         _ => false,
     }
 }
@@ -739,6 +749,7 @@ pub(super) fn rollup(agg: &Expr) -> Expr {
         "min" => min(col),
         "max" => max(col),
         "sonde_sketch" | "sonde_sketch_merge" => crate::sketch::sketch_merge().call(vec![col]),
+        "sonde_distinct" | "sonde_distinct_merge" => crate::distinct::distinct_merge().call(vec![col]),
         other => unreachable!("{other} does not roll up"),
     }
     .alias(&alias.name)

@@ -253,10 +253,23 @@ impl QueryEngine {
             }
         };
 
-        // Pass 1: the range of every numeric column over what is counted.
+        // The numeric columns' buckets span their range over what is counted. When their
+        // values fit in an eighth of a query's memory (a sample, or a small population), they
+        // are kept as the rows are counted and bucketed after, so the rows are read once;
+        // otherwise a first read finds the ranges.
         let numeric: Vec<&(String, ColumnType)> = compared.iter().filter(|(_, t)| bubbleup::is_numeric(*t)).collect();
+        let most_counted: u64 = match &sampled {
+            Some((samples, rows, _)) => (0..2)
+                .map(|i| samples[i].map_or(rows[i], |s| rows[i].div_ceil(s.every) + s.block))
+                .sum(),
+            None => range_rows,
+        };
+        let deferred_bytes = most_counted.saturating_mul(8 * numeric.len() as u64 + 9);
+        let one_read = !numeric.is_empty() && deferred_bytes <= self.config.memory_limit as u64 / 8;
+
+        // Pass 1 (unless `one_read`): the range of every numeric column over what is counted.
         let mut ranges: HashMap<String, (f64, f64)> = HashMap::new();
-        if !numeric.is_empty() {
+        if !numeric.is_empty() && !one_read {
             let aggs: Vec<Expr> = numeric
                 .iter()
                 .enumerate()
@@ -288,6 +301,7 @@ impl QueryEngine {
         let mut counters: Vec<bubbleup::Counter> = compared
             .iter()
             .map(|(n, t)| match (bubbleup::is_numeric(*t), ranges.get(n)) {
+                (true, _) if one_read => bubbleup::Counter::deferred(),
                 (true, Some((lo, hi))) => bubbleup::Counter::numeric(*lo, *hi),
                 (true, None) => bubbleup::Counter::numeric(0.0, 0.0),
                 _ => bubbleup::Counter::categorical(per_column),
@@ -299,6 +313,9 @@ impl QueryEngine {
         // Weights and rows counted per side.
         let mut totals = [0i64; 2];
         let mut counted = [0u64; 2];
+        // With `one_read`, every row's side (true: the selection) and weight, for the deferred
+        // counters.
+        let (mut sides, mut weights): (Vec<bool>, Vec<i64>) = (Vec::new(), Vec::new());
         // The counters' bytes, held in the request's budget as they grow.
         let mut held = 0usize;
         let df = frame.select(select).map_err(|e| self.df_error(e))?;
@@ -312,11 +329,18 @@ impl QueryEngine {
                     let side = if sel.is_valid(i) && sel.value(i) { 0 } else { 1 };
                     totals[side] += wi;
                     counted[side] += 1;
+                    if one_read {
+                        sides.push(side == 0);
+                    }
+                }
+                if one_read {
+                    weights.extend_from_slice(&w);
                 }
                 for (c, (name, _)) in counters.iter_mut().zip(&compared) {
                     c.add(batch.column_by_name(name).unwrap(), &sel, &w)?;
                 }
-                let now: usize = counters.iter().map(|c| c.bytes()).sum();
+                let now: usize =
+                    counters.iter().map(|c| c.bytes()).sum::<usize>() + sides.capacity() + weights.capacity() * 8;
                 if now > held {
                     budget
                         .account(now - held, "BubbleUp's value counters")
@@ -327,6 +351,7 @@ impl QueryEngine {
             Ok::<(), DataFusionError>(())
         };
         self.timed(budget, stream_all).await?;
+        let counters: Vec<bubbleup::Counter> = counters.into_iter().map(|c| c.resolve(&sides, &weights)).collect();
         let events = counted[0] + counted[1];
         // Shares come from what was counted; the sizes are exact even when that was a sample,
         // and a side's counts scale by exact over counted weight where values are ranked.

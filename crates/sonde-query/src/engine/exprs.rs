@@ -160,7 +160,7 @@ pub(super) fn calc_filter(plan: &Plan, i: usize) -> Option<Expr> {
 }
 
 /// `e` where `only` holds (null elsewhere, so aggregates skip those events); `e` without it.
-fn only_where(only: Option<&Expr>, e: Expr) -> Expr {
+pub(super) fn only_where(only: Option<&Expr>, e: Expr) -> Expr {
     match only {
         Some(p) => when(p.clone(), e).end().expect("case builder"),
         None => e,

@@ -798,6 +798,14 @@ impl QueryEngine {
 
     /// One run of a validated plan over the table.
     async fn run_plan(&self, table: &Arc<DatasetTable>, plan: &Plan, req: &RequestBudget) -> Result<Output> {
+        // COUNT_DISTINCT from sets of distinct values where partials can answer the plan, so
+        // that it rolls up from them; counted at once elsewhere (a set is as large as its
+        // values are many, and would be built only to be counted).
+        let mut plan = std::borrow::Cow::Borrowed(plan);
+        if plan.calcs.iter().any(|c| c.op == CalcOp::CountDistinct) && precomputed::partials_fit(self, table, &plan) {
+            plan.to_mut().distinct_sets = true;
+        }
+        let plan = plan.as_ref();
         let ctx = self.session_with_pushdown(selective(plan))?;
         let base = self
             .plan_frame(&ctx, table, plan, &plan.derived, req)

@@ -9,26 +9,31 @@ use crate::table::SEGMENT_COLUMN;
 use arrow::datatypes::{Field, Schema};
 use sonde_storage::source::SegmentId;
 
+/// Whether `plan`, past its calculations, can be answered from per-segment partials: each
+/// segment's rows are aggregated on their own (no relational fields, which join spans across
+/// segments), the groups are few, and no filter looks up an id (a trace or span id names one
+/// request: its partials would never be asked for again, and the id indexes already skip the
+/// segments without it).
+pub(super) fn partials_fit(engine: &QueryEngine, table: &DatasetTable, plan: &Plan) -> bool {
+    engine.partials.enabled()
+        && plan.relations.is_empty()
+        // A dataset with a field of that name would collide with the segment column.
+        && !table.snapshot().columns.contains_key(SEGMENT_COLUMN)
+        && !plan
+            .filters
+            .iter()
+            .chain(plan.calcs.iter().flat_map(|c| c.filters.iter()))
+            .any(|f| table.is_indexed(&f.column))
+        && !plan.breakdowns.iter().any(|(b, _)| table.many_groups(b))
+}
+
 impl Run<'_> {
-    /// Whether this plan's fine table can be made of per-segment partials: every calculation
-    /// rolls up (COUNT, SUM, AVG, MIN, MAX, sketched percentiles), each segment's rows are aggregated on their own
-    /// (no relational fields, which join spans across segments), the groups are few, no
-    /// later step reads every row anyway (HEATMAP's histograms, CONCURRENCY), and no filter
-    /// looks up an id (a trace or span id names one request: its partials would never be asked
-    /// for again, and the id indexes already skip the segments without it).
+    /// Whether this plan's fine table can be made of per-segment partials: it fits
+    /// ([`partials_fit`]), every calculation rolls up (COUNT, SUM, AVG, MIN, MAX, sketched
+    /// percentiles, COUNT_DISTINCT from sets), and no later step reads every row anyway
+    /// (HEATMAP's histograms, CONCURRENCY).
     fn partials_apply(&self) -> bool {
-        let plan = self.plan;
-        self.engine.partials.enabled()
-            && plan.relations.is_empty()
-            // A dataset with a field of that name would collide with the segment column.
-            && !self.table.snapshot().columns.contains_key(SEGMENT_COLUMN)
-            && !plan
-                .filters
-                .iter()
-                .chain(plan.calcs.iter().flat_map(|c| c.filters.iter()))
-                .any(|f| self.table.is_indexed(&f.column))
-            && plan.calcs.iter().all(|c| rolls_up(plan, c.op))
-            && !plan.breakdowns.iter().any(|(b, _)| self.table.many_groups(b))
+        partials_fit(self.engine, self.table, self.plan) && self.plan.calcs.iter().all(|c| rolls_up(self.plan, c.op))
     }
 
     /// What decides a segment's partials for this plan (see [`crate::partials`]): the plan

@@ -134,6 +134,93 @@ async fn bubbleup_ranks_the_failing_dependency_first() {
     assert!(e["error"].as_str().unwrap().contains("not numeric"), "{e}");
 }
 
+/// A field of a generated event by its flattened name: a top-level key with dots, or the nested
+/// path the dots spell.
+fn field<'a>(e: &'a GenEvent, name: &str) -> Option<&'a Value> {
+    e.data
+        .get(name)
+        .or_else(|| e.data.pointer(&format!("/{}", name.replace('.', "/"))))
+        .filter(|v| !v.is_null())
+}
+
+/// The numeric columns' buckets equal a brute force over the events (20 over the population's
+/// range, weighted shares per side), whether BubbleUp keeps the numbers as it reads the rows
+/// once (the default where they fit in an eighth of `--query-memory-limit`) or reads them
+/// twice (ranges first, as past that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numeric_buckets_match_a_brute_force_read_once_or_twice() {
+    let client = reqwest::Client::new();
+    let cfg = GenConfig {
+        seed: 12,
+        start_us: T0,
+        span_us: HOUR,
+        incident: true,
+    };
+    let events: Vec<GenEvent> = Generator::new(cfg, 12_000).collect();
+    let (t0, t1) = (T0 + HOUR * 60 / 100, T0 + HOUR * 75 / 100);
+    let (lo, hi) = (1800.0, 1e9);
+    let in_box = |e: &GenEvent| {
+        let d = e.data["duration_ms"].as_f64().unwrap();
+        e.time_us >= t0 && e.time_us < t1 && d >= lo && d <= hi
+    };
+    let sides: [Vec<&GenEvent>; 2] = [
+        events.iter().filter(|e| in_box(e)).collect(),
+        events.iter().filter(|e| !in_box(e)).collect(),
+    ];
+    let totals = sides.clone().map(|s| s.iter().map(|e| e.sample_rate).sum::<i64>() as f64);
+    let req = json!({
+        "start_time": format_time(T0), "end_time": format_time(T0 + HOUR),
+        "selection": {"heatmap": {"column": "duration_ms", "start_time": format_time(t0), "end_time": format_time(t1), "min": lo, "max": hi}},
+    });
+    // 12,000 rows of at least 4 numbers (asserted below) need at least 492 KB kept: read once
+    // under 64 MiB (512 MiB / 8), twice under 250 KB (2 MB / 8).
+    for flags in [vec![], vec!["--query-memory-limit", "2000000"]] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut all = vec!["--flush-rows", "5000"];
+        all.extend(&flags);
+        let server = Server::start(dir.path(), &all).await;
+        ingest(&client, &server, "nums", &events).await;
+        let (status, r) = send_json(client.post(server.at("/api/bubbleup/nums")).json(&req)).await;
+        assert_eq!(status, 200, "{flags:?}: {r}");
+        let mut checked = 0;
+        for c in r["columns"].as_array().unwrap() {
+            let Some(buckets) = c["buckets"].as_array() else { continue };
+            let name = c["column"].as_str().unwrap();
+            let values: Vec<f64> = events.iter().filter_map(|e| field(e, name)?.as_f64()).collect();
+            let (min, max) = values
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+            let width = if max > min { (max - min) / 20.0 } else { 1.0 };
+            let mut want = vec![[0.0f64; 2]; 20];
+            let mut missing = [0.0f64; 2];
+            for (side, evs) in sides.iter().enumerate() {
+                for e in evs {
+                    let w = e.sample_rate as f64 / totals[side];
+                    match field(e, name).and_then(Value::as_f64) {
+                        Some(v) => want[(((v - min) / width) as i64).clamp(0, 19) as usize][side] += w,
+                        None => missing[side] += w,
+                    }
+                }
+            }
+            assert_eq!(buckets.len(), 20, "{flags:?} {name}");
+            for (i, b) in buckets.iter().enumerate() {
+                let near = |a: &Value, b: f64| (a.as_f64().unwrap() - b).abs() <= 1e-9 * b.abs().max(1.0);
+                assert!(near(&b["lower"], min + i as f64 * width), "{flags:?} {name} bucket {i}: {b}");
+                assert!(near(&b["selection"], want[i][0]), "{flags:?} {name} bucket {i}: {b} vs {:?}", want[i]);
+                assert!(near(&b["baseline"], want[i][1]), "{flags:?} {name} bucket {i}: {b} vs {:?}", want[i]);
+            }
+            assert!(near_share(&c["missing"], missing), "{flags:?} {name}: {} vs {missing:?}", c["missing"]);
+            checked += 1;
+        }
+        assert!(checked >= 4, "{flags:?}: only {checked} numeric columns");
+    }
+}
+
+/// Whether a `{selection, baseline}` share is `want`.
+fn near_share(got: &Value, want: [f64; 2]) -> bool {
+    (got["selection"].as_f64().unwrap() - want[0]).abs() < 1e-9 && (got["baseline"].as_f64().unwrap() - want[1]).abs() < 1e-9
+}
+
 fn span(trace: &str, id: &str, parent: Option<&str>, service: &str, t: i64, dur: f64) -> Value {
     let mut data = json!({"trace.trace_id": trace, "trace.span_id": id, "name": format!("op-{id}"), "service.name": service, "duration_ms": dur});
     if let Some(p) = parent {

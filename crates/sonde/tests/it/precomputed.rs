@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use sonde_gen::Rng;
 use std::time::Duration;
 
-const ROLLUP: &[&str] = &["COUNT", "SUM", "AVG", "MIN", "MAX"];
+const ROLLUP: &[&str] = &["COUNT", "SUM", "AVG", "MIN", "MAX", "COUNT_DISTINCT"];
 
 /// `n` random specs over the hour from `t0` whose calculations all roll up (the ones
 /// precomputed partials answer).
