@@ -270,6 +270,12 @@ impl SegmentWriter {
     }
 }
 
+/// Most rows in a data page (parquet's default is 20,000): a page is what a reader decompresses
+/// whole to read any row of it, so a sample that keeps blocks of rows spread over a segment
+/// (BubbleUp's, see `sonde_query::table::Sample`) decompresses about one page per column per
+/// block. One DataFusion batch (8,192 rows) of pages keeps that cost with the rows kept.
+pub(crate) const PAGE_ROWS: usize = 8192;
+
 /// How every segment file of `schema` rows is written (see [`SegmentWriter::new`]): one place,
 /// so that a compaction copying row groups as they are writes the same file a re-encoding
 /// would, but for the row groups' own encodings.
@@ -284,6 +290,7 @@ pub(crate) fn writer_properties(
         .set_dictionary_enabled(true)
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(opts.row_group_rows))
+        .set_data_page_row_count_limit(PAGE_ROWS)
         .set_sorting_columns(Some(vec![SortingColumn {
             column_idx: ts_index as i32,
             descending: false,
