@@ -145,11 +145,15 @@ impl Counter {
     /// A deferred counter's values bucketed over their own range, `sides[i]` and `w[i]` being
     /// row `i`'s side (true: the selection) and weight; any other counter as it is.
     pub(crate) fn resolve(self, sides: &[bool], w: &[i64]) -> Counter {
-        let Counter::Deferred { values } = self else { return self };
+        let Counter::Deferred { values } = self else {
+            return self;
+        };
         let (lo, hi) = values
             .iter()
             .filter(|v| !v.is_nan())
-            .fold(None, |r: Option<(f64, f64)>, &v| Some(r.map_or((v, v), |(l, h)| (l.min(v), h.max(v)))))
+            .fold(None, |r: Option<(f64, f64)>, &v| {
+                Some(r.map_or((v, v), |(l, h)| (l.min(v), h.max(v))))
+            })
             .unwrap_or((0.0, 0.0));
         let mut c = Counter::numeric(lo, hi);
         if let Counter::Numeric {

@@ -467,7 +467,12 @@ mod tests {
             Some(1.5),
         ])));
         assert_eq!(f.len(), 3);
-        let t = set_of(Arc::new(BooleanArray::from(vec![Some(true), None, Some(true), Some(false)])));
+        let t = set_of(Arc::new(BooleanArray::from(vec![
+            Some(true),
+            None,
+            Some(true),
+            Some(false),
+        ])));
         assert_eq!(t.len(), 2);
         assert_eq!(count(&ValueSet::default().to_bytes()), 0);
 
@@ -484,7 +489,8 @@ mod tests {
         acc.update_batch(&[batch(vec![Some(3), Some(9), Some(1)])], &[0, 1, 2], Some(&keep), 3)
             .unwrap();
         let state = acc.state(EmitTo::All).unwrap();
-        let counts = |a: &ArrayRef| -> Vec<i64> { (0..a.len()).map(|i| count(a.as_binary::<i32>().value(i))).collect() };
+        let counts =
+            |a: &ArrayRef| -> Vec<i64> { (0..a.len()).map(|i| count(a.as_binary::<i32>().value(i))).collect() };
         assert_eq!(counts(&state[0]), vec![3, 1, 1]);
         let mut merged = DistinctGroups {
             sets: Vec::new(),

@@ -167,7 +167,9 @@ async fn numeric_buckets_match_a_brute_force_read_once_or_twice() {
         events.iter().filter(|e| in_box(e)).collect(),
         events.iter().filter(|e| !in_box(e)).collect(),
     ];
-    let totals = sides.clone().map(|s| s.iter().map(|e| e.sample_rate).sum::<i64>() as f64);
+    let totals = sides
+        .clone()
+        .map(|s| s.iter().map(|e| e.sample_rate).sum::<i64>() as f64);
     let req = json!({
         "start_time": format_time(T0), "end_time": format_time(T0 + HOUR),
         "selection": {"heatmap": {"column": "duration_ms", "start_time": format_time(t0), "end_time": format_time(t1), "min": lo, "max": hi}},
@@ -184,7 +186,9 @@ async fn numeric_buckets_match_a_brute_force_read_once_or_twice() {
         assert_eq!(status, 200, "{flags:?}: {r}");
         let mut checked = 0;
         for c in r["columns"].as_array().unwrap() {
-            let Some(buckets) = c["buckets"].as_array() else { continue };
+            let Some(buckets) = c["buckets"].as_array() else {
+                continue;
+            };
             let name = c["column"].as_str().unwrap();
             let values: Vec<f64> = events.iter().filter_map(|e| field(e, name)?.as_f64()).collect();
             let (min, max) = values
@@ -205,11 +209,26 @@ async fn numeric_buckets_match_a_brute_force_read_once_or_twice() {
             assert_eq!(buckets.len(), 20, "{flags:?} {name}");
             for (i, b) in buckets.iter().enumerate() {
                 let near = |a: &Value, b: f64| (a.as_f64().unwrap() - b).abs() <= 1e-9 * b.abs().max(1.0);
-                assert!(near(&b["lower"], min + i as f64 * width), "{flags:?} {name} bucket {i}: {b}");
-                assert!(near(&b["selection"], want[i][0]), "{flags:?} {name} bucket {i}: {b} vs {:?}", want[i]);
-                assert!(near(&b["baseline"], want[i][1]), "{flags:?} {name} bucket {i}: {b} vs {:?}", want[i]);
+                assert!(
+                    near(&b["lower"], min + i as f64 * width),
+                    "{flags:?} {name} bucket {i}: {b}"
+                );
+                assert!(
+                    near(&b["selection"], want[i][0]),
+                    "{flags:?} {name} bucket {i}: {b} vs {:?}",
+                    want[i]
+                );
+                assert!(
+                    near(&b["baseline"], want[i][1]),
+                    "{flags:?} {name} bucket {i}: {b} vs {:?}",
+                    want[i]
+                );
             }
-            assert!(near_share(&c["missing"], missing), "{flags:?} {name}: {} vs {missing:?}", c["missing"]);
+            assert!(
+                near_share(&c["missing"], missing),
+                "{flags:?} {name}: {} vs {missing:?}",
+                c["missing"]
+            );
             checked += 1;
         }
         assert!(checked >= 4, "{flags:?}: only {checked} numeric columns");
@@ -218,7 +237,8 @@ async fn numeric_buckets_match_a_brute_force_read_once_or_twice() {
 
 /// Whether a `{selection, baseline}` share is `want`.
 fn near_share(got: &Value, want: [f64; 2]) -> bool {
-    (got["selection"].as_f64().unwrap() - want[0]).abs() < 1e-9 && (got["baseline"].as_f64().unwrap() - want[1]).abs() < 1e-9
+    (got["selection"].as_f64().unwrap() - want[0]).abs() < 1e-9
+        && (got["baseline"].as_f64().unwrap() - want[1]).abs() < 1e-9
 }
 
 fn span(trace: &str, id: &str, parent: Option<&str>, service: &str, t: i64, dur: f64) -> Value {
