@@ -687,7 +687,8 @@ pub struct Plan {
     pub sketched: bool,
     /// Whether COUNT_DISTINCT is answered from mergeable sets of distinct values (exact, and
     /// rolling up from per-segment partials like sums; `sonde_query::distinct`) rather than
-    /// counted at once: set by the engine when precomputed partials can answer the plan.
+    /// counted at once: set by the engine where precomputed partials answer the plan and the
+    /// columns counted are not ids.
     pub distinct_sets: bool,
 }
 

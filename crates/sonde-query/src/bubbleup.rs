@@ -14,8 +14,10 @@
 //! `½ Σ |selection share − baseline share|`: 0 when the selection looks like the rest, 1 when
 //! they share no value. Shares are weighted by sample rate, like every count in Sonde.
 //!
-//! Cost: one aggregate query for the numeric ranges, then one streaming pass over the
-//! population that updates every column's counters per batch — never one query per column.
+//! Cost: one streaming pass over the population that updates every column's counters per
+//! batch — never one query per column. Numeric columns are bucketed over their range, which is
+//! known only at the end: their values are kept as they pass where they fit (a sample's, a
+//! small population's), else one aggregate query finds the ranges first.
 //! Over a population larger than the engine's `bubbleup_sample_rows`, the baseline's shares
 //! (and the selection's, when it too is larger) come from a systematic sample of blocks of
 //! rows read from the segments (the other rows are never decoded); the selection is counted
@@ -237,6 +239,7 @@ impl Counter {
             Counter::Deferred { values } => {
                 let f = cast(col, &DataType::Float64)?;
                 let f = f.as_primitive::<Float64Type>();
+                grow(values, f.len());
                 values.extend(f.iter().map(|v| v.unwrap_or(f64::NAN)));
             }
         }
@@ -486,6 +489,14 @@ pub struct BubbleUpAnswer {
     pub columns: Vec<ColumnReport>,
     /// What was looked at.
     pub meta: BubbleUpMeta,
+}
+
+/// Makes room in `v` for `more` items, growing it by an eighth rather than doubling it, so
+/// that values kept row by row hold little more than they need.
+pub(crate) fn grow<T>(v: &mut Vec<T>, more: usize) {
+    if v.capacity() - v.len() < more {
+        v.reserve_exact(more.max(v.capacity() / 8));
+    }
 }
 
 /// The bucket of `v` among [`NUMERIC_BUCKETS`] of `width` from `lo` (the ends take what lies

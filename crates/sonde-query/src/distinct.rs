@@ -14,8 +14,9 @@
 //! `sonde_distinct_count(set)` (scalar, the number of values in a set). A set is a `Binary`
 //! value: the number of values as a LEB128 varint, then each value's bytes after their length
 //! (a varint). A value's bytes are a string's UTF-8, an integer's 8 little-endian bytes, a
-//! float's bits (−0.0 as 0.0, every NaN as one), a boolean's one byte, and Arrow's row format
-//! for any other type. Only values of one column (so of one type) meet in a set, so two values
+//! float's bits (so −0.0 and 0.0 are two values, as DataFusion's `COUNT(DISTINCT …)`, which
+//! counts where partials do not answer, tells floats apart), a boolean's one byte, and Arrow's
+//! row format for any other type. Only values of one column (so of one type) meet in a set, so two values
 //! are equal exactly when their bytes are. Nulls are not values, as in SQL's
 //! `COUNT(DISTINCT …)`.
 
@@ -42,8 +43,9 @@ pub struct ValueSet {
 }
 
 impl ValueSet {
-    /// Adds a value's bytes (nothing when it is there already).
-    pub fn insert(&mut self, value: &[u8]) {
+    /// Adds a value's bytes (nothing when it is there already); the bytes the set grew by.
+    pub fn insert(&mut self, value: &[u8]) -> usize {
+        let before = self.size();
         let ValueSet { table, bytes, hasher } = self;
         let h = hasher.hash_one(value);
         let entry = table.entry(
@@ -55,6 +57,7 @@ impl ValueSet {
             slot.insert((h, bytes.len(), value.len() as u32));
             bytes.extend_from_slice(value);
         }
+        self.size() - before
     }
 
     /// How many distinct values it holds.
@@ -67,19 +70,23 @@ impl ValueSet {
         self.table.is_empty()
     }
 
-    /// Adds every value of an encoded set.
-    pub fn merge_bytes(&mut self, set: &[u8]) {
+    /// Adds every value of an encoded set; the bytes the set grew by.
+    pub fn merge_bytes(&mut self, set: &[u8]) -> usize {
         let mut r = Reader { bytes: set, at: 0 };
         let n = r.varint().unwrap_or(0);
+        let mut grew = 0;
         for _ in 0..n {
             let Some(v) = r.value() else { break };
-            self.insert(v);
+            grew += self.insert(v);
         }
+        grew
     }
 
     /// Adds the non-null values of `values` (one column's values, of one type).
     pub fn add_array(&mut self, values: &ArrayRef) -> Result<()> {
-        for_each_value(values, |_, v| self.insert(v))
+        for_each_value(values, |_, v| {
+            self.insert(v);
+        })
     }
 
     /// The encoded set (see the module's documentation).
@@ -93,9 +100,9 @@ impl ValueSet {
         out
     }
 
-    /// Bytes held.
+    /// Bytes held (the table's allocation, control bytes included, and the values' buffer).
     pub fn size(&self) -> usize {
-        self.table.capacity() * std::mem::size_of::<(u64, usize, u32)>() + self.bytes.capacity()
+        self.table.allocation_size() + self.bytes.capacity()
     }
 }
 
@@ -122,16 +129,9 @@ fn for_each_value(values: &ArrayRef, mut f: impl FnMut(usize, &[u8])) -> Result<
         }
         DataType::Float64 => {
             for (i, v) in values.as_primitive::<Float64Type>().iter().enumerate() {
-                // Equal floats get equal bytes: −0.0 == 0.0, and NaN is one value.
-                let Some(v) = v else { continue };
-                let v = if v == 0.0 {
-                    0.0f64
-                } else if v.is_nan() {
-                    f64::NAN
-                } else {
-                    v
-                };
-                f(i, &v.to_bits().to_le_bytes());
+                if let Some(v) = v {
+                    f(i, &v.to_bits().to_le_bytes());
+                }
             }
         }
         DataType::Boolean => {
@@ -258,6 +258,7 @@ impl AggregateUDFImpl for DistinctAgg {
         Ok(Box::new(DistinctGroups {
             sets: Vec::new(),
             merge: self.merge,
+            bytes: 0,
         }))
     }
 
@@ -322,6 +323,8 @@ struct DistinctGroups {
     sets: Vec<ValueSet>,
     /// Whether the input is sets (merge) rather than values.
     merge: bool,
+    /// What `sets` hold, kept as they grow (DataFusion asks after every batch).
+    bytes: usize,
 }
 
 impl DistinctGroups {
@@ -329,13 +332,14 @@ impl DistinctGroups {
         let b = sets.as_binary::<i32>();
         for (i, &g) in groups.iter().enumerate() {
             if b.is_valid(i) && filter.is_none_or(|f| f.is_valid(i) && f.value(i)) {
-                self.sets[g].merge_bytes(b.value(i));
+                self.bytes += self.sets[g].merge_bytes(b.value(i));
             }
         }
     }
 
     fn emit(&mut self, emit_to: EmitTo) -> ArrayRef {
         let sets = emit_to.take_needed(&mut self.sets);
+        self.bytes -= sets.iter().map(ValueSet::size).sum::<usize>();
         let out: BinaryArray = sets.iter().map(|s| Some(s.to_bytes())).collect();
         Arc::new(out)
     }
@@ -354,10 +358,10 @@ impl GroupsAccumulator for DistinctGroups {
             self.merge_sets(&values[0], group_indices, opt_filter);
             return Ok(());
         }
-        let sets = &mut self.sets;
+        let (sets, bytes) = (&mut self.sets, &mut self.bytes);
         for_each_value(&values[0], |i, v| {
             if opt_filter.is_none_or(|f| f.is_valid(i) && f.value(i)) {
-                sets[group_indices[i]].insert(v);
+                *bytes += sets[group_indices[i]].insert(v);
             }
         })
     }
@@ -384,13 +388,14 @@ impl GroupsAccumulator for DistinctGroups {
         let mut acc = DistinctGroups {
             sets: Vec::new(),
             merge: self.merge,
+            bytes: 0,
         };
         acc.update_batch(values, &rows, opt_filter, rows.len())?;
         Ok(vec![acc.emit(EmitTo::All)])
     }
 
     fn size(&self) -> usize {
-        self.sets.capacity() * std::mem::size_of::<ValueSet>() + self.sets.iter().map(ValueSet::size).sum::<usize>()
+        self.sets.capacity() * std::mem::size_of::<ValueSet>() + self.bytes
     }
 }
 
@@ -456,7 +461,8 @@ mod tests {
         assert_eq!(count(&whole.to_bytes()), want.len() as i64);
         assert!(a.len() < want.len() && b.len() < want.len());
 
-        // Floats: −0.0 is 0.0, NaNs are one value; booleans; an empty set counts 0.
+        // Floats by their bits (−0.0 and 0.0 are two, as DataFusion counts them); booleans; an
+        // empty set counts 0.
         let f = set_of(Arc::new(Float64Array::from(vec![
             Some(0.0),
             Some(-0.0),
@@ -466,7 +472,7 @@ mod tests {
             None,
             Some(1.5),
         ])));
-        assert_eq!(f.len(), 3);
+        assert_eq!(f.len(), 5);
         let t = set_of(Arc::new(BooleanArray::from(vec![
             Some(true),
             None,
@@ -481,6 +487,7 @@ mod tests {
         let mut acc = DistinctGroups {
             sets: Vec::new(),
             merge: false,
+            bytes: 0,
         };
         let batch = |v: Vec<Option<i64>>| -> ArrayRef { Arc::new(Int64Array::from(v)) };
         acc.update_batch(&[batch(vec![Some(1), Some(2), Some(1), None])], &[0, 0, 1, 1], None, 2)
@@ -488,13 +495,17 @@ mod tests {
         let keep = BooleanArray::from(vec![true, false, true]);
         acc.update_batch(&[batch(vec![Some(3), Some(9), Some(1)])], &[0, 1, 2], Some(&keep), 3)
             .unwrap();
+        let held = acc.size();
+        assert!(held >= acc.sets.iter().map(ValueSet::size).sum::<usize>() && held > 0);
         let state = acc.state(EmitTo::All).unwrap();
+        assert_eq!(acc.bytes, 0, "emitted sets no longer count");
         let counts =
             |a: &ArrayRef| -> Vec<i64> { (0..a.len()).map(|i| count(a.as_binary::<i32>().value(i))).collect() };
         assert_eq!(counts(&state[0]), vec![3, 1, 1]);
         let mut merged = DistinctGroups {
             sets: Vec::new(),
             merge: true,
+            bytes: 0,
         };
         merged.merge_batch(&state, &[0, 0, 0], 1).unwrap();
         assert_eq!(counts(&merged.evaluate(EmitTo::All).unwrap()), vec![3]);

@@ -1,7 +1,7 @@
 //! Precomputed partial aggregates: per sealed segment and query shape, the partial aggregates
-//! (COUNT, SUM, MIN, MAX, AVG's sum and weight, a HEATMAP's value range) per time bucket and
-//! group that a breakdown rolls up, kept in memory so that the next query of the same shape
-//! reads them instead of the segment.
+//! (COUNT, SUM, MIN, MAX, AVG's sum and weight, percentile sketches, sets of distinct values)
+//! per time bucket and group that a breakdown rolls up, kept in memory so that the next query
+//! of the same shape reads them instead of the segment.
 //!
 //! A segment never changes once written (compaction writes new segments with new ids and
 //! retention deletes whole ones), so a segment's partials for a shape stay exact for as long
@@ -33,9 +33,15 @@ struct Entry {
     last_used: u64,
 }
 
+/// Most columns remembered as having too many distinct values for sets (see
+/// [`PartialsCache::refuse_sets`]); past it the memory starts over.
+const REFUSED_SETS: usize = 1_000;
+
 #[derive(Debug, Default)]
 struct Inner {
     entries: HashMap<(Arc<str>, SegmentId), Entry>,
+    /// `(dataset, column)`s whose sets of distinct values were too large to keep.
+    refused_sets: std::collections::HashSet<(String, String)>,
     bytes: usize,
     tick: u64,
     hits: u64,
@@ -108,11 +114,11 @@ impl PartialsCache {
 
     /// Keeps `batches` (bucket column `t` counted from `start_us`) as the partials of
     /// `segment` for `shape`, evicting the least recently used entries to make room; an entry
-    /// larger than an eighth of the cache is not kept.
-    pub fn insert(&self, shape: &Arc<str>, segment: SegmentId, start_us: i64, batches: Vec<RecordBatch>) {
+    /// larger than an eighth of the cache is not kept (false).
+    pub fn insert(&self, shape: &Arc<str>, segment: SegmentId, start_us: i64, batches: Vec<RecordBatch>) -> bool {
         let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum::<usize>() + 256;
         if bytes > self.max_bytes / 8 {
-            return;
+            return false;
         }
         let mut inner = self.inner.lock().unwrap();
         inner.tick += 1;
@@ -139,6 +145,23 @@ impl PartialsCache {
             let e = inner.entries.remove(&oldest).expect("present");
             inner.bytes -= e.bytes;
         }
+        true
+    }
+
+    /// Remembers that `column` of `dataset` has too many distinct values for its sets to be
+    /// kept (or to fit in an answer), so that COUNT_DISTINCT over it is counted from the rows.
+    pub fn refuse_sets(&self, dataset: &str, column: &str) {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.refused_sets.len() >= REFUSED_SETS {
+            inner.refused_sets.clear();
+        }
+        inner.refused_sets.insert((dataset.to_string(), column.to_string()));
+    }
+
+    /// Whether [`PartialsCache::refuse_sets`] was told so of `column` of `dataset`.
+    pub fn sets_refused(&self, dataset: &str, column: &str) -> bool {
+        let inner = self.inner.lock().unwrap();
+        inner.refused_sets.contains(&(dataset.to_string(), column.to_string()))
     }
 
     /// Hits, misses and size so far.

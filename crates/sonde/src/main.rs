@@ -290,7 +290,8 @@ struct ServeArgs {
     #[arg(long, env = "SONDE_CHUNK_CACHE_BYTES")]
     chunk_cache_bytes: Option<usize>,
     /// Memory for precomputed per-segment partial aggregates of breakdowns (COUNT, SUM, AVG,
-    /// MIN, MAX per time bucket and group), in bytes (0: off, every query scans every segment)
+    /// MIN, MAX, percentile sketches and sets of distinct values per time bucket and group), in
+    /// bytes (0: off, every query scans every segment)
     /// [default: a thirty-second of --server-memory].
     #[arg(long, env = "SONDE_PARTIALS_CACHE_BYTES")]
     partials_cache_bytes: Option<usize>,

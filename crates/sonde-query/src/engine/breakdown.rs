@@ -170,7 +170,8 @@ impl Run<'_> {
     /// - When every calculation rolls up (COUNT, SUM, AVG, MIN, MAX, HEATMAP's value range,
     ///   sketched percentiles, COUNT_DISTINCT from sets of distinct values):
     ///   partial aggregates per time bucket and group, which the results roll up per group.
-    /// - Otherwise (percentiles, COUNT_DISTINCT): grouping sets `(t, groups)` and `(groups)`,
+    /// - Otherwise (exact percentiles, COUNT_DISTINCT counted at once): grouping sets
+    ///   `(t, groups)` and `(groups)`,
     ///   so one scan feeds both; the results are the rows whose `t` is null.
     pub(super) fn fine_aggregates(&self, base: &DataFrame, aggs: &[Expr]) -> Result<Option<(DataFrame, Fine)>> {
         let plan = self.plan;

@@ -254,9 +254,10 @@ impl QueryEngine {
         };
 
         // The numeric columns' buckets span their range over what is counted. When their
-        // values fit in an eighth of a query's memory (a sample, or a small population), they
-        // are kept as the rows are counted and bucketed after, so the rows are read once;
-        // otherwise a first read finds the ranges.
+        // values fit (a sample's, or a small population's: an eighth of a query's memory and a
+        // quarter of the answer's cap, of which the other counters take at most half, with an
+        // eighth to spare for the estimate), they are kept as the rows are counted and
+        // bucketed after, so the rows are read once; otherwise a first read finds the ranges.
         let numeric: Vec<&(String, ColumnType)> = compared.iter().filter(|(_, t)| bubbleup::is_numeric(*t)).collect();
         let most_counted: u64 = match &sampled {
             Some((samples, rows, _)) => (0..2)
@@ -265,7 +266,8 @@ impl QueryEngine {
             None => range_rows,
         };
         let deferred_bytes = most_counted.saturating_mul(8 * numeric.len() as u64 + 9);
-        let one_read = !numeric.is_empty() && deferred_bytes <= self.config.memory_limit as u64 / 8;
+        let room = (self.config.memory_limit / 8).min(budget.cap() / 4) as u64;
+        let one_read = !numeric.is_empty() && deferred_bytes.saturating_add(deferred_bytes / 8) <= room;
 
         // Pass 1 (unless `one_read`): the range of every numeric column over what is counted.
         let mut ranges: HashMap<String, (f64, f64)> = HashMap::new();
@@ -325,6 +327,9 @@ impl QueryEngine {
                 let batch = batch?;
                 let sel = batch.column_by_name("__selected").unwrap().as_boolean().clone();
                 let w = bubbleup::weights(batch.column_by_name(SR).unwrap())?;
+                if one_read {
+                    bubbleup::grow(&mut sides, w.len());
+                }
                 for (i, wi) in w.iter().enumerate() {
                     let side = if sel.is_valid(i) && sel.value(i) { 0 } else { 1 };
                     totals[side] += wi;
@@ -334,6 +339,7 @@ impl QueryEngine {
                     }
                 }
                 if one_read {
+                    bubbleup::grow(&mut weights, w.len());
                     weights.extend_from_slice(&w);
                 }
                 for (c, (name, _)) in counters.iter_mut().zip(&compared) {

@@ -798,14 +798,30 @@ impl QueryEngine {
 
     /// One run of a validated plan over the table.
     async fn run_plan(&self, table: &Arc<DatasetTable>, plan: &Plan, req: &RequestBudget) -> Result<Output> {
-        // COUNT_DISTINCT from sets of distinct values where partials can answer the plan, so
-        // that it rolls up from them; counted at once elsewhere (a set is as large as its
-        // values are many, and would be built only to be counted).
-        let mut plan = std::borrow::Cow::Borrowed(plan);
-        if plan.calcs.iter().any(|c| c.op == CalcOp::CountDistinct) && precomputed::partials_fit(self, table, &plan) {
-            plan.to_mut().distinct_sets = true;
+        // COUNT_DISTINCT from sets of distinct values where partials answer the plan, so that
+        // it rolls up from them (see `precomputed::distinct_sets_apply`).
+        if !precomputed::distinct_sets_apply(self, table, plan) {
+            return self.run_plan_once(table, plan, req).await;
         }
-        let plan = plan.as_ref();
+        let with_sets = Plan {
+            distinct_sets: true,
+            ..plan.clone()
+        };
+        let held = req.held();
+        match self.run_plan_once(table, &with_sets, req).await {
+            // Sets too large for the answer's cap: counted from the rows instead, now and from
+            // then on, with what the attempt held given back.
+            Err(QueryError::AnswerTooLarge { .. }) => {
+                precomputed::refuse_sets(self, table, plan);
+                req.release(req.held().saturating_sub(held));
+                self.run_plan_once(table, plan, req).await
+            }
+            other => other,
+        }
+    }
+
+    /// [`Self::run_plan`] as the plan says, with no second attempt.
+    async fn run_plan_once(&self, table: &Arc<DatasetTable>, plan: &Plan, req: &RequestBudget) -> Result<Output> {
         let ctx = self.session_with_pushdown(selective(plan))?;
         let base = self
             .plan_frame(&ctx, table, plan, &plan.derived, req)

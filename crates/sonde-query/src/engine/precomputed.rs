@@ -27,6 +27,52 @@ pub(super) fn partials_fit(engine: &QueryEngine, table: &DatasetTable, plan: &Pl
         && !plan.breakdowns.iter().any(|(b, _)| table.many_groups(b))
 }
 
+/// The segments wholly inside `plan`'s range: the ones partials answer (every row of theirs
+/// passes the time filter).
+fn segments_inside(table: &DatasetTable, plan: &Plan) -> Vec<SegmentId> {
+    table
+        .snapshot()
+        .segments
+        .iter()
+        .filter(|s| s.min_ts_us >= plan.start_us && s.max_ts_us < plan.end_us)
+        .map(|s| s.id)
+        .collect()
+}
+
+/// The columns `plan` counts distinct values of.
+fn distinct_columns(plan: &Plan) -> impl Iterator<Item = &str> {
+    plan.calcs
+        .iter()
+        .filter(|c| c.op == CalcOp::CountDistinct)
+        .filter_map(|c| c.column.as_ref().map(|(n, _)| n.as_str()))
+}
+
+/// Whether `plan`'s COUNT_DISTINCT should come from sets of distinct values, which roll up from
+/// partials (see [`crate::distinct`]): only where partials will answer it — it fits
+/// ([`partials_fit`]), every other calculation rolls up, and some segment lies wholly inside
+/// its range — and no column counted is an id (indexed: nearly one value per event) or one
+/// whose sets were too large before ([`crate::partials::PartialsCache::refuse_sets`]).
+/// Elsewhere a set would be built only to be counted.
+pub(super) fn distinct_sets_apply(engine: &QueryEngine, table: &DatasetTable, plan: &Plan) -> bool {
+    let dataset = table.snapshot().dataset.to_string();
+    distinct_columns(plan).next().is_some()
+        && plan
+            .calcs
+            .iter()
+            .all(|c| c.op == CalcOp::CountDistinct || rolls_up(plan, c.op))
+        && partials_fit(engine, table, plan)
+        && !segments_inside(table, plan).is_empty()
+        && distinct_columns(plan).all(|c| !table.is_indexed(c) && !engine.partials.sets_refused(&dataset, c))
+}
+
+/// Remembers that the columns `plan` counts distinct values of have too many for sets.
+pub(super) fn refuse_sets(engine: &QueryEngine, table: &DatasetTable, plan: &Plan) {
+    let dataset = table.snapshot().dataset.to_string();
+    for c in distinct_columns(plan) {
+        engine.partials.refuse_sets(&dataset, c);
+    }
+}
+
 impl Run<'_> {
     /// Whether this plan's fine table can be made of per-segment partials: it fits
     /// ([`partials_fit`]), every calculation rolls up (COUNT, SUM, AVG, MIN, MAX, sketched
@@ -72,14 +118,7 @@ impl Run<'_> {
         }
         let plan = self.plan;
         let g_us = plan.granularity_s * 1_000_000;
-        let inside: Vec<SegmentId> = self
-            .table
-            .snapshot()
-            .segments
-            .iter()
-            .filter(|s| s.min_ts_us >= plan.start_us && s.max_ts_us < plan.end_us)
-            .map(|s| s.id)
-            .collect();
+        let inside = segments_inside(self.table, plan);
         if inside.is_empty() {
             return Ok(None);
         }
@@ -116,7 +155,10 @@ impl Run<'_> {
             computed = table.stats().lock().unwrap().clone();
             for id in &missing {
                 let own = split_segment(&batches, *id).map_err(internal)?;
-                cache.insert(&shape, *id, plan.start_us, own.clone());
+                // Sets too large to keep would be built again by every query, for nothing.
+                if !cache.insert(&shape, *id, plan.start_us, own.clone()) && plan.distinct_sets {
+                    refuse_sets(self.engine, self.table, plan);
+                }
                 parts.extend(own);
             }
         }

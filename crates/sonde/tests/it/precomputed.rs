@@ -307,3 +307,29 @@ async fn percentiles_share_their_values_and_give_way_to_sketches_past_the_query_
     assert!(reason.contains("--query-memory-limit 2000000"), "{}", got["meta"]);
     assert!(check_within_sketch_error("six columns", &many, &got, &events) > 0);
 }
+
+/// COUNT_DISTINCT rolls up from per-segment sets of distinct values where they are small, and
+/// is counted from the rows where they are not: a nearly unique column's sets are too large to
+/// keep, the first answer says so to the cache, and later ones precompute nothing for it. Both
+/// stay exact (checked against the brute-force model), and the small sets stay precomputed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn count_distinct_sets_are_kept_where_small_and_counted_from_rows_where_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let events = gen_events(&mut Rng::new(21), T0);
+    // An entry holds at most 5,000 bytes: 700 rows' `dur` (eighths up to 2,000: nearly one
+    // value a row, 9 bytes each) do not fit; `svc`'s four values per bucket and group do.
+    let server = flushed_server(dir.path(), &client, "cd", &events, &["--partials-cache-bytes", "40000"]).await;
+    let spec = |column: &str, breakdown: &str| {
+        json!({"calculations": [{"op": "COUNT_DISTINCT", "column": column}, {"op": "COUNT"}],
+               "breakdowns": [breakdown], "granularity": 600, "filters": [], "orders": [],
+               "start_time": T0 / 1_000_000, "end_time": T0 / 1_000_000 + 3600})
+    };
+    let small = [spec("svc", "region")];
+    let large = [spec("dur", "svc")];
+    assert!(check_twice(&client, &server, "cd", &small, &events).await > 0);
+    assert_eq!(check_twice(&client, &server, "cd", &large, &events).await, 0);
+    // Still exact, and still counted from the rows, when asked again later.
+    assert_eq!(check_twice(&client, &server, "cd", &large, &events).await, 0);
+    assert!(check_twice(&client, &server, "cd", &small, &events).await > 0);
+}
