@@ -342,6 +342,10 @@ def questions(p: dict) -> list[dict]:
         dict(name="count_distinct_traces_by_service", **spec(
             calculations=[{"op": "COUNT_DISTINCT", "column": "trace.trace_id"}], breakdowns=["service.name"],
             granularity=g_coarse, **full)),
+        # Span names per service: not an id, so answered from precomputed sets of distinct values.
+        dict(name="count_distinct_names_by_service", **spec(
+            calculations=[{"op": "COUNT_DISTINCT", "column": "name"}], breakdowns=["service.name"],
+            granularity=g_coarse, **full)),
         dict(name="trace_lookup", kind="trace", trace_id=p["trace_id"]),
         dict(name="raw_events_filtered", kind="events", request={
             "filters": [{"column": "service.name", "op": "=", "value": p["events_service"]},
@@ -354,7 +358,7 @@ def questions(p: dict) -> list[dict]:
     ]
     by_name = {q["name"]: q for q in qs}
     qs += [dict(name=f"{n}.results_only", of=n, kind="query", spec={**by_name[n]["spec"], "disable_series": True})
-           for n in ("p99_by_name", "count_distinct_traces_by_service")]
+           for n in ("p99_by_name", "count_distinct_traces_by_service", "count_distinct_names_by_service")]
     return qs
 
 
