@@ -262,7 +262,7 @@ struct ServeArgs {
     #[arg(long, env = "SONDE_QUERY_TIMEOUT", default_value_t = Dur(EngineConfig::DEFAULT_TIMEOUT))]
     query_timeout: Dur,
     /// Most memory one query may use, in bytes; past it the query fails with an error
-    /// [default: half of --server-memory, all of what requests have].
+    /// [default: a quarter of --server-memory, half of what requests have].
     #[arg(long, env = "SONDE_QUERY_MEMORY_LIMIT")]
     query_memory_limit: Option<usize>,
     /// Most memory all requests together may hold, in bytes: queries' operators, answers being
@@ -1238,7 +1238,7 @@ mod tests {
         };
         let plan = serve(&["--server-memory", "4294967296"]);
         assert_eq!(plan.buffers, 1 << 30);
-        assert_eq!((plan.requests, plan.query), (2 << 30, 2 << 30));
+        assert_eq!((plan.requests, plan.query), (2 << 30, 1 << 30));
         assert_eq!(plan.total(), 4 << 30, "the shares add up to the figure");
         let given = serve(&["--server-memory", "4294967296", "--max-buffer-bytes", "1000"]);
         assert_eq!(given, MemoryPlan { buffers: 1000, ..plan });
