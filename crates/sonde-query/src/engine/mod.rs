@@ -150,8 +150,10 @@ pub struct EngineConfig {
 impl EngineConfig {
     /// Default of `timeout` (the command line's default too: each default is defined once).
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-    /// Default of `memory_limit`: all of `memory_budget`, which a query draws from.
-    pub const DEFAULT_MEMORY_LIMIT: usize = Self::DEFAULT_MEMORY_BUDGET;
+    /// Default of `memory_limit`: half of `memory_budget`, which a query draws from (a quarter
+    /// of the default memory plan: one query holding all of the requests' share beside a flush
+    /// and a compaction took the process past 1.5 GiB).
+    pub const DEFAULT_MEMORY_LIMIT: usize = Self::DEFAULT_MEMORY_BUDGET / 2;
     /// Default of `metadata_cache_bytes`: a sixteenth of the `sonde` binary's default memory
     /// plan (1 GiB in all).
     pub const DEFAULT_METADATA_CACHE_BYTES: usize = 64 << 20;
