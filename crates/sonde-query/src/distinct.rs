@@ -20,6 +20,7 @@
 //! are equal exactly when their bytes are. Nulls are not values, as in SQL's
 //! `COUNT(DISTINCT …)`.
 
+use crate::varint::{self, Reader};
 use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Int64Array};
 use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use arrow::row::{RowConverter, SortField};
@@ -72,11 +73,11 @@ impl ValueSet {
 
     /// Adds every value of an encoded set; the bytes the set grew by.
     pub fn merge_bytes(&mut self, set: &[u8]) -> usize {
-        let mut r = Reader { bytes: set, at: 0 };
+        let mut r = Reader::new(set);
         let n = r.varint().unwrap_or(0);
         let mut grew = 0;
         for _ in 0..n {
-            let Some(v) = r.value() else { break };
+            let Some(v) = r.bytes() else { break };
             grew += self.insert(v);
         }
         grew
@@ -92,9 +93,9 @@ impl ValueSet {
     /// The encoded set (see the module's documentation).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.bytes.len() + self.table.len() * 2 + 10);
-        put_varint(&mut out, self.table.len() as u64);
+        varint::put(&mut out, self.table.len() as u64);
         for &(_, at, len) in self.table.iter() {
-            put_varint(&mut out, u64::from(len));
+            varint::put(&mut out, u64::from(len));
             out.extend_from_slice(&self.bytes[at..at + len as usize]);
         }
         out
@@ -160,43 +161,7 @@ fn for_each_value(values: &ArrayRef, mut f: impl FnMut(usize, &[u8])) -> Result<
 
 /// The number of values in an encoded set.
 pub fn count(set: &[u8]) -> i64 {
-    Reader { bytes: set, at: 0 }.varint().unwrap_or(0) as i64
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-/// Reads an encoded set; a truncated value (only a corrupt set has one) ends it.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn varint(&mut self) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = *self.bytes.get(self.at)?;
-            self.at += 1;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
-
-    fn value(&mut self) -> Option<&'a [u8]> {
-        let len = usize::try_from(self.varint()?).ok()?;
-        let v = self.bytes.get(self.at..self.at.checked_add(len)?)?;
-        self.at += len;
-        Some(v)
-    }
+    Reader::new(set).varint().unwrap_or(0) as i64
 }
 
 /// `sonde_distinct(value)`: the set of the values; `sonde_distinct_merge(set)`: the union of

@@ -36,6 +36,7 @@ pub mod sketch;
 pub use sonde_model::spec;
 pub mod table;
 pub mod udaf;
+mod varint;
 
 #[cfg(test)]
 mod plan_shape_tests;

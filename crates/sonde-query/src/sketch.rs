@@ -94,8 +94,8 @@ impl Sketch {
                 None => ((k << 1) ^ (k >> 31)) as u32 as u64,
                 Some(p) => (k - p) as u64,
             };
-            put_varint(&mut out, step);
-            put_varint(&mut out, w as u64);
+            crate::varint::put(&mut out, step);
+            crate::varint::put(&mut out, w as u64);
             prev = Some(k);
         }
         out
@@ -106,34 +106,14 @@ impl Sketch {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
 /// The `(bucket, weight)` pairs of an encoded sketch, in bucket order (a truncated tail, which
 /// only a corrupt value would have, ends them).
 fn pairs(bytes: &[u8]) -> impl Iterator<Item = (i32, i64)> + '_ {
-    let mut at = 0;
-    let mut varint = move || -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = *bytes.get(at)?;
-            at += 1;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    };
+    let mut r = crate::varint::Reader::new(bytes);
     let mut prev: Option<i32> = None;
     std::iter::from_fn(move || {
-        let step = varint()?;
-        let w = varint()? as i64;
+        let step = r.varint()?;
+        let w = r.varint()? as i64;
         let k = match prev {
             None => ((step >> 1) as i32) ^ -((step & 1) as i32),
             Some(p) => p + step as i32,

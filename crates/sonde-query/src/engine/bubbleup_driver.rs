@@ -327,18 +327,14 @@ impl QueryEngine {
                 let batch = batch?;
                 let sel = batch.column_by_name("__selected").unwrap().as_boolean().clone();
                 let w = bubbleup::weights(batch.column_by_name(SR).unwrap())?;
-                if one_read {
-                    bubbleup::grow(&mut sides, w.len());
-                }
                 for (i, wi) in w.iter().enumerate() {
                     let side = if sel.is_valid(i) && sel.value(i) { 0 } else { 1 };
                     totals[side] += wi;
                     counted[side] += 1;
-                    if one_read {
-                        sides.push(side == 0);
-                    }
                 }
                 if one_read {
+                    bubbleup::grow(&mut sides, w.len());
+                    sides.extend((0..w.len()).map(|i| sel.is_valid(i) && sel.value(i)));
                     bubbleup::grow(&mut weights, w.len());
                     weights.extend_from_slice(&w);
                 }
