@@ -41,8 +41,16 @@ use std::sync::Arc;
 pub trait FreshReader: Send + Sync + fmt::Debug {
     /// Rows `[from, to)` of `dataset`'s buffered events after `at.after` on `at.owner`, in
     /// order, as batches with their own schemas; an error when they cannot be had any more
-    /// (the owner flushed past `at.after`, or changed epoch) or the owner cannot be reached.
-    async fn read(&self, dataset: &DatasetName, at: &FreshPosition, from: u64, to: u64) -> Result<FreshRead, String>;
+    /// (the owner flushed past `at.after`, or changed epoch), the owner cannot be reached, or
+    /// the part read from it would take more than `max_bytes`.
+    async fn read(
+        &self,
+        dataset: &DatasetName,
+        at: &FreshPosition,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+    ) -> Result<FreshRead, String>;
 }
 
 /// What a [`FreshReader`] read.
@@ -271,8 +279,16 @@ impl ExecutionPlan for BufferScanExec {
         let scan = self.clone();
         let reservation = MemoryConsumer::new("BufferScanExec").register(context.memory_pool());
         let rows = async move {
+            // The node that planned the scan held these rows within its own bound, so they are
+            // counted once read, not capped before.
             let read = reader
-                .read(&scan.slice.dataset, &scan.slice.at, scan.slice.from, scan.slice.to)
+                .read(
+                    &scan.slice.dataset,
+                    &scan.slice.at,
+                    scan.slice.from,
+                    scan.slice.to,
+                    usize::MAX,
+                )
                 .await
                 .map_err(|e| {
                     DataFusionError::Execution(format!("fresh rows of dataset {}: {e}", scan.slice.dataset))
@@ -404,7 +420,14 @@ mod tests {
 
     #[async_trait]
     impl FreshReader for Fixed {
-        async fn read(&self, _d: &DatasetName, _at: &FreshPosition, from: u64, to: u64) -> Result<FreshRead, String> {
+        async fn read(
+            &self,
+            _d: &DatasetName,
+            _at: &FreshPosition,
+            from: u64,
+            to: u64,
+            _max: usize,
+        ) -> Result<FreshRead, String> {
             self.asked.lock().unwrap().push((from, to));
             Ok(FreshRead {
                 batches: slice_rows(&self.rows, from, to),

@@ -141,7 +141,7 @@ struct Unread;
 
 #[async_trait]
 impl FreshReader for Unread {
-    async fn read(&self, _: &DatasetName, _: &FreshPosition, _: u64, _: u64) -> Result<FreshRead, String> {
+    async fn read(&self, _: &DatasetName, _: &FreshPosition, _: u64, _: u64, _: usize) -> Result<FreshRead, String> {
         Err("planning reads no rows".into())
     }
 }
@@ -152,16 +152,14 @@ async fn explain(source: Planned, sql: &str, bytes_per_partition: usize) -> Stri
     let worker = |i: usize| Url::parse(&format!("http://w{i}.test:4317")).unwrap();
     let engine = QueryEngine::new(Arc::new(source), Default::default())
         .unwrap()
-        .with_cluster(
-            ClusterConfig {
-                self_url: worker(1),
-                key: None,
-                bytes_per_partition,
-                max_message_bytes: 64 << 20,
-                leave_out_for: Duration::from_secs(4),
-            },
-            Arc::new(Unread),
-        )
+        .with_fresh_reader(Arc::new(Unread))
+        .with_cluster(ClusterConfig {
+            self_url: worker(1),
+            key: None,
+            bytes_per_partition,
+            max_message_bytes: 64 << 20,
+            leave_out_for: Duration::from_secs(4),
+        })
         .unwrap();
     engine.peers().unwrap().set((1..=4).map(worker).collect());
     let visible = |_: &str| true;

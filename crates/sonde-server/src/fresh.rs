@@ -103,7 +103,8 @@ pub struct FreshConfig {
     /// The API key sent to ingest nodes (`--cluster-key`), when they check keys.
     pub key: Option<String>,
     /// Bytes the copies may hold in all (`--max-buffer-bytes`, a query node's own buffer
-    /// share): past it no more rows are copied until a flush frees some.
+    /// share): past it no more rows are copied until a flush frees some, and queries read the
+    /// rows past the copies from the ingest nodes.
     pub max_bytes: usize,
 }
 
@@ -128,13 +129,13 @@ pub async fn run(state: Arc<AppState>, config: FreshConfig, stop: impl std::futu
                     tracing::warn!(
                         held,
                         limit = config.max_bytes,
-                        "copies of ingest nodes' buffers are full (--max-buffer-bytes); fresh events wait for the next flush"
+                        "copies of ingest nodes' buffers are full (--max-buffer-bytes); queries read the fresh events past them from the ingest nodes until they flush"
                     );
                     full_warned = true;
                 }
-                break;
+            } else {
+                full_warned = false;
             }
-            full_warned = false;
             let dataset = target.dataset.clone();
             let node = target.owner.node.clone();
             match copy_dataset(&state, &client, &config, target).await {
@@ -154,7 +155,6 @@ pub async fn run(state: Arc<AppState>, config: FreshConfig, stop: impl std::futu
                 Ok(()) => {
                     for target in state.storage.fresh_targets() {
                         if moved.contains(&target.dataset)
-                            && state.storage.fresh_bytes() < config.max_bytes
                             && let Err(e) = copy_dataset(&state, &client, &config, target).await
                         {
                             state.stats.fresh_failures.fetch_add(1, Ordering::Relaxed);
@@ -314,7 +314,14 @@ impl FreshRowsReader {
 
 #[async_trait::async_trait]
 impl FreshReader for FreshRowsReader {
-    async fn read(&self, dataset: &DatasetName, at: &FreshPosition, from: u64, to: u64) -> Result<FreshRead, String> {
+    async fn read(
+        &self,
+        dataset: &DatasetName,
+        at: &FreshPosition,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+    ) -> Result<FreshRead, String> {
         let (mut rows, mut next) = self.storage.fresh_slice(dataset, &at.owner, at.after, from, to);
         let mut fetched_bytes = 0;
         if next >= to {
@@ -337,6 +344,11 @@ impl FreshReader for FreshRowsReader {
                 Asked::Rows { batches, bytes, .. } => {
                     // The decoded rows share the answer's buffer: it is what they hold.
                     fetched_bytes += bytes;
+                    if fetched_bytes > max_bytes {
+                        return Err(format!(
+                            "the rows {next}..{to} read from ingest node {node} take more than {max_bytes} bytes"
+                        ));
+                    }
                     batches
                 }
                 Asked::Moved => {
@@ -356,6 +368,7 @@ impl FreshReader for FreshRowsReader {
                 if n > 0 {
                     rows.push(b.slice(0, n as usize));
                     next += n;
+                    self.storage.stats.fresh_rows_read.fetch_add(n, Ordering::Relaxed);
                 }
             }
         }
@@ -375,19 +388,22 @@ async fn copy_dataset(
     mut target: FreshTarget,
 ) -> Result<bool, String> {
     for _ in 0..MAX_REQUESTS_PER_ROUND {
+        // With the copies full, only how many rows the node holds (a query reads those past the
+        // copy from it), and whether it has flushed.
+        let full = state.storage.fresh_bytes() >= config.max_bytes;
         let ask = Ask {
             dataset: &target.dataset,
             owner: &target.owner,
             after: target.after,
             from_row: target.from_row,
-            to_row: None,
+            to_row: full.then_some(target.from_row),
         };
         let (batches, total) = match client.send(&state.storage, &ask).await? {
             Asked::Rows { batches, total, .. } => (batches, total),
             Asked::Moved => return Ok(true),
         };
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        if rows == 0 || !state.storage.add_fresh(&target, batches) {
+        if !state.storage.add_fresh(&target, batches, total) || rows == 0 {
             return Ok(false);
         }
         target.from_row += rows;

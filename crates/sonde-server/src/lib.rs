@@ -496,6 +496,12 @@ async fn metrics(
         state.storage.fresh_bytes() as u64,
     );
     single(
+        "sonde_fresh_rows_read_total",
+        "Fresh rows a query node read from ingest nodes as queries ran (those its copies lack).",
+        "counter",
+        state.storage.stats.fresh_rows_read.load(Ordering::Relaxed),
+    );
+    single(
         "sonde_fresh_failures_total",
         "Requests for an ingest node's buffered events that failed (the copy waits for the next round).",
         "counter",

@@ -19,8 +19,9 @@ impl From<QueryError> for ApiError {
             | QueryError::Sql(_)
             | QueryError::Memory { .. }
             | QueryError::AnswerTooLarge { .. } => StatusCode::BAD_REQUEST,
-            // Other requests hold the memory: the same request succeeds once they are done.
-            QueryError::Overloaded(_) => {
+            // Other requests hold the memory, or an ingest node's fresh rows cannot be had: the
+            // same request succeeds once they are done, or the rows are flushed.
+            QueryError::Overloaded(_) | QueryError::Unavailable(_) => {
                 return ApiError {
                     status: StatusCode::SERVICE_UNAVAILABLE,
                     message: e.to_string(),

@@ -17,6 +17,12 @@
 //! acknowledged event the copy has reached exactly once, as on the ingest node itself. The copy is
 //! behind the owner by at most one pull (`--fresh-interval`), and right after a flush by the
 //! time the query node takes to read the flush's record.
+//!
+//! The copies are bounded (`--max-buffer-bytes`). Past the bound a query node stops copying but
+//! goes on asking each owner how many rows it holds: a snapshot then names rows `[0, known)`, of
+//! which the copy holds the first, and the query reads the rest from the owner when it runs
+//! (`sonde_query::buffer_scan::FreshReader`), so an acknowledged event is answered whether or
+//! not the copy reached it.
 
 use crate::registry::DatasetState;
 use crate::wal::Lsn;
@@ -37,6 +43,9 @@ pub(crate) struct FreshRows {
     after: Lsn,
     batches: Vec<RecordBatch>,
     rows: u64,
+    /// Rows the owner held after `after` at its last answer: `rows` and those the copy has not
+    /// reached (past `--max-buffer-bytes`), which a query reads from the owner.
+    known: u64,
     bytes: usize,
     time_bounds: Option<(i64, i64)>,
 }
@@ -75,7 +84,8 @@ pub struct FreshPosition {
     pub owner: Owner,
     /// The flushed position they follow.
     pub after: Lsn,
-    /// Rows of the copy in the snapshot.
+    /// Rows the snapshot names: the copy's, and after them those the owner held at the copy's
+    /// last pull that the copy has not reached (read from the owner when a query runs).
     pub rows: u64,
 }
 
@@ -83,13 +93,13 @@ impl DatasetState {
     /// Where the copy stands, when it holds rows that follow the catalog's segments.
     pub(crate) fn fresh_position(&self) -> Option<FreshPosition> {
         match &self.fresh {
-            Some(f) if f.after == self.flushed_lsn && f.rows > 0 => Some(FreshPosition {
+            Some(f) if f.after == self.flushed_lsn && f.known > 0 => Some(FreshPosition {
                 owner: Owner {
                     node: f.owner.clone(),
                     epoch: f.epoch,
                 },
                 after: f.after,
-                rows: f.rows,
+                rows: f.known,
             }),
             _ => None,
         }
@@ -104,11 +114,19 @@ impl DatasetState {
         }
     }
 
-    /// Rows and time bounds of the copy.
+    /// Rows the owner holds as last seen (copied or not), and the time bounds of the copy's.
     pub(crate) fn fresh_facts(&self) -> (u64, Option<(i64, i64)>) {
         match &self.fresh {
-            Some(f) if f.after == self.flushed_lsn => (f.rows, f.time_bounds),
+            Some(f) if f.after == self.flushed_lsn => (f.known, f.time_bounds),
             _ => (0, None),
+        }
+    }
+
+    /// Rows the copy holds.
+    fn fresh_copied(&self) -> u64 {
+        match &self.fresh {
+            Some(f) if f.after == self.flushed_lsn => f.rows,
+            _ => 0,
         }
     }
 
@@ -305,7 +323,7 @@ impl Storage {
                     dataset,
                     owner,
                     after: st.flushed_lsn,
-                    from_row: st.fresh_facts().0,
+                    from_row: st.fresh_copied(),
                 })
             })
             .collect()
@@ -320,10 +338,11 @@ impl Storage {
             .sum()
     }
 
-    /// Adds the rows an ingest node answered for `target` to the dataset's copy, if the copy and
-    /// the catalog still stand where `target` says (else they are dropped: the next pull asks
+    /// Adds the rows an ingest node answered for `target` to the dataset's copy (none, when the
+    /// copies are full), and notes the `total` rows it said it holds, if the copy and the
+    /// catalog still stand where `target` says (else they are dropped: the next pull asks
     /// again). Whether they were added.
-    pub fn add_fresh(&self, target: &FreshTarget, batches: Vec<RecordBatch>) -> bool {
+    pub fn add_fresh(&self, target: &FreshTarget, batches: Vec<RecordBatch>, total: u64) -> bool {
         let Some(state) = self.dataset_state(&target.dataset) else {
             return false;
         };
@@ -337,6 +356,7 @@ impl Storage {
             after: target.after,
             batches: Vec::new(),
             rows: 0,
+            known: 0,
             bytes: 0,
             time_bounds: None,
         });
@@ -354,6 +374,7 @@ impl Storage {
             fresh.bytes += segment::batch_bytes(&b);
             fresh.batches.push(b);
         }
+        fresh.known = fresh.known.max(fresh.rows).max(total);
         true
     }
 

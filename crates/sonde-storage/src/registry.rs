@@ -80,6 +80,26 @@ pub struct DatasetSnapshot {
 }
 
 impl DatasetSnapshot {
+    /// On a query node of a cluster: the rows `[from, to)` the snapshot's fresh position names
+    /// that its `buffered` rows (the copy) do not hold, the copy having stopped at
+    /// `--max-buffer-bytes`; `None` when it holds them all.
+    pub fn fresh_rows_missing(&self) -> Option<(u64, u64)> {
+        let at = self.fresh.as_ref()?;
+        let held: u64 = self.buffered.iter().map(|b| b.num_rows() as u64).sum();
+        (held < at.rows).then_some((held, at.rows))
+    }
+
+    /// Adds the rows [`Self::fresh_rows_missing`] names, read from the ingest node, after the
+    /// copy's, widening the columns over them as over any buffered rows.
+    pub fn add_fresh_rows(&mut self, batches: Vec<RecordBatch>) {
+        for run in batches.chunk_by(|a, b| a.schema() == b.schema()) {
+            if let Ok(facts) = segment::batches_facts(run) {
+                merge_columns(&mut self.columns, &run[0].schema(), facts.min_ts_us, facts.max_ts_us);
+            }
+        }
+        self.buffered.extend(batches.into_iter().filter(|b| b.num_rows() > 0));
+    }
+
     /// The columns a query may name, with their types: the dataset's, plus `samplerate`
     /// (`timestamp` is named by the time range, not as a column).
     pub fn queryable_columns(&self) -> BTreeMap<String, ColumnType> {

@@ -42,6 +42,9 @@ pub struct StorageStats {
     pub wal_torn_bytes: AtomicU64,
     /// Bytes of damaged WAL records skipped at the last start (their files copied to quarantine).
     pub wal_corrupt_bytes: AtomicU64,
+    /// On a query node of a cluster: fresh rows read from ingest nodes as queries ran (past
+    /// this node's copies of their buffers, or the part of a plan's slice its copy lacked).
+    pub fresh_rows_read: AtomicU64,
 }
 
 impl Storage {

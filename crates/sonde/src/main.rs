@@ -781,24 +781,27 @@ async fn serve(a: ServeArgs) -> Result<()> {
             ..Default::default()
         },
     )?;
+    // A query node reads the ingest nodes' fresh rows its copies lack (and those a plan from
+    // another node names) through one reader.
+    let engine = match a.role {
+        RoleArg::Query => engine.with_fresh_reader(Arc::new(sonde_server::fresh::FreshRowsReader::new(
+            storage.clone(),
+            a.cluster_key.clone(),
+        ))),
+        _ => engine,
+    };
     let engine = match &worker_url {
-        Some(url) => engine.with_cluster(
-            sonde_query::distributed::ClusterConfig {
-                self_url: url.clone(),
-                key: a.cluster_key.clone(),
-                bytes_per_partition: a.distributed_bytes_per_partition,
-                // A plan names fresh rows rather than carrying them, but a plan over a filter on
-                // trace ids carries the few matching rows, and a shuffle's batches can be large.
-                max_message_bytes: memory.buffers.max(a.max_body_bytes).saturating_add(64 << 20),
-                // Until the member file of a dead node has gone stale (--lease) and been read
-                // again (every third of it).
-                leave_out_for: a.lease.0 + a.lease.0 / 3,
-            },
-            Arc::new(sonde_server::fresh::FreshRowsReader::new(
-                storage.clone(),
-                a.cluster_key.clone(),
-            )),
-        )?,
+        Some(url) => engine.with_cluster(sonde_query::distributed::ClusterConfig {
+            self_url: url.clone(),
+            key: a.cluster_key.clone(),
+            bytes_per_partition: a.distributed_bytes_per_partition,
+            // A plan names fresh rows rather than carrying them, but a plan over a filter on
+            // trace ids carries the few matching rows, and a shuffle's batches can be large.
+            max_message_bytes: memory.buffers.max(a.max_body_bytes).saturating_add(64 << 20),
+            // Until the member file of a dead node has gone stale (--lease) and been read
+            // again (every third of it).
+            leave_out_for: a.lease.0 + a.lease.0 / 3,
+        })?,
         None => engine,
     };
     let access = sonde_server::auth::Access::new(

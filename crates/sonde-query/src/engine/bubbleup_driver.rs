@@ -104,7 +104,7 @@ impl QueryEngine {
     ) -> Result<bubbleup::BubbleUpAnswer> {
         use futures::StreamExt;
         let started = Instant::now();
-        let table = self.table(dataset)?;
+        let table = self.table(dataset).await?;
         let spec = req.population.spec(None);
         let (plan, all_derived, columns) = self.population(&table, dataset, spec, defs)?;
         let bad = |field: &str, message: String| {

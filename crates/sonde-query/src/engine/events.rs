@@ -15,7 +15,7 @@ impl QueryEngine {
         budget: &RequestBudget,
     ) -> Result<Vec<u8>> {
         let started = Instant::now();
-        let table = self.table(dataset)?;
+        let table = self.table(dataset).await?;
         let columns = queryable_columns(&table);
         let spec = req.population.spec(req.limit);
         let stored = defs.for_dataset(dataset.as_str());

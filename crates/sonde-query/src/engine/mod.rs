@@ -105,6 +105,10 @@ pub enum QueryError {
     /// Nothing matched what was looked up (a trace id, say).
     #[error("{0}")]
     NotFound(String),
+    /// Data the query needs cannot be had now (an ingest node's fresh rows, on a query node of
+    /// a cluster); the same query may succeed shortly.
+    #[error("{0}")]
+    Unavailable(String),
     /// Anything else (a bug, or an I/O failure).
     #[error("query failed: {0}")]
     Internal(String),
@@ -332,6 +336,9 @@ pub struct QueryEngine {
     config: EngineConfig,
     /// This node's part in distributed SQL, on a query node of a cluster.
     cluster: Option<crate::distributed::Cluster>,
+    /// On a query node of a cluster: reads the fresh rows a snapshot names but this node's copy
+    /// does not hold (from the ingest node), and those of a plan from another node.
+    fresh: Option<Arc<dyn crate::buffer_scan::FreshReader>>,
 }
 
 const SR: &str = SAMPLE_RATE_COLUMN;
@@ -360,18 +367,27 @@ impl QueryEngine {
             partials: PartialsCache::new(config.partials_cache_bytes),
             config,
             cluster: None,
+            fresh: None,
         })
+    }
+
+    /// Gives this engine (a query node of a cluster) the reader of ingest nodes' fresh rows:
+    /// where a snapshot names rows past this node's copy of an ingest node's buffer (the copies
+    /// stop at `--max-buffer-bytes`), a query reads them from the ingest node as it starts.
+    pub fn with_fresh_reader(mut self, fresh: Arc<dyn crate::buffer_scan::FreshReader>) -> QueryEngine {
+        self.fresh = Some(fresh);
+        self
     }
 
     /// Makes this engine a worker and coordinator of distributed SQL (a query node of a
     /// cluster): [`Self::worker_routes`] must then be served where `config.self_url` points,
-    /// and [`Self::peers`] kept up to date; `fresh` reads the fresh rows a plan from another
-    /// node names (see [`crate::buffer_scan`]).
-    pub fn with_cluster(
-        mut self,
-        config: crate::distributed::ClusterConfig,
-        fresh: Arc<dyn crate::buffer_scan::FreshReader>,
-    ) -> Result<QueryEngine> {
+    /// and [`Self::peers`] kept up to date. Needs [`Self::with_fresh_reader`] first: a plan from
+    /// another node names fresh rows, which this node's worker reads through it (see
+    /// [`crate::buffer_scan`]).
+    pub fn with_cluster(mut self, config: crate::distributed::ClusterConfig) -> Result<QueryEngine> {
+        let fresh = self.fresh.clone().ok_or_else(|| {
+            QueryError::Internal("a query node's engine needs its reader of fresh rows before its worker".into())
+        })?;
         let cluster = crate::distributed::Cluster::new(
             config,
             self.shared.clone(),
@@ -469,16 +485,54 @@ impl QueryEngine {
         config
     }
 
-    fn table(&self, dataset: &DatasetName) -> Result<Arc<DatasetTable>> {
-        let snapshot = self
-            .source
+    fn snapshot(&self, dataset: &DatasetName) -> Result<sonde_storage::source::DatasetSnapshot> {
+        self.source
             .snapshot(dataset)
-            .ok_or_else(|| QueryError::NoSuchDataset(dataset.to_string()))?;
+            .ok_or_else(|| QueryError::NoSuchDataset(dataset.to_string()))
+    }
+
+    /// The table of a dataset as it stands, with every fresh row a query node's snapshot names.
+    async fn table(&self, dataset: &DatasetName) -> Result<Arc<DatasetTable>> {
+        let mut snapshot = self.snapshot(dataset)?;
+        self.read_fresh_past_copy(&mut snapshot).await?;
+        self.table_of(snapshot)
+    }
+
+    fn table_of(&self, snapshot: sonde_storage::source::DatasetSnapshot) -> Result<Arc<DatasetTable>> {
         let cache = self.shared.cache_manager.get_file_metadata_cache();
         let index = self.source.segment_index();
         Ok(Arc::new(
             DatasetTable::new(snapshot, self.store.clone(), cache, index).map_err(internal)?,
         ))
+    }
+
+    /// On a query node of a cluster whose copy of the ingest node's buffer stopped at
+    /// `--max-buffer-bytes`: reads the rows the snapshot names past the copy from the ingest
+    /// node, so that every acknowledged event is answered, up to half `--query-memory-limit`
+    /// of them (past it the query is refused, naming both flags). Without a reader (a single
+    /// node) there are none.
+    async fn read_fresh_past_copy(&self, snapshot: &mut sonde_storage::source::DatasetSnapshot) -> Result<()> {
+        let (Some((from, to)), Some(reader), Some(at)) =
+            (snapshot.fresh_rows_missing(), &self.fresh, snapshot.fresh.clone())
+        else {
+            return Ok(());
+        };
+        let max_bytes = self.config.memory_limit / 2;
+        let read = reader
+            .read(&snapshot.dataset, &at, from, to, max_bytes)
+            .await
+            .map_err(|e| {
+                QueryError::Unavailable(format!(
+                    "dataset {}: {} fresh events past this query node's copy of ingest node {}'s buffer \
+                     (the copies stop at --max-buffer-bytes) could not be read: {e}; they are read \
+                     from the ingest node up to half --query-memory-limit, and answered from segments once flushed",
+                    snapshot.dataset,
+                    to - from,
+                    at.owner.node
+                ))
+            })?;
+        snapshot.add_fresh_rows(read.batches);
+        Ok(())
     }
 
     /// Runs `fut` in the time the request has left, mapping DataFusion's errors.
@@ -567,8 +621,9 @@ impl QueryEngine {
 
     /// Validates a spec against a dataset's schema (and its derived columns) without running it.
     pub fn validate(&self, dataset: &DatasetName, spec: &QuerySpec, defs: &Definitions) -> Result<Plan> {
-        let table = self.table(dataset)?;
-        self.plan(&table, dataset, spec, defs)
+        // The schema only: the columns this node knows, without reading any fresh rows.
+        let snapshot = self.snapshot(dataset)?;
+        self.plan(&*self.table_of(snapshot)?, dataset, spec, defs)
     }
 
     fn plan(&self, table: &DatasetTable, dataset: &DatasetName, spec: &QuerySpec, defs: &Definitions) -> Result<Plan> {
@@ -718,7 +773,7 @@ impl QueryEngine {
         req: &RequestBudget,
     ) -> Result<QueryResult> {
         let started = Instant::now();
-        let table = self.table(dataset)?;
+        let table = self.table(dataset).await?;
         let mut plan = self.plan(&table, dataset, spec, defs)?;
         // Percentiles over more events than answer exactly in time, or whose values would not
         // fit in a query's memory, come from sketches.

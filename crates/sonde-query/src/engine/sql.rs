@@ -86,8 +86,24 @@ impl QueryEngine {
         budget: &RequestBudget,
     ) -> Result<(SchemaRef, Vec<RecordBatch>, Option<Distribution>)> {
         let ctx = self.session()?;
+        // Only the datasets the statement names are registered (a table's snapshot may read an
+        // ingest node's fresh rows); all of them when it cannot be parsed here (the error then
+        // comes from planning, below).
+        let named: Option<Vec<String>> = {
+            let state = ctx.state();
+            let dialect = state.config().options().sql_parser.dialect;
+            state
+                .sql_to_statement(sql, &dialect)
+                .and_then(|st| state.resolve_table_references(&st))
+                .ok()
+                .map(|refs| refs.iter().map(|r| r.table().to_string()).collect())
+        };
+        let is_named = |name: &str| named.as_ref().is_none_or(|n| n.iter().any(|t| t == name));
         for info in self.source.datasets().into_iter().filter(|i| visible(i.name.as_str())) {
-            let table = self.table(&info.name)?;
+            if !is_named(info.name.as_str()) {
+                continue;
+            }
+            let table = self.table(&info.name).await?;
             let name = datafusion::common::TableReference::bare(info.name.as_str());
             let stored = defs.derived.for_dataset(info.name.as_str());
             let columns = spec::derived_columns(&queryable_columns(&table), &stored, &[])?;

@@ -22,7 +22,7 @@ impl QueryEngine {
         let mut spans: Vec<Value> = Vec::new();
         let mut meta = TraceMeta::default();
         for info in self.source.datasets().into_iter().filter(|i| visible(i.name.as_str())) {
-            let table = self.table(&info.name)?;
+            let table = self.table(&info.name).await?;
             if table.snapshot().columns.get(TRACE_ID).map(|c| c.ty) != Some(ColumnType::String) {
                 continue;
             }

@@ -586,7 +586,10 @@ async fn query_nodes_answer_unflushed_events_exactly_once() {
     let mut a = Server::start_with_env(dirs[0].path(), &node("ingest", "ing-a"), &env).await;
     let b = Server::start_with_env(dirs[1].path(), &node("ingest", "ing-b"), &env).await;
     let mut q1 = Server::start_with_env(dirs[2].path(), &node("query", "q-1"), &env).await;
-    let q2 = Server::start_with_env(dirs[3].path(), &node("query", "q-2"), &env).await;
+    // q-2's copies stop at 64 KiB (a few hundred events): it reads the rest of each buffer from
+    // the ingest nodes as its queries run.
+    let small_copies = [node("query", "q-2"), vec!["--max-buffer-bytes", "65536"]].concat();
+    let q2 = Server::start_with_env(dirs[3].path(), &small_copies, &env).await;
     let client = reqwest::Client::new();
     let send = |server: &Server, dataset: &str, events: &[GenEvent]| post_ndjson(&client, server, dataset, events);
     let count = |server: &Server, dataset: &'static str| {
@@ -659,7 +662,13 @@ async fn query_nodes_answer_unflushed_events_exactly_once() {
         lags[lags.len() - 1],
         first
     );
-    assert!(q2.api(&client).metric("sonde_fresh_copy_bytes").await > 0);
+    assert!(q1.api(&client).metric("sonde_fresh_copy_bytes").await > 0);
+    let q2_copies = q2.api(&client).metric("sonde_fresh_copy_bytes").await;
+    assert!(q2_copies > 0, "q-2 copies up to its bound");
+    assert!(
+        q2.api(&client).metric("sonde_fresh_rows_read_total").await > 0,
+        "q-2 read the rows past its copies from the ingest nodes"
+    );
     // The copies gave way to flushed segments on the way (2,400 events, a flush every 1,000).
     let stats = send_json(client.get(q2.at("/api/datasets/fa/stats"))).await.1;
     assert!(stats["segments"].as_u64().unwrap() >= 1, "{stats}");
@@ -1472,7 +1481,14 @@ async fn sql_is_spread_over_the_query_nodes_and_answers_as_one_node() {
     let mut queries = vec![
         Server::start_with_env(dirs[1].path(), &node("query", "q-1"), &env).await,
         Server::start_with_env(dirs[2].path(), &node("query", "q-2"), &env).await,
-        Server::start_with_env(dirs[3].path(), &node("query", "q-3"), &env).await,
+        // q-3 copies no fresh rows at all (`--max-buffer-bytes 0`): it reads them from the
+        // ingest node as each query starts, and as a worker for the slices others plan.
+        Server::start_with_env(
+            dirs[3].path(),
+            &[node("query", "q-3"), vec!["--max-buffer-bytes", "0"]].concat(),
+            &env,
+        )
+        .await,
     ];
     let client = reqwest::Client::new();
     let events = generate(19, 4150);
@@ -1561,6 +1577,12 @@ async fn sql_is_spread_over_the_query_nodes_and_answers_as_one_node() {
         assert!(same(&got), "{} answered {got:?}", q.url);
         assert!(meta["workers"].as_u64().unwrap() >= 2, "{}: {meta}", q.url);
     }
+    let q3 = queries[2].api(&client);
+    assert_eq!(q3.metric("sonde_fresh_copy_bytes").await, 0, "q-3 copies nothing");
+    assert!(
+        q3.metric("sonde_fresh_rows_read_total").await >= 150,
+        "q-3 read the fresh rows as it ran"
+    );
     // EXPLAIN shows the distributed plan, stage by stage.
     let (status, r) = send_json(
         client
