@@ -11,7 +11,9 @@ P99 by service), the traces of the first root span and of the trace with the mos
 span ids, duplicates included), BubbleUp of the busiest service against the rest (exact: the
 counts and each operation's shares), and the 20 newest spans of that service (their times). Each
 ingest node's last spans stay in its
-write buffer meanwhile, so part of every answer comes from the query nodes' copies of them.
+write buffer meanwhile, so part of every answer comes from them: q-1 answers them from its
+copies of the ingest nodes' buffers, q-2 copies none (`--max-buffer-bytes 0`) and reads them
+from the ingest nodes as each question runs.
 SQL on a query node is split over both query
 nodes' workers (`--distributed-bytes-per-partition 1`), so `meta.distributed` is recorded too,
 with the wall time of each question on the cluster and on the single node (debug or release,
@@ -22,7 +24,7 @@ whatever --sonde is: a figure of this machine, not a benchmark of the engine).
 Needs moto (`make clients-venv`). Writes benches/results/realdata_cluster.json; exits 1 when an
 answer differs.
 """
-import argparse, calendar, collections, json, math, os, subprocess, sys, time, urllib.error
+import argparse, calendar, collections, json, math, os, subprocess, sys, time, urllib.error, urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -220,8 +222,8 @@ def main():
 
     moto, env = start_moto("realdata", args.moto)
     # Each ingest node's last spans (under --flush-rows) stay in its write buffer while the
-    # questions are asked (--flush-age), so the query nodes answer them from their copies, named
-    # in the distributed plans by position.
+    # questions are asked (--flush-age), so q-1 answers them from its copies, named in the
+    # distributed plans by position, and q-2 (which copies none) reads them as it runs.
     tuning = ["--storage", "s3://realdata/cluster", "--catalog-refresh", "500ms", "--flush-rows", "50000",
               "--flush-age", "1h", "--distributed-bytes-per-partition", "1", "--cluster-key", "realdata-cluster"]
     nodes = []
@@ -229,7 +231,10 @@ def main():
         nodes = [Node(args.sonde, env, *tuning, "--role", "ingest", "--node-name", "ing-a"),
                  Node(args.sonde, env, *tuning, "--role", "ingest", "--node-name", "ing-b"),
                  Node(args.sonde, env, *tuning, "--role", "query", "--node-name", "q-1"),
-                 Node(args.sonde, env, *tuning, "--role", "query", "--node-name", "q-2")]
+                 # q-2 copies no fresh spans (--max-buffer-bytes 0): it reads them from the
+                 # ingest nodes as each question runs.
+                 Node(args.sonde, env, *tuning, "--role", "query", "--node-name", "q-2",
+                      "--max-buffer-bytes", "0")]
         single = Node(args.sonde, {}, "--flush-rows", "50000")
         nodes.append(single)
         s = time.perf_counter()
@@ -260,6 +265,13 @@ def main():
                 return 0
 
         fresh = sum(buffered(n) for n in nodes[:2])
+
+        def metric(node, name):
+            with urllib.request.urlopen(node.url + "/metrics") as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith(name + " "):
+                        return int(float(line.split()[1]))
+            return None
         report = {"spans": len(events), "services": len(want["per_service"]), "traces": want["traces"],
                   "fresh_spans_in_ingest_buffers": fresh,
                   "binary": args.sonde, "cluster_ingest_s": round(cluster_ingest_s, 2),
@@ -272,6 +284,10 @@ def main():
             for b in bad:
                 print(f"MISMATCH on {name}: {b}", file=sys.stderr)
             report["nodes"][name] = {"mismatches": len(bad), "elapsed_ms": ms, "distributed": dist}
+        # What each query node copied, and read from the ingest nodes as its questions ran.
+        report["fresh"] = {name: {"copy_bytes": metric(n, "sonde_fresh_copy_bytes"),
+                                  "rows_read_from_ingest_nodes": metric(n, "sonde_fresh_rows_read_total")}
+                           for name, n in [("q-1", nodes[2]), ("q-2", nodes[3])]}
         report["mismatches"] = mismatches
         os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
         with open(os.path.join(HERE, "results", "realdata_cluster.json"), "w") as f:
