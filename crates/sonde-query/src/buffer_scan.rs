@@ -50,7 +50,28 @@ pub trait FreshReader: Send + Sync + fmt::Debug {
         from: u64,
         to: u64,
         max_bytes: usize,
-    ) -> Result<FreshRead, String>;
+    ) -> Result<FreshRead, FreshError>;
+}
+
+/// Why a [`FreshReader`] could not read the rows asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FreshError {
+    /// The owner no longer holds them at that position (it flushed past it, or holds other
+    /// rows there): the catalog moves on shortly, and a new snapshot names other rows.
+    Moved(String),
+    /// The owner could not be reached, or refused.
+    Unreachable(String),
+    /// They take more bytes than the reader was allowed.
+    TooLarge(String),
+}
+
+impl fmt::Display for FreshError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FreshError::Moved(why) => write!(f, "{MOVED_ON}: {why}"),
+            FreshError::Unreachable(why) | FreshError::TooLarge(why) => f.write_str(why),
+        }
+    }
 }
 
 /// What a [`FreshReader`] read.
@@ -427,7 +448,7 @@ mod tests {
             from: u64,
             to: u64,
             _max: usize,
-        ) -> Result<FreshRead, String> {
+        ) -> Result<FreshRead, FreshError> {
             self.asked.lock().unwrap().push((from, to));
             Ok(FreshRead {
                 batches: slice_rows(&self.rows, from, to),

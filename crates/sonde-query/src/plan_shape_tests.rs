@@ -6,7 +6,7 @@
 //! written with `SONDE_BLESS=1 cargo test -p sonde-query plan_shape` and read before it is
 //! committed.
 
-use crate::buffer_scan::{FreshRead, FreshReader};
+use crate::buffer_scan::{FreshError, FreshRead, FreshReader};
 use crate::distributed::ClusterConfig;
 use crate::{QueryEngine, SqlFormat};
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
@@ -141,8 +141,15 @@ struct Unread;
 
 #[async_trait]
 impl FreshReader for Unread {
-    async fn read(&self, _: &DatasetName, _: &FreshPosition, _: u64, _: u64, _: usize) -> Result<FreshRead, String> {
-        Err("planning reads no rows".into())
+    async fn read(
+        &self,
+        _: &DatasetName,
+        _: &FreshPosition,
+        _: u64,
+        _: u64,
+        _: usize,
+    ) -> Result<FreshRead, FreshError> {
+        Err(FreshError::Unreachable("planning reads no rows".into()))
     }
 }
 

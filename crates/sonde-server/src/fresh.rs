@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sonde_model::DatasetName;
-use sonde_query::buffer_scan::{FreshRead, FreshReader, MOVED_ON};
+use sonde_query::buffer_scan::{FreshError, FreshRead, FreshReader};
 use sonde_storage::Lsn;
 use sonde_storage::Storage;
 use sonde_storage::fresh::{BufferRead, FreshPosition, FreshTarget, Owner, decode_batches, encode_batches};
@@ -321,7 +321,7 @@ impl FreshReader for FreshRowsReader {
         from: u64,
         to: u64,
         max_bytes: usize,
-    ) -> Result<FreshRead, String> {
+    ) -> Result<FreshRead, FreshError> {
         let (mut rows, mut next) = self.storage.fresh_slice(dataset, &at.owner, at.after, from, to);
         let mut fetched_bytes = 0;
         if next >= to {
@@ -340,28 +340,33 @@ impl FreshReader for FreshRowsReader {
                 from_row: next,
                 to_row: Some(to),
             };
-            let batches = match self.client.send(&self.storage, &ask).await? {
+            let batches = match self
+                .client
+                .send(&self.storage, &ask)
+                .await
+                .map_err(FreshError::Unreachable)?
+            {
                 Asked::Rows { batches, bytes, .. } => {
                     // The decoded rows share the answer's buffer: it is what they hold.
                     fetched_bytes += bytes;
                     if fetched_bytes > max_bytes {
-                        return Err(format!(
+                        return Err(FreshError::TooLarge(format!(
                             "the rows {next}..{to} read from ingest node {node} take more than {max_bytes} bytes"
-                        ));
+                        )));
                     }
                     batches
                 }
                 Asked::Moved => {
-                    return Err(format!(
-                        "{MOVED_ON}: ingest node {node} has flushed past position {} since the query was planned",
+                    return Err(FreshError::Moved(format!(
+                        "ingest node {node} has flushed past position {} since the query was planned",
                         at.after.0
-                    ));
+                    )));
                 }
             };
             if batches.iter().all(|b| b.num_rows() == 0) {
-                return Err(format!(
+                return Err(FreshError::Moved(format!(
                     "ingest node {node} holds {next} rows, not the {to} the query names"
-                ));
+                )));
             }
             for b in batches {
                 let n = (b.num_rows() as u64).min(to - next);

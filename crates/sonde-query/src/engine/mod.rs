@@ -114,6 +114,15 @@ pub enum QueryError {
     Internal(String),
 }
 
+/// Why fresh rows past a query node's copy were not read (`QueryEngine::read_fresh_past_copy`).
+enum FreshFailure {
+    /// The ingest node flushed since the snapshot: take another.
+    Moved(QueryError),
+    /// Anything else: the query fails with it.
+    Failed(QueryError),
+}
+use FreshFailure::{Failed, Moved};
+
 /// Query layer results.
 pub type Result<T, E = QueryError> = std::result::Result<T, E>;
 
@@ -493,9 +502,22 @@ impl QueryEngine {
 
     /// The table of a dataset as it stands, with every fresh row a query node's snapshot names.
     async fn table(&self, dataset: &DatasetName) -> Result<Arc<DatasetTable>> {
-        let mut snapshot = self.snapshot(dataset)?;
-        self.read_fresh_past_copy(&mut snapshot).await?;
-        self.table_of(snapshot)
+        // An ingest node that flushed since the snapshot answers "moved": this node reads the
+        // flush's record within a round of its copies (`--fresh-interval`), then the next
+        // snapshot names the new segments.
+        let mut tries = 0;
+        loop {
+            let mut snapshot = self.snapshot(dataset)?;
+            match self.read_fresh_past_copy(&mut snapshot).await {
+                Err(Moved(_)) if tries < 3 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(Moved(e)) => return Err(e),
+                Err(Failed(e)) => return Err(e),
+                Ok(()) => return self.table_of(snapshot),
+            }
+        }
     }
 
     fn table_of(&self, snapshot: sonde_storage::source::DatasetSnapshot) -> Result<Arc<DatasetTable>> {
@@ -509,29 +531,41 @@ impl QueryEngine {
     /// On a query node of a cluster whose copy of the ingest node's buffer stopped at
     /// `--max-buffer-bytes`: reads the rows the snapshot names past the copy from the ingest
     /// node, so that every acknowledged event is answered, up to half `--query-memory-limit`
-    /// of them (past it the query is refused, naming both flags). Without a reader (a single
-    /// node) there are none.
-    async fn read_fresh_past_copy(&self, snapshot: &mut sonde_storage::source::DatasetSnapshot) -> Result<()> {
-        let (Some((from, to)), Some(reader), Some(at)) =
+    /// of them (past it the query is refused, naming both flags). An ingest node that cannot be
+    /// reached leaves the snapshot with the copy alone, as between two copies (the README's
+    /// cluster costs). Without a reader (a single node) there are none.
+    async fn read_fresh_past_copy(
+        &self,
+        snapshot: &mut sonde_storage::source::DatasetSnapshot,
+    ) -> Result<(), FreshFailure> {
+        use crate::buffer_scan::FreshError;
+        let (Some((from, to)), Some(reader), Some(mut at)) =
             (snapshot.fresh_rows_missing(), &self.fresh, snapshot.fresh.clone())
         else {
             return Ok(());
         };
         let max_bytes = self.config.memory_limit / 2;
-        let read = reader
-            .read(&snapshot.dataset, &at, from, to, max_bytes)
-            .await
-            .map_err(|e| {
-                QueryError::Unavailable(format!(
-                    "dataset {}: {} fresh events past this query node's copy of ingest node {}'s buffer \
-                     (the copies stop at --max-buffer-bytes) could not be read: {e}; they are read \
-                     from the ingest node up to half --query-memory-limit, and answered from segments once flushed",
-                    snapshot.dataset,
-                    to - from,
-                    at.owner.node
-                ))
-            })?;
-        snapshot.add_fresh_rows(read.batches);
+        let refused = |e: &FreshError| {
+            QueryError::Unavailable(format!(
+                "dataset {}: {} fresh events past this query node's copy of ingest node {}'s buffer \
+                 (the copies stop at --max-buffer-bytes) could not be read: {e}; they are read from \
+                 the ingest node up to half --query-memory-limit, and answered from segments once flushed",
+                snapshot.dataset,
+                to - from,
+                at.owner.node
+            ))
+        };
+        match reader.read(&snapshot.dataset, &at, from, to, max_bytes).await {
+            Ok(read) => snapshot.add_fresh_rows(read.batches),
+            Err(e @ FreshError::Moved(_)) => return Err(Moved(refused(&e))),
+            Err(e @ FreshError::TooLarge(_)) => return Err(Failed(refused(&e))),
+            Err(FreshError::Unreachable(e)) => {
+                tracing::warn!(dataset = %snapshot.dataset, node = %at.owner.node, error = %e,
+                    "the fresh events past this node's copy cannot be read; answering from the copy");
+                at.rows = from;
+                snapshot.fresh = (from > 0).then_some(at);
+            }
+        }
         Ok(())
     }
 

@@ -689,6 +689,15 @@ async fn query_nodes_answer_unflushed_events_exactly_once() {
     // replays its WAL and announces its new address; the query nodes drop their copies of the
     // old epoch and copy the new one: nothing lost, nothing doubled.
     a.kill();
+    // Meanwhile q-2, which cannot read the rows past its copy from the dead node, answers from
+    // its copy and the segments (never more than was sent), as between two copies.
+    let spec = json!({"calculations": [{"op": "COUNT"}],
+                      "start_time": format_time(T0), "end_time": format_time(T0 + HOUR)});
+    let r = client.post(q2.at("/api/query/fa")).json(&spec).send().await.unwrap();
+    assert_eq!(r.status(), 200, "q-2 answers while ing-a is down");
+    let body: serde_json::Value = r.json().await.unwrap();
+    let seen = body["data"]["results"][0]["data"]["COUNT"].as_i64().unwrap();
+    assert!(seen > 0 && seen <= weight(&fa), "q-2 counts {seen} with ing-a down");
     a.restart().await;
     let more = generate(13, 300);
     let (status, r) = send_json(send(&a, "fa", &more)).await;
