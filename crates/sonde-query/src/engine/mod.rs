@@ -114,15 +114,6 @@ pub enum QueryError {
     Internal(String),
 }
 
-/// Why fresh rows past a query node's copy were not read (`QueryEngine::read_fresh_past_copy`).
-enum FreshFailure {
-    /// The ingest node flushed since the snapshot: take another.
-    Moved(QueryError),
-    /// Anything else: the query fails with it.
-    Failed(QueryError),
-}
-use FreshFailure::{Failed, Moved};
-
 /// Query layer results.
 pub type Result<T, E = QueryError> = std::result::Result<T, E>;
 
@@ -502,22 +493,8 @@ impl QueryEngine {
 
     /// The table of a dataset as it stands, with every fresh row a query node's snapshot names.
     async fn table(&self, dataset: &DatasetName) -> Result<Arc<DatasetTable>> {
-        // An ingest node that flushed since the snapshot answers "moved": this node reads the
-        // flush's record within a round of its copies (`--fresh-interval`), then the next
-        // snapshot names the new segments.
-        let mut tries = 0;
-        loop {
-            let mut snapshot = self.snapshot(dataset)?;
-            match self.read_fresh_past_copy(&mut snapshot).await {
-                Err(Moved(_)) if tries < 3 => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(Moved(e)) => return Err(e),
-                Err(Failed(e)) => return Err(e),
-                Ok(()) => return self.table_of(snapshot),
-            }
-        }
+        let snapshot = self.snapshot_with_fresh_rows(dataset).await?;
+        self.table_of(snapshot)
     }
 
     fn table_of(&self, snapshot: sonde_storage::source::DatasetSnapshot) -> Result<Arc<DatasetTable>> {
@@ -528,45 +505,52 @@ impl QueryEngine {
         ))
     }
 
-    /// On a query node of a cluster whose copy of the ingest node's buffer stopped at
-    /// `--max-buffer-bytes`: reads the rows the snapshot names past the copy from the ingest
-    /// node, so that every acknowledged event is answered, up to half `--query-memory-limit`
-    /// of them (past it the query is refused, naming both flags). An ingest node that cannot be
-    /// reached leaves the snapshot with the copy alone, as between two copies (the README's
-    /// cluster costs). Without a reader (a single node) there are none.
-    async fn read_fresh_past_copy(
-        &self,
-        snapshot: &mut sonde_storage::source::DatasetSnapshot,
-    ) -> Result<(), FreshFailure> {
+    /// A snapshot of `dataset` holding every row it names. On a query node of a cluster whose
+    /// copy of the ingest node's buffer stopped at `--max-buffer-bytes`, the rows past the copy
+    /// are read from the ingest node, so that every acknowledged event is answered, up to half
+    /// `--query-memory-limit` of them (past it the query is refused, naming both flags). An
+    /// ingest node that flushed since the snapshot answers "moved": this node reads the flush's
+    /// record within a round of its copies (`--fresh-interval`), so another snapshot is taken
+    /// 250 ms later, three times at most. One that cannot be reached leaves the snapshot with
+    /// the copy alone, as between two copies (the README's cluster costs). Without a reader (a
+    /// single node) there are none to read.
+    async fn snapshot_with_fresh_rows(&self, dataset: &DatasetName) -> Result<sonde_storage::source::DatasetSnapshot> {
         use crate::buffer_scan::FreshError;
-        let (Some((from, to)), Some(reader), Some(mut at)) =
-            (snapshot.fresh_rows_missing(), &self.fresh, snapshot.fresh.clone())
-        else {
-            return Ok(());
-        };
-        let max_bytes = self.config.memory_limit / 2;
-        let refused = |e: &FreshError| {
-            QueryError::Unavailable(format!(
-                "dataset {}: {} fresh events past this query node's copy of ingest node {}'s buffer \
-                 (the copies stop at --max-buffer-bytes) could not be read: {e}; they are read from \
-                 the ingest node up to half --query-memory-limit, and answered from segments once flushed",
-                snapshot.dataset,
-                to - from,
-                at.owner.node
-            ))
-        };
-        match reader.read(&snapshot.dataset, &at, from, to, max_bytes).await {
-            Ok(read) => snapshot.add_fresh_rows(read.batches),
-            Err(e @ FreshError::Moved(_)) => return Err(Moved(refused(&e))),
-            Err(e @ FreshError::TooLarge(_)) => return Err(Failed(refused(&e))),
-            Err(FreshError::Unreachable(e)) => {
-                tracing::warn!(dataset = %snapshot.dataset, node = %at.owner.node, error = %e,
-                    "the fresh events past this node's copy cannot be read; answering from the copy");
-                at.rows = from;
-                snapshot.fresh = (from > 0).then_some(at);
+        let mut tries = 0;
+        loop {
+            let mut snapshot = self.snapshot(dataset)?;
+            let (Some((from, to)), Some(reader), Some(mut at)) =
+                (snapshot.fresh_rows_missing(), &self.fresh, snapshot.fresh.clone())
+            else {
+                return Ok(snapshot);
+            };
+            match reader.read(dataset, &at, from, to, self.config.memory_limit / 2).await {
+                Ok(read) => {
+                    snapshot.add_fresh_rows(read.batches);
+                    return Ok(snapshot);
+                }
+                Err(FreshError::Unreachable(e)) => {
+                    tracing::warn!(%dataset, node = %at.owner.node, error = %e,
+                        "the fresh events past this node's copy cannot be read; answering from the copy");
+                    at.rows = from;
+                    snapshot.fresh = (from > 0).then_some(at);
+                    return Ok(snapshot);
+                }
+                Err(FreshError::Moved(_)) if tries < 3 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => {
+                    return Err(QueryError::Unavailable(format!(
+                        "dataset {dataset}: {} fresh events past this query node's copy of ingest node {}'s buffer \
+                         (the copies stop at --max-buffer-bytes) could not be read: {e}; they are read from \
+                         the ingest node up to half --query-memory-limit, and answered from segments once flushed",
+                        to - from,
+                        at.owner.node
+                    )));
+                }
             }
         }
-        Ok(())
     }
 
     /// Runs `fut` in the time the request has left, mapping DataFusion's errors.
